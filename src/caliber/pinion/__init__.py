@@ -1,0 +1,1 @@
+"""The pinion: the worker that runs queued workloads in isolation."""

@@ -1,0 +1,1 @@
+"""The queue: workloads, the run-secret, the backend protocol and its backends."""

@@ -1,0 +1,142 @@
+"""The queue backend protocol: the domain verbs every queue (SQLite, Speckle) implements.
+
+A backend stores workloads and results and never imports user code. The pinion and the CLI
+talk to the queue only through these verbs; one contract test suite
+(``tests/contract/test_backend_contract.py``) runs against every backend.
+
+Life of a workload::
+
+    put -> queued --claim--> running --complete--> completed | failed
+                      |          |--release------> queued   (warm stop, secret mismatch)
+                      |          '--lease expires-> claimable again (attempts counted)
+                      '--delete (reset) removes it; resign replaces its run-secret
+
+Errors: backends raise only :mod:`caliber.errors` exceptions (NotFoundError,
+AmbiguousIdError, LeaseLostError, QueueStateError, QueueError).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
+
+if TYPE_CHECKING:
+    import datetime as dt
+
+    from caliber.queue.workload import Workload, WorkloadStatus
+    from caliber.results.model import Results
+
+
+@dataclass(frozen=True)
+class Claim:
+    """A pinion's hold on a running workload until ``expires_at``.
+
+    ``token`` is new for every claim: verbs that take a Claim refuse with LeaseLostError when
+    the workload is no longer held with this token (its lease ran out and another pinion took
+    it, or it was reset), so a pinion that lost its lease can never complete it.
+    """
+
+    workload: Workload
+    owner: str
+    token: str
+    expires_at: dt.datetime
+
+
+@runtime_checkable
+class QueueBackend(Protocol):
+    """What a queue must do. All times are UTC."""
+
+    location: str
+    """Where the queue is, for people: a file path or ``host project/model``."""
+
+    # --- workloads ------------------------------------------------------------------------
+
+    def put(self, workload: Workload) -> None:
+        """Add a new workload (status queued)."""
+
+    def get(self, id_or_prefix: str) -> Workload:
+        """One workload by id or unique id prefix (NotFoundError, AmbiguousIdError)."""
+
+    def list(
+        self,
+        *,
+        pinion: str | None = None,
+        status: WorkloadStatus | None = None,
+        limit: int | None = None,
+        offset: int = 0,
+    ) -> list[Workload]:
+        """Workloads, oldest first, optionally filtered; pages with ``limit``/``offset``."""
+
+    def claim(self, pinion: str, owner: str, lease_seconds: float, key_id: str) -> Claim | None:
+        """Atomically take the oldest claimable workload for ``pinion``, or None.
+
+        Claimable: queued, or running with a lease that has run out (then the attempt of the
+        dead pinion is recorded in its history). Workloads already found to be signed with a
+        key other than ``key_id`` (see :meth:`release`) are passed over. The claim sets the
+        status to running, counts one attempt and holds the workload for ``lease_seconds``.
+        Never do two claims hold one workload at the same time.
+        """
+
+    def renew(self, claim: Claim, lease_seconds: float) -> Claim:
+        """Extend the lease from now; LeaseLostError when the claim no longer holds."""
+
+    def release(self, claim: Claim, *, reason: str, mismatch_key_id: str | None = None) -> None:
+        """Put a claimed workload back in the queue without counting the attempt.
+
+        With ``mismatch_key_id`` the workload is marked as not signed with that key: the
+        pinion never runs it, later claims with that key pass it over, and ``queue list``
+        shows the mismatch until the workload is re-signed.
+        """
+
+    def complete(self, claim: Claim, results: Results) -> None:
+        """Store the results and finish the workload (completed or failed, from the results),
+        in one step: either both happen or neither. LeaseLostError when the claim no longer
+        holds (then nothing is stored)."""
+
+    def fail(self, claim: Claim, reason: str, *, retry: bool) -> None:
+        """Record a run that produced no Results (timeout, crash, killed child).
+
+        With ``retry`` and attempts left the workload goes back to queued; otherwise it is
+        failed with ``reason``. LeaseLostError when the claim no longer holds.
+        """
+
+    def expire(self, max_attempts: int) -> list[str]:
+        """Fail running workloads whose lease ran out after ``max_attempts`` attempts; returns
+        their ids. (Expired workloads with attempts left stay claimable.)"""
+
+    def delete(self, id_or_prefix: str, *, force: bool = False) -> Workload:
+        """Remove a workload (``queue reset``); a running one only with ``force``
+        (QueueStateError otherwise). Returns what was removed."""
+
+    def resign(self, id_or_prefix: str, secret: str, key_id: str) -> Workload:
+        """Replace the run-secret (``queue resetsecret``) and clear any mismatch mark."""
+
+    # --- results --------------------------------------------------------------------------
+
+    def save_results(self, results: Results) -> None:
+        """Store results of a run that did not come from the queue (``workflow run``)."""
+
+    def get_results(self, id_or_prefix: str) -> Results:
+        """Results by id or unique prefix (NotFoundError, AmbiguousIdError)."""
+
+    def find_results(
+        self,
+        *,
+        workload_id: str | None = None,
+        workflow: str | None = None,
+        pinion: str | None = None,
+    ) -> Results | None:
+        """The latest results matching every filter given, or None."""
+
+    def list_results(
+        self,
+        *,
+        workflow: str | None = None,
+        pinion: str | None = None,
+        limit: int | None = None,
+        offset: int = 0,
+    ) -> list[Results]:
+        """Results, newest first."""
+
+    def close(self) -> None:
+        """Release connections."""

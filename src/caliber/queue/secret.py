@@ -1,0 +1,95 @@
+"""The run-secret: an HMAC-SHA256 over everything that decides what a workload runs.
+
+The key is ``$CALIBER_SECRET_KEY`` or the key file ``secret.key`` in the user's config folder,
+created on first use with permissions 0600 (a key file others can read is refused). The signed
+message is a canonical JSON encoding of the workload's id, workflow document, every
+attachment's path and SHA-256, pinion name and creation time; attachment hashes are checked
+against the content before the secret is trusted.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import os
+import secrets
+import stat
+import sys
+from pathlib import Path
+
+from caliber.errors import SecretKeyError
+from caliber.paths import config_dir
+from caliber.queue.workload import Workload
+
+KEY_ENV = "CALIBER_SECRET_KEY"
+KEY_FILE = "secret.key"
+
+
+def key_path() -> Path:
+    return config_dir() / KEY_FILE
+
+
+def load_key() -> bytes:
+    """This user's secret key, creating the key file on first use."""
+    env = os.environ.get(KEY_ENV)
+    if env:
+        return env.strip().encode("utf-8")
+    path = key_path()
+    try:
+        return _read_key_file(path)
+    except FileNotFoundError:
+        pass
+    path.parent.mkdir(parents=True, exist_ok=True)
+    key = secrets.token_hex(32)
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:  # another process made it first
+        return _read_key_file(path)
+    except OSError as exc:
+        raise SecretKeyError(f"cannot create the secret key file {path}: {exc.strerror}") from None
+    with os.fdopen(fd, "w", encoding="ascii") as f:
+        f.write(key + "\n")
+    return key.encode("ascii")
+
+
+def _read_key_file(path: Path) -> bytes:
+    st = path.stat()
+    if sys.platform != "win32" and st.st_mode & (stat.S_IRWXG | stat.S_IRWXO):
+        raise SecretKeyError(
+            f"secret key file {path} can be read by other users (mode "
+            f"{stat.S_IMODE(st.st_mode):o}); run: chmod 600 {path}"
+        )
+    key = path.read_text(encoding="ascii", errors="replace").strip()
+    if len(key) < 16:
+        raise SecretKeyError(f"secret key file {path} is empty or too short")
+    return key.encode("ascii")
+
+
+def key_id(key: bytes) -> str:
+    """A short public fingerprint of a key (never the key itself)."""
+    return hashlib.sha256(b"caliber-key-id:" + key).hexdigest()[:16]
+
+
+def canonical_message(workload: Workload) -> bytes:
+    """The bytes the run-secret signs."""
+    payload = {
+        "id": workload.id,
+        "workflow": workload.workflow,
+        "attachments": sorted([a.path, a.sha256] for a in workload.attachments),
+        "pinion": workload.pinion,
+        "created_at": workload.created_at.isoformat(),
+    }
+    return json.dumps(payload, sort_keys=True, separators=(",", ":"), ensure_ascii=False,
+                      allow_nan=False).encode("utf-8")
+
+
+def sign(workload: Workload, key: bytes) -> str:
+    return hmac.new(key, canonical_message(workload), hashlib.sha256).hexdigest()
+
+
+def verify(workload: Workload, key: bytes) -> bool:
+    """Whether the workload was signed with ``key`` and its attachments are unchanged."""
+    if not all(a.content_matches() for a in workload.attachments):
+        return False
+    return hmac.compare_digest(sign(workload, key), workload.secret)

@@ -1,0 +1,53 @@
+"""The local database's schema and its migrations, in one place.
+
+The schema version lives in ``PRAGMA user_version``. ``MIGRATIONS[n]`` takes a database from
+version ``n`` to ``n + 1``; a fresh database runs them all, so a fresh schema and a migrated
+one are the same by construction (a test checks it anyway).
+"""
+
+from __future__ import annotations
+
+MIGRATIONS: list[str] = [
+    # 0 -> 1: workloads, their history, and results.
+    """
+    CREATE TABLE workloads (
+        id              TEXT PRIMARY KEY,
+        pinion          TEXT NOT NULL,
+        workflow_name   TEXT NOT NULL,
+        status          TEXT NOT NULL,
+        created_at      TEXT NOT NULL,          -- ISO 8601 UTC, sorts in time order
+        attempts        INTEGER NOT NULL DEFAULT 0,
+        lease_owner     TEXT,
+        lease_token     TEXT,
+        lease_expires   REAL,                   -- unix seconds
+        secret          TEXT NOT NULL,
+        secret_mismatch TEXT,                   -- key id the secret was found not to match
+        results_id      TEXT,
+        last_error      TEXT,
+        work_dir        TEXT,
+        body            TEXT NOT NULL           -- workflow, attachments, queued_by as JSON
+    );
+    CREATE INDEX workloads_claim ON workloads (pinion, status, created_at);
+    CREATE INDEX workloads_created ON workloads (created_at);
+    CREATE TABLE workload_history (
+        workload_id TEXT NOT NULL REFERENCES workloads (id) ON DELETE CASCADE,
+        at          TEXT NOT NULL,
+        status      TEXT NOT NULL,
+        message     TEXT NOT NULL DEFAULT ''
+    );
+    CREATE INDEX workload_history_id ON workload_history (workload_id);
+    CREATE TABLE results (
+        id          TEXT PRIMARY KEY,
+        workload_id TEXT UNIQUE,                -- one Results per workload, at most
+        workflow    TEXT NOT NULL,
+        pinion      TEXT,
+        status      TEXT NOT NULL,
+        finished_at TEXT NOT NULL,
+        body        TEXT NOT NULL               -- the Results as JSON
+    );
+    CREATE INDEX results_workflow ON results (workflow, finished_at);
+    CREATE INDEX results_finished ON results (finished_at);
+    """,
+]
+
+SCHEMA_VERSION = len(MIGRATIONS)

@@ -1,0 +1,148 @@
+"""The Workload: a queued workflow with its attached files, metadata and run-secret."""
+
+from __future__ import annotations
+
+import base64
+import datetime as dt
+import getpass
+import hashlib
+import socket
+from enum import StrEnum
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, Field
+
+from caliber.errors import AttachmentError
+from caliber.results.model import new_id, utcnow
+from caliber.workflow.attachments import check_relative_path, read_attachment
+
+
+class WorkloadStatus(StrEnum):
+    """Where a workload is in its life."""
+
+    QUEUED = "queued"
+    """Waiting for a pinion (also after a lost lease or a warm stop)."""
+    RUNNING = "running"
+    """Claimed by a pinion, which holds a lease on it."""
+    COMPLETED = "completed"
+    """Ran to the end; its results are stored."""
+    FAILED = "failed"
+    """A task failed, it timed out, or it ran out of attempts; the reason is kept."""
+    CANCELLED = "cancelled"
+    """Taken out of the queue on purpose."""
+
+
+class Attachment(BaseModel):
+    """One attached file: text as text, anything else as base64, with its SHA-256."""
+
+    path: str
+    encoding: Literal["text", "base64"]
+    content: str
+    sha256: str
+    size: int
+
+    @classmethod
+    def from_bytes(cls, path: str, data: bytes) -> Attachment:
+        try:
+            text = data.decode("utf-8")
+            encoding: Literal["text", "base64"] = "text"
+            content = text
+        except UnicodeDecodeError:
+            encoding, content = "base64", base64.b64encode(data).decode("ascii")
+        return cls(path=path, encoding=encoding, content=content,
+                   sha256=hashlib.sha256(data).hexdigest(), size=len(data))
+
+    def data(self) -> bytes:
+        """The file's bytes, as they were when queued."""
+        if self.encoding == "text":
+            return self.content.encode("utf-8")
+        return base64.b64decode(self.content)
+
+    def content_matches(self) -> bool:
+        """Whether the content still has the hash recorded for it."""
+        return hashlib.sha256(self.data()).hexdigest() == self.sha256
+
+
+class HistoryEntry(BaseModel):
+    """A status change: when, to what, and why."""
+
+    at: dt.datetime
+    status: WorkloadStatus
+    message: str = ""
+
+
+class Lease(BaseModel):
+    """Which pinion holds a running workload, with which claim token, until when."""
+
+    owner: str
+    token: str
+    expires_at: dt.datetime
+
+
+class Workload(BaseModel):
+    """A workflow wrapped for the queue."""
+
+    id: str = Field(default_factory=new_id)
+    pinion: str
+    workflow: dict[str, Any] = Field(description="the workflow file's JSON document")
+    attachments: list[Attachment] = Field(default_factory=list)
+    created_at: dt.datetime = Field(default_factory=utcnow)
+    queued_by: str = ""
+    status: WorkloadStatus = WorkloadStatus.QUEUED
+    results_id: str | None = None
+    attempts: int = 0
+    last_error: str | None = None
+    lease: Lease | None = None
+    secret: str = ""
+    secret_mismatch: str | None = Field(
+        None, description="id of a key this workload was found not to be signed with"
+    )
+    work_dir: str | None = None
+    history: list[HistoryEntry] = Field(default_factory=list)
+
+    @property
+    def workflow_name(self) -> str:
+        return str(self.workflow.get("name", "?"))
+
+    @property
+    def completed(self) -> bool:
+        """The completed flag of the mission page."""
+        return self.status == WorkloadStatus.COMPLETED
+
+    def summary(self, secret_ok: bool | None) -> dict[str, Any]:
+        """The stable keys of ``caliber queue list --json``."""
+        return {
+            "id": self.id,
+            "workflow": self.workflow_name,
+            "pinion": self.pinion,
+            "status": self.status.value,
+            "created_at": self.created_at.isoformat(),
+            "attempts": self.attempts,
+            "results_id": self.results_id,
+            "secret_ok": secret_ok,
+            "completed": self.completed,
+            "queued_by": self.queued_by,
+            "last_error": self.last_error,
+        }
+
+
+def queued_by() -> str:
+    try:
+        user = getpass.getuser()
+    except Exception:
+        user = "unknown"
+    return f"{user}@{socket.gethostname()}"
+
+
+def collect_attachments(base_dir: Path, names: list[str]) -> list[Attachment]:
+    """Read every attachment from disk as it is now (paths checked, content hashed)."""
+    seen: set[str] = set()
+    out = []
+    for name in names:
+        rel = check_relative_path(name)
+        if rel in seen:
+            raise AttachmentError(f"attachment {name!r} is listed twice")
+        seen.add(rel)
+        out.append(Attachment.from_bytes(rel, read_attachment(base_dir, rel)))
+    return out

@@ -1,0 +1,1 @@
+"""Results of workflow runs: the model, JSON conversion and ``get_results``."""

@@ -1,0 +1,156 @@
+"""The Results of one workflow run: every task's return value, the global data, the error.
+
+>>> results = caliber.get_results(workload_id)
+>>> results["Make dough"]          # a task's return value
+>>> results["Make dough", 1]       # a branched task's value in branch 1
+>>> results.status, results.error  # 'completed' or 'failed', and why
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import secrets
+from enum import StrEnum
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+ID_ALPHABET = "0123456789abcdefghjkmnpqrstvwxyz"  # Crockford's base 32, lower case
+ID_LENGTH = 10
+
+
+def new_id() -> str:
+    """A short, readable random id (50 bits): ``k3v9q2mxa7``."""
+    return "".join(secrets.choice(ID_ALPHABET) for _ in range(ID_LENGTH))
+
+
+def utcnow() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)
+
+
+class RunStatus(StrEnum):
+    """How a workflow run ended."""
+
+    COMPLETED = "completed"
+    """Every task returned."""
+    FAILED = "failed"
+    """A task raised, a function could not be imported, or the run was stopped."""
+
+
+class TaskStatus(StrEnum):
+    """How one task run ended."""
+
+    COMPLETED = "completed"
+    """The function returned; its value is kept."""
+    FAILED = "failed"
+    """The function raised; the error is kept."""
+    SKIPPED = "skipped"
+    """It never ran, because an earlier task of its process failed."""
+
+
+class ErrorInfo(BaseModel):
+    """An exception: its type, message and the full traceback, and where it happened."""
+
+    type: str
+    message: str
+    traceback: str = ""
+    task: str | None = None
+    branch: int | None = None
+
+    def summary(self) -> str:
+        where = f"task {self.task!r}" if self.task else "workflow"
+        if self.branch is not None:
+            where += f" (branch {self.branch})"
+        return f"{where}: {self.type}: {self.message}"
+
+
+class TaskResult(BaseModel):
+    """One task run: its place, status, duration and return value (as JSON)."""
+
+    model_config = ConfigDict(populate_by_name=True)
+
+    name: str
+    path: list[str] = Field(default_factory=list, description="processes from the root")
+    branch: int | None = None
+    status: TaskStatus
+    started_at: dt.datetime | None = None
+    duration: float | None = Field(None, description="seconds")
+    return_: Any = Field(None, alias="return")
+    conversion: str | None = Field(
+        None, description="what was converted to store the return value as JSON, if anything"
+    )
+    error: ErrorInfo | None = None
+
+
+class Results(BaseModel):
+    """Everything a workflow run produced."""
+
+    id: str = Field(default_factory=new_id)
+    workload_id: str | None = None
+    workflow: str
+    pinion: str | None = None
+    status: RunStatus
+    started_at: dt.datetime
+    finished_at: dt.datetime
+    tasks: list[TaskResult] = Field(default_factory=list)
+    g: dict[str, Any] = Field(default_factory=dict)
+    g_conversions: dict[str, str] = Field(default_factory=dict)
+    error: ErrorInfo | None = None
+    work_dir: str | None = None
+
+    def _runs(self, name: str) -> list[TaskResult]:
+        runs = [t for t in self.tasks if t.name == name]
+        if not runs:
+            known = ", ".join(repr(t) for t in dict.fromkeys(t.name for t in self.tasks))
+            raise KeyError(f"no task {name!r} in these results (tasks: {known})")
+        return runs
+
+    def __getitem__(self, key: str | tuple[str, int]) -> Any:
+        """A task's return value; a branched task's list of values, or ``[name, branch]``."""
+        if isinstance(key, tuple):
+            name, branch = key
+            for run in self._runs(name):
+                if run.branch == branch:
+                    return run.return_
+            raise KeyError(f"task {name!r} has no branch {branch}")
+        runs = self._runs(key)
+        if runs[0].branch is None:
+            return runs[0].return_
+        return [r.return_ for r in sorted(runs, key=lambda r: r.branch or 0)]
+
+    def __contains__(self, name: object) -> bool:
+        return any(t.name == name for t in self.tasks)
+
+    def get(self, name: str, default: Any = None, *, branch: int | None = None) -> Any:
+        try:
+            return self[name] if branch is None else self[name, branch]
+        except KeyError:
+            return default
+
+    @property
+    def ok(self) -> bool:
+        return self.status == RunStatus.COMPLETED
+
+    @property
+    def returns(self) -> dict[str, Any]:
+        """Every task's return value by name (branched tasks as lists)."""
+        return {name: self[name] for name in dict.fromkeys(t.name for t in self.tasks)}
+
+    def to_json_dict(self) -> dict[str, Any]:
+        """The stable JSON form (what ``caliber results show --json`` prints)."""
+        return self.model_dump(mode="json", by_alias=True)
+
+    def summary(self) -> dict[str, Any]:
+        """The short form listed by ``caliber results list --json``."""
+        return {
+            "id": self.id,
+            "workload_id": self.workload_id,
+            "workflow": self.workflow,
+            "pinion": self.pinion,
+            "status": self.status.value,
+            "started_at": self.started_at.isoformat(),
+            "finished_at": self.finished_at.isoformat(),
+        }
+
+    def __repr__(self) -> str:
+        return f"Results(id={self.id!r}, workflow={self.workflow!r}, status={self.status.value!r})"

@@ -1,0 +1,1 @@
+"""Defining workflows: the model, the JSON file format and the in-process runner."""

@@ -1,0 +1,317 @@
+"""The JSON workflow file: its schema, export with round-trip checks, and validated loading.
+
+Format version 1::
+
+    {"caliber": 1, "name": "pasta", "description": null,
+     "attachments": ["pasta_functions.py"],
+     "process": {"type": "process", "name": "Pasta", "tasks": [
+         {"type": "task", "name": "Make dough", "function": "pasta_functions:make_dough",
+          "args": [3], "kwargs": {}},
+         {"type": "task", "name": "Rest", "function": "pasta_functions:rest",
+          "args": [{"$result": "Make dough"}], "kwargs": {}}]}}
+
+A task's return value used as an argument is written ``{"$result": "task name"}``. Tuples are
+written as lists (JSON has no tuple); any other value that would not come back unchanged is
+refused at export time, naming the task and the argument.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import tempfile
+from pathlib import Path
+from typing import Annotated, Any, Literal, Union
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from caliber.errors import (
+    AttachmentError,
+    ExportError,
+    WorkflowDefinitionError,
+    WorkflowFileError,
+)
+from caliber.workflow.attachments import check_relative_path, resolve_inside
+from caliber.workflow.model import BranchProcess, Node, Process, Task, TaskRef, Workflow
+
+FORMAT_VERSION = 1
+REF_KEY = "$result"
+FUNCTION_PATTERN = r"^[A-Za-z_][A-Za-z0-9_.]*:[A-Za-z_][A-Za-z0-9_.]*$"
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class TaskNode(_Strict):
+    """A task: a function by import path, with its arguments."""
+
+    type: Literal["task"] = "task"
+    name: str = Field(min_length=1)
+    function: str = Field(pattern=FUNCTION_PATTERN, description="module:function")
+    args: list[Any] = Field(default_factory=list)
+    kwargs: dict[str, Any] | list[dict[str, Any]] = Field(default_factory=dict)
+
+
+class BranchNode(_Strict):
+    """A branch process: the same tasks once per branch, arguments given per branch."""
+
+    type: Literal["branch"]
+    name: str | None = None
+    branches: int = Field(ge=1)
+    tasks: list[TaskNode] = Field(min_length=1)
+
+
+class ProcessNode(_Strict):
+    """A process: its items run one after the other."""
+
+    type: Literal["process"]
+    name: str | None = None
+    tasks: list[Annotated[Union[TaskNode, ProcessNode, BranchNode], Field(discriminator="type")]]  # noqa: UP007
+
+
+class WorkflowDocument(_Strict):
+    """A Caliber workflow file."""
+
+    model_config = ConfigDict(extra="forbid", title="Caliber workflow")
+
+    caliber: Literal[1] = Field(description="format version")
+    name: str = Field(min_length=1)
+    description: str | None = None
+    attachments: list[str] = Field(default_factory=list)
+    process: Annotated[Union[ProcessNode, BranchNode], Field(discriminator="type")]  # noqa: UP007
+
+
+def json_schema() -> dict[str, Any]:
+    """The JSON Schema of the workflow file, for editors."""
+    schema = WorkflowDocument.model_json_schema()
+    schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
+    return schema
+
+
+# --- export ------------------------------------------------------------------------------
+
+
+def encode_value(value: Any, task: str, where: str) -> Any:
+    """``value`` as JSON, or ExportError when it would not come back unchanged."""
+    kind = type(value)
+    if value is None or kind in (bool, int, str):
+        return value
+    if kind is float:
+        if not math.isfinite(value):
+            raise ExportError(f"task {task!r}: {where} is {value}, which JSON cannot carry")
+        return value
+    if isinstance(value, TaskRef):
+        return {REF_KEY: value.task}
+    if kind in (list, tuple):
+        return [encode_value(v, task, f"{where}[{i}]") for i, v in enumerate(value)]
+    if kind is dict:
+        out = {}
+        for key, item in value.items():
+            if type(key) is not str:
+                raise ExportError(
+                    f"task {task!r}: {where} has the key {key!r}; JSON keys must be strings"
+                )
+            if key == REF_KEY:
+                raise ExportError(f"task {task!r}: {where} uses the reserved key {REF_KEY!r}")
+            out[key] = encode_value(item, task, f"{where}[{key!r}]")
+        return out
+    shown = repr(value)
+    shown = shown if len(shown) <= 60 else shown[:57] + "..."
+    raise ExportError(
+        f"task {task!r}: {where} is a {kind.__name__} ({shown}), which JSON cannot carry; "
+        "use numbers, strings, booleans, None, lists and dicts with string keys"
+    )
+
+
+def _task_node(task: Task, branched: bool) -> dict[str, Any]:
+    if branched:
+        args = [
+            encode_value(list(a), task.name, f"args[branch {b}]") for b, a in enumerate(task.args)
+        ]
+        kwargs: Any = [
+            encode_value(k, task.name, f"kwargs[branch {b}]") for b, k in enumerate(task.kwargs)
+        ]
+    else:
+        args = encode_value(list(task.args), task.name, "args")
+        if not isinstance(task.kwargs, dict):
+            raise ExportError(f"task {task.name!r}: kwargs must be a dict")
+        kwargs = encode_value(task.kwargs, task.name, "kwargs")
+    return {"type": "task", "name": task.name, "function": task.function, "args": args,
+            "kwargs": kwargs}
+
+
+def _node(node: Node) -> dict[str, Any]:
+    if isinstance(node, Task):
+        return _task_node(node, branched=False)
+    if isinstance(node, Process):
+        return {"type": "process", "name": node.name, "tasks": [_node(i) for i in node.items]}
+    return {
+        "type": "branch",
+        "name": node.name,
+        "branches": node.branches,
+        "tasks": [_task_node(t, branched=True) for t in node.items],
+    }
+
+
+def to_document(workflow: Workflow, *, relative_to: Path | None = None) -> dict[str, Any]:
+    """The workflow as a JSON document; attachments rewritten relative to ``relative_to``."""
+    attachments = []
+    for name in workflow.attachments:
+        rel = check_relative_path(name)
+        if relative_to is not None and relative_to.resolve() != workflow.base_dir:
+            absolute = resolve_inside(workflow.base_dir, rel)
+            try:
+                rel = absolute.relative_to(relative_to.resolve()).as_posix()
+            except ValueError:
+                raise AttachmentError(
+                    f"attachment {name!r} is outside {relative_to}; export the workflow into the "
+                    "folder that holds its attachments"
+                ) from None
+        attachments.append(rel)
+    return {
+        "caliber": FORMAT_VERSION,
+        "name": workflow.name,
+        "description": workflow.description,
+        "attachments": attachments,
+        "process": _node(workflow.process),
+    }
+
+
+def dumps(document: dict[str, Any]) -> str:
+    return json.dumps(document, indent=2, ensure_ascii=False, allow_nan=False) + "\n"
+
+
+def export(workflow: Workflow, path: Path) -> Path:
+    """Write the workflow file atomically (nothing is written when export is refused)."""
+    missing = [
+        a for a in workflow.attachments if not resolve_inside(workflow.base_dir, a).is_file()
+    ]
+    if missing:
+        raise AttachmentError(f"attachment {missing[0]!r} not found in {workflow.base_dir}")
+    text = dumps(to_document(workflow, relative_to=path.parent))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+# --- load --------------------------------------------------------------------------------
+
+
+def decode_value(value: Any) -> Any:
+    """Turn ``{"$result": name}`` back into TaskRef, everywhere inside ``value``."""
+    if isinstance(value, list):
+        return [decode_value(v) for v in value]
+    if isinstance(value, dict):
+        if len(value) == 1 and isinstance(value.get(REF_KEY), str):
+            return TaskRef(value[REF_KEY])
+        return {k: decode_value(v) for k, v in value.items()}
+    return value
+
+
+def _build(node: TaskNode | ProcessNode | BranchNode) -> Node:
+    if isinstance(node, TaskNode):
+        return Task(
+            node.function,
+            name=node.name,
+            args=decode_value(node.args),
+            kwargs=decode_value(node.kwargs),
+        )
+    if isinstance(node, ProcessNode):
+        return Process([_build(i) for i in node.tasks], name=node.name)
+    tasks = [_build(t) for t in node.tasks]
+    return BranchProcess(tasks, branches=node.branches, name=node.name)  # type: ignore[arg-type]
+
+
+_TAGS = {"task", "process", "branch"}
+
+
+def _location(loc: tuple[int | str, ...]) -> str:
+    """``('process', 'process', 'tasks', 0, 'task', 'name')`` -> ``process.tasks[0].name``."""
+    out = ""
+    previous: int | str | None = None
+    for i, part in enumerate(loc):
+        union_slot = (i == 1 and loc[0] == "process") or (
+            isinstance(previous, int) and i >= 2 and loc[i - 2] == "tasks"
+        )
+        if union_slot and part in _TAGS:
+            previous = part
+            continue
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+        previous = part
+    return out or "(top level)"
+
+
+def from_document(document: Any, base_dir: Path, *, source: str) -> Workflow:
+    """Validate a parsed document and build the Workflow; WorkflowFileError lists problems."""
+    if not isinstance(document, dict):
+        raise WorkflowFileError(source, ["the top level must be a JSON object"])
+    version = document.get("caliber")
+    if version is None:
+        raise WorkflowFileError(
+            source, ["missing format version field 'caliber' (is this a Caliber workflow file?)"]
+        )
+    if version != FORMAT_VERSION:
+        raise WorkflowFileError(
+            source,
+            [f"unknown format version {version!r}; this Caliber reads version {FORMAT_VERSION}"],
+        )
+    try:
+        parsed = WorkflowDocument.model_validate(document)
+    except ValidationError as exc:
+        problems = [f"{_location(e['loc'])}: {e['msg']}" for e in exc.errors()]
+        raise WorkflowFileError(source, problems) from None
+    problems: list[str] = []
+    for name in parsed.attachments:
+        try:
+            if not resolve_inside(base_dir, name).is_file():
+                problems.append(f"attachment {name!r} not found in {base_dir}")
+        except AttachmentError as exc:
+            problems.append(str(exc))
+    if problems:
+        raise WorkflowFileError(source, problems)
+    try:
+        process = _build(parsed.process)
+        return Workflow(
+            process,  # type: ignore[arg-type]
+            parsed.name,
+            attachments=parsed.attachments,
+            description=parsed.description,
+            base_dir=base_dir,
+        )
+    except WorkflowDefinitionError as exc:
+        raise WorkflowFileError(source, [str(exc)]) from None
+
+
+def parse_text(text: str, *, source: str) -> Any:
+    """Parse JSON text, turning a syntax error into one line with line and column."""
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise WorkflowFileError(
+            source, [f"line {exc.lineno}, column {exc.colno}: {exc.msg} (not valid JSON)"]
+        ) from None
+
+
+def load(path: Path) -> Workflow:
+    """Read and validate a workflow file."""
+    source = str(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise WorkflowFileError(source, ["no such file"]) from None
+    except IsADirectoryError:
+        raise WorkflowFileError(source, ["is a folder, not a workflow file"]) from None
+    except UnicodeDecodeError:
+        raise WorkflowFileError(source, ["is not UTF-8 text"]) from None
+    except OSError as exc:
+        raise WorkflowFileError(source, [exc.strerror or str(exc)]) from None
+    return from_document(parse_text(text, source=source), path.resolve().parent, source=source)

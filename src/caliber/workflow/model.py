@@ -1,0 +1,403 @@
+"""The workflow model: Task, Process, BranchProcess and Workflow.
+
+A workflow is a tree. Its leaves are tasks, each a reference to a module-level function with
+its arguments; its inner nodes are processes, which run their items in order, and branch
+processes, which run the same tasks once per branch. Everything here is plain data: running
+is :mod:`caliber.workflow.runner`, the JSON file is :mod:`caliber.workflow.fileformat`.
+"""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+import sys
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Union
+
+from caliber.errors import WorkflowDefinitionError
+
+if TYPE_CHECKING:
+    from caliber.results.model import Results
+    from caliber.workflow.runner import TaskEvent
+
+
+@dataclass(frozen=True)
+class TaskRef:
+    """The return value of an earlier task, used as an argument: ``args=[dough.result]``.
+
+    Inside a branch process it means the same branch's value of a task of that branch process;
+    outside, a branched task's reference is the list of its values, one per branch.
+    """
+
+    task: str
+
+    def __repr__(self) -> str:
+        return f"<result of {self.task!r}>"
+
+
+def function_ref(function: Callable[..., Any]) -> str:
+    """The ``module:qualname`` import path of a module-level function, or a clear error."""
+    name = getattr(function, "__qualname__", None) or getattr(function, "__name__", None)
+    if inspect.ismethod(function):
+        raise WorkflowDefinitionError(
+            f"task function {name} is a bound method; use a module-level function instead"
+        )
+    module = getattr(function, "__module__", None)
+    if not callable(function) or not isinstance(name, str) or not isinstance(module, str):
+        raise WorkflowDefinitionError(
+            f"task function {function!r} is not a plain function; use a module-level function"
+        )
+    if name == "<lambda>" or name.endswith(".<lambda>"):
+        raise WorkflowDefinitionError(
+            "task function is a lambda, which cannot be exported; define it with def at the top "
+            "level of a module"
+        )
+    if "<locals>" in name:
+        raise WorkflowDefinitionError(
+            f"task function {name} is defined inside another function, which cannot be exported; "
+            "move it to the top level of a module"
+        )
+    if module == "__main__":
+        raise WorkflowDefinitionError(
+            f"task function {name} is defined in the script being run (__main__), which a pinion "
+            "cannot import; move it into a module (e.g. my_functions.py) and import it"
+        )
+    found = sys.modules.get(module)
+    target: Any = found
+    for part in name.split("."):
+        target = getattr(target, part, None)
+    if target is not function:
+        raise WorkflowDefinitionError(
+            f"task function {module}:{name} cannot be found again by its import path "
+            "(a decorator without functools.wraps?); use a module-level function"
+        )
+    return f"{module}:{name}"
+
+
+def import_function(ref: str) -> Callable[..., Any]:
+    """Import ``module:qualname``; raise ImportError naming the module and the attribute."""
+    module_name, _, qualname = ref.partition(":")
+    try:
+        target: Any = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise ImportError(f"cannot import module {module_name!r} for {ref}: {exc}") from exc
+    for part in qualname.split("."):
+        try:
+            target = getattr(target, part)
+        except AttributeError:
+            raise ImportError(
+                f"module {module_name!r} has no attribute {qualname!r} (for {ref})"
+            ) from None
+    if not callable(target):
+        raise ImportError(f"{ref} is not callable")
+    return target  # type: ignore[no-any-return]
+
+
+class Task:
+    """One call of a module-level function.
+
+    ``function`` is the function itself or its import path ``"module:qualname"``. In a
+    :class:`BranchProcess`, ``args`` is a list of per-branch argument lists and ``kwargs`` a
+    list of per-branch dicts.
+    """
+
+    def __init__(
+        self,
+        function: Callable[..., Any] | str,
+        name: str | None = None,
+        args: Sequence[Any] | None = None,
+        kwargs: dict[str, Any] | Sequence[dict[str, Any]] | None = None,
+    ) -> None:
+        self._callable: Callable[..., Any] | None
+        if isinstance(function, str):
+            module, sep, qualname = function.partition(":")
+            if not sep or not module or not qualname:
+                raise WorkflowDefinitionError(
+                    f"task function {function!r} must be an import path 'module:function'"
+                )
+            self.function = function
+            self._callable = None
+        else:
+            self.function = function_ref(function)
+            self._callable = function
+        if name is None:
+            name = self.function.partition(":")[2]
+        if not isinstance(name, str) or not name.strip():
+            raise WorkflowDefinitionError(f"task name must be a non-empty string, not {name!r}")
+        self.name = name
+        if args is not None and (isinstance(args, str | bytes) or not isinstance(args, Sequence)):
+            raise WorkflowDefinitionError(
+                f"task {name!r}: args must be a list, not {type(args).__name__}"
+            )
+        self.args: list[Any] = list(args) if args is not None else []
+        self.kwargs: Any = kwargs if kwargs is not None else {}
+        self._args_given = args is not None
+        self._kwargs_given = kwargs is not None
+
+    @property
+    def result(self) -> TaskRef:
+        """A reference to this task's return value, to pass as an argument of a later task."""
+        return TaskRef(self.name)
+
+    def resolve(self) -> Callable[..., Any]:
+        """The function to call, imported by its path if needed."""
+        if self._callable is None:
+            self._callable = import_function(self.function)
+        return self._callable
+
+    def __repr__(self) -> str:
+        return f"Task({self.name!r}, function={self.function!r})"
+
+
+class Process:
+    """Runs its items (tasks, processes, branch processes) one after the other, in list order."""
+
+    def __init__(self, tasks: Sequence[Node], name: str | None = None) -> None:
+        if isinstance(tasks, Task | Process | BranchProcess) or not isinstance(tasks, Sequence):
+            raise WorkflowDefinitionError(f"process {name or 'process'!r}: tasks must be a list")
+        for item in tasks:
+            if not isinstance(item, Task | Process | BranchProcess):
+                raise WorkflowDefinitionError(
+                    f"process {name or 'process'!r}: {item!r} is not a Task, Process or "
+                    "BranchProcess"
+                )
+        self.items: list[Node] = list(tasks)
+        self.name = name
+
+    @property
+    def tasks(self) -> list[Node]:
+        return self.items
+
+    def __repr__(self) -> str:
+        return f"Process({self.name!r}, {len(self.items)} items)"
+
+
+class BranchProcess:
+    """Runs the same tasks once per branch; branches are independent of each other."""
+
+    def __init__(self, tasks: Sequence[Task], branches: int, name: str | None = None) -> None:
+        label = repr(name or "branch process")
+        if isinstance(branches, bool) or not isinstance(branches, int) or branches < 1:
+            raise WorkflowDefinitionError(f"{label}: branches must be a whole number >= 1")
+        if not isinstance(tasks, Sequence) or not tasks:
+            raise WorkflowDefinitionError(f"{label}: tasks must be a non-empty list of Tasks")
+        for task in tasks:
+            if not isinstance(task, Task):
+                raise WorkflowDefinitionError(f"{label}: {task!r} is not a Task")
+            _check_branch_arguments(task, branches)
+        self.items: list[Task] = list(tasks)
+        self.branches = branches
+        self.name = name
+
+    @property
+    def tasks(self) -> list[Task]:
+        return self.items
+
+    def __repr__(self) -> str:
+        return f"BranchProcess({self.name!r}, {self.branches} branches)"
+
+
+def _check_branch_arguments(task: Task, branches: int) -> None:
+    if not task._args_given:
+        task.args = [[] for _ in range(branches)]
+    elif len(task.args) != branches or not all(
+        isinstance(a, list | tuple) for a in task.args
+    ):
+        raise WorkflowDefinitionError(
+            f"task {task.name!r}: in a BranchProcess with {branches} branches, args must be a "
+            f"list of {branches} argument lists, one per branch"
+        )
+    if not task._kwargs_given:
+        task.kwargs = [{} for _ in range(branches)]
+    elif (
+        isinstance(task.kwargs, dict)
+        or not isinstance(task.kwargs, Sequence)
+        or len(task.kwargs) != branches
+        or not all(isinstance(k, dict) for k in task.kwargs)
+    ):
+        raise WorkflowDefinitionError(
+            f"task {task.name!r}: in a BranchProcess with {branches} branches, kwargs must be a "
+            f"list of {branches} dicts, one per branch"
+        )
+
+
+Node = Union[Task, Process, BranchProcess]  # noqa: UP007 (used at runtime in isinstance)
+
+
+@dataclass(frozen=True)
+class Step:
+    """One task run in execution order: the task, its branch (or None) and its place."""
+
+    task: Task
+    branch: int | None
+    path: tuple[str, ...]
+    branch_process: BranchProcess | None
+
+
+def iter_steps(node: Node, path: tuple[str, ...] = ()) -> Iterator[Step]:
+    """Every task run of the tree in execution order (a branched task once per branch)."""
+    if isinstance(node, Task):
+        yield Step(node, None, path, None)
+    elif isinstance(node, Process):
+        inner = (*path, node.name or "process")
+        for item in node.items:
+            yield from iter_steps(item, inner)
+    else:
+        inner = (*path, node.name or "branch process")
+        for branch in range(node.branches):
+            for task in node.items:
+                yield Step(task, branch, inner, node)
+
+
+def iter_tasks(node: Node) -> Iterator[Task]:
+    """Every task of the tree once, in definition order."""
+    if isinstance(node, Task):
+        yield node
+    else:
+        for item in node.items:
+            yield from iter_tasks(item)
+
+
+def iter_refs(value: Any) -> Iterator[TaskRef]:
+    """Every TaskRef inside an argument value (lists, tuples and dict values)."""
+    if isinstance(value, TaskRef):
+        yield value
+    elif isinstance(value, list | tuple):
+        for item in value:
+            yield from iter_refs(item)
+    elif isinstance(value, dict):
+        for item in value.values():
+            yield from iter_refs(item)
+
+
+def _default_base_dir() -> Path:
+    main = sys.modules.get("__main__")
+    main_file = getattr(main, "__file__", None)
+    return Path(main_file).resolve().parent if main_file else Path.cwd()
+
+
+class Workflow:
+    """A named process tree, with the files it needs (attachments) and a description.
+
+    Attachment paths are relative to ``base_dir``: the folder of the script that defines the
+    workflow, or of the JSON file it was loaded from.
+    """
+
+    def __init__(
+        self,
+        process: Process | BranchProcess,
+        name: str,
+        attachments: Sequence[str] = (),
+        description: str | None = None,
+        *,
+        base_dir: str | Path | None = None,
+    ) -> None:
+        if not isinstance(process, Process | BranchProcess):
+            raise WorkflowDefinitionError(
+                f"workflow {name!r}: process must be a Process or BranchProcess"
+            )
+        if not isinstance(name, str) or not name.strip():
+            raise WorkflowDefinitionError(f"workflow name must be a non-empty string, not {name!r}")
+        if isinstance(attachments, str):
+            attachments = [attachments]
+        self.process = process
+        self.name = name
+        self.attachments: list[str] = [str(a) for a in attachments]
+        self.description = description
+        self.base_dir = Path(base_dir).resolve() if base_dir is not None else _default_base_dir()
+        self._validate()
+
+    def _validate(self) -> None:
+        seen: dict[str, Task] = {}
+        for task in iter_tasks(self.process):
+            if task.name in seen:
+                raise WorkflowDefinitionError(
+                    f"workflow {self.name!r}: task name {task.name!r} is used twice; "
+                    "task names must be unique within a workflow"
+                )
+            seen[task.name] = task
+        done: set[str] = set()
+        for step in iter_steps(self.process):
+            task = step.task
+            for ref in iter_refs([task.args, task.kwargs]):
+                if ref.task not in seen:
+                    raise WorkflowDefinitionError(
+                        f"task {task.name!r} uses the result of {ref.task!r}, "
+                        "which is not a task of this workflow"
+                    )
+                if ref.task not in done:
+                    raise WorkflowDefinitionError(
+                        f"task {task.name!r} uses the result of {ref.task!r}, which runs later; "
+                        "a task can only use the results of tasks that run before it"
+                    )
+            done.add(task.name)
+
+    @property
+    def tasks(self) -> list[Task]:
+        """Every task, in definition order."""
+        return list(iter_tasks(self.process))
+
+    def steps(self) -> list[Step]:
+        """Every task run, in execution order (branched tasks once per branch)."""
+        return list(iter_steps(self.process))
+
+    # --- file format -------------------------------------------------------------------
+
+    def to_document(self, *, relative_to: Path | None = None) -> dict[str, Any]:
+        """The JSON document of this workflow (raises ExportError for non-JSON arguments)."""
+        from caliber.workflow.fileformat import to_document
+
+        return to_document(self, relative_to=relative_to)
+
+    def export(self, path: str | Path) -> Path:
+        """Write the workflow file; returns its path."""
+        from caliber.workflow.fileformat import export
+
+        return export(self, Path(path))
+
+    @classmethod
+    def load(cls, path: str | Path) -> Workflow:
+        """Read and validate a workflow file, reporting every problem with its place."""
+        from caliber.workflow.fileformat import load
+
+        return load(Path(path))
+
+    # --- running -----------------------------------------------------------------------
+
+    def run(
+        self,
+        *,
+        work_dir: str | Path | None = None,
+        store: bool = True,
+        on_event: Callable[[TaskEvent], None] | None = None,
+    ) -> Results:
+        """Run the workflow here and now; keep the Results in the local store (``store``)."""
+        from caliber.workflow.runner import run_workflow
+
+        results = run_workflow(
+            self, work_dir=Path(work_dir) if work_dir else Path.cwd(), on_event=on_event
+        )
+        if store:
+            from caliber.queue.select import open_local
+
+            with open_local() as backend:
+                backend.save_results(results)
+        return results
+
+    def queue(
+        self,
+        pinion: str,
+        *,
+        project: str | None = None,
+        model: str | None = None,
+        local: bool = False,
+    ) -> str:
+        """Put the workflow in the queue for ``pinion``; returns the workload id."""
+        from caliber.queue.api import queue_workflow
+
+        return queue_workflow(self, pinion, project=project, model=model, local=local)
+
+    def __repr__(self) -> str:
+        return f"Workflow({self.name!r}, {len(self.tasks)} tasks)"
