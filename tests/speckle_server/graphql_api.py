@@ -32,7 +32,7 @@ SCOPES = {
     "profile:write": "Make actions on your profile.",
     "profile:email": "Read the email address you registered with.",
     "users:read": "Read other users' profiles.",
-    "server:stats": 'Request server stats from the API. Only works in conjunction with a '
+    "server:stats": "Request server stats from the API. Only works in conjunction with a "
     '"server:admin" role.',
 }
 
@@ -63,19 +63,30 @@ def limited_user(store: Store, user_id: str) -> Obj | None:
     if user is None:
         return None
     return {
-        "id": user.id, "name": user.name, "bio": None, "company": user.company,
-        "avatar": None, "verified": False, "role": user.role,
+        "id": user.id,
+        "name": user.name,
+        "bio": None,
+        "company": user.company,
+        "avatar": None,
+        "verified": False,
+        "role": user.role,
     }
 
 
 def project_obj(ctx: Context, p: Project) -> Obj:
     apps = {v.source_application for v in ctx.store.versions.values() if v.project_id == p.id}
     return {
-        "_obj": p, "id": p.id, "name": p.name, "description": p.description,
-        "visibility": p.visibility, "allowPublicComments": p.allow_public_comments,
+        "_obj": p,
+        "id": p.id,
+        "name": p.name,
+        "description": p.description,
+        "visibility": p.visibility,
+        "allowPublicComments": p.allow_public_comments,
         "role": "stream:owner" if ctx.user and ctx.user.id == p.owner_id else None,
-        "createdAt": p.created_at, "updatedAt": p.updated_at,
-        "sourceApps": sorted(a for a in apps if a), "workspaceId": None,
+        "createdAt": p.created_at,
+        "updatedAt": p.updated_at,
+        "sourceApps": sorted(a for a in apps if a),
+        "workspaceId": None,
     }
 
 
@@ -86,8 +97,13 @@ def preview_url(ctx: Context, v: Version) -> str:
 def model_obj(ctx: Context, m: Model) -> Obj:
     latest = ctx.store.model_versions(m.id)[:1]
     return {
-        "_obj": m, "id": m.id, "name": m.name, "displayName": m.name.split("/")[-1],
-        "description": m.description, "createdAt": m.created_at, "updatedAt": m.updated_at,
+        "_obj": m,
+        "id": m.id,
+        "name": m.name,
+        "displayName": m.name.split("/")[-1],
+        "description": m.description,
+        "createdAt": m.created_at,
+        "updatedAt": m.updated_at,
         "previewUrl": preview_url(ctx, latest[0]) if latest else None,
         "author": limited_user(ctx.store, m.author_id),
     }
@@ -95,9 +111,14 @@ def model_obj(ctx: Context, m: Model) -> Obj:
 
 def version_obj(ctx: Context, v: Version) -> Obj:
     return {
-        "_obj": v, "id": v.id, "referencedObject": v.object_id, "message": v.message,
-        "sourceApplication": v.source_application, "createdAt": v.created_at,
-        "previewUrl": preview_url(ctx, v), "authorUser": limited_user(ctx.store, v.author_id),
+        "_obj": v,
+        "id": v.id,
+        "referencedObject": v.object_id,
+        "message": v.message,
+        "sourceApplication": v.source_application,
+        "createdAt": v.created_at,
+        "previewUrl": preview_url(ctx, v),
+        "authorUser": limited_user(ctx.store, v.author_id),
     }
 
 
@@ -106,8 +127,11 @@ def page(items: list[Any], limit: int, cursor: str | None, key: Callable[[Any], 
     result is the key of its last item, ``None`` on an empty page, as the real server does."""
     rest = [i for i in items if key(i) < cursor] if cursor else items
     chosen = rest[: max(limit, 0)]
-    return {"totalCount": len(items), "cursor": key(chosen[-1]) if chosen else None,
-            "items": chosen}
+    return {
+        "totalCount": len(items),
+        "cursor": key(chosen[-1]) if chosen else None,
+        "items": chosen,
+    }
 
 
 # -- queries -----------------------------------------------------------------------------------
@@ -115,9 +139,12 @@ def page(items: list[Any], limit: int, cursor: str | None, key: Callable[[Any], 
 
 def server_info(_: None, info: GraphQLResolveInfo) -> Obj:
     return {
-        "name": "My new Speckle Server", "company": "Unknown Company",
-        "description": "This a community deployment of a Speckle Server.", "adminContact": "n/a",
-        "canonicalUrl": info.context.url, "version": "dev",
+        "name": "My new Speckle Server",
+        "company": "Unknown Company",
+        "description": "This a community deployment of a Speckle Server.",
+        "adminContact": "n/a",
+        "canonicalUrl": info.context.url,
+        "version": "dev",
         "scopes": [{"name": k, "description": v} for k, v in SCOPES.items()],
         "authStrategies": [{"id": "local", "name": "Local", "icon": "TODO"}],
         "workspaces": {"workspacesEnabled": False},
@@ -132,13 +159,17 @@ def active_user(_: None, info: GraphQLResolveInfo) -> Obj | None:
 
 
 def user_projects(
-    parent: Obj, info: GraphQLResolveInfo, limit: int, cursor: str | None = None,
+    parent: Obj,
+    info: GraphQLResolveInfo,
+    limit: int,
+    cursor: str | None = None,
     filter: Obj | None = None,
 ) -> Obj:
     ctx: Context = info.context
     search = (filter or {}).get("search")
     owned = [
-        p for p in ctx.store.projects.values()
+        p
+        for p in ctx.store.projects.values()
         if p.owner_id == parent["_obj"].id and (not search or ilike(p.name, f"%{search}%"))
     ]
     owned.sort(key=lambda p: (p.updated_at, p.id), reverse=True)
@@ -160,7 +191,10 @@ def project(_: None, info: GraphQLResolveInfo, id: str) -> Obj:
 
 
 def project_models(
-    parent: Obj, info: GraphQLResolveInfo, limit: int, cursor: str | None = None,
+    parent: Obj,
+    info: GraphQLResolveInfo,
+    limit: int,
+    cursor: str | None = None,
     filter: Obj | None = None,
 ) -> Obj:
     ctx: Context = info.context
@@ -169,15 +203,18 @@ def project_models(
 
     def keep(m: Model) -> bool:
         versions = ctx.store.model_versions(m.id)
-        return all((
-            not f.get("search") or ilike(m.name, f"%{f['search']}%"),
-            not f.get("ids") or m.id in f["ids"],
-            m.id not in (f.get("excludeIds") or ()),
-            not f.get("onlyWithVersions") or bool(versions),
-            not f.get("sourceApps") or any(v.source_application in f["sourceApps"]
-                                           for v in versions),
-            not f.get("contributors") or any(v.author_id in f["contributors"] for v in versions),
-        ))
+        return all(
+            (
+                not f.get("search") or ilike(m.name, f"%{f['search']}%"),
+                not f.get("ids") or m.id in f["ids"],
+                m.id not in (f.get("excludeIds") or ()),
+                not f.get("onlyWithVersions") or bool(versions),
+                not f.get("sourceApps")
+                or any(v.source_application in f["sourceApps"] for v in versions),
+                not f.get("contributors")
+                or any(v.author_id in f["contributors"] for v in versions),
+            )
+        )
 
     result = page([m for m in models if keep(m)], limit, cursor, lambda m: m.updated_at)
     return {**result, "items": [model_obj(ctx, m) for m in result["items"]]}
@@ -207,7 +244,10 @@ def project_version(parent: Obj, info: GraphQLResolveInfo, id: str) -> Obj:
 
 
 def model_versions(
-    parent: Obj, info: GraphQLResolveInfo, limit: int, cursor: str | None = None,
+    parent: Obj,
+    info: GraphQLResolveInfo,
+    limit: int,
+    cursor: str | None = None,
     filter: Obj | None = None,
 ) -> Obj:
     ctx: Context = info.context
@@ -247,9 +287,12 @@ def project_create(_: Obj, info: GraphQLResolveInfo, input: Obj | None = None) -
 def project_update(_: Obj, info: GraphQLResolveInfo, update: Obj) -> Obj:
     ctx: Context = info.context
     p = ctx.store.project_for_write(update["id"], ctx.signed_in())
-    for field, attr in (("name", "name"), ("description", "description"),
-                        ("visibility", "visibility"),
-                        ("allowPublicComments", "allow_public_comments")):
+    for field, attr in (
+        ("name", "name"),
+        ("description", "description"),
+        ("visibility", "visibility"),
+        ("allowPublicComments", "allow_public_comments"),
+    ):
         if update.get(field) is not None:
             setattr(p, attr, update[field])
     p.updated_at = ctx.store.stamp()
@@ -272,7 +315,10 @@ def model_create(_: Obj, info: GraphQLResolveInfo, input: Obj) -> Obj:
 def model_update(_: Obj, info: GraphQLResolveInfo, input: Obj) -> Obj:
     ctx: Context = info.context
     model = ctx.store.update_model(
-        ctx.signed_in(), input["projectId"], input["id"], input.get("name"),
+        ctx.signed_in(),
+        input["projectId"],
+        input["id"],
+        input.get("name"),
         input.get("description"),
     )
     return model_obj(ctx, model)
@@ -365,8 +411,11 @@ def _formatted(error: GraphQLError) -> Obj:
 def execute(ctx: Context, request: Obj) -> tuple[int, Obj]:
     """Run one GraphQL request; return the HTTP status and the JSON body."""
     result = graphql_sync(
-        SCHEMA, request.get("query") or "", context_value=ctx,
-        variable_values=request.get("variables"), operation_name=request.get("operationName"),
+        SCHEMA,
+        request.get("query") or "",
+        context_value=ctx,
+        variable_values=request.get("variables"),
+        operation_name=request.get("operationName"),
     )
     if not result.errors:
         return 200, {"data": result.data}

@@ -4,6 +4,7 @@ standard-library HTTP server, answering the way the recorded real server did.
 
 from __future__ import annotations
 
+import contextlib
 import email.parser
 import email.policy
 import gzip
@@ -149,8 +150,10 @@ class SpeckleTestServer:
             self._http = _HTTPServer((self._bind, self._port), self)
             self._port = self._http.server_address[1]
             self._thread = threading.Thread(
-                target=self._http.serve_forever, kwargs={"poll_interval": 0.05},
-                name=f"speckle-test-server-{self._port}", daemon=True,
+                target=self._http.serve_forever,
+                kwargs={"poll_interval": 0.05},
+                name=f"speckle-test-server-{self._port}",
+                daemon=True,
             )
             self._thread.start()
         return self
@@ -163,10 +166,8 @@ class SpeckleTestServer:
         http.shutdown()
         with http.connections_lock:
             for conn in list(http.connections):
-                try:
+                with contextlib.suppress(OSError):
                     conn.shutdown(socket.SHUT_RDWR)
-                except OSError:
-                    pass
         http.server_close()
         if self._thread:
             self._thread.join()
@@ -179,7 +180,9 @@ class SpeckleTestServer:
         return self.start()
 
     def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None,
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
         self.stop()
@@ -187,7 +190,11 @@ class SpeckleTestServer:
     # -- configuration -------------------------------------------------------------------------
 
     def add_user(
-        self, name: str, *, token: str | None = None, email: str | None = None,
+        self,
+        name: str,
+        *,
+        token: str | None = None,
+        email: str | None = None,
         company: str | None = None,
     ) -> str:
         """Create a user (the first one is server admin) and return its token."""
@@ -229,8 +236,9 @@ class SpeckleTestServer:
                 if verdict:
                     reply.headers["X-RateLimit-Remaining"] = str(verdict.remaining)
         with self.store.lock:
-            self.log.append(Exchange(req.command, path, operation, reply.status,
-                                     user.name if user else None))
+            self.log.append(
+                Exchange(req.command, path, operation, reply.status, user.name if user else None)
+            )
         self._send(req, reply)
 
     def _send(self, req: BaseHTTPRequestHandler, reply: Reply) -> None:
@@ -339,4 +347,3 @@ class SpeckleTestServer:
             return Reply(404, b"Failed to find object.", "text/html; charset=utf-8")
         ids = [object_id, *stored[object_id].get("__closure", {})]
         return self._objects_reply(req, [stored[i] for i in ids if i in stored])
-

@@ -83,10 +83,8 @@ def model_name(raw: str) -> str:
 
 
 def name_is_valid(name: str) -> bool:
-    """The real server's model-name rule (``#``/``$``/``/`` start, ``/`` end, ``//``, ``,``, ``\\``)."""
-    return not (
-        name[:1] in ("#", "$", "/") or name.endswith("/") or "//" in name or re.search(r"[,\\]", name)
-    )
+    """The real server's rule: no ``#``/``$``/``/`` start, ``/`` end, ``//``, ``,`` or ``\\``."""
+    return re.match(r"[#$/]|.*(/$|//|[,\\])", name, re.DOTALL) is None
 
 
 def ilike(value: str, pattern: str) -> bool:
@@ -161,7 +159,8 @@ class Store:
 
     def can_read(self, project_id: str, user: User | None) -> bool:
         project = self.projects.get(project_id)
-        return bool(project and (project.visibility == "PUBLIC" or self.can_write(project_id, user)))
+        public = bool(project and project.visibility == "PUBLIC")
+        return public or self.can_write(project_id, user)
 
     def project_models(self, project_id: str) -> list[Model]:
         return [m for m in self.models.values() if m.project_id == project_id]
@@ -173,9 +172,7 @@ class Store:
 
     def _duplicate(self, project_id: str, name: str, exclude: str | None = None) -> bool:
         """The real check is ``name ILIKE <new name>``, so ``_`` and ``%`` act as wildcards."""
-        return any(
-            ilike(m.name, name) for m in self.project_models(project_id) if m.id != exclude
-        )
+        return any(ilike(m.name, name) for m in self.project_models(project_id) if m.id != exclude)
 
     # -- projects ------------------------------------------------------------------------------
 
@@ -184,12 +181,18 @@ class Store:
     ) -> Project:
         now = self.stamp()
         project = Project(
-            self._new_id(), name or "Unnamed Project", description or "",
-            visibility or "PRIVATE", user.id, now, now,
+            self._new_id(),
+            name or "Unnamed Project",
+            description or "",
+            visibility or "PRIVATE",
+            user.id,
+            now,
+            now,
         )
         self.projects[project.id] = project
         self.objects[project.id] = {}
-        main = Model(self._new_id(), project.id, "main", "default model", user.id, *[self.stamp()] * 2)
+        now = self.stamp()
+        main = Model(self._new_id(), project.id, "main", "default model", user.id, now, now)
         self.models[main.id] = main
         return project
 
@@ -206,7 +209,8 @@ class Store:
         """Listed models, newest-updated first; ``main`` is hidden while it has no version."""
         return sorted(
             (
-                m for m in self.project_models(project_id)
+                m
+                for m in self.project_models(project_id)
                 if m.name != "main" or self.model_versions(m.id)
             ),
             key=lambda m: m.updated_at,
@@ -241,8 +245,11 @@ class Store:
         if name is None and description is None:
             raise SpeckleError("Please specify a property to update", "BRANCH_UPDATE_ERROR", 400)
         info = {
-            "projectId": project_id, "id": model_id, "name": name,
-            "description": description, "userId": user.id,
+            "projectId": project_id,
+            "id": model_id,
+            "name": name,
+            "description": description,
+            "userId": user.id,
         }
         model = self.models.get(model_id)
         if model is None or model.project_id != project_id:
@@ -275,9 +282,13 @@ class Store:
     def create_version(self, user: User, data: dict[str, Any]) -> Version:
         project = self.project_for_write(data["projectId"], user)
         info = {
-            "authorId": user.id, "streamId": project.id, "branchId": data["modelId"],
-            "message": data.get("message"), "sourceApplication": data.get("sourceApplication"),
-            "objectId": data["objectId"], "parents": data.get("parents") or [],
+            "authorId": user.id,
+            "streamId": project.id,
+            "branchId": data["modelId"],
+            "message": data.get("message"),
+            "sourceApplication": data.get("sourceApplication"),
+            "objectId": data["objectId"],
+            "parents": data.get("parents") or [],
         }
         if data["objectId"] not in self.objects[project.id]:
             raise SpeckleError("Couldn't find commit object", "COMMIT_CREATE_ERROR", 400, **info)
@@ -286,8 +297,14 @@ class Store:
             message = f"Failed to find branch with id {data['modelId']}."
             raise SpeckleError(message, "COMMIT_CREATE_ERROR", 400, **info)
         version = Version(
-            self._new_id(), project.id, model.id, data["objectId"], data.get("message"),
-            data.get("sourceApplication"), user.id, self.stamp(),
+            self._new_id(),
+            project.id,
+            model.id,
+            data["objectId"],
+            data.get("message"),
+            data.get("sourceApplication"),
+            user.id,
+            self.stamp(),
         )
         self.versions[version.id] = version
         model.updated_at = project.updated_at = self.stamp()
@@ -305,8 +322,10 @@ class Store:
         self.project_for_write(project_id, user)
         if not message:
             info = {
-                "projectId": project_id, "versionId": version_id,
-                "message": message, "userId": user.id,
+                "projectId": project_id,
+                "versionId": version_id,
+                "message": message,
+                "userId": user.id,
             }
             raise SpeckleError("Nothing to update", "COMMIT_UPDATE_ERROR", 500, **info)
         [version] = self._live_versions(project_id, [version_id])
@@ -324,7 +343,7 @@ class Store:
     def move_versions(
         self, user: User, project_id: str, version_ids: list[str], target: str
     ) -> Model:
-        """Move versions to the model named ``target`` (case-insensitive), creating it unsanitised."""
+        """Move versions to the model named ``target`` (any case); create it, unsanitised."""
         self.project_for_write(project_id, user)
         if not version_ids:
             raise SpeckleError("No commits specified", "COMMIT_BATCH_UPDATE_ERROR", 400)
