@@ -1,1 +1,287 @@
-"""Rendering for people: tables, trees, progress lines. Rich is imported only here, lazily."""
+"""Rendering for people: tables, trees, progress lines. Rich is imported only here, lazily.
+
+Helpers other command groups reuse:
+
+- :func:`console` a rich Console that respects ``NO_COLOR`` and plain output when not a tty;
+- :func:`workflow_tree` the process tree of a workflow (``workflow show``, ``queue view``);
+- :func:`table` a small table from rows;
+- :func:`results_view` / :func:`results_table` stored Results for people;
+- :func:`format_value` / :func:`format_duration` short text for values and durations.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from collections.abc import Iterable, Sequence
+from typing import TYPE_CHECKING, Any, TextIO
+
+if TYPE_CHECKING:
+    from rich.console import Console, RenderableType
+    from rich.table import Table
+    from rich.tree import Tree
+
+    from caliber.results.model import Results
+    from caliber.workflow.model import BranchProcess, Node, Process, Task, Workflow
+
+VALUE_WIDTH = 60  # characters of an argument or return value shown inline before "..."
+
+
+def use_color(stream: TextIO | None = None) -> bool:
+    """Colour only on a terminal and only when ``NO_COLOR`` is not set."""
+    stream = stream if stream is not None else sys.stdout
+    return "NO_COLOR" not in os.environ and bool(getattr(stream, "isatty", lambda: False)())
+
+
+def console(*, stderr: bool = False, width: int | None = None) -> Console:
+    """A rich Console for stdout (or stderr): colour on a terminal unless ``NO_COLOR``."""
+    from rich.console import Console
+
+    stream = sys.stderr if stderr else sys.stdout
+    color = use_color(stream)
+    return Console(
+        file=stream,
+        stderr=stderr,
+        no_color=not color,
+        color_system="auto" if color else None,
+        highlight=False,
+        emoji=False,
+        soft_wrap=not color,
+        width=width if width is not None else (None if color else 100),
+        force_terminal=False if not color else None,
+    )
+
+
+def print_renderable(renderable: RenderableType, *, stderr: bool = False) -> None:
+    console(stderr=stderr).print(renderable)
+
+
+# --- short text for values ----------------------------------------------------------------
+
+
+def format_value(value: Any, width: int = VALUE_WIDTH) -> str:
+    """A value as short text: JSON where it fits, task references as ``<result of 'X'>``."""
+    text = _value_text(value)
+    return text if len(text) <= width else text[: max(width - 3, 1)] + "..."
+
+
+def _value_text(value: Any) -> str:
+    from caliber.workflow.model import TaskRef
+
+    if isinstance(value, TaskRef):
+        return f"<result of {value.task!r}>"
+    if isinstance(value, list | tuple):
+        return "[" + ", ".join(_value_text(v) for v in value) + "]"
+    if isinstance(value, dict):
+        items = (f"{json.dumps(str(k), ensure_ascii=False)}: {_value_text(v)}"
+                 for k, v in value.items())
+        return "{" + ", ".join(items) + "}"
+    try:
+        return json.dumps(value, ensure_ascii=False)
+    except (TypeError, ValueError):
+        return repr(value)
+
+
+def format_duration(seconds: float | None) -> str:
+    """``0.01s``, ``12.3s``, ``4m05s``, ``2h03m``; ``-`` when unknown."""
+    if seconds is None:
+        return "-"
+    if seconds < 10:
+        return f"{seconds:.2f}s"
+    if seconds < 60:
+        return f"{seconds:.1f}s"
+    minutes, secs = divmod(round(seconds), 60)
+    if minutes < 60:
+        return f"{minutes}m{secs:02d}s"
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}h{minutes:02d}m"
+
+
+# --- workflow tree ------------------------------------------------------------------------
+
+
+def _call_text(task: Task, args: Sequence[Any], kwargs: dict[str, Any]) -> str:
+    parts = [format_value(a) for a in args]
+    parts += [f"{k}={format_value(v)}" for k, v in kwargs.items()]
+    return f"{task.function}({', '.join(parts)})"
+
+
+def _task_label(task: Task, branch: int | None = None) -> str:
+    from rich.markup import escape
+
+    if branch is None:
+        call = _call_text(task, task.args, task.kwargs if isinstance(task.kwargs, dict) else {})
+    else:
+        call = _call_text(task, task.args[branch], task.kwargs[branch])
+    refs = _refs_of(task, branch)
+    ref_text = f"  [magenta]<- {escape(', '.join(refs))}[/]" if refs else ""
+    return f"[bold]{escape(task.name)}[/]  [dim]{escape(call)}[/]{ref_text}"
+
+
+def _refs_of(task: Task, branch: int | None) -> list[str]:
+    from caliber.workflow.model import iter_refs
+
+    if branch is None:
+        values: Any = [task.args, task.kwargs]
+    else:
+        values = [task.args[branch], task.kwargs[branch]]
+    return list(dict.fromkeys(ref.task for ref in iter_refs(values)))
+
+
+def _add_node(tree: Tree, node: Node) -> None:
+    from rich.markup import escape
+
+    from caliber.workflow.model import BranchProcess, Process, Task
+
+    if isinstance(node, Task):
+        tree.add(_task_label(node))
+    elif isinstance(node, Process):
+        sub = tree.add(f"[cyan]process[/] {escape(node.name or '')}".rstrip())
+        for item in node.items:
+            _add_node(sub, item)
+    elif isinstance(node, BranchProcess):
+        _add_branches(tree, node)
+
+
+def _add_branches(tree: Tree, node: BranchProcess) -> None:
+    from rich.markup import escape
+
+    label = f"[cyan]branch process[/] {escape(node.name or '')}".rstrip()
+    sub = tree.add(f"{label} [dim]({node.branches} branches)[/]")
+    for branch in range(node.branches):
+        bsub = sub.add(f"[yellow]branch {branch}[/]")
+        for task in node.items:
+            bsub.add(_task_label(task, branch))
+
+
+def workflow_tree(workflow: Workflow) -> Tree:
+    """The workflow as a rich Tree: processes, branches, each task's function and arguments,
+    and the tasks whose results it uses (``<- Make dough``)."""
+    from rich.markup import escape
+    from rich.tree import Tree
+
+    root = Tree(f"[bold green]workflow[/] [bold]{escape(workflow.name)}[/]")
+    if workflow.description:
+        root.add(f"[dim]{escape(workflow.description)}[/]")
+    process: Process | BranchProcess = workflow.process
+    _add_node(root, process)
+    if workflow.attachments:
+        att = root.add("[cyan]attachments[/]")
+        for name in workflow.attachments:
+            att.add(escape(name))
+    return root
+
+
+# --- tables -------------------------------------------------------------------------------
+
+
+def table(
+    columns: Sequence[str],
+    rows: Iterable[Sequence[Any]],
+    *,
+    title: str | None = None,
+) -> Table:
+    """A plain table with a header row; every cell is shown with ``str``."""
+    from rich import box
+    from rich.table import Table
+
+    out = Table(title=title, box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False)
+    for column in columns:
+        out.add_column(column, overflow="fold")
+    for row in rows:
+        out.add_row(*("" if cell is None else str(cell) for cell in row))
+    return out
+
+
+# --- results ------------------------------------------------------------------------------
+
+STATUS_STYLE = {
+    "completed": "green",
+    "failed": "red",
+    "skipped": "dim",
+    "queued": "yellow",
+    "running": "cyan",
+    "cancelled": "dim",
+}
+
+
+def status_text(status: str) -> str:
+    """A status word coloured by its meaning (rich markup)."""
+    style = STATUS_STYLE.get(status, "")
+    return f"[{style}]{status}[/]" if style else status
+
+
+def results_table(items: Iterable[Results]) -> Table:
+    """Stored results, one row each (``caliber results list``)."""
+    from rich.markup import escape
+
+    rows = []
+    for r in items:
+        rows.append([
+            r.id,
+            escape(r.workflow),
+            escape(r.pinion or "-"),
+            status_text(r.status.value),
+            r.finished_at.astimezone().strftime("%Y-%m-%d %H:%M:%S"),
+            r.workload_id or "-",
+        ])
+    return table(["id", "workflow", "pinion", "status", "finished", "workload"], rows)
+
+
+def results_view(results: Results, *, value_width: int | None = None) -> RenderableType:
+    """One Results in full: header, every task's status, duration and return value, the global
+    data and the error (``caliber results show``)."""
+    from rich.console import Group
+    from rich.markup import escape
+    from rich.text import Text
+
+    width = value_width or 10_000
+    head = Text.from_markup(
+        f"[bold]{escape(results.workflow)}[/]  results {results.id}  "
+        f"{status_text(results.status.value)}\n"
+        f"[dim]workload {results.workload_id or '-'}  pinion {escape(results.pinion or '-')}  "
+        f"started {results.started_at.astimezone():%Y-%m-%d %H:%M:%S}  "
+        f"took {format_duration((results.finished_at - results.started_at).total_seconds())}[/]"
+    )
+    rows = []
+    for t in results.tasks:
+        value = "" if t.status != "completed" else escape(format_value(t.return_, width))
+        if t.conversion:
+            value += f" [dim]({escape(t.conversion)})[/]"
+        if t.error is not None:
+            value = f"[red]{escape(t.error.type)}: {escape(t.error.message)}[/]"
+        rows.append([
+            escape(t.name),
+            "-" if t.branch is None else str(t.branch),
+            status_text(t.status.value),
+            format_duration(t.duration),
+            value,
+        ])
+    parts: list[RenderableType] = [
+        head, table(["task", "branch", "status", "time", "return"], rows)
+    ]
+    if results.g:
+        g_rows = []
+        for key, val in results.g.items():
+            note = results.g_conversions.get(key)
+            text = escape(format_value(val, width))
+            g_rows.append([escape(key), text + (f" [dim]({escape(note)})[/]" if note else "")])
+        parts.append(table(["g", "value"], g_rows))
+    if results.error is not None:
+        parts.append(Text.from_markup(f"[red]error:[/] {escape(results.error.summary())}"))
+    return Group(*parts)
+
+
+def traceback_panel(text: str, title: str = "traceback") -> RenderableType:
+    """A saved traceback (text) in a panel, for showing the failing user task's own error."""
+    from rich.panel import Panel
+    from rich.syntax import Syntax
+
+    return Panel(
+        Syntax(text.rstrip(), "pytb", theme="ansi_dark", background_color="default",
+               word_wrap=True),
+        title=title,
+        border_style="red",
+        expand=False,
+    )
