@@ -42,6 +42,8 @@ class TaskEvent:
     status: TaskStatus | None = None
     duration: float | None = None
     error: ErrorInfo | None = None
+    result: TaskResult | None = None
+    """On ``end``: the task's full record, return value included."""
 
 
 def _error_info(exc: BaseException, task: str | None, branch: int | None) -> ErrorInfo:
@@ -124,14 +126,14 @@ class _Run:
             record.error = _error_info(exc, task.name, branch)
             self.errors.append(record.error)
             self.emit(TaskEvent("end", self.index, self.total, task.name, branch,
-                                TaskStatus.FAILED, record.duration, record.error))
+                                TaskStatus.FAILED, record.duration, record.error, record))
             return False
         record.duration = time.perf_counter() - start
         self.values[task.name, branch] = value
         record.return_, record.conversion = to_json(value)
         record.status = TaskStatus.COMPLETED
         self.emit(TaskEvent("end", self.index, self.total, task.name, branch,
-                            TaskStatus.COMPLETED, record.duration))
+                            TaskStatus.COMPLETED, record.duration, result=record))
         return True
 
     def run_node(self, node: Node) -> bool:
