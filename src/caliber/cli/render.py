@@ -11,7 +11,6 @@ Helpers other command groups reuse:
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 from collections.abc import Iterable, Sequence
@@ -62,25 +61,9 @@ def print_renderable(renderable: RenderableType, *, stderr: bool = False) -> Non
 
 def format_value(value: Any, width: int = VALUE_WIDTH) -> str:
     """A value as short text: JSON where it fits, task references as ``<result of 'X'>``."""
-    text = _value_text(value)
-    return text if len(text) <= width else text[: max(width - 3, 1)] + "..."
+    from caliber.workflow.diagram import value_text
 
-
-def _value_text(value: Any) -> str:
-    from caliber.workflow.model import TaskRef
-
-    if isinstance(value, TaskRef):
-        return f"<result of {value.task!r}>"
-    if isinstance(value, list | tuple):
-        return "[" + ", ".join(_value_text(v) for v in value) + "]"
-    if isinstance(value, dict):
-        items = (f"{json.dumps(str(k), ensure_ascii=False)}: {_value_text(v)}"
-                 for k, v in value.items())
-        return "{" + ", ".join(items) + "}"
-    try:
-        return json.dumps(value, ensure_ascii=False)
-    except (TypeError, ValueError):
-        return repr(value)
+    return value_text(value, width)
 
 
 def format_duration(seconds: float | None) -> str:
@@ -101,32 +84,14 @@ def format_duration(seconds: float | None) -> str:
 # --- workflow tree ------------------------------------------------------------------------
 
 
-def _call_text(task: Task, args: Sequence[Any], kwargs: dict[str, Any]) -> str:
-    parts = [format_value(a) for a in args]
-    parts += [f"{k}={format_value(v)}" for k, v in kwargs.items()]
-    return f"{task.function}({', '.join(parts)})"
-
-
 def _task_label(task: Task, branch: int | None = None) -> str:
     from rich.markup import escape
 
-    if branch is None:
-        call = _call_text(task, task.args, task.kwargs if isinstance(task.kwargs, dict) else {})
-    else:
-        call = _call_text(task, task.args[branch], task.kwargs[branch])
-    refs = _refs_of(task, branch)
+    from caliber.workflow.diagram import call_text, task_refs
+
+    refs = task_refs(task, branch)
     ref_text = f"  [magenta]<- {escape(', '.join(refs))}[/]" if refs else ""
-    return f"[bold]{escape(task.name)}[/]  [dim]{escape(call)}[/]{ref_text}"
-
-
-def _refs_of(task: Task, branch: int | None) -> list[str]:
-    from caliber.workflow.model import iter_refs
-
-    if branch is None:
-        values: Any = [task.args, task.kwargs]
-    else:
-        values = [task.args[branch], task.kwargs[branch]]
-    return list(dict.fromkeys(ref.task for ref in iter_refs(values)))
+    return f"[bold]{escape(task.name)}[/]  [dim]{escape(call_text(task, branch))}[/]{ref_text}"
 
 
 def _add_node(tree: Tree, node: Node) -> None:
