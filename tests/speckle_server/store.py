@@ -29,8 +29,8 @@ MAX_VERSIONS_PAGE = 100
 class SpeckleError(GraphQLError):
     """A GraphQL error shaped like the real server's: ``extensions`` = code, info, statusCode."""
 
-    def __init__(self, message: str, code: str, status: int, **info: Any) -> None:
-        super().__init__(message, extensions={"code": code, **info, "statusCode": status})
+    def __init__(self, text: str, code: str, status: int, /, **info: Any) -> None:
+        super().__init__(text, extensions={"code": code, **info, "statusCode": status})
 
 
 @dataclass

@@ -1,0 +1,244 @@
+"""Replay the requests recorded from a real Speckle server against the test server.
+
+Every exchange of ``transcript.jsonl`` and ``transcript-extra.jsonl`` is sent again, in order,
+with the recorded users mapped to fresh tokens and the recorded ids (projects, models, versions,
+users, cursors) mapped to the ids the test server returned for them. Then status, content type,
+gzip encoding and body are compared: JSON key by key in order, every value equal once ids and
+urls are mapped, except timestamps (compared by format). Text bodies must be equal.
+
+Relaxed, with their reasons (``RELAXED``): the version-create burst (which create is the first
+refused depends on timing), the listing of that burst, and alice's project list (the recording
+server held projects from earlier runs).
+"""
+
+from __future__ import annotations
+
+import copy
+import gzip
+import json
+import os
+import re
+import time
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qs, urlencode
+
+import pytest
+
+pytest.importorskip("specklepy")
+import requests  # noqa: E402  (a specklepy dependency)
+
+try:
+    from speckle_server import Limit, RateLimit, SpeckleTestServer
+except ImportError:  # tests/ imported as a package
+    from tests.speckle_server import Limit, RateLimit, SpeckleTestServer
+
+pytestmark = pytest.mark.speckle
+
+TRANSCRIPTS = Path(
+    os.environ.get(
+        "SPECKLE_TRANSCRIPTS",
+        Path(__file__).resolve().parents[2] / "shared" / "speckle-transcripts",
+    )
+)
+RECORDED_URL = "http://127.0.0.1:3000"  # the real server's canonical url
+ID = re.compile(r"\b[0-9a-f]{10}\b")
+TIMESTAMP = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$")
+BURST = range(411, 513)  # X40: version.create back to back until refused
+RELAXED = {
+    **dict.fromkeys(BURST, "X40 burst: which create is refused first depends on timing"),
+    513: "X41: lists the burst, whose size depends on timing (compared: the versions made)",
+    405: "X29: the recording server held 7 projects from earlier runs (compared as a prefix)",
+}
+
+
+def load(name: str) -> list[dict[str, Any]]:
+    path = TRANSCRIPTS / name
+    if not path.exists():
+        pytest.skip(f"no recorded transcript at {path}")
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+class Replayer:
+    """Sends recorded requests with mapped ids and compares the answers."""
+
+    def __init__(self, server: SpeckleTestServer) -> None:
+        self.server = server
+        self.tokens = {
+            "alice": server.add_user("Alice", email="alice@example.org", company="Acme"),
+            "bob": server.add_user("Bob", email="bob@example.org", company="Acme"),
+            "unknown": "not-a-token",
+        }
+        self.ids: dict[str, str] = {}  # recorded id or cursor -> ours
+        self.session = requests.Session()
+        self.compared = 0
+        self.problems: list[str] = []
+        self.burst_statuses: list[int] = []
+        self.burst_templates: dict[int, dict[str, Any]] = {}
+
+    # -- mapping -------------------------------------------------------------------------------
+
+    def map_value(self, value: Any) -> Any:
+        if isinstance(value, dict):
+            return {k: self.map_value(v) for k, v in value.items()}
+        if isinstance(value, list):
+            return [self.map_value(v) for v in value]
+        if isinstance(value, str):
+            return self.ids.get(value, value)
+        return value
+
+    def map_text(self, text: str) -> str:
+        text = text.replace(RECORDED_URL, self.server.url)
+        return ID.sub(lambda m: self.ids.get(m.group(), m.group()), text)
+
+    def learn(self, rec: Any, ours: Any, key: str = "") -> None:
+        """Pair ids (and cursors) the recording and the test server answered in one place."""
+        if isinstance(rec, dict) and isinstance(ours, dict):
+            for k in rec.keys() & ours.keys():
+                self.learn(rec[k], ours[k], k)
+        elif isinstance(rec, list) and isinstance(ours, list) and len(rec) == len(ours):
+            for r, o in zip(rec, ours, strict=True):
+                self.learn(r, o, key)
+        elif isinstance(rec, str) and isinstance(ours, str) and rec not in self.ids:
+            is_id = key in ("id", "data") and ID.fullmatch(rec) and ID.fullmatch(ours)
+            if (is_id or key == "cursor") and ours not in self.ids.values():
+                self.ids[rec] = ours
+
+    # -- one exchange --------------------------------------------------------------------------
+
+    def send(self, exchange: dict[str, Any]) -> requests.Response:
+        rq = exchange["request"]
+        headers = {k: v for k, v in rq["headers"] if k in ("Accept", "Accept-Encoding")}
+        auth = dict(rq["headers"]).get("Authorization")
+        if auth:
+            headers["Authorization"] = "Bearer " + self.tokens[auth.split(":")[1].rstrip(">")]
+        path = "/".join(self.ids.get(part, part) for part in rq["path"].split("/"))
+        body = rq.get("body") or {}
+        kwargs: dict[str, Any] = {}
+        if "json" in body:
+            kwargs["json"] = self.map_value(body["json"])
+        elif "multipart" in body:
+            kwargs["files"] = {
+                f"batch-{i}": (f"batch-{i}", self.part(p), dict(p["part_headers"])["Content-Type"])
+                for i, p in enumerate(body["multipart"], 1)
+            }
+        elif "text" in body:
+            form = parse_qs(body["text"])
+            kwargs["data"] = urlencode({k: self.map_value(v[0]) for k, v in form.items()})
+            headers["Content-Type"] = "application/x-www-form-urlencoded"
+        url = self.server.url + path
+        return self.session.request(rq["method"], url, headers=headers, timeout=10, **kwargs)
+
+    @staticmethod
+    def part(recorded: dict[str, Any]) -> bytes:
+        data = json.dumps(recorded["json"]).encode()
+        return gzip.compress(data) if recorded.get("gunzipped") else data
+
+    def replay(self, exchanges: list[dict[str, Any]]) -> None:
+        for exchange in exchanges:
+            if exchange["seq"] in BURST:
+                self.burst_templates.setdefault(exchange["response"]["status"], exchange)
+        previous_end = None
+        for exchange in exchanges:
+            if previous_end and exchange["t"] - previous_end > 0.5:
+                time.sleep(1.05)  # the recording paused (X42 waits out the 1/s limit)
+            previous_end = exchange["t"] + exchange["ms"] / 1000
+            self.check(exchange, self.send(exchange))
+
+    def check(self, exchange: dict[str, Any], response: requests.Response) -> None:
+        seq, recorded = exchange["seq"], exchange["response"]
+        where = f"#{seq} [{exchange['label']}]"
+        ours_body = self.body_of(response)
+        rec_body = recorded["body"].get("json", recorded["body"].get("text", ""))
+        status = recorded["status"]
+        if seq in BURST:
+            self.burst_statuses.append(response.status_code)
+            if response.status_code != status and response.status_code in self.burst_templates:
+                template = self.burst_templates[response.status_code]
+                rec_body = copy.deepcopy(template["response"]["body"]["json"])
+                status = response.status_code
+                if status == 200:
+                    message = exchange["request"]["body"]["json"]["variables"]["input"]["message"]
+                    rec_body["data"]["data"]["data"]["message"] = message
+        elif seq in (405, 513):
+            rec_body = self.trimmed(seq, rec_body, ours_body)
+        self.compared += 1
+        if response.status_code != status:
+            self.problems.append(f"{where} status {response.status_code} != {status}")
+            return
+        rec_headers = {k.lower(): v for k, v in recorded["headers"]}
+        for header in ("content-type", "content-encoding"):
+            if (rec_headers.get(header) or "").lower() != (
+                response.headers.get(header) or ""
+            ).lower():
+                self.problems.append(f"{where} {header} {response.headers.get(header)!r}")
+        self.learn(rec_body, ours_body)
+        self.compare(rec_body, ours_body, where)
+
+    @staticmethod
+    def body_of(response: requests.Response) -> Any:
+        if response.headers.get("Content-Type", "").startswith("application/json"):
+            return response.json()
+        return response.text
+
+    def trimmed(self, seq: int, rec: dict[str, Any], ours: Any) -> Any:
+        """The part of a relaxed listing the test server should reproduce exactly."""
+        rec = copy.deepcopy(rec)
+        node, ours_node = rec["data"], ours.get("data") or {}
+        while "items" not in node:
+            node, ours_node = node["data"], ours_node.get("data") or {}
+        ours_items = ours_node.get("items", [])
+        if seq == 405:
+            node["items"] = node["items"][: len(ours_items)]
+        else:  # the versions the test server let through, in the recorded order
+            made = {item["message"] for item in ours_items}
+            node["items"] = [item for item in node["items"] if item["message"] in made]
+        node["totalCount"] = n = len(ours_items)
+        assert n >= (3 if seq == 405 else 60), f"#{seq}: only {n} items"
+        if seq == 405:  # an opaque cursor over the last item of the page
+            self.ids[node["cursor"]] = ours_node["cursor"]
+        return rec
+
+    def compare(self, rec: Any, ours: Any, where: str, path: str = "") -> None:
+        if isinstance(rec, dict):
+            if not isinstance(ours, dict) or list(rec) != list(ours):
+                keys = list(ours) if isinstance(ours, dict) else type(ours).__name__
+                self.problems.append(f"{where} {path}: keys {keys} != {list(rec)}")
+                return
+            for key in rec:
+                self.compare(rec[key], ours[key], where, f"{path}.{key}")
+        elif isinstance(rec, list):
+            if not isinstance(ours, list) or len(rec) != len(ours):
+                self.problems.append(f"{where} {path}: {ours!r:.200} != {rec!r:.200}")
+                return
+            for i, (r, o) in enumerate(zip(rec, ours, strict=True)):
+                self.compare(r, o, where, f"{path}[{i}]")
+        elif isinstance(rec, str) and TIMESTAMP.match(rec) and rec not in self.ids:
+            if not (isinstance(ours, str) and TIMESTAMP.match(ours)):
+                self.problems.append(f"{where} {path}: {ours!r} is not a timestamp")
+        else:
+            expected = rec
+            if isinstance(rec, str):
+                expected = self.ids[rec] if rec in self.ids else self.map_text(rec)
+            if expected != ours or type(expected) is not type(ours):
+                self.problems.append(f"{where} {path}: {ours!r:.300} != {expected!r:.300}")
+
+
+@pytest.mark.parametrize("name", ["transcript.jsonl", "transcript-extra.jsonl"])
+def test_replay_matches_recording(name: str) -> None:
+    exchanges = load(name)
+    rate_limit = RateLimit(version_create=Limit(1, 100))  # the real default, alone
+    with SpeckleTestServer(rate_limit=rate_limit) as server:
+        replayer = Replayer(server)
+        replayer.replay(exchanges)
+    relaxed = sum(e["seq"] in RELAXED for e in exchanges)
+    burst = replayer.burst_statuses
+    print(
+        f"\n{name}: {replayer.compared} exchanges compared, {relaxed} of them relaxed"
+        + (f"; burst: {burst.count(200)} created, {burst.count(429)} refused" if burst else "")
+    )
+    assert not replayer.problems, "\n".join(replayer.problems[:40])
+    assert replayer.compared == len(exchanges)
+    if burst:
+        assert 429 in burst
+        assert burst.count(200) >= 60
