@@ -23,6 +23,7 @@ if TYPE_CHECKING:
 
     from caliber.results.model import Results
     from caliber.workflow.model import BranchProcess, Node, Process, Task, Workflow
+    from caliber.workflow.runner import TaskEvent
 
 VALUE_WIDTH = 60  # characters of an argument or return value shown inline before "..."
 
@@ -250,3 +251,37 @@ def traceback_panel(text: str, title: str = "traceback") -> RenderableType:
         border_style="red",
         expand=False,
     )
+
+
+# --- progress of a run --------------------------------------------------------------------
+
+
+def _task_title(name: str, branch: int | None) -> str:
+    from rich.markup import escape
+
+    return escape(name) + (f" [dim](branch {branch})[/]" if branch is not None else "")
+
+
+def progress_line(event: TaskEvent) -> str:
+    """``[2/3] Rest  completed  0.10s`` (rich markup) for a task event; ``running`` at start."""
+    from rich.markup import escape
+
+    width = len(str(event.total))
+    count = escape(f"[{event.index:>{width}}/{event.total}]")
+    head = f"{count} {_task_title(event.name, event.branch)}"
+    if event.kind == "start":
+        return f"{head}  running"
+    status = event.status.value if event.status is not None else "done"
+    line = f"{head}  {status_text(status)}  {format_duration(event.duration)}"
+    if event.error is not None:
+        line += f"  [red]{escape(event.error.type)}: {escape(event.error.message)}[/]"
+    return line
+
+
+def skipped_lines(results: Results) -> list[str]:
+    """One line per task that never ran because an earlier task of its process failed."""
+    return [
+        f"      {_task_title(t.name, t.branch)}  {status_text(t.status.value)}"
+        for t in results.tasks
+        if t.status.value == "skipped"
+    ]

@@ -1,10 +1,174 @@
-"""``caliber workflow ...``: Define, show, run and queue workflow files."""
+"""``caliber workflow ...``: Show, run, queue workflow files and print their JSON Schema."""
 
 from __future__ import annotations
 
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
 import click
+
+from caliber.cli.common import json_option, print_json, remote_options
+
+if TYPE_CHECKING:
+    from caliber.results.model import Results
+    from caliber.workflow.model import Workflow
+    from caliber.workflow.runner import TaskEvent
+
+FILE = click.Path(dir_okay=False, path_type=Path)
+
+
+def _load(path: Path) -> Workflow:
+    from caliber.workflow.fileformat import load
+
+    return load(path)
 
 
 @click.group()
 def workflow() -> None:
-    """Define, show, run and queue workflow files."""
+    """Show, run and queue workflow files (JSON files exported with Workflow.export).
+
+    \b
+    Example:
+      python main.py                      # defines the workflow and exports pasta.json
+      caliber workflow show pasta.json
+      caliber workflow run pasta.json
+    """
+
+
+@workflow.command(epilog="Example: caliber workflow show pasta.json --format mermaid > pasta.mmd")
+@click.argument("file", type=FILE)
+@click.option(
+    "--format", "fmt", type=click.Choice(["tree", "mermaid", "dot", "json"]), default="tree",
+    show_default=True,
+    help="tree: in the terminal; mermaid/dot: diagram text; json: the validated document.",
+)
+def show(file: Path, fmt: str) -> None:
+    """Draw the workflow in FILE: processes, branches side by side, every task's function and
+    arguments, and the results tasks take from earlier tasks."""
+    wf = _load(file)
+    if fmt == "json":
+        print_json(wf.to_document())
+    elif fmt == "mermaid":
+        from caliber.workflow.diagram import mermaid
+
+        click.echo(mermaid(wf), nl=False)
+    elif fmt == "dot":
+        from caliber.workflow.diagram import dot
+
+        click.echo(dot(wf), nl=False)
+    else:
+        from caliber.cli.render import print_renderable, workflow_tree
+
+        print_renderable(workflow_tree(wf))
+
+
+class _Progress:
+    """One line per task as it ends; on a terminal a live line while it runs."""
+
+    def __init__(self, *, stream_err: bool) -> None:
+        from caliber.cli.render import console
+
+        self.console = console(stderr=stream_err)
+        self.live = self.console.is_terminal
+        self.status: Any = None
+
+    def __enter__(self) -> _Progress:
+        if self.live:
+            self.status = self.console.status("starting")
+            self.status.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.status is not None:
+            self.status.stop()
+
+    def __call__(self, event: TaskEvent) -> None:
+        from caliber.cli.render import progress_line
+
+        if event.kind == "start":
+            if self.status is not None:
+                self.status.update(progress_line(event))
+            return
+        self.console.print(progress_line(event))
+
+
+def _report(res: Results, *, as_json: bool) -> None:
+    from caliber.cli.render import console, print_renderable, skipped_lines, traceback_panel
+
+    if as_json:
+        print_json(res.to_json_dict())
+    else:
+        out = console()
+        for line in skipped_lines(res):
+            out.print(line)
+        out.print(f"results {res.id} ({res.status.value}); see: caliber results show {res.id}")
+    if res.ok:
+        return
+    for task in res.tasks:
+        if task.error is not None and task.error.traceback and task.error.type != "ImportError":
+            title = f"{task.name}" + (f" (branch {task.branch})" if task.branch is not None else "")
+            print_renderable(traceback_panel(task.error.traceback, title), stderr=True)
+
+
+@workflow.command(
+    epilog="Example: caliber workflow run pasta.json && caliber results show --workflow pasta"
+)
+@click.argument("file", type=FILE)
+@json_option
+def run(file: Path, as_json: bool) -> None:
+    """Run the workflow in FILE here and now, with a line per task, store its Results in the
+    local results store and print their id.
+
+    FILE's folder comes first on the import path, so the functions module next to it is found;
+    the current folder is the working folder (caliber-traceback.txt is written here when a task
+    fails). Exit code 0: completed, 1: a task failed, 2: bad input.
+    """
+    from caliber.errors import CaliberError
+    from caliber.workflow.runner import TRACEBACK_FILE
+
+    wf = _load(file)
+    with _Progress(stream_err=as_json) as progress:
+        res = wf.run(work_dir=Path.cwd(), store=True, on_event=progress)
+    _report(res, as_json=as_json)
+    if not res.ok:
+        error = res.error
+        what = error.summary() if error is not None else "a task failed"
+        saved = f"; traceback saved to {TRACEBACK_FILE}" if error is not None else ""
+        raise CaliberError(f"workflow {res.workflow!r} failed: {what}{saved}")  # exit code 1
+
+
+@workflow.command(epilog="Example: caliber workflow schema > caliber-workflow.schema.json")
+def schema() -> None:
+    """Print the JSON Schema of workflow files, for editors that validate JSON.
+
+    In VS Code, map it with "json.schemas" in settings.json, or add
+    "$schema": "./caliber-workflow.schema.json" to a workflow file.
+    """
+    from caliber.workflow.fileformat import json_schema
+
+    print_json(json_schema())
+
+
+@workflow.command(
+    "queue", epilog="Example: caliber workflow queue pasta.json -p mypinion"
+)
+@click.argument("file", type=FILE)
+@click.option("-p", "--pinion", "pinion_name", required=True, metavar="NAME",
+              help="Name of the pinion that should run the workflow.")
+@remote_options
+def queue_cmd(
+    file: Path, pinion_name: str, project: str | None, model: str | None, local: bool
+) -> None:
+    """Put the workflow in FILE, with its attachments, in the queue for pinion NAME; print the
+    workload id. Start the pinion with: caliber pinion init NAME."""
+    from caliber.queue.api import queue_workflow
+
+    wf = _load(file)
+    workload_id = queue_workflow(wf, pinion_name, project=project, model=model, local=local)
+    click.echo(workload_id)
+    if sys.stderr.isatty():
+        click.echo(
+            f"queued for pinion {pinion_name!r}; run it with: caliber pinion init {pinion_name}",
+            err=True,
+        )
