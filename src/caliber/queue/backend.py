@@ -17,6 +17,7 @@ AmbiguousIdError, LeaseLostError, QueueStateError, QueueError).
 
 from __future__ import annotations
 
+import builtins
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
@@ -100,7 +101,7 @@ class QueueBackend(Protocol):
         failed with ``reason``. LeaseLostError when the claim no longer holds.
         """
 
-    def expire(self, max_attempts: int) -> list[str]:
+    def expire(self, max_attempts: int) -> builtins.list[str]:
         """Fail running workloads whose lease ran out after ``max_attempts`` attempts; returns
         their ids. (Expired workloads with attempts left stay claimable.)"""
 
@@ -135,7 +136,7 @@ class QueueBackend(Protocol):
         pinion: str | None = None,
         limit: int | None = None,
         offset: int = 0,
-    ) -> list[Results]:
+    ) -> builtins.list[Results]:
         """Results, newest first."""
 
     def close(self) -> None:

@@ -8,15 +8,30 @@ power cut may lose the last transactions, never corrupt the file).
 
 from __future__ import annotations
 
+import builtins
+import datetime as dt
+import json
+import secrets
 import sqlite3
-from collections.abc import Iterator
+import threading
+import time
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from caliber.errors import AmbiguousIdError, NotFoundError, QueueError
+from caliber.errors import (
+    AmbiguousIdError,
+    LeaseLostError,
+    NotFoundError,
+    QueueError,
+    QueueStateError,
+)
+from caliber.queue.backend import Claim
 from caliber.queue.sqlite_schema import MIGRATIONS, SCHEMA_VERSION
-from caliber.results.model import Results
+from caliber.queue.workload import Attachment, HistoryEntry, Lease, Workload, WorkloadStatus
+from caliber.results.model import Results, RunStatus, utcnow
 
 BUSY_TIMEOUT_MS = 60_000  # how long a writer waits for another one before giving up
 
@@ -60,14 +75,61 @@ def _migrate(conn: sqlite3.Connection) -> None:
     try:
         version = conn.execute("PRAGMA user_version").fetchone()[0]
         for step in MIGRATIONS[version:]:
-            for statement in step.split(";"):
-                if statement.strip():
-                    conn.execute(statement)
+            for statement in _statements(step):
+                conn.execute(statement)
         conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
         conn.execute("COMMIT")
     except BaseException:
         conn.execute("ROLLBACK")
         raise
+
+
+_COLUMNS = (
+    "id, pinion, workflow_name, status, created_at, attempts, lease_owner, lease_token, "
+    "lease_expires, secret, secret_mismatch, results_id, last_error, work_dir, body"
+)
+_NO_LEASE = "lease_owner = NULL, lease_token = NULL, lease_expires = NULL"
+
+
+def _iso(moment: dt.datetime) -> str:
+    """UTC, fixed width: sorts in time order as text."""
+    return moment.astimezone(dt.UTC).isoformat(timespec="microseconds")
+
+
+def _from_unix(seconds: float) -> dt.datetime:
+    return dt.datetime.fromtimestamp(seconds, dt.UTC)
+
+
+def _body(workload: Workload) -> str:
+    return workload.model_dump_json(include={"workflow", "attachments", "queued_by"})
+
+
+def _workload(row: tuple[Any, ...]) -> Workload:
+    (wid, pinion, _name, status, created_at, attempts, owner, token, expires, secret,
+     mismatch, results_id, last_error, work_dir, body) = row
+    data = json.loads(body)
+    lease = None
+    if owner is not None and token is not None and expires is not None:
+        lease = Lease(owner=owner, token=token, expires_at=_from_unix(expires))
+    return Workload(
+        id=wid, pinion=pinion, status=WorkloadStatus(status),
+        created_at=dt.datetime.fromisoformat(created_at), attempts=attempts, lease=lease,
+        secret=secret, secret_mismatch=mismatch, results_id=results_id, last_error=last_error,
+        work_dir=work_dir, workflow=data["workflow"],
+        attachments=[Attachment.model_validate(a) for a in data.get("attachments", [])],
+        queued_by=data.get("queued_by", ""),
+    )
+
+
+def _statements(script: str) -> Iterator[str]:
+    """The statements of a script one by one (a trigger's body holds semicolons too)."""
+    pending = ""
+    for part in script.split(";"):
+        pending += part + ";"
+        if sqlite3.complete_statement(pending):
+            if pending.strip(" \n;"):
+                yield pending
+            pending = ""
 
 
 class SQLiteBackend:
@@ -77,6 +139,7 @@ class SQLiteBackend:
         self.path = path
         self.location = str(path)
         self.conn = connect(path)
+        self._lock = threading.RLock()  # one connection, shared by the pinion's threads
 
     def close(self) -> None:
         self.conn.close()
@@ -90,20 +153,29 @@ class SQLiteBackend:
     @contextmanager
     def transaction(self) -> Iterator[sqlite3.Connection]:
         """One write transaction, taken at once (no lock upgrade deadlocks)."""
-        try:
-            self.conn.execute("BEGIN IMMEDIATE")
-        except sqlite3.OperationalError as exc:
-            raise QueueError(f"the queue database {self.path} is busy or unwritable: {exc}") from None
-        try:
-            yield self.conn
-        except BaseException:
-            self.conn.execute("ROLLBACK")
-            raise
-        try:
-            self.conn.execute("COMMIT")
-        except sqlite3.Error as exc:
-            self.conn.execute("ROLLBACK")
-            raise QueueError(f"cannot write the queue database {self.path}: {exc}") from None
+        with self._lock:
+            try:
+                self.conn.execute("BEGIN IMMEDIATE")
+            except sqlite3.OperationalError as exc:
+                raise QueueError(
+                    f"the queue database {self.path} is busy or unwritable: {exc}"
+                ) from None
+            try:
+                yield self.conn
+            except sqlite3.IntegrityError:
+                self.conn.execute("ROLLBACK")
+                raise
+            except sqlite3.Error as exc:
+                self.conn.execute("ROLLBACK")
+                raise QueueError(f"cannot use the queue database {self.path}: {exc}") from None
+            except BaseException:
+                self.conn.execute("ROLLBACK")
+                raise
+            try:
+                self.conn.execute("COMMIT")
+            except sqlite3.Error as exc:
+                self.conn.execute("ROLLBACK")
+                raise QueueError(f"cannot write the queue database {self.path}: {exc}") from None
 
     def resolve_id(self, table: str, id_or_prefix: str, what: str) -> str:
         """The full id for an id or unique prefix (NotFoundError, AmbiguousIdError)."""
@@ -122,6 +194,219 @@ class SQLiteBackend:
         if len(ids) > 1:
             raise AmbiguousIdError(id_or_prefix, ids)
         return str(ids[0])
+
+    # --- workloads ------------------------------------------------------------------------
+
+    def put(self, workload: Workload) -> None:
+        history = workload.history or [
+            HistoryEntry(at=workload.created_at, status=WorkloadStatus.QUEUED,
+                         message=f"queued by {workload.queued_by or '?'}")
+        ]
+        lease = workload.lease
+        try:
+            with self.transaction() as conn:
+                conn.execute(
+                    f"INSERT INTO workloads ({_COLUMNS}) VALUES ({', '.join('?' * 15)})",
+                    (
+                        workload.id, workload.pinion, workload.workflow_name,
+                        workload.status.value, _iso(workload.created_at), workload.attempts,
+                        lease.owner if lease else None, lease.token if lease else None,
+                        lease.expires_at.timestamp() if lease else None, workload.secret,
+                        workload.secret_mismatch, workload.results_id, workload.last_error,
+                        workload.work_dir, _body(workload),
+                    ),
+                )
+                self._add_history(conn, workload.id, *((h.status, h.message) for h in history),
+                                  at=[h.at for h in history])
+        except sqlite3.IntegrityError as exc:
+            raise QueueError(f"cannot queue workload {workload.id}: {exc}") from None
+
+    def get(self, id_or_prefix: str) -> Workload:
+        with self._lock:
+            full = self.resolve_id("workloads", id_or_prefix, "workload")
+            row = self.conn.execute(
+                f"SELECT {_COLUMNS} FROM workloads WHERE id = ?", (full,)
+            ).fetchone()
+            if row is None:
+                raise NotFoundError(f"no workload with id {id_or_prefix!r}")
+            return self._with_history([_workload(row)])[0]
+
+    def list(
+        self,
+        *,
+        pinion: str | None = None,
+        status: WorkloadStatus | None = None,
+        limit: int | None = None,
+        offset: int = 0,
+    ) -> list[Workload]:
+        where, params = self._filters(
+            pinion=pinion, status=WorkloadStatus(status).value if status else None
+        )
+        with self._lock:
+            rows = self.conn.execute(
+                f"SELECT {_COLUMNS} FROM workloads {where} ORDER BY created_at LIMIT ? OFFSET ?",
+                (*params, -1 if limit is None else limit, offset),
+            ).fetchall()
+            return self._with_history([_workload(r) for r in rows])
+
+    def claim(self, pinion: str, owner: str, lease_seconds: float, key_id: str) -> Claim | None:
+        token = secrets.token_hex(16)
+        now = time.time()
+        with self.transaction() as conn:
+            # The one atomic claim: the subquery picks the oldest claimable row (index
+            # workloads_claimable), the UPDATE takes it; the trigger workloads_lease_lost
+            # notes a lease that ran out.
+            row = conn.execute(
+                f"""UPDATE workloads SET status = 'running', attempts = attempts + 1,
+                       lease_owner = ?, lease_token = ?, lease_expires = ?
+                   WHERE id = (
+                       SELECT id FROM workloads
+                       WHERE pinion = ? AND status IN ('queued', 'running')
+                         AND (status = 'queued' OR lease_expires < ?)
+                         AND (secret_mismatch IS NULL OR secret_mismatch != ?)
+                       ORDER BY created_at LIMIT 1)
+                   RETURNING {_COLUMNS}""",
+                (owner, token, now + lease_seconds, pinion, now, key_id),
+            ).fetchone()
+            if row is None:
+                return None
+            workload = _workload(row)
+            self._add_history(conn, workload.id, (
+                WorkloadStatus.RUNNING, f"claimed by {owner} (attempt {workload.attempts})"))
+        assert workload.lease is not None
+        return Claim(workload=workload, owner=owner, token=token,
+                     expires_at=workload.lease.expires_at)
+
+    def renew(self, claim: Claim, lease_seconds: float) -> Claim:
+        expires = time.time() + lease_seconds
+        with self.transaction() as conn:
+            self._held(conn, claim, "lease_expires = ?", (expires,))
+        return replace(claim, expires_at=_from_unix(expires))
+
+    def release(self, claim: Claim, *, reason: str, mismatch_key_id: str | None = None) -> None:
+        with self.transaction() as conn:
+            self._held(
+                conn, claim,
+                "status = 'queued', attempts = MAX(attempts - 1, 0), " + _NO_LEASE
+                + ", secret_mismatch = COALESCE(?, secret_mismatch)",
+                (mismatch_key_id,),
+            )
+            self._add_history(conn, claim.workload.id, (
+                WorkloadStatus.QUEUED, f"released by {claim.owner}: {reason}"))
+
+    def complete(self, claim: Claim, results: Results) -> None:
+        if results.workload_id != claim.workload.id:
+            results = results.model_copy(update={"workload_id": claim.workload.id})
+        status = (WorkloadStatus.COMPLETED if results.status == RunStatus.COMPLETED
+                  else WorkloadStatus.FAILED)
+        error = results.error.summary() if results.error is not None else None
+        if status == WorkloadStatus.FAILED and error is None:
+            error = "the workflow failed"
+        try:
+            with self.transaction() as conn:
+                self._held(
+                    conn, claim,
+                    f"status = ?, results_id = ?, last_error = ?, work_dir = ?, {_NO_LEASE}",
+                    (status.value, results.id, error, results.work_dir),
+                )
+                self.insert_results(conn, results)
+                message = f"results {results.id}" + (f": {error}" if error else "")
+                self._add_history(conn, claim.workload.id, (status, message))
+        except sqlite3.IntegrityError as exc:
+            raise QueueError(
+                f"cannot store the results of workload {claim.workload.id}: {exc}"
+            ) from None
+
+    def fail(self, claim: Claim, reason: str, *, retry: bool) -> None:
+        status = WorkloadStatus.QUEUED if retry else WorkloadStatus.FAILED
+        with self.transaction() as conn:
+            self._held(conn, claim, f"status = ?, last_error = ?, {_NO_LEASE}",
+                       (status.value, reason))
+            message = f"attempt failed: {reason}" + ("; queued again" if retry else "")
+            self._add_history(conn, claim.workload.id, (status, message))
+
+    def expire(self, max_attempts: int) -> builtins.list[str]:
+        with self.transaction() as conn:
+            rows = conn.execute(
+                f"""UPDATE workloads SET status = 'failed', {_NO_LEASE},
+                       last_error = 'lease ran out ' || attempts || ' times (pinion died?)'
+                   WHERE status = 'running' AND lease_expires < ? AND attempts >= ?
+                   RETURNING id, last_error""",
+                (time.time(), max_attempts),
+            ).fetchall()
+            for wid, error in rows:
+                self._add_history(conn, wid, (WorkloadStatus.FAILED, error))
+        return [r[0] for r in rows]
+
+    def delete(self, id_or_prefix: str, *, force: bool = False) -> Workload:
+        with self.transaction() as conn:
+            workload = self.get(id_or_prefix)
+            if workload.status == WorkloadStatus.RUNNING and not force:
+                holder = workload.lease.owner if workload.lease else "a pinion"
+                raise QueueStateError(
+                    f"workload {workload.id} is running (held by {holder}); "
+                    "stop the pinion first or use --force"
+                )
+            conn.execute("DELETE FROM workloads WHERE id = ?", (workload.id,))
+        return workload
+
+    def resign(self, id_or_prefix: str, secret: str, key_id: str) -> Workload:
+        with self.transaction() as conn:
+            full = self.resolve_id("workloads", id_or_prefix, "workload")
+            conn.execute(
+                "UPDATE workloads SET secret = ?, secret_mismatch = NULL WHERE id = ?",
+                (secret, full),
+            )
+            self._add_history(conn, full, (None, f"signed again with key {key_id}"))
+            return self.get(full)
+
+    def _held(
+        self, conn: sqlite3.Connection, claim: Claim, assignments: str, params: tuple[Any, ...]
+    ) -> None:
+        """Update the claimed row only while ``claim`` holds it; LeaseLostError otherwise."""
+        row = conn.execute(
+            f"UPDATE workloads SET {assignments} WHERE id = ? AND lease_token = ? "
+            "AND status = 'running' RETURNING id",
+            (*params, claim.workload.id, claim.token),
+        ).fetchone()
+        if row is None:
+            raise LeaseLostError(
+                f"workload {claim.workload.id} is no longer held by {claim.owner} (its lease "
+                "ran out and another pinion took it, or it was reset)"
+            )
+
+    @staticmethod
+    def _add_history(
+        conn: sqlite3.Connection,
+        workload_id: str,
+        *entries: tuple[WorkloadStatus | None, str],
+        at: Sequence[dt.datetime] = (),
+    ) -> None:
+        """History rows; a None status means "unchanged" (the row's current status)."""
+        now = utcnow()
+        for i, (status, message) in enumerate(entries):
+            conn.execute(
+                "INSERT INTO workload_history (workload_id, at, status, message) VALUES "
+                "(?, ?, COALESCE(?, (SELECT status FROM workloads WHERE id = ?)), ?)",
+                (workload_id, _iso(at[i] if i < len(at) else now),
+                 status.value if status else None, workload_id, message),
+            )
+
+    def _with_history(self, workloads: builtins.list[Workload]) -> builtins.list[Workload]:
+        by_id = {w.id: w for w in workloads}
+        ids = list(by_id)
+        for start in range(0, len(ids), 500):
+            chunk = ids[start:start + 500]
+            rows = self.conn.execute(
+                "SELECT workload_id, at, status, message FROM workload_history WHERE workload_id"
+                f" IN ({', '.join('?' * len(chunk))}) ORDER BY rowid",
+                chunk,
+            ).fetchall()
+            for wid, at, status, message in rows:
+                by_id[wid].history.append(HistoryEntry(
+                    at=dt.datetime.fromisoformat(at), status=WorkloadStatus(status),
+                    message=message))
+        return workloads
 
     # --- results --------------------------------------------------------------------------
 
@@ -171,7 +456,7 @@ class SQLiteBackend:
         pinion: str | None = None,
         limit: int | None = None,
         offset: int = 0,
-    ) -> list[Results]:
+    ) -> builtins.list[Results]:
         where, params = self._filters(workflow=workflow, pinion=pinion)
         rows = self.conn.execute(
             f"SELECT body FROM results {where} ORDER BY finished_at DESC LIMIT ? OFFSET ?",

@@ -48,6 +48,25 @@ MIGRATIONS: list[str] = [
     CREATE INDEX results_workflow ON results (workflow, finished_at);
     CREATE INDEX results_finished ON results (finished_at);
     """,
+    # 1 -> 2: indexes for the claim and for ``queue list``'s filters, and a trigger that
+    # records in a workload's history that a pinion's lease ran out when another pinion takes
+    # it (the claim is one UPDATE statement, which cannot return the row's previous holder).
+    """
+    DROP INDEX workloads_claim;
+    CREATE INDEX workloads_claimable ON workloads (pinion, created_at)
+        WHERE status IN ('queued', 'running');
+    CREATE INDEX workloads_pinion ON workloads (pinion, created_at);
+    CREATE INDEX workloads_status ON workloads (status, created_at);
+    CREATE TRIGGER workloads_lease_lost AFTER UPDATE OF lease_token ON workloads
+        WHEN OLD.status = 'running' AND NEW.status = 'running'
+             AND NEW.lease_token IS NOT OLD.lease_token
+    BEGIN
+        INSERT INTO workload_history (workload_id, at, status, message) VALUES (
+            NEW.id, strftime('%Y-%m-%dT%H:%M:%f+00:00', 'now'), 'queued',
+            'lease of ' || COALESCE(OLD.lease_owner, '?') || ' ran out (attempt '
+                || OLD.attempts || ' lost)');
+    END;
+    """,
 ]
 
 SCHEMA_VERSION = len(MIGRATIONS)

@@ -1,0 +1,339 @@
+"""The queue backend contract, written once and run against every backend (see conftest).
+
+Lease expiry is tested with a negative lease (already run out), never by waiting.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+
+import pytest
+
+from caliber.errors import AmbiguousIdError, LeaseLostError, NotFoundError, QueueStateError
+from caliber.queue.backend import QueueBackend
+from caliber.queue.workload import Attachment, Workload, WorkloadStatus
+from caliber.results.model import ErrorInfo, Results, RunStatus, utcnow
+
+KEY = "key-a"
+OTHER_KEY = "key-b"
+LEASE = 60.0
+RAN_OUT = -60.0  # a lease that has already run out
+
+
+def make_workload(pinion: str = "p1", *, seconds: int = 0, wid: str | None = None) -> Workload:
+    extra = {"id": wid} if wid else {}
+    return Workload(
+        pinion=pinion,
+        workflow={"caliber": 1, "name": "pasta", "process": {"type": "process", "tasks": []}},
+        attachments=[Attachment.from_bytes("data.txt", b"hello"),
+                     Attachment.from_bytes("blob.bin", b"\xff\x00\xfe")],
+        created_at=dt.datetime(2030, 1, 1, tzinfo=dt.UTC) + dt.timedelta(seconds=seconds),
+        queued_by="ann@laptop",
+        secret="s" * 64,
+        **extra,
+    )
+
+
+def make_results(workload_id: str | None, *, ok: bool = True) -> Results:
+    now = utcnow()
+    return Results(
+        workload_id=workload_id, workflow="pasta", pinion="p1",
+        status=RunStatus.COMPLETED if ok else RunStatus.FAILED,
+        started_at=now, finished_at=now,
+        error=None if ok else ErrorInfo(type="ValueError", message="boom", task="Make dough"),
+    )
+
+
+def test_is_a_queue_backend(backend: QueueBackend) -> None:
+    assert isinstance(backend, QueueBackend)
+    assert backend.location
+
+
+# --- put / get ------------------------------------------------------------------------------
+
+
+def test_put_then_get_round_trips_everything(backend: QueueBackend) -> None:
+    w = make_workload()
+    backend.put(w)
+    got = backend.get(w.id)
+    assert got.model_dump(exclude={"history"}) == w.model_dump(exclude={"history"})
+    assert got.status == WorkloadStatus.QUEUED
+    assert [a.data() for a in got.attachments] == [b"hello", b"\xff\x00\xfe"]
+    assert got.attachments[1].encoding == "base64"
+    assert [h.status for h in got.history] == [WorkloadStatus.QUEUED]
+    assert "ann@laptop" in got.history[0].message
+
+
+def test_get_unknown_id(backend: QueueBackend) -> None:
+    with pytest.raises(NotFoundError):
+        backend.get("zzzzzzzzzz")
+
+
+def test_get_by_unique_prefix_and_ambiguous_prefix(backend: QueueBackend) -> None:
+    a, b, c = (make_workload(wid=i) for i in ("abc1000000", "abc2000000", "xyz0000000"))
+    for w in (a, b, c):
+        backend.put(w)
+    assert backend.get("xy").id == c.id
+    assert backend.get("ABC1").id == a.id
+    with pytest.raises(AmbiguousIdError) as info:
+        backend.get("abc")
+    assert set(info.value.candidates) == {a.id, b.id}
+
+
+# --- claim ----------------------------------------------------------------------------------
+
+
+def test_claim_takes_oldest_for_its_pinion(backend: QueueBackend) -> None:
+    newer, older, other = make_workload(seconds=5), make_workload(seconds=1), make_workload("p2")
+    for w in (newer, older, other):
+        backend.put(w)
+    claim = backend.claim("p1", "pinion-a", LEASE, KEY)
+    assert claim is not None
+    assert claim.workload.id == older.id
+    assert claim.workload.status == WorkloadStatus.RUNNING
+    assert claim.workload.attempts == 1
+    assert claim.workload.workflow == older.workflow
+    assert claim.owner == "pinion-a" and claim.token
+    assert claim.expires_at > utcnow()
+    stored = backend.get(older.id)
+    assert stored.lease is not None and stored.lease.owner == "pinion-a"
+    assert "claimed by pinion-a" in stored.history[-1].message
+    second = backend.claim("p1", "pinion-b", LEASE, KEY)
+    assert second is not None and second.workload.id == newer.id
+    assert second.token != claim.token
+    assert backend.claim("p1", "pinion-c", LEASE, KEY) is None
+
+
+def test_claim_on_empty_queue(backend: QueueBackend) -> None:
+    assert backend.claim("p1", "me", LEASE, KEY) is None
+
+
+def test_running_with_live_lease_is_not_claimed_again(backend: QueueBackend) -> None:
+    backend.put(make_workload())
+    assert backend.claim("p1", "a", LEASE, KEY) is not None
+    assert backend.claim("p1", "b", LEASE, KEY) is None
+
+
+def test_expired_lease_is_reclaimed_and_old_claim_is_lost(backend: QueueBackend) -> None:
+    w = make_workload()
+    backend.put(w)
+    first = backend.claim("p1", "dead-pinion", RAN_OUT, KEY)
+    assert first is not None
+    second = backend.claim("p1", "live-pinion", LEASE, KEY)
+    assert second is not None and second.workload.id == w.id
+    assert second.workload.attempts == 2
+    history = backend.get(w.id).history
+    assert any("dead-pinion" in h.message and "ran out" in h.message for h in history)
+    for lost in (
+        lambda: backend.renew(first, LEASE),
+        lambda: backend.complete(first, make_results(w.id)),
+        lambda: backend.fail(first, "x", retry=False),
+        lambda: backend.release(first, reason="stop"),
+    ):
+        with pytest.raises(LeaseLostError):
+            lost()
+    assert backend.get(w.id).lease.owner == "live-pinion"  # type: ignore[union-attr]
+
+
+def test_renew_extends_the_lease(backend: QueueBackend) -> None:
+    backend.put(make_workload())
+    claim = backend.claim("p1", "a", RAN_OUT, KEY)
+    assert claim is not None
+    renewed = backend.renew(claim, LEASE)
+    assert renewed.token == claim.token
+    assert renewed.expires_at > utcnow()
+    assert backend.claim("p1", "b", LEASE, KEY) is None
+
+
+# --- release / complete / fail / expire -----------------------------------------------------
+
+
+def test_release_puts_back_without_counting(backend: QueueBackend) -> None:
+    w = make_workload()
+    backend.put(w)
+    claim = backend.claim("p1", "a", LEASE, KEY)
+    assert claim is not None
+    backend.release(claim, reason="warm stop")
+    got = backend.get(w.id)
+    assert got.status == WorkloadStatus.QUEUED
+    assert got.attempts == 0 and got.lease is None and got.secret_mismatch is None
+    assert "warm stop" in got.history[-1].message
+    again = backend.claim("p1", "b", LEASE, KEY)
+    assert again is not None and again.workload.attempts == 1
+
+
+def test_release_with_mismatch_is_passed_over_by_that_key(backend: QueueBackend) -> None:
+    w = make_workload()
+    backend.put(w)
+    claim = backend.claim("p1", "a", LEASE, KEY)
+    assert claim is not None
+    backend.release(claim, reason="run-secret does not match", mismatch_key_id=KEY)
+    assert backend.get(w.id).secret_mismatch == KEY
+    assert backend.claim("p1", "a", LEASE, KEY) is None
+    other = backend.claim("p1", "b", LEASE, OTHER_KEY)
+    assert other is not None and other.workload.id == w.id
+
+
+def test_complete_stores_results_and_finishes(backend: QueueBackend) -> None:
+    w = make_workload()
+    backend.put(w)
+    claim = backend.claim("p1", "a", LEASE, KEY)
+    assert claim is not None
+    results = make_results(w.id)
+    backend.complete(claim, results)
+    got = backend.get(w.id)
+    assert got.status == WorkloadStatus.COMPLETED and got.completed
+    assert got.results_id == results.id and got.lease is None and got.last_error is None
+    assert backend.get_results(results.id).workload_id == w.id
+    found = backend.find_results(workload_id=w.id)
+    assert found is not None and found.id == results.id
+    assert backend.claim("p1", "b", LEASE, KEY) is None
+
+
+def test_complete_with_failed_results(backend: QueueBackend) -> None:
+    w = make_workload()
+    backend.put(w)
+    claim = backend.claim("p1", "a", LEASE, KEY)
+    assert claim is not None
+    backend.complete(claim, make_results(w.id, ok=False))
+    got = backend.get(w.id)
+    assert got.status == WorkloadStatus.FAILED and not got.completed
+    assert got.last_error is not None and "boom" in got.last_error
+    assert got.results_id is not None
+
+
+def test_complete_with_lost_lease_stores_nothing(backend: QueueBackend) -> None:
+    w = make_workload()
+    backend.put(w)
+    first = backend.claim("p1", "a", RAN_OUT, KEY)
+    assert first is not None
+    second = backend.claim("p1", "b", LEASE, KEY)
+    assert second is not None
+    results = make_results(w.id)
+    with pytest.raises(LeaseLostError):
+        backend.complete(first, results)
+    with pytest.raises(NotFoundError):
+        backend.get_results(results.id)
+    assert backend.find_results(workload_id=w.id) is None
+    assert backend.get(w.id).status == WorkloadStatus.RUNNING
+    backend.complete(second, make_results(w.id))
+    assert backend.get(w.id).status == WorkloadStatus.COMPLETED
+
+
+def test_fail_with_retry_requeues(backend: QueueBackend) -> None:
+    w = make_workload()
+    backend.put(w)
+    claim = backend.claim("p1", "a", LEASE, KEY)
+    assert claim is not None
+    backend.fail(claim, "timed out after 5 s", retry=True)
+    got = backend.get(w.id)
+    assert got.status == WorkloadStatus.QUEUED and got.attempts == 1
+    assert got.last_error == "timed out after 5 s" and got.lease is None
+    again = backend.claim("p1", "a", LEASE, KEY)
+    assert again is not None and again.workload.attempts == 2
+
+
+def test_fail_without_retry_is_final(backend: QueueBackend) -> None:
+    w = make_workload()
+    backend.put(w)
+    claim = backend.claim("p1", "a", LEASE, KEY)
+    assert claim is not None
+    backend.fail(claim, "child killed by signal 9", retry=False)
+    got = backend.get(w.id)
+    assert got.status == WorkloadStatus.FAILED and got.last_error == "child killed by signal 9"
+    assert backend.claim("p1", "a", LEASE, KEY) is None
+
+
+def test_expire_fails_only_exhausted_expired_leases(backend: QueueBackend) -> None:
+    exhausted, young, live = make_workload(seconds=1), make_workload(seconds=2), make_workload(
+        seconds=3)
+    for w in (exhausted, young, live):
+        backend.put(w)
+    for _ in range(2):  # exhausted: two attempts, both leases ran out
+        c = backend.claim("p1", "dead", RAN_OUT, KEY)
+        assert c is not None and c.workload.id == exhausted.id
+    # the next claim would retake 'exhausted' (expired), so expire it first
+    assert backend.expire(max_attempts=2) == [exhausted.id]
+    c2 = backend.claim("p1", "dead", RAN_OUT, KEY)
+    assert c2 is not None and c2.workload.id == young.id
+    c3 = backend.claim("p1", "alive", LEASE, KEY)
+    assert c3 is not None and c3.workload.id == young.id  # reclaimed: attempts left
+    c4 = backend.claim("p1", "alive2", LEASE, KEY)
+    assert c4 is not None and c4.workload.id == live.id
+    assert backend.expire(max_attempts=1) == []  # live leases are never expired
+    got = backend.get(exhausted.id)
+    assert got.status == WorkloadStatus.FAILED
+    assert got.last_error == "lease ran out 2 times (pinion died?)"
+
+
+# --- delete / resign / list -----------------------------------------------------------------
+
+
+def test_delete(backend: QueueBackend) -> None:
+    w = make_workload()
+    backend.put(w)
+    removed = backend.delete(w.id[:6])
+    assert removed.id == w.id
+    with pytest.raises(NotFoundError):
+        backend.get(w.id)
+    with pytest.raises(NotFoundError):
+        backend.delete(w.id)
+
+
+def test_delete_running_needs_force(backend: QueueBackend) -> None:
+    w = make_workload()
+    backend.put(w)
+    claim = backend.claim("p1", "a", LEASE, KEY)
+    assert claim is not None
+    with pytest.raises(QueueStateError):
+        backend.delete(w.id)
+    assert backend.get(w.id).status == WorkloadStatus.RUNNING
+    backend.delete(w.id, force=True)
+    with pytest.raises(LeaseLostError):
+        backend.complete(claim, make_results(w.id))
+
+
+def test_resign_replaces_secret_and_clears_mismatch(backend: QueueBackend) -> None:
+    w = make_workload()
+    backend.put(w)
+    claim = backend.claim("p1", "a", LEASE, KEY)
+    assert claim is not None
+    backend.release(claim, reason="mismatch", mismatch_key_id=KEY)
+    resigned = backend.resign(w.id[:5], "t" * 64, KEY)
+    assert resigned.secret == "t" * 64 and resigned.secret_mismatch is None
+    assert backend.get(w.id).secret == "t" * 64
+    assert backend.claim("p1", "a", LEASE, KEY) is not None
+
+
+def test_list_filters_and_pages(backend: QueueBackend) -> None:
+    ws = [make_workload("p1" if i % 2 else "p2", seconds=i) for i in range(6)]
+    for w in reversed(ws):
+        backend.put(w)
+    assert [w.id for w in backend.list()] == [w.id for w in ws]
+    assert [w.id for w in backend.list(pinion="p1")] == [w.id for w in ws if w.pinion == "p1"]
+    claim = backend.claim("p2", "a", LEASE, KEY)
+    assert claim is not None
+    assert [w.id for w in backend.list(status=WorkloadStatus.RUNNING)] == [ws[0].id]
+    assert [w.id for w in backend.list(status=WorkloadStatus.QUEUED, pinion="p2")] == [
+        ws[2].id, ws[4].id]
+    assert [w.id for w in backend.list(limit=2, offset=1)] == [ws[1].id, ws[2].id]
+    assert backend.list(pinion="nobody") == []
+
+
+# --- results --------------------------------------------------------------------------------
+
+
+def test_results_verbs(backend: QueueBackend) -> None:
+    first, second = make_results(None), make_results(None, ok=False)
+    second = second.model_copy(update={"finished_at": first.finished_at + dt.timedelta(1)})
+    backend.save_results(first)
+    backend.save_results(second)
+    assert backend.get_results(first.id).id == first.id
+    assert backend.get_results(first.id[:8]).id == first.id
+    latest = backend.find_results(workflow="pasta")
+    assert latest is not None and latest.id == second.id
+    assert backend.find_results(workflow="other") is None
+    assert [r.id for r in backend.list_results()] == [second.id, first.id]
+    assert [r.id for r in backend.list_results(limit=1, offset=1)] == [first.id]
+    with pytest.raises(NotFoundError):
+        backend.get_results("zzzzzzzzzz")
