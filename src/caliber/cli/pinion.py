@@ -4,7 +4,67 @@ from __future__ import annotations
 
 import click
 
+from caliber.cli.common import json_option, print_json, remote_options
+
 
 @click.group()
 def pinion() -> None:
     """Start a pinion, the worker that runs queued workloads."""
+
+
+@pinion.command(
+    "init",
+    epilog="Examples: caliber pinion init mypinion | caliber pinion init mypinion -a 100 -w 10 "
+    "| caliber pinion init mypinion --forever --timeout 3600",
+)
+@click.argument("name")
+@click.option("-a", "--attempts", type=click.IntRange(min=0), default=10, show_default=True,
+              envvar="CALIBER_PINION_ATTEMPTS", show_envvar=True,
+              help="Empty looks for work in a row before stopping (0: listen until stopped).")
+@click.option("-w", "--wait", type=click.FloatRange(min=0), default=5.0, show_default=True,
+              envvar="CALIBER_PINION_WAIT", show_envvar=True,
+              help="Seconds between looks for work (fractions allowed).")
+@click.option("--forever", is_flag=True, help="Listen until stopped (the same as -a 0).")
+@click.option("--lease", type=click.FloatRange(min=0.1), default=60.0, show_default=True,
+              envvar="CALIBER_PINION_LEASE", show_envvar=True,
+              help="Seconds a claimed workload is held without renewal; a dead pinion's work is "
+              "taken again after this.")
+@click.option("--timeout", type=click.FloatRange(min=0, min_open=True), default=None,
+              envvar="CALIBER_PINION_TIMEOUT", show_envvar=True,
+              help="Seconds a workload may run before it is stopped and failed.")
+@click.option("--max-attempts", type=click.IntRange(min=1), default=3, show_default=True,
+              envvar="CALIBER_PINION_MAX_ATTEMPTS", show_envvar=True,
+              help="Claims of one workload (after pinions died) before it is failed.")
+@click.option("-q", "--quiet", is_flag=True, help="Show no progress, only errors and the summary.")
+@json_option
+@remote_options
+def init(
+    name: str, attempts: int, wait: float, forever: bool, lease: float, timeout: float | None,
+    max_attempts: int, quiet: bool, as_json: bool, project: str | None, model: str | None,
+    local: bool,
+) -> None:
+    """Start the pinion NAME: run the workloads queued for it, one by one, each in its own
+    process and working folder, and store their results.
+
+    Ctrl-C (or SIGTERM) once: finish the running workload, then stop. Twice: stop now and put
+    the running workload back in the queue.
+    """
+    from caliber.pinion.api import run_pinion
+    from caliber.pinion.loop import PinionConfig
+
+    config = PinionConfig(
+        name=name, attempts=0 if forever else attempts, wait=wait, lease=lease,
+        timeout=timeout, max_attempts=max_attempts,
+    )
+    summary = run_pinion(config, project=project, model=model, local=local, quiet=quiet)
+    if as_json:
+        print_json(summary.to_dict())
+    else:
+        skipped = f", {len(summary.skipped)} skipped" if summary.skipped else ""
+        lost = f", {summary.lost} lost to other pinions" if summary.lost else ""
+        click.echo(f"pinion {name}: ran {summary.ran} ({summary.completed} completed, "
+                   f"{summary.failed} failed){skipped}{lost}")
+        for workload_id, reason in summary.skipped:
+            click.echo(f"  skipped {workload_id}: {reason}")
+    if summary.cold:
+        raise SystemExit(130)

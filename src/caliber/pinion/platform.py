@@ -1,0 +1,196 @@
+"""Everything platform-specific about running a workload's child process, in one module.
+
+Two ways to start the child, with one protocol between them:
+
+* ``fork`` (POSIX, the default there): the pinion, which never imports user code, forks; the
+  child is a fresh copy with only Caliber loaded, so modules never leak between workloads, and
+  it starts in about a millisecond. It gets its own process group, so a timeout or a lost
+  lease kills everything it started, and a Ctrl-C in the pinion's terminal does not reach it.
+* ``spawn`` (everywhere, the fallback on Windows; ``CALIBER_CHILD_START=spawn`` forces it): a
+  new interpreter runs ``python -m caliber.pinion.child``, reading its job from stdin.
+
+Either way the child writes JSON lines to a message pipe, and watches a *lifeline* (a pipe
+whose other end only the pinion holds): when the pinion dies, the lifeline reads end-of-file
+and the child stops its process group at once instead of running on unowned.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+CHILD_START_ENV = "CALIBER_CHILD_START"
+POSIX = os.name == "posix"
+
+
+def start_method() -> str:
+    wanted = os.environ.get(CHILD_START_ENV, "").strip().lower()
+    if wanted in ("fork", "spawn"):
+        return wanted if (wanted == "spawn" or hasattr(os, "fork")) else "spawn"
+    return "fork" if hasattr(os, "fork") else "spawn"
+
+
+@dataclass
+class ChildProcess:
+    """A running child: its pid, the fd its messages arrive on, and how to stop it."""
+
+    pid: int
+    messages_fd: int
+    _popen: subprocess.Popen[bytes] | None = None
+    _lifeline_fd: int | None = None
+    returncode: int | None = field(default=None)
+
+    def poll(self) -> int | None:
+        """The exit status once the child has ended (negative: killed by that signal)."""
+        if self.returncode is not None:
+            return self.returncode
+        if self._popen is not None:
+            self.returncode = self._popen.poll()
+            return self.returncode
+        pid, status = os.waitpid(self.pid, os.WNOHANG)
+        if pid == 0:
+            return None
+        self.returncode = os.waitstatus_to_exitcode(status)
+        return self.returncode
+
+    def wait(self) -> int:
+        if self.returncode is None:
+            if self._popen is not None:
+                self.returncode = self._popen.wait()
+            else:
+                _, status = os.waitpid(self.pid, 0)
+                self.returncode = os.waitstatus_to_exitcode(status)
+        return self.returncode
+
+    def kill(self) -> None:
+        """Kill the child and everything it started."""
+        if self.returncode is not None:
+            return
+        self.kill_group()
+        if self._popen is not None:
+            with contextlib.suppress(OSError):
+                self._popen.kill()
+        else:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(self.pid, signal.SIGKILL)
+
+    def kill_group(self) -> None:
+        """Kill what is left of the child's process group (processes it started)."""
+        if POSIX:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(self.pid, signal.SIGKILL)
+
+    def close(self) -> None:
+        for fd in (self.messages_fd, self._lifeline_fd):
+            if fd is not None:
+                with contextlib.suppress(OSError):
+                    os.close(fd)
+        self._lifeline_fd = None
+        if self._popen is not None and self._popen.stdin is not None:
+            with contextlib.suppress(OSError):
+                self._popen.stdin.close()
+
+
+ChildMain = Callable[[dict[str, Any], int, int], None]
+
+
+def start_child(job: dict[str, Any], run: ChildMain) -> ChildProcess:
+    """Start a child that calls ``run(job, messages_fd, lifeline_fd)`` and then exits."""
+    if start_method() == "fork":
+        return _fork(job, run)
+    return _spawn(job)
+
+
+def _fork(job: dict[str, Any], run: ChildMain) -> ChildProcess:
+    msg_r, msg_w = os.pipe()
+    life_r, life_w = os.pipe()
+    for fd in (msg_r, life_w):
+        os.set_inheritable(fd, False)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    pid = os.fork()
+    if pid == 0:  # the child
+        code = 1
+        try:
+            os.setpgid(0, 0)
+            os.close(msg_r)
+            os.close(life_w)
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                signal.signal(sig, signal.SIG_DFL)
+            run(job, msg_w, life_r)
+            code = 0
+        except BaseException:  # never return into the pinion's code
+            code = 1
+        finally:
+            os._exit(code)
+    with contextlib.suppress(OSError):  # also in the parent, so killpg works at once
+        os.setpgid(pid, pid)
+    os.close(msg_w)
+    os.close(life_r)
+    return ChildProcess(pid=pid, messages_fd=msg_r, _lifeline_fd=life_w)
+
+
+def _spawn(job: dict[str, Any]) -> ChildProcess:
+    import json
+
+    kwargs: dict[str, Any] = {}
+    if POSIX:
+        kwargs["start_new_session"] = True
+    else:  # pragma: no cover - Windows
+        kwargs["creationflags"] = subprocess.CREATE_NEW_PROCESS_GROUP  # type: ignore[attr-defined]
+    popen = subprocess.Popen(
+        [sys.executable, "-m", "caliber.pinion.child"],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        **kwargs,
+    )
+    assert popen.stdin is not None and popen.stdout is not None
+    popen.stdin.write(json.dumps(job).encode("utf-8") + b"\n")
+    popen.stdin.flush()  # stdin stays open: it is the child's lifeline
+    return ChildProcess(pid=popen.pid, messages_fd=popen.stdout.fileno(), _popen=popen)
+
+
+def watch_lifeline(lifeline_fd: int) -> None:
+    """In the child: stop this process group as soon as the pinion goes away."""
+
+    def watch() -> None:
+        try:
+            while os.read(lifeline_fd, 4096):
+                pass
+        except OSError:
+            pass
+        if POSIX:
+            with contextlib.suppress(OSError):
+                os.killpg(os.getpgid(0), signal.SIGKILL)
+        os._exit(70)
+
+    threading.Thread(target=watch, name="caliber-lifeline", daemon=True).start()
+
+
+def redirect_output(path: str) -> None:
+    """In the child: send everything the workload prints (fds 1 and 2) to ``path``."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.dup2(fd, 1)
+    os.dup2(fd, 2)
+    os.close(fd)
+
+
+def describe_exit(returncode: int) -> str:
+    """``'killed by signal SIGSEGV'`` or ``'exited with status 3'``."""
+    if returncode < 0:
+        try:
+            name = signal.Signals(-returncode).name
+        except ValueError:
+            name = str(-returncode)
+        return f"killed by signal {name}"
+    return f"exited with status {returncode}"
