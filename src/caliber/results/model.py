@@ -74,10 +74,11 @@ class TaskResult(BaseModel):
     branch: int | None = None
     status: TaskStatus
     started_at: dt.datetime | None = None
-    duration: float | None = Field(None, description="seconds")
-    return_: Any = Field(None, alias="return")
+    duration: float | None = Field(default=None, description="seconds")
+    return_: Any = Field(default=None, alias="return")
     conversion: str | None = Field(
-        None, description="what was converted to store the return value as JSON, if anything"
+        default=None,
+        description="what was converted to store the return value as JSON, if anything",
     )
     error: ErrorInfo | None = None
 
