@@ -1,10 +1,122 @@
-"""``caliber results ...``: Read stored Results."""
+"""``caliber results ...``: List and show stored Results (every task's return value)."""
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import click
+
+from caliber.cli.common import json_option, print_json, remote_options
+
+if TYPE_CHECKING:
+    from caliber.results.model import Results
 
 
 @click.group()
 def results() -> None:
-    """Read stored Results."""
+    """List and show stored Results: every task's return value, the global data g, the error.
+
+    \b
+    Example:
+      caliber results list --workflow pasta
+      caliber results show k3v9q2mxa7
+    """
+
+
+@results.command("list", epilog="Example: caliber results list --workflow pasta --json")
+@click.option("--workflow", "workflow_name", metavar="NAME", help="Only results of this workflow.")
+@click.option("--pinion", "pinion_name", metavar="NAME", help="Only results from this pinion.")
+@click.option("-n", "--limit", type=click.IntRange(min=1), default=50, show_default=True,
+              help="Show at most this many (newest first).")
+@remote_options
+@json_option
+def list_cmd(
+    workflow_name: str | None,
+    pinion_name: str | None,
+    limit: int,
+    project: str | None,
+    model: str | None,
+    local: bool,
+    as_json: bool,
+) -> None:
+    """List stored results, newest first."""
+    from caliber.queue.select import open_backend
+
+    backend = open_backend(project=project, model=model, local=local)
+    try:
+        found = backend.list_results(workflow=workflow_name, pinion=pinion_name, limit=limit)
+    finally:
+        backend.close()
+    if as_json:
+        print_json([r.summary() for r in found])
+        return
+    from caliber.cli.render import console, results_table
+
+    out = console()
+    if not found:
+        out.print("no results stored yet; run a workflow with: caliber workflow run FILE")
+        return
+    out.print(results_table(found))
+
+
+def _find(
+    id_: str | None, workflow_name: str | None, pinion_name: str | None,
+    project: str | None, model: str | None, local: bool,
+) -> Results:
+    """Results by results id (or prefix); failing that, by workload id; or the latest."""
+    from caliber.errors import NotFoundError
+    from caliber.results.api import get_results
+
+    def fetch(workload_id: str | None = None, results_id: str | None = None) -> Results:
+        return get_results(
+            workload_id, results_id=results_id, workflow=workflow_name, pinion=pinion_name,
+            project=project, model=model, local=local,
+        )
+
+    if id_ is None:
+        return fetch()
+    try:
+        return fetch(results_id=id_)
+    except NotFoundError as first:
+        try:
+            return fetch(workload_id=id_)
+        except NotFoundError:
+            raise first from None
+
+
+@results.command(
+    "show",
+    epilog="Example: caliber results show k3v9   (or: caliber results show --workflow pasta)",
+)
+@click.argument("id_", metavar="[ID]", required=False)
+@click.option("--workflow", "workflow_name", metavar="NAME",
+              help="Without ID: the latest results of this workflow.")
+@click.option("--pinion", "pinion_name", metavar="NAME",
+              help="Without ID: the latest results from this pinion.")
+@remote_options
+@json_option
+def show_cmd(
+    id_: str | None,
+    workflow_name: str | None,
+    pinion_name: str | None,
+    project: str | None,
+    model: str | None,
+    local: bool,
+    as_json: bool,
+) -> None:
+    """Show one Results in full: every task's status, duration and return value, the global
+    data g and the error with its traceback.
+
+    ID is a results id or a workload id, or any unique prefix of one; without ID, the latest
+    results (of --workflow / --pinion when given)."""
+    found = _find(id_, workflow_name, pinion_name, project, model, local)
+    if as_json:
+        print_json(found.to_json_dict())
+        return
+    from caliber.cli.render import print_renderable, results_view, traceback_panel
+
+    print_renderable(results_view(found))
+    for task in found.tasks:
+        if task.error is not None and task.error.traceback:
+            title = task.name + (f" (branch {task.branch})" if task.branch is not None else "")
+            print_renderable(traceback_panel(task.error.traceback, title))

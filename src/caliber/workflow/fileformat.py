@@ -250,6 +250,19 @@ def _location(loc: tuple[int | str, ...]) -> str:
     return out or "(top level)"
 
 
+def _problem(error: Any) -> str:
+    """One validation error as ``place: what is wrong``, in the words of the file format."""
+    loc = tuple(error["loc"])
+    kind = error["type"]
+    if kind == "missing":
+        return f"missing field {_location(loc)!r}"
+    if kind == "extra_forbidden":
+        return f"unknown field {_location(loc)!r}"
+    if kind == "string_pattern_mismatch" and loc and loc[-1] == "function":
+        return f"{_location(loc)}: {error.get('input')!r} is not an import path 'module:function'"
+    return f"{_location(loc)}: {error['msg']}"
+
+
 def from_document(document: Any, base_dir: Path, *, source: str) -> Workflow:
     """Validate a parsed document and build the Workflow; WorkflowFileError lists problems."""
     if not isinstance(document, dict):
@@ -267,8 +280,7 @@ def from_document(document: Any, base_dir: Path, *, source: str) -> Workflow:
     try:
         parsed = WorkflowDocument.model_validate(document)
     except ValidationError as exc:
-        problems = [f"{_location(e['loc'])}: {e['msg']}" for e in exc.errors()]
-        raise WorkflowFileError(source, problems) from None
+        raise WorkflowFileError(source, [_problem(e) for e in exc.errors()]) from None
     problems: list[str] = []
     for name in parsed.attachments:
         try:

@@ -82,10 +82,13 @@ class _Run:
             try:
                 task.resolve()
             except ImportError as exc:
-                self.errors.append(
-                    ErrorInfo(type="ImportError", message=str(exc), task=task.name,
-                              traceback=f"ImportError: {exc}\n")
-                )
+                error = ErrorInfo(type="ImportError", message=str(exc), task=task.name,
+                                  traceback=f"ImportError: {exc}\n")
+                self.errors.append(error)
+                for (name, _), record in self.records.items():
+                    if name == task.name:  # it could not run: failed, not skipped
+                        record.status = TaskStatus.FAILED
+                        record.error = error
         return not self.errors
 
     def value_of(self, ref: TaskRef, branch: int | None) -> Any:
