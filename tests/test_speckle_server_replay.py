@@ -26,7 +26,7 @@ from urllib.parse import parse_qs, urlencode
 import pytest
 
 pytest.importorskip("specklepy")
-import requests  # noqa: E402  (a specklepy dependency)
+import requests  # a specklepy dependency
 
 try:
     from speckle_server import Limit, RateLimit, SpeckleTestServer
