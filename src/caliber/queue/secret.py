@@ -9,6 +9,7 @@ against the content before the secret is trusted.
 
 from __future__ import annotations
 
+import datetime as dt
 import hashlib
 import hmac
 import json
@@ -24,6 +25,7 @@ from caliber.queue.workload import Workload
 
 KEY_ENV = "CALIBER_SECRET_KEY"
 KEY_FILE = "secret.key"
+MIN_KEY_LENGTH = 16  # characters
 
 
 def key_path() -> Path:
@@ -33,23 +35,51 @@ def key_path() -> Path:
 def load_key() -> bytes:
     """This user's secret key, creating the key file on first use."""
     env = os.environ.get(KEY_ENV)
-    if env:
-        return env.strip().encode("utf-8")
+    if env is not None and env.strip():
+        key = env.strip().encode("utf-8")
+        if len(key) < MIN_KEY_LENGTH:
+            raise SecretKeyError(
+                f"{KEY_ENV} is too short (at least {MIN_KEY_LENGTH} characters; "
+                "make one with: python -c 'import secrets; print(secrets.token_hex(32))')"
+            )
+        return key
     path = key_path()
     try:
         return _read_key_file(path)
     except FileNotFoundError:
         pass
-    path.parent.mkdir(parents=True, exist_ok=True)
-    key = secrets.token_hex(32)
     try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        return _create_key_file(path)
     except FileExistsError:  # another process made it first
         return _read_key_file(path)
     except OSError as exc:
-        raise SecretKeyError(f"cannot create the secret key file {path}: {exc.strerror}") from None
-    with os.fdopen(fd, "w", encoding="ascii") as f:
-        f.write(key + "\n")
+        raise SecretKeyError(
+            f"cannot create the secret key file {path}: {exc.strerror or exc}"
+        ) from None
+
+
+def _create_key_file(path: Path) -> bytes:
+    """Write a new key to a private temporary file, then link it into place: the key file
+    appears complete or not at all, and never with wider permissions than 0600."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    key = secrets.token_hex(32)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        with os.fdopen(fd, "w", encoding="ascii") as f:
+            f.write(key + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+        try:
+            os.link(tmp, path)  # FileExistsError when another process won the race
+        except FileExistsError:
+            raise
+        except OSError:  # a file system without hard links: create in place instead
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "w", encoding="ascii") as f:
+                f.write(key + "\n")
+    finally:
+        tmp.unlink(missing_ok=True)
     return key.encode("ascii")
 
 
@@ -60,10 +90,10 @@ def _read_key_file(path: Path) -> bytes:
             f"secret key file {path} can be read by other users (mode "
             f"{stat.S_IMODE(st.st_mode):o}); run: chmod 600 {path}"
         )
-    key = path.read_text(encoding="ascii", errors="replace").strip()
-    if len(key) < 16:
+    key = path.read_text(encoding="utf-8", errors="replace").strip()
+    if len(key) < MIN_KEY_LENGTH:
         raise SecretKeyError(f"secret key file {path} is empty or too short")
-    return key.encode("ascii")
+    return key.encode("utf-8")
 
 
 def key_id(key: bytes) -> str:
@@ -78,7 +108,7 @@ def canonical_message(workload: Workload) -> bytes:
         "workflow": workload.workflow,
         "attachments": sorted([a.path, a.sha256] for a in workload.attachments),
         "pinion": workload.pinion,
-        "created_at": workload.created_at.isoformat(),
+        "created_at": workload.created_at.astimezone(dt.UTC).isoformat(timespec="microseconds"),
     }
     return json.dumps(payload, sort_keys=True, separators=(",", ":"), ensure_ascii=False,
                       allow_nan=False).encode("utf-8")
@@ -89,7 +119,8 @@ def sign(workload: Workload, key: bytes) -> str:
 
 
 def verify(workload: Workload, key: bytes) -> bool:
-    """Whether the workload was signed with ``key`` and its attachments are unchanged."""
+    """Whether the workload was signed with ``key`` and its attachments are unchanged
+    (compared in constant time)."""
     if not all(a.content_matches() for a in workload.attachments):
         return False
-    return hmac.compare_digest(sign(workload, key), workload.secret)
+    return hmac.compare_digest(sign(workload, key).encode(), workload.secret.encode("utf-8"))

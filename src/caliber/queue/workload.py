@@ -11,7 +11,7 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, Field
+from pydantic import AwareDatetime, BaseModel, Field
 
 from caliber.errors import AttachmentError
 from caliber.results.model import new_id, utcnow
@@ -87,7 +87,7 @@ class Workload(BaseModel):
     pinion: str
     workflow: dict[str, Any] = Field(description="the workflow file's JSON document")
     attachments: list[Attachment] = Field(default_factory=list)
-    created_at: dt.datetime = Field(default_factory=utcnow)
+    created_at: AwareDatetime = Field(default_factory=utcnow)
     queued_by: str = ""
     status: WorkloadStatus = WorkloadStatus.QUEUED
     results_id: str | None = None
@@ -96,7 +96,7 @@ class Workload(BaseModel):
     lease: Lease | None = None
     secret: str = ""
     secret_mismatch: str | None = Field(
-        None, description="id of a key this workload was found not to be signed with"
+        default=None, description="id of a key this workload was found not to be signed with"
     )
     work_dir: str | None = None
     history: list[HistoryEntry] = Field(default_factory=list)
@@ -124,6 +124,23 @@ class Workload(BaseModel):
             "completed": self.completed,
             "queued_by": self.queued_by,
             "last_error": self.last_error,
+            "secret_mismatch": self.secret_mismatch,
+        }
+
+    def detail(self, secret_ok: bool | None) -> dict[str, Any]:
+        """Everything about the workload (``caliber queue view --json``): the summary's keys
+        and more; attachments without their content."""
+        return {
+            **self.summary(secret_ok),
+            "attachments": [
+                {"path": a.path, "size": a.size, "sha256": a.sha256, "encoding": a.encoding,
+                 "content_ok": a.content_matches()}
+                for a in self.attachments
+            ],
+            "lease": self.lease.model_dump(mode="json") if self.lease else None,
+            "work_dir": self.work_dir,
+            "history": [h.model_dump(mode="json") for h in self.history],
+            "workflow_document": self.workflow,
         }
 
 

@@ -1,0 +1,172 @@
+"""The queue for the command line and for scripts: queue a workflow, list, view, reset and
+re-sign workloads.
+
+Every function opens the queue the settings point at (``project``/``model``/``local``, see
+:func:`caliber.queue.select.open_backend`), does one thing and closes it again. Run-secrets are
+checked against this user's key (:mod:`caliber.queue.secret`).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from caliber.errors import QueueStateError, UsageError
+from caliber.queue.workload import Workload, WorkloadStatus, collect_attachments, queued_by
+
+if TYPE_CHECKING:
+    from caliber.queue.backend import QueueBackend
+    from caliber.workflow.model import Workflow
+
+PINION_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._@-]{0,99}")
+
+
+@dataclass(frozen=True)
+class CheckedWorkload:
+    """A workload and whether its run-secret matches this user's key."""
+
+    workload: Workload
+    secret_ok: bool
+
+    def summary(self) -> dict[str, Any]:
+        return self.workload.summary(self.secret_ok)
+
+    def detail(self) -> dict[str, Any]:
+        return self.workload.detail(self.secret_ok)
+
+
+@contextmanager
+def _opened(project: str | None, model: str | None, local: bool) -> Iterator[QueueBackend]:
+    from caliber.queue.select import open_backend
+
+    backend = open_backend(project=project, model=model, local=local)
+    try:
+        yield backend
+    finally:
+        backend.close()
+
+
+def check_pinion_name(name: str) -> str:
+    if not isinstance(name, str) or not PINION_NAME.fullmatch(name):
+        raise UsageError(
+            f"pinion name {name!r} is not valid: use letters, digits and . _ @ - "
+            "(at most 100, starting with a letter or digit)"
+        )
+    return name
+
+
+def make_workload(workflow: Workflow, pinion: str) -> Workload:
+    """The signed Workload for ``workflow``: its document, and every attachment as it is on
+    disk now (paths checked, content hashed). Raises before anything is queued."""
+    from caliber.queue.secret import load_key, sign
+
+    check_pinion_name(pinion)
+    document = workflow.to_document()
+    attachments = collect_attachments(workflow.base_dir, workflow.attachments)
+    workload = Workload(
+        pinion=pinion, workflow=document, attachments=attachments, queued_by=queued_by()
+    )
+    workload.secret = sign(workload, load_key())
+    return workload
+
+
+def queue_workflow(
+    workflow: Workflow,
+    pinion: str,
+    *,
+    project: str | None = None,
+    model: str | None = None,
+    local: bool = False,
+) -> str:
+    """Put ``workflow`` in the queue for ``pinion``; returns the new workload's id."""
+    workload = make_workload(workflow, pinion)
+    with _opened(project, model, local) as backend:
+        backend.put(workload)
+    return workload.id
+
+
+def _checker() -> Any:
+    from caliber.queue.secret import load_key, verify
+
+    key = load_key()
+    return lambda workload: verify(workload, key)
+
+
+def parse_status(status: str | WorkloadStatus | None) -> WorkloadStatus | None:
+    if status is None or isinstance(status, WorkloadStatus):
+        return status
+    try:
+        return WorkloadStatus(status.lower())
+    except ValueError:
+        known = ", ".join(s.value for s in WorkloadStatus)
+        raise UsageError(f"unknown status {status!r}; use one of {known}") from None
+
+
+def list_workloads(
+    *,
+    pinion: str | None = None,
+    status: str | WorkloadStatus | None = None,
+    limit: int | None = None,
+    project: str | None = None,
+    model: str | None = None,
+    local: bool = False,
+) -> list[CheckedWorkload]:
+    """Workloads, oldest first, each with whether its run-secret matches this user's key."""
+    wanted = parse_status(status)
+    ok = _checker()
+    with _opened(project, model, local) as backend:
+        workloads = backend.list(pinion=pinion, status=wanted, limit=limit)
+    return [CheckedWorkload(w, ok(w)) for w in workloads]
+
+
+def view_workload(
+    id_or_prefix: str,
+    *,
+    project: str | None = None,
+    model: str | None = None,
+    local: bool = False,
+) -> CheckedWorkload:
+    """One workload in full (id or unique prefix)."""
+    ok = _checker()
+    with _opened(project, model, local) as backend:
+        workload = backend.get(id_or_prefix)
+    return CheckedWorkload(workload, ok(workload))
+
+
+def reset_workload(
+    id_or_prefix: str,
+    *,
+    force: bool = False,
+    project: str | None = None,
+    model: str | None = None,
+    local: bool = False,
+) -> Workload:
+    """Delete a workload from the queue (a running one only with ``force``); returns it."""
+    with _opened(project, model, local) as backend:
+        return backend.delete(id_or_prefix, force=force)
+
+
+def resetsecret_workload(
+    id_or_prefix: str,
+    *,
+    project: str | None = None,
+    model: str | None = None,
+    local: bool = False,
+) -> CheckedWorkload:
+    """Sign a workload again with this user's key (after reviewing it, or a key change)."""
+    from caliber.queue.secret import key_id, load_key, sign, verify
+
+    key = load_key()
+    with _opened(project, model, local) as backend:
+        workload = backend.get(id_or_prefix)
+        damaged = [a.path for a in workload.attachments if not a.content_matches()]
+        if damaged:
+            raise QueueStateError(
+                f"workload {workload.id}: the content of attachment {damaged[0]!r} does not "
+                "match its SHA-256, so it cannot be signed; reset it and queue the workflow again"
+            )
+        workload = backend.resign(workload.id, sign(workload, key), key_id(key))
+    return CheckedWorkload(workload, verify(workload, key))
