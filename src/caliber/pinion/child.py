@@ -8,6 +8,7 @@ workload prints goes to ``output.log`` in its working folder.
 
 from __future__ import annotations
 
+import faulthandler
 import json
 import os
 import sys
@@ -48,6 +49,7 @@ def run_job(job: dict[str, Any], messages_fd: int, lifeline_fd: int) -> None:
     sender = _Sender(messages_fd)
     work_dir = Path(job["work_dir"])
     redirect_output(str(work_dir / OUTPUT_FILE))
+    faulthandler.enable(file=sys.stderr)  # a crash leaves its Python traceback in output.log
     os.chdir(work_dir)
     from caliber.workflow.fileformat import from_document
 
@@ -66,6 +68,8 @@ def run_job(job: dict[str, Any], messages_fd: int, lifeline_fd: int) -> None:
             workflow, work_dir=work_dir, on_event=sender.event,
             workload_id=job["workload_id"], pinion=job["pinion"],
         )
+    for stream in (sys.stdout, sys.stderr):  # the process ends with os._exit: flush first
+        stream.flush()
     sender.send({"results": results.to_json_dict()})
 
 

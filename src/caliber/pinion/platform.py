@@ -88,14 +88,17 @@ class ChildProcess:
                 os.killpg(self.pid, signal.SIGKILL)
 
     def close(self) -> None:
+        if self._popen is not None:
+            for stream in (self._popen.stdin, self._popen.stdout):
+                if stream is not None:
+                    with contextlib.suppress(OSError):
+                        stream.close()
+            return
         for fd in (self.messages_fd, self._lifeline_fd):
             if fd is not None:
                 with contextlib.suppress(OSError):
                     os.close(fd)
         self._lifeline_fd = None
-        if self._popen is not None and self._popen.stdin is not None:
-            with contextlib.suppress(OSError):
-                self._popen.stdin.close()
 
 
 ChildMain = Callable[[dict[str, Any], int, int], None]
@@ -183,6 +186,10 @@ def redirect_output(path: str) -> None:
     os.dup2(fd, 1)
     os.dup2(fd, 2)
     os.close(fd)
+    # Whatever sys.stdout was (a test runner's capture, say), prints now go to the file too.
+    sys.stdout = open(1, "w", encoding="utf-8", errors="backslashreplace", closefd=False)  # noqa: SIM115
+    sys.stderr = open(2, "w", encoding="utf-8", errors="backslashreplace", closefd=False,  # noqa: SIM115
+                      buffering=1)
 
 
 def describe_exit(returncode: int) -> str:
