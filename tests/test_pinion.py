@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 
 import caliber
-from caliber.pinion.loop import Pinion, PinionConfig
 from caliber.paths import runs_dir
+from caliber.pinion.loop import Pinion, PinionConfig
 from caliber.queue.select import open_local
 from tests.pinion_helpers import alive, make_folder, queue
 

@@ -43,7 +43,7 @@ def test_a_killed_pinions_workload_is_finished_by_another(tmp_path: Path) -> Non
     assert status_of(wid) == "running"  # until its lease runs out
     marker.unlink()
     second = start_pinion("p", "-a", "10", "-w", "0.3", "--lease", "1")
-    out, err = second.communicate(timeout=60)
+    _out, err = second.communicate(timeout=60)
     assert second.returncode == 0, err
     results = caliber.get_results(wid)
     assert results.status == "completed"
@@ -65,7 +65,7 @@ def test_after_max_attempts_a_workload_whose_pinions_die_is_failed(tmp_path: Pat
         marker.unlink()
         stop(pinion, signal.SIGKILL)
     last = start_pinion("p", "-a", "8", "-w", "0.25", "--max-attempts", "2")
-    out, err = last.communicate(timeout=60)
+    _out, err = last.communicate(timeout=60)
     assert last.returncode == 0, err
     with open_local() as backend:
         workload = backend.get(wid)
@@ -99,7 +99,7 @@ def test_sigint_twice_puts_the_workload_back_without_counting(tmp_path: Path) ->
     wait_for(lambda: "again" in (pinion.stderr.readline() if pinion.stderr else ""),  # type: ignore[union-attr]
              what="warm stop message")
     pinion.send_signal(signal.SIGINT)
-    out, err = pinion.communicate(timeout=30)
+    _out, err = pinion.communicate(timeout=30)
     assert pinion.returncode == 130, err
     assert not alive(child_pid)
     with open_local() as backend:
