@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import subprocess
 import sys
 import threading
@@ -348,6 +349,10 @@ def test_many_clients_at_once(
     errors: list[Exception] = []
 
     def worker(n: int) -> None:
+        # specklepy's websocket transport needs an event loop and makes one per thread that
+        # nobody closes (a ResourceWarning): give each thread a loop and close it
+        loop = asyncio.new_event_loop()
+        asyncio.set_event_loop(loop)
         try:
             client = SpeckleClient(host=speckle_server.host, use_ssl=False)
             client.authenticate_with_token(speckle_token)
@@ -357,6 +362,9 @@ def test_many_clients_at_once(
                 client.version.get_versions(model.id, p, limit=3)
         except Exception as exc:  # reported by the assertion below
             errors.append(exc)
+        finally:
+            asyncio.set_event_loop(None)
+            loop.close()
 
     threads = [threading.Thread(target=worker, args=(n,)) for n in range(8)]
     for thread in threads:
