@@ -219,11 +219,12 @@ def decode_value(value: Any) -> Any:
 
 def _build(node: TaskNode | ProcessNode | BranchNode) -> Node:
     if isinstance(node, TaskNode):
+        given = node.model_fields_set  # left out: the default (per branch in a branch process)
         return Task(
             node.function,
             name=node.name,
-            args=decode_value(node.args),
-            kwargs=decode_value(node.kwargs),
+            args=decode_value(node.args) if "args" in given else None,
+            kwargs=decode_value(node.kwargs) if "kwargs" in given else None,
         )
     if isinstance(node, ProcessNode):
         return Process([_build(i) for i in node.tasks], name=node.name)
