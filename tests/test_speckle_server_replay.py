@@ -19,6 +19,8 @@ import json
 import os
 import re
 import time
+import warnings
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlencode
@@ -29,8 +31,10 @@ pytest.importorskip("specklepy")
 import requests  # a specklepy dependency
 
 try:
+    from speckle_fixtures import write_account
     from speckle_server import Limit, RateLimit, SpeckleTestServer
 except ImportError:  # tests/ imported as a package
+    from tests.speckle_fixtures import write_account
     from tests.speckle_server import Limit, RateLimit, SpeckleTestServer
 
 pytestmark = pytest.mark.speckle
@@ -242,3 +246,212 @@ def test_replay_matches_recording(name: str) -> None:
     if burst:
         assert 429 in burst
         assert burst.count(200) >= 60
+
+
+# -- client-level outcomes ---------------------------------------------------------------------
+
+
+def outcome(step: Callable[[], Any]) -> dict[str, Any]:
+    """What a client step returned or raised, in the terms of ``client-results.json``."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            value = step()
+            result: dict[str, Any] = {"ok": True, "value": value}
+        except Exception as exc:
+            errors = getattr(exc, "errors", None) or []
+            result = {
+                "ok": False,
+                "type": f"{type(exc).__module__}.{type(exc).__qualname__}",
+                "graphql": [(e["message"], e["extensions"]["code"]) for e in errors],
+            }
+    result["warnings"] = [
+        w.category.__name__ for w in caught if not issubclass(w.category, DeprecationWarning)
+    ]
+    return result
+
+
+def recorded_outcome(recorded: dict[str, Any]) -> dict[str, Any]:
+    error = recorded.get("error") or {}
+    result: dict[str, Any] = {"ok": recorded["ok"]}
+    if not recorded["ok"]:
+        result["type"] = error["type"]
+        result["graphql"] = [
+            (e["message"], e["extensions"]["code"]) for e in error.get("graphql_errors", [])
+        ]
+    result["warnings"] = [w.split(":")[0] for w in recorded.get("warnings", [])]
+    return result
+
+
+def client_steps(server: SpeckleTestServer, userdata: Path) -> dict[str, Callable[[], Any]]:
+    """The recorded client steps (by number), replayed with the unmodified specklepy."""
+    from specklepy.api import operations
+    from specklepy.api.client import SpeckleClient
+    from specklepy.api.credentials import Account, get_default_account
+    from specklepy.api.inputs.model_inputs import CreateModelInput
+    from specklepy.api.inputs.project_inputs import ProjectCreateInput, ProjectModelsFilter
+    from specklepy.api.inputs.version_inputs import (
+        CreateVersionInput,
+        DeleteVersionsInput,
+        MoveVersionsInput,
+        UpdateVersionInput,
+    )
+    from specklepy.objects import Base
+    from specklepy.transports.memory import MemoryTransport
+    from specklepy.transports.server import ServerTransport
+
+    alice = server.add_user("Alice", email="alice@example.org", company="Acme")
+    bob_token = server.add_user("Bob", email="bob@example.org", company="Acme")
+    write_account(userdata, server, alice)
+    s: dict[str, Any] = {}  # what earlier steps made
+
+    def client(token: str | None = None) -> Any:
+        made = SpeckleClient(host=server.host, use_ssl=False)
+        if token:
+            made.authenticate_with_token(token)
+        return made
+
+    def job(n: int) -> Base:
+        obj = Base()
+        obj["spec"] = {"kind": "mesh", "params": {"tol": 0.001, "nested": {"deep": [1, n]}}}
+        child = Base()
+        child["payload"], child["n"] = "child-data", n
+        obj["@child"], obj["@(3)numbers"] = child, list(range(10))
+        return obj
+
+    def send(c: Any, project: str, n: int) -> str:
+        return operations.send(
+            job(n), [ServerTransport(project, client=c)], use_default_cache=False
+        )
+
+    def model(name: str, project: str | None = None) -> Any:
+        made = s["c"].model.create(CreateModelInput(name=name, project_id=project or s["p"]))
+        return (made.name, made.display_name)
+
+    def version(n: int) -> Any:
+        s.setdefault("v", []).append(
+            s["c"].version.create(
+                CreateVersionInput(
+                    object_id=s["o"], model_id=s["m"], project_id=s["p"], message=f"job #{n}"
+                )
+            )
+        )
+
+    def create(object_id: str, model_id: str, c: Any = None) -> Any:
+        return (c or s["c"]).version.create(
+            CreateVersionInput(object_id=object_id, model_id=model_id, project_id=s["p"])
+        )
+
+    def walk() -> Any:
+        pages, cursor = [], None
+        while True:
+            page = s["c"].version.get_versions(s["m"], s["p"], limit=2, cursor=cursor)
+            pages.append([v.message for v in page.items])
+            if not page.cursor:
+                return pages
+            cursor = page.cursor
+
+    def receive(object_id: str, c: Any = None) -> Any:
+        remote = ServerTransport(s["p"], client=c or s["c"])
+        return operations.receive(object_id, remote, local_transport=MemoryTransport()).id
+
+    def first(project_id: str) -> Any:
+        return (
+            s["c"]
+            .project.create(
+                ProjectCreateInput(
+                    name=project_id, description="workflow queue", visibility="PRIVATE"
+                )
+            )
+            .id
+        )
+
+    bad = Account.from_token("not-a-token", server.url)
+    return {
+        "01": lambda: s.update(c=client()),
+        "02": lambda: s.update(c=client(alice)),
+        "03": lambda: s["c"].server.get().name,
+        "04": lambda: s["c"].server.version(),
+        "05": lambda: s["c"].active_user.get().name,
+        "06": lambda: s.update(account=get_default_account()),
+        "07": lambda: client().authenticate_with_account(s["account"]),
+        "08": lambda: s.update(p=first("queue-test")),
+        "09": lambda: s["c"].project.get(s["p"]).name,
+        "10": lambda: s.update(
+            m=s["c"].model.create(CreateModelInput(name="jobs", project_id=s["p"])).id
+        ),
+        "11": lambda: model("Queue/Jobs-Upper"),
+        "12": lambda: model("jobs"),
+        "12b": lambda: model("JOBS"),
+        "13": lambda: model("/bad//name"),
+        "13b": lambda: model("bad,name"),
+        "13c": lambda: model(" Spaced / Name "),
+        "14": lambda: [m.name for m in s["c"].model.get_models(s["p"]).items],
+        "15": lambda: (
+            s["c"]
+            .model.get_models(s["p"], models_filter=ProjectModelsFilter(search="jobs"))
+            .total_count
+        ),
+        "15c": lambda: s["c"].model.get_models(s["p"], models_limit=1).cursor,
+        "16": lambda: s["c"].model.get(s["m"], s["p"]).name,
+        "17": lambda: s["c"].model.get("0123456789", s["p"]),
+        "18": lambda: s.update(o=send(s["c"], s["p"], 0)),
+        "18b": lambda: send(s["c"], s["p"], 0),
+        "19": lambda: version(1),
+        **{f"20.{n}": (lambda n=n: version(n)) for n in range(2, 6)},
+        "21": walk,
+        "22": lambda: s["c"].version.get(s["v"][0].id, s["p"]).message,
+        "23": lambda: s["c"].version.update(
+            UpdateVersionInput(version_id=s["v"][0].id, project_id=s["p"], message="x")
+        ),
+        "24": lambda: s["c"].version.delete(
+            DeleteVersionsInput(version_ids=[s["v"][1].id], project_id=s["p"])
+        ),
+        "26": lambda: s["c"].version.get(s["v"][1].id, s["p"]),
+        "26b": lambda: s["c"].version.move_to_model(
+            MoveVersionsInput(
+                target_model_name="queue/done", version_ids=[s["v"][2].id], project_id=s["p"]
+            )
+        ),
+        "27": lambda: (
+            s["c"].model.get_with_versions(s["m"], s["p"], versions_limit=2).versions.total_count
+        ),
+        "28": lambda: receive(s["o"]),
+        "29": lambda: receive("f" * 32),
+        "30": lambda: client("not-a-token"),
+        "31": lambda: client("not-a-token").project.get(s["p"]),
+        "32": lambda: (c := client(), c.authenticate_with_account(bad), c.active_user.get()),
+        "33": lambda: s["c"].project.get("abcdef1234"),
+        "34": lambda: create("0" * 32, s["m"]),
+        "35": lambda: create(s["o"], "0123456789"),
+        "36": lambda: model("x", "abcdef1234"),
+        "37": lambda: s.update(bob=client(bob_token)),
+        "38": lambda: s["bob"].project.get(s["p"]),
+        "39": lambda: s["bob"].model.get_models(s["p"]),
+        "40": lambda: send(s["bob"], s["p"], 9),
+        "41": lambda: receive(s["o"], s["bob"]),
+        "42": lambda: create(s["o"], s["m"], s["bob"]),
+        "43": lambda: send(s["c"], "abcdef1234", 9),
+    }
+
+
+@pytest.mark.filterwarnings("ignore:Call to deprecated:DeprecationWarning")
+def test_client_outcomes_match_recording(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = TRANSCRIPTS / "client-results.json"
+    if not path.exists():
+        pytest.skip(f"no recorded client results at {path}")
+    monkeypatch.setenv("SPECKLE_USERDATA_PATH", str(tmp_path))
+    compared, problems = 0, []
+    with SpeckleTestServer() as server:
+        steps = client_steps(server, tmp_path)
+        for recorded in json.loads(path.read_text())["results"]:
+            number = recorded["step"].split()[0]
+            if number not in steps or "ok" not in recorded:
+                continue
+            ours, expected = outcome(steps[number]), recorded_outcome(recorded)
+            compared += 1
+            if {k: ours.get(k) for k in expected} != expected:
+                problems.append(f"{recorded['step']}: {ours} != {expected}")
+    print(f"\nclient-results.json: {compared} client steps compared")
+    assert not problems, "\n".join(problems)
+    assert compared >= 45
