@@ -1,0 +1,183 @@
+"""The SQLite queue beyond the contract: schema and migrations, files it must refuse, query
+plans, and many processes and threads using one database at once."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import pytest
+
+from caliber.errors import QueueError
+from caliber.queue.sqlite import SQLiteBackend
+from caliber.queue.sqlite_schema import MIGRATIONS, SCHEMA_VERSION
+from caliber.queue.workload import WorkloadStatus
+from tests.contract.test_backend_contract import LEASE, make_results, make_workload
+
+
+def schema_of(path: Path) -> list[tuple[str, str, str]]:
+    conn = sqlite3.connect(path)
+    try:
+        return sorted(conn.execute("SELECT type, name, sql FROM sqlite_master"))
+    finally:
+        conn.close()
+
+
+def test_fresh_schema_equals_migrated_schema(tmp_path: Path) -> None:
+    old = tmp_path / "old.db"
+    conn = sqlite3.connect(old)
+    conn.executescript(MIGRATIONS[0] + "; PRAGMA user_version = 1;")
+    conn.execute(
+        "INSERT INTO workloads (id, pinion, workflow_name, status, created_at, secret, body) "
+        "VALUES ('aaaaaaaaaa', 'p1', 'pasta', 'queued', '2030-01-01T00:00:00.000000+00:00', "
+        "'s', ?)", (json.dumps({"workflow": {"name": "pasta"}, "attachments": []}),))
+    conn.commit()
+    conn.close()
+    SQLiteBackend(old).close()
+    SQLiteBackend(tmp_path / "fresh.db").close()
+    assert schema_of(old) == schema_of(tmp_path / "fresh.db")
+    with SQLiteBackend(old) as backend:
+        assert backend.conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
+        assert backend.get("aaaa").workflow_name == "pasta"
+        assert backend.claim("p1", "me", LEASE, "k") is not None
+
+
+def test_wal_mode_and_busy_timeout(tmp_path: Path) -> None:
+    with SQLiteBackend(tmp_path / "q.db") as backend:
+        assert backend.conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+        assert backend.conn.execute("PRAGMA busy_timeout").fetchone()[0] >= 10_000
+
+
+def test_newer_schema_is_refused_and_left_alone(tmp_path: Path) -> None:
+    path = tmp_path / "future.db"
+    conn = sqlite3.connect(path)
+    conn.execute("CREATE TABLE something_new (x)")
+    conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION + 1}")
+    conn.commit()
+    conn.close()
+    before = path.read_bytes()
+    with pytest.raises(QueueError, match="newer Caliber"):
+        SQLiteBackend(path)
+    assert path.read_bytes() == before
+    assert not Path(str(path) + "-wal").exists()
+
+
+@pytest.mark.parametrize("content", [b"this is not a database\n" * 50, b"\x00" * 4096])
+def test_file_that_is_not_sqlite_is_refused_and_left_alone(tmp_path: Path, content: bytes) -> None:
+    path = tmp_path / "caliber.db"
+    path.write_bytes(content)
+    with pytest.raises(QueueError, match=r"not a usable Caliber queue database|cannot open"):
+        SQLiteBackend(path)
+    assert path.read_bytes() == content
+
+
+def test_folder_in_place_of_the_database(tmp_path: Path) -> None:
+    (tmp_path / "caliber.db").mkdir()
+    with pytest.raises(QueueError):
+        SQLiteBackend(tmp_path / "caliber.db")
+
+
+@pytest.mark.parametrize(("sql", "index"), [
+    ("SELECT id FROM workloads WHERE pinion = ? AND status IN ('queued', 'running') "
+     "AND (status = 'queued' OR lease_expires < ?) "
+     "AND (secret_mismatch IS NULL OR secret_mismatch != ?) ORDER BY created_at LIMIT 1",
+     "workloads_claimable"),
+    ("SELECT id FROM workloads WHERE pinion = ? ORDER BY created_at", "workloads_pinion"),
+    ("SELECT id FROM workloads WHERE status = ? ORDER BY created_at", "workloads_status"),
+    ("SELECT id FROM workloads ORDER BY created_at LIMIT 10", "workloads_created"),
+])
+def test_queries_use_their_index(tmp_path: Path, sql: str, index: str) -> None:
+    with SQLiteBackend(tmp_path / "q.db") as backend:
+        plan = backend.conn.execute(
+            "EXPLAIN QUERY PLAN " + sql, ("x",) * sql.count("?")
+        ).fetchall()
+    text = " ".join(str(row[-1]) for row in plan)
+    assert index in text and "TEMP B-TREE" not in text
+
+
+def test_lost_lease_trigger_ignores_renewals(tmp_path: Path) -> None:
+    with SQLiteBackend(tmp_path / "q.db") as backend:
+        w = make_workload()
+        backend.put(w)
+        claim = backend.claim("p1", "a", LEASE, "k")
+        assert claim is not None
+        for _ in range(3):
+            claim = backend.renew(claim, LEASE)
+        backend.complete(claim, make_results(w.id))
+        messages = [h.message for h in backend.get(w.id).history]
+    assert not any("ran out" in m for m in messages)
+    assert len(messages) == 3  # queued, claimed, completed
+
+
+def test_threads_sharing_one_backend(tmp_path: Path) -> None:
+    """The pinion renews from a thread while its main thread uses the same connection."""
+    with SQLiteBackend(tmp_path / "q.db") as backend:
+        for i in range(40):
+            backend.put(make_workload(seconds=i))
+        claimed: list[str] = []
+        errors: list[BaseException] = []
+
+        def work() -> None:
+            try:
+                while (claim := backend.claim("p1", threading.current_thread().name, LEASE,
+                                              "k")) is not None:
+                    claim = backend.renew(claim, LEASE)
+                    backend.complete(claim, make_results(claim.workload.id))
+                    claimed.append(claim.workload.id)
+            except BaseException as exc:  # pragma: no cover - reported below
+                errors.append(exc)
+
+        threads = [threading.Thread(target=work) for _ in range(4)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert not errors
+        assert len(claimed) == len(set(claimed)) == 40
+        assert all(w.status == WorkloadStatus.COMPLETED for w in backend.list())
+
+
+CLAIMER = """
+import json, sys
+from pathlib import Path
+from caliber.queue.sqlite import SQLiteBackend
+from caliber.results.model import Results, RunStatus, utcnow
+backend = SQLiteBackend(Path(sys.argv[1]))
+taken = []
+while (claim := backend.claim("p1", sys.argv[2], 60.0, "k")) is not None:
+    now = utcnow()
+    backend.complete(claim, Results(workflow="pasta", status=RunStatus.COMPLETED,
+                                    started_at=now, finished_at=now))
+    taken.append(claim.workload.id)
+backend.close()
+print(json.dumps(taken))
+"""
+
+
+def test_processes_racing_claim_each_workload_exactly_once(tmp_path: Path) -> None:
+    path = tmp_path / "q.db"
+    with SQLiteBackend(path) as backend:
+        ids = []
+        for i in range(40):
+            w = make_workload(seconds=i)
+            backend.put(w)
+            ids.append(w.id)
+    procs = [
+        subprocess.Popen([sys.executable, "-c", CLAIMER, str(path), f"pinion-{n}"],
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        for n in range(4)
+    ]
+    taken: list[str] = []
+    for proc in procs:
+        out, err = proc.communicate(timeout=60)
+        assert proc.returncode == 0, err
+        assert "locked" not in err
+        taken += json.loads(out)
+    assert sorted(taken) == sorted(ids)
+    with SQLiteBackend(path) as backend:
+        assert {w.status for w in backend.list()} == {WorkloadStatus.COMPLETED}
+        assert len(backend.list_results()) == 40
