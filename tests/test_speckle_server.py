@@ -19,7 +19,11 @@ from specklepy.api import operations
 from specklepy.api.client import SpeckleClient
 from specklepy.api.credentials import Account, get_default_account
 from specklepy.api.inputs.model_inputs import CreateModelInput, UpdateModelInput
-from specklepy.api.inputs.project_inputs import ProjectCreateInput, ProjectModelsFilter
+from specklepy.api.inputs.project_inputs import (
+    ProjectCreateInput,
+    ProjectModelsFilter,
+    ProjectUpdateInput,
+)
 from specklepy.api.inputs.version_inputs import (
     CreateVersionInput,
     DeleteVersionsInput,
@@ -118,6 +122,12 @@ def test_project_create_and_get(speckle_client: SpeckleClient):
         [],
     )
     assert got.visibility.value == "PRIVATE"
+    update = ProjectUpdateInput(id=project.id, name="renamed", visibility="PUBLIC")
+    assert speckle_client.project.update(update).visibility.value == "PUBLIC"
+    assert speckle_client.project.delete(project.id)
+    with pytest.raises(GraphQLException) as excinfo:
+        speckle_client.project.get(project.id)
+    assert codes(excinfo) == ["STREAM_NOT_FOUND"]
 
 
 def test_model_names_listing_and_search(speckle_client: SpeckleClient):

@@ -204,10 +204,6 @@ class SpeckleTestServer:
             self.store.add_user(name, email or f"{name.lower()}@example.org", company, token)
         return token
 
-    def user(self, token: str) -> User | None:
-        with self.store.lock:
-            return self.store.user_for_token(token)
-
     def set_rate_limit(self, rate_limit: RateLimit | None) -> None:
         """Change the limits (``None``: none) and start every counter afresh."""
         self.limiter = RateLimiter(rate_limit or RateLimit())
