@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from caliber.pinion.loop import Pinion, PinionConfig, Summary
 from caliber.pinion.progress import Reporter
+from caliber.queue.api import check_pinion_name
 from caliber.queue.select import open_backend
 
 
@@ -16,6 +17,7 @@ def run_pinion(
     quiet: bool = False,
 ) -> Summary:
     """Run a pinion on the queue the settings select, until it stops; return its summary."""
+    check_pinion_name(config.name)
     backend = open_backend(project=project, model=model, local=local)
     try:
         pinion = Pinion(config, backend, reporter=Reporter(config.name, quiet=quiet))
