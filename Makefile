@@ -1,0 +1,43 @@
+# Caliber's two commands: `make demo` runs the pasta example, `make test` runs every check.
+# Both first make sure .venv exists with the package installed (python3 -m venv, then
+# pip install -e '.[dev,speckle]'); that step runs again only when pyproject.toml changed.
+
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+PYTEST_ARGS ?= -m "not slow"
+PASTA := examples/pasta
+
+.PHONY: help venv demo test lint typecheck pytest clean
+
+help:
+	@echo "make demo   set up .venv if needed, run the pasta example and print its results"
+	@echo "make test   set up .venv if needed, run ruff, mypy and pytest"
+	@echo "            (slow fault-injection tests too: make test PYTEST_ARGS=)"
+
+venv: $(STAMP)
+
+$(STAMP): pyproject.toml
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[dev,speckle]'
+	@touch $(STAMP)
+
+demo: $(STAMP)
+	cd $(PASTA) && ../../$(BIN)/python main.py
+	cd $(PASTA) && ../../$(BIN)/caliber workflow run pasta.json
+	cd $(PASTA) && ../../$(BIN)/caliber results show --workflow pasta
+
+test: lint typecheck pytest
+
+lint: $(STAMP)
+	$(BIN)/ruff check src tests examples
+
+typecheck: $(STAMP)
+	$(BIN)/mypy
+
+pytest: $(STAMP)
+	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
+
+clean:
+	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache $(PASTA)/*.json
