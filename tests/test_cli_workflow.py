@@ -336,3 +336,49 @@ def test_subprocess_exit_codes(
     assert bad.returncode == 2
     assert bad.stderr.count("\n") == 1 and "line 1, column 16" in bad.stderr
     assert "Traceback" not in bad.stderr
+
+
+# --- rendering helpers (caliber.cli.render) ----------------------------------------------
+
+
+class FakeTty:
+    def __init__(self, tty: bool) -> None:
+        self.tty = tty
+
+    def isatty(self) -> bool:
+        return self.tty
+
+
+def test_colour_only_on_a_terminal_without_no_color(monkeypatch: pytest.MonkeyPatch) -> None:
+    from caliber.cli.render import use_color
+
+    monkeypatch.delenv("NO_COLOR", raising=False)
+    assert use_color(FakeTty(True)) is True  # type: ignore[arg-type]
+    assert use_color(FakeTty(False)) is False  # type: ignore[arg-type]
+    monkeypatch.setenv("NO_COLOR", "1")
+    assert use_color(FakeTty(True)) is False  # type: ignore[arg-type]
+
+
+def test_value_and_duration_text() -> None:
+    from caliber.cli.render import format_duration, format_value
+    from caliber.workflow.model import TaskRef
+
+    assert format_value({"a": [1, None, TaskRef("X")]}) == '{"a": [1, null, <result of \'X\'>]}'
+    assert format_value("x" * 100, width=10) == "\"xxxxxx..."
+    assert format_value(object()).startswith("<object object")
+    assert [format_duration(s) for s in (None, 0.012, 12.34, 245, 7380)] == [
+        "-", "0.01s", "12.3s", "4m05s", "2h03m"]
+
+
+def test_table_and_tree_render_without_colour(project: Callable[..., Path]) -> None:
+    from rich.console import Console
+
+    from caliber.cli.render import table, workflow_tree
+
+    console = Console(width=120, no_color=True, file=None, record=True, force_terminal=False)
+    with console.capture() as capture:
+        console.print(table(["a", "b"], [[1, None], ["x", "[red]y[/]"]]))
+        console.print(workflow_tree(caliber.Workflow.load(project())))
+    text = capture.get()
+    assert "a" in text and "x" in text
+    assert "Make dough" in text and "Roll and shape" in text

@@ -73,8 +73,11 @@ def test_task_refuses_a_bad_import_path(bad: str) -> None:
 
 
 def test_lambda_is_refused_when_the_task_is_made() -> None:
-    with pytest.raises(WorkflowDefinitionError, match=r"lambda"):
+    with pytest.raises(WorkflowDefinitionError, match=r"^task 'x': task function is a lambda "
+                       r"\(defined at .*test_model.py:\d+\)"):
         caliber.Task(lambda: 1, name="x")
+    with pytest.raises(WorkflowDefinitionError, match=r"^task function is a lambda"):
+        caliber.Task(lambda: 1)
 
 
 def test_nested_function_is_refused_naming_it() -> None:

@@ -50,9 +50,11 @@ def function_ref(function: Callable[..., Any]) -> str:
             f"task function {function!r} is not a plain function; use a module-level function"
         )
     if name == "<lambda>" or name.endswith(".<lambda>"):
+        code = getattr(function, "__code__", None)
+        where = f" (defined at {code.co_filename}:{code.co_firstlineno})" if code else ""
         raise WorkflowDefinitionError(
-            "task function is a lambda, which cannot be exported; define it with def at the top "
-            "level of a module"
+            f"task function is a lambda{where}, which cannot be exported; define it with def at "
+            "the top level of a module"
         )
     if "<locals>" in name:
         raise WorkflowDefinitionError(
@@ -120,7 +122,12 @@ class Task:
             self.function = function
             self._callable = None
         else:
-            self.function = function_ref(function)
+            try:
+                self.function = function_ref(function)
+            except WorkflowDefinitionError as exc:
+                if name is None:
+                    raise
+                raise WorkflowDefinitionError(f"task {name!r}: {exc}") from None
             self._callable = function
         if name is None:
             name = self.function.partition(":")[2]
