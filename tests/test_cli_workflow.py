@@ -382,3 +382,19 @@ def test_table_and_tree_render_without_colour(project: Callable[..., Path]) -> N
     text = capture.get()
     assert "a" in text and "x" in text
     assert "Make dough" in text and "Roll and shape" in text
+
+
+def test_branches_side_by_side_when_they_fit(project: Callable[..., Path]) -> None:
+    from rich.console import Console
+
+    from caliber.cli.render import workflow_tree
+
+    workflow = caliber.Workflow.load(project(branched=True))
+    for width, side_by_side in ((250, True), (100, False)):
+        console = Console(width=width, no_color=True, force_terminal=False)
+        with console.capture() as capture:
+            console.print(workflow_tree(workflow, width=width))
+        lines = capture.get().splitlines()
+        together = [line for line in lines if "branch 0" in line and "branch 1" in line]
+        assert bool(together) is side_by_side
+        assert sum(":make_dough(" in line for line in lines) == (1 if side_by_side else 2)

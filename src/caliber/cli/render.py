@@ -26,6 +26,9 @@ if TYPE_CHECKING:
     from caliber.workflow.runner import TaskEvent
 
 VALUE_WIDTH = 60  # characters of an argument or return value shown inline before "..."
+TREE_GUIDE = 4  # characters of a tree guide ("├── ") per level
+BRANCH_GAP = 3  # spaces between branches drawn side by side
+MAX_SIDE_BY_SIDE = 6  # more branches than this are always drawn one below the other
 
 
 def use_color(stream: TextIO | None = None) -> bool:
@@ -95,7 +98,7 @@ def _task_label(task: Task, branch: int | None = None) -> str:
     return f"[bold]{escape(task.name)}[/]  [dim]{escape(call_text(task, branch))}[/]{ref_text}"
 
 
-def _add_node(tree: Tree, node: Node) -> None:
+def _add_node(tree: Tree, node: Node, width: int, depth: int) -> None:
     from rich.markup import escape
 
     from caliber.workflow.model import BranchProcess, Process, Task
@@ -105,33 +108,57 @@ def _add_node(tree: Tree, node: Node) -> None:
     elif isinstance(node, Process):
         sub = tree.add(f"[cyan]process[/] {escape(node.name or '')}".rstrip())
         for item in node.items:
-            _add_node(sub, item)
+            _add_node(sub, item, width, depth + 1)
     elif isinstance(node, BranchProcess):
-        _add_branches(tree, node)
+        _add_branches(tree, node, width, depth)
 
 
-def _add_branches(tree: Tree, node: BranchProcess) -> None:
+def _add_branches(tree: Tree, node: BranchProcess, width: int, depth: int) -> None:
+    """Branches next to each other when the width allows, else one below the other."""
     from rich.markup import escape
+    from rich.table import Table
+    from rich.text import Text
+    from rich.tree import Tree
 
     label = f"[cyan]branch process[/] {escape(node.name or '')}".rstrip()
     sub = tree.add(f"{label} [dim]({node.branches} branches)[/]")
+    lanes: list[Tree] = []
+    lane_widths: list[int] = []
     for branch in range(node.branches):
-        bsub = sub.add(f"[yellow]branch {branch}[/]")
-        for task in node.items:
-            bsub.add(_task_label(task, branch))
+        lane = Tree(f"[yellow]branch {branch}[/]")
+        labels = [_task_label(task, branch) for task in node.items]
+        for text in labels:
+            lane.add(text)
+        lanes.append(lane)
+        lane_widths.append(TREE_GUIDE + max(Text.from_markup(t).cell_len for t in labels))
+    indent = TREE_GUIDE * (depth + 2)
+    needed = indent + sum(lane_widths) + BRANCH_GAP * (len(lanes) - 1)
+    if 1 < len(lanes) <= MAX_SIDE_BY_SIDE and needed <= width:
+        grid = Table.grid(padding=(0, BRANCH_GAP, 0, 0))
+        for lane_width in lane_widths:
+            grid.add_column(width=lane_width, no_wrap=True)
+        grid.add_row(*lanes)
+        sub.add(grid)
+    else:
+        for lane in lanes:
+            sub.children.append(lane)
 
 
-def workflow_tree(workflow: Workflow) -> Tree:
-    """The workflow as a rich Tree: processes, branches, each task's function and arguments,
-    and the tasks whose results it uses (``<- Make dough``)."""
+def workflow_tree(workflow: Workflow, *, width: int | None = None) -> Tree:
+    """The workflow as a rich Tree: processes, branches (side by side when they fit in
+    ``width``, by default the terminal's), each task's function and arguments, and the tasks
+    whose results it uses (``<- Make dough``)."""
     from rich.markup import escape
     from rich.tree import Tree
+
+    if width is None:
+        width = console().width
 
     root = Tree(f"[bold green]workflow[/] [bold]{escape(workflow.name)}[/]")
     if workflow.description:
         root.add(f"[dim]{escape(workflow.description)}[/]")
     process: Process | BranchProcess = workflow.process
-    _add_node(root, process)
+    _add_node(root, process, width, 0)
     if workflow.attachments:
         att = root.add("[cyan]attachments[/]")
         for name in workflow.attachments:
