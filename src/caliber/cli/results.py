@@ -23,7 +23,11 @@ def results() -> None:
     """
 
 
-@results.command("list", epilog="Example: caliber results list --workflow pasta --json")
+@results.command(
+    "list",
+    short_help="List stored results, newest first.",
+    epilog="Example: caliber results list --workflow pasta --json",
+)
 @click.option("--workflow", "workflow_name", metavar="NAME", help="Only results of this workflow.")
 @click.option("--pinion", "pinion_name", metavar="NAME", help="Only results from this pinion.")
 @click.option("-n", "--limit", type=click.IntRange(min=1), default=50, show_default=True,
@@ -86,6 +90,7 @@ def _find(
 
 @results.command(
     "show",
+    short_help="Show one Results: every task's return value.",
     epilog="Example: caliber results show k3v9   (or: caliber results show --workflow pasta)",
 )
 @click.argument("id_", metavar="[ID]", required=False)

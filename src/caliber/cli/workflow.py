@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from caliber.cli.common import json_option, print_json, remote_options
+from caliber.cli.common import print_json, remote_options
 
 if TYPE_CHECKING:
     from caliber.results.model import Results
@@ -36,7 +36,10 @@ def workflow() -> None:
     """
 
 
-@workflow.command(epilog="Example: caliber workflow show pasta.json --format mermaid > pasta.mmd")
+@workflow.command(
+    short_help="Draw the workflow: tree, Mermaid, DOT or JSON.",
+    epilog="Example: caliber workflow show pasta.json --format mermaid > pasta.mmd",
+)
 @click.argument("file", type=FILE)
 @click.option(
     "--format", "fmt", type=click.Choice(["tree", "mermaid", "dot", "json"]), default="tree",
@@ -112,10 +115,12 @@ def _report(res: Results, *, as_json: bool) -> None:
 
 
 @workflow.command(
-    epilog="Example: caliber workflow run pasta.json && caliber results show --workflow pasta"
+    short_help="Run the workflow now and store its Results.",
+    epilog="Example: caliber workflow run pasta.json && caliber results show --workflow pasta",
 )
 @click.argument("file", type=FILE)
-@json_option
+@click.option("--json", "as_json", is_flag=True,
+              help="Print the Results as JSON (the progress lines then go to stderr).")
 def run(file: Path, as_json: bool) -> None:
     """Run the workflow in FILE here and now, with a line per task, store its Results in the
     local results store and print their id.
@@ -138,7 +143,10 @@ def run(file: Path, as_json: bool) -> None:
         raise CaliberError(f"workflow {res.workflow!r} failed: {what}{saved}")  # exit code 1
 
 
-@workflow.command(epilog="Example: caliber workflow schema > caliber-workflow.schema.json")
+@workflow.command(
+    short_help="Print the JSON Schema of workflow files.",
+    epilog="Example: caliber workflow schema > caliber-workflow.schema.json",
+)
 def schema() -> None:
     """Print the JSON Schema of workflow files, for editors that validate JSON.
 
@@ -151,7 +159,9 @@ def schema() -> None:
 
 
 @workflow.command(
-    "queue", epilog="Example: caliber workflow queue pasta.json -p mypinion"
+    "queue",
+    short_help="Put the workflow in the queue for a pinion.",
+    epilog="Example: caliber workflow queue pasta.json -p mypinion",
 )
 @click.argument("file", type=FILE)
 @click.option("-p", "--pinion", "pinion_name", required=True, metavar="NAME",
