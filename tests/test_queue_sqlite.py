@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from caliber.errors import QueueError
-from caliber.queue.sqlite import SQLiteBackend
+from caliber.queue.sqlite import CLAIM_SQL, SQLiteBackend
 from caliber.queue.sqlite_schema import MIGRATIONS, SCHEMA_VERSION
 from caliber.queue.workload import WorkloadStatus
 from tests.contract.test_backend_contract import LEASE, make_results, make_workload
@@ -82,13 +82,11 @@ def test_folder_in_place_of_the_database(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize(("sql", "index"), [
-    ("SELECT id FROM workloads WHERE pinion = ? AND status IN ('queued', 'running') "
-     "AND (status = 'queued' OR lease_expires < ?) "
-     "AND (secret_mismatch IS NULL OR secret_mismatch != ?) ORDER BY created_at LIMIT 1",
-     "workloads_claimable"),
     ("SELECT id FROM workloads WHERE pinion = ? ORDER BY created_at", "workloads_pinion"),
     ("SELECT id FROM workloads WHERE status = ? ORDER BY created_at", "workloads_status"),
     ("SELECT id FROM workloads ORDER BY created_at LIMIT 10", "workloads_created"),
+    ("UPDATE workloads INDEXED BY workloads_leases SET status = 'failed' "
+     "WHERE status = 'running' AND lease_expires < ? AND attempts >= ?", "workloads_leases"),
 ])
 def test_queries_use_their_index(tmp_path: Path, sql: str, index: str) -> None:
     with SQLiteBackend(tmp_path / "q.db") as backend:
@@ -97,6 +95,17 @@ def test_queries_use_their_index(tmp_path: Path, sql: str, index: str) -> None:
         ).fetchall()
     text = " ".join(str(row[-1]) for row in plan)
     assert index in text and "TEMP B-TREE" not in text
+
+
+def test_claim_seeks_instead_of_scanning(tmp_path: Path) -> None:
+    params = {"owner": "o", "token": "t", "expires": 1.0, "pinion": "p", "now": 1.0,
+              "key_id": "k"}
+    with SQLiteBackend(tmp_path / "q.db") as backend:
+        plan = backend.conn.execute("EXPLAIN QUERY PLAN " + CLAIM_SQL, params).fetchall()
+    details = [str(row[-1]) for row in plan]
+    assert any("INDEX workloads_queued" in d for d in details)
+    assert any("INDEX workloads_leases" in d for d in details)
+    assert not any(d.startswith("SCAN workloads") for d in details)
 
 
 def test_lost_lease_trigger_ignores_renewals(tmp_path: Path) -> None:
@@ -144,7 +153,7 @@ def test_threads_sharing_one_backend(tmp_path: Path) -> None:
 CLAIMER = """
 import json, sys
 from pathlib import Path
-from caliber.queue.sqlite import SQLiteBackend
+from caliber.queue.sqlite import CLAIM_SQL, SQLiteBackend
 from caliber.results.model import Results, RunStatus, utcnow
 backend = SQLiteBackend(Path(sys.argv[1]))
 taken = []

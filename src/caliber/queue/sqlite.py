@@ -88,7 +88,27 @@ _COLUMNS = (
     "id, pinion, workflow_name, status, created_at, attempts, lease_owner, lease_token, "
     "lease_expires, secret, secret_mismatch, results_id, last_error, work_dir, body"
 )
+_KEY_OK = "(secret_mismatch IS NULL OR secret_mismatch != :key_id)"
 _NO_LEASE = "lease_owner = NULL, lease_token = NULL, lease_expires = NULL"
+
+
+# The one atomic claim: the subquery picks the oldest claimable row, queued (index
+# workloads_queued) or with a lease that ran out (index workloads_leases, named: without
+# statistics the planner would walk every running row by workloads_status); the UPDATE takes
+# it; the trigger workloads_lease_lost notes a lost lease in the history.
+CLAIM_SQL = f"""
+    UPDATE workloads SET status = 'running', attempts = attempts + 1,
+        lease_owner = :owner, lease_token = :token, lease_expires = :expires
+    WHERE id = (SELECT id FROM (
+        SELECT * FROM (SELECT id, created_at FROM workloads
+            WHERE pinion = :pinion AND status = 'queued' AND {_KEY_OK}
+            ORDER BY created_at LIMIT 1)
+        UNION ALL
+        SELECT * FROM (SELECT id, created_at FROM workloads INDEXED BY workloads_leases
+            WHERE status = 'running' AND lease_expires < :now AND pinion = :pinion AND {_KEY_OK}
+            ORDER BY created_at LIMIT 1)
+    ) ORDER BY created_at LIMIT 1)
+    RETURNING {_COLUMNS}"""
 
 
 def _iso(moment: dt.datetime) -> str:
@@ -253,20 +273,10 @@ class SQLiteBackend:
         token = secrets.token_hex(16)
         now = time.time()
         with self.transaction() as conn:
-            # The one atomic claim: the subquery picks the oldest claimable row (index
-            # workloads_claimable), the UPDATE takes it; the trigger workloads_lease_lost
-            # notes a lease that ran out.
             row = conn.execute(
-                f"""UPDATE workloads SET status = 'running', attempts = attempts + 1,
-                       lease_owner = ?, lease_token = ?, lease_expires = ?
-                   WHERE id = (
-                       SELECT id FROM workloads
-                       WHERE pinion = ? AND status IN ('queued', 'running')
-                         AND (status = 'queued' OR lease_expires < ?)
-                         AND (secret_mismatch IS NULL OR secret_mismatch != ?)
-                       ORDER BY created_at LIMIT 1)
-                   RETURNING {_COLUMNS}""",
-                (owner, token, now + lease_seconds, pinion, now, key_id),
+                CLAIM_SQL,
+                {"owner": owner, "token": token, "expires": now + lease_seconds,
+                 "pinion": pinion, "now": now, "key_id": key_id},
             ).fetchone()
             if row is None:
                 return None
@@ -328,7 +338,8 @@ class SQLiteBackend:
     def expire(self, max_attempts: int) -> builtins.list[str]:
         with self.transaction() as conn:
             rows = conn.execute(
-                f"""UPDATE workloads SET status = 'failed', {_NO_LEASE},
+                f"""UPDATE workloads INDEXED BY workloads_leases
+                   SET status = 'failed', {_NO_LEASE},
                        last_error = 'lease ran out ' || attempts || ' times (pinion died?)'
                    WHERE status = 'running' AND lease_expires < ? AND attempts >= ?
                    RETURNING id, last_error""",

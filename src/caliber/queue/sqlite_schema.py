@@ -67,6 +67,14 @@ MIGRATIONS: list[str] = [
                 || OLD.attempts || ' lost)');
     END;
     """,
+    # 2 -> 3: the claim looks up queued rows and expired leases separately, so running rows
+    # never have to be walked past (workloads_claimable held them too: claims got slower with
+    # every running workload).
+    """
+    DROP INDEX workloads_claimable;
+    CREATE INDEX workloads_queued ON workloads (pinion, created_at) WHERE status = 'queued';
+    CREATE INDEX workloads_leases ON workloads (lease_expires) WHERE status = 'running';
+    """,
 ]
 
 SCHEMA_VERSION = len(MIGRATIONS)
