@@ -191,3 +191,26 @@ def test_failed_run_writes_the_traceback_into_the_working_folder(
     assert results.work_dir == str(tmp_path.resolve())
     assert "ValueError: too dry: None" in (tmp_path / TRACEBACK_FILE).read_text()
     assert caliber.get_results().status == RunStatus.FAILED
+
+
+@pytest.mark.parametrize(
+    ("source", "kind", "shown"),
+    [
+        ("def f(:\n", "SyntaxError", "def f(:"),
+        ("raise RuntimeError('config missing')\n", "RuntimeError", "config missing"),
+    ],
+)
+def test_a_broken_functions_module_fails_the_run_without_crashing(
+    tmp_path: Path, source: str, kind: str, shown: str
+) -> None:
+    module = f"broken_{kind.lower()}_{tmp_path.name}"
+    (tmp_path / f"{module}.py").write_text(source)
+    task = caliber.Task(f"{module}:f", name="F")
+    w = caliber.Workflow(caliber.Process([task]), "w", base_dir=tmp_path)
+    results = run_workflow(w, work_dir=tmp_path)
+    assert results.status == RunStatus.FAILED
+    error = results.tasks[0].error
+    assert error is not None and error.type == kind
+    assert error.message.startswith(f"importing module '{module}' for {module}:f failed")
+    assert shown in error.traceback and f"{module}.py" in error.traceback
+    assert "importlib" not in error.traceback and "caliber" not in error.traceback

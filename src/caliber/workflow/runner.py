@@ -7,6 +7,7 @@ which still run to the end. Returns of tasks that ran are kept either way.
 
 from __future__ import annotations
 
+import importlib
 import sys
 import time
 import traceback
@@ -57,6 +58,23 @@ def _error_info(exc: BaseException, task: str | None, branch: int | None) -> Err
     )
 
 
+_HIDDEN_FRAMES = (  # frames of the import machinery, not of the user's code
+    "<frozen",
+    str(Path(__file__).resolve().parent.parent),
+    str(Path(importlib.__file__).resolve().parent),
+)
+
+
+def _user_traceback(exc: BaseException) -> str:
+    """The traceback of ``exc`` without Caliber's and importlib's own frames."""
+    summary = traceback.TracebackException.from_exception(exc)
+    summary.stack = traceback.StackSummary.from_list(
+        [f for f in summary.stack
+         if not str(f.filename).startswith(_HIDDEN_FRAMES)]
+    )
+    return "".join(summary.format())
+
+
 class _Run:
     def __init__(self, workflow: Workflow, on_event: Callable[[TaskEvent], None] | None) -> None:
         self.workflow = workflow
@@ -84,11 +102,21 @@ class _Run:
             except ImportError as exc:
                 error = ErrorInfo(type="ImportError", message=str(exc), task=task.name,
                                   traceback=f"ImportError: {exc}\n")
-                self.errors.append(error)
-                for (name, _), record in self.records.items():
-                    if name == task.name:  # it could not run: failed, not skipped
-                        record.status = TaskStatus.FAILED
-                        record.error = error
+            except Exception as exc:  # the module itself is broken (SyntaxError, a raise...)
+                module = task.function.partition(":")[0]
+                error = ErrorInfo(
+                    type=type(exc).__name__,
+                    message=f"importing module {module!r} for {task.function} failed: {exc}",
+                    traceback=_user_traceback(exc),
+                    task=task.name,
+                )
+            else:
+                continue
+            self.errors.append(error)
+            for (name, _), record in self.records.items():
+                if name == task.name:  # it could not run: failed, not skipped
+                    record.status = TaskStatus.FAILED
+                    record.error = error
         return not self.errors
 
     def value_of(self, ref: TaskRef, branch: int | None) -> Any:
