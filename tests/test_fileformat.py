@@ -250,3 +250,9 @@ def test_exported_file_satisfies_the_schema_shape(tmp_path: Path) -> None:
             check(child)
 
     check(doc["process"])
+
+
+def test_a_file_may_name_its_schema_for_editors(tmp_path: Path) -> None:
+    doc = {"$schema": "./caliber-workflow.schema.json", **document()}
+    assert load(write(tmp_path / "w.json", doc)).name == "w"
+    assert "$schema" in json_schema()["properties"]

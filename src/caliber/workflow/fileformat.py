@@ -76,6 +76,9 @@ class WorkflowDocument(_Strict):
 
     model_config = ConfigDict(extra="forbid", title="Caliber workflow")
 
+    schema_: str | None = Field(
+        default=None, alias="$schema", description="the JSON Schema of this file, for editors"
+    )
     caliber: Literal[1] = Field(description="format version")
     name: str = Field(min_length=1)
     description: str | None = None
