@@ -256,3 +256,10 @@ def test_a_file_may_name_its_schema_for_editors(tmp_path: Path) -> None:
     doc = {"$schema": "./caliber-workflow.schema.json", **document()}
     assert load(write(tmp_path / "w.json", doc)).name == "w"
     assert "$schema" in json_schema()["properties"]
+
+
+def test_every_node_needs_its_type(tmp_path: Path) -> None:
+    assert json_schema()["$defs"]["TaskNode"]["required"] == ["type", "name", "function"]
+    doc = document(type="process", tasks=[{"name": "a", "function": "m:f"}])
+    (problem,) = problems(write(tmp_path / "w.json", doc))
+    assert problem.startswith("process.tasks[0]:") and "'type'" in problem

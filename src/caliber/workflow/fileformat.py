@@ -47,7 +47,7 @@ class _Strict(BaseModel):
 class TaskNode(_Strict):
     """A task: a function by import path, with its arguments."""
 
-    type: Literal["task"] = "task"
+    type: Literal["task"]
     name: str = Field(min_length=1)
     function: str = Field(pattern=FUNCTION_PATTERN, description="module:function")
     args: list[Any] = Field(default_factory=list)
