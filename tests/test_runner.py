@@ -214,3 +214,16 @@ def test_a_broken_functions_module_fails_the_run_without_crashing(
     assert error.message.startswith(f"importing module '{module}' for {module}:f failed")
     assert shown in error.traceback and f"{module}.py" in error.traceback
     assert "importlib" not in error.traceback and "caliber" not in error.traceback
+
+
+def test_sys_exit_in_a_task_fails_that_task_not_the_process(tmp_path: Path) -> None:
+    module = tmp_path / "exiting.py"
+    module.write_text("import sys\n\ndef leave():\n    sys.exit(4)\n\ndef fine():\n    return 1\n")
+    workflow = caliber.Workflow(
+        caliber.Process([caliber.Task("exiting:fine"), caliber.Task("exiting:leave")]),
+        "exits", base_dir=tmp_path,
+    )
+    results = workflow.run(store=False, work_dir=tmp_path)
+    assert results.status == "failed"
+    assert results["fine"] == 1
+    assert results.error is not None and results.error.type == "SystemExit"

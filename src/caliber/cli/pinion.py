@@ -7,7 +7,7 @@ import click
 from caliber.cli.common import json_option, print_json, remote_options
 
 
-@click.group()
+@click.group(epilog="Example: caliber pinion init mypinion -a 100 -w 10")
 def pinion() -> None:
     """Start a pinion, the worker that runs queued workloads."""
 

@@ -102,7 +102,7 @@ class _Run:
             except ImportError as exc:
                 error = ErrorInfo(type="ImportError", message=str(exc), task=task.name,
                                   traceback=f"ImportError: {exc}\n")
-            except Exception as exc:  # the module itself is broken (SyntaxError, a raise...)
+            except (Exception, SystemExit) as exc:  # the module itself is broken or exits
                 module = task.function.partition(":")[0]
                 error = ErrorInfo(
                     type=type(exc).__name__,
@@ -151,7 +151,7 @@ class _Run:
             value = task.resolve()(
                 *self.substitute(list(args), branch), **self.substitute(dict(kwargs), branch)
             )
-        except Exception as exc:
+        except (Exception, SystemExit) as exc:  # sys.exit() in a task fails that task
             record.duration = time.perf_counter() - start
             record.status = TaskStatus.FAILED
             record.error = _error_info(exc, task.name, branch)
