@@ -12,7 +12,8 @@ PASTA := examples/pasta
 .PHONY: help venv demo test lint typecheck pytest clean
 
 help:
-	@echo "make demo   set up .venv if needed, run the pasta example and print its results"
+	@echo "make demo   set up .venv if needed, queue the pasta example, run it with a pinion,"
+	@echo "            print its results"
 	@echo "make test   set up .venv if needed, run ruff, mypy and pytest"
 	@echo "            (slow fault-injection tests too: make test PYTEST_ARGS=)"
 
@@ -23,10 +24,14 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[dev,speckle]'
 	@touch $(STAMP)
 
+# The mission page's path: export, show, queue, let a pinion run the queue, read the results.
 demo: $(STAMP)
 	cd $(PASTA) && ../../$(BIN)/python main.py
-	cd $(PASTA) && ../../$(BIN)/caliber workflow run pasta.json
-	cd $(PASTA) && ../../$(BIN)/caliber results show --workflow pasta
+	cd $(PASTA) && ../../$(BIN)/caliber workflow show pasta.json
+	cd $(PASTA) && ../../$(BIN)/caliber workflow queue pasta.json -p mypinion
+	cd $(PASTA) && ../../$(BIN)/caliber queue list --pinion mypinion
+	cd $(PASTA) && ../../$(BIN)/caliber pinion init mypinion -a 1 -w 0
+	cd $(PASTA) && ../../$(BIN)/python read_results.py
 
 test: lint typecheck pytest
 
