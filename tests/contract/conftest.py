@@ -26,8 +26,32 @@ def sqlite_backend(tmp_path: Path) -> Iterator[QueueBackend]:
         backend.close()
 
 
+@contextmanager
+def speckle_backend(tmp_path: Path) -> Iterator[QueueBackend]:
+    """A fresh model on a project of a Speckle test server, with a short settle time."""
+    pytest.importorskip("specklepy")
+    from caliber.queue.speckle import SpeckleBackend
+    from caliber.settings import RemoteSettings
+    from tests.speckle_server import SpeckleTestServer
+
+    with SpeckleTestServer() as server:
+        token = server.add_user("Alice")
+        with server.store.lock:
+            user = server.store.user_for_token(token)
+            assert user is not None
+            project = server.store.create_project(user, "contract", None, None)
+        settings = RemoteSettings(host=server.url, project=project.id, model="contract/queue",
+                                  token=token, settle=0.02, min_lease=0, timeout=10)
+        backend = SpeckleBackend.open(settings)
+        try:
+            yield backend
+        finally:
+            backend.close()
+
+
 FACTORIES: dict[str, Callable[[Path], AbstractContextManager[QueueBackend]]] = {
     "sqlite": sqlite_backend,
+    "speckle": speckle_backend,
 }
 
 

@@ -1,0 +1,498 @@
+"""The remote queue on a Speckle model (see docs/remote-queue.md for the protocol).
+
+Every state change is one version on the model (:mod:`caliber.queue.speckle_log`): ``put``
+references the workload object (the workflow, attachments and run-secret), ``done`` and
+``results`` reference the results object, every other event a tiny shared marker object. The
+state of the queue is the fold of those versions, read from the version listing alone; new
+versions are fetched newest first until a version already seen (they are immutable).
+
+Claiming is "write, settle, read": write a claim, wait ``settle`` seconds, read the log again;
+the claim holds only if the fold says it won. Leases are judged in server time (version
+``createdAt``); this process estimates the server's clock from its own writes.
+"""
+
+from __future__ import annotations
+
+import builtins
+import datetime as dt
+import json
+import secrets
+import threading
+import time
+from collections import OrderedDict
+from dataclasses import replace
+from typing import Any
+
+from caliber.errors import (
+    AmbiguousIdError,
+    LeaseLostError,
+    NotFoundError,
+    QueueError,
+    QueueStateError,
+)
+from caliber.queue import speckle_adapter as sp
+from caliber.queue.backend import Claim
+from caliber.queue.speckle_log import Event, Folded, State, clip, fold, message, parse
+from caliber.queue.workload import Attachment, Lease, Workload, WorkloadStatus
+from caliber.results.model import Results, RunStatus
+from caliber.settings import RemoteSettings
+
+MAX_CLAIM_TRIES = 3  # workloads one claim() call tries after losing races, before giving up
+OBJECT_CACHE = 256  # objects kept in memory (they are immutable: their id is their hash)
+RECHECK_WAIT = 1.0  # seconds: wait before looking whether an unanswered write happened
+RUNNING = WorkloadStatus.RUNNING
+
+
+class SpeckleBackend:
+    """The remote queue (see :class:`caliber.queue.backend.QueueBackend` for the verbs)."""
+
+    def __init__(self, connection: sp.SpeckleConnection, *, settle: float = 2.0,
+                 min_lease: float = 120.0) -> None:
+        self.conn = connection
+        self.settle = settle
+        self.min_lease = min_lease
+        self.location = f"{connection.host} project {connection.project_id} model " \
+                        f"{connection.model_name}"
+        self.lock = threading.RLock()
+        self.versions: dict[str, dt.datetime] = {}  # every version seen: id -> createdAt
+        self.events: dict[str, Event] = {}
+        self.folded = Folded()
+        self.skew = 0.0  # seconds the server's clock is ahead of ours
+        self._objects: OrderedDict[str, dict[str, Any]] = OrderedDict()
+        self._marker: str | None = None
+
+    @classmethod
+    def open(cls, settings: RemoteSettings) -> SpeckleBackend:
+        return cls(sp.SpeckleConnection(settings), settle=settings.settle,
+                   min_lease=settings.min_lease)
+
+    def close(self) -> None:
+        self.conn.close()
+
+    def __enter__(self) -> SpeckleBackend:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # --- the log --------------------------------------------------------------------------
+
+    def refresh(self) -> Folded:
+        """Read the versions written since the last look, and fold the log again."""
+        with self.lock:
+            first = self.conn.list_versions()
+            if not first.items:
+                self._replace({})
+                return self.folded
+            page, found = first, {}
+            while True:
+                fresh = [v for v in page.items if v.id not in self.versions]
+                for v in fresh:
+                    found[v.id] = v
+                if len(fresh) < len(page.items) or len(page.items) < sp.VERSIONS_PAGE:
+                    break
+                page = self.conn.list_versions(page.cursor)
+            top = first.items[0].created_at
+            self._add(found.values())
+            listed = sum(1 for at in self.versions.values() if at <= top)
+            if listed != first.total:  # versions deleted, or seen late: read them all again
+                self._replace(self._walk())
+            return self.folded
+
+    def _walk(self) -> dict[str, sp.VersionInfo]:
+        everything: dict[str, sp.VersionInfo] = {}
+        cursor = None
+        while True:
+            page = self.conn.list_versions(cursor)
+            everything.update((v.id, v) for v in page.items)
+            if len(page.items) < sp.VERSIONS_PAGE or not page.cursor:
+                return everything
+            cursor = page.cursor
+
+    def _replace(self, versions: dict[str, sp.VersionInfo]) -> None:
+        if set(versions) == set(self.versions):
+            return
+        self.versions.clear()
+        self.events.clear()
+        self._add(versions.values())
+
+    def _add(self, versions: Any) -> None:
+        changed = False
+        for v in versions:
+            if v.id in self.versions:
+                continue
+            self.versions[v.id] = v.created_at
+            event = parse(v.id, v.object_id, v.message, v.created_at)
+            if event is not None:
+                self.events[v.id] = event
+                changed = True
+        if changed or not self.events:
+            self.folded = fold(self.events.values())
+
+    def server_now(self) -> dt.datetime:
+        return dt.datetime.fromtimestamp(time.time() + self.skew, dt.UTC)
+
+    def _local(self, server_time: dt.datetime) -> dt.datetime:
+        return server_time - dt.timedelta(seconds=self.skew)
+
+    def _write(self, human: str, data: dict[str, Any], object_id: str | None = None) -> Event:
+        """Append one event; the log and the clock estimate learn of it at once."""
+        text = message(human, data)
+        target = object_id or self._marker_id()
+        before = set(self.versions)
+        started = time.time()
+        try:
+            version = self.conn.create_version(target, text)
+        except sp.AmbiguousWriteError:
+            time.sleep(RECHECK_WAIT)
+            self.refresh()
+            expected = parse("", "", text, self.server_now())
+            landed = [i for i in self.versions if i not in before and expected is not None
+                      and (e := self.events.get(i)) is not None and e.data == expected.data]
+            if not landed:
+                raise
+            return self.events[landed[0]]
+        self.skew = version.created_at.timestamp() - (started + time.time()) / 2
+        self._add([version])
+        return self.events[version.id]
+
+    def _marker_id(self) -> str:
+        if self._marker is None:
+            root, objects = sp.serialise(sp.new_object({
+                "caliber": "queue event",
+                "about": "Caliber workflow queue: the version message says what happened",
+            }))
+            self.conn.upload(objects)
+            self._marker = root
+        return self._marker
+
+    # --- objects --------------------------------------------------------------------------
+
+    def _fetch(self, ids: builtins.list[str]) -> dict[str, dict[str, Any]]:
+        got = {i: self._objects[i] for i in ids if i in self._objects}
+        wanted = [i for i in dict.fromkeys(ids) if i not in got]
+        if wanted:
+            got.update(self.conn.get_objects(wanted))
+        for object_id, obj in got.items():
+            self._objects[object_id] = obj
+            self._objects.move_to_end(object_id)
+        while len(self._objects) > OBJECT_CACHE:
+            self._objects.popitem(last=False)
+        for i in ids:
+            if i not in got:
+                raise QueueError(f"{self.location}: object {i} is missing on the server")
+        return got
+
+    def _workloads(self, states: builtins.list[State]) -> builtins.list[Workload]:
+        roots = self._fetch([s.object_id for s in states])
+        refs = {s.id: [r["referencedId"] for r in roots[s.object_id].get("@attachments") or []]
+                for s in states}
+        children = self._fetch([i for ids in refs.values() for i in ids])
+        out = []
+        for s in states:
+            try:
+                doc = json.loads(roots[s.object_id]["workload_json"])
+                attachments = [Attachment.model_validate(
+                    {k: children[i][k] for k in ("path", "encoding", "content", "sha256", "size")}
+                ) for i in refs[s.id]]
+            except (KeyError, TypeError, ValueError) as exc:
+                raise QueueError(f"{self.location}: workload {s.id} is damaged on the server "
+                                 f"({exc!r}); reset it and queue the workflow again") from None
+            if doc.get("id") != s.id:
+                raise QueueError(f"{self.location}: the object of workload {s.id} belongs to "
+                                 f"{doc.get('id')!r}; reset it")
+            lease = None
+            if s.status == RUNNING and s.holder is not None:
+                lease = Lease(owner=s.holder.owner, token=s.holder.token,
+                              expires_at=self._local(s.holder.expires))
+            out.append(Workload(
+                id=s.id, pinion=s.pinion, workflow=doc["workflow"], attachments=attachments,
+                created_at=s.created_at, queued_by=s.queued_by, status=s.status,
+                results_id=s.results_id, attempts=s.attempts, last_error=s.last_error,
+                lease=lease, secret=s.secret if s.secret is not None else doc.get("secret", ""),
+                secret_mismatch=s.mismatch, work_dir=s.work_dir, history=list(s.history),
+            ))
+        return out
+
+    def _upload(self, obj: Any) -> str:
+        root, objects = sp.serialise(obj)
+        self.conn.upload(objects)
+        return root
+
+    # --- workloads ------------------------------------------------------------------------
+
+    def _state(self, id_or_prefix: str) -> State:
+        live = {s.id: s for s in self.refresh().live()}
+        return live[_resolve(live, id_or_prefix, "workload")]
+
+    def put(self, workload: Workload) -> None:
+        with self.lock:
+            if workload.id in self.refresh().workloads:
+                raise QueueError(f"cannot queue workload {workload.id}: that id is in the "
+                                 "queue already")
+            doc = workload.model_dump(mode="json", include={
+                "id", "pinion", "workflow", "created_at", "queued_by", "secret"})
+            root = self._upload(sp.new_object({
+                "caliber": "workload", "workload_id": workload.id,
+                "workflow_name": workload.workflow_name, "pinion": workload.pinion,
+                "queued_by": workload.queued_by, "created_at": workload.created_at.isoformat(),
+                "workflow": sp.to_speckle(workload.workflow),
+                "workload_json": json.dumps(doc, ensure_ascii=False),
+                "@attachments": [sp.new_object(a.model_dump()) for a in workload.attachments],
+            }))
+            self._write(
+                f"queued {workload.id} ({workload.workflow_name}) for pinion {workload.pinion}"
+                f" by {workload.queued_by or '?'}",
+                {"e": "put", "w": workload.id, "p": workload.pinion, "n": workload.workflow_name,
+                 "c": workload.created_at.isoformat(), "b": workload.queued_by},
+                root,
+            )
+
+    def get(self, id_or_prefix: str) -> Workload:
+        with self.lock:
+            return self._workloads([self._state(id_or_prefix)])[0]
+
+    def list(
+        self,
+        *,
+        pinion: str | None = None,
+        status: WorkloadStatus | None = None,
+        limit: int | None = None,
+        offset: int = 0,
+    ) -> builtins.list[Workload]:
+        with self.lock:
+            states = [s for s in self.refresh().live()
+                      if (pinion is None or s.pinion == pinion)
+                      and (status is None or s.status == WorkloadStatus(status))]
+            end = None if limit is None else offset + limit
+            return self._workloads(states[offset:end])
+
+    def _lease(self, seconds: float) -> float:
+        return max(seconds, self.min_lease) if seconds > 0 else seconds
+
+    def claim(self, pinion: str, owner: str, lease_seconds: float, key_id: str) -> Claim | None:
+        lease = self._lease(lease_seconds)
+        with self.lock:
+            tried: set[str] = set()
+            for _ in range(MAX_CLAIM_TRIES):
+                now = self.server_now()
+                candidates = [
+                    s for s in self.refresh().live()
+                    if s.pinion == pinion and s.id not in tried and s.mismatch != key_id
+                    and (s.status == WorkloadStatus.QUEUED or (
+                        s.status == RUNNING and s.holder is not None and s.holder.expires < now))
+                ]
+                if not candidates:
+                    return None
+                state = candidates[0]
+                tried.add(state.id)
+                token = secrets.token_hex(12)
+                try:
+                    self._write(f"claimed {state.id} ({state.workflow}) by {owner}",
+                                {"e": "claim", "w": state.id, "t": token, "o": owner,
+                                 "l": lease, "k": key_id})
+                    lost: QueueError | None = None
+                except sp.AmbiguousWriteError as exc:
+                    lost = exc
+                if self.settle > 0:
+                    time.sleep(self.settle)
+                won = self.refresh().workloads.get(state.id)
+                if won is not None and not won.deleted and won.held_by(token):
+                    assert won.holder is not None
+                    workload = self._workloads([won])[0]
+                    return Claim(workload=workload, owner=owner, token=token,
+                                 expires_at=self._local(won.holder.expires))
+                if lost is not None:
+                    raise lost
+            return None
+
+    def _held(self, claim: Claim) -> State:
+        state = self.refresh().workloads.get(claim.workload.id)
+        if state is None or state.deleted or not state.held_by(claim.token):
+            raise LeaseLostError(
+                f"workload {claim.workload.id} is no longer held by {claim.owner} (its lease "
+                "ran out and another pinion took it, or it was reset)"
+            )
+        return state
+
+    def renew(self, claim: Claim, lease_seconds: float) -> Claim:
+        lease = self._lease(lease_seconds)
+        with self.lock:
+            state = self._held(claim)
+            assert state.holder is not None
+            left = (state.holder.expires - self.server_now()).total_seconds()
+            if lease > 0 and left > lease / 2:  # plenty left: spare the server a version
+                return replace(claim, expires_at=self._local(state.holder.expires))
+            self._write(f"lease of {state.id} renewed by {claim.owner}",
+                        {"e": "renew", "w": state.id, "t": claim.token, "l": lease})
+            state = self._held(claim)
+            assert state.holder is not None
+            return replace(claim, expires_at=self._local(state.holder.expires))
+
+    def release(self, claim: Claim, *, reason: str, mismatch_key_id: str | None = None) -> None:
+        with self.lock:
+            state = self._held(claim)
+            self._write(f"released {state.id} ({state.workflow}) by {claim.owner}: {reason}",
+                        {"e": "release", "w": state.id, "t": claim.token, "y": clip(reason),
+                         "m": mismatch_key_id})
+
+    def complete(self, claim: Claim, results: Results) -> None:
+        if results.workload_id != claim.workload.id:
+            results = results.model_copy(update={"workload_id": claim.workload.id})
+        with self.lock:
+            state = self._held(claim)
+            root = self._upload(_results_object(results))
+            error = results.error.summary() if results.error is not None else None
+            done = "completed" if results.status == RunStatus.COMPLETED else "failed"
+            self._write(
+                f"{done} {state.id} ({state.workflow}): "
+                + (error or f"results {results.id}"),
+                {**_results_data(results), "e": "done", "t": claim.token,
+                 "x": clip(error), "d": results.work_dir},
+                root,
+            )
+            if self.refresh().workloads[state.id].results_id != results.id:
+                raise LeaseLostError(f"workload {state.id} was taken by another pinion before "
+                                     "its results were kept")
+
+    def fail(self, claim: Claim, reason: str, *, retry: bool) -> None:
+        with self.lock:
+            state = self._held(claim)
+            again = "; queued again" if retry else ""
+            self._write(f"failed {state.id} ({state.workflow}): {reason}{again}",
+                        {"e": "fail", "w": state.id, "t": claim.token, "y": clip(reason),
+                         "q": retry})
+
+    def expire(self, max_attempts: int) -> builtins.list[str]:
+        with self.lock:
+            now = self.server_now()
+            out = []
+            for s in self.refresh().live():
+                if (s.status == RUNNING and s.holder is not None and s.holder.expires < now
+                        and s.attempts >= max_attempts):
+                    self._write(f"failed {s.id} ({s.workflow}): lease ran out {s.attempts} "
+                                "times (pinion died?)",
+                                {"e": "expire", "w": s.id, "t": s.holder.token,
+                                 "m": max_attempts})
+                    if self.folded.workloads[s.id].status == WorkloadStatus.FAILED:
+                        out.append(s.id)
+            return out
+
+    def delete(self, id_or_prefix: str, *, force: bool = False) -> Workload:
+        with self.lock:
+            workload = self.get(id_or_prefix)
+            if workload.status == RUNNING and not force:
+                holder = workload.lease.owner if workload.lease else "a pinion"
+                raise QueueStateError(
+                    f"workload {workload.id} is running (held by {holder}); "
+                    "stop the pinion first or use --force"
+                )
+            self._write(f"deleted {workload.id} ({workload.workflow_name})",
+                        {"e": "delete", "w": workload.id, "f": force})
+            return workload
+
+    def resign(self, id_or_prefix: str, secret: str, key_id: str) -> Workload:
+        with self.lock:
+            state = self._state(id_or_prefix)
+            self._write(f"re-signed {state.id} ({state.workflow}) with key {key_id}",
+                        {"e": "resign", "w": state.id, "s": secret, "k": key_id})
+            return self.get(state.id)
+
+    # --- results --------------------------------------------------------------------------
+
+    def _results(self, object_ids: builtins.list[str]) -> builtins.list[Results]:
+        found = self._fetch(object_ids)
+        try:
+            return [Results.model_validate_json(found[i]["results_json"]) for i in object_ids]
+        except (KeyError, ValueError) as exc:
+            raise QueueError(f"{self.location}: stored results are damaged ({exc!r})") from None
+
+    def save_results(self, results: Results) -> None:
+        with self.lock:
+            root = self._upload(_results_object(results))
+            self._write(f"results {results.id} ({results.workflow}) saved",
+                        {**_results_data(results), "e": "results"}, root)
+
+    def get_results(self, id_or_prefix: str) -> Results:
+        with self.lock:
+            known = self.refresh().results
+            ref = known[_resolve(known, id_or_prefix, "results")]
+            return self._results([ref.object_id])[0]
+
+    def find_results(
+        self,
+        *,
+        workload_id: str | None = None,
+        workflow: str | None = None,
+        pinion: str | None = None,
+    ) -> Results | None:
+        with self.lock:
+            refs = self._matching(workflow, pinion, workload_id)
+            return self._results([refs[0].object_id])[0] if refs else None
+
+    def list_results(
+        self,
+        *,
+        workflow: str | None = None,
+        pinion: str | None = None,
+        limit: int | None = None,
+        offset: int = 0,
+    ) -> builtins.list[Results]:
+        with self.lock:
+            refs = self._matching(workflow, pinion, None)
+            end = None if limit is None else offset + limit
+            return self._results([r.object_id for r in refs[offset:end]])
+
+    def _matching(self, workflow: str | None, pinion: str | None,
+                  workload_id: str | None) -> builtins.list[Any]:
+        refs = [r for r in self.refresh().results.values()
+                if (workflow is None or r.workflow == workflow)
+                and (pinion is None or r.pinion == pinion)
+                and (workload_id is None or r.workload_id == workload_id)]
+        return sorted(refs, key=lambda r: r.finished_at, reverse=True)
+
+
+def _resolve(ids: Any, id_or_prefix: str, what: str) -> str:
+    prefix = id_or_prefix.strip().lower()
+    if not prefix:
+        raise NotFoundError(f"no {what} id given")
+    if prefix in ids:
+        return prefix
+    found = sorted(i for i in ids if i.startswith(prefix))
+    if not found:
+        raise NotFoundError(f"no {what} with id {id_or_prefix!r}")
+    if len(found) > 1:
+        raise AmbiguousIdError(id_or_prefix, found[:21])
+    return str(found[0])
+
+
+def _results_data(results: Results) -> dict[str, Any]:
+    return {"r": results.id, "w": results.workload_id, "n": results.workflow,
+            "p": results.pinion, "s": results.status.value,
+            "f": results.finished_at.isoformat()}
+
+
+def _results_object(results: Results) -> Any:
+    """The results as Speckle objects: one child per task run, its return value as Speckle
+    members (a Speckle object as itself), and the lossless JSON the queue reads back."""
+    tasks = []
+    for task in results.tasks:
+        try:
+            value = sp.to_speckle(task.return_)
+        except Exception:  # a value Speckle cannot hold as members: keep it as JSON text
+            value = json.dumps(task.return_, ensure_ascii=False)
+        member = "@value" if sp.is_speckle_object(value) else "value"
+        tasks.append(sp.new_object({
+            "name": task.name, "path": list(task.path), "branch": task.branch,
+            "status": task.status.value, "duration": task.duration,
+            "conversion": task.conversion,
+            "error": task.error.summary() if task.error else None, member: value,
+        }))
+    return sp.new_object({
+        "caliber": "results", "results_id": results.id, "workload_id": results.workload_id,
+        "workflow": results.workflow, "pinion": results.pinion, "status": results.status.value,
+        "started_at": results.started_at.isoformat(),
+        "finished_at": results.finished_at.isoformat(),
+        "error": results.error.summary() if results.error else None,
+        "results_json": results.model_dump_json(by_alias=True), "@tasks": tasks,
+    })

@@ -1,0 +1,590 @@
+"""Every call into specklepy (and to the Speckle server) lives here.
+
+specklepy is imported lazily, only when a remote queue is opened. This module gives the remote
+backend a small, typed surface (:class:`SpeckleConnection`): list the versions of one model,
+create a version, upload objects, fetch objects; and it translates what can go wrong (requests,
+gql and specklepy errors, HTTP 401/403/429/5xx, GraphQL error codes) into one clear
+:mod:`caliber.errors` line naming the host, project and model.
+
+Requests and retries:
+
+* every request has a timeout (``RemoteSettings.timeout``; specklepy's own GraphQL transport
+  and object sessions have none after authentication, so this module brings its own);
+* a request the server refused with HTTP 429 (rate limit) did not happen, so it is repeated
+  after ``Retry-After`` (or a capped exponential back-off), for at most ``RATE_LIMIT_GIVE_UP``;
+* a request that never reached the server (connection refused, connect timeout) is repeated
+  a few times; one that may have reached it (read timeout, reset, HTTP 5xx) is repeated only
+  when it is safe to repeat: reads, and uploads of content-addressed objects, never version
+  creates (those raise :class:`AmbiguousWriteError` for the caller to check).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import gzip
+import importlib
+import json
+import random
+import re
+import threading
+import time
+import warnings
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+from caliber.errors import CaliberError, ConfigError, QueueError
+from caliber.settings import RemoteSettings
+
+T = TypeVar("T")
+
+CONNECT_TIMEOUT = 10.0  # seconds: the longest a connection may take to open
+RATE_LIMIT_FIRST_WAIT = 1.0  # seconds: back-off after a 429 without Retry-After
+RATE_LIMIT_MAX_WAIT = 30.0  # seconds: the longest single back-off
+RATE_LIMIT_GIVE_UP = 180.0  # seconds: total back-off before a rate limit becomes an error
+TRANSIENT_RETRIES = 3  # repeats of a safe request after a network error or HTTP 5xx
+TRANSIENT_WAIT = 0.5  # seconds: first back-off after a network error (doubles)
+UPLOAD_BATCH_BYTES = 8_000_000  # uncompressed bytes of objects per upload request
+VERSIONS_PAGE = 100  # the largest page the server lists
+INSTALL_HINT = "pip install 'caliber-workflows[speckle]'"
+SOURCE_APPLICATION = "caliber"
+_MEMBER_BAD = re.compile(r"[./]")
+_RESERVED = {"id", "speckle_type", "applicationId", "totalChildrenCount", "units"}
+
+_MODEL_BY_NAME = """
+query CaliberModelByName($projectId: String!, $name: String!) {
+  project(id: $projectId) { modelByName(name: $name) { id name } }
+}
+"""
+
+
+class AmbiguousWriteError(QueueError):
+    """A version create may or may not have reached the server (the answer was lost)."""
+
+
+class GraphQLCodeError(QueueError):
+    """The server answered with GraphQL errors; ``codes`` holds their extension codes."""
+
+    def __init__(self, message: str, codes: list[str]) -> None:
+        super().__init__(message)
+        self.codes = codes
+
+
+@dataclass(frozen=True)
+class VersionInfo:
+    """What the queue needs of one version."""
+
+    id: str
+    object_id: str
+    message: str
+    created_at: dt.datetime
+    author: str | None = None
+
+
+@dataclass(frozen=True)
+class VersionPage:
+    items: list[VersionInfo]
+    cursor: str | None
+    total: int
+
+
+def import_specklepy() -> None:
+    """Fail with one clear line when the ``speckle`` extra is not installed."""
+    try:
+        importlib.import_module("specklepy.api.client")
+    except ImportError as exc:
+        raise ConfigError(
+            f"the remote queue on Speckle needs specklepy ({exc}): {INSTALL_HINT}"
+        ) from None
+
+
+@contextlib.contextmanager
+def _quiet() -> Iterator[None]:
+    """specklepy 2026.9 marks the JSON object path deprecated; it is what every server
+    speaks, so its DeprecationWarnings are not the user's business."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        yield
+
+
+def _requests() -> Any:
+    return importlib.import_module("requests")
+
+
+# --- accounts -------------------------------------------------------------------------------
+
+
+def _same_server(url: str | None, host: str) -> bool:
+    from urllib.parse import urlsplit
+
+    if not url:
+        return False
+    text = url.strip().rstrip("/")
+    if "://" not in text:
+        text = "https://" + text
+    return urlsplit(text).netloc.lower() == urlsplit(host).netloc.lower()
+
+
+def account_token(host: str) -> str:
+    """The token of the Speckle Manager account (specklepy's local accounts) for ``host``."""
+    import_specklepy()
+    from specklepy.api.credentials import get_local_accounts
+
+    with _quiet():
+        accounts = get_local_accounts()
+    matching = [a for a in accounts if a.token and _same_server(a.serverInfo.url, host)]
+    if not matching:
+        servers = sorted({a.serverInfo.url for a in accounts if a.serverInfo.url})
+        known = f" (it has accounts for: {', '.join(servers)})" if servers else ""
+        raise ConfigError(
+            f"no token for {host}: set CALIBER_SPECKLE_TOKEN, or add an account for {host} in "
+            f"Speckle Manager{known}"
+        )
+    matching.sort(key=lambda a: not a.isDefault)
+    return str(matching[0].token)
+
+
+# --- objects --------------------------------------------------------------------------------
+
+
+def is_speckle_object(value: object) -> bool:
+    """Whether ``value`` is a specklepy ``Base`` (without importing specklepy needlessly)."""
+    if not type(value).__module__.startswith("specklepy"):
+        return False
+    from specklepy.objects.base import Base
+
+    return isinstance(value, Base)
+
+
+def object_to_dict(value: Any) -> dict[str, Any]:
+    """A specklepy object as its serialised Speckle JSON (with ``speckle_type`` and ``id``)."""
+    from specklepy.serialization.base_object_serializer import BaseObjectSerializer
+
+    with _quiet():
+        _, data = BaseObjectSerializer().traverse_base(value)
+    return dict(data)
+
+
+def _object_from_dict(data: Mapping[str, Any]) -> Any:
+    from specklepy.serialization.base_object_serializer import BaseObjectSerializer
+    from specklepy.transports.memory import MemoryTransport
+
+    with _quiet():
+        return BaseObjectSerializer(read_transport=MemoryTransport()).recompose_base(dict(data))
+
+
+def member_name(key: str) -> str:
+    """A dict key as a Speckle member name (no ``.`` or ``/``, not a reserved name)."""
+    name = _MEMBER_BAD.sub("_", key).lstrip("@") or "_"
+    return f"_{name}" if name in _RESERVED else name
+
+
+def to_speckle(value: Any) -> Any:
+    """A JSON value as Speckle members: serialised Speckle objects become those objects
+    again, dicts become ``Base`` objects, lists stay lists, scalars stay."""
+    from specklepy.objects.base import Base
+
+    if isinstance(value, dict):
+        if isinstance(value.get("speckle_type"), str) and value["speckle_type"] != "reference":
+            try:
+                return _object_from_dict(value)
+            except Exception:  # not a real Speckle object after all: keep it as members
+                pass
+        obj = Base()
+        for key, item in value.items():
+            obj[member_name(str(key))] = to_speckle(item)
+        return obj
+    if isinstance(value, list):
+        return [to_speckle(v) for v in value]
+    return value
+
+
+def new_object(members: Mapping[str, Any]) -> Any:
+    """A ``Base`` with the given members (names starting ``@`` are stored detached)."""
+    from specklepy.objects.base import Base
+
+    obj = Base()
+    for key, value in members.items():
+        obj[key] = value
+    return obj
+
+
+def serialise(obj: Any) -> tuple[str, dict[str, str]]:
+    """``(root id, {id: json})`` of an object and its detached children."""
+    from specklepy.serialization.base_object_serializer import BaseObjectSerializer
+    from specklepy.transports.memory import MemoryTransport
+
+    with _quiet():
+        memory = MemoryTransport()
+        root_id, _ = BaseObjectSerializer(write_transports=[memory]).write_json(obj)
+    return str(root_id), dict(memory.objects)
+
+
+# --- the connection -------------------------------------------------------------------------
+
+
+def _keepalive_transport(base: Any) -> Any:
+    """specklepy's gql transport class, made to reuse one HTTP session (keep-alive) and to put
+    a timeout on every request."""
+
+    class KeepAlive(base):  # type: ignore[misc]
+        def __init__(self, *args: Any, shared: Any, **kwargs: Any) -> None:
+            super().__init__(*args, **kwargs)
+            self.shared = shared
+
+        def connect(self) -> None:
+            self.session = self.shared
+
+        def close(self) -> None:
+            self.session = None
+
+    return KeepAlive
+
+
+def _parse_time(text: str) -> dt.datetime:
+    moment = dt.datetime.fromisoformat(text.replace("Z", "+00:00"))
+    return moment if moment.tzinfo else moment.replace(tzinfo=dt.UTC)
+
+
+def _chain(exc: BaseException) -> Iterator[BaseException]:
+    seen: set[int] = set()
+    todo: list[BaseException | None] = [exc]
+    while todo:
+        item = todo.pop()
+        if item is None or id(item) in seen:
+            continue
+        seen.add(id(item))
+        yield item
+        inner = getattr(item, "exception", None)
+        todo += [inner if isinstance(inner, BaseException) else None,
+                 item.__cause__, item.__context__]
+
+
+class SpeckleConnection:
+    """An authenticated connection to one model of one project."""
+
+    def __init__(self, settings: RemoteSettings) -> None:
+        import_specklepy()
+        self.settings = settings
+        self.host = settings.host
+        self.project_id = settings.project
+        self.model_name = settings.model
+        self.model_id = ""
+        self.timeout = (min(CONNECT_TIMEOUT, settings.timeout), settings.timeout)
+        self.lock = threading.RLock()
+        self.session = _requests().Session()
+        self.client: Any = None
+        token = settings.token or account_token(settings.host)
+        self.session.headers["Authorization"] = f"Bearer {token}"
+        try:
+            self._connect(token)
+            self._check_project()
+            self.model_id = self._find_or_create_model()
+        except BaseException:
+            self.close()
+            raise
+
+    @property
+    def where(self) -> str:
+        return f"{self.host} project {self.project_id}"
+
+    def close(self) -> None:
+        self.session.close()
+
+    # -- set up --
+
+    def _connect(self, token: str) -> None:
+        from gql.transport.requests import RequestsHTTPTransport
+        from specklepy.api.client import SpeckleClient
+        from specklepy.logging import metrics
+
+        metrics.disable()
+        with _quiet():
+            client = SpeckleClient(
+                host=self.settings.netloc, use_ssl=self.settings.use_ssl,
+                connection_retries=0, connection_timeout=int(max(1, self.timeout[0])),
+            )
+        client.account.token = token
+        client.account.serverInfo.url = client.url
+        headers = {"Authorization": f"Bearer {token}", "Content-Type": "application/json",
+                   "apollographql-client-name": SOURCE_APPLICATION}
+        transport = _keepalive_transport(RequestsHTTPTransport)(
+            url=client.graphql, headers=headers, verify=True, timeout=self.timeout,
+            shared=self.session,
+        )
+        client.httpclient.transport = transport
+        self.client = client
+        self.graphql_transport = transport
+        user = self.call("check the token", client.active_user.get)
+        self.user = getattr(user, "name", None)
+
+    def _check_project(self) -> None:
+        try:
+            self.call("open the project", self.client.project.get, self.project_id)
+        except GraphQLCodeError as exc:
+            if {"STREAM_NOT_FOUND", "FORBIDDEN", "STREAM_INVALID_ACCESS_ERROR"} & set(exc.codes):
+                raise ConfigError(
+                    f"project {self.project_id} not found on {self.host}, or this account "
+                    "has no access to it: check CALIBER_SPECKLE_PROJECT / --project (the id is "
+                    "in the project's address, .../projects/<id>)"
+                ) from None
+            raise
+
+    def _find_or_create_model(self) -> str:
+        name = "/".join(p.strip() for p in self.model_name.split("/") if p.strip()).lower()
+        if not name:
+            raise ConfigError(f"the model name {self.model_name!r} is empty")
+        for attempt in range(2):
+            found = self._model_by_name(name)
+            if found is not None:
+                return found
+            from specklepy.api.inputs.model_inputs import CreateModelInput
+
+            description = "Caliber workflow queue: every version is one queue event"
+            try:
+                model = self.call(
+                    "create the model", self.client.model.create,
+                    CreateModelInput(name=name, description=description,
+                                     project_id=self.project_id),
+                )
+                return str(model.id)
+            except GraphQLCodeError as exc:
+                if "BRANCH_CREATE_ERROR" in exc.codes and attempt == 0:
+                    continue  # made by someone else meanwhile (or a wildcard clash): look again
+                if {"BRANCH_NAME_ERROR", "BRANCH_CREATE_ERROR"} & set(exc.codes):
+                    raise ConfigError(
+                        f"{self.host} refuses the model name {self.model_name!r} on project "
+                        f"{self.project_id}: {exc}"
+                    ) from None
+                raise
+        raise ConfigError(f"cannot find or create the model {self.model_name!r} on "
+                          f"{self.where}")  # pragma: no cover
+
+    def _model_by_name(self, name: str) -> str | None:
+        from gql import gql
+
+        request = gql(_MODEL_BY_NAME)
+        request.variable_values = {"projectId": self.project_id, "name": name}
+        try:
+            data = self.call("find the model", self.client.httpclient.execute, request)
+        except GraphQLCodeError as exc:
+            if "BRANCH_NOT_FOUND" in exc.codes:
+                return None
+            raise
+        return str(data["project"]["modelByName"]["id"])
+
+    # -- versions --
+
+    def list_versions(self, cursor: str | None = None) -> VersionPage:
+        """One page of the model's versions, newest first."""
+        page = self.call(
+            "list the queue's versions", self.client.version.get_versions,
+            self.model_id, self.project_id, limit=VERSIONS_PAGE, cursor=cursor,
+        )
+        items = [
+            VersionInfo(
+                id=str(v.id), object_id=str(v.referenced_object), message=v.message or "",
+                created_at=_as_utc(v.created_at),
+                author=getattr(v.author_user, "name", None) if v.author_user else None,
+            )
+            for v in page.items
+        ]
+        return VersionPage(items, page.cursor, int(page.total_count))
+
+    def create_version(self, object_id: str, message: str) -> VersionInfo:
+        """Create a version (never repeated after a lost answer: AmbiguousWriteError)."""
+        from specklepy.api.inputs.version_inputs import CreateVersionInput
+
+        version_input = CreateVersionInput(
+            object_id=object_id, model_id=self.model_id, project_id=self.project_id,
+            message=message, source_application=SOURCE_APPLICATION,
+        )
+
+        def create() -> Any:
+            with _quiet():
+                return self.client.version.create(version_input)
+
+        version = self.call("write to the queue", create, safe=False)
+        return VersionInfo(id=str(version.id), object_id=object_id, message=message,
+                           created_at=_as_utc(version.created_at))
+
+    # -- objects --
+
+    def upload(self, objects: Mapping[str, str]) -> None:
+        """Store objects (``{id: json}``) the server does not have yet."""
+        if not objects:
+            return
+        ids = list(objects)
+        have: dict[str, bool] = {}
+        for start in range(0, len(ids), 1000):
+            chunk = ids[start:start + 1000]
+            answer = self._rest("POST", f"/api/diff/{self.project_id}",
+                                data={"objects": json.dumps(chunk)})
+            have.update(answer.json())
+        missing = [i for i in ids if not have.get(i)]
+        batch: list[str] = []
+        size = 0
+        for object_id in missing:
+            text = objects[object_id]
+            if batch and size + len(text) > UPLOAD_BATCH_BYTES:
+                self._upload_batch(batch)
+                batch, size = [], 0
+            batch.append(text)
+            size += len(text)
+        if batch:
+            self._upload_batch(batch)
+
+    def _upload_batch(self, batch: list[str]) -> None:
+        body = gzip.compress(("[" + ",".join(batch) + "]").encode("utf-8"))
+        self._rest("POST", f"/objects/{self.project_id}", expect=201,
+                   files={"batch-1": ("batch-1", body, "application/gzip")})
+
+    def get_objects(self, ids: list[str]) -> dict[str, dict[str, Any]]:
+        """Objects by id (the stored JSON of each, children as references)."""
+        found: dict[str, dict[str, Any]] = {}
+        for start in range(0, len(ids), 500):
+            chunk = ids[start:start + 500]
+            answer = self._rest("POST", f"/api/getobjects/{self.project_id}",
+                                data={"objects": json.dumps(chunk)})
+            for line in answer.content.decode("utf-8").splitlines():
+                if "\t" in line:
+                    object_id, text = line.split("\t", 1)
+                    found[object_id] = json.loads(text)
+        return found
+
+    def _rest(self, method: str, path: str, *, expect: int = 200, **kwargs: Any) -> Any:
+        def send() -> Any:
+            response = self.session.request(method, self.host + path, timeout=self.timeout,
+                                            **kwargs)
+            if response.status_code != expect:
+                raise _HTTPStatus(response.status_code, response.headers.get("Retry-After"),
+                                  response.text[:200])
+            return response
+
+        return self.call(f"{method} {path.split('/')[1]}", send)
+
+    # -- errors and retries --
+
+    def call(self, what: str, fn: Callable[..., T], *args: Any, safe: bool = True,
+             **kwargs: Any) -> T:
+        """``fn(*args, **kwargs)`` with the retry policy of this module; foreign errors become
+        one clear :mod:`caliber.errors` line."""
+        waited = 0.0
+        rate_wait = RATE_LIMIT_FIRST_WAIT
+        attempt = 0
+        while True:
+            try:
+                with self.lock:
+                    return fn(*args, **kwargs)
+            except CaliberError:
+                raise
+            except Exception as exc:
+                kind, detail = self._classify(exc)
+                failure = exc
+            attempt += 1
+            if kind == "rate":
+                delay = min(float(detail or rate_wait), RATE_LIMIT_MAX_WAIT)
+                delay *= 1 + random.random() / 4  # pinions that were refused together spread out
+                if waited + delay > RATE_LIMIT_GIVE_UP:
+                    raise QueueError(
+                        f"{self.host} kept refusing requests (rate limit) for {waited:.0f} s "
+                        f"while trying to {what}; try again later"
+                    ) from None
+                time.sleep(delay)
+                waited += delay
+                rate_wait = min(rate_wait * 2, RATE_LIMIT_MAX_WAIT)
+                continue
+            repeatable = kind == "unsent" or (kind == "transient" and safe)
+            if repeatable and attempt <= TRANSIENT_RETRIES:
+                time.sleep(TRANSIENT_WAIT * 2 ** (attempt - 1))
+                continue
+            raise self._error(kind, detail, what, failure) from None
+
+    def _classify(self, exc: BaseException) -> tuple[str, str | None]:
+        """``(kind, detail)``: rate, unsent, transient, token, access, graphql, other."""
+        req = _requests()
+        from gql.transport.exceptions import TransportQueryError, TransportServerError
+
+        for item in _chain(exc):
+            errors = getattr(item, "errors", None)
+            if isinstance(item, TransportQueryError) or (
+                isinstance(errors, list) and errors and isinstance(errors[0], dict)
+            ):
+                errors = errors or []
+                codes = [str((e.get("extensions") or {}).get("code", "")) for e in errors]
+                statuses = [(e.get("extensions") or {}).get("statusCode") for e in errors]
+                if 429 in statuses or any("RATE_LIMIT" in c for c in codes):
+                    return "rate", None
+                text = "; ".join(str(e.get("message", "")) for e in errors) or str(item)
+                return "graphql", json.dumps([codes, text])
+            status: int | None = None
+            retry_after: str | None = None
+            if isinstance(item, _HTTPStatus):
+                status, retry_after = item.status, item.retry_after
+            elif isinstance(item, TransportServerError):
+                status = item.code
+                headers = getattr(self.graphql_transport, "response_headers", None) or {}
+                retry_after = headers.get("Retry-After")
+            if status is not None:
+                if status == 429:
+                    return "rate", retry_after
+                if status == 403:
+                    return "token", None
+                if status == 401:
+                    return "access", None
+                if status >= 500 or status == 408:
+                    return "transient", f"HTTP {status}"
+                return "other", f"HTTP {status}: {item}"
+            if isinstance(item, req.exceptions.ConnectTimeout):
+                return "unsent", "the connection timed out"
+            if isinstance(item, req.exceptions.Timeout):
+                return "transient", f"no answer within {self.timeout[1]:g} s"
+            if isinstance(item, req.exceptions.ConnectionError):
+                text = str(item)
+                if "NewConnection" in text or "Failed to establish" in text:
+                    reason = "connection refused" if "refused" in text else "cannot connect"
+                    return "unsent", reason
+                return "transient", "the connection broke"
+        return "other", str(exc)
+
+    def _error(self, kind: str, detail: str | None, what: str, exc: BaseException) -> QueueError:
+        if kind == "token":
+            return _ConfigQueueError(
+                f"{self.host} refused the token (invalid or expired): set "
+                "CALIBER_SPECKLE_TOKEN to a valid personal access token, or add the account "
+                "again in Speckle Manager"
+            )
+        if kind == "access":
+            return _ConfigQueueError(
+                f"{self.where}: not found or no access for this account (HTTP 401) while "
+                f"trying to {what}: check CALIBER_SPECKLE_PROJECT / --project"
+            )
+        if kind == "graphql":
+            codes, text = json.loads(detail or '[[], ""]')
+            return GraphQLCodeError(f"{self.where} model {self.model_name}: {text}", codes)
+        if kind in ("unsent", "transient"):
+            message = f"cannot reach the Speckle server {self.host} ({detail}) to {what}"
+            if kind == "transient" and what == "write to the queue":
+                return AmbiguousWriteError(message + "; the write may or may not have happened")
+            return QueueError(message)
+        return QueueError(f"{self.where}: cannot {what}: {detail or exc}")
+
+
+class _ConfigQueueError(ConfigError, QueueError):
+    """A setting the server refused (token, project): a usage error, exit code 2."""
+
+    exit_code = 2
+
+
+class _HTTPStatus(Exception):
+    def __init__(self, status: int, retry_after: str | None, text: str) -> None:
+        super().__init__(f"HTTP {status}: {text}")
+        self.status = status
+        self.retry_after = retry_after
+
+
+def _as_utc(value: Any) -> dt.datetime:
+    if isinstance(value, dt.datetime):
+        return value if value.tzinfo else value.replace(tzinfo=dt.UTC)
+    return _parse_time(str(value))
