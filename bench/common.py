@@ -155,11 +155,11 @@ def wait_until(
 
 
 def time_command(cmd: Sequence[str], *, env: dict[str, str] | None = None, cwd: Path | None = None,
-                 check: bool = True) -> float:
-    """Wall time of one run of a command (output discarded)."""
+                 check: bool = True, timeout: float | None = None) -> float:
+    """Wall time of one run of a command (output discarded); TimeoutExpired after ``timeout``."""
     t0 = time.perf_counter()
     proc = subprocess.run(list(cmd), env=env, cwd=cwd, stdout=subprocess.DEVNULL,
-                          stderr=subprocess.PIPE, stdin=subprocess.DEVNULL)
+                          stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, timeout=timeout)
     elapsed = time.perf_counter() - t0
     if check and proc.returncode != 0:
         stderr = proc.stderr.decode(errors="replace")[-500:]

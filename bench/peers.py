@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import signal
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -101,6 +102,17 @@ class Huey(DrainSystem):
 # --- RQ -------------------------------------------------------------------------------------
 
 
+@contextmanager
+def own_signal_handlers() -> Iterator[None]:
+    """Undo the SIGINT/SIGTERM handlers rq.Worker installs, so Ctrl-C still stops the suite."""
+    saved = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for sig, handler in saved.items():
+            signal.signal(sig, handler)
+
+
 class RQ(DrainSystem):
     key = "rq"
     label = "RQ (Redis, rq worker --burst: forking Worker)"
@@ -149,7 +161,8 @@ class RQ(DrainSystem):
         from rq import Worker
 
         self.reset(workdir)
-        self._worker = Worker([self.queue], connection=self.conn)
+        with own_signal_handlers():
+            self._worker = Worker([self.queue], connection=self.conn)
         self._claimed: list[Any] = []
 
     def ops_fill(self, count: int) -> None:
@@ -174,6 +187,10 @@ class RQ(DrainSystem):
 
         def claim(k: int) -> None:
             # What rq.Worker does before it forks: dequeue, record the execution, mark started.
+            with own_signal_handlers():
+                claim_all(k)
+
+        def claim_all(k: int) -> None:
             for _ in range(k):
                 got = worker.dequeue_job_and_maintain_ttl(None)
                 if got is None:
@@ -186,9 +203,10 @@ class RQ(DrainSystem):
 
         def complete(k: int) -> None:
             # What the work horse does after the function returned: store result, finish.
-            for _ in range(k):
-                job, execution = self._claimed.pop()
-                worker._finalize_success(job, queue, execution, job.args[0] + 1)
+            with own_signal_handlers():
+                for _ in range(k):
+                    job, execution = self._claimed.pop()
+                    worker._finalize_success(job, queue, execution, job.args[0] + 1)
 
         return {"put": put, "claim": claim, "complete": complete}
 

@@ -177,7 +177,8 @@ def overhead_rows(settings: Settings, root: Path, caliber_missing: str | None) -
 
 
 def ops_rows(settings: Settings, ops: dict[str, Any], list_times: dict[int, list[float]],
-             pass_times: dict[int, list[float]], caliber_missing: str | None,
+             pass_times: dict[int, list[float]], list_notes: dict[int, str],
+             caliber_missing: str | None,
              list_missing: str | None, peer_missing: dict[str, str]) -> list[Row]:
     rows = []
     sizes = settings.queue_sizes
@@ -213,27 +214,52 @@ def ops_rows(settings: Settings, ops: dict[str, Any], list_times: dict[int, list
                   better="lower", baseline="python -c pass", target="< 10",
                   target_op="<", target_value=10.0)
         row.fill(list_times.get(size, []), pass_times.get(size, []))
+        row.note = list_notes.get(size, "")
+        if size in list_notes and size not in list_times:
+            row.unavailable = list_notes[size]
         if list_missing:
             row.unavailable = list_missing.splitlines()[0]
         rows.append(row)
     return rows
 
 
+LIST_SLOW = 5.0  # seconds: a `caliber queue list` this slow is run once per size, not reps times
+LIST_TIMEOUT = 60.0  # seconds: a slower one is stopped, and larger sizes are not tried
+
+
 def time_list_at(home_of: Callable[[], Path | None], reps: int, list_times: dict[int, list[float]],
-                 pass_times: dict[int, list[float]], errors: list[str]) -> Callable[[int], None]:
+                 pass_times: dict[int, list[float]], notes: dict[int, str],
+                 errors: list[str]) -> Callable[[int], None]:
+    """Time `caliber queue list` (and `python -c pass`) against the queue ops' Caliber home."""
+    too_slow: list[str] = []
+
     def at_size(size: int) -> None:
         home = home_of()
         if home is None or errors:
             return
         env = worker_env(CALIBER_HOME=str(home))
+        for _ in range(reps):
+            pass_times.setdefault(size, []).append(
+                time_command([sys.executable, "-c", "pass"], env=env))
+        if too_slow:
+            notes[size] = f"not run: {too_slow[0]}"
+            return
         try:
             for _ in range(reps):
-                pass_times.setdefault(size, []).append(
-                    time_command([sys.executable, "-c", "pass"], env=env))
-                list_times.setdefault(size, []).append(
-                    time_command([str(BIN / "caliber"), "queue", "list"], env=env))
+                seconds = time_command([str(BIN / "caliber"), "queue", "list"], env=env,
+                                       timeout=LIST_TIMEOUT)
+                list_times.setdefault(size, []).append(seconds)
+                if seconds > LIST_SLOW:
+                    notes[size] = f"run once only: it took over {LIST_SLOW:g} s"
+                    break
             print(f"  caliber queue list at {size:,}: "
-                  f"{sorted(list_times[size])[reps // 2]:.3f} s", flush=True)
+                  f"{sorted(list_times[size])[len(list_times[size]) // 2]:.3f} s", flush=True)
+        except subprocess.TimeoutExpired:
+            list_times.setdefault(size, []).append(LIST_TIMEOUT)
+            notes[size] = (f"stopped after {LIST_TIMEOUT:g} s: the figure is a lower bound "
+                           "(the command did not finish)")
+            too_slow.append(f"it did not finish within {LIST_TIMEOUT:g} s at {size:,}")
+            print(f"  caliber queue list at {size:,}: over {LIST_TIMEOUT:g} s, stopped", flush=True)
         except Exception as exc:
             errors.append(f"{type(exc).__name__}: {exc}")
     return at_size
@@ -309,7 +335,7 @@ def memory_rows(settings: Settings, systems: Sequence[DrainSystem], root: Path,
     return rows
 
 
-def machine(redis_version: str) -> dict[str, Any]:
+def machine(redis_version: str, load_at_start: float) -> dict[str, Any]:
     cpu = platform.processor() or platform.machine()
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -338,6 +364,8 @@ def machine(redis_version: str) -> dict[str, Any]:
         "Python": platform.python_version(),
         "SQLite": sqlite3.sqlite_version,
         "Redis server": redis_version or "not used",
+        "load average (1 min) at start / end": f"{load_at_start:.2f} / {os.getloadavg()[0]:.2f} "
+        "(other work on the machine during the run shows here)",
         "packages": f"caliber-workflows {version('caliber-workflows')}, huey "
                     f"{version('huey')}, rq {version('rq')}, redis-py {version('redis')}",
     }
@@ -366,6 +394,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         report = args.report or REPO / "BENCHMARKS.md"
         data = args.data or REPO / "bench" / "results.json"
     started = time.perf_counter()
+    load_at_start = os.getloadavg()[0]
     root = Path(tempfile.mkdtemp(prefix="caliber-bench-"))
     os.environ["CALIBER_HOME"] = str(root / "home")  # never the user's own queue
     os.environ["NO_COLOR"] = "1"
@@ -424,15 +453,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         caliber_ops = next((s for s in ops_systems if s.key == "caliber"), None)
         list_times: dict[int, list[float]] = {}
         pass_times: dict[int, list[float]] = {}
+        list_notes: dict[int, str] = {}
         list_errors: list[str] = []
         at_size = time_list_at(lambda: caliber_ops.home if caliber_ops else None,
-                               settings.reps, list_times, pass_times, list_errors)
+                               settings.reps, list_times, pass_times, list_notes, list_errors)
         ops = queue_ops.measure(ops_systems, settings.queue_sizes, settings.ops_per_batch,
                                 settings.reps, root, at_size=at_size)
         list_missing = list_missing or caliber_missing or (list_errors[0] if list_errors
                                                            else None)
-        rows += ops_rows(settings, ops, list_times, pass_times, caliber_missing, list_missing,
-                         peer_missing)
+        rows += ops_rows(settings, ops, list_times, pass_times, list_notes, caliber_missing,
+                         list_missing, peer_missing)
         rows += startup_rows(settings, root)
         rows += memory_rows(settings, systems, root, caliber_missing, peer_missing)
         for system in systems:
@@ -444,7 +474,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             "quick": settings.quick,
             "settings": {**settings.__dict__, "drain_sizes": list(settings.drain_sizes),
                          "queue_sizes": list(settings.queue_sizes)},
-            "machine": machine(redis_version),
+            "machine": machine(redis_version, load_at_start),
             "seconds": round(time.perf_counter() - started, 1),
             "rows": rows_to_json(rows),
         }
