@@ -97,11 +97,15 @@ def _value(raw: str) -> str:
 
 def normalise_host(host: str) -> str:
     """``https://host[:port]`` from what a user writes (a bare host means https)."""
-    text = host.strip().rstrip("/")
+    text = host.strip()
     if "://" not in text:
         text = "https://" + text
-    parts = urlsplit(text)
-    if parts.scheme not in ("http", "https") or not parts.netloc:
+    parts = urlsplit(text.rstrip("/"))
+    try:
+        parts.port  # noqa: B018  (raises on a bad port)
+    except ValueError:
+        parts = parts._replace(netloc="")
+    if parts.scheme not in ("http", "https") or not parts.hostname:
         raise ConfigError(
             f"{PREFIX}HOST {host!r} is not a server address; use e.g. https://app.speckle.systems"
         )

@@ -44,7 +44,7 @@ RATE_LIMIT_FIRST_WAIT = 1.0  # seconds: back-off after a 429 without Retry-After
 RATE_LIMIT_MAX_WAIT = 30.0  # seconds: the longest single back-off
 RATE_LIMIT_GIVE_UP = 180.0  # seconds: total back-off before a rate limit becomes an error
 TRANSIENT_RETRIES = 3  # repeats of a safe request after a network error or HTTP 5xx
-TRANSIENT_WAIT = 0.5  # seconds: first back-off after a network error (doubles)
+TRANSIENT_WAIT = 0.25  # seconds: first back-off after a network error (doubles)
 UPLOAD_BATCH_BYTES = 8_000_000  # uncompressed bytes of objects per upload request
 VERSIONS_PAGE = 100  # the largest page the server lists
 INSTALL_HINT = "pip install 'caliber-workflows[speckle]'"
@@ -175,9 +175,13 @@ def _object_from_dict(data: Mapping[str, Any]) -> Any:
 
 
 def member_name(key: str) -> str:
-    """A dict key as a Speckle member name (no ``.`` or ``/``, not a reserved name)."""
-    name = _MEMBER_BAD.sub("_", key).lstrip("@") or "_"
-    return f"_{name}" if name in _RESERVED else name
+    """A dict key as a Speckle member name: no ``.`` or ``/``, no leading ``@`` or ``_``, not
+    a name Speckle keeps for itself (those get a trailing ``_``)."""
+    name = _MEMBER_BAD.sub("_", key)
+    bare = name.lstrip("@_")  # '@' detaches, a leading '_' is never stored
+    if not bare:
+        return "key_"
+    return f"{bare}_" if bare != name or bare in _RESERVED else bare
 
 
 def to_speckle(value: Any) -> Any:

@@ -2,7 +2,8 @@
 
 Plain JSON values are kept as they are. Values with one obvious JSON form are converted
 (numpy arrays and scalars, datetimes, paths, sets, dataclasses, pydantic models, pandas frames
-as records, enums, bytes as base64); anything else is stored as its string representation. The
+as records, enums, bytes as base64, Speckle objects as their Speckle JSON with
+``speckle_type``); anything else is stored as its string representation. The
 caller is told what was done, so the Results can record it.
 """
 
@@ -113,6 +114,16 @@ class _Converter:
                 return self.convert(value.to_dict(orient="records"), depth + 1)
             self.note(f"pandas.{kind.__name__} stored as a dict")
             return self.convert(value.to_dict(), depth + 1)
+        if module == "specklepy":
+            from caliber.queue.speckle_adapter import is_speckle_object, object_to_dict
+
+            if is_speckle_object(value):
+                self.note(f"Speckle object {getattr(value, 'speckle_type', kind.__name__)} "
+                          "stored as its Speckle JSON")
+                try:
+                    return self.convert(object_to_dict(value), depth + 1)
+                except Exception:
+                    return self.as_repr(value)
         if dataclasses.is_dataclass(value) and not isinstance(value, type):
             self.note(f"dataclass {kind.__qualname__} stored as a dict")
             return {
