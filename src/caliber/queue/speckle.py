@@ -40,6 +40,7 @@ from caliber.settings import RemoteSettings
 MAX_CLAIM_TRIES = 3  # workloads one claim() call tries after losing races, before giving up
 OBJECT_CACHE = 256  # objects kept in memory (they are immutable: their id is their hash)
 RECHECK_WAIT = 1.0  # seconds: wait before looking whether an unanswered write happened
+FRESH_ENOUGH = 0.5  # seconds: a look at the log this young is good enough to pick a workload
 RUNNING = WorkloadStatus.RUNNING
 
 
@@ -60,6 +61,7 @@ class SpeckleBackend:
         self.skew = 0.0  # seconds the server's clock is ahead of ours
         self._objects: OrderedDict[str, dict[str, Any]] = OrderedDict()
         self._marker: str | None = None
+        self._looked = -1e9  # monotonic time of the last listing
 
     @classmethod
     def open(cls, settings: RemoteSettings) -> SpeckleBackend:
@@ -77,9 +79,13 @@ class SpeckleBackend:
 
     # --- the log --------------------------------------------------------------------------
 
-    def refresh(self) -> Folded:
-        """Read the versions written since the last look, and fold the log again."""
+    def refresh(self, max_age: float = 0.0) -> Folded:
+        """Read the versions written since the last look (unless that look is younger than
+        ``max_age`` seconds), and fold the log again."""
         with self.lock:
+            if max_age > 0 and time.monotonic() - self._looked < max_age:
+                return self.folded
+            self._looked = time.monotonic()
             first = self.conn.list_versions()
             if not first.items:
                 self._replace({})
@@ -276,8 +282,8 @@ class SpeckleBackend:
             tried: set[str] = set()
             for _ in range(MAX_CLAIM_TRIES):
                 now = self.server_now()
-                candidates = [
-                    s for s in self.refresh().live()
+                candidates = [  # (a look just taken by expire() will do to choose)
+                    s for s in self.refresh(FRESH_ENOUGH).live()
                     if s.pinion == pinion and s.id not in tried and s.mismatch != key_id
                     and (s.status == WorkloadStatus.QUEUED or (
                         s.status == RUNNING and s.holder is not None and s.holder.expires < now))
