@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
-import sys
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -41,7 +39,3 @@ def remote_options(f: F) -> F:
         help="Speckle project id: use the remote queue on that project.",
     )(f)
     return f
-
-
-def use_color() -> bool:
-    return sys.stdout.isatty() and "NO_COLOR" not in os.environ

@@ -2,21 +2,21 @@
 
 from __future__ import annotations
 
+import datetime as dt
+import sys
 from typing import TYPE_CHECKING
 
 import click
 
 from caliber.cli.common import json_option, print_json, remote_options
+from caliber.queue.listing import DEFAULT_LIMIT, STATUSES
 
 if TYPE_CHECKING:
-    import datetime as dt
-
     from rich.console import RenderableType
 
     from caliber.queue.api import CheckedWorkload
     from caliber.queue.workload import Workload
 
-STATUSES = ["queued", "running", "completed", "failed", "cancelled"]
 WORKLOAD_ID = "WORKLOAD_ID"
 
 
@@ -32,26 +32,28 @@ def queue() -> None:
     """
 
 
-def _when(moment: dt.datetime) -> str:
+def _when(moment: dt.datetime | str) -> str:
+    if isinstance(moment, str):
+        moment = dt.datetime.fromisoformat(moment)
     return moment.astimezone().strftime("%Y-%m-%d %H:%M:%S")
-
-
-def _secret_cell(item: CheckedWorkload) -> str:
-    if item.secret_ok:
-        return "[green]ok[/]"
-    return "[red]mismatch[/]"
 
 
 @queue.command("list", epilog="Example: caliber queue list --pinion mypinion --status queued")
 @click.option("--pinion", "pinion_name", metavar="NAME", help="Only workloads for this pinion.")
 @click.option("--status", type=click.Choice(STATUSES), help="Only workloads with this status.")
-@click.option("-n", "--limit", type=click.IntRange(min=1), help="Show at most this many.")
+@click.option("-n", "--limit", type=click.IntRange(min=1), default=DEFAULT_LIMIT,
+              show_default=True, help="Show at most this many (a page).")
+@click.option("--offset", type=click.IntRange(min=0), default=0,
+              help="Skip this many first (the next page).")
+@click.option("--all", "show_all", is_flag=True, help="Show every workload, however many.")
 @remote_options
 @json_option
 def list_cmd(
     pinion_name: str | None,
     status: str | None,
-    limit: int | None,
+    limit: int,
+    offset: int,
+    show_all: bool,
     project: str | None,
     model: str | None,
     local: bool,
@@ -59,35 +61,36 @@ def list_cmd(
 ) -> None:
     """List the workloads in the queue, oldest first, and whether each one's run-secret
     matches your key (a pinion with your key runs only those that match)."""
-    from caliber.queue.api import list_workloads
+    from caliber.queue.listing import list_summaries
 
-    items = list_workloads(pinion=pinion_name, status=status, limit=limit, project=project,
-                           model=model, local=local)
+    items, more = list_summaries(
+        pinion=pinion_name, status=status, limit=None if show_all else limit, offset=offset,
+        project=project, model=model, local=local,
+    )
     if as_json:
-        print_json([item.summary() for item in items])
+        print_json(items)
         return
-    from rich.markup import escape
+    from caliber.cli.render import print_table, use_color
 
-    from caliber.cli.render import console, status_text, table
-
-    out = console()
     if not items:
-        out.print("the queue is empty" if not (pinion_name or status) else "no such workloads")
+        click.echo("the queue is empty" if not (pinion_name or status or offset)
+                   else "no such workloads")
         return
-    rows = []
-    for item in items:
-        w = item.workload
-        rows.append([
-            w.id, escape(w.workflow_name), escape(w.pinion), status_text(w.status.value),
-            _when(w.created_at), w.attempts, w.results_id or "-", _secret_cell(item),
-        ])
-    out.print(table(
-        ["id", "workflow", "pinion", "status", "created", "attempts", "results", "secret"], rows
-    ))
-    waiting = [i.workload.id for i in items
-               if not i.secret_ok and i.workload.status.value in ("queued", "running")]
+    color = use_color(sys.stdout)
+    rows = [
+        [i["id"], i["workflow"], i["pinion"], i["status"], _when(i["created_at"]),
+         i["attempts"], i["results_id"] or "-", "ok" if i["secret_ok"] else "mismatch"]
+        for i in items
+    ]
+    print_table(["id", "workflow", "pinion", "status", "created", "attempts", "results",
+                 "secret"], rows, color=color)
+    if more:
+        click.echo(f"... more after these {len(items)}: --offset {offset + len(items)} for the "
+                   "next page, --all for every one, or filter with --pinion/--status")
+    waiting = [i["id"] for i in items
+               if not i["secret_ok"] and i["status"] in ("queued", "running")]
     if waiting:
-        out.print(
+        click.echo(
             f"{len(waiting)} workload(s) are not signed with your key, so your pinions skip "
             "them: check with 'caliber queue view ID', then sign with "
             "'caliber queue resetsecret ID'"

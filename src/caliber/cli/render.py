@@ -187,6 +187,29 @@ def table(
     return out
 
 
+def plain_table(columns: Sequence[str], rows: Iterable[Sequence[Any]]) -> str:
+    """The same table as :func:`table` as plain text, without importing rich (for pipes and
+    scripts: no colour, no wrapping, no trailing spaces)."""
+    cells = [[str(c) for c in columns]] + [["" if c is None else str(c) for c in r] for r in rows]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(columns))]
+    lines = ["   ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip()
+             for row in cells]
+    lines.insert(1, "\u2500" * len(lines[0]))
+    return "\n".join(lines)
+
+
+def print_table(columns: Sequence[str], rows: Sequence[Sequence[Any]], *, color: bool) -> None:
+    """A table on stdout: rich with coloured statuses on a terminal, plain text otherwise."""
+    if not color:
+        sys.stdout.write(plain_table(columns, rows) + "\n")
+        return
+    from rich.markup import escape
+
+    styled = [[status_text(c) if c in STATUS_STYLE else escape(str(c)) for c in row]
+              for row in rows]
+    console().print(table(columns, styled))
+
+
 # --- results ------------------------------------------------------------------------------
 
 STATUS_STYLE = {

@@ -110,6 +110,7 @@ def list_workloads(
     pinion: str | None = None,
     status: str | WorkloadStatus | None = None,
     limit: int | None = None,
+    offset: int = 0,
     project: str | None = None,
     model: str | None = None,
     local: bool = False,
@@ -118,7 +119,7 @@ def list_workloads(
     wanted = parse_status(status)
     ok = _checker()
     with _opened(project, model, local) as backend:
-        workloads = backend.list(pinion=pinion, status=wanted, limit=limit)
+        workloads = backend.list(pinion=pinion, status=wanted, limit=limit, offset=offset)
     return [CheckedWorkload(w, ok(w)) for w in workloads]
 
 

@@ -17,11 +17,15 @@ import os
 import secrets
 import stat
 import sys
+from collections.abc import Iterable, Mapping
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from caliber.errors import SecretKeyError
 from caliber.paths import config_dir
-from caliber.queue.workload import Workload
+
+if TYPE_CHECKING:  # pydantic stays out of the fast read paths that verify raw rows
+    from caliber.queue.workload import Workload
 
 KEY_ENV = "CALIBER_SECRET_KEY"
 KEY_FILE = "secret.key"
@@ -101,17 +105,26 @@ def key_id(key: bytes) -> str:
     return hashlib.sha256(b"caliber-key-id:" + key).hexdigest()[:16]
 
 
-def canonical_message(workload: Workload) -> bytes:
-    """The bytes the run-secret signs."""
+def _message(workload_id: str, workflow: Any, attachments: Iterable[tuple[str, str]],
+             pinion: str, created_at: str) -> bytes:
     payload = {
-        "id": workload.id,
-        "workflow": workload.workflow,
-        "attachments": sorted([a.path, a.sha256] for a in workload.attachments),
-        "pinion": workload.pinion,
-        "created_at": workload.created_at.astimezone(dt.UTC).isoformat(timespec="microseconds"),
+        "id": workload_id,
+        "workflow": workflow,
+        "attachments": sorted([path, sha256] for path, sha256 in attachments),
+        "pinion": pinion,
+        "created_at": created_at,
     }
     return json.dumps(payload, sort_keys=True, separators=(",", ":"), ensure_ascii=False,
                       allow_nan=False).encode("utf-8")
+
+
+def canonical_message(workload: Workload) -> bytes:
+    """The bytes the run-secret signs."""
+    return _message(
+        workload.id, workload.workflow, ((a.path, a.sha256) for a in workload.attachments),
+        workload.pinion,
+        workload.created_at.astimezone(dt.UTC).isoformat(timespec="microseconds"),
+    )
 
 
 def sign(workload: Workload, key: bytes) -> str:
@@ -124,3 +137,22 @@ def verify(workload: Workload, key: bytes) -> bool:
     if not all(a.content_matches() for a in workload.attachments):
         return False
     return hmac.compare_digest(sign(workload, key).encode(), workload.secret.encode("utf-8"))
+
+
+def verify_raw(key: bytes, *, workload_id: str, workflow: Any,
+               attachments: Iterable[Mapping[str, Any]], pinion: str, created_at: str,
+               secret: str) -> bool:
+    """:func:`verify` on a stored row as plain data (``created_at`` in the signed UTC form,
+    attachments as their JSON dicts), without building a Workload."""
+    import base64
+
+    pairs = []
+    for a in attachments:
+        content = a["content"]
+        data = content.encode("utf-8") if a["encoding"] == "text" else base64.b64decode(content)
+        if hashlib.sha256(data).hexdigest() != a["sha256"]:
+            return False
+        pairs.append((a["path"], a["sha256"]))
+    expected = hmac.new(key, _message(workload_id, workflow, pairs, pinion, created_at),
+                        hashlib.sha256).hexdigest()
+    return hmac.compare_digest(expected.encode(), secret.encode("utf-8", "replace"))

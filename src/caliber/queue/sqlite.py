@@ -29,60 +29,10 @@ from caliber.errors import (
     QueueStateError,
 )
 from caliber.queue.backend import Claim
-from caliber.queue.sqlite_schema import MIGRATIONS, SCHEMA_VERSION
+from caliber.queue.sqlite_schema import connect
+from caliber.queue.sqlite_schema import iso as _iso
 from caliber.queue.workload import Attachment, HistoryEntry, Lease, Workload, WorkloadStatus
 from caliber.results.model import Results, RunStatus, utcnow
-
-BUSY_TIMEOUT_MS = 60_000  # how long a writer waits for another one before giving up
-
-
-def connect(path: Path) -> sqlite3.Connection:
-    """Open (creating and migrating if needed) the database; QueueError when unusable."""
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        conn = sqlite3.connect(path, timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None,
-                               check_same_thread=False)
-    except (OSError, sqlite3.Error) as exc:
-        raise QueueError(f"cannot open the queue database {path}: {exc}") from None
-    try:
-        conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
-        version = conn.execute("PRAGMA user_version").fetchone()[0]
-        if version > SCHEMA_VERSION:
-            raise QueueError(
-                f"the queue database {path} was written by a newer Caliber (schema {version}, "
-                f"this one knows {SCHEMA_VERSION}); upgrade Caliber"
-            )
-        if conn.execute("PRAGMA journal_mode").fetchone()[0] != "wal":
-            conn.execute("PRAGMA journal_mode = WAL")
-        conn.execute("PRAGMA synchronous = NORMAL")
-        conn.execute("PRAGMA foreign_keys = ON")
-        if version < SCHEMA_VERSION:
-            _migrate(conn)
-    except sqlite3.DatabaseError as exc:
-        conn.close()
-        raise QueueError(
-            f"{path} is not a usable Caliber queue database ({exc}); move it away or set "
-            "CALIBER_HOME to another folder"
-        ) from None
-    except BaseException:
-        conn.close()
-        raise
-    return conn
-
-
-def _migrate(conn: sqlite3.Connection) -> None:
-    conn.execute("BEGIN IMMEDIATE")
-    try:
-        version = conn.execute("PRAGMA user_version").fetchone()[0]
-        for step in MIGRATIONS[version:]:
-            for statement in _statements(step):
-                conn.execute(statement)
-        conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
-        conn.execute("COMMIT")
-    except BaseException:
-        conn.execute("ROLLBACK")
-        raise
-
 
 _COLUMNS = (
     "id, pinion, workflow_name, status, created_at, attempts, lease_owner, lease_token, "
@@ -111,11 +61,6 @@ CLAIM_SQL = f"""
     RETURNING {_COLUMNS}"""
 
 
-def _iso(moment: dt.datetime) -> str:
-    """UTC, fixed width: sorts in time order as text."""
-    return moment.astimezone(dt.UTC).isoformat(timespec="microseconds")
-
-
 def _from_unix(seconds: float) -> dt.datetime:
     return dt.datetime.fromtimestamp(seconds, dt.UTC)
 
@@ -139,17 +84,6 @@ def _workload(row: tuple[Any, ...]) -> Workload:
         attachments=[Attachment.model_validate(a) for a in data.get("attachments", [])],
         queued_by=data.get("queued_by", ""),
     )
-
-
-def _statements(script: str) -> Iterator[str]:
-    """The statements of a script one by one (a trigger's body holds semicolons too)."""
-    pending = ""
-    for part in script.split(";"):
-        pending += part + ";"
-        if sqlite3.complete_statement(pending):
-            if pending.strip(" \n;"):
-                yield pending
-            pending = ""
 
 
 class SQLiteBackend:

@@ -1,4 +1,5 @@
-"""The local database's schema and its migrations, in one place.
+"""The local database: its schema, its migrations and opening it, in one place (no
+pydantic here, so the fast read paths of the command line stay light).
 
 The schema version lives in ``PRAGMA user_version``. ``MIGRATIONS[n]`` takes a database from
 version ``n`` to ``n + 1``; a fresh database runs them all, so a fresh schema and a migrated
@@ -6,6 +7,13 @@ one are the same by construction (a test checks it anyway).
 """
 
 from __future__ import annotations
+
+import datetime as dt
+import sqlite3
+from collections.abc import Iterator
+from pathlib import Path
+
+from caliber.errors import QueueError
 
 MIGRATIONS: list[str] = [
     # 0 -> 1: workloads, their history, and results.
@@ -78,3 +86,69 @@ MIGRATIONS: list[str] = [
 ]
 
 SCHEMA_VERSION = len(MIGRATIONS)
+
+BUSY_TIMEOUT_MS = 60_000  # how long a writer waits for another one before giving up
+
+
+def connect(path: Path) -> sqlite3.Connection:
+    """Open (creating and migrating if needed) the database; QueueError when unusable."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        conn = sqlite3.connect(path, timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None,
+                               check_same_thread=False)
+    except (OSError, sqlite3.Error) as exc:
+        raise QueueError(f"cannot open the queue database {path}: {exc}") from None
+    try:
+        conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+        version = conn.execute("PRAGMA user_version").fetchone()[0]
+        if version > SCHEMA_VERSION:
+            raise QueueError(
+                f"the queue database {path} was written by a newer Caliber (schema {version}, "
+                f"this one knows {SCHEMA_VERSION}); upgrade Caliber"
+            )
+        if conn.execute("PRAGMA journal_mode").fetchone()[0] != "wal":
+            conn.execute("PRAGMA journal_mode = WAL")
+        conn.execute("PRAGMA synchronous = NORMAL")
+        conn.execute("PRAGMA foreign_keys = ON")
+        if version < SCHEMA_VERSION:
+            _migrate(conn)
+    except sqlite3.DatabaseError as exc:
+        conn.close()
+        raise QueueError(
+            f"{path} is not a usable Caliber queue database ({exc}); move it away or set "
+            "CALIBER_HOME to another folder"
+        ) from None
+    except BaseException:
+        conn.close()
+        raise
+    return conn
+
+
+def _migrate(conn: sqlite3.Connection) -> None:
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        version = conn.execute("PRAGMA user_version").fetchone()[0]
+        for step in MIGRATIONS[version:]:
+            for statement in _statements(step):
+                conn.execute(statement)
+        conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+        conn.execute("COMMIT")
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+
+
+def _statements(script: str) -> Iterator[str]:
+    """The statements of a script one by one (a trigger's body holds semicolons too)."""
+    pending = ""
+    for part in script.split(";"):
+        pending += part + ";"
+        if sqlite3.complete_statement(pending):
+            if pending.strip(" \n;"):
+                yield pending
+            pending = ""
+
+
+def iso(moment: dt.datetime) -> str:
+    """UTC, fixed width: sorts in time order as text."""
+    return moment.astimezone(dt.UTC).isoformat(timespec="microseconds")
