@@ -6,6 +6,7 @@ from __future__ import annotations
 import collections
 import hashlib
 import os
+import signal
 import textwrap
 from pathlib import Path
 from typing import Any
@@ -16,7 +17,7 @@ pytest.importorskip("specklepy")
 
 import caliber
 from caliber.errors import NotFoundError
-from tests.pinion_helpers import start_pinion
+from tests.pinion_helpers import start_pinion, stop, wait_for
 from tests.remote_helpers import SETTLE, Remote, pasta_folder, remote
 from tests.remote_helpers import caliber as run
 from tests.speckle_fixtures import speckle_server, speckle_token, speckle_userdata
@@ -179,3 +180,44 @@ def test_pinions_share_one_remote_queue_and_run_nothing_twice(
         assert {(w.status.value, w.attempts) for w in workloads} == {("completed", 1)}
         results = backend.list_results()
         assert sorted(r.workload_id for r in results) == sorted(ids)
+
+
+SLOW = '''
+import os, time
+
+def slow(marker, seconds):
+    with open(marker, "a") as f:
+        f.write(f"{os.getpid()}\\n")
+    time.sleep(seconds)
+    return "done"
+'''
+
+
+def test_a_killed_pinions_workload_is_taken_again_after_its_lease(
+    remote: Remote, tmp_path: Path
+) -> None:
+    folder = tmp_path / "wf"
+    folder.mkdir()
+    (folder / "slow.py").write_text(textwrap.dedent(SLOW))
+    marker = tmp_path / "started"
+    task = caliber.Task("slow:slow", name="slow", args=[str(marker), 1.5])
+    workflow = caliber.Workflow(caliber.Process([task]), "slow", attachments=["slow.py"],
+                                base_dir=folder)
+    workload_id = workflow.queue(pinion="p", project=remote.project)
+    env = {"CALIBER_SPECKLE_PROJECT": remote.project}
+    first = start_pinion("p", "-a", "1", "-w", "0.1", "--lease", "1", env=env)
+    wait_for(lambda: marker.exists(), what="the first run to start")
+    stop(first, signal.SIGKILL)
+    second = start_pinion("p", "-a", "4", "-w", "0.5", "--lease", "1", env=env)
+    out, err = second.communicate(timeout=60)
+    assert second.returncode == 0, err
+    assert "ran 1 (1 completed" in out
+    results = caliber.get_results(workload_id, project=remote.project)
+    assert results["slow"] == "done"
+    from caliber.queue.select import open_backend
+
+    with open_backend(project=remote.project) as backend:  # type: ignore[attr-defined]
+        workload = backend.get(workload_id)
+    assert (workload.status.value, workload.attempts) == ("completed", 2)
+    assert any("ran out" in h.message for h in workload.history)
+    assert len(marker.read_text().split()) == 2  # the dead pinion's run, then the new one
