@@ -171,8 +171,9 @@ class Pinion:
 
     def handle(self, claim: Claim) -> Outcome:
         workload = claim.workload
-        if not verify(workload, self.key):
-            reason = "run-secret does not match this pinion's key (tampered, or another key)"
+        if workload.damaged or not verify(workload, self.key):
+            reason = workload.damaged or (
+                "run-secret does not match this pinion's key (tampered, or another key)")
             self.backend.release(claim, reason=reason, mismatch_key_id=self.key_id)
             self.summary.skipped.append((workload.id, reason))
             self.reporter.skipped(workload.id, reason)

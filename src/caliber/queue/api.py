@@ -163,6 +163,8 @@ def resetsecret_workload(
     key = load_key()
     with _opened(project, model, local) as backend:
         workload = backend.get(id_or_prefix)
+        if workload.damaged:
+            raise QueueStateError(f"workload {workload.id}: {workload.damaged}")
         damaged = [a.path for a in workload.attachments if not a.content_matches()]
         if damaged:
             raise QueueStateError(

@@ -13,7 +13,7 @@ import datetime as dt
 import json
 from typing import Any
 
-from caliber.errors import UsageError
+from caliber.errors import QueueError, UsageError
 
 STATUSES = ("queued", "running", "completed", "failed", "cancelled")
 DEFAULT_LIMIT = 100  # rows shown unless asked for more
@@ -55,45 +55,80 @@ def list_summaries(
                                    model=model, offset=offset)
             summaries = [item.summary() for item in items]
             return _cut(summaries, limit)
+    import sqlite3
+
     from caliber.paths import database_path
-    from caliber.queue.secret import load_key, verify_raw
+    from caliber.queue.secret import load_key
     from caliber.queue.sqlite_schema import connect
 
     given = {k: v for k, v in (("pinion", pinion), ("status", wanted)) if v is not None}
     where = ("WHERE " + " AND ".join(f"{k} = ?" for k in given)) if given else ""
     key = load_key()
-    conn = connect(database_path())
+    path = database_path()
+    conn = connect(path)
     try:
         rows = conn.execute(
             f"{_SELECT} {where} ORDER BY created_at LIMIT ? OFFSET ?",
             (*given.values(), -1 if page is None else page, offset),
         ).fetchall()
+    except sqlite3.Error as exc:
+        raise QueueError(f"cannot read the queue database {path}: {exc}") from None
     finally:
         conn.close()
     summaries = []
-    for (wid, pinion_name, workflow, state, created_at, attempts, results_id, secret,
-         mismatch, last_error, body) in rows:
-        data = json.loads(body)
-        secret_ok = verify_raw(
-            key, workload_id=wid, workflow=data["workflow"],
-            attachments=data.get("attachments", []), pinion=pinion_name,
-            created_at=created_at, secret=secret,
-        )
-        summaries.append({
-            "id": wid,
-            "workflow": workflow,
-            "pinion": pinion_name,
-            "status": state,
-            "created_at": dt.datetime.fromisoformat(created_at).isoformat(),
-            "attempts": attempts,
-            "results_id": results_id,
-            "secret_ok": secret_ok,
-            "completed": state == "completed",
-            "queued_by": data.get("queued_by", ""),
-            "last_error": last_error,
-            "secret_mismatch": mismatch,
-        })
+    for row in rows:
+        try:
+            summaries.append(_summary(key, row))
+        except (ValueError, TypeError, KeyError, AttributeError, RecursionError) as exc:
+            summaries.append(_damaged(row, exc))
     return _cut(summaries, limit)
+
+
+def _damaged(row: tuple[Any, ...], exc: BaseException) -> dict[str, Any]:
+    """A row that cannot be read, as :func:`caliber.queue.sqlite._damaged_workload` shows it."""
+    wid, pinion_name, workflow, state, created_at = row[:5]
+    why = " ".join(str(exc).split()) or type(exc).__name__
+    why = why if len(why) <= 160 else why[:157] + "..."
+    reason = f"this queue entry is damaged and never runs ({why}); reset it"
+    state = state if state in STATUSES else "failed"
+    try:
+        created = dt.datetime.fromisoformat(created_at).astimezone(dt.UTC)
+    except (TypeError, ValueError):
+        created = dt.datetime.fromtimestamp(0, dt.UTC)
+    return {
+        "id": str(wid), "workflow": workflow if isinstance(workflow, str) else "?",
+        "pinion": str(pinion_name), "status": state, "created_at": created.isoformat(),
+        "attempts": 0, "results_id": None, "secret_ok": False,
+        "completed": state == "completed", "queued_by": "", "last_error": reason,
+        "secret_mismatch": None,
+    }
+
+
+def _summary(key: bytes, row: tuple[Any, ...]) -> dict[str, Any]:
+    from caliber.queue.secret import verify_raw
+
+    (wid, pinion_name, workflow, state, created_at, attempts, results_id, secret,
+     mismatch, last_error, body) = row
+    data = json.loads(body)
+    secret_ok = verify_raw(
+        key, workload_id=wid, workflow=data["workflow"],
+        attachments=data.get("attachments", []), pinion=pinion_name,
+        created_at=created_at, secret=secret,
+    )
+    return {
+        "id": wid,
+        "workflow": workflow,
+        "pinion": pinion_name,
+        "status": state,
+        "created_at": dt.datetime.fromisoformat(created_at).isoformat(),
+        "attempts": attempts,
+        "results_id": results_id,
+        "secret_ok": secret_ok,
+        "completed": state == "completed",
+        "queued_by": data.get("queued_by", ""),
+        "last_error": last_error,
+        "secret_mismatch": mismatch,
+    }
 
 
 def _cut(summaries: list[dict[str, Any]], limit: int | None) -> tuple[list[dict[str, Any]], bool]:

@@ -32,7 +32,7 @@ from caliber.queue.backend import Claim
 from caliber.queue.sqlite_schema import connect
 from caliber.queue.sqlite_schema import iso as _iso
 from caliber.queue.workload import Attachment, HistoryEntry, Lease, Workload, WorkloadStatus
-from caliber.results.model import Results, RunStatus, utcnow
+from caliber.results.model import ErrorInfo, Results, RunStatus, utcnow
 
 _COLUMNS = (
     "id, pinion, workflow_name, status, created_at, attempts, lease_owner, lease_token, "
@@ -70,6 +70,15 @@ def _body(workload: Workload) -> str:
 
 
 def _workload(row: tuple[Any, ...]) -> Workload:
+    """The row as a Workload; a row that cannot be read (edited by hand, damaged) becomes a
+    placeholder that says why, has no run-secret (so it never runs) and can still be reset."""
+    try:
+        return _parse_workload(row)
+    except (ValueError, TypeError, KeyError, AttributeError, RecursionError) as exc:
+        return _damaged_workload(row, exc)
+
+
+def _parse_workload(row: tuple[Any, ...]) -> Workload:
     (wid, pinion, _name, status, created_at, attempts, owner, token, expires, secret,
      mismatch, results_id, last_error, work_dir, body) = row
     data = json.loads(body)
@@ -84,6 +93,55 @@ def _workload(row: tuple[Any, ...]) -> Workload:
         attachments=[Attachment.model_validate(a) for a in data.get("attachments", [])],
         queued_by=data.get("queued_by", ""),
     )
+
+
+def _why(exc: BaseException) -> str:
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    return text if len(text) <= 160 else text[:157] + "..."
+
+
+def _damaged_workload(row: tuple[Any, ...], exc: BaseException) -> Workload:
+    wid, pinion, name, status, created_at = row[:5]
+    reason = f"this queue entry is damaged and never runs ({_why(exc)}); reset it"
+    try:
+        state = WorkloadStatus(status)
+    except ValueError:
+        state = WorkloadStatus.FAILED
+    try:
+        created = dt.datetime.fromisoformat(created_at).astimezone(dt.UTC)
+    except (TypeError, ValueError):
+        created = dt.datetime.fromtimestamp(0, dt.UTC)
+    return Workload(
+        id=str(wid), pinion=str(pinion), status=state, created_at=created,
+        workflow={"name": name if isinstance(name, str) else "?"}, secret="",
+        last_error=reason, damaged=reason,
+    )
+
+
+def _results(row: tuple[Any, ...]) -> Results:
+    """A results row as Results; a damaged one as failed Results that say so."""
+    rid, workload_id, workflow, pinion, finished_at, body = row
+    try:
+        return Results.model_validate_json(body)
+    except (ValueError, TypeError, RecursionError) as exc:
+        try:
+            finished = dt.datetime.fromisoformat(finished_at)
+        except (TypeError, ValueError):
+            finished = dt.datetime.fromtimestamp(0, dt.UTC)
+        return Results(
+            id=str(rid), workload_id=_text(workload_id), workflow=_text(workflow) or "?",
+            pinion=_text(pinion), status=RunStatus.FAILED, started_at=finished,
+            finished_at=finished,
+            error=ErrorInfo(type="DamagedResults",
+                            message=f"these stored results are damaged ({_why(exc)})"),
+        )
+
+
+def _text(value: object) -> str | None:
+    return value if isinstance(value, str) else None
+
+
+_RESULTS_COLUMNS = "id, workload_id, workflow, pinion, finished_at, body"
 
 
 class SQLiteBackend:
@@ -131,6 +189,27 @@ class SQLiteBackend:
                 self.conn.execute("ROLLBACK")
                 raise QueueError(f"cannot write the queue database {self.path}: {exc}") from None
 
+    @contextmanager
+    def reading(self) -> Iterator[sqlite3.Connection]:
+        """A read of several statements from one snapshot (never a workload row from before
+        a change and its history from after it); sqlite errors become QueueError."""
+        with self._lock:
+            outer = not self.conn.in_transaction  # inside transaction(): already one snapshot
+            try:
+                if outer:
+                    self.conn.execute("BEGIN")
+                yield self.conn
+            except sqlite3.Error as exc:
+                if outer and self.conn.in_transaction:
+                    self.conn.execute("ROLLBACK")
+                raise QueueError(f"cannot read the queue database {self.path}: {exc}") from None
+            except BaseException:
+                if outer and self.conn.in_transaction:
+                    self.conn.execute("ROLLBACK")
+                raise
+            if outer:
+                self.conn.execute("COMMIT")
+
     def resolve_id(self, table: str, id_or_prefix: str, what: str) -> str:
         """The full id for an id or unique prefix (NotFoundError, AmbiguousIdError)."""
         prefix = id_or_prefix.strip().lower()
@@ -176,7 +255,7 @@ class SQLiteBackend:
             raise QueueError(f"cannot queue workload {workload.id}: {exc}") from None
 
     def get(self, id_or_prefix: str) -> Workload:
-        with self._lock:
+        with self.reading():
             full = self.resolve_id("workloads", id_or_prefix, "workload")
             row = self.conn.execute(
                 f"SELECT {_COLUMNS} FROM workloads WHERE id = ?", (full,)
@@ -196,7 +275,7 @@ class SQLiteBackend:
         where, params = self._filters(
             pinion=pinion, status=WorkloadStatus(status).value if status else None
         )
-        with self._lock:
+        with self.reading():
             rows = self.conn.execute(
                 f"SELECT {_COLUMNS} FROM workloads {where} ORDER BY created_at LIMIT ? OFFSET ?",
                 (*params, -1 if limit is None else limit, offset),
@@ -338,7 +417,7 @@ class SQLiteBackend:
             )
 
     def _with_history(self, workloads: builtins.list[Workload]) -> builtins.list[Workload]:
-        by_id = {w.id: w for w in workloads}
+        by_id = {w.id: w for w in workloads if w.damaged is None}
         ids = list(by_id)
         for start in range(0, len(ids), 500):
             chunk = ids[start:start + 500]
@@ -348,9 +427,12 @@ class SQLiteBackend:
                 chunk,
             ).fetchall()
             for wid, at, status, message in rows:
-                by_id[wid].history.append(HistoryEntry(
-                    at=dt.datetime.fromisoformat(at), status=WorkloadStatus(status),
-                    message=message))
+                try:
+                    entry = HistoryEntry(at=dt.datetime.fromisoformat(at),
+                                         status=WorkloadStatus(status), message=message)
+                except (TypeError, ValueError):  # a damaged history row: left out
+                    continue
+                by_id[wid].history.append(entry)
         return workloads
 
     # --- results --------------------------------------------------------------------------
@@ -375,11 +457,14 @@ class SQLiteBackend:
             self.insert_results(conn, results)
 
     def get_results(self, id_or_prefix: str) -> Results:
-        full = self.resolve_id("results", id_or_prefix, "results")
-        row = self.conn.execute("SELECT body FROM results WHERE id = ?", (full,)).fetchone()
+        with self.reading() as conn:
+            full = self.resolve_id("results", id_or_prefix, "results")
+            row = conn.execute(
+                f"SELECT {_RESULTS_COLUMNS} FROM results WHERE id = ?", (full,)
+            ).fetchone()
         if row is None:
             raise NotFoundError(f"no results with id {id_or_prefix!r}")
-        return Results.model_validate_json(row[0])
+        return _results(row)
 
     def find_results(
         self,
@@ -389,10 +474,12 @@ class SQLiteBackend:
         pinion: str | None = None,
     ) -> Results | None:
         where, params = self._filters(workload_id=workload_id, workflow=workflow, pinion=pinion)
-        row = self.conn.execute(
-            f"SELECT body FROM results {where} ORDER BY finished_at DESC LIMIT 1", params
-        ).fetchone()
-        return Results.model_validate_json(row[0]) if row else None
+        with self.reading() as conn:
+            row = conn.execute(
+                f"SELECT {_RESULTS_COLUMNS} FROM results {where} "
+                "ORDER BY finished_at DESC LIMIT 1", params
+            ).fetchone()
+        return _results(row) if row else None
 
     def list_results(
         self,
@@ -403,11 +490,13 @@ class SQLiteBackend:
         offset: int = 0,
     ) -> builtins.list[Results]:
         where, params = self._filters(workflow=workflow, pinion=pinion)
-        rows = self.conn.execute(
-            f"SELECT body FROM results {where} ORDER BY finished_at DESC LIMIT ? OFFSET ?",
-            (*params, -1 if limit is None else limit, offset),
-        ).fetchall()
-        return [Results.model_validate_json(r[0]) for r in rows]
+        with self.reading() as conn:
+            rows = conn.execute(
+                f"SELECT {_RESULTS_COLUMNS} FROM results {where} "
+                "ORDER BY finished_at DESC LIMIT ? OFFSET ?",
+                (*params, -1 if limit is None else limit, offset),
+            ).fetchall()
+        return [_results(r) for r in rows]
 
     @staticmethod
     def _filters(**filters: str | None) -> tuple[str, tuple[str, ...]]:

@@ -106,6 +106,14 @@ def connect(path: Path) -> sqlite3.Connection:
                 f"the queue database {path} was written by a newer Caliber (schema {version}, "
                 f"this one knows {SCHEMA_VERSION}); upgrade Caliber"
             )
+        if version == 0 and conn.execute(  # one snapshot: another process may be creating it
+            "SELECT count(*) FROM sqlite_master WHERE (SELECT user_version FROM "
+            "pragma_user_version) = 0"
+        ).fetchone()[0]:
+            raise QueueError(
+                f"{path} is an SQLite database of another program, not a Caliber queue; move "
+                "it away or set CALIBER_HOME to another folder"
+            )
         if conn.execute("PRAGMA journal_mode").fetchone()[0] != "wal":
             conn.execute("PRAGMA journal_mode = WAL")
         conn.execute("PRAGMA synchronous = NORMAL")

@@ -100,6 +100,9 @@ class Workload(BaseModel):
     )
     work_dir: str | None = None
     history: list[HistoryEntry] = Field(default_factory=list)
+    damaged: str | None = Field(
+        default=None, description="why the stored entry could not be read (it never runs)"
+    )
 
     @property
     def workflow_name(self) -> str:

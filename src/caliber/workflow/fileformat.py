@@ -276,7 +276,7 @@ def from_document(document: Any, base_dir: Path, *, source: str) -> Workflow:
         raise WorkflowFileError(
             source, ["missing format version field 'caliber' (is this a Caliber workflow file?)"]
         )
-    if version != FORMAT_VERSION:
+    if type(version) is not int or version != FORMAT_VERSION:  # true and 1.0 are not 1
         raise WorkflowFileError(
             source,
             [f"unknown format version {version!r}; this Caliber reads version {FORMAT_VERSION}"],
@@ -315,13 +315,17 @@ def parse_text(text: str, *, source: str) -> Any:
         raise WorkflowFileError(
             source, [f"line {exc.lineno}, column {exc.colno}: {exc.msg} (not valid JSON)"]
         ) from None
+    except ValueError as exc:  # an integer of thousands of digits
+        raise WorkflowFileError(source, [f"{exc} (not a workflow file)"]) from None
+    except RecursionError:
+        raise WorkflowFileError(source, ["nested too deeply (not a workflow file)"]) from None
 
 
 def load(path: Path) -> Workflow:
     """Read and validate a workflow file."""
     source = str(path)
     try:
-        text = path.read_text(encoding="utf-8")
+        text = path.read_text(encoding="utf-8-sig")  # Notepad may start it with a BOM
     except FileNotFoundError:
         raise WorkflowFileError(source, ["no such file"]) from None
     except IsADirectoryError:
