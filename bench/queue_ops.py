@@ -2,7 +2,8 @@
 
 Every system keeps its own store open; at each size every system is filled to that many
 queued entries (untimed set-up) and then times ``reps`` batches of ``k`` puts, ``k`` claims
-and ``k`` completes of what it claimed (so the number of queued entries stays at the size).
+and ``k`` completes of what it claimed (so the number of queued entries stays at the size),
+the systems taking turns batch by batch.
 """
 
 from __future__ import annotations
@@ -44,6 +45,7 @@ def measure(
         except Exception as exc:
             out[system.key].error = f"{type(exc).__name__}: {exc}"
     for size in sizes:
+        ready: dict[str, dict[str, Callable[[int], None]]] = {}
         for system in systems:
             result = out[system.key]
             if result.error is not None:
@@ -53,22 +55,35 @@ def measure(
                 system.ops_fill(size - filled[system.key])
                 result.fill_seconds[size] = time.perf_counter() - t0
                 filled[system.key] = size
-                ops = system.ops()
-                for _ in range(reps):
+                ready[system.key] = system.ops()
+            except Exception as exc:
+                result.error = f"{type(exc).__name__}: {exc}"
+        # Batches interleaved: every system's i-th batch of an op runs within the same seconds.
+        for _ in range(reps):
+            for system in systems:
+                ops = ready.get(system.key)
+                result = out[system.key]
+                if ops is None or result.error is not None:
+                    continue
+                try:
                     for op in OPS:
                         t0 = time.perf_counter()
                         ops[op](k)
                         result.rates.setdefault((op, size), []).append(
                             k / (time.perf_counter() - t0)
                         )
-                rates = ", ".join(
-                    f"{op} {sorted(result.rates[op, size])[reps // 2]:,.0f}/s" for op in OPS
-                )
-                print(f"  queue ops at {size:,} {system.key}: {rates} "
-                      f"(filled in {result.fill_seconds[size]:.1f} s)", flush=True)
-            except Exception as exc:
-                result.error = f"{type(exc).__name__}: {exc}"
+                except Exception as exc:
+                    result.error = f"{type(exc).__name__}: {exc}"
+        for system in systems:
+            result = out[system.key]
+            if result.error is not None:
                 print(f"  queue ops at {size:,} {system.key}: failed ({result.error})", flush=True)
+                continue
+            rates = ", ".join(
+                f"{op} {sorted(result.rates[op, size])[reps // 2]:,.0f}/s" for op in OPS
+            )
+            print(f"  queue ops at {size:,} {system.key}: {rates} "
+                  f"(filled in {result.fill_seconds[size]:.1f} s)", flush=True)
         if at_size is not None:
             at_size(size)
     for system in systems:

@@ -86,21 +86,21 @@ def number(value: float, unit: str) -> str:
     return f"{text} {unit}"
 
 
-def spread(stats: dict[str, Any] | None, unit: str) -> str:
+def spread(stats: dict[str, Any] | None, unit: str, *, lower_bound: bool = False) -> str:
     if stats is None:
         return "-"
     if len(stats["samples"]) == 1:
-        return number(stats["median"], unit)
+        return (">= " if lower_bound else "") + number(stats["median"], unit)
     return (f"{number(stats['median'], unit)} "
             f"({number(stats['min'], unit)} - {number(stats['max'], unit)})")
 
 
-def ratio_text(stats: dict[str, Any] | None) -> str:
+def ratio_text(stats: dict[str, Any] | None, *, lower_bound: bool = False) -> str:
     if stats is None:
         return "-"
     fmt = (lambda v: f"{v:,.0f}") if stats["median"] >= 100 else (lambda v: f"{v:.2f}")
     if len(stats["samples"]) == 1:
-        return f"**{fmt(stats['median'])}x**"
+        return f"**{'>= ' if lower_bound else ''}{fmt(stats['median'])}x**"
     return f"**{fmt(stats['median'])}x** ({fmt(stats['min'])} - {fmt(stats['max'])})"
 
 
@@ -168,10 +168,13 @@ def render(run: dict[str, Any], previous_run: dict[str, Any] | None) -> str:
                              f"{cell(row.baseline)} | {spread(row.baseline_stats, row.unit)} | - |"
                              f" {previous_text(row, previous)} | {cell(row.target)} |")
                 continue
+            bound = bool(row.extra.get("lower_bound"))
             lines.append(
-                f"| {cell(row.figure)} | {spread(row.subject_stats, row.unit)} | "
+                f"| {cell(row.figure)} | "
+                f"{spread(row.subject_stats, row.unit, lower_bound=bound)} | "
                 f"{cell(row.baseline)} | {spread(row.baseline_stats, row.unit)} | "
-                f"{ratio_text(row.ratio_stats)} | {previous_text(row, previous)} | "
+                f"{ratio_text(row.ratio_stats, lower_bound=bound)} | "
+                f"{previous_text(row, previous)} | "
                 f"{cell(target_text(row))} |"
             )
         notes = [f"- {r.figure}: {r.note}" for r in members if r.note]

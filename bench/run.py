@@ -215,6 +215,7 @@ def ops_rows(settings: Settings, ops: dict[str, Any], list_times: dict[int, list
                   target_op="<", target_value=10.0)
         row.fill(list_times.get(size, []), pass_times.get(size, []))
         row.note = list_notes.get(size, "")
+        row.extra["lower_bound"] = row.note.startswith("stopped after")
         if size in list_notes and size not in list_times:
             row.unavailable = list_notes[size]
         if list_missing:
