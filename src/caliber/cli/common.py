@@ -32,10 +32,11 @@ def remote_options(f: F) -> F:
     )(f)
     f = click.option(
         "--model", envvar="CALIBER_SPECKLE_MODEL", show_envvar=True,
-        help="Speckle model of the remote queue (default: main).",
+        help="Speckle model of the remote queue (default: main; made if missing).",
     )(f)
     f = click.option(
         "--project", envvar="CALIBER_SPECKLE_PROJECT", show_envvar=True,
-        help="Speckle project id: use the remote queue on that project.",
+        help="Speckle project id: use the remote queue on that project (also read from "
+        ".caliber/.env; the server is CALIBER_SPECKLE_HOST, see docs/remote-queue.md).",
     )(f)
     return f
