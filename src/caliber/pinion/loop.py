@@ -37,6 +37,7 @@ from caliber.results.model import ErrorInfo, Results, RunStatus, TaskResult, utc
 from caliber.workflow.attachments import resolve_inside
 
 POLL_SLICE = 0.1  # seconds: how often a waiting pinion looks at its stop flags
+QUEUE_RETRY_MIN = 0.5  # seconds: the first back-off after the queue could not be reached
 QUEUE_RETRY_CAP = 30.0  # seconds: the longest back-off after the queue could not be reached
 CHILD_EXIT_GRACE = 0.5  # seconds: wait for the last messages of a child that has ended
 
@@ -115,7 +116,7 @@ class Pinion:
         cfg = self.config
         self.reporter.started(self.backend.location, cfg.attempts, cfg.wait)
         empty = 0
-        backoff = cfg.wait
+        backoff = max(cfg.wait, QUEUE_RETRY_MIN)  # never a busy loop, even with -w 0
         with stop_on_signals(self.flags, lambda f: self.reporter.stopping(f.cold)):
             while not self.flags.warm:
                 try:
@@ -125,7 +126,7 @@ class Pinion:
                     self._sleep(backoff)
                     backoff = min(backoff * 2, QUEUE_RETRY_CAP)
                     continue
-                backoff = cfg.wait
+                backoff = max(cfg.wait, QUEUE_RETRY_MIN)
                 if found:
                     empty = 0
                     continue

@@ -38,7 +38,9 @@ _COLUMNS = (
     "id, pinion, workflow_name, status, created_at, attempts, lease_owner, lease_token, "
     "lease_expires, secret, secret_mismatch, results_id, last_error, work_dir, body"
 )
-_KEY_OK = "(secret_mismatch IS NULL OR secret_mismatch != :key_id)"
+# A row whose id is not text (damaged by hand) can be neither claimed nor released by id:
+# passing over it keeps it from holding up the workloads queued after it.
+_KEY_OK = "(secret_mismatch IS NULL OR secret_mismatch != :key_id) AND typeof(id) = 'text'"
 _NO_LEASE = "lease_owner = NULL, lease_token = NULL, lease_expires = NULL"
 
 
@@ -296,9 +298,8 @@ class SQLiteBackend:
             workload = _workload(row)
             self._add_history(conn, workload.id, (
                 WorkloadStatus.RUNNING, f"claimed by {owner} (attempt {workload.attempts})"))
-        assert workload.lease is not None
         return Claim(workload=workload, owner=owner, token=token,
-                     expires_at=workload.lease.expires_at)
+                     expires_at=_from_unix(now + lease_seconds))
 
     def renew(self, claim: Claim, lease_seconds: float) -> Claim:
         expires = time.time() + lease_seconds
