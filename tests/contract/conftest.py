@@ -55,7 +55,10 @@ FACTORIES: dict[str, Callable[[Path], AbstractContextManager[QueueBackend]]] = {
 }
 
 
-@pytest.fixture(params=sorted(FACTORIES))
+MARKS = {"speckle": [pytest.mark.speckle]}
+
+
+@pytest.fixture(params=[pytest.param(n, marks=MARKS.get(n, [])) for n in sorted(FACTORIES)])
 def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[QueueBackend]:
     with FACTORIES[request.param](tmp_path) as made:
         yield made
