@@ -10,8 +10,6 @@ import pytest
 from caliber.errors import ConfigError
 from caliber.settings import load_remote_settings, normalise_host, read_env_file
 
-pytestmark = pytest.mark.speckle
-
 
 @pytest.fixture
 def workdir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
@@ -107,6 +105,7 @@ def test_env_file_missing_is_fine(tmp_path: Path) -> None:
 # --- tokens from Speckle Manager's accounts ---------------------------------------------------
 
 
+@pytest.mark.speckle
 def test_token_from_the_account_of_the_host(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
                                             ) -> None:
     pytest.importorskip("specklepy")
@@ -123,6 +122,7 @@ def test_token_from_the_account_of_the_host(tmp_path: Path, monkeypatch: pytest.
         account_token("http://127.0.0.1:4568")
 
 
+@pytest.mark.speckle
 def test_no_accounts_at_all(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     pytest.importorskip("specklepy")
     from caliber.queue.speckle_adapter import account_token
