@@ -64,6 +64,14 @@ class QueueError(CaliberError):
     """The queue cannot be used: a broken database, an unreachable server, a refused request."""
 
 
+class QueueDamagedError(QueueError):
+    """The queue's storage is damaged or is not a queue at all: trying again cannot help."""
+
+
+class WorkspaceError(CaliberError):
+    """The pinion cannot write its runs folder (full, read-only, not permitted)."""
+
+
 class QueueStateError(UsageError):
     """The request does not fit the workload's state (for example deleting a running one)."""
 

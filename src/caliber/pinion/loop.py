@@ -12,6 +12,7 @@ token, so a pinion that lost its lease can never complete a workload another pin
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import queue
@@ -24,7 +25,13 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
-from caliber.errors import AttachmentError, LeaseLostError, QueueError
+from caliber.errors import (
+    AttachmentError,
+    LeaseLostError,
+    QueueDamagedError,
+    QueueError,
+    WorkspaceError,
+)
 from caliber.paths import runs_dir
 from caliber.pinion.child import run_job
 from caliber.pinion.platform import ChildProcess, describe_exit, start_child
@@ -36,6 +43,9 @@ from caliber.queue.workload import Workload
 from caliber.results.model import ErrorInfo, Results, RunStatus, TaskResult, utcnow
 from caliber.workflow.attachments import resolve_inside
 
+# Errors writing the runs folder that are this machine's, not the workload's.
+_MACHINE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM,
+                   errno.EIO, errno.EFBIG}
 POLL_SLICE = 0.1  # seconds: how often a waiting pinion looks at its stop flags
 QUEUE_RETRY_MIN = 0.5  # seconds: the first back-off after the queue could not be reached
 QUEUE_RETRY_CAP = 30.0  # seconds: the longest back-off after the queue could not be reached
@@ -121,7 +131,9 @@ class Pinion:
             while not self.flags.warm:
                 try:
                     found = self.run_once()
-                except QueueError as exc:
+                except QueueDamagedError:
+                    raise  # trying again cannot help
+                except (QueueError, WorkspaceError) as exc:
                     self.reporter.error(f"{exc}; trying again in {backoff:g} s")
                     self._sleep(backoff)
                     backoff = min(backoff * 2, QUEUE_RETRY_CAP)
@@ -182,12 +194,23 @@ class Pinion:
         self.reporter.workload_started(workload.id, workload.workflow_name, workload.attempts)
         try:
             work_dir = self.prepare(workload)
-        except (AttachmentError, OSError) as exc:
-            reason = f"cannot prepare the working folder: {exc}"
-            self.backend.fail(claim, reason, retry=False)
-            self.reporter.workload_finished("failed", reason)
-            return Outcome.FAILED
+        except OSError as exc:
+            if exc.errno not in _MACHINE_ERRNOS:  # the workload's: a name this disk refuses
+                return self._unprepared(claim, exc)
+            # This machine's: not the workload's fault, so it goes back, attempt uncounted.
+            self.backend.release(claim, reason=f"the runs folder cannot be written: {exc}")
+            raise WorkspaceError(
+                f"cannot write the runs folder {self.runs}: {exc.strerror or exc}"
+            ) from None
+        except AttachmentError as exc:
+            return self._unprepared(claim, exc)
         return self.supervise(claim, work_dir)
+
+    def _unprepared(self, claim: Claim, exc: Exception) -> Outcome:
+        reason = f"cannot prepare the working folder: {exc}"
+        self.backend.fail(claim, reason, retry=False)
+        self.reporter.workload_finished("failed", reason)
+        return Outcome.FAILED
 
     def prepare(self, workload: Workload) -> Path:
         """A fresh working folder with the attached files written in it (paths re-checked)."""

@@ -13,7 +13,7 @@ import datetime as dt
 import json
 from typing import Any
 
-from caliber.errors import QueueError, UsageError
+from caliber.errors import UsageError
 
 STATUSES = ("queued", "running", "completed", "failed", "cancelled")
 DEFAULT_LIMIT = 100  # rows shown unless asked for more
@@ -59,7 +59,7 @@ def list_summaries(
 
     from caliber.paths import database_path
     from caliber.queue.secret import load_key
-    from caliber.queue.sqlite_schema import connect
+    from caliber.queue.sqlite_schema import connect, queue_error
 
     given = {k: v for k, v in (("pinion", pinion), ("status", wanted)) if v is not None}
     where = ("WHERE " + " AND ".join(f"{k} = ?" for k in given)) if given else ""
@@ -72,7 +72,7 @@ def list_summaries(
             (*given.values(), -1 if page is None else page, offset),
         ).fetchall()
     except sqlite3.Error as exc:
-        raise QueueError(f"cannot read the queue database {path}: {exc}") from None
+        raise queue_error(exc, "cannot read", path) from None
     finally:
         conn.close()
     summaries = []

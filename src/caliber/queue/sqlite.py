@@ -16,7 +16,7 @@ import sqlite3
 import threading
 import time
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -29,7 +29,7 @@ from caliber.errors import (
     QueueStateError,
 )
 from caliber.queue.backend import Claim
-from caliber.queue.sqlite_schema import connect
+from caliber.queue.sqlite_schema import connect, queue_error
 from caliber.queue.sqlite_schema import iso as _iso
 from caliber.queue.workload import Attachment, HistoryEntry, Lease, Workload, WorkloadStatus
 from caliber.results.model import ErrorInfo, Results, RunStatus, utcnow
@@ -170,26 +170,30 @@ class SQLiteBackend:
         with self._lock:
             try:
                 self.conn.execute("BEGIN IMMEDIATE")
-            except sqlite3.OperationalError as exc:
-                raise QueueError(
-                    f"the queue database {self.path} is busy or unwritable: {exc}"
-                ) from None
+            except sqlite3.Error as exc:
+                raise queue_error(exc, "cannot write", self.path) from None
             try:
                 yield self.conn
             except sqlite3.IntegrityError:
-                self.conn.execute("ROLLBACK")
+                self._rollback()
                 raise
             except sqlite3.Error as exc:
-                self.conn.execute("ROLLBACK")
-                raise QueueError(f"cannot use the queue database {self.path}: {exc}") from None
+                self._rollback()
+                raise queue_error(exc, "cannot use", self.path) from None
             except BaseException:
-                self.conn.execute("ROLLBACK")
+                self._rollback()
                 raise
             try:
                 self.conn.execute("COMMIT")
             except sqlite3.Error as exc:
+                self._rollback()
+                raise queue_error(exc, "cannot write", self.path) from None
+
+    def _rollback(self) -> None:
+        """Roll back what is left (a full disk may have rolled the transaction back already)."""
+        if self.conn.in_transaction:
+            with suppress(sqlite3.Error):
                 self.conn.execute("ROLLBACK")
-                raise QueueError(f"cannot write the queue database {self.path}: {exc}") from None
 
     @contextmanager
     def reading(self) -> Iterator[sqlite3.Connection]:
@@ -202,12 +206,12 @@ class SQLiteBackend:
                     self.conn.execute("BEGIN")
                 yield self.conn
             except sqlite3.Error as exc:
-                if outer and self.conn.in_transaction:
-                    self.conn.execute("ROLLBACK")
-                raise QueueError(f"cannot read the queue database {self.path}: {exc}") from None
+                if outer:
+                    self._rollback()
+                raise queue_error(exc, "cannot read", self.path) from None
             except BaseException:
-                if outer and self.conn.in_transaction:
-                    self.conn.execute("ROLLBACK")
+                if outer:
+                    self._rollback()
                 raise
             if outer:
                 self.conn.execute("COMMIT")

@@ -9,11 +9,12 @@ one are the same by construction (a test checks it anyway).
 from __future__ import annotations
 
 import datetime as dt
+import os
 import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
 
-from caliber.errors import QueueError
+from caliber.errors import QueueDamagedError, QueueError
 
 MIGRATIONS: list[str] = [
     # 0 -> 1: workloads, their history, and results.
@@ -97,7 +98,7 @@ def connect(path: Path) -> sqlite3.Connection:
         conn = sqlite3.connect(path, timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None,
                                check_same_thread=False)
     except (OSError, sqlite3.Error) as exc:
-        raise QueueError(f"cannot open the queue database {path}: {exc}") from None
+        raise QueueError(f"cannot open the queue database {path}: {exc}{disk_hint(path)}") from None
     try:
         conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
         version = conn.execute("PRAGMA user_version").fetchone()[0]
@@ -122,14 +123,42 @@ def connect(path: Path) -> sqlite3.Connection:
             _migrate(conn)
     except sqlite3.DatabaseError as exc:
         conn.close()
-        raise QueueError(
-            f"{path} is not a usable Caliber queue database ({exc}); move it away or set "
-            "CALIBER_HOME to another folder"
-        ) from None
+        raise queue_error(exc, "cannot open", path) from None
     except BaseException:
         conn.close()
         raise
     return conn
+
+
+def queue_error(exc: sqlite3.Error, doing: str, path: Path) -> QueueError:
+    """An sqlite error as Caliber's: a damaged file (QueueDamagedError, trying again cannot
+    help), or a problem of the moment (busy, disk full, read-only) with a hint at the cause."""
+    if getattr(exc, "sqlite_errorname", "") in ("SQLITE_CORRUPT", "SQLITE_NOTADB"):
+        return QueueDamagedError(
+            f"{path} is not a usable Caliber queue database: it is damaged or not a queue "
+            f"({exc}); move it away (keep it if it holds results you need) or set CALIBER_HOME "
+            "to another folder"
+        )
+    return QueueError(f"{doing} the queue database {path}: {exc}{disk_hint(path)}")
+
+
+def disk_hint(path: Path) -> str:
+    """`` (its file system is read-only)``, `` (its disk is full)``, a file size limit, or
+    nothing."""
+    try:
+        st = os.statvfs(path.parent)
+    except (OSError, AttributeError):  # no statvfs on Windows
+        return ""
+    if st.f_flag & getattr(os, "ST_RDONLY", 1 << 30):
+        return " (its file system is read-only)"
+    if st.f_bavail * st.f_frsize < 64 * 1024:
+        return " (its disk is full)"
+    import resource
+
+    limit = resource.getrlimit(resource.RLIMIT_FSIZE)[0]
+    if limit != resource.RLIM_INFINITY:
+        return f" (files are limited to {limit} bytes here: see 'ulimit -f')"
+    return ""
 
 
 def _migrate(conn: sqlite3.Connection) -> None:
