@@ -288,8 +288,10 @@ def from_document(document: Any, base_dir: Path, *, source: str) -> Workflow:
     problems: list[str] = []
     for name in parsed.attachments:
         try:
-            if not resolve_inside(base_dir, name).is_file():
-                problems.append(f"attachment {name!r} not found in {base_dir}")
+            target = resolve_inside(base_dir, name)
+            if not target.is_file():
+                problems.append(f"attachment {name!r} is not a regular file" if target.exists()
+                                else f"attachment {name!r} not found in {base_dir}")
         except AttachmentError as exc:
             problems.append(str(exc))
     if problems:
