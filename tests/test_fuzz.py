@@ -335,3 +335,55 @@ def test_damaged_results_are_shown_as_damaged(
         code, _out, err = run_cli(*argv)
         if code:
             assert_clean_error(code, err, (1, 2))
+
+
+# --- big input ---------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_a_10000_task_workflow_is_drawn_queued_run_and_kept(tmp_path: Path) -> None:
+    import caliber
+
+    folder = make_folder(tmp_path / "wf")
+    tasks = [caliber.Task("pinfuncs:add", name=f"t{i}", args=[i]) for i in range(10_000)]
+    big = caliber.Workflow(caliber.Process(tasks), "big", attachments=["pinfuncs.py"],
+                           base_dir=folder)
+    path = big.export(folder / "big.json")
+    code, out, err = run_cli("workflow", "show", str(path))
+    assert code == 0 and out.count("pinfuncs:add") == 10_000, err
+    code, out, err = run_cli("workflow", "queue", str(path), "-p", "p")
+    assert code == 0, err
+    wid = out.split()[-1]
+    code, _out, err = run_cli("pinion", "init", "p", "-a", "1", "-w", "0", "-q")
+    assert code == 0, err
+    results = caliber.get_results(wid)
+    assert results.status == "completed" and len(results.tasks) == 10_000
+    assert results["t9999"] == 10_000
+    code, out, err = run_cli("results", "show", results.id, "--json")
+    assert code == 0 and len(json.loads(out)["tasks"]) == 10_000, err
+    record("bad_input.big_workflow", tasks=10_000, completed=True)
+
+
+@pytest.mark.slow
+def test_a_huge_binary_attachment_arrives_byte_for_byte(tmp_path: Path) -> None:
+    import hashlib
+
+    import caliber
+
+    folder = make_folder(tmp_path / "wf", "hasher",
+                         "import hashlib\n\ndef digest(name):\n"
+                         "    with open(name, 'rb') as f:\n"
+                         "        return hashlib.sha256(f.read()).hexdigest()\n")
+    blob = os.urandom(16 * 2**20)
+    (folder / "blob.bin").write_bytes(blob)
+    wid = caliber.Workflow(caliber.Process([caliber.Task("hasher:digest", args=["blob.bin"])]),
+                           "blob", attachments=["hasher.py", "blob.bin"],
+                           base_dir=folder).queue(pinion="p")
+    code, out, err = run_cli("queue", "view", wid, "--json")
+    assert code == 0, err
+    assert [a["size"] for a in json.loads(out)["attachments"]] == [
+        (folder / "hasher.py").stat().st_size, len(blob)]
+    code, _out, err = run_cli("pinion", "init", "p", "-a", "1", "-w", "0", "-q")
+    assert code == 0, err
+    assert caliber.get_results(wid)["digest"] == hashlib.sha256(blob).hexdigest()
+    record("bad_input.huge_attachment", megabytes=16, byte_for_byte=True)
