@@ -18,6 +18,7 @@ from typing import Any
 from caliber.errors import CaliberError
 from caliber.pinion.platform import redirect_output, watch_lifeline
 from caliber.results.model import ErrorInfo, Results, RunStatus, utcnow
+from caliber.workflow.fileformat import from_document  # imported by the pinion, before forking
 from caliber.workflow.runner import TaskEvent, run_workflow
 
 OUTPUT_FILE = "output.log"
@@ -51,8 +52,7 @@ def run_job(job: dict[str, Any], messages_fd: int, lifeline_fd: int) -> None:
     redirect_output(str(work_dir / OUTPUT_FILE))
     faulthandler.enable(file=sys.stderr)  # a crash leaves its Python traceback in output.log
     os.chdir(work_dir)
-    from caliber.workflow.fileformat import from_document
-
+    sys.dont_write_bytecode = True  # no __pycache__ in the run's folder
     started = utcnow()
     try:
         workflow = from_document(job["workflow"], work_dir, source=f"workload {job['workload_id']}")

@@ -11,14 +11,11 @@ token, so a pinion that lost its lease can never complete a workload another pin
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import json
 import os
-import queue
 import shutil
 import socket
-import threading
 import time
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -34,7 +31,7 @@ from caliber.errors import (
 )
 from caliber.paths import runs_dir
 from caliber.pinion.child import run_job
-from caliber.pinion.platform import ChildProcess, describe_exit, start_child
+from caliber.pinion.platform import EOF, ChildProcess, MessageReader, describe_exit, start_child
 from caliber.pinion.progress import Reporter
 from caliber.pinion.signals import StopFlags, stop_on_signals
 from caliber.queue.backend import Claim, QueueBackend
@@ -118,6 +115,7 @@ class Pinion:
         self.flags = StopFlags()
         self.summary = Summary()
         self.runs = (config.runs_dir or runs_dir()) / _safe_name(config.name)
+        self._unreaped: list[ChildProcess] = []
 
     # --- the loop -----------------------------------------------------------------------
 
@@ -147,10 +145,16 @@ class Pinion:
                     break
                 self.reporter.idle(empty, cfg.attempts, cfg.wait)
                 self._sleep(cfg.wait)
+        self._reap(block=True)
         self.summary.stopped_by = self.flags.signal_name
         self.summary.cold = self.flags.cold
         self.reporter.close()
         return self.summary
+
+    def _reap(self, *, block: bool = False) -> None:
+        """Collect children that have ended (they exit on their own after their results)."""
+        self._unreaped = [c for c in self._unreaped
+                          if (c.wait() if block else c.poll()) is None]
 
     def _sleep(self, seconds: float) -> None:
         end = time.monotonic() + seconds
@@ -233,8 +237,9 @@ class Pinion:
         job = {"workload_id": workload.id, "pinion": cfg.name, "work_dir": str(work_dir),
                "workflow": workload.workflow}
         started = utcnow()
+        self._reap()
         child = start_child(job, run_job)
-        messages = _MessageReader(child)
+        messages = MessageReader(child.messages_fd)
         records: list[TaskResult] = []
         results_doc: dict[str, Any] | None = None
         t0 = time.monotonic()
@@ -246,10 +251,11 @@ class Pinion:
             while True:
                 now = time.monotonic()
                 wait = min(next_renew - now, POLL_SLICE)
-                message = messages.get(max(wait, 0.0))
-                if message is _EOF:
+                line = messages.get(max(wait, 0.0))
+                if line is EOF:
                     break
-                if message is not None:
+                if line is not None:
+                    message = _parse(line)
                     if "event" in message:
                         event = message["event"]
                         self.reporter.task_event(event)
@@ -257,6 +263,7 @@ class Pinion:
                             records.append(TaskResult.model_validate(event["result"]))
                     elif "results" in message:
                         results_doc = message["results"]
+                        break  # the last message: no need to wait for the process to end
                     continue
                 if self.flags.cold:
                     child.kill()
@@ -285,11 +292,11 @@ class Pinion:
                     except QueueError as exc:  # keep running; the lease may still hold
                         self.reporter.error(f"could not renew the lease: {exc}")
                     next_renew = now + renew_every
-            returncode = child.wait()
+            returncode = child.wait() if results_doc is None else 0
         finally:
             child.kill_group()  # whatever the workload started and left behind
-            messages.join()
             child.close()
+            self._unreaped.append(child)
         if results_doc is not None:
             results = Results.model_validate(results_doc)
         else:
@@ -314,41 +321,12 @@ class Pinion:
         return Outcome.COMPLETED if results.ok else Outcome.FAILED
 
 
-_EOF: Any = object()
-
-
-class _MessageReader:
-    """Reads the child's JSON lines on a thread, so waiting for them has a timeout everywhere."""
-
-    def __init__(self, child: ChildProcess) -> None:
-        self.queue: queue.Queue[Any] = queue.Queue()
-        self.thread = threading.Thread(target=self._read, args=(child.messages_fd,), daemon=True)
-        self.thread.start()
-
-    def _read(self, fd: int) -> None:
-        pending: list[bytes] = []
-        try:
-            while chunk := os.read(fd, 1 << 16):
-                while (cut := chunk.find(b"\n")) >= 0:
-                    pending.append(chunk[:cut])
-                    line, pending = b"".join(pending), []
-                    chunk = chunk[cut + 1:]
-                    with contextlib.suppress(ValueError):
-                        self.queue.put(json.loads(line))
-                if chunk:
-                    pending.append(chunk)
-        except OSError:
-            pass
-        self.queue.put(_EOF)
-
-    def join(self) -> None:
-        self.thread.join(timeout=1.0)
-
-    def get(self, timeout: float) -> Any:
-        try:
-            return self.queue.get(timeout=timeout)
-        except queue.Empty:
-            return None
+def _parse(line: bytes) -> dict[str, Any]:
+    try:
+        message = json.loads(line)
+    except ValueError:
+        return {}
+    return message if isinstance(message, dict) else {}
 
 
 def _safe_name(name: str) -> str:

@@ -16,8 +16,12 @@ and the child stops its process group at once instead of running on unowned.
 
 from __future__ import annotations
 
+import collections
 import contextlib
+import gc
 import os
+import queue
+import select
 import signal
 import subprocess
 import sys
@@ -118,6 +122,9 @@ def _fork(job: dict[str, Any], run: ChildMain) -> ChildProcess:
         os.set_inheritable(fd, False)
     sys.stdout.flush()
     sys.stderr.flush()
+    # Move the pinion's objects out of the collector's sight: a collection in the child would
+    # otherwise touch every one of them and copy nearly all of the pinion's memory.
+    gc.freeze()
     pid = os.fork()
     if pid == 0:  # the child
         code = 1
@@ -159,6 +166,75 @@ def _spawn(job: dict[str, Any]) -> ChildProcess:
     popen.stdin.write(json.dumps(job).encode("utf-8") + b"\n")
     popen.stdin.flush()  # stdin stays open: it is the child's lifeline
     return ChildProcess(pid=popen.pid, messages_fd=popen.stdout.fileno(), _popen=popen)
+
+
+EOF: Any = object()
+"""What :meth:`MessageReader.get` returns once the child's end of the pipe is closed."""
+
+
+class MessageReader:
+    """The child's message lines, with a timeout: ``select`` on a non-blocking pipe on POSIX,
+    a reader thread where ``select`` does not take pipes (Windows)."""
+
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+        self.lines: collections.deque[bytes] = collections.deque()
+        self.pending: list[bytes] = []
+        self.eof = False
+        self._queue: queue.Queue[bytes | None] | None = None
+        if POSIX:
+            os.set_blocking(fd, False)
+        else:  # pragma: no cover - Windows
+            self._queue = queue.Queue()
+            threading.Thread(target=self._pump, daemon=True).start()
+
+    def get(self, timeout: float) -> bytes | Any | None:
+        """The next line, None when none came within ``timeout`` seconds, or EOF."""
+        if not self.lines and not self.eof:
+            if self._queue is not None:  # pragma: no cover - Windows
+                try:
+                    chunk = self._queue.get(timeout=timeout)
+                except queue.Empty:
+                    return None
+                self._add(chunk)
+            elif select.select([self.fd], [], [], timeout)[0]:
+                self._read_available()
+        if self.lines:
+            return self.lines.popleft()
+        return EOF if self.eof else None
+
+    def _read_available(self) -> None:
+        while True:
+            try:
+                chunk = os.read(self.fd, 1 << 16)
+            except BlockingIOError:
+                return
+            except OSError:
+                chunk = b""
+            self._add(chunk or None)
+            if not chunk:
+                return
+
+    def _add(self, chunk: bytes | None) -> None:
+        if chunk is None:
+            self.eof = True
+            return
+        while (cut := chunk.find(b"\n")) >= 0:
+            self.pending.append(chunk[:cut])
+            self.lines.append(b"".join(self.pending))
+            self.pending = []
+            chunk = chunk[cut + 1:]
+        if chunk:
+            self.pending.append(chunk)
+
+    def _pump(self) -> None:  # pragma: no cover - Windows
+        assert self._queue is not None
+        try:
+            while chunk := os.read(self.fd, 1 << 16):
+                self._queue.put(chunk)
+        except OSError:
+            pass
+        self._queue.put(None)
 
 
 def watch_lifeline(lifeline_fd: int) -> None:
