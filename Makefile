@@ -1,6 +1,6 @@
 # Caliber's two commands: `make demo` runs the pasta example, `make test` runs every check.
 # Both first make sure .venv exists with the package installed (python3 -m venv, then
-# pip install -e '.[dev,speckle]'); that step runs again only when pyproject.toml changed.
+# pip install -e '.[dev,speckle,bench]'); that step runs again only when pyproject.toml changed.
 
 PYTHON ?= python3
 VENV := .venv
@@ -21,7 +21,7 @@ venv: $(STAMP)
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[dev,speckle]'
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[dev,speckle,bench]'
 	@touch $(STAMP)
 
 # The mission page's path: export, show, queue, let a pinion run the queue, read the results.
@@ -36,7 +36,7 @@ demo: $(STAMP)
 test: lint typecheck pytest
 
 lint: $(STAMP)
-	$(BIN)/ruff check src tests examples
+	$(BIN)/ruff check src tests examples bench
 
 typecheck: $(STAMP)
 	$(BIN)/mypy
