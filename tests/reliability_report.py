@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 SUITES = ["tests/test_faults.py", "tests/test_fuzz.py", "tests/test_disk.py",
-          "tests/test_security.py"]
+          "tests/test_security.py", "tests/test_remote_faults.py"]
 
 
 def collect() -> list[dict[str, Any]]:
@@ -37,6 +37,8 @@ def render(rows: list[dict[str, Any]]) -> str:
     kills = by.get("faults.kills", {})
     cli = by.get("faults.cli", {})
     fuzz = by.get("fuzz", {})
+    remote = by.get("remote.faults", {})
+    remote_tampering = [r for r in rows if r["test"].startswith("remote.tampering.")]
     tampering = [r for r in rows if r["test"].startswith("security.tampering.")]
     paths = [r for r in rows if r["test"].startswith("security.attachment.")]
     broken = [r for r in rows if r["test"].startswith("disk.not_a_queue.")]
@@ -66,10 +68,14 @@ def render(rows: list[dict[str, Any]]) -> str:
         f"{sum(r['ran_before_resign'] for r in tampering)} |",
         f"| bad attachment paths refused at run time | {len(paths)} |",
         f"| broken queue files refused | {len(broken)} |",
+        f"| remote batch: workloads / server restarts / pinions killed | "
+        f"{remote.get('workloads')} / {remote.get('server_restarts')} / {remote.get('kills')} |",
+        f"| kinds of tampering on the Speckle model tried, run before re-signing | "
+        f"{len(remote_tampering)}, {sum(r['ran_before_resign'] for r in remote_tampering)} |",
         f"| duplicates (a workload with two Results) | "
-        f"{kills.get('duplicates', 0) + cli.get('duplicates', 0)} |",
+        f"{kills.get('duplicates', 0) + cli.get('duplicates', 0) + remote.get('duplicates', 0)} |",
         f"| losses (a workload never completed) | "
-        f"{kills.get('losses', 0) + cli.get('losses', 0)} |",
+        f"{kills.get('losses', 0) + cli.get('losses', 0) + remote.get('losses', 0)} |",
     ]
     details = "\n".join(f"  {k}: {v}" for k, v in sorted(fuzz.get("inputs", {}).items()))
     return "\n".join(lines) + "\n\nBad inputs by kind:\n\n```text\n" + details + "\n```\n"
