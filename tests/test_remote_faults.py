@@ -169,6 +169,26 @@ def test_a_workload_tampered_with_on_the_model_never_runs_until_signed_again(
     record(f"remote.tampering.{what}", ran_before_resign=0, ran_after_resign=1)
 
 
+def test_a_damaged_entry_on_the_model_is_shown_and_skipped_not_fatal(
+    remote: Remote, tmp_path: Path
+) -> None:
+    log = tmp_path / "ran.log"
+    damaged, fine = queue_steps(remote, tmp_path / "wf", log, [1, 2], 0.0)
+    with remote.server.store.lock:
+        root, _ = stored_objects(remote, damaged)
+        root["workload_json"] = "{not json"
+    env = {"CALIBER_SPECKLE_PROJECT": remote.project}
+    listed = run("queue", "list", "--json", env=env)
+    assert listed.returncode == 0, listed.stderr
+    rows = {w["id"]: w for w in json.loads(listed.stdout)}
+    assert "damaged" in (rows[damaged]["last_error"] or "") and rows[fine]["secret_ok"]
+    pinion = run("pinion", "init", "p", "-a", "1", "-w", "0", env=env)
+    assert pinion.returncode == 0, pinion.stderr
+    assert "ran 1" in pinion.stdout and f"skipped {damaged}" in pinion.stdout
+    assert log.read_text().split()[0] == "2"
+    assert run("queue", "reset", damaged, env=env).returncode == 0
+
+
 # --- the token ---------------------------------------------------------------------------
 
 

@@ -196,28 +196,33 @@ class SpeckleBackend:
         children = self._fetch([i for ids in refs.values() for i in ids])
         out = []
         for s in states:
+            lease = None
+            if s.status == RUNNING and s.holder is not None:
+                lease = Lease(owner=s.holder.owner, token=s.holder.token,
+                              expires_at=self._local(s.holder.expires))
+            common: dict[str, Any] = dict(
+                id=s.id, pinion=s.pinion, created_at=s.created_at, queued_by=s.queued_by,
+                status=s.status, results_id=s.results_id, attempts=s.attempts, lease=lease,
+                secret_mismatch=s.mismatch, work_dir=s.work_dir, history=list(s.history),
+            )
             try:
                 doc = json.loads(roots[s.object_id]["workload_json"])
                 attachments = [Attachment.model_validate(
                     {k: children[i][k] for k in ("path", "encoding", "content", "sha256", "size")}
                 ) for i in refs[s.id]]
-            except (KeyError, TypeError, ValueError) as exc:
-                raise QueueError(f"{self.location}: workload {s.id} is damaged on the server "
-                                 f"({exc!r}); reset it and queue the workflow again") from None
-            if doc.get("id") != s.id:
-                raise QueueError(f"{self.location}: the object of workload {s.id} belongs to "
-                                 f"{doc.get('id')!r}; reset it")
-            lease = None
-            if s.status == RUNNING and s.holder is not None:
-                lease = Lease(owner=s.holder.owner, token=s.holder.token,
-                              expires_at=self._local(s.holder.expires))
-            out.append(Workload(
-                id=s.id, pinion=s.pinion, workflow=doc["workflow"], attachments=attachments,
-                created_at=s.created_at, queued_by=s.queued_by, status=s.status,
-                results_id=s.results_id, attempts=s.attempts, last_error=s.last_error,
-                lease=lease, secret=s.secret if s.secret is not None else doc.get("secret", ""),
-                secret_mismatch=s.mismatch, work_dir=s.work_dir, history=list(s.history),
-            ))
+                if doc.get("id") != s.id:
+                    raise ValueError(f"its object belongs to workload {doc.get('id')!r}")
+                out.append(Workload(
+                    workflow=doc["workflow"], attachments=attachments, last_error=s.last_error,
+                    secret=s.secret if s.secret is not None else doc.get("secret", ""),
+                    **common,
+                ))
+            except (KeyError, TypeError, ValueError, AttributeError) as exc:
+                # Shown as damaged and never run (as on the local queue), not a failed listing.
+                reason = (f"this queue entry is damaged on the server and never runs ({exc!r}); "
+                          "reset it")
+                out.append(Workload(workflow={"name": s.workflow}, secret="",
+                                    last_error=reason, damaged=reason, **common))
         return out
 
     def _upload(self, obj: Any) -> str:
