@@ -398,3 +398,34 @@ def test_branches_side_by_side_when_they_fit(project: Callable[..., Path]) -> No
         together = [line for line in lines if "branch 0" in line and "branch 1" in line]
         assert bool(together) is side_by_side
         assert sum(":make_dough(" in line for line in lines) == (1 if side_by_side else 2)
+
+
+def test_ctrl_c_during_run_keeps_what_finished(tmp_path: Path) -> None:
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    (tmp_path / "slowmod.py").write_text(
+        "import time\n\ndef quick():\n    return 'done'\n\n"
+        "def slow():\n    open('started', 'w').close()\n    time.sleep(60)\n"
+    )
+    caliber.Workflow(
+        caliber.Process([caliber.Task("slowmod:quick"), caliber.Task("slowmod:slow"),
+                         caliber.Task("slowmod:quick", name="after")]),
+        "interrupted", attachments=["slowmod.py"], base_dir=tmp_path,
+    ).export(tmp_path / "slow.json")
+    run = subprocess.Popen([sys.executable, "-m", "caliber", "workflow", "run", "slow.json"],
+                           cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                           text=True)
+    deadline = time.monotonic() + 60
+    while not (tmp_path / "started").exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    run.send_signal(signal.SIGINT)
+    _out, err = run.communicate(timeout=30)
+    assert run.returncode == 130, err
+    assert err.strip().splitlines()[-1].startswith("caliber: error: interrupted: results ")
+    results = caliber.get_results(workflow="interrupted")
+    assert results["quick"] == "done"
+    assert [t.status for t in results.tasks] == ["completed", "failed", "skipped"]
+    assert results.error is not None and results.error.type == "KeyboardInterrupt"

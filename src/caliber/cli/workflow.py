@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from caliber.cli.common import print_json, remote_options
+from caliber.cli.common import error_line, print_json, remote_options
 
 if TYPE_CHECKING:
     from caliber.results.model import Results
@@ -136,6 +136,9 @@ def run(file: Path, as_json: bool) -> None:
     with _Progress(stream_err=as_json) as progress:
         res = wf.run(work_dir=Path.cwd(), store=True, on_event=progress)
     _report(res, as_json=as_json)
+    if res.error is not None and res.error.type == "KeyboardInterrupt":
+        error_line(f"interrupted: results {res.id} keep what the finished tasks returned")
+        raise SystemExit(130)
     if not res.ok:
         error = res.error
         what = error.summary() if error is not None else "a task failed"

@@ -85,6 +85,7 @@ class _Run:
         self.records: dict[tuple[str, int | None], TaskResult] = {}
         self.values: dict[tuple[str, int | None], Any] = {}
         self.errors: list[ErrorInfo] = []
+        self.interrupted = False
         for step in self.steps:
             self.records[step.task.name, step.branch] = TaskResult(
                 name=step.task.name, path=list(step.path), branch=step.branch,
@@ -151,7 +152,9 @@ class _Run:
             value = task.resolve()(
                 *self.substitute(list(args), branch), **self.substitute(dict(kwargs), branch)
             )
-        except (Exception, SystemExit) as exc:  # sys.exit() in a task fails that task
+        except (Exception, SystemExit, KeyboardInterrupt) as exc:  # sys.exit(), Ctrl-C too
+            if isinstance(exc, KeyboardInterrupt):
+                self.interrupted = True  # nothing more runs, not even other branches
             record.duration = time.perf_counter() - start
             record.status = TaskStatus.FAILED
             record.error = _error_info(exc, task.name, branch)
@@ -177,6 +180,8 @@ class _Run:
     def run_branches(self, node: BranchProcess) -> bool:
         ok = True
         for branch in range(node.branches):
+            if self.interrupted:
+                return False
             for task in node.items:
                 if not self.run_task(task, branch):
                     ok = False
