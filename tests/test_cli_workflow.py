@@ -429,3 +429,15 @@ def test_ctrl_c_during_run_keeps_what_finished(tmp_path: Path) -> None:
     assert results["quick"] == "done"
     assert [t.status for t in results.tasks] == ["completed", "failed", "skipped"]
     assert results.error is not None and results.error.type == "KeyboardInterrupt"
+
+
+def test_the_lazy_command_list_says_what_each_group_says() -> None:
+    from caliber.cli import GROUPS
+
+    ctx = click.Context(cli)
+    assert cli.list_commands(ctx) == sorted(GROUPS)
+    for name, short in GROUPS.items():
+        command = cli.get_command(ctx, name)
+        assert command is not None
+        assert command.get_short_help_str(limit=500) == short
+    assert cli.get_command(ctx, "nope") is None
