@@ -6,6 +6,8 @@ import collections
 import signal
 from pathlib import Path
 
+import pytest
+
 import caliber
 from caliber.queue.select import open_local
 from tests.pinion_helpers import alive, make_folder, queue, start_pinion, status_of, stop, wait_for
@@ -138,3 +140,30 @@ def test_a_queue_survives_pinions_killed_at_random(tmp_path: Path) -> None:
     assert results_per_workload() == collections.Counter(ids)
     with open_local() as backend:
         assert {w.status.value for w in backend.list()} == {"completed"}
+
+
+def children_of(pid: int) -> list[int]:
+    """Processes whose parent is ``pid`` (from /proc)."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        if int(fields[1]) == pid:
+            found.append(int(stat.parent.name))
+    return found
+
+
+@pytest.mark.parametrize("how", [signal.SIGKILL, signal.SIGINT])
+def test_the_spare_child_never_outlives_its_pinion(tmp_path: Path, how: int) -> None:
+    if not Path("/proc/self/stat").exists():
+        pytest.skip("needs /proc")
+    folder = make_folder(tmp_path / "wf")
+    wid = queue(folder, [("add", [1])])
+    pinion = start_pinion("p", "--forever", "-w", "0.2")
+    wait_for(lambda: status_of(wid) == "completed", what="the workload to complete")
+    spares = wait_for(lambda: children_of(pinion.pid), what="a spare child")
+    stop(pinion, how)
+    wait_for(lambda: not any(alive(pid) for pid in spares), timeout=10,
+             what="the spare child to go")

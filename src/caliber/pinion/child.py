@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from caliber.errors import CaliberError
-from caliber.pinion.platform import redirect_output, watch_lifeline
+from caliber.pinion.platform import receive_job, redirect_output
 from caliber.results.model import ErrorInfo, Results, RunStatus, utcnow
 from caliber.workflow.fileformat import from_document  # imported by the pinion, before forking
 from caliber.workflow.runner import TaskEvent, run_workflow
@@ -44,9 +44,14 @@ class _Sender:
         }})
 
 
-def run_job(job: dict[str, Any], messages_fd: int, lifeline_fd: int) -> None:
+def child_main(messages_fd: int, control_fd: int) -> None:
+    """A child's life: wait for the job on the control pipe (then watched as the lifeline),
+    run it, send the results."""
+    run_job(receive_job(control_fd), messages_fd)
+
+
+def run_job(job: dict[str, Any], messages_fd: int) -> None:
     """Run one workload; ``job`` has ``workload_id``, ``pinion``, ``work_dir``, ``workflow``."""
-    watch_lifeline(lifeline_fd)
     sender = _Sender(messages_fd)
     work_dir = Path(job["work_dir"])
     redirect_output(str(work_dir / OUTPUT_FILE))
@@ -75,9 +80,8 @@ def run_job(job: dict[str, Any], messages_fd: int, lifeline_fd: int) -> None:
 
 def main() -> None:
     """``python -m caliber.pinion.child``: the spawn start method's entry point."""
-    job = json.loads(sys.stdin.buffer.readline())
     messages_fd = os.dup(1)
-    run_job(job, messages_fd, sys.stdin.fileno())
+    child_main(messages_fd, sys.stdin.fileno())
 
 
 if __name__ == "__main__":

@@ -30,8 +30,14 @@ from caliber.errors import (
     WorkspaceError,
 )
 from caliber.paths import runs_dir
-from caliber.pinion.child import run_job
-from caliber.pinion.platform import EOF, ChildProcess, MessageReader, describe_exit, start_child
+from caliber.pinion.child import child_main
+from caliber.pinion.platform import (
+    EOF,
+    ChildProcess,
+    MessageReader,
+    describe_exit,
+    start_child,
+)
 from caliber.pinion.progress import Reporter
 from caliber.pinion.signals import StopFlags, stop_on_signals
 from caliber.queue.backend import Claim, QueueBackend
@@ -116,6 +122,7 @@ class Pinion:
         self.summary = Summary()
         self.runs = (config.runs_dir or runs_dir()) / _safe_name(config.name)
         self._unreaped: list[ChildProcess] = []
+        self._spare: ChildProcess | None = None
 
     # --- the loop -----------------------------------------------------------------------
 
@@ -125,31 +132,61 @@ class Pinion:
         self.reporter.started(self.backend.location, cfg.attempts, cfg.wait)
         empty = 0
         backoff = max(cfg.wait, QUEUE_RETRY_MIN)  # never a busy loop, even with -w 0
-        with stop_on_signals(self.flags, lambda f: self.reporter.stopping(f.cold)):
-            while not self.flags.warm:
-                try:
-                    found = self.run_once()
-                except QueueDamagedError:
-                    raise  # trying again cannot help
-                except (QueueError, WorkspaceError) as exc:
-                    self.reporter.error(f"{exc}; trying again in {backoff:g} s")
-                    self._sleep(backoff)
-                    backoff = min(backoff * 2, QUEUE_RETRY_CAP)
-                    continue
-                backoff = max(cfg.wait, QUEUE_RETRY_MIN)
-                if found:
-                    empty = 0
-                    continue
-                empty += 1
-                if cfg.attempts and empty >= cfg.attempts:
-                    break
-                self.reporter.idle(empty, cfg.attempts, cfg.wait)
-                self._sleep(cfg.wait)
-        self._reap(block=True)
+        try:
+            with stop_on_signals(self.flags, lambda f: self.reporter.stopping(f.cold)):
+                while not self.flags.warm:
+                    try:
+                        found = self.run_once()
+                    except QueueDamagedError:
+                        raise  # trying again cannot help
+                    except (QueueError, WorkspaceError) as exc:
+                        self.reporter.error(f"{exc}; trying again in {backoff:g} s")
+                        self._sleep(backoff)
+                        backoff = min(backoff * 2, QUEUE_RETRY_CAP)
+                        continue
+                    backoff = max(cfg.wait, QUEUE_RETRY_MIN)
+                    if found:
+                        empty = 0
+                        continue
+                    empty += 1
+                    if cfg.attempts and empty >= cfg.attempts:
+                        break
+                    self.reporter.idle(empty, cfg.attempts, cfg.wait)
+                    self._sleep(cfg.wait)
+        finally:
+            self._drop_spare()
+            self._reap(block=True)
         self.summary.stopped_by = self.flags.signal_name
         self.summary.cold = self.flags.cold
         self.reporter.close()
         return self.summary
+
+    def _start(self, job: dict[str, Any]) -> ChildProcess:
+        """Hand the job to the spare child (forked while the previous workload ran) or to a new
+        one, then fork the next spare while this one runs. Each child runs one workload only."""
+        child, self._spare = self._spare, None
+        if child is not None:
+            try:
+                child.send_job(job)
+            except OSError:  # the spare died meanwhile: start afresh
+                child.kill()
+                child.close()
+                self._unreaped.append(child)
+                child = None
+        if child is None:
+            child = start_child(child_main)
+            child.send_job(job)
+        try:
+            self._spare = start_child(child_main, close_fds=child.parent_fds())
+        except OSError as exc:  # no spare (out of processes?): the next one is started on demand
+            self.reporter.error(f"could not start a spare child process: {exc}")
+        return child
+
+    def _drop_spare(self) -> None:
+        if self._spare is not None:
+            self._spare.close()  # it reads end-of-file on its control pipe and exits
+            self._unreaped.append(self._spare)
+            self._spare = None
 
     def _reap(self, *, block: bool = False) -> None:
         """Collect children that have ended (they exit on their own after their results)."""
@@ -238,7 +275,7 @@ class Pinion:
                "workflow": workload.workflow}
         started = utcnow()
         self._reap()
-        child = start_child(job, run_job)
+        child = self._start(job)
         messages = MessageReader(child.messages_fd)
         records: list[TaskResult] = []
         results_doc: dict[str, Any] | None = None

@@ -19,6 +19,7 @@ from __future__ import annotations
 import collections
 import contextlib
 import gc
+import json
 import os
 import queue
 import select
@@ -26,7 +27,7 @@ import signal
 import subprocess
 import sys
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -48,8 +49,26 @@ class ChildProcess:
     pid: int
     messages_fd: int
     _popen: subprocess.Popen[bytes] | None = None
-    _lifeline_fd: int | None = None
+    _control_fd: int | None = None
     returncode: int | None = field(default=None)
+
+    def send_job(self, job: dict[str, Any]) -> None:
+        """Give the waiting child its workload (one JSON line on its control pipe, which then
+        stays open as its lifeline). OSError when the child is gone."""
+        data = json.dumps(job, separators=(",", ":")).encode("utf-8") + b"\n"
+        if self._popen is not None:
+            assert self._popen.stdin is not None
+            self._popen.stdin.write(data)
+            self._popen.stdin.flush()
+            return
+        assert self._control_fd is not None
+        view = memoryview(data)
+        while view:
+            view = view[os.write(self._control_fd, view):]
+
+    def parent_fds(self) -> list[int]:
+        """The pinion's ends of this child's pipes (a later fork must not keep them open)."""
+        return [fd for fd in (self.messages_fd, self._control_fd) if fd is not None]
 
     def poll(self) -> int | None:
         """The exit status once the child has ended (negative: killed by that signal)."""
@@ -98,27 +117,30 @@ class ChildProcess:
                     with contextlib.suppress(OSError):
                         stream.close()
             return
-        for fd in (self.messages_fd, self._lifeline_fd):
+        for fd in (self.messages_fd, self._control_fd):
             if fd is not None:
                 with contextlib.suppress(OSError):
                     os.close(fd)
-        self._lifeline_fd = None
+        self._control_fd = None
 
 
-ChildMain = Callable[[dict[str, Any], int, int], None]
+ChildMain = Callable[[int, int], None]
 
 
-def start_child(job: dict[str, Any], run: ChildMain) -> ChildProcess:
-    """Start a child that calls ``run(job, messages_fd, lifeline_fd)`` and then exits."""
+def start_child(run: ChildMain, *, close_fds: Sequence[int] = ()) -> ChildProcess:
+    """Start a child that calls ``run(messages_fd, control_fd)``: it waits for its job (see
+    :meth:`ChildProcess.send_job`), runs it and exits. Starting it before the job is known
+    lets a pinion prepare the next child while the current one runs; ``close_fds`` are the
+    pinion's pipes to children already running, which the new one must not hold open."""
     if start_method() == "fork":
-        return _fork(job, run)
-    return _spawn(job)
+        return _fork(run, close_fds)
+    return _spawn()
 
 
-def _fork(job: dict[str, Any], run: ChildMain) -> ChildProcess:
+def _fork(run: ChildMain, close_fds: Sequence[int]) -> ChildProcess:
     msg_r, msg_w = os.pipe()
-    life_r, life_w = os.pipe()
-    for fd in (msg_r, life_w):
+    ctl_r, ctl_w = os.pipe()
+    for fd in (msg_r, ctl_w):
         os.set_inheritable(fd, False)
     sys.stdout.flush()
     sys.stderr.flush()
@@ -130,11 +152,12 @@ def _fork(job: dict[str, Any], run: ChildMain) -> ChildProcess:
         code = 1
         try:
             os.setpgid(0, 0)
-            os.close(msg_r)
-            os.close(life_w)
+            for fd in (msg_r, ctl_w, *close_fds):
+                with contextlib.suppress(OSError):
+                    os.close(fd)
             for sig in (signal.SIGINT, signal.SIGTERM):
                 signal.signal(sig, signal.SIG_DFL)
-            run(job, msg_w, life_r)
+            run(msg_w, ctl_r)
             code = 0
         except BaseException:  # never return into the pinion's code
             code = 1
@@ -143,13 +166,11 @@ def _fork(job: dict[str, Any], run: ChildMain) -> ChildProcess:
     with contextlib.suppress(OSError):  # also in the parent, so killpg works at once
         os.setpgid(pid, pid)
     os.close(msg_w)
-    os.close(life_r)
-    return ChildProcess(pid=pid, messages_fd=msg_r, _lifeline_fd=life_w)
+    os.close(ctl_r)
+    return ChildProcess(pid=pid, messages_fd=msg_r, _control_fd=ctl_w)
 
 
-def _spawn(job: dict[str, Any]) -> ChildProcess:
-    import json
-
+def _spawn() -> ChildProcess:
     kwargs: dict[str, Any] = {}
     if POSIX:
         kwargs["start_new_session"] = True
@@ -163,8 +184,6 @@ def _spawn(job: dict[str, Any]) -> ChildProcess:
         **kwargs,
     )
     assert popen.stdin is not None and popen.stdout is not None
-    popen.stdin.write(json.dumps(job).encode("utf-8") + b"\n")
-    popen.stdin.flush()  # stdin stays open: it is the child's lifeline
     return ChildProcess(pid=popen.pid, messages_fd=popen.stdout.fileno(), _popen=popen)
 
 
@@ -237,21 +256,32 @@ class MessageReader:
         self._queue.put(None)
 
 
-def watch_lifeline(lifeline_fd: int) -> None:
-    """In the child: stop this process group as soon as the pinion goes away."""
+def receive_job(control_fd: int) -> dict[str, Any]:
+    """In the child: wait for the job on the control pipe, then keep watching that pipe as the
+    lifeline: when the pinion goes away (before or after sending the job), it reads end-of-file
+    and this process group is stopped at once."""
+    arrived = threading.Event()
+    box: list[dict[str, Any]] = []
 
     def watch() -> None:
+        pending = b""
         try:
-            while os.read(lifeline_fd, 4096):
-                pass
-        except OSError:
+            while chunk := os.read(control_fd, 1 << 16):
+                if not box:
+                    pending += chunk
+                    if b"\n" in pending:
+                        box.append(json.loads(pending.split(b"\n", 1)[0]))
+                        arrived.set()
+        except (OSError, ValueError):
             pass
         if POSIX:
             with contextlib.suppress(OSError):
                 os.killpg(os.getpgid(0), signal.SIGKILL)
-        os._exit(70)
+        os._exit(70 if box else 0)
 
     threading.Thread(target=watch, name="caliber-lifeline", daemon=True).start()
+    arrived.wait()
+    return box[0]
 
 
 def redirect_output(path: str) -> None:
