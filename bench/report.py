@@ -179,8 +179,18 @@ def render(run: dict[str, Any], previous_run: dict[str, Any] | None) -> str:
             )
         notes = [f"- {r.figure}: {r.note}" for r in members if r.note]
         lines += ["", *notes, ""] if notes else [""]
-    lines += machine_text(run["machine"]) + method_text(run)
+    lines += optimisations_text() + machine_text(run["machine"]) + method_text(run)
     return "\n".join(lines).rstrip() + "\n"
+
+
+OPTIMISATIONS = Path(__file__).with_name("optimisations.md")
+
+
+def optimisations_text() -> list[str]:
+    """The hand-kept record of what each optimisation gained (``bench/optimisations.md``)."""
+    if not OPTIMISATIONS.exists():
+        return []
+    return [*OPTIMISATIONS.read_text(encoding="utf-8").rstrip().splitlines(), ""]
 
 
 def machine_text(machine: dict[str, Any]) -> list[str]:
