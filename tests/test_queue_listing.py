@@ -69,3 +69,10 @@ def test_cli_pages_and_says_so(tmp_path: Path) -> None:
     out = subprocess.run([*run, "--all", "--json"], capture_output=True, text=True,
                          check=True).stdout
     assert len(json.loads(out)) == 3
+
+
+def test_status_names_match_the_workload_statuses() -> None:
+    from caliber.queue.listing import STATUSES
+    from caliber.queue.workload import WorkloadStatus
+
+    assert list(STATUSES) == [s.value for s in WorkloadStatus]

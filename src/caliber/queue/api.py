@@ -98,11 +98,9 @@ def _checker() -> Any:
 def parse_status(status: str | WorkloadStatus | None) -> WorkloadStatus | None:
     if status is None or isinstance(status, WorkloadStatus):
         return status
-    try:
-        return WorkloadStatus(status.lower())
-    except ValueError:
-        known = ", ".join(s.value for s in WorkloadStatus)
-        raise UsageError(f"unknown status {status!r}; use one of {known}") from None
+    from caliber.queue.listing import check_status
+
+    return WorkloadStatus(check_status(status) or status)
 
 
 def list_workloads(

@@ -15,6 +15,7 @@ from typing import Any
 
 from caliber.errors import UsageError
 
+# WorkloadStatus's values, without importing pydantic (a test keeps the two equal).
 STATUSES = ("queued", "running", "completed", "failed", "cancelled")
 DEFAULT_LIMIT = 100  # rows shown unless asked for more
 
