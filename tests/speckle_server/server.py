@@ -317,8 +317,9 @@ class SpeckleTestServer:
 
     @staticmethod
     def _objects_reply(req: Any, objects: list[dict[str, Any]]) -> Reply:
-        """``id<TAB>json`` lines (jsonb's text form), or a JSON array for ``Accept: .../json``."""
-        if "application/json" in req.headers.get("Accept", ""):
+        """``id<TAB>json`` lines (jsonb's text form) when Accept is exactly ``text/plain``,
+        otherwise a JSON array (diffDownload.ts compares the whole header with that string)."""
+        if req.headers.get("Accept", "") != "text/plain":
             return Reply(200, compact(objects), "application/json", gzip=True)
         lines = "".join(f"{o['id']}\t{json.dumps(o, ensure_ascii=False)}\n" for o in objects)
         return Reply(200, lines.encode(), "text/plain; charset=UTF-8", gzip=True)

@@ -449,12 +449,12 @@ class SpeckleConnection:
         found: dict[str, dict[str, Any]] = {}
         for start in range(0, len(ids), 500):
             chunk = ids[start:start + 500]
+            # The server sends ``id<TAB>json`` lines only when Accept is exactly text/plain,
+            # a JSON array otherwise (speckle-server modules/core/rest/diffDownload.ts).
             answer = self._rest("POST", f"/api/getobjects/{self.project_id}",
-                                data={"objects": json.dumps(chunk)})
-            for line in answer.content.decode("utf-8").splitlines():
-                if "\t" in line:
-                    object_id, text = line.split("\t", 1)
-                    found[object_id] = json.loads(text)
+                                data={"objects": json.dumps(chunk)},
+                                headers={"Accept": "text/plain"})
+            found.update(_parse_objects(answer))
         return found
 
     def _rest(self, method: str, path: str, *, expect: int = 200, **kwargs: Any) -> Any:
@@ -592,3 +592,17 @@ def _as_utc(value: Any) -> dt.datetime:
     if isinstance(value, dt.datetime):
         return value if value.tzinfo else value.replace(tzinfo=dt.UTC)
     return _parse_time(str(value))
+
+
+def _parse_objects(answer: Any) -> dict[str, dict[str, Any]]:
+    """The objects of a ``getobjects`` answer: ``id<TAB>json`` lines, or (if the server chose
+    JSON anyway) an array of objects, each carrying its ``id``."""
+    body = answer.content.decode("utf-8")
+    if answer.headers.get("Content-Type", "").startswith("application/json"):
+        return {str(obj["id"]): obj for obj in json.loads(body) if isinstance(obj, dict)}
+    found: dict[str, dict[str, Any]] = {}
+    for line in body.splitlines():
+        if "\t" in line:
+            object_id, text = line.split("\t", 1)
+            found[object_id] = json.loads(text)
+    return found
