@@ -94,17 +94,17 @@ class Caliber(DrainSystem):
         from caliber.queue.workload import WorkloadStatus
 
         backend = self.backend
-        return not (backend.list(pinion=PINION, status=WorkloadStatus.QUEUED, limit=1)
-                    or backend.list(pinion=PINION, status=WorkloadStatus.RUNNING, limit=1))
+        return not any(backend.list_workloads(pinion=PINION, status=status, limit=1)
+                       for status in (WorkloadStatus.QUEUED, WorkloadStatus.RUNNING))
 
     def verify(self, n: int) -> None:
         from caliber.queue.workload import WorkloadStatus
 
         backend = self.backend
-        completed = backend.list(pinion=PINION, status=WorkloadStatus.COMPLETED)
+        completed = backend.list_workloads(pinion=PINION, status=WorkloadStatus.COMPLETED)
         returns = sorted(backend.get_results(w.results_id)["noop"] for w in completed)
         if returns != list(range(1, n + 1)):
-            failed = backend.list(pinion=PINION, status=WorkloadStatus.FAILED, limit=1)
+            failed = backend.list_workloads(pinion=PINION, status=WorkloadStatus.FAILED, limit=1)
             why = f"; e.g. {failed[0].last_error}" if failed else ""
             raise RuntimeError(f"Caliber: {len(completed)} of {n} workloads completed{why}")
 

@@ -11,6 +11,8 @@ import pytest
 
 REPO = Path(__file__).resolve().parent.parent
 
+pytest_plugins = ["tests.examples_fixtures"]  # pasta_exported: the example, exported in tmp
+
 
 @pytest.fixture(autouse=True)
 def caliber_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:

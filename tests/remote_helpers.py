@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -13,9 +12,9 @@ from typing import Any
 
 import pytest
 
+from tests.examples_fixtures import export_pasta
 from tests.speckle_server import SpeckleTestServer
 
-REPO = Path(__file__).resolve().parent.parent
 SETTLE = "0.05"  # seconds: a claim's settle time in tests (the test server shows writes at once)
 
 
@@ -83,8 +82,5 @@ def caliber(*args: str, cwd: Path | None = None, timeout: float = 60,
 
 
 def pasta_folder(folder: Path) -> Path:
-    """The pasta example of the README (workflow file and functions module) in ``folder``."""
-    folder.mkdir(parents=True, exist_ok=True)
-    for name in ("pasta.json", "pasta_functions.py"):
-        shutil.copy(REPO / "examples" / "pasta" / name, folder / name)
-    return folder
+    """The pasta example of the README (scripts and exported workflow files) in ``folder``."""
+    return export_pasta(folder)

@@ -135,8 +135,8 @@ def test_queue_on_a_full_disk(small_fs: Path, tmp_path: Path,
     assert integrity(small_fs / "home" / "caliber.db") == "ok"
     drain(lease=0.2)
     with open_local() as backend:
-        assert [w.status.value for w in backend.list()] == ["completed"] * 3
-        assert [w.attempts for w in backend.list()] in ([1, 1, 1], [2, 1, 1])
+        assert [w.status.value for w in backend.list_workloads()] == ["completed"] * 3
+        assert [w.attempts for w in backend.list_workloads()] in ([1, 1, 1], [2, 1, 1])
     record("disk.full_queue", refused_with="one line", stored_entries_intact=3)
 
 
@@ -188,7 +188,7 @@ def test_queue_on_a_read_only_file_system(small_fs: Path, tmp_path: Path,
         remount(small_fs, "rw")
     assert digest(db) == before and integrity(db) == "ok"
     with open_local() as backend:
-        assert [w.id for w in backend.list()] == ids
+        assert [w.id for w in backend.list_workloads()] == ids
     record("disk.read_only_queue", commands_refused=5, stored_entries_intact=2)
 
 
@@ -221,7 +221,7 @@ def test_a_limited_file_size_refuses_cleanly_and_keeps_what_is_stored(
     assert "ulimit -f" in line
     assert integrity(db) == "ok"
     with open_local() as backend:
-        assert [w.id for w in backend.list()] == ids
+        assert [w.id for w in backend.list_workloads()] == ids
     # A pinion under a 1 MB limit: a workload printing 2 MB fails, the next one runs.
     loud = workflow(folder, [("crash", ["print"])]).queue(pinion="loud")
     quiet = workflow(folder, [("add", [5])]).queue(pinion="loud")

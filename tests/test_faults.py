@@ -127,7 +127,7 @@ def assert_exactly_once(ids: list[str]) -> dict[str, int]:
     assert set(counts) == set(ids), "a workload was lost, or results appeared for no workload"
     assert [i for i, n in counts.items() if n != 1] == [], "a workload has two Results"
     with open_local() as backend:
-        workloads = {w.id: w for w in backend.list()}
+        workloads = {w.id: w for w in backend.list_workloads()}
         for wid in ids:
             w = workloads[wid]
             assert w.status == "completed", (wid, w.status, w.last_error)

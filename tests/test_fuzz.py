@@ -284,7 +284,7 @@ def test_a_damaged_queue_entry_never_crashes_and_never_blocks_the_next(
             return
         count("damaged queue entries")
         with SQLiteBackend(db) as backend:
-            listed = backend.list()
+            listed = backend.list_workloads()
             assert len(listed) == 2
             for workload in listed:
                 with contextlib.suppress(CaliberError):

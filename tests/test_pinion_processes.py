@@ -28,8 +28,8 @@ def test_racing_pinions_run_each_workload_exactly_once(tmp_path: Path) -> None:
     counts = results_per_workload()
     assert counts == collections.Counter(ids)  # every workload once, none twice
     with open_local() as backend:
-        assert {w.status.value for w in backend.list()} == {"completed"}
-        assert all(w.attempts == 1 for w in backend.list())
+        assert {w.status.value for w in backend.list_workloads()} == {"completed"}
+        assert all(w.attempts == 1 for w in backend.list_workloads())
     ran = sum(int(out.split("ran ")[1].split()[0]) for out, _ in outputs)
     assert ran == 30
 
@@ -125,7 +125,7 @@ def test_a_queue_survives_pinions_killed_at_random(tmp_path: Path) -> None:
     try:
         while time.monotonic() < deadline:
             with open_local() as backend:
-                done = sum(1 for w in backend.list() if w.status.value == "completed")
+                done = sum(1 for w in backend.list_workloads() if w.status.value == "completed")
             if done == len(ids):
                 break
             time.sleep(rng.uniform(0.3, 1.0))
@@ -139,7 +139,7 @@ def test_a_queue_survives_pinions_killed_at_random(tmp_path: Path) -> None:
     assert kills >= 3
     assert results_per_workload() == collections.Counter(ids)
     with open_local() as backend:
-        assert {w.status.value for w in backend.list()} == {"completed"}
+        assert {w.status.value for w in backend.list_workloads()} == {"completed"}
 
 
 def children_of(pid: int) -> list[int]:

@@ -37,7 +37,7 @@ def make_workflow(folder: Path, attachments: list[str] | None = None) -> Workflo
 
 def count_workloads() -> int:
     with open_local() as backend:
-        return len(backend.list())
+        return len(backend.list_workloads())
 
 
 def test_queue_wraps_everything(tmp_path: Path) -> None:
@@ -123,7 +123,7 @@ def test_edited_in_database_is_a_secret_mismatch(tmp_path: Path, caliber_home: P
     [checked] = api.list_workloads()
     assert checked.workload.id == wid and not checked.secret_ok
     assert checked.summary()["secret_ok"] is False
-    resigned = api.resetsecret_workload(wid[:4])
+    resigned = api.resetsecret(wid[:4])
     assert resigned.secret_ok and api.view_workload(wid).secret_ok
     assert "signed again with key " + key_id(load_key()) in resigned.workload.history[-1].message
 
@@ -135,7 +135,7 @@ def test_another_users_key_is_a_mismatch(
     wid = make_workflow(tmp_path / "wf").queue(pinion="p1")
     monkeypatch.setenv("CALIBER_SECRET_KEY", "b" * 32)
     assert not api.view_workload(wid).secret_ok
-    api.resetsecret_workload(wid)
+    api.resetsecret(wid)
     assert api.view_workload(wid).secret_ok
     monkeypatch.setenv("CALIBER_SECRET_KEY", "a" * 32)
     assert not api.view_workload(wid).secret_ok
@@ -155,7 +155,7 @@ def test_resetsecret_refuses_changed_attachment_content(
     assert not view.secret_ok
     assert view.detail()["attachments"][0]["content_ok"] is False
     with pytest.raises(QueueStateError, match=r"funcs\.py"):
-        api.resetsecret_workload(wid)
+        api.resetsecret(wid)
 
 
 def test_view_detail_keys(tmp_path: Path) -> None:
@@ -175,10 +175,10 @@ def test_reset_and_ids(tmp_path: Path) -> None:
     wid = wf.queue(pinion="p1")
     with pytest.raises(NotFoundError):
         api.view_workload("zzzzzz")
-    removed = api.reset_workload(wid[:5])
+    removed = api.reset(wid[:5])
     assert removed.id == wid and count_workloads() == 0
     with pytest.raises(NotFoundError):
-        api.reset_workload(wid)
+        api.reset(wid)
 
 
 def test_ambiguous_prefix_lists_candidates(tmp_path: Path) -> None:
@@ -196,7 +196,7 @@ def test_reset_running_needs_force(tmp_path: Path) -> None:
     with open_local() as backend:
         assert backend.claim("p1", "me", 60.0, "k") is not None
     with pytest.raises(QueueStateError, match="--force"):
-        api.reset_workload(wid)
+        api.reset(wid)
     assert count_workloads() == 1
-    api.reset_workload(wid, force=True)
+    api.reset(wid, force=True)
     assert count_workloads() == 0

@@ -13,16 +13,15 @@ import pytest
 
 from caliber.cli import main
 from caliber.queue.sqlite_schema import SCHEMA_VERSION
-from tests.conftest import REPO
 
 SUMMARY_KEYS = {"id", "workflow", "pinion", "status", "created_at", "attempts", "results_id",
                 "secret_ok"}
 
 
 @pytest.fixture
-def pasta(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+def pasta(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, pasta_exported: Path) -> Path:
     folder = tmp_path / "pasta"
-    shutil.copytree(REPO / "examples" / "pasta", folder)
+    shutil.copytree(pasta_exported, folder)
     monkeypatch.chdir(folder)
     return folder
 

@@ -147,7 +147,7 @@ def test_threads_sharing_one_backend(tmp_path: Path) -> None:
             t.join()
         assert not errors
         assert len(claimed) == len(set(claimed)) == 40
-        assert all(w.status == WorkloadStatus.COMPLETED for w in backend.list())
+        assert all(w.status == WorkloadStatus.COMPLETED for w in backend.list_workloads())
 
 
 CLAIMER = """
@@ -188,5 +188,5 @@ def test_processes_racing_claim_each_workload_exactly_once(tmp_path: Path) -> No
         taken += json.loads(out)
     assert sorted(taken) == sorted(ids)
     with SQLiteBackend(path) as backend:
-        assert {w.status for w in backend.list()} == {WorkloadStatus.COMPLETED}
+        assert {w.status for w in backend.list_workloads()} == {WorkloadStatus.COMPLETED}
         assert len(backend.list_results()) == 40

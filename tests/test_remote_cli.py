@@ -175,7 +175,7 @@ def test_pinions_share_one_remote_queue_and_run_nothing_twice(
     from caliber.queue.select import open_backend
 
     with open_backend(project=remote.project) as backend:  # type: ignore[attr-defined]
-        workloads = backend.list()
+        workloads = backend.list_workloads()
         assert [w.id for w in workloads] == ids
         assert {(w.status.value, w.attempts) for w in workloads} == {("completed", 1)}
         results = backend.list_results()

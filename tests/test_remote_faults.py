@@ -52,7 +52,7 @@ def queue_steps(remote: Remote, folder: Path, log: Path, tags: list[int], second
 
 def remote_state(remote: Remote) -> tuple[dict[str, str], collections.Counter[str]]:
     with remote.backend() as backend:
-        workloads = {w.id: w.status.value for w in backend.list()}
+        workloads = {w.id: w.status.value for w in backend.list_workloads()}
         results = collections.Counter(r.workload_id or "" for r in backend.list_results())
     return workloads, results
 

@@ -58,7 +58,7 @@ def test_http_host_and_a_missing_model_is_created(remote: Remote) -> None:
         assert backend.location.startswith("http://127.0.0.1:")
         backend.put(workload())
     with remote.backend(model="caliber/night runs") as again:  # found, not made twice
-        assert len(again.list()) == 1
+        assert len(again.list_workloads()) == 1
     with remote.server.store.lock:
         names = [m.name for m in remote.server.store.project_models(remote.project)]
     assert sorted(names) == ["caliber/night runs", "main"]
@@ -133,10 +133,10 @@ def test_server_gone_and_back(remote: Remote) -> None:
         backend.put(first := workload())
         remote.server.stop()
         with pytest.raises(QueueError, match="cannot reach"):
-            backend.list()
+            backend.list_workloads()
         remote.server.start()  # the same port, the same data
         backend.put(second := workload())
-        assert [w.id for w in backend.list()] == [first.id, second.id]
+        assert [w.id for w in backend.list_workloads()] == [first.id, second.id]
 
 
 def test_no_token_uses_the_speckle_manager_account(
@@ -144,7 +144,7 @@ def test_no_token_uses_the_speckle_manager_account(
 ) -> None:
     with remote.backend(token=None) as backend:
         backend.put(workload())
-        assert len(backend.list()) == 1
+        assert len(backend.list_workloads()) == 1
 
 
 # --- content ------------------------------------------------------------------------------
@@ -213,8 +213,8 @@ def test_version_messages_tell_the_story(remote: Remote) -> None:
         claim = backend.claim("p1", "pin@box", 60, "k")
         assert claim is not None and claim.workload.id == a.id
         backend.fail(claim, "timed out after 5 s", retry=False)
-        backend.resign(b.id, "t" * 64, "key1")
-        backend.delete(b.id)
+        backend.resetsecret(b.id, "t" * 64, "key1")
+        backend.reset(b.id)
     messages = [v.message.split(" · ")[0] for v in remote.versions()]
     assert messages == [
         f"queued {a.id} (pasta) for pinion p1 by ann@laptop",
@@ -238,17 +238,17 @@ def test_paging_and_versions_deleted_in_the_web_app(
         for _ in range(4):
             writer.put(w := workload())
             ids.append(w.id)
-        assert [w.id for w in reader.list()] == ids
+        assert [w.id for w in reader.list_workloads()] == ids
         for _ in range(4):
             writer.put(w := workload())
             ids.append(w.id)
-        assert [w.id for w in reader.list()] == ids  # only the new pages were read
+        assert [w.id for w in reader.list_workloads()] == ids  # only the new pages were read
         first_put = remote.versions()[0]
         with remote.server.store.lock:
             user = remote.server.store.user_for_token(remote.token)
             assert user is not None
             remote.server.store.delete_versions(user, remote.project, [first_put.id])
-        assert [w.id for w in reader.list()] == ids[1:]
+        assert [w.id for w in reader.list_workloads()] == ids[1:]
 
 
 def test_other_versions_on_the_model_are_left_alone(remote: Remote) -> None:
@@ -256,7 +256,7 @@ def test_other_versions_on_the_model_are_left_alone(remote: Remote) -> None:
         backend.put(w := workload())
         marker = next(iter(remote.objects()))
         backend.conn.create_version(marker, "a model sent from a design tool")
-        assert [x.id for x in backend.list()] == [w.id]
+        assert [x.id for x in backend.list_workloads()] == [w.id]
 
 
 def test_a_lost_answer_to_a_write_is_checked(remote: Remote,
@@ -319,7 +319,7 @@ def test_rate_limit_slows_down_but_loses_nothing(remote: Remote,
                 backend.put(workload())
             while (claim := backend.claim("p1", "me", 60, "k")) is not None:
                 backend.complete(claim, results_for(claim.workload.id, {"x": 1}))
-        assert [w.status for w in backend.list()] == [WorkloadStatus.COMPLETED] * 6
+        assert [w.status for w in backend.list_workloads()] == [WorkloadStatus.COMPLETED] * 6
     refused = [e for e in remote.server.log if e.status == 429]
     assert len(refused) >= 3 and {e.operation for e in refused} == {"Create"}
     kinds = collections.Counter(v.message.split(" ")[0] for v in remote.versions())
@@ -336,7 +336,7 @@ def test_rate_limit_on_every_request_honours_retry_after(
                        RateLimit(rest=Limit(points=2, burst=0, **HOUR))):
             with refusing(remote, limits):
                 for _ in range(3):
-                    assert [x.id for x in backend.list()] == [w.id]
+                    assert [x.id for x in backend.list_workloads()] == [w.id]
                     backend._objects.clear()
     refused = [e for e in remote.server.log if e.status == 429]
     assert {e.path.split("/")[1] for e in refused} == {"graphql", "api"}
@@ -368,5 +368,5 @@ def test_racing_claims_in_threads(remote: Remote) -> None:
     assert not errors
     assert sorted(ran) == sorted(ids)  # each once, none twice
     with remote.backend() as backend:
-        assert {w.status for w in backend.list()} == {WorkloadStatus.COMPLETED}
-        assert all(w.attempts == 1 for w in backend.list())
+        assert {w.status for w in backend.list_workloads()} == {WorkloadStatus.COMPLETED}
+        assert all(w.attempts == 1 for w in backend.list_workloads())

@@ -187,7 +187,7 @@ def test_bad_attachment_paths_are_refused_at_queue_time(tmp_path: Path, name: st
     assert code == 2 and out == "" and "Traceback" not in err, err
     assert err.startswith("caliber: error: ") and "attachment" in err
     with open_local() as backend:
-        assert backend.list() == []
+        assert backend.list_workloads() == []
 
 
 @posix_only

@@ -266,58 +266,59 @@ def test_expire_fails_only_exhausted_expired_leases(backend: QueueBackend) -> No
     assert got.last_error == "lease ran out 2 times (pinion died?)"
 
 
-# --- delete / resign / list -----------------------------------------------------------------
+# --- reset / resetsecret / list_workloads ---------------------------------------------------
 
 
-def test_delete(backend: QueueBackend) -> None:
+def test_reset(backend: QueueBackend) -> None:
     w = make_workload()
     backend.put(w)
-    removed = backend.delete(w.id[:6])
+    removed = backend.reset(w.id[:6])
     assert removed.id == w.id
     with pytest.raises(NotFoundError):
         backend.get(w.id)
     with pytest.raises(NotFoundError):
-        backend.delete(w.id)
+        backend.reset(w.id)
 
 
-def test_delete_running_needs_force(backend: QueueBackend) -> None:
+def test_reset_running_needs_force(backend: QueueBackend) -> None:
     w = make_workload()
     backend.put(w)
     claim = backend.claim("p1", "a", LEASE, KEY)
     assert claim is not None
     with pytest.raises(QueueStateError):
-        backend.delete(w.id)
+        backend.reset(w.id)
     assert backend.get(w.id).status == WorkloadStatus.RUNNING
-    backend.delete(w.id, force=True)
+    backend.reset(w.id, force=True)
     with pytest.raises(LeaseLostError):
         backend.complete(claim, make_results(w.id))
 
 
-def test_resign_replaces_secret_and_clears_mismatch(backend: QueueBackend) -> None:
+def test_resetsecret_replaces_secret_and_clears_mismatch(backend: QueueBackend) -> None:
     w = make_workload()
     backend.put(w)
     claim = backend.claim("p1", "a", LEASE, KEY)
     assert claim is not None
     backend.release(claim, reason="mismatch", mismatch_key_id=KEY)
-    resigned = backend.resign(w.id[:5], "t" * 64, KEY)
+    resigned = backend.resetsecret(w.id[:5], "t" * 64, KEY)
     assert resigned.secret == "t" * 64 and resigned.secret_mismatch is None
     assert backend.get(w.id).secret == "t" * 64
     assert backend.claim("p1", "a", LEASE, KEY) is not None
 
 
-def test_list_filters_and_pages(backend: QueueBackend) -> None:
+def test_list_workloads_filters_and_pages(backend: QueueBackend) -> None:
     ws = [make_workload("p1" if i % 2 else "p2", seconds=i) for i in range(6)]
     for w in reversed(ws):
         backend.put(w)
-    assert [w.id for w in backend.list()] == [w.id for w in ws]
-    assert [w.id for w in backend.list(pinion="p1")] == [w.id for w in ws if w.pinion == "p1"]
+    assert [w.id for w in backend.list_workloads()] == [w.id for w in ws]
+    p1 = [w.id for w in ws if w.pinion == "p1"]
+    assert [w.id for w in backend.list_workloads(pinion="p1")] == p1
     claim = backend.claim("p2", "a", LEASE, KEY)
     assert claim is not None
-    assert [w.id for w in backend.list(status=WorkloadStatus.RUNNING)] == [ws[0].id]
-    assert [w.id for w in backend.list(status=WorkloadStatus.QUEUED, pinion="p2")] == [
+    assert [w.id for w in backend.list_workloads(status=WorkloadStatus.RUNNING)] == [ws[0].id]
+    assert [w.id for w in backend.list_workloads(status=WorkloadStatus.QUEUED, pinion="p2")] == [
         ws[2].id, ws[4].id]
-    assert [w.id for w in backend.list(limit=2, offset=1)] == [ws[1].id, ws[2].id]
-    assert backend.list(pinion="nobody") == []
+    assert [w.id for w in backend.list_workloads(limit=2, offset=1)] == [ws[1].id, ws[2].id]
+    assert backend.list_workloads(pinion="nobody") == []
 
 
 # --- results --------------------------------------------------------------------------------

@@ -209,9 +209,9 @@ def reset_cmd(
 ) -> None:
     """Delete a workload from the queue (its stored results stay). A running workload is
     refused unless --force. WORKLOAD_ID may be a unique prefix."""
-    from caliber.queue.api import reset_workload
+    from caliber.queue.api import reset
 
-    removed = reset_workload(workload_id, force=force, project=project, model=model,
+    removed = reset(workload_id, force=force, project=project, model=model,
                              local=local)
     if as_json:
         print_json({**removed.summary(None), "deleted": True})
@@ -230,9 +230,9 @@ def resetsecret_cmd(
     """Sign a workload again with your key, so your pinions run it: after you reviewed a
     workload someone else queued, or after you changed your key. WORKLOAD_ID may be a unique
     prefix."""
-    from caliber.queue.api import resetsecret_workload
+    from caliber.queue.api import resetsecret
 
-    item = resetsecret_workload(workload_id, project=project, model=model, local=local)
+    item = resetsecret(workload_id, project=project, model=model, local=local)
     if as_json:
         print_json(item.summary())
         return

@@ -117,7 +117,7 @@ def list_workloads(
     wanted = parse_status(status)
     ok = _checker()
     with _opened(project, model, local) as backend:
-        workloads = backend.list(pinion=pinion, status=wanted, limit=limit, offset=offset)
+        workloads = backend.list_workloads(pinion=pinion, status=wanted, limit=limit, offset=offset)
     return [CheckedWorkload(w, ok(w)) for w in workloads]
 
 
@@ -135,7 +135,7 @@ def view_workload(
     return CheckedWorkload(workload, ok(workload))
 
 
-def reset_workload(
+def reset(
     id_or_prefix: str,
     *,
     force: bool = False,
@@ -145,10 +145,10 @@ def reset_workload(
 ) -> Workload:
     """Delete a workload from the queue (a running one only with ``force``); returns it."""
     with _opened(project, model, local) as backend:
-        return backend.delete(id_or_prefix, force=force)
+        return backend.reset(id_or_prefix, force=force)
 
 
-def resetsecret_workload(
+def resetsecret(
     id_or_prefix: str,
     *,
     project: str | None = None,
@@ -169,5 +169,5 @@ def resetsecret_workload(
                 f"workload {workload.id}: the content of attachment {damaged[0]!r} does not "
                 "match its SHA-256, so it cannot be signed; reset it and queue the workflow again"
             )
-        workload = backend.resign(workload.id, sign(workload, key), key_id(key))
+        workload = backend.resetsecret(workload.id, sign(workload, key), key_id(key))
     return CheckedWorkload(workload, verify(workload, key))

@@ -9,7 +9,7 @@ Life of a workload::
     put -> queued --claim--> running --complete--> completed | failed
                       |          |--release------> queued   (warm stop, secret mismatch)
                       |          '--lease expires-> claimable again (attempts counted)
-                      '--delete (reset) removes it; resign replaces its run-secret
+                      '--reset removes it; resetsecret replaces its run-secret
 
 Errors: backends raise only :mod:`caliber.errors` exceptions (NotFoundError,
 AmbiguousIdError, LeaseLostError, QueueStateError, QueueError).
@@ -17,7 +17,6 @@ AmbiguousIdError, LeaseLostError, QueueStateError, QueueError).
 
 from __future__ import annotations
 
-import builtins
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
@@ -58,7 +57,7 @@ class QueueBackend(Protocol):
     def get(self, id_or_prefix: str) -> Workload:
         """One workload by id or unique id prefix (NotFoundError, AmbiguousIdError)."""
 
-    def list(
+    def list_workloads(
         self,
         *,
         pinion: str | None = None,
@@ -101,15 +100,15 @@ class QueueBackend(Protocol):
         failed with ``reason``. LeaseLostError when the claim no longer holds.
         """
 
-    def expire(self, max_attempts: int) -> builtins.list[str]:
+    def expire(self, max_attempts: int) -> list[str]:
         """Fail running workloads whose lease ran out after ``max_attempts`` attempts; returns
         their ids. (Expired workloads with attempts left stay claimable.)"""
 
-    def delete(self, id_or_prefix: str, *, force: bool = False) -> Workload:
+    def reset(self, id_or_prefix: str, *, force: bool = False) -> Workload:
         """Remove a workload (``queue reset``); a running one only with ``force``
         (QueueStateError otherwise). Returns what was removed."""
 
-    def resign(self, id_or_prefix: str, secret: str, key_id: str) -> Workload:
+    def resetsecret(self, id_or_prefix: str, secret: str, key_id: str) -> Workload:
         """Replace the run-secret (``queue resetsecret``) and clear any mismatch mark."""
 
     # --- results --------------------------------------------------------------------------
@@ -136,7 +135,7 @@ class QueueBackend(Protocol):
         pinion: str | None = None,
         limit: int | None = None,
         offset: int = 0,
-    ) -> builtins.list[Results]:
+    ) -> list[Results]:
         """Results, newest first."""
 
     def close(self) -> None:

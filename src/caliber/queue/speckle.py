@@ -263,7 +263,7 @@ class SpeckleBackend:
         with self.lock:
             return self._workloads([self._state(id_or_prefix)])[0]
 
-    def list(
+    def list_workloads(
         self,
         *,
         pinion: str | None = None,
@@ -389,7 +389,7 @@ class SpeckleBackend:
                         out.append(s.id)
             return out
 
-    def delete(self, id_or_prefix: str, *, force: bool = False) -> Workload:
+    def reset(self, id_or_prefix: str, *, force: bool = False) -> Workload:
         with self.lock:
             workload = self.get(id_or_prefix)
             if workload.status == RUNNING and not force:
@@ -402,7 +402,7 @@ class SpeckleBackend:
                         {"e": "delete", "w": workload.id, "f": force})
             return workload
 
-    def resign(self, id_or_prefix: str, secret: str, key_id: str) -> Workload:
+    def resetsecret(self, id_or_prefix: str, secret: str, key_id: str) -> Workload:
         with self.lock:
             state = self._state(id_or_prefix)
             self._write(f"re-signed {state.id} ({state.workflow}) with key {key_id}",

@@ -8,7 +8,6 @@ power cut may lose the last transactions, never corrupt the file).
 
 from __future__ import annotations
 
-import builtins
 import datetime as dt
 import json
 import secrets
@@ -270,7 +269,7 @@ class SQLiteBackend:
                 raise NotFoundError(f"no workload with id {id_or_prefix!r}")
             return self._with_history([_workload(row)])[0]
 
-    def list(
+    def list_workloads(
         self,
         *,
         pinion: str | None = None,
@@ -353,7 +352,7 @@ class SQLiteBackend:
             message = f"attempt failed: {reason}" + ("; queued again" if retry else "")
             self._add_history(conn, claim.workload.id, (status, message))
 
-    def expire(self, max_attempts: int) -> builtins.list[str]:
+    def expire(self, max_attempts: int) -> list[str]:
         with self.transaction() as conn:
             rows = conn.execute(
                 f"""UPDATE workloads INDEXED BY workloads_leases
@@ -367,7 +366,7 @@ class SQLiteBackend:
                 self._add_history(conn, wid, (WorkloadStatus.FAILED, error))
         return [r[0] for r in rows]
 
-    def delete(self, id_or_prefix: str, *, force: bool = False) -> Workload:
+    def reset(self, id_or_prefix: str, *, force: bool = False) -> Workload:
         with self.transaction() as conn:
             workload = self.get(id_or_prefix)
             if workload.status == WorkloadStatus.RUNNING and not force:
@@ -379,7 +378,7 @@ class SQLiteBackend:
             conn.execute("DELETE FROM workloads WHERE id = ?", (workload.id,))
         return workload
 
-    def resign(self, id_or_prefix: str, secret: str, key_id: str) -> Workload:
+    def resetsecret(self, id_or_prefix: str, secret: str, key_id: str) -> Workload:
         with self.transaction() as conn:
             full = self.resolve_id("workloads", id_or_prefix, "workload")
             conn.execute(
@@ -421,7 +420,7 @@ class SQLiteBackend:
                  status.value if status else None, workload_id, message),
             )
 
-    def _with_history(self, workloads: builtins.list[Workload]) -> builtins.list[Workload]:
+    def _with_history(self, workloads: list[Workload]) -> list[Workload]:
         by_id = {w.id: w for w in workloads if w.damaged is None}
         ids = list(by_id)
         for start in range(0, len(ids), 500):
@@ -493,7 +492,7 @@ class SQLiteBackend:
         pinion: str | None = None,
         limit: int | None = None,
         offset: int = 0,
-    ) -> builtins.list[Results]:
+    ) -> list[Results]:
         where, params = self._filters(workflow=workflow, pinion=pinion)
         with self.reading() as conn:
             rows = conn.execute(
