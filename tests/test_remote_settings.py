@@ -151,3 +151,108 @@ def test_local_flag_and_no_project_open_the_local_queue(
     monkeypatch.setenv("CALIBER_SPECKLE_PROJECT", "12345abcde")  # and no host: local wins
     with open_backend(local=True) as backend:  # type: ignore[attr-defined]
         assert isinstance(backend, SQLiteBackend)
+
+
+# --- the one settings model -------------------------------------------------------------------
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def test_every_variable_in_the_code_is_in_the_model_and_the_table() -> None:
+    import re
+
+    from caliber.settings_model import Settings
+
+    used = set()
+    for path in (REPO / "src" / "caliber").rglob("*.py"):
+        used |= set(re.findall(r"CALIBER_[A-Z_]*[A-Z]", path.read_text(encoding="utf-8")))
+    used -= {"CALIBER_SPECKLE"}  # the prefix, in messages
+    declared = {Settings.variable(name) for name in Settings.model_fields}
+    assert used <= declared, used - declared
+    table = re.findall(r"^\| `(CALIBER_[A-Z_]+)` \|.*\| (.+) \|$",
+                       (REPO / "docs" / "settings.md").read_text(encoding="utf-8"), re.M)
+    assert [name for name, _ in table] == [Settings.variable(n) for n in Settings.model_fields]
+    for name, default in table:  # the documented defaults are the model's
+        value = Settings.model_fields[name.removeprefix("CALIBER_").lower()].default
+        if value is not None:
+            assert default == f"`{value:g}`" if isinstance(value, float) else f"`{value}`"
+
+
+def test_every_variable_reads_environment_then_env_file(
+    workdir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from caliber.paths import home
+    from caliber.queue.secret import load_key
+    from caliber.settings import load_settings
+
+    monkeypatch.delenv("CALIBER_HOME")
+    write_env(workdir, "CALIBER_HOME=from-file\nCALIBER_PINION_WAIT=0.25\n"
+                       "CALIBER_SECRET_KEY='k' * 1\nCALIBER_CHILD_START=spawn\n")
+    assert home() == Path("from-file")
+    assert load_settings().pinion_wait == 0.25
+    assert load_settings().child_start == "spawn"
+    monkeypatch.setenv("CALIBER_HOME", str(workdir / "from-env"))
+    monkeypatch.setenv("CALIBER_PINION_WAIT", "  ")  # blank: unset, the file's value counts
+    monkeypatch.setenv("CALIBER_SECRET_KEY", "0123456789abcdef0123")
+    assert home() == workdir / "from-env"
+    assert load_settings().pinion_wait == 0.25
+    assert load_key() == b"0123456789abcdef0123"
+    assert load_settings(pinion_wait=3).pinion_wait == 3
+
+
+def test_tokens_and_keys_are_never_shown(workdir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from caliber.settings import load_settings
+
+    monkeypatch.setenv("CALIBER_SPECKLE_TOKEN", "tok-secret-value")
+    monkeypatch.setenv("CALIBER_SECRET_KEY", "key-secret-value-0123")
+    settings = load_settings()
+    assert "secret-value" not in repr(settings) + str(settings)
+    assert settings.speckle_token is not None
+    assert settings.speckle_token.get_secret_value() == "tok-secret-value"
+
+
+@pytest.mark.parametrize(("name", "raw", "message"), [
+    ("CALIBER_PINION_ATTEMPTS", "1.5", "must be a whole number >= 0, got '1.5'"),
+    ("CALIBER_PINION_MAX_ATTEMPTS", "0", "must be a whole number >= 1, got '0'"),
+    ("CALIBER_PINION_TIMEOUT", "0", "must be a number of seconds > 0, got '0'"),
+    ("CALIBER_SPECKLE_TIMEOUT", "inf", "must be a number of seconds >= 0.1, got 'inf'"),
+])
+def test_bad_values_name_the_variable(
+    workdir: Path, name: str, raw: str, message: str
+) -> None:
+    from caliber.settings import load_settings
+
+    write_env(workdir, f"{name}={raw}\n")
+    with pytest.raises(ConfigError, match=f"^{name} {message}$"):
+        load_settings()
+
+
+def test_pinion_options_default_to_their_settings(
+    workdir: Path, caliber_cmd: list[str]
+) -> None:
+    import subprocess
+
+    write_env(workdir, "CALIBER_PINION_ATTEMPTS=2\nCALIBER_PINION_WAIT=0\n")
+    done = subprocess.run([*caliber_cmd, "pinion", "init", "p", "--json"], capture_output=True,
+                          text=True, check=True)
+    assert "2 empty looks" in done.stderr
+    done = subprocess.run([*caliber_cmd, "pinion", "init", "p", "-a", "1", "--json"],
+                          capture_output=True, text=True, check=True)
+    assert "1 empty looks" in done.stderr
+    write_env(workdir, "CALIBER_PINION_WAIT=soon\n")
+    done = subprocess.run([*caliber_cmd, "pinion", "init", "p"], capture_output=True, text=True)
+    assert done.returncode == 2
+    assert done.stderr == ("caliber: error: CALIBER_PINION_WAIT must be a number of seconds "
+                           ">= 0, got 'soon'\n")
+    assert not (workdir / "runs").exists()
+
+
+def test_local_queue_list_reads_its_settings_without_pydantic(workdir: Path) -> None:
+    import subprocess
+
+    write_env(workdir, "CALIBER_SPECKLE_MODEL=unused\n")
+    code = ("import sys\nfrom caliber.cli import main\ntry:\n    main(['queue', 'list'])\n"
+            "except SystemExit:\n    pass\nprint('pydantic' in sys.modules)")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          check=True)
+    assert done.stdout.splitlines()[-1] == "False"

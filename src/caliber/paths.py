@@ -1,20 +1,22 @@
 """Where Caliber keeps its files.
 
-``CALIBER_HOME`` moves everything (database, runs, key) into one folder; otherwise the
-platform's user data folder holds the database and runs, and the user config folder the key.
+``CALIBER_HOME`` (environment or ``.caliber/.env``, see :mod:`caliber.settings`) moves
+everything (database, runs, key) into one folder; otherwise the platform's user data folder
+holds the database and runs, and the user config folder the key.
 """
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
+
+from caliber.settings import lookup
 
 APP_NAME = "caliber"
 
 
 def home() -> Path:
     """The data folder: ``$CALIBER_HOME`` or the platform's user data folder."""
-    env = os.environ.get("CALIBER_HOME")
+    env = lookup("CALIBER_HOME")
     if env:
         return Path(env).expanduser()
     from platformdirs import user_data_path
@@ -24,7 +26,7 @@ def home() -> Path:
 
 def config_dir() -> Path:
     """The config folder (the secret key lives here): ``$CALIBER_HOME`` or the platform's."""
-    env = os.environ.get("CALIBER_HOME")
+    env = lookup("CALIBER_HOME")
     if env:
         return Path(env).expanduser()
     from platformdirs import user_config_path

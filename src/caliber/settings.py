@@ -1,40 +1,42 @@
-"""Settings of the remote queue: environment variables and ``.caliber/.env``.
+"""Caliber's settings: every ``CALIBER_*`` variable, read from one place.
 
-Each value comes from, in this order: the argument given (``--project``/``--model`` on the
-command line, ``project=``/``model=`` in Python), the environment, then the file
-``.caliber/.env`` in the current folder (``KEY=VALUE`` lines, ``#`` comments, optional quotes
-and ``export``).
+Each value comes from, first to last: the argument given (a command-line option, ``project=``
+in Python), the environment, then the file ``.caliber/.env`` in the current folder
+(``KEY=VALUE`` lines, ``#`` comments, optional quotes and ``export``). A blank value counts as
+unset. Every variable, its type, default and meaning is declared once, in
+:class:`caliber.settings_model.Settings` (a pydantic-settings model whose only source is
+:func:`environment` below); docs/settings.md is the table of them.
 
-=============================  ==============================================================
-``CALIBER_SPECKLE_HOST``       the server, e.g. ``https://app.speckle.systems`` (``http://``
-                               works too; no scheme means https)
-``CALIBER_SPECKLE_PROJECT``    the project id; set means "use the remote queue"
-``CALIBER_SPECKLE_MODEL``      the model holding the queue (default ``main``; made if missing)
-``CALIBER_SPECKLE_TOKEN``      a personal access token (default: the Speckle Manager account
-                               of that host)
-``CALIBER_SPECKLE_SETTLE``     seconds a claim waits before it reads the log again (default 2)
-``CALIBER_SPECKLE_MIN_LEASE``  shortest lease on the remote queue, in seconds (default 120)
-``CALIBER_SPECKLE_TIMEOUT``    seconds any one request may take (default 30)
-=============================  ==============================================================
+This module imports no pydantic: the fast read paths of the command line (``caliber queue
+list`` on the local queue) read their few plain values with :func:`lookup`, the same source
+the model reads; everything else asks :func:`load_settings` for the validated model.
 """
 
 from __future__ import annotations
 
-import math
 import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
 from caliber.errors import ConfigError
 
+if TYPE_CHECKING:  # pydantic stays out of the fast read paths
+    from caliber.settings_model import Settings
+
 ENV_FILE = Path(".caliber") / ".env"
-PREFIX = "CALIBER_SPECKLE_"
+PREFIX = "CALIBER_"
+SPECKLE = "CALIBER_SPECKLE_"
 DEFAULT_MODEL = "main"
 DEFAULT_SETTLE = 2.0  # seconds
 DEFAULT_MIN_LEASE = 120.0  # seconds
 DEFAULT_TIMEOUT = 30.0  # seconds
+DEFAULT_ATTEMPTS = 10  # empty looks in a row before a pinion stops
+DEFAULT_WAIT = 5.0  # seconds between a pinion's looks for work
+DEFAULT_LEASE = 60.0  # seconds a claim holds a workload without renewal
+DEFAULT_MAX_ATTEMPTS = 3  # claims of one workload before it is failed
 
 _LINE = re.compile(r"\s*(?:export\s+)?([A-Za-z_][A-Za-z0-9_]*)\s*=\s*(.*?)\s*")
 
@@ -73,7 +75,7 @@ def read_env_file(path: Path) -> dict[str, str]:
     except FileNotFoundError:
         return {}
     except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"cannot read {path}: {exc}") from None
+        raise ConfigError(f"cannot read {path}: {exc}") from exc
     values: dict[str, str] = {}
     for number, line in enumerate(text.splitlines(), 1):
         stripped = line.strip()
@@ -95,6 +97,29 @@ def _value(raw: str) -> str:
     return raw.split(" #", 1)[0].split("\t#", 1)[0].strip()
 
 
+def environment() -> dict[str, str]:
+    """Every ``CALIBER_*`` value that is set: the environment over ``.caliber/.env``, values
+    stripped, blank ones left out. The one source of every setting."""
+    values: dict[str, str] = {}
+    for source in (read_env_file(ENV_FILE), os.environ):
+        values.update((k, v.strip()) for k, v in source.items()
+                      if k.startswith(PREFIX) and v.strip())
+    return values
+
+
+def lookup(name: str) -> str | None:
+    """One plain value (``CALIBER_HOME``, say) from :func:`environment`, without pydantic."""
+    return environment().get(name)
+
+
+def load_settings(**given: object) -> Settings:
+    """The validated settings; ``given`` (field names, e.g. ``speckle_project``) win over the
+    environment and ``.caliber/.env`` when not None or blank. ConfigError names a bad value."""
+    from caliber.settings_model import Settings
+
+    return Settings.load(**given)
+
+
 def normalise_host(host: str) -> str:
     """``https://host[:port]`` from what a user writes (a bare host means https)."""
     text = host.strip()
@@ -107,56 +132,36 @@ def normalise_host(host: str) -> str:
         parts = parts._replace(netloc="")
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise ConfigError(
-            f"{PREFIX}HOST {host!r} is not a server address; use e.g. https://app.speckle.systems"
+            f"{SPECKLE}HOST {host!r} is not a server address; use e.g. https://app.speckle.systems"
         )
     if parts.path.strip("/") or parts.query:
         raise ConfigError(
-            f"{PREFIX}HOST {host!r} has a path; give only the server, e.g. "
+            f"{SPECKLE}HOST {host!r} has a path; give only the server, e.g. "
             "https://app.speckle.systems"
         )
     return f"{parts.scheme}://{parts.netloc.lower()}"
-
-
-def _seconds(name: str, raw: str | None, default: float, *, minimum: float) -> float:
-    if raw is None or not raw.strip():
-        return default
-    try:
-        value = float(raw)
-    except ValueError:
-        value = math.nan
-    if not math.isfinite(value) or value < minimum:
-        raise ConfigError(f"{PREFIX}{name} must be a number of seconds >= {minimum:g}, "
-                          f"got {raw!r}")
-    return value
 
 
 def load_remote_settings(
     project: str | None = None, model: str | None = None
 ) -> RemoteSettings | None:
     """The remote queue's settings, or None when no project is set (the local queue)."""
-    file_values = read_env_file(ENV_FILE)
-
-    def get(name: str, given: str | None = None) -> str | None:
-        for value in (given, os.environ.get(PREFIX + name), file_values.get(PREFIX + name)):
-            if value is not None and value.strip():
-                return value.strip()
-        return None
-
-    project_id = get("PROJECT", project)
+    values = environment()
+    project_id = (project or "").strip() or values.get(SPECKLE + "PROJECT")
     if project_id is None:
-        return None
-    host = get("HOST")
-    if host is None:
+        return None  # the local queue: decided without pydantic
+    settings = load_settings(speckle_project=project_id, speckle_model=model)
+    if settings.speckle_host is None:
         raise ConfigError(
-            f"a Speckle project is set ({project_id}) but no server: set {PREFIX}HOST (e.g. "
+            f"a Speckle project is set ({project_id}) but no server: set {SPECKLE}HOST (e.g. "
             f"https://app.speckle.systems) in the environment or in {ENV_FILE}, or use --local"
         )
     return RemoteSettings(
-        host=normalise_host(host),
+        host=normalise_host(settings.speckle_host),
         project=project_id,
-        model=get("MODEL", model) or DEFAULT_MODEL,
-        token=get("TOKEN"),
-        settle=_seconds("SETTLE", get("SETTLE"), DEFAULT_SETTLE, minimum=0),
-        min_lease=_seconds("MIN_LEASE", get("MIN_LEASE"), DEFAULT_MIN_LEASE, minimum=0),
-        timeout=_seconds("TIMEOUT", get("TIMEOUT"), DEFAULT_TIMEOUT, minimum=0.1),
+        model=settings.speckle_model,
+        token=(settings.speckle_token.get_secret_value() if settings.speckle_token else None),
+        settle=settings.speckle_settle,
+        min_lease=settings.speckle_min_lease,
+        timeout=settings.speckle_timeout,
     )

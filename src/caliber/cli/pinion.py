@@ -2,9 +2,34 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import click
 
 from caliber.cli.common import json_option, print_json, remote_options
+from caliber.settings import (
+    DEFAULT_ATTEMPTS,
+    DEFAULT_LEASE,
+    DEFAULT_MAX_ATTEMPTS,
+    DEFAULT_WAIT,
+    PREFIX,
+)
+
+
+class SettingOption(click.Option):
+    """An option whose default is its ``CALIBER_*`` twin read from the settings (click reads
+    the environment itself; this adds ``.caliber/.env``); ``--help`` shows the documented
+    default."""
+
+    def get_default(self, ctx: click.Context, call: bool = True) -> Any:
+        if not call or self.envvar is None:
+            return super().get_default(ctx, call=call)
+        from caliber.settings import load_settings
+        from caliber.settings_model import Settings
+
+        name = str(self.envvar).removeprefix(PREFIX).lower()
+        assert name in Settings.model_fields, self.envvar
+        return getattr(load_settings(), name)
 
 
 @click.group(epilog="Example: caliber pinion init mypinion -a 100 -w 10")
@@ -18,21 +43,26 @@ def pinion() -> None:
     "| caliber pinion init mypinion --forever --timeout 3600",
 )
 @click.argument("name")
-@click.option("-a", "--attempts", type=click.IntRange(min=0), default=10, show_default=True,
+@click.option("-a", "--attempts", type=click.IntRange(min=0), default=DEFAULT_ATTEMPTS,
+              show_default=True, cls=SettingOption,
               envvar="CALIBER_PINION_ATTEMPTS", show_envvar=True,
               help="Empty looks for work in a row before stopping (0: listen until stopped).")
-@click.option("-w", "--wait", type=click.FloatRange(min=0), default=5.0, show_default=True,
+@click.option("-w", "--wait", type=click.FloatRange(min=0), default=DEFAULT_WAIT,
+              show_default=True, cls=SettingOption,
               envvar="CALIBER_PINION_WAIT", show_envvar=True,
               help="Seconds between looks for work (fractions allowed).")
 @click.option("--forever", is_flag=True, help="Listen until stopped (the same as -a 0).")
-@click.option("--lease", type=click.FloatRange(min=0.1), default=60.0, show_default=True,
+@click.option("--lease", type=click.FloatRange(min=0.1), default=DEFAULT_LEASE,
+              show_default=True, cls=SettingOption,
               envvar="CALIBER_PINION_LEASE", show_envvar=True,
               help="Seconds a claimed workload is held without renewal; a dead pinion's work is "
               "taken again after this.")
-@click.option("--timeout", type=click.FloatRange(min=0, min_open=True), default=None,
+@click.option("--timeout", type=click.FloatRange(min=0, min_open=True),
+              default=None, cls=SettingOption,
               envvar="CALIBER_PINION_TIMEOUT", show_envvar=True,
               help="Seconds a workload may run before it is stopped and failed.")
-@click.option("--max-attempts", type=click.IntRange(min=1), default=3, show_default=True,
+@click.option("--max-attempts", type=click.IntRange(min=1), default=DEFAULT_MAX_ATTEMPTS,
+              show_default=True, cls=SettingOption,
               envvar="CALIBER_PINION_MAX_ATTEMPTS", show_envvar=True,
               help="Claims of one workload (after pinions died) before it is failed.")
 @click.option("-q", "--quiet", is_flag=True, help="Show no progress, only errors and the summary.")

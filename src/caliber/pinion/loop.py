@@ -44,6 +44,7 @@ from caliber.queue.backend import Claim, QueueBackend
 from caliber.queue.secret import key_id, load_key, verify
 from caliber.queue.workload import Workload
 from caliber.results.model import ErrorInfo, Results, RunStatus, TaskResult, utcnow
+from caliber.settings import DEFAULT_ATTEMPTS, DEFAULT_LEASE, DEFAULT_MAX_ATTEMPTS, DEFAULT_WAIT
 from caliber.workflow.attachments import resolve_inside
 
 # Errors writing the runs folder that are this machine's, not the workload's.
@@ -60,15 +61,15 @@ class PinionConfig:
     """Everything that shapes a pinion's behaviour."""
 
     name: str
-    attempts: int = 10
+    attempts: int = DEFAULT_ATTEMPTS
     """Empty looks in a row before stopping; 0 listens until stopped."""
-    wait: float = 5.0
+    wait: float = DEFAULT_WAIT
     """Seconds between empty looks."""
-    lease: float = 60.0
+    lease: float = DEFAULT_LEASE
     """Seconds a claim holds a workload without renewal."""
     timeout: float | None = None
     """Seconds a workload may run before it is stopped and failed."""
-    max_attempts: int = 3
+    max_attempts: int = DEFAULT_MAX_ATTEMPTS
     """Claims of one workload (its pinions dying) before it is failed."""
     runs_dir: Path | None = None
     """Where working folders go (default: the runs folder of CALIBER_HOME)."""

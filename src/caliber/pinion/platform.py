@@ -31,12 +31,14 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from caliber.settings import lookup
+
 CHILD_START_ENV = "CALIBER_CHILD_START"
 POSIX = os.name == "posix"
 
 
 def start_method() -> str:
-    wanted = os.environ.get(CHILD_START_ENV, "").strip().lower()
+    wanted = (lookup(CHILD_START_ENV) or "").lower()
     if wanted in ("fork", "spawn"):
         return wanted if (wanted == "spawn" or hasattr(os, "fork")) else "spawn"
     return "fork" if hasattr(os, "fork") else "spawn"

@@ -1,10 +1,10 @@
 """The run-secret: an HMAC-SHA256 over everything that decides what a workload runs.
 
-The key is ``$CALIBER_SECRET_KEY`` or the key file ``secret.key`` in the user's config folder,
-created on first use with permissions 0600 (a key file others can read is refused). The signed
-message is a canonical JSON encoding of the workload's id, workflow document, every
-attachment's path and SHA-256, pinion name and creation time; attachment hashes are checked
-against the content before the secret is trusted.
+The key is ``CALIBER_SECRET_KEY`` (environment or ``.caliber/.env``) or the key file
+``secret.key`` in the user's config folder, created on first use with permissions 0600 (a key
+file others can read is refused). The signed message is a canonical JSON encoding of the
+workload's id, workflow document, every attachment's path and SHA-256, pinion name and
+creation time; attachment hashes are checked against the content before the secret is trusted.
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 from caliber.errors import SecretKeyError
 from caliber.paths import config_dir
+from caliber.settings import lookup
 
 if TYPE_CHECKING:  # pydantic stays out of the fast read paths that verify raw rows
     from caliber.queue.workload import Workload
@@ -38,9 +39,9 @@ def key_path() -> Path:
 
 def load_key() -> bytes:
     """This user's secret key, creating the key file on first use."""
-    env = os.environ.get(KEY_ENV)
-    if env is not None and env.strip():
-        key = env.strip().encode("utf-8")
+    env = lookup(KEY_ENV)
+    if env is not None:
+        key = env.encode("utf-8")
         if len(key) < MIN_KEY_LENGTH:
             raise SecretKeyError(
                 f"{KEY_ENV} is too short (at least {MIN_KEY_LENGTH} characters; "

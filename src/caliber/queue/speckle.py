@@ -35,7 +35,7 @@ from caliber.queue.backend import Claim
 from caliber.queue.speckle_log import Event, Folded, State, clip, fold, message, parse
 from caliber.queue.workload import Attachment, Lease, Workload, WorkloadStatus
 from caliber.results.model import Results, RunStatus
-from caliber.settings import RemoteSettings
+from caliber.settings import DEFAULT_MIN_LEASE, DEFAULT_SETTLE, RemoteSettings
 
 MAX_CLAIM_TRIES = 3  # workloads one claim() call tries after losing races, before giving up
 OBJECT_CACHE = 256  # objects kept in memory (they are immutable: their id is their hash)
@@ -47,8 +47,8 @@ RUNNING = WorkloadStatus.RUNNING
 class SpeckleBackend:
     """The remote queue (see :class:`caliber.queue.backend.QueueBackend` for the verbs)."""
 
-    def __init__(self, connection: sp.SpeckleConnection, *, settle: float = 2.0,
-                 min_lease: float = 120.0) -> None:
+    def __init__(self, connection: sp.SpeckleConnection, *, settle: float = DEFAULT_SETTLE,
+                 min_lease: float = DEFAULT_MIN_LEASE) -> None:
         self.conn = connection
         self.settle = settle
         self.min_lease = min_lease

@@ -1,0 +1,141 @@
+"""The model of every ``CALIBER_*`` variable (pydantic-settings): name, type, default, meaning.
+
+Field ``speckle_host`` is the variable ``CALIBER_SPECKLE_HOST``, and so on. Its one source is
+:func:`caliber.settings.environment` (the environment over ``.caliber/.env``), after the
+values given in code; docs/settings.md is the table of these fields (a test keeps the two
+equal). A bad value is a :class:`caliber.errors.ConfigError` naming the variable.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any, ClassVar
+
+from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic.fields import FieldInfo
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+from caliber.errors import ConfigError
+from caliber.settings import (
+    DEFAULT_ATTEMPTS,
+    DEFAULT_LEASE,
+    DEFAULT_MAX_ATTEMPTS,
+    DEFAULT_MIN_LEASE,
+    DEFAULT_MODEL,
+    DEFAULT_SETTLE,
+    DEFAULT_TIMEOUT,
+    DEFAULT_WAIT,
+    PREFIX,
+    environment,
+)
+
+
+class Settings(BaseSettings):
+    """Every setting of Caliber; see docs/settings.md."""
+
+    model_config = SettingsConfigDict(frozen=True, extra="ignore")
+
+    home: Path | None = Field(None, description=(
+        "the folder of the database, the runs and the key file (default: the platform's "
+        "user data and config folders)"))
+    secret_key: SecretStr | None = Field(None, description=(
+        "the key that signs and verifies run-secrets, at least 16 characters (default: the "
+        "key file secret.key, made on first use)"))
+    child_start: str | None = Field(None, description=(
+        "how a pinion starts a workload's process: fork or spawn (default: fork where the "
+        "system has it)"))
+    speckle_host: str | None = Field(None, description=(
+        "the Speckle server, e.g. https://app.speckle.systems (no scheme means https)"))
+    speckle_project: str | None = Field(None, description=(
+        "the Speckle project id; set means the remote queue (--project)"))
+    speckle_model: str = Field(DEFAULT_MODEL, description=(
+        "the model holding the remote queue, made if missing (--model)"))
+    speckle_token: SecretStr | None = Field(None, description=(
+        "a personal access token (default: the Speckle Manager account of the host); never "
+        "printed"))
+    speckle_settle: float = Field(DEFAULT_SETTLE, description=(
+        "seconds a remote claim waits before it reads the log again"))
+    speckle_min_lease: float = Field(DEFAULT_MIN_LEASE, description=(
+        "shortest lease on the remote queue, in seconds"))
+    speckle_timeout: float = Field(DEFAULT_TIMEOUT, description=(
+        "seconds any one request to the server may take"))
+    pinion_attempts: int = Field(DEFAULT_ATTEMPTS, description=(
+        "empty looks in a row before a pinion stops, 0: never (pinion init -a)"))
+    pinion_wait: float = Field(DEFAULT_WAIT, description=(
+        "seconds between a pinion's looks for work (pinion init -w)"))
+    pinion_lease: float = Field(DEFAULT_LEASE, description=(
+        "seconds a claimed workload is held without renewal (pinion init --lease)"))
+    pinion_timeout: float | None = Field(None, description=(
+        "seconds a workload may run before it is stopped and failed (pinion init --timeout; "
+        "default: no limit)"))
+    pinion_max_attempts: int = Field(DEFAULT_MAX_ATTEMPTS, description=(
+        "claims of one workload (after pinions died) before it is failed "
+        "(pinion init --max-attempts)"))
+
+    # The smallest value of each number (exclusive for the names in _OPEN).
+    _MINIMUM: ClassVar[dict[str, float]] = {
+        "speckle_settle": 0, "speckle_min_lease": 0, "speckle_timeout": 0.1,
+        "pinion_attempts": 0, "pinion_wait": 0, "pinion_lease": 0.1, "pinion_timeout": 0,
+        "pinion_max_attempts": 1,
+    }
+    _OPEN: ClassVar[frozenset[str]] = frozenset({"pinion_timeout"})
+
+    @classmethod
+    def variable(cls, field: str) -> str:
+        """``CALIBER_SPECKLE_HOST`` for ``speckle_host``."""
+        return PREFIX + field.upper()
+
+    @classmethod
+    def load(cls, **given: object) -> Settings:
+        values = {k: v for k, v in given.items()
+                  if v is not None and not (isinstance(v, str) and not v.strip())}
+        try:
+            return cls(**values)  # type: ignore[arg-type]
+        except ValidationError as exc:
+            error = exc.errors()[0]
+            name = cls.variable(str(error["loc"][0])) if error["loc"] else "a setting"
+            raise ConfigError(f"{name}: {error['msg']}, got {error.get('input')!r}") from exc
+
+    @field_validator(*_MINIMUM, mode="before")
+    @classmethod
+    def _number(cls, raw: Any, info: Any) -> Any:
+        if raw is None:
+            return raw
+        field: str = info.field_name
+        whole = cls.model_fields[field].annotation is int
+        minimum, strict = cls._MINIMUM[field], field in cls._OPEN
+        try:
+            value = float(raw)
+        except (TypeError, ValueError):
+            value = math.nan
+        if (not math.isfinite(value) or value < minimum or (strict and value == minimum)
+                or (whole and not value.is_integer())):
+            kind = "whole number" if whole else "number of seconds"
+            sign = ">" if strict else ">="
+            raise ConfigError(f"{cls.variable(field)} must be a {kind} {sign} {minimum:g}, "
+                              f"got {raw!r}")
+        return int(value) if whole else value
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        return init_settings, _Environment(settings_cls)
+
+
+class _Environment(PydanticBaseSettingsSource):
+    """The environment over ``.caliber/.env`` (:func:`caliber.settings.environment`)."""
+
+    def get_field_value(self, field: FieldInfo, field_name: str) -> tuple[Any, str, bool]:
+        return environment().get(PREFIX + field_name.upper()), field_name, False
+
+    def __call__(self) -> dict[str, Any]:
+        values = environment()
+        return {name: values[PREFIX + name.upper()] for name in self.settings_cls.model_fields
+                if PREFIX + name.upper() in values}
