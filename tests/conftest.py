@@ -1,4 +1,5 @@
-"""Shared fixtures: every test gets its own Caliber home and secret key, never the user's."""
+"""Shared fixtures: every test gets its own Caliber home and secret key, never the user's, and
+specklepy's data folder (accounts, its object cache ``Objects.db``) is a temporary one."""
 
 from __future__ import annotations
 
@@ -6,12 +7,23 @@ import os
 import sys
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 REPO = Path(__file__).resolve().parent.parent
 
 pytest_plugins = ["tests.examples_fixtures"]  # pasta_exported: the example, exported in tmp
+
+
+@pytest.fixture(autouse=True, scope="session")
+def speckle_userdata_tmp(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """Point specklepy's user data folder (``SPECKLE_USERDATA_PATH``, else ``~/.config``) at a
+    temporary folder for the whole session, subprocesses included."""
+    folder = tmp_path_factory.mktemp("speckle-userdata")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("SPECKLE_USERDATA_PATH", str(folder))
+        yield folder
 
 
 @pytest.fixture(autouse=True)
@@ -30,3 +42,12 @@ def caliber_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Pa
 def caliber_cmd() -> list[str]:
     """The command line that runs the installed caliber in a subprocess."""
     return [sys.executable, "-m", "caliber"]
+
+
+@pytest.fixture
+def speckle_target(request: pytest.FixtureRequest) -> Any:
+    """The Speckle server of the remote-queue tests: a test server, or the real one named by
+    ``CALIBER_TEST_SPECKLE_URL`` and ``CALIBER_TEST_SPECKLE_TOKEN`` (tests/speckle_fixtures.py)."""
+    from tests.speckle_fixtures import target_for
+
+    return target_for(request)

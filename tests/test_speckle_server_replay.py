@@ -16,7 +16,6 @@ from __future__ import annotations
 import copy
 import gzip
 import json
-import os
 import re
 import time
 import warnings
@@ -39,12 +38,7 @@ except ImportError:  # tests/ imported as a package
 
 pytestmark = pytest.mark.speckle
 
-TRANSCRIPTS = Path(
-    os.environ.get(
-        "SPECKLE_TRANSCRIPTS",
-        Path(__file__).resolve().parents[2] / "shared" / "speckle-transcripts",
-    )
-)
+TRANSCRIPTS = Path(__file__).resolve().parent / "data" / "speckle-transcripts"
 RECORDED_URL = "http://127.0.0.1:3000"  # the real server's canonical url
 ID = re.compile(r"\b[0-9a-f]{10}\b")
 TIMESTAMP = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$")
@@ -58,8 +52,6 @@ RELAXED = {
 
 def load(name: str) -> list[dict[str, Any]]:
     path = TRANSCRIPTS / name
-    if not path.exists():
-        pytest.skip(f"no recorded transcript at {path}")
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
@@ -228,7 +220,9 @@ class Replayer:
                 self.problems.append(f"{where} {path}: {ours!r:.300} != {expected!r:.300}")
 
 
-@pytest.mark.parametrize("name", ["transcript.jsonl", "transcript-extra.jsonl"])
+@pytest.mark.parametrize(
+    "name", ["transcript.jsonl", "transcript-extra.jsonl", "transcript-caliber.jsonl"]
+)
 def test_replay_matches_recording(name: str) -> None:
     exchanges = load(name)
     rate_limit = RateLimit(version_create=Limit(1, 100))  # the real default, alone
@@ -438,8 +432,6 @@ def client_steps(server: SpeckleTestServer, userdata: Path) -> dict[str, Callabl
 @pytest.mark.filterwarnings("ignore:Call to deprecated:DeprecationWarning")
 def test_client_outcomes_match_recording(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     path = TRANSCRIPTS / "client-results.json"
-    if not path.exists():
-        pytest.skip(f"no recorded client results at {path}")
     monkeypatch.setenv("SPECKLE_USERDATA_PATH", str(tmp_path))
     compared, problems = 0, []
     with SpeckleTestServer() as server:
