@@ -1,4 +1,5 @@
-"""Helpers and fixtures for the remote queue tests (Speckle test server on 127.0.0.1)."""
+"""Helpers and fixtures for the remote queue tests: the Speckle test server on 127.0.0.1, or a
+real server when ``CALIBER_TEST_SPECKLE_URL`` and ``CALIBER_TEST_SPECKLE_TOKEN`` are set."""
 
 from __future__ import annotations
 
@@ -13,6 +14,12 @@ from typing import Any
 import pytest
 
 from tests.examples_fixtures import export_pasta
+from tests.speckle_fixtures import (
+    SpeckleTarget,
+    delete_real_project,
+    needs_test_server,
+    new_real_project,
+)
 from tests.speckle_server import SpeckleTestServer
 
 SETTLE = "0.05"  # seconds: a claim's settle time in tests (the test server shows writes at once)
@@ -25,18 +32,44 @@ def new_project(server: SpeckleTestServer, token: str, name: str = "queue") -> s
         return server.store.create_project(user, name, None, None).id
 
 
+@dataclass(frozen=True)
+class RecordedVersion:
+    """A version as a real server lists it (the fields the tests read)."""
+
+    id: str
+    object_id: str
+    message: str
+
+
 @dataclass
 class Remote:
-    """A test server, a user's token and a project, with the environment pointing at them."""
+    """A Speckle server, a user's token and a project, with the environment pointing at them.
 
-    server: SpeckleTestServer
-    token: str
+    The server is the test server, or the real one of ``CALIBER_TEST_SPECKLE_URL`` (see
+    ``speckle_target``); ``server`` (the test server itself) skips the test on a real one.
+    """
+
+    target: SpeckleTarget
     project: str
+
+    @property
+    def server(self) -> SpeckleTestServer:
+        """The test server, for tests that use its powers (its store, faults, restarts, the
+        request log, rate limits); on a real server the test is skipped."""
+        return needs_test_server(self.target)
+
+    @property
+    def url(self) -> str:
+        return self.target.url
+
+    @property
+    def token(self) -> str:
+        return self.target.token
 
     def settings(self, **overrides: Any) -> Any:
         from caliber.settings import RemoteSettings
 
-        values: dict[str, Any] = {"host": self.server.url, "project": self.project,
+        values: dict[str, Any] = {"host": self.url, "project": self.project,
                                   "token": self.token, "settle": float(SETTLE), "min_lease": 0}
         return RemoteSettings(**{**values, **overrides})
 
@@ -46,7 +79,9 @@ class Remote:
         return SpeckleBackend.open(self.settings(**overrides))
 
     def versions(self, model: str = "main") -> list[Any]:
-        """The model's versions, oldest first, straight from the server's store."""
+        """The model's versions, oldest first (each with ``id``, ``object_id``, ``message``)."""
+        if self.target.test_server is None:
+            return self._listed_versions(model)
         with self.server.store.lock:
             store = self.server.store
             found = [m for m in store.models.values()
@@ -54,22 +89,46 @@ class Remote:
             assert found, f"no model {model!r}"
             return list(reversed(store.model_versions(found[0].id)))
 
+    def _listed_versions(self, model: str) -> list[RecordedVersion]:
+        client = self.target.client()
+        models = client.model.get_models(self.project, models_limit=100).items
+        found = [m for m in models if m.name == model]
+        assert found, f"no model {model!r}"
+        listed: list[RecordedVersion] = []
+        cursor = None
+        while True:
+            page = client.version.get_versions(found[0].id, self.project, limit=100,
+                                               cursor=cursor)
+            listed += [RecordedVersion(v.id, v.referenced_object, v.message or "")
+                       for v in page.items]
+            if not page.items or not page.cursor:
+                return list(reversed(listed))
+            cursor = page.cursor
+
     def objects(self) -> dict[str, dict[str, Any]]:
+        """Every object of the project, straight from the test server's store."""
         with self.server.store.lock:
             return dict(self.server.store.objects[self.project])
 
 
 @pytest.fixture
-def remote(
-    speckle_server: SpeckleTestServer, speckle_token: str, monkeypatch: pytest.MonkeyPatch
-) -> Iterator[Remote]:
-    """Environment: host, token, a short settle time and no minimum lease."""
+def remote(speckle_target: SpeckleTarget, monkeypatch: pytest.MonkeyPatch) -> Iterator[Remote]:
+    """Environment: host, token, a short settle time and no minimum lease; a project of the
+    test's own (made through GraphQL and deleted afterwards on a real server)."""
     pytest.importorskip("specklepy")
-    monkeypatch.setenv("CALIBER_SPECKLE_HOST", speckle_server.url)
-    monkeypatch.setenv("CALIBER_SPECKLE_TOKEN", speckle_token)
+    monkeypatch.setenv("CALIBER_SPECKLE_HOST", speckle_target.url)
+    monkeypatch.setenv("CALIBER_SPECKLE_TOKEN", speckle_target.token)
     monkeypatch.setenv("CALIBER_SPECKLE_SETTLE", SETTLE)
     monkeypatch.setenv("CALIBER_SPECKLE_MIN_LEASE", "0")
-    yield Remote(speckle_server, speckle_token, new_project(speckle_server, speckle_token))
+    server = speckle_target.test_server
+    if server is not None:
+        yield Remote(speckle_target, new_project(server, speckle_target.token))
+        return
+    project = new_real_project(speckle_target, "caliber tests")
+    try:
+        yield Remote(speckle_target, project)
+    finally:
+        delete_real_project(speckle_target, project)
 
 
 def caliber(*args: str, cwd: Path | None = None, timeout: float = 60,

@@ -43,7 +43,7 @@ def test_the_mission_pages_remote_commands(
     here = pasta_folder(tmp_path / "pasta")
     (here / ".caliber").mkdir()
     (here / ".caliber" / ".env").write_text(
-        f"CALIBER_SPECKLE_HOST={remote.server.url}\nCALIBER_SPECKLE_MODEL=caliber\n"
+        f"CALIBER_SPECKLE_HOST={remote.url}\nCALIBER_SPECKLE_MODEL=caliber\n"
         f"CALIBER_SPECKLE_SETTLE={SETTLE}\n")
     p = remote.project
 
@@ -126,12 +126,10 @@ def test_speckle_geometry_and_binary_attachments_through_a_pinion(
 def receive(remote: Remote, object_id: str) -> Any:
     """The object as the unmodified specklepy client receives it."""
     from specklepy.api import operations
-    from specklepy.api.client import SpeckleClient
     from specklepy.transports.memory import MemoryTransport
     from specklepy.transports.server import ServerTransport
 
-    client = SpeckleClient(host=remote.server.host, use_ssl=False)
-    client.authenticate_with_token(remote.token)
+    client = remote.target.client()
     with pytest.warns(DeprecationWarning):
         transport = ServerTransport(remote.project, client=client)
         return operations.receive(object_id, transport, MemoryTransport())
@@ -151,7 +149,7 @@ def record(log, tag):
 def test_pinions_share_one_remote_queue_and_run_nothing_twice(
     remote: Remote, tmp_path: Path, pinions: int
 ) -> None:
-    if pinions == 3:  # the real server's limits (version creates 1/s, bursts of 100/min)
+    if pinions == 3 and remote.target.test_server:  # a real server has its limits already
         remote.server.set_rate_limit(RateLimit.speckle_defaults())
     folder = tmp_path / "wf"
     folder.mkdir()
