@@ -40,6 +40,7 @@ from caliber.pinion.platform import (
 )
 from caliber.pinion.progress import Reporter
 from caliber.pinion.signals import StopFlags, stop_on_signals
+from caliber.platform import create_new_file
 from caliber.queue.backend import Claim, QueueBackend
 from caliber.queue.secret import key_id, load_key, verify
 from caliber.queue.workload import Workload
@@ -263,9 +264,7 @@ class Pinion:
         for attachment in workload.attachments:
             target = resolve_inside(work_dir, attachment.path)
             target.parent.mkdir(parents=True, exist_ok=True)
-            flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0)
-            fd = os.open(target, flags, 0o644)
-            with os.fdopen(fd, "wb") as f:
+            with os.fdopen(create_new_file(target), "wb") as f:
                 f.write(attachment.data())
         return work_dir
 

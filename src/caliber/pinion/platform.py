@@ -1,4 +1,6 @@
-"""Everything platform-specific about running a workload's child process, in one module.
+"""Everything platform-specific about running a workload's child process, in one module (the
+operating-system facts the queue needs too, disks and file permissions, are in
+:mod:`caliber.platform`).
 
 Two ways to start the child, with one protocol between them:
 

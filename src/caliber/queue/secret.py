@@ -16,13 +16,13 @@ import json
 import os
 import secrets
 import stat
-import sys
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from caliber.errors import SecretKeyError
 from caliber.paths import config_dir
+from caliber.platform import readable_by_others
 from caliber.settings import lookup
 
 if TYPE_CHECKING:  # pydantic stays out of the fast read paths that verify raw rows
@@ -90,7 +90,7 @@ def _create_key_file(path: Path) -> bytes:
 
 def _read_key_file(path: Path) -> bytes:
     st = path.stat()
-    if sys.platform != "win32" and st.st_mode & (stat.S_IRWXG | stat.S_IRWXO):
+    if readable_by_others(st):
         raise SecretKeyError(
             f"secret key file {path} can be read by other users (mode "
             f"{stat.S_IMODE(st.st_mode):o}); run: chmod 600 {path}"

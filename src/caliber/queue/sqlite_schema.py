@@ -9,12 +9,12 @@ one are the same by construction (a test checks it anyway).
 from __future__ import annotations
 
 import datetime as dt
-import os
 import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
 
 from caliber.errors import QueueDamagedError, QueueError
+from caliber.platform import disk_hint
 
 MIGRATIONS: list[str] = [
     # 0 -> 1: workloads, their history, and results.
@@ -140,25 +140,6 @@ def queue_error(exc: sqlite3.Error, doing: str, path: Path) -> QueueError:
             "to another folder"
         )
     return QueueError(f"{doing} the queue database {path}: {exc}{disk_hint(path)}")
-
-
-def disk_hint(path: Path) -> str:
-    """`` (its file system is read-only)``, `` (its disk is full)``, a file size limit, or
-    nothing."""
-    try:
-        st = os.statvfs(path.parent)
-    except (OSError, AttributeError):  # no statvfs on Windows
-        return ""
-    if st.f_flag & getattr(os, "ST_RDONLY", 1 << 30):
-        return " (its file system is read-only)"
-    if st.f_bavail * st.f_frsize < 64 * 1024:
-        return " (its disk is full)"
-    import resource
-
-    limit = resource.getrlimit(resource.RLIMIT_FSIZE)[0]
-    if limit != resource.RLIM_INFINITY:
-        return f" (files are limited to {limit} bytes here: see 'ulimit -f')"
-    return ""
 
 
 def _migrate(conn: sqlite3.Connection) -> None:
