@@ -1,4 +1,5 @@
-# Caliber's two commands: `make demo` runs the pasta example, `make test` runs every check.
+# Caliber's two commands: `make demo` runs the pasta example, `make test` runs every check
+# (`make dist` builds the package for another machine).
 # Both first make sure .venv exists with the package installed (python3 -m venv, then
 # pip install -e '.[dev,speckle,bench]'); that step runs again only when pyproject.toml changed.
 
@@ -9,13 +10,15 @@ STAMP := $(VENV)/.installed
 PYTEST_ARGS ?= -m "not slow"
 PASTA := examples/pasta
 
-.PHONY: help venv demo test lint typecheck pytest clean
+.PHONY: help venv demo test lint typecheck pytest dist clean
 
 help:
 	@echo "make demo   set up .venv if needed, queue the pasta example, run it with a pinion,"
 	@echo "            print its results"
 	@echo "make test   set up .venv if needed, run ruff, mypy and pytest"
 	@echo "            (slow fault-injection tests too: make test PYTEST_ARGS=)"
+	@echo "make dist   build the sdist and the wheel into dist/ (pip install that wheel on the"
+	@echo "            machine that runs a pinion)"
 
 venv: $(STAMP)
 
@@ -44,5 +47,10 @@ typecheck: $(STAMP)
 pytest: $(STAMP)
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
 
+# An sdist and a wheel of this checkout, built in an isolated environment (PEP 517).
+dist: $(STAMP)
+	rm -f dist/caliber_workflows-*
+	$(BIN)/python -m build --outdir dist .
+
 clean:
-	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache $(PASTA)/*.json
+	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache build dist $(PASTA)/*.json
