@@ -73,7 +73,7 @@ def list_summaries(
             (*given.values(), -1 if page is None else page, offset),
         ).fetchall()
     except sqlite3.Error as exc:
-        raise queue_error(exc, "cannot read", path) from None
+        raise queue_error(exc, "cannot read", path) from exc
     finally:
         conn.close()
     summaries = []

@@ -60,7 +60,7 @@ def load_key() -> bytes:
     except OSError as exc:
         raise SecretKeyError(
             f"cannot create the secret key file {path}: {exc.strerror or exc}"
-        ) from None
+        ) from exc
 
 
 def _create_key_file(path: Path) -> bytes:

@@ -416,7 +416,7 @@ class SpeckleBackend:
         try:
             return [Results.model_validate_json(found[i]["results_json"]) for i in object_ids]
         except (KeyError, ValueError) as exc:
-            raise QueueError(f"{self.location}: stored results are damaged ({exc!r})") from None
+            raise QueueError(f"{self.location}: stored results are damaged ({exc!r})") from exc
 
     def save_results(self, results: Results) -> None:
         with self.lock:

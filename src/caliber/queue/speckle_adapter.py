@@ -96,7 +96,7 @@ def import_specklepy() -> None:
     except ImportError as exc:
         raise ConfigError(
             f"the remote queue on Speckle needs specklepy ({exc}): {INSTALL_HINT}"
-        ) from None
+        ) from exc
 
 
 @contextlib.contextmanager
@@ -332,7 +332,7 @@ class SpeckleConnection:
                     f"project {self.project_id} not found on {self.host}, or this account "
                     "has no access to it: check CALIBER_SPECKLE_PROJECT / --project (the id is "
                     "in the project's address, .../projects/<id>)"
-                ) from None
+                ) from exc
             raise
 
     def _find_or_create_model(self) -> str:
@@ -360,7 +360,7 @@ class SpeckleConnection:
                     raise ConfigError(
                         f"{self.host} refuses the model name {self.model_name!r} on project "
                         f"{self.project_id}: {exc}"
-                    ) from None
+                    ) from exc
                 raise
         raise ConfigError(f"cannot find or create the model {self.model_name!r} on "
                           f"{self.where}")  # pragma: no cover
@@ -494,7 +494,7 @@ class SpeckleConnection:
                     raise QueueError(
                         f"{self.host} kept refusing requests (rate limit) for {waited:.0f} s "
                         f"while trying to {what}; try again later"
-                    ) from None
+                    ) from exc
                 time.sleep(delay)
                 waited += delay
                 rate_wait = min(rate_wait * 2, RATE_LIMIT_MAX_WAIT)
@@ -503,7 +503,7 @@ class SpeckleConnection:
             if repeatable and attempt <= TRANSIENT_RETRIES:
                 time.sleep(TRANSIENT_WAIT * 2 ** (attempt - 1))
                 continue
-            raise self._error(kind, detail, what, failure) from None
+            raise self._error(kind, detail, what, failure) from exc
 
     def _classify(self, exc: BaseException) -> tuple[str, str | None]:
         """``(kind, detail)``: rate, unsent, transient, token, access, graphql, other."""

@@ -170,7 +170,7 @@ class SQLiteBackend:
             try:
                 self.conn.execute("BEGIN IMMEDIATE")
             except sqlite3.Error as exc:
-                raise queue_error(exc, "cannot write", self.path) from None
+                raise queue_error(exc, "cannot write", self.path) from exc
             try:
                 yield self.conn
             except sqlite3.IntegrityError:
@@ -178,7 +178,7 @@ class SQLiteBackend:
                 raise
             except sqlite3.Error as exc:
                 self._rollback()
-                raise queue_error(exc, "cannot use", self.path) from None
+                raise queue_error(exc, "cannot use", self.path) from exc
             except BaseException:
                 self._rollback()
                 raise
@@ -186,7 +186,7 @@ class SQLiteBackend:
                 self.conn.execute("COMMIT")
             except sqlite3.Error as exc:
                 self._rollback()
-                raise queue_error(exc, "cannot write", self.path) from None
+                raise queue_error(exc, "cannot write", self.path) from exc
 
     def _rollback(self) -> None:
         """Roll back what is left (a full disk may have rolled the transaction back already)."""
@@ -207,7 +207,7 @@ class SQLiteBackend:
             except sqlite3.Error as exc:
                 if outer:
                     self._rollback()
-                raise queue_error(exc, "cannot read", self.path) from None
+                raise queue_error(exc, "cannot read", self.path) from exc
             except BaseException:
                 if outer:
                     self._rollback()
@@ -257,7 +257,7 @@ class SQLiteBackend:
                 self._add_history(conn, workload.id, *((h.status, h.message) for h in history),
                                   at=[h.at for h in history])
         except sqlite3.IntegrityError as exc:
-            raise QueueError(f"cannot queue workload {workload.id}: {exc}") from None
+            raise QueueError(f"cannot queue workload {workload.id}: {exc}") from exc
 
     def get(self, id_or_prefix: str) -> Workload:
         with self.reading():
@@ -342,7 +342,7 @@ class SQLiteBackend:
         except sqlite3.IntegrityError as exc:
             raise QueueError(
                 f"cannot store the results of workload {claim.workload.id}: {exc}"
-            ) from None
+            ) from exc
 
     def fail(self, claim: Claim, reason: str, *, retry: bool) -> None:
         status = WorkloadStatus.QUEUED if retry else WorkloadStatus.FAILED

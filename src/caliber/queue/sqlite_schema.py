@@ -98,7 +98,7 @@ def connect(path: Path) -> sqlite3.Connection:
         conn = sqlite3.connect(path, timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None,
                                check_same_thread=False)
     except (OSError, sqlite3.Error) as exc:
-        raise QueueError(f"cannot open the queue database {path}: {exc}{disk_hint(path)}") from None
+        raise QueueError(f"cannot open the queue database {path}: {exc}{disk_hint(path)}") from exc
     try:
         conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
         version = conn.execute("PRAGMA user_version").fetchone()[0]
@@ -123,7 +123,7 @@ def connect(path: Path) -> sqlite3.Connection:
             _migrate(conn)
     except sqlite3.DatabaseError as exc:
         conn.close()
-        raise queue_error(exc, "cannot open", path) from None
+        raise queue_error(exc, "cannot open", path) from exc
     except BaseException:
         conn.close()
         raise

@@ -59,8 +59,8 @@ def read_attachment(base: Path, name: str) -> bytes:
     path = resolve_inside(base, name)
     try:
         mode = path.stat().st_mode
-    except FileNotFoundError:
-        raise AttachmentError(f"attachment {name!r} not found in {base}") from None
+    except FileNotFoundError as exc:
+        raise AttachmentError(f"attachment {name!r} not found in {base}") from exc
     if not stat.S_ISREG(mode):
         raise AttachmentError(f"attachment {name!r} is not a regular file")
     return path.read_bytes()

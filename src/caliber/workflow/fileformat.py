@@ -167,11 +167,11 @@ def to_document(workflow: Workflow, *, relative_to: Path | None = None) -> dict[
             absolute = resolve_inside(workflow.base_dir, rel)
             try:
                 rel = absolute.relative_to(relative_to.resolve()).as_posix()
-            except ValueError:
+            except ValueError as exc:
                 raise AttachmentError(
                     f"attachment {name!r} is outside {relative_to}; export the workflow into the "
                     "folder that holds its attachments"
-                ) from None
+                ) from exc
         attachments.append(rel)
     return {
         "caliber": FORMAT_VERSION,
@@ -284,7 +284,7 @@ def from_document(document: Any, base_dir: Path, *, source: str) -> Workflow:
     try:
         parsed = WorkflowDocument.model_validate(document)
     except ValidationError as exc:
-        raise WorkflowFileError(source, [_problem(e) for e in exc.errors()]) from None
+        raise WorkflowFileError(source, [_problem(e) for e in exc.errors()]) from exc
     problems: list[str] = []
     for name in parsed.attachments:
         try:
@@ -306,7 +306,7 @@ def from_document(document: Any, base_dir: Path, *, source: str) -> Workflow:
             base_dir=base_dir,
         )
     except WorkflowDefinitionError as exc:
-        raise WorkflowFileError(source, [str(exc)]) from None
+        raise WorkflowFileError(source, [str(exc)]) from exc
 
 
 def parse_text(text: str, *, source: str) -> Any:
@@ -316,11 +316,11 @@ def parse_text(text: str, *, source: str) -> Any:
     except json.JSONDecodeError as exc:
         raise WorkflowFileError(
             source, [f"line {exc.lineno}, column {exc.colno}: {exc.msg} (not valid JSON)"]
-        ) from None
+        ) from exc
     except ValueError as exc:  # an integer of thousands of digits
-        raise WorkflowFileError(source, [f"{exc} (not a workflow file)"]) from None
-    except RecursionError:
-        raise WorkflowFileError(source, ["nested too deeply (not a workflow file)"]) from None
+        raise WorkflowFileError(source, [f"{exc} (not a workflow file)"]) from exc
+    except RecursionError as exc:
+        raise WorkflowFileError(source, ["nested too deeply (not a workflow file)"]) from exc
 
 
 def load(path: Path) -> Workflow:
@@ -328,12 +328,12 @@ def load(path: Path) -> Workflow:
     source = str(path)
     try:
         text = path.read_text(encoding="utf-8-sig")  # Notepad may start it with a BOM
-    except FileNotFoundError:
-        raise WorkflowFileError(source, ["no such file"]) from None
-    except IsADirectoryError:
-        raise WorkflowFileError(source, ["is a folder, not a workflow file"]) from None
-    except UnicodeDecodeError:
-        raise WorkflowFileError(source, ["is not UTF-8 text"]) from None
+    except FileNotFoundError as exc:
+        raise WorkflowFileError(source, ["no such file"]) from exc
+    except IsADirectoryError as exc:
+        raise WorkflowFileError(source, ["is a folder, not a workflow file"]) from exc
+    except UnicodeDecodeError as exc:
+        raise WorkflowFileError(source, ["is not UTF-8 text"]) from exc
     except OSError as exc:
-        raise WorkflowFileError(source, [exc.strerror or str(exc)]) from None
+        raise WorkflowFileError(source, [exc.strerror or str(exc)]) from exc
     return from_document(parse_text(text, source=source), path.resolve().parent, source=source)

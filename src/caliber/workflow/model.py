@@ -88,10 +88,10 @@ def import_function(ref: str) -> Callable[..., Any]:
     for part in qualname.split("."):
         try:
             target = getattr(target, part)
-        except AttributeError:
+        except AttributeError as exc:
             raise ImportError(
                 f"module {module_name!r} has no attribute {qualname!r} (for {ref})"
-            ) from None
+            ) from exc
     if not callable(target):
         raise ImportError(f"{ref} is not callable")
     return target  # type: ignore[no-any-return]
@@ -127,7 +127,7 @@ class Task:
             except WorkflowDefinitionError as exc:
                 if name is None:
                     raise
-                raise WorkflowDefinitionError(f"task {name!r}: {exc}") from None
+                raise WorkflowDefinitionError(f"task {name!r}: {exc}") from exc
             self._callable = function
         if name is None:
             name = self.function.partition(":")[2]
