@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import os
+import stat
 from pathlib import Path
 from typing import Any
 
@@ -75,6 +77,20 @@ def test_round_trip(tmp_path: Path) -> None:
     assert loaded_rest.args == [TaskRef("Make dough"), [1, 2]]  # the tuple became a list
     assert again.tasks[2].kwargs == [{"t": "tagliatelle"}, {"t": "ravioli"}]
     assert not list(tmp_path.glob(".pasta.json.*"))  # no temporary file left behind
+
+
+@pytest.mark.parametrize(("umask", "mode"), [(0o022, 0o644), (0o002, 0o664), (0o077, 0o600)])
+def test_export_honours_the_umask(tmp_path: Path, umask: int, mode: int) -> None:
+    old = os.umask(umask)
+    try:
+        first = pasta(tmp_path).export(tmp_path / "new.json")
+        (tmp_path / "old.json").write_text("{}")
+        (tmp_path / "old.json").chmod(0o640)
+        again = pasta(tmp_path).export(tmp_path / "old.json")  # replaced, as a new file
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(first.stat().st_mode) == mode
+    assert stat.S_IMODE(again.stat().st_mode) == mode
 
 
 def test_export_into_a_subfolder_rewrites_attachment_paths(tmp_path: Path) -> None:

@@ -20,7 +20,7 @@ from __future__ import annotations
 import json
 import math
 import os
-import tempfile
+import secrets
 from pathlib import Path
 from typing import Annotated, Any, Literal, Union
 
@@ -195,13 +195,15 @@ def export(workflow: Workflow, path: Path) -> Path:
         raise AttachmentError(f"attachment {missing[0]!r} not found in {workflow.base_dir}")
     text = dumps(to_document(workflow, relative_to=path.parent))
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    # Not mkstemp (always 0600): mode 0666 and the umask decides, as for any other file.
+    tmp = path.parent / f".{path.name}.{secrets.token_hex(4)}.tmp"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as f:
             f.write(text)
         os.replace(tmp, path)
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        tmp.unlink(missing_ok=True)
         raise
     return path
 
