@@ -168,6 +168,13 @@ def test_unknown_format_version(tmp_path: Path) -> None:
     ]
 
 
+@pytest.mark.parametrize(("version", "shown"), [("1", '"1"'), (1.0, "1.0"), (True, "true")])
+def test_a_format_version_that_is_not_a_number(tmp_path: Path, version: Any, shown: str) -> None:
+    assert problems(write(tmp_path / "w.json", {**document(), "caliber": version})) == [
+        f'format version {shown} must be the number 1, written "caliber": 1'
+    ]
+
+
 def test_not_a_workflow_file(tmp_path: Path) -> None:
     assert "missing format version" in problems(write(tmp_path / "w.json", {"name": "x"}))[0]
     assert "JSON object" in problems(write(tmp_path / "w.json", [1, 2]))[0]

@@ -278,7 +278,12 @@ def from_document(document: Any, base_dir: Path, *, source: str) -> Workflow:
         raise WorkflowFileError(
             source, ["missing format version field 'caliber' (is this a Caliber workflow file?)"]
         )
-    if type(version) is not int or version != FORMAT_VERSION:  # true and 1.0 are not 1
+    if type(version) is not int:  # "1", 1.0 and true are not 1
+        raise WorkflowFileError(source, [
+            f"format version {json.dumps(version)} must be the number {FORMAT_VERSION}, "
+            f'written "caliber": {FORMAT_VERSION}'
+        ])
+    if version != FORMAT_VERSION:
         raise WorkflowFileError(
             source,
             [f"unknown format version {version!r}; this Caliber reads version {FORMAT_VERSION}"],
