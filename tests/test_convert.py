@@ -127,3 +127,100 @@ def test_runner_converts_returns_and_g_and_records_it(tmp_path: Path) -> None:
     again = Results.model_validate_json(results.model_dump_json(by_alias=True))
     assert again == results
     assert again.to_json_dict()["tasks"][0]["conversion"] == note
+
+
+# --- conversion is total: whatever a task returns, it is stored and the rest is kept ----
+
+
+@dataclasses.dataclass
+class Unset:
+    x: int = 1
+    later: int = dataclasses.field(init=False)
+
+
+class RaisingEverywhere:
+    def __repr__(self) -> str:
+        raise RuntimeError("no repr")
+
+    def __str__(self) -> str:
+        raise RuntimeError("no str")
+
+    def __iter__(self) -> Any:
+        raise RuntimeError("no iter")
+
+
+class BadDict(dict[str, Any]):
+    def items(self) -> Any:
+        raise RuntimeError("no items")
+
+
+class ReprNotStr:
+    def __repr__(self) -> Any:
+        return 42
+
+
+class Key:
+    def __str__(self) -> str:
+        raise RuntimeError("no str")
+
+    def __repr__(self) -> str:
+        return "<Key>"
+
+
+def stored(value: Any) -> tuple[Any, str | None]:
+    """``to_json`` plus the check every stored value passes: strict UTF-8 JSON that reads back."""
+    out, note = to_json(value)
+    text = json.dumps(out, allow_nan=False, ensure_ascii=False)
+    assert json.loads(text.encode("utf-8")) == out
+    return out, note
+
+
+def test_huge_integers_are_stored_as_decimal_text() -> None:
+    out, note = stored({"big": 10**5000, "small": 10**100, "key": {10**5000: 1}})
+    assert out["big"] == "1" + "0" * 5000 and out["small"] == 10**100
+    assert list(out["key"]) == ["1" + "0" * 5000]
+    assert note and "integer too long for JSON stored as decimal text" in note
+
+
+def test_lone_surrogates_are_escaped_in_strings_and_keys() -> None:
+    out, note = stored({"caf\udce9": ["caf\udce9.txt", "x\ud800y"], "ok": "é"})
+    assert out == {"caf\\xe9": ["caf\\xe9.txt", "x\\ud800y"], "ok": "é"}
+    assert note and "not valid Unicode" in note
+
+
+def test_an_unset_dataclass_field_is_left_out_and_said() -> None:
+    out, note = stored([Unset(), 2])
+    assert out == [{"x": 1}, 2]
+    assert note and "field Unset.later left out: reading it raised AttributeError" in note
+
+
+@pytest.mark.parametrize("odd", [RaisingEverywhere(), BadDict(a=1), ReprNotStr(), {Key(): 1}])
+def test_objects_whose_conversion_raises_are_stored_as_a_string(odd: Any) -> None:
+    out, note = stored({"odd": odd, "kept": [1, "two"]})
+    assert out["kept"] == [1, "two"]
+    assert isinstance(out["odd"], str) or list(out["odd"].values()) == [1]
+    assert note
+
+
+def test_deep_and_cyclic_values_are_cut_where_needed() -> None:
+    deep: list[Any] = []
+    for _ in range(100_000):
+        deep = [deep]
+    cyclic: dict[str, Any] = {"n": 1}
+    cyclic["me"] = cyclic
+    point = Unset()
+    point.later = point  # type: ignore[assignment]
+    out, note = stored({"deep": deep, "cyclic": cyclic, "point": point, "nan": float("nan")})
+    assert isinstance(out["cyclic"]["me"], str) and out["cyclic"]["n"] == 1
+    assert isinstance(out["point"]["later"], str)
+    assert out["nan"] == "nan"
+    assert note and "contains itself" in note and "nested more than" in note
+    # whatever is stored survives the Results' own JSON, and reading it back
+    results = Results(workflow="w", status="completed", started_at=dt.datetime.now(dt.UTC),
+                      finished_at=dt.datetime.now(dt.UTC), g={"v": out})
+    assert Results.model_validate_json(results.model_dump_json()).g == {"v": out}
+
+
+def test_equal_keys_keep_both_values() -> None:
+    out, note = stored({1: "int", "1": "str"})
+    assert sorted(out.values()) == ["int", "str"] and note

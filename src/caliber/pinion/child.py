@@ -3,7 +3,11 @@
 It rebuilds the workflow from the workload's document (the attachments are already written to
 the working folder by the pinion), runs it with the in-process runner, and sends JSON lines to
 the pinion: ``{"event": ...}`` per task start and end, then ``{"results": ...}``. Whatever the
-workload prints goes to ``output.log`` in its working folder.
+workload prints goes to ``output.log`` in its working folder; its standard input is
+``/dev/null`` (a task calling ``input()`` gets end-of-file instead of stopping the child with
+SIGTTIN). The workload runs in this process and could write to the message pipe itself:
+:func:`read_message` is how the pinion reads a line, and anything that is not one of these
+messages fails the workload (:class:`ForeignMessageError`) instead of the pinion.
 """
 
 from __future__ import annotations
@@ -12,12 +16,16 @@ import faulthandler
 import json
 import os
 import sys
+import traceback
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, ValidationError
 
 from caliber.errors import CaliberError
 from caliber.pinion.platform import receive_job, redirect_output
-from caliber.results.model import ErrorInfo, Results, RunStatus, utcnow
+from caliber.results.model import ErrorInfo, Results, RunStatus, TaskResult, utcnow
 from caliber.workflow.fileformat import from_document  # imported by the pinion, before forking
 from caliber.workflow.runner import TaskEvent, run_workflow
 
@@ -44,10 +52,86 @@ class _Sender:
         }})
 
 
+class _EventMessage(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    kind: Literal["start", "end"]
+    index: int
+    total: int
+    name: str
+    branch: int | None
+    status: str | None
+    duration: float | None
+    result: TaskResult | None
+
+
+class _Message(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    event: _EventMessage | None = None
+    results: Results | None = None
+
+
+class ForeignMessageError(Exception):
+    """A line on the message pipe that is not a message of Caliber's child: the workload wrote
+    to the pipe itself."""
+
+
+@dataclass(frozen=True)
+class ChildMessage:
+    """One message from the child, checked: a task event (and the ended task's record), or
+    the Results."""
+
+    event: dict[str, Any] | None = None
+    record: TaskResult | None = None
+    results: Results | None = None
+
+
+def read_message(line: bytes) -> ChildMessage:
+    """The message in ``line``, or ForeignMessageError saying what was wrong with it."""
+    try:
+        message = _Message.model_validate_json(line)
+    except ValidationError as exc:
+        error = exc.errors()[0]
+        where = ".".join(str(part) for part in error["loc"])
+        raise ForeignMessageError(
+            f"the workload wrote {_preview(line)} to the pinion's message pipe "
+            f"({where + ': ' if where else ''}{error['msg']})"
+        ) from exc
+    if (message.event is None) == (message.results is None):
+        raise ForeignMessageError(
+            f"the workload wrote {_preview(line)} to the pinion's message pipe")
+    if message.results is not None:
+        return ChildMessage(results=message.results)
+    event = message.event
+    assert event is not None
+    return ChildMessage(event=event.model_dump(exclude={"result"}), record=event.result)
+
+
+def _preview(line: bytes, width: int = 60) -> str:
+    text = repr(line[:width])[1:]  # b'...' -> '...'
+    return text + ("..." if len(line) > width else "")
+
+
 def child_main(messages_fd: int, control_fd: int) -> None:
     """A child's life: wait for the job on the control pipe (then watched as the lifeline),
     run it, send the results."""
-    run_job(receive_job(control_fd), messages_fd)
+    job = receive_job(control_fd)
+    quiet_input()
+    try:
+        run_job(job, messages_fd)
+    except BaseException:  # Caliber's own failure: leave its traceback in output.log
+        traceback.print_exc()
+        sys.stderr.flush()
+        raise
+
+
+def quiet_input() -> None:
+    """Standard input is ``/dev/null``: a workload reading it gets end-of-file at once."""
+    null = os.open(os.devnull, os.O_RDONLY)
+    os.dup2(null, 0)
+    os.close(null)
+    sys.stdin = open(0, encoding="utf-8", closefd=False)  # noqa: SIM115
 
 
 def run_job(job: dict[str, Any], messages_fd: int) -> None:
@@ -81,7 +165,8 @@ def run_job(job: dict[str, Any], messages_fd: int) -> None:
 def main() -> None:
     """``python -m caliber.pinion.child``: the spawn start method's entry point."""
     messages_fd = os.dup(1)
-    child_main(messages_fd, sys.stdin.fileno())
+    control_fd = os.dup(0)  # stdin becomes /dev/null once the job has arrived
+    child_main(messages_fd, control_fd)
 
 
 if __name__ == "__main__":

@@ -19,7 +19,20 @@ import uuid
 from pathlib import PurePath
 from typing import Any
 
-MAX_DEPTH = 200
+from caliber.text import valid_unicode
+
+MAX_DEPTH = 100
+"""Levels of lists and dicts kept; a value nested deeper is stored as its string (the stored
+Results must stay readable by every JSON reader on the way, some of which stop at 200)."""
+BIG_INT_BITS = 10_000
+"""Integers longer than this (about 3,000 digits) are stored as decimal text: Python refuses
+to turn an integer of more than 4,300 digits into text and back by default."""
+_SCALARS = (bool, int, str, float)
+
+
+def _type_name(value: Any) -> str:
+    kind = type(value)
+    return f"{kind.__module__}.{kind.__qualname__}"
 
 
 class _Converter:
@@ -32,42 +45,73 @@ class _Converter:
             self.notes.append(text)
 
     def as_repr(self, value: Any, why: str = "") -> str:
-        self.note(f"{type(value).__module__}.{type(value).__qualname__} stored as its string "
-                  f"representation{why}")
+        self.note(f"{_type_name(value)} stored as its string representation{why}")
         try:
-            return repr(value)
+            text = repr(value)
+            if not isinstance(text, str):
+                raise TypeError(f"__repr__ returned {type(text).__name__}")
         except Exception as exc:  # a broken __repr__ must not lose the run
-            return f"<{type(value).__qualname__} object (repr failed: {exc!r})>"
+            return f"<{type(value).__qualname__} object (repr failed: {type(exc).__name__})>"
+        return self.text(str.__str__(text))
+
+    def text(self, value: str) -> str:
+        """A string as valid Unicode: lone surrogates (bytes that were not UTF-8) escaped."""
+        clean = valid_unicode(value)
+        if clean is not value:
+            self.note("text that was not valid Unicode (bytes that are not UTF-8, or lone "
+                      "surrogates) stored with \\x and \\u escapes")
+        return clean
+
+    def big_int(self, value: int) -> int | str:
+        if value.bit_length() <= BIG_INT_BITS:
+            return value
+        self.note("integer too long for JSON stored as decimal text")
+        return str(decimal.Decimal(value))  # Decimal's text has no digit limit
 
     def convert(self, value: Any, depth: int = 0) -> Any:
+        """``value`` as JSON; never raises: what fails to convert is stored as its string."""
+        try:
+            return self._convert(value, depth)
+        except Exception as exc:  # user objects: properties, __iter__, __eq__ ... may raise
+            return self.as_repr(value, f" (converting it raised {type(exc).__name__})")
+
+    def _convert(self, value: Any, depth: int) -> Any:
         kind = type(value)
-        if value is None or kind in (bool, int, str):
+        if value is None or kind is bool:
             return value
+        if kind is int:
+            return self.big_int(value)
+        if kind is str:
+            return self.text(value)
         if kind is float:
             if math.isfinite(value):
                 return value
             self.note("non-finite float stored as a string")
             return repr(value)
         if depth > MAX_DEPTH:
-            return self.as_repr(value, " (nested too deeply)")
-        if kind in (list, tuple, dict, set, frozenset):
-            if id(value) in self._active:
-                return self.as_repr(value, " (it contains itself)")
-            self._active.add(id(value))
-            try:
+            return self.as_repr(value, f" (nested more than {MAX_DEPTH} deep)")
+        if id(value) in self._active:
+            return self.as_repr(value, " (it contains itself)")
+        self._active.add(id(value))
+        try:
+            if isinstance(value, dict | list | tuple | set | frozenset) and not _is_special(value):
                 return self._container(value, depth)
-            finally:
-                self._active.discard(id(value))
-        return self._special(value, depth)
+            return self._special(value, depth)
+        finally:
+            self._active.discard(id(value))
 
     def _container(self, value: Any, depth: int) -> Any:
         if isinstance(value, dict):
-            out = {}
-            for key, item in value.items():
-                if not isinstance(key, str):
-                    self.note("dict keys converted to strings")
-                    key = str(key)
-                out[key] = self.convert(item, depth + 1)
+            out: dict[str, Any] = {}
+            for key, item in list(value.items()):
+                text = self.key(key)
+                if text in out:  # 1 and "1": keep both values
+                    self.note("dict keys equal as text kept with a suffix")
+                    n = 2
+                    while f"{text} ({n})" in out:
+                        n += 1
+                    text = f"{text} ({n})"
+                out[text] = self.convert(item, depth + 1)
             return out
         if isinstance(value, set | frozenset):
             self.note("set stored as a list")
@@ -76,7 +120,19 @@ class _Converter:
                 return sorted(items)
             except TypeError:
                 return items
-        return [self.convert(v, depth + 1) for v in value]
+        return [self.convert(v, depth + 1) for v in list(value)]
+
+    def key(self, key: Any) -> str:
+        if type(key) is str:
+            return self.text(key)
+        self.note("dict keys converted to strings")
+        try:
+            text = str(key) if type(key) is not int else str(self.big_int(key))
+            if not isinstance(text, str):
+                raise TypeError(f"__str__ returned {type(text).__name__}")
+            return self.text(str.__str__(text))
+        except Exception:
+            return self.as_repr(key)
 
     def _special(self, value: Any, depth: int) -> Any:
         kind = type(value)
@@ -85,9 +141,9 @@ class _Converter:
             self.note("enum stored as its value")
             return self.convert(value.value, depth + 1)
         if isinstance(value, str):  # subclasses of the plain types
-            return str.__str__(value)
+            return self.text(str.__str__(value))
         if isinstance(value, int):
-            return int.__int__(value)
+            return self.big_int(int.__int__(value))
         if isinstance(value, float):
             return self.convert(float(value), depth)
         if isinstance(value, dt.datetime | dt.date | dt.time):
@@ -126,10 +182,16 @@ class _Converter:
                     return self.as_repr(value)
         if dataclasses.is_dataclass(value) and not isinstance(value, type):
             self.note(f"dataclass {kind.__qualname__} stored as a dict")
-            return {
-                f.name: self.convert(getattr(value, f.name), depth + 1)
-                for f in dataclasses.fields(value)
-            }
+            out = {}
+            for f in dataclasses.fields(value):
+                try:
+                    item = getattr(value, f.name)
+                except Exception as exc:  # field(init=False) never set, a raising property
+                    self.note(f"field {kind.__qualname__}.{f.name} left out: reading it raised "
+                              f"{type(exc).__name__}")
+                    continue
+                out[f.name] = self.convert(item, depth + 1)
+            return out
         dump = getattr(value, "model_dump", None)
         if callable(dump) and hasattr(kind, "model_fields"):
             self.note(f"pydantic model {kind.__qualname__} stored as a dict")
@@ -140,8 +202,16 @@ class _Converter:
         return self.as_repr(value)
 
 
+def _is_special(value: Any) -> bool:
+    """A container subclass with a JSON form of its own (a pandas or Speckle object)."""
+    return type(value).__module__.split(".")[0] in ("numpy", "pandas", "specklepy")
+
+
 def to_json(value: Any) -> tuple[Any, str | None]:
-    """``(json_value, note)``: note says what was converted, None for plain JSON."""
+    """``(json_value, note)``: note says what was converted, None for plain JSON.
+
+    Never raises, whatever ``value`` is: what cannot be converted is stored as its string, and
+    a part that fails is stored that way alone, the rest kept."""
     converter = _Converter()
     out = converter.convert(value)
     return out, ("; ".join(converter.notes) or None)

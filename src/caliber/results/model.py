@@ -11,12 +11,18 @@ from __future__ import annotations
 import datetime as dt
 import secrets
 from enum import StrEnum
-from typing import Any
+from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+
+from caliber.text import valid_unicode
 
 ID_ALPHABET = "0123456789abcdefghjkmnpqrstvwxyz"  # Crockford's base 32, lower case
 ID_LENGTH = 10
+
+
+Text = Annotated[str, AfterValidator(valid_unicode)]
+"""A string that encodes as UTF-8 (a task's exception message may hold lone surrogates)."""
 
 
 def new_id() -> str:
@@ -52,10 +58,10 @@ class TaskStatus(StrEnum):
 class ErrorInfo(BaseModel):
     """An exception: its type, message and the full traceback, and where it happened."""
 
-    type: str
-    message: str
-    traceback: str = ""
-    task: str | None = None
+    type: Text
+    message: Text
+    traceback: Text = ""
+    task: Text | None = None
     branch: int | None = None
 
     def summary(self) -> str:
@@ -70,14 +76,14 @@ class TaskResult(BaseModel):
 
     model_config = ConfigDict(populate_by_name=True)
 
-    name: str
-    path: list[str] = Field(default_factory=list, description="processes from the root")
+    name: Text
+    path: list[Text] = Field(default_factory=list, description="processes from the root")
     branch: int | None = None
     status: TaskStatus
     started_at: dt.datetime | None = None
     duration: float | None = Field(default=None, description="seconds")
     return_: Any = Field(default=None, alias="return")
-    conversion: str | None = Field(
+    conversion: Text | None = Field(
         default=None,
         description="what was converted to store the return value as JSON, if anything",
     )
@@ -89,16 +95,16 @@ class Results(BaseModel):
 
     id: str = Field(default_factory=new_id)
     workload_id: str | None = None
-    workflow: str
-    pinion: str | None = None
+    workflow: Text
+    pinion: Text | None = None
     status: RunStatus
     started_at: dt.datetime
     finished_at: dt.datetime
     tasks: list[TaskResult] = Field(default_factory=list)
-    g: dict[str, Any] = Field(default_factory=dict)
-    g_conversions: dict[str, str] = Field(default_factory=dict)
+    g: dict[Text, Any] = Field(default_factory=dict)
+    g_conversions: dict[Text, Text] = Field(default_factory=dict)
     error: ErrorInfo | None = None
-    work_dir: str | None = None
+    work_dir: Text | None = None
 
     def _runs(self, name: str) -> list[TaskResult]:
         runs = [t for t in self.tasks if t.name == name]

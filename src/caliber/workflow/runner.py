@@ -52,10 +52,22 @@ def _error_info(exc: BaseException, task: str | None, branch: int | None) -> Err
     # Drop the runner's own frame, so the traceback starts in the user's function.
     if tb is not None and tb.tb_frame.f_code.co_filename == __file__ and tb.tb_next is not None:
         tb = tb.tb_next
-    text = "".join(traceback.format_exception(type(exc), exc, tb))
+    try:
+        text = "".join(traceback.format_exception(type(exc), exc, tb))
+    except Exception as failed:  # the exception's own objects may be what is broken
+        text = f"(the traceback could not be formatted: {type(failed).__name__})\n"
     return ErrorInfo(
-        type=type(exc).__name__, message=str(exc), traceback=text, task=task, branch=branch
+        type=type(exc).__name__, message=_message(exc), traceback=text, task=task, branch=branch
     )
+
+
+def _message(exc: BaseException) -> str:
+    """``str(exc)``, or a stand-in when the exception's ``__str__`` itself fails."""
+    try:
+        text = str(exc)
+    except Exception as failed:
+        return f"<str() of the exception raised {type(failed).__name__}>"
+    return text if isinstance(text, str) else repr(text)
 
 
 _HIDDEN_FRAMES = (  # frames of the import machinery, not of the user's code
