@@ -12,7 +12,6 @@ token, so a pinion that lost its lease can never complete a workload another pin
 from __future__ import annotations
 
 import errno
-import json
 import os
 import shutil
 import socket
@@ -30,7 +29,7 @@ from caliber.errors import (
     WorkspaceError,
 )
 from caliber.paths import runs_dir
-from caliber.pinion.child import child_main
+from caliber.pinion.child import ForeignMessageError, child_main, read_message
 from caliber.pinion.platform import (
     EOF,
     ChildProcess,
@@ -278,11 +277,11 @@ class Pinion:
         child = self._start(job)
         messages = MessageReader(child.messages_fd)
         records: list[TaskResult] = []
-        results_doc: dict[str, Any] | None = None
+        final: Results | None = None
         t0 = time.monotonic()
         renew_every = max(cfg.lease / 3, 0.05)
         next_renew = t0 + renew_every
-        stop_reason = ""
+        stop_type, stop_reason = "ChildProcessDied", ""
         exited_at: float | None = None
         try:
             while True:
@@ -292,14 +291,18 @@ class Pinion:
                 if line is EOF:
                     break
                 if line is not None:
-                    message = _parse(line)
-                    if "event" in message:
-                        event = message["event"]
-                        self.reporter.task_event(event)
-                        if event.get("result"):
-                            records.append(TaskResult.model_validate(event["result"]))
-                    elif "results" in message:
-                        results_doc = message["results"]
+                    try:
+                        message = read_message(line)
+                    except ForeignMessageError as exc:  # the workload's doing, not ours
+                        child.kill()
+                        stop_type, stop_reason = "ForeignMessage", str(exc)
+                        break
+                    if message.event is not None:
+                        self.reporter.task_event(message.event)
+                    if message.record is not None:
+                        records.append(message.record)
+                    if message.results is not None:
+                        final = message.results
                         break  # the last message: no need to wait for the process to end
                     continue
                 if self.flags.cold:
@@ -316,7 +319,7 @@ class Pinion:
                         break
                 if cfg.timeout is not None and now - t0 > cfg.timeout:
                     child.kill()
-                    stop_reason = f"timed out after {cfg.timeout:g} s"
+                    stop_type, stop_reason = "Timeout", f"timed out after {cfg.timeout:g} s"
                     break
                 if now >= next_renew:
                     try:
@@ -329,21 +332,20 @@ class Pinion:
                     except QueueError as exc:  # keep running; the lease may still hold
                         self.reporter.error(f"could not renew the lease: {exc}")
                     next_renew = now + renew_every
-            returncode = child.wait() if results_doc is None else 0
+            returncode = child.wait() if final is None else 0
         finally:
             child.kill_group()  # whatever the workload started and left behind
             child.close()
             self._unreaped.append(child)
-        if results_doc is not None:
-            results = Results.model_validate(results_doc)
+        if final is not None:
+            results = final
         else:
             why = stop_reason or f"the workload's process {describe_exit(returncode)}"
             results = Results(
                 workload_id=workload.id, workflow=workload.workflow_name, pinion=cfg.name,
                 status=RunStatus.FAILED, started_at=started, finished_at=utcnow(),
                 tasks=records, work_dir=str(work_dir),
-                error=ErrorInfo(type="Timeout" if stop_reason else "ChildProcessDied",
-                                message=why),
+                error=ErrorInfo(type=stop_type, message=why),
             )
             from caliber.workflow.runner import write_traceback_file
 
@@ -356,14 +358,6 @@ class Pinion:
         detail = results.error.summary() if results.error else f"results {results.id}"
         self.reporter.workload_finished(results.status.value, detail)
         return Outcome.COMPLETED if results.ok else Outcome.FAILED
-
-
-def _parse(line: bytes) -> dict[str, Any]:
-    try:
-        message = json.loads(line)
-    except ValueError:
-        return {}
-    return message if isinstance(message, dict) else {}
 
 
 def _safe_name(name: str) -> str:
