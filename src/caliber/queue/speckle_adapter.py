@@ -494,7 +494,7 @@ class SpeckleConnection:
                     raise QueueError(
                         f"{self.host} kept refusing requests (rate limit) for {waited:.0f} s "
                         f"while trying to {what}; try again later"
-                    ) from exc
+                    ) from failure
                 time.sleep(delay)
                 waited += delay
                 rate_wait = min(rate_wait * 2, RATE_LIMIT_MAX_WAIT)
@@ -503,7 +503,7 @@ class SpeckleConnection:
             if repeatable and attempt <= TRANSIENT_RETRIES:
                 time.sleep(TRANSIENT_WAIT * 2 ** (attempt - 1))
                 continue
-            raise self._error(kind, detail, what, failure) from exc
+            raise self._error(kind, detail, what, failure) from failure
 
     def _classify(self, exc: BaseException) -> tuple[str, str | None]:
         """``(kind, detail)``: rate, unsent, transient, token, access, graphql, other."""
