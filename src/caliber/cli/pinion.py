@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import click
@@ -32,6 +33,17 @@ class SettingOption(click.Option):
         return getattr(load_settings(), name)
 
 
+class Seconds(click.FloatRange):
+    """A number of seconds in a range, never nan or inf (a pinion waiting nan seconds hangs)."""
+
+    def convert(self, value: Any, param: click.Parameter | None,
+                ctx: click.Context | None) -> Any:
+        seconds = super().convert(value, param, ctx)
+        if not math.isfinite(seconds):
+            self.fail(f"{value!r} is not a number of seconds.", param, ctx)
+        return seconds
+
+
 @click.group(epilog="Example: caliber pinion init mypinion -a 100 -w 10")
 def pinion() -> None:
     """Start a pinion, the worker that runs queued workloads."""
@@ -47,17 +59,17 @@ def pinion() -> None:
               show_default=True, cls=SettingOption,
               envvar="CALIBER_PINION_ATTEMPTS", show_envvar=True,
               help="Empty looks for work in a row before stopping (0: listen until stopped).")
-@click.option("-w", "--wait", type=click.FloatRange(min=0), default=DEFAULT_WAIT,
+@click.option("-w", "--wait", type=Seconds(min=0), default=DEFAULT_WAIT,
               show_default=True, cls=SettingOption,
               envvar="CALIBER_PINION_WAIT", show_envvar=True,
               help="Seconds between looks for work (fractions allowed).")
 @click.option("--forever", is_flag=True, help="Listen until stopped (the same as -a 0).")
-@click.option("--lease", type=click.FloatRange(min=0.1), default=DEFAULT_LEASE,
+@click.option("--lease", type=Seconds(min=0.1), default=DEFAULT_LEASE,
               show_default=True, cls=SettingOption,
               envvar="CALIBER_PINION_LEASE", show_envvar=True,
               help="Seconds a claimed workload is held without renewal; a dead pinion's work is "
               "taken again after this.")
-@click.option("--timeout", type=click.FloatRange(min=0, min_open=True),
+@click.option("--timeout", type=Seconds(min=0, min_open=True),
               default=None, cls=SettingOption,
               envvar="CALIBER_PINION_TIMEOUT", show_envvar=True,
               help="Seconds a workload may run before it is stopped and failed.")

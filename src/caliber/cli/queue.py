@@ -38,6 +38,18 @@ def _when(moment: dt.datetime | str) -> str:
     return moment.astimezone().strftime("%Y-%m-%d %H:%M:%S")
 
 
+def _nothing_listed(pinion: str | None, status: str | None, offset: int) -> str:
+    """What an empty listing says: the queue is empty, or no workloads match these filters."""
+    if not (pinion or status or offset):
+        return "the queue is empty"
+    return " ".join([
+        "no workloads",
+        *([f"for pinion {pinion}"] if pinion else []),
+        *([f"with status {status}"] if status else []),
+        *([f"after the first {offset}"] if offset else []),
+    ])
+
+
 @queue.command("list", epilog="Example: caliber queue list --pinion mypinion --status queued")
 @click.option("--pinion", "pinion_name", metavar="NAME", help="Only workloads for this pinion.")
 @click.option("--status", type=click.Choice(STATUSES), help="Only workloads with this status.")
@@ -73,8 +85,7 @@ def list_cmd(
     from caliber.cli.render import print_table, use_color
 
     if not items:
-        click.echo("the queue is empty" if not (pinion_name or status or offset)
-                   else "no such workloads")
+        click.echo(_nothing_listed(pinion_name, status, offset))
         return
     color = use_color(sys.stdout)
     rows = [
