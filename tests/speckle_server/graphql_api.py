@@ -17,7 +17,17 @@ from typing import Any
 from graphql import GraphQLError, GraphQLResolveInfo, build_schema, graphql_sync
 
 from .ratelimit import RateLimiter
-from .store import MAX_VERSIONS_PAGE, Model, Project, SpeckleError, Store, User, Version, ilike
+from .store import (
+    MAX_VERSIONS_PAGE,
+    Model,
+    Project,
+    SpeckleError,
+    Store,
+    User,
+    Version,
+    has_scope,
+    ilike,
+)
 
 SCHEMA = build_schema(Path(__file__).with_name("schema.graphql").read_text())
 RATE_LIMITED = (
@@ -36,6 +46,7 @@ SCOPES = {
     '"server:admin" role.',
 }
 
+ALL_SCOPES = frozenset(SCOPES)
 Obj = dict[str, Any]
 
 
@@ -48,11 +59,20 @@ class Context:
     url: str
     limiter: RateLimiter | None
     source: str  # who the rate limits count against (user id, or client address)
+    scopes: frozenset[str] = ALL_SCOPES  # the token's scopes
+    token: bool = True  # whether the request carried a token
 
     def signed_in(self) -> User:
         if self.user is None:
             raise SpeckleError("Must provide an auth token", "UNAUTHORIZED", 401)
         return self.user
+
+    def require_scope(self, scope: str) -> None:
+        """``@hasScope`` (modules/core/graph/directives/hasScope.ts): when there is a token,
+        it must carry the scope (``validateScopes``, modules/shared/services/auth.ts)."""
+        if self.token and not has_scope(self.scopes, scope):
+            message = f"Your auth token does not have the required scope: {scope}."
+            raise SpeckleError(message, "FORBIDDEN", 403, scope=scope)
 
 
 # -- representations ---------------------------------------------------------------------------
@@ -152,10 +172,16 @@ def server_info(_: None, info: GraphQLResolveInfo) -> Obj:
 
 
 def active_user(_: None, info: GraphQLResolveInfo) -> Obj | None:
-    user = info.context.user
+    """``activeUser @hasScope("profile:read")`` (assets/core/typedefs/user.graphql); ``email``
+    as the ``User.email`` resolver (modules/core/graph/resolvers/users.ts) gives it: one's own
+    only with ``profile:email``, else null."""
+    ctx: Context = info.context
+    ctx.require_scope("profile:read")
+    user = ctx.user
     if user is None:
         return None
-    return {**(limited_user(info.context.store, user.id) or {}), "email": user.email, "_obj": user}
+    email = user.email if has_scope(ctx.scopes, "profile:email") else None
+    return {**(limited_user(ctx.store, user.id) or {}), "email": email, "_obj": user}
 
 
 def user_projects(
@@ -186,7 +212,9 @@ def user_projects(
 
 
 def project(_: None, info: GraphQLResolveInfo, id: str) -> Obj:
+    """``project @hasScope("streams:read")`` (assets/core/typedefs/projects.graphql)."""
     ctx: Context = info.context
+    ctx.require_scope("streams:read")
     return project_obj(ctx, ctx.store.project_for_read(id, ctx.user))
 
 
@@ -270,9 +298,27 @@ def version_model(parent: Obj, info: GraphQLResolveInfo) -> Obj:
 # -- mutations ---------------------------------------------------------------------------------
 
 
-def namespace(_: None, info: GraphQLResolveInfo) -> Obj:
-    info.context.signed_in()
-    return {}
+def namespace(scope: str | None) -> Callable[[None, GraphQLResolveInfo], Obj]:
+    """``projectMutations``/``modelMutations`` (``@hasServerRole(SERVER_GUEST)
+    @hasScope("streams:write")``) and ``versionMutations`` (the role alone)."""
+
+    def resolve(_: None, info: GraphQLResolveInfo) -> Obj:
+        info.context.signed_in()
+        if scope:
+            info.context.require_scope(scope)
+        return {}
+
+    return resolve
+
+
+def scoped(scope: str, resolver: Callable[..., Any]) -> Callable[..., Any]:
+    """A resolver under ``@hasScope(scope)``."""
+
+    def resolve(parent: Any, info: GraphQLResolveInfo, **args: Any) -> Any:
+        info.context.require_scope(scope)
+        return resolver(parent, info, **args)
+
+    return resolve
 
 
 def project_create(_: Obj, info: GraphQLResolveInfo, input: Obj | None = None) -> Obj:
@@ -371,7 +417,9 @@ def version_received(_: Obj, info: GraphQLResolveInfo, input: Obj) -> bool:
 RESOLVERS: dict[str, Callable[..., Any]] = {
     "Query.serverInfo": server_info,
     "Query.activeUser": active_user,
-    "Query.otherUser": lambda _, info, id: limited_user(info.context.store, id),
+    "Query.otherUser": scoped(
+        "users:read", lambda _, info, id: limited_user(info.context.store, id)
+    ),
     "Query.project": project,
     "User.projects": user_projects,
     "Project.models": project_models,
@@ -380,20 +428,20 @@ RESOLVERS: dict[str, Callable[..., Any]] = {
     "Project.version": project_version,
     "Model.versions": model_versions,
     "Version.model": version_model,
-    "Mutation.projectMutations": namespace,
-    "Mutation.modelMutations": namespace,
-    "Mutation.versionMutations": namespace,
+    "Mutation.projectMutations": namespace("streams:write"),
+    "Mutation.modelMutations": namespace("streams:write"),
+    "Mutation.versionMutations": namespace(None),
     "ProjectMutations.create": project_create,
     "ProjectMutations.update": project_update,
     "ProjectMutations.delete": project_delete,
     "ModelMutations.create": model_create,
     "ModelMutations.update": model_update,
     "ModelMutations.delete": model_delete,
-    "VersionMutations.create": version_create,
-    "VersionMutations.update": version_update,
-    "VersionMutations.delete": version_delete,
-    "VersionMutations.moveToModel": version_move,
-    "VersionMutations.markReceived": version_received,
+    "VersionMutations.create": scoped("streams:write", version_create),
+    "VersionMutations.update": scoped("streams:write", version_update),
+    "VersionMutations.delete": scoped("streams:write", version_delete),
+    "VersionMutations.moveToModel": scoped("streams:write", version_move),
+    "VersionMutations.markReceived": scoped("streams:read", version_received),
 }
 for _name, _resolver in RESOLVERS.items():
     _type, _field = _name.split(".")

@@ -13,19 +13,29 @@ import re
 import secrets
 import socket
 import threading
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from types import TracebackType
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
-from .graphql_api import RATE_LIMITED, Context, execute
+from .graphql_api import ALL_SCOPES, RATE_LIMITED, Context, execute
 from .ratelimit import RateLimit, RateLimiter
 from .store import Store, User
 
 INVALID_TOKEN = b'{"error":"Your token is not valid."}'
 JSON_UTF8 = "application/json; charset=utf-8"
+HTML_UTF8 = "text/html; charset=utf-8"  # what express's res.send(string) sends
+MAX_UPLOAD_BYTES = 100 * 1024 * 1024  # MAX_OBJECT_UPLOAD_FILE_SIZE_MB's default, 100
+UPLOAD_NOT_MULTIPART = (
+    b"Failed to parse request headers and body content as valid multipart/form-data."
+)
+UPLOAD_BAD_TYPE = (
+    b'Invalid ContentType header. This route only accepts "application/gzip", "text/plain" or '
+    b'"application/json".'
+)
+UPLOAD_NOT_ARRAY = b"Failed to parse data. Batch is expected to be wrapped in a JSON array."
 
 
 @dataclass
@@ -61,7 +71,33 @@ def jsonb(value: Any) -> Any:
 
 
 def compact(value: Any) -> bytes:
+    """``JSON.stringify``: no spaces, non-ASCII kept."""
     return json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+def stored_text(obj: dict[str, Any]) -> str:
+    """An object as PostgreSQL prints a ``jsonb`` value (``data::text``): ``", "`` and
+    ``": "`` between items, non-ASCII kept."""
+    return json.dumps(obj, ensure_ascii=False)
+
+
+def formatted(obj: dict[str, Any]) -> dict[str, Any]:
+    """``getFormattedObjectFactory`` (modules/core/repositories/objects.ts): the stored data
+    with ``totalChildrenCount`` set from its column, which object uploads leave null."""
+    return {**obj, "totalChildrenCount": None}
+
+
+def too_large(size: int) -> bytes:
+    return f"File size too large ({size} > {MAX_UPLOAD_BYTES})".encode()
+
+
+@dataclass(frozen=True)
+class Caller:
+    """Who sent a request: the user (``None``: anonymous), the token's scopes, the token."""
+
+    user: User | None
+    scopes: frozenset[str]
+    token: str
 
 
 class _HTTPServer(ThreadingHTTPServer):
@@ -197,11 +233,14 @@ class SpeckleTestServer:
         token: str | None = None,
         email: str | None = None,
         company: str | None = None,
+        scopes: Iterable[str] = ALL_SCOPES,
     ) -> str:
-        """Create a user (the first one is server admin) and return its token."""
+        """Create a user (the first one is server admin) and return its token, which carries
+        ``scopes`` (by default every scope a personal access token can have)."""
         token = token or secrets.token_hex(21)
         with self.store.lock:
-            self.store.add_user(name, email or f"{name.lower()}@example.org", company, token)
+            self.store.add_user(name, email or f"{name.lower()}@example.org", company, token,
+                                scopes)
         return token
 
     def set_rate_limit(self, rate_limit: RateLimit | None) -> None:
@@ -211,13 +250,20 @@ class SpeckleTestServer:
     # -- HTTP ----------------------------------------------------------------------------------
 
     def handle(self, req: BaseHTTPRequestHandler) -> None:
+        """Authentication as ``authContextMiddleware`` (modules/shared/middleware/index.ts):
+        no token (or an empty one) is an anonymous request; an unknown token is refused with
+        403 ``{"error":"Your token is not valid."}`` before anything else. Then the rate
+        limits (modules/core/services/ratelimiter.ts, see ratelimit.py), then the route."""
         body = req.rfile.read(int(req.headers.get("Content-Length") or 0))
         path = urlsplit(req.path).path
-        auth = req.headers.get("Authorization")
+        token = (req.headers.get("Authorization") or "").replace("Bearer ", "", 1)
+        if token.startswith("Bearer "):
+            token = token.split(" ")[1]
         with self.store.lock:
-            user = self.store.user_for_token(auth.removeprefix("Bearer ").strip()) if auth else None
+            user = self.store.user_for_token(token) if token else None
+            caller = Caller(user, self.store.scopes.get(token, frozenset()), token)
         operation = None
-        if auth and user is None:
+        if token and user is None:
             reply = Reply(403, INVALID_TOKEN, JSON_UTF8)
         else:
             source = user.id if user else req.client_address[0]
@@ -227,7 +273,7 @@ class SpeckleTestServer:
                 reply = Reply(429, compact({"error": RATE_LIMITED}), JSON_UTF8, False, headers)
             else:
                 try:
-                    reply, operation = self._route(req, path, body, user, source)
+                    reply, operation = self._route(req, path, body, caller, source)
                 except Exception as exc:  # a bug in the test server: say so, keep serving
                     reply = Reply(500, f"test server error: {exc!r}".encode(), "text/plain")
                 if verdict:
@@ -253,10 +299,10 @@ class SpeckleTestServer:
         req.wfile.write(body)
 
     def _route(
-        self, req: BaseHTTPRequestHandler, path: str, body: bytes, user: User | None, source: str
+        self, req: BaseHTTPRequestHandler, path: str, body: bytes, caller: Caller, source: str
     ) -> tuple[Reply, str | None]:
         if req.command == "POST" and path == "/graphql":
-            return self._graphql(body, user, source)
+            return self._graphql(body, caller, source)
         routes: list[tuple[str, str, Callable[..., Reply]]] = [
             ("POST", r"/api/diff/([^/]+)", self._diff),
             ("POST", r"/objects/([^/]+)", self._upload),
@@ -268,17 +314,19 @@ class SpeckleTestServer:
             match = re.fullmatch(pattern, path)
             if match and req.command == method:
                 with self.store.lock:
-                    return handler(req, body, user, *match.groups()), None
+                    return handler(req, body, caller, *match.groups()), None
         return Reply(404, b"Not found", "text/plain"), None
 
-    def _graphql(self, body: bytes, user: User | None, source: str) -> tuple[Reply, str | None]:
+    def _graphql(self, body: bytes, caller: Caller, source: str) -> tuple[Reply, str | None]:
+        """``POST /graphql``: see graphql_api.py."""
         try:
             request = json.loads(body)
         except ValueError:
             error = {"message": "POST body is not JSON", "extensions": {"code": "BAD_REQUEST"}}
             return Reply(400, compact({"errors": [error]}), JSON_UTF8), None
         found = re.match(r"\s*(?:query|mutation)\s+(\w+)", request.get("query") or "")
-        ctx = Context(self.store, user, self.url, self.limiter, source)
+        ctx = Context(self.store, caller.user, self.url, self.limiter, source, caller.scopes,
+                      bool(caller.token))
         with self.store.lock:
             status, payload = execute(ctx, request)
         return Reply(status, compact(payload), JSON_UTF8), found and found.group(1)
@@ -287,61 +335,110 @@ class SpeckleTestServer:
     def _ids(body: bytes) -> list[str]:
         return list(json.loads(parse_qs(body.decode())["objects"][0]))
 
-    def _diff(self, req: Any, body: bytes, user: User | None, project_id: str) -> Reply:
-        if not self.store.can_write(project_id, user):
-            return Reply(401)
+    def _diff(self, req: Any, body: bytes, caller: Caller, project_id: str) -> Reply:
+        """``POST /api/diff/:streamId`` (modules/core/rest/diffUpload.ts): write permission
+        (401 with no body otherwise), then ``{id: stored?}`` in the order asked, gzip,
+        ``application/json`` whatever Accept says."""
+        denied = self.store.write_denied(project_id, caller.user, caller.scopes)
+        if denied:
+            return Reply(denied)
         stored = self.store.objects[project_id]
         answer = {object_id: object_id in stored for object_id in self._ids(body)}
         return Reply(200, compact(answer), "application/json", gzip=True)
 
-    def _upload(self, req: Any, body: bytes, user: User | None, project_id: str) -> Reply:
-        if not self.store.can_write(project_id, user):
-            return Reply(401)
+    def _upload(self, req: Any, body: bytes, caller: Caller, project_id: str) -> Reply:
+        """``POST /objects/:streamId`` (modules/core/rest/upload.ts): write permission (401),
+        then each multipart file by its mime type: ``application/gzip`` is gunzipped,
+        ``text/plain``, ``application/json`` and ``application/octet-stream`` are read as
+        they are, any other type is a 400; a batch over ``MAX_UPLOAD_BYTES`` is a 413; a batch
+        that is not JSON, or not an array, a 400; all stored: 201, no body."""
+        denied = self.store.write_denied(project_id, caller.user, caller.scopes)
+        if denied:
+            return Reply(denied)
         head = f"Content-Type: {req.headers.get('Content-Type', '')}\r\n\r\n".encode()
         message = email.parser.BytesParser(policy=email.policy.HTTP).parsebytes(head + body)
+        if not message.is_multipart():
+            return Reply(400, UPLOAD_NOT_MULTIPART, HTML_UTF8)
+        batches = []
         for part in message.iter_parts():  # type: ignore[attr-defined]
             data = part.get_payload(decode=True)
-            if data[:2] == b"\x1f\x8b":
+            mime = part.get_content_type()
+            if mime == "application/gzip":
+                if len(data) > MAX_UPLOAD_BYTES:
+                    return Reply(413, too_large(len(data)), HTML_UTF8)
                 data = gzip.decompress(data)
-            self.store.save_objects(project_id, (jsonb(obj) for obj in json.loads(data)))
+            elif mime not in ("text/plain", "application/json", "application/octet-stream"):
+                return Reply(400, UPLOAD_BAD_TYPE, HTML_UTF8)
+            if len(data) > MAX_UPLOAD_BYTES:
+                return Reply(413, too_large(len(data)), HTML_UTF8)
+            try:
+                batch = json.loads(data)
+            except ValueError:
+                text = b"" if mime == "application/gzip" else b" Batch is not in JSON format."
+                return Reply(400, b"Failed to parse data." + text, HTML_UTF8)
+            if not isinstance(batch, list):
+                return Reply(400, UPLOAD_NOT_ARRAY, HTML_UTF8)
+            batches.append(batch)
+        for batch in batches:
+            self.store.save_objects(project_id, (jsonb(obj) for obj in batch))
         return Reply(201)
 
-    def _get_objects(self, req: Any, body: bytes, user: User | None, project_id: str) -> Reply:
-        if project_id not in self.store.projects:
-            return Reply(404)
-        if not self.store.can_read(project_id, user):
-            return Reply(401)
+    def _get_objects(self, req: Any, body: bytes, caller: Caller, project_id: str) -> Reply:
+        """``POST /api/getobjects/:streamId`` (modules/core/rest/diffDownload.ts): read
+        permission (its status, no body), then the stored objects among those asked, ordered
+        by id within each run of 1000 asked ids (``getObjectsStreamFactory`` orders by id),
+        unknown ids left out, in the form ``SpeckleObjectsStream`` writes (see ``_objects``)."""
+        denied = self.store.read_denied(project_id, caller.user, caller.scopes)
+        if denied:
+            return Reply(denied)
         stored = self.store.objects[project_id]
-        found = [stored[i] for i in self._ids(body) if i in stored]
-        return self._objects_reply(req, found)
+        ids = self._ids(body)
+        found = []
+        for start in range(0, len(ids), 1000):
+            found += sorted({i for i in ids[start:start + 1000] if i in stored})
+        return self._objects(req, [(i, stored_text(stored[i])) for i in found])
 
     @staticmethod
-    def _objects_reply(req: Any, objects: list[dict[str, Any]]) -> Reply:
-        """``id<TAB>json`` lines (jsonb's text form) when Accept is exactly ``text/plain``,
-        otherwise a JSON array (diffDownload.ts compares the whole header with that string)."""
-        if req.headers.get("Accept", "") != "text/plain":
-            return Reply(200, compact(objects), "application/json", gzip=True)
-        lines = "".join(f"{o['id']}\t{json.dumps(o, ensure_ascii=False)}\n" for o in objects)
-        return Reply(200, lines.encode(), "text/plain; charset=UTF-8", gzip=True)
+    def _objects(req: Any, objects: list[tuple[str, str]]) -> Reply:
+        """``SpeckleObjectsStream`` (modules/core/rest/speckleObjectsStream.ts): when the
+        Accept header is exactly ``text/plain``, ``id<TAB>text<NEWLINE>`` per object with
+        ``text/plain; charset=UTF-8``; otherwise (any other Accept, none at all, or a list
+        such as ``text/plain, */*``) the texts joined by commas in ``[...]``, with
+        ``application/json``. Always gzip-encoded."""
+        if req.headers.get("Accept") == "text/plain":
+            lines = "".join(f"{object_id}\t{text}\n" for object_id, text in objects)
+            return Reply(200, lines.encode(), "text/plain; charset=UTF-8", gzip=True)
+        array = "[" + ",".join(text for _, text in objects) + "]"
+        return Reply(200, array.encode(), "application/json", gzip=True)
 
     def _single(
-        self, req: Any, body: bytes, user: User | None, project_id: str, object_id: str
+        self, req: Any, body: bytes, caller: Caller, project_id: str, object_id: str
     ) -> Reply:
-        if not self.store.can_read(project_id, user):
-            return Reply(401)
+        """``GET /objects/:streamId/:objectId/single`` (modules/core/rest/download.ts): read
+        permission, 404 ``Failed to find object.``, else ``res.send(obj.data)``: the object
+        re-serialised compactly with the ``totalChildrenCount`` column (null), not gzipped,
+        whatever Accept says."""
+        denied = self.store.read_denied(project_id, caller.user, caller.scopes)
+        if denied:
+            return Reply(denied)
         obj = self.store.objects[project_id].get(object_id)
         if obj is None:
-            return Reply(404, b"Failed to find object.", "text/html; charset=utf-8")
-        return Reply(200, compact(jsonb({**obj, "totalChildrenCount": None})), JSON_UTF8)
+            return Reply(404, b"Failed to find object.", HTML_UTF8)
+        return Reply(200, compact(formatted(obj)), JSON_UTF8)
 
     def _object_tree(
-        self, req: Any, body: bytes, user: User | None, project_id: str, object_id: str
+        self, req: Any, body: bytes, caller: Caller, project_id: str, object_id: str
     ) -> Reply:
-        """The object and every child in its ``__closure``."""
-        if not self.store.can_read(project_id, user):
-            return Reply(401)
+        """``GET /objects/:streamId/:objectId`` (modules/core/rest/download.ts): read
+        permission, 404 ``Failed to find object.``, else the object first (re-serialised as
+        ``_single`` does) and then every child of its ``__closure`` that is stored, ordered by
+        id (``getObjectChildrenStreamFactory``), negotiated as ``getobjects`` is."""
+        denied = self.store.read_denied(project_id, caller.user, caller.scopes)
+        if denied:
+            return Reply(denied)
         stored = self.store.objects[project_id]
         if object_id not in stored:
-            return Reply(404, b"Failed to find object.", "text/html; charset=utf-8")
-        ids = [object_id, *stored[object_id].get("__closure", {})]
-        return self._objects_reply(req, [stored[i] for i in ids if i in stored])
+            return Reply(404, b"Failed to find object.", HTML_UTF8)
+        root = (object_id, compact(formatted(stored[object_id])).decode())
+        children = sorted(i for i in stored[object_id].get("__closure", {}) if i in stored)
+        return self._objects(req, [root, *((i, stored_text(stored[i])) for i in children)])

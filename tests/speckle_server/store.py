@@ -98,12 +98,18 @@ def ilike(value: str, pattern: str) -> bool:
     return re.fullmatch(regex, value, re.IGNORECASE | re.DOTALL) is not None
 
 
+def has_scope(scopes: frozenset[str], scope: str) -> bool:
+    """``validateScopes`` (modules/shared/services/auth.ts): the scope itself, or ``*``."""
+    return scope in scopes or "*" in scopes
+
+
 @dataclass
 class Store:
     """All data of one test server. ``objects`` maps project id -> object id -> object."""
 
     users: dict[str, User] = field(default_factory=dict)
     tokens: dict[str, str] = field(default_factory=dict)  # token -> user id
+    scopes: dict[str, frozenset[str]] = field(default_factory=dict)  # token -> its scopes
     projects: dict[str, Project] = field(default_factory=dict)
     models: dict[str, Model] = field(default_factory=dict)
     versions: dict[str, Version] = field(default_factory=dict)
@@ -123,11 +129,14 @@ class Store:
     def _new_id(self) -> str:
         return secrets.token_hex(5)
 
-    def add_user(self, name: str, email: str, company: str | None, token: str) -> User:
+    def add_user(
+        self, name: str, email: str, company: str | None, token: str, scopes: Iterable[str]
+    ) -> User:
         role = "server:user" if self.users else "server:admin"
         user = User(self._new_id(), name, email, company, role)
         self.users[user.id] = user
         self.tokens[token] = user.id
+        self.scopes[token] = frozenset(scopes)
         return user
 
     def user_for_token(self, token: str) -> User | None:
@@ -153,14 +162,35 @@ class Store:
             raise SpeckleError(NO_ACCESS, "FORBIDDEN", 403)
         return project
 
-    def can_write(self, project_id: str, user: User | None) -> bool:
+    def read_denied(
+        self, project_id: str, user: User | None, scopes: frozenset[str]
+    ) -> int | None:
+        """The HTTP status the REST object endpoints refuse a read with, ``None`` if allowed
+        (``validatePermissionsReadStreamFactory``, modules/core/services/streams/auth.ts):
+        public projects are open to all; then no user is 401, a missing project 404, a token
+        without ``streams:read`` 401, and no role on the project 401."""
         project = self.projects.get(project_id)
-        return bool(project and user and user.id == project.owner_id)
+        if project and project.visibility == "PUBLIC":
+            return None
+        if user is None:
+            return 401
+        if project is None:
+            return 404
+        if not has_scope(scopes, "streams:read") or user.id != project.owner_id:
+            return 401
+        return None
 
-    def can_read(self, project_id: str, user: User | None) -> bool:
+    def write_denied(
+        self, project_id: str, user: User | None, scopes: frozenset[str]
+    ) -> int | None:
+        """``validatePermissionsWriteStreamFactory`` (same file): every refusal is 401, a
+        missing project included (the role check fails)."""
         project = self.projects.get(project_id)
-        public = bool(project and project.visibility == "PUBLIC")
-        return public or self.can_write(project_id, user)
+        if user is None or not has_scope(scopes, "streams:write"):
+            return 401
+        if project is None or user.id != project.owner_id:
+            return 401
+        return None
 
     def project_models(self, project_id: str) -> list[Model]:
         return [m for m in self.models.values() if m.project_id == project_id]
