@@ -2,12 +2,36 @@
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import itertools
+import json
 import random
 from typing import Any
 
-from caliber.queue.speckle_log import Event, fold, message, parse
+import pytest
+
+from caliber.queue.speckle_checkpoint import from_object, to_object
+from caliber.queue.speckle_events import (
+    KINDS,
+    Checkpoint,
+    Claim,
+    Delete,
+    Done,
+    Event,
+    Expire,
+    Fail,
+    Put,
+    Release,
+    Renew,
+    Resign,
+    SavedResults,
+    Unknown,
+    decode,
+    message,
+    parse,
+)
+from caliber.queue.speckle_log import Folded, fold
 from caliber.queue.workload import WorkloadStatus
 
 T0 = dt.datetime(2030, 1, 1, tzinfo=dt.UTC)
@@ -15,8 +39,11 @@ _ids = itertools.count()
 
 
 def ev(seconds: float, kind: str, **data: Any) -> Event:
-    return Event(kind=kind, data={"e": kind, "w": "w1", **data}, version_id=f"v{next(_ids):04}",
-                 object_id="obj", at=T0 + dt.timedelta(seconds=seconds))
+    """An event as format 1 (the first remote queues) wrote it."""
+    body = decode({"e": kind, "w": "w1", **data}, 1)
+    assert body is not None
+    return Event(body=body, version_id=f"v{next(_ids):04}", object_id="obj",
+                 at=T0 + dt.timedelta(seconds=seconds))
 
 
 def put(seconds: float = 0) -> Event:
@@ -28,13 +55,54 @@ def claim(seconds: float, token: str, lease: float = 60) -> Event:
 
 
 def test_messages_round_trip() -> None:
-    text = message("claimed w1 (pasta) by x caliber/1 {tricky}", {"e": "claim", "w": "w1",
-                                                                  "t": "a", "y": None})
-    assert text.startswith("claimed w1 (pasta) by x caliber/ 1 {tricky} · caliber/1 {")
+    body = Claim(workload="w1", token="a", owner="x", lease=60, key=None)
+    text = message("claimed w1 (pasta) by x caliber/2 {tricky}", body)
+    assert text.startswith("claimed w1 (pasta) by x caliber/ 2 {tricky} · caliber/2 {")
+    assert text.endswith('{"e":"claim","l":60,"o":"x","t":"a","w":"w1"}')
     got = parse("v1", "o1", text, T0)
-    assert got is not None and got.data == {"e": "claim", "w": "w1", "t": "a"}
+    assert got is not None and got.body == body
     assert parse("v2", "o1", "a model from a design tool", T0) is None
-    assert parse("v3", "o1", "broken · caliber/1 {not json", T0) is None
+    assert parse("v3", "o1", "broken · caliber/2 {not json", T0) is None
+    assert parse("v4", "o1", 'bad · caliber/2 {"e":"claim","w":"w1","t":7}', T0) is None
+
+
+def test_every_kind_round_trips_and_each_key_means_one_thing() -> None:
+    meaning: dict[str, str] = {}
+    for cls in KINDS.values():
+        for name, key in cls.keys.items():
+            assert meaning.setdefault(key, name) == name, (cls.kind, key)
+    bodies = [Put(workload="w", pinion="p", workflow="pasta", created_at=T0.isoformat(),
+                  queued_by="ann@laptop"),
+              Release(workload="w", token="t", reason="no", mismatch="k1"),
+              Done(workload="w", token="t", results="r", status="failed", error="boom"),
+              Expire(workload="w", token="t", max_attempts=3),
+              Delete(workload="w", force=True), Resign(workload="w", secret="s" * 64, key="k"),
+              Checkpoint(cutoff_at=T0.isoformat(), cutoff_version="v9", workloads=4)]
+    for body in bodies:
+        got = parse("v", "o", message("x", body), T0)
+        assert got is not None and got.body == body
+
+
+def test_format_1_messages_are_still_read() -> None:
+    # format 1 used "m" for both a mismatching key and the maximum attempts
+    old = 'x · caliber/1 {"e":"expire","w":"w1","t":"a","m":3}'
+    assert parse("v", "o", old, T0).body == Expire(  # type: ignore[union-attr]
+        workload="w1", token="a", max_attempts=3)
+    old = 'x · caliber/1 {"e":"resign","w":"w1","s":"secret","k":"key"}'
+    assert parse("v", "o", old, T0).body == Resign(  # type: ignore[union-attr]
+        workload="w1", secret="secret", key="key")
+
+
+def test_a_newer_format_or_kind_is_kept_as_unknown_not_dropped() -> None:
+    for text, version in (('x · caliber/3 {"e":"claim","w":"w1","t":"a"}', 3),
+                          ('x · caliber/2 {"e":"pause","w":"w1"}', 2)):
+        event = parse("v9", "o", text, T0 + dt.timedelta(seconds=5))
+        assert event is not None and isinstance(event.body, Unknown)
+        assert event.body.format == version
+        assert "newer Caliber (format" in event.body.describe()
+        assert event.body.describe().endswith("upgrade Caliber")
+        folded = fold([put(), event])
+        assert folded.unknown == [event.body] and len(folded.live()) == 1
 
 
 def test_first_claim_wins_and_the_loser_cannot_complete() -> None:
@@ -108,3 +176,91 @@ def test_any_arrival_order_and_duplicates_give_the_same_state() -> None:
         got = fold(shuffled).workloads["w1"]
         assert (got.status, got.results_id, got.attempts, got.history) == (
             expected.status, expected.results_id, expected.attempts, expected.history)
+
+
+# --- checkpoints: a reader starting from one folds exactly what a reader of the whole log does
+
+
+def stored(folded: Folded, cutoff: tuple[dt.datetime, str]) -> Folded:
+    """``folded`` written as a checkpoint object and read back, as another reader would."""
+    pytest.importorskip("specklepy")
+    from caliber.queue import speckle_adapter as sp
+
+    root, objects = sp.serialise(to_object(folded, cutoff))
+    found = {i: json.loads(text) for i, text in objects.items()}
+    return from_object(found[root], found)
+
+
+def random_log(rng: random.Random) -> list[Event]:
+    """Events about three workloads, with racing claims, stale writes, and expired leases."""
+    events, tokens = [], ["a", "b", "c", "d"]
+    for n, wid in enumerate(("w1", "w2", "w3")):
+        events.append(Event(body=Put(workload=wid, pinion="p", workflow="pasta",
+                                     created_at=(T0 + dt.timedelta(seconds=n)).isoformat()),
+                            version_id=f"v{next(_ids):04}", object_id=f"o{wid}",
+                            at=T0 + dt.timedelta(seconds=n)))
+    for _ in range(rng.randrange(5, 30)):
+        wid, token = rng.choice(["w1", "w2", "w3"]), rng.choice(tokens)
+        body = rng.choice([
+            Claim(workload=wid, token=token, owner=f"pinion-{token}",
+                  lease=rng.choice([1, 3, 60]), key=rng.choice(["k", "k2"])),
+            Claim(workload=wid, token=token, owner=f"pinion-{token}", lease=5, key="k"),
+            Renew(workload=wid, token=token, lease=rng.choice([1, 60])),
+            Release(workload=wid, token=token, reason="stop", mismatch=rng.choice([None, "k2"])),
+            Done(workload=wid, token=token, results=f"r{token}{wid}", workflow="pasta",
+                 status=rng.choice(["completed", "failed"])),
+            Fail(workload=wid, token=token, reason="timed out", retry=rng.random() < 0.5),
+            Expire(workload=wid, token=token, max_attempts=rng.choice([1, 2])),
+            Resign(workload=wid, secret="s" * 64, key="k2"),
+            Delete(workload=wid),
+            SavedResults(results=f"s{next(_ids)}", workflow="pasta", status="completed"),
+        ])
+        at = T0 + dt.timedelta(seconds=rng.uniform(3, 40))
+        events.append(Event(body=body, version_id=f"v{next(_ids):04}", object_id="o", at=at))
+    events += rng.sample(events, 3)  # versions listed twice
+    return events
+
+
+def key_state(folded: Folded) -> Any:
+    return ({i: dataclasses.astuple(s) for i, s in folded.workloads.items()},
+            folded.results)
+
+
+def test_a_checkpoint_at_any_cutoff_gives_the_state_of_the_whole_log() -> None:
+    for seed in range(40):
+        rng = random.Random(seed)
+        events = random_log(rng)
+        whole = key_state(fold(events))
+        for cut in sorted({e.order for e in events}):
+            before = [e for e in events if e.order <= cut]
+            after = [e for e in events if e.order > cut]
+            start = stored(fold(before), cut)
+            snapshot = key_state(start)
+            rng.shuffle(after)  # the versions after the cutoff, in any listing order
+            marker = Event(body=Checkpoint(cutoff_at=cut[0].isoformat(), cutoff_version=cut[1]),
+                           version_id="vzzzz", object_id="ck", at=cut[0] + dt.timedelta(1))
+            assert key_state(fold([*after, marker], start=start)) == whole, (seed, cut)
+            assert key_state(start) == snapshot  # the checkpoint's state is left as it was
+
+
+def test_claims_racing_a_checkpoint() -> None:
+    # a claimed just before the cutoff, b raced it (after the cutoff, before the checkpoint
+    # was written), c claimed after the checkpoint: every reader says a holds the workload
+    a, b = claim(10, "a", lease=60), claim(11, "b")
+    cut = a.order
+    start = stored(fold([put(), a]), cut)
+    c = claim(20, "c")
+    got = fold([c, b], start=start).workloads["w1"]
+    assert got.holder is not None and got.holder.token == "a" and got.attempts == 1
+    # a's lease ran out: the first claim after that wins, on both sides of the cutoff
+    short = claim(10, "a", lease=0.5)
+    start = stored(fold([put(), short]), short.order)
+    for order in ([b, c], [c, b]):
+        got = fold(order, start=start).workloads["w1"]
+        assert got.holder is not None and got.holder.token == "b" and got.attempts == 2
+    # a completes after the cutoff; a stale completion of b cannot replace it
+    done_a = ev(12, "done", t="a", r="ra", s="completed", n="pasta")
+    done_b = ev(13, "done", t="b", r="rb", s="completed", n="pasta")
+    start = stored(fold([put(), a]), cut)
+    got = fold([done_b, b, done_a], start=start)
+    assert got.workloads["w1"].results_id == "ra" and list(got.results) == ["ra"]

@@ -16,6 +16,7 @@ from __future__ import annotations
 import builtins
 import datetime as dt
 import json
+import logging
 import secrets
 import threading
 import time
@@ -31,8 +32,13 @@ from caliber.errors import (
     QueueStateError,
 )
 from caliber.queue import speckle_adapter as sp
-from caliber.queue.backend import Claim
-from caliber.queue.speckle_log import Event, Folded, State, clip, fold, message, parse
+from caliber.queue import speckle_events as ev
+from caliber.queue.backend import Claim, WorkloadSummary
+from caliber.queue.speckle_checkpoint import to_object
+from caliber.queue.speckle_events import clip, message
+from caliber.queue.speckle_log import Folded, State
+from caliber.queue.speckle_view import LogView
+from caliber.queue.target import QueueTarget
 from caliber.queue.workload import Attachment, Lease, Workload, WorkloadStatus
 from caliber.results.model import Results, RunStatus
 from caliber.settings import DEFAULT_MIN_LEASE, DEFAULT_SETTLE, RemoteSettings
@@ -42,6 +48,12 @@ OBJECT_CACHE = 256  # objects kept in memory (they are immutable: their id is th
 RECHECK_WAIT = 1.0  # seconds: wait before looking whether an unanswered write happened
 FRESH_ENOUGH = 0.5  # seconds: a look at the log this young is good enough to pick a workload
 RUNNING = WorkloadStatus.RUNNING
+log = logging.getLogger(__name__)
+
+
+def open_target(target: QueueTarget) -> SpeckleBackend:
+    """The backend of a ``speckle`` :class:`~caliber.queue.target.QueueTarget`."""
+    return SpeckleBackend.open(target.settings)
 
 
 class SpeckleBackend:
@@ -55,13 +67,12 @@ class SpeckleBackend:
         self.location = f"{connection.host} project {connection.project_id} model " \
                         f"{connection.model_name}"
         self.lock = threading.RLock()
-        self.versions: dict[str, dt.datetime] = {}  # every version seen: id -> createdAt
-        self.events: dict[str, Event] = {}
-        self.folded = Folded()
+        self.view = LogView(connection, self._found)
         self.skew = 0.0  # seconds the server's clock is ahead of ours
         self._objects: OrderedDict[str, dict[str, Any]] = OrderedDict()
         self._marker: str | None = None
         self._looked = -1e9  # monotonic time of the last listing
+        self._told: set[str] = set()  # notices already given
 
     @classmethod
     def open(cls, settings: RemoteSettings) -> SpeckleBackend:
@@ -84,56 +95,23 @@ class SpeckleBackend:
         ``max_age`` seconds), and fold the log again."""
         with self.lock:
             if max_age > 0 and time.monotonic() - self._looked < max_age:
-                return self.folded
+                return self.view.folded
             self._looked = time.monotonic()
-            first = self.conn.list_versions()
-            if not first.items:
-                self._replace({})
-                return self.folded
-            page, found = first, {}
-            while True:
-                fresh = [v for v in page.items if v.id not in self.versions]
-                for v in fresh:
-                    found[v.id] = v
-                if len(fresh) < len(page.items) or len(page.items) < sp.VERSIONS_PAGE:
-                    break
-                page = self.conn.list_versions(page.cursor)
-            top = first.items[0].created_at
-            self._add(found.values())
-            listed = sum(1 for at in self.versions.values() if at <= top)
-            if listed != first.total:  # versions deleted, or seen late: read them all again
-                self._replace(self._walk())
-            return self.folded
+            folded = self.view.refresh()
+            if self.conn.model_id is None:
+                self._tell(f"model {self.conn.model_name} does not exist yet on "
+                           f"{self.conn.host} project {self.conn.project_id}; it is made by "
+                           "the first `caliber workflow queue`")
+            if folded.unknown:
+                self._tell(f"{self.location}: {folded.unknown[0].describe()}; until then "
+                           "this shows only what this Caliber understands")
+            return folded
 
-    def _walk(self) -> dict[str, sp.VersionInfo]:
-        everything: dict[str, sp.VersionInfo] = {}
-        cursor = None
-        while True:
-            page = self.conn.list_versions(cursor)
-            everything.update((v.id, v) for v in page.items)
-            if len(page.items) < sp.VERSIONS_PAGE or not page.cursor:
-                return everything
-            cursor = page.cursor
-
-    def _replace(self, versions: dict[str, sp.VersionInfo]) -> None:
-        if set(versions) == set(self.versions):
-            return
-        self.versions.clear()
-        self.events.clear()
-        self._add(versions.values())
-
-    def _add(self, versions: Any) -> None:
-        changed = False
-        for v in versions:
-            if v.id in self.versions:
-                continue
-            self.versions[v.id] = v.created_at
-            event = parse(v.id, v.object_id, v.message, v.created_at)
-            if event is not None:
-                self.events[v.id] = event
-                changed = True
-        if changed or not self.events:
-            self.folded = fold(self.events.values())
+    def _tell(self, notice: str) -> None:
+        """A notice on stderr (through logging), once per backend."""
+        if notice not in self._told:
+            self._told.add(notice)
+            log.warning("%s", notice)
 
     def server_now(self) -> dt.datetime:
         return dt.datetime.fromtimestamp(time.time() + self.skew, dt.UTC)
@@ -141,26 +119,42 @@ class SpeckleBackend:
     def _local(self, server_time: dt.datetime) -> dt.datetime:
         return server_time - dt.timedelta(seconds=self.skew)
 
-    def _write(self, human: str, data: dict[str, Any], object_id: str | None = None) -> Event:
-        """Append one event; the log and the clock estimate learn of it at once."""
-        text = message(human, data)
+    def _write(self, human: str, body: ev.Body, object_id: str | None = None) -> None:
+        """Append one event; the log and the clock estimate learn of it at once. Now and
+        then a checkpoint follows (:mod:`caliber.queue.speckle_checkpoint`)."""
+        text = message(human, body)
         target = object_id or self._marker_id()
-        before = set(self.versions)
+        before = set(self.view.versions)
         started = time.time()
         try:
             version = self.conn.create_version(target, text)
         except sp.AmbiguousWriteError:
             time.sleep(RECHECK_WAIT)
             self.refresh()
-            expected = parse("", "", text, self.server_now())
-            landed = [i for i in self.versions if i not in before and expected is not None
-                      and (e := self.events.get(i)) is not None and e.data == expected.data]
-            if not landed:
+            if not any(i not in before and e.body == body
+                       for i, e in self.view.events.items()):
                 raise
-            return self.events[landed[0]]
+            return
         self.skew = version.created_at.timestamp() - (started + time.time()) / 2
-        self._add([version])
-        return self.events[version.id]
+        self.view.add([version])
+        self._checkpoint()
+
+    def _checkpoint(self) -> None:
+        due = self.view.checkpoint_due()
+        if due is None:
+            return
+        cutoff, state = due
+        body = ev.Checkpoint(cutoff_at=cutoff[0].isoformat(), cutoff_version=cutoff[1],
+                             workloads=len(state.workloads))
+        try:
+            root = self._upload(to_object(state, cutoff))
+            version = self.conn.create_version(root, message(
+                f"checkpoint: the queue up to {cutoff[0]:%Y-%m-%d %H:%M:%S} "
+                f"({body.workloads} workloads)", body))
+        except QueueError as exc:  # the next writer tries again; nothing depends on it
+            log.warning("%s: could not write a checkpoint (%s)", self.location, exc)
+            return
+        self.view.add([version])
 
     def _marker_id(self) -> str:
         if self._marker is None:
@@ -175,6 +169,14 @@ class SpeckleBackend:
     # --- objects --------------------------------------------------------------------------
 
     def _fetch(self, ids: builtins.list[str]) -> dict[str, dict[str, Any]]:
+        got = self._found(ids)
+        for i in ids:
+            if i not in got:
+                raise QueueError(f"{self.location}: object {i} is missing on the server")
+        return got
+
+    def _found(self, ids: builtins.list[str]) -> dict[str, dict[str, Any]]:
+        """The objects of ``ids`` that the server has (recently used ones are kept)."""
         got = {i: self._objects[i] for i in ids if i in self._objects}
         wanted = [i for i in dict.fromkeys(ids) if i not in got]
         if wanted:
@@ -184,9 +186,6 @@ class SpeckleBackend:
             self._objects.move_to_end(object_id)
         while len(self._objects) > OBJECT_CACHE:
             self._objects.popitem(last=False)
-        for i in ids:
-            if i not in got:
-                raise QueueError(f"{self.location}: object {i} is missing on the server")
         return got
 
     def _workloads(self, states: builtins.list[State]) -> builtins.list[Workload]:
@@ -254,8 +253,9 @@ class SpeckleBackend:
             self._write(
                 f"queued {workload.id} ({workload.workflow_name}) for pinion {workload.pinion}"
                 f" by {workload.queued_by or '?'}",
-                {"e": "put", "w": workload.id, "p": workload.pinion, "n": workload.workflow_name,
-                 "c": workload.created_at.isoformat(), "b": workload.queued_by},
+                ev.Put(workload=workload.id, pinion=workload.pinion,
+                       workflow=workload.workflow_name, created_at=workload.created_at.isoformat(),
+                       queued_by=workload.queued_by),
                 root,
             )
 
@@ -278,6 +278,20 @@ class SpeckleBackend:
             end = None if limit is None else offset + limit
             return self._workloads(states[offset:end])
 
+    def list_summaries(
+        self,
+        key: bytes,
+        *,
+        pinion: str | None = None,
+        status: WorkloadStatus | None = None,
+        limit: int | None = None,
+        offset: int = 0,
+    ) -> builtins.list[WorkloadSummary]:
+        from caliber.queue.secret import verify
+
+        listed = self.list_workloads(pinion=pinion, status=status, limit=limit, offset=offset)
+        return [w.to_summary(verify(w, key)) for w in listed]
+
     def _lease(self, seconds: float) -> float:
         return max(seconds, self.min_lease) if seconds > 0 else seconds
 
@@ -287,8 +301,11 @@ class SpeckleBackend:
             tried: set[str] = set()
             for _ in range(MAX_CLAIM_TRIES):
                 now = self.server_now()
-                candidates = [  # (a look just taken by expire() will do to choose)
-                    s for s in self.refresh(FRESH_ENOUGH).live()
+                folded = self.refresh(FRESH_ENOUGH)  # (a look just taken by expire() will do)
+                if folded.unknown:
+                    raise QueueError(f"{self.location}: {folded.unknown[0].describe()}")
+                candidates = [
+                    s for s in folded.live()
                     if s.pinion == pinion and s.id not in tried and s.mismatch != key_id
                     and (s.status == WorkloadStatus.QUEUED or (
                         s.status == RUNNING and s.holder is not None and s.holder.expires < now))
@@ -300,8 +317,8 @@ class SpeckleBackend:
                 token = secrets.token_hex(12)
                 try:
                     self._write(f"claimed {state.id} ({state.workflow}) by {owner}",
-                                {"e": "claim", "w": state.id, "t": token, "o": owner,
-                                 "l": lease, "k": key_id})
+                                ev.Claim(workload=state.id, token=token, owner=owner,
+                                         lease=lease, key=key_id))
                     lost: QueueError | None = None
                 except sp.AmbiguousWriteError as exc:
                     lost = exc
@@ -335,7 +352,7 @@ class SpeckleBackend:
             if lease > 0 and left > lease / 2:  # plenty left: spare the server a version
                 return replace(claim, expires_at=self._local(state.holder.expires))
             self._write(f"lease of {state.id} renewed by {claim.owner}",
-                        {"e": "renew", "w": state.id, "t": claim.token, "l": lease})
+                        ev.Renew(workload=state.id, token=claim.token, lease=lease))
             state = self._held(claim)
             assert state.holder is not None
             return replace(claim, expires_at=self._local(state.holder.expires))
@@ -344,8 +361,8 @@ class SpeckleBackend:
         with self.lock:
             state = self._held(claim)
             self._write(f"released {state.id} ({state.workflow}) by {claim.owner}: {reason}",
-                        {"e": "release", "w": state.id, "t": claim.token, "y": clip(reason),
-                         "m": mismatch_key_id})
+                        ev.Release(workload=state.id, token=claim.token,
+                                   reason=clip(reason) or "", mismatch=mismatch_key_id))
 
     def complete(self, claim: Claim, results: Results) -> None:
         if results.workload_id != claim.workload.id:
@@ -358,8 +375,10 @@ class SpeckleBackend:
             self._write(
                 f"{done} {state.id} ({state.workflow}): "
                 + (error or f"results {results.id}"),
-                {**_results_data(results), "e": "done", "t": claim.token,
-                 "x": clip(error), "d": results.work_dir},
+                ev.Done(workload=state.id, token=claim.token, results=results.id,
+                        workflow=results.workflow, pinion=results.pinion,
+                        status=results.status.value, finished_at=results.finished_at.isoformat(),
+                        error=clip(error), work_dir=results.work_dir),
                 root,
             )
             if self.refresh().workloads[state.id].results_id != results.id:
@@ -371,8 +390,8 @@ class SpeckleBackend:
             state = self._held(claim)
             again = "; queued again" if retry else ""
             self._write(f"failed {state.id} ({state.workflow}): {reason}{again}",
-                        {"e": "fail", "w": state.id, "t": claim.token, "y": clip(reason),
-                         "q": retry})
+                        ev.Fail(workload=state.id, token=claim.token, reason=clip(reason),
+                                retry=retry))
 
     def expire(self, max_attempts: int) -> builtins.list[str]:
         with self.lock:
@@ -383,9 +402,9 @@ class SpeckleBackend:
                         and s.attempts >= max_attempts):
                     self._write(f"failed {s.id} ({s.workflow}): lease ran out {s.attempts} "
                                 "times (pinion died?)",
-                                {"e": "expire", "w": s.id, "t": s.holder.token,
-                                 "m": max_attempts})
-                    if self.folded.workloads[s.id].status == WorkloadStatus.FAILED:
+                                ev.Expire(workload=s.id, token=s.holder.token,
+                                          max_attempts=max_attempts))
+                    if self.view.folded.workloads[s.id].status == WorkloadStatus.FAILED:
                         out.append(s.id)
             return out
 
@@ -399,14 +418,14 @@ class SpeckleBackend:
                     "stop the pinion first or use --force"
                 )
             self._write(f"deleted {workload.id} ({workload.workflow_name})",
-                        {"e": "delete", "w": workload.id, "f": force})
+                        ev.Delete(workload=workload.id, force=force))
             return workload
 
     def resetsecret(self, id_or_prefix: str, secret: str, key_id: str) -> Workload:
         with self.lock:
             state = self._state(id_or_prefix)
             self._write(f"re-signed {state.id} ({state.workflow}) with key {key_id}",
-                        {"e": "resign", "w": state.id, "s": secret, "k": key_id})
+                        ev.Resign(workload=state.id, secret=secret, key=key_id))
             return self.get(state.id)
 
     # --- results --------------------------------------------------------------------------
@@ -422,7 +441,10 @@ class SpeckleBackend:
         with self.lock:
             root = self._upload(_results_object(results))
             self._write(f"results {results.id} ({results.workflow}) saved",
-                        {**_results_data(results), "e": "results"}, root)
+                        ev.SavedResults(results=results.id, workload=results.workload_id,
+                                        workflow=results.workflow, pinion=results.pinion,
+                                        status=results.status.value,
+                                        finished_at=results.finished_at.isoformat()), root)
 
     def get_results(self, id_or_prefix: str) -> Results:
         with self.lock:
@@ -475,12 +497,6 @@ def _resolve(ids: Any, id_or_prefix: str, what: str) -> str:
     if len(found) > 1:
         raise AmbiguousIdError(id_or_prefix, found[:21])
     return str(found[0])
-
-
-def _results_data(results: Results) -> dict[str, Any]:
-    return {"r": results.id, "w": results.workload_id, "n": results.workflow,
-            "p": results.pinion, "s": results.status.value,
-            "f": results.finished_at.isoformat()}
 
 
 def _results_object(results: Results) -> Any:

@@ -1,76 +1,30 @@
-"""The remote queue's event log: one Speckle version per event, and the fold that turns the
-versions into the state of every workload.
-
-A version's message is a line for people followed by the machine part, for example::
-
-    claimed k3v9q2mxa7 (pasta) by mypinion@host:4242 · caliber/1 {"e":"claim","w":"k3v9q2mxa7",...}
+"""The remote queue's fold: it turns the events of the log (one Speckle version each, see
+:mod:`caliber.queue.speckle_events`) into the state of every workload.
 
 The fold reads events in server order (``createdAt``, then version id) and applies each one
 only when it fits the state at that point: the first claim of a claimable workload wins, a
 later claim is ignored while that lease lives, and a renewal, release, completion or failure
 counts only when its claim token is the current holder's. So the log decides, identically for
 every reader, who holds what, whatever order the writes arrived in. See docs/remote-queue.md.
+
+The fold is a state machine, so it can start from the state a checkpoint stored instead of
+from nothing: ``fold(after, start=fold(before))`` equals ``fold(before + after)`` for events
+split at any point of server order.
 """
 
 from __future__ import annotations
 
+import copy
 import datetime as dt
-import json
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
+from caliber.queue import speckle_events as ev
 from caliber.queue.workload import HistoryEntry, WorkloadStatus
 
-MARK = "caliber/1"
-SEPARATOR = " · "
-MAX_TEXT = 300  # characters of a reason or error kept in a message
-MAX_HUMAN = 200  # characters of the readable part of a message
-
-
-@dataclass(frozen=True)
-class Event:
-    """One parsed queue version."""
-
-    kind: str
-    data: dict[str, Any]
-    version_id: str
-    object_id: str
-    at: dt.datetime
-    """The version's createdAt: server time."""
-
-    @property
-    def order(self) -> tuple[dt.datetime, str]:
-        return (self.at, self.version_id)
-
-
-def clip(text: str | None, limit: int = MAX_TEXT) -> str | None:
-    if text is None:
-        return None
-    flat = " ".join(str(text).split())
-    return flat if len(flat) <= limit else flat[: limit - 1] + "…"
-
-
-def message(human: str, data: dict[str, Any]) -> str:
-    """The version message: the readable part, then the machine part."""
-    readable = (clip(human, MAX_HUMAN) or "").replace(MARK, "caliber/ 1")
-    machine = json.dumps({k: v for k, v in data.items() if v is not None},
-                         separators=(",", ":"), ensure_ascii=False, sort_keys=True)
-    return f"{readable}{SEPARATOR}{MARK} {machine}"
-
-
-def parse(version_id: str, object_id: str, text: str, at: dt.datetime) -> Event | None:
-    """The event in a version message, or None (a version that is not a queue event)."""
-    start = text.find(MARK + " {")
-    if start < 0:
-        return None
-    try:
-        data = json.loads(text[start + len(MARK) + 1:])
-    except ValueError:
-        return None
-    if not isinstance(data, dict) or not isinstance(data.get("e"), str):
-        return None
-    return Event(kind=data["e"], data=data, version_id=version_id, object_id=object_id, at=at)
+Order = tuple[dt.datetime, str]
+"""A place in the log: (createdAt, version id)."""
 
 
 @dataclass
@@ -92,7 +46,7 @@ class State:
     created_at: dt.datetime
     queued_by: str
     object_id: str
-    order: tuple[dt.datetime, str]
+    order: Order
     status: WorkloadStatus = WorkloadStatus.QUEUED
     attempts: int = 0
     holder: Holder | None = None
@@ -130,6 +84,8 @@ class ResultsRef:
 class Folded:
     workloads: dict[str, State] = field(default_factory=dict)
     results: dict[str, ResultsRef] = field(default_factory=dict)
+    unknown: list[ev.Unknown] = field(default_factory=list)
+    """Events this Caliber cannot read (written by a newer one): the state may be wrong."""
 
     def live(self) -> list[State]:
         """Workloads not deleted, oldest first."""
@@ -137,7 +93,7 @@ class Folded:
         return sorted(found, key=lambda s: (s.created_at, s.order))
 
 
-def _time(text: Any, default: dt.datetime) -> dt.datetime:
+def at_time(text: Any, default: dt.datetime) -> dt.datetime:
     try:
         moment = dt.datetime.fromisoformat(str(text))
     except ValueError:
@@ -145,108 +101,130 @@ def _time(text: Any, default: dt.datetime) -> dt.datetime:
     return moment if moment.tzinfo else moment.replace(tzinfo=dt.UTC)
 
 
-def _seconds(value: Any) -> dt.timedelta:
+def _seconds(value: float) -> dt.timedelta:
     try:
         return dt.timedelta(seconds=float(value))
     except (TypeError, ValueError, OverflowError):
         return dt.timedelta(0)
 
 
-def fold(events: Iterable[Event]) -> Folded:
-    """The state of every workload after ``events`` (applied in server order)."""
+def fold(events: Iterable[ev.Event], start: Folded | None = None) -> Folded:
+    """The state of every workload after ``events`` (applied in server order), starting
+    from ``start`` (which is left as it is)."""
     out = Folded()
-    for ev in sorted(events, key=lambda e: e.order):
-        d = ev.data
-        ref = _results_ref(ev) if ev.kind in ("results", "done") else None
-        if ev.kind == "results":
+    if start is not None:
+        out.workloads = dict(start.workloads)
+        out.results = dict(start.results)
+        out.unknown = list(start.unknown)
+    mine: set[str] = set()  # states copied from ``start`` for this fold (copy on write)
+
+    def writable(state: State) -> State:
+        if start is not None and state.id not in mine:
+            state = out.workloads[state.id] = copy.deepcopy(state)
+            mine.add(state.id)
+        return state
+
+    for event in sorted(events, key=lambda e: e.order):
+        body = event.body
+        if isinstance(body, ev.Unknown):
+            out.unknown.append(body)
+            continue
+        if isinstance(body, ev.SavedResults | ev.Done) and body.results is not None:
+            ref = ResultsRef(id=body.results, workload_id=body.workload,
+                             workflow=body.workflow, pinion=body.pinion, status=body.status,
+                             finished_at=at_time(body.finished_at, event.at),
+                             object_id=event.object_id)
+        else:
+            ref = None
+        if isinstance(body, ev.SavedResults):
             if ref is not None:
                 out.results.setdefault(ref.id, ref)
             continue
-        wid = d.get("w")
-        if not isinstance(wid, str):
+        if isinstance(body, ev.Checkpoint):
             continue
-        state = out.workloads.get(wid)
-        if ev.kind == "put":
-            if state is None:
-                state = out.workloads[wid] = State(
-                    id=wid, pinion=str(d.get("p", "")), workflow=str(d.get("n", "?")),
-                    created_at=_time(d.get("c"), ev.at), queued_by=str(d.get("b", "")),
-                    object_id=ev.object_id, order=ev.order,
+        if isinstance(body, ev.Put):
+            if body.workload not in out.workloads:
+                state = out.workloads[body.workload] = State(
+                    id=body.workload, pinion=body.pinion, workflow=body.workflow,
+                    created_at=at_time(body.created_at, event.at), queued_by=body.queued_by,
+                    object_id=event.object_id, order=event.order,
                 )
-                state.note(ev.at, f"queued by {state.queued_by or '?'}")
+                mine.add(body.workload)
+                state.note(event.at, f"queued by {state.queued_by or '?'}")
             continue
-        if state is None or state.deleted:
+        wid = getattr(body, "workload", None)
+        current = out.workloads.get(wid) if isinstance(wid, str) else None
+        if current is None or current.deleted or not _applies(current, body, event.at):
             continue
-        token = d.get("t")
-        if ev.kind == "claim":
-            _claim(state, ev)
-        elif ev.kind == "renew":
-            if state.held_by(token) and state.holder is not None:
-                state.holder.expires = ev.at + _seconds(d.get("l"))
-        elif ev.kind == "release" and state.held_by(token) and state.holder is not None:
-            state.status = WorkloadStatus.QUEUED
-            state.attempts = max(state.attempts - 1, 0)
-            state.mismatch = d.get("m") or state.mismatch
-            state.note(ev.at, f"released by {state.holder.owner}: {d.get('y', '')}")
-            state.holder = None
-        elif ev.kind == "done" and state.held_by(token):
-            failed = d.get("s") != "completed"
-            state.status = WorkloadStatus.FAILED if failed else WorkloadStatus.COMPLETED
-            state.results_id = d.get("r")
-            state.last_error = d.get("x") or ("the workflow failed" if failed else None)
-            state.work_dir = d.get("d")
-            state.holder = None
-            error = f": {state.last_error}" if state.last_error else ""
-            state.note(ev.at, f"results {state.results_id}{error}")
-            if ref is not None:
-                out.results.setdefault(ref.id, ref)
-        elif ev.kind == "fail" and state.held_by(token):
-            retry = bool(d.get("q"))
-            state.status = WorkloadStatus.QUEUED if retry else WorkloadStatus.FAILED
-            state.last_error = d.get("y")
-            state.holder = None
-            state.note(ev.at, f"attempt failed: {d.get('y')}" + ("; queued again" if retry
-                                                                 else ""))
-        elif ev.kind == "expire" and state.held_by(token) and state.holder is not None:
-            if state.holder.expires < ev.at and state.attempts >= int(d.get("m", 1)):
-                state.status = WorkloadStatus.FAILED
-                state.last_error = f"lease ran out {state.attempts} times (pinion died?)"
-                state.holder = None
-                state.note(ev.at, state.last_error)
-        elif ev.kind == "delete":
-            state.deleted = True
-        elif ev.kind == "resign" and isinstance(d.get("s"), str):
-            state.secret = d["s"]
-            state.mismatch = None
-            state.note(ev.at, f"signed again with key {d.get('k', '?')}")
+        _apply(writable(current), body, event.at)
+        if isinstance(body, ev.Done) and ref is not None:
+            out.results.setdefault(ref.id, ref)
     return out
 
 
-def _claim(state: State, ev: Event) -> None:
-    d = ev.data
+def _applies(state: State, body: ev.Body, at: dt.datetime) -> bool:
+    """Whether ``body`` changes ``state`` (checked before copying the state)."""
+    if isinstance(body, ev.Claim):
+        holder = state.holder
+        if holder is not None and holder.token == body.token:
+            return False  # the same claim written twice
+        if body.key is not None and body.key == state.mismatch:
+            return False  # that key was found not to match: its pinions never run this one
+        if state.status == WorkloadStatus.RUNNING and holder is not None:
+            return holder.expires < at  # a live lease: this claim lost
+        return state.status == WorkloadStatus.QUEUED
+    if isinstance(body, ev.Expire):
+        return (state.held_by(body.token) and state.holder is not None
+                and state.holder.expires < at and state.attempts >= body.max_attempts)
+    if isinstance(body, ev.Renew | ev.Release | ev.Done | ev.Fail):
+        return state.held_by(body.token)
+    return isinstance(body, ev.Delete | ev.Resign)
+
+
+def _apply(state: State, body: ev.Body, at: dt.datetime) -> None:
     holder = state.holder
-    if holder is not None and holder.token == d.get("t"):
-        return  # the same claim written twice
-    if d.get("k") is not None and d.get("k") == state.mismatch:
-        return  # that key was found not to match: its pinions never run this workload
-    if state.status == WorkloadStatus.RUNNING and holder is not None and holder.expires < ev.at:
-        state.note(ev.at, f"lease of {holder.owner} ran out (attempt {state.attempts} lost)",
-                   WorkloadStatus.QUEUED)
-    elif state.status != WorkloadStatus.QUEUED:
-        return  # held by a live lease, or finished: this claim lost
-    state.status = WorkloadStatus.RUNNING
-    state.attempts += 1
-    owner = str(d.get("o", "?"))
-    state.holder = Holder(token=str(d.get("t")), owner=owner,
-                          expires=ev.at + _seconds(d.get("l")))
-    state.note(ev.at, f"claimed by {owner} (attempt {state.attempts})")
-
-
-def _results_ref(ev: Event) -> ResultsRef | None:
-    d = ev.data
-    if not isinstance(d.get("r"), str):
-        return None
-    return ResultsRef(
-        id=d["r"], workload_id=d.get("w"), workflow=str(d.get("n", "?")), pinion=d.get("p"),
-        status=str(d.get("s", "")), finished_at=_time(d.get("f"), ev.at), object_id=ev.object_id,
-    )
+    if isinstance(body, ev.Claim):
+        if state.status == WorkloadStatus.RUNNING and holder is not None:
+            state.note(at, f"lease of {holder.owner} ran out (attempt {state.attempts} lost)",
+                       WorkloadStatus.QUEUED)
+        state.status = WorkloadStatus.RUNNING
+        state.attempts += 1
+        state.holder = Holder(token=body.token, owner=body.owner,
+                              expires=at + _seconds(body.lease))
+        state.note(at, f"claimed by {body.owner} (attempt {state.attempts})")
+    elif isinstance(body, ev.Renew):
+        assert holder is not None
+        holder.expires = at + _seconds(body.lease)
+    elif isinstance(body, ev.Release):
+        assert holder is not None
+        state.status = WorkloadStatus.QUEUED
+        state.attempts = max(state.attempts - 1, 0)
+        state.mismatch = body.mismatch or state.mismatch
+        state.note(at, f"released by {holder.owner}: {body.reason}")
+        state.holder = None
+    elif isinstance(body, ev.Done):
+        failed = body.status != "completed"
+        state.status = WorkloadStatus.FAILED if failed else WorkloadStatus.COMPLETED
+        state.results_id = body.results
+        state.last_error = body.error or ("the workflow failed" if failed else None)
+        state.work_dir = body.work_dir
+        state.holder = None
+        error = f": {state.last_error}" if state.last_error else ""
+        state.note(at, f"results {state.results_id}{error}")
+    elif isinstance(body, ev.Fail):
+        state.status = WorkloadStatus.QUEUED if body.retry else WorkloadStatus.FAILED
+        state.last_error = body.reason
+        state.holder = None
+        state.note(at, f"attempt failed: {body.reason}" + ("; queued again" if body.retry
+                                                           else ""))
+    elif isinstance(body, ev.Expire):
+        state.status = WorkloadStatus.FAILED
+        state.last_error = f"lease ran out {state.attempts} times (pinion died?)"
+        state.holder = None
+        state.note(at, state.last_error)
+    elif isinstance(body, ev.Delete):
+        state.deleted = True
+    elif isinstance(body, ev.Resign):
+        state.secret = body.secret
+        state.mismatch = None
+        state.note(at, f"signed again with key {body.key}")

@@ -1,0 +1,292 @@
+"""The remote queue's event codec: every kind of event written in a version message, typed,
+with one meaning per key and a format version.
+
+A version's message is a line for people followed by the machine part::
+
+    claimed k3v9q2mxa7 (pasta) by mypinion@host:4242 · caliber/2 {"e":"claim","w":"k3v9q2mxa7",...}
+
+``caliber/N`` names the format. This Caliber writes format :data:`FORMAT` and reads every
+format up to it. A message of a newer format, or of an event kind this Caliber does not know,
+decodes to :class:`Unknown`: the fold cannot apply it, so a pinion refuses to claim (a newer
+Caliber wrote it: upgrade) and a listing says that it shows only what it understands.
+
+The keys (format 2; each key means one thing in every event):
+
+=====  ========================================  =====  ====================================
+``e``  the event kind                            ``q``  a failed attempt is queued again
+``w``  workload id                               ``x``  the error of a failed run
+``p``  pinion name                               ``d``  the run folder on the pinion
+``n``  workflow name                             ``r``  results id
+``c``  when the workload was queued (ISO)        ``s``  run status: completed or failed
+``b``  who queued it (user@host)                 ``f``  when the run finished (ISO)
+``t``  claim token                               ``g``  delete even if running (force)
+``o``  owner of a claim (pinion@host:pid)        ``z``  a new run-secret (re-signed)
+``l``  lease in seconds                          ``u``  a checkpoint's cutoff time (ISO)
+``k``  id of the key a pinion runs with          ``i``  a checkpoint's cutoff version id
+``y``  a reason                                  ``h``  workloads in a checkpoint
+``m``  key id found not to match (release)       ``a``  the maximum attempts (expire)
+=====  ========================================  =====  ====================================
+
+Format 1 (the first remote queues) differs only in ``expire`` (``m``: the maximum attempts),
+``resign`` (``s``: the new run-secret) and ``delete`` (``f``: force); it is still read.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import re
+from dataclasses import asdict, dataclass, fields
+from typing import Any, ClassVar
+
+FORMAT = 2
+"""The event format this Caliber writes, and the newest it reads."""
+SEPARATOR = " · "
+MAX_TEXT = 300  # characters of a reason or error kept in a message
+MAX_HUMAN = 200  # characters of the readable part of a message
+_MARK = re.compile(r"caliber/(\d{1,6}) \{")
+_FORMAT_1 = {"expire": {"a": "m"}, "resign": {"z": "s"}, "delete": {"g": "f"}}
+
+
+@dataclass(frozen=True)
+class Body:
+    """The machine part of one event; subclasses name their kind and keys."""
+
+    kind: ClassVar[str] = ""
+    keys: ClassVar[dict[str, str]] = {}
+    """field name -> message key"""
+
+
+@dataclass(frozen=True)
+class Put(Body):
+    kind = "put"
+    keys: ClassVar[dict[str, str]] = {
+        "workload": "w", "pinion": "p", "workflow": "n", "created_at": "c",
+        "queued_by": "b"}
+    workload: str
+    pinion: str = ""
+    workflow: str = "?"
+    created_at: str | None = None
+    queued_by: str = ""
+
+
+@dataclass(frozen=True)
+class Claim(Body):
+    kind = "claim"
+    keys: ClassVar[dict[str, str]] = {
+        "workload": "w", "token": "t", "owner": "o", "lease": "l", "key": "k"}
+    workload: str
+    token: str
+    owner: str = "?"
+    lease: float = 0.0
+    key: str | None = None
+
+
+@dataclass(frozen=True)
+class Renew(Body):
+    kind = "renew"
+    keys: ClassVar[dict[str, str]] = {"workload": "w", "token": "t", "lease": "l"}
+    workload: str
+    token: str
+    lease: float = 0.0
+
+
+@dataclass(frozen=True)
+class Release(Body):
+    kind = "release"
+    keys: ClassVar[dict[str, str]] = {"workload": "w", "token": "t", "reason": "y", "mismatch": "m"}
+    workload: str
+    token: str
+    reason: str = ""
+    mismatch: str | None = None
+
+
+@dataclass(frozen=True)
+class Done(Body):
+    """A run finished and its results are the version's object (completed or failed)."""
+
+    kind = "done"
+    keys: ClassVar[dict[str, str]] = {
+        "workload": "w", "token": "t", "results": "r", "workflow": "n", "pinion": "p",
+        "status": "s", "finished_at": "f", "error": "x", "work_dir": "d"}
+    workload: str
+    token: str
+    results: str | None = None
+    workflow: str = "?"
+    pinion: str | None = None
+    status: str = ""
+    finished_at: str | None = None
+    error: str | None = None
+    work_dir: str | None = None
+
+
+@dataclass(frozen=True)
+class Fail(Body):
+    kind = "fail"
+    keys: ClassVar[dict[str, str]] = {"workload": "w", "token": "t", "reason": "y", "retry": "q"}
+    workload: str
+    token: str
+    reason: str | None = None
+    retry: bool = False
+
+
+@dataclass(frozen=True)
+class Expire(Body):
+    kind = "expire"
+    keys: ClassVar[dict[str, str]] = {"workload": "w", "token": "t", "max_attempts": "a"}
+    workload: str
+    token: str
+    max_attempts: int = 1
+
+
+@dataclass(frozen=True)
+class Delete(Body):
+    kind = "delete"
+    keys: ClassVar[dict[str, str]] = {"workload": "w", "force": "g"}
+    workload: str
+    force: bool = False
+
+
+@dataclass(frozen=True)
+class Resign(Body):
+    kind = "resign"
+    keys: ClassVar[dict[str, str]] = {"workload": "w", "secret": "z", "key": "k"}
+    workload: str
+    secret: str
+    key: str = "?"
+
+
+@dataclass(frozen=True)
+class SavedResults(Body):
+    """Results stored without a queue run (``Workflow.run`` to the remote store)."""
+
+    kind = "results"
+    keys: ClassVar[dict[str, str]] = {
+        "results": "r", "workload": "w", "workflow": "n", "pinion": "p", "status": "s",
+        "finished_at": "f"}
+    results: str
+    workload: str | None = None
+    workflow: str = "?"
+    pinion: str | None = None
+    status: str = ""
+    finished_at: str | None = None
+
+
+@dataclass(frozen=True)
+class Checkpoint(Body):
+    """The folded state of every event up to (``cutoff_at``, ``cutoff_version``) is the
+    version's object (see :mod:`caliber.queue.speckle_checkpoint`)."""
+
+    kind = "checkpoint"
+    keys: ClassVar[dict[str, str]] = {"cutoff_at": "u", "cutoff_version": "i", "workloads": "h"}
+    cutoff_at: str
+    cutoff_version: str
+    workloads: int = 0
+
+
+@dataclass(frozen=True)
+class Unknown(Body):
+    """An event this Caliber cannot read: a newer format, or a kind it does not know."""
+
+    kind = "unknown"
+    name: str = "?"
+    format: int = FORMAT
+
+    def describe(self) -> str:
+        return (f"the remote queue holds events written by a newer Caliber (format "
+                f"{self.format}, event {self.name!r}); upgrade Caliber")
+
+
+KINDS: dict[str, type[Body]] = {c.kind: c for c in (
+    Put, Claim, Renew, Release, Done, Fail, Expire, Delete, Resign, SavedResults, Checkpoint)}
+
+
+@dataclass(frozen=True)
+class Event:
+    """One queue version: what happened (``body``), which version, its object, its time."""
+
+    body: Body
+    version_id: str
+    object_id: str
+    at: dt.datetime
+    """The version's createdAt: server time."""
+
+    @property
+    def order(self) -> tuple[dt.datetime, str]:
+        return (self.at, self.version_id)
+
+
+def clip(text: str | None, limit: int = MAX_TEXT) -> str | None:
+    if text is None:
+        return None
+    flat = " ".join(str(text).split())
+    return flat if len(flat) <= limit else flat[: limit - 1] + "…"
+
+
+def encode(body: Body) -> dict[str, Any]:
+    """The machine part of ``body`` (format :data:`FORMAT`), without empty values."""
+    values = asdict(body)
+    data = {key: values[name] for name, key in body.keys.items() if values[name] is not None}
+    return {"e": body.kind, **data}
+
+
+def message(human: str, body: Body) -> str:
+    """The version message: the readable part, then the machine part."""
+    readable = _MARK.sub(lambda m: f"caliber/ {m.group(1)} {{", clip(human, MAX_HUMAN) or "")
+    machine = json.dumps(encode(body), separators=(",", ":"), ensure_ascii=False,
+                         sort_keys=True)
+    return f"{readable}{SEPARATOR}caliber/{FORMAT} {machine}"
+
+
+def decode(data: Any, version: int = FORMAT) -> Body | None:
+    """The event in a message's machine part; None when it is not one this format can
+    hold (damaged); :class:`Unknown` when it was written by a newer Caliber."""
+    if not isinstance(data, dict) or not isinstance(data.get("e"), str):
+        return None
+    name = data["e"]
+    cls = KINDS.get(name)
+    if version > FORMAT or cls is None:
+        return Unknown(name=name, format=version)
+    renamed = _FORMAT_1.get(name, {}) if version == 1 else {}
+    values: dict[str, Any] = {}
+    for f in fields(cls):
+        key = renamed.get(cls.keys[f.name], cls.keys[f.name])
+        if key in data and data[key] is not None:
+            values[f.name] = data[key]
+    try:
+        body = cls(**values)
+    except TypeError:  # a required value is missing
+        return None
+    return body if _typed(body) else None
+
+
+def _typed(body: Body) -> bool:
+    """Whether every value has the type its field says (a hand-edited message may lie)."""
+    return all(_fits(getattr(body, f.name), str(f.type)) for f in fields(body))
+
+
+def _fits(value: Any, kind: str) -> bool:
+    if value is None:
+        return "None" in kind
+    if kind.startswith("str"):
+        return isinstance(value, str)
+    if kind == "bool":
+        return isinstance(value, bool)
+    if kind in ("int", "float"):
+        return isinstance(value, int | float) and not isinstance(value, bool)
+    return True
+
+
+def parse(version_id: str, object_id: str, text: str, at: dt.datetime) -> Event | None:
+    """The event in a version message, or None (a version that is not a queue event)."""
+    found = _MARK.search(text)
+    if found is None:
+        return None
+    try:
+        data = json.loads(text[found.end() - 1:])
+    except ValueError:
+        return None
+    body = decode(data, int(found.group(1)))
+    if body is None:
+        return None
+    return Event(body=body, version_id=version_id, object_id=object_id, at=at)
