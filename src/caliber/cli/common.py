@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 from collections.abc import Callable
 from typing import Any, TypeVar
@@ -13,7 +14,9 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 def error_line(message: str) -> None:
     """One line on stderr: ``caliber: error: ...``."""
-    text = " ".join(str(message).split())
+    from caliber.text import for_terminal
+
+    text = for_terminal(" ".join(str(message).split()))
     click.echo(f"caliber: error: {text}", err=True)
 
 
@@ -25,18 +28,32 @@ def json_option(f: F) -> F:
     return click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts.")(f)
 
 
-def remote_options(f: F) -> F:
-    """``--project``, ``--model`` and ``--local``: which queue a command works on."""
-    f = click.option(
-        "--local", is_flag=True, help="Use the local queue even when a Speckle project is set."
-    )(f)
-    f = click.option(
-        "--model", envvar="CALIBER_SPECKLE_MODEL", show_envvar=True,
-        help="Speckle model of the remote queue (default: main; made if missing).",
-    )(f)
-    f = click.option(
-        "--project", envvar="CALIBER_SPECKLE_PROJECT", show_envvar=True,
-        help="Speckle project id: use the remote queue on that project (also read from "
-        ".caliber/.env; the server is CALIBER_SPECKLE_HOST, see docs/remote-queue.md).",
-    )(f)
-    return f
+def target_options(f: Callable[..., Any]) -> Callable[..., Any]:
+    """``--project``, ``--model`` and ``--local``: which queue a command works on, resolved
+    once (:func:`caliber.queue.target.resolve_target`) and given to the command as ``target``."""
+
+    @functools.wraps(f)
+    def command(*args: Any, project: str | None, model: str | None, local: bool,
+                **kwargs: Any) -> Any:
+        from caliber.queue.target import resolve_target
+
+        target = resolve_target(project=project, model=model, local=local)
+        return f(*args, target=target, **kwargs)
+
+    options = [
+        click.option("--local", is_flag=True,
+                     help="Use the local queue even when a Speckle project is set."),
+        click.option(
+            "--model", envvar="CALIBER_SPECKLE_MODEL", show_envvar=True,
+            help="Speckle model of the remote queue (default: main; made if missing).",
+        ),
+        click.option(
+            "--project", envvar="CALIBER_SPECKLE_PROJECT", show_envvar=True,
+            help="Speckle project id: use the remote queue on that project (also read from "
+            ".caliber/.env; the server is CALIBER_SPECKLE_HOST, see docs/remote-queue.md).",
+        ),
+    ]
+    decorated: Callable[..., Any] = command
+    for option in options:
+        decorated = option(decorated)
+    return decorated

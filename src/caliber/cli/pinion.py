@@ -102,11 +102,13 @@ def init(
     if as_json:
         print_json(summary.to_dict())
     else:
+        from caliber.text import for_terminal
+
         skipped = f", {len(summary.skipped)} skipped" if summary.skipped else ""
         lost = f", {summary.lost} lost to other pinions" if summary.lost else ""
         click.echo(f"pinion {name}: ran {summary.ran} ({summary.completed} completed, "
                    f"{summary.failed} failed){skipped}{lost}")
         for workload_id, reason in summary.skipped:
-            click.echo(f"  skipped {workload_id}: {reason}")
+            click.echo(f"  skipped {workload_id}: {for_terminal(reason)}")
     if summary.cold:
         raise SystemExit(130)

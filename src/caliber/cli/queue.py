@@ -131,9 +131,7 @@ def view_cmd(
 
 
 def _view(item: CheckedWorkload) -> list[RenderableType]:
-    from rich.markup import escape
-
-    from caliber.cli.render import status_text, table
+    from caliber.cli.render import escape, status_text, table
 
     w = item.workload
     secret = "matches your key" if item.secret_ok else "[red]does not match your key[/]"
@@ -179,10 +177,9 @@ def _view(item: CheckedWorkload) -> list[RenderableType]:
 def _tree(w: Workload) -> RenderableType:
     from pathlib import Path
 
-    from rich.markup import escape
     from rich.text import Text
 
-    from caliber.cli.render import workflow_tree
+    from caliber.cli.render import escape, workflow_tree
     from caliber.errors import CaliberError
     from caliber.workflow.fileformat import from_document
 
@@ -227,7 +224,9 @@ def reset_cmd(
     if as_json:
         print_json({**removed.summary(None), "deleted": True})
         return
-    click.echo(f"deleted workload {removed.id} ({removed.workflow_name}, "
+    from caliber.text import for_terminal
+
+    click.echo(f"deleted workload {removed.id} ({for_terminal(removed.workflow_name)}, "
                f"{removed.status.value}, pinion {removed.pinion})")
 
 

@@ -16,6 +16,8 @@ import sys
 from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING, Any, TextIO
 
+from caliber.text import for_terminal
+
 if TYPE_CHECKING:
     from rich.console import Console, RenderableType
     from rich.table import Table
@@ -56,6 +58,14 @@ def console(*, stderr: bool = False, width: int | None = None) -> Console:
     )
 
 
+def escape(text: str) -> str:
+    """``text`` for rich markup: its control characters written as escapes (a name cannot move
+    the cursor, colour the terminal or forge a line) and its ``[`` not taken as markup."""
+    from rich.markup import escape as markup_escape
+
+    return markup_escape(for_terminal(text))
+
+
 def print_renderable(renderable: RenderableType, *, stderr: bool = False) -> None:
     console(stderr=stderr).print(renderable)
 
@@ -89,7 +99,6 @@ def format_duration(seconds: float | None) -> str:
 
 
 def _task_label(task: Task, branch: int | None = None) -> str:
-    from rich.markup import escape
 
     from caliber.workflow.diagram import call_text, task_refs
 
@@ -99,7 +108,6 @@ def _task_label(task: Task, branch: int | None = None) -> str:
 
 
 def _add_node(tree: Tree, node: Node, width: int, depth: int) -> None:
-    from rich.markup import escape
 
     from caliber.workflow.model import BranchProcess, Process, Task
 
@@ -115,7 +123,6 @@ def _add_node(tree: Tree, node: Node, width: int, depth: int) -> None:
 
 def _add_branches(tree: Tree, node: BranchProcess, width: int, depth: int) -> None:
     """Branches next to each other when the width allows, else one below the other."""
-    from rich.markup import escape
     from rich.table import Table
     from rich.text import Text
     from rich.tree import Tree
@@ -148,7 +155,6 @@ def workflow_tree(workflow: Workflow, *, width: int | None = None) -> Tree:
     """The workflow as a rich Tree: processes, branches (side by side when they fit in
     ``width``, by default the terminal's), each task's function and arguments, and the tasks
     whose results it uses (``<- Make dough``)."""
-    from rich.markup import escape
     from rich.tree import Tree
 
     if width is None:
@@ -182,15 +188,16 @@ def table(
     out = Table(title=title, box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False)
     for column in columns:
         out.add_column(column, overflow="fold")
-    for row in rows:
-        out.add_row(*("" if cell is None else str(cell) for cell in row))
+    for row in rows:  # markup already; control characters are escaped here too, whatever came
+        out.add_row(*("" if cell is None else for_terminal(str(cell)) for cell in row))
     return out
 
 
 def plain_table(columns: Sequence[str], rows: Iterable[Sequence[Any]]) -> str:
     """The same table as :func:`table` as plain text, without importing rich (for pipes and
     scripts: no colour, no wrapping, no trailing spaces)."""
-    cells = [[str(c) for c in columns]] + [["" if c is None else str(c) for c in r] for r in rows]
+    cells = [[str(c) for c in columns]]
+    cells += [["" if c is None else for_terminal(str(c)) for c in r] for r in rows]
     widths = [max(len(row[i]) for row in cells) for i in range(len(columns))]
     lines = ["   ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip()
              for row in cells]
@@ -203,7 +210,6 @@ def print_table(columns: Sequence[str], rows: Sequence[Sequence[Any]], *, color:
     if not color:
         sys.stdout.write(plain_table(columns, rows) + "\n")
         return
-    from rich.markup import escape
 
     styled = [[status_text(c) if c in STATUS_STYLE else escape(str(c)) for c in row]
               for row in rows]
@@ -230,17 +236,16 @@ def status_text(status: str) -> str:
 
 def results_table(items: Iterable[Results]) -> Table:
     """Stored results, one row each (``caliber results list``)."""
-    from rich.markup import escape
 
     rows = []
     for r in items:
         rows.append([
-            r.id,
+            escape(r.id),
             escape(r.workflow),
             escape(r.pinion or "-"),
             status_text(r.status.value),
             r.finished_at.astimezone().strftime("%Y-%m-%d %H:%M:%S"),
-            r.workload_id or "-",
+            escape(r.workload_id or "-"),
         ])
     return table(["id", "workflow", "pinion", "status", "finished", "workload"], rows)
 
@@ -249,14 +254,14 @@ def results_view(results: Results, *, value_width: int | None = None) -> Rendera
     """One Results in full: header, every task's status, duration and return value, the global
     data and the error (``caliber results show``)."""
     from rich.console import Group
-    from rich.markup import escape
     from rich.text import Text
 
     width = value_width or 10_000
     head = Text.from_markup(
-        f"[bold]{escape(results.workflow)}[/]  results {results.id}  "
+        f"[bold]{escape(results.workflow)}[/]  results {escape(results.id)}  "
         f"{status_text(results.status.value)}\n"
-        f"[dim]workload {results.workload_id or '-'}  pinion {escape(results.pinion or '-')}  "
+        f"[dim]workload {escape(results.workload_id or '-')}  "
+        f"pinion {escape(results.pinion or '-')}  "
         f"started {results.started_at.astimezone():%Y-%m-%d %H:%M:%S}  "
         f"took {format_duration((results.finished_at - results.started_at).total_seconds())}[/]"
     )
@@ -295,8 +300,8 @@ def traceback_panel(text: str, title: str = "traceback") -> RenderableType:
     from rich.syntax import Syntax
 
     return Panel(
-        Syntax(text.rstrip(), "pytb", theme="ansi_dark", background_color="default",
-               word_wrap=True),
+        Syntax(for_terminal(text.rstrip(), multiline=True), "pytb", theme="ansi_dark",
+               background_color="default", word_wrap=True),
         title=title,
         border_style="red",
         expand=False,
@@ -307,14 +312,12 @@ def traceback_panel(text: str, title: str = "traceback") -> RenderableType:
 
 
 def _task_title(name: str, branch: int | None) -> str:
-    from rich.markup import escape
 
     return escape(name) + (f" [dim](branch {branch})[/]" if branch is not None else "")
 
 
 def progress_line(event: TaskEvent) -> str:
     """``[2/3] Rest  completed  0.10s`` (rich markup) for a task event; ``running`` at start."""
-    from rich.markup import escape
 
     width = len(str(event.total))
     count = escape(f"[{event.index:>{width}}/{event.total}]")

@@ -11,6 +11,8 @@ import sys
 import time
 from typing import Any, TextIO
 
+from caliber.text import for_terminal
+
 
 class Reporter:
     def __init__(self, name: str, *, quiet: bool = False, stream: TextIO | None = None) -> None:
@@ -27,6 +29,7 @@ class Reporter:
     def _line(self, text: str) -> None:
         if self.quiet:
             return
+        text = for_terminal(text)  # names and reasons come from the queue and user code
         if self.live:
             self._clear_live()
             self.stream.write(text + "\n")
@@ -43,7 +46,7 @@ class Reporter:
             self._line(text)
             return
         width = 120
-        self.stream.write("\r\x1b[K" + text[:width])
+        self.stream.write("\r\x1b[K" + for_terminal(text)[:width])
         self.stream.flush()
         self._live_shown = True
 
@@ -54,7 +57,7 @@ class Reporter:
 
     def error(self, text: str) -> None:
         self._clear_live()
-        self.stream.write(f"pinion {self.name}: {text}\n")
+        self.stream.write(f"pinion {self.name}: {for_terminal(text)}\n")
         self.stream.flush()
 
     # --- events -------------------------------------------------------------------------

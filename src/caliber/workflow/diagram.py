@@ -15,6 +15,7 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
+from caliber.text import for_terminal
 from caliber.workflow.model import (
     BranchProcess,
     Node,
@@ -168,6 +169,7 @@ def _graph(workflow: Workflow) -> _Graph:
 
 
 def _mermaid_text(text: str) -> str:
+    text = for_terminal(text)  # a line break or an escape sequence would forge diagram lines
     for raw, code in (("&", "#amp;"), ('"', "#quot;"), ("<", "#lt;"), (">", "#gt;")):
         text = text.replace(raw, code)
     return text
@@ -198,7 +200,7 @@ def mermaid(workflow: Workflow) -> str:
 
 
 def _dot_text(text: str) -> str:
-    return text.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+    return for_terminal(text.replace("\\", "\\\\").replace('"', '\\"'))  # "\n" -> "\\n"
 
 
 def _dot_box(box: _Box, lines: list[str], indent: str) -> None:
