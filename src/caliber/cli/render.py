@@ -6,6 +6,7 @@ Helpers other command groups reuse:
 - :func:`workflow_tree` the process tree of a workflow (``workflow show``, ``queue view``);
 - :func:`table` a small table from rows;
 - :func:`results_view` / :func:`results_table` stored Results for people;
+- :func:`print_traceback` a task's traceback, whole when the output is a file or a pipe;
 - :func:`format_value` / :func:`format_duration` short text for values and durations.
 """
 
@@ -302,10 +303,22 @@ def traceback_panel(text: str, title: str = "traceback") -> RenderableType:
     return Panel(
         Syntax(for_terminal(text.rstrip(), multiline=True), "pytb", theme="ansi_dark",
                background_color="default", word_wrap=True),
-        title=title,
+        title=escape(title),
         border_style="red",
         expand=False,
     )
+
+
+def print_traceback(text: str, title: str, *, stderr: bool = False) -> None:
+    """A failing task's traceback: in a panel on a terminal; to a file or a pipe as plain
+    lines, whole (never cut or wrapped at a width, so no file name or line number is lost)."""
+    stream = sys.stderr if stderr else sys.stdout
+    if getattr(stream, "isatty", lambda: False)():
+        console(stderr=stderr).print(traceback_panel(text, title))
+        return
+    stream.write(f"--- traceback: {for_terminal(title)} ---\n"
+                 f"{for_terminal(text.rstrip(), multiline=True)}\n")
+    stream.flush()
 
 
 # --- progress of a run --------------------------------------------------------------------

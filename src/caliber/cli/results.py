@@ -118,10 +118,10 @@ def show_cmd(
     if as_json:
         print_json(found.to_json_dict())
         return
-    from caliber.cli.render import print_renderable, results_view, traceback_panel
+    from caliber.cli.render import print_renderable, print_traceback, results_view
 
     print_renderable(results_view(found))
     for task in found.tasks:
         if task.error is not None and task.error.traceback:
             title = task.name + (f" (branch {task.branch})" if task.branch is not None else "")
-            print_renderable(traceback_panel(task.error.traceback, title))
+            print_traceback(task.error.traceback, title)

@@ -97,7 +97,7 @@ class _Progress:
 
 
 def _report(res: Results, *, as_json: bool) -> None:
-    from caliber.cli.render import console, print_renderable, skipped_lines, traceback_panel
+    from caliber.cli.render import console, print_traceback, skipped_lines
 
     if as_json:
         print_json(res.to_json_dict())
@@ -111,7 +111,7 @@ def _report(res: Results, *, as_json: bool) -> None:
     for task in res.tasks:
         if task.error is not None and task.error.traceback and task.error.type != "ImportError":
             title = f"{task.name}" + (f" (branch {task.branch})" if task.branch is not None else "")
-            print_renderable(traceback_panel(task.error.traceback, title), stderr=True)
+            print_traceback(task.error.traceback, title, stderr=True)
 
 
 @workflow.command(

@@ -1,0 +1,95 @@
+"""Output laid out for the place it goes: to a file or a pipe nothing is cut or wrapped (a
+traceback keeps every file name and line number); in an 80x24 terminal (tmux) the tables fit
+and ids are never split over lines."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import caliber
+from tests.pinion_helpers import make_folder, queue
+
+LONG = "a_folder_name_long_enough_that_a_traceback_line_needs_more_than_a_hundred_columns"
+
+
+def cli(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "caliber", *args], capture_output=True,
+                          text=True, check=False)
+
+
+def test_a_redirected_traceback_is_never_cut(tmp_path: Path) -> None:
+    folder = make_folder(tmp_path / LONG / LONG)
+    wf = caliber.Workflow(caliber.Process([caliber.Task("pinfuncs:boom", name="boom")]), "tb",
+                          attachments=["pinfuncs.py"], base_dir=folder)
+    path = wf.export(folder / "tb.json")
+    line = re.compile(r'File "(.+pinfuncs\.py)", line (\d+), in boom$', re.MULTILINE)
+    run = cli("workflow", "run", str(path))
+    assert run.returncode == 1
+    found = line.search(run.stderr)
+    assert found, run.stderr
+    assert found.group(1).endswith(f"{LONG}/{LONG}/pinfuncs.py") and len(found.group(0)) > 200
+    results_id = json.loads(cli("results", "list", "--json").stdout)[0]["id"]
+    shown = cli("results", "show", results_id).stdout
+    assert line.search(shown), shown
+    assert "ValueError: burnt" in shown
+
+
+# --- an 80x24 terminal -------------------------------------------------------------------
+
+TMUX = shutil.which("tmux")
+
+
+def in_terminal(tmp_path: Path, *args: str) -> str:
+    """Run ``caliber ARGS`` in a tmux window of 80x24 and return the screen as text."""
+    socket = str(tmp_path / "tmux.sock")
+    done = tmp_path / "done"
+    command = " ".join([sys.executable, "-m", "caliber", *args]) + f"; touch {done}; sleep 60"
+    env = {**os.environ, "TERM": "xterm-256color"}
+    env.pop("NO_COLOR", None)  # a terminal as people have it: in colour
+    env.pop("COLUMNS", None)
+    env.pop("LINES", None)
+    subprocess.run([TMUX or "tmux", "-S", socket, "-f", os.devnull, "new-session", "-d",
+                    "-x", "80", "-y", "24", command], check=True, env=env)
+    try:
+        from tests.pinion_helpers import wait_for
+
+        wait_for(done.exists, what="the command in tmux")
+        return subprocess.run([TMUX or "tmux", "-S", socket, "capture-pane", "-p", "-J"],
+                              capture_output=True, text=True, check=True).stdout
+    finally:
+        subprocess.run([TMUX or "tmux", "-S", socket, "kill-server"], check=False,
+                       capture_output=True)
+
+
+@pytest.mark.skipif(TMUX is None, reason="tmux is not installed (apt-get install tmux)")
+def test_tables_fit_an_80_column_terminal_and_ids_never_split(tmp_path: Path) -> None:
+    folder = make_folder(tmp_path / "wf")
+    ids = [queue(folder, [("add", [1])], name=f"a-rather-long-workflow-name-{i}",
+                 pinion="a-pinion-with-a-long-name") for i in range(3)]
+    screen = in_terminal(tmp_path, "queue", "list")
+    lines = screen.splitlines()
+    assert all(len(line) <= 80 for line in lines), screen
+    for wid in ids:
+        assert any(wid in line for line in lines), screen  # whole, on one line
+    created = re.compile(r"\d{4}-\d\d-\d\d \d\d:\d\d")
+    assert sum(bool(created.search(line)) for line in lines) == len(ids), screen
+    subprocess.run([sys.executable, "-m", "caliber", "pinion", "init",
+                    "a-pinion-with-a-long-name", "-a", "1", "-w", "0", "-q"], check=True,
+                   capture_output=True)
+    results = json.loads(cli("results", "list", "--json").stdout)
+    screen = in_terminal(tmp_path, "results", "list")
+    lines = screen.splitlines()
+    for item in results:
+        row = next((line for line in lines if item["id"] in line), None)
+        assert row is not None, screen
+        assert item["workload_id"] in row, screen
+    stamps = re.compile(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d")
+    assert sum(bool(stamps.search(line)) for line in lines) == len(results), screen
