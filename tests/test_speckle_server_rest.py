@@ -16,7 +16,8 @@ from caliber.queue.speckle_adapter import SpeckleConnection, _parse_objects
 from caliber.settings import RemoteSettings
 from tests.remote_helpers import new_project
 from tests.speckle_fixtures import speckle_server, speckle_token
-from tests.speckle_server import SpeckleTestServer
+from tests.speckle_server import Limit, RateLimit, SpeckleTestServer
+from tests.speckle_server.graphql_api import RATE_LIMITED
 from tests.speckle_server.server import jsonb
 
 __all__ = ["speckle_server", "speckle_token"]  # fixtures
@@ -208,3 +209,32 @@ def test_upload_refuses_bad_batches_with_the_real_texts(
     answer = post(speckle_server, f"/objects/{project}", token, files={"batch-1": part})
     assert answer.status_code == status and answer.content.startswith(text)
     assert answer.headers["Content-Type"] == "text/html; charset=utf-8"
+
+
+@pytest.mark.parametrize("path", ["/api/getobjects/{}", "/api/diff/{}"])
+def test_a_body_without_a_json_list_of_ids_is_a_user_input_error(
+    speckle_server: SpeckleTestServer, stocked: tuple[str, str], path: str
+) -> None:
+    project, token = stocked
+    answer = post(speckle_server, path.format(project), token, data={"objects": "[nope"})
+    assert answer.status_code == 400
+    assert answer.json()["error"]["code"] == "USER_INPUT_ERROR"
+    assert answer.json()["error"]["message"].startswith("Invalid body.")
+
+
+def test_rest_rate_limit_breach_answers_as_the_real_middleware(
+    speckle_server: SpeckleTestServer, stocked: tuple[str, str]
+) -> None:
+    project, token = stocked
+    speckle_server.set_rate_limit(RateLimit(rest=Limit(points=1, burst=0, window=60)))
+    assert get_objects(speckle_server, project, token, [A], "text/plain").status_code == 200
+    refused = get_objects(speckle_server, project, token, [A], "text/plain")
+    assert refused.status_code == 429
+    assert refused.json() == {"error": {"message": RATE_LIMITED, "code": "RATE_LIMIT_ERROR"}}
+    assert 0 < float(refused.headers["Retry-After"]) <= 60
+    assert refused.headers["X-Speckle-Meditation"] == "https://http.cat/429"
+    # it runs before authentication: an unknown token is limited the same way, by its text
+    assert get_objects(speckle_server, project, token[:10] + token[10:], [A], None
+                       ).status_code == 429
+    other = speckle_server.add_user("Bob")
+    assert get_objects(speckle_server, project, other, [A], None).status_code == 401

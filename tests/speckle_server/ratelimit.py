@@ -1,4 +1,10 @@
-"""Per-user rate limits modelled on speckle-server's ``BurstyRateLimiter`` (fixed windows).
+"""Rate limits modelled on speckle-server's ``BurstyRateLimiter`` (fixed windows).
+
+Real source: modules/core/utils/ratelimiter.ts (the limits, ``getActionForPath``) and
+modules/core/rest/ratelimiter.ts (the middleware). ``getActionForPath`` looks the *literal*
+path up in its table, so ``POST /graphql`` has its own limit while the object endpoints (whose
+table keys hold ``:streamId``) all count against ``ALL_REQUESTS``; version creates are limited
+in their resolver (``COMMIT_CREATE``, per user).
 
 A request first takes a point from the regular window (``points`` per ``window`` seconds); when
 that is used up it takes one from the burst window (``burst`` per ``burst_window`` seconds); when
@@ -11,6 +17,7 @@ import math
 import threading
 import time
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 
 
 @dataclass(frozen=True)
@@ -50,10 +57,17 @@ class Verdict:
     remaining: int
     retry_after: float  # seconds until a point is free again (0 when allowed)
 
-    @property
-    def retry_after_header(self) -> str:
-        """Whole seconds, as urllib3 only honours an integer ``Retry-After``."""
-        return str(max(1, math.ceil(self.retry_after)))
+    def breach_headers(self) -> dict[str, str]:
+        """``addRateLimitHeadersToResponseFactory``: ``Retry-After`` is ``msBeforeNext / 1000``
+        as JavaScript prints it (``0.734``, ``1``: not always a whole number), with the reset
+        time and the meditation link."""
+        ms = max(1, math.ceil(self.retry_after * 1000))
+        reset = datetime.now(UTC) + timedelta(milliseconds=ms)
+        return {
+            "Retry-After": str(ms // 1000) if ms % 1000 == 0 else str(ms / 1000),
+            "X-RateLimit-Reset": reset.isoformat(timespec="milliseconds").replace("+00:00", "Z"),
+            "X-Speckle-Meditation": "https://http.cat/429",
+        }
 
 
 class RateLimiter:

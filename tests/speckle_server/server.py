@@ -35,6 +35,10 @@ UPLOAD_BAD_TYPE = (
     b'Invalid ContentType header. This route only accepts "application/gzip", "text/plain" or '
     b'"application/json".'
 )
+BAD_IDS = (
+    'Invalid body. Please provide a JSON object containing the property "objects" of type '
+    "string. The value must be a JSON string representation of an array of object IDs."
+)
 UPLOAD_NOT_ARRAY = b"Failed to parse data. Batch is expected to be wrapped in a JSON array."
 
 
@@ -89,6 +93,10 @@ def formatted(obj: dict[str, Any]) -> dict[str, Any]:
 
 def too_large(size: int) -> bytes:
     return f"File size too large ({size} > {MAX_UPLOAD_BYTES})".encode()
+
+
+class BadBody(Exception):
+    """A request body the real server refuses with a ``UserInputError`` (HTTP 400)."""
 
 
 @dataclass(frozen=True)
@@ -250,34 +258,37 @@ class SpeckleTestServer:
     # -- HTTP ----------------------------------------------------------------------------------
 
     def handle(self, req: BaseHTTPRequestHandler) -> None:
-        """Authentication as ``authContextMiddleware`` (modules/shared/middleware/index.ts):
-        no token (or an empty one) is an anonymous request; an unknown token is refused with
-        403 ``{"error":"Your token is not valid."}`` before anything else. Then the rate
-        limits (modules/core/services/ratelimiter.ts, see ratelimit.py), then the route."""
+        """The middleware order of app.ts: first the rate limiter (modules/core/rest/
+        ratelimiter.ts, see ratelimit.py), keyed by the token after its 10th character, else the
+        client address (it runs before authentication, so never by user); then authentication
+        as ``authContextMiddleware`` (modules/shared/middleware/index.ts): no token (or an empty
+        one) is an anonymous request, an unknown token is refused with 403 ``{"error":"Your
+        token is not valid."}``; then the route."""
         body = req.rfile.read(int(req.headers.get("Content-Length") or 0))
         path = urlsplit(req.path).path
         token = (req.headers.get("Authorization") or "").replace("Bearer ", "", 1)
+        source = token[10:] or req.client_address[0]
+        verdict = self.limiter.consume("graphql" if path == "/graphql" else "rest", source)
         if token.startswith("Bearer "):
             token = token.split(" ")[1]
         with self.store.lock:
             user = self.store.user_for_token(token) if token else None
             caller = Caller(user, self.store.scopes.get(token, frozenset()), token)
         operation = None
-        if token and user is None:
+        if verdict and not verdict.allowed:
+            reply = Reply(429, compact({"error": {"message": RATE_LIMITED,
+                                                  "code": "RATE_LIMIT_ERROR"}}),
+                          JSON_UTF8, headers=verdict.breach_headers())
+        elif token and user is None:
             reply = Reply(403, INVALID_TOKEN, JSON_UTF8)
         else:
-            source = user.id if user else req.client_address[0]
-            verdict = self.limiter.consume("graphql" if path == "/graphql" else "rest", source)
-            if verdict and not verdict.allowed:
-                headers = {"Retry-After": verdict.retry_after_header}
-                reply = Reply(429, compact({"error": RATE_LIMITED}), JSON_UTF8, False, headers)
-            else:
-                try:
-                    reply, operation = self._route(req, path, body, caller, source)
-                except Exception as exc:  # a bug in the test server: say so, keep serving
-                    reply = Reply(500, f"test server error: {exc!r}".encode(), "text/plain")
-                if verdict:
-                    reply.headers["X-RateLimit-Remaining"] = str(verdict.remaining)
+            try:
+                reply, operation = self._route(req, path, body, caller,
+                                               user.id if user else source)
+            except Exception as exc:  # a bug in the test server: say so, keep serving
+                reply = Reply(500, f"test server error: {exc!r}".encode(), "text/plain")
+            if verdict:
+                reply.headers["X-RateLimit-Remaining"] = str(verdict.remaining)
         with self.store.lock:
             self.log.append(
                 Exchange(req.command, path, operation, reply.status, user.name if user else None)
@@ -314,7 +325,11 @@ class SpeckleTestServer:
             match = re.fullmatch(pattern, path)
             if match and req.command == method:
                 with self.store.lock:
-                    return handler(req, body, caller, *match.groups()), None
+                    try:
+                        return handler(req, body, caller, *match.groups()), None
+                    except BadBody as exc:  # defaultErrorHandler.ts (production: no stack)
+                        error = {"message": str(exc), "code": "USER_INPUT_ERROR"}
+                        return Reply(400, compact({"error": error}), JSON_UTF8), None
         return Reply(404, b"Not found", "text/plain"), None
 
     def _graphql(self, body: bytes, caller: Caller, source: str) -> tuple[Reply, str | None]:
@@ -333,7 +348,13 @@ class SpeckleTestServer:
 
     @staticmethod
     def _ids(body: bytes) -> list[str]:
-        return list(json.loads(parse_qs(body.decode())["objects"][0]))
+        """The ``objects`` form field, a JSON array of ids; otherwise the ``UserInputError``
+        that diffDownload.ts and diffUpload.ts throw (see ``_route``)."""
+        try:
+            ids = json.loads(parse_qs(body.decode())["objects"][0])
+        except (KeyError, ValueError):
+            raise BadBody(BAD_IDS) from None
+        return list(ids)
 
     def _diff(self, req: Any, body: bytes, caller: Caller, project_id: str) -> Reply:
         """``POST /api/diff/:streamId`` (modules/core/rest/diffUpload.ts): write permission
