@@ -47,7 +47,7 @@ TRANSIENT_RETRIES = 3  # repeats of a safe request after a network error or HTTP
 TRANSIENT_WAIT = 0.25  # seconds: first back-off after a network error (doubles)
 UPLOAD_BATCH_BYTES = 8_000_000  # uncompressed bytes of objects per upload request
 VERSIONS_PAGE = 100  # the largest page the server lists
-INSTALL_HINT = "pip install 'caliber-workflows[speckle]'"
+INSTALL_HINT = "pip install 'specklepy>=2026.9,<2027'"  # the speckle extra's range
 SOURCE_APPLICATION = "caliber"
 _MEMBER_BAD = re.compile(r"[./]")
 _RESERVED = {"id", "speckle_type", "applicationId", "totalChildrenCount", "units"}
@@ -274,7 +274,10 @@ class SpeckleConnection:
         self.host = settings.host
         self.project_id = settings.project
         self.model_name = settings.model
-        self.model_id = ""
+        self.model_key = _model_key(settings.model)
+        self.model_id: str | None = None
+        """None while the model does not exist: reading finds an empty log, the first
+        write makes the model."""
         self.timeout = (min(CONNECT_TIMEOUT, settings.timeout), settings.timeout)
         self.lock = threading.RLock()
         self.session = _requests().Session()
@@ -284,7 +287,7 @@ class SpeckleConnection:
         try:
             self._connect(token)
             self._check_project()
-            self.model_id = self._find_or_create_model()
+            self.model_id = self._model_by_name(self.model_key)
         except BaseException:
             self.close()
             raise
@@ -335,34 +338,36 @@ class SpeckleConnection:
                 ) from exc
             raise
 
-    def _find_or_create_model(self) -> str:
-        name = "/".join(p.strip() for p in self.model_name.split("/") if p.strip()).lower()
-        if not name:
-            raise ConfigError(f"the model name {self.model_name!r} is empty")
-        for attempt in range(2):
-            found = self._model_by_name(name)
-            if found is not None:
-                return found
-            from specklepy.api.inputs.model_inputs import CreateModelInput
+    def ensure_model(self) -> str:
+        """The model's id, made now if it does not exist yet (the first write makes it)."""
+        if self.model_id is not None:
+            return self.model_id
+        from specklepy.api.inputs.model_inputs import CreateModelInput
 
-            description = "Caliber workflow queue: every version is one queue event"
+        description = "Caliber workflow queue: every version is one queue event"
+        for attempt in range(2):
+            found = self._model_by_name(self.model_key)
+            if found is not None:
+                self.model_id = found
+                return found
             try:
                 model = self.call(
                     "create the model", self.client.model.create,
-                    CreateModelInput(name=name, description=description,
+                    CreateModelInput(name=self.model_key, description=description,
                                      project_id=self.project_id),
                 )
-                return str(model.id)
+                self.model_id = str(model.id)
+                return self.model_id
             except GraphQLCodeError as exc:
                 if "BRANCH_CREATE_ERROR" in exc.codes and attempt == 0:
                     continue  # made by someone else meanwhile (or a wildcard clash): look again
                 if {"BRANCH_NAME_ERROR", "BRANCH_CREATE_ERROR"} & set(exc.codes):
                     raise ConfigError(
-                        f"{self.host} refuses the model name {self.model_name!r} on project "
+                        f"{self.host} refuses the model name '{self.model_name}' on project "
                         f"{self.project_id}: {exc}"
                     ) from exc
                 raise
-        raise ConfigError(f"cannot find or create the model {self.model_name!r} on "
+        raise ConfigError(f"cannot find or create the model '{self.model_name}' on "
                           f"{self.where}")  # pragma: no cover
 
     def _model_by_name(self, name: str) -> str | None:
@@ -381,7 +386,12 @@ class SpeckleConnection:
     # -- versions --
 
     def list_versions(self, cursor: str | None = None) -> VersionPage:
-        """One page of the model's versions, newest first."""
+        """One page of the model's versions, newest first (none while the model does not
+        exist: it is looked for again each time)."""
+        if self.model_id is None:
+            self.model_id = self._model_by_name(self.model_key)
+            if self.model_id is None:
+                return VersionPage([], None, 0)
         page = self.call(
             "list the queue's versions", self.client.version.get_versions,
             self.model_id, self.project_id, limit=VERSIONS_PAGE, cursor=cursor,
@@ -401,7 +411,7 @@ class SpeckleConnection:
         from specklepy.api.inputs.version_inputs import CreateVersionInput
 
         version_input = CreateVersionInput(
-            object_id=object_id, model_id=self.model_id, project_id=self.project_id,
+            object_id=object_id, model_id=self.ensure_model(), project_id=self.project_id,
             message=message, source_application=SOURCE_APPLICATION,
         )
 
@@ -573,6 +583,19 @@ class SpeckleConnection:
                 return AmbiguousWriteError(message + "; the write may or may not have happened")
             return QueueError(message)
         return QueueError(f"{self.where}: cannot {what}: {detail or exc}")
+
+
+def _model_key(raw: str) -> str:
+    """The model name as the server stores it (lower case, parts trimmed, empty parts
+    dropped); a name the server refuses is refused here already, before any request."""
+    name = "/".join(p.strip() for p in raw.split("/") if p.strip()).lower()
+    if not name:
+        raise ConfigError(f"the model name '{raw}' is empty")
+    if re.match(r"[#$]|.*[,\\]", name, re.DOTALL):
+        raise ConfigError(f"the Speckle server refuses the model name '{raw}': it may not "
+                          "start with # or $, nor hold , or \\ (choose another "
+                          "CALIBER_SPECKLE_MODEL / --model)")
+    return name
 
 
 class _ConfigQueueError(ConfigError, QueueError):
