@@ -50,7 +50,7 @@ TMUX = shutil.which("tmux")
 def in_terminal(tmp_path: Path, *args: str) -> str:
     """Run ``caliber ARGS`` in a tmux window of 80x24 and return the screen as text."""
     socket = str(tmp_path / "tmux.sock")
-    done = tmp_path / "done"
+    done = tmp_path / f"done-{args[0]}"
     command = " ".join([sys.executable, "-m", "caliber", *args]) + f"; touch {done}; sleep 60"
     env = {**os.environ, "TERM": "xterm-256color"}
     env.pop("NO_COLOR", None)  # a terminal as people have it: in colour

@@ -82,7 +82,7 @@ def list_cmd(
     if as_json:
         print_json(items)
         return
-    from caliber.cli.render import print_table, use_color
+    from caliber.cli.render import Fit, print_table, use_color
 
     if not items:
         click.echo(_nothing_listed(pinion_name, status, offset))
@@ -94,7 +94,8 @@ def list_cmd(
         for i in items
     ]
     print_table(["id", "workflow", "pinion", "status", "created", "attempts", "results",
-                 "secret"], rows, color=color)
+                 "secret"], rows, color=color,
+                fit=Fit(shrink=("workflow", "pinion"), drop=("attempts", "results", "pinion")))
     if more:
         click.echo(f"... more after these {len(items)}: --offset {offset + len(items)} for the "
                    "next page, --all for every one, or filter with --pinion/--status")

@@ -15,6 +15,7 @@ from __future__ import annotations
 import os
 import sys
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TextIO
 
 from caliber.text import for_terminal
@@ -34,10 +35,14 @@ BRANCH_GAP = 3  # spaces between branches drawn side by side
 MAX_SIDE_BY_SIDE = 6  # more branches than this are always drawn one below the other
 
 
+def is_terminal(stream: TextIO | None = None) -> bool:
+    stream = stream if stream is not None else sys.stdout
+    return bool(getattr(stream, "isatty", lambda: False)())
+
+
 def use_color(stream: TextIO | None = None) -> bool:
     """Colour only on a terminal and only when ``NO_COLOR`` is not set."""
-    stream = stream if stream is not None else sys.stdout
-    return "NO_COLOR" not in os.environ and bool(getattr(stream, "isatty", lambda: False)())
+    return "NO_COLOR" not in os.environ and is_terminal(stream)
 
 
 def console(*, stderr: bool = False, width: int | None = None) -> Console:
@@ -54,7 +59,7 @@ def console(*, stderr: bool = False, width: int | None = None) -> Console:
         highlight=False,
         emoji=False,
         soft_wrap=not color,
-        width=width if width is not None else (None if color else 100),
+        width=width if width is not None else (None if is_terminal(stream) else 100),
         force_terminal=False if not color else None,
     )
 
@@ -176,21 +181,76 @@ def workflow_tree(workflow: Workflow, *, width: int | None = None) -> Tree:
 # --- tables -------------------------------------------------------------------------------
 
 
+@dataclass(frozen=True)
+class Fit:
+    """How a table gives way in a terminal too narrow for it: ``shrink`` columns (free text,
+    such as names) are shortened with an ellipsis down to :data:`SHRUNK_WIDTH`, then ``drop``
+    columns are left out, first named first. Other columns (ids, times, statuses) are never
+    shortened or wrapped."""
+
+    shrink: Sequence[str] = ()
+    drop: Sequence[str] = ()
+
+
+SHRUNK_WIDTH = 8  # characters a shrinkable column keeps, at least
+COLUMN_GAP = 3  # characters between two columns of a table
+
+
+def _fit(columns: Sequence[str], rows: Sequence[Sequence[str]], fit: Fit,
+         width: int) -> dict[str, int | None]:
+    """The columns kept, each with its width (None: its natural width)."""
+    from rich.text import Text
+
+    natural = {c: max([len(c)] + [Text.from_markup(r[i]).cell_len for r in rows])
+               for i, c in enumerate(columns)}
+    kept = list(columns)
+    drops = [c for c in fit.drop if c in natural]
+
+    def least(c: str) -> int:
+        return min(natural[c], SHRUNK_WIDTH) if c in fit.shrink else natural[c]
+
+    while sum(least(c) for c in kept) + COLUMN_GAP * (len(kept) - 1) > width and drops:
+        kept.remove(drops.pop(0))
+    spare = width - sum(natural[c] for c in kept) - COLUMN_GAP * (len(kept) - 1)
+    widths: dict[str, int | None] = {c: None for c in kept}
+    if spare < 0:  # shorten the shrinkable columns, the widest first
+        shrinkable = sorted((c for c in kept if c in fit.shrink), key=lambda c: -natural[c])
+        sizes = {c: natural[c] for c in shrinkable}
+        while spare < 0 and any(sizes[c] > SHRUNK_WIDTH for c in shrinkable):
+            widest = max(shrinkable, key=lambda c: sizes[c])
+            sizes[widest] -= 1
+            spare += 1
+        widths.update(sizes)
+    return widths
+
+
 def table(
     columns: Sequence[str],
     rows: Iterable[Sequence[Any]],
     *,
     title: str | None = None,
+    fit: Fit | None = None,
+    width: int | None = None,
 ) -> Table:
-    """A plain table with a header row; every cell is shown with ``str``."""
+    """A plain table with a header row; every cell is shown with ``str``. With ``fit`` and a
+    ``width`` (a terminal's), one line per row, laid out to fit in ``width`` (see :class:`Fit`)."""
     from rich import box
     from rich.table import Table
 
+    cells = [["" if cell is None else for_terminal(str(cell)) for cell in row] for row in rows]
     out = Table(title=title, box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False)
-    for column in columns:
-        out.add_column(column, overflow="fold")
-    for row in rows:  # markup already; control characters are escaped here too, whatever came
-        out.add_row(*("" if cell is None else for_terminal(str(cell)) for cell in row))
+    if fit is None or width is None:
+        for column in columns:
+            out.add_column(column, overflow="fold")
+        for row in cells:  # markup already; control characters are escaped here too
+            out.add_row(*row)
+        return out
+    widths = _fit(columns, cells, fit, width)
+    for column in widths:
+        out.add_column(column, no_wrap=True, overflow="ellipsis", width=widths[column])
+    keep = [i for i, c in enumerate(columns) if c in widths]
+    for row in cells:
+        out.add_row(*(row[i] for i in keep))
     return out
 
 
@@ -206,15 +266,17 @@ def plain_table(columns: Sequence[str], rows: Iterable[Sequence[Any]]) -> str:
     return "\n".join(lines)
 
 
-def print_table(columns: Sequence[str], rows: Sequence[Sequence[Any]], *, color: bool) -> None:
-    """A table on stdout: rich with coloured statuses on a terminal, plain text otherwise."""
-    if not color:
+def print_table(columns: Sequence[str], rows: Sequence[Sequence[Any]], *, color: bool,
+                fit: Fit | None = None) -> None:
+    """A table on stdout: on a terminal laid out to fit it (``fit``), statuses coloured when
+    ``color``; to a file or a pipe as plain text, whole."""
+    if not is_terminal(sys.stdout):
         sys.stdout.write(plain_table(columns, rows) + "\n")
         return
-
-    styled = [[status_text(c) if c in STATUS_STYLE else escape(str(c)) for c in row]
+    out = console()
+    styled = [[status_text(c) if color and c in STATUS_STYLE else escape(str(c)) for c in row]
               for row in rows]
-    console().print(table(columns, styled))
+    out.print(table(columns, styled, fit=fit or Fit(), width=out.width))
 
 
 # --- results ------------------------------------------------------------------------------
@@ -235,20 +297,23 @@ def status_text(status: str) -> str:
     return f"[{style}]{status}[/]" if style else status
 
 
-def results_table(items: Iterable[Results]) -> Table:
-    """Stored results, one row each (``caliber results list``)."""
+RESULTS_COLUMNS = ["id", "workflow", "pinion", "status", "finished", "workload"]
+RESULTS_FIT = Fit(shrink=("workflow", "pinion"), drop=("workload", "pinion"))
 
-    rows = []
-    for r in items:
-        rows.append([
-            escape(r.id),
-            escape(r.workflow),
-            escape(r.pinion or "-"),
-            status_text(r.status.value),
-            r.finished_at.astimezone().strftime("%Y-%m-%d %H:%M:%S"),
-            escape(r.workload_id or "-"),
-        ])
-    return table(["id", "workflow", "pinion", "status", "finished", "workload"], rows)
+
+def results_table(items: Iterable[Results]) -> RenderableType:
+    """Stored results, one row each (``caliber results list``): on a terminal fitted to its
+    width, to a file or a pipe as plain text, whole."""
+    from rich.text import Text
+
+    rows = [[r.id, r.workflow, r.pinion or "-", r.status.value,
+             r.finished_at.astimezone().strftime("%Y-%m-%d %H:%M:%S"), r.workload_id or "-"]
+            for r in items]
+    if not is_terminal(sys.stdout):
+        return Text(plain_table(RESULTS_COLUMNS, rows))
+    styled = [[status_text(c) if i == 3 else escape(c) for i, c in enumerate(row)]
+              for row in rows]
+    return table(RESULTS_COLUMNS, styled, fit=RESULTS_FIT, width=console().width)
 
 
 def results_view(results: Results, *, value_width: int | None = None) -> RenderableType:
