@@ -28,6 +28,7 @@ from caliber.errors import (
     AmbiguousIdError,
     LeaseLostError,
     NotFoundError,
+    QueueDamagedError,
     QueueError,
     QueueStateError,
 )
@@ -302,8 +303,8 @@ class SpeckleBackend:
             for _ in range(MAX_CLAIM_TRIES):
                 now = self.server_now()
                 folded = self.refresh(FRESH_ENOUGH)  # (a look just taken by expire() will do)
-                if folded.unknown:
-                    raise QueueError(f"{self.location}: {folded.unknown[0].describe()}")
+                if folded.unknown:  # the fold may be wrong: running anything could be too
+                    raise QueueDamagedError(f"{self.location}: {folded.unknown[0].describe()}")
                 candidates = [
                     s for s in folded.live()
                     if s.pinion == pinion and s.id not in tried and s.mismatch != key_id
