@@ -72,6 +72,11 @@ class WorkspaceError(CaliberError):
     """The pinion cannot write its runs folder (full, read-only, not permitted)."""
 
 
+class ChildStartError(CaliberError):
+    """The pinion cannot start a workload's process (out of processes, memory or file
+    descriptors): the machine's problem, not the workload's."""
+
+
 class QueueStateError(UsageError):
     """The request does not fit the workload's state (for example deleting a running one)."""
 

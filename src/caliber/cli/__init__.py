@@ -3,12 +3,16 @@
 Every command lives in the module of its group (``workflow``, ``queue``, ``pinion``,
 ``results``); rendering helpers are in :mod:`caliber.cli.render`. Errors from the library
 (:class:`caliber.errors.CaliberError`) and usage errors become one line on stderr and an exit
-code: 2 for bad input or usage, 1 for a failed workflow or an unusable queue.
+code: 2 for bad input or usage, 1 for a failed workflow or an unusable queue. ``--verbose``
+adds Caliber's debug log lines (the standard :mod:`logging` module, logger ``caliber``) and,
+under an error's line, its causes.
 """
 
 from __future__ import annotations
 
+import logging
 import sys
+import traceback
 from importlib import import_module
 
 import click
@@ -49,9 +53,40 @@ class LazyGroup(click.Group):
     epilog="Example: caliber workflow queue pasta.json -p mypinion && caliber pinion init mypinion",
 )
 @click.version_option(__version__, "--version", "-V", prog_name="caliber")
+@click.option("-v", "--verbose", is_flag=True, is_eager=True, expose_value=False,
+              callback=lambda ctx, param, value: set_verbose(True) if value else None,
+              help="Show debug lines and, under an error, its causes (the exception chain).")
 def cli() -> None:
     """Caliber: queue workflows of plain Python functions, run them with a pinion, keep every
     result."""
+
+
+class _DebugHandler(logging.StreamHandler):  # type: ignore[type-arg]
+    """``caliber --verbose``: Caliber's log records on stderr, except those a pinion's own
+    progress handler shows (:mod:`caliber.pinion.progress`)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not hasattr(record, "caliber_reporter") and super().filter(record)
+
+
+_handler = _DebugHandler(sys.stderr)
+_handler.setFormatter(logging.Formatter("caliber: %(levelname)s: %(name)s: %(message)s"))
+
+
+def set_verbose(on: bool) -> None:
+    """Show (or stop showing) the ``caliber`` logger's debug records on stderr."""
+    logger = logging.getLogger("caliber")
+    if on:
+        _handler.setStream(sys.stderr)
+        logger.addHandler(_handler)
+        logger.setLevel(logging.DEBUG)
+    else:
+        logger.removeHandler(_handler)
+        logger.setLevel(logging.NOTSET)
+
+
+def verbose() -> bool:
+    return _handler in logging.getLogger("caliber").handlers
 
 
 
@@ -59,6 +94,7 @@ def main(argv: list[str] | None = None) -> None:
     """Entry point of the console script and of ``python -m caliber``."""
     from caliber.errors import CaliberError
 
+    set_verbose(False)
     try:
         code = cli.main(args=argv, prog_name="caliber", standalone_mode=False)
     except click.exceptions.Abort:
@@ -73,10 +109,14 @@ def main(argv: list[str] | None = None) -> None:
         code = exc.exit_code
     except CaliberError as exc:
         error_line(str(exc))
+        if verbose():  # the causes, under the one line
+            sys.stderr.write("".join(traceback.format_exception(exc)))
         code = exc.exit_code
     except KeyboardInterrupt:
         error_line("interrupted")
         code = 130
     except BrokenPipeError:
         code = 0
+    finally:
+        set_verbose(False)
     sys.exit(code if isinstance(code, int) else 0)

@@ -11,7 +11,9 @@ token, so a pinion that lost its lease can never complete a workload another pin
 
 from __future__ import annotations
 
+import datetime as dt
 import errno
+import logging
 import os
 import shutil
 import socket
@@ -23,6 +25,8 @@ from typing import Any
 
 from caliber.errors import (
     AttachmentError,
+    CaliberError,
+    ChildStartError,
     LeaseLostError,
     QueueDamagedError,
     QueueError,
@@ -47,6 +51,8 @@ from caliber.results.model import ErrorInfo, Results, RunStatus, TaskResult, utc
 from caliber.settings import DEFAULT_ATTEMPTS, DEFAULT_LEASE, DEFAULT_MAX_ATTEMPTS, DEFAULT_WAIT
 from caliber.workflow.attachments import resolve_inside
 
+log = logging.getLogger(__name__)
+
 # Errors writing the runs folder that are this machine's, not the workload's.
 _MACHINE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM,
                    errno.EIO, errno.EFBIG}
@@ -54,6 +60,8 @@ POLL_SLICE = 0.1  # seconds: how often a waiting pinion looks at its stop flags
 QUEUE_RETRY_MIN = 0.5  # seconds: the first back-off after the queue could not be reached
 QUEUE_RETRY_CAP = 30.0  # seconds: the longest back-off after the queue could not be reached
 CHILD_EXIT_GRACE = 0.5  # seconds: wait for the last messages of a child that has ended
+RENEWALS_PER_LEASE = 3  # a running workload's lease is renewed every third of its length
+MIN_RENEW_INTERVAL = 0.05  # seconds: the shortest time between two renewals
 
 
 @dataclass(frozen=True)
@@ -76,11 +84,20 @@ class PinionConfig:
 
 
 class Outcome(StrEnum):
+    """What became of one claimed workload."""
+
     COMPLETED = "completed"
+    """Ran; its Results say it completed."""
     FAILED = "failed"
+    """Ran (or could not be prepared); its Results or its last error say why it failed."""
     SKIPPED = "skipped"
+    """Not run: damaged, or its run-secret does not match this pinion's key."""
     LOST = "lost"
+    """Its lease was taken by another pinion."""
     RELEASED = "released"
+    """Put back in the queue by a cold stop."""
+    ERROR = "error"
+    """An error between the claim and the verdict: given back or failed with the reason."""
 
 
 @dataclass
@@ -92,6 +109,9 @@ class Summary:
     failed: int = 0
     skipped: list[tuple[str, str]] = field(default_factory=list)
     lost: int = 0
+    errors: list[tuple[str, str, str]] = field(default_factory=list)
+    """Workloads an error stopped between claim and verdict: (id, reason, what became of
+    it: put back in the queue, queued again, failed, or left to its lease)."""
     stopped_by: str = ""
     cold: bool = False
     """Stopped by a second signal, with the running workload put back."""
@@ -100,6 +120,7 @@ class Summary:
         return {
             "ran": self.ran, "completed": self.completed, "failed": self.failed,
             "skipped": [{"id": i, "reason": r} for i, r in self.skipped], "lost": self.lost,
+            "errors": [{"id": i, "reason": r, "then": t} for i, r, t in self.errors],
             "stopped_by": self.stopped_by or None, "cold": self.cold,
         }
 
@@ -140,7 +161,7 @@ class Pinion:
                         found = self.run_once()
                     except QueueDamagedError:
                         raise  # trying again cannot help
-                    except (QueueError, WorkspaceError) as exc:
+                    except (QueueError, WorkspaceError, ChildStartError) as exc:
                         self.reporter.error(f"{exc}; trying again in {backoff:g} s")
                         self._sleep(backoff)
                         backoff = min(backoff * 2, QUEUE_RETRY_CAP)
@@ -203,7 +224,10 @@ class Pinion:
             time.sleep(min(POLL_SLICE, left))
 
     def run_once(self) -> bool:
-        """One look: True when a workload was claimed (run or skipped), False when none."""
+        """One look: True when a workload was claimed (run, skipped or given back), False when
+        none. Any ``Exception`` while handling a claimed workload is recorded on it (see
+        :meth:`_recover`) and does not stop the pinion; only a damaged queue, the queue or the
+        runs folder being out of reach (after the claim is given back) raise."""
         cfg = self.config
         for workload_id in self.backend.expire(cfg.max_attempts):
             self.reporter.skipped(workload_id, f"failed: its lease ran out {cfg.max_attempts} "
@@ -211,7 +235,18 @@ class Pinion:
         claim = self.backend.claim(cfg.name, self.owner, cfg.lease, self.key_id)
         if claim is None:
             return False
-        outcome = self.handle(claim)
+        log.debug("claimed workload %s (attempt %d), lease %g s", claim.workload.id,
+                  claim.workload.attempts, cfg.lease)
+        try:
+            outcome = self.handle(claim)
+        except QueueDamagedError:
+            raise  # trying again cannot help: the pinion stops
+        except Exception as exc:  # anything else is this workload's problem, not the pinion's
+            outcome = self._recover(claim, exc)
+        self._count(outcome)
+        return True
+
+    def _count(self, outcome: Outcome) -> None:
         if outcome in (Outcome.COMPLETED, Outcome.FAILED):
             self.summary.ran += 1
             if outcome == Outcome.COMPLETED:
@@ -220,7 +255,41 @@ class Pinion:
                 self.summary.failed += 1
         elif outcome == Outcome.LOST:
             self.summary.lost += 1
-        return True
+
+    def _recover(self, claim: Claim, exc: Exception) -> Outcome:
+        """After an error between the claim and the verdict: never leave the claim standing.
+
+        The queue, the runs folder or the machine (a child that cannot start) at fault: the
+        workload goes back uncounted and the error is raised again, so :meth:`run` backs off.
+        Anything else: the workload is failed with the reason, and queued again while it has
+        attempts left. Either way the summary counts it under ``errors``."""
+        workload = claim.workload
+        if isinstance(exc, LeaseLostError):
+            self.reporter.gave_back(workload.id, "abandoned", str(exc), exc)
+            return Outcome.LOST
+        machine = isinstance(exc, QueueError | WorkspaceError | ChildStartError)
+        reason = _reason(exc)
+        retry = workload.attempts < self.config.max_attempts
+        done = "put back in the queue" if machine else "queued again" if retry else "failed"
+        try:
+            if machine:
+                self.backend.release(claim, reason=reason)
+            else:
+                self.backend.fail(claim, reason, retry=retry)
+        except LeaseLostError:
+            return Outcome.LOST
+        except Exception as again:
+            done = f"left to its lease (could not give it back: {_reason(again)})"
+            self.summary.errors.append((workload.id, reason, done))
+            self.reporter.gave_back(workload.id, done, reason, exc)
+            if isinstance(again, QueueError):
+                raise again from exc  # the queue is out of reach: run() backs off
+            return Outcome.ERROR
+        self.summary.errors.append((workload.id, reason, done))
+        self.reporter.gave_back(workload.id, done, reason, exc)
+        if machine:
+            raise exc  # run() backs off before the next look
+        return Outcome.ERROR
 
     # --- one workload -------------------------------------------------------------------
 
@@ -240,10 +309,9 @@ class Pinion:
             if exc.errno not in _MACHINE_ERRNOS:  # the workload's: a name this disk refuses
                 return self._unprepared(claim, exc)
             # This machine's: not the workload's fault, so it goes back, attempt uncounted.
-            self.backend.release(claim, reason=f"the runs folder cannot be written: {exc}")
             raise WorkspaceError(
                 f"cannot write the runs folder {self.runs}: {exc.strerror or exc}"
-            ) from None
+            ) from exc
         except AttachmentError as exc:
             return self._unprepared(claim, exc)
         return self.supervise(claim, work_dir)
@@ -267,97 +335,173 @@ class Pinion:
                 f.write(attachment.data())
         return work_dir
 
+    # --- the child: start it, monitor it, keep its verdict (as rq's work horse) -----------
+
     def supervise(self, claim: Claim, work_dir: Path) -> Outcome:
-        cfg = self.config
+        """Run the workload in a child: start it, monitor it (lease, messages, timeout,
+        stops), then store its verdict."""
+        run = self._start_run(claim, work_dir)
+        try:
+            outcome = self._monitor(run)
+            if outcome is not None:
+                return outcome
+            returncode = run.child.wait() if run.final is None else 0
+        finally:
+            run.child.kill_group()  # whatever the workload started and left behind
+            run.child.close()
+            self._unreaped.append(run.child)
+        return self._verdict(run, returncode)
+
+    def _start_run(self, claim: Claim, work_dir: Path) -> _Run:
         workload = claim.workload
-        job = {"workload_id": workload.id, "pinion": cfg.name, "work_dir": str(work_dir),
-               "workflow": workload.workflow}
+        job = {"workload_id": workload.id, "pinion": self.config.name,
+               "work_dir": str(work_dir), "workflow": workload.workflow}
         started = utcnow()
         self._reap()
-        child = self._start(job)
-        messages = MessageReader(child.messages_fd)
-        records: list[TaskResult] = []
-        final: Results | None = None
-        t0 = time.monotonic()
-        renew_every = max(cfg.lease / 3, 0.05)
-        next_renew = t0 + renew_every
-        stop_type, stop_reason = "ChildProcessDied", ""
-        exited_at: float | None = None
         try:
-            while True:
-                now = time.monotonic()
-                wait = min(next_renew - now, POLL_SLICE)
-                line = messages.get(max(wait, 0.0))
-                if line is EOF:
-                    break
-                if line is not None:
-                    try:
-                        message = read_message(line)
-                    except ForeignMessageError as exc:  # the workload's doing, not ours
-                        child.kill()
-                        stop_type, stop_reason = "ForeignMessage", str(exc)
-                        break
-                    if message.event is not None:
-                        self.reporter.task_event(message.event)
-                    if message.record is not None:
-                        records.append(message.record)
-                    if message.results is not None:
-                        final = message.results
-                        break  # the last message: no need to wait for the process to end
-                    continue
-                if self.flags.cold:
-                    child.kill()
-                    child.wait()
-                    self.backend.release(claim, reason="pinion stopped before the run ended")
-                    self.reporter.workload_finished("put back in the queue", "pinion stopped")
-                    return Outcome.RELEASED
-                now = time.monotonic()
-                if child.poll() is not None:
-                    # Ended, but something it started still holds the pipe: stop waiting soon.
-                    exited_at = exited_at or now
-                    if now - exited_at > CHILD_EXIT_GRACE:
-                        break
-                if cfg.timeout is not None and now - t0 > cfg.timeout:
-                    child.kill()
-                    stop_type, stop_reason = "Timeout", f"timed out after {cfg.timeout:g} s"
-                    break
-                if now >= next_renew:
-                    try:
-                        claim = self.backend.renew(claim, cfg.lease)
-                    except LeaseLostError:
-                        child.kill()
-                        child.wait()
-                        self.reporter.workload_finished("abandoned", "lease lost to another pinion")
-                        return Outcome.LOST
-                    except QueueError as exc:  # keep running; the lease may still hold
-                        self.reporter.error(f"could not renew the lease: {exc}")
-                    next_renew = now + renew_every
-            returncode = child.wait() if final is None else 0
-        finally:
-            child.kill_group()  # whatever the workload started and left behind
-            child.close()
-            self._unreaped.append(child)
-        if final is not None:
-            results = final
+            child = self._start(job)
+        except OSError as exc:  # out of processes, memory or file descriptors
+            raise ChildStartError(
+                f"cannot start the workload's process: {exc.strerror or exc}") from exc
+        log.debug("workload %s runs in process %d", workload.id, child.pid)
+        now = time.monotonic()
+        return _Run(claim=claim, work_dir=work_dir, child=child,
+                    messages=MessageReader(child.messages_fd), started=started, t0=now,
+                    next_renew=now + self._renew_every)
+
+    @property
+    def _renew_every(self) -> float:
+        return max(self.config.lease / RENEWALS_PER_LEASE, MIN_RENEW_INTERVAL)
+
+    def _monitor(self, run: _Run) -> Outcome | None:
+        """Watch the child until its verdict is known (None), or until the run ends without
+        one: a cold stop (RELEASED) or a lost lease (LOST)."""
+        while True:
+            wait = min(run.next_renew - time.monotonic(), POLL_SLICE)
+            line = run.messages.get(max(wait, 0.0))
+            if line is EOF:
+                return None
+            if line is not None:
+                if self._take(run, line):
+                    return None
+                continue
+            if self.flags.cold:
+                return self._put_back(run)
+            now = time.monotonic()
+            if self._ended(run, now) or self._timed_out(run, now):
+                return None
+            if now >= run.next_renew:
+                if not self._renew(run):
+                    return Outcome.LOST
+                run.next_renew = now + self._renew_every
+
+    def _take(self, run: _Run, line: bytes) -> bool:
+        """One message from the child; True when it is the last (the Results, or a line that
+        is not a message: the workload wrote to the pipe, and is stopped)."""
+        try:
+            message = read_message(line)
+        except ForeignMessageError as exc:  # the workload's doing, not ours
+            run.child.kill()
+            run.stop_type, run.stop_reason = "ForeignMessage", str(exc)
+            return True
+        if message.event is not None:
+            self.reporter.task_event(message.event)
+        if message.record is not None:
+            run.records.append(message.record)
+        if message.results is not None:
+            run.final = message.results
+            return True  # the last message: no need to wait for the process to end
+        return False
+
+    def _put_back(self, run: _Run) -> Outcome:
+        run.child.kill()
+        run.child.wait()
+        self.backend.release(run.claim, reason="pinion stopped before the run ended")
+        self.reporter.workload_finished("put back in the queue", "pinion stopped")
+        return Outcome.RELEASED
+
+    def _ended(self, run: _Run, now: float) -> bool:
+        """The child has ended; something it started may still hold the pipe, so its last
+        messages are waited for only ``CHILD_EXIT_GRACE``."""
+        if run.child.poll() is None:
+            return False
+        run.exited_at = run.exited_at or now
+        return now - run.exited_at > CHILD_EXIT_GRACE
+
+    def _timed_out(self, run: _Run, now: float) -> bool:
+        timeout = self.config.timeout
+        if timeout is None or now - run.t0 <= timeout:
+            return False
+        run.child.kill()
+        run.stop_type, run.stop_reason = "Timeout", f"timed out after {timeout:g} s"
+        return True
+
+    def _renew(self, run: _Run) -> bool:
+        """Extend the lease; False when it was lost (the child is stopped)."""
+        try:
+            run.claim = self.backend.renew(run.claim, self.config.lease)
+            log.debug("lease of %s renewed", run.claim.workload.id)
+        except LeaseLostError:
+            run.child.kill()
+            run.child.wait()
+            self.reporter.workload_finished("abandoned", "lease lost to another pinion")
+            return False
+        except QueueError as exc:  # keep running; the lease may still hold
+            self.reporter.error(f"could not renew the lease: {exc}", exc_info=exc)
+        return True
+
+    def _verdict(self, run: _Run, returncode: int) -> Outcome:
+        """Store the child's Results, or a failed one saying how the process ended."""
+        workload = run.claim.workload
+        if run.final is not None:
+            results = run.final
         else:
-            why = stop_reason or f"the workload's process {describe_exit(returncode)}"
+            why = run.stop_reason or f"the workload's process {describe_exit(returncode)}"
             results = Results(
-                workload_id=workload.id, workflow=workload.workflow_name, pinion=cfg.name,
-                status=RunStatus.FAILED, started_at=started, finished_at=utcnow(),
-                tasks=records, work_dir=str(work_dir),
-                error=ErrorInfo(type=stop_type, message=why),
+                workload_id=workload.id, workflow=workload.workflow_name,
+                pinion=self.config.name, status=RunStatus.FAILED, started_at=run.started,
+                finished_at=utcnow(), tasks=run.records, work_dir=str(run.work_dir),
+                error=ErrorInfo(type=run.stop_type, message=why),
             )
             from caliber.workflow.runner import write_traceback_file
 
-            write_traceback_file(work_dir, results)
+            write_traceback_file(run.work_dir, results)
         try:
-            self.backend.complete(claim, results)
+            self.backend.complete(run.claim, results)
         except LeaseLostError:
             self.reporter.workload_finished("abandoned", "lease lost before the results were kept")
             return Outcome.LOST
         detail = results.error.summary() if results.error else f"results {results.id}"
         self.reporter.workload_finished(results.status.value, detail)
         return Outcome.COMPLETED if results.ok else Outcome.FAILED
+
+
+@dataclass
+class _Run:
+    """One workload's child and what the pinion has learned from it so far."""
+
+    claim: Claim
+    work_dir: Path
+    child: ChildProcess
+    messages: MessageReader
+    started: dt.datetime
+    t0: float
+    """``time.monotonic()`` when the child was given the job."""
+    next_renew: float
+    records: list[TaskResult] = field(default_factory=list)
+    final: Results | None = None
+    stop_type: str = "ChildProcessDied"
+    stop_reason: str = ""
+    exited_at: float | None = None
+
+
+def _reason(exc: BaseException) -> str:
+    """One line for the workload's last error: the message, with the type when it is not
+    one of Caliber's own errors (whose messages say what happened)."""
+    text = " ".join(str(exc).split())
+    if isinstance(exc, CaliberError):
+        return text
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
 def _safe_name(name: str) -> str:

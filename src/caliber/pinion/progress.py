@@ -1,64 +1,129 @@
-"""What a pinion tells the person watching it.
+"""What a pinion tells the person watching it, through the standard :mod:`logging` module.
 
-On a terminal, one live line (workload, task k of n, elapsed) that is replaced as work goes
-on, and a permanent line per finished workload; otherwise plain timestamped log lines, one per
-event. ``quiet`` shows nothing but errors. Everything goes to stderr.
+The pinion logs to the ``caliber.pinion`` logger: its :class:`Reporter` turns events (a
+workload started, a task ended, no work found) into log records, and a
+:class:`ProgressHandler` shows them. On a terminal, one live line (workload, task k of n,
+elapsed) that is replaced as work goes on, and a permanent line per finished workload;
+otherwise plain timestamped log lines, one per event. ``quiet`` shows nothing but errors.
+Everything goes to stderr. With ``caliber --verbose`` debug lines (claims, renewals, child
+processes) show too, and an error's causes (its exception chain) under its line. Other
+handlers added to ``caliber.pinion`` (a file, a log service) receive the same records.
 """
 
 from __future__ import annotations
 
+import logging
 import sys
 import time
+import traceback
 from typing import Any, TextIO
 
 from caliber.text import for_terminal
 
+LOGGER = "caliber.pinion"
+LIVE = "caliber_live"
+"""Record attribute: a status line, replaced by the next one on a terminal."""
+REPORTER = "caliber_reporter"
+"""Record attribute: which Reporter logged it (pinions in threads of one process)."""
+LIVE_WIDTH = 120  # characters of the live line shown
 
-class Reporter:
-    def __init__(self, name: str, *, quiet: bool = False, stream: TextIO | None = None) -> None:
+
+def verbose() -> bool:
+    """Whether debug lines and causes are shown (``caliber --verbose``)."""
+    return logging.getLogger("caliber").isEnabledFor(logging.DEBUG)
+
+
+class ProgressHandler(logging.Handler):
+    """Shows one pinion's records on a stream (see the module's documentation)."""
+
+    def __init__(self, name: str, stream: TextIO | None, *, live: bool, owner: int,
+                 level: int = logging.INFO) -> None:
+        super().__init__(level)
         self.name = name
-        self.quiet = quiet
-        self.stream = stream or sys.stderr
-        self.live = bool(getattr(self.stream, "isatty", lambda: False)()) and not quiet
+        self._stream = stream
+        self.live = live
+        self.owner = owner
         self._live_shown = False
-        self._workload = ""
-        self._started = 0.0
 
-    # --- output primitives --------------------------------------------------------------
+    def filter(self, record: logging.LogRecord) -> bool:
+        return getattr(record, REPORTER, None) == self.owner and super().filter(record)
 
-    def _line(self, text: str) -> None:
-        if self.quiet:
-            return
-        text = for_terminal(text)  # names and reasons come from the queue and user code
-        if self.live:
-            self._clear_live()
-            self.stream.write(text + "\n")
-        else:
-            stamp = time.strftime("%Y-%m-%d %H:%M:%S")
-            self.stream.write(f"{stamp} pinion {self.name}: {text}\n")
-        self.stream.flush()
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            # Names and reasons come from the queue and user code: no control characters.
+            text = for_terminal(record.getMessage())
+            if record.levelno >= logging.WARNING:
+                self._clear_live()
+                self.stream.write(f"pinion {self.name}: {text}\n")
+                if record.exc_info and record.exc_info[1] is not None and (
+                        self.level <= logging.DEBUG):
+                    self.stream.write("".join(traceback.format_exception(record.exc_info[1])))
+            elif getattr(record, LIVE, False) and self.live:
+                self.stream.write("\r\x1b[K" + text[:LIVE_WIDTH])
+                self._live_shown = True
+            elif self.live:
+                self._clear_live()
+                self.stream.write(text + "\n")
+            else:
+                stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(record.created))
+                self.stream.write(f"{stamp} pinion {self.name}: {text}\n")
+            self.stream.flush()
+        except Exception:
+            self.handleError(record)
 
-    def _status(self, text: str) -> None:
-        """The live line on a terminal; a log line otherwise."""
-        if self.quiet:
-            return
-        if not self.live:
-            self._line(text)
-            return
-        width = 120
-        self.stream.write("\r\x1b[K" + for_terminal(text)[:width])
-        self.stream.flush()
-        self._live_shown = True
+    @property
+    def stream(self) -> TextIO:
+        """The stream given, or stderr as it is now (a test may have replaced it)."""
+        return self._stream or sys.stderr
 
     def _clear_live(self) -> None:
         if self._live_shown:
             self.stream.write("\r\x1b[K")
             self._live_shown = False
 
-    def error(self, text: str) -> None:
-        self._clear_live()
-        self.stream.write(f"pinion {self.name}: {for_terminal(text)}\n")
-        self.stream.flush()
+    def close(self) -> None:
+        if self._live_shown:
+            self._clear_live()
+            self.stream.flush()
+        super().close()
+
+
+class Reporter:
+    """The pinion's events as log records on ``caliber.pinion``, shown by a ProgressHandler
+    from creation until :meth:`close`."""
+
+    def __init__(self, name: str, *, quiet: bool = False, stream: TextIO | None = None) -> None:
+        self.name = name
+        self.quiet = quiet
+        self.live = bool(getattr(stream or sys.stderr, "isatty", lambda: False)()) and not quiet
+        self._workload = ""
+        self._started = 0.0
+        level = logging.DEBUG if verbose() else logging.WARNING if quiet else logging.INFO
+        self.logger = logging.getLogger(LOGGER)
+        self.handler = ProgressHandler(name, stream, live=self.live, owner=id(self),
+                                       level=level)
+        self.logger.addHandler(self.handler)
+        self._level = self.logger.level
+        if self.logger.getEffectiveLevel() > level:
+            self.logger.setLevel(level)
+
+    # --- output primitives --------------------------------------------------------------
+
+    def _log(self, level: int, text: str, *, live: bool = False,
+             exc_info: BaseException | None = None) -> None:
+        self.logger.log(level, "%s", text, exc_info=exc_info,
+                        extra={LIVE: live, REPORTER: id(self)})
+
+    def _line(self, text: str) -> None:
+        self._log(logging.INFO, text)
+
+    def _status(self, text: str) -> None:
+        """The live line on a terminal; a log line otherwise."""
+        self._log(logging.INFO, text, live=True)
+
+    def error(self, text: str, exc_info: BaseException | None = None) -> None:
+        """An error line, always shown; ``exc_info``'s causes too with ``--verbose``."""
+        self._log(logging.ERROR, text, exc_info=exc_info)
 
     # --- events -------------------------------------------------------------------------
 
@@ -70,7 +135,7 @@ class Reporter:
         of = "" if attempts == 0 else f"/{attempts}"
         if self.live:
             self._status(f"pinion {self.name}: no work (look {empty}{of}), next in {wait:g} s")
-        elif not self.quiet and (empty == 1 or attempts == 0 or empty == attempts):
+        elif empty == 1 or attempts == 0 or empty == attempts:
             self._line(f"no work found (look {empty}{of})")
 
     def workload_started(self, workload_id: str, workflow: str, attempt: int) -> None:
@@ -97,6 +162,11 @@ class Reporter:
         more = f": {detail}" if detail else ""
         self._line(f"workload {self._workload} {status} in {elapsed:.2f} s{more}")
 
+    def gave_back(self, workload_id: str, what: str, reason: str, exc: BaseException) -> None:
+        """An error stopped a claimed workload before its verdict: an error line with its id,
+        what became of it and why (the exception's causes with ``--verbose``)."""
+        self.error(f"workload {workload_id} {what}: {reason}", exc_info=exc)
+
     def skipped(self, workload_id: str, reason: str) -> None:
         self._line(f"skipped workload {workload_id}: {reason}")
 
@@ -107,6 +177,7 @@ class Reporter:
             self.error("stopping after the running workload (press Ctrl-C again to stop now)")
 
     def close(self) -> None:
-        if self.live:
-            self._clear_live()
-            self.stream.flush()
+        self.logger.removeHandler(self.handler)
+        self.handler.close()
+        if not self.logger.handlers:
+            self.logger.setLevel(self._level)
