@@ -10,6 +10,7 @@ import os
 import re
 import subprocess
 import sys
+import tomllib
 import venv
 from pathlib import Path
 
@@ -39,9 +40,12 @@ def test_the_wheel_installs_in_a_fresh_venv(tmp_path: Path) -> None:
     env.pop("VIRTUAL_ENV", None)
     # The command `make dist` runs, with the output in tmp instead of dist/
     run(sys.executable, "-m", "build", "--outdir", tmp_path / "dist", ".", cwd=REPO, env=env)
-    wheels = list((tmp_path / "dist").glob("caliber_workflows-*-py3-none-any.whl"))
-    sdists = list((tmp_path / "dist").glob("caliber_workflows-*.tar.gz"))
-    assert len(wheels) == 1 and len(sdists) == 1
+    version = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["version"]
+    wheels = list((tmp_path / "dist").glob("*.whl"))
+    sdists = list((tmp_path / "dist").glob("*.tar.gz"))
+    # the names the README and docs/remote-queue.md give
+    assert [w.name for w in wheels] == [f"caliber_workflows-{version}-py3-none-any.whl"]
+    assert [s.name for s in sdists] == [f"caliber_workflows-{version}.tar.gz"]
 
     venv.create(tmp_path / "venv", with_pip=True)
     bin_dir = tmp_path / "venv" / "bin"
