@@ -1,5 +1,8 @@
 """``POST /graphql``: ``schema.graphql`` executed with graphql-core over the ``Store``.
 
+Each resolver names the real resolver it follows (paths under ``packages/server/`` of
+speckle-server; the table in README.md lists them with what is left out).
+
 Objects are handed to graphql-core as dicts of their scalar fields (plus ``_obj``, the stored
 record, for the fields that take arguments). Errors are ``SpeckleError``s raised where the real
 server raised them, so their ``path`` matches the recordings.
@@ -158,6 +161,7 @@ def page(items: list[Any], limit: int, cursor: str | None, key: Callable[[Any], 
 
 
 def server_info(_: None, info: GraphQLResolveInfo) -> Obj:
+    """modules/core/graph/resolvers/server.ts (``Query.serverInfo``)."""
     return {
         "name": "My new Speckle Server",
         "company": "Unknown Company",
@@ -191,6 +195,7 @@ def user_projects(
     cursor: str | None = None,
     filter: Obj | None = None,
 ) -> Obj:
+    """modules/core/graph/resolvers/projects.ts (``User.projects``)."""
     ctx: Context = info.context
     search = (filter or {}).get("search")
     owned = [
@@ -225,6 +230,7 @@ def project_models(
     cursor: str | None = None,
     filter: Obj | None = None,
 ) -> Obj:
+    """modules/core/graph/resolvers/models.ts (``Project.models``)."""
     ctx: Context = info.context
     f = filter or {}
     models = ctx.store.visible_models(parent["id"])
@@ -249,6 +255,7 @@ def project_models(
 
 
 def project_model(parent: Obj, info: GraphQLResolveInfo, id: str) -> Obj:
+    """modules/core/graph/resolvers/models.ts (``Project.model``)."""
     # Like the real server, the model is looked up by id alone, whatever project was asked for.
     model = info.context.store.models.get(id)
     if model is None:
@@ -257,6 +264,9 @@ def project_model(parent: Obj, info: GraphQLResolveInfo, id: str) -> Obj:
 
 
 def project_model_by_name(parent: Obj, info: GraphQLResolveInfo, name: str) -> Obj:
+    """modules/core/graph/resolvers/models.ts (``Project.modelByName``): the dataloader
+    (graph/dataloaders/index.ts) finds names by ``ILIKE`` but keys the rows by their stored
+    name and looks the asked name up exactly, so only the exact stored name is found."""
     ctx: Context = info.context
     for model in ctx.store.project_models(parent["id"]):
         if model.name == name:
@@ -265,6 +275,7 @@ def project_model_by_name(parent: Obj, info: GraphQLResolveInfo, name: str) -> O
 
 
 def project_version(parent: Obj, info: GraphQLResolveInfo, id: str) -> Obj:
+    """modules/core/graph/resolvers/versions.ts (``Project.version``)."""
     version = info.context.store.versions.get(id)
     if version is None or version.project_id != parent["id"]:
         raise SpeckleError("Version not found", "COMMIT_NOT_FOUND", 404)
@@ -278,6 +289,9 @@ def model_versions(
     cursor: str | None = None,
     filter: Obj | None = None,
 ) -> Obj:
+    """modules/core/graph/resolvers/models.ts (``Model.versions``) and
+    services/commit/retrieval.ts (``getPaginatedBranchCommitsFactory``): over 100 is refused,
+    priority ids first, the cursor is the last item's ``createdAt``."""
     ctx: Context = info.context
     if limit > MAX_VERSIONS_PAGE:
         message = "Cannot return more than 100 items, please use pagination."
@@ -322,6 +336,8 @@ def scoped(scope: str, resolver: Callable[..., Any]) -> Callable[..., Any]:
 
 
 def project_create(_: Obj, info: GraphQLResolveInfo, input: Obj | None = None) -> Obj:
+    """modules/core/graph/resolvers/projects.ts (``ProjectMutations``); the same file for
+    update and delete."""
     ctx: Context = info.context
     i = input or {}
     created = ctx.store.create_project(
@@ -351,6 +367,8 @@ def project_delete(_: Obj, info: GraphQLResolveInfo, id: str) -> bool:
 
 
 def model_create(_: Obj, info: GraphQLResolveInfo, input: Obj) -> Obj:
+    """modules/core/graph/resolvers/models.ts (``ModelMutations``), services/branch/
+    management.ts; the same files for update and delete."""
     ctx: Context = info.context
     model = ctx.store.create_model(
         ctx.signed_in(), input["projectId"], input["name"], input.get("description")
@@ -376,6 +394,9 @@ def model_delete(_: Obj, info: GraphQLResolveInfo, input: Obj) -> bool:
 
 
 def version_create(_: Obj, info: GraphQLResolveInfo, input: Obj) -> Obj:
+    """modules/core/graph/resolvers/versions.ts (``VersionMutations.create``): the
+    ``COMMIT_CREATE`` limit per user first; the same file for update, delete, move and
+    markReceived."""
     ctx: Context = info.context
     user = ctx.signed_in()
     verdict = ctx.limiter.consume("version_create", ctx.source) if ctx.limiter else None

@@ -1,5 +1,6 @@
 """The Speckle-compatible test server: GraphQL and the object REST endpoints over a threaded
-standard-library HTTP server, answering the way the recorded real server did.
+standard-library HTTP server, answering as the real server's code does (each handler names the
+file it follows; README.md has the whole table) and as the recordings show.
 """
 
 from __future__ import annotations

@@ -1,8 +1,9 @@
 """The server's state (users, projects, models, versions, objects) and its rules.
 
-Every rule and error here was taken from traffic recorded from a real speckle-server (see
-``shared/speckle-transcripts``). The HTTP layer holds ``Store.lock`` around each request, so the
-methods need no locking of their own. The store outlives the HTTP server: stopping and starting
+Every rule and error here follows the real speckle-server's code (modules/core/services and
+repositories, named where used) and the traffic recorded from it
+(tests/data/speckle-transcripts). The HTTP layer holds ``Store.lock`` around each request, so
+the methods need no locking of their own. The store outlives the HTTP server: stopping and starting
 the server keeps the data.
 """
 
