@@ -1,6 +1,6 @@
 # Caliber's two commands: `make demo` runs the pasta example, `make test` runs every check
 # (`make dist` builds the package for another machine).
-# Both first make sure .venv exists with the package installed (python3 -m venv, then
+# Each first makes sure .venv exists with the package installed (python3 -m venv, then
 # pip install -e '.[dev,speckle,bench]'); that step runs again only when pyproject.toml changed.
 
 PYTHON ?= python3

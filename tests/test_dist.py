@@ -34,7 +34,7 @@ def test_make_dist_recipe_builds_with_build() -> None:
 
 @pytest.mark.slow
 def test_the_wheel_installs_in_a_fresh_venv(tmp_path: Path) -> None:
-    # pip's cache goes to tmp, never the user's home; no venv's scripts on PATH
+    # pip's cache goes to tmp, never the user's home
     env = {**os.environ, "PIP_CACHE_DIR": str(tmp_path / "pip-cache"),
            "PIP_DISABLE_PIP_VERSION_CHECK": "1", "PIP_NO_INPUT": "1"}
     env.pop("VIRTUAL_ENV", None)
