@@ -106,9 +106,14 @@ def init(
 
         skipped = f", {len(summary.skipped)} skipped" if summary.skipped else ""
         lost = f", {summary.lost} lost to other pinions" if summary.lost else ""
+        errors = f", {len(summary.errors)} stopped by errors" if summary.errors else ""
         click.echo(f"pinion {name}: ran {summary.ran} ({summary.completed} completed, "
-                   f"{summary.failed} failed){skipped}{lost}")
+                   f"{summary.failed} failed){skipped}{lost}{errors}")
         for workload_id, reason in summary.skipped:
             click.echo(f"  skipped {workload_id}: {for_terminal(reason)}")
+        for workload_id, reason, then in summary.errors:
+            click.echo(f"  error {workload_id}: {for_terminal(reason)}; {for_terminal(then)}")
     if summary.cold:
         raise SystemExit(130)
+    if summary.stranded:  # a claim stands until its lease ends: not a clean exit
+        raise SystemExit(1)

@@ -112,6 +112,8 @@ class Summary:
     errors: list[tuple[str, str, str]] = field(default_factory=list)
     """Workloads an error stopped between claim and verdict: (id, reason, what became of
     it: put back in the queue, queued again, failed, or left to its lease)."""
+    stranded: int = 0
+    """Of those, claims the queue would not take back: they stand until their lease ends."""
     stopped_by: str = ""
     cold: bool = False
     """Stopped by a second signal, with the running workload put back."""
@@ -121,6 +123,7 @@ class Summary:
             "ran": self.ran, "completed": self.completed, "failed": self.failed,
             "skipped": [{"id": i, "reason": r} for i, r in self.skipped], "lost": self.lost,
             "errors": [{"id": i, "reason": r, "then": t} for i, r, t in self.errors],
+            "stranded": self.stranded,
             "stopped_by": self.stopped_by or None, "cold": self.cold,
         }
 
@@ -281,6 +284,7 @@ class Pinion:
         except Exception as again:
             done = f"left to its lease (could not give it back: {_reason(again)})"
             self.summary.errors.append((workload.id, reason, done))
+            self.summary.stranded += 1
             self.reporter.gave_back(workload.id, done, reason, exc)
             if isinstance(again, QueueError):
                 raise again from exc  # the queue is out of reach: run() backs off

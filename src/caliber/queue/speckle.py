@@ -328,12 +328,25 @@ class SpeckleBackend:
                 won = self.refresh().workloads.get(state.id)
                 if won is not None and not won.deleted and won.held_by(token):
                     assert won.holder is not None
-                    workload = self._workloads([won])[0]
+                    try:
+                        workload = self._workloads([won])[0]
+                    except Exception as exc:  # never leave the claim standing: give it back
+                        self._give_back(state, token, f"cannot read the workload: {exc}")
+                        raise
                     return Claim(workload=workload, owner=owner, token=token,
                                  expires_at=self._local(won.holder.expires))
                 if lost is not None:
                     raise lost
             return None
+
+    def _give_back(self, state: State, token: str, reason: str) -> None:
+        """Release a claim just won whose workload could not be read (its attempt uncounted);
+        if even that cannot be written, the lease runs out as after a dead pinion."""
+        try:
+            self._write(f"released {state.id} ({state.workflow}): {reason}",
+                        ev.Release(workload=state.id, token=token, reason=clip(reason) or ""))
+        except QueueError as exc:
+            log.warning("could not release %s (%s): its lease runs out instead", state.id, exc)
 
     def _held(self, claim: Claim) -> State:
         state = self.refresh().workloads.get(claim.workload.id)
