@@ -43,7 +43,8 @@ def check_queue_api() -> None:
         from caliber.queue.sqlite import SQLiteBackend
     except ImportError as exc:
         raise Unavailable(f"the queue API is not available yet ({exc})") from None
-    missing = [v for v in ("put", "claim", "complete", "list") if not hasattr(SQLiteBackend, v)]
+    verbs = ("put", "claim", "complete", "list_workloads")
+    missing = [v for v in verbs if not hasattr(SQLiteBackend, v)]
     if missing:
         raise Unavailable(f"the local queue has no {', '.join(missing)} yet")
 
@@ -75,12 +76,13 @@ class Caliber(DrainSystem):
         check_command("pinion", "init")
 
     def reset(self, workdir: Path) -> None:
-        from caliber.queue.select import open_local
+        from caliber.queue.registry import open_backend
+        from caliber.queue.target import local_target
 
         self.close()
         self.home = workdir / "caliber-home"
         use_home(self.home)
-        self.backend = open_local()
+        self.backend = open_backend(local_target())
 
     def enqueue(self, n: int) -> None:
         for i in range(n):

@@ -13,7 +13,8 @@ from pathlib import Path
 from typing import Any
 
 import caliber
-from caliber.queue.select import open_local
+from caliber.queue.registry import open_backend
+from caliber.queue.target import local_target
 
 FUNCTIONS = '''
 import os, time
@@ -106,7 +107,7 @@ def wait_for(condition: Callable[[], Any], timeout: float = 30.0, what: str = "c
 
 
 def status_of(workload_id: str) -> str:
-    with open_local() as backend:
+    with open_backend(local_target()) as backend:
         return backend.get(workload_id).status.value
 
 

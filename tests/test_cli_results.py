@@ -12,7 +12,8 @@ import pytest
 import caliber
 from caliber.cli import main
 from caliber.errors import AmbiguousIdError, NotFoundError
-from caliber.queue.select import open_local
+from caliber.queue.registry import open_backend
+from caliber.queue.target import local_target
 from caliber.results.model import ErrorInfo, Results, RunStatus, TaskResult, TaskStatus
 
 T0 = dt.datetime(2024, 5, 1, 8, 0, tzinfo=dt.UTC)
@@ -45,7 +46,7 @@ def make(id_: str, workflow: str = "pasta", *, minutes: int = 0, failed: bool = 
 def stored() -> list[Results]:
     items = [make("abc1000000", minutes=1), make("abc2000000", "soup", minutes=2, pinion="p1"),
              make("xyz3000000", minutes=3, failed=True, pinion="p1")]
-    with open_local() as backend:
+    with open_backend(local_target()) as backend:
         for r in items:
             backend.save_results(r)
     return items
@@ -158,9 +159,9 @@ def test_show_accepts_a_workload_id(run_cli: Run, tmp_path: Path) -> None:
     from caliber.queue.secret import key_id, load_key
 
     task = caliber.Task("json:dumps", name="Dump", args=[[1]])
-    workload_id = queue_workflow(caliber.Workflow(caliber.Process([task]), "q", base_dir=tmp_path),
-                                 "p9")
-    with open_local() as backend:
+    workflow = caliber.Workflow(caliber.Process([task]), "q", base_dir=tmp_path)
+    workload_id = queue_workflow(workflow, "p9", local_target())
+    with open_backend(local_target()) as backend:
         claim = backend.claim("p9", "test", 60, key_id(load_key()))
         assert claim is not None
         backend.complete(claim, make("res9000000", "q", workload_id=workload_id))

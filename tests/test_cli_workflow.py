@@ -14,7 +14,8 @@ import pytest
 
 import caliber
 from caliber.cli import cli, main
-from caliber.queue.select import open_local
+from caliber.queue.registry import open_backend
+from caliber.queue.target import local_target
 from caliber.workflow.fileformat import json_schema
 
 FUNCTIONS = '''
@@ -271,7 +272,7 @@ def test_queue_puts_the_workflow_in_the_local_queue(
     result = run_cli("workflow", "queue", str(project()), "-p", "mypinion", "--local")
     assert result.code == 0, result.err
     workload_id = result.out.strip()
-    with open_local() as backend:
+    with open_backend(local_target()) as backend:
         workload = backend.get(workload_id)
     assert workload.pinion == "mypinion" and workload.id == workload_id
 

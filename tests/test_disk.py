@@ -23,8 +23,9 @@ import pytest
 
 from caliber.errors import QueueError, WorkspaceError
 from caliber.pinion.loop import Pinion, PinionConfig
-from caliber.queue.select import open_local
+from caliber.queue.registry import open_backend
 from caliber.queue.sqlite import SQLiteBackend
+from caliber.queue.target import local_target
 from tests.pinion_helpers import make_folder, workflow
 from tests.reliability_figures import record
 from tests.test_fuzz import run_cli
@@ -106,7 +107,7 @@ def big_workflow_file(folder: Path, size: int) -> Path:
 
 
 def drain(name: str = "p", **config: object) -> Pinion:
-    with open_local() as backend:
+    with open_backend(local_target()) as backend:
         pinion = Pinion(PinionConfig(name=name, attempts=1, wait=0, **config),  # type: ignore[arg-type]
                         backend)
         pinion.run()
@@ -129,12 +130,12 @@ def test_queue_on_a_full_disk(small_fs: Path, tmp_path: Path,
         assert "disk is full" in one_line(code, err)
     else:
         assert [w["id"] for w in json.loads(out)] == ids
-    with pytest.raises((QueueError, WorkspaceError)), open_local() as backend:
+    with pytest.raises((QueueError, WorkspaceError)), open_backend(local_target()) as backend:
         Pinion(PinionConfig(name="p", attempts=1, wait=0, lease=0.2), backend).run_once()
     filler.unlink()
     assert integrity(small_fs / "home" / "caliber.db") == "ok"
     drain(lease=0.2)
-    with open_local() as backend:
+    with open_backend(local_target()) as backend:
         assert [w.status.value for w in backend.list_workloads()] == ["completed"] * 3
         assert [w.attempts for w in backend.list_workloads()] in ([1, 1, 1], [2, 1, 1])
     record("disk.full_queue", refused_with="one line", stored_entries_intact=3)
@@ -150,7 +151,7 @@ def test_runs_folder_on_a_full_or_read_only_disk(small_fs: Path, tmp_path: Path)
         if trouble == "read-only":
             filler.unlink()
             remount(small_fs, "ro")
-        with open_local() as backend:
+        with open_backend(local_target()) as backend:
             pinion = Pinion(PinionConfig(name="p", attempts=1, wait=0, runs_dir=small_fs),
                             backend)
             with pytest.raises(WorkspaceError) as caught:
@@ -163,7 +164,7 @@ def test_runs_folder_on_a_full_or_read_only_disk(small_fs: Path, tmp_path: Path)
     assert "No space left" in outcomes[0] and "Read-only" in outcomes[1]
     remount(small_fs, "rw")
     drain(runs_dir=small_fs)
-    with open_local() as backend:
+    with open_backend(local_target()) as backend:
         assert backend.get(wid).status == "completed"
     record("disk.runs_folder", troubles=["full", "read-only"], workloads_lost=0)
 
@@ -187,7 +188,7 @@ def test_queue_on_a_read_only_file_system(small_fs: Path, tmp_path: Path,
     finally:
         remount(small_fs, "rw")
     assert digest(db) == before and integrity(db) == "ok"
-    with open_local() as backend:
+    with open_backend(local_target()) as backend:
         assert [w.id for w in backend.list_workloads()] == ids
     record("disk.read_only_queue", commands_refused=5, stored_entries_intact=2)
 
@@ -220,7 +221,7 @@ def test_a_limited_file_size_refuses_cleanly_and_keeps_what_is_stored(
     line = one_line(done.returncode, done.stderr)
     assert "ulimit -f" in line
     assert integrity(db) == "ok"
-    with open_local() as backend:
+    with open_backend(local_target()) as backend:
         assert [w.id for w in backend.list_workloads()] == ids
     # A pinion under a 1 MB limit: a workload printing 2 MB fails, the next one runs.
     loud = workflow(folder, [("crash", ["print"])]).queue(pinion="loud")
@@ -228,7 +229,7 @@ def test_a_limited_file_size_refuses_cleanly_and_keeps_what_is_stored(
     done = run_limited(1_000_000, "pinion", "init", "loud", "-a", "1", "-w", "0")
     assert done.returncode == 0, done.stderr
     assert "Traceback" not in done.stderr
-    with open_local() as backend:
+    with open_backend(local_target()) as backend:
         failed, fine = backend.get(loud), backend.get(quiet)
     assert failed.status == "failed" and "too large" in (failed.last_error or "").lower()
     assert fine.status == "completed"

@@ -29,7 +29,8 @@ from typing import Any
 
 import pytest
 
-from caliber.queue.select import open_local
+from caliber.queue.registry import open_backend
+from caliber.queue.target import local_target
 from tests.pinion_helpers import alive, make_folder, wait_for
 from tests.pinion_helpers import queue as queue_workflow
 from tests.reliability_figures import record
@@ -109,14 +110,14 @@ def kill(proc: subprocess.Popen[bytes], how: str) -> bool:
 
 
 def statuses(pinion: str = "p") -> collections.Counter[str]:
-    with open_local() as backend:
+    with open_backend(local_target()) as backend:
         rows = backend.conn.execute("SELECT status FROM workloads WHERE pinion = ?",
                                     (pinion,)).fetchall()
     return collections.Counter(r[0] for r in rows)
 
 
 def results_per_workload() -> collections.Counter[str]:
-    with open_local() as backend:
+    with open_backend(local_target()) as backend:
         rows = backend.conn.execute("SELECT workload_id FROM results").fetchall()
     return collections.Counter(r[0] for r in rows)
 
@@ -126,7 +127,7 @@ def assert_exactly_once(ids: list[str]) -> dict[str, int]:
     counts = results_per_workload()
     assert set(counts) == set(ids), "a workload was lost, or results appeared for no workload"
     assert [i for i, n in counts.items() if n != 1] == [], "a workload has two Results"
-    with open_local() as backend:
+    with open_backend(local_target()) as backend:
         workloads = {w.id: w for w in backend.list_workloads()}
         for wid in ids:
             w = workloads[wid]
@@ -324,7 +325,7 @@ def test_a_read_sees_one_moment_even_when_a_pinion_writes_in_between(tmp_path: P
 
     folder = make_folder(tmp_path / "wf")
     wid = queue_workflow(folder, [("add", [1])])
-    with open_local() as reader, open_local() as pinion:
+    with open_backend(local_target()) as reader, open_backend(local_target()) as pinion:
         original = SQLiteBackend._with_history
 
         def claim_in_between(self: SQLiteBackend, workloads: list[Any]) -> list[Any]:

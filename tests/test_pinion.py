@@ -9,13 +9,14 @@ import pytest
 import caliber
 from caliber.paths import runs_dir
 from caliber.pinion.loop import Pinion, PinionConfig
-from caliber.queue.select import open_local
+from caliber.queue.registry import open_backend
+from caliber.queue.target import local_target
 from tests.pinion_helpers import alive, make_folder, queue
 
 
 def run_pinion(name: str = "p", **overrides: object) -> Pinion:
     config = PinionConfig(name=name, attempts=1, wait=0, **overrides)  # type: ignore[arg-type]
-    with open_local() as backend:
+    with open_backend(local_target()) as backend:
         pinion = Pinion(config, backend)
         pinion.run()
     return pinion
@@ -35,7 +36,7 @@ def test_runs_a_queued_workload_and_keeps_its_results(folder: Path) -> None:
     assert results["add-0"] == 2
     assert results["add-1"] == 7
     assert results.g == {"last": 7}
-    with open_local() as backend:
+    with open_backend(local_target()) as backend:
         workload = backend.get(wid)
     assert workload.status == "completed"
     assert workload.completed
@@ -52,7 +53,7 @@ def test_oldest_first_and_only_its_own_pinion(folder: Path) -> None:
     run_pinion()
     a, b = caliber.get_results(first), caliber.get_results(second)
     assert a.started_at <= b.started_at
-    with open_local() as backend:
+    with open_backend(local_target()) as backend:
         assert backend.get(other).status == "queued"
 
 
@@ -68,7 +69,7 @@ def test_a_failing_workload_does_not_stop_the_next(folder: Path) -> None:
     assert failed.error is not None and "no flour" in failed.error.message
     assert "ValueError: no flour" in failed.error.traceback
     assert "no flour" in (Path(failed.work_dir or "") / "caliber-traceback.txt").read_text()
-    with open_local() as backend:
+    with open_backend(local_target()) as backend:
         assert "no flour" in (backend.get(bad).last_error or "")
     assert caliber.get_results(good)["add-0"] == 11
 
@@ -106,7 +107,7 @@ def test_a_workload_signed_with_another_key_never_runs(folder: Path,
     pinion = run_pinion()
     assert pinion.summary.ran == 0
     assert [i for i, _ in pinion.summary.skipped] == [wid]
-    with open_local() as backend:
+    with open_backend(local_target()) as backend:
         workload = backend.get(wid)
         assert workload.status == "queued"
         assert workload.attempts == 0
@@ -165,6 +166,6 @@ def test_lease_is_renewed_while_a_long_workload_runs(folder: Path) -> None:
     wid = queue(folder, [("slow", [1.5])])
     run_pinion(lease=0.4)
     assert caliber.get_results(wid).status == "completed"
-    with open_local() as backend:
+    with open_backend(local_target()) as backend:
         assert backend.get(wid).attempts == 1
 

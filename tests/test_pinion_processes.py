@@ -9,12 +9,13 @@ from pathlib import Path
 import pytest
 
 import caliber
-from caliber.queue.select import open_local
+from caliber.queue.registry import open_backend
+from caliber.queue.target import local_target
 from tests.pinion_helpers import alive, make_folder, queue, start_pinion, status_of, stop, wait_for
 
 
 def results_per_workload() -> collections.Counter[str]:
-    with open_local() as backend:
+    with open_backend(local_target()) as backend:
         rows = backend.conn.execute("SELECT workload_id FROM results").fetchall()
     return collections.Counter(r[0] for r in rows)
 
@@ -27,7 +28,7 @@ def test_racing_pinions_run_each_workload_exactly_once(tmp_path: Path) -> None:
     assert all(p.returncode == 0 for p in pinions), outputs
     counts = results_per_workload()
     assert counts == collections.Counter(ids)  # every workload once, none twice
-    with open_local() as backend:
+    with open_backend(local_target()) as backend:
         assert {w.status.value for w in backend.list_workloads()} == {"completed"}
         assert all(w.attempts == 1 for w in backend.list_workloads())
     ran = sum(int(out.split("ran ")[1].split()[0]) for out, _ in outputs)
@@ -49,7 +50,7 @@ def test_a_killed_pinions_workload_is_finished_by_another(tmp_path: Path) -> Non
     assert second.returncode == 0, err
     results = caliber.get_results(wid)
     assert results.status == "completed"
-    with open_local() as backend:
+    with open_backend(local_target()) as backend:
         workload = backend.get(wid)
     assert workload.attempts == 2
     assert any("lease" in h.message for h in workload.history)
@@ -69,7 +70,7 @@ def test_after_max_attempts_a_workload_whose_pinions_die_is_failed(tmp_path: Pat
     last = start_pinion("p", "-a", "8", "-w", "0.25", "--max-attempts", "2")
     _out, err = last.communicate(timeout=60)
     assert last.returncode == 0, err
-    with open_local() as backend:
+    with open_backend(local_target()) as backend:
         workload = backend.get(wid)
     assert workload.status == "failed"
     assert "lease" in (workload.last_error or "")
@@ -104,7 +105,7 @@ def test_sigint_twice_puts_the_workload_back_without_counting(tmp_path: Path) ->
     _out, err = pinion.communicate(timeout=30)
     assert pinion.returncode == 130, err
     assert not alive(child_pid)
-    with open_local() as backend:
+    with open_backend(local_target()) as backend:
         workload = backend.get(wid)
     assert workload.status == "queued"
     assert workload.attempts == 0
@@ -124,7 +125,7 @@ def test_a_queue_survives_pinions_killed_at_random(tmp_path: Path) -> None:
     deadline = time.monotonic() + 120
     try:
         while time.monotonic() < deadline:
-            with open_local() as backend:
+            with open_backend(local_target()) as backend:
                 done = sum(1 for w in backend.list_workloads() if w.status.value == "completed")
             if done == len(ids):
                 break
@@ -138,7 +139,7 @@ def test_a_queue_survives_pinions_killed_at_random(tmp_path: Path) -> None:
             stop(pinion, signal.SIGKILL)
     assert kills >= 3
     assert results_per_workload() == collections.Counter(ids)
-    with open_local() as backend:
+    with open_backend(local_target()) as backend:
         assert {w.status.value for w in backend.list_workloads()} == {"completed"}
 
 

@@ -18,8 +18,9 @@ from caliber.errors import (
     UsageError,
 )
 from caliber.queue import api
+from caliber.queue.registry import open_backend
 from caliber.queue.secret import key_id, load_key
-from caliber.queue.select import open_local
+from caliber.queue.target import local_target
 from caliber.queue.workload import WorkloadStatus
 from caliber.workflow.model import Process, Task, Workflow
 
@@ -36,13 +37,13 @@ def make_workflow(folder: Path, attachments: list[str] | None = None) -> Workflo
 
 
 def count_workloads() -> int:
-    with open_local() as backend:
+    with open_backend(local_target()) as backend:
         return len(backend.list_workloads())
 
 
 def test_queue_wraps_everything(tmp_path: Path) -> None:
     wid = make_workflow(tmp_path / "wf").queue(pinion="mypinion")
-    with open_local() as backend:
+    with open_backend(local_target()) as backend:
         w = backend.get(wid)
     assert w.pinion == "mypinion" and w.status == WorkloadStatus.QUEUED and not w.completed
     assert w.workflow["name"] == "demo" and w.workflow["process"]["tasks"][0]["name"] == "first"
@@ -54,7 +55,7 @@ def test_queue_wraps_everything(tmp_path: Path) -> None:
     assert all(a.content_matches() for a in w.attachments)
     assert "@" in w.queued_by and w.created_at.utcoffset() is not None
     assert w.attempts == 0 and w.results_id is None and w.secret
-    [checked] = api.list_workloads()
+    [checked] = api.list_workloads(local_target())
     assert checked.secret_ok
 
 
@@ -63,8 +64,8 @@ def test_queue_takes_what_is_on_disk_now(tmp_path: Path) -> None:
     wf.export(tmp_path / "wf" / "demo.json")
     (tmp_path / "wf" / "funcs.py").write_text("def f(x):\n    return 2 * x\n")
     loaded = Workflow.load(tmp_path / "wf" / "demo.json")
-    wid = api.queue_workflow(loaded, "p1")
-    with open_local() as backend:
+    wid = api.queue_workflow(loaded, "p1", local_target())
+    with open_backend(local_target()) as backend:
         attachment = backend.get(wid).attachments[0]
     assert "2 * x" in attachment.content and attachment.content_matches()
 
@@ -104,12 +105,12 @@ def test_bad_pinion_names(tmp_path: Path, name: str) -> None:
 def test_list_filters_and_bad_status(tmp_path: Path) -> None:
     wf = make_workflow(tmp_path / "wf")
     a, b = wf.queue(pinion="p1"), wf.queue(pinion="p2")
-    assert [c.workload.id for c in api.list_workloads()] == [a, b]
-    assert [c.workload.id for c in api.list_workloads(pinion="p2")] == [b]
-    assert [c.workload.id for c in api.list_workloads(status="queued")] == [a, b]
-    assert api.list_workloads(status="running") == []
+    assert [c.workload.id for c in api.list_workloads(local_target())] == [a, b]
+    assert [c.workload.id for c in api.list_workloads(local_target(), pinion="p2")] == [b]
+    assert [c.workload.id for c in api.list_workloads(local_target(), status="queued")] == [a, b]
+    assert api.list_workloads(local_target(), status="running") == []
     with pytest.raises(UsageError, match="unknown status"):
-        api.list_workloads(status="sleeping")
+        api.list_workloads(local_target(), status="sleeping")
 
 
 def test_edited_in_database_is_a_secret_mismatch(tmp_path: Path, caliber_home: Path) -> None:
@@ -120,11 +121,11 @@ def test_edited_in_database_is_a_secret_mismatch(tmp_path: Path, caliber_home: P
     conn.execute("UPDATE workloads SET body = ?", (json.dumps(body),))
     conn.commit()
     conn.close()
-    [checked] = api.list_workloads()
+    [checked] = api.list_workloads(local_target())
     assert checked.workload.id == wid and not checked.secret_ok
     assert checked.summary()["secret_ok"] is False
-    resigned = api.resetsecret(wid[:4])
-    assert resigned.secret_ok and api.view_workload(wid).secret_ok
+    resigned = api.resetsecret(wid[:4], local_target())
+    assert resigned.secret_ok and api.view_workload(wid, local_target()).secret_ok
     assert "signed again with key " + key_id(load_key()) in resigned.workload.history[-1].message
 
 
@@ -134,11 +135,11 @@ def test_another_users_key_is_a_mismatch(
     monkeypatch.setenv("CALIBER_SECRET_KEY", "a" * 32)
     wid = make_workflow(tmp_path / "wf").queue(pinion="p1")
     monkeypatch.setenv("CALIBER_SECRET_KEY", "b" * 32)
-    assert not api.view_workload(wid).secret_ok
-    api.resetsecret(wid)
-    assert api.view_workload(wid).secret_ok
+    assert not api.view_workload(wid, local_target()).secret_ok
+    api.resetsecret(wid, local_target())
+    assert api.view_workload(wid, local_target()).secret_ok
     monkeypatch.setenv("CALIBER_SECRET_KEY", "a" * 32)
-    assert not api.view_workload(wid).secret_ok
+    assert not api.view_workload(wid, local_target()).secret_ok
 
 
 def test_resetsecret_refuses_changed_attachment_content(
@@ -151,16 +152,16 @@ def test_resetsecret_refuses_changed_attachment_content(
     conn.execute("UPDATE workloads SET body = ?", (json.dumps(body),))
     conn.commit()
     conn.close()
-    view = api.view_workload(wid)
+    view = api.view_workload(wid, local_target())
     assert not view.secret_ok
     assert view.detail()["attachments"][0]["content_ok"] is False
     with pytest.raises(QueueStateError, match=r"funcs\.py"):
-        api.resetsecret(wid)
+        api.resetsecret(wid, local_target())
 
 
 def test_view_detail_keys(tmp_path: Path) -> None:
     wid = make_workflow(tmp_path / "wf").queue(pinion="p1")
-    detail = api.view_workload(wid).detail()
+    detail = api.view_workload(wid, local_target()).detail()
     for key in ("id", "workflow", "pinion", "status", "created_at", "attempts", "results_id",
                 "secret_ok", "attachments", "history", "lease", "workflow_document"):
         assert key in detail
@@ -174,11 +175,11 @@ def test_reset_and_ids(tmp_path: Path) -> None:
     wf = make_workflow(tmp_path / "wf")
     wid = wf.queue(pinion="p1")
     with pytest.raises(NotFoundError):
-        api.view_workload("zzzzzz")
-    removed = api.reset(wid[:5])
+        api.view_workload("zzzzzz", local_target())
+    removed = api.reset(wid[:5], local_target())
     assert removed.id == wid and count_workloads() == 0
     with pytest.raises(NotFoundError):
-        api.reset(wid)
+        api.reset(wid, local_target())
 
 
 def test_ambiguous_prefix_lists_candidates(tmp_path: Path) -> None:
@@ -187,16 +188,16 @@ def test_ambiguous_prefix_lists_candidates(tmp_path: Path) -> None:
     first = {i[0] for i in ids}
     shared = next(c for c in sorted(first) if sum(i.startswith(c) for i in ids) > 1)
     with pytest.raises(AmbiguousIdError) as info:
-        api.view_workload(shared)
+        api.view_workload(shared, local_target())
     assert set(info.value.candidates) == {i for i in ids if i.startswith(shared)}
 
 
 def test_reset_running_needs_force(tmp_path: Path) -> None:
     wid = make_workflow(tmp_path / "wf").queue(pinion="p1")
-    with open_local() as backend:
+    with open_backend(local_target()) as backend:
         assert backend.claim("p1", "me", 60.0, "k") is not None
     with pytest.raises(QueueStateError, match="--force"):
-        api.reset(wid)
+        api.reset(wid, local_target())
     assert count_workloads() == 1
-    api.reset(wid, force=True)
+    api.reset(wid, local_target(), force=True)
     assert count_workloads() == 0

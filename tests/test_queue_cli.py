@@ -132,10 +132,11 @@ def test_unknown_and_ambiguous_ids(pasta: Path, capsys: pytest.CaptureFixture[st
 
 
 def test_reset_running_needs_force(pasta: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    from caliber.queue.select import open_local
+    from caliber.queue.registry import open_backend
+    from caliber.queue.target import local_target
 
     wid = caliber(capsys, "workflow", "queue", "pasta.json", "-p", "mypinion")[1].strip()
-    with open_local() as backend:
+    with open_backend(local_target()) as backend:
         backend.claim("mypinion", "busy-pinion", 60.0, "k")
     code, _, err = caliber(capsys, "queue", "reset", wid)
     assert code == 2 and "running" in err and "--force" in err

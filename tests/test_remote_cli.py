@@ -69,8 +69,9 @@ def test_the_mission_pages_remote_commands(
     with pytest.raises(NotFoundError):
         caliber.get_results(workload_id, local=True)  # nothing went to the local store
     from caliber.queue.api import list_workloads
+    from caliber.queue.target import resolve_target
 
-    [item] = list_workloads(project=p)
+    [item] = list_workloads(resolve_target(project=p))
     assert (item.workload.id, item.workload.status.value, item.secret_ok) == (
         workload_id, "completed", True)
     assert item.workload.results_id == results.id
@@ -170,9 +171,10 @@ def test_pinions_share_one_remote_queue_and_run_nothing_twice(
     assert runs == collections.Counter(str(tag) for tag in range(12))  # each once, none twice
     ran = sum(int(out.split("ran ")[1].split()[0]) for out, _ in outputs)
     assert ran == 12
-    from caliber.queue.select import open_backend
+    from caliber.queue.registry import open_backend
+    from caliber.queue.target import resolve_target
 
-    with open_backend(project=remote.project) as backend:  # type: ignore[attr-defined]
+    with open_backend(resolve_target(project=remote.project)) as backend:
         workloads = backend.list_workloads()
         assert [w.id for w in workloads] == ids
         assert {(w.status.value, w.attempts) for w in workloads} == {("completed", 1)}
@@ -212,9 +214,10 @@ def test_a_killed_pinions_workload_is_taken_again_after_its_lease(
     assert "ran 1 (1 completed" in out
     results = caliber.get_results(workload_id, project=remote.project)
     assert results["slow"] == "done"
-    from caliber.queue.select import open_backend
+    from caliber.queue.registry import open_backend
+    from caliber.queue.target import resolve_target
 
-    with open_backend(project=remote.project) as backend:  # type: ignore[attr-defined]
+    with open_backend(resolve_target(project=remote.project)) as backend:
         workload = backend.get(workload_id)
     assert (workload.status.value, workload.attempts) == ("completed", 2)
     assert any("ran out" in h.message for h in workload.history)

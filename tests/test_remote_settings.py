@@ -143,13 +143,14 @@ def test_missing_specklepy_says_which_extra(monkeypatch: pytest.MonkeyPatch) -> 
 def test_local_flag_and_no_project_open_the_local_queue(
     workdir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from caliber.queue.select import open_backend
+    from caliber.queue.registry import open_backend
     from caliber.queue.sqlite import SQLiteBackend
+    from caliber.queue.target import resolve_target
 
-    with open_backend() as backend:  # type: ignore[attr-defined]
+    with open_backend(resolve_target()) as backend:
         assert isinstance(backend, SQLiteBackend)
     monkeypatch.setenv("CALIBER_SPECKLE_PROJECT", "12345abcde")  # and no host: local wins
-    with open_backend(local=True) as backend:  # type: ignore[attr-defined]
+    with open_backend(resolve_target(local=True)) as backend:
         assert isinstance(backend, SQLiteBackend)
 
 

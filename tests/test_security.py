@@ -19,8 +19,9 @@ import caliber
 from caliber.errors import AttachmentError
 from caliber.pinion.loop import Pinion, PinionConfig
 from caliber.queue import secret
-from caliber.queue.select import open_local
+from caliber.queue.registry import open_backend
 from caliber.queue.sqlite import SQLiteBackend
+from caliber.queue.target import local_target
 from caliber.queue.workload import Attachment, Workload
 from tests.pinion_helpers import make_folder, workflow
 from tests.reliability_figures import record
@@ -118,7 +119,7 @@ def test_a_tampered_workload_never_runs_until_signed_again(
 
     code, out, _err = run_cli("queue", "list", "--json", "--pinion", "p")
     assert code == 0 and [(w["id"], w["secret_ok"]) for w in json.loads(out)] == [(wid, False)]
-    with open_local() as backend:
+    with open_backend(local_target()) as backend:
         first = Pinion(PinionConfig(name="p", attempts=1, wait=0), backend)
         first.run()
         assert first.summary.ran == 0 and [i for i, _ in first.summary.skipped] == [wid]
@@ -130,7 +131,7 @@ def test_a_tampered_workload_never_runs_until_signed_again(
 
     code, _out, err = run_cli("queue", "resetsecret", wid)
     assert code == 0, err
-    with open_local() as backend:
+    with open_backend(local_target()) as backend:
         again = Pinion(PinionConfig(name="p", attempts=1, wait=0), backend)
         again.run()
     assert again.summary.ran == 1  # re-signed after review: it runs, as it now is
@@ -145,7 +146,7 @@ def test_an_attached_file_changed_without_its_hash_cannot_be_signed(
     marker = tmp_path / "ran.txt"
     wid = workflow(folder, [("touch", [str(marker)])], module="secfuncs").queue(pinion="p")
     set_body(caliber_home / "caliber.db", wid, lambda b: _new_content(b, with_hash=False))
-    with open_local() as backend:
+    with open_backend(local_target()) as backend:
         Pinion(PinionConfig(name="p", attempts=1, wait=0), backend).run()
     assert not marker.exists()
     code, _out, err = run_cli("queue", "resetsecret", wid)
@@ -186,7 +187,7 @@ def test_bad_attachment_paths_are_refused_at_queue_time(tmp_path: Path, name: st
     code, out, err = run_cli("workflow", "queue", str(path), "-p", "p")
     assert code == 2 and out == "" and "Traceback" not in err, err
     assert err.startswith("caliber: error: ") and "attachment" in err
-    with open_local() as backend:
+    with open_backend(local_target()) as backend:
         assert backend.list_workloads() == []
 
 
@@ -237,7 +238,7 @@ def test_bad_attachment_paths_are_refused_again_at_run_time(tmp_path: Path, name
     )
     workload.secret = secret.sign(workload, secret.load_key())
     runs = tmp_path / "runs"
-    with open_local() as backend:
+    with open_backend(local_target()) as backend:
         backend.put(workload)
         pinion = Pinion(PinionConfig(name="p", attempts=1, wait=0, runs_dir=runs), backend)
         pinion.run()
@@ -295,7 +296,7 @@ def test_the_key_never_shows(caliber_home: Path, tmp_path: Path) -> None:
     folder = make_folder(tmp_path / "wf", "secfuncs", SECFUNCS)
     wid = workflow(folder, [("touch", [str(tmp_path / "m")])], module="secfuncs").queue(
         pinion="p")
-    with open_local() as backend:
+    with open_backend(local_target()) as backend:
         Pinion(PinionConfig(name="p", attempts=1, wait=0), backend).run()
     seen = []
     for argv in (["queue", "list"], ["queue", "list", "--json"], ["queue", "view", wid],

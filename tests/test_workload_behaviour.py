@@ -14,7 +14,8 @@ import pytest
 
 import caliber
 from caliber.pinion.loop import Pinion, PinionConfig
-from caliber.queue.select import open_local
+from caliber.queue.registry import open_backend
+from caliber.queue.target import local_target
 from tests.pinion_helpers import make_folder, queue, status_of
 
 ODD = '''
@@ -78,7 +79,7 @@ def cli(*args: str) -> str:
 
 
 def run_pinion() -> Pinion:
-    with open_local() as backend:
+    with open_backend(local_target()) as backend:
         pinion = Pinion(PinionConfig(name="p", attempts=1, wait=0), backend)
         pinion.run()
     return pinion

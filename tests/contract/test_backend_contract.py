@@ -11,8 +11,11 @@ import pytest
 
 from caliber.errors import AmbiguousIdError, LeaseLostError, NotFoundError, QueueStateError
 from caliber.queue.backend import QueueBackend
+from caliber.queue.registry import Backend
+from caliber.queue.secret import sign
 from caliber.queue.workload import Attachment, Workload, WorkloadStatus
 from caliber.results.model import ErrorInfo, Results, RunStatus, utcnow
+from caliber.results.store import ResultsStore
 
 KEY = "key-a"
 OTHER_KEY = "key-b"
@@ -44,15 +47,16 @@ def make_results(workload_id: str | None, *, ok: bool = True) -> Results:
     )
 
 
-def test_is_a_queue_backend(backend: QueueBackend) -> None:
+def test_is_a_queue_backend_and_a_results_store(backend: Backend) -> None:
     assert isinstance(backend, QueueBackend)
+    assert isinstance(backend, ResultsStore)
     assert backend.location
 
 
 # --- put / get ------------------------------------------------------------------------------
 
 
-def test_put_then_get_round_trips_everything(backend: QueueBackend) -> None:
+def test_put_then_get_round_trips_everything(backend: Backend) -> None:
     w = make_workload()
     backend.put(w)
     got = backend.get(w.id)
@@ -64,12 +68,12 @@ def test_put_then_get_round_trips_everything(backend: QueueBackend) -> None:
     assert "ann@laptop" in got.history[0].message
 
 
-def test_get_unknown_id(backend: QueueBackend) -> None:
+def test_get_unknown_id(backend: Backend) -> None:
     with pytest.raises(NotFoundError):
         backend.get("zzzzzzzzzz")
 
 
-def test_get_by_unique_prefix_and_ambiguous_prefix(backend: QueueBackend) -> None:
+def test_get_by_unique_prefix_and_ambiguous_prefix(backend: Backend) -> None:
     a, b, c = (make_workload(wid=i) for i in ("abc1000000", "abc2000000", "xyz0000000"))
     for w in (a, b, c):
         backend.put(w)
@@ -83,7 +87,7 @@ def test_get_by_unique_prefix_and_ambiguous_prefix(backend: QueueBackend) -> Non
 # --- claim ----------------------------------------------------------------------------------
 
 
-def test_claim_takes_oldest_for_its_pinion(backend: QueueBackend) -> None:
+def test_claim_takes_oldest_for_its_pinion(backend: Backend) -> None:
     newer, older, other = make_workload(seconds=5), make_workload(seconds=1), make_workload("p2")
     for w in (newer, older, other):
         backend.put(w)
@@ -104,17 +108,17 @@ def test_claim_takes_oldest_for_its_pinion(backend: QueueBackend) -> None:
     assert backend.claim("p1", "pinion-c", LEASE, KEY) is None
 
 
-def test_claim_on_empty_queue(backend: QueueBackend) -> None:
+def test_claim_on_empty_queue(backend: Backend) -> None:
     assert backend.claim("p1", "me", LEASE, KEY) is None
 
 
-def test_running_with_live_lease_is_not_claimed_again(backend: QueueBackend) -> None:
+def test_running_with_live_lease_is_not_claimed_again(backend: Backend) -> None:
     backend.put(make_workload())
     assert backend.claim("p1", "a", LEASE, KEY) is not None
     assert backend.claim("p1", "b", LEASE, KEY) is None
 
 
-def test_expired_lease_is_reclaimed_and_old_claim_is_lost(backend: QueueBackend) -> None:
+def test_expired_lease_is_reclaimed_and_old_claim_is_lost(backend: Backend) -> None:
     w = make_workload()
     backend.put(w)
     first = backend.claim("p1", "dead-pinion", RAN_OUT, KEY)
@@ -135,7 +139,7 @@ def test_expired_lease_is_reclaimed_and_old_claim_is_lost(backend: QueueBackend)
     assert backend.get(w.id).lease.owner == "live-pinion"  # type: ignore[union-attr]
 
 
-def test_renew_extends_the_lease(backend: QueueBackend) -> None:
+def test_renew_extends_the_lease(backend: Backend) -> None:
     backend.put(make_workload())
     claim = backend.claim("p1", "a", RAN_OUT, KEY)
     assert claim is not None
@@ -148,7 +152,7 @@ def test_renew_extends_the_lease(backend: QueueBackend) -> None:
 # --- release / complete / fail / expire -----------------------------------------------------
 
 
-def test_release_puts_back_without_counting(backend: QueueBackend) -> None:
+def test_release_puts_back_without_counting(backend: Backend) -> None:
     w = make_workload()
     backend.put(w)
     claim = backend.claim("p1", "a", LEASE, KEY)
@@ -162,7 +166,7 @@ def test_release_puts_back_without_counting(backend: QueueBackend) -> None:
     assert again is not None and again.workload.attempts == 1
 
 
-def test_release_with_mismatch_is_passed_over_by_that_key(backend: QueueBackend) -> None:
+def test_release_with_mismatch_is_passed_over_by_that_key(backend: Backend) -> None:
     w = make_workload()
     backend.put(w)
     claim = backend.claim("p1", "a", LEASE, KEY)
@@ -174,7 +178,7 @@ def test_release_with_mismatch_is_passed_over_by_that_key(backend: QueueBackend)
     assert other is not None and other.workload.id == w.id
 
 
-def test_complete_stores_results_and_finishes(backend: QueueBackend) -> None:
+def test_complete_stores_results_and_finishes(backend: Backend) -> None:
     w = make_workload()
     backend.put(w)
     claim = backend.claim("p1", "a", LEASE, KEY)
@@ -190,7 +194,7 @@ def test_complete_stores_results_and_finishes(backend: QueueBackend) -> None:
     assert backend.claim("p1", "b", LEASE, KEY) is None
 
 
-def test_complete_with_failed_results(backend: QueueBackend) -> None:
+def test_complete_with_failed_results(backend: Backend) -> None:
     w = make_workload()
     backend.put(w)
     claim = backend.claim("p1", "a", LEASE, KEY)
@@ -202,7 +206,7 @@ def test_complete_with_failed_results(backend: QueueBackend) -> None:
     assert got.results_id is not None
 
 
-def test_complete_with_lost_lease_stores_nothing(backend: QueueBackend) -> None:
+def test_complete_with_lost_lease_stores_nothing(backend: Backend) -> None:
     w = make_workload()
     backend.put(w)
     first = backend.claim("p1", "a", RAN_OUT, KEY)
@@ -220,7 +224,7 @@ def test_complete_with_lost_lease_stores_nothing(backend: QueueBackend) -> None:
     assert backend.get(w.id).status == WorkloadStatus.COMPLETED
 
 
-def test_fail_with_retry_requeues(backend: QueueBackend) -> None:
+def test_fail_with_retry_requeues(backend: Backend) -> None:
     w = make_workload()
     backend.put(w)
     claim = backend.claim("p1", "a", LEASE, KEY)
@@ -233,7 +237,7 @@ def test_fail_with_retry_requeues(backend: QueueBackend) -> None:
     assert again is not None and again.workload.attempts == 2
 
 
-def test_fail_without_retry_is_final(backend: QueueBackend) -> None:
+def test_fail_without_retry_is_final(backend: Backend) -> None:
     w = make_workload()
     backend.put(w)
     claim = backend.claim("p1", "a", LEASE, KEY)
@@ -244,7 +248,7 @@ def test_fail_without_retry_is_final(backend: QueueBackend) -> None:
     assert backend.claim("p1", "a", LEASE, KEY) is None
 
 
-def test_expire_fails_only_exhausted_expired_leases(backend: QueueBackend) -> None:
+def test_expire_fails_only_exhausted_expired_leases(backend: Backend) -> None:
     exhausted, young, live = make_workload(seconds=1), make_workload(seconds=2), make_workload(
         seconds=3)
     for w in (exhausted, young, live):
@@ -269,7 +273,7 @@ def test_expire_fails_only_exhausted_expired_leases(backend: QueueBackend) -> No
 # --- reset / resetsecret / list_workloads ---------------------------------------------------
 
 
-def test_reset(backend: QueueBackend) -> None:
+def test_reset(backend: Backend) -> None:
     w = make_workload()
     backend.put(w)
     removed = backend.reset(w.id[:6])
@@ -280,7 +284,7 @@ def test_reset(backend: QueueBackend) -> None:
         backend.reset(w.id)
 
 
-def test_reset_running_needs_force(backend: QueueBackend) -> None:
+def test_reset_running_needs_force(backend: Backend) -> None:
     w = make_workload()
     backend.put(w)
     claim = backend.claim("p1", "a", LEASE, KEY)
@@ -293,7 +297,7 @@ def test_reset_running_needs_force(backend: QueueBackend) -> None:
         backend.complete(claim, make_results(w.id))
 
 
-def test_resetsecret_replaces_secret_and_clears_mismatch(backend: QueueBackend) -> None:
+def test_resetsecret_replaces_secret_and_clears_mismatch(backend: Backend) -> None:
     w = make_workload()
     backend.put(w)
     claim = backend.claim("p1", "a", LEASE, KEY)
@@ -305,7 +309,7 @@ def test_resetsecret_replaces_secret_and_clears_mismatch(backend: QueueBackend) 
     assert backend.claim("p1", "a", LEASE, KEY) is not None
 
 
-def test_list_workloads_filters_and_pages(backend: QueueBackend) -> None:
+def test_list_workloads_filters_and_pages(backend: Backend) -> None:
     ws = [make_workload("p1" if i % 2 else "p2", seconds=i) for i in range(6)]
     for w in reversed(ws):
         backend.put(w)
@@ -321,10 +325,29 @@ def test_list_workloads_filters_and_pages(backend: QueueBackend) -> None:
     assert backend.list_workloads(pinion="nobody") == []
 
 
+def test_list_summaries_say_what_the_workloads_say(backend: Backend) -> None:
+    key = b"k" * 32
+    ws = [make_workload("p1" if i % 2 else "p2", seconds=i) for i in range(4)]
+    ws[1].secret = sign(ws[1], key)
+    for w in ws:
+        backend.put(w)
+    assert backend.claim("p2", "a", LEASE, KEY) is not None
+    summaries = backend.list_summaries(key)
+    assert [s.secret_ok for s in summaries] == [False, True, False, False]
+    assert [s.to_dict() for s in summaries] == [
+        w.summary(i == 1) for i, w in enumerate(backend.list_workloads())]
+    assert summaries[0].status == "running" and summaries[0].attempts == 1
+    assert [s.id for s in backend.list_summaries(key, pinion="p1")] == [ws[1].id, ws[3].id]
+    assert [s.id for s in backend.list_summaries(key, status=WorkloadStatus.QUEUED,
+                                                 pinion="p2")] == [ws[2].id]
+    assert [s.id for s in backend.list_summaries(key, limit=2, offset=1)] == [ws[1].id, ws[2].id]
+    assert backend.list_summaries(key, pinion="nobody") == []
+
+
 # --- results --------------------------------------------------------------------------------
 
 
-def test_results_verbs(backend: QueueBackend) -> None:
+def test_results_verbs(backend: Backend) -> None:
     first, second = make_results(None), make_results(None, ok=False)
     second = second.model_copy(update={"finished_at": first.finished_at + dt.timedelta(1)})
     backend.save_results(first)

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
-from caliber.cli.common import json_option, print_json, remote_options
+from caliber.cli.common import json_option, print_json, target_options
 from caliber.settings import (
     DEFAULT_ATTEMPTS,
     DEFAULT_LEASE,
@@ -15,6 +15,9 @@ from caliber.settings import (
     DEFAULT_WAIT,
     PREFIX,
 )
+
+if TYPE_CHECKING:
+    from caliber.queue.target import QueueTarget
 
 
 class SettingOption(click.Option):
@@ -79,11 +82,10 @@ def pinion() -> None:
               help="Claims of one workload (after pinions died) before it is failed.")
 @click.option("-q", "--quiet", is_flag=True, help="Show no progress, only errors and the summary.")
 @json_option
-@remote_options
+@target_options
 def init(
     name: str, attempts: int, wait: float, forever: bool, lease: float, timeout: float | None,
-    max_attempts: int, quiet: bool, as_json: bool, project: str | None, model: str | None,
-    local: bool,
+    max_attempts: int, quiet: bool, as_json: bool, target: QueueTarget,
 ) -> None:
     """Start the pinion NAME: run the workloads queued for it, one by one, each in its own
     process and working folder, and store their results.
@@ -98,7 +100,7 @@ def init(
         name=name, attempts=0 if forever else attempts, wait=wait, lease=lease,
         timeout=timeout, max_attempts=max_attempts,
     )
-    summary = run_pinion(config, project=project, model=model, local=local, quiet=quiet)
+    summary = run_pinion(config, target, quiet=quiet)
     if as_json:
         print_json(summary.to_dict())
     else:

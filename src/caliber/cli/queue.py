@@ -8,13 +8,15 @@ from typing import TYPE_CHECKING
 
 import click
 
-from caliber.cli.common import json_option, print_json, remote_options
-from caliber.queue.listing import DEFAULT_LIMIT, STATUSES
+from caliber.cli.common import json_option, print_json, target_options
+from caliber.queue.api import DEFAULT_LIMIT
+from caliber.queue.status import STATUSES
 
 if TYPE_CHECKING:
     from rich.console import RenderableType
 
     from caliber.queue.api import CheckedWorkload
+    from caliber.queue.target import QueueTarget
     from caliber.queue.workload import Workload
 
 WORKLOAD_ID = "WORKLOAD_ID"
@@ -58,7 +60,7 @@ def _nothing_listed(pinion: str | None, status: str | None, offset: int) -> str:
 @click.option("--offset", type=click.IntRange(min=0), default=0,
               help="Skip this many first (the next page).")
 @click.option("--all", "show_all", is_flag=True, help="Show every workload, however many.")
-@remote_options
+@target_options
 @json_option
 def list_cmd(
     pinion_name: str | None,
@@ -66,19 +68,18 @@ def list_cmd(
     limit: int,
     offset: int,
     show_all: bool,
-    project: str | None,
-    model: str | None,
-    local: bool,
+    target: QueueTarget,
     as_json: bool,
 ) -> None:
     """List the workloads in the queue, oldest first, and whether each one's run-secret
     matches your key (a pinion with your key runs only those that match)."""
-    from caliber.queue.listing import list_summaries
+    from caliber.queue.api import list_summaries
 
-    items, more = list_summaries(
-        pinion=pinion_name, status=status, limit=None if show_all else limit, offset=offset,
-        project=project, model=model, local=local,
+    summaries, more = list_summaries(
+        target, pinion=pinion_name, status=status, limit=None if show_all else limit,
+        offset=offset,
     )
+    items = [s.to_dict() for s in summaries]
     if as_json:
         print_json(items)
         return
@@ -111,16 +112,14 @@ def list_cmd(
 
 @queue.command("view", epilog="Example: caliber queue view k3v9 --json")
 @click.argument("workload_id", metavar=WORKLOAD_ID)
-@remote_options
+@target_options
 @json_option
-def view_cmd(
-    workload_id: str, project: str | None, model: str | None, local: bool, as_json: bool
-) -> None:
+def view_cmd(workload_id: str, target: QueueTarget, as_json: bool) -> None:
     """Show one workload in full: metadata, status history, attachments (sizes and hashes),
     the workflow tree, the last error and the results id. WORKLOAD_ID may be a unique prefix."""
     from caliber.queue.api import view_workload
 
-    item = view_workload(workload_id, project=project, model=model, local=local)
+    item = view_workload(workload_id, target)
     if as_json:
         print_json(item.detail())
         return
@@ -206,22 +205,19 @@ def _size(size: int) -> str:
 @queue.command("reset", epilog="Example: caliber queue reset k3v9")
 @click.argument("workload_id", metavar=WORKLOAD_ID)
 @click.option("--force", is_flag=True, help="Delete it even while a pinion is running it.")
-@remote_options
+@target_options
 @json_option
 def reset_cmd(
     workload_id: str,
     force: bool,
-    project: str | None,
-    model: str | None,
-    local: bool,
+    target: QueueTarget,
     as_json: bool,
 ) -> None:
     """Delete a workload from the queue (its stored results stay). A running workload is
     refused unless --force. WORKLOAD_ID may be a unique prefix."""
     from caliber.queue.api import reset
 
-    removed = reset(workload_id, force=force, project=project, model=model,
-                             local=local)
+    removed = reset(workload_id, target, force=force)
     if as_json:
         print_json({**removed.summary(None), "deleted": True})
         return
@@ -233,17 +229,15 @@ def reset_cmd(
 
 @queue.command("resetsecret", epilog="Example: caliber queue resetsecret k3v9")
 @click.argument("workload_id", metavar=WORKLOAD_ID)
-@remote_options
+@target_options
 @json_option
-def resetsecret_cmd(
-    workload_id: str, project: str | None, model: str | None, local: bool, as_json: bool
-) -> None:
+def resetsecret_cmd(workload_id: str, target: QueueTarget, as_json: bool) -> None:
     """Sign a workload again with your key, so your pinions run it: after you reviewed a
     workload someone else queued, or after you changed your key. WORKLOAD_ID may be a unique
     prefix."""
     from caliber.queue.api import resetsecret
 
-    item = resetsecret(workload_id, project=project, model=model, local=local)
+    item = resetsecret(workload_id, target)
     if as_json:
         print_json(item.summary())
         return

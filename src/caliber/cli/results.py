@@ -6,9 +6,10 @@ from typing import TYPE_CHECKING
 
 import click
 
-from caliber.cli.common import json_option, print_json, remote_options
+from caliber.cli.common import json_option, print_json, target_options
 
 if TYPE_CHECKING:
+    from caliber.queue.target import QueueTarget
     from caliber.results.model import Results
 
 
@@ -32,25 +33,19 @@ def results() -> None:
 @click.option("--pinion", "pinion_name", metavar="NAME", help="Only results from this pinion.")
 @click.option("-n", "--limit", type=click.IntRange(min=1), default=50, show_default=True,
               help="Show at most this many (newest first).")
-@remote_options
+@target_options
 @json_option
 def list_cmd(
     workflow_name: str | None,
     pinion_name: str | None,
     limit: int,
-    project: str | None,
-    model: str | None,
-    local: bool,
+    target: QueueTarget,
     as_json: bool,
 ) -> None:
     """List stored results, newest first."""
-    from caliber.queue.select import open_backend
+    from caliber.results.api import list_results
 
-    backend = open_backend(project=project, model=model, local=local)
-    try:
-        found = backend.list_results(workflow=workflow_name, pinion=pinion_name, limit=limit)
-    finally:
-        backend.close()
+    found = list_results(target, workflow=workflow_name, pinion=pinion_name, limit=limit)
     if as_json:
         print_json([r.summary() for r in found])
         return
@@ -64,8 +59,7 @@ def list_cmd(
 
 
 def _find(
-    id_: str | None, workflow_name: str | None, pinion_name: str | None,
-    project: str | None, model: str | None, local: bool,
+    id_: str | None, workflow_name: str | None, pinion_name: str | None, target: QueueTarget
 ) -> Results:
     """Results by results id (or prefix); failing that, by workload id; or the latest."""
     from caliber.errors import NotFoundError
@@ -74,7 +68,7 @@ def _find(
     def fetch(workload_id: str | None = None, results_id: str | None = None) -> Results:
         return get_results(
             workload_id, results_id=results_id, workflow=workflow_name, pinion=pinion_name,
-            project=project, model=model, local=local,
+            target=target,
         )
 
     if id_ is None:
@@ -98,15 +92,13 @@ def _find(
               help="Without ID: the latest results of this workflow.")
 @click.option("--pinion", "pinion_name", metavar="NAME",
               help="Without ID: the latest results from this pinion.")
-@remote_options
+@target_options
 @json_option
 def show_cmd(
     id_: str | None,
     workflow_name: str | None,
     pinion_name: str | None,
-    project: str | None,
-    model: str | None,
-    local: bool,
+    target: QueueTarget,
     as_json: bool,
 ) -> None:
     """Show one Results in full: every task's status, duration and return value, the global
@@ -114,7 +106,7 @@ def show_cmd(
 
     ID is a results id or a workload id, or any unique prefix of one; without ID, the latest
     results (of --workflow / --pinion when given)."""
-    found = _find(id_, workflow_name, pinion_name, project, model, local)
+    found = _find(id_, workflow_name, pinion_name, target)
     if as_json:
         print_json(found.to_json_dict())
         return

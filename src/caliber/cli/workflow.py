@@ -8,9 +8,10 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from caliber.cli.common import error_line, print_json, remote_options
+from caliber.cli.common import error_line, print_json, target_options
 
 if TYPE_CHECKING:
+    from caliber.queue.target import QueueTarget
     from caliber.results.model import Results
     from caliber.workflow.model import Workflow
     from caliber.workflow.runner import TaskEvent
@@ -169,16 +170,14 @@ def schema() -> None:
 @click.argument("file", type=FILE)
 @click.option("-p", "--pinion", "pinion_name", required=True, metavar="NAME",
               help="Name of the pinion that should run the workflow.")
-@remote_options
-def queue_cmd(
-    file: Path, pinion_name: str, project: str | None, model: str | None, local: bool
-) -> None:
+@target_options
+def queue_cmd(file: Path, pinion_name: str, target: QueueTarget) -> None:
     """Put the workflow in FILE, with its attachments, in the queue for pinion NAME; print the
     workload id. Start the pinion with: caliber pinion init NAME."""
     from caliber.queue.api import queue_workflow
 
     wf = _load(file)
-    workload_id = queue_workflow(wf, pinion_name, project=project, model=model, local=local)
+    workload_id = queue_workflow(wf, pinion_name, target)
     click.echo(workload_id)
     if sys.stderr.isatty():
         click.echo(

@@ -1,27 +1,31 @@
 """The queue for the command line and for scripts: queue a workflow, list, view, reset and
 re-sign workloads.
 
-Every function opens the queue the settings point at (``project``/``model``/``local``, see
-:func:`caliber.queue.select.open_backend`), does one thing and closes it again. Run-secrets are
-checked against this user's key (:mod:`caliber.queue.secret`).
+Every function takes the :class:`~caliber.queue.target.QueueTarget` to work on (see
+:func:`caliber.queue.target.resolve_target`), opens it, does one thing and closes it again.
+Run-secrets are checked against this user's key (:mod:`caliber.queue.secret`).
+
+``list_summaries`` (``caliber queue list``) imports no pydantic: keep it so.
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from caliber.errors import QueueStateError, UsageError
-from caliber.queue.workload import Workload, WorkloadStatus, collect_attachments, queued_by
+from caliber.queue.status import WorkloadStatus, parse_status
 
 if TYPE_CHECKING:
-    from caliber.queue.backend import QueueBackend
+    from caliber.queue.backend import WorkloadSummary
+    from caliber.queue.registry import Backend
+    from caliber.queue.target import QueueTarget
+    from caliber.queue.workload import Workload
     from caliber.workflow.model import Workflow
 
 PINION_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._@-]{0,99}")
+DEFAULT_LIMIT = 100  # workloads ``caliber queue list`` shows unless asked for more
 
 
 @dataclass(frozen=True)
@@ -38,15 +42,11 @@ class CheckedWorkload:
         return self.workload.detail(self.secret_ok)
 
 
-@contextmanager
-def _opened(project: str | None, model: str | None, local: bool) -> Iterator[QueueBackend]:
-    from caliber.queue.select import open_backend
+def opened(target: QueueTarget) -> Backend:
+    """The queue ``target`` names, to use in a ``with`` block (which closes it)."""
+    from caliber.queue.registry import open_backend
 
-    backend = open_backend(project=project, model=model, local=local)
-    try:
-        yield backend
-    finally:
-        backend.close()
+    return open_backend(target)
 
 
 def check_pinion_name(name: str) -> str:
@@ -62,6 +62,7 @@ def make_workload(workflow: Workflow, pinion: str) -> Workload:
     """The signed Workload for ``workflow``: its document, and every attachment as it is on
     disk now (paths checked, content hashed). Raises before anything is queued."""
     from caliber.queue.secret import load_key, sign
+    from caliber.queue.workload import Workload, collect_attachments, queued_by
 
     check_pinion_name(pinion)
     document = workflow.to_document()
@@ -73,17 +74,10 @@ def make_workload(workflow: Workflow, pinion: str) -> Workload:
     return workload
 
 
-def queue_workflow(
-    workflow: Workflow,
-    pinion: str,
-    *,
-    project: str | None = None,
-    model: str | None = None,
-    local: bool = False,
-) -> str:
+def queue_workflow(workflow: Workflow, pinion: str, target: QueueTarget) -> str:
     """Put ``workflow`` in the queue for ``pinion``; returns the new workload's id."""
     workload = make_workload(workflow, pinion)
-    with _opened(project, model, local) as backend:
+    with opened(target) as backend:
         backend.put(workload)
     return workload.id
 
@@ -95,71 +89,67 @@ def _checker() -> Any:
     return lambda workload: verify(workload, key)
 
 
-def parse_status(status: str | WorkloadStatus | None) -> WorkloadStatus | None:
-    if status is None or isinstance(status, WorkloadStatus):
-        return status
-    from caliber.queue.listing import check_status
+def list_summaries(
+    target: QueueTarget,
+    *,
+    pinion: str | None = None,
+    status: str | WorkloadStatus | None = None,
+    limit: int | None = DEFAULT_LIMIT,
+    offset: int = 0,
+) -> tuple[list[WorkloadSummary], bool]:
+    """One page of workload summaries, oldest first, each with whether its run-secret matches
+    this user's key, and whether more follow (``caliber queue list``)."""
+    from caliber.queue.secret import load_key
 
-    return WorkloadStatus(check_status(status) or status)
+    wanted = parse_status(status)
+    page = None if limit is None else limit + 1  # one more, to know whether more follow
+    key = load_key()
+    with opened(target) as backend:
+        summaries = backend.list_summaries(key, pinion=pinion, status=wanted, limit=page,
+                                           offset=offset)
+    if limit is not None and len(summaries) > limit:
+        return summaries[:limit], True
+    return summaries, False
 
 
 def list_workloads(
+    target: QueueTarget,
     *,
     pinion: str | None = None,
     status: str | WorkloadStatus | None = None,
     limit: int | None = None,
     offset: int = 0,
-    project: str | None = None,
-    model: str | None = None,
-    local: bool = False,
 ) -> list[CheckedWorkload]:
-    """Workloads, oldest first, each with whether its run-secret matches this user's key."""
+    """Workloads in full, oldest first, each with whether its run-secret matches this user's
+    key."""
     wanted = parse_status(status)
     ok = _checker()
-    with _opened(project, model, local) as backend:
-        workloads = backend.list_workloads(pinion=pinion, status=wanted, limit=limit, offset=offset)
+    with opened(target) as backend:
+        workloads = backend.list_workloads(pinion=pinion, status=wanted, limit=limit,
+                                           offset=offset)
     return [CheckedWorkload(w, ok(w)) for w in workloads]
 
 
-def view_workload(
-    id_or_prefix: str,
-    *,
-    project: str | None = None,
-    model: str | None = None,
-    local: bool = False,
-) -> CheckedWorkload:
+def view_workload(id_or_prefix: str, target: QueueTarget) -> CheckedWorkload:
     """One workload in full (id or unique prefix)."""
     ok = _checker()
-    with _opened(project, model, local) as backend:
+    with opened(target) as backend:
         workload = backend.get(id_or_prefix)
     return CheckedWorkload(workload, ok(workload))
 
 
-def reset(
-    id_or_prefix: str,
-    *,
-    force: bool = False,
-    project: str | None = None,
-    model: str | None = None,
-    local: bool = False,
-) -> Workload:
+def reset(id_or_prefix: str, target: QueueTarget, *, force: bool = False) -> Workload:
     """Delete a workload from the queue (a running one only with ``force``); returns it."""
-    with _opened(project, model, local) as backend:
+    with opened(target) as backend:
         return backend.reset(id_or_prefix, force=force)
 
 
-def resetsecret(
-    id_or_prefix: str,
-    *,
-    project: str | None = None,
-    model: str | None = None,
-    local: bool = False,
-) -> CheckedWorkload:
+def resetsecret(id_or_prefix: str, target: QueueTarget) -> CheckedWorkload:
     """Sign a workload again with this user's key (after reviewing it, or a key change)."""
     from caliber.queue.secret import key_id, load_key, sign, verify
 
     key = load_key()
-    with _opened(project, model, local) as backend:
+    with opened(target) as backend:
         workload = backend.get(id_or_prefix)
         if workload.damaged:
             raise QueueStateError(f"workload {workload.id}: {workload.damaged}")

@@ -1,8 +1,13 @@
 """The queue backend protocol: the domain verbs every queue (SQLite, Speckle) implements.
 
-A backend stores workloads and results and never imports user code. The pinion and the CLI
-talk to the queue only through these verbs; one contract test suite
-(``tests/contract/test_backend_contract.py``) runs against every backend.
+A backend stores workloads and never imports user code. The pinion and the CLI talk to the
+queue only through these verbs; one contract test suite
+(``tests/contract/test_backend_contract.py``) runs against every backend. Every backend is also
+a :class:`caliber.results.store.ResultsStore`: ``complete`` stores the Results in it in the
+same step that finishes the workload. Backends are opened by kind through
+:mod:`caliber.queue.registry`.
+
+This module imports no pydantic: ``caliber queue list`` goes through it.
 
 Life of a workload::
 
@@ -18,12 +23,13 @@ AmbiguousIdError, LeaseLostError, QueueStateError, QueueError).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 if TYPE_CHECKING:
     import datetime as dt
 
-    from caliber.queue.workload import Workload, WorkloadStatus
+    from caliber.queue.status import WorkloadStatus
+    from caliber.queue.workload import Workload
     from caliber.results.model import Results
 
 
@@ -40,6 +46,40 @@ class Claim:
     owner: str
     token: str
     expires_at: dt.datetime
+
+
+@dataclass(frozen=True)
+class WorkloadSummary:
+    """One line of ``caliber queue list``: what a listing shows, cheap to read (no workflow
+    document, attachments or history)."""
+
+    id: str
+    workflow: str
+    pinion: str
+    status: str
+    created_at: str
+    """ISO 8601, with its offset."""
+    attempts: int
+    results_id: str | None
+    secret_ok: bool | None
+    """Whether the run-secret matches the key given to the listing (None: not checked)."""
+    queued_by: str
+    last_error: str | None
+    secret_mismatch: str | None
+
+    @property
+    def completed(self) -> bool:
+        return self.status == "completed"
+
+    def to_dict(self) -> dict[str, Any]:
+        """The stable keys of ``caliber queue list --json``."""
+        return {
+            "id": self.id, "workflow": self.workflow, "pinion": self.pinion,
+            "status": self.status, "created_at": self.created_at, "attempts": self.attempts,
+            "results_id": self.results_id, "secret_ok": self.secret_ok,
+            "completed": self.completed, "queued_by": self.queued_by,
+            "last_error": self.last_error, "secret_mismatch": self.secret_mismatch,
+        }
 
 
 @runtime_checkable
@@ -66,6 +106,18 @@ class QueueBackend(Protocol):
         offset: int = 0,
     ) -> list[Workload]:
         """Workloads, oldest first, optionally filtered; pages with ``limit``/``offset``."""
+
+    def list_summaries(
+        self,
+        key: bytes,
+        *,
+        pinion: str | None = None,
+        status: WorkloadStatus | None = None,
+        limit: int | None = None,
+        offset: int = 0,
+    ) -> list[WorkloadSummary]:
+        """What :meth:`list_workloads` lists, as summaries, each with whether its run-secret
+        matches ``key``: the fast way to list (``caliber queue list``), each backend its own."""
 
     def claim(self, pinion: str, owner: str, lease_seconds: float, key_id: str) -> Claim | None:
         """Atomically take the oldest claimable workload for ``pinion``, or None.
@@ -110,33 +162,6 @@ class QueueBackend(Protocol):
 
     def resetsecret(self, id_or_prefix: str, secret: str, key_id: str) -> Workload:
         """Replace the run-secret (``queue resetsecret``) and clear any mismatch mark."""
-
-    # --- results --------------------------------------------------------------------------
-
-    def save_results(self, results: Results) -> None:
-        """Store results of a run that did not come from the queue (``workflow run``)."""
-
-    def get_results(self, id_or_prefix: str) -> Results:
-        """Results by id or unique prefix (NotFoundError, AmbiguousIdError)."""
-
-    def find_results(
-        self,
-        *,
-        workload_id: str | None = None,
-        workflow: str | None = None,
-        pinion: str | None = None,
-    ) -> Results | None:
-        """The latest results matching every filter given, or None."""
-
-    def list_results(
-        self,
-        *,
-        workflow: str | None = None,
-        pinion: str | None = None,
-        limit: int | None = None,
-        offset: int = 0,
-    ) -> list[Results]:
-        """Results, newest first."""
 
     def close(self) -> None:
         """Release connections."""

@@ -4,6 +4,9 @@ WAL mode and a busy timeout let any number of pinions and CLI commands share the
 write is one short ``BEGIN IMMEDIATE`` transaction, and claiming is one atomic
 ``UPDATE ... RETURNING``. ``synchronous=NORMAL`` in WAL mode survives a crashed process (a
 power cut may lose the last transactions, never corrupt the file).
+
+The pydantic models (Workload, Results) are imported only by the verbs that build them:
+:meth:`SQLiteBackend.list_summaries` (``caliber queue list``) reads plain rows and stays fast.
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager, suppress
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from caliber.errors import (
     AmbiguousIdError,
@@ -27,15 +30,23 @@ from caliber.errors import (
     QueueError,
     QueueStateError,
 )
-from caliber.queue.backend import Claim
+from caliber.queue.backend import Claim, WorkloadSummary
 from caliber.queue.sqlite_schema import connect, queue_error
 from caliber.queue.sqlite_schema import iso as _iso
-from caliber.queue.workload import Attachment, HistoryEntry, Lease, Workload, WorkloadStatus
-from caliber.results.model import ErrorInfo, Results, RunStatus, utcnow
+from caliber.queue.status import WorkloadStatus
+
+if TYPE_CHECKING:
+    from caliber.queue.target import QueueTarget
+    from caliber.queue.workload import Workload
+    from caliber.results.model import Results
 
 _COLUMNS = (
     "id, pinion, workflow_name, status, created_at, attempts, lease_owner, lease_token, "
     "lease_expires, secret, secret_mismatch, results_id, last_error, work_dir, body"
+)
+_SUMMARY_COLUMNS = (
+    "id, pinion, workflow_name, status, created_at, attempts, results_id, secret, "
+    "secret_mismatch, last_error, body"
 )
 # A row whose id is not text (damaged by hand) can be neither claimed nor released by id:
 # passing over it keeps it from holding up the workloads queued after it.
@@ -80,6 +91,7 @@ def _workload(row: tuple[Any, ...]) -> Workload:
 
 
 def _parse_workload(row: tuple[Any, ...]) -> Workload:
+    from caliber.queue.workload import Attachment, Lease, Workload
     (wid, pinion, _name, status, created_at, attempts, owner, token, expires, secret,
      mismatch, results_id, last_error, work_dir, body) = row
     data = json.loads(body)
@@ -101,7 +113,9 @@ def _why(exc: BaseException) -> str:
     return text if len(text) <= 160 else text[:157] + "..."
 
 
-def _damaged_workload(row: tuple[Any, ...], exc: BaseException) -> Workload:
+def _damaged(row: tuple[Any, ...], exc: BaseException) -> dict[str, Any]:
+    """What is left of a row that cannot be read (its first five columns are
+    id, pinion, workflow_name, status, created_at), and why it never runs."""
     wid, pinion, name, status, created_at = row[:5]
     reason = f"this queue entry is damaged and never runs ({_why(exc)}); reset it"
     try:
@@ -112,15 +126,53 @@ def _damaged_workload(row: tuple[Any, ...], exc: BaseException) -> Workload:
         created = dt.datetime.fromisoformat(created_at).astimezone(dt.UTC)
     except (TypeError, ValueError):
         created = dt.datetime.fromtimestamp(0, dt.UTC)
+    return {"id": str(wid), "pinion": str(pinion), "status": state, "created_at": created,
+            "workflow": name if isinstance(name, str) else "?", "reason": reason}
+
+
+def _damaged_workload(row: tuple[Any, ...], exc: BaseException) -> Workload:
+    from caliber.queue.workload import Workload
+
+    d = _damaged(row, exc)
     return Workload(
-        id=str(wid), pinion=str(pinion), status=state, created_at=created,
-        workflow={"name": name if isinstance(name, str) else "?"}, secret="",
-        last_error=reason, damaged=reason,
+        id=d["id"], pinion=d["pinion"], status=d["status"], created_at=d["created_at"],
+        workflow={"name": d["workflow"]}, secret="", last_error=d["reason"],
+        damaged=d["reason"],
     )
+
+
+def _summary(key: bytes, row: tuple[Any, ...]) -> WorkloadSummary:
+    """A workload row (``_SUMMARY_COLUMNS``) as a summary, its run-secret checked on the raw
+    row; a row that cannot be read as a damaged one (as :func:`_workload` shows it)."""
+    from caliber.queue.secret import verify_raw
+
+    (wid, pinion, workflow, state, created_at, attempts, results_id, secret, mismatch,
+     last_error, body) = row
+    try:
+        data = json.loads(body)
+        secret_ok = verify_raw(
+            key, workload_id=wid, workflow=data["workflow"],
+            attachments=data.get("attachments", []), pinion=pinion, created_at=created_at,
+            secret=secret,
+        )
+        return WorkloadSummary(
+            id=wid, workflow=workflow, pinion=pinion, status=WorkloadStatus(state).value,
+            created_at=dt.datetime.fromisoformat(created_at).isoformat(), attempts=attempts,
+            results_id=results_id, secret_ok=secret_ok, queued_by=data.get("queued_by", ""),
+            last_error=last_error, secret_mismatch=mismatch,
+        )
+    except (ValueError, TypeError, KeyError, AttributeError, RecursionError) as exc:
+        d = _damaged(row, exc)
+        return WorkloadSummary(
+            id=d["id"], workflow=d["workflow"], pinion=d["pinion"], status=d["status"].value,
+            created_at=d["created_at"].isoformat(), attempts=0, results_id=None,
+            secret_ok=False, queued_by="", last_error=d["reason"], secret_mismatch=None,
+        )
 
 
 def _results(row: tuple[Any, ...]) -> Results:
     """A results row as Results; a damaged one as failed Results that say so."""
+    from caliber.results.model import ErrorInfo, Results, RunStatus
     rid, workload_id, workflow, pinion, finished_at, body = row
     try:
         return Results.model_validate_json(body)
@@ -143,6 +195,11 @@ def _text(value: object) -> str | None:
 
 
 _RESULTS_COLUMNS = "id, workload_id, workflow, pinion, finished_at, body"
+
+
+def open_target(target: QueueTarget) -> SQLiteBackend:
+    """The backend of a ``sqlite`` :class:`~caliber.queue.target.QueueTarget`."""
+    return SQLiteBackend(target.settings)
 
 
 class SQLiteBackend:
@@ -236,6 +293,7 @@ class SQLiteBackend:
     # --- workloads ------------------------------------------------------------------------
 
     def put(self, workload: Workload) -> None:
+        from caliber.queue.workload import HistoryEntry
         history = workload.history or [
             HistoryEntry(at=workload.created_at, status=WorkloadStatus.QUEUED,
                          message=f"queued by {workload.queued_by or '?'}")
@@ -287,6 +345,26 @@ class SQLiteBackend:
             ).fetchall()
             return self._with_history([_workload(r) for r in rows])
 
+    def list_summaries(
+        self,
+        key: bytes,
+        *,
+        pinion: str | None = None,
+        status: WorkloadStatus | None = None,
+        limit: int | None = None,
+        offset: int = 0,
+    ) -> list[WorkloadSummary]:
+        where, params = self._filters(
+            pinion=pinion, status=WorkloadStatus(status).value if status else None
+        )
+        with self.reading():
+            rows = self.conn.execute(
+                f"SELECT {_SUMMARY_COLUMNS} FROM workloads {where} ORDER BY created_at "
+                "LIMIT ? OFFSET ?",
+                (*params, -1 if limit is None else limit, offset),
+            ).fetchall()
+        return [_summary(key, row) for row in rows]
+
     def claim(self, pinion: str, owner: str, lease_seconds: float, key_id: str) -> Claim | None:
         token = secrets.token_hex(16)
         now = time.time()
@@ -322,6 +400,7 @@ class SQLiteBackend:
                 WorkloadStatus.QUEUED, f"released by {claim.owner}: {reason}"))
 
     def complete(self, claim: Claim, results: Results) -> None:
+        from caliber.results.model import RunStatus
         if results.workload_id != claim.workload.id:
             results = results.model_copy(update={"workload_id": claim.workload.id})
         status = (WorkloadStatus.COMPLETED if results.status == RunStatus.COMPLETED
@@ -411,7 +490,7 @@ class SQLiteBackend:
         at: Sequence[dt.datetime] = (),
     ) -> None:
         """History rows; a None status means "unchanged" (the row's current status)."""
-        now = utcnow()
+        now = dt.datetime.now(dt.UTC)
         for i, (status, message) in enumerate(entries):
             conn.execute(
                 "INSERT INTO workload_history (workload_id, at, status, message) VALUES "
@@ -421,6 +500,7 @@ class SQLiteBackend:
             )
 
     def _with_history(self, workloads: list[Workload]) -> list[Workload]:
+        from caliber.queue.workload import HistoryEntry
         by_id = {w.id: w for w in workloads if w.damaged is None}
         ids = list(by_id)
         for start in range(0, len(ids), 500):

@@ -1,4 +1,8 @@
-"""The Workload: a queued workflow with its attached files, metadata and run-secret."""
+"""The Workload: a queued workflow with its attached files, metadata and run-secret.
+
+:class:`~caliber.queue.status.WorkloadStatus` lives in a module of its own (no pydantic) and
+is re-exported here.
+"""
 
 from __future__ import annotations
 
@@ -7,30 +11,21 @@ import datetime as dt
 import getpass
 import hashlib
 import socket
-from enum import StrEnum
 from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import AwareDatetime, BaseModel, Field
 
 from caliber.errors import AttachmentError
+from caliber.queue.backend import WorkloadSummary
+from caliber.queue.status import WorkloadStatus
 from caliber.results.model import new_id, utcnow
 from caliber.workflow.attachments import check_relative_path, read_attachment
 
-
-class WorkloadStatus(StrEnum):
-    """Where a workload is in its life."""
-
-    QUEUED = "queued"
-    """Waiting for a pinion (also after a lost lease or a warm stop)."""
-    RUNNING = "running"
-    """Claimed by a pinion, which holds a lease on it."""
-    COMPLETED = "completed"
-    """Ran to the end; its results are stored."""
-    FAILED = "failed"
-    """A task failed, it timed out, or it ran out of attempts; the reason is kept."""
-    CANCELLED = "cancelled"
-    """Taken out of the queue on purpose."""
+__all__ = [
+    "Attachment", "HistoryEntry", "Lease", "Workload", "WorkloadStatus", "collect_attachments",
+    "queued_by",
+]
 
 
 class Attachment(BaseModel):
@@ -113,22 +108,19 @@ class Workload(BaseModel):
         """The completed flag of the mission page."""
         return self.status == WorkloadStatus.COMPLETED
 
+    def to_summary(self, secret_ok: bool | None) -> WorkloadSummary:
+        """What ``caliber queue list`` shows of it."""
+        return WorkloadSummary(
+            id=self.id, workflow=self.workflow_name, pinion=self.pinion,
+            status=self.status.value, created_at=self.created_at.isoformat(),
+            attempts=self.attempts, results_id=self.results_id, secret_ok=secret_ok,
+            queued_by=self.queued_by, last_error=self.last_error,
+            secret_mismatch=self.secret_mismatch,
+        )
+
     def summary(self, secret_ok: bool | None) -> dict[str, Any]:
         """The stable keys of ``caliber queue list --json``."""
-        return {
-            "id": self.id,
-            "workflow": self.workflow_name,
-            "pinion": self.pinion,
-            "status": self.status.value,
-            "created_at": self.created_at.isoformat(),
-            "attempts": self.attempts,
-            "results_id": self.results_id,
-            "secret_ok": secret_ok,
-            "completed": self.completed,
-            "queued_by": self.queued_by,
-            "last_error": self.last_error,
-            "secret_mismatch": self.secret_mismatch,
-        }
+        return self.to_summary(secret_ok).to_dict()
 
     def detail(self, secret_ok: bool | None) -> dict[str, Any]:
         """Everything about the workload (``caliber queue view --json``): the summary's keys

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any, Union
 from caliber.errors import WorkflowDefinitionError
 
 if TYPE_CHECKING:
+    from caliber.queue.target import QueueTarget
     from caliber.results.model import Results
     from caliber.workflow.runner import TaskEvent
 
@@ -379,18 +380,20 @@ class Workflow:
         work_dir: str | Path | None = None,
         store: bool = True,
         on_event: Callable[[TaskEvent], None] | None = None,
+        target: QueueTarget | None = None,
     ) -> Results:
-        """Run the workflow here and now; keep the Results in the local store (``store``)."""
+        """Run the workflow here and now; keep the Results (``store``) in the results store of
+        ``target``, by default the local one."""
         from caliber.workflow.runner import run_workflow
 
         results = run_workflow(
             self, work_dir=Path(work_dir) if work_dir else Path.cwd(), on_event=on_event
         )
         if store:
-            from caliber.queue.select import open_local
+            from caliber.queue.target import local_target
+            from caliber.results.api import save_results
 
-            with open_local() as backend:
-                backend.save_results(results)
+            save_results(results, target or local_target())
         return results
 
     def queue(
@@ -400,11 +403,17 @@ class Workflow:
         project: str | None = None,
         model: str | None = None,
         local: bool = False,
+        target: QueueTarget | None = None,
     ) -> str:
-        """Put the workflow in the queue for ``pinion``; returns the workload id."""
+        """Put the workflow in the queue for ``pinion``; returns the workload id. The queue is
+        ``target``, or, without it, the one ``project``/``model``/``local`` and the settings
+        select (:func:`caliber.queue.target.resolve_target`)."""
         from caliber.queue.api import queue_workflow
+        from caliber.queue.target import resolve_target
 
-        return queue_workflow(self, pinion, project=project, model=model, local=local)
+        if target is None:
+            target = resolve_target(project=project, model=model, local=local)
+        return queue_workflow(self, pinion, target)
 
     def __repr__(self) -> str:
         return f"Workflow({self.name!r}, {len(self.tasks)} tasks)"

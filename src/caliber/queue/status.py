@@ -1,0 +1,36 @@
+"""Workload statuses, without pydantic (the fast ``caliber queue list`` path imports this)."""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+from caliber.errors import UsageError
+
+
+class WorkloadStatus(StrEnum):
+    """Where a workload is in its life."""
+
+    QUEUED = "queued"
+    """Waiting for a pinion (also after a lost lease or a warm stop)."""
+    RUNNING = "running"
+    """Claimed by a pinion, which holds a lease on it."""
+    COMPLETED = "completed"
+    """Ran to the end; its results are stored."""
+    FAILED = "failed"
+    """A task failed, it timed out, or it ran out of attempts; the reason is kept."""
+    CANCELLED = "cancelled"
+    """Taken out of the queue on purpose."""
+
+
+STATUSES = tuple(s.value for s in WorkloadStatus)
+"""The status names, as the command line takes them."""
+
+
+def parse_status(status: str | WorkloadStatus | None) -> WorkloadStatus | None:
+    """A status from its name (any case); UsageError naming the known ones otherwise."""
+    if status is None or isinstance(status, WorkloadStatus):
+        return status
+    try:
+        return WorkloadStatus(status.lower())
+    except ValueError:
+        raise UsageError(f"unknown status {status!r}; use one of {', '.join(STATUSES)}") from None
