@@ -1,0 +1,74 @@
+"""Logging: one clear line per error, its causes and debug lines only with ``--verbose``; the
+pinion's progress through a logging handler."""
+
+from __future__ import annotations
+
+import io
+import logging
+import subprocess
+from pathlib import Path
+
+from caliber.pinion.progress import LOGGER, Reporter
+from tests.pinion_helpers import make_folder, queue
+
+
+def test_an_error_is_one_line_and_verbose_adds_its_causes(
+    tmp_path: Path, caliber_cmd: list[str]
+) -> None:
+    broken = tmp_path / "broken.json"
+    broken.write_text("{\n")
+    quiet = subprocess.run([*caliber_cmd, "workflow", "show", str(broken)],
+                           capture_output=True, text=True)
+    assert quiet.returncode == 2
+    assert quiet.stderr.count("\n") == 1
+    assert quiet.stderr.startswith(f"caliber: error: {broken}: line 2, column 1: ")
+    loud = subprocess.run([*caliber_cmd, "--verbose", "workflow", "show", str(broken)],
+                          capture_output=True, text=True)
+    assert loud.returncode == 2
+    first, rest = loud.stderr.split("\n", 1)
+    assert first + "\n" == quiet.stderr  # the same line first
+    assert "json.decoder.JSONDecodeError" in rest  # the cause, kept with `from exc`
+    assert "The above exception was the direct cause of the following exception" in rest
+
+
+def test_verbose_pinion_shows_debug_lines(tmp_path: Path, caliber_cmd: list[str]) -> None:
+    wid = queue(make_folder(tmp_path / "wf"), [("add", [1])])
+    plain = subprocess.run([*caliber_cmd, "pinion", "init", "p", "-a", "1", "-w", "0"],
+                           capture_output=True, text=True, check=True)
+    assert "claimed" not in plain.stderr
+    assert f"workload {wid} (" in plain.stderr  # the progress lines, as before
+    wid = queue(make_folder(tmp_path / "wf2"), [("add", [1])])
+    loud = subprocess.run([*caliber_cmd, "-v", "pinion", "init", "p", "-a", "1", "-w", "0"],
+                          capture_output=True, text=True, check=True)
+    assert f"caliber: DEBUG: caliber.pinion.loop: claimed workload {wid} (attempt 1)" in (
+        loud.stderr)
+    assert loud.stderr.count(f"running workload {wid}") == 1  # shown once, not twice
+
+
+def test_the_reporter_is_a_logging_handler_others_can_listen_to() -> None:
+    stream = io.StringIO()
+    seen: list[logging.LogRecord] = []
+
+    class Listener(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            seen.append(record)
+
+    listener = Listener()
+    logging.getLogger(LOGGER).addHandler(listener)
+    try:
+        reporter = Reporter("p", stream=stream)
+        other = Reporter("q", stream=io.StringIO())  # a second pinion in this process
+        reporter.skipped("abc", "run-secret does not match")
+        reporter.error("the queue is out of reach")
+        reporter.close()
+        other.close()
+    finally:
+        logging.getLogger(LOGGER).removeHandler(listener)
+    lines = stream.getvalue().splitlines()
+    assert lines[0].endswith(" pinion p: skipped workload abc: run-secret does not match")
+    assert lines[1] == "pinion p: the queue is out of reach"
+    assert len(lines) == 2
+    assert [r.getMessage() for r in seen] == [
+        "skipped workload abc: run-secret does not match", "the queue is out of reach"]
+    assert [r.levelname for r in seen] == ["INFO", "ERROR"]
+    assert logging.getLogger(LOGGER).handlers == []  # closing removed its handler
