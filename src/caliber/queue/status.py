@@ -32,5 +32,5 @@ def parse_status(status: str | WorkloadStatus | None) -> WorkloadStatus | None:
         return status
     try:
         return WorkloadStatus(status.lower())
-    except ValueError:
-        raise UsageError(f"unknown status {status!r}; use one of {', '.join(STATUSES)}") from None
+    except ValueError as exc:
+        raise UsageError(f"unknown status {status!r}; use one of {', '.join(STATUSES)}") from exc
