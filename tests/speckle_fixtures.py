@@ -81,7 +81,9 @@ def new_real_project(target: SpeckleTarget, name: str) -> str:
     from specklepy.api.inputs.project_inputs import ProjectCreateInput
 
     client = target.client()
-    made = client.project.create(ProjectCreateInput(name=name, visibility="PRIVATE"))
+    made = client.project.create(
+        ProjectCreateInput(name=name, description="Caliber test suite", visibility="PRIVATE")
+    )
     return str(made.id)
 
 
