@@ -13,10 +13,7 @@ from pathlib import Path
 import pytest
 
 import caliber
-from caliber.pinion.loop import Pinion, PinionConfig
-from caliber.queue.registry import open_backend
-from caliber.queue.target import local_target
-from tests.pinion_helpers import make_folder, queue, status_of
+from tests.pinion_helpers import make_folder, queue
 
 ODD = '''
 import dataclasses, os, stat
@@ -78,18 +75,10 @@ def cli(*args: str) -> str:
     return done.stdout.decode("utf-8")  # strict: what Caliber prints is valid UTF-8
 
 
-def run_pinion() -> Pinion:
-    with open_backend(local_target()) as backend:
-        pinion = Pinion(PinionConfig(name="p", attempts=1, wait=0), backend)
-        pinion.run()
-    return pinion
-
-
 def test_return_values_json_cannot_carry_are_stored_and_keep_the_others(folder: Path) -> None:
     wid = queue(folder, [("latin1_names", []), ("huge", []), ("half", []), ("ok", [7])],
                 module="odd")
-    pinion = run_pinion()
-    assert pinion.summary.completed == 1
+    pinion_process()
     results = caliber.get_results(wid)
     assert results.ok
     assert results["latin1_names-0"] == ["caf\\xe9.txt"]
@@ -107,7 +96,7 @@ def test_return_values_json_cannot_carry_are_stored_and_keep_the_others(folder: 
 
 def test_an_exception_message_with_non_utf8_bytes_is_kept(folder: Path) -> None:
     wid = queue(folder, [("latin1_names", []), ("fails_latin1", []), ("ok", [1])], module="odd")
-    run_pinion()
+    pinion_process()
     results = caliber.get_results(wid)
     assert results.status == "failed"
     assert results["latin1_names-0"] == ["caf\\xe9.txt"]
@@ -156,5 +145,5 @@ def test_a_workload_writing_to_the_message_pipe_fails_alone(folder: Path, line: 
     assert results.error is not None and results.error.type == "ForeignMessage"
     assert "message pipe" in results.error.message
     assert results["ok-0"] == 1  # what ended before the forged line is kept
-    assert status_of(forged) == "failed"
+    assert json.loads(cli("queue", "view", forged, "--json"))["status"] == "failed"
     assert caliber.get_results(after)["ok-0"] == 3

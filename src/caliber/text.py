@@ -4,7 +4,8 @@ Names, values and messages come from workflow files, queue rows and user code; a
 hold what a terminal obeys (escape sequences, BEL, CR, newlines, bidirectional overrides) or
 what UTF-8 cannot encode (lone surrogates: ``os.listdir`` gives them for file names that are
 not UTF-8). Everything stored goes through :func:`valid_unicode`, everything shown to a person
-through :func:`for_terminal`; ``--json`` output stays exact JSON, where ``json.dumps`` escapes.
+through :func:`for_terminal`; ``--json`` output stays exact JSON, with the same characters
+written as ``\\u`` escapes (:func:`json_for_terminal`).
 """
 
 from __future__ import annotations
@@ -53,3 +54,13 @@ def for_terminal(text: str, *, multiline: bool = False) -> str:
     if multiline:
         return _CONTROLS_IN_LINES.sub(_control, text)
     return _CONTROLS.sub(_control, text)
+
+
+_JSON_UNSAFE = re.compile(_CONTROLS.pattern.replace("\x00-\x1f", ""))  # json escapes C0 itself
+
+
+def json_for_terminal(text: str) -> str:
+    """JSON text (from ``json.dumps(..., ensure_ascii=False)``) with DEL, C1 controls,
+    direction marks and lone surrogates written as ``\\uXXXX``: the same JSON value, safe to
+    print (outside strings JSON has only ASCII, so every such character is inside a string)."""
+    return _JSON_UNSAFE.sub(lambda m: f"\\u{ord(m.group()):04x}", text)

@@ -21,7 +21,10 @@ def error_line(message: str) -> None:
 
 
 def print_json(value: Any) -> None:
-    click.echo(json.dumps(value, indent=2, ensure_ascii=False, default=str))
+    """``value`` as JSON; characters a terminal would obey are written as ``\\u`` escapes."""
+    from caliber.text import json_for_terminal
+
+    click.echo(json_for_terminal(json.dumps(value, indent=2, ensure_ascii=False, default=str)))
 
 
 def json_option(f: F) -> F:

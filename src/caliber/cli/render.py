@@ -381,8 +381,10 @@ def print_traceback(text: str, title: str, *, stderr: bool = False) -> None:
     if getattr(stream, "isatty", lambda: False)():
         console(stderr=stderr).print(traceback_panel(text, title))
         return
-    stream.write(f"--- traceback: {for_terminal(title)} ---\n"
-                 f"{for_terminal(text.rstrip(), multiline=True)}\n")
+    lines = for_terminal(text.rstrip(), multiline=True).split("\n")
+    # Indented, so no line of it (an exception message may span lines) passes for a log line.
+    body = "".join(f"  {line}\n" for line in lines)
+    stream.write(f"traceback of {for_terminal(title)}:\n{body}")
     stream.flush()
 
 

@@ -13,6 +13,10 @@ Format version 1::
 A task's return value used as an argument is written ``{"$result": "task name"}``. Tuples are
 written as lists (JSON has no tuple); any other value that would not come back unchanged is
 refused at export time, naming the task and the argument.
+
+A document nests at most :data:`MAX_DEPTH` levels of JSON (each process inside another adds
+two, each list or dict of an argument one): deeper, the JSON readers and writers on the way to
+a pinion give up, so export and load refuse it in one line naming the limit.
 """
 
 from __future__ import annotations
@@ -38,6 +42,32 @@ from caliber.workflow.model import BranchProcess, Node, Process, Task, TaskRef, 
 FORMAT_VERSION = 1
 REF_KEY = "$result"
 FUNCTION_PATTERN = r"^[A-Za-z_][A-Za-z0-9_.]*:[A-Za-z_][A-Za-z0-9_.]*$"
+MAX_DEPTH = 200
+"""Levels of JSON nesting in a workflow document (about 95 processes inside each other).
+pydantic stops at 255 levels when the workload is stored and when the document is checked."""
+
+
+def document_depth(value: Any) -> int:
+    """How many levels of lists and dicts ``value`` nests (without recursion: any depth)."""
+    deepest = 0
+    stack = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, dict):
+            children: Any = item.values()
+        elif isinstance(item, list | tuple):
+            children = item
+        else:
+            continue
+        deepest = max(deepest, depth)
+        stack.extend((child, depth + 1) for child in children)
+    return deepest
+
+
+def _too_deep(depth: int | None) -> str:
+    levels = f"{depth} levels" if depth is not None else f"more than {MAX_DEPTH} levels"
+    return (f"the workflow nests {levels} deep as JSON; Caliber takes at most {MAX_DEPTH} "
+            "(each process inside another adds 2, each list or dict of an argument 1)")
 
 
 class _Strict(BaseModel):
@@ -173,13 +203,21 @@ def to_document(workflow: Workflow, *, relative_to: Path | None = None) -> dict[
                     "folder that holds its attachments"
                 ) from exc
         attachments.append(rel)
-    return {
+    try:
+        process = _node(workflow.process)
+    except RecursionError:
+        raise ExportError(f"workflow {workflow.name!r}: {_too_deep(None)}") from None
+    document = {
         "caliber": FORMAT_VERSION,
         "name": workflow.name,
         "description": workflow.description,
         "attachments": attachments,
-        "process": _node(workflow.process),
+        "process": process,
     }
+    depth = document_depth(document)
+    if depth > MAX_DEPTH:
+        raise ExportError(f"workflow {workflow.name!r}: {_too_deep(depth)}")
+    return document
 
 
 def dumps(document: dict[str, Any]) -> str:
@@ -288,6 +326,9 @@ def from_document(document: Any, base_dir: Path, *, source: str) -> Workflow:
             source,
             [f"unknown format version {version!r}; this Caliber reads version {FORMAT_VERSION}"],
         )
+    depth = document_depth(document)
+    if depth > MAX_DEPTH:
+        raise WorkflowFileError(source, [_too_deep(depth)])
     try:
         parsed = WorkflowDocument.model_validate(document)
     except ValidationError as exc:
