@@ -253,6 +253,15 @@ def method_text(run: dict[str, Any]) -> list[str]:
         f"- **Peak memory**: one extra drain of {s['memory_n']:,} jobs per system, the worker's "
         "whole process tree sampled every 20 ms (sum of resident set sizes; for the forking "
         "workers the short-lived children are caught by the sampling only when alive).",
+        "- **Remote queue against the length of its log**: the Speckle test server of the "
+        "test suite on 127.0.0.1, its store filled directly with the versions of N finished "
+        "workloads (queued, claimed, completed), then one workload queued through Caliber "
+        "(which writes a checkpoint, as pinions do every 100 events). `caliber queue list` "
+        "(a new process each time) and a pinion's first claim (a new connection, then "
+        "`claim` with a settle time of 0, released again untimed) at the large N against the "
+        "small N (see bench/remote_log.py); *requests* counts what the server answered. The "
+        "test server's own cost grows with what it stores (it scans every version to list a "
+        "page); a real server's database does not.",
         "",
     ]
 

@@ -23,6 +23,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from bench import remote_log
 from bench.common import BIN, REPO, Settings, Unavailable, time_command, worker_env
 from bench.report import Row, rows_to_json, write
 from bench.systems import DrainResult, DrainSystem, drain_once, interleaved
@@ -44,6 +45,7 @@ def expected_row_ids() -> list[str]:
     ids += [f"list-{i}" for i in range(3)]
     ids += ["startup-help", "startup-list"]
     ids += [f"memory-{peer}" for peer in PEERS]
+    ids += remote_log.expected_ids()
     return ids
 
 
@@ -466,6 +468,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                          list_missing, peer_missing)
         rows += startup_rows(settings, root)
         rows += memory_rows(settings, systems, root, caliber_missing, peer_missing)
+        rows += remote_log.rows(settings.quick, settings.reps, root)
         for system in systems:
             system.close()
 
