@@ -196,3 +196,15 @@ def test_a_remote_claim_whose_workload_cannot_be_read_is_given_back(remote: Remo
         assert "cannot read the workload" in again.history[-1].message
         claim = backend.claim("p", "p@here", 60, "key")  # claimable at once, not after a lease
         assert claim is not None and claim.workload.id == workload.id
+
+
+def test_run_once_is_one_look(folder: Path) -> None:
+    with SQLiteBackend(database_path()) as backend:
+        pinion = Pinion(PinionConfig(name="p", attempts=1, wait=0), backend)
+        assert pinion.run_once() is False  # nothing queued
+        wid = queue(folder, [("add", [1])])
+        assert pinion.run_once() is True
+        assert pinion.run_once() is False
+        pinion.close()
+        assert backend.get(wid).status == "completed"
+    assert (pinion.summary.ran, pinion.summary.completed) == (1, 1)

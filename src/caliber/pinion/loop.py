@@ -165,7 +165,7 @@ class Pinion:
                     except QueueDamagedError:
                         raise  # trying again cannot help
                     except (QueueError, WorkspaceError, ChildStartError) as exc:
-                        self.reporter.error(f"{exc}; trying again in {backoff:g} s")
+                        self.reporter.error(f"{exc}; trying again in {backoff:g} s", exc_info=exc)
                         self._sleep(backoff)
                         backoff = min(backoff * 2, QUEUE_RETRY_CAP)
                         continue
@@ -179,12 +179,17 @@ class Pinion:
                     self.reporter.idle(empty, cfg.attempts, cfg.wait)
                     self._sleep(cfg.wait)
         finally:
-            self._drop_spare()
-            self._reap(block=True)
+            self.close()
         self.summary.stopped_by = self.flags.signal_name
         self.summary.cold = self.flags.cold
-        self.reporter.close()
         return self.summary
+
+    def close(self) -> None:
+        """Stop the spare child, wait for the children that ended, stop reporting (``run()``
+        does it; a caller of :meth:`run_once` does it when done)."""
+        self._drop_spare()
+        self._reap(block=True)
+        self.reporter.close()
 
     def _start(self, job: dict[str, Any]) -> ChildProcess:
         """Hand the job to the spare child (forked while the previous workload ran) or to a new
