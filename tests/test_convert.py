@@ -17,7 +17,7 @@ import pytest
 
 import caliber
 from caliber.results.convert import to_json
-from caliber.results.model import Results
+from caliber.results.model import Results, RunStatus
 from caliber.workflow.runner import run_workflow
 
 
@@ -216,7 +216,7 @@ def test_deep_and_cyclic_values_are_cut_where_needed() -> None:
     assert out["nan"] == "nan"
     assert note and "contains itself" in note and "nested more than" in note
     # whatever is stored survives the Results' own JSON, and reading it back
-    results = Results(workflow="w", status="completed", started_at=dt.datetime.now(dt.UTC),
+    results = Results(workflow="w", status=RunStatus.COMPLETED, started_at=dt.datetime.now(dt.UTC),
                       finished_at=dt.datetime.now(dt.UTC), g={"v": out})
     assert Results.model_validate_json(results.model_dump_json()).g == {"v": out}
 

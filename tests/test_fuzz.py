@@ -5,6 +5,7 @@ queue entry never runs and never stops the pinion from running the next one."""
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import io
 import json
 import os
@@ -12,7 +13,7 @@ import shutil
 import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -24,6 +25,7 @@ from caliber.pinion.loop import Pinion, PinionConfig
 from caliber.queue import secret
 from caliber.queue.api import make_workload
 from caliber.queue.sqlite import SQLiteBackend
+from caliber.results.convert import to_json
 from caliber.workflow.fileformat import from_document, load, parse_text
 from caliber.workflow.model import Workflow
 from tests.pinion_helpers import make_folder, workflow
@@ -387,3 +389,170 @@ def test_a_huge_binary_attachment_arrives_byte_for_byte(tmp_path: Path) -> None:
     assert code == 0, err
     assert caliber.get_results(wid)["digest"] == hashlib.sha256(blob).hexdigest()
     record("bad_input.huge_attachment", megabytes=16, byte_for_byte=True)
+
+
+# --- return values: whatever a task returns is stored, and nothing else is lost ---------
+
+
+class Raises:
+    """Every way of looking at it raises (hashable, so it can be a key or in a set too)."""
+
+    def __repr__(self) -> str:
+        raise RuntimeError("repr")
+
+    def __str__(self) -> str:
+        raise RuntimeError("str")
+
+    def __iter__(self) -> Any:
+        raise RuntimeError("iter")
+
+    def __eq__(self, other: object) -> bool:
+        raise RuntimeError("eq")
+
+    __hash__ = object.__hash__
+
+
+class ReprNotText:
+    def __repr__(self) -> Any:
+        return b"bytes"
+
+
+class ReprSurrogate:
+    def __repr__(self) -> str:
+        return "<\ud800 \udce9>"
+
+
+class FakeModel:
+    """Looks like a pydantic model whose model_dump raises."""
+
+    model_fields: ClassVar[dict[str, Any]] = {}
+
+    def model_dump(self, **_: Any) -> Any:
+        raise RuntimeError("model_dump")
+
+
+class ItemsRaise(dict[Any, Any]):
+    def items(self) -> Any:
+        raise RuntimeError("items")
+
+
+@dataclasses.dataclass
+class Unset:
+    x: int = 1
+    later: Any = dataclasses.field(init=False)
+
+
+@dataclasses.dataclass
+class PropertyRaises:
+    x: int = 1
+
+    @property
+    def y(self) -> int:
+        raise RuntimeError("property")
+
+
+odd_objects = st.sampled_from([Raises, ReprNotText, ReprSurrogate, FakeModel, Unset,
+                               PropertyRaises]).map(lambda kind: kind())
+texts = st.lists(st.characters() | st.integers(0xD800, 0xDFFF).map(chr)
+                 | st.sampled_from(["\x00", "\x1b[31m", "\x07", "\r", "\u202e", "\x9b",
+                                    "\U0001f600", "caf\udce9.txt"]),
+                 max_size=6).map("".join)
+huge_ints = st.builds(lambda sign, digits: sign * 10**digits, st.sampled_from([1, -1]),
+                      st.integers(1000, 6000))
+scalars = (st.none() | st.booleans() | st.integers() | huge_ints | st.floats() | texts
+           | st.binary(max_size=8) | odd_objects)
+keys = st.none() | st.booleans() | st.integers() | huge_ints | st.floats() | texts | st.builds(
+    Raises) | st.tuples(st.integers(), texts)
+
+
+def _nest(depth: int, leaf: Any) -> Any:
+    for level in range(depth):
+        leaf = [leaf] if level % 2 else {"k": leaf}
+    return leaf
+
+
+def _cycle(inner: Any) -> Any:
+    loop: list[Any] = [inner]
+    loop.append({"again": loop})
+    return loop
+
+
+return_values = st.recursive(
+    scalars,
+    lambda inner: (st.lists(inner, max_size=4) | st.tuples(inner, inner)
+                   | st.dictionaries(keys, inner, max_size=4)
+                   | st.builds(lambda d: ItemsRaise(d), st.dictionaries(texts, inner, max_size=2))
+                   | st.frozensets(st.integers() | texts, max_size=3)
+                   | st.builds(_nest, st.integers(90, 600), inner) | st.builds(_cycle, inner)),
+    max_leaves=8,
+)
+plain_json = st.recursive(
+    st.none() | st.booleans() | st.integers(-(10**300), 10**300)
+    | st.floats(allow_nan=False, allow_infinity=False) | st.text(max_size=10),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=6), inner,
+                                                                 max_size=4),
+    max_leaves=12,
+)
+
+
+def _strict_round_trip(value: Any) -> None:
+    """Stored JSON is strict (no NaN), valid UTF-8, and reads back to the same value."""
+    text = json.dumps(value, allow_nan=False, ensure_ascii=False)
+    assert json.loads(text.encode("utf-8")) == value
+
+
+@settings(FUZZ, max_examples=150)
+@given(return_values)
+def test_converting_any_return_value_never_raises_and_round_trips(value: Any) -> None:
+    count("return values")
+    out, note = to_json(value)
+    _strict_round_trip(out)
+    assert note is None or (isinstance(note, str) and note.encode("utf-8"))
+
+
+@settings(FUZZ, max_examples=60)
+@given(plain_json)
+def test_plain_json_is_stored_unchanged(value: Any) -> None:
+    count("plain JSON return values")
+    assert to_json(value) == (value, None)
+
+
+def give(slot: str) -> Any:
+    return RETURNS[slot]
+
+
+RETURNS: dict[str, Any] = {}
+
+
+@settings(FUZZ, max_examples=20)
+@given(return_values, return_values)
+def test_odd_return_values_keep_every_other_result(
+    tmp_path: Path, first: Any, second: Any
+) -> None:
+    """Run as a pinion's child does: every event goes through the message pipe's encoding and
+    the pinion's check, then the Results through the store and back."""
+    count("workflows returning odd values")
+    import caliber
+    from caliber.pinion.child import _Sender, read_message
+
+    RETURNS.update(first=first, second=second)
+    tasks = [caliber.Task(give, name="first", args=["first"]),
+             caliber.Task(add_one, name="plain", args=[41]),
+             caliber.Task(give, name="second", args=["second"])]
+    wf = caliber.Workflow(caliber.Process(tasks), "odd", base_dir=tmp_path)
+    pipe = tmp_path / f"messages-{len(list(tmp_path.iterdir()))}"
+    fd = os.open(pipe, os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
+    try:
+        results = wf.run(work_dir=tmp_path, on_event=_Sender(fd).event)
+    finally:
+        os.close(fd)
+    assert results.ok and results["plain"] == 42
+    records = [m.record for m in map(read_message, pipe.read_bytes().splitlines()) if m.record]
+    assert records == results.tasks
+    for task in results.tasks:
+        _strict_round_trip(task.return_)
+    assert caliber.get_results(results_id=results.id) == results
+
+
+def add_one(x: int) -> int:
+    return x + 1
