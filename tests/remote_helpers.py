@@ -79,7 +79,9 @@ class Remote:
         return SpeckleBackend.open(self.settings(**overrides))
 
     def versions(self, model: str = "main") -> list[Any]:
-        """The model's versions, oldest first (each with ``id``, ``object_id``, ``message``)."""
+        """The model's versions, oldest first (each with ``id``, ``object_id``, ``message``):
+        from the test server's store, or listed through GraphQL on a real server (the model
+        found by name, as ``main`` is not listed while it has no version)."""
         if self.target.test_server is None:
             return self._listed_versions(model)
         with self.server.store.lock:
@@ -90,14 +92,22 @@ class Remote:
             return list(reversed(store.model_versions(found[0].id)))
 
     def _listed_versions(self, model: str) -> list[RecordedVersion]:
+        import requests  # a specklepy dependency
+
+        query = ("query($p: String!, $n: String!) "
+                 "{ project(id: $p) { modelByName(name: $n) { id } } }")
+        answer = requests.post(
+            f"{self.url}/graphql", timeout=30,
+            json={"query": query, "variables": {"p": self.project, "n": model}},
+            headers={"Authorization": f"Bearer {self.token}"},
+        ).json()
+        assert not answer.get("errors"), f"no model {model!r}: {answer['errors']}"
+        model_id = answer["data"]["project"]["modelByName"]["id"]
         client = self.target.client()
-        models = client.model.get_models(self.project, models_limit=100).items
-        found = [m for m in models if m.name == model]
-        assert found, f"no model {model!r}"
         listed: list[RecordedVersion] = []
         cursor = None
         while True:
-            page = client.version.get_versions(found[0].id, self.project, limit=100,
+            page = client.version.get_versions(model_id, self.project, limit=100,
                                                cursor=cursor)
             listed += [RecordedVersion(v.id, v.referenced_object, v.message or "")
                        for v in page.items]
