@@ -104,6 +104,12 @@ def test_a_claim_after_a_checkpoint_still_wins_once(remote: Remote, often: None)
         assert other is not None and other.workload.id == second.id
         one.complete(claim, results_for(first.id, {"x": 1}))
         assert two.claim("p2", "two", 60, "k") is None
+        one.put(third := workload("p2"))
+    with remote.backend() as three:  # starts at a checkpoint; claiming never reads its archive
+        got = three.claim("p2", "three", 60, "k")
+        assert got is not None and got.workload.id == third.id
+        archive = three.view.base.archive
+        assert archive is not None and first.id in archive.ids and archive._loaded is None
     with remote.backend() as reader:
         done = reader.get(first.id)
     assert done.status == WorkloadStatus.COMPLETED and done.attempts == 1

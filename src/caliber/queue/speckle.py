@@ -35,7 +35,7 @@ from caliber.errors import (
 from caliber.queue import speckle_adapter as sp
 from caliber.queue import speckle_events as ev
 from caliber.queue.backend import Claim, WorkloadSummary
-from caliber.queue.speckle_checkpoint import to_object
+from caliber.queue.speckle_checkpoint import ChunkCache, archived_texts, to_object
 from caliber.queue.speckle_events import clip, message
 from caliber.queue.speckle_log import Folded, State
 from caliber.queue.speckle_view import LogView
@@ -68,7 +68,9 @@ class SpeckleBackend:
         self.location = f"{connection.host} project {connection.project_id} model " \
                         f"{connection.model_name}"
         self.lock = threading.RLock()
-        self.view = LogView(connection, self._found)
+        self.cache = ChunkCache.of(connection.host, connection.project_id,
+                                   connection.model_key)
+        self.view = LogView(connection, self._found, self.cache)
         self.skew = 0.0  # seconds the server's clock is ahead of ours
         self._objects: OrderedDict[str, dict[str, Any]] = OrderedDict()
         self._marker: str | None = None
@@ -145,10 +147,11 @@ class SpeckleBackend:
         if due is None:
             return
         cutoff, state = due
+        known = set(state.workloads) | (state.archive.ids if state.archive else frozenset())
         body = ev.Checkpoint(cutoff_at=cutoff[0].isoformat(), cutoff_version=cutoff[1],
-                             workloads=len(state.workloads))
+                             workloads=len(known))
         try:
-            root = self._upload(to_object(state, cutoff))
+            root = self._upload(to_object(state, cutoff, archived_texts(state)))
             version = self.conn.create_version(root, message(
                 f"checkpoint: the queue up to {cutoff[0]:%Y-%m-%d %H:%M:%S} "
                 f"({body.workloads} workloads)", body))
@@ -181,7 +184,12 @@ class SpeckleBackend:
         got = {i: self._objects[i] for i in ids if i in self._objects}
         wanted = [i for i in dict.fromkeys(ids) if i not in got]
         if wanted:
-            got.update(self.conn.get_objects(wanted))
+            got.update(self.cache.get(wanted))
+            wanted = [i for i in wanted if i not in got]
+        if wanted:
+            fetched = self.conn.get_objects(wanted)
+            self.cache.put(fetched)
+            got.update(fetched)
         for object_id, obj in got.items():
             self._objects[object_id] = obj
             self._objects.move_to_end(object_id)
@@ -238,7 +246,7 @@ class SpeckleBackend:
 
     def put(self, workload: Workload) -> None:
         with self.lock:
-            if workload.id in self.refresh().workloads:
+            if self.refresh().knows(workload.id):
                 raise QueueError(f"cannot queue workload {workload.id}: that id is in the "
                                  "queue already")
             doc = workload.model_dump(mode="json", include={
@@ -306,7 +314,7 @@ class SpeckleBackend:
                 if folded.unknown:  # the fold may be wrong: running anything could be too
                     raise QueueDamagedError(f"{self.location}: {folded.unknown[0].describe()}")
                 candidates = [
-                    s for s in folded.live()
+                    s for s in folded.unfinished()
                     if s.pinion == pinion and s.id not in tried and s.mismatch != key_id
                     and (s.status == WorkloadStatus.QUEUED or (
                         s.status == RUNNING and s.holder is not None and s.holder.expires < now))
@@ -411,7 +419,7 @@ class SpeckleBackend:
         with self.lock:
             now = self.server_now()
             out = []
-            for s in self.refresh().live():
+            for s in self.refresh().unfinished():
                 if (s.status == RUNNING and s.holder is not None and s.holder.expires < now
                         and s.attempts >= max_attempts):
                     self._write(f"failed {s.id} ({s.workflow}): lease ran out {s.attempts} "
@@ -462,7 +470,7 @@ class SpeckleBackend:
 
     def get_results(self, id_or_prefix: str) -> Results:
         with self.lock:
-            known = self.refresh().results
+            known = self.refresh().every_result()
             ref = known[_resolve(known, id_or_prefix, "results")]
             return self._results([ref.object_id])[0]
 
@@ -492,7 +500,7 @@ class SpeckleBackend:
 
     def _matching(self, workflow: str | None, pinion: str | None,
                   workload_id: str | None) -> builtins.list[Any]:
-        refs = [r for r in self.refresh().results.values()
+        refs = [r for r in self.refresh().every_result().values()
                 if (workflow is None or r.workflow == workflow)
                 and (pinion is None or r.pinion == pinion)
                 and (workload_id is None or r.workload_id == workload_id)]

@@ -19,12 +19,17 @@ checkpoint to the next and are neither uploaded nor downloaded again.
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import json
+import os
+from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
+from caliber.errors import QueueDamagedError
 from caliber.queue import speckle_adapter as sp
 from caliber.queue.speckle_events import FORMAT
-from caliber.queue.speckle_log import Folded, Holder, Order, ResultsRef, State
+from caliber.queue.speckle_log import Archive, Folded, Holder, Order, ResultsRef, State, finished
 from caliber.queue.workload import HistoryEntry, WorkloadStatus
 
 EVERY = 100
@@ -83,50 +88,155 @@ def _ref(doc: list[Any]) -> ResultsRef:
                       status=status, finished_at=_when(finished), object_id=object_id)
 
 
-def _chunks(kind: str, docs: list[Any]) -> list[Any]:
-    return [sp.new_object({"caliber": f"queue checkpoint {kind}",
-                           "items_json": json.dumps(docs[i:i + CHUNK], ensure_ascii=False)})
-            for i in range(0, len(docs), CHUNK)]
+def _chunks(kind: str, texts: list[str], docs: list[Any]) -> list[Any]:
+    """Chunk objects: the ``texts`` of existing chunks as they are (the same ids: neither
+    uploaded nor downloaded again), then ``docs``, the last small chunk filled up first."""
+    texts = list(texts)
+    if texts and docs:
+        last = json.loads(texts[-1])
+        if len(last) < CHUNK:
+            texts.pop()
+            docs = last + docs
+    texts += [json.dumps(docs[i:i + CHUNK], ensure_ascii=False)
+              for i in range(0, len(docs), CHUNK)]
+    return [sp.new_object({"caliber": f"queue checkpoint {kind}", "items_json": text})
+            for text in texts]
 
 
-def to_object(folded: Folded, cutoff: Order) -> Any:
-    """The checkpoint object of ``folded`` (the state after every event up to ``cutoff``)."""
+def to_object(folded: Folded, cutoff: Order, archived: tuple[list[str], list[str]]) -> Any:
+    """The checkpoint object of ``folded`` (the state after every event up to ``cutoff``);
+    ``archived``: the chunk texts (workloads, results) of the checkpoint ``folded`` started
+    from, if any (:func:`archived_texts`)."""
     states = sorted(folded.workloads.values(), key=lambda s: s.order)
+    done = [s for s in states if finished(s)]
+    ids = set(folded.archive.ids) if folded.archive is not None else set()
+    ids.update(s.id for s in done)
     refs = sorted(folded.results.values(), key=lambda r: (r.finished_at, r.id))
     return sp.new_object({
         "caliber": "queue checkpoint", "format": FORMAT,
         "about": "Caliber workflow queue: the state of every workload up to the cutoff",
         "cutoff_at": _iso(cutoff[0]), "cutoff_version": cutoff[1],
-        "@workloads": _chunks("workloads", [_state_doc(s) for s in states]),
-        "@results": _chunks("results", [_ref_doc(r) for r in refs]),
+        "archived": ",".join(sorted(ids)),
+        "@active": _chunks("active", [], [_state_doc(s) for s in states if not finished(s)]),
+        "@archive": _chunks("archive", archived[0], [_state_doc(s) for s in done]),
+        "@results": _chunks("results", archived[1], [_ref_doc(r) for r in refs]),
     })
 
 
-def chunk_ids(root: dict[str, Any]) -> list[str]:
-    """The ids of a checkpoint object's chunks (to fetch them)."""
+Fetch = Callable[[list[str]], dict[str, dict[str, Any]]]
+
+
+def _refs(root: dict[str, Any], member: str) -> list[str]:
     try:
-        return [str(r["referencedId"]) for kind in ("@workloads", "@results")
-                for r in root.get(kind) or []]
+        return [str(r["referencedId"]) for r in root.get(member) or []]
     except (KeyError, TypeError) as exc:
         raise CheckpointError(f"damaged checkpoint ({exc!r})") from exc
 
 
-def from_object(root: dict[str, Any], chunks: dict[str, dict[str, Any]]) -> Folded:
-    """The state a checkpoint object holds (``chunks``: its chunk objects by id)."""
+def _texts(fetch: Fetch, ids: list[str]) -> list[str]:
+    found = fetch(ids)
+    try:
+        return [str(found[i]["items_json"]) for i in ids]
+    except KeyError as exc:
+        raise CheckpointError(f"a part of the checkpoint is missing ({exc})") from exc
+
+
+def chunk_ids(root: dict[str, Any]) -> list[str]:
+    """Every chunk of a checkpoint object."""
+    return [i for member in ("@active", "@archive", "@results") for i in _refs(root, member)]
+
+
+def from_object(root: dict[str, Any], fetch: Fetch) -> Folded:
+    """The state a checkpoint object holds: its unfinished workloads now (``fetch`` gets
+    objects by id), the archive when a command asks for it."""
     version = root.get("format")
     if not isinstance(version, int) or version > FORMAT:
         raise CheckpointError(f"a checkpoint written by a newer Caliber (format {version})")
-    out = Folded()
+    archive_ids, result_ids = _refs(root, "@archive"), _refs(root, "@results")
+    out = Folded(workloads=_decode(_texts(fetch, _refs(root, "@active")), _state))
+
+    def load() -> tuple[dict[str, State], dict[str, ResultsRef]]:
+        # a later chunk may hold a newer state of the same workload (deleted, re-signed)
+        texts = raw()
+        try:
+            return _decode(texts[0], _state), _decode(texts[1], _ref)
+        except CheckpointError as exc:
+            raise QueueDamagedError(f"the queue's newest checkpoint is damaged: {exc}") from exc
+
+    def raw() -> tuple[list[str], list[str]]:
+        try:
+            return _texts(fetch, archive_ids), _texts(fetch, result_ids)
+        except CheckpointError as exc:
+            raise QueueDamagedError(f"the queue's newest checkpoint is damaged: {exc}") from exc
+
+    ids = root.get("archived")
+    if not isinstance(ids, str):
+        raise CheckpointError("damaged checkpoint (no list of archived workloads)")
+    out.archive = Archive(frozenset(filter(None, ids.split(","))), load, raw)
+    return out
+
+
+def archived_texts(folded: Folded) -> tuple[list[str], list[str]]:
+    """The archive chunk texts ``folded`` started from (none without a checkpoint)."""
+    return folded.archive.raw() if folded.archive is not None else ([], [])
+
+
+def _decode(texts: list[str], make: Callable[[list[Any]], Any]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
     try:
-        for kind in ("@workloads", "@results"):
-            for ref in root.get(kind) or []:
-                for doc in json.loads(chunks[ref["referencedId"]]["items_json"]):
-                    if kind == "@workloads":
-                        state = _state(doc)
-                        out.workloads[state.id] = state
-                    else:
-                        result = _ref(doc)
-                        out.results[result.id] = result
+        for text in texts:
+            for doc in json.loads(text):
+                item = make(doc)
+                out[item.id] = item
     except (KeyError, TypeError, ValueError) as exc:
         raise CheckpointError(f"damaged checkpoint ({exc!r})") from exc
     return out
+
+
+class ChunkCache:
+    """Checkpoint chunks kept on disk, one folder per server, project and model under
+    CALIBER_HOME: a chunk's id is the hash of its content, so a kept one is never stale;
+    after a checkpoint is read, the chunks it does not use are removed. The cache only
+    saves downloads: when it cannot be written, everything still works."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+
+    @classmethod
+    def of(cls, host: str, project: str, model: str) -> ChunkCache:
+        from caliber.paths import home
+
+        key = hashlib.sha256(f"{host}\n{project}\n{model}".encode()).hexdigest()[:24]
+        return cls(home() / "speckle-cache" / key)
+
+    def get(self, ids: list[str]) -> dict[str, dict[str, Any]]:
+        found: dict[str, dict[str, Any]] = {}
+        for object_id in ids:
+            try:
+                obj = json.loads((self.folder / f"{object_id}.json").read_text("utf-8"))
+            except (OSError, ValueError):
+                continue
+            if isinstance(obj, dict) and obj.get("id") == object_id:
+                found[object_id] = obj
+        return found
+
+    def put(self, objects: dict[str, dict[str, Any]]) -> None:
+        for object_id, obj in objects.items():
+            if not str(obj.get("caliber", "")).startswith("queue checkpoint "):
+                continue
+            try:
+                self.folder.mkdir(parents=True, exist_ok=True)
+                part = self.folder / f".{object_id}.{os.getpid()}.part"
+                part.write_text(json.dumps(obj, ensure_ascii=False), "utf-8")
+                os.replace(part, self.folder / f"{object_id}.json")
+            except OSError:
+                return
+
+    def keep(self, ids: list[str]) -> None:
+        wanted = {f"{i}.json" for i in ids}
+        try:
+            for path in self.folder.glob("*.json"):
+                if path.name not in wanted:
+                    path.unlink(missing_ok=True)
+        except OSError:
+            pass

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import copy
 import datetime as dt
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -80,16 +80,76 @@ class ResultsRef:
     object_id: str
 
 
+FINISHED = (WorkloadStatus.COMPLETED, WorkloadStatus.FAILED, WorkloadStatus.CANCELLED)
+
+
+def finished(state: State) -> bool:
+    """Whether no event can make ``state`` claimable again (only delete or re-sign it)."""
+    return state.deleted or state.status in FINISHED
+
+
+class Archive:
+    """The finished workloads and the results a checkpoint holds, read only when a command
+    needs them (a listing, a lookup by id), never for claiming: that reads the few
+    unfinished workloads only. ``ids`` are the archived workloads."""
+
+    def __init__(self, ids: frozenset[str],
+                 load: Callable[[], tuple[dict[str, State], dict[str, ResultsRef]]],
+                 raw: Callable[[], tuple[list[str], list[str]]]) -> None:
+        self.ids = ids
+        self._load = load
+        self.raw = raw
+        """The archive's chunk texts as stored (workloads, results), to write them again."""
+        self._loaded: tuple[dict[str, State], dict[str, ResultsRef]] | None = None
+
+    def _get(self) -> tuple[dict[str, State], dict[str, ResultsRef]]:
+        if self._loaded is None:
+            self._loaded = self._load()
+        return self._loaded
+
+    def states(self) -> dict[str, State]:
+        return self._get()[0]
+
+    def results(self) -> dict[str, ResultsRef]:
+        return self._get()[1]
+
+
 @dataclass
 class Folded:
     workloads: dict[str, State] = field(default_factory=dict)
+    """Every workload, except the archived ones no event has touched since."""
     results: dict[str, ResultsRef] = field(default_factory=dict)
+    """Results, except the archived ones."""
     unknown: list[ev.Unknown] = field(default_factory=list)
     """Events this Caliber cannot read (written by a newer one): the state may be wrong."""
+    archive: Archive | None = None
+
+    def knows(self, wid: str) -> bool:
+        return wid in self.workloads or (self.archive is not None and wid in self.archive.ids)
+
+    def every_workload(self) -> dict[str, State]:
+        """All workloads (reads the archive)."""
+        if self.archive is None:
+            return self.workloads
+        return {**self.archive.states(), **self.workloads}
+
+    def every_result(self) -> dict[str, ResultsRef]:
+        """All results (reads the archive); the first of one id counts, as in the fold."""
+        if self.archive is None:
+            return self.results
+        merged = dict(self.archive.results())
+        for key, ref in self.results.items():
+            merged.setdefault(key, ref)
+        return merged
 
     def live(self) -> list[State]:
-        """Workloads not deleted, oldest first."""
-        found = [s for s in self.workloads.values() if not s.deleted]
+        """Workloads not deleted, oldest first (reads the archive)."""
+        found = [s for s in self.every_workload().values() if not s.deleted]
+        return sorted(found, key=lambda s: (s.created_at, s.order))
+
+    def unfinished(self) -> list[State]:
+        """Queued and running workloads, oldest first (never reads the archive)."""
+        found = [s for s in self.workloads.values() if not finished(s)]
         return sorted(found, key=lambda s: (s.created_at, s.order))
 
 
@@ -116,6 +176,7 @@ def fold(events: Iterable[ev.Event], start: Folded | None = None) -> Folded:
         out.workloads = dict(start.workloads)
         out.results = dict(start.results)
         out.unknown = list(start.unknown)
+        out.archive = start.archive
     mine: set[str] = set()  # states copied from ``start`` for this fold (copy on write)
 
     def writable(state: State) -> State:
@@ -143,7 +204,7 @@ def fold(events: Iterable[ev.Event], start: Folded | None = None) -> Folded:
         if isinstance(body, ev.Checkpoint):
             continue
         if isinstance(body, ev.Put):
-            if body.workload not in out.workloads:
+            if not out.knows(body.workload):
                 state = out.workloads[body.workload] = State(
                     id=body.workload, pinion=body.pinion, workflow=body.workflow,
                     created_at=at_time(body.created_at, event.at), queued_by=body.queued_by,
@@ -154,6 +215,8 @@ def fold(events: Iterable[ev.Event], start: Folded | None = None) -> Folded:
             continue
         wid = getattr(body, "workload", None)
         current = out.workloads.get(wid) if isinstance(wid, str) else None
+        if current is None and out.archive is not None and wid in out.archive.ids:
+            current = out.archive.states().get(wid)  # an event about a finished one: rare
         if current is None or current.deleted or not _applies(current, body, event.at):
             continue
         _apply(writable(current), body, event.at)

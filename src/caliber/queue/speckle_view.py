@@ -29,9 +29,11 @@ log = logging.getLogger(__name__)
 class LogView:
     """The folded log: ``base`` (the state up to ``cutoff``) plus the events after it."""
 
-    def __init__(self, conn: sp.SpeckleConnection, fetch: Fetch) -> None:
+    def __init__(self, conn: sp.SpeckleConnection, fetch: Fetch,
+                 cache: ck.ChunkCache | None = None) -> None:
         self.conn = conn
         self.fetch = fetch
+        self.cache = cache
         self.loaded = False
         self._clear()
 
@@ -106,14 +108,14 @@ class LogView:
             root = self.fetch([event.object_id]).get(event.object_id)
             if root is None:
                 raise ck.CheckpointError(f"its object {event.object_id} is missing")
-            wanted = ck.chunk_ids(root)
-            chunks = self.fetch(wanted)
-            self.base = ck.from_object(root, chunks)
+            self.base = ck.from_object(root, self.fetch)
         except ck.CheckpointError as exc:
             log.warning("%s: skipped the checkpoint in version %s (%s); reading further back",
                         self.conn.where, event.version_id, exc)
             return
         self.cutoff = cutoff
+        if self.cache is not None:
+            self.cache.keep(ck.chunk_ids(root))
 
     def add(self, versions: Iterable[sp.VersionInfo], *, force: bool = False) -> None:
         """Versions this view had not seen (listed, or just written by this process)."""
