@@ -128,7 +128,7 @@ def test_expired_lease_is_taken_over_and_the_old_holder_is_ignored() -> None:
               claim(10, "c")]
     state = fold(events).workloads["w1"]
     assert state.holder is not None and state.holder.token == "b2" and state.attempts == 2
-    assert "lease of pinion-a ran out (attempt 1 lost)" in [h.message for h in state.history]
+    assert "lease of pinion-a ran out (attempt 1 lost)" in [text for _, _, text in state.history]
 
 
 def test_renewal_keeps_the_lease() -> None:

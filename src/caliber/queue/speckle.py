@@ -40,7 +40,13 @@ from caliber.queue.speckle_events import clip, message
 from caliber.queue.speckle_log import Folded, State
 from caliber.queue.speckle_view import LogView
 from caliber.queue.target import QueueTarget
-from caliber.queue.workload import Attachment, Lease, Workload, WorkloadStatus
+from caliber.queue.workload import (
+    Attachment,
+    HistoryEntry,
+    Lease,
+    Workload,
+    WorkloadStatus,
+)
 from caliber.results.model import Results, RunStatus
 from caliber.settings import DEFAULT_MIN_LEASE, DEFAULT_SETTLE, RemoteSettings
 
@@ -211,7 +217,9 @@ class SpeckleBackend:
             common: dict[str, Any] = dict(
                 id=s.id, pinion=s.pinion, created_at=s.created_at, queued_by=s.queued_by,
                 status=s.status, results_id=s.results_id, attempts=s.attempts, lease=lease,
-                secret_mismatch=s.mismatch, work_dir=s.work_dir, history=list(s.history),
+                secret_mismatch=s.mismatch, work_dir=s.work_dir, history=[
+                    HistoryEntry(at=at, status=status, message=text)
+                    for at, status, text in s.history],
             )
             try:
                 doc = json.loads(roots[s.object_id]["workload_json"])

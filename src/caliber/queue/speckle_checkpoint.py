@@ -30,7 +30,7 @@ from caliber.errors import QueueDamagedError
 from caliber.queue import speckle_adapter as sp
 from caliber.queue.speckle_events import FORMAT
 from caliber.queue.speckle_log import Archive, Folded, Holder, Order, ResultsRef, State, finished
-from caliber.queue.workload import HistoryEntry, WorkloadStatus
+from caliber.queue.workload import WorkloadStatus
 
 EVERY = 100
 """A writer adds a checkpoint once this many events lie between the newest checkpoint and
@@ -59,7 +59,7 @@ def _state_doc(s: State) -> list[Any]:
     return [s.id, s.pinion, s.workflow, _iso(s.created_at), s.queued_by, s.object_id,
             [_iso(s.order[0]), s.order[1]], s.status.value, s.attempts, holder, s.secret,
             s.mismatch, s.results_id, s.last_error, s.work_dir, s.deleted,
-            [[_iso(h.at), h.status.value, h.message] for h in s.history]]
+            [[_iso(at), status.value, text] for at, status, text in s.history]]
 
 
 def _state(doc: list[Any]) -> State:
@@ -72,8 +72,7 @@ def _state(doc: list[Any]) -> State:
         holder=None if holder is None else Holder(holder[0], holder[1], _when(holder[2])),
         secret=secret, mismatch=mismatch, results_id=results_id, last_error=last_error,
         work_dir=work_dir, deleted=bool(deleted),
-        history=[HistoryEntry.model_construct(at=_when(at), status=WorkloadStatus(st),
-                                              message=text) for at, st, text in history],
+        history=[(_when(at), WorkloadStatus(st), text) for at, st, text in history],
     )
 
 

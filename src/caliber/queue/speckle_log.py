@@ -21,10 +21,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from caliber.queue import speckle_events as ev
-from caliber.queue.workload import HistoryEntry, WorkloadStatus
+from caliber.queue.workload import WorkloadStatus
 
 Order = tuple[dt.datetime, str]
 """A place in the log: (createdAt, version id)."""
+Note = tuple[dt.datetime, WorkloadStatus, str]
+"""A history entry: when, to what status, why (a HistoryEntry when shown)."""
 
 
 @dataclass
@@ -57,10 +59,10 @@ class State:
     last_error: str | None = None
     work_dir: str | None = None
     deleted: bool = False
-    history: list[HistoryEntry] = field(default_factory=list)
+    history: list[Note] = field(default_factory=list)
 
     def note(self, at: dt.datetime, text: str, status: WorkloadStatus | None = None) -> None:
-        self.history.append(HistoryEntry(at=at, status=status or self.status, message=text))
+        self.history.append((at, status or self.status, text))
 
     def held_by(self, token: object) -> bool:
         return (self.status == WorkloadStatus.RUNNING and self.holder is not None
