@@ -123,8 +123,12 @@ def pinion_process() -> None:
     assert "Traceback" not in err
 
 
-def test_a_workload_reading_stdin_gets_end_of_file(folder: Path) -> None:
+@pytest.mark.parametrize("start", ["fork", "spawn"])
+def test_a_workload_reading_stdin_gets_end_of_file(
+    folder: Path, start: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """Before, input() waited on the pinion's stdin forever (on a terminal: SIGTTIN)."""
+    monkeypatch.setenv("CALIBER_CHILD_START", start)
     wid = queue(folder, [("ask", [])], module="odd")
     pinion_process()
     assert caliber.get_results(wid)["ask-0"] == [True, "EOF"]
