@@ -5,6 +5,11 @@ Plain JSON values are kept as they are. Values with one obvious JSON form are co
 as records, enums, bytes as base64, Speckle objects as their Speckle JSON with
 ``speckle_type``); anything else is stored as its string representation. The
 caller is told what was done, so the Results can record it.
+
+Conversion is total and goes part by part: integers too long for JSON become decimal text,
+lone surrogates are escaped (the stored JSON is always valid UTF-8), a value nested more than
+:data:`MAX_DEPTH` deep or containing itself is cut there, and a part whose conversion raises
+(a property, ``__iter__``, ``repr``...) is stored as its string alone, the rest kept.
 """
 
 from __future__ import annotations
@@ -27,7 +32,6 @@ Results must stay readable by every JSON reader on the way, some of which stop a
 BIG_INT_BITS = 10_000
 """Integers longer than this (about 3,000 digits) are stored as decimal text: Python refuses
 to turn an integer of more than 4,300 digits into text and back by default."""
-_SCALARS = (bool, int, str, float)
 
 
 def _type_name(value: Any) -> str:
