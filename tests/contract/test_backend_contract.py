@@ -6,16 +6,19 @@ Lease expiry is tested with a negative lease (already run out), never by waiting
 from __future__ import annotations
 
 import datetime as dt
+from typing import TYPE_CHECKING
 
 import pytest
 
 from caliber.errors import AmbiguousIdError, LeaseLostError, NotFoundError, QueueStateError
 from caliber.queue.backend import QueueBackend
-from caliber.queue.registry import Backend
 from caliber.queue.secret import sign
 from caliber.queue.workload import Attachment, Workload, WorkloadStatus
 from caliber.results.model import ErrorInfo, Results, RunStatus, utcnow
 from caliber.results.store import ResultsStore
+
+if TYPE_CHECKING:
+    from caliber.queue.registry import Backend
 
 KEY = "key-a"
 OTHER_KEY = "key-b"

@@ -18,8 +18,8 @@ from caliber.errors import QueueStateError, UsageError
 from caliber.queue.status import WorkloadStatus, parse_status
 
 if TYPE_CHECKING:
-    from caliber.queue.backend import WorkloadSummary
     from caliber.queue.registry import Backend
+    from caliber.queue.summary import WorkloadSummary
     from caliber.queue.target import QueueTarget
     from caliber.queue.workload import Workload
     from caliber.workflow.model import Workflow

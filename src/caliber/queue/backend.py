@@ -7,7 +7,6 @@ a :class:`caliber.results.store.ResultsStore`: ``complete`` stores the Results i
 same step that finishes the workload. Backends are opened by kind through
 :mod:`caliber.queue.registry`.
 
-This module imports no pydantic: ``caliber queue list`` goes through it.
 
 Life of a workload::
 
@@ -23,7 +22,11 @@ AmbiguousIdError, LeaseLostError, QueueStateError, QueueError).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
+
+from caliber.queue.summary import WorkloadSummary
+
+__all__ = ["Claim", "QueueBackend", "WorkloadSummary"]
 
 if TYPE_CHECKING:
     import datetime as dt
@@ -46,40 +49,6 @@ class Claim:
     owner: str
     token: str
     expires_at: dt.datetime
-
-
-@dataclass(frozen=True)
-class WorkloadSummary:
-    """One line of ``caliber queue list``: what a listing shows, cheap to read (no workflow
-    document, attachments or history)."""
-
-    id: str
-    workflow: str
-    pinion: str
-    status: str
-    created_at: str
-    """ISO 8601, with its offset."""
-    attempts: int
-    results_id: str | None
-    secret_ok: bool | None
-    """Whether the run-secret matches the key given to the listing (None: not checked)."""
-    queued_by: str
-    last_error: str | None
-    secret_mismatch: str | None
-
-    @property
-    def completed(self) -> bool:
-        return self.status == "completed"
-
-    def to_dict(self) -> dict[str, Any]:
-        """The stable keys of ``caliber queue list --json``."""
-        return {
-            "id": self.id, "workflow": self.workflow, "pinion": self.pinion,
-            "status": self.status, "created_at": self.created_at, "attempts": self.attempts,
-            "results_id": self.results_id, "secret_ok": self.secret_ok,
-            "completed": self.completed, "queued_by": self.queued_by,
-            "last_error": self.last_error, "secret_mismatch": self.secret_mismatch,
-        }
 
 
 @runtime_checkable

@@ -13,26 +13,26 @@ from importlib import import_module
 from typing import TYPE_CHECKING, Protocol, Self
 
 from caliber.errors import ConfigError
-from caliber.queue.backend import QueueBackend
-from caliber.results.store import ResultsStore
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # (the protocols stay out of the fast ``caliber queue list`` path)
+    from caliber.queue.backend import QueueBackend
     from caliber.queue.target import QueueTarget
+    from caliber.results.store import ResultsStore
+
+    class Backend(QueueBackend, ResultsStore, Protocol):
+        """What a registered backend opens: a queue that is also its results store; a
+        context manager that closes it."""
+
+        def __enter__(self) -> Self: ...
+
+        def __exit__(self, *exc: object) -> None: ...
+
 
 BACKENDS: dict[str, str] = {
     "sqlite": "caliber.queue.sqlite",
     "speckle": "caliber.queue.speckle",
 }
 """Backend kind -> module with ``open_target``."""
-
-
-class Backend(QueueBackend, ResultsStore, Protocol):
-    """What a registered backend opens: a queue that is also its results store; a context
-    manager that closes it."""
-
-    def __enter__(self) -> Self: ...
-
-    def __exit__(self, *exc: object) -> None: ...
 
 
 def open_backend(target: QueueTarget) -> Backend:

@@ -30,12 +30,13 @@ from caliber.errors import (
     QueueError,
     QueueStateError,
 )
-from caliber.queue.backend import Claim, WorkloadSummary
 from caliber.queue.sqlite_schema import connect, queue_error
 from caliber.queue.sqlite_schema import iso as _iso
 from caliber.queue.status import WorkloadStatus
+from caliber.queue.summary import WorkloadSummary
 
 if TYPE_CHECKING:
+    from caliber.queue.backend import Claim
     from caliber.queue.target import QueueTarget
     from caliber.queue.workload import Workload
     from caliber.results.model import Results
@@ -366,6 +367,8 @@ class SQLiteBackend:
         return [_summary(key, row) for row in rows]
 
     def claim(self, pinion: str, owner: str, lease_seconds: float, key_id: str) -> Claim | None:
+        from caliber.queue.backend import Claim
+
         token = secrets.token_hex(16)
         now = time.time()
         with self.transaction() as conn:

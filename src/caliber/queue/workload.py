@@ -17,8 +17,8 @@ from typing import Any, Literal
 from pydantic import AwareDatetime, BaseModel, Field
 
 from caliber.errors import AttachmentError
-from caliber.queue.backend import WorkloadSummary
 from caliber.queue.status import WorkloadStatus
+from caliber.queue.summary import WorkloadSummary
 from caliber.results.model import new_id, utcnow
 from caliber.workflow.attachments import check_relative_path, read_attachment
 
