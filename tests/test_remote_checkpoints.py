@@ -47,7 +47,8 @@ def finish(backend: Any, count: int) -> list[str]:
 
 
 def seen(workloads: list[Any]) -> list[Any]:
-    return [(w.id, w.status, w.attempts, w.results_id, w.history) for w in workloads]
+    return [(w.id, w.status, w.attempts, w.results_id,
+             [(h.at, h.status, h.message) for h in w.history]) for w in workloads]
 
 
 def whole_log(remote: Remote) -> Any:
