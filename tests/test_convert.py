@@ -19,6 +19,7 @@ import caliber
 from caliber.results.convert import to_json
 from caliber.results.model import Results, RunStatus
 from caliber.workflow.runner import run_workflow
+from tests.odd_values import ItemsRaise, Raises, ReprNotText, Unset
 
 
 @dataclasses.dataclass
@@ -132,33 +133,6 @@ def test_runner_converts_returns_and_g_and_records_it(tmp_path: Path) -> None:
 # --- conversion is total: whatever a task returns, it is stored and the rest is kept ----
 
 
-@dataclasses.dataclass
-class Unset:
-    x: int = 1
-    later: int = dataclasses.field(init=False)
-
-
-class RaisingEverywhere:
-    def __repr__(self) -> str:
-        raise RuntimeError("no repr")
-
-    def __str__(self) -> str:
-        raise RuntimeError("no str")
-
-    def __iter__(self) -> Any:
-        raise RuntimeError("no iter")
-
-
-class BadDict(dict[str, Any]):
-    def items(self) -> Any:
-        raise RuntimeError("no items")
-
-
-class ReprNotStr:
-    def __repr__(self) -> Any:
-        return 42
-
-
 class Key:
     def __str__(self) -> str:
         raise RuntimeError("no str")
@@ -194,7 +168,7 @@ def test_an_unset_dataclass_field_is_left_out_and_said() -> None:
     assert note and "field Unset.later left out: reading it raised AttributeError" in note
 
 
-@pytest.mark.parametrize("odd", [RaisingEverywhere(), BadDict(a=1), ReprNotStr(), {Key(): 1}])
+@pytest.mark.parametrize("odd", [Raises(), ItemsRaise(a=1), ReprNotText(), {Key(): 1}])
 def test_objects_whose_conversion_raises_are_stored_as_a_string(odd: Any) -> None:
     out, note = stored({"odd": odd, "kept": [1, "two"]})
     assert out["kept"] == [1, "two"]
@@ -209,7 +183,7 @@ def test_deep_and_cyclic_values_are_cut_where_needed() -> None:
     cyclic: dict[str, Any] = {"n": 1}
     cyclic["me"] = cyclic
     point = Unset()
-    point.later = point  # type: ignore[assignment]
+    point.later = point
     out, note = stored({"deep": deep, "cyclic": cyclic, "point": point, "nan": float("nan")})
     assert isinstance(out["cyclic"]["me"], str) and out["cyclic"]["n"] == 1
     assert isinstance(out["point"]["later"], str)

@@ -5,7 +5,6 @@ queue entry never runs and never stops the pinion from running the next one."""
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import io
 import json
 import os
@@ -13,7 +12,7 @@ import shutil
 import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -28,6 +27,15 @@ from caliber.queue.sqlite import SQLiteBackend
 from caliber.results.convert import to_json
 from caliber.workflow.fileformat import from_document, load, parse_text
 from caliber.workflow.model import Workflow
+from tests.odd_values import (
+    FakeModel,
+    ItemsRaise,
+    PropertyRaises,
+    Raises,
+    ReprNotText,
+    ReprSurrogate,
+    Unset,
+)
 from tests.pinion_helpers import make_folder, workflow
 from tests.reliability_figures import record
 
@@ -392,63 +400,6 @@ def test_a_huge_binary_attachment_arrives_byte_for_byte(tmp_path: Path) -> None:
 
 
 # --- return values: whatever a task returns is stored, and nothing else is lost ---------
-
-
-class Raises:
-    """Every way of looking at it raises (hashable, so it can be a key or in a set too)."""
-
-    def __repr__(self) -> str:
-        raise RuntimeError("repr")
-
-    def __str__(self) -> str:
-        raise RuntimeError("str")
-
-    def __iter__(self) -> Any:
-        raise RuntimeError("iter")
-
-    def __eq__(self, other: object) -> bool:
-        raise RuntimeError("eq")
-
-    __hash__ = object.__hash__
-
-
-class ReprNotText:
-    def __repr__(self) -> Any:
-        return b"bytes"
-
-
-class ReprSurrogate:
-    def __repr__(self) -> str:
-        return "<\ud800 \udce9>"
-
-
-class FakeModel:
-    """Looks like a pydantic model whose model_dump raises."""
-
-    model_fields: ClassVar[dict[str, Any]] = {}
-
-    def model_dump(self, **_: Any) -> Any:
-        raise RuntimeError("model_dump")
-
-
-class ItemsRaise(dict[Any, Any]):
-    def items(self) -> Any:
-        raise RuntimeError("items")
-
-
-@dataclasses.dataclass
-class Unset:
-    x: int = 1
-    later: Any = dataclasses.field(init=False)
-
-
-@dataclasses.dataclass
-class PropertyRaises:
-    x: int = 1
-
-    @property
-    def y(self) -> int:
-        raise RuntimeError("property")
 
 
 odd_objects = st.sampled_from([Raises, ReprNotText, ReprSurrogate, FakeModel, Unset,
