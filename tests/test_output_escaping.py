@@ -30,7 +30,8 @@ def check_output(text: str) -> None:
 
 def cli(*args: str, ok: bool = True) -> str:
     done = subprocess.run([sys.executable, "-m", "caliber", *args], capture_output=True,
-                          text=True, check=False, env={**os.environ, "COLUMNS": "200"})
+                          text=True, check=False, env={**os.environ, "COLUMNS": "200"},
+                          cwd=Path(os.environ["CALIBER_HOME"]).parent)  # tmp: run writes there
     if ok:
         assert done.returncode == 0, done.stderr
     check_output(done.stdout)

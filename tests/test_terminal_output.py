@@ -22,7 +22,8 @@ LONG = "a_folder_name_long_enough_that_a_traceback_line_needs_more_than_a_hundre
 
 def cli(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-m", "caliber", *args], capture_output=True,
-                          text=True, check=False)
+                          text=True, check=False,
+                          cwd=Path(os.environ["CALIBER_HOME"]).parent)  # tmp: run writes there
 
 
 def test_a_redirected_traceback_is_never_cut(tmp_path: Path) -> None:
