@@ -45,6 +45,26 @@ def test_a_redirected_traceback_is_never_cut(tmp_path: Path) -> None:
 
 # --- an 80x24 terminal -------------------------------------------------------------------
 
+
+def test_a_table_gives_way_by_priority() -> None:
+    from rich.console import Console
+
+    from caliber.cli.render import Fit, table
+
+    columns = ["id", "name", "owner", "when", "extra"]
+    rows = [["k3v9q2mxa7", "n" * 40, "o" * 30, "2026-12-01 10:00:00", "x" * 10]]
+    fit = Fit(shrink=("name", "owner"), drop=("extra", "owner"))
+    for width, shown in [(200, columns), (80, columns), (50, ["id", "name", "when"])]:
+        console = Console(width=width, color_system=None)
+        with console.capture() as captured:
+            console.print(table(columns, rows, fit=fit, width=width))
+        lines = captured.get().splitlines()
+        assert lines[0].split() == shown
+        assert len(lines) == 3 and all(len(line) <= width for line in lines), lines
+        assert "k3v9q2mxa7" in lines[2] and "2026-12-01 10:00:00" in lines[2]
+        assert ("n" * 40 in lines[2]) == (width == 200)  # shortened with "…" to fit
+
+
 TMUX = shutil.which("tmux")
 
 

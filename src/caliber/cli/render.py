@@ -214,7 +214,7 @@ def _fit(columns: Sequence[str], rows: Sequence[Sequence[str]], fit: Fit,
     spare = width - sum(natural[c] for c in kept) - COLUMN_GAP * (len(kept) - 1)
     widths: dict[str, int | None] = {c: None for c in kept}
     if spare < 0:  # shorten the shrinkable columns, the widest first
-        shrinkable = sorted((c for c in kept if c in fit.shrink), key=lambda c: -natural[c])
+        shrinkable = [c for c in kept if c in fit.shrink]
         sizes = {c: natural[c] for c in shrinkable}
         while spare < 0 and any(sizes[c] > SHRUNK_WIDTH for c in shrinkable):
             widest = max(shrinkable, key=lambda c: sizes[c])
