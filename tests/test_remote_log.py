@@ -118,8 +118,8 @@ def test_first_claim_wins_and_the_loser_cannot_complete() -> None:
 def test_a_claim_seen_late_still_takes_its_place_in_server_order() -> None:
     # b's claim was created first but listed late: every reader folds it first anyway
     a, b = claim(2, "a"), claim(1, "b")
-    assert fold([put(), a]).workloads["w1"].holder.token == "a"  # type: ignore[union-attr]
-    assert fold([put(), a, b]).workloads["w1"].holder.token == "b"  # type: ignore[union-attr]
+    assert fold([put(), a]).workloads["w1"].lease.token == "a"  # type: ignore[union-attr]
+    assert fold([put(), a, b]).workloads["w1"].lease.token == "b"  # type: ignore[union-attr]
 
 
 def test_expired_lease_is_taken_over_and_the_old_holder_is_ignored() -> None:
@@ -127,13 +127,13 @@ def test_expired_lease_is_taken_over_and_the_old_holder_is_ignored() -> None:
               ev(8, "renew", t="a", l=60), ev(9, "release", t="a", y="stop"),
               claim(10, "c")]
     state = fold(events).workloads["w1"]
-    assert state.holder is not None and state.holder.token == "b2" and state.attempts == 2
+    assert state.lease is not None and state.lease.token == "b2" and state.attempts == 2
     assert "lease of pinion-a ran out (attempt 1 lost)" in [text for _, _, text in state.history]
 
 
 def test_renewal_keeps_the_lease() -> None:
     events = [put(), claim(1, "a", lease=5), ev(4, "renew", t="a", l=5), claim(8, "b")]
-    assert fold(events).workloads["w1"].holder.token == "a"  # type: ignore[union-attr]
+    assert fold(events).workloads["w1"].lease.token == "a"  # type: ignore[union-attr]
 
 
 def test_expire_names_the_holder_it_saw() -> None:
@@ -150,7 +150,7 @@ def test_release_with_mismatch_and_resign() -> None:
     state = fold(events).workloads["w1"]
     assert state.status == WorkloadStatus.QUEUED and state.mismatch == "key"
     state = fold([*events, ev(4, "resign", s="x" * 64, k="key"), claim(5, "b")]).workloads["w1"]
-    assert state.secret == "x" * 64 and state.mismatch is None and state.holder is not None
+    assert state.secret == "x" * 64 and state.mismatch is None and state.lease is not None
 
 
 def test_fail_retry_and_delete() -> None:
@@ -159,7 +159,7 @@ def test_fail_retry_and_delete() -> None:
     assert (state.status, state.last_error, state.attempts) == (
         WorkloadStatus.QUEUED, "timed out", 1)
     gone = fold([*events, ev(3, "delete"), claim(4, "b")]).workloads["w1"]
-    assert gone.deleted and gone.holder is None
+    assert gone.deleted and gone.lease is None
     assert fold([*events, ev(3, "delete")]).live() == []
 
 
@@ -258,13 +258,13 @@ def test_claims_racing_a_checkpoint() -> None:
     start = stored(fold([put(), a]), cut)
     c = claim(20, "c")
     got = fold([c, b], start=start).workloads["w1"]
-    assert got.holder is not None and got.holder.token == "a" and got.attempts == 1
+    assert got.lease is not None and got.lease.token == "a" and got.attempts == 1
     # a's lease ran out: the first claim after that wins, on both sides of the cutoff
     short = claim(10, "a", lease=0.5)
     start = stored(fold([put(), short]), short.order)
     for order in ([b, c], [c, b]):
         got = fold(order, start=start).workloads["w1"]
-        assert got.holder is not None and got.holder.token == "b" and got.attempts == 2
+        assert got.lease is not None and got.lease.token == "b" and got.attempts == 2
     # a completes after the cutoff; a stale completion of b cannot replace it
     done_a = ev(12, "done", t="a", r="ra", s="completed", n="pasta")
     done_b = ev(13, "done", t="b", r="rb", s="completed", n="pasta")

@@ -211,9 +211,9 @@ class SpeckleBackend:
         out = []
         for s in states:
             lease = None
-            if s.status == RUNNING and s.holder is not None:
-                lease = Lease(owner=s.holder.owner, token=s.holder.token,
-                              expires_at=self._local(s.holder.expires))
+            if s.status == RUNNING and s.lease is not None:
+                lease = Lease(owner=s.lease.owner, token=s.lease.token,
+                              expires_at=self._local(s.lease.expires_at))
             common: dict[str, Any] = dict(
                 id=s.id, pinion=s.pinion, created_at=s.created_at, queued_by=s.queued_by,
                 status=s.status, results_id=s.results_id, attempts=s.attempts, lease=lease,
@@ -325,7 +325,7 @@ class SpeckleBackend:
                     s for s in folded.unfinished()
                     if s.pinion == pinion and s.id not in tried and s.mismatch != key_id
                     and (s.status == WorkloadStatus.QUEUED or (
-                        s.status == RUNNING and s.holder is not None and s.holder.expires < now))
+                        s.status == RUNNING and s.lease is not None and s.lease.expires_at < now))
                 ]
                 if not candidates:
                     return None
@@ -343,14 +343,14 @@ class SpeckleBackend:
                     time.sleep(self.settle)
                 won = self.refresh().workloads.get(state.id)
                 if won is not None and not won.deleted and won.held_by(token):
-                    assert won.holder is not None
+                    assert won.lease is not None
                     try:
                         workload = self._workloads([won])[0]
                     except Exception as exc:  # never leave the claim standing: give it back
                         self._give_back(state, token, f"cannot read the workload: {exc}")
                         raise
                     return Claim(workload=workload, owner=owner, token=token,
-                                 expires_at=self._local(won.holder.expires))
+                                 expires_at=self._local(won.lease.expires_at))
                 if lost is not None:
                     raise lost
             return None
@@ -377,15 +377,15 @@ class SpeckleBackend:
         lease = self._lease(lease_seconds)
         with self.lock:
             state = self._held(claim)
-            assert state.holder is not None
-            left = (state.holder.expires - self.server_now()).total_seconds()
+            assert state.lease is not None
+            left = (state.lease.expires_at - self.server_now()).total_seconds()
             if lease > 0 and left > lease / 2:  # plenty left: spare the server a version
-                return replace(claim, expires_at=self._local(state.holder.expires))
+                return replace(claim, expires_at=self._local(state.lease.expires_at))
             self._write(f"lease of {state.id} renewed by {claim.owner}",
                         ev.Renew(workload=state.id, token=claim.token, lease=lease))
             state = self._held(claim)
-            assert state.holder is not None
-            return replace(claim, expires_at=self._local(state.holder.expires))
+            assert state.lease is not None
+            return replace(claim, expires_at=self._local(state.lease.expires_at))
 
     def release(self, claim: Claim, *, reason: str, mismatch_key_id: str | None = None) -> None:
         with self.lock:
@@ -428,11 +428,11 @@ class SpeckleBackend:
             now = self.server_now()
             out = []
             for s in self.refresh().unfinished():
-                if (s.status == RUNNING and s.holder is not None and s.holder.expires < now
+                if (s.status == RUNNING and s.lease is not None and s.lease.expires_at < now
                         and s.attempts >= max_attempts):
                     self._write(f"failed {s.id} ({s.workflow}): lease ran out {s.attempts} "
                                 "times (pinion died?)",
-                                ev.Expire(workload=s.id, token=s.holder.token,
+                                ev.Expire(workload=s.id, token=s.lease.token,
                                           max_attempts=max_attempts))
                     if self.view.folded.workloads[s.id].status == WorkloadStatus.FAILED:
                         out.append(s.id)

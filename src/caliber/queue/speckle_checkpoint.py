@@ -29,7 +29,7 @@ from typing import Any
 from caliber.errors import QueueDamagedError
 from caliber.queue import speckle_adapter as sp
 from caliber.queue.speckle_events import FORMAT
-from caliber.queue.speckle_log import Archive, Folded, Holder, Order, ResultsRef, State, finished
+from caliber.queue.speckle_log import Archive, Folded, Lease, Order, ResultsRef, State, finished
 from caliber.queue.workload import WorkloadStatus
 
 EVERY = 100
@@ -54,8 +54,8 @@ def _when(text: str) -> dt.datetime:
 
 
 def _state_doc(s: State) -> list[Any]:
-    holder = None if s.holder is None else [s.holder.token, s.holder.owner,
-                                            _iso(s.holder.expires)]
+    holder = None if s.lease is None else [s.lease.token, s.lease.owner,
+                                           _iso(s.lease.expires_at)]
     return [s.id, s.pinion, s.workflow, _iso(s.created_at), s.queued_by, s.object_id,
             [_iso(s.order[0]), s.order[1]], s.status.value, s.attempts, holder, s.secret,
             s.mismatch, s.results_id, s.last_error, s.work_dir, s.deleted,
@@ -69,7 +69,7 @@ def _state(doc: list[Any]) -> State:
         id=wid, pinion=pinion, workflow=workflow, created_at=_when(created),
         queued_by=queued_by, object_id=object_id, order=(_when(order[0]), order[1]),
         status=WorkloadStatus(status), attempts=int(attempts),
-        holder=None if holder is None else Holder(holder[0], holder[1], _when(holder[2])),
+        lease=None if holder is None else Lease(holder[0], holder[1], _when(holder[2])),
         secret=secret, mismatch=mismatch, results_id=results_id, last_error=last_error,
         work_dir=work_dir, deleted=bool(deleted),
         history=[(_when(at), WorkloadStatus(st), text) for at, st, text in history],

@@ -30,12 +30,13 @@ Note = tuple[dt.datetime, WorkloadStatus, str]
 
 
 @dataclass
-class Holder:
-    """Who holds a running workload: claim token, owner, lease end (server time)."""
+class Lease:
+    """Who holds a running workload: claim token, owner, lease end (in server time; the
+    backend shows it as a :class:`caliber.queue.workload.Lease` in local time)."""
 
     token: str
     owner: str
-    expires: dt.datetime
+    expires_at: dt.datetime
 
 
 @dataclass
@@ -51,7 +52,7 @@ class State:
     order: Order
     status: WorkloadStatus = WorkloadStatus.QUEUED
     attempts: int = 0
-    holder: Holder | None = None
+    lease: Lease | None = None
     secret: str | None = None
     """A replacement run-secret (``resign``); None: the one in the object."""
     mismatch: str | None = None
@@ -65,8 +66,8 @@ class State:
         self.history.append((at, status or self.status, text))
 
     def held_by(self, token: object) -> bool:
-        return (self.status == WorkloadStatus.RUNNING and self.holder is not None
-                and self.holder.token == token)
+        return (self.status == WorkloadStatus.RUNNING and self.lease is not None
+                and self.lease.token == token)
 
 
 @dataclass(frozen=True)
@@ -230,62 +231,62 @@ def fold(events: Iterable[ev.Event], start: Folded | None = None) -> Folded:
 def _applies(state: State, body: ev.Body, at: dt.datetime) -> bool:
     """Whether ``body`` changes ``state`` (checked before copying the state)."""
     if isinstance(body, ev.Claim):
-        holder = state.holder
-        if holder is not None and holder.token == body.token:
+        lease = state.lease
+        if lease is not None and lease.token == body.token:
             return False  # the same claim written twice
         if body.key is not None and body.key == state.mismatch:
             return False  # that key was found not to match: its pinions never run this one
-        if state.status == WorkloadStatus.RUNNING and holder is not None:
-            return holder.expires < at  # a live lease: this claim lost
+        if state.status == WorkloadStatus.RUNNING and lease is not None:
+            return lease.expires_at < at  # a live lease: this claim lost
         return state.status == WorkloadStatus.QUEUED
     if isinstance(body, ev.Expire):
-        return (state.held_by(body.token) and state.holder is not None
-                and state.holder.expires < at and state.attempts >= body.max_attempts)
+        return (state.held_by(body.token) and state.lease is not None
+                and state.lease.expires_at < at and state.attempts >= body.max_attempts)
     if isinstance(body, ev.Renew | ev.Release | ev.Done | ev.Fail):
         return state.held_by(body.token)
     return isinstance(body, ev.Delete | ev.Resign)
 
 
 def _apply(state: State, body: ev.Body, at: dt.datetime) -> None:
-    holder = state.holder
+    lease = state.lease
     if isinstance(body, ev.Claim):
-        if state.status == WorkloadStatus.RUNNING and holder is not None:
-            state.note(at, f"lease of {holder.owner} ran out (attempt {state.attempts} lost)",
+        if state.status == WorkloadStatus.RUNNING and lease is not None:
+            state.note(at, f"lease of {lease.owner} ran out (attempt {state.attempts} lost)",
                        WorkloadStatus.QUEUED)
         state.status = WorkloadStatus.RUNNING
         state.attempts += 1
-        state.holder = Holder(token=body.token, owner=body.owner,
-                              expires=at + _seconds(body.lease))
+        state.lease = Lease(token=body.token, owner=body.owner,
+                            expires_at=at + _seconds(body.lease))
         state.note(at, f"claimed by {body.owner} (attempt {state.attempts})")
     elif isinstance(body, ev.Renew):
-        assert holder is not None
-        holder.expires = at + _seconds(body.lease)
+        assert lease is not None
+        lease.expires_at = at + _seconds(body.lease)
     elif isinstance(body, ev.Release):
-        assert holder is not None
+        assert lease is not None
         state.status = WorkloadStatus.QUEUED
         state.attempts = max(state.attempts - 1, 0)
         state.mismatch = body.mismatch or state.mismatch
-        state.note(at, f"released by {holder.owner}: {body.reason}")
-        state.holder = None
+        state.note(at, f"released by {lease.owner}: {body.reason}")
+        state.lease = None
     elif isinstance(body, ev.Done):
         failed = body.status != "completed"
         state.status = WorkloadStatus.FAILED if failed else WorkloadStatus.COMPLETED
         state.results_id = body.results
         state.last_error = body.error or ("the workflow failed" if failed else None)
         state.work_dir = body.work_dir
-        state.holder = None
+        state.lease = None
         error = f": {state.last_error}" if state.last_error else ""
         state.note(at, f"results {state.results_id}{error}")
     elif isinstance(body, ev.Fail):
         state.status = WorkloadStatus.QUEUED if body.retry else WorkloadStatus.FAILED
         state.last_error = body.reason
-        state.holder = None
+        state.lease = None
         state.note(at, f"attempt failed: {body.reason}" + ("; queued again" if body.retry
                                                            else ""))
     elif isinstance(body, ev.Expire):
         state.status = WorkloadStatus.FAILED
         state.last_error = f"lease ran out {state.attempts} times (pinion died?)"
-        state.holder = None
+        state.lease = None
         state.note(at, state.last_error)
     elif isinstance(body, ev.Delete):
         state.deleted = True
