@@ -336,14 +336,8 @@ class SQLiteBackend:
         limit: int | None = None,
         offset: int = 0,
     ) -> list[Workload]:
-        where, params = self._filters(
-            pinion=pinion, status=WorkloadStatus(status).value if status else None
-        )
         with self.reading():
-            rows = self.conn.execute(
-                f"SELECT {_COLUMNS} FROM workloads {where} ORDER BY created_at LIMIT ? OFFSET ?",
-                (*params, -1 if limit is None else limit, offset),
-            ).fetchall()
+            rows = self._page(_COLUMNS, pinion, status, limit, offset)
             return self._with_history([_workload(r) for r in rows])
 
     def list_summaries(
@@ -355,16 +349,21 @@ class SQLiteBackend:
         limit: int | None = None,
         offset: int = 0,
     ) -> list[WorkloadSummary]:
+        with self.reading():
+            rows = self._page(_SUMMARY_COLUMNS, pinion, status, limit, offset)
+        return [_summary(key, row) for row in rows]
+
+    def _page(self, columns: str, pinion: str | None, status: WorkloadStatus | None,
+              limit: int | None, offset: int) -> list[tuple[Any, ...]]:
+        """One page of workload rows, oldest first (inside :meth:`reading`)."""
         where, params = self._filters(
             pinion=pinion, status=WorkloadStatus(status).value if status else None
         )
-        with self.reading():
-            rows = self.conn.execute(
-                f"SELECT {_SUMMARY_COLUMNS} FROM workloads {where} ORDER BY created_at "
-                "LIMIT ? OFFSET ?",
-                (*params, -1 if limit is None else limit, offset),
-            ).fetchall()
-        return [_summary(key, row) for row in rows]
+        rows: list[tuple[Any, ...]] = self.conn.execute(
+            f"SELECT {columns} FROM workloads {where} ORDER BY created_at LIMIT ? OFFSET ?",
+            (*params, -1 if limit is None else limit, offset),
+        ).fetchall()
+        return rows
 
     def claim(self, pinion: str, owner: str, lease_seconds: float, key_id: str) -> Claim | None:
         from caliber.queue.backend import Claim
