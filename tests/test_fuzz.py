@@ -308,9 +308,12 @@ def test_a_damaged_queue_entry_never_crashes_and_never_blocks_the_next(
                 assert len(json.loads(out)) == 2
         with SQLiteBackend(db) as backend:
             pinion = Pinion(PinionConfig(name="p", attempts=1, wait=0), backend)
-            for _ in range(4):
-                if not pinion.run_once():
-                    break
+            try:
+                for _ in range(4):
+                    if not pinion.run_once():
+                        break
+            finally:
+                pinion.close()  # its spare child and its log handler
             ran = {r[0] for r in backend.conn.execute("SELECT workload_id FROM results")}
             assert sentinel.id in ran  # the damaged entry did not hold up the next one
             if victim.id in ran:  # it ran: then it was exactly what was signed
@@ -334,7 +337,11 @@ def test_damaged_results_are_shown_as_damaged(
     wid = workflow(folder, [("add", [1])]).queue(pinion="p")
     db = home / "caliber.db"
     with SQLiteBackend(db) as backend:
-        Pinion(PinionConfig(name="p", attempts=1, wait=0), backend).run_once()
+        pinion = Pinion(PinionConfig(name="p", attempts=1, wait=0), backend)
+        try:
+            pinion.run_once()
+        finally:
+            pinion.close()
         rid = backend.get(wid).results_id
     assert rid is not None
     if not damage(db, f"UPDATE results SET {column} = ? WHERE workload_id = ?", (value, wid)):
