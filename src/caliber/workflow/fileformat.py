@@ -43,7 +43,7 @@ FORMAT_VERSION = 1
 REF_KEY = "$result"
 FUNCTION_PATTERN = r"^[A-Za-z_][A-Za-z0-9_.]*:[A-Za-z_][A-Za-z0-9_.]*$"
 MAX_DEPTH = 200
-"""Levels of JSON nesting in a workflow document (about 95 processes inside each other).
+"""Levels of JSON nesting in a workflow document (about 98 processes inside each other).
 pydantic stops at 255 levels when the workload is stored and when the document is checked."""
 
 
