@@ -15,6 +15,10 @@ the requests the server answered are counted.
 - a pinion's claim: a new connection (``SpeckleBackend.open``) and its first ``claim``, with
   a settle time of 0 (the settle wait is the same fixed sleep at every size); the claim is
   released again (untimed) for the next round.
+
+``python -m bench.run`` includes these rows; ``python -m bench.remote_log [--quick]``
+measures only them and puts them into the last run of bench/results.json and BENCHMARKS.md
+(each row then says when and at which commit it was measured).
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import json
+import os
 import resource
 import sys
 import time
@@ -227,3 +232,37 @@ def rows(quick: bool, reps: int, root: Path) -> list[Row]:
 def expected_ids() -> list[str]:
     return [f"remote-{name}-{kind}" for name in ("list", "claim")
             for kind in ("time", "cpu", "requests")]
+
+
+def main(argv: list[str] | None = None) -> int:
+    import argparse
+    import datetime as dt
+    import tempfile
+
+    from bench.report import replace_rows
+    from bench.run import git_commit
+
+    parser = argparse.ArgumentParser(
+        prog="python -m bench.remote_log",
+        description="Measure the remote queue against the length of its log and put the "
+                    "rows into BENCHMARKS.md and bench/results.json.")
+    parser.add_argument("--quick", action="store_true", help="10 and 100 workloads")
+    parser.add_argument("--reps", type=int, default=3)
+    parser.add_argument("--report", type=Path, default=REPO / "BENCHMARKS.md")
+    parser.add_argument("--data", type=Path, default=REPO / "bench" / "results.json")
+    args = parser.parse_args(argv)
+    with tempfile.TemporaryDirectory(prefix="caliber-bench-remote-") as tmp:
+        root = Path(tmp)
+        os.environ["CALIBER_HOME"] = str(root / "home")  # never the user's own
+        os.environ["NO_COLOR"] = "1"
+        found = rows(args.quick, args.reps, root)
+    when = dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
+    found[0].note = (f"this section measured {when} at commit `{git_commit()}` by `python -m "
+                     f"bench.remote_log`, {args.reps} rounds; {found[0].note}")
+    replace_rows(args.report, args.data, found)
+    print(f"bench: wrote {args.report} and {args.data}", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

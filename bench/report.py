@@ -284,5 +284,21 @@ def write(report: Path, data_path: Path, run: dict[str, Any]) -> None:
     report.write_text(render(run, previous))
 
 
+def replace_rows(report: Path, data_path: Path, rows: Sequence[Row]) -> None:
+    """Put ``rows`` (measured on their own, e.g. ``python -m bench.remote_log``) into the last
+    run of the data file in place of the rows with their ids, and write the report again;
+    the other rows and the previous run stay as they were."""
+    data = load(data_path)
+    if data is None or not isinstance(data.get("run"), dict):
+        raise ValueError(f"{data_path} holds no run to add rows to: run python -m bench.run")
+    run = data["run"]
+    fresh = {r.id for r in rows}
+    kept = [r for r in run["rows"] if r["id"] not in fresh]
+    run["rows"] = kept + rows_to_json(rows)
+    data_path.write_text(json.dumps({"run": run, "previous": data.get("previous")},
+                                    indent=1) + "\n")
+    report.write_text(render(run, data.get("previous")))
+
+
 def rows_to_json(rows: Sequence[Row]) -> list[dict[str, Any]]:
     return [asdict(r) for r in rows]
