@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import builtins
 import datetime as dt
-import json
 import logging
 import secrets
 import threading
@@ -25,9 +24,7 @@ from dataclasses import replace
 from typing import Any
 
 from caliber.errors import (
-    AmbiguousIdError,
     LeaseLostError,
-    NotFoundError,
     QueueDamagedError,
     QueueError,
     QueueStateError,
@@ -38,11 +35,10 @@ from caliber.queue.backend import Claim, WorkloadSummary
 from caliber.queue.speckle_checkpoint import ChunkCache, archived_texts, to_object
 from caliber.queue.speckle_events import clip, message
 from caliber.queue.speckle_log import Folded, State
+from caliber.queue.speckle_objects import resolve, results_object, workload_from, workload_object
 from caliber.queue.speckle_view import LogView
 from caliber.queue.target import QueueTarget
 from caliber.queue.workload import (
-    Attachment,
-    HistoryEntry,
     Lease,
     Workload,
     WorkloadStatus,
@@ -208,38 +204,14 @@ class SpeckleBackend:
         refs = {s.id: [r["referencedId"] for r in roots[s.object_id].get("@attachments") or []]
                 for s in states}
         children = self._fetch([i for ids in refs.values() for i in ids])
-        out = []
-        for s in states:
-            lease = None
-            if s.status == RUNNING and s.lease is not None:
-                lease = Lease(owner=s.lease.owner, token=s.lease.token,
-                              expires_at=self._local(s.lease.expires_at))
-            common: dict[str, Any] = dict(
-                id=s.id, pinion=s.pinion, created_at=s.created_at, queued_by=s.queued_by,
-                status=s.status, results_id=s.results_id, attempts=s.attempts, lease=lease,
-                secret_mismatch=s.mismatch, work_dir=s.work_dir, history=[
-                    HistoryEntry(at=at, status=status, message=text)
-                    for at, status, text in s.history],
-            )
-            try:
-                doc = json.loads(roots[s.object_id]["workload_json"])
-                attachments = [Attachment.model_validate(
-                    {k: children[i][k] for k in ("path", "encoding", "content", "sha256", "size")}
-                ) for i in refs[s.id]]
-                if doc.get("id") != s.id:
-                    raise ValueError(f"its object belongs to workload {doc.get('id')!r}")
-                out.append(Workload(
-                    workflow=doc["workflow"], attachments=attachments, last_error=s.last_error,
-                    secret=s.secret if s.secret is not None else doc.get("secret", ""),
-                    **common,
-                ))
-            except (KeyError, TypeError, ValueError, AttributeError) as exc:
-                # Shown as damaged and never run (as on the local queue), not a failed listing.
-                reason = (f"this queue entry is damaged on the server and never runs ({exc!r}); "
-                          "reset it")
-                out.append(Workload(workflow={"name": s.workflow}, secret="",
-                                    last_error=reason, damaged=reason, **common))
-        return out
+        return [workload_from(s, roots[s.object_id], [children[i] for i in refs[s.id]],
+                              self._lease_of(s)) for s in states]
+
+    def _lease_of(self, s: State) -> Lease | None:
+        if s.status != RUNNING or s.lease is None:
+            return None
+        return Lease(owner=s.lease.owner, token=s.lease.token,
+                     expires_at=self._local(s.lease.expires_at))
 
     def _upload(self, obj: Any) -> str:
         root, objects = sp.serialise(obj)
@@ -250,23 +222,14 @@ class SpeckleBackend:
 
     def _state(self, id_or_prefix: str) -> State:
         live = {s.id: s for s in self.refresh().live()}
-        return live[_resolve(live, id_or_prefix, "workload")]
+        return live[resolve(live, id_or_prefix, "workload")]
 
     def put(self, workload: Workload) -> None:
         with self.lock:
             if self.refresh().knows(workload.id):
                 raise QueueError(f"cannot queue workload {workload.id}: that id is in the "
                                  "queue already")
-            doc = workload.model_dump(mode="json", include={
-                "id", "pinion", "workflow", "created_at", "queued_by", "secret"})
-            root = self._upload(sp.new_object({
-                "caliber": "workload", "workload_id": workload.id,
-                "workflow_name": workload.workflow_name, "pinion": workload.pinion,
-                "queued_by": workload.queued_by, "created_at": workload.created_at.isoformat(),
-                "workflow": sp.to_speckle(workload.workflow),
-                "workload_json": json.dumps(doc, ensure_ascii=False),
-                "@attachments": [sp.new_object(a.model_dump()) for a in workload.attachments],
-            }))
+            root = self._upload(workload_object(workload))
             self._write(
                 f"queued {workload.id} ({workload.workflow_name}) for pinion {workload.pinion}"
                 f" by {workload.queued_by or '?'}",
@@ -399,7 +362,7 @@ class SpeckleBackend:
             results = results.model_copy(update={"workload_id": claim.workload.id})
         with self.lock:
             state = self._held(claim)
-            root = self._upload(_results_object(results))
+            root = self._upload(results_object(results))
             error = results.error.summary() if results.error is not None else None
             done = "completed" if results.status == RunStatus.COMPLETED else "failed"
             self._write(
@@ -469,7 +432,7 @@ class SpeckleBackend:
 
     def save_results(self, results: Results) -> None:
         with self.lock:
-            root = self._upload(_results_object(results))
+            root = self._upload(results_object(results))
             self._write(f"results {results.id} ({results.workflow}) saved",
                         ev.SavedResults(results=results.id, workload=results.workload_id,
                                         workflow=results.workflow, pinion=results.pinion,
@@ -479,7 +442,7 @@ class SpeckleBackend:
     def get_results(self, id_or_prefix: str) -> Results:
         with self.lock:
             known = self.refresh().every_result()
-            ref = known[_resolve(known, id_or_prefix, "results")]
+            ref = known[resolve(known, id_or_prefix, "results")]
             return self._results([ref.object_id])[0]
 
     def find_results(
@@ -515,41 +478,3 @@ class SpeckleBackend:
         return sorted(refs, key=lambda r: r.finished_at, reverse=True)
 
 
-def _resolve(ids: Any, id_or_prefix: str, what: str) -> str:
-    prefix = id_or_prefix.strip().lower()
-    if not prefix:
-        raise NotFoundError(f"no {what} id given")
-    if prefix in ids:
-        return prefix
-    found = sorted(i for i in ids if i.startswith(prefix))
-    if not found:
-        raise NotFoundError(f"no {what} with id {id_or_prefix!r}")
-    if len(found) > 1:
-        raise AmbiguousIdError(id_or_prefix, found[:21])
-    return str(found[0])
-
-
-def _results_object(results: Results) -> Any:
-    """The results as Speckle objects: one child per task run, its return value as Speckle
-    members (a Speckle object as itself), and the lossless JSON the queue reads back."""
-    tasks = []
-    for task in results.tasks:
-        try:
-            value = sp.to_speckle(task.return_)
-        except Exception:  # a value Speckle cannot hold as members: keep it as JSON text
-            value = json.dumps(task.return_, ensure_ascii=False)
-        member = "@value" if sp.is_speckle_object(value) else "value"
-        tasks.append(sp.new_object({
-            "name": task.name, "path": list(task.path), "branch": task.branch,
-            "status": task.status.value, "duration": task.duration,
-            "conversion": task.conversion,
-            "error": task.error.summary() if task.error else None, member: value,
-        }))
-    return sp.new_object({
-        "caliber": "results", "results_id": results.id, "workload_id": results.workload_id,
-        "workflow": results.workflow, "pinion": results.pinion, "status": results.status.value,
-        "started_at": results.started_at.isoformat(),
-        "finished_at": results.finished_at.isoformat(),
-        "error": results.error.summary() if results.error else None,
-        "results_json": results.model_dump_json(by_alias=True), "@tasks": tasks,
-    })
