@@ -1,10 +1,11 @@
 """The remote queue on a Speckle model (see docs/remote-queue.md for the protocol).
 
-Every state change is one version on the model (:mod:`caliber.queue.speckle_log`): ``put``
-references the workload object (the workflow, attachments and run-secret), ``done`` and
-``results`` reference the results object, every other event a tiny shared marker object. The
-state of the queue is the fold of those versions, read from the version listing alone; new
-versions are fetched newest first until a version already seen (they are immutable).
+Every state change is one version on the model (:mod:`caliber.queue.speckle_events`):
+``put`` references the workload object (the workflow, attachments and run-secret), ``done``
+and ``results`` reference the results object, ``checkpoint`` the folded state up to a cutoff
+(:mod:`caliber.queue.speckle_checkpoint`), every other event a tiny shared marker object. The
+state of the queue is the fold of those versions (:mod:`caliber.queue.speckle_log`), read back
+to the newest checkpoint and then only what is new (:mod:`caliber.queue.speckle_view`).
 
 Claiming is "write, settle, read": write a claim, wait ``settle`` seconds, read the log again;
 the claim holds only if the fold says it won. Leases are judged in server time (version

@@ -11,9 +11,12 @@ the stored state. The fold is a state machine in server order, so that equals th
 the whole log, including claims that raced the checkpoint (created between C and T, or after
 T): they are after C, so every reader folds them on top.
 
-The state is split into chunks of :data:`CHUNK` workloads (and of results), oldest first, each
-a detached object: finished workloads stop changing, so most chunks keep their id from one
-checkpoint to the next and are neither uploaded nor downloaded again.
+The state is split in two: the queued and running workloads (all a claim needs), and an
+*archive* of the finished workloads and of the results, which a reader fetches only when a
+command lists or looks them up. Both are stored in chunks of :data:`CHUNK`, each a detached
+object; the archive's chunks are carried over from one checkpoint to the next (finished
+workloads stop changing), so they keep their ids and are neither uploaded nor downloaded
+again, and a reader keeps the ones it read on disk (:class:`ChunkCache`).
 """
 
 from __future__ import annotations

@@ -14,22 +14,20 @@ gives: when it differs from what this view accounts for, the view is read afresh
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterable
-from typing import Any
+from collections.abc import Iterable
 
 from caliber.queue import speckle_adapter as sp
 from caliber.queue import speckle_checkpoint as ck
 from caliber.queue.speckle_events import Checkpoint, Event, parse
 from caliber.queue.speckle_log import Folded, Order, at_time, fold
 
-Fetch = Callable[[list[str]], dict[str, dict[str, Any]]]
 log = logging.getLogger(__name__)
 
 
 class LogView:
     """The folded log: ``base`` (the state up to ``cutoff``) plus the events after it."""
 
-    def __init__(self, conn: sp.SpeckleConnection, fetch: Fetch,
+    def __init__(self, conn: sp.SpeckleConnection, fetch: ck.Fetch,
                  cache: ck.ChunkCache | None = None) -> None:
         self.conn = conn
         self.fetch = fetch
