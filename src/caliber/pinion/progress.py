@@ -24,7 +24,8 @@ LOGGER = "caliber.pinion"
 LIVE = "caliber_live"
 """Record attribute: a status line, replaced by the next one on a terminal."""
 REPORTER = "caliber_reporter"
-"""Record attribute: which Reporter logged it (pinions in threads of one process)."""
+"""Record attribute: which Reporter logged it (``caliber --verbose`` leaves these records to
+the pinion's own handler)."""
 LIVE_WIDTH = 120  # characters of the live line shown
 
 
@@ -36,17 +37,13 @@ def verbose() -> bool:
 class ProgressHandler(logging.Handler):
     """Shows one pinion's records on a stream (see the module's documentation)."""
 
-    def __init__(self, name: str, stream: TextIO | None, *, live: bool, owner: int,
+    def __init__(self, name: str, stream: TextIO | None, *, live: bool,
                  level: int = logging.INFO) -> None:
         super().__init__(level)
         self.name = name
         self._stream = stream
         self.live = live
-        self.owner = owner
         self._live_shown = False
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        return getattr(record, REPORTER, None) == self.owner and super().filter(record)
 
     def emit(self, record: logging.LogRecord) -> None:
         try:
@@ -89,8 +86,11 @@ class ProgressHandler(logging.Handler):
 
 
 class Reporter:
-    """The pinion's events as log records on ``caliber.pinion``, shown by a ProgressHandler
-    from creation until :meth:`close`."""
+    """The pinion's events as log records, shown by its ProgressHandler until :meth:`close`.
+
+    Each Reporter logs through a logger of its own (so pinions in threads of one process do
+    not show each other's lines, and nothing is left behind) whose parent is
+    ``caliber.pinion``: handlers added there, or higher, receive every record too."""
 
     def __init__(self, name: str, *, quiet: bool = False, stream: TextIO | None = None) -> None:
         self.name = name
@@ -99,13 +99,10 @@ class Reporter:
         self._workload = ""
         self._started = 0.0
         level = logging.DEBUG if verbose() else logging.WARNING if quiet else logging.INFO
-        self.logger = logging.getLogger(LOGGER)
-        self.handler = ProgressHandler(name, stream, live=self.live, owner=id(self),
-                                       level=level)
+        self.logger = logging.Logger(LOGGER, level)
+        self.logger.parent = logging.getLogger(LOGGER)
+        self.handler = ProgressHandler(name, stream, live=self.live, level=level)
         self.logger.addHandler(self.handler)
-        self._level = self.logger.level
-        if self.logger.getEffectiveLevel() > level:
-            self.logger.setLevel(level)
 
     # --- output primitives --------------------------------------------------------------
 
@@ -179,5 +176,3 @@ class Reporter:
     def close(self) -> None:
         self.logger.removeHandler(self.handler)
         self.handler.close()
-        if not self.logger.handlers:
-            self.logger.setLevel(self._level)
