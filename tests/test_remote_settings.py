@@ -190,8 +190,9 @@ def test_every_variable_reads_environment_then_env_file(
 
     monkeypatch.delenv("CALIBER_HOME")
     write_env(workdir, "CALIBER_HOME=from-file\nCALIBER_PINION_WAIT=0.25\n"
-                       "CALIBER_SECRET_KEY='k' * 1\nCALIBER_CHILD_START=spawn\n")
+                       "CALIBER_SECRET_KEY='key-from-the-file-0123'\nCALIBER_CHILD_START=spawn\n")
     assert home() == Path("from-file")
+    assert load_key() == b"key-from-the-file-0123"
     assert load_settings().pinion_wait == 0.25
     assert load_settings().child_start == "spawn"
     monkeypatch.setenv("CALIBER_HOME", str(workdir / "from-env"))
