@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from caliber.errors import QueueError
+from caliber.errors import ClaimReturnedError, QueueError
 from caliber.paths import database_path
 from caliber.pinion.loop import Pinion, PinionConfig
 from caliber.queue.backend import Claim
@@ -187,8 +187,14 @@ def test_a_remote_claim_whose_workload_cannot_be_read_is_given_back(remote: Remo
             objects = store.objects[remote.project]
             [object_id] = [i for i, o in objects.items() if "workload_json" in o]
             kept = objects.pop(object_id)
-        with pytest.raises(QueueError, match="missing on the server"):
+        with pytest.raises(ClaimReturnedError, match="missing on the server") as raised:
             backend.claim("p", "p@here", 60, "key")
+        assert raised.value.workload_id == workload.id
+        pinion = Pinion(PinionConfig(name="p"), backend)  # a pinion counts it, then backs off
+        with pytest.raises(ClaimReturnedError):
+            pinion.run_once()
+        pinion.close()
+        assert [e[0] for e in pinion.summary.errors] == [workload.id]
         with store.lock:
             objects[object_id] = kept
         again = backend.get(workload.id)

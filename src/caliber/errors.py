@@ -77,6 +77,15 @@ class ChildStartError(CaliberError):
     descriptors): the machine's problem, not the workload's."""
 
 
+class ClaimReturnedError(QueueError):
+    """A claim was won but its workload could not be read (an object missing on the server, a
+    request that failed); the claim was given back at once, its attempt uncounted."""
+
+    def __init__(self, message: str, *, workload_id: str) -> None:
+        super().__init__(message)
+        self.workload_id = workload_id
+
+
 class QueueStateError(UsageError):
     """The request does not fit the workload's state (for example deleting a running one)."""
 

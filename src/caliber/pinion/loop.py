@@ -27,6 +27,7 @@ from caliber.errors import (
     AttachmentError,
     CaliberError,
     ChildStartError,
+    ClaimReturnedError,
     LeaseLostError,
     QueueDamagedError,
     QueueError,
@@ -240,7 +241,11 @@ class Pinion:
         for workload_id in self.backend.expire(cfg.max_attempts):
             self.reporter.skipped(workload_id, f"failed: its lease ran out {cfg.max_attempts} "
                                   "times (pinions died)")
-        claim = self.backend.claim(cfg.name, self.owner, cfg.lease, self.key_id)
+        try:
+            claim = self.backend.claim(cfg.name, self.owner, cfg.lease, self.key_id)
+        except ClaimReturnedError as exc:  # given back by the backend: counted, then back off
+            self.summary.errors.append((exc.workload_id, str(exc), "put back in the queue"))
+            raise
         if claim is None:
             return False
         log.debug("claimed workload %s (attempt %d), lease %g s", claim.workload.id,

@@ -25,6 +25,7 @@ from dataclasses import replace
 from typing import Any
 
 from caliber.errors import (
+    ClaimReturnedError,
     LeaseLostError,
     QueueDamagedError,
     QueueError,
@@ -311,22 +312,28 @@ class SpeckleBackend:
                     try:
                         workload = self._workloads([won])[0]
                     except Exception as exc:  # never leave the claim standing: give it back
-                        self._give_back(state, token, f"cannot read the workload: {exc}")
-                        raise
+                        reason = f"cannot read the workload: {exc}"
+                        if not self._give_back(state, token, reason):
+                            raise
+                        raise ClaimReturnedError(
+                            f"{self.location}: workload {state.id}: {reason}; it was put back "
+                            "in the queue", workload_id=state.id) from exc
                     return Claim(workload=workload, owner=owner, token=token,
                                  expires_at=self._local(won.lease.expires_at))
                 if lost is not None:
                     raise lost
             return None
 
-    def _give_back(self, state: State, token: str, reason: str) -> None:
+    def _give_back(self, state: State, token: str, reason: str) -> bool:
         """Release a claim just won whose workload could not be read (its attempt uncounted);
-        if even that cannot be written, the lease runs out as after a dead pinion."""
+        False when even that cannot be written: the lease runs out as after a dead pinion."""
         try:
             self._write(f"released {state.id} ({state.workflow}): {reason}",
                         ev.Release(workload=state.id, token=token, reason=clip(reason) or ""))
         except QueueError as exc:
             log.warning("could not release %s (%s): its lease runs out instead", state.id, exc)
+            return False
+        return True
 
     def _held(self, claim: Claim) -> State:
         state = self.refresh().workloads.get(claim.workload.id)
