@@ -29,11 +29,8 @@ class SettingOption(click.Option):
         if not call or self.envvar is None:
             return super().get_default(ctx, call=call)
         from caliber.settings import load_settings
-        from caliber.settings_model import Settings
 
-        name = str(self.envvar).removeprefix(PREFIX).lower()
-        assert name in Settings.model_fields, self.envvar
-        return getattr(load_settings(), name)
+        return getattr(load_settings(), str(self.envvar).removeprefix(PREFIX).lower())
 
 
 class Seconds(click.FloatRange):
