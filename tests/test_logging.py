@@ -72,3 +72,21 @@ def test_the_reporter_is_a_logging_handler_others_can_listen_to() -> None:
         "skipped workload abc: run-secret does not match", "the queue is out of reach"]
     assert [r.levelname for r in seen] == ["INFO", "ERROR"]
     assert logging.getLogger(LOGGER).handlers == []  # closing removed its handler
+
+
+def test_verbose_never_prints_the_token(tmp_path: Path, caliber_cmd: list[str]) -> None:
+    import os
+    import socket
+
+    with socket.socket() as s:  # a port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {**os.environ, "CALIBER_SPECKLE_HOST": f"http://127.0.0.1:{port}",
+           "CALIBER_SPECKLE_PROJECT": "abc", "CALIBER_SPECKLE_TOKEN": "tok-secret-value",
+           "CALIBER_SPECKLE_TIMEOUT": "1"}
+    done = subprocess.run([*caliber_cmd, "-v", "queue", "list"], capture_output=True,
+                          text=True, env=env, cwd=tmp_path)
+    assert done.returncode == 1
+    assert "caliber: DEBUG: caliber.settings: the remote queue: " in done.stderr
+    assert "caliber: error: " in done.stderr
+    assert "tok-secret-value" not in done.stderr + done.stdout

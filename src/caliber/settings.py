@@ -14,6 +14,7 @@ the model reads; everything else asks :func:`load_settings` for the validated mo
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 from dataclasses import dataclass
@@ -25,6 +26,8 @@ from caliber.errors import ConfigError
 
 if TYPE_CHECKING:  # pydantic stays out of the fast read paths
     from caliber.settings_model import Settings
+
+log = logging.getLogger(__name__)
 
 ENV_FILE = Path(".caliber") / ".env"
 PREFIX = "CALIBER_"
@@ -156,7 +159,7 @@ def load_remote_settings(
             f"a Speckle project is set ({project_id}) but no server: set {SPECKLE}HOST (e.g. "
             f"https://app.speckle.systems) in the environment or in {ENV_FILE}, or use --local"
         )
-    return RemoteSettings(
+    remote = RemoteSettings(
         host=normalise_host(settings.speckle_host),
         project=project_id,
         model=settings.speckle_model,
@@ -165,3 +168,6 @@ def load_remote_settings(
         min_lease=settings.speckle_min_lease,
         timeout=settings.speckle_timeout,
     )
+    log.debug("the remote queue: %s (token: %s)", remote.location,
+              "set" if remote.token else "the Speckle Manager account of the host")
+    return remote
