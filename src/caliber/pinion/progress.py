@@ -40,7 +40,7 @@ class ProgressHandler(logging.Handler):
     def __init__(self, name: str, stream: TextIO | None, *, live: bool,
                  level: int = logging.INFO) -> None:
         super().__init__(level)
-        self.name = name
+        self.pinion = name
         self._stream = stream
         self.live = live
         self._live_shown = False
@@ -51,7 +51,7 @@ class ProgressHandler(logging.Handler):
             text = for_terminal(record.getMessage())
             if record.levelno >= logging.WARNING:
                 self._clear_live()
-                self.stream.write(f"pinion {self.name}: {text}\n")
+                self.stream.write(f"pinion {self.pinion}: {text}\n")
                 if record.exc_info and record.exc_info[1] is not None and (
                         self.level <= logging.DEBUG):
                     self.stream.write("".join(traceback.format_exception(record.exc_info[1])))
@@ -63,7 +63,7 @@ class ProgressHandler(logging.Handler):
                 self.stream.write(text + "\n")
             else:
                 stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(record.created))
-                self.stream.write(f"{stamp} pinion {self.name}: {text}\n")
+                self.stream.write(f"{stamp} pinion {self.pinion}: {text}\n")
             self.stream.flush()
         except Exception:
             self.handleError(record)
