@@ -90,3 +90,29 @@ def test_verbose_never_prints_the_token(tmp_path: Path, caliber_cmd: list[str]) 
     assert "caliber: DEBUG: caliber.settings: the remote queue: " in done.stderr
     assert "caliber: error: " in done.stderr
     assert "tok-secret-value" not in done.stderr + done.stdout
+
+
+def test_on_a_terminal_one_live_line_is_replaced_and_results_stay() -> None:
+    class Terminal(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    stream = Terminal()
+    reporter = Reporter("p", stream=stream)
+    reporter.idle(1, 3, 5)
+    reporter.workload_started("abc", "pasta", 1)
+    reporter.task_event({"kind": "start", "index": 1, "total": 2, "name": "boil"})
+    reporter.workload_finished("completed", "results r1")
+    reporter.close()
+    text = stream.getvalue()
+    assert text.startswith("\r\x1b[Kpinion p: no work (look 1/3), next in 5 s")
+    assert "\r\x1b[Kabc (pasta): task 1/2 boil ... " in text
+    last = text.rsplit("\r\x1b[K", 1)[1]  # the live line is cleared before the lasting one
+    assert last.startswith("workload abc (pasta) completed in ")
+    assert last.endswith(" s: results r1\n")
+    quiet = Terminal()
+    silent = Reporter("p", quiet=True, stream=quiet)
+    silent.idle(1, 3, 5)
+    silent.error("the queue is out of reach")
+    silent.close()
+    assert quiet.getvalue() == "pinion p: the queue is out of reach\n"
