@@ -14,12 +14,7 @@ from typing import Any
 import pytest
 
 from tests.examples_fixtures import export_pasta
-from tests.speckle_fixtures import (
-    SpeckleTarget,
-    delete_real_project,
-    needs_test_server,
-    new_real_project,
-)
+from tests.speckle_fixtures import SpeckleTarget, delete_project, make_project, needs_test_server
 from tests.speckle_server import SpeckleTestServer
 
 SETTLE = "0.05"  # seconds: a claim's settle time in tests (the test server shows writes at once)
@@ -124,21 +119,17 @@ class Remote:
 @pytest.fixture
 def remote(speckle_target: SpeckleTarget, monkeypatch: pytest.MonkeyPatch) -> Iterator[Remote]:
     """Environment: host, token, a short settle time and no minimum lease; a project of the
-    test's own (made through GraphQL and deleted afterwards on a real server)."""
+    test's own, made through GraphQL (deleted afterwards on a real server; a test server is
+    thrown away with everything on it)."""
     pytest.importorskip("specklepy")
     monkeypatch.setenv("CALIBER_SPECKLE_HOST", speckle_target.url)
     monkeypatch.setenv("CALIBER_SPECKLE_TOKEN", speckle_target.token)
     monkeypatch.setenv("CALIBER_SPECKLE_SETTLE", SETTLE)
     monkeypatch.setenv("CALIBER_SPECKLE_MIN_LEASE", "0")
-    server = speckle_target.test_server
-    if server is not None:
-        yield Remote(speckle_target, new_project(server, speckle_target.token))
-        return
-    project = new_real_project(speckle_target, "caliber tests")
-    try:
-        yield Remote(speckle_target, project)
-    finally:
-        delete_real_project(speckle_target, project)
+    project = make_project(speckle_target, "caliber tests")
+    yield Remote(speckle_target, project)
+    if speckle_target.test_server is None:
+        delete_project(speckle_target, project)
 
 
 def caliber(*args: str, cwd: Path | None = None, timeout: float = 60,

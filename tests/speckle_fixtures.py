@@ -7,9 +7,9 @@ Manager would have written it.
 
 ``speckle_target`` (defined in tests/conftest.py) is the server the remote-queue tests use: the
 test server, or, when ``CALIBER_TEST_SPECKLE_URL`` and ``CALIBER_TEST_SPECKLE_TOKEN`` are both
-set, that real server (no test server is started then). ``new_real_project`` and
-``delete_real_project`` make and remove a project of the tests' own there through specklepy
-(``projectMutations.create``).
+set, that real server (no test server is started then). ``make_project`` and ``delete_project``
+make and remove a project of the tests' own through specklepy (``projectMutations``), on
+either server, so the default run goes through the same steps as a run on a real one.
 """
 
 from __future__ import annotations
@@ -76,7 +76,7 @@ def needs_test_server(target: SpeckleTarget) -> SpeckleTestServer:
     return target.test_server
 
 
-def new_real_project(target: SpeckleTarget, name: str) -> str:
+def make_project(target: SpeckleTarget, name: str) -> str:
     """A private project of the tests' own on the target server (through specklepy)."""
     from specklepy.api.inputs.project_inputs import ProjectCreateInput
 
@@ -87,7 +87,7 @@ def new_real_project(target: SpeckleTarget, name: str) -> str:
     return str(made.id)
 
 
-def delete_real_project(target: SpeckleTarget, project_id: str) -> None:
+def delete_project(target: SpeckleTarget, project_id: str) -> None:
     target.client().project.delete(project_id)
 
 

@@ -7,9 +7,8 @@ empty backend and cleans up after it.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from contextlib import AbstractContextManager, contextmanager
+from contextlib import AbstractContextManager, ExitStack, contextmanager
 from pathlib import Path
-from typing import Any
 
 import pytest
 
@@ -29,50 +28,30 @@ def sqlite_backend(tmp_path: Path) -> Iterator[QueueBackend]:
 
 @contextmanager
 def speckle_backend(tmp_path: Path) -> Iterator[QueueBackend]:
-    """A fresh model on a project of its own with a short settle time: on a Speckle test server,
-    or on the real server of ``CALIBER_TEST_SPECKLE_URL``/``_TOKEN`` when both are set (the
-    project is made there through GraphQL and deleted afterwards)."""
+    """A fresh model on a project of its own (made through GraphQL; deleted afterwards on a
+    real server) with a short settle time: on a Speckle test server, or on the real server named by
+    ``CALIBER_TEST_SPECKLE_URL`` and ``CALIBER_TEST_SPECKLE_TOKEN`` when both are set."""
     pytest.importorskip("specklepy")
-    from tests.speckle_fixtures import (
-        SpeckleTarget,
-        delete_real_project,
-        new_real_project,
-        real_server,
-    )
-    from tests.speckle_server import SpeckleTestServer
-
-    real = real_server()
-    if real:
-        target = SpeckleTarget(*real, None)
-        project = new_real_project(target, "caliber contract")
-        try:
-            with _open_speckle(target, project) as backend:
-                yield backend
-        finally:
-            delete_real_project(target, project)
-        return
-    with SpeckleTestServer() as server:
-        token = server.add_user("Alice")
-        with server.store.lock:
-            user = server.store.user_for_token(token)
-            assert user is not None
-            project = server.store.create_project(user, "contract", None, None).id
-        with _open_speckle(SpeckleTarget(server.url, token, server), project) as backend:
-            yield backend
-
-
-@contextmanager
-def _open_speckle(target: Any, project: str) -> Iterator[QueueBackend]:
     from caliber.queue.speckle import SpeckleBackend
     from caliber.settings import RemoteSettings
+    from tests.speckle_fixtures import SpeckleTarget, delete_project, make_project, real_server
+    from tests.speckle_server import SpeckleTestServer
 
-    settings = RemoteSettings(host=target.url, project=project, model="contract/queue",
-                              token=target.token, settle=0.02, min_lease=0, timeout=10)
-    backend = SpeckleBackend.open(settings)
-    try:
+    with ExitStack() as stack:
+        real = real_server()
+        if real:
+            target = SpeckleTarget(*real, None)
+        else:
+            server = stack.enter_context(SpeckleTestServer())
+            target = SpeckleTarget(server.url, server.add_user("Alice"), server)
+        project = make_project(target, "caliber contract")
+        if real:
+            stack.callback(delete_project, target, project)
+        settings = RemoteSettings(host=target.url, project=project, model="contract/queue",
+                                  token=target.token, settle=0.02, min_lease=0, timeout=10)
+        backend = SpeckleBackend.open(settings)
+        stack.callback(backend.close)
         yield backend
-    finally:
-        backend.close()
 
 
 FACTORIES: dict[str, Callable[[Path], AbstractContextManager[QueueBackend]]] = {
