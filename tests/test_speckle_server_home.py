@@ -46,9 +46,6 @@ def test_remote_commands_with_a_token_write_nothing_in_home(remote: Remote,
     assert sorted(str(f.relative_to(home)) for f in home.rglob("*")) == []
 
 
-@pytest.mark.xfail(strict=True, reason="specklepy's get_local_accounts() creates "
-                   "~/.config/Speckle/Accounts.db and Accounts/ when Caliber looks for a token "
-                   "(src/caliber/queue/speckle_adapter.py account_token); reported to the lead")
 def test_looking_for_a_speckle_manager_account_writes_nothing_in_home(
     remote: Remote, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -25,13 +25,16 @@ import datetime as dt
 import gzip
 import importlib
 import json
+import os
 import random
 import re
+import sys
 import threading
 import time
 import warnings
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, TypeVar
 
 from caliber.errors import CaliberError, ConfigError, QueueError
@@ -131,8 +134,10 @@ def account_token(host: str) -> str:
     import_specklepy()
     from specklepy.api.credentials import get_local_accounts
 
+    # specklepy creates its folders and an empty Accounts.db when it looks for accounts:
+    # without Speckle Manager's folder there are none, and nothing is written in the home.
     with _quiet():
-        accounts = get_local_accounts()
+        accounts = get_local_accounts() if _speckle_folder().is_dir() else []
     matching = [a for a in accounts if a.token and _same_server(a.serverInfo.url, host)]
     if not matching:
         servers = sorted({a.serverInfo.url for a in accounts if a.serverInfo.url})
@@ -146,6 +151,21 @@ def account_token(host: str) -> str:
 
 
 # --- objects --------------------------------------------------------------------------------
+
+
+def _speckle_folder() -> Path:
+    """Where Speckle Manager keeps its accounts, found as specklepy finds it
+    (``specklepy.core.helpers.speckle_path_provider``) but without creating anything."""
+    override = os.environ.get("SPECKLE_USERDATA_PATH")
+    if override:
+        base = Path(override)
+    elif sys.platform.startswith("win"):
+        base = Path(os.environ.get("APPDATA", ""))
+    elif sys.platform.startswith("darwin"):
+        base = Path.home() / "Library" / "Application Support"
+    else:
+        base = Path(os.environ.get("XDG_DATA_HOME") or Path.home() / ".config")
+    return base / "Speckle"
 
 
 def is_speckle_object(value: object) -> bool:
