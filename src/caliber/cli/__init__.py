@@ -10,10 +10,9 @@ under an error's line, its causes.
 
 from __future__ import annotations
 
-import logging
 import sys
-import traceback
 from importlib import import_module
+from typing import Any
 
 import click
 
@@ -61,20 +60,26 @@ def cli() -> None:
     result."""
 
 
-class _DebugHandler(logging.StreamHandler):  # type: ignore[type-arg]
-    """``caliber --verbose``: Caliber's log records on stderr, except those a pinion's own
-    progress handler shows (:mod:`caliber.pinion.progress`)."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        return not hasattr(record, "caliber_reporter") and super().filter(record)
-
-
-_handler = _DebugHandler(sys.stderr)
-_handler.setFormatter(logging.Formatter("caliber: %(levelname)s: %(name)s: %(message)s"))
+_handler: Any = None  # the --verbose handler, made (and logging imported) only when asked for
 
 
 def set_verbose(on: bool) -> None:
     """Show (or stop showing) the ``caliber`` logger's debug records on stderr."""
+    global _handler
+    if not on and _handler is None:
+        return  # logging was never set up: nothing to undo (and ``queue list`` stays light)
+    import logging
+
+    class DebugHandler(logging.StreamHandler):  # type: ignore[type-arg]
+        """``caliber --verbose``: Caliber's log records on stderr, except those a pinion's
+        own progress handler shows (:mod:`caliber.pinion.progress`)."""
+
+        def filter(self, record: logging.LogRecord) -> bool:
+            return not hasattr(record, "caliber_reporter") and super().filter(record)
+
+    if _handler is None:
+        _handler = DebugHandler(sys.stderr)
+        _handler.setFormatter(logging.Formatter("caliber: %(levelname)s: %(name)s: %(message)s"))
     logger = logging.getLogger("caliber")
     if on:
         _handler.setStream(sys.stderr)
@@ -86,8 +91,11 @@ def set_verbose(on: bool) -> None:
 
 
 def verbose() -> bool:
-    return _handler in logging.getLogger("caliber").handlers
+    if _handler is None:
+        return False
+    import logging
 
+    return _handler in logging.getLogger("caliber").handlers
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -110,6 +118,8 @@ def main(argv: list[str] | None = None) -> None:
     except CaliberError as exc:
         error_line(str(exc))
         if verbose():  # the causes, under the one line
+            import traceback
+
             sys.stderr.write("".join(traceback.format_exception(exc)))
         code = exc.exit_code
     except KeyboardInterrupt:
