@@ -235,6 +235,11 @@ def method_text(run: dict[str, Any]) -> list[str]:
         f"- **Per-job overhead**: (end to end at N = {large:,} - end to end at N = {small:,}) / "
         f"{large - small:,}, paired by round: the marginal cost of one more queued job "
         "(enqueue, claim, run, store) with the worker's start-up cancelled out.",
+        f"- **Fork floor**: Caliber's drain of {large:,} divided by {large:,}, against the "
+        "least a fresh process per workload costs: `fork` + `_exit` + `waitpid`, "
+        f"{large:,} times, from a Python process with the pinion's modules imported (median; "
+        "one fresh process per round, `python -m bench.pinion_profile --floor N`). Where the "
+        "pinion's own time goes, step by step: `python -m bench.pinion_profile`.",
         f"- **Queue operations** at {sizes} queued entries: each system's store is filled to "
         "the size (untimed), then put, claim and complete are timed in "
         f"{s['reps']} batches of {s['ops_per_batch']:,} calls each, in this process. Caliber: "
