@@ -86,6 +86,10 @@ class ClaimReturnedError(QueueError):
         self.workload_id = workload_id
 
 
+class ResumeError(UsageError):
+    """A run cannot be resumed from the Results given (another workflow, changed code)."""
+
+
 class QueueStateError(UsageError):
     """The request does not fit the workload's state (for example deleting a running one)."""
 

@@ -42,6 +42,8 @@ class RunStatus(StrEnum):
     """Every task returned."""
     FAILED = "failed"
     """A task raised, a function could not be imported, or the run was stopped."""
+    CANCELLED = "cancelled"
+    """Cancelled while it ran (``caliber queue cancel``): the tasks that finished are kept."""
 
 
 class TaskStatus(StrEnum):
@@ -88,6 +90,18 @@ class TaskResult(BaseModel):
         description="what was converted to store the return value as JSON, if anything",
     )
     error: ErrorInfo | None = None
+    reused_from: str | None = Field(
+        default=None,
+        description="id of the Results whose run of this task was reused (a resumed run)",
+    )
+    g_set: dict[Text, Any] = Field(
+        default_factory=dict, description="global data the task set or changed (as JSON)")
+    g_deleted: list[Text] = Field(
+        default_factory=list, description="global data names the task removed")
+    code_file: Text | None = Field(
+        default=None, description="the file of the task's function, when it completed")
+    code_sha256: str | None = Field(
+        default=None, description="SHA-256 of that file then (a resume checks it)")
 
 
 class Results(BaseModel):
@@ -105,6 +119,13 @@ class Results(BaseModel):
     g_conversions: dict[Text, Text] = Field(default_factory=dict)
     error: ErrorInfo | None = None
     work_dir: Text | None = None
+    resumed_from: str | None = Field(
+        default=None, description="id of the Results this run resumed (reusing its tasks)")
+
+    @property
+    def reused(self) -> list[TaskResult]:
+        """The task runs taken over from earlier Results instead of run again."""
+        return [t for t in self.tasks if t.reused_from is not None]
 
     def _runs(self, name: str) -> list[TaskResult]:
         runs = [t for t in self.tasks if t.name == name]
@@ -158,6 +179,7 @@ class Results(BaseModel):
             "status": self.status.value,
             "started_at": self.started_at.isoformat(),
             "finished_at": self.finished_at.isoformat(),
+            "resumed_from": self.resumed_from,
         }
 
     def __repr__(self) -> str:

@@ -381,16 +381,26 @@ class Workflow:
         store: bool = True,
         on_event: Callable[[TaskEvent], None] | None = None,
         target: QueueTarget | None = None,
+        resume: str | Results | None = None,
     ) -> Results:
         """Run the workflow here and now; keep the Results (``store``) in the results store of
-        ``target``, by default the local one."""
+        ``target``, by default the local one.
+
+        ``resume``: earlier Results of this workflow (or their id in that store): the tasks
+        that completed there are reused instead of run again (see
+        :mod:`caliber.workflow.runner`); ResumeError when that cannot be done."""
+        from caliber.queue.target import local_target
         from caliber.workflow.runner import run_workflow
 
+        if isinstance(resume, str):
+            from caliber.results.api import get_results
+
+            resume = get_results(results_id=resume, target=target or local_target())
         results = run_workflow(
-            self, work_dir=Path(work_dir) if work_dir else Path.cwd(), on_event=on_event
+            self, work_dir=Path(work_dir) if work_dir else Path.cwd(), on_event=on_event,
+            resume=resume,
         )
         if store:
-            from caliber.queue.target import local_target
             from caliber.results.api import save_results
 
             save_results(results, target or local_target())

@@ -3,10 +3,18 @@
 Failure rule: when a task raises, nothing after it in execution order runs (its process stops,
 and so do the processes around it), except the other branches of the same branch process,
 which still run to the end. Returns of tasks that ran are kept either way.
+
+Resuming (``resume=`` earlier Results): the tasks that completed in those Results are not run
+again. Their stored return values are given to the tasks that use them, ``g`` is restored
+from what each of them set (``TaskResult.g_set``/``g_deleted``, recorded when a task
+completes), and their records are kept with ``reused_from``. A reused task whose function's
+file changed since it ran (``code_sha256``) refuses the resume (ResumeError) before anything
+runs.
 """
 
 from __future__ import annotations
 
+import hashlib
 import importlib
 import sys
 import time
@@ -17,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from caliber import context
+from caliber.errors import ResumeError
 from caliber.results.convert import to_json
 from caliber.results.model import (
     ErrorInfo,
@@ -98,11 +107,73 @@ class _Run:
         self.values: dict[tuple[str, int | None], Any] = {}
         self.errors: list[ErrorInfo] = []
         self.interrupted = False
+        self.reused: set[tuple[str, int | None]] = set()
+        self.g_json: dict[str, Any] = {}  # g as JSON after the last task, to see what changed
+        self.hashes: dict[str, tuple[str, str] | None] = {}  # module -> (file, sha256)
         for step in self.steps:
             self.records[step.task.name, step.branch] = TaskResult(
                 name=step.task.name, path=list(step.path), branch=step.branch,
                 status=TaskStatus.SKIPPED,
             )
+
+    def take_over(self, source: Results) -> None:
+        """Reuse the completed tasks of ``source``: values, records and what they did to g."""
+        if source.workflow != self.workflow.name:
+            raise ResumeError(f"cannot resume from results {source.id}: they are of workflow "
+                              f"{source.workflow!r}, not {self.workflow.name!r}")
+        for old in source.tasks:
+            key = (old.name, old.branch)
+            if old.status != TaskStatus.COMPLETED or key not in self.records:
+                continue
+            self.records[key] = old.model_copy(update={"reused_from": old.reused_from or source.id})
+            self.values[key] = old.return_
+            self.reused.add(key)
+            for name in old.g_deleted:
+                context.g.pop(name, None)
+            for name, value in old.g_set.items():
+                setattr(context.g, name, value)
+        self.g_json = {str(k): to_json(context.g.get(k))[0] for k in list(context.g)}
+
+    def check_code(self) -> None:
+        """ResumeError when a reused task's function file is not what it was when it ran."""
+        for key in self.reused:
+            record = self.records[key]
+            task = next(t for t in self.workflow.tasks if t.name == key[0])
+            now = self.code_of(task)
+            if record.code_sha256 is not None and (now is None or now[1] != record.code_sha256):
+                raise ResumeError(
+                    f"cannot resume: task {record.name!r} ran (results {record.reused_from}) "
+                    f"with other code: {record.code_file} changed since; run the workflow "
+                    "again without resuming")
+
+    def code_of(self, task: Task) -> tuple[str, str] | None:
+        """(file, SHA-256) of the file that defines the task's function, relative to the
+        workflow's folder when inside it; None when it has no file."""
+        module = task.function.partition(":")[0]
+        if module not in self.hashes:
+            found = getattr(sys.modules.get(module), "__file__", None)
+            try:
+                path = Path(found).resolve() if found else None
+                digest = hashlib.sha256(path.read_bytes()).hexdigest() if path else None
+            except OSError:
+                path = digest = None
+            if path is None or digest is None:
+                self.hashes[module] = None
+            else:
+                base = Path(self.workflow.base_dir).resolve()
+                shown = path.relative_to(base) if path.is_relative_to(base) else path
+                self.hashes[module] = (shown.as_posix(), digest)
+        return self.hashes[module]
+
+    def note_g(self, record: TaskResult) -> None:
+        """Record what the task just did to g (compared as JSON with g before it)."""
+        if not context.g and not self.g_json:
+            return
+        now = {str(k): to_json(context.g.get(k))[0] for k in list(context.g)}
+        record.g_set = {k: v for k, v in now.items()
+                        if k not in self.g_json or self.g_json[k] != v}
+        record.g_deleted = [k for k in self.g_json if k not in now]
+        self.g_json = now
 
     def emit(self, event: TaskEvent) -> None:
         if self.on_event is not None:
@@ -154,6 +225,10 @@ class _Run:
         self.index += 1
         record = self.records[task.name, branch]
         self.emit(TaskEvent("start", self.index, self.total, task.name, branch))
+        if (task.name, branch) in self.reused:
+            self.emit(TaskEvent("end", self.index, self.total, task.name, branch,
+                                TaskStatus.COMPLETED, record.duration, result=record))
+            return True
         if branch is None:
             args, kwargs = task.args, task.kwargs
         else:
@@ -178,6 +253,10 @@ class _Run:
         self.values[task.name, branch] = value
         record.return_, record.conversion = to_json(value)
         record.status = TaskStatus.COMPLETED
+        self.note_g(record)
+        code = self.code_of(task)
+        if code is not None:
+            record.code_file, record.code_sha256 = code
         self.emit(TaskEvent("end", self.index, self.total, task.name, branch,
                             TaskStatus.COMPLETED, record.duration, result=record))
         return True
@@ -209,20 +288,27 @@ def run_workflow(
     on_event: Callable[[TaskEvent], None] | None = None,
     workload_id: str | None = None,
     pinion: str | None = None,
+    resume: Results | None = None,
 ) -> Results:
     """Run every task in order and return the Results; never raises for a task's exception.
 
+    With ``resume``, the tasks that completed in those Results are reused, not run again
+    (ResumeError, before anything runs, when that cannot be done faithfully).
     On failure the tracebacks are also written to ``caliber-traceback.txt`` in ``work_dir``.
     """
     run = _Run(workflow, on_event)
     started = utcnow()
     context.g.clear()
+    if resume is not None:
+        run.take_over(resume)
     base = str(workflow.base_dir)
     added = base not in sys.path
     if added:
         sys.path.insert(0, base)
     try:
         if run.resolve_functions():
+            if resume is not None:
+                run.check_code()
             run.run_node(workflow.process)
     finally:
         if added and base in sys.path:
@@ -245,6 +331,7 @@ def run_workflow(
         g_conversions=g_notes,
         error=run.errors[0] if run.errors else None,
         work_dir=str(work_dir.resolve()) if work_dir else None,
+        resumed_from=resume.id if resume is not None else None,
     )
     if run.errors and work_dir is not None:
         write_traceback_file(work_dir, results)
