@@ -34,6 +34,7 @@ if TYPE_CHECKING:
     from caliber.queue.status import WorkloadStatus
     from caliber.queue.workload import Workload
     from caliber.results.model import Results
+    from caliber.results.prune import Pruned
 
 
 @dataclass(frozen=True)
@@ -131,6 +132,20 @@ class QueueBackend(Protocol):
 
     def resetsecret(self, id_or_prefix: str, secret: str, key_id: str) -> Workload:
         """Replace the run-secret (``queue resetsecret``) and clear any mismatch mark."""
+
+    def prune(
+        self,
+        before: dt.datetime,
+        *,
+        workflow: str | None = None,
+        pinion: str | None = None,
+        dry_run: bool = False,
+    ) -> Pruned:
+        """Remove the finished workloads whose last change is older than ``before``, with
+        their history and all their Results, and the Results of no workload in the queue
+        that finished before it (``results prune``; :mod:`caliber.results.prune` says what
+        goes and why). Never a queued or running workload, nor a Result of a workload that
+        stays. With ``dry_run`` nothing changes. Returns what went (or would)."""
 
     def close(self) -> None:
         """Release connections."""

@@ -40,6 +40,7 @@ if TYPE_CHECKING:
     from caliber.queue.target import QueueTarget
     from caliber.queue.workload import Workload
     from caliber.results.model import Results
+    from caliber.results.prune import Pruned
 
 _COLUMNS = (
     "id, pinion, workflow_name, status, created_at, attempts, lease_owner, lease_token, "
@@ -468,6 +469,24 @@ class SQLiteBackend:
             )
             self._add_history(conn, full, (None, f"signed again with key {key_id}"))
             return self.get(full)
+
+    def prune(self, before: dt.datetime, *, workflow: str | None = None,
+              pinion: str | None = None, dry_run: bool = False) -> Pruned:
+        """See :meth:`caliber.queue.backend.QueueBackend.prune` and
+        :mod:`caliber.queue.sqlite_prune` (compacts the file after a big prune)."""
+        from caliber.queue import sqlite_prune
+
+        size = sqlite_prune.file_size(self.path)
+        with self.reading() if dry_run else self.transaction() as conn:
+            found = sqlite_prune.select(conn, before, workflow=workflow, pinion=pinion,
+                                        dry_run=dry_run)
+            if not dry_run:
+                sqlite_prune.delete(conn, found)
+        if not dry_run and (found.workloads or found.results):
+            with self._lock:
+                sqlite_prune.compact(self.conn)
+        return replace(found, file_before=size,
+                       file_after=size if dry_run else sqlite_prune.file_size(self.path))
 
     def _held(
         self, conn: sqlite3.Connection, claim: Claim, assignments: str, params: tuple[Any, ...]

@@ -1,0 +1,103 @@
+"""``caliber results prune``: remove finished work older than a cut, and say what that frees.
+
+What a prune removes, on every queue: each **finished** workload (completed, failed or
+cancelled) whose last change (its last history entry: finishing, cancelling) is older than
+the cut, with its history and *all* its Results; and the Results that belong to no workload in
+the queue (``workflow run``, or a workload reset since) that finished before the cut. Never a
+queued or running workload, and never a Result of a workload that stays in the queue: a later
+``queue retry --resume`` of a failed or cancelled workload finds every Result it needs, unless
+the workload itself was older than the cut and went with them. ``--workflow`` and ``--pinion``
+narrow both.
+
+Then the run folders of the pruned workloads that are on this machine (inside the runs folder
+of ``CALIBER_HOME``, see :mod:`caliber.pinion.runs`) are removed too. The local queue is
+compacted after a prune that freed much (see :meth:`caliber.queue.sqlite.SQLiteBackend.prune`);
+the remote one deletes the versions of the pruned workloads (see docs/remote-queue.md).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import re
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from caliber.errors import UsageError
+
+if TYPE_CHECKING:
+    from caliber.queue.target import QueueTarget
+
+UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
+"""Duration units: seconds, minutes, hours, days, weeks."""
+_DURATION = re.compile(r"\s*(\d{1,9})\s*([smhdw])\s*", re.IGNORECASE)
+
+
+def parse_duration(text: str) -> dt.timedelta:
+    """``30d``, ``12h``, ``90m``, ``45s``, ``2w`` as a timedelta; UsageError otherwise."""
+    found = _DURATION.fullmatch(text or "")
+    if found is None:
+        raise UsageError(
+            f"{text!r} is not a duration: give a whole number and a unit, "
+            "s, m, h, d or w (e.g. 30d, 12h, 90m)"
+        )
+    return dt.timedelta(seconds=int(found.group(1)) * UNITS[found.group(2).lower()])
+
+
+@dataclass(frozen=True)
+class Pruned:
+    """What a prune removed (or, with ``dry_run``, would remove)."""
+
+    before: dt.datetime
+    """The cut: finished work older than this."""
+    dry_run: bool
+    workloads: tuple[str, ...] = ()
+    """Ids of the finished workloads removed."""
+    results: tuple[str, ...] = ()
+    """Ids of the Results removed (those of the workloads, and those of no workload)."""
+    bytes: int = 0
+    """Bytes of the removed records as stored (their JSON)."""
+    work_dirs: tuple[str, ...] = ()
+    """The run folders the removed workloads and Results name (on the pinion that ran them)."""
+    versions: int = 0
+    """Remote queue: versions deleted from the model."""
+    file_before: int | None = None
+    """Local queue: size of the database file(s) before, in bytes."""
+    file_after: int | None = None
+    """Local queue: size after (compacted when the prune freed much)."""
+    run_folders: int = 0
+    """Run folders removed from this machine."""
+    run_bytes: int = 0
+    """Bytes those run folders held."""
+
+    def to_dict(self) -> dict[str, Any]:
+        out = asdict(self)
+        out["before"] = self.before.isoformat()
+        out["workloads"], out["results"] = list(self.workloads), list(self.results)
+        out["work_dirs"] = list(self.work_dirs)
+        return out
+
+
+def prune(
+    target: QueueTarget,
+    older_than: dt.timedelta,
+    *,
+    workflow: str | None = None,
+    pinion: str | None = None,
+    dry_run: bool = False,
+    now: dt.datetime | None = None,
+    runs: Path | None = None,
+) -> Pruned:
+    """Remove finished workloads and Results older than ``older_than`` (see the module) from
+    the queue ``target``, then their run folders found under ``runs`` (default: the runs
+    folder of CALIBER_HOME). With ``dry_run`` nothing changes: the answer says what would go."""
+    from caliber.pinion.runs import remove_run_folders
+    from caliber.queue.api import opened
+
+    if older_than < dt.timedelta(0):
+        raise UsageError("the age to prune must not be negative")
+    before = (now or dt.datetime.now(dt.UTC)) - older_than
+    with opened(target) as backend:
+        found = backend.prune(before, workflow=workflow, pinion=pinion, dry_run=dry_run)
+    folders, size = remove_run_folders(found.work_dirs, runs, dry_run=dry_run)
+    return replace(found, run_folders=folders, run_bytes=size)
