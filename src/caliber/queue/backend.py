@@ -10,10 +10,13 @@ same step that finishes the workload. Backends are opened by kind through
 
 Life of a workload::
 
-    put -> queued --claim--> running --complete--> completed | failed
-                      |          |--release------> queued   (warm stop, secret mismatch)
-                      |          '--lease expires-> claimable again (attempts counted)
-                      '--reset removes it; resetsecret replaces its run-secret
+    put -> queued --claim--> running --complete--> completed | failed | cancelled
+              |       |          |--release------> queued   (warm stop, secret mismatch)
+              |       |          |--lease expires-> claimable again (attempts counted)
+              |       |          '--cancel: asked; the pinion stops after the current task
+              |       '--reset removes it; resetsecret replaces its run-secret
+              '--cancel--> cancelled
+    failed | cancelled --retry [resume]--> queued (a new attempt series, history kept)
 
 Errors: backends raise only :mod:`caliber.errors` exceptions (NotFoundError,
 AmbiguousIdError, LeaseLostError, QueueStateError, QueueError).
@@ -50,6 +53,9 @@ class Claim:
     owner: str
     token: str
     expires_at: dt.datetime
+    cancel_requested: str | None = None
+    """Set by :meth:`QueueBackend.renew` when someone cancelled the workload (who): the
+    pinion stops it after its current task and completes it with cancelled Results."""
 
 
 @runtime_checkable
@@ -146,6 +152,24 @@ class QueueBackend(Protocol):
         that finished before it (``results prune``; :mod:`caliber.results.prune` says what
         goes and why). Never a queued or running workload, nor a Result of a workload that
         stays. With ``dry_run`` nothing changes. Returns what went (or would)."""
+
+    def cancel(self, id_or_prefix: str, by: str) -> Workload:
+        """Cancel a workload (``queue cancel``): a queued one (or one whose pinion's lease ran
+        out) becomes cancelled at once and never runs; a running one is marked, and its
+        pinion learns it at its next :meth:`renew`. QueueStateError when it has finished."""
+
+    def retry(self, id_or_prefix: str, by: str, *, resume: bool = False) -> Workload:
+        """Queue a failed or cancelled workload again (``queue retry``): a new attempt series,
+        its history kept, its run-secret untouched. With ``resume`` its pinion reuses the
+        completed tasks of its last Results (``Workload.resume_from``). QueueStateError
+        otherwise (and with ``resume`` when it has no Results)."""
+
+    def count_statuses(self, *, pinion: str | None = None) -> dict[str, int]:
+        """How many workloads (of ``pinion``) have each status: ``queue list``'s footer."""
+
+    def get_results(self, id_or_prefix: str) -> Results:
+        """Stored Results by id (the backend is also a ResultsStore): a resumed run's
+        earlier Results."""
 
     def close(self) -> None:
         """Release connections."""

@@ -30,6 +30,13 @@ from caliber.errors import (
     QueueError,
     QueueStateError,
 )
+from caliber.queue.lifecycle import (
+    cancel_asked,
+    cancelled,
+    check_cancel,
+    check_retry,
+    retried,
+)
 from caliber.queue.sqlite_schema import connect, queue_error
 from caliber.queue.sqlite_schema import iso as _iso
 from caliber.queue.status import WorkloadStatus
@@ -80,7 +87,8 @@ def _from_unix(seconds: float) -> dt.datetime:
 
 
 def _body(workload: Workload) -> str:
-    return workload.model_dump_json(include={"workflow", "attachments", "queued_by"})
+    return workload.model_dump_json(
+        include={"workflow", "attachments", "queued_by", "resume_from"}, exclude_none=True)
 
 
 def _workload(row: tuple[Any, ...]) -> Workload:
@@ -106,7 +114,7 @@ def _parse_workload(row: tuple[Any, ...]) -> Workload:
         secret=secret, secret_mismatch=mismatch, results_id=results_id, last_error=last_error,
         work_dir=work_dir, workflow=data["workflow"],
         attachments=[Attachment.model_validate(a) for a in data.get("attachments", [])],
-        queued_by=data.get("queued_by", ""),
+        queued_by=data.get("queued_by", ""), resume_from=data.get("resume_from"),
     )
 
 
@@ -388,8 +396,8 @@ class SQLiteBackend:
     def renew(self, claim: Claim, lease_seconds: float) -> Claim:
         expires = time.time() + lease_seconds
         with self.transaction() as conn:
-            self._held(conn, claim, "lease_expires = ?", (expires,))
-        return replace(claim, expires_at=_from_unix(expires))
+            asked = self._held(conn, claim, "lease_expires = ?", (expires,))
+        return replace(claim, expires_at=_from_unix(expires), cancel_requested=asked)
 
     def release(self, claim: Claim, *, reason: str, mismatch_key_id: str | None = None) -> None:
         with self.transaction() as conn:
@@ -406,8 +414,9 @@ class SQLiteBackend:
         from caliber.results.model import RunStatus
         if results.workload_id != claim.workload.id:
             results = results.model_copy(update={"workload_id": claim.workload.id})
-        status = (WorkloadStatus.COMPLETED if results.status == RunStatus.COMPLETED
-                  else WorkloadStatus.FAILED)
+        status = {RunStatus.COMPLETED: WorkloadStatus.COMPLETED,
+                  RunStatus.CANCELLED: WorkloadStatus.CANCELLED}.get(results.status,
+                                                                     WorkloadStatus.FAILED)
         error = results.error.summary() if results.error is not None else None
         if status == WorkloadStatus.FAILED and error is None:
             error = "the workflow failed"
@@ -490,11 +499,49 @@ class SQLiteBackend:
 
     def _held(
         self, conn: sqlite3.Connection, claim: Claim, assignments: str, params: tuple[Any, ...]
-    ) -> None:
-        """Update the claimed row only while ``claim`` holds it; LeaseLostError otherwise."""
+    ) -> str | None:
+        """Update the claimed row only while ``claim`` holds it; LeaseLostError otherwise.
+        Returns who asked to cancel it, if anyone."""
         row = conn.execute(
             f"UPDATE workloads SET {assignments} WHERE id = ? AND lease_token = ? "
-            "AND status = 'running' RETURNING id",
+    def cancel(self, id_or_prefix: str, by: str) -> Workload:
+        with self.transaction() as conn:
+            workload = self.get(id_or_prefix)
+            check_cancel(workload)
+            lease = workload.lease
+            if workload.status == WorkloadStatus.QUEUED or (
+                    lease is not None and lease.expires_at.timestamp() < time.time()):
+                conn.execute(f"UPDATE workloads SET status = 'cancelled', {_NO_LEASE}, "
+                             "last_error = ? WHERE id = ?", (cancelled(by), workload.id))
+                self._add_history(conn, workload.id, (WorkloadStatus.CANCELLED, cancelled(by)))
+            else:
+                conn.execute("UPDATE workloads SET cancel_requested = ? WHERE id = ?",
+                             (by, workload.id))
+                self._add_history(conn, workload.id, (None, cancel_asked(by)))
+            return self.get(workload.id)
+
+    def retry(self, id_or_prefix: str, by: str, *, resume: bool = False) -> Workload:
+        with self.transaction() as conn:
+            workload = self.get(id_or_prefix)
+            resume_from = check_retry(workload, resume)
+            conn.execute(
+                f"UPDATE workloads SET status = 'queued', attempts = 0, {_NO_LEASE}, "
+                "last_error = NULL, cancel_requested = NULL, "
+                "body = json_set(body, '$.resume_from', ?) WHERE id = ?",
+                (resume_from, workload.id))
+            self._add_history(conn, workload.id,
+                              (WorkloadStatus.QUEUED, retried(by, resume_from)))
+            return self.get(workload.id)
+
+    def count_statuses(self, *, pinion: str | None = None) -> dict[str, int]:
+        where, params = self._filters(pinion=pinion)
+        with self.reading() as conn:
+            rows = conn.execute(
+                f"SELECT status, count(*) FROM workloads {where} GROUP BY status", params
+            ).fetchall()
+        return {str(status): int(n) for status, n in rows}
+
+            "AND status = 'running' RETURNING cancel_requested",
             (*params, claim.workload.id, claim.token),
         ).fetchone()
         if row is None:
@@ -526,6 +573,7 @@ class SQLiteBackend:
         ids = list(by_id)
         for start in range(0, len(ids), 500):
             chunk = ids[start:start + 500]
+        return None if row[0] is None else str(row[0])
             rows = self.conn.execute(
                 "SELECT workload_id, at, status, message FROM workload_history WHERE workload_id"
                 f" IN ({', '.join('?' * len(chunk))}) ORDER BY rowid",

@@ -84,6 +84,28 @@ MIGRATIONS: list[str] = [
     CREATE INDEX workloads_queued ON workloads (pinion, created_at) WHERE status = 'queued';
     CREATE INDEX workloads_leases ON workloads (lease_expires) WHERE status = 'running';
     """,
+    # 3 -> 4: a workload's life goes on after it ends (``queue cancel``, ``queue retry``):
+    # who asked to cancel a running one (its pinion learns it when it renews), and a retried
+    # workload has Results of every attempt series, so results.workload_id is no longer unique.
+    """
+    ALTER TABLE workloads ADD COLUMN cancel_requested TEXT;
+    CREATE TABLE results_4 (
+        id          TEXT PRIMARY KEY,
+        workload_id TEXT,
+        workflow    TEXT NOT NULL,
+        pinion      TEXT,
+        status      TEXT NOT NULL,
+        finished_at TEXT NOT NULL,
+        body        TEXT NOT NULL               -- the Results as JSON
+    );
+    INSERT INTO results_4 (id, workload_id, workflow, pinion, status, finished_at, body)
+        SELECT id, workload_id, workflow, pinion, status, finished_at, body FROM results;
+    DROP TABLE results;
+    ALTER TABLE results_4 RENAME TO results;
+    CREATE INDEX results_workflow ON results (workflow, finished_at);
+    CREATE INDEX results_finished ON results (finished_at);
+    CREATE INDEX results_workload ON results (workload_id, finished_at);
+    """,
 ]
 
 SCHEMA_VERSION = len(MIGRATIONS)

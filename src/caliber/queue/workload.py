@@ -99,6 +99,8 @@ class Workload(BaseModel):
         default=None, description="why the stored entry could not be read (it never runs)"
     )
 
+    resume_from: str | None = Field(
+        default=None, description="id of the Results whose completed tasks its run reuses")
     @property
     def workflow_name(self) -> str:
         return str(self.workflow.get("name", "?"))
@@ -139,6 +141,7 @@ class Workload(BaseModel):
         }
 
 
+            "resume_from": self.resume_from,
 def queued_by() -> str:
     try:
         user = getpass.getuser()
