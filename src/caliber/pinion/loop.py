@@ -15,7 +15,6 @@ import datetime as dt
 import errno
 import logging
 import os
-import shutil
 import socket
 import time
 from dataclasses import dataclass, field
@@ -337,11 +336,17 @@ class Pinion:
         return Outcome.FAILED
 
     def prepare(self, workload: Workload) -> Path:
-        """A fresh working folder with the attached files written in it (paths re-checked)."""
-        work_dir = self.runs / f"{workload.id}-{workload.attempts}"
-        if work_dir.exists():
-            shutil.rmtree(work_dir)
-        work_dir.mkdir(parents=True)
+        """A new working folder with the attached files written in it (paths re-checked):
+        ``<id>-<attempt>``, or the next free number when that one exists (an attempt put back
+        by a cold stop is not counted, and its folder is kept as it was)."""
+        number = workload.attempts
+        while True:
+            work_dir = self.runs / f"{workload.id}-{number}"
+            try:
+                work_dir.mkdir(parents=True)
+                break
+            except FileExistsError:
+                number += 1
         for attachment in workload.attachments:
             target = resolve_inside(work_dir, attachment.path)
             target.parent.mkdir(parents=True, exist_ok=True)

@@ -9,6 +9,7 @@ creation time; attachment hashes are checked against the content before the secr
 
 from __future__ import annotations
 
+import base64
 import datetime as dt
 import hashlib
 import hmac
@@ -30,7 +31,8 @@ if TYPE_CHECKING:  # pydantic stays out of the fast read paths that verify raw r
 
 KEY_ENV = "CALIBER_SECRET_KEY"
 KEY_FILE = "secret.key"
-MIN_KEY_LENGTH = 16  # characters
+MIN_KEY_LENGTH = 16  # characters (bytes)
+MAX_KEY_FILE = 4096  # bytes
 
 
 def key_path() -> Path:
@@ -38,10 +40,17 @@ def key_path() -> Path:
 
 
 def load_key() -> bytes:
-    """This user's secret key, creating the key file on first use."""
+    """This user's secret key, creating the key file on first use (SecretKeyError, one line,
+    when the variable or the file cannot be used)."""
     env = lookup(KEY_ENV)
     if env is not None:
-        key = env.encode("utf-8")
+        try:
+            key = env.encode("utf-8")
+        except UnicodeEncodeError:  # a byte that is not UTF-8 (kept as a lone surrogate)
+            raise SecretKeyError(
+                f"{KEY_ENV} holds a byte that is not UTF-8 text; make a key with: "
+                "python -c 'import secrets; print(secrets.token_hex(32))'"
+            ) from None
         if len(key) < MIN_KEY_LENGTH:
             raise SecretKeyError(
                 f"{KEY_ENV} is too short (at least {MIN_KEY_LENGTH} characters; "
@@ -52,7 +61,11 @@ def load_key() -> bytes:
     try:
         return _read_key_file(path)
     except FileNotFoundError:
-        pass
+        if path.is_symlink():
+            raise SecretKeyError(
+                f"secret key file {path} is a link to nothing ({os.readlink(path)}); remove "
+                "it (a new key is made) or link it to your key file"
+            ) from None
     try:
         return _create_key_file(path)
     except FileExistsError:  # another process made it first
@@ -89,21 +102,49 @@ def _create_key_file(path: Path) -> bytes:
 
 
 def _read_key_file(path: Path) -> bytes:
-    st = path.stat()
-    if readable_by_others(st):
-        raise SecretKeyError(
-            f"secret key file {path} can be read by other users (mode "
-            f"{stat.S_IMODE(st.st_mode):o}); run: chmod 600 {path}"
-        )
-    key = path.read_text(encoding="utf-8", errors="replace").strip()
+    """The key file's bytes, surrounding whitespace stripped (FileNotFoundError when absent).
+    Opened without blocking and checked to be a regular file, so a FIFO or a device there
+    cannot hang the command; read as bytes, so two different files never give one key."""
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+    except FileNotFoundError:
+        raise
+    except OSError as exc:
+        raise SecretKeyError(_unusable(path, exc.strerror or str(exc))) from exc
+    with os.fdopen(fd, "rb") as f:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            what = "a folder" if stat.S_ISDIR(st.st_mode) else "not a regular file"
+            raise SecretKeyError(_unusable(path, what))
+        if readable_by_others(st):
+            raise SecretKeyError(
+                f"secret key file {path} can be read by other users (mode "
+                f"{stat.S_IMODE(st.st_mode):o}); run: chmod 600 {path}"
+            )
+        try:
+            key = f.read(MAX_KEY_FILE + 1).strip()
+        except OSError as exc:
+            raise SecretKeyError(_unusable(path, exc.strerror or str(exc))) from exc
+    if len(key) > MAX_KEY_FILE:
+        raise SecretKeyError(_unusable(path, f"longer than {MAX_KEY_FILE} bytes"))
     if len(key) < MIN_KEY_LENGTH:
         raise SecretKeyError(f"secret key file {path} is empty or too short")
-    return key.encode("utf-8")
+    return key
+
+
+def _unusable(path: Path, why: str) -> str:
+    return (f"secret key file {path} cannot be used ({why}); move it away (a new key is made)"
+            f" or set {KEY_ENV}")
 
 
 def key_id(key: bytes) -> str:
     """A short public fingerprint of a key (never the key itself)."""
     return hashlib.sha256(b"caliber-key-id:" + key).hexdigest()[:16]
+
+
+class DamagedEntry(ValueError):
+    """A stored workload whose signed fields cannot be read as they were signed: it can never
+    be checked, so it never runs (shown as damaged)."""
 
 
 def _message(workload_id: str, workflow: Any, attachments: Iterable[tuple[str, str]],
@@ -115,17 +156,58 @@ def _message(workload_id: str, workflow: Any, attachments: Iterable[tuple[str, s
         "pinion": pinion,
         "created_at": created_at,
     }
-    return json.dumps(payload, sort_keys=True, separators=(",", ":"), ensure_ascii=False,
-                      allow_nan=False).encode("utf-8")
+    try:
+        return json.dumps(payload, sort_keys=True, separators=(",", ":"), ensure_ascii=False,
+                          allow_nan=False).encode("utf-8")
+    except (ValueError, TypeError, RecursionError) as exc:  # NaN, a lone surrogate, ...
+        raise DamagedEntry(f"its signed fields cannot be encoded ({exc})") from exc
+
+
+def signed_time(moment: dt.datetime) -> str:
+    """A creation time in the one form that is signed and stored (UTC, microseconds)."""
+    return moment.astimezone(dt.UTC).isoformat(timespec="microseconds")
+
+
+def stored_time(text: str) -> dt.datetime:
+    """A stored creation time, which must be in its signed form: the same instant written
+    with another offset would sort elsewhere in the queue (DamagedEntry)."""
+    moment = dt.datetime.fromisoformat(text)
+    if signed_time(moment) != text:
+        raise DamagedEntry(f"created_at {text!r} is not in the form it was signed in")
+    return moment
+
+
+def attachment_data(encoding: str, content: str) -> bytes:
+    """An attachment's bytes from its stored form (DamagedEntry when they cannot be)."""
+    try:
+        if encoding == "text":
+            return content.encode("utf-8")
+        if encoding == "base64":
+            return base64.b64decode(content, validate=True)
+    except (ValueError, TypeError, AttributeError) as exc:  # binascii.Error, lone surrogate
+        raise DamagedEntry(f"an attachment's content cannot be decoded ({exc})") from exc
+    raise DamagedEntry(f"an attachment has an unknown encoding {encoding!r}")
 
 
 def canonical_message(workload: Workload) -> bytes:
     """The bytes the run-secret signs."""
     return _message(
         workload.id, workload.workflow, ((a.path, a.sha256) for a in workload.attachments),
-        workload.pinion,
-        workload.created_at.astimezone(dt.UTC).isoformat(timespec="microseconds"),
+        workload.pinion, signed_time(workload.created_at),
     )
+
+
+def problem(workload: Workload) -> str | None:
+    """Why a workload read back from a queue can never be checked (its signed fields or an
+    attachment cannot be encoded as they were signed), or None. Backends mark such a
+    workload damaged, as :func:`verify_raw` makes ``queue list`` show it."""
+    try:
+        canonical_message(workload)
+        for a in workload.attachments:
+            attachment_data(a.encoding, a.content)
+    except DamagedEntry as exc:
+        return str(exc)
+    return None
 
 
 def sign(workload: Workload, key: bytes) -> str:
@@ -133,27 +215,50 @@ def sign(workload: Workload, key: bytes) -> str:
 
 
 def verify(workload: Workload, key: bytes) -> bool:
-    """Whether the workload was signed with ``key`` and its attachments are unchanged
-    (compared in constant time)."""
-    if not all(a.content_matches() for a in workload.attachments):
+    """Whether the workload was signed with ``key`` and its attachments are unchanged: what
+    :func:`verify_raw` says of it as stored. Never raises: a damaged workload is False."""
+    try:
+        return verify_raw(
+            key, workload_id=workload.id, workflow=workload.workflow,
+            attachments=[a.model_dump() for a in workload.attachments],
+            pinion=workload.pinion, created_at=signed_time(workload.created_at),
+            secret=workload.secret,
+        )
+    except DamagedEntry:
         return False
-    return hmac.compare_digest(sign(workload, key).encode(), workload.secret.encode("utf-8"))
 
 
 def verify_raw(key: bytes, *, workload_id: str, workflow: Any,
                attachments: Iterable[Mapping[str, Any]], pinion: str, created_at: str,
                secret: str) -> bool:
-    """:func:`verify` on a stored row as plain data (``created_at`` in the signed UTC form,
-    attachments as their JSON dicts), without building a Workload."""
-    import base64
-
+    """The one check of a run-secret, on a stored entry as plain data (``created_at`` as
+    stored, attachments as their JSON dicts): every attachment's content has its recorded
+    SHA-256 and size, and the HMAC over exactly the signed bytes matches (constant time).
+    DamagedEntry when the entry cannot be read as it was signed."""
+    stored_time(created_at)
     pairs = []
     for a in attachments:
-        content = a["content"]
-        data = content.encode("utf-8") if a["encoding"] == "text" else base64.b64decode(content)
-        if hashlib.sha256(data).hexdigest() != a["sha256"]:
+        data = attachment_data(a["encoding"], a["content"])
+        if hashlib.sha256(data).hexdigest() != a["sha256"] or len(data) != a["size"]:
             return False
         pairs.append((a["path"], a["sha256"]))
+    if not isinstance(secret, str):
+        raise DamagedEntry("its run-secret is not text")
     expected = hmac.new(key, _message(workload_id, workflow, pairs, pinion, created_at),
                         hashlib.sha256).hexdigest()
     return hmac.compare_digest(expected.encode(), secret.encode("utf-8", "replace"))
+
+
+# --- mismatch marks: the keys a workload was found not to be signed with ------------------
+
+def mismatch_marked(marks: str | None, key_id_: str) -> bool:
+    """Whether ``marks`` (key ids separated by spaces, as stored) holds ``key_id_``."""
+    return key_id_ in (marks or "").split()
+
+
+def add_mismatch(marks: str | None, key_id_: str | None) -> str | None:
+    """``marks`` with ``key_id_`` added: every key that found a mismatch is remembered, so
+    pinions with different wrong keys each pass the workload over after one look."""
+    if key_id_ is None or mismatch_marked(marks, key_id_):
+        return marks
+    return f"{marks} {key_id_}" if marks else key_id_

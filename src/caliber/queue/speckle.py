@@ -20,7 +20,7 @@ import logging
 import secrets
 import threading
 import time
-from collections import OrderedDict
+from collections import Counter, OrderedDict
 from dataclasses import replace
 from typing import Any
 
@@ -34,6 +34,8 @@ from caliber.errors import (
 from caliber.queue import speckle_adapter as sp
 from caliber.queue import speckle_events as ev
 from caliber.queue.backend import Claim, WorkloadSummary
+from caliber.queue.lifecycle import check_cancel, check_retry
+from caliber.queue.secret import mismatch_marked
 from caliber.queue.speckle_checkpoint import ChunkCache, archived_texts, to_object
 from caliber.queue.speckle_events import clip, message
 from caliber.queue.speckle_log import Folded, State
@@ -45,7 +47,7 @@ from caliber.queue.workload import (
     Workload,
     WorkloadStatus,
 )
-from caliber.results.model import Results, RunStatus
+from caliber.results.model import Results
 from caliber.settings import DEFAULT_MIN_LEASE, DEFAULT_SETTLE, RemoteSettings
 
 MAX_CLAIM_TRIES = 3  # workloads one claim() call tries after losing races, before giving up
@@ -288,7 +290,8 @@ class SpeckleBackend:
                     raise QueueDamagedError(f"{self.location}: {folded.unknown[0].describe()}")
                 candidates = [
                     s for s in folded.unfinished()
-                    if s.pinion == pinion and s.id not in tried and s.mismatch != key_id
+                    if s.pinion == pinion and s.id not in tried
+                    and not mismatch_marked(s.mismatch, key_id)
                     and (s.status == WorkloadStatus.QUEUED or (
                         s.status == RUNNING and s.lease is not None and s.lease.expires_at < now))
                 ]
@@ -351,12 +354,14 @@ class SpeckleBackend:
             assert state.lease is not None
             left = (state.lease.expires_at - self.server_now()).total_seconds()
             if lease > 0 and left > lease / 2:  # plenty left: spare the server a version
-                return replace(claim, expires_at=self._local(state.lease.expires_at))
+                return replace(claim, expires_at=self._local(state.lease.expires_at),
+                               cancel_requested=state.cancel)
             self._write(f"lease of {state.id} renewed by {claim.owner}",
                         ev.Renew(workload=state.id, token=claim.token, lease=lease))
             state = self._held(claim)
             assert state.lease is not None
-            return replace(claim, expires_at=self._local(state.lease.expires_at))
+            return replace(claim, expires_at=self._local(state.lease.expires_at),
+                           cancel_requested=state.cancel)
 
     def release(self, claim: Claim, *, reason: str, mismatch_key_id: str | None = None) -> None:
         with self.lock:
@@ -372,7 +377,7 @@ class SpeckleBackend:
             state = self._held(claim)
             root = self._upload(results_object(results))
             error = results.error.summary() if results.error is not None else None
-            done = "completed" if results.status == RunStatus.COMPLETED else "failed"
+            done = results.status.value
             self._write(
                 f"{done} {state.id} ({state.workflow}): "
                 + (error or f"results {results.id}"),
@@ -430,6 +435,28 @@ class SpeckleBackend:
             return self.get(state.id)
 
     # --- results --------------------------------------------------------------------------
+    def cancel(self, id_or_prefix: str, by: str) -> Workload:
+        with self.lock:
+            workload = self.get(id_or_prefix)
+            check_cancel(workload)
+            self._write(f"cancel {workload.id} ({workload.workflow_name}) asked by {by}",
+                        ev.Cancel(workload=workload.id, by=by))
+            return self.get(workload.id)
+
+    def retry(self, id_or_prefix: str, by: str, *, resume: bool = False) -> Workload:
+        with self.lock:
+            workload = self.get(id_or_prefix)
+            resume_from = check_retry(workload, resume)
+            self._write(f"queued {workload.id} ({workload.workflow_name}) again by {by}",
+                        ev.Retry(workload=workload.id, by=by, results=resume_from))
+            return self.get(workload.id)
+
+    def count_statuses(self, *, pinion: str | None = None) -> dict[str, int]:
+        with self.lock:
+            states = self.refresh().live()
+        return dict(Counter(s.status.value for s in states
+                            if pinion is None or s.pinion == pinion))
+
 
     def _results(self, object_ids: builtins.list[str]) -> builtins.list[Results]:
         found = self._fetch(object_ids)

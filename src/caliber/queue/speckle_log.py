@@ -21,6 +21,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from caliber.queue import speckle_events as ev
+from caliber.queue.lifecycle import CANCELLABLE, RETRIABLE, cancel_asked, cancelled, retried
+from caliber.queue.secret import add_mismatch, mismatch_marked
 from caliber.queue.workload import WorkloadStatus
 
 Order = tuple[dt.datetime, str]
@@ -61,6 +63,10 @@ class State:
     work_dir: str | None = None
     deleted: bool = False
     history: list[Note] = field(default_factory=list)
+    cancel: str | None = None
+    """Who asked to cancel it while it ran (its pinion learns it when it renews)."""
+    resume_from: str | None = None
+    """Results whose completed tasks its next run reuses (``retry --resume``)."""
 
     def note(self, at: dt.datetime, text: str, status: WorkloadStatus | None = None) -> None:
         self.history.append((at, status or self.status, text))
@@ -84,6 +90,8 @@ class ResultsRef:
 
 
 FINISHED = (WorkloadStatus.COMPLETED, WorkloadStatus.FAILED, WorkloadStatus.CANCELLED)
+DONE = {"completed": WorkloadStatus.COMPLETED, "cancelled": WorkloadStatus.CANCELLED}
+"""The status a ``done`` event's run status gives (any other: failed)."""
 
 
 def finished(state: State) -> bool:
@@ -234,7 +242,7 @@ def _applies(state: State, body: ev.Body, at: dt.datetime) -> bool:
         lease = state.lease
         if lease is not None and lease.token == body.token:
             return False  # the same claim written twice
-        if body.key is not None and body.key == state.mismatch:
+        if body.key is not None and mismatch_marked(state.mismatch, body.key):
             return False  # that key was found not to match: its pinions never run this one
         if state.status == WorkloadStatus.RUNNING and lease is not None:
             return lease.expires_at < at  # a live lease: this claim lost
@@ -244,6 +252,10 @@ def _applies(state: State, body: ev.Body, at: dt.datetime) -> bool:
                 and state.lease.expires_at < at and state.attempts >= body.max_attempts)
     if isinstance(body, ev.Renew | ev.Release | ev.Done | ev.Fail):
         return state.held_by(body.token)
+    if isinstance(body, ev.Cancel):
+        return state.status in CANCELLABLE and state.cancel is None
+    if isinstance(body, ev.Retry):
+        return state.status in RETRIABLE
     return isinstance(body, ev.Delete | ev.Resign)
 
 
@@ -265,12 +277,12 @@ def _apply(state: State, body: ev.Body, at: dt.datetime) -> None:
         assert lease is not None
         state.status = WorkloadStatus.QUEUED
         state.attempts = max(state.attempts - 1, 0)
-        state.mismatch = body.mismatch or state.mismatch
+        state.mismatch = add_mismatch(state.mismatch, body.mismatch)
         state.note(at, f"released by {lease.owner}: {body.reason}")
         state.lease = None
     elif isinstance(body, ev.Done):
         failed = body.status != "completed"
-        state.status = WorkloadStatus.FAILED if failed else WorkloadStatus.COMPLETED
+        state.status = DONE.get(body.status, WorkloadStatus.FAILED)
         state.results_id = body.results
         state.last_error = body.error or ("the workflow failed" if failed else None)
         state.work_dir = body.work_dir
@@ -290,6 +302,23 @@ def _apply(state: State, body: ev.Body, at: dt.datetime) -> None:
         state.note(at, state.last_error)
     elif isinstance(body, ev.Delete):
         state.deleted = True
+    elif isinstance(body, ev.Cancel):
+        if state.status == WorkloadStatus.QUEUED or (lease is not None
+                                                     and lease.expires_at < at):
+            state.status = WorkloadStatus.CANCELLED
+            state.last_error = cancelled(body.by)
+            state.lease = None
+            state.note(at, state.last_error)
+        else:
+            state.cancel = body.by
+            state.note(at, cancel_asked(body.by))
+    elif isinstance(body, ev.Retry):
+        state.status = WorkloadStatus.QUEUED
+        state.attempts = 0
+        state.lease = None
+        state.last_error = state.cancel = None
+        state.resume_from = body.results
+        state.note(at, retried(body.by, body.results))
     elif isinstance(body, ev.Resign):
         state.secret = body.secret
         state.mismatch = None

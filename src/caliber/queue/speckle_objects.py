@@ -9,6 +9,7 @@ from typing import Any
 
 from caliber.errors import AmbiguousIdError, NotFoundError
 from caliber.queue import speckle_adapter as sp
+from caliber.queue.secret import problem
 from caliber.queue.speckle_log import State
 from caliber.queue.workload import Attachment, HistoryEntry, Lease, Workload
 from caliber.results.model import Results
@@ -38,7 +39,7 @@ def workload_from(s: State, root: dict[str, Any], children: list[dict[str, Any]]
     common: dict[str, Any] = dict(
         id=s.id, pinion=s.pinion, created_at=s.created_at, queued_by=s.queued_by,
         status=s.status, results_id=s.results_id, attempts=s.attempts, lease=lease,
-        secret_mismatch=s.mismatch, work_dir=s.work_dir,
+        secret_mismatch=s.mismatch, work_dir=s.work_dir, resume_from=s.resume_from,
         history=[HistoryEntry(at=at, status=status, message=text)
                  for at, status, text in s.history],
     )
@@ -48,10 +49,14 @@ def workload_from(s: State, root: dict[str, Any], children: list[dict[str, Any]]
                        for child in children]
         if doc.get("id") != s.id:
             raise ValueError(f"its object belongs to workload {doc.get('id')!r}")
-        return Workload(
+        workload = Workload(
             workflow=doc["workflow"], attachments=attachments, last_error=s.last_error,
             secret=s.secret if s.secret is not None else doc.get("secret", ""), **common,
         )
+        why = problem(workload)  # cannot be checked as signed: damaged, as on the local queue
+        if why is not None:
+            raise ValueError(why)
+        return workload
     except (KeyError, TypeError, ValueError, AttributeError) as exc:
         # Shown as damaged and never run (as on the local queue), not a failed listing.
         reason = f"this queue entry is damaged on the server and never runs ({exc!r}); reset it"

@@ -59,7 +59,10 @@ _SUMMARY_COLUMNS = (
 )
 # A row whose id is not text (damaged by hand) can be neither claimed nor released by id:
 # passing over it keeps it from holding up the workloads queued after it.
-_KEY_OK = "(secret_mismatch IS NULL OR secret_mismatch != :key_id) AND typeof(id) = 'text'"
+# secret_mismatch holds every key id found not to match, separated by spaces (see
+# caliber.queue.secret.add_mismatch): a key that found a mismatch never claims the row again.
+_KEY_OK = ("instr(' ' || COALESCE(secret_mismatch, '') || ' ', ' ' || :key_id || ' ') = 0 "
+           "AND typeof(id) = 'text'")
 _NO_LEASE = "lease_owner = NULL, lease_token = NULL, lease_expires = NULL"
 
 
@@ -101,6 +104,7 @@ def _workload(row: tuple[Any, ...]) -> Workload:
 
 
 def _parse_workload(row: tuple[Any, ...]) -> Workload:
+    from caliber.queue.secret import DamagedEntry, problem, stored_time
     from caliber.queue.workload import Attachment, Lease, Workload
     (wid, pinion, _name, status, created_at, attempts, owner, token, expires, secret,
      mismatch, results_id, last_error, work_dir, body) = row
@@ -108,14 +112,18 @@ def _parse_workload(row: tuple[Any, ...]) -> Workload:
     lease = None
     if owner is not None and token is not None and expires is not None:
         lease = Lease(owner=owner, token=token, expires_at=_from_unix(expires))
-    return Workload(
+    workload = Workload(
         id=wid, pinion=pinion, status=WorkloadStatus(status),
-        created_at=dt.datetime.fromisoformat(created_at), attempts=attempts, lease=lease,
+        created_at=stored_time(created_at), attempts=attempts, lease=lease,
         secret=secret, secret_mismatch=mismatch, results_id=results_id, last_error=last_error,
         work_dir=work_dir, workflow=data["workflow"],
         attachments=[Attachment.model_validate(a) for a in data.get("attachments", [])],
         queued_by=data.get("queued_by", ""), resume_from=data.get("resume_from"),
     )
+    why = problem(workload)  # what verify_raw finds damaged when queue list shows it
+    if why is not None:
+        raise DamagedEntry(why)
+    return workload
 
 
 def _why(exc: BaseException) -> str:
@@ -154,9 +162,9 @@ def _damaged_workload(row: tuple[Any, ...], exc: BaseException) -> Workload:
 def _summary(key: bytes, row: tuple[Any, ...]) -> WorkloadSummary:
     """A workload row (``_SUMMARY_COLUMNS``) as a summary, its run-secret checked on the raw
     row; a row that cannot be read as a damaged one (as :func:`_workload` shows it)."""
-    from caliber.queue.secret import verify_raw
+    from caliber.queue.secret import stored_time, verify_raw
 
-    (wid, pinion, workflow, state, created_at, attempts, results_id, secret, mismatch,
+    (wid, pinion, _name, state, created_at, attempts, results_id, secret, mismatch,
      last_error, body) = row
     try:
         data = json.loads(body)
@@ -165,9 +173,10 @@ def _summary(key: bytes, row: tuple[Any, ...]) -> WorkloadSummary:
             attachments=data.get("attachments", []), pinion=pinion, created_at=created_at,
             secret=secret,
         )
-        return WorkloadSummary(
-            id=wid, workflow=workflow, pinion=pinion, status=WorkloadStatus(state).value,
-            created_at=dt.datetime.fromisoformat(created_at).isoformat(), attempts=attempts,
+        return WorkloadSummary(  # the name from the signed document, as Workload shows it
+            id=wid, workflow=str(data["workflow"].get("name", "?")), pinion=pinion,
+            status=WorkloadStatus(state).value,
+            created_at=stored_time(created_at).isoformat(), attempts=attempts,
             results_id=results_id, secret_ok=secret_ok, queued_by=data.get("queued_by", ""),
             last_error=last_error, secret_mismatch=mismatch,
         )
@@ -404,7 +413,10 @@ class SQLiteBackend:
             self._held(
                 conn, claim,
                 "status = 'queued', attempts = MAX(attempts - 1, 0), " + _NO_LEASE
-                + ", secret_mismatch = COALESCE(?, secret_mismatch)",
+                + ", secret_mismatch = CASE WHEN ?1 IS NULL THEN secret_mismatch"
+                " WHEN secret_mismatch IS NULL OR secret_mismatch = '' THEN ?1"
+                " WHEN instr(' ' || secret_mismatch || ' ', ' ' || ?1 || ' ') > 0"
+                " THEN secret_mismatch ELSE secret_mismatch || ' ' || ?1 END",
                 (mismatch_key_id,),
             )
             self._add_history(conn, claim.workload.id, (

@@ -17,6 +17,7 @@ from typing import Any, Literal
 from pydantic import AwareDatetime, BaseModel, Field
 
 from caliber.errors import AttachmentError
+from caliber.queue.secret import DamagedEntry, attachment_data
 from caliber.queue.status import WorkloadStatus
 from caliber.queue.summary import WorkloadSummary
 from caliber.results.model import new_id, utcnow
@@ -49,14 +50,18 @@ class Attachment(BaseModel):
                    sha256=hashlib.sha256(data).hexdigest(), size=len(data))
 
     def data(self) -> bytes:
-        """The file's bytes, as they were when queued."""
-        if self.encoding == "text":
-            return self.content.encode("utf-8")
-        return base64.b64decode(self.content)
+        """The file's bytes, as they were when queued (DamagedEntry when they cannot be
+        decoded; a workload read back from a queue is checked for that, see
+        :func:`caliber.queue.secret.problem`)."""
+        return attachment_data(self.encoding, self.content)
 
     def content_matches(self) -> bool:
-        """Whether the content still has the hash recorded for it."""
-        return hashlib.sha256(self.data()).hexdigest() == self.sha256
+        """Whether the content can be decoded and still has the hash and size recorded."""
+        try:
+            data = self.data()
+        except DamagedEntry:
+            return False
+        return hashlib.sha256(data).hexdigest() == self.sha256 and len(data) == self.size
 
 
 class HistoryEntry(BaseModel):
@@ -94,13 +99,13 @@ class Workload(BaseModel):
         default=None, description="id of a key this workload was found not to be signed with"
     )
     work_dir: str | None = None
+    resume_from: str | None = Field(
+        default=None, description="id of the Results whose completed tasks its run reuses")
     history: list[HistoryEntry] = Field(default_factory=list)
     damaged: str | None = Field(
         default=None, description="why the stored entry could not be read (it never runs)"
     )
 
-    resume_from: str | None = Field(
-        default=None, description="id of the Results whose completed tasks its run reuses")
     @property
     def workflow_name(self) -> str:
         return str(self.workflow.get("name", "?"))
@@ -136,12 +141,12 @@ class Workload(BaseModel):
             ],
             "lease": self.lease.model_dump(mode="json") if self.lease else None,
             "work_dir": self.work_dir,
+            "resume_from": self.resume_from,
             "history": [h.model_dump(mode="json") for h in self.history],
             "workflow_document": self.workflow,
         }
 
 
-            "resume_from": self.resume_from,
 def queued_by() -> str:
     try:
         user = getpass.getuser()
