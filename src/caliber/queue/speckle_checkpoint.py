@@ -62,19 +62,21 @@ def _state_doc(s: State) -> list[Any]:
     return [s.id, s.pinion, s.workflow, _iso(s.created_at), s.queued_by, s.object_id,
             [_iso(s.order[0]), s.order[1]], s.status.value, s.attempts, holder, s.secret,
             s.mismatch, s.results_id, s.last_error, s.work_dir, s.deleted,
-            [[_iso(at), status.value, text] for at, status, text in s.history]]
+            [[_iso(at), status.value, text] for at, status, text in s.history],
+            *([[s.cancel, s.resume_from]] if s.cancel or s.resume_from else [])]
 
 
 def _state(doc: list[Any]) -> State:
     (wid, pinion, workflow, created, queued_by, object_id, order, status, attempts, holder,
-     secret, mismatch, results_id, last_error, work_dir, deleted, history) = doc
+     secret, mismatch, results_id, last_error, work_dir, deleted, history) = doc[:17]
+    cancel, resume_from = doc[17] if len(doc) > 17 else (None, None)  # cancel/retry events
     return State(
         id=wid, pinion=pinion, workflow=workflow, created_at=_when(created),
         queued_by=queued_by, object_id=object_id, order=(_when(order[0]), order[1]),
         status=WorkloadStatus(status), attempts=int(attempts),
         lease=None if holder is None else Lease(holder[0], holder[1], _when(holder[2])),
         secret=secret, mismatch=mismatch, results_id=results_id, last_error=last_error,
-        work_dir=work_dir, deleted=bool(deleted),
+        work_dir=work_dir, deleted=bool(deleted), cancel=cancel, resume_from=resume_from,
         history=[(_when(at), WorkloadStatus(st), text) for at, st, text in history],
     )
 

@@ -25,7 +25,12 @@ The keys (format 2; each key means one thing in every event):
 ``k``  id of the key a pinion runs with          ``i``  a checkpoint's cutoff version id
 ``y``  a reason                                  ``h``  workloads in a checkpoint
 ``m``  key id found not to match (release)       ``a``  the maximum attempts (expire)
+``v``  who asked (cancel, retry: user@host)
 =====  ========================================  =====  ====================================
+
+``cancel`` and ``retry`` (a workload's life after it ends, ``caliber queue cancel/retry``)
+came later in format 2: a Caliber from before them reads them as events of a newer Caliber
+(:class:`Unknown`), so its pinions stop claiming from that queue until upgraded.
 
 Format 1 (the first remote queues) differs only in ``expire`` (``m``: the maximum attempts),
 ``resign`` (``s``: the new run-secret) and ``delete`` (``f``: force); it is still read.
@@ -157,6 +162,27 @@ class Resign(Body):
 
 
 @dataclass(frozen=True)
+class Cancel(Body):
+    """Cancel a workload: a queued one at once, a running one when its pinion next renews."""
+
+    kind = "cancel"
+    keys: ClassVar[dict[str, str]] = {"workload": "w", "by": "v"}
+    workload: str
+    by: str = "?"
+
+
+@dataclass(frozen=True)
+class Retry(Body):
+    """Queue a failed or cancelled workload again; with ``results``, reusing their tasks."""
+
+    kind = "retry"
+    keys: ClassVar[dict[str, str]] = {"workload": "w", "by": "v", "results": "r"}
+    workload: str
+    by: str = "?"
+    results: str | None = None
+
+
+@dataclass(frozen=True)
 class SavedResults(Body):
     """Results stored without a queue run (``Workflow.run`` to the remote store)."""
 
@@ -198,7 +224,8 @@ class Unknown(Body):
 
 
 KINDS: dict[str, type[Body]] = {c.kind: c for c in (
-    Put, Claim, Renew, Release, Done, Fail, Expire, Delete, Resign, SavedResults, Checkpoint)}
+    Put, Claim, Renew, Release, Done, Fail, Expire, Delete, Resign, SavedResults, Checkpoint,
+    Cancel, Retry)}
 
 
 @dataclass(frozen=True)

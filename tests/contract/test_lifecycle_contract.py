@@ -1,0 +1,127 @@
+"""The contract of a workload's life after it was queued: cancel, retry, retry with resume,
+and the counts by status (run against every backend, see conftest)."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import pytest
+
+from caliber.errors import QueueStateError
+from caliber.queue.workload import WorkloadStatus
+from caliber.results.model import ErrorInfo, RunStatus
+from tests.contract.test_backend_contract import (
+    KEY,
+    LEASE,
+    RAN_OUT,
+    make_results,
+    make_workload,
+)
+
+if TYPE_CHECKING:
+    from caliber.queue.registry import Backend
+
+
+def test_cancel_a_queued_workload_and_it_never_runs(backend: Backend) -> None:
+    w = make_workload()
+    backend.put(w)
+    got = backend.cancel(w.id[:6], "ann@laptop")
+    assert got.status == WorkloadStatus.CANCELLED and got.last_error == "cancelled by ann@laptop"
+    assert got.history[-1].status == WorkloadStatus.CANCELLED
+    assert backend.claim("p1", "a", LEASE, KEY) is None
+    assert backend.count_statuses() == {"cancelled": 1}
+
+
+def test_cancel_a_running_workload_is_learnt_at_renew(backend: Backend) -> None:
+    w = make_workload()
+    backend.put(w)
+    claim = backend.claim("p1", "a", LEASE, KEY)
+    assert claim is not None and claim.cancel_requested is None
+    assert backend.renew(claim, LEASE).cancel_requested is None
+    asked = backend.cancel(w.id, "ann@laptop")
+    assert asked.status == WorkloadStatus.RUNNING  # the pinion finishes its current task
+    assert "cancel asked by ann@laptop" in asked.history[-1].message
+    renewed = backend.renew(claim, LEASE)
+    assert renewed.cancel_requested == "ann@laptop"
+    results = make_results(w.id).model_copy(update={
+        "status": RunStatus.CANCELLED,
+        "error": ErrorInfo(type="Cancelled", message="cancelled by ann@laptop")})
+    backend.complete(renewed, results)
+    got = backend.get(w.id)
+    assert got.status == WorkloadStatus.CANCELLED and got.results_id == results.id
+    assert backend.get_results(results.id).status == RunStatus.CANCELLED
+
+
+def test_cancel_a_workload_whose_pinion_died_is_at_once(backend: Backend) -> None:
+    w = make_workload()
+    backend.put(w)
+    assert backend.claim("p1", "dead", RAN_OUT, KEY) is not None
+    assert backend.cancel(w.id, "ann@laptop").status == WorkloadStatus.CANCELLED
+    assert backend.claim("p1", "a", LEASE, KEY) is None
+
+
+def test_cancel_a_finished_workload_is_refused(backend: Backend) -> None:
+    w = make_workload()
+    backend.put(w)
+    claim = backend.claim("p1", "a", LEASE, KEY)
+    assert claim is not None
+    backend.complete(claim, make_results(w.id))
+    with pytest.raises(QueueStateError, match="only a queued or running workload"):
+        backend.cancel(w.id, "ann@laptop")
+    assert backend.get(w.id).status == WorkloadStatus.COMPLETED
+
+
+def test_retry_a_failed_workload_keeps_its_history_and_secret(backend: Backend) -> None:
+    w = make_workload()
+    backend.put(w)
+    claim = backend.claim("p1", "a", LEASE, KEY)
+    assert claim is not None
+    first = make_results(w.id, ok=False)
+    backend.complete(claim, first)
+    before = backend.get(w.id)
+    got = backend.retry(w.id, "ann@laptop")
+    assert got.status == WorkloadStatus.QUEUED and got.attempts == 0
+    assert got.last_error is None and got.resume_from is None
+    assert got.secret == before.secret  # nothing re-signed
+    assert [h.message for h in got.history[:len(before.history)]] == [
+        h.message for h in before.history]
+    assert "queued again by ann@laptop" in got.history[-1].message
+    again = backend.claim("p1", "a", LEASE, KEY)
+    assert again is not None and again.workload.attempts == 1
+    second = make_results(w.id)
+    backend.complete(again, second)  # a second Results of the same workload
+    assert backend.get(w.id).status == WorkloadStatus.COMPLETED
+    assert backend.get_results(first.id).workload_id == w.id
+    found = backend.find_results(workload_id=w.id)
+    assert found is not None and found.id == second.id
+
+
+def test_retry_with_resume_names_the_last_results(backend: Backend) -> None:
+    w = make_workload()
+    backend.put(w)
+    with pytest.raises(QueueStateError, match="only a failed or cancelled workload"):
+        backend.retry(w.id, "ann@laptop")
+    backend.cancel(w.id, "ann@laptop")
+    with pytest.raises(QueueStateError, match="no results to resume from"):
+        backend.retry(w.id, "ann@laptop", resume=True)
+    assert backend.get(w.id).status == WorkloadStatus.CANCELLED  # left as it was
+    backend.retry(w.id, "ann@laptop")
+    claim = backend.claim("p1", "a", LEASE, KEY)
+    assert claim is not None
+    failed = make_results(w.id, ok=False)
+    backend.complete(claim, failed)
+    got = backend.retry(w.id, "ann@laptop", resume=True)
+    assert got.status == WorkloadStatus.QUEUED and got.resume_from == failed.id
+    again = backend.claim("p1", "a", LEASE, KEY)
+    assert again is not None and again.workload.resume_from == failed.id
+
+
+def test_count_statuses_by_pinion(backend: Backend) -> None:
+    for i, pinion in enumerate(("p1", "p1", "p2")):
+        backend.put(make_workload(pinion, seconds=i))
+    claim = backend.claim("p1", "a", LEASE, KEY)
+    assert claim is not None
+    backend.fail(claim, "boom", retry=False)
+    assert backend.count_statuses() == {"failed": 1, "queued": 2}
+    assert backend.count_statuses(pinion="p2") == {"queued": 1}
+    assert backend.count_statuses(pinion="nobody") == {}
