@@ -203,8 +203,9 @@ def test_run_prints_a_line_per_task_and_stores_results(
                          f"see: caliber results show {results_id}")
     stored = caliber.get_results(results_id=results_id)
     assert stored["Roll and shape"] == {"pasta_type": "tagliatelle", "eggs": 3}
-    assert stored.g == {"eggs": 3} and stored.work_dir == str(Path.cwd())
-    assert not (Path.cwd() / "caliber-traceback.txt").exists()
+    folder = project().parent  # the tasks ran in the workflow's folder, not the current one
+    assert stored.g == {"eggs": 3} and stored.work_dir == str(folder)
+    assert not (folder / "caliber-traceback.txt").exists()
 
 
 def test_run_json(run_cli: Run, project: Callable[..., Path]) -> None:
@@ -226,12 +227,13 @@ def test_failed_run_exits_1_shows_the_user_traceback_and_saves_it(
     assert "ValueError: the dough tore" in result.out
     line = one_error_line(result)
     assert line == ("caliber: error: workflow 'pasta' failed: task 'Roll and shape': ValueError: "
-                    "the dough tore; traceback saved to caliber-traceback.txt")
+                    "the dough tore; traceback saved to ../project/caliber-traceback.txt")
     panel = "\n".join(result.err_lines[:-1])
     assert "Traceback (most recent call last)" in panel
     assert 'raise ValueError("the dough tore")' in panel
     assert "caliber/" not in panel  # the user's own frames only
-    saved = (Path.cwd() / "caliber-traceback.txt").read_text()
+    assert not (Path.cwd() / "caliber-traceback.txt").exists()
+    saved = (Path.cwd().parent / "project" / "caliber-traceback.txt").read_text()
     assert "task 'Roll and shape': ValueError: the dough tore" in saved
     assert caliber.get_results(workflow="pasta").status == "failed"
 

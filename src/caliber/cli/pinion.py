@@ -77,12 +77,16 @@ def pinion() -> None:
               show_default=True, cls=SettingOption,
               envvar="CALIBER_PINION_MAX_ATTEMPTS", show_envvar=True,
               help="Claims of one workload (after pinions died) before it is failed.")
+@click.option("--keep-runs", type=click.IntRange(min=0), default=None, metavar="N",
+              cls=SettingOption, envvar="CALIBER_PINION_KEEP_RUNS", show_envvar=True,
+              help="Keep only the newest N run folders of finished workloads (default: all); "
+              "never removes a queued or running workload's.")
 @click.option("-q", "--quiet", is_flag=True, help="Show no progress, only errors and the summary.")
 @json_option
 @target_options
 def init(
     name: str, attempts: int, wait: float, forever: bool, lease: float, timeout: float | None,
-    max_attempts: int, quiet: bool, as_json: bool, target: QueueTarget,
+    max_attempts: int, keep_runs: int | None, quiet: bool, as_json: bool, target: QueueTarget,
 ) -> None:
     """Start the pinion NAME: run the workloads queued for it, one by one, each in its own
     process and working folder, and store their results.
@@ -95,7 +99,7 @@ def init(
 
     config = PinionConfig(
         name=name, attempts=0 if forever else attempts, wait=wait, lease=lease,
-        timeout=timeout, max_attempts=max_attempts,
+        timeout=timeout, max_attempts=max_attempts, keep_runs=keep_runs,
     )
     summary = run_pinion(config, target, quiet=quiet)
     if as_json:
@@ -112,7 +116,20 @@ def init(
             click.echo(f"  skipped {workload_id}: {for_terminal(reason)}")
         for workload_id, reason, then in summary.errors:
             click.echo(f"  error {workload_id}: {for_terminal(reason)}; {for_terminal(then)}")
+        if summary.waiting:
+            click.echo(_waiting_line(name, summary.waiting))
     if summary.cold:
         raise SystemExit(130)
     if summary.stranded:  # a claim stands until its lease ends: not a clean exit
         raise SystemExit(1)
+
+
+def _waiting_line(name: str, waiting: dict[str, int]) -> str:
+    """``no work for mypinion; waiting work: MyPinion (2)``: work queued for other names."""
+    from caliber.text import for_terminal
+
+    listed = ", ".join(f"{for_terminal(other)} ({count})" for other, count in sorted(
+        waiting.items(), key=lambda item: (item[0].lower() != name.lower(), item[0])))
+    case = any(other.lower() == name.lower() for other in waiting)
+    hint = " (pinion names are case-sensitive)" if case else ""
+    return f"no work for {name}; waiting work: {listed}{hint}"

@@ -1,4 +1,5 @@
-"""``caliber queue ...``: Look at and manage the queue: list, view, reset, resetsecret."""
+"""``caliber queue ...``: Look at and manage the queue: list, view, cancel, retry, reset,
+resetsecret."""
 
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ from caliber.queue.status import STATUSES
 if TYPE_CHECKING:
     from rich.console import RenderableType
 
-    from caliber.queue.api import CheckedWorkload
+    from caliber.pinion.follow import Look
     from caliber.queue.target import QueueTarget
     from caliber.queue.workload import Workload
 
@@ -24,12 +25,15 @@ WORKLOAD_ID = "WORKLOAD_ID"
 
 @click.group()
 def queue() -> None:
-    """Look at and manage the queue: list, view, reset, resetsecret.
+    """Look at and manage the queue: list, view, cancel, retry, reset, resetsecret.
 
     \b
     Example:
       caliber queue list --pinion mypinion
       caliber queue view k3v9           # any unique prefix of an id
+      caliber queue cancel k3v9
+      caliber queue retry k3v9 --resume # run again from the task that failed
+      caliber queue logs k3v9 -f        # what it prints, as it runs
       caliber queue reset k3v9
     """
 
@@ -38,6 +42,13 @@ def _when(moment: dt.datetime | str) -> str:
     if isinstance(moment, str):
         moment = dt.datetime.fromisoformat(moment)
     return moment.astimezone().strftime("%Y-%m-%d %H:%M:%S")
+
+
+def _counts(counts: dict[str, int]) -> str:
+    """The footer of ``queue list``: how many workloads have each status, in life order."""
+    total = sum(counts.values())
+    parts = [f"{counts[s]} {s}" for s in STATUSES if counts.get(s)]
+    return f"{total} workload{'' if total == 1 else 's'}: {', '.join(parts)}"
 
 
 def _nothing_listed(pinion: str | None, status: str | None, offset: int) -> str:
@@ -73,13 +84,14 @@ def list_cmd(
 ) -> None:
     """List the workloads in the queue, oldest first, and whether each one's run-secret
     matches your key (a pinion with your key runs only those that match)."""
-    from caliber.queue.api import list_summaries
+    from caliber.queue.api import list_page
 
-    summaries, more = list_summaries(
+    page = list_page(
         target, pinion=pinion_name, status=status, limit=None if show_all else limit,
-        offset=offset,
+        offset=offset, counts=not as_json,
     )
-    items = [s.to_dict() for s in summaries]
+    more = page.more
+    items = [s.to_dict() for s in page.summaries]
     if as_json:
         print_json(items)
         return
@@ -100,6 +112,7 @@ def list_cmd(
     if more:
         click.echo(f"... more after these {len(items)}: --offset {offset + len(items)} for the "
                    "next page, --all for every one, or filter with --pinion/--status")
+    click.echo(_counts(page.counts))
     waiting = [i["id"] for i in items
                if not i["secret_ok"] and i["status"] in ("queued", "running")]
     if waiting:
@@ -115,24 +128,26 @@ def list_cmd(
 @target_options
 @json_option
 def view_cmd(workload_id: str, target: QueueTarget, as_json: bool) -> None:
-    """Show one workload in full: metadata, status history, attachments (sizes and hashes),
-    the workflow tree, the last error and the results id. WORKLOAD_ID may be a unique prefix."""
-    from caliber.queue.api import view_workload
+    """Show one workload in full: metadata, progress while it runs (task k of n, elapsed),
+    its run folder, status history, attachments (sizes and hashes), the workflow tree, the
+    last error and the results id. WORKLOAD_ID may be a unique prefix."""
+    from caliber.pinion.follow import look
 
-    item = view_workload(workload_id, target)
+    found = look(workload_id, target)
     if as_json:
-        print_json(item.detail())
+        print_json(found.detail())
         return
     from caliber.cli.render import console
 
     out = console()
-    for renderable in _view(item):
+    for renderable in _view(found):
         out.print(renderable)
 
 
-def _view(item: CheckedWorkload) -> list[RenderableType]:
+def _view(found: Look) -> list[RenderableType]:
     from caliber.cli.render import escape, status_text, table
 
+    item = found.item
     w = item.workload
     secret = "matches your key" if item.secret_ok else "[red]does not match your key[/]"
     if w.secret_mismatch:
@@ -146,8 +161,14 @@ def _view(item: CheckedWorkload) -> list[RenderableType]:
     ]
     if w.lease is not None:
         facts.append(("lease", f"{escape(w.lease.owner)} until {_when(w.lease.expires_at)}"))
-    if w.work_dir:
-        facts.append(("work folder", escape(w.work_dir)))
+    if found.progress is not None:
+        now = dt.datetime.now(dt.UTC)
+        facts.append(("progress", escape(found.progress.line(now))))
+    elif w.status.value == "running" and not found.local:
+        facts.append(("progress", "shown by the pinion, on its machine"))
+    work_dir = str(found.work_dir) if found.work_dir else w.work_dir
+    if work_dir:
+        facts.append(("run folder", escape(work_dir)))
     if w.last_error:
         facts.append(("last error", f"[red]{escape(w.last_error)}[/]"))
     from rich.table import Table
@@ -202,6 +223,64 @@ def _size(size: int) -> str:
     return f"{size} B"  # pragma: no cover
 
 
+@queue.command("cancel", epilog="""\b
+Examples:
+  caliber queue cancel k3v9
+  caliber queue cancel k3v9 --json
+  {"id": "k3v9q2mxa7", ..., "status": "cancelled", ..., "cancel_asked": false}""")
+@click.argument("workload_id", metavar=WORKLOAD_ID)
+@target_options
+@json_option
+def cancel_cmd(workload_id: str, target: QueueTarget, as_json: bool) -> None:
+    """Cancel a workload. A queued one becomes cancelled and never runs. A running one is
+    stopped by its pinion at its next lease renewal, after the task it is running, and kept
+    as cancelled with the results of the tasks that finished (cancel_asked: true until then).
+    WORKLOAD_ID may be a unique prefix."""
+    from caliber.queue.api import cancel
+
+    workload = cancel(workload_id, target)
+    asked = workload.status.value == "running"
+    if as_json:
+        print_json({**workload.summary(None), "cancel_asked": asked})
+        return
+    if asked:
+        click.echo(f"asked to cancel workload {workload.id}: its pinion stops it after the "
+                   "current task (see 'caliber queue view')")
+    else:
+        click.echo(f"cancelled workload {workload.id}; it will not run "
+                   f"(queue it again with 'caliber queue retry {workload.id}')")
+
+
+@queue.command("retry", epilog="""\b
+Examples:
+  caliber queue retry k3v9
+  caliber queue retry k3v9 --resume     # the tasks that completed are not run again
+  caliber queue retry k3v9 --json
+  {"id": "k3v9q2mxa7", ..., "status": "queued", ..., "resume_from": null}""")
+@click.argument("workload_id", metavar=WORKLOAD_ID)
+@click.option("--resume", is_flag=True,
+              help="Reuse the tasks that completed in its last run: their return values and "
+                   "what they put in g; only the rest runs.")
+@target_options
+@json_option
+def retry_cmd(workload_id: str, resume: bool, target: QueueTarget, as_json: bool) -> None:
+    """Queue a failed or cancelled workload again: the same workload, a new series of
+    attempts, its history kept. Its run-secret is not renewed: pinions check it as before.
+    WORKLOAD_ID may be a unique prefix."""
+    from caliber.queue.api import retry
+
+    item = retry(workload_id, target, resume=resume)
+    w = item.workload
+    if as_json:
+        print_json({**item.summary(), "resume_from": w.resume_from})
+        return
+    how = f", reusing the completed tasks of results {w.resume_from}" if w.resume_from else ""
+    click.echo(f"queued workload {w.id} again for pinion {w.pinion}{how}")
+    if not item.secret_ok:
+        click.echo(f"its run-secret does not match your key, so your pinions skip it: check "
+                   f"with 'caliber queue view {w.id}', then 'caliber queue resetsecret {w.id}'")
+
+
 @queue.command("reset", epilog="Example: caliber queue reset k3v9")
 @click.argument("workload_id", metavar=WORKLOAD_ID)
 @click.option("--force", is_flag=True, help="Delete it even while a pinion is running it.")
@@ -242,3 +321,50 @@ def resetsecret_cmd(workload_id: str, target: QueueTarget, as_json: bool) -> Non
         print_json(item.summary())
         return
     click.echo(f"signed workload {item.workload.id} again with your key")
+
+
+@queue.command("logs", epilog="Example: caliber queue logs k3v9 -f")
+@click.argument("workload_id", metavar=WORKLOAD_ID)
+@click.option("-f", "--follow", "follow_output", is_flag=True,
+              help="Keep printing what it writes until it finishes (Ctrl-C stops).")
+@target_options
+def logs_cmd(workload_id: str, follow_output: bool, target: QueueTarget) -> None:
+    """Print what a workload wrote (its stdout and stderr, output.log in its run folder).
+    On the remote queue, the output of a pinion on another machine arrives with its results
+    (the last 64 KiB). WORKLOAD_ID may be a unique prefix."""
+    from caliber.pinion.follow import follow, look, read_output
+
+    terminal = sys.stdout.isatty()
+    if follow_output:
+        try:
+            for chunk in follow(workload_id, target):
+                _write_output(chunk, terminal)
+        except KeyboardInterrupt:
+            raise SystemExit(130) from None
+        return
+    found = look(workload_id, target)
+    text = read_output(found, target)
+    if text is None:
+        click.echo(_no_output(found), err=True)
+        return
+    _write_output(text, terminal)
+
+
+def _write_output(text: str, terminal: bool) -> None:
+    """Output as written; on a terminal with its control characters as escapes."""
+    from caliber.text import for_terminal
+
+    sys.stdout.write(for_terminal(text, multiline=True) if terminal else text)
+    sys.stdout.flush()
+
+
+def _no_output(found: Look) -> str:
+    w = found.item.workload
+    if w.status.value == "queued":
+        why = "it has not started yet"
+    elif w.status.value == "running" and not found.local:
+        why = ("it runs on a remote pinion: its output arrives with its results "
+               f"('caliber queue logs {w.id} -f' waits for them)")
+    else:
+        why = "it printed nothing that this machine can read"
+    return f"no output from workload {w.id}: {why}"

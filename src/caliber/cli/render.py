@@ -357,7 +357,22 @@ def results_view(results: Results, *, value_width: int | None = None) -> Rendera
         parts.append(table(["g", "value"], g_rows))
     if results.error is not None:
         parts.append(Text.from_markup(f"[red]error:[/] {escape(results.error.summary())}"))
+    if results.work_dir:
+        parts.append(Text.from_markup(_run_folder_line(results)))
     return Group(*parts)
+
+
+def _run_folder_line(results: Results) -> str:
+    """Where the run's files are: its folder, and the traceback file of a failed run."""
+    from pathlib import Path
+
+    from caliber.workflow.runner import TRACEBACK_FILE
+
+    folder = results.work_dir or ""
+    if results.ok:
+        return f"run folder: {escape(folder)}"
+    return (f"run folder: {escape(folder)} "
+            f"(traceback in {escape(str(Path(folder) / TRACEBACK_FILE))})")
 
 
 def traceback_panel(text: str, title: str = "traceback") -> RenderableType:

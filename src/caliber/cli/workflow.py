@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import click
 
-from caliber.cli.common import error_line, print_json, target_options
+from caliber.cli.common import error_line, json_option, print_json, target_options
 
 if TYPE_CHECKING:
     from caliber.queue.target import QueueTarget
@@ -47,11 +48,13 @@ def workflow() -> None:
     show_default=True,
     help="tree: in the terminal; mermaid/dot: diagram text; json: the validated document.",
 )
-def show(file: Path, fmt: str) -> None:
+@json_option
+def show(file: Path, fmt: str, as_json: bool) -> None:
     """Draw the workflow in FILE: processes, branches side by side, every task's function and
-    arguments, and the results tasks take from earlier tasks."""
+    arguments, and the results tasks take from earlier tasks. --json (as --format json)
+    prints the validated document."""
     wf = _load(file)
-    if fmt == "json":
+    if fmt == "json" or as_json:
         print_json(wf.to_document())
     elif fmt == "mermaid":
         from caliber.workflow.diagram import mermaid
@@ -117,25 +120,38 @@ def _report(res: Results, *, as_json: bool) -> None:
 
 @workflow.command(
     short_help="Run the workflow now and store its Results.",
-    epilog="Example: caliber workflow run pasta.json && caliber results show --workflow pasta",
+    epilog="""\b
+Examples:
+  caliber workflow run pasta.json && caliber results show --workflow pasta
+  caliber workflow run pasta.json --resume 7hq2  # after a failure: only what did not complete
+  caliber workflow run pasta.json --json""",
 )
 @click.argument("file", type=FILE)
 @click.option("--json", "as_json", is_flag=True,
               help="Print the Results as JSON (the progress lines then go to stderr).")
-def run(file: Path, as_json: bool) -> None:
+@click.option("--resume", "resume", metavar="RESULTS_ID",
+              help="Reuse the tasks that completed in these earlier Results of the workflow "
+                   "(their return values and what they put in g); only the rest runs.")
+def run(file: Path, as_json: bool, resume: str | None) -> None:
     """Run the workflow in FILE here and now, with a line per task, store its Results in the
     local results store and print their id.
 
-    FILE's folder comes first on the import path, so the functions module next to it is found;
-    the current folder is the working folder (caliber-traceback.txt is written here when a task
-    fails). Exit code 0: completed, 1: a task failed, 2: bad input.
+    The tasks run in FILE's folder, as a pinion runs them in its run folder: it is the current
+    folder (the attached files are where the tasks look for them, files they write land there,
+    caliber-traceback.txt too when a task fails) and first on the import path. Exit code 0:
+    completed, 1: a task failed, 2: bad input.
     """
+    import contextlib
+
     from caliber.errors import CaliberError
+    from caliber.queue.target import local_target
     from caliber.workflow.runner import TRACEBACK_FILE
 
     wf = _load(file)
-    with _Progress(stream_err=as_json) as progress:
-        res = wf.run(work_dir=Path.cwd(), store=True, on_event=progress)
+    store = local_target()  # resolved here: .caliber/.env is read from the folder you are in
+    with _Progress(stream_err=as_json) as progress, contextlib.chdir(wf.base_dir):
+        res = wf.run(work_dir=wf.base_dir, store=True, on_event=progress, target=store,
+                     resume=resume)
     _report(res, as_json=as_json)
     if res.error is not None and res.error.type == "KeyboardInterrupt":
         error_line(f"interrupted: results {res.id} keep what the finished tasks returned")
@@ -143,7 +159,8 @@ def run(file: Path, as_json: bool) -> None:
     if not res.ok:
         error = res.error
         what = error.summary() if error is not None else "a task failed"
-        saved = f"; traceback saved to {TRACEBACK_FILE}" if error is not None else ""
+        path = os.path.relpath(wf.base_dir / TRACEBACK_FILE)
+        saved = f"; traceback saved to {path}" if error is not None else ""
         raise CaliberError(f"workflow {res.workflow!r} failed: {what}{saved}")  # exit code 1
 
 
@@ -171,13 +188,18 @@ def schema() -> None:
 @click.option("-p", "--pinion", "pinion_name", required=True, metavar="NAME",
               help="Name of the pinion that should run the workflow.")
 @target_options
-def queue_cmd(file: Path, pinion_name: str, target: QueueTarget) -> None:
+@json_option
+def queue_cmd(file: Path, pinion_name: str, target: QueueTarget, as_json: bool) -> None:
     """Put the workflow in FILE, with its attachments, in the queue for pinion NAME; print the
     workload id. Start the pinion with: caliber pinion init NAME."""
     from caliber.queue.api import queue_workflow
 
     wf = _load(file)
     workload_id = queue_workflow(wf, pinion_name, target)
+    if as_json:
+        print_json({"id": workload_id, "workflow": wf.name, "pinion": pinion_name,
+                    "status": "queued", "queue": target.location})
+        return
     click.echo(workload_id)
     if sys.stderr.isatty():
         click.echo(

@@ -6,7 +6,7 @@ from typing import TYPE_CHECKING
 
 from caliber.pinion.loop import Pinion, PinionConfig, Summary
 from caliber.pinion.progress import Reporter
-from caliber.queue.api import check_pinion_name, opened
+from caliber.queue.api import check_pinion_name, list_summaries, opened
 
 if TYPE_CHECKING:
     from caliber.queue.target import QueueTarget
@@ -17,4 +17,18 @@ def run_pinion(config: PinionConfig, target: QueueTarget, *, quiet: bool = False
     check_pinion_name(config.name)
     with opened(target) as backend:
         pinion = Pinion(config, backend, reporter=Reporter(config.name, quiet=quiet))
-        return pinion.run()
+        summary = pinion.run()
+    if summary.ran == 0 and not (summary.skipped or summary.errors or summary.cold):
+        summary.waiting = waiting_work(target, besides=config.name)
+    return summary
+
+
+def waiting_work(target: QueueTarget, *, besides: str) -> dict[str, int]:
+    """How many workloads are queued for each pinion name other than ``besides``: what a
+    pinion that found no work tells (a name spelled differently, say ``MyPinion``)."""
+    queued, _ = list_summaries(target, status="queued", limit=None)
+    waiting: dict[str, int] = {}
+    for summary in queued:
+        if summary.pinion != besides:
+            waiting[summary.pinion] = waiting.get(summary.pinion, 0) + 1
+    return waiting

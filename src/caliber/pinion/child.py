@@ -23,13 +23,12 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
-from caliber.errors import CaliberError
+from caliber.errors import CaliberError, ResumeError
+from caliber.pinion.follow import OUTPUT_FILE
 from caliber.pinion.platform import receive_job, redirect_output
 from caliber.results.model import ErrorInfo, Results, RunStatus, TaskResult, utcnow
 from caliber.workflow.fileformat import from_document  # imported by the pinion, before forking
 from caliber.workflow.runner import TaskEvent, run_workflow
-
-OUTPUT_FILE = "output.log"
 
 
 class _Sender:
@@ -145,21 +144,32 @@ def run_job(job: dict[str, Any], messages_fd: int) -> None:
     started = utcnow()
     try:
         workflow = from_document(job["workflow"], work_dir, source=f"workload {job['workload_id']}")
-    except CaliberError as exc:
+        resume = _resume(job)
+        results = run_workflow(
+            workflow, work_dir=work_dir, on_event=sender.event,
+            workload_id=job["workload_id"], pinion=job["pinion"], resume=resume,
+        )
+    except CaliberError as exc:  # a broken document, or a resume that cannot be done
         results = Results(
             workload_id=job["workload_id"], workflow=str(job["workflow"].get("name", "?")),
             pinion=job["pinion"], status=RunStatus.FAILED, started_at=started,
             finished_at=utcnow(), work_dir=str(work_dir),
             error=ErrorInfo(type=type(exc).__name__, message=str(exc)),
         )
-    else:
-        results = run_workflow(
-            workflow, work_dir=work_dir, on_event=sender.event,
-            workload_id=job["workload_id"], pinion=job["pinion"],
-        )
     for stream in (sys.stdout, sys.stderr):  # the process ends with os._exit: flush first
         stream.flush()
     sender.send({"results": results.to_json_dict()})
+
+
+def _resume(job: dict[str, Any]) -> Results | None:
+    """The earlier Results a resumed workload reuses (``retry --resume``): only its own."""
+    if job.get("resume") is None:
+        return None
+    earlier = Results.model_validate(job["resume"])
+    if earlier.workload_id != job["workload_id"]:
+        raise ResumeError(f"cannot resume from results {earlier.id}: they are of workload "
+                          f"{earlier.workload_id}, not {job['workload_id']}")
+    return earlier
 
 
 def main() -> None:

@@ -32,24 +32,27 @@ from caliber.errors import (
     QueueError,
     WorkspaceError,
 )
-from caliber.paths import runs_dir
 from caliber.pinion.child import ForeignMessageError, child_main, read_message
+from caliber.pinion.follow import output_tail, pinion_runs
 from caliber.pinion.platform import (
     EOF,
     ChildProcess,
     MessageReader,
     describe_exit,
     start_child,
+    start_method,
 )
 from caliber.pinion.progress import Reporter
 from caliber.pinion.signals import StopFlags, stop_on_signals
 from caliber.platform import create_new_file
 from caliber.queue.backend import Claim, QueueBackend
 from caliber.queue.secret import key_id, load_key, verify
+from caliber.queue.status import WorkloadStatus
 from caliber.queue.workload import Workload
 from caliber.results.model import ErrorInfo, Results, RunStatus, TaskResult, utcnow
 from caliber.settings import DEFAULT_ATTEMPTS, DEFAULT_LEASE, DEFAULT_MAX_ATTEMPTS, DEFAULT_WAIT
 from caliber.workflow.attachments import resolve_inside
+from caliber.workflow.runner import TRACEBACK_FILE
 
 log = logging.getLogger(__name__)
 
@@ -81,6 +84,8 @@ class PinionConfig:
     """Claims of one workload (its pinions dying) before it is failed."""
     runs_dir: Path | None = None
     """Where working folders go (default: the runs folder of CALIBER_HOME)."""
+    keep_runs: int | None = None
+    """Run folders of finished workloads kept, the newest (``--keep-runs``); None: all."""
 
 
 class Outcome(StrEnum):
@@ -117,6 +122,8 @@ class Summary:
     stopped_by: str = ""
     cold: bool = False
     """Stopped by a second signal, with the running workload put back."""
+    waiting: dict[str, int] = field(default_factory=dict)
+    """When it ran nothing: workloads queued for other pinion names (``run_pinion``)."""
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -125,6 +132,7 @@ class Summary:
             "errors": [{"id": i, "reason": r, "then": t} for i, r, t in self.errors],
             "stranded": self.stranded,
             "stopped_by": self.stopped_by or None, "cold": self.cold,
+            "waiting": self.waiting,
         }
 
 
@@ -145,9 +153,10 @@ class Pinion:
         self.owner = f"{config.name}@{socket.gethostname()}:{os.getpid()}"
         self.flags = StopFlags()
         self.summary = Summary()
-        self.runs = (config.runs_dir or runs_dir()) / _safe_name(config.name)
+        self.runs = pinion_runs(config.name, config.runs_dir)
         self._unreaped: list[ChildProcess] = []
         self._spare: ChildProcess | None = None
+        self._start_method = start_method()  # read once: it looks at the settings files
 
     # --- the loop -----------------------------------------------------------------------
 
@@ -204,10 +213,11 @@ class Pinion:
                 self._unreaped.append(child)
                 child = None
         if child is None:
-            child = start_child(child_main)
+            child = start_child(child_main, method=self._start_method)
             child.send_job(job)
         try:
-            self._spare = start_child(child_main, close_fds=child.parent_fds())
+            self._spare = start_child(child_main, close_fds=child.parent_fds(),
+                                      method=self._start_method)
         except OSError as exc:  # no spare (out of processes?): the next one is started on demand
             self.reporter.error(f"could not start a spare child process: {exc}")
         return child
@@ -256,7 +266,25 @@ class Pinion:
         except Exception as exc:  # anything else is this workload's problem, not the pinion's
             outcome = self._recover(claim, exc)
         self._count(outcome)
+        self._keep_runs()
         return True
+
+    def _keep_runs(self) -> None:
+        """``--keep-runs N``: remove this pinion's run folders of finished workloads but the
+        newest N (never a folder of a queued or running workload)."""
+        from caliber.pinion.runs import keep_newest
+
+        if self.config.keep_runs is None:
+            return
+
+        def busy() -> set[str]:
+            return {s.id for status in (WorkloadStatus.QUEUED, WorkloadStatus.RUNNING)
+                    for s in self.backend.list_summaries(self.key, pinion=self.config.name,
+                                                         status=status)}
+
+        removed, size = keep_newest(self.runs, self.config.keep_runs, busy)
+        if removed:
+            log.debug("removed %d old run folders (%d bytes) from %s", removed, size, self.runs)
 
     def _count(self, outcome: Outcome) -> None:
         if outcome in (Outcome.COMPLETED, Outcome.FAILED):
@@ -375,6 +403,8 @@ class Pinion:
         workload = claim.workload
         job = {"workload_id": workload.id, "pinion": self.config.name,
                "work_dir": str(work_dir), "workflow": workload.workflow}
+        if workload.resume_from is not None:  # retry --resume: the child reuses its tasks
+            job["resume"] = self.backend.get_results(workload.resume_from).to_json_dict()
         started = utcnow()
         self._reap()
         try:
@@ -383,6 +413,7 @@ class Pinion:
             raise ChildStartError(
                 f"cannot start the workload's process: {exc.strerror or exc}") from exc
         log.debug("workload %s runs in process %d", workload.id, child.pid)
+        self.reporter.running_in(work_dir)
         now = time.monotonic()
         return _Run(claim=claim, work_dir=work_dir, child=child,
                     messages=MessageReader(child.messages_fd), started=started, t0=now,
@@ -404,6 +435,7 @@ class Pinion:
                 if self._take(run, line):
                     return None
                 continue
+            self.reporter.tick()  # the live line's elapsed time moves on during a task
             if self.flags.cold:
                 return self._put_back(run)
             now = time.monotonic()
@@ -427,6 +459,10 @@ class Pinion:
             self.reporter.task_event(message.event)
         if message.record is not None:
             run.records.append(message.record)
+            if run.cancelled is not None:  # cancelled: stop once the current task ended
+                run.child.kill()
+                run.stop_type, run.stop_reason = "Cancelled", f"cancelled by {run.cancelled}"
+                return True
         if message.results is not None:
             run.final = message.results
             return True  # the last message: no need to wait for the process to end
@@ -460,6 +496,10 @@ class Pinion:
         try:
             run.claim = self.backend.renew(run.claim, self.config.lease)
             log.debug("lease of %s renewed", run.claim.workload.id)
+            if run.claim.cancel_requested is not None and run.cancelled is None:
+                run.cancelled = run.claim.cancel_requested
+                log.info("workload %s was cancelled by %s: stopping it after its current "
+                         "task", run.claim.workload.id, run.cancelled)
         except LeaseLostError:
             run.child.kill()
             run.child.wait()
@@ -478,19 +518,25 @@ class Pinion:
             why = run.stop_reason or f"the workload's process {describe_exit(returncode)}"
             results = Results(
                 workload_id=workload.id, workflow=workload.workflow_name,
-                pinion=self.config.name, status=RunStatus.FAILED, started_at=run.started,
+                pinion=self.config.name, started_at=run.started,
+                status=RunStatus.CANCELLED if run.stop_type == "Cancelled" else RunStatus.FAILED,
                 finished_at=utcnow(), tasks=run.records, work_dir=str(run.work_dir),
                 error=ErrorInfo(type=run.stop_type, message=why),
+                resumed_from=workload.resume_from,
             )
-            from caliber.workflow.runner import write_traceback_file
+            if results.status == RunStatus.FAILED:
+                from caliber.workflow.runner import write_traceback_file
 
-            write_traceback_file(run.work_dir, results)
+                write_traceback_file(run.work_dir, results)
+        results = results.model_copy(update={"output": output_tail(run.work_dir)})
         try:
             self.backend.complete(run.claim, results)
         except LeaseLostError:
             self.reporter.workload_finished("abandoned", "lease lost before the results were kept")
             return Outcome.LOST
         detail = results.error.summary() if results.error else f"results {results.id}"
+        if results.error and (run.work_dir / TRACEBACK_FILE).is_file():
+            detail += f"; traceback in {run.work_dir / TRACEBACK_FILE}"
         self.reporter.workload_finished(results.status.value, detail)
         return Outcome.COMPLETED if results.ok else Outcome.FAILED
 
@@ -512,6 +558,8 @@ class _Run:
     stop_type: str = "ChildProcessDied"
     stop_reason: str = ""
     exited_at: float | None = None
+    cancelled: str | None = None
+    """Who cancelled the workload (learnt at a renewal): it stops after its current task."""
 
 
 def _reason(exc: BaseException) -> str:
@@ -522,6 +570,3 @@ def _reason(exc: BaseException) -> str:
         return text
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
-
-def _safe_name(name: str) -> str:
-    return "".join(c if c.isalnum() or c in "-_." else "_" for c in name) or "pinion"

@@ -131,12 +131,15 @@ class ChildProcess:
 ChildMain = Callable[[int, int], None]
 
 
-def start_child(run: ChildMain, *, close_fds: Sequence[int] = ()) -> ChildProcess:
+def start_child(run: ChildMain, *, close_fds: Sequence[int] = (),
+                method: str | None = None) -> ChildProcess:
     """Start a child that calls ``run(messages_fd, control_fd)``: it waits for its job (see
     :meth:`ChildProcess.send_job`), runs it and exits. Starting it before the job is known
     lets a pinion prepare the next child while the current one runs; ``close_fds`` are the
-    pinion's pipes to children already running, which the new one must not hold open."""
-    if start_method() == "fork":
+    pinion's pipes to children already running, which the new one must not hold open.
+    ``method`` is :func:`start_method`'s answer, when the caller has it already (it reads the
+    settings, ``.caliber/.env`` included: a pinion asks once, not once per workload)."""
+    if (method or start_method()) == "fork":
         return _fork(run, close_fds)
     return _spawn()
 

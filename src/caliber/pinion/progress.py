@@ -16,8 +16,11 @@ import logging
 import sys
 import time
 import traceback
+from pathlib import Path
 from typing import Any, TextIO
 
+from caliber.pinion.follow import write_progress
+from caliber.results.model import utcnow
 from caliber.text import for_terminal
 
 LOGGER = "caliber.pinion"
@@ -27,6 +30,7 @@ REPORTER = "caliber_reporter"
 """Record attribute: which Reporter logged it (``caliber --verbose`` leaves these records to
 the pinion's own handler)."""
 LIVE_WIDTH = 120  # characters of the live line shown
+LIVE_REFRESH = 1.0  # seconds: how often the live line's elapsed time moves on during a task
 
 
 def verbose() -> bool:
@@ -98,6 +102,12 @@ class Reporter:
         self.live = bool(getattr(stream or sys.stderr, "isatty", lambda: False)()) and not quiet
         self._workload = ""
         self._started = 0.0
+        self.running = False
+        """Whether a workload is running now (between its start and its verdict)."""
+        self._task = ""  # the running task, as the live line names it
+        self._shown_at = 0.0  # when the live line was last written
+        self._folder: Path | None = None
+        self._progress: dict[str, Any] = {}
         level = logging.DEBUG if verbose() else logging.WARNING if quiet else logging.INFO
         self.logger = logging.Logger(LOGGER, level)
         self.logger.parent = logging.getLogger(LOGGER)
@@ -138,23 +148,48 @@ class Reporter:
     def workload_started(self, workload_id: str, workflow: str, attempt: int) -> None:
         self._workload = f"{workload_id} ({workflow})"
         self._started = time.monotonic()
+        self.running = True
+        self._task = ""
+        self._folder = None
+        self._progress = {"workload": workload_id, "attempt": attempt,
+                          "started_at": utcnow().isoformat(), "task": None}
         again = f", attempt {attempt}" if attempt > 1 else ""
         if not self.live:
             self._line(f"running workload {self._workload}{again}")
 
+    def running_in(self, work_dir: Path) -> None:
+        """The running workload's folder: its progress file is kept there (``queue view``)."""
+        self._folder = work_dir
+        write_progress(work_dir, self._progress)
+
     def task_event(self, event: dict[str, Any]) -> None:
-        elapsed = time.monotonic() - self._started
         branch = f" [branch {event['branch']}]" if event.get("branch") is not None else ""
         k, n, name = event["index"], event["total"], event["name"]
         if event["kind"] == "start":
-            if self.live:
-                self._status(f"{self._workload}: task {k}/{n} {name}{branch} ... {elapsed:.1f} s")
+            self._task = f"task {k}/{n} {name}{branch}"
+            if self._folder is not None:
+                self._progress["task"] = {
+                    "index": k, "total": n, "name": name, "branch": event.get("branch"),
+                    "started_at": utcnow().isoformat()}
+                write_progress(self._folder, self._progress)
+            self.tick(force=True)
         elif not self.live:
             took = event.get("duration") or 0.0
             self._line(f"{self._workload}: task {k}/{n} {name}{branch} {event['status']} "
                        f"in {took:.3f} s")
 
+    def tick(self, *, force: bool = False) -> None:
+        """Show the live line again with the time counted on (at most every LIVE_REFRESH
+        seconds; the pinion calls this while it waits for its child)."""
+        now = time.monotonic()
+        if not (self.live and self.running and self._task) or (
+                not force and now - self._shown_at < LIVE_REFRESH):
+            return
+        self._shown_at = now
+        self._status(f"{self._workload}: {self._task} ... {now - self._started:.1f} s")
+
     def workload_finished(self, status: str, detail: str = "") -> None:
+        self.running = False
         elapsed = time.monotonic() - self._started
         more = f": {detail}" if detail else ""
         self._line(f"workload {self._workload} {status} in {elapsed:.2f} s{more}")
@@ -162,13 +197,16 @@ class Reporter:
     def gave_back(self, workload_id: str, what: str, reason: str, exc: BaseException) -> None:
         """An error stopped a claimed workload before its verdict: an error line with its id,
         what became of it and why (the exception's causes with ``--verbose``)."""
+        self.running = False
         self.error(f"workload {workload_id} {what}: {reason}", exc_info=exc)
 
     def skipped(self, workload_id: str, reason: str) -> None:
         self._line(f"skipped workload {workload_id}: {reason}")
 
     def stopping(self, cold: bool) -> None:
-        if cold:
+        if not self.running:
+            self.error("stopping (no workload is running)")
+        elif cold:
             self.error("stopping now: the running workload goes back to the queue")
         else:
             self.error("stopping after the running workload (press Ctrl-C again to stop now)")

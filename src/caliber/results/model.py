@@ -119,6 +119,9 @@ class Results(BaseModel):
     g_conversions: dict[Text, Text] = Field(default_factory=dict)
     error: ErrorInfo | None = None
     work_dir: Text | None = None
+    output: Text | None = Field(
+        default=None, description="the end of what a pinion's run printed (its output.log, "
+        "the last 64 KiB), kept with the Results so it reaches any machine")
     resumed_from: str | None = Field(
         default=None, description="id of the Results this run resumed (reusing its tasks)")
 

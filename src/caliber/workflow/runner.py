@@ -335,6 +335,11 @@ def run_workflow(
     )
     if run.errors and work_dir is not None:
         write_traceback_file(work_dir, results)
+    elif work_dir is not None:  # an earlier failed run's file would tell of an old error
+        try:
+            (work_dir / TRACEBACK_FILE).unlink(missing_ok=True)
+        except OSError:
+            pass
     return results
 
 

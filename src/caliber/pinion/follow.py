@@ -1,0 +1,233 @@
+"""Following a workload while it runs: its run folder, its progress and its output.
+
+A pinion keeps ``caliber-progress.json`` in each run folder (:func:`write_progress`: which
+task runs, k of n, since when; replaced at every task start) next to ``output.log``, and hands
+the last :data:`OUTPUT_KEPT` bytes of ``output.log`` in with the Results (``Results.output``).
+
+``caliber queue view`` and ``caliber queue logs`` read them back (:func:`look`). On the local
+queue the run folder is on this machine: the one the queue names once the run ended, or, while
+it runs, the newest ``ID-N`` folder under the pinion's runs folder, so progress and output are
+read as they are written. A workload run by a remote pinion has its folder on that machine:
+its output arrives with its Results, and its progress shows in that pinion's own terminal.
+"""
+
+from __future__ import annotations
+
+import codecs
+import datetime as dt
+import json
+import os
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from caliber.paths import runs_dir
+
+if TYPE_CHECKING:
+    from caliber.queue.api import CheckedWorkload
+    from caliber.queue.target import QueueTarget
+
+PROGRESS_FILE = "caliber-progress.json"
+OUTPUT_FILE = "output.log"
+OUTPUT_KEPT = 64 * 1024  # bytes: the end of output.log handed in with the Results
+FOLLOW_POLL = 0.5  # seconds between looks at a followed workload on the local queue
+FOLLOW_POLL_REMOTE = 5.0  # seconds between looks on the remote queue (its requests are limited)
+READ_CHUNK = 64 * 1024  # bytes of output.log read at a time
+FINISHED = ("completed", "failed", "cancelled")
+
+
+def pinion_runs(name: str, runs: Path | None = None) -> Path:
+    """The folder of pinion ``name``'s run folders (``runs/NAME``, the name made safe)."""
+    safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in name) or "pinion"
+    return (runs or runs_dir()) / safe
+
+
+def write_progress(work_dir: Path, progress: dict[str, Any]) -> None:
+    """Replace the run folder's progress file in one step (a reader never sees half of it);
+    a folder that cannot be written only loses the progress, never the run."""
+    path = work_dir / PROGRESS_FILE
+    partial = path.with_name(PROGRESS_FILE + ".partial")
+    try:
+        partial.write_text(json.dumps(progress), encoding="utf-8")
+        os.replace(partial, path)
+    except OSError:
+        pass
+
+
+def output_tail(work_dir: Path, limit: int = OUTPUT_KEPT) -> str | None:
+    """The last ``limit`` bytes of the run's ``output.log`` as text (None: no such file)."""
+    try:
+        with open(work_dir / OUTPUT_FILE, "rb") as f:
+            size = f.seek(0, os.SEEK_END)
+            f.seek(max(size - limit, 0))
+            data = f.read()
+    except OSError:
+        return None
+    cut = f"[the first {size - limit} bytes are left out]\n" if size > limit else ""
+    return cut + data.decode("utf-8", errors="replace")
+
+
+@dataclass(frozen=True)
+class Progress:
+    """Where a running workload is: task ``index`` of ``total`` and since when."""
+
+    index: int
+    total: int
+    name: str
+    branch: int | None
+    task_started_at: dt.datetime
+    started_at: dt.datetime
+    """When the run (this attempt) started."""
+
+    def to_dict(self, now: dt.datetime) -> dict[str, Any]:
+        return {
+            "task": self.index, "tasks": self.total, "name": self.name, "branch": self.branch,
+            "task_elapsed": round((now - self.task_started_at).total_seconds(), 1),
+            "elapsed": round((now - self.started_at).total_seconds(), 1),
+        }
+
+    def line(self, now: dt.datetime) -> str:
+        """``task 2 of 3: Moment (12.0 s), running 14.5 s``."""
+        branch = f" [branch {self.branch}]" if self.branch is not None else ""
+        task = (now - self.task_started_at).total_seconds()
+        run = (now - self.started_at).total_seconds()
+        return (f"task {self.index} of {self.total}: {self.name}{branch} ({task:.1f} s), "
+                f"running {run:.1f} s")
+
+
+def read_progress(work_dir: Path) -> Progress | None:
+    """The run folder's progress, or None (no task started yet, or not a pinion's folder)."""
+    try:
+        data = json.loads((work_dir / PROGRESS_FILE).read_text(encoding="utf-8"))
+        task = data["task"]
+        if task is None:
+            return None
+        return Progress(
+            index=int(task["index"]), total=int(task["total"]), name=str(task["name"]),
+            branch=task.get("branch"),
+            task_started_at=dt.datetime.fromisoformat(task["started_at"]),
+            started_at=dt.datetime.fromisoformat(data["started_at"]),
+        )
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def newest_run_folder(pinion: str, workload_id: str, runs: Path | None = None) -> Path | None:
+    """The newest ``ID-N`` run folder of the workload under pinion's runs folder."""
+    numbered = []
+    for path in pinion_runs(pinion, runs).glob(f"{workload_id}-*"):
+        number = path.name[len(workload_id) + 1:]
+        if number.isdigit() and path.is_dir():
+            numbered.append((int(number), path))
+    return max(numbered)[1] if numbered else None
+
+
+@dataclass(frozen=True)
+class Look:
+    """A workload as ``queue view`` and ``queue logs`` show it: the queue's record, its run
+    folder when this machine has it, and its progress while it runs."""
+
+    item: CheckedWorkload
+    work_dir: Path | None
+    progress: Progress | None
+    local: bool
+    """Whether the queue is the local one (the pinion runs on this machine)."""
+
+    @property
+    def status(self) -> str:
+        return self.item.workload.status.value
+
+    def detail(self) -> dict[str, Any]:
+        """``queue view --json``: the workload's detail with the real run folder and the
+        progress (``task``, ``tasks``, ``name``, ``branch``, ``elapsed`` seconds...)."""
+        now = dt.datetime.now(dt.UTC)
+        return {
+            **self.item.detail(),
+            "work_dir": str(self.work_dir) if self.work_dir else self.item.workload.work_dir,
+            "progress": self.progress.to_dict(now) if self.progress else None,
+        }
+
+
+def look(workload_id: str, target: QueueTarget) -> Look:
+    """The workload (by id or unique prefix) with its run folder and progress."""
+    from caliber.queue.api import view_workload
+
+    item = view_workload(workload_id, target)
+    workload = item.workload
+    local = target.kind == "sqlite"
+    work_dir: Path | None = None
+    if workload.work_dir and Path(workload.work_dir).is_dir():
+        work_dir = Path(workload.work_dir)  # the run ended; a remote pinion on this machine too
+    elif local and workload.status.value != "queued":
+        work_dir = newest_run_folder(workload.pinion, workload.id)
+    running = workload.status.value == "running"
+    progress = read_progress(work_dir) if work_dir is not None and running else None
+    return Look(item=item, work_dir=work_dir, progress=progress, local=local)
+
+
+def read_output(found: Look, target: QueueTarget) -> str | None:
+    """What the workload printed: ``output.log`` in its run folder on this machine, else the
+    output kept with its Results; None when neither is there (yet)."""
+    if found.work_dir is not None and (found.work_dir / OUTPUT_FILE).is_file():
+        return (found.work_dir / OUTPUT_FILE).read_bytes().decode("utf-8", errors="replace")
+    results_id = found.item.workload.results_id
+    if results_id is None:
+        return None
+    from caliber.results.api import get_results
+
+    return get_results(results_id=results_id, target=target).output
+
+
+def follow(workload_id: str, target: QueueTarget) -> Iterator[str]:
+    """The workload's output as it is written, until the workload has finished (or is
+    removed): ``output.log`` read as it grows on the local queue; on the remote queue the
+    output kept with its Results, once it has them."""
+    from caliber.errors import NotFoundError
+
+    found = look(workload_id, target)
+    poll = FOLLOW_POLL if found.local else FOLLOW_POLL_REMOTE
+    reader: _Tail | None = None
+    while True:
+        if found.work_dir is not None and (reader is None or reader.folder != found.work_dir):
+            reader = _Tail(found.work_dir)  # a new attempt writes a new folder
+        if reader is not None:
+            yield from reader.read()
+        if found.status in FINISHED:
+            if reader is None or not reader.seen:
+                text = read_output(found, target)
+                if text:
+                    yield text
+            return
+        time.sleep(poll)
+        try:
+            found = look(found.item.workload.id, target)
+        except NotFoundError:  # reset while followed
+            if reader is not None:
+                yield from reader.read()
+            return
+
+
+class _Tail:
+    """Reads what was added to a run folder's ``output.log`` since the last read."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+        self.offset = 0
+        self.seen = False
+        """Whether the file was there (its whole content has been read)."""
+        self._decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+
+    def read(self) -> Iterator[str]:
+        try:
+            with open(self.folder / OUTPUT_FILE, "rb") as f:
+                self.seen = True
+                f.seek(self.offset)
+                while chunk := f.read(READ_CHUNK):
+                    self.offset += len(chunk)
+                    text = self._decoder.decode(chunk)
+                    if text:
+                        yield text
+        except FileNotFoundError:
+            return
