@@ -24,7 +24,7 @@ from caliber.cli.common import error_line
 # to each group's own).
 GROUPS = {
     "pinion": "Start a pinion, the worker that runs queued workloads.",
-    "queue": "Look at and manage the queue: list, view, reset, resetsecret.",
+    "queue": "Look at and manage the queue: list, view, cancel, retry, reset, resetsecret.",
     "results": "List and show stored Results: every task's return value, the global data g, "
                "the error.",
     "workflow": "Show, run and queue workflow files (JSON files exported with Workflow.export).",

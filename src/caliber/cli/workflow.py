@@ -109,6 +109,9 @@ def _report(res: Results, *, as_json: bool) -> None:
         out = console()
         for line in skipped_lines(res):
             out.print(line)
+        if res.reused:
+            out.print(f"reused {len(res.reused)} task(s) of results {res.resumed_from}, "
+                      "not run again")
         out.print(f"results {res.id} ({res.status.value}); see: caliber results show {res.id}")
     if res.ok:
         return

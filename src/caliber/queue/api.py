@@ -1,5 +1,5 @@
-"""The queue for the command line and for scripts: queue a workflow, list, view, reset and
-re-sign workloads.
+"""The queue for the command line and for scripts: queue a workflow, list, view, cancel,
+retry, reset and re-sign workloads.
 
 Every function takes the :class:`~caliber.queue.target.QueueTarget` to work on (see
 :func:`caliber.queue.target.resolve_target`), opens it, does one thing and closes it again.
@@ -89,16 +89,28 @@ def _checker() -> Any:
     return lambda workload: verify(workload, key)
 
 
-def list_summaries(
+@dataclass(frozen=True)
+class Page:
+    """One page of ``caliber queue list``: the summaries, whether more follow, and how many
+    workloads (of the pinion asked for) have each status."""
+
+    summaries: list[WorkloadSummary]
+    more: bool
+    counts: dict[str, int]
+
+
+def list_page(
     target: QueueTarget,
     *,
     pinion: str | None = None,
     status: str | WorkloadStatus | None = None,
     limit: int | None = DEFAULT_LIMIT,
     offset: int = 0,
-) -> tuple[list[WorkloadSummary], bool]:
+    counts: bool = True,
+) -> Page:
     """One page of workload summaries, oldest first, each with whether its run-secret matches
-    this user's key, and whether more follow (``caliber queue list``)."""
+    this user's key, whether more follow, and (``counts``) the counts by status
+    (``caliber queue list``)."""
     from caliber.queue.secret import load_key
 
     wanted = parse_status(status)
@@ -107,9 +119,24 @@ def list_summaries(
     with opened(target) as backend:
         summaries = backend.list_summaries(key, pinion=pinion, status=wanted, limit=page,
                                            offset=offset)
-    if limit is not None and len(summaries) > limit:
-        return summaries[:limit], True
-    return summaries, False
+        by_status = backend.count_statuses(pinion=pinion) if counts else {}
+    more = limit is not None and len(summaries) > limit
+    return Page(summaries[:limit] if more else summaries, more, by_status)
+
+
+def list_summaries(
+    target: QueueTarget,
+    *,
+    pinion: str | None = None,
+    status: str | WorkloadStatus | None = None,
+    limit: int | None = DEFAULT_LIMIT,
+    offset: int = 0,
+) -> tuple[list[WorkloadSummary], bool]:
+    """One page of workload summaries and whether more follow (:func:`list_page` without the
+    counts)."""
+    found = list_page(target, pinion=pinion, status=status, limit=limit, offset=offset,
+                      counts=False)
+    return found.summaries, found.more
 
 
 def list_workloads(
@@ -135,6 +162,29 @@ def view_workload(id_or_prefix: str, target: QueueTarget) -> CheckedWorkload:
     ok = _checker()
     with opened(target) as backend:
         workload = backend.get(id_or_prefix)
+    return CheckedWorkload(workload, ok(workload))
+
+
+def cancel(id_or_prefix: str, target: QueueTarget) -> Workload:
+    """Cancel a workload (``caliber queue cancel``): a queued one never runs; a running one is
+    stopped by its pinion at its next lease renewal, after its current task, and kept as
+    cancelled with the Results of the tasks that finished. Returns it as it is now."""
+    from caliber.queue.workload import queued_by
+
+    with opened(target) as backend:
+        return backend.cancel(id_or_prefix, queued_by())
+
+
+def retry(id_or_prefix: str, target: QueueTarget, *, resume: bool = False) -> CheckedWorkload:
+    """Queue a failed or cancelled workload again (``caliber queue retry``): the same workload,
+    a new attempt series, its history kept. Its run-secret is not touched: a pinion checks it
+    as before. With ``resume`` the tasks that completed in its last Results are not run again
+    (their values and ``g`` are reused)."""
+    ok = _checker()
+    from caliber.queue.workload import queued_by
+
+    with opened(target) as backend:
+        workload = backend.retry(id_or_prefix, queued_by(), resume=resume)
     return CheckedWorkload(workload, ok(workload))
 
 

@@ -434,7 +434,6 @@ class SpeckleBackend:
                         ev.Resign(workload=state.id, secret=secret, key=key_id))
             return self.get(state.id)
 
-    # --- results --------------------------------------------------------------------------
     def cancel(self, id_or_prefix: str, by: str) -> Workload:
         with self.lock:
             workload = self.get(id_or_prefix)
@@ -457,6 +456,7 @@ class SpeckleBackend:
         return dict(Counter(s.status.value for s in states
                             if pinion is None or s.pinion == pinion))
 
+    # --- results --------------------------------------------------------------------------
 
     def _results(self, object_ids: builtins.list[str]) -> builtins.list[Results]:
         found = self._fetch(object_ids)
