@@ -72,12 +72,15 @@ class Settings(BaseSettings):
     pinion_max_attempts: int = Field(DEFAULT_MAX_ATTEMPTS, description=(
         "claims of one workload (after pinions died) before it is failed "
         "(pinion init --max-attempts)"))
+    pinion_keep_runs: int | None = Field(None, description=(
+        "run folders of finished workloads a pinion keeps, the newest (pinion init "
+        "--keep-runs; default: all)"))
 
     # The smallest value of each number (exclusive for the names in _OPEN).
     _MINIMUM: ClassVar[dict[str, float]] = {
         "speckle_settle": 0, "speckle_min_lease": 0, "speckle_timeout": 0.1,
         "pinion_attempts": 0, "pinion_wait": 0, "pinion_lease": 0.1, "pinion_timeout": 0,
-        "pinion_max_attempts": 1,
+        "pinion_max_attempts": 1, "pinion_keep_runs": 0,
     }
     _OPEN: ClassVar[frozenset[str]] = frozenset({"pinion_timeout"})
 
@@ -103,7 +106,7 @@ class Settings(BaseSettings):
         if raw is None:
             return raw
         field: str = info.field_name
-        whole = cls.model_fields[field].annotation is int
+        whole = cls.model_fields[field].annotation in (int, int | None)
         minimum, strict = cls._MINIMUM[field], field in cls._OPEN
         try:
             value = float(raw)

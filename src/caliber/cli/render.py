@@ -26,6 +26,7 @@ if TYPE_CHECKING:
     from rich.tree import Tree
 
     from caliber.results.model import Results
+    from caliber.results.prune import Pruned
     from caliber.workflow.model import BranchProcess, Node, Process, Task, Workflow
     from caliber.workflow.runner import TaskEvent
 
@@ -433,3 +434,30 @@ def skipped_lines(results: Results) -> list[str]:
         for t in results.tasks
         if t.status.value == "skipped"
     ]
+
+
+def format_bytes(count: int) -> str:
+    """``512 B``, ``61.4 kB``, ``19.3 MB`` (powers of 1000, as file managers show)."""
+    size = float(count)
+    for unit in ("B", "kB", "MB", "GB"):
+        if size < 1000 or unit == "GB":
+            return f"{int(size)} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1000
+    raise AssertionError("unreachable")
+
+
+def prune_lines(pruned: Pruned) -> list[str]:
+    """What ``results prune`` removed (or would), for people."""
+    did = "would remove" if pruned.dry_run else "removed"
+    cut = pruned.before.strftime("%Y-%m-%d %H:%M UTC")
+    lines = [f"{did} {len(pruned.workloads)} finished workloads and {len(pruned.results)} "
+             f"results from before {cut}: {format_bytes(pruned.bytes)} of records"]
+    if pruned.versions:
+        lines.append(f"{did} {pruned.versions} versions of the remote queue")
+    if pruned.file_before is not None and pruned.file_after is not None and not pruned.dry_run:
+        lines.append(f"queue database: {format_bytes(pruned.file_before)} -> "
+                     f"{format_bytes(pruned.file_after)}")
+    if pruned.run_folders:
+        lines.append(f"{did} {pruned.run_folders} run folders on this machine "
+                     f"({format_bytes(pruned.run_bytes)})")
+    return lines

@@ -1,14 +1,17 @@
-"""``caliber results ...``: List and show stored Results (every task's return value)."""
+"""``caliber results ...``: List, show and prune stored Results (every task's return value)."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import click
 
 from caliber.cli.common import json_option, print_json, target_options
+from caliber.cli.complete import results_ids
 
 if TYPE_CHECKING:
+    import datetime as dt
+
     from caliber.queue.target import QueueTarget
     from caliber.results.model import Results
 
@@ -21,6 +24,7 @@ def results() -> None:
     Example:
       caliber results list --workflow pasta
       caliber results show k3v9q2mxa7
+      caliber results prune --older-than 30d --dry-run
     """
 
 
@@ -87,7 +91,7 @@ def _find(
     short_help="Show one Results: every task's return value.",
     epilog="Example: caliber results show k3v9   (or: caliber results show --workflow pasta)",
 )
-@click.argument("id_", metavar="[ID]", required=False)
+@click.argument("id_", metavar="[ID]", required=False, shell_complete=results_ids)
 @click.option("--workflow", "workflow_name", metavar="NAME",
               help="Without ID: the latest results of this workflow.")
 @click.option("--pinion", "pinion_name", metavar="NAME",
@@ -117,3 +121,64 @@ def show_cmd(
         if task.error is not None and task.error.traceback:
             title = task.name + (f" (branch {task.branch})" if task.branch is not None else "")
             print_traceback(task.error.traceback, title)
+
+
+class Duration(click.ParamType[Any, Any]):
+    """An age such as 30d, 12h, 90m, 45s or 2w."""
+
+    name = "AGE"
+
+    def convert(self, value: Any, param: click.Parameter | None,
+                ctx: click.Context | None) -> Any:
+        from caliber.errors import UsageError
+        from caliber.results.prune import parse_duration
+
+        if not isinstance(value, str):
+            return value
+        try:
+            return parse_duration(value)
+        except UsageError as exc:
+            self.fail(str(exc), param, ctx)
+
+
+@results.command(
+    "prune",
+    short_help="Remove finished workloads and results older than an age.",
+    epilog="Examples: caliber results prune --older-than 30d --dry-run | caliber results prune "
+    "--older-than 12h --workflow pasta --json",
+)
+@click.option("--older-than", "older_than", type=Duration(), required=True, metavar="AGE",
+              help="Remove what finished longer ago than this: a whole number and a unit, "
+              "s, m, h, d or w (30d, 12h, 90m).")
+@click.option("--workflow", "workflow_name", metavar="NAME", help="Only this workflow's.")
+@click.option("--pinion", "pinion_name", metavar="NAME", help="Only this pinion's.")
+@click.option("--dry-run", is_flag=True, help="Change nothing; say what would be removed.")
+@target_options
+@json_option
+def prune_cmd(
+    older_than: dt.timedelta,
+    workflow_name: str | None,
+    pinion_name: str | None,
+    dry_run: bool,
+    target: QueueTarget,
+    as_json: bool,
+) -> None:
+    """Remove finished work older than AGE: each completed, failed or cancelled workload whose
+    last change is older, with its history, all its results and its run folder on this
+    machine; and results of no workload in the queue (workflow run) older than AGE.
+
+    Queued and running workloads, and every result of a workload that stays in the queue
+    (a later `queue retry --resume` needs them), are never touched. The local queue's file
+    is compacted after a big prune; on Speckle the versions of the pruned workloads are
+    deleted."""
+    from caliber.results.prune import prune
+
+    pruned = prune(target, older_than, workflow=workflow_name, pinion=pinion_name,
+                   dry_run=dry_run)
+    if as_json:
+        print_json(pruned.to_dict())
+        return
+    from caliber.cli.render import prune_lines
+
+    for line in prune_lines(pruned):
+        click.echo(line)

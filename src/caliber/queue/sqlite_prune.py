@@ -1,7 +1,7 @@
 """``results prune`` on the local queue: which rows go (:func:`select`), removing them
 (:func:`delete`), and giving the space back to the disk (:func:`compact`).
 
-What goes is said in :mod:`caliber.results.prune`. A workload's last change is its newest
+What goes is said in :mod:`caliber.results.prune`. A workload's last change is its last
 history entry (finishing, cancelling), or its queuing time when it has none.
 
 Space: SQLite keeps the pages of deleted rows in the file and reuses them for later writes,
@@ -41,8 +41,8 @@ _WORKLOADS = f"""
     WHERE w.status IN ({", ".join(repr(s) for s in FINISHED)})
       AND (:workflow IS NULL OR w.workflow_name = :workflow)
       AND (:pinion IS NULL OR w.pinion = :pinion)
-      AND COALESCE((SELECT max(h.at) FROM workload_history h WHERE h.workload_id = w.id),
-                   w.created_at) < :cut
+      AND COALESCE((SELECT h.at FROM workload_history h WHERE h.workload_id = w.id
+                    ORDER BY h.rowid DESC LIMIT 1), w.created_at) < :cut
     ORDER BY w.created_at"""
 
 # The Results of the pruned workloads, and those of no workload in the queue (their age and
