@@ -16,7 +16,9 @@ import faulthandler
 import json
 import os
 import sys
+import signal
 import traceback
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -166,9 +168,13 @@ def _resume(job: dict[str, Any]) -> Results | None:
     if job.get("resume") is None:
         return None
     earlier = Results.model_validate(job["resume"])
+        stop = threading.Event()  # the pinion asks with SIGUSR1: a cancelled workload
+        if hasattr(signal, "SIGUSR1"):
+            signal.signal(signal.SIGUSR1, lambda *_: stop.set())
     if earlier.workload_id != job["workload_id"]:
         raise ResumeError(f"cannot resume from results {earlier.id}: they are of workload "
                           f"{earlier.workload_id}, not {job['workload_id']}")
+            should_stop=stop.is_set,
     return earlier
 
 

@@ -459,7 +459,7 @@ class Pinion:
             self.reporter.task_event(message.event)
         if message.record is not None:
             run.records.append(message.record)
-            if run.cancelled is not None:  # cancelled: stop once the current task ended
+            if run.cancelled is not None and not run.asked:  # stop after the current task
                 run.child.kill()
                 run.stop_type, run.stop_reason = "Cancelled", f"cancelled by {run.cancelled}"
                 return True
@@ -498,8 +498,8 @@ class Pinion:
             log.debug("lease of %s renewed", run.claim.workload.id)
             if run.claim.cancel_requested is not None and run.cancelled is None:
                 run.cancelled = run.claim.cancel_requested
-                log.info("workload %s was cancelled by %s: stopping it after its current "
-                         "task", run.claim.workload.id, run.cancelled)
+                run.asked = run.child.ask_to_stop()
+                self.reporter.cancelling(run.cancelled)
         except LeaseLostError:
             run.child.kill()
             run.child.wait()
@@ -560,6 +560,8 @@ class _Run:
     exited_at: float | None = None
     cancelled: str | None = None
     """Who cancelled the workload (learnt at a renewal): it stops after its current task."""
+    asked: bool = False
+    """Whether the child was asked to run no further task (else it is killed after this one)."""
 
 
 def _reason(exc: BaseException) -> str:

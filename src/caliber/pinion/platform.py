@@ -108,6 +108,15 @@ class ChildProcess:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(self.pid, signal.SIGKILL)
 
+    def ask_to_stop(self) -> bool:
+        """Ask the child to run no further task (SIGUSR1, see
+        :func:`caliber.pinion.child.run_job`); False where there is no such signal."""
+        if not hasattr(signal, "SIGUSR1") or self.returncode is not None:
+            return False
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(self.pid, signal.SIGUSR1)
+        return True
+
     def kill_group(self) -> None:
         """Kill what is left of the child's process group (processes it started)."""
         if POSIX:

@@ -200,6 +200,10 @@ class Reporter:
         self.running = False
         self.error(f"workload {workload_id} {what}: {reason}", exc_info=exc)
 
+    def cancelling(self, by: str) -> None:
+        """The running workload was cancelled: it stops after its current task."""
+        self._line(f"{self._workload}: cancelled by {by}; stopping after the current task")
+
     def skipped(self, workload_id: str, reason: str) -> None:
         self._line(f"skipped workload {workload_id}: {reason}")
 

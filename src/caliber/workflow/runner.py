@@ -14,6 +14,7 @@ runs.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import importlib
 import sys
@@ -107,6 +108,8 @@ class _Run:
         self.values: dict[tuple[str, int | None], Any] = {}
         self.errors: list[ErrorInfo] = []
         self.interrupted = False
+        self.should_stop: Callable[[], bool] = lambda: False
+        self.stopped_before: str | None = None  # the task a stop request kept from running
         self.reused: set[tuple[str, int | None]] = set()
         self.g_json: dict[str, Any] = {}  # g as JSON after the last task, to see what changed
         self.hashes: dict[str, tuple[str, str] | None] = {}  # module -> (file, sha256)
@@ -222,6 +225,10 @@ class _Run:
         return value
 
     def run_task(self, task: Task, branch: int | None) -> bool:
+        if self.should_stop():  # cancelled: no further task runs, not even other branches
+            self.interrupted = True
+            self.stopped_before = self.stopped_before or task.name
+            return False
         self.index += 1
         record = self.records[task.name, branch]
         self.emit(TaskEvent("start", self.index, self.total, task.name, branch))
@@ -289,14 +296,19 @@ def run_workflow(
     workload_id: str | None = None,
     pinion: str | None = None,
     resume: Results | None = None,
+    should_stop: Callable[[], bool] | None = None,
 ) -> Results:
     """Run every task in order and return the Results; never raises for a task's exception.
 
     With ``resume``, the tasks that completed in those Results are reused, not run again
     (ResumeError, before anything runs, when that cannot be done faithfully).
+    ``should_stop`` is asked before each task: once it says True no further task runs and
+    the Results are cancelled (``caliber queue cancel`` of a running workload).
     On failure the tracebacks are also written to ``caliber-traceback.txt`` in ``work_dir``.
     """
     run = _Run(workflow, on_event)
+    if should_stop is not None:
+        run.should_stop = should_stop
     started = utcnow()
     context.g.clear()
     if resume is not None:
@@ -319,27 +331,28 @@ def run_workflow(
         g_values[str(key)], note = to_json(context.g.get(key))
         if note:
             g_notes[str(key)] = note
+    stop = None if run.stopped_before is None else ErrorInfo(
+        type="Cancelled", message=f"cancelled: stopped before task {run.stopped_before!r}")
     results = Results(
         workload_id=workload_id,
         workflow=workflow.name,
         pinion=pinion,
-        status=RunStatus.FAILED if run.errors else RunStatus.COMPLETED,
+        status=(RunStatus.FAILED if run.errors else RunStatus.CANCELLED if stop is not None
+                else RunStatus.COMPLETED),
         started_at=started,
         finished_at=utcnow(),
         tasks=[run.records[s.task.name, s.branch] for s in run.steps],
         g=g_values,
         g_conversions=g_notes,
-        error=run.errors[0] if run.errors else None,
+        error=run.errors[0] if run.errors else stop,
         work_dir=str(work_dir.resolve()) if work_dir else None,
         resumed_from=resume.id if resume is not None else None,
     )
     if run.errors and work_dir is not None:
         write_traceback_file(work_dir, results)
     elif work_dir is not None:  # an earlier failed run's file would tell of an old error
-        try:
+        with contextlib.suppress(OSError):
             (work_dir / TRACEBACK_FILE).unlink(missing_ok=True)
-        except OSError:
-            pass
     return results
 
 
