@@ -15,10 +15,10 @@ from __future__ import annotations
 import faulthandler
 import json
 import os
-import sys
 import signal
-import traceback
+import sys
 import threading
+import traceback
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -136,7 +136,12 @@ def quiet_input() -> None:
 
 
 def run_job(job: dict[str, Any], messages_fd: int) -> None:
-    """Run one workload; ``job`` has ``workload_id``, ``pinion``, ``work_dir``, ``workflow``."""
+    """Run one workload; ``job`` has ``workload_id``, ``pinion``, ``work_dir``, ``workflow``
+    (and ``resume``: the earlier Results a resumed workload reuses). SIGUSR1 from the pinion
+    (a cancelled workload) lets the running task finish and runs no further one."""
+    stop = threading.Event()
+    if hasattr(signal, "SIGUSR1"):
+        signal.signal(signal.SIGUSR1, lambda *_: stop.set())
     sender = _Sender(messages_fd)
     work_dir = Path(job["work_dir"])
     redirect_output(str(work_dir / OUTPUT_FILE))
@@ -150,6 +155,7 @@ def run_job(job: dict[str, Any], messages_fd: int) -> None:
         results = run_workflow(
             workflow, work_dir=work_dir, on_event=sender.event,
             workload_id=job["workload_id"], pinion=job["pinion"], resume=resume,
+            should_stop=stop.is_set,
         )
     except CaliberError as exc:  # a broken document, or a resume that cannot be done
         results = Results(
@@ -168,13 +174,9 @@ def _resume(job: dict[str, Any]) -> Results | None:
     if job.get("resume") is None:
         return None
     earlier = Results.model_validate(job["resume"])
-        stop = threading.Event()  # the pinion asks with SIGUSR1: a cancelled workload
-        if hasattr(signal, "SIGUSR1"):
-            signal.signal(signal.SIGUSR1, lambda *_: stop.set())
     if earlier.workload_id != job["workload_id"]:
         raise ResumeError(f"cannot resume from results {earlier.id}: they are of workload "
                           f"{earlier.workload_id}, not {job['workload_id']}")
-            should_stop=stop.is_set,
     return earlier
 
 
