@@ -491,31 +491,6 @@ class SQLiteBackend:
             self._add_history(conn, full, (None, f"signed again with key {key_id}"))
             return self.get(full)
 
-    def prune(self, before: dt.datetime, *, workflow: str | None = None,
-              pinion: str | None = None, dry_run: bool = False) -> Pruned:
-        """See :meth:`caliber.queue.backend.QueueBackend.prune` and
-        :mod:`caliber.queue.sqlite_prune` (compacts the file after a big prune)."""
-        from caliber.queue import sqlite_prune
-
-        size = sqlite_prune.file_size(self.path)
-        with self.reading() if dry_run else self.transaction() as conn:
-            found = sqlite_prune.select(conn, before, workflow=workflow, pinion=pinion,
-                                        dry_run=dry_run)
-            if not dry_run:
-                sqlite_prune.delete(conn, found)
-        if not dry_run and (found.workloads or found.results):
-            with self._lock:
-                sqlite_prune.compact(self.conn)
-        return replace(found, file_before=size,
-                       file_after=size if dry_run else sqlite_prune.file_size(self.path))
-
-    def _held(
-        self, conn: sqlite3.Connection, claim: Claim, assignments: str, params: tuple[Any, ...]
-    ) -> str | None:
-        """Update the claimed row only while ``claim`` holds it; LeaseLostError otherwise.
-        Returns who asked to cancel it, if anyone."""
-        row = conn.execute(
-            f"UPDATE workloads SET {assignments} WHERE id = ? AND lease_token = ? "
     def cancel(self, id_or_prefix: str, by: str) -> Workload:
         with self.transaction() as conn:
             workload = self.get(id_or_prefix)
@@ -553,6 +528,31 @@ class SQLiteBackend:
             ).fetchall()
         return {str(status): int(n) for status, n in rows}
 
+    def prune(self, before: dt.datetime, *, workflow: str | None = None,
+              pinion: str | None = None, dry_run: bool = False) -> Pruned:
+        """See :meth:`caliber.queue.backend.QueueBackend.prune` and
+        :mod:`caliber.queue.sqlite_prune` (compacts the file after a big prune)."""
+        from caliber.queue import sqlite_prune
+
+        size = sqlite_prune.file_size(self.path)
+        with self.reading() if dry_run else self.transaction() as conn:
+            found = sqlite_prune.select(conn, before, workflow=workflow, pinion=pinion,
+                                        dry_run=dry_run)
+            if not dry_run:
+                sqlite_prune.delete(conn, found)
+        if not dry_run and (found.workloads or found.results):
+            with self._lock:
+                sqlite_prune.compact(self.conn)
+        return replace(found, file_before=size,
+                       file_after=size if dry_run else sqlite_prune.file_size(self.path))
+
+    def _held(
+        self, conn: sqlite3.Connection, claim: Claim, assignments: str, params: tuple[Any, ...]
+    ) -> str | None:
+        """Update the claimed row only while ``claim`` holds it; LeaseLostError otherwise.
+        Returns who asked to cancel it, if anyone."""
+        row = conn.execute(
+            f"UPDATE workloads SET {assignments} WHERE id = ? AND lease_token = ? "
             "AND status = 'running' RETURNING cancel_requested",
             (*params, claim.workload.id, claim.token),
         ).fetchone()
@@ -561,6 +561,7 @@ class SQLiteBackend:
                 f"workload {claim.workload.id} is no longer held by {claim.owner} (its lease "
                 "ran out and another pinion took it, or it was reset)"
             )
+        return None if row[0] is None else str(row[0])
 
     @staticmethod
     def _add_history(
@@ -585,7 +586,6 @@ class SQLiteBackend:
         ids = list(by_id)
         for start in range(0, len(ids), 500):
             chunk = ids[start:start + 500]
-        return None if row[0] is None else str(row[0])
             rows = self.conn.execute(
                 "SELECT workload_id, at, status, message FROM workload_history WHERE workload_id"
                 f" IN ({', '.join('?' * len(chunk))}) ORDER BY rowid",
