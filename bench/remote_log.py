@@ -102,7 +102,7 @@ def fill(server: Any, token: str, count: int) -> str:
                 version = Version(_id(f"{wid}-{i}"), project.id, model.id, object_id,
                                   message(f"{body.kind} {wid}", body), "caliber", user.id,
                                   at.isoformat(timespec="milliseconds").replace("+00:00", "Z"))
-                store.versions[version.id] = version
+                store.add_version(version)
         store.save_objects(project.id, objects)
     return str(project.id)
 

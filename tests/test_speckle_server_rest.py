@@ -256,7 +256,7 @@ def test_a_version_tied_with_a_pages_last_createdat_is_skipped_by_the_next_page(
         made = [store.create_version(user, {"projectId": project, "modelId": model.id,
                                             "objectId": A, "message": str(n)})
                 for n in range(3)]
-        made[0].created_at = made[1].created_at  # the two oldest share a millisecond
+        store.set_created_at(made[0], made[1].created_at)  # the two oldest tie
     query = """query($p: String!, $m: String!, $c: String) { project(id: $p) { model(id: $m) {
         versions(limit: 2, cursor: $c) { cursor items { message } } } } }"""
     seen, cursor = [], None

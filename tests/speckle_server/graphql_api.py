@@ -97,7 +97,10 @@ def limited_user(store: Store, user_id: str) -> Obj | None:
 
 
 def project_obj(ctx: Context, p: Project) -> Obj:
-    apps = {v.source_application for v in ctx.store.versions.values() if v.project_id == p.id}
+    # ``Project.sourceApps`` (resolvers/projects.ts, ``getStreamsSourceAppsFactory`` in
+    # repositories/streams.ts) reads the source application of every version of the project,
+    # as the real server does: a query that asks for it costs more the more versions there are
+    apps = {v.source_application for v in ctx.store.project_versions(p.id)}
     return {
         "_obj": p,
         "id": p.id,
@@ -118,7 +121,7 @@ def preview_url(ctx: Context, v: Version) -> str:
 
 
 def model_obj(ctx: Context, m: Model) -> Obj:
-    latest = ctx.store.model_versions(m.id)[:1]
+    latest = ctx.store.versions_before(m.id, None, 1)
     return {
         "_obj": m,
         "id": m.id,
@@ -236,17 +239,17 @@ def project_models(
     models = ctx.store.visible_models(parent["id"])
 
     def keep(m: Model) -> bool:
-        versions = ctx.store.model_versions(m.id)
+        versions = ctx.store.model_versions  # read only when a filter asks
         return all(
             (
                 not f.get("search") or ilike(m.name, f"%{f['search']}%"),
                 not f.get("ids") or m.id in f["ids"],
                 m.id not in (f.get("excludeIds") or ()),
-                not f.get("onlyWithVersions") or bool(versions),
+                not f.get("onlyWithVersions") or bool(ctx.store.by_model.get(m.id)),
                 not f.get("sourceApps")
-                or any(v.source_application in f["sourceApps"] for v in versions),
+                or any(v.source_application in f["sourceApps"] for v in versions(m.id)),
                 not f.get("contributors")
-                or any(v.author_id in f["contributors"] for v in versions),
+                or any(v.author_id in f["contributors"] for v in versions(m.id)),
             )
         )
 
@@ -296,13 +299,26 @@ def model_versions(
     if limit > MAX_VERSIONS_PAGE:
         message = "Cannot return more than 100 items, please use pagination."
         raise SpeckleError(message, "BAD_REQUEST_ERROR", 400)
-    versions = ctx.store.model_versions(parent["id"])
-    if filter:
-        first = [v for v in versions if v.id in filter["priorityIds"]]
-        rest = [] if filter.get("priorityIdsOnly") else [v for v in versions if v not in first]
-        versions = first + rest
-    result = page(versions, limit, cursor, lambda v: v.created_at)
-    return {**result, "items": [version_obj(ctx, v) for v in result["items"]]}
+    store, model_id = ctx.store, parent["id"]
+    priority_ids = (filter or {}).get("priorityIds") or []
+    first: list[Version] = []
+    if priority_ids and not cursor:  # loaded only on the first page, in the order asked
+        found = (store.versions.get(i) for i in dict.fromkeys(priority_ids))
+        first = [v for v in found if v and v.model_id == model_id]
+        if (filter or {}).get("priorityIdsOnly"):
+            return page_obj(ctx, first[: max(limit, 0)], len(first))
+    # the rest of the page: the newest with ``createdAt < cursor``, less the priority ids
+    # (excluded on every page); the total counts them all
+    rest = store.versions_before(model_id, cursor, max(limit, 0) + len(priority_ids))
+    rest = [v for v in rest if v.id not in priority_ids]
+    items = (first + rest)[: max(limit, 0)]
+    return page_obj(ctx, items, len(store.by_model.get(model_id, [])))
+
+
+def page_obj(ctx: Context, items: list[Version], total: int) -> Obj:
+    """A page of versions; its cursor is the last item's ``createdAt``, as the real server's."""
+    return {"totalCount": total, "cursor": items[-1].created_at if items else None,
+            "items": [version_obj(ctx, v) for v in items]}
 
 
 def version_model(parent: Obj, info: GraphQLResolveInfo) -> Obj:

@@ -9,10 +9,11 @@ the server keeps the data.
 
 from __future__ import annotations
 
+import bisect
 import re
 import secrets
 import threading
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -78,6 +79,11 @@ class Version:
     created_at: str
 
 
+def format_stamp(at: datetime) -> str:
+    """A UTC time as the real server's ``toISOString()`` writes it: milliseconds, ``Z``."""
+    return at.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
 def model_name(raw: str) -> str:
     """Lower-case, split on ``/``, trim the parts, drop empty ones (``/A//B `` -> ``a/b``)."""
     return "/".join(part.strip() for part in raw.lower().split("/") if part.strip())
@@ -115,6 +121,10 @@ class Store:
     models: dict[str, Model] = field(default_factory=dict)
     versions: dict[str, Version] = field(default_factory=dict)
     objects: dict[str, dict[str, dict[str, Any]]] = field(default_factory=dict)
+    by_model: dict[str, list[tuple[str, str]]] = field(default_factory=dict, repr=False)
+    """Model id -> its versions' ``(createdAt, id)``, oldest first: what the real server's
+    ``branch_commits`` primary key ``(branchId, commitId)`` finds and its query sorts by
+    ``createdAt``; kept in order on every change, so a page is a bisection."""
     lock: threading.RLock = field(default_factory=threading.RLock, repr=False)
     _last_stamp: datetime = field(default=datetime.min.replace(tzinfo=UTC), repr=False)
 
@@ -125,7 +135,7 @@ class Store:
         now = datetime.now(UTC)
         now = now.replace(microsecond=now.microsecond // 1000 * 1000)
         self._last_stamp = max(now, self._last_stamp + timedelta(milliseconds=1))
-        return self._last_stamp.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+        return format_stamp(self._last_stamp)
 
     def _new_id(self) -> str:
         return secrets.token_hex(5)
@@ -196,10 +206,51 @@ class Store:
     def project_models(self, project_id: str) -> list[Model]:
         return [m for m in self.models.values() if m.project_id == project_id]
 
+    def project_versions(self, project_id: str) -> Iterator[Version]:
+        """Every version of the project, model by model (the real ``stream_commits`` table,
+        found by its primary key ``(streamId, commitId)``)."""
+        for model in self.project_models(project_id):
+            yield from (self.versions[v] for _, v in self.by_model.get(model.id, []))
+
     def model_versions(self, model_id: str) -> list[Version]:
         """Newest first."""
-        found = [v for v in self.versions.values() if v.model_id == model_id]
-        return sorted(found, key=lambda v: v.created_at, reverse=True)
+        return [self.versions[v] for _, v in reversed(self.by_model.get(model_id, []))]
+
+    def versions_before(self, model_id: str, cursor: str | None, limit: int) -> list[Version]:
+        """Up to ``limit`` of the model's versions with ``createdAt < cursor``, newest first
+        (``getPaginatedBranchCommitsItemsFactory``, repositories/commits.ts). ``cursor`` is
+        compared as a time, as PostgreSQL casts it (any ISO form; below a millisecond it
+        counts), with the stored millisecond ``createdAt``; one that is not a time is refused
+        (the real server's error for it is not recorded)."""
+        index = self.by_model.get(model_id, [])
+        end = len(index)
+        if cursor:
+            try:
+                at = datetime.fromisoformat(cursor.replace("Z", "+00:00")).astimezone(UTC)
+            except ValueError:
+                raise SpeckleError(f"invalid cursor {cursor!r}", "INTERNAL_SERVER_ERROR",
+                                   500) from None
+            at += timedelta(microseconds=-at.microsecond % 1000)  # the next whole ms
+            end = bisect.bisect_left(index, (format_stamp(at),))
+        chosen = index[max(0, end - max(limit, 0)):end]
+        return [self.versions[v] for _, v in reversed(chosen)]
+
+    def add_version(self, version: Version) -> None:
+        """Store a version and index it by model."""
+        self.versions[version.id] = version
+        bisect.insort(self.by_model.setdefault(version.model_id, []),
+                      (version.created_at, version.id))
+
+    def remove_version(self, version_id: str) -> Version:
+        version = self.versions.pop(version_id)
+        self.by_model[version.model_id].remove((version.created_at, version.id))
+        return version
+
+    def set_created_at(self, version: Version, created_at: str) -> None:
+        """Change a stored version's ``createdAt`` (tests make ties with it)."""
+        self.remove_version(version.id)
+        version.created_at = created_at
+        self.add_version(version)
 
     def _duplicate(self, project_id: str, name: str, exclude: str | None = None) -> bool:
         """The real check is ``name ILIKE <new name>``, so ``_`` and ``%`` act as wildcards."""
@@ -242,7 +293,7 @@ class Store:
             (
                 m
                 for m in self.project_models(project_id)
-                if m.name != "main" or self.model_versions(m.id)
+                if m.name != "main" or self.by_model.get(m.id)
             ),
             key=lambda m: m.updated_at,
             reverse=True,
@@ -305,8 +356,8 @@ class Store:
 
     def _drop_model(self, model_id: str) -> None:
         del self.models[model_id]
-        for version in self.model_versions(model_id):
-            del self.versions[version.id]
+        for _, version_id in self.by_model.pop(model_id, []):
+            del self.versions[version_id]
 
     # -- versions ------------------------------------------------------------------------------
 
@@ -337,7 +388,7 @@ class Store:
             user.id,
             self.stamp(),
         )
-        self.versions[version.id] = version
+        self.add_version(version)
         model.updated_at = project.updated_at = self.stamp()
         return version
 
@@ -368,8 +419,8 @@ class Store:
         self.project_for_write(project_id, user)
         if not version_ids:
             raise SpeckleError("No commits specified", "COMMIT_BATCH_UPDATE_ERROR", 400)
-        for version in self._live_versions(project_id, version_ids):
-            del self.versions[version.id]
+        for version in {v.id: v for v in self._live_versions(project_id, version_ids)}.values():
+            self.remove_version(version.id)
 
     def move_versions(
         self, user: User, project_id: str, version_ids: list[str], target: str
@@ -389,7 +440,9 @@ class Store:
             model = Model(self._new_id(), project_id, name, None, user.id, now, now)
             self.models[model.id] = model
         for version in versions:
+            self.remove_version(version.id)
             version.model_id = model.id
+            self.add_version(version)
         return model
 
     # -- objects -------------------------------------------------------------------------------

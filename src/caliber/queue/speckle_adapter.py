@@ -50,6 +50,7 @@ TRANSIENT_RETRIES = 3  # repeats of a safe request after a network error or HTTP
 TRANSIENT_WAIT = 0.25  # seconds: first back-off after a network error (doubles)
 UPLOAD_BATCH_BYTES = 8_000_000  # uncompressed bytes of objects per upload request
 VERSIONS_PAGE = 100  # the largest page the server lists
+DELETE_BATCH = 100  # versions deleted per request
 INSTALL_HINT = "pip install 'specklepy>=2026.9,<2027'"  # the speckle extra's range
 SOURCE_APPLICATION = "caliber"
 _MEMBER_BAD = re.compile(r"[./]")
@@ -306,8 +307,7 @@ class SpeckleConnection:
         self.session.headers["Authorization"] = f"Bearer {token}"
         try:
             self._connect(token)
-            self._check_project()
-            self.model_id = self._model_by_name(self.model_key)
+            self.model_id = self._model_by_name(self.model_key)  # checks the project too
         except BaseException:
             self.close()
             raise
@@ -346,18 +346,6 @@ class SpeckleConnection:
         user = self.call("check the token", client.active_user.get)
         self.user = getattr(user, "name", None)
 
-    def _check_project(self) -> None:
-        try:
-            self.call("open the project", self.client.project.get, self.project_id)
-        except GraphQLCodeError as exc:
-            if {"STREAM_NOT_FOUND", "FORBIDDEN", "STREAM_INVALID_ACCESS_ERROR"} & set(exc.codes):
-                raise ConfigError(
-                    f"project {self.project_id} not found on {self.host}, or this account "
-                    "has no access to it: check CALIBER_SPECKLE_PROJECT / --project (the id is "
-                    "in the project's address, .../projects/<id>)"
-                ) from exc
-            raise
-
     def ensure_model(self) -> str:
         """The model's id, made now if it does not exist yet (the first write makes it)."""
         if self.model_id is not None:
@@ -391,13 +379,22 @@ class SpeckleConnection:
                           f"{self.where}")  # pragma: no cover
 
     def _model_by_name(self, name: str) -> str | None:
+        """The model's id, ``None`` if it does not exist; a project that is missing or not
+        readable is a ConfigError. (One small query: specklepy's ``project.get`` asks for
+        ``sourceApps``, which the server reads from every version of the project.)"""
         from gql import gql
 
         request = gql(_MODEL_BY_NAME)
         request.variable_values = {"projectId": self.project_id, "name": name}
         try:
-            data = self.call("find the model", self.client.httpclient.execute, request)
+            data = self.call("find the queue's model", self.client.httpclient.execute, request)
         except GraphQLCodeError as exc:
+            if {"STREAM_NOT_FOUND", "FORBIDDEN", "STREAM_INVALID_ACCESS_ERROR"} & set(exc.codes):
+                raise ConfigError(
+                    f"project {self.project_id} not found on {self.host}, or this account "
+                    "has no access to it: check CALIBER_SPECKLE_PROJECT / --project (the id is "
+                    "in the project's address, .../projects/<id>)"
+                ) from exc
             if "BRANCH_NOT_FOUND" in exc.codes:
                 return None
             raise
@@ -442,6 +439,17 @@ class SpeckleConnection:
         version = self.call("write to the queue", create, safe=False)
         return VersionInfo(id=str(version.id), object_id=object_id, message=message,
                            created_at=_as_utc(version.created_at))
+
+    def delete_versions(self, ids: list[str]) -> None:
+        """Delete versions of the model, :data:`DELETE_BATCH` a request (``results prune``;
+        never repeated after a lost answer: a prune run again deletes what is left)."""
+        from specklepy.api.inputs.version_inputs import DeleteVersionsInput
+
+        for start in range(0, len(ids), DELETE_BATCH):
+            batch = DeleteVersionsInput(version_ids=ids[start:start + DELETE_BATCH],
+                                        project_id=self.project_id)
+            self.call("delete versions of the queue", self.client.version.delete, batch,
+                      safe=False)
 
     # -- objects --
 
