@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING
 import click
 
 from caliber.cli.common import json_option, print_json, target_options
+from caliber.cli.complete import workload_ids
 from caliber.queue.api import DEFAULT_LIMIT
 from caliber.queue.status import STATUSES
 
@@ -124,7 +125,7 @@ def list_cmd(
 
 
 @queue.command("view", epilog="Example: caliber queue view k3v9 --json")
-@click.argument("workload_id", metavar=WORKLOAD_ID)
+@click.argument("workload_id", metavar=WORKLOAD_ID, shell_complete=workload_ids)
 @target_options
 @json_option
 def view_cmd(workload_id: str, target: QueueTarget, as_json: bool) -> None:
@@ -175,7 +176,7 @@ def _view(found: Look) -> list[RenderableType]:
 
     grid = Table.grid(padding=(0, 2))
     grid.add_column(style="bold")
-    grid.add_column()
+    grid.add_column(overflow="fold")  # a long run folder wraps whole, never cut with "…"
     for name, value in facts:
         grid.add_row(name, value)
     parts: list[RenderableType] = [grid]
@@ -228,7 +229,7 @@ Examples:
   caliber queue cancel k3v9
   caliber queue cancel k3v9 --json
   {"id": "k3v9q2mxa7", ..., "status": "cancelled", ..., "cancel_asked": false}""")
-@click.argument("workload_id", metavar=WORKLOAD_ID)
+@click.argument("workload_id", metavar=WORKLOAD_ID, shell_complete=workload_ids)
 @target_options
 @json_option
 def cancel_cmd(workload_id: str, target: QueueTarget, as_json: bool) -> None:
@@ -257,7 +258,7 @@ Examples:
   caliber queue retry k3v9 --resume     # the tasks that completed are not run again
   caliber queue retry k3v9 --json
   {"id": "k3v9q2mxa7", ..., "status": "queued", ..., "resume_from": null}""")
-@click.argument("workload_id", metavar=WORKLOAD_ID)
+@click.argument("workload_id", metavar=WORKLOAD_ID, shell_complete=workload_ids)
 @click.option("--resume", is_flag=True,
               help="Reuse the tasks that completed in its last run: their return values and "
                    "what they put in g; only the rest runs.")
@@ -282,7 +283,7 @@ def retry_cmd(workload_id: str, resume: bool, target: QueueTarget, as_json: bool
 
 
 @queue.command("reset", epilog="Example: caliber queue reset k3v9")
-@click.argument("workload_id", metavar=WORKLOAD_ID)
+@click.argument("workload_id", metavar=WORKLOAD_ID, shell_complete=workload_ids)
 @click.option("--force", is_flag=True, help="Delete it even while a pinion is running it.")
 @target_options
 @json_option
@@ -307,7 +308,7 @@ def reset_cmd(
 
 
 @queue.command("resetsecret", epilog="Example: caliber queue resetsecret k3v9")
-@click.argument("workload_id", metavar=WORKLOAD_ID)
+@click.argument("workload_id", metavar=WORKLOAD_ID, shell_complete=workload_ids)
 @target_options
 @json_option
 def resetsecret_cmd(workload_id: str, target: QueueTarget, as_json: bool) -> None:
@@ -324,7 +325,7 @@ def resetsecret_cmd(workload_id: str, target: QueueTarget, as_json: bool) -> Non
 
 
 @queue.command("logs", epilog="Example: caliber queue logs k3v9 -f")
-@click.argument("workload_id", metavar=WORKLOAD_ID)
+@click.argument("workload_id", metavar=WORKLOAD_ID, shell_complete=workload_ids)
 @click.option("-f", "--follow", "follow_output", is_flag=True,
               help="Keep printing what it writes until it finishes (Ctrl-C stops).")
 @target_options

@@ -1,0 +1,61 @@
+"""Shell completion of ids (click's ``shell_complete``): workload ids for ``queue view``,
+``logs``, ``reset`` and ``resetsecret``, results ids for ``results show``.
+
+They are read from the queue the command line points at (``--project``, ``--model``,
+``--local`` when typed before the id, else the settings), at most :data:`COMPLETE_LIMIT` of
+them. Completion never fails loudly: a queue that cannot be read completes nothing.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import click
+    from click.shell_completion import CompletionItem
+
+    from caliber.queue.target import QueueTarget
+
+COMPLETE_LIMIT = 200  # ids offered at most: the newest results, the oldest workloads
+log = logging.getLogger(__name__)
+
+
+def _target(ctx: click.Context) -> QueueTarget:
+    from caliber.queue.target import resolve_target
+
+    return resolve_target(project=ctx.params.get("project"), model=ctx.params.get("model"),
+                          local=bool(ctx.params.get("local")))
+
+
+def workload_ids(ctx: click.Context, param: click.Parameter,
+                 incomplete: str) -> list[CompletionItem]:
+    """The ids of the queue's workloads that start with what is typed."""
+    from click.shell_completion import CompletionItem
+
+    from caliber.queue.api import opened
+
+    try:
+        with opened(_target(ctx)) as backend:
+            found = backend.list_summaries(b"", limit=COMPLETE_LIMIT)
+    except Exception as exc:  # completion must never break the shell
+        log.debug("no completion: %s", exc)
+        return []
+    return [CompletionItem(s.id, help=f"{s.workflow} {s.status}")
+            for s in found if s.id.startswith(incomplete)]
+
+
+def results_ids(ctx: click.Context, param: click.Parameter,
+                incomplete: str) -> list[CompletionItem]:
+    """The ids of the newest stored Results that start with what is typed."""
+    from click.shell_completion import CompletionItem
+
+    from caliber.results.api import list_results
+
+    try:
+        found = list_results(_target(ctx), limit=COMPLETE_LIMIT)
+    except Exception as exc:  # completion must never break the shell
+        log.debug("no completion: %s", exc)
+        return []
+    return [CompletionItem(r.id, help=f"{r.workflow} {r.status.value}")
+            for r in found if r.id.startswith(incomplete)]
