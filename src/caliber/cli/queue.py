@@ -160,6 +160,8 @@ def _view(found: Look) -> list[RenderableType]:
         ("attempts", str(w.attempts)), ("results id", w.results_id or "-"),
         ("run-secret", secret),
     ]
+    if w.resume_from:
+        facts.append(("resumes", f"reusing the completed tasks of results {w.resume_from}"))
     if w.lease is not None:
         facts.append(("lease", f"{escape(w.lease.owner)} until {_when(w.lease.expires_at)}"))
     if found.progress is not None:

@@ -330,7 +330,9 @@ def results_view(results: Results, *, value_width: int | None = None) -> Rendera
         f"[dim]workload {escape(results.workload_id or '-')}  "
         f"pinion {escape(results.pinion or '-')}  "
         f"started {results.started_at.astimezone():%Y-%m-%d %H:%M:%S}  "
-        f"took {format_duration((results.finished_at - results.started_at).total_seconds())}[/]"
+        f"took {format_duration((results.finished_at - results.started_at).total_seconds())}"
+        + (f"  resumed from results {escape(results.resumed_from)}" if results.resumed_from
+           else "") + "[/]"
     )
     rows = []
     for t in results.tasks:
@@ -342,7 +344,8 @@ def results_view(results: Results, *, value_width: int | None = None) -> Rendera
         rows.append([
             escape(t.name),
             "-" if t.branch is None else str(t.branch),
-            status_text(t.status.value),
+            status_text(t.status.value) + (
+                f" [dim](reused from {escape(t.reused_from)})[/]" if t.reused_from else ""),
             format_duration(t.duration),
             value,
         ])
@@ -450,8 +453,9 @@ def prune_lines(pruned: Pruned) -> list[str]:
     """What ``results prune`` removed (or would), for people."""
     did = "would remove" if pruned.dry_run else "removed"
     cut = pruned.before.strftime("%Y-%m-%d %H:%M UTC")
+    size = "" if pruned.bytes is None else f": {format_bytes(pruned.bytes)} of records"
     lines = [f"{did} {len(pruned.workloads)} finished workloads and {len(pruned.results)} "
-             f"results from before {cut}: {format_bytes(pruned.bytes)} of records"]
+             f"results from before {cut}{size}"]
     if pruned.versions:
         lines.append(f"{did} {pruned.versions} versions of the remote queue")
     if pruned.file_before is not None and pruned.file_after is not None and not pruned.dry_run:
