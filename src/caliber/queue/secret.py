@@ -111,7 +111,7 @@ def _read_key_file(path: Path) -> bytes:
         raise
     except OSError as exc:
         raise SecretKeyError(_unusable(path, exc.strerror or str(exc))) from exc
-    with os.fdopen(fd, "rb") as f:
+    try:
         st = os.fstat(fd)
         if not stat.S_ISREG(st.st_mode):
             what = "a folder" if stat.S_ISDIR(st.st_mode) else "not a regular file"
@@ -121,10 +121,11 @@ def _read_key_file(path: Path) -> bytes:
                 f"secret key file {path} can be read by other users (mode "
                 f"{stat.S_IMODE(st.st_mode):o}); run: chmod 600 {path}"
             )
-        try:
-            key = f.read(MAX_KEY_FILE + 1).strip()
-        except OSError as exc:
-            raise SecretKeyError(_unusable(path, exc.strerror or str(exc))) from exc
+        key = os.read(fd, MAX_KEY_FILE + 1).strip()
+    except OSError as exc:
+        raise SecretKeyError(_unusable(path, exc.strerror or str(exc))) from exc
+    finally:
+        os.close(fd)
     if len(key) > MAX_KEY_FILE:
         raise SecretKeyError(_unusable(path, f"longer than {MAX_KEY_FILE} bytes"))
     if len(key) < MIN_KEY_LENGTH:
