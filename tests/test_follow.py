@@ -20,6 +20,10 @@ import caliber
 from caliber.pinion import progress
 from caliber.pinion.progress import Reporter
 from tests.pinion_helpers import make_folder, start_pinion, status_of, stop, wait_for
+from tests.remote_helpers import Remote, remote
+from tests.speckle_fixtures import speckle_server, speckle_token, speckle_userdata
+
+__all__ = ["remote", "speckle_server", "speckle_token", "speckle_userdata"]  # fixtures
 
 CHATTY = '''
 import os, time
@@ -153,3 +157,35 @@ def test_the_live_line_counts_on_during_a_task(monkeypatch: pytest.MonkeyPatch,
     saved = json.loads((tmp_path / "caliber-progress.json").read_text())
     assert saved["workload"] == "abc" and saved["task"]["name"] == "boil"
     assert os.listdir(tmp_path) == ["caliber-progress.json"]  # written whole, nothing left over
+
+
+@pytest.mark.speckle
+def test_a_remote_pinions_output_arrives_with_its_results(
+    remote: Remote, tmp_path: Path
+) -> None:
+    folder = make_folder(tmp_path / "chatty", module="chatty", source=CHATTY)
+    marker = tmp_path / "go"
+    marker.write_text("go")
+    workflow = caliber.Workflow(
+        caliber.Process([caliber.Task("chatty:talk", name="Talk", args=[str(marker), 2])]),
+        "chatty", attachments=["chatty.py"], base_dir=folder)
+    wid = workflow.queue(pinion="far", project=remote.project)
+    waiting = caliber_run("queue", "logs", wid, "--project", remote.project)
+    assert waiting.returncode == 0 and waiting.stdout == ""
+    assert waiting.stderr == f"no output from workload {wid}: it has not started yet\n"
+    ran = caliber_run("pinion", "init", "far", "-a", "1", "-w", "0.1",
+                      "--project", remote.project)
+    assert ran.returncode == 0 and "1 completed" in ran.stdout, ran.stderr
+    said = "talk 0\ntalk 1\nheard the marker\n"
+    shown = view_remote(wid, remote.project)
+    assert shown["status"] == "completed" and shown["progress"] is None
+    shutil.rmtree(shown["work_dir"])  # as if the pinion ran on another machine
+    logs = caliber_run("queue", "logs", wid, "-f", "--project", remote.project)
+    assert logs.returncode == 0 and logs.stdout == said, logs.stderr
+
+
+def view_remote(workload_id: str, project: str) -> dict[str, Any]:
+    done = caliber_run("queue", "view", workload_id, "--json", "--project", project)
+    assert done.returncode == 0, done.stderr
+    result: dict[str, Any] = json.loads(done.stdout)
+    return result
