@@ -48,6 +48,7 @@ from caliber.queue.workload import (
     WorkloadStatus,
 )
 from caliber.results.model import Results
+from caliber.results.prune import Pruned
 from caliber.settings import DEFAULT_MIN_LEASE, DEFAULT_SETTLE, RemoteSettings
 
 MAX_CLAIM_TRIES = 3  # workloads one claim() call tries after losing races, before giving up
@@ -153,7 +154,8 @@ class SpeckleBackend:
         if due is None:
             return
         cutoff, state = due
-        known = set(state.workloads) | (state.archive.ids if state.archive else frozenset())
+        known = set(state.workloads) | (
+            state.archive.ids - state.pruned if state.archive else frozenset())
         body = ev.Checkpoint(cutoff_at=cutoff[0].isoformat(), cutoff_version=cutoff[1],
                              workloads=len(known))
         try:
@@ -455,6 +457,34 @@ class SpeckleBackend:
             states = self.refresh().live()
         return dict(Counter(s.status.value for s in states
                             if pinion is None or s.pinion == pinion))
+
+    def prune(self, before: dt.datetime, *, workflow: str | None = None,
+              pinion: str | None = None, dry_run: bool = False) -> Pruned:
+        """See :meth:`caliber.queue.backend.QueueBackend.prune` and the steps in
+        :mod:`caliber.queue.speckle_prune`."""
+        from caliber.queue import speckle_prune as pr
+
+        with self.lock:
+            folded = self.refresh()
+            if folded.unknown:  # the fold may be wrong: what is finished may not be
+                raise QueueDamagedError(f"{self.location}: {folded.unknown[0].describe()}")
+            skew = dt.timedelta(seconds=self.skew)
+            states, theirs, orphans = pr.select(folded, before, before + skew,
+                                                workflow=workflow, pinion=pinion)
+            ids = [s.id for s in states] + [r.id for r in orphans]
+            for start in range(0, 0 if dry_run else len(ids), pr.PRUNE_BATCH):
+                batch = ids[start:start + pr.PRUNE_BATCH]
+                self._write(f"pruned {len(batch)} finished workloads and results from before "
+                            f"{before:%Y-%m-%d %H:%M}", ev.Prune(ids=batch))
+            versions = pr.doomed(pr.every_version(self.conn), self.refresh(),
+                                 ids if dry_run else ())
+            if versions and not dry_run:
+                self.conn.delete_versions(versions)
+                self.refresh()
+        return Pruned(
+            before=before, dry_run=dry_run, workloads=tuple(s.id for s in states),
+            results=tuple(r.id for r in [*theirs, *orphans]), bytes=None,
+            work_dirs=tuple(s.work_dir for s in states if s.work_dir), versions=len(versions))
 
     # --- results --------------------------------------------------------------------------
 

@@ -113,9 +113,13 @@ def to_object(folded: Folded, cutoff: Order, archived: tuple[list[str], list[str
     from, if any (:func:`archived_texts`)."""
     states = sorted(folded.workloads.values(), key=lambda s: s.order)
     done = [s for s in states if finished(s)]
-    ids = set(folded.archive.ids) if folded.archive is not None else set()
+    ids = set(folded.archive.ids) - folded.pruned if folded.archive is not None else set()
     ids.update(s.id for s in done)
     refs = sorted(folded.results.values(), key=lambda r: (r.finished_at, r.id))
+    gone = folded.pruned
+    if gone:  # ``prune`` events since the last checkpoint: their ids leave the archive
+        archived = (_without(archived[0], lambda doc: doc[0] in gone),
+                    _without(archived[1], lambda doc: doc[0] in gone or doc[1] in gone))
     return sp.new_object({
         "caliber": "queue checkpoint", "format": FORMAT,
         "about": "Caliber workflow queue: the state of every workload up to the cutoff",
@@ -125,6 +129,20 @@ def to_object(folded: Folded, cutoff: Order, archived: tuple[list[str], list[str
         "@archive": _chunks("archive", archived[0], [_state_doc(s) for s in done]),
         "@results": _chunks("results", archived[1], [_ref_doc(r) for r in refs]),
     })
+
+
+def _without(texts: list[str], drop: Callable[[list[Any]], bool]) -> list[str]:
+    """Chunk texts without the items ``drop`` names; a chunk that loses none is kept as it
+    is (the same object id), an emptied one is left out."""
+    out = []
+    for text in texts:
+        docs = json.loads(text)
+        kept = [doc for doc in docs if not drop(doc)]
+        if len(kept) == len(docs):
+            out.append(text)
+        elif kept:
+            out.append(json.dumps(kept, ensure_ascii=False))
+    return out
 
 
 Fetch = Callable[[list[str]], dict[str, dict[str, Any]]]

@@ -25,12 +25,15 @@ The keys (format 2; each key means one thing in every event):
 ``k``  id of the key a pinion runs with          ``i``  a checkpoint's cutoff version id
 ``y``  a reason                                  ``h``  workloads in a checkpoint
 ``m``  key id found not to match (release)       ``a``  the maximum attempts (expire)
-``v``  who asked (cancel, retry: user@host)
+``v``  who asked (cancel, retry: user@host)   ``j``  ids a prune removes (a list)
 =====  ========================================  =====  ====================================
 
 ``cancel`` and ``retry`` (a workload's life after it ends, ``caliber queue cancel/retry``)
 came later in format 2: a Caliber from before them reads them as events of a newer Caliber
 (:class:`Unknown`), so its pinions stop claiming from that queue until upgraded.
+
+``prune`` (``caliber results prune``) came later in format 2 too, read the same way by a
+Caliber from before it.
 
 Format 1 (the first remote queues) differs only in ``expire`` (``m``: the maximum attempts),
 ``resign`` (``s``: the new run-secret) and ``delete`` (``f``: force); it is still read.
@@ -183,6 +186,17 @@ class Retry(Body):
 
 
 @dataclass(frozen=True)
+class Prune(Body):
+    """Remove finished workloads (with their Results) and Results of no workload, by id: a
+    workload that is not finished at this point of the log stays (``caliber results
+    prune``; :mod:`caliber.queue.speckle_prune`)."""
+
+    kind = "prune"
+    keys: ClassVar[dict[str, str]] = {"ids": "j"}
+    ids: list[str]
+
+
+@dataclass(frozen=True)
 class SavedResults(Body):
     """Results stored without a queue run (``Workflow.run`` to the remote store)."""
 
@@ -225,7 +239,7 @@ class Unknown(Body):
 
 KINDS: dict[str, type[Body]] = {c.kind: c for c in (
     Put, Claim, Renew, Release, Done, Fail, Expire, Delete, Resign, SavedResults, Checkpoint,
-    Cancel, Retry)}
+    Cancel, Retry, Prune)}
 
 
 @dataclass(frozen=True)
@@ -301,6 +315,8 @@ def _fits(value: Any, kind: str) -> bool:
         return isinstance(value, bool)
     if kind in ("int", "float"):
         return isinstance(value, int | float) and not isinstance(value, bool)
+    if kind == "list[str]":
+        return isinstance(value, list) and all(isinstance(v, str) for v in value)
     return True
 
 

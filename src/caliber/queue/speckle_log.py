@@ -134,21 +134,30 @@ class Folded:
     unknown: list[ev.Unknown] = field(default_factory=list)
     """Events this Caliber cannot read (written by a newer one): the state may be wrong."""
     archive: Archive | None = None
+    pruned: set[str] = field(default_factory=set)
+    """Ids ``prune`` events removed (workloads, and Results of no workload): left out of
+    the archive when it is read, and of the next checkpoint's."""
 
     def knows(self, wid: str) -> bool:
-        return wid in self.workloads or (self.archive is not None and wid in self.archive.ids)
+        return wid in self.workloads or wid in self.pruned or (
+            self.archive is not None and wid in self.archive.ids)
+
+    def gone(self, ref: ResultsRef) -> bool:
+        """Whether a prune removed these Results (or the workload they belong to)."""
+        return ref.id in self.pruned or ref.workload_id in self.pruned
 
     def every_workload(self) -> dict[str, State]:
         """All workloads (reads the archive)."""
         if self.archive is None:
             return self.workloads
-        return {**self.archive.states(), **self.workloads}
+        kept = {k: s for k, s in self.archive.states().items() if k not in self.pruned}
+        return {**kept, **self.workloads}
 
     def every_result(self) -> dict[str, ResultsRef]:
         """All results (reads the archive); the first of one id counts, as in the fold."""
         if self.archive is None:
             return self.results
-        merged = dict(self.archive.results())
+        merged = {k: r for k, r in self.archive.results().items() if not self.gone(r)}
         for key, ref in self.results.items():
             merged.setdefault(key, ref)
         return merged
@@ -188,6 +197,7 @@ def fold(events: Iterable[ev.Event], start: Folded | None = None) -> Folded:
         out.results = dict(start.results)
         out.unknown = list(start.unknown)
         out.archive = start.archive
+        out.pruned = set(start.pruned)
     mine: set[str] = set()  # states copied from ``start`` for this fold (copy on write)
 
     def writable(state: State) -> State:
@@ -208,11 +218,16 @@ def fold(events: Iterable[ev.Event], start: Folded | None = None) -> Folded:
                              object_id=event.object_id)
         else:
             ref = None
+        if ref is not None and out.gone(ref):
+            ref = None
         if isinstance(body, ev.SavedResults):
             if ref is not None:
                 out.results.setdefault(ref.id, ref)
             continue
         if isinstance(body, ev.Checkpoint):
+            continue
+        if isinstance(body, ev.Prune):
+            _prune(out, body.ids)
             continue
         if isinstance(body, ev.Put):
             if not out.knows(body.workload):
@@ -226,7 +241,8 @@ def fold(events: Iterable[ev.Event], start: Folded | None = None) -> Folded:
             continue
         wid = getattr(body, "workload", None)
         current = out.workloads.get(wid) if isinstance(wid, str) else None
-        if current is None and out.archive is not None and wid in out.archive.ids:
+        if (current is None and out.archive is not None and wid in out.archive.ids
+                and wid not in out.pruned):
             current = out.archive.states().get(wid)  # an event about a finished one: rare
         if current is None or current.deleted or not _applies(current, body, event.at):
             continue
@@ -234,6 +250,20 @@ def fold(events: Iterable[ev.Event], start: Folded | None = None) -> Folded:
         if isinstance(body, ev.Done) and ref is not None:
             out.results.setdefault(ref.id, ref)
     return out
+
+
+def _prune(out: Folded, ids: Iterable[str]) -> None:
+    """A ``prune`` event: each id names a workload, removed with its Results when it is
+    finished at this point of the log (an unfinished one stays), or Results of no workload.
+    An archived workload not in ``out.workloads`` is finished: no event touched it since its
+    checkpoint (the archive is not read for this)."""
+    for pid in ids:
+        state = out.workloads.get(pid)
+        if state is not None and not finished(state):
+            continue
+        out.workloads.pop(pid, None)
+        out.pruned.add(pid)
+    out.results = {k: r for k, r in out.results.items() if not out.gone(r)}
 
 
 def _applies(state: State, body: ev.Body, at: dt.datetime) -> bool:

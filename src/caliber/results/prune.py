@@ -55,8 +55,8 @@ class Pruned:
     """Ids of the finished workloads removed."""
     results: tuple[str, ...] = ()
     """Ids of the Results removed (those of the workloads, and those of no workload)."""
-    bytes: int = 0
-    """Bytes of the removed records as stored (their JSON)."""
+    bytes: int | None = 0
+    """Bytes of the removed records as stored (their JSON); None on the remote queue."""
     work_dirs: tuple[str, ...] = ()
     """The run folders the removed workloads and Results name (on the pinion that ran them)."""
     versions: int = 0

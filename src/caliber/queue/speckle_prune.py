@@ -1,0 +1,89 @@
+"""``results prune`` on the remote queue: what goes (:func:`select`), and which versions of
+the model go with it (:func:`doomed`). :meth:`caliber.queue.speckle.SpeckleBackend.prune`
+runs the steps:
+
+1. select, from the fold, the finished workloads whose last change (their last history
+   entry, in server time) is older than the cut, and the Results of no workload that
+   finished before it (what goes is said in :mod:`caliber.results.prune`);
+2. write ``prune`` events naming them (:data:`PRUNE_BATCH` ids each). From then on every
+   reader's fold leaves them out, also a reader that starts from a checkpoint still holding
+   them (the events are after its cutoff), and the next checkpoint's archive drops them. A
+   workload that is no longer finished at that point of the log (queued again meanwhile)
+   stays: the fold decides, the same for every reader;
+3. delete every version about a workload or Results that a ``prune`` event of the log
+   removed, so a prune that stopped half-way is finished by the next one. Every event is
+   about one workload (or one Results), so what any reader folds for the others is the
+   same before and after; readers notice the versions deleted and read the log afresh.
+   ``prune`` and ``checkpoint`` versions are never deleted.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Iterable
+
+from caliber.queue import speckle_adapter as sp
+from caliber.queue import speckle_events as ev
+from caliber.queue.speckle_log import Folded, ResultsRef, State, finished
+
+PRUNE_BATCH = 200  # ids per ``prune`` event (about 3 KB of version message)
+
+
+def last_change(state: State) -> dt.datetime:
+    """When the log last changed ``state`` (server time)."""
+    return state.history[-1][0] if state.history else state.order[0]
+
+
+def select(folded: Folded, before: dt.datetime, server_before: dt.datetime, *,
+           workflow: str | None, pinion: str | None,
+           ) -> tuple[list[State], list[ResultsRef], list[ResultsRef]]:
+    """``(workloads, their Results, Results of no workload)`` a prune at ``before`` removes
+    (``server_before``: the same moment in server time, for the log's times)."""
+    every = folded.every_workload()
+    states = sorted((s for s in every.values()
+                     if finished(s) and last_change(s) < server_before
+                     and workflow in (None, s.workflow) and pinion in (None, s.pinion)),
+                    key=lambda s: s.order)
+    gone = {s.id for s in states}
+    live = {s.id for s in every.values() if not s.deleted}
+    theirs, orphans = [], []
+    for ref in sorted(folded.every_result().values(), key=lambda r: (r.finished_at, r.id)):
+        if ref.workload_id in gone:
+            theirs.append(ref)
+        elif ((ref.workload_id is None or ref.workload_id not in live)
+              and ref.finished_at < before and workflow in (None, ref.workflow)
+              and pinion in (None, ref.pinion)):
+            orphans.append(ref)
+    return states, theirs, orphans
+
+
+def every_version(conn: sp.SpeckleConnection) -> list[sp.VersionInfo]:
+    """Every version of the model, newest first (all pages)."""
+    page = conn.list_versions()
+    found = {v.id: v for v in page.items}
+    while len(page.items) >= sp.VERSIONS_PAGE and page.cursor:
+        page = conn.list_versions(page.cursor)
+        fresh = [v for v in page.items if v.id not in found]
+        if not fresh:  # (a page may repeat versions of the previous one's last moment)
+            break
+        found.update((v.id, v) for v in fresh)
+    return list(found.values())
+
+
+def doomed(versions: Iterable[sp.VersionInfo], folded: Folded,
+           also: Iterable[str] = ()) -> list[str]:
+    """Ids of the versions about what the ``prune`` events among ``versions`` removed in
+    ``folded`` (what is still there stays), and about the ids ``also`` (a dry run's)."""
+    events = [e for v in versions
+              if (e := ev.parse(v.id, v.object_id, v.message, v.created_at)) is not None]
+    named = {i for e in events if isinstance(e.body, ev.Prune) for i in e.body.ids}
+    dead = (named - set(folded.every_workload()) - set(folded.every_result())) | set(also)
+    out = []
+    for e in events:
+        body = e.body
+        if isinstance(body, ev.Prune | ev.Checkpoint | ev.Unknown):
+            continue
+        about = getattr(body, "workload", None)
+        if about in dead or (isinstance(body, ev.SavedResults) and body.results in dead):
+            out.append(e.version_id)
+    return out
