@@ -21,9 +21,13 @@ import pytest
 from caliber.pinion.loop import Pinion, PinionConfig
 from caliber.queue import secret
 from caliber.queue.sqlite import SQLiteBackend
-from tests.pinion_helpers import make_folder, start_pinion, workflow
+from tests.pinion_helpers import FUNCTIONS, make_folder, start_pinion, workflow
 from tests.reliability_figures import record
+from tests.remote_helpers import remote
+from tests.speckle_fixtures import speckle_server, speckle_token
 from tests.test_fuzz import assert_clean_error, run_cli
+
+__all__ = ["remote", "speckle_server", "speckle_token"]  # fixtures of the Speckle tests
 
 KEY = "tamper-key-0123456789abcdef"
 posix_only = pytest.mark.skipif(os.name != "posix", reason="POSIX files")
@@ -290,3 +294,82 @@ def test_key_files_are_read_as_bytes(caliber_home: Path) -> None:
         assert key == b"key-" + junk + b"-0123456789"
         ids.append(secret.key_id(key))
     assert ids[0] != ids[1]
+
+
+# --- the same on the Speckle model (the test server's store edited in place) ----------------
+
+
+def speckle_entry(remote: Any, wid: str) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """The workload's root object as stored, and its attachments' objects (hold the lock)."""
+    objects = remote.server.store.objects[remote.project]
+    root = next(o for o in objects.values()
+                if o.get("caliber") == "workload" and o.get("workload_id") == wid)
+    return root, [objects[r["referencedId"]] for r in root.get("@attachments") or []]
+
+
+def damage_on_speckle(remote: Any, wid: str, what: str) -> None:
+    with remote.server.store.lock:
+        root, children = speckle_entry(remote, wid)
+        doc = json.loads(root["workload_json"])
+        doc["attachments"] = children
+        DAMAGE[what](doc)
+        del doc["attachments"]
+        root["workload_json"] = json.dumps(doc)
+
+
+@pytest.fixture
+def on_speckle(remote: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:
+    monkeypatch.setenv("CALIBER_SECRET_KEY", KEY)
+    monkeypatch.setenv("CALIBER_SPECKLE_PROJECT", remote.project)
+    folder = make_folder(tmp_path / "wf")
+    victim = workflow(folder, [("add", [1])], name="victim").queue(pinion="p")
+    # Another attachment: equal objects are stored once on Speckle (content-addressed).
+    other = make_folder(tmp_path / "wf2", source=FUNCTIONS + "\n# the next one\n")
+    following = workflow(other, [("add", [2])], name="next").queue(pinion="p")
+    return {"remote": remote, "victim": victim, "next": following}
+
+
+@pytest.mark.speckle
+@pytest.mark.parametrize("what", list(DAMAGE))
+def test_on_speckle_an_entry_that_cannot_be_encoded_is_damaged_never_a_traceback(
+    on_speckle: dict[str, Any], what: str
+) -> None:
+    remote, victim = on_speckle["remote"], on_speckle["victim"]
+    damage_on_speckle(remote, victim, what)
+    rows = listed()  # it crashed here before
+    assert rows[victim]["secret_ok"] is False and "damaged" in rows[victim]["last_error"]
+    code, out, err = run_cli("queue", "view", victim)
+    assert code == 0 and "damaged" in out, err
+    code, _out, err = run_cli("queue", "resetsecret", victim)
+    assert_clean_error(code, err, (1, 2))
+    summary = run_pinion()
+    assert [s["id"] for s in summary["skipped"]] == [victim] and summary["ran"] == 1
+    code, out, err = run_cli("results", "list", "--json")
+    assert code == 0 and [r["workload_id"] for r in json.loads(out)] == [on_speckle["next"]]
+    row = listed()[victim]
+    assert row["status"] == "queued" and row["secret_mismatch"] == secret.key_id(KEY.encode())
+    assert run_pinion()["skipped"] == []
+
+
+@pytest.mark.speckle
+def test_on_speckle_pinions_with_different_wrong_keys_each_look_once(
+    on_speckle: dict[str, Any]
+) -> None:
+    """Before, each look was a claim and a release: two versions, back and forth forever."""
+    remote = on_speckle["remote"]
+    backends = [remote.backend(), remote.backend()]
+    keys = [b"wrong-key-one-0123456789", b"wrong-key-two-0123456789"]
+    pinions = [Pinion(PinionConfig(name="p", attempts=1, wait=0), backend, key=key)
+               for backend, key in zip(backends, keys, strict=True)]
+    try:
+        looks = [pinion.run_once() for _ in range(3) for pinion in pinions]
+    finally:
+        for pinion, backend in zip(pinions, backends, strict=True):
+            pinion.close()
+            backend.close()
+    assert looks == [True, True, True, True, False, False]  # two workloads, each key once
+    rows = listed()
+    for wid in (on_speckle["victim"], on_speckle["next"]):
+        assert rows[wid]["status"] == "queued"
+        assert sorted(rows[wid]["secret_mismatch"].split()) == sorted(
+            secret.key_id(k) for k in keys)
