@@ -5,6 +5,9 @@ workload started, a task ended, no work found) into log records, and a
 :class:`ProgressHandler` shows them. On a terminal, one live line (workload, task k of n,
 elapsed) that is replaced as work goes on, and a permanent line per finished workload;
 otherwise plain timestamped log lines, one per event. ``quiet`` shows nothing but errors.
+The live line's elapsed time counts on during a task (:meth:`Reporter.tick`), and the
+running workload's progress is also kept in its run folder for ``caliber queue view``
+(:func:`caliber.pinion.follow.write_progress`).
 Everything goes to stderr. With ``caliber --verbose`` debug lines (claims, renewals, child
 processes) show too, and an error's causes (its exception chain) under its line. Other
 handlers added to ``caliber.pinion`` (a file, a log service) receive the same records.
