@@ -2,8 +2,9 @@
 ``logs``, ``reset`` and ``resetsecret``, results ids for ``results show``.
 
 They are read from the queue the command line points at (``--project``, ``--model``,
-``--local`` when typed before the id, else the settings), at most :data:`COMPLETE_LIMIT` of
-them. Completion never fails loudly: a queue that cannot be read completes nothing.
+``--local`` when typed before the id, else the settings): every workload (a listing reads
+plain rows), the newest :data:`RESULTS_LIMIT` Results. Completion never fails loudly: a
+queue that cannot be read completes nothing.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ if TYPE_CHECKING:
 
     from caliber.queue.target import QueueTarget
 
-COMPLETE_LIMIT = 200  # ids offered at most: the newest results, the oldest workloads
+RESULTS_LIMIT = 50  # results ids offered at most, the newest (each is read whole)
 log = logging.getLogger(__name__)
 
 
@@ -37,7 +38,7 @@ def workload_ids(ctx: click.Context, param: click.Parameter,
 
     try:
         with opened(_target(ctx)) as backend:
-            found = backend.list_summaries(b"", limit=COMPLETE_LIMIT)
+            found = backend.list_summaries(b"")  # no key: whether it matches is not shown
     except Exception as exc:  # completion must never break the shell
         log.debug("no completion: %s", exc)
         return []
@@ -53,7 +54,7 @@ def results_ids(ctx: click.Context, param: click.Parameter,
     from caliber.results.api import list_results
 
     try:
-        found = list_results(_target(ctx), limit=COMPLETE_LIMIT)
+        found = list_results(_target(ctx), limit=RESULTS_LIMIT)
     except Exception as exc:  # completion must never break the shell
         log.debug("no completion: %s", exc)
         return []

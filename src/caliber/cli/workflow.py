@@ -162,9 +162,16 @@ def run(file: Path, as_json: bool, resume: str | None) -> None:
     if not res.ok:
         error = res.error
         what = error.summary() if error is not None else "a task failed"
-        path = os.path.relpath(wf.base_dir / TRACEBACK_FILE)
-        saved = f"; traceback saved to {path}" if error is not None else ""
+        saved = f"; traceback saved to {_shown(wf.base_dir / TRACEBACK_FILE)}" if error else ""
         raise CaliberError(f"workflow {res.workflow!r} failed: {what}{saved}")  # exit code 1
+
+
+def _shown(path: Path) -> str:
+    """``path`` relative to the current folder (absolute when it is on another drive)."""
+    try:
+        return os.path.relpath(path)
+    except ValueError:  # Windows: another drive
+        return str(path)
 
 
 @workflow.command(
