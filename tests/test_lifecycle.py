@@ -215,3 +215,20 @@ def workload_line(pinion: subprocess.Popen[str], log: Path) -> str:
     with open(log, "a") as f:
         f.write(chunk)
     return log.read_text()
+
+
+def test_a_remote_checkpoint_keeps_a_cancel_asked_and_a_resume() -> None:
+    """A checkpoint stores what cancel and retry events leave on a live workload, and a state
+    without them in the format older readers read (17 items)."""
+    import datetime as dt
+
+    from caliber.queue.speckle_checkpoint import _state, _state_doc
+    from caliber.queue.speckle_log import State
+
+    at = dt.datetime(2030, 1, 1, tzinfo=dt.UTC)
+    plain = State(id="w1", pinion="p", workflow="wf", created_at=at, queued_by="ann@laptop",
+                  object_id="o1", order=(at, "v1"))
+    assert len(_state_doc(plain)) == 17 and _state(_state_doc(plain)) == plain
+    marked = State(id="w2", pinion="p", workflow="wf", created_at=at, queued_by="ann@laptop",
+                   object_id="o2", order=(at, "v2"), cancel="bob@desk", resume_from="r1")
+    assert _state(json.loads(json.dumps(_state_doc(marked)))) == marked
