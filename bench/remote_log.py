@@ -223,8 +223,8 @@ def rows(quick: bool, reps: int, root: Path) -> list[Row]:
             if figures.error:
                 row.unavailable = figures.error.splitlines()[0]
             if kind == "time":
-                row.note = ("includes the test server's own time, which grows with what it "
-                            "stores (it scans every version to list a page)")
+                row.note = ("includes the test server's own time (it keeps each model's "
+                            "versions in createdAt order and finds a page by bisection)")
             out.append(row)
     return out
 

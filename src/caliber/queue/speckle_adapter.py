@@ -88,6 +88,10 @@ class VersionInfo:
 
 @dataclass(frozen=True)
 class VersionPage:
+    """One page of versions, newest first. ``cursor`` asks for the next page from the
+    millisecond of this page's last version on, so that page repeats the versions of that
+    millisecond: readers drop the ones they have by id (see :meth:`list_versions`)."""
+
     items: list[VersionInfo]
     cursor: str | None
     total: int
@@ -404,7 +408,13 @@ class SpeckleConnection:
 
     def list_versions(self, cursor: str | None = None) -> VersionPage:
         """One page of the model's versions, newest first (none while the model does not
-        exist: it is looked for again each time)."""
+        exist: it is looked for again each time).
+
+        The server stores ``createdAt`` to the millisecond and gives the next page the
+        versions with ``createdAt < cursor``, its cursor being the page's last ``createdAt``
+        (repositories/commits.ts): a version made in the same millisecond as the last one of
+        a page would never be listed. So the cursor returned here is one millisecond later
+        (the server reads it as a time): the next page lists that millisecond again."""
         if self.model_id is None:
             self.model_id = self._model_by_name(self.model_key)
             if self.model_id is None:
@@ -421,7 +431,13 @@ class SpeckleConnection:
             )
             for v in page.items
         ]
-        return VersionPage(items, page.cursor, int(page.total_count))
+        following = page.cursor
+        if items:
+            after = items[-1].created_at.astimezone(dt.UTC) + dt.timedelta(milliseconds=1)
+            mine = after.isoformat(timespec="microseconds").replace("+00:00", "Z")
+            if mine != cursor:  # (a whole page in one millisecond: take the server's)
+                following = mine
+        return VersionPage(items, following, int(page.total_count))
 
     def create_version(self, object_id: str, message: str) -> VersionInfo:
         """Create a version (never repeated after a lost answer: AmbiguousWriteError)."""

@@ -53,16 +53,18 @@ class LogView:
         first = self.conn.list_versions()
         if not self.loaded or not first.items:
             return self._read_all(first)
-        page, found = first, []
+        page, found = first, dict[str, sp.VersionInfo]()
         while True:
+            # new to this view (a page repeats its predecessor's last millisecond: those
+            # count as new here, so only a version read before ends the look)
             fresh = [v for v in page.items if v.id not in self.versions
                      and self._after((v.created_at, v.id))]
-            found += fresh
+            found.update((v.id, v) for v in fresh)
             if len(fresh) < len(page.items) or len(page.items) < sp.VERSIONS_PAGE \
                     or not page.cursor:
                 break
             page = self.conn.list_versions(page.cursor)
-        self.add(found)
+        self.add(found.values())
         top = first.items[0].created_at
         listed = self.older + sum(1 for at, _ in self.versions.values() if at <= top)
         if listed != first.total:  # versions deleted, or seen late: read afresh
@@ -73,12 +75,13 @@ class LogView:
         """Read back to the newest readable checkpoint (or the first version)."""
         self._clear()
         self.loaded = True
-        listed: list[sp.VersionInfo] = []
+        listed: dict[str, sp.VersionInfo] = {}  # (a page repeats its predecessor's last ms)
         waiting: list[tuple[Order, Event]] = []  # checkpoints met, newest first
         page = first
         while True:
-            listed += page.items
-            for v in page.items:
+            new = [v for v in page.items if v.id not in listed]
+            listed.update((v.id, v) for v in new)
+            for v in new:
                 event = parse(v.id, v.object_id, v.message, v.created_at)
                 if event is not None and isinstance(event.body, Checkpoint):
                     cutoff = (at_time(event.body.cutoff_at, event.at),
@@ -94,7 +97,7 @@ class LogView:
                        and oldest < self.cutoff[0]):
                 break
             page = self.conn.list_versions(page.cursor)
-        window = [v for v in listed if self._after((v.created_at, v.id))]
+        window = [v for v in listed.values() if self._after((v.created_at, v.id))]
         self.older = first.total - len(window)
         self.add(window, force=True)
         return self.folded
