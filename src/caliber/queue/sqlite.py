@@ -410,7 +410,7 @@ class SQLiteBackend:
 
     def release(self, claim: Claim, *, reason: str, mismatch_key_id: str | None = None) -> None:
         with self.transaction() as conn:
-            self._held(
+            asked = self._held(
                 conn, claim,
                 "status = 'queued', attempts = MAX(attempts - 1, 0), " + _NO_LEASE
                 + ", secret_mismatch = CASE WHEN ?1 IS NULL THEN secret_mismatch"
@@ -421,6 +421,7 @@ class SQLiteBackend:
             )
             self._add_history(conn, claim.workload.id, (
                 WorkloadStatus.QUEUED, f"released by {claim.owner}: {reason}"))
+            self._cancel_if_asked(conn, claim.workload.id, asked)
 
     def complete(self, claim: Claim, results: Results) -> None:
         from caliber.results.model import RunStatus
@@ -450,10 +451,20 @@ class SQLiteBackend:
     def fail(self, claim: Claim, reason: str, *, retry: bool) -> None:
         status = WorkloadStatus.QUEUED if retry else WorkloadStatus.FAILED
         with self.transaction() as conn:
-            self._held(conn, claim, f"status = ?, last_error = ?, {_NO_LEASE}",
-                       (status.value, reason))
+            asked = self._held(conn, claim, f"status = ?, last_error = ?, {_NO_LEASE}",
+                               (status.value, reason))
             message = f"attempt failed: {reason}" + ("; queued again" if retry else "")
             self._add_history(conn, claim.workload.id, (status, message))
+            self._cancel_if_asked(conn, claim.workload.id, asked)
+
+    def _cancel_if_asked(self, conn: sqlite3.Connection, workload_id: str,
+                         asked: str | None) -> None:
+        """A workload cancelled while it ran is not queued again when its run ends without
+        Results (put back, a failed attempt with attempts left): it is cancelled."""
+        if asked is not None and conn.execute(
+                "UPDATE workloads SET status = 'cancelled', last_error = ? WHERE id = ? AND "
+                "status = 'queued' RETURNING id", (cancelled(asked), workload_id)).fetchone():
+            self._add_history(conn, workload_id, (WorkloadStatus.CANCELLED, cancelled(asked)))
 
     def expire(self, max_attempts: int) -> list[str]:
         with self.transaction() as conn:
