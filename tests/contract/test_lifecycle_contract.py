@@ -125,3 +125,20 @@ def test_count_statuses_by_pinion(backend: Backend) -> None:
     assert backend.count_statuses() == {"failed": 1, "queued": 2}
     assert backend.count_statuses(pinion="p2") == {"queued": 1}
     assert backend.count_statuses(pinion="nobody") == {}
+
+
+@pytest.mark.parametrize("end", ["release", "fail"])
+def test_a_cancelled_run_that_ends_without_results_is_not_queued_again(
+        backend: Backend, end: str) -> None:
+    w = make_workload()
+    backend.put(w)
+    claim = backend.claim("p1", "a", LEASE, KEY)
+    assert claim is not None
+    backend.cancel(w.id, "ann@laptop")
+    if end == "release":  # the pinion was stopped cold before the run ended
+        backend.release(claim, reason="pinion stopped")
+    else:  # the child died, with attempts left
+        backend.fail(claim, "the workload's process was killed", retry=True)
+    got = backend.get(w.id)
+    assert got.status == WorkloadStatus.CANCELLED and got.last_error == "cancelled by ann@laptop"
+    assert backend.claim("p1", "a", LEASE, KEY) is None

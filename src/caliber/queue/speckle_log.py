@@ -310,6 +310,7 @@ def _apply(state: State, body: ev.Body, at: dt.datetime) -> None:
         state.mismatch = add_mismatch(state.mismatch, body.mismatch)
         state.note(at, f"released by {lease.owner}: {body.reason}")
         state.lease = None
+        _cancel_if_asked(state, at)
     elif isinstance(body, ev.Done):
         failed = body.status != "completed"
         state.status = DONE.get(body.status, WorkloadStatus.FAILED)
@@ -325,6 +326,7 @@ def _apply(state: State, body: ev.Body, at: dt.datetime) -> None:
         state.lease = None
         state.note(at, f"attempt failed: {body.reason}" + ("; queued again" if body.retry
                                                            else ""))
+        _cancel_if_asked(state, at)
     elif isinstance(body, ev.Expire):
         state.status = WorkloadStatus.FAILED
         state.last_error = f"lease ran out {state.attempts} times (pinion died?)"
@@ -353,3 +355,12 @@ def _apply(state: State, body: ev.Body, at: dt.datetime) -> None:
         state.secret = body.secret
         state.mismatch = None
         state.note(at, f"signed again with key {body.key}")
+
+
+def _cancel_if_asked(state: State, at: dt.datetime) -> None:
+    """A workload cancelled while it ran is not queued again when its run ends without
+    Results (put back, a failed attempt with attempts left): it is cancelled."""
+    if state.cancel is not None and state.status == WorkloadStatus.QUEUED:
+        state.status = WorkloadStatus.CANCELLED
+        state.last_error = cancelled(state.cancel)
+        state.note(at, state.last_error)
