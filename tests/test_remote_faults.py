@@ -228,3 +228,39 @@ def test_the_speckle_token_never_shows(remote: Remote, tmp_path: Path,
         if path.is_file():
             assert token.encode() not in path.read_bytes(), path
     record("remote.token", commands=len(seen), token_seen=0)
+
+
+def test_a_workload_whose_objects_stay_missing_is_failed_not_claimed_for_ever(
+    remote: Remote
+) -> None:
+    from caliber.errors import ClaimReturnedError
+    from caliber.pinion.loop import Pinion, PinionConfig
+    from caliber.queue.speckle import MISSING_LOOKS
+    from caliber.queue.workload import Workload
+
+    workload = Workload(
+        pinion="p", queued_by="ann@laptop", secret="s" * 64,
+        workflow={"caliber": 1, "name": "pasta", "process": {"type": "process", "tasks": []}},
+    )
+    with remote.backend() as backend:
+        backend.put(workload)
+        store = remote.server.store
+        with store.lock:  # the workload's object is deleted on the server, for good
+            objects = store.objects[remote.project]
+            [object_id] = [i for i, o in objects.items() if "workload_json" in o]
+            del objects[object_id]
+        pinion = Pinion(PinionConfig(name="p"), backend)
+        for _ in range(MISSING_LOOKS):
+            with pytest.raises(ClaimReturnedError, match="missing on the server"):
+                pinion.run_once()
+        versions = len(remote.versions())
+        assert pinion.run_once() is False  # failed: never claimed again
+        assert backend.claim("p", "p@here", 60, "key") is None
+        pinion.close()
+        assert len(remote.versions()) == versions
+        outcomes = [outcome for _, _, outcome in pinion.summary.errors]
+        assert outcomes == ["put back in the queue"] * (MISSING_LOOKS - 1) + ["failed"]
+        failed = backend.refresh().workloads[workload.id]  # (get() reads the lost object)
+    assert failed.status == "failed" and failed.attempts == 1  # (given back: uncounted)
+    assert f"object {object_id} is missing on the server" in (failed.last_error or "")
+    assert f"(at {MISSING_LOOKS} claims)" in failed.history[-1][2]

@@ -79,11 +79,14 @@ class ChildStartError(CaliberError):
 
 class ClaimReturnedError(QueueError):
     """A claim was won but its workload could not be read (an object missing on the server, a
-    request that failed); the claim was given back at once, its attempt uncounted."""
+    request that failed); the claim was given back at once, its attempt uncounted, or (its
+    objects missing again and again) the workload was failed: ``outcome`` says which."""
 
-    def __init__(self, message: str, *, workload_id: str) -> None:
+    def __init__(self, message: str, *, workload_id: str,
+                 outcome: str = "put back in the queue") -> None:
         super().__init__(message)
         self.workload_id = workload_id
+        self.outcome = outcome
 
 
 class ResumeError(UsageError):

@@ -253,7 +253,7 @@ class Pinion:
         try:
             claim = self.backend.claim(cfg.name, self.owner, cfg.lease, self.key_id)
         except ClaimReturnedError as exc:  # given back by the backend: counted, then back off
-            self.summary.errors.append((exc.workload_id, str(exc), "put back in the queue"))
+            self.summary.errors.append((exc.workload_id, str(exc), exc.outcome))
             raise
         if claim is None:
             return False

@@ -49,13 +49,25 @@ from caliber.queue.workload import (
 )
 from caliber.results.model import Results
 from caliber.results.prune import Pruned
-from caliber.settings import DEFAULT_MIN_LEASE, DEFAULT_SETTLE, RemoteSettings
+from caliber.settings import (
+    DEFAULT_MAX_ATTEMPTS,
+    DEFAULT_MIN_LEASE,
+    DEFAULT_SETTLE,
+    RemoteSettings,
+)
 
 MAX_CLAIM_TRIES = 3  # workloads one claim() call tries after losing races, before giving up
 OBJECT_CACHE = 256  # objects kept in memory (they are immutable: their id is their hash)
 RECHECK_WAIT = 1.0  # seconds: wait before looking whether an unanswered write happened
 FRESH_ENOUGH = 0.5  # seconds: a look at the log this young is good enough to pick a workload
 RUNNING = WorkloadStatus.RUNNING
+MISSING_LOOKS = DEFAULT_MAX_ATTEMPTS  # claims of a workload whose objects are missing, then
+# it is failed (its objects were deleted, or never uploaded: looking again cannot help)
+MISSING_TEXT = "is missing on the server"
+
+
+class MissingObjectError(QueueError):
+    """An object the queue needs is not on the server."""
 log = logging.getLogger(__name__)
 
 
@@ -184,7 +196,7 @@ class SpeckleBackend:
         got = self._found(ids)
         for i in ids:
             if i not in got:
-                raise QueueError(f"{self.location}: object {i} is missing on the server")
+                raise MissingObjectError(f"{self.location}: object {i} {MISSING_TEXT}")
         return got
 
     def _found(self, ids: builtins.list[str]) -> dict[str, dict[str, Any]]:
@@ -317,17 +329,41 @@ class SpeckleBackend:
                     try:
                         workload = self._workloads([won])[0]
                     except Exception as exc:  # never leave the claim standing: give it back
-                        reason = f"cannot read the workload: {exc}"
-                        if not self._give_back(state, token, reason):
+                        returned = self._unreadable(won, token, exc)
+                        if returned is None:
                             raise
-                        raise ClaimReturnedError(
-                            f"{self.location}: workload {state.id}: {reason}; it was put back "
-                            "in the queue", workload_id=state.id) from exc
+                        raise returned from exc
                     return Claim(workload=workload, owner=owner, token=token,
                                  expires_at=self._local(won.lease.expires_at))
                 if lost is not None:
                     raise lost
             return None
+
+    def _unreadable(self, state: State, token: str,
+                    exc: Exception) -> ClaimReturnedError | None:
+        """Give back a claim just won whose workload could not be read; the error to raise
+        (None when even that could not be written: the lease runs out instead). When its
+        objects are missing at the :data:`MISSING_LOOKS`-th claim, fail it instead: it would
+        otherwise be claimed and given back on every look, for ever."""
+        reason = f"cannot read the workload: {exc}"
+        missing = isinstance(exc, MissingObjectError)
+        looks = 1 + sum(1 for _, _, text in state.history
+                        if text.startswith("released by ") and MISSING_TEXT in text)
+        if missing and looks >= MISSING_LOOKS:
+            reason = f"{reason} (at {looks} claims); queue the workflow again to run it"
+            try:
+                self._write(f"failed {state.id} ({state.workflow}): {reason}",
+                            ev.Fail(workload=state.id, token=token, reason=clip(reason)))
+            except QueueError as error:
+                log.warning("could not fail %s (%s): its lease runs out instead", state.id,
+                            error)
+                return None
+            return ClaimReturnedError(f"{self.location}: workload {state.id}: {reason}",
+                                      workload_id=state.id, outcome="failed")
+        if not self._give_back(state, token, reason):
+            return None
+        return ClaimReturnedError(f"{self.location}: workload {state.id}: {reason}; it was put "
+                                  "back in the queue", workload_id=state.id)
 
     def _give_back(self, state: State, token: str, reason: str) -> bool:
         """Release a claim just won whose workload could not be read (its attempt uncounted);
