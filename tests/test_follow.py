@@ -189,3 +189,36 @@ def view_remote(workload_id: str, project: str) -> dict[str, Any]:
     assert done.returncode == 0, done.stderr
     result: dict[str, Any] = json.loads(done.stdout)
     return result
+
+
+def test_a_pinion_on_a_terminal_counts_on_during_a_task(tmp_path: Path) -> None:
+    """A real pinion whose stderr is a terminal: its live line for one long task is written
+    again with the time moved on, while the task still runs."""
+    import pty
+    import re
+    import select
+
+    marker = tmp_path / "go"
+    wid = queue_chatty(tmp_path, marker)
+    main, side = pty.openpty()
+    pinion = subprocess.Popen([sys.executable, "-m", "caliber", "pinion", "init", "p", "-a", "1",
+                               "-w", "0"], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                              stderr=side)
+    os.close(side)
+    seen = b""
+
+    def elapsed_shown() -> set[bytes] | None:
+        nonlocal seen
+        if select.select([main], [], [], 0.1)[0]:
+            seen += os.read(main, 4096)
+        shown = set(re.findall(rb"task 1/2 Talk \.\.\. (\d+\.\d) s", seen))
+        return shown if len(shown) >= 3 else None
+
+    try:
+        wait_for(elapsed_shown, what="the live line counting on")
+        assert status_of(wid) == "running"  # still in the first task
+    finally:
+        marker.write_text("go")
+        pinion.wait(timeout=60)
+        os.close(main)
+    assert pinion.returncode == 0
