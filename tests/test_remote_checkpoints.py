@@ -137,7 +137,8 @@ def test_deleted_or_unreadable_checkpoints_fall_back_to_an_older_one(
         gone = [v.id for v in remote.versions() if v.message.startswith("checkpoint")]
         remote.server.store.delete_versions(user, remote.project, gone)
     with remote.backend() as reader:
-        assert [w.id for w in reader.list_workloads()] == ids and seen(reader.list_workloads()) == expected
+        got = reader.list_workloads()
+    assert [w.id for w in got] == ids and seen(got) == expected
 
 
 def test_versions_deleted_before_a_checkpoint_are_still_known(
