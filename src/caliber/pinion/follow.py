@@ -35,7 +35,6 @@ OUTPUT_KEPT = 64 * 1024  # bytes: the end of output.log handed in with the Resul
 FOLLOW_POLL = 0.5  # seconds between looks at a followed workload on the local queue
 FOLLOW_POLL_REMOTE = 5.0  # seconds between looks on the remote queue (its requests are limited)
 READ_CHUNK = 64 * 1024  # bytes of output.log read at a time
-FINISHED = ("completed", "failed", "cancelled")
 
 
 def pinion_runs(name: str, runs: Path | None = None) -> Path:
@@ -194,7 +193,7 @@ def follow(workload_id: str, target: QueueTarget) -> Iterator[str]:
             reader = _Tail(found.work_dir)  # a new attempt writes a new folder
         if reader is not None:
             yield from reader.read()
-        if found.status in FINISHED:
+        if found.status not in ("queued", "running"):  # finished: nothing more comes
             if reader is None or not reader.seen:
                 text = read_output(found, target)
                 if text:
