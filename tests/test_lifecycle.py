@@ -232,3 +232,49 @@ def test_a_remote_checkpoint_keeps_a_cancel_asked_and_a_resume() -> None:
     marked = State(id="w2", pinion="p", workflow="wf", created_at=at, queued_by="ann@laptop",
                    object_id="o2", order=(at, "v2"), cancel="bob@desk", resume_from="r1")
     assert _state(json.loads(json.dumps(_state_doc(marked)))) == marked
+
+
+BRANCH_FUNCTIONS = '''
+from pathlib import Path
+from caliber import context
+
+def setup(folder):
+    context.g.tmp = "scratch"
+    context.g.factor = 2
+    return 1
+
+def cleanup():
+    del context.g.tmp
+    return "clean"
+
+def measure(folder, name):
+    with open(Path(folder) / name, "a") as f:
+        f.write("x")
+    if name == "b" and not (Path(folder) / "fixed").exists():
+        context.g.half_done = True  # a failed task's g is never replayed
+        raise ValueError("sensor b is offline")
+    return len(name) * context.g.factor
+'''
+
+
+def test_resume_in_branches_reuses_only_the_branches_that_completed(tmp_path: Path) -> None:
+    from caliber.workflow.runner import run_workflow
+
+    folder = make_folder(tmp_path / "wf", "brfuncs", BRANCH_FUNCTIONS)
+    setup = caliber.Task("brfuncs:setup", name="setup", args=[str(folder)])
+    cleanup = caliber.Task("brfuncs:cleanup", name="cleanup")
+    measure = caliber.Task("brfuncs:measure", name="measure",
+                           args=[[str(folder), "a"], [str(folder), "b"]])
+    workflow = caliber.Workflow(
+        caliber.Process([setup, cleanup, caliber.BranchProcess([measure], 2)]), "sensors",
+        base_dir=folder)
+    first = run_workflow(workflow)
+    assert first.status.value == "failed" and first["measure", 0] == 2
+    (folder / "fixed").touch()
+    second = run_workflow(workflow, resume=first)
+    assert second.ok and second["measure"] == [2, 2]
+    assert [(t.name, t.branch, t.reused_from) for t in second.tasks] == [
+        ("setup", None, first.id), ("cleanup", None, first.id), ("measure", 0, first.id),
+        ("measure", 1, None)]
+    assert second.g == {"factor": 2}  # tmp set, then removed; half_done never replayed
+    assert ((folder / "a").read_text(), (folder / "b").read_text()) == ("x", "xx")

@@ -253,6 +253,7 @@ class _Run:
             record.status = TaskStatus.FAILED
             record.error = _error_info(exc, task.name, branch)
             self.errors.append(record.error)
+            self.note_g(record)  # a later task's record must not take what this one did
             self.emit(TaskEvent("end", self.index, self.total, task.name, branch,
                                 TaskStatus.FAILED, record.duration, record.error, record))
             return False
