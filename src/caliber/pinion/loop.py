@@ -11,6 +11,7 @@ token, so a pinion that lost its lease can never complete a workload another pin
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import errno
 import logging
@@ -37,6 +38,7 @@ from caliber.pinion.follow import output_tail, pinion_runs
 from caliber.pinion.platform import (
     EOF,
     ChildProcess,
+    ForkServer,
     MessageReader,
     describe_exit,
     start_child,
@@ -103,6 +105,8 @@ class Outcome(StrEnum):
     """Put back in the queue by a cold stop."""
     ERROR = "error"
     """An error between the claim and the verdict: given back or failed with the reason."""
+    CANCELLED = "cancelled"
+    """Ran until someone cancelled it (``caliber queue cancel``): stopped after a task."""
 
 
 @dataclass
@@ -112,6 +116,7 @@ class Summary:
     ran: int = 0
     completed: int = 0
     failed: int = 0
+    cancelled: int = 0
     skipped: list[tuple[str, str]] = field(default_factory=list)
     lost: int = 0
     errors: list[tuple[str, str, str]] = field(default_factory=list)
@@ -128,6 +133,7 @@ class Summary:
     def to_dict(self) -> dict[str, Any]:
         return {
             "ran": self.ran, "completed": self.completed, "failed": self.failed,
+            "cancelled": self.cancelled,
             "skipped": [{"id": i, "reason": r} for i, r in self.skipped], "lost": self.lost,
             "errors": [{"id": i, "reason": r, "then": t} for i, r, t in self.errors],
             "stranded": self.stranded,
@@ -157,6 +163,7 @@ class Pinion:
         self._unreaped: list[ChildProcess] = []
         self._spare: ChildProcess | None = None
         self._start_method = start_method()  # read once: it looks at the settings files
+        self._server: ForkServer | None = None
 
     # --- the loop -----------------------------------------------------------------------
 
@@ -198,12 +205,19 @@ class Pinion:
         does it; a caller of :meth:`run_once` does it when done)."""
         self._drop_spare()
         self._reap(block=True)
+        if self._server is not None:
+            self._server.close()
+            self._server = None
         self.reporter.close()
 
     def _start(self, job: dict[str, Any]) -> ChildProcess:
         """Hand the job to the spare child (forked while the previous workload ran) or to a new
         one, then fork the next spare while this one runs. Each child runs one workload only."""
+        server = self._fork_server()
         child, self._spare = self._spare, None
+        if child is None and server is not None:
+            with contextlib.suppress(OSError):  # the server is gone: forked below instead
+                child = server.start()  # forked by the server while the previous workload ran
         if child is not None:
             try:
                 child.send_job(job)
@@ -213,14 +227,33 @@ class Pinion:
                 self._unreaped.append(child)
                 child = None
         if child is None:
-            child = start_child(child_main, method=self._start_method)
+            child = start_child(child_main, method=self._start_method, server=server)
             child.send_job(job)
         try:
-            self._spare = start_child(child_main, close_fds=child.parent_fds(),
-                                      method=self._start_method)
+            if server is not None:
+                server.prefork()
+            else:
+                self._spare = start_child(child_main, close_fds=child.parent_fds(),
+                                          method=self._start_method)
         except OSError as exc:  # no spare (out of processes?): the next one is started on demand
             self.reporter.error(f"could not start a spare child process: {exc}")
         return child
+
+    def _fork_server(self) -> ForkServer | None:
+        """The process that forks this pinion's children (started at the first one, again if it
+        died); None where there is none (spawn, not Linux, or it cannot start): the pinion
+        then forks them itself."""
+        if self._start_method != "fork" or not ForkServer.available():
+            return None
+        if self._server is not None and not self._server.alive:
+            self._server.close()
+            self._server = None
+        if self._server is None:
+            try:
+                self._server = ForkServer(child_main)
+            except OSError as exc:
+                log.debug("no fork server (%s): the pinion forks its children itself", exc)
+        return self._server
 
     def _drop_spare(self) -> None:
         if self._spare is not None:
@@ -287,10 +320,12 @@ class Pinion:
             log.debug("removed %d old run folders (%d bytes) from %s", removed, size, self.runs)
 
     def _count(self, outcome: Outcome) -> None:
-        if outcome in (Outcome.COMPLETED, Outcome.FAILED):
+        if outcome in (Outcome.COMPLETED, Outcome.FAILED, Outcome.CANCELLED):
             self.summary.ran += 1
             if outcome == Outcome.COMPLETED:
                 self.summary.completed += 1
+            elif outcome == Outcome.CANCELLED:
+                self.summary.cancelled += 1
             else:
                 self.summary.failed += 1
         elif outcome == Outcome.LOST:
@@ -538,7 +573,8 @@ class Pinion:
         if results.error and (run.work_dir / TRACEBACK_FILE).is_file():
             detail += f"; traceback in {run.work_dir / TRACEBACK_FILE}"
         self.reporter.workload_finished(results.status.value, detail)
-        return Outcome.COMPLETED if results.ok else Outcome.FAILED
+        return {RunStatus.COMPLETED: Outcome.COMPLETED,
+                RunStatus.CANCELLED: Outcome.CANCELLED}.get(results.status, Outcome.FAILED)
 
 
 @dataclass
