@@ -467,6 +467,18 @@ class SQLiteBackend:
             self._add_history(conn, workload_id, (WorkloadStatus.CANCELLED, cancelled(asked)))
 
     def expire(self, max_attempts: int) -> list[str]:
+        now = time.time()
+        with self._lock:  # a pinion calls this before every claim: nothing to do, no write
+            try:
+                found = self.conn.execute(
+                    "SELECT 1 FROM workloads INDEXED BY workloads_leases WHERE status = "
+                    "'running' AND lease_expires < ? AND attempts >= ? LIMIT 1",
+                    (now, max_attempts),
+                ).fetchone()
+            except sqlite3.Error as exc:
+                raise queue_error(exc, "cannot read", self.path) from exc
+        if found is None:
+            return []
         with self.transaction() as conn:
             rows = conn.execute(
                 f"""UPDATE workloads INDEXED BY workloads_leases
@@ -474,7 +486,7 @@ class SQLiteBackend:
                        last_error = 'lease ran out ' || attempts || ' times (pinion died?)'
                    WHERE status = 'running' AND lease_expires < ? AND attempts >= ?
                    RETURNING id, last_error""",
-                (time.time(), max_attempts),
+                (now, max_attempts),
             ).fetchall()
             for wid, error in rows:
                 self._add_history(conn, wid, (WorkloadStatus.FAILED, error))
