@@ -10,7 +10,11 @@ its steps timed from the outside with ``time.perf_counter_ns`` (the product is n
 * ``start``: the job handed to the waiting spare child, and the next spare forked;
 * ``child``: from the job handed over to the Results read back (the child's own work);
 * ``complete``: the Results and the workload's status stored (one transaction);
-* ``look``: one whole look (``run_once``), the per-workload critical path.
+* ``look``: one whole look (``run_once``), the per-workload critical path;
+* ``cpu pinion`` / ``cpu child``: CPU time (user + system) of the pinion per look, and of its
+  children per workload: less disturbed than wall time when the machine is busy;
+* ``faults pinion``: the pinion's page faults per look (a count, not ms): after each fork
+  every page it writes is copied, as the spare child still shares it.
 
 It also times the *fork floor*: ``fork`` + ``_exit`` + ``waitpid`` from this warm process, with
 the pinion's modules imported, the least any fresh-process-per-workload design pays. Figures
@@ -21,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import resource
 import statistics
 import tempfile
 import time
@@ -28,7 +33,8 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-STEPS = ("claim", "verify", "prepare", "start", "child", "complete", "look")
+STEPS = ("claim", "verify", "prepare", "start", "child", "complete", "look", "cpu pinion",
+         "cpu child", "faults pinion")
 
 
 def fork_floor(n: int) -> list[float]:
@@ -60,6 +66,12 @@ def _timed(samples: dict[str, list[float]], step: str,
     return wrapper
 
 
+def _children_cpu() -> float:
+    """Seconds of CPU (user + system) used by this process's children that were waited for."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
 def drain(n: int, root: Path) -> dict[str, list[float]]:
     """Queue n workloads in a fresh home under ``root``, drain them with a timed Pinion."""
     os.environ["CALIBER_HOME"] = str(root)
@@ -81,13 +93,19 @@ def drain(n: int, root: Path) -> dict[str, list[float]]:
     pinion._monitor = _timed(samples, "child", pinion._monitor)  # type: ignore[method-assign]
     verify = loop.verify
     loop.verify = _timed(samples, "verify", verify)  # type: ignore[assignment]
+    children = _children_cpu()
     try:
         while True:
-            t0 = time.perf_counter_ns()
+            t0, c0 = time.perf_counter_ns(), time.process_time_ns()
+            f0 = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
             if not pinion.run_once():
                 break
+            samples["faults pinion"].append(
+                resource.getrusage(resource.RUSAGE_SELF).ru_minflt - f0)
             samples["look"].append((time.perf_counter_ns() - t0) / 1e6)
+            samples["cpu pinion"].append((time.process_time_ns() - c0) / 1e6)
         pinion.close()
+        samples["cpu child"].append((_children_cpu() - children) / n * 1000)
     finally:
         loop.verify = verify  # type: ignore[assignment]
         backend.close()
