@@ -110,8 +110,9 @@ def init(
         skipped = f", {len(summary.skipped)} skipped" if summary.skipped else ""
         lost = f", {summary.lost} lost to other pinions" if summary.lost else ""
         errors = f", {len(summary.errors)} stopped by errors" if summary.errors else ""
+        cancelled = f", {summary.cancelled} cancelled" if summary.cancelled else ""
         click.echo(f"pinion {name}: ran {summary.ran} ({summary.completed} completed, "
-                   f"{summary.failed} failed){skipped}{lost}{errors}")
+                   f"{summary.failed} failed{cancelled}){skipped}{lost}{errors}")
         for workload_id, reason in summary.skipped:
             click.echo(f"  skipped {workload_id}: {for_terminal(reason)}")
         for workload_id, reason, then in summary.errors:
