@@ -134,6 +134,7 @@ def test_workflow_run_resume_in_process(tmp_path: Path) -> None:
     (folder / "input-fixed").touch()
     done = run_caliber("workflow", "run", str(file), "--resume", first)
     assert f"reused 1 task(s) of results {first}" in done.stdout
+    assert f"[1/3] load  completed  reused from {first}" in done.stdout
     assert (runs(folder, "load"), runs(folder, "check"), runs(folder, "report")) == (1, 2, 1)
 
     # The functions' file changed since load ran: its stored value may be stale. Refused,

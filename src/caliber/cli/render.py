@@ -424,6 +424,9 @@ def progress_line(event: TaskEvent) -> str:
     if event.kind == "start":
         return f"{head}  running"
     status = event.status.value if event.status is not None else "done"
+    reused = event.result.reused_from if event.result is not None else None
+    if reused is not None:  # a resumed run: not run again
+        return f"{head}  {status_text(status)}  [dim]reused from {escape(reused)}[/]"
     line = f"{head}  {status_text(status)}  {format_duration(event.duration)}"
     if event.error is not None:
         line += f"  [red]{escape(event.error.type)}: {escape(event.error.message)}[/]"
