@@ -7,13 +7,11 @@ import datetime as dt
 import json
 import os
 import random
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
 import caliber
-from caliber.cli import main
 from caliber.errors import UsageError
 from caliber.paths import database_path, runs_dir
 from caliber.pinion.loop import Pinion, PinionConfig
@@ -23,22 +21,11 @@ from caliber.queue.sqlite_prune import file_size
 from caliber.queue.target import local_target
 from caliber.results.prune import parse_duration, prune
 from tests.pinion_helpers import make_folder, queue
+from tests.test_cli_results import Run, run_cli
+from tests.test_pinion import run_pinion
 
-Run = Callable[..., tuple[int, str, str]]
 LATER = dt.timedelta(hours=1)
-
-
-@pytest.fixture
-def run_cli(capsys: pytest.CaptureFixture[str]) -> Run:
-    def run(*args: str) -> tuple[int, str, str]:
-        capsys.readouterr()
-        with pytest.raises(SystemExit) as info:
-            main(list(args))
-        out = capsys.readouterr()
-        code = info.value.code
-        return (code if isinstance(code, int) else 0), out.out, out.err
-
-    return run
+__all__ = ["run_cli"]  # the fixture
 
 
 def big() -> list[float]:
@@ -91,7 +78,7 @@ def test_pruning_a_big_result_gives_the_disk_back(tmp_path: Path, run_cli: Run) 
 def test_dry_run_changes_nothing_and_says_what_would_go(tmp_path: Path, run_cli: Run) -> None:
     folder = make_folder(tmp_path / "wf")
     wid = queue(folder, [("add", [1])])
-    Pinion(PinionConfig(name="p", attempts=1, wait=0), open_backend(local_target())).run()
+    run_pinion("p")
     work_dir = Path(caliber.get_results(wid).work_dir or "")
     assert work_dir.is_dir()
     before = database_path().read_bytes(), sorted(p.name for p in work_dir.iterdir())
@@ -111,9 +98,9 @@ def test_filters_and_live_work_through_the_command(tmp_path: Path, run_cli: Run)
     folder = make_folder(tmp_path / "wf")
     ran = queue(folder, [("add", [1])], name="pasta")
     other = queue(folder, [("add", [1])], pinion="q", name="soup")
-    Pinion(PinionConfig(name="p", attempts=1, wait=0), open_backend(local_target())).run()
+    run_pinion("p")
     waiting = queue(folder, [("add", [2])], name="pasta")
-    Pinion(PinionConfig(name="q", attempts=1, wait=0), open_backend(local_target())).run()
+    run_pinion("q")
     code, out, _ = run_cli("results", "prune", "--older-than", "0s", "--workflow", "pasta",
                            "--pinion", "p", "--json")
     assert code == 0 and json.loads(out)["workloads"] == [ran]
@@ -168,7 +155,7 @@ def test_pinion_keep_runs(tmp_path: Path, run_cli: Run) -> None:
 def test_keep_runs_never_removes_a_queued_workloads_folder(tmp_path: Path) -> None:
     folder = make_folder(tmp_path / "wf")
     done = queue(folder, [("add", [1])])
-    Pinion(PinionConfig(name="p", attempts=1, wait=0), open_backend(local_target())).run()
+    run_pinion("p")
     later = queue(folder, [("add", [2])])
     # a folder of a queued workload (a cold stop kept it), older than the finished run
     kept = runs_dir() / "p" / f"{later}-1"
