@@ -169,9 +169,11 @@ def test_keep_runs_never_removes_a_queued_workloads_folder(tmp_path: Path) -> No
 
 def test_library_prune_returns_the_same_report(tmp_path: Path) -> None:
     caliber.Workflow(caliber.Process([caliber.Task(len, name="n", args=["abc"])]), "w").run()
-    seen = prune(local_target(), dt.timedelta(0), now=in_an_hour(), dry_run=True)
-    done = prune(local_target(), dt.timedelta(0), now=in_an_hour())
+    seen = prune("0s", now=in_an_hour(), dry_run=True)
+    done = prune(dt.timedelta(0), now=in_an_hour(), target=local_target())
     assert seen.results == done.results and len(done.results) == 1
     assert seen.to_dict()["dry_run"] is True and done.to_dict()["versions"] == 0
     with pytest.raises(UsageError):
-        prune(local_target(), dt.timedelta(seconds=-1))
+        prune(dt.timedelta(seconds=-1))
+    with pytest.raises(UsageError):
+        prune("soon")

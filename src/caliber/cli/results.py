@@ -173,8 +173,8 @@ def prune_cmd(
     deleted."""
     from caliber.results.prune import prune
 
-    pruned = prune(target, older_than, workflow=workflow_name, pinion=pinion_name,
-                   dry_run=dry_run)
+    pruned = prune(older_than, workflow=workflow_name, pinion=pinion_name, dry_run=dry_run,
+                   target=target)
     if as_json:
         print_json(pruned.to_dict())
         return

@@ -79,24 +79,33 @@ class Pruned:
 
 
 def prune(
-    target: QueueTarget,
-    older_than: dt.timedelta,
+    older_than: dt.timedelta | str,
     *,
     workflow: str | None = None,
     pinion: str | None = None,
     dry_run: bool = False,
+    project: str | None = None,
+    model: str | None = None,
+    local: bool = False,
+    target: QueueTarget | None = None,
     now: dt.datetime | None = None,
     runs: Path | None = None,
 ) -> Pruned:
-    """Remove finished workloads and Results older than ``older_than`` (see the module) from
-    the queue ``target``, then their run folders found under ``runs`` (default: the runs
-    folder of CALIBER_HOME). With ``dry_run`` nothing changes: the answer says what would go."""
+    """Remove finished workloads and Results older than ``older_than`` (a timedelta, or text
+    such as ``"30d"``; see the module for what goes) from the queue ``target`` (or the one
+    ``project``/``model``/``local`` and the settings select), then their run folders found
+    under ``runs`` (default: the runs folder of CALIBER_HOME). With ``dry_run`` nothing
+    changes: the answer says what would go."""
     from caliber.pinion.runs import remove_run_folders
     from caliber.queue.api import opened
+    from caliber.queue.target import resolve_target
 
-    if older_than < dt.timedelta(0):
+    age = parse_duration(older_than) if isinstance(older_than, str) else older_than
+    if age < dt.timedelta(0):
         raise UsageError("the age to prune must not be negative")
-    before = (now or dt.datetime.now(dt.UTC)) - older_than
+    if target is None:
+        target = resolve_target(project=project, model=model, local=local)
+    before = (now or dt.datetime.now(dt.UTC)) - age
     with opened(target) as backend:
         found = backend.prune(before, workflow=workflow, pinion=pinion, dry_run=dry_run)
     folders, size = remove_run_folders(found.work_dirs, runs, dry_run=dry_run)
