@@ -97,10 +97,13 @@ def limited_user(store: Store, user_id: str) -> Obj | None:
 
 
 def project_obj(ctx: Context, p: Project) -> Obj:
-    # ``Project.sourceApps`` (resolvers/projects.ts, ``getStreamsSourceAppsFactory`` in
-    # repositories/streams.ts) reads the source application of every version of the project,
-    # as the real server does: a query that asks for it costs more the more versions there are
-    apps = {v.source_application for v in ctx.store.project_versions(p.id)}
+    def source_apps(_: GraphQLResolveInfo) -> list[str]:
+        """``Project.sourceApps`` (resolvers/projects.ts, ``getStreamsSourceAppsFactory`` in
+        repositories/streams.ts): a field resolver, run only when the field is asked for, that
+        reads the source application of every version of the project, as the real one does."""
+        apps = {v.source_application for v in ctx.store.project_versions(p.id)}
+        return sorted(a for a in apps if a)
+
     return {
         "_obj": p,
         "id": p.id,
@@ -111,7 +114,7 @@ def project_obj(ctx: Context, p: Project) -> Obj:
         "role": "stream:owner" if ctx.user and ctx.user.id == p.owner_id else None,
         "createdAt": p.created_at,
         "updatedAt": p.updated_at,
-        "sourceApps": sorted(a for a in apps if a),
+        "sourceApps": source_apps,
         "workspaceId": None,
     }
 
