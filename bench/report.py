@@ -265,8 +265,10 @@ def method_text(run: dict[str, Any]) -> list[str]:
         "(a new process each time) and a pinion's first claim (a new connection, then "
         "`claim` with a settle time of 0, released again untimed) at the large N against the "
         "small N (see bench/remote_log.py); *requests* counts what the server answered. The "
-        "test server's own cost grows with what it stores (it scans every version to list a "
-        "page); a real server's database does not.",
+        "test server keeps each model's versions in createdAt order and finds a page by "
+        "bisection; a real server finds the model's versions by the (branchId, commitId) key "
+        "and sorts them in PostgreSQL (there is no index on createdAt), so its time per page "
+        "grows with the model's versions at the database's speed (not measured here).",
         "",
     ]
 
