@@ -68,6 +68,10 @@ MISSING_TEXT = "is missing on the server"
 
 class MissingObjectError(QueueError):
     """An object the queue needs is not on the server."""
+
+    def __init__(self, where: str, object_id: str) -> None:
+        self.detail = f"object {object_id} {MISSING_TEXT}"
+        super().__init__(f"{where}: {self.detail}")
 log = logging.getLogger(__name__)
 
 
@@ -196,7 +200,7 @@ class SpeckleBackend:
         got = self._found(ids)
         for i in ids:
             if i not in got:
-                raise MissingObjectError(f"{self.location}: object {i} {MISSING_TEXT}")
+                raise MissingObjectError(self.location, i)
         return got
 
     def _found(self, ids: builtins.list[str]) -> dict[str, dict[str, Any]]:
@@ -345,8 +349,8 @@ class SpeckleBackend:
         (None when even that could not be written: the lease runs out instead). When its
         objects are missing at the :data:`MISSING_LOOKS`-th claim, fail it instead: it would
         otherwise be claimed and given back on every look, for ever."""
-        reason = f"cannot read the workload: {exc}"
-        missing = isinstance(exc, MissingObjectError)
+        missing = exc.detail if isinstance(exc, MissingObjectError) else None
+        reason = f"cannot read the workload: {missing or exc}"
         looks = 1 + sum(1 for _, _, text in state.history
                         if text.startswith("released by ") and MISSING_TEXT in text)
         if missing and looks >= MISSING_LOOKS:
