@@ -164,6 +164,7 @@ class Pinion:
         self._spare: ChildProcess | None = None
         self._start_method = start_method()  # read once: it looks at the settings files
         self._server: ForkServer | None = None
+        self._server_tried = False
 
     # --- the loop -----------------------------------------------------------------------
 
@@ -240,20 +241,17 @@ class Pinion:
         return child
 
     def _fork_server(self) -> ForkServer | None:
-        """The process that forks this pinion's children (started at the first one, again if it
-        died); None where there is none (spawn, not Linux, or it cannot start): the pinion
-        then forks them itself."""
-        if self._start_method != "fork" or not ForkServer.available():
-            return None
-        if self._server is not None and not self._server.alive:
-            self._server.close()
-            self._server = None
-        if self._server is None:
+        """The process that forks this pinion's children, started with the first one (so it
+        holds no pipe of another child); None where there is none (spawn, not Linux, it could
+        not start or it died): the pinion then forks them itself."""
+        if self._server is None and not self._server_tried and self._start_method == "fork" \
+                and ForkServer.available():
+            self._server_tried = True
             try:
                 self._server = ForkServer(child_main)
             except OSError as exc:
                 log.debug("no fork server (%s): the pinion forks its children itself", exc)
-        return self._server
+        return self._server if self._server is not None and self._server.alive else None
 
     def _drop_spare(self) -> None:
         if self._spare is not None:

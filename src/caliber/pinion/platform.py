@@ -4,9 +4,10 @@ operating-system facts the queue needs too, disks and file permissions, are in
 
 Two ways to start the child, with one protocol between them:
 
-* ``fork`` (POSIX, the default there): the pinion, which never imports user code, forks; the
-  child is a fresh copy with only Caliber loaded, so modules never leak between workloads, and
-  it starts in about a millisecond. It gets its own process group, so a timeout or a lost
+* ``fork`` (POSIX, the default there): the pinion, which never imports user code, forks (on
+  Linux through a :class:`ForkServer`, a copy of itself made once); the child is a fresh copy
+  with only Caliber loaded, so modules never leak between workloads, and it starts in about a
+  millisecond. It gets its own process group, so a timeout or a lost
   lease kills everything it started, and a Ctrl-C in the pinion's terminal does not reach it.
 * ``spawn`` (everywhere, the fallback on Windows; ``CALIBER_CHILD_START=spawn`` forces it): a
   new interpreter runs ``python -m caliber.pinion.child``, reading its job from stdin.
@@ -182,10 +183,7 @@ class ForkServer:
 
     def __init__(self, run: ChildMain) -> None:
         self.sock, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-        sys.stdout.flush()
-        sys.stderr.flush()
-        gc.freeze()
-        pid = os.fork()
+        pid = _fork_frozen()
         if pid == 0:  # the server
             code = 1
             try:
@@ -313,17 +311,22 @@ def _serve(sock: socket.socket, run: ChildMain) -> None:
             os.close(child._control_fd)
 
 
+def _fork_frozen() -> int:
+    """``os.fork()``, with the output flushed and the pinion's objects moved out of the
+    collector's sight first: a collection in the child would otherwise touch every one of them
+    and copy nearly all of the pinion's memory."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    gc.freeze()
+    return os.fork()
+
+
 def _fork(run: ChildMain, close_fds: Sequence[int]) -> ChildProcess:
     msg_r, msg_w = os.pipe()
     ctl_r, ctl_w = os.pipe()
     for fd in (msg_r, ctl_w):
         os.set_inheritable(fd, False)
-    sys.stdout.flush()
-    sys.stderr.flush()
-    # Move the pinion's objects out of the collector's sight: a collection in the child would
-    # otherwise touch every one of them and copy nearly all of the pinion's memory.
-    gc.freeze()
-    pid = os.fork()
+    pid = _fork_frozen()
     if pid == 0:  # the child
         code = 1
         try:
