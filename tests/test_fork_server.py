@@ -1,0 +1,95 @@
+"""The fork server that forks a pinion's children on Linux (caliber.pinion.platform.ForkServer)."""
+
+from __future__ import annotations
+
+import faulthandler
+import os
+import signal
+import time
+
+import pytest
+
+from caliber.pinion.platform import ForkServer, describe_exit
+
+pytestmark = pytest.mark.skipif(not ForkServer.available(), reason="Linux only")
+
+
+def report_parent(messages_fd: int, control_fd: int) -> None:
+    """A child that writes its parent's pid, then waits until its control pipe closes."""
+    os.write(messages_fd, f"{os.getppid()}\n".encode())
+    while os.read(control_fd, 1):
+        pass
+
+
+def crash(messages_fd: int, control_fd: int) -> None:
+    faulthandler.disable()  # pytest's, inherited: no traceback of this crash on its output
+    os.kill(os.getpid(), signal.SIGSEGV)
+
+
+def read_line(fd: int) -> bytes:
+    data = b""
+    while not data.endswith(b"\n"):
+        chunk = os.read(fd, 64)
+        if not chunk:
+            break
+        data += chunk
+    return data
+
+
+def test_children_are_the_servers_and_their_lifeline_is_ours_alone() -> None:
+    server = ForkServer(report_parent)
+    try:
+        child = server.start()
+        assert int(read_line(child.messages_fd)) == server.pid != os.getpid()
+        assert child.poll() is None
+        child.close()  # the only write end of its control pipe: the child reads end-of-file
+        assert child.wait() == 0
+    finally:
+        server.close()
+
+
+def test_a_child_asked_for_early_is_the_one_started() -> None:
+    server = ForkServer(report_parent)
+    try:
+        server.prefork()
+        server.prefork()  # asked once only
+        first = server.start()
+        assert int(read_line(first.messages_fd)) == server.pid
+        first.close()
+        assert first.wait() == 0
+        second = server.start()
+        second.close()
+        assert second.wait() == 0 and second.pid != first.pid
+    finally:
+        server.close()
+
+
+def test_how_a_child_ended_is_reported() -> None:
+    server = ForkServer(crash)
+    try:
+        child = server.start()
+        assert describe_exit(child.wait()) == "killed by signal SIGSEGV"
+        child.close()
+    finally:
+        server.close()
+
+
+def test_the_server_ends_with_its_pinion() -> None:
+    server = ForkServer(report_parent)
+    child = server.start()
+    server.close()  # as when the pinion exits or is killed: its end of the socket closes
+    with pytest.raises(ChildProcessError):
+        os.waitpid(server.pid, os.WNOHANG)  # already waited for: it has ended
+    assert not server.alive
+    with pytest.raises(OSError):
+        server.start()
+    child.close()  # its lifeline: the child ends too
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        try:
+            os.kill(child.pid, 0)
+        except ProcessLookupError:
+            break
+        time.sleep(0.05)
+    else:
+        pytest.fail("the child outlived its lifeline")
