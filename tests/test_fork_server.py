@@ -26,6 +26,23 @@ def crash(messages_fd: int, control_fd: int) -> None:
     os.kill(os.getpid(), signal.SIGSEGV)
 
 
+def ended(pid: int) -> bool:
+    """Whether process ``pid`` has ended (gone, or a zombie nobody has waited for yet)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] == "Z"
+    except FileNotFoundError:
+        return True
+
+
+def wait_ended(pid: int, what: str) -> None:
+    deadline = time.monotonic() + 10
+    while not ended(pid):
+        if time.monotonic() > deadline:
+            pytest.fail(f"{what} did not end")
+        time.sleep(0.05)
+
+
 def read_line(fd: int) -> bytes:
     data = b""
     while not data.endswith(b"\n"):
@@ -58,6 +75,7 @@ def test_a_child_asked_for_early_is_the_one_started() -> None:
         first.close()
         assert first.wait() == 0
         second = server.start()
+        assert int(read_line(second.messages_fd)) == server.pid
         second.close()
         assert second.wait() == 0 and second.pid != first.pid
     finally:
@@ -84,12 +102,14 @@ def test_the_server_ends_with_its_pinion() -> None:
     with pytest.raises(OSError):
         server.start()
     child.close()  # its lifeline: the child ends too
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:
-        try:
-            os.kill(child.pid, 0)
-        except ProcessLookupError:
-            break
-        time.sleep(0.05)
-    else:
-        pytest.fail("the child outlived its lifeline")
+    wait_ended(child.pid, "the child whose lifeline closed")
+
+
+def test_a_child_asked_for_and_never_taken_ends_with_the_server() -> None:
+    server = ForkServer(report_parent)
+    server.prefork()
+    while not server._ready:  # its pipes have reached this process (as they do in poll())
+        server._receive(block=True)
+    spare = server._ready[0][0]
+    server.close()
+    wait_ended(spare, "the child asked for and never taken")

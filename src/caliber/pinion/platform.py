@@ -265,8 +265,13 @@ class ForkServer:
         return True
 
     def close(self) -> None:
-        """Stop the server (its children that still run are not touched) and wait for it."""
+        """Stop the server and wait for it. Its children that still run are not touched; the
+        child asked for and not taken reads end-of-file on its control pipe and exits."""
         self.alive = False
+        for _pid, fds in self._ready:
+            for fd in fds:
+                os.close(fd)
+        self._ready.clear()
         self.sock.close()
         with contextlib.suppress(ChildProcessError):
             os.waitpid(self.pid, 0)
