@@ -74,6 +74,22 @@ def test_the_reporter_is_a_logging_handler_others_can_listen_to() -> None:
     assert logging.getLogger(LOGGER).handlers == []  # closing removed its handler
 
 
+def test_a_reporter_never_closed_leaves_nothing_on_the_pinion_logger() -> None:
+    """A Pinion or Reporter a caller forgets to close (a test, a script) must not leave its
+    handler where every later listener of ``caliber.pinion`` would meet it: each Reporter's
+    handler sits on a logger of its own."""
+    stream = io.StringIO()
+    Reporter("forgotten", stream=stream).error("shown once")  # never closed
+    assert logging.getLogger(LOGGER).handlers == []
+    assert stream.getvalue() == "pinion forgotten: shown once\n"
+    later = io.StringIO()
+    reporter = Reporter("next", stream=later)
+    reporter.error("mine")
+    reporter.close()
+    assert later.getvalue() == "pinion next: mine\n"  # the forgotten one shows nothing of it
+    assert stream.getvalue() == "pinion forgotten: shown once\n"
+
+
 def test_verbose_never_prints_the_token(tmp_path: Path, caliber_cmd: list[str]) -> None:
     import os
     import socket
