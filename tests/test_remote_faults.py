@@ -236,12 +236,9 @@ def test_a_workload_whose_objects_stay_missing_is_failed_not_claimed_for_ever(
     from caliber.errors import ClaimReturnedError
     from caliber.pinion.loop import Pinion, PinionConfig
     from caliber.queue.speckle import MISSING_LOOKS
-    from caliber.queue.workload import Workload
+    from tests.test_remote_queue import workload as make_workload
 
-    workload = Workload(
-        pinion="p", queued_by="ann@laptop", secret="s" * 64,
-        workflow={"caliber": 1, "name": "pasta", "process": {"type": "process", "tasks": []}},
-    )
+    workload = make_workload("p")
     with remote.backend() as backend:
         backend.put(workload)
         store = remote.server.store
