@@ -13,10 +13,7 @@ workload runs; the entry is never left running by the pinion; one it does not ru
 
 from __future__ import annotations
 
-import contextlib
 import json
-import os
-import shutil
 import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
@@ -33,7 +30,7 @@ from tests.pinion_helpers import FUNCTIONS, make_folder, workflow
 from tests.reliability_figures import record
 from tests.remote_helpers import remote
 from tests.speckle_fixtures import make_project, speckle_server, speckle_token
-from tests.test_fuzz import FUZZ, assert_clean_error, run_cli
+from tests.test_fuzz import FUZZ, assert_clean_error, fresh_queue, run_cli
 
 __all__ = ["remote", "speckle_server", "speckle_token"]  # fixtures of the Speckle test
 
@@ -140,20 +137,6 @@ def template(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
             "body": json.loads(body)}
 
 
-@contextlib.contextmanager
-def fresh_home(template: dict[str, Any], where: Path) -> Iterator[Path]:
-    shutil.rmtree(where, ignore_errors=True)
-    where.mkdir(parents=True)
-    shutil.copy(template["db"], where / "caliber.db")
-    old = os.environ.get("CALIBER_HOME")
-    os.environ["CALIBER_HOME"] = str(where)
-    try:
-        yield where / "caliber.db"
-    finally:
-        if old is not None:
-            os.environ["CALIBER_HOME"] = old
-
-
 def write(db: Path, column: str, value: Any, wid: str) -> bool:
     """Set one column of the victim's row as an editor could; False when SQLite refuses
     (NOT NULL, a duplicate id)."""
@@ -219,7 +202,7 @@ def test_any_field_of_a_local_queue_row_mutated(
         value: Any = dumps(data.draw(mutated_json(template["body"]), label="body"))
     else:
         value = data.draw(column_value, label="value")
-    with fresh_home(template, tmp_path / "home") as db:
+    with fresh_queue(template, tmp_path / "home") as db:
         if not write(db, column, value, victim):
             return
         count(f"local {column}")
