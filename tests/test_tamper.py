@@ -112,6 +112,36 @@ def test_a_row_that_cannot_be_encoded_is_damaged_everywhere_never_a_traceback(
     record(f"tamper.unencodable.{what}", tracebacks=0, left_running=0)
 
 
+NOT_UTF8 = {  # SQL writing bytes that are not UTF-8 as TEXT, as another program could
+    "the workflow JSON": "UPDATE workloads SET body = CAST(replace(CAST(body AS BLOB), "
+                         "CAST('victim' AS BLOB), x'76ff') AS TEXT) WHERE id = ?",
+    "the id": "UPDATE workloads SET id = CAST(CAST(id AS BLOB) || x'ff' AS TEXT) WHERE id = ?",
+}
+
+
+@pytest.mark.parametrize("where", list(NOT_UTF8))
+def test_text_that_is_not_utf8_is_damaged_and_passed_over(
+    queued: dict[str, Any], where: str
+) -> None:
+    db, victim, following = queued["db"], queued["victim"], queued["next"]
+    sql(db, NOT_UTF8[where], victim)
+    rows = listed()
+    [damaged] = [w for i, w in rows.items() if i != following]
+    assert damaged["secret_ok"] is False and "damaged" in damaged["last_error"]
+    code, out, err = run_cli("queue", "view", victim[:12])
+    assert "Traceback" not in err and (code != 0 or "damaged" in out)
+    summary = run_pinion()
+    assert summary["ran"] == 1 and ran(db) == {following}  # the next one is not held up
+    assert sql(db, "SELECT count(*) FROM workloads WHERE status = 'running'") == [(0,)]
+    assert run_pinion()["ran"] == 0  # passed over from now on, not claimed again and again
+    if where == "the workflow JSON":
+        assert code == 0 and [s["id"] for s in summary["skipped"]] == [victim]
+    code, _out, err = run_cli("queue", "reset", victim[:8])
+    assert code == 0, err
+    assert sql(db, "SELECT count(*) FROM workloads") == [(1,)]  # only the next one is left
+    record(f"tamper.not_utf8.{where}", tracebacks=0, left_running=0)
+
+
 def test_created_at_in_another_offset_is_damaged_for_the_listing_and_the_pinion(
     queued: dict[str, Any]
 ) -> None:

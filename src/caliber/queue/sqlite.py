@@ -89,6 +89,44 @@ def _from_unix(seconds: float) -> dt.datetime:
     return dt.datetime.fromtimestamp(seconds, dt.UTC)
 
 
+# What Python's sqlite3 raises for a TEXT column holding bytes that are not UTF-8 (written by
+# another program). Only then is a read done again with _lenient: the fast read stays as it is.
+_NOT_UTF8 = "Could not decode to UTF-8"
+
+
+def _lenient(data: bytes) -> str:
+    """Text that is not UTF-8 with its bad bytes as lone surrogates: it cannot be encoded as it
+    was signed, so the run-secret check (caliber.queue.secret) finds the row damaged."""
+    return data.decode("utf-8", "surrogateescape")
+
+
+def _raw(text: str) -> str | bytes:
+    """``text`` to bind as ``CAST(? AS TEXT)``: an id read leniently (see :func:`_lenient`) as
+    the bytes it is stored as, so that such a row can still be viewed and reset."""
+    try:
+        text.encode()
+    except UnicodeEncodeError:
+        return text.encode("utf-8", "surrogateescape")
+    return text
+
+
+def _fetch(conn: sqlite3.Connection, sql: str, params: Any = ()) -> list[tuple[Any, ...]]:
+    """The rows of one read; when a column is not UTF-8, read again decoding it leniently
+    (callers hold the backend's lock, so the connection's text_factory is theirs)."""
+    cursor = conn.execute(sql, params)
+    try:
+        return cursor.fetchall()
+    except sqlite3.OperationalError as exc:
+        cursor.close()
+        if _NOT_UTF8 not in str(exc):
+            raise
+    conn.text_factory = _lenient
+    try:
+        return conn.execute(sql, params).fetchall()
+    finally:
+        conn.text_factory = str
+
+
 def _body(workload: Workload) -> str:
     return workload.model_dump_json(
         include={"workflow", "attachments", "queued_by", "resume_from"}, exclude_none=True)
@@ -296,10 +334,9 @@ class SQLiteBackend:
         prefix = id_or_prefix.strip().lower()
         if not prefix:
             raise NotFoundError(f"no {what} id given")
-        rows = self.conn.execute(
-            f"SELECT id FROM {table} WHERE id >= ? AND id < ? ORDER BY id LIMIT 21",
-            (prefix, prefix + "\uffff"),
-        ).fetchall()
+        rows = _fetch(self.conn,
+                      f"SELECT id FROM {table} WHERE id >= ? AND id < ? ORDER BY id LIMIT 21",
+                      (prefix, prefix + "\uffff"))
         ids = [r[0] for r in rows]
         if prefix in ids:
             return prefix
@@ -339,12 +376,11 @@ class SQLiteBackend:
     def get(self, id_or_prefix: str) -> Workload:
         with self.reading():
             full = self.resolve_id("workloads", id_or_prefix, "workload")
-            row = self.conn.execute(
-                f"SELECT {_COLUMNS} FROM workloads WHERE id = ?", (full,)
-            ).fetchone()
-            if row is None:
+            rows = _fetch(self.conn, f"SELECT {_COLUMNS} FROM workloads WHERE id = "
+                          "CAST(? AS TEXT)", (_raw(full),))
+            if not rows:
                 raise NotFoundError(f"no workload with id {id_or_prefix!r}")
-            return self._with_history([_workload(row)])[0]
+            return self._with_history([_workload(rows[0])])[0]
 
     def list_workloads(
         self,
@@ -377,23 +413,36 @@ class SQLiteBackend:
         where, params = self._filters(
             pinion=pinion, status=WorkloadStatus(status).value if status else None
         )
-        rows: list[tuple[Any, ...]] = self.conn.execute(
+        return _fetch(
+            self.conn,
             f"SELECT {columns} FROM workloads {where} ORDER BY created_at LIMIT ? OFFSET ?",
             (*params, -1 if limit is None else limit, offset),
-        ).fetchall()
-        return rows
+        )
 
     def claim(self, pinion: str, owner: str, lease_seconds: float, key_id: str) -> Claim | None:
         from caliber.queue.backend import Claim
 
         token = secrets.token_hex(16)
         now = time.time()
+        params = {"owner": owner, "token": token, "expires": now + lease_seconds,
+                  "pinion": pinion, "now": now, "key_id": key_id}
         with self.transaction() as conn:
-            row = conn.execute(
-                CLAIM_SQL,
-                {"owner": owner, "token": token, "expires": now + lease_seconds,
-                 "pinion": pinion, "now": now, "key_id": key_id},
-            ).fetchone()
+            while True:
+                cursor = conn.execute(CLAIM_SQL, params)
+                try:
+                    row = cursor.fetchone()
+                except sqlite3.OperationalError as exc:  # a column is not UTF-8
+                    cursor.close()
+                    if _NOT_UTF8 not in str(exc):
+                        raise
+                    [row] = _fetch(conn, f"SELECT {_COLUMNS} FROM workloads WHERE "
+                                   "lease_token = ?", (token,))
+                    try:
+                        _workload(row).id.encode()
+                    except UnicodeEncodeError:  # its id cannot be bound: given back by token
+                        self._pass_over(conn, token, owner, key_id, now)
+                        continue
+                break
             if row is None:
                 return None
             workload = _workload(row)
@@ -401,6 +450,21 @@ class SQLiteBackend:
                 WorkloadStatus.RUNNING, f"claimed by {owner} (attempt {workload.attempts})"))
         return Claim(workload=workload, owner=owner, token=token,
                      expires_at=_from_unix(now + lease_seconds))
+
+    def _pass_over(self, conn: sqlite3.Connection, token: str, owner: str, key_id: str,
+                   now: float) -> None:
+        """Give back the row just claimed with ``token``, damaged by text that is not UTF-8,
+        as a pinion releases a damaged workload (marked for this key, so not claimed again);
+        by its token, as its id may be such text."""
+        conn.execute(
+            "INSERT INTO workload_history (workload_id, at, status, message) SELECT id, ?, "
+            "'queued', ? FROM workloads WHERE lease_token = ?",
+            (_iso(_from_unix(now)), f"released by {owner}: this queue entry is damaged and "
+             "never runs (a column holds text that is not UTF-8); reset it", token))
+        conn.execute(
+            f"UPDATE workloads SET status = 'queued', attempts = MAX(attempts - 1, 0), "
+            f"{_NO_LEASE}, secret_mismatch = ltrim(COALESCE(secret_mismatch, '') || ' ' || ?)"
+            " WHERE lease_token = ?", (key_id, token))
 
     def renew(self, claim: Claim, lease_seconds: float) -> Claim:
         expires = time.time() + lease_seconds
@@ -501,7 +565,7 @@ class SQLiteBackend:
                     f"workload {workload.id} is running (held by {holder}); "
                     "stop the pinion first or use --force"
                 )
-            conn.execute("DELETE FROM workloads WHERE id = ?", (workload.id,))
+            conn.execute("DELETE FROM workloads WHERE id = CAST(? AS TEXT)", (_raw(workload.id),))
         return workload
 
     def resetsecret(self, id_or_prefix: str, secret: str, key_id: str) -> Workload:
