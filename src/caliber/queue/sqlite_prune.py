@@ -8,9 +8,10 @@ Space: SQLite keeps the pages of deleted rows in the file and reuses them for la
 so a pruned queue stops growing at once. When a prune leaves a large share of the file free
 (:data:`COMPACT_SHARE` of its pages and at least :data:`COMPACT_MIN_BYTES`), :func:`compact`
 runs ``VACUUM`` and truncates the write-ahead log, so the file itself shrinks (measured: a
-19.3 MB queue holding one task's 1e6-element list of floats goes back to 61 kB). ``VACUUM`` was chosen
-over ``auto_vacuum = INCREMENTAL`` because switching an existing database to it takes a
-``VACUUM`` anyway, and rewriting the file only after a big prune costs nothing in between.
+19.3 MB queue holding one task's 1e6-element list of floats goes back to 61 kB).
+``VACUUM`` was chosen over ``auto_vacuum = INCREMENTAL`` because switching an existing
+database to it takes a ``VACUUM`` anyway, and rewriting the file only after a big prune
+costs nothing in between.
 """
 
 from __future__ import annotations
