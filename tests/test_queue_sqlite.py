@@ -122,6 +122,30 @@ def test_lost_lease_trigger_ignores_renewals(tmp_path: Path) -> None:
     assert len(messages) == 3  # queued, claimed, completed
 
 
+@pytest.mark.parametrize("lease", [
+    "lease_owner = NULL, lease_token = NULL, lease_expires = NULL",
+    "lease_owner = 'a', lease_token = 't', lease_expires = NULL",
+    "lease_owner = 'a', lease_token = 't', lease_expires = 'tomorrow'",
+    "lease_owner = 'a', lease_token = 't', lease_expires = x'00'",
+])
+def test_a_running_row_without_a_lease_is_taken_back_as_from_a_dead_pinion(
+    tmp_path: Path, lease: str
+) -> None:
+    with SQLiteBackend(tmp_path / "q.db") as backend:
+        w = make_workload()
+        backend.put(w)
+        backend.conn.execute(f"UPDATE workloads SET status = 'running', attempts = 1, {lease}")
+        claim = backend.claim("p1", "b", LEASE, "k")
+        assert claim is not None and claim.workload.id == w.id
+        assert claim.workload.attempts == 2  # the edited attempt counts, as a dead pinion's
+        assert any("ran out (attempt 1 lost)" in h.message for h in backend.get(w.id).history)
+        backend.conn.execute(f"UPDATE workloads SET {lease}")
+        assert backend.expire(max_attempts=2) == [w.id]  # and at the last attempt: failed
+        failed = backend.get(w.id)
+    assert failed.status == WorkloadStatus.FAILED and "lease ran out 2 times" in str(
+        failed.last_error)
+
+
 def test_threads_sharing_one_backend(tmp_path: Path) -> None:
     """The pinion renews from a thread while its main thread uses the same connection."""
     with SQLiteBackend(tmp_path / "q.db") as backend:

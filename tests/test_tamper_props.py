@@ -59,7 +59,9 @@ DEEP = "@a list 3000 deep"  # written out by dumps(), as HUGE
 HUGE = "@a 5000-digit number"  # written out by dumps(): hypothesis cannot print the int
 huge = st.sampled_from([2**63 - 1, -(2**63), 10**400, HUGE, DEEP, float("inf"), float("-inf"),
                         float("nan"), 1e308, -0.0])
-json_leaf = (st.none() | st.booleans() | st.integers() | st.floats() | huge | odd_text)
+NOT_UTF8 = "@text that is not UTF-8"  # written out by write(): bytes JSON cannot hold
+json_leaf = (st.none() | st.booleans() | st.integers() | st.floats() | huge | odd_text
+             | st.just(NOT_UTF8))
 json_value = st.recursive(json_leaf, lambda inner: st.lists(inner, max_size=3)
                           | st.dictionaries(st.text(max_size=5), inner, max_size=3),
                           max_leaves=6)
@@ -69,10 +71,10 @@ class NotUtf8(bytes):
     """Bytes stored as TEXT: what SQLite holds after a writer that does not check UTF-8."""
 
 
-# Text that is not UTF-8 (NotUtf8) is left out: it stops the local queue (docs/reliability.md,
-# Limits), and the suite would only find that again.
 column_value = (st.none() | st.integers(-(2**63), 2**63 - 1) | st.floats() | odd_text
-                | st.binary(max_size=20))
+                | st.binary(max_size=20)
+                | st.builds(lambda a, b: NotUtf8(a + b"\xff" + b), st.binary(max_size=8),
+                            st.binary(max_size=8)))
 
 
 def _paths(value: Any, here: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
@@ -143,6 +145,9 @@ def write(db: Path, column: str, value: Any, wid: str) -> bool:
     conn = sqlite3.connect(db)
     try:
         with conn:
+            if isinstance(value, str) and json.dumps(NOT_UTF8) in value:  # inside the JSON
+                value = NotUtf8(value.encode().replace(json.dumps(NOT_UTF8).encode(),
+                                                       b'"t\xff"'))
             if isinstance(value, NotUtf8):
                 conn.execute(f"UPDATE workloads SET {column} = CAST(? AS TEXT) WHERE id = ?",
                              (bytes(value), wid))

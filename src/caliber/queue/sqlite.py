@@ -66,6 +66,21 @@ _KEY_OK = ("instr(' ' || COALESCE(secret_mismatch, '') || ' ', ' ' || :key_id ||
 _NO_LEASE = "lease_owner = NULL, lease_token = NULL, lease_expires = NULL"
 
 
+# A running row whose lease ran out, or that has none a pinion could renew (its expiry NULL
+# or not a number, edited by hand: numbers sort before text and blobs), is taken back as from
+# a dead pinion: three ranges of the index workloads_leases, each sought on its own (SQLite
+# scans the whole index for their OR).
+_LEASE_GONE = ("lease_expires < {now}", "lease_expires IS NULL", "lease_expires >= ''")
+
+
+def _lease_gone(columns: str, now: str, where: str, then: str) -> str:
+    """``SELECT columns ... then`` of the running rows taken back, one per range, UNION ALL."""
+    return " UNION ALL ".join(
+        f"SELECT * FROM (SELECT {columns} FROM workloads INDEXED BY workloads_leases WHERE "
+        f"status = 'running' AND {gone.format(now=now)} AND {where} {then})"
+        for gone in _LEASE_GONE)
+
+
 # The one atomic claim: the subquery picks the oldest claimable row, queued (index
 # workloads_queued) or with a lease that ran out (index workloads_leases, named: without
 # statistics the planner would walk every running row by workloads_status); the UPDATE takes
@@ -78,9 +93,8 @@ CLAIM_SQL = f"""
             WHERE pinion = :pinion AND status = 'queued' AND {_KEY_OK}
             ORDER BY created_at LIMIT 1)
         UNION ALL
-        SELECT * FROM (SELECT id, created_at FROM workloads INDEXED BY workloads_leases
-            WHERE status = 'running' AND lease_expires < :now AND pinion = :pinion AND {_KEY_OK}
-            ORDER BY created_at LIMIT 1)
+        {_lease_gone("id, created_at", ":now", f"pinion = :pinion AND {_KEY_OK}",
+                     "ORDER BY created_at LIMIT 1")}
     ) ORDER BY created_at LIMIT 1)
     RETURNING {_COLUMNS}"""
 
@@ -535,8 +549,7 @@ class SQLiteBackend:
         with self._lock:  # a pinion calls this before every claim: nothing to do, no write
             try:
                 found = self.conn.execute(
-                    "SELECT 1 FROM workloads INDEXED BY workloads_leases WHERE status = "
-                    "'running' AND lease_expires < ? AND attempts >= ? LIMIT 1",
+                    f"{_lease_gone('1', '?1', 'attempts >= ?2', 'LIMIT 1')} LIMIT 1",
                     (now, max_attempts),
                 ).fetchone()
             except sqlite3.Error as exc:
@@ -548,7 +561,8 @@ class SQLiteBackend:
                 f"""UPDATE workloads INDEXED BY workloads_leases
                    SET status = 'failed', {_NO_LEASE},
                        last_error = 'lease ran out ' || attempts || ' times (pinion died?)'
-                   WHERE status = 'running' AND lease_expires < ? AND attempts >= ?
+                   WHERE status = 'running' AND attempts >= ?2 AND ({" OR ".join(
+                       gone.format(now="?1") for gone in _LEASE_GONE)})
                    RETURNING id, last_error""",
                 (now, max_attempts),
             ).fetchall()
