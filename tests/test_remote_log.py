@@ -122,6 +122,18 @@ def test_a_claim_seen_late_still_takes_its_place_in_server_order() -> None:
     assert fold([put(), a, b]).workloads["w1"].lease.token == "b"  # type: ignore[union-attr]
 
 
+@pytest.mark.parametrize("lease", [None, 1e13, float("inf")])
+def test_a_claim_without_a_usable_lease_runs_out_at_once(lease: float | None) -> None:
+    # a claim message edited by hand: no expiry, or one that cannot be a date (as a local row
+    # set running with no lease): taken back as from a dead pinion, never held for ever
+    first = ev(1, "claim", t="a", o="pinion-a", k="key",
+               **({} if lease is None else {"l": lease}))
+    state = fold([put(), first, claim(2, "b")]).workloads["w1"]
+    assert state.lease is not None and state.lease.token == "b" and state.attempts == 2
+    assert any("lease of pinion-a ran out (attempt 1 lost)" in text
+               for _at, _status, text in state.history)
+
+
 def test_expired_lease_is_taken_over_and_the_old_holder_is_ignored() -> None:
     events = [put(), claim(1, "a", lease=5), claim(3, "b"), claim(7, "b2"),
               ev(8, "renew", t="a", l=60), ev(9, "release", t="a", y="stop"),

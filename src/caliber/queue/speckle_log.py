@@ -182,10 +182,13 @@ def at_time(text: Any, default: dt.datetime) -> dt.datetime:
 
 
 def _seconds(value: float) -> dt.timedelta:
+    """A lease's length; none (it runs out at once, as a claim without one) when it is not a
+    number or too long to add to a date (edited by hand)."""
     try:
-        return dt.timedelta(seconds=float(value))
+        seconds = float(value)
     except (TypeError, ValueError, OverflowError):
         return dt.timedelta(0)
+    return dt.timedelta(seconds=seconds) if abs(seconds) < 1e9 else dt.timedelta(0)
 
 
 def fold(events: Iterable[ev.Event], start: Folded | None = None) -> Folded:
