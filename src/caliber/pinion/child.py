@@ -12,6 +12,7 @@ messages fails the workload (:class:`ForeignMessageError`) instead of the pinion
 
 from __future__ import annotations
 
+import datetime as dt
 import faulthandler
 import json
 import os
@@ -29,8 +30,8 @@ from caliber.errors import CaliberError, ResumeError
 from caliber.pinion.follow import OUTPUT_FILE
 from caliber.pinion.platform import receive_job, redirect_output
 from caliber.results.model import ErrorInfo, Results, RunStatus, TaskResult, utcnow
-from caliber.workflow.fileformat import from_document  # imported by the pinion, before forking
-from caliber.workflow.runner import TaskEvent, run_workflow
+from caliber.workflow.fileformat import build_workflow  # imported by the pinion, before forking
+from caliber.workflow.runner import TaskEvent, run_workflow_plain
 
 
 class _Sender:
@@ -38,7 +39,7 @@ class _Sender:
         self.fd = fd
 
     def send(self, message: dict[str, Any]) -> None:
-        data = (json.dumps(message, separators=(",", ":")) + "\n").encode("utf-8")
+        data = (json.dumps(message, separators=(",", ":"), default=_date) + "\n").encode("utf-8")
         view = memoryview(data)
         while view:
             written = os.write(self.fd, view)
@@ -49,8 +50,15 @@ class _Sender:
             "kind": event.kind, "index": event.index, "total": event.total, "name": event.name,
             "branch": event.branch, "status": event.status.value if event.status else None,
             "duration": event.duration,
-            "result": event.result.model_dump(mode="json", by_alias=True) if event.result else None,
+            "result": event.result.to_dict() if event.result else None,
         }})
+
+
+def _date(value: Any) -> str:
+    """The one kind of value in a message that JSON has no form for: a date."""
+    if isinstance(value, dt.datetime):
+        return value.isoformat()
+    raise TypeError(f"{type(value).__name__} in a child's message")
 
 
 class _EventMessage(BaseModel):
@@ -137,8 +145,11 @@ def quiet_input() -> None:
 
 def run_job(job: dict[str, Any], messages_fd: int) -> None:
     """Run one workload; ``job`` has ``workload_id``, ``pinion``, ``work_dir``, ``workflow``
-    (and ``resume``: the earlier Results a resumed workload reuses). SIGUSR1 from the pinion
-    (a cancelled workload) lets the running task finish and runs no further one."""
+    (the document as :func:`caliber.workflow.fileformat.check_document` returned it: the
+    pinion checked it) and ``resume`` (the earlier Results a resumed workload reuses).
+    SIGUSR1 from the pinion (a cancelled workload) lets the running task finish and runs no
+    further one. Nothing on the way of a workload that runs builds a pydantic model: the
+    pinion validates the messages."""
     stop = threading.Event()
     if hasattr(signal, "SIGUSR1"):
         signal.signal(signal.SIGUSR1, lambda *_: stop.set())
@@ -150,23 +161,24 @@ def run_job(job: dict[str, Any], messages_fd: int) -> None:
     sys.dont_write_bytecode = True  # no __pycache__ in the run's folder
     started = utcnow()
     try:
-        workflow = from_document(job["workflow"], work_dir, source=f"workload {job['workload_id']}")
+        workflow = build_workflow(job["workflow"], work_dir,
+                                  source=f"workload {job['workload_id']}")
         resume = _resume(job)
-        results = run_workflow(
+        results = run_workflow_plain(
             workflow, work_dir=work_dir, on_event=sender.event,
             workload_id=job["workload_id"], pinion=job["pinion"], resume=resume,
             should_stop=stop.is_set,
         )
-    except CaliberError as exc:  # a broken document, or a resume that cannot be done
+    except CaliberError as exc:  # a missing attachment, or a resume that cannot be done
         results = Results(
             workload_id=job["workload_id"], workflow=str(job["workflow"].get("name", "?")),
             pinion=job["pinion"], status=RunStatus.FAILED, started_at=started,
             finished_at=utcnow(), work_dir=str(work_dir),
             error=ErrorInfo(type=type(exc).__name__, message=str(exc)),
-        )
+        ).to_json_dict()
     for stream in (sys.stdout, sys.stderr):  # the process ends with os._exit: flush first
         stream.flush()
-    sender.send({"results": results.to_json_dict()})
+    sender.send({"results": results})
 
 
 def _resume(job: dict[str, Any]) -> Results | None:

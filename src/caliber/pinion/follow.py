@@ -1,8 +1,10 @@
 """Following a workload while it runs: its run folder, its progress and its output.
 
 A pinion keeps ``caliber-progress.json`` in each run folder (:func:`write_progress`: which
-task runs, k of n, since when; replaced at every task start) next to ``output.log``, and hands
-the last :data:`OUTPUT_KEPT` bytes of ``output.log`` in with the Results (``Results.output``).
+task runs, k of n, since when) next to ``output.log``, and hands the last :data:`OUTPUT_KEPT`
+bytes of ``output.log`` in with the Results (``Results.output``). The progress file is written
+once a task has run for a tenth of a second and kept that close to the running task: a
+workload whose tasks end sooner never gets one (its Results tell the rest).
 
 ``caliber queue view`` and ``caliber queue logs`` read them back (:func:`look`). On the local
 queue the run folder is on this machine: the one the queue names once the run ended, or, while
@@ -57,8 +59,11 @@ def write_progress(work_dir: Path, progress: dict[str, Any]) -> None:
 
 def output_tail(work_dir: Path, limit: int = OUTPUT_KEPT) -> str | None:
     """The last ``limit`` bytes of the run's ``output.log`` as text (None: no such file)."""
+    path = os.path.join(work_dir, OUTPUT_FILE)
     try:
-        with open(work_dir / OUTPUT_FILE, "rb") as f:
+        if os.stat(path).st_size == 0:  # most workloads print nothing: no need to open it
+            return ""
+        with open(path, "rb") as f:
             size = f.seek(0, os.SEEK_END)
             f.seek(max(size - limit, 0))
             data = f.read()

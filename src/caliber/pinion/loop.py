@@ -31,6 +31,7 @@ from caliber.errors import (
     LeaseLostError,
     QueueDamagedError,
     QueueError,
+    WorkflowFileError,
     WorkspaceError,
 )
 from caliber.pinion.child import ForeignMessageError, child_main, read_message
@@ -54,6 +55,7 @@ from caliber.queue.workload import Workload
 from caliber.results.model import ErrorInfo, Results, RunStatus, TaskResult, utcnow
 from caliber.settings import DEFAULT_ATTEMPTS, DEFAULT_LEASE, DEFAULT_MAX_ATTEMPTS, DEFAULT_WAIT
 from caliber.workflow.attachments import resolve_inside
+from caliber.workflow.fileformat import check_document
 from caliber.workflow.runner import TRACEBACK_FILE
 
 log = logging.getLogger(__name__)
@@ -418,9 +420,19 @@ class Pinion:
     # --- the child: start it, monitor it, keep its verdict (as rq's work horse) -----------
 
     def supervise(self, claim: Claim, work_dir: Path) -> Outcome:
-        """Run the workload in a child: start it, monitor it (lease, messages, timeout,
-        stops), then store its verdict."""
-        run = self._start_run(claim, work_dir)
+        """Run the workload in a child: check its document, start it, monitor it (lease,
+        messages, timeout, stops), then store its verdict."""
+        workload = claim.workload
+        try:
+            document = check_document(workload.workflow, source=f"workload {workload.id}")
+        except WorkflowFileError as exc:  # signed, but not a workflow this Caliber reads
+            now = utcnow()
+            return self._keep(claim, work_dir, Results(
+                workload_id=workload.id, workflow=workload.workflow_name,
+                pinion=self.config.name, status=RunStatus.FAILED, started_at=now,
+                finished_at=now, work_dir=str(work_dir),
+                error=ErrorInfo(type=type(exc).__name__, message=str(exc))))
+        run = self._start_run(claim, work_dir, document)
         try:
             outcome = self._monitor(run)
             if outcome is not None:
@@ -432,10 +444,10 @@ class Pinion:
             self._unreaped.append(run.child)
         return self._verdict(run, returncode)
 
-    def _start_run(self, claim: Claim, work_dir: Path) -> _Run:
+    def _start_run(self, claim: Claim, work_dir: Path, document: dict[str, Any]) -> _Run:
         workload = claim.workload
         job = {"workload_id": workload.id, "pinion": self.config.name,
-               "work_dir": str(work_dir), "workflow": workload.workflow}
+               "work_dir": str(work_dir), "workflow": document}
         if workload.resume_from is not None:  # retry --resume: the child reuses its tasks
             job["resume"] = self.backend.get_results(workload.resume_from).to_json_dict()
         started = utcnow()
@@ -468,7 +480,7 @@ class Pinion:
                 if self._take(run, line):
                     return None
                 continue
-            self.reporter.tick()  # the live line's elapsed time moves on during a task
+            self.reporter.tick()  # no news for a moment: progress file, live line
             if self.flags.cold:
                 return self._put_back(run)
             now = time.monotonic()
@@ -561,15 +573,19 @@ class Pinion:
                 from caliber.workflow.runner import write_traceback_file
 
                 write_traceback_file(run.work_dir, results)
-        results = results.model_copy(update={"output": output_tail(run.work_dir)})
+        return self._keep(run.claim, run.work_dir, results)
+
+    def _keep(self, claim: Claim, work_dir: Path, results: Results) -> Outcome:
+        """Store the workload's Results (with the end of its output) and report them."""
+        results = results.model_copy(update={"output": output_tail(work_dir)})
         try:
-            self.backend.complete(run.claim, results)
+            self.backend.complete(claim, results)
         except LeaseLostError:
             self.reporter.workload_finished("abandoned", "lease lost before the results were kept")
             return Outcome.LOST
         detail = results.error.summary() if results.error else f"results {results.id}"
-        if results.error and (run.work_dir / TRACEBACK_FILE).is_file():
-            detail += f"; traceback in {run.work_dir / TRACEBACK_FILE}"
+        if results.error and (work_dir / TRACEBACK_FILE).is_file():
+            detail += f"; traceback in {work_dir / TRACEBACK_FILE}"
         self.reporter.workload_finished(results.status.value, detail)
         return {RunStatus.COMPLETED: Outcome.COMPLETED,
                 RunStatus.CANCELLED: Outcome.CANCELLED}.get(results.status, Outcome.FAILED)

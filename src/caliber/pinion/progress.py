@@ -111,6 +111,7 @@ class Reporter:
         self._shown_at = 0.0  # when the live line was last written
         self._folder: Path | None = None
         self._progress: dict[str, Any] = {}
+        self._progress_due = False  # a task started since the progress file was written
         level = logging.DEBUG if verbose() else logging.WARNING if quiet else logging.INFO
         self.logger = logging.Logger(LOGGER, level)
         self.logger.parent = logging.getLogger(LOGGER)
@@ -154,6 +155,7 @@ class Reporter:
         self.running = True
         self._task = ""
         self._folder = None
+        self._progress_due = False
         self._progress = {"workload": workload_id, "attempt": attempt,
                           "started_at": utcnow().isoformat(), "task": None}
         again = f", attempt {attempt}" if attempt > 1 else ""
@@ -161,9 +163,10 @@ class Reporter:
             self._line(f"running workload {self._workload}{again}")
 
     def running_in(self, work_dir: Path) -> None:
-        """The running workload's folder: its progress file is kept there (``queue view``)."""
+        """The running workload's folder: its progress file is kept there (``queue view``),
+        written by :meth:`tick` once a task has run for a moment: a task that ends at once
+        costs no file (writing one takes longer than running a small workload)."""
         self._folder = work_dir
-        write_progress(work_dir, self._progress)
 
     def task_event(self, event: dict[str, Any]) -> None:
         branch = f" [branch {event['branch']}]" if event.get("branch") is not None else ""
@@ -174,16 +177,24 @@ class Reporter:
                 self._progress["task"] = {
                     "index": k, "total": n, "name": name, "branch": event.get("branch"),
                     "started_at": utcnow().isoformat()}
-                write_progress(self._folder, self._progress)
-            self.tick(force=True)
+                self._progress_due = True
+            self._show(force=True)
         elif not self.live:
             took = event.get("duration") or 0.0
             self._line(f"{self._workload}: task {k}/{n} {name}{branch} {event['status']} "
                        f"in {took:.3f} s")
 
-    def tick(self, *, force: bool = False) -> None:
-        """Show the live line again with the time counted on (at most every LIVE_REFRESH
-        seconds; the pinion calls this while it waits for its child)."""
+    def tick(self) -> None:
+        """The pinion waited a moment for its child without news (it calls this after each
+        :data:`caliber.pinion.loop.POLL_SLICE` without a message): the progress file is
+        written if a task started since it last was, and the live line is shown again with
+        the time counted on (at most every LIVE_REFRESH seconds)."""
+        if self._progress_due and self._folder is not None:
+            self._progress_due = False
+            write_progress(self._folder, self._progress)
+        self._show()
+
+    def _show(self, *, force: bool = False) -> None:
         now = time.monotonic()
         if not (self.live and self.running and self._task) or (
                 not force and now - self._shown_at < LIVE_REFRESH):

@@ -260,19 +260,21 @@ def decode_value(value: Any) -> Any:
     return value
 
 
-def _build(node: TaskNode | ProcessNode | BranchNode) -> Node:
-    if isinstance(node, TaskNode):
-        given = node.model_fields_set  # left out: the default (per branch in a branch process)
+def _build(node: dict[str, Any]) -> Node:
+    """A node of a checked document (:func:`check_document`): its ``args`` and ``kwargs`` are
+    there only when the file gave them (left out: the default, per branch in a branch
+    process)."""
+    if node["type"] == "task":
         return Task(
-            node.function,
-            name=node.name,
-            args=decode_value(node.args) if "args" in given else None,
-            kwargs=decode_value(node.kwargs) if "kwargs" in given else None,
+            node["function"],
+            name=node["name"],
+            args=decode_value(node["args"]) if "args" in node else None,
+            kwargs=decode_value(node["kwargs"]) if "kwargs" in node else None,
         )
-    if isinstance(node, ProcessNode):
-        return Process([_build(i) for i in node.tasks], name=node.name)
-    tasks = [_build(t) for t in node.tasks]
-    return BranchProcess(tasks, branches=node.branches, name=node.name)  # type: ignore[arg-type]
+    items = [_build(i) for i in node["tasks"]]
+    if node["type"] == "process":
+        return Process(items, name=node.get("name"))
+    return BranchProcess(items, branches=node["branches"], name=node.get("name"))  # type: ignore[arg-type]
 
 
 _TAGS = {"task", "process", "branch"}
@@ -309,6 +311,15 @@ def _problem(error: Any) -> str:
 
 def from_document(document: Any, base_dir: Path, *, source: str) -> Workflow:
     """Validate a parsed document and build the Workflow; WorkflowFileError lists problems."""
+    return build_workflow(check_document(document, source=source), base_dir, source=source)
+
+
+def check_document(document: Any, *, source: str) -> dict[str, Any]:
+    """The document validated (WorkflowFileError lists its problems), in the plain form
+    :func:`build_workflow` takes: the values the file format gives it, nothing else.
+
+    A pinion checks a workload's document before its child starts: the child then builds the
+    workflow without loading the validator (a fresh process pays for every page it touches)."""
     if not isinstance(document, dict):
         raise WorkflowFileError(source, ["the top level must be a JSON object"])
     version = document.get("caliber")
@@ -333,8 +344,15 @@ def from_document(document: Any, base_dir: Path, *, source: str) -> Workflow:
         parsed = WorkflowDocument.model_validate(document)
     except ValidationError as exc:
         raise WorkflowFileError(source, [_problem(e) for e in exc.errors()]) from exc
+    return parsed.model_dump(by_alias=True, exclude_unset=True)
+
+
+def build_workflow(checked: dict[str, Any], base_dir: Path, *, source: str) -> Workflow:
+    """The Workflow of a document :func:`check_document` returned, its attachments looked
+    for in ``base_dir``; WorkflowFileError lists problems."""
+    attachments: list[str] = checked.get("attachments", [])
     problems: list[str] = []
-    for name in parsed.attachments:
+    for name in attachments:
         try:
             target = resolve_inside(base_dir, name)
             if not target.is_file():
@@ -345,12 +363,12 @@ def from_document(document: Any, base_dir: Path, *, source: str) -> Workflow:
     if problems:
         raise WorkflowFileError(source, problems)
     try:
-        process = _build(parsed.process)
+        process = _build(checked["process"])
         return Workflow(
             process,  # type: ignore[arg-type]
-            parsed.name,
-            attachments=parsed.attachments,
-            description=parsed.description,
+            checked["name"],
+            attachments=attachments,
+            description=checked.get("description"),
             base_dir=base_dir,
         )
     except WorkflowDefinitionError as exc:

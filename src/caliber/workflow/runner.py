@@ -15,6 +15,8 @@ runs.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import datetime as dt
 import hashlib
 import importlib
 import sys
@@ -34,8 +36,10 @@ from caliber.results.model import (
     RunStatus,
     TaskResult,
     TaskStatus,
+    new_id,
     utcnow,
 )
+from caliber.text import valid_unicode
 from caliber.workflow.model import BranchProcess, Node, Process, Step, Task, TaskRef, Workflow
 
 TRACEBACK_FILE = "caliber-traceback.txt"
@@ -53,8 +57,51 @@ class TaskEvent:
     status: TaskStatus | None = None
     duration: float | None = None
     error: ErrorInfo | None = None
-    result: TaskResult | None = None
+    result: TaskRecord | None = None
     """On ``end``: the task's full record, return value included."""
+
+
+@dataclass(slots=True)
+class TaskRecord:
+    """One task run while the workflow runs: the fields of :class:`TaskResult`, as a plain
+    object. A pinion's child never builds a pydantic model on its way (a fresh process pays
+    for every page it touches); the records become TaskResults once, where they are kept."""
+
+    name: str
+    path: list[str]
+    branch: int | None
+    status: TaskStatus = TaskStatus.SKIPPED
+    started_at: dt.datetime | None = None
+    duration: float | None = None
+    return_: Any = None
+    conversion: str | None = None
+    error: ErrorInfo | None = None
+    reused_from: str | None = None
+    g_set: dict[str, Any] = dataclasses.field(default_factory=dict)
+    g_deleted: list[str] = dataclasses.field(default_factory=list)
+    code_file: str | None = None
+    code_sha256: str | None = None
+
+    @classmethod
+    def of(cls, result: TaskResult, **changes: Any) -> TaskRecord:
+        fields = {f.name: getattr(result, f.name) for f in dataclasses.fields(cls)}
+        return cls(**(fields | changes))
+
+    def to_dict(self) -> dict[str, Any]:
+        """The record as :class:`TaskResult` reads it (JSON values, but for ``started_at``),
+        every text encodable as UTF-8."""
+        return {
+            "name": valid_unicode(self.name), "path": [valid_unicode(p) for p in self.path],
+            "branch": self.branch, "status": self.status.value,
+            "started_at": self.started_at, "duration": self.duration, "return": self.return_,
+            "conversion": self.conversion,
+            "error": None if self.error is None else self.error.model_dump(mode="json"),
+            "reused_from": self.reused_from,
+            "g_set": {valid_unicode(k): v for k, v in self.g_set.items()},
+            "g_deleted": [valid_unicode(k) for k in self.g_deleted],
+            "code_file": None if self.code_file is None else valid_unicode(self.code_file),
+            "code_sha256": self.code_sha256,
+        }
 
 
 def _error_info(exc: BaseException, task: str | None, branch: int | None) -> ErrorInfo:
@@ -104,7 +151,7 @@ class _Run:
         self.steps: list[Step] = workflow.steps()
         self.total = len(self.steps)
         self.index = 0
-        self.records: dict[tuple[str, int | None], TaskResult] = {}
+        self.records: dict[tuple[str, int | None], TaskRecord] = {}
         self.values: dict[tuple[str, int | None], Any] = {}
         self.errors: list[ErrorInfo] = []
         self.interrupted = False
@@ -114,10 +161,8 @@ class _Run:
         self.g_json: dict[str, Any] = {}  # g as JSON after the last task, to see what changed
         self.hashes: dict[str, tuple[str, str] | None] = {}  # module -> (file, sha256)
         for step in self.steps:
-            self.records[step.task.name, step.branch] = TaskResult(
-                name=step.task.name, path=list(step.path), branch=step.branch,
-                status=TaskStatus.SKIPPED,
-            )
+            self.records[step.task.name, step.branch] = TaskRecord(
+                name=step.task.name, path=list(step.path), branch=step.branch)
 
     def take_over(self, source: Results) -> None:
         """Reuse the completed tasks of ``source``: values, records and what they did to g."""
@@ -128,7 +173,7 @@ class _Run:
             key = (old.name, old.branch)
             if old.status != TaskStatus.COMPLETED or key not in self.records:
                 continue
-            self.records[key] = old.model_copy(update={"reused_from": old.reused_from or source.id})
+            self.records[key] = TaskRecord.of(old, reused_from=old.reused_from or source.id)
             self.values[key] = old.return_
             self.reused.add(key)
             for name in old.g_deleted:
@@ -168,7 +213,7 @@ class _Run:
                 self.hashes[module] = (shown.as_posix(), digest)
         return self.hashes[module]
 
-    def note_g(self, record: TaskResult) -> None:
+    def note_g(self, record: TaskRecord) -> None:
         """Record what the task just did to g (compared as JSON with g before it)."""
         if not context.g and not self.g_json:
             return
@@ -307,6 +352,23 @@ def run_workflow(
     the Results are cancelled (``caliber queue cancel`` of a running workload).
     On failure the tracebacks are also written to ``caliber-traceback.txt`` in ``work_dir``.
     """
+    return Results.model_validate(run_workflow_plain(
+        workflow, work_dir=work_dir, on_event=on_event, workload_id=workload_id, pinion=pinion,
+        resume=resume, should_stop=should_stop))
+
+
+def run_workflow_plain(
+    workflow: Workflow,
+    *,
+    work_dir: Path | None = None,
+    on_event: Callable[[TaskEvent], None] | None = None,
+    workload_id: str | None = None,
+    pinion: str | None = None,
+    resume: Results | None = None,
+    should_stop: Callable[[], bool] | None = None,
+) -> dict[str, Any]:
+    """:func:`run_workflow`, with the Results as the plain dict :class:`Results` reads (JSON
+    values, but for the dates): what a pinion's child sends, without building a model."""
     run = _Run(workflow, on_event)
     if should_stop is not None:
         run.should_stop = should_stop
@@ -329,28 +391,31 @@ def run_workflow(
     g_values: dict[str, Any] = {}
     g_notes: dict[str, str] = {}
     for key in list(context.g):
-        g_values[str(key)], note = to_json(context.g.get(key))
+        name = valid_unicode(str(key))
+        g_values[name], note = to_json(context.g.get(key))
         if note:
-            g_notes[str(key)] = note
+            g_notes[name] = note
     stop = None if run.stopped_before is None else ErrorInfo(
         type="Cancelled", message=f"cancelled: stopped before task {run.stopped_before!r}")
-    results = Results(
-        workload_id=workload_id,
-        workflow=workflow.name,
-        pinion=pinion,
-        status=(RunStatus.FAILED if run.errors else RunStatus.CANCELLED if stop is not None
-                else RunStatus.COMPLETED),
-        started_at=started,
-        finished_at=utcnow(),
-        tasks=[run.records[s.task.name, s.branch] for s in run.steps],
-        g=g_values,
-        g_conversions=g_notes,
-        error=run.errors[0] if run.errors else stop,
-        work_dir=str(work_dir.resolve()) if work_dir else None,
-        resumed_from=resume.id if resume is not None else None,
-    )
+    error = run.errors[0] if run.errors else stop
+    results = {
+        "id": new_id(),
+        "workload_id": workload_id,
+        "workflow": valid_unicode(workflow.name),
+        "pinion": None if pinion is None else valid_unicode(pinion),
+        "status": (RunStatus.FAILED if run.errors else RunStatus.CANCELLED if stop is not None
+                   else RunStatus.COMPLETED).value,
+        "started_at": started,
+        "finished_at": utcnow(),
+        "tasks": [run.records[s.task.name, s.branch].to_dict() for s in run.steps],
+        "g": g_values,
+        "g_conversions": g_notes,
+        "error": None if error is None else error.model_dump(mode="json"),
+        "work_dir": valid_unicode(str(work_dir.resolve())) if work_dir else None,
+        "resumed_from": resume.id if resume is not None else None,
+    }
     if run.errors and work_dir is not None:
-        write_traceback_file(work_dir, results)
+        write_traceback_file(work_dir, Results.model_validate(results))
     elif work_dir is not None:  # an earlier failed run's file would tell of an old error
         with contextlib.suppress(OSError):
             (work_dir / TRACEBACK_FILE).unlink(missing_ok=True)
