@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -169,3 +170,71 @@ def test_lease_is_renewed_while_a_long_workload_runs(folder: Path) -> None:
     with open_backend(local_target()) as backend:
         assert backend.get(wid).attempts == 1
 
+
+
+def test_run_folders_are_made_ahead_and_nothing_is_left_over(folder: Path) -> None:
+    """The pinion makes the next run folder while a workload runs and renames it; when it
+    stops, no staged folder is left, nor one of a pinion that was killed."""
+    runs = runs_dir() / "p"
+    runs.mkdir(parents=True)
+    killed = runs / ".next-999999999"  # a pinion's that is gone (no such process)
+    killed.mkdir()
+    (killed / "output.log").write_text("")
+    ids = [queue(folder, [("add", [i])]) for i in range(3)]
+    assert run_pinion().summary.completed == 3
+    folders = sorted(p.name for p in runs.iterdir())
+    assert folders == sorted(f"{wid}-1" for wid in ids)
+    for wid in ids:
+        work_dir = Path(caliber.get_results(wid).work_dir or "")
+        assert work_dir.parent == runs.resolve()
+        assert (work_dir / "output.log").read_text() == ""
+        assert (work_dir / "pinfuncs.py").is_file()
+
+
+def test_a_staged_folder_never_takes_the_place_of_an_earlier_attempt(folder: Path) -> None:
+    """An earlier attempt's folder (ID-1) is kept as it was: the run gets the next number."""
+    first = queue(folder, [("add", [1])])
+    second = queue(folder, [("add", [2])])
+    earlier = runs_dir() / "p" / f"{second}-1"
+    earlier.mkdir(parents=True)
+    (earlier / "output.log").write_text("the first attempt's output\n")
+    run_pinion()
+    assert (earlier / "output.log").read_text() == "the first attempt's output\n"
+    assert Path(caliber.get_results(second).work_dir or "").name == f"{second}-2"
+    assert Path(caliber.get_results(first).work_dir or "").name == f"{first}-1"
+
+
+def test_the_progress_file_is_written_only_for_a_task_that_runs_a_moment(folder: Path) -> None:
+    quick = queue(folder, [("add", [1])])
+    slow = queue(folder, [("slow", [0.6])])
+    run_pinion()
+    quick_dir = Path(caliber.get_results(quick).work_dir or "")
+    slow_dir = Path(caliber.get_results(slow).work_dir or "")
+    assert not (quick_dir / "caliber-progress.json").exists()
+    saved = json.loads((slow_dir / "caliber-progress.json").read_text())
+    assert saved["workload"] == slow and saved["task"]["name"] == "slow-0"
+
+
+def test_a_document_the_pinion_cannot_read_fails_without_a_child(
+        folder: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The pinion checks the workflow document before a child starts: a signed document this
+    Caliber cannot read fails the workload with the reason, and no process is started."""
+    from caliber.pinion import loop
+    from caliber.workflow import fileformat
+
+    wid = queue(folder, [("add", [1])])
+
+    def unreadable(document: object, *, source: str) -> dict[str, object]:
+        raise fileformat.WorkflowFileError(source, ["unknown field 'process.colour'"])
+
+    def no_child(*args: object) -> None:
+        raise AssertionError("a child was started")
+
+    monkeypatch.setattr(loop, "check_document", unreadable)
+    monkeypatch.setattr(loop.Pinion, "_start", no_child)
+    pinion = run_pinion()
+    assert pinion.summary.failed == 1 and not pinion.summary.errors
+    results = caliber.get_results(wid)
+    assert results.status == "failed" and results.error is not None
+    assert results.error.type == "WorkflowFileError"
+    assert "unknown field 'process.colour'" in results.error.message

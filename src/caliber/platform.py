@@ -47,3 +47,17 @@ def create_new_file(path: Path, mode: int = 0o644) -> int:
 def readable_by_others(st: os.stat_result) -> bool:
     """Whether group or other permission bits are set (Windows has none to check)."""
     return sys.platform != "win32" and bool(st.st_mode & (stat.S_IRWXG | stat.S_IRWXO))
+
+
+def process_exists(pid: int) -> bool:
+    """Whether process ``pid`` runs (as far as this process can tell); True where that cannot
+    be asked without harm (on Windows, ``os.kill`` ends the process)."""
+    if sys.platform == "win32":
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # another user's process: it exists
+        return True
+    return True

@@ -18,7 +18,6 @@ import json
 import os
 import signal
 import sys
-import threading
 import traceback
 from dataclasses import dataclass
 from pathlib import Path
@@ -123,51 +122,65 @@ def _preview(line: bytes, width: int = 60) -> str:
 
 
 def child_main(messages_fd: int, control_fd: int) -> None:
-    """A child's life: wait for the job on the control pipe (then watched as the lifeline),
-    run it, send the results."""
+    """A child's life: get ready for a workload (:func:`ready_for_work`, while a spare child
+    waits), wait for the job on the control pipe (then watched as the lifeline), run it, send
+    the results."""
+    stopping = ready_for_work()
     job = receive_job(control_fd)
-    quiet_input()
     try:
-        run_job(job, messages_fd)
+        run_job(job, messages_fd, stopping)
     except BaseException:  # Caliber's own failure: leave its traceback in output.log
         traceback.print_exc()
         sys.stderr.flush()
         raise
 
 
-def quiet_input() -> None:
-    """Standard input is ``/dev/null``: a workload reading it gets end-of-file at once."""
+def ready_for_work() -> list[int]:
+    """What a child does before its job is known, off the critical path: standard input
+    becomes ``/dev/null`` (a workload reading it gets end-of-file at once); ``sys.stdout``
+    and ``sys.stderr`` become text files on fds 1 and 2 (UTF-8, a character they cannot
+    encode written as an escape), so whatever a workload prints follows those fds once the
+    job points them at ``output.log`` (whatever ``sys.stdout`` was before, a test runner's
+    capture say); a crash's Python traceback goes to fd 2 too; no bytecode is written (no
+    ``__pycache__`` in a run's folder). Returns the list a SIGUSR1 from the pinion (a
+    cancelled workload) appends to: the running task finishes, no further one starts."""
     null = os.open(os.devnull, os.O_RDONLY)
     os.dup2(null, 0)
     os.close(null)
     sys.stdin = open(0, encoding="utf-8", closefd=False)  # noqa: SIM115
+    stopping: list[int] = []  # a plain list: a fresh process pays for every object it touches
+    if hasattr(signal, "SIGUSR1"):
+        signal.signal(signal.SIGUSR1, lambda *_: stopping.append(1))
+    sys.stdout.flush()
+    sys.stderr.flush()
+    sys.stdout = open(1, "w", encoding="utf-8", errors="backslashreplace", closefd=False)  # noqa: SIM115
+    sys.stderr = open(2, "w", encoding="utf-8", errors="backslashreplace", closefd=False,  # noqa: SIM115
+                      buffering=1)
+    faulthandler.enable(file=sys.stderr)
+    sys.dont_write_bytecode = True
+    return stopping
 
 
-def run_job(job: dict[str, Any], messages_fd: int) -> None:
+def run_job(job: dict[str, Any], messages_fd: int, stopping: list[int]) -> None:
     """Run one workload; ``job`` has ``workload_id``, ``pinion``, ``work_dir``, ``workflow``
     (the document as :func:`caliber.workflow.fileformat.check_document` returned it: the
     pinion checked it) and ``resume`` (the earlier Results a resumed workload reuses).
-    SIGUSR1 from the pinion (a cancelled workload) lets the running task finish and runs no
-    further one. Nothing on the way of a workload that runs builds a pydantic model: the
-    pinion validates the messages."""
-    stop = threading.Event()
-    if hasattr(signal, "SIGUSR1"):
-        signal.signal(signal.SIGUSR1, lambda *_: stop.set())
+    ``stopping`` becomes true when the workload is cancelled (see :func:`ready_for_work`).
+    Nothing on the way of a workload that runs builds a pydantic model: the pinion
+    validates the messages."""
     sender = _Sender(messages_fd)
     work_dir = Path(job["work_dir"])
-    redirect_output(str(work_dir / OUTPUT_FILE))
-    faulthandler.enable(file=sys.stderr)  # a crash leaves its Python traceback in output.log
+    redirect_output(os.path.join(job["work_dir"], OUTPUT_FILE))
     os.chdir(work_dir)
-    sys.dont_write_bytecode = True  # no __pycache__ in the run's folder
     started = utcnow()
     try:
-        workflow = build_workflow(job["workflow"], work_dir,
+        workflow = build_workflow(job["workflow"], work_dir, look_for_attachments=False,
                                   source=f"workload {job['workload_id']}")
         resume = _resume(job)
         results = run_workflow_plain(
             workflow, work_dir=work_dir, on_event=sender.event,
             workload_id=job["workload_id"], pinion=job["pinion"], resume=resume,
-            should_stop=stop.is_set,
+            should_stop=lambda: bool(stopping),
         )
     except CaliberError as exc:  # a missing attachment, or a resume that cannot be done
         results = Results(

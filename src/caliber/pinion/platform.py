@@ -471,17 +471,13 @@ def receive_job(control_fd: int) -> dict[str, Any]:
 
 
 def redirect_output(path: str) -> None:
-    """In the child: send everything the workload prints (fds 1 and 2) to ``path``."""
+    """In the child: send everything the workload prints (fds 1 and 2) to ``path``, appended
+    to (the pinion may have made it already). ``sys.stdout`` and ``sys.stderr`` write to those
+    fds (:func:`caliber.pinion.child.ready_for_work`) and hold nothing unwritten."""
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
-    sys.stdout.flush()
-    sys.stderr.flush()
     os.dup2(fd, 1)
     os.dup2(fd, 2)
     os.close(fd)
-    # Whatever sys.stdout was (a test runner's capture, say), prints now go to the file too.
-    sys.stdout = open(1, "w", encoding="utf-8", errors="backslashreplace", closefd=False)  # noqa: SIM115
-    sys.stderr = open(2, "w", encoding="utf-8", errors="backslashreplace", closefd=False,  # noqa: SIM115
-                      buffering=1)
 
 
 def describe_exit(returncode: int) -> str:

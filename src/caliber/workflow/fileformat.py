@@ -347,12 +347,14 @@ def check_document(document: Any, *, source: str) -> dict[str, Any]:
     return parsed.model_dump(by_alias=True, exclude_unset=True)
 
 
-def build_workflow(checked: dict[str, Any], base_dir: Path, *, source: str) -> Workflow:
+def build_workflow(checked: dict[str, Any], base_dir: Path, *, source: str,
+                   look_for_attachments: bool = True) -> Workflow:
     """The Workflow of a document :func:`check_document` returned, its attachments looked
-    for in ``base_dir``; WorkflowFileError lists problems."""
+    for in ``base_dir`` (not by a pinion's child: the pinion wrote them there, checking each
+    path); WorkflowFileError lists problems."""
     attachments: list[str] = checked.get("attachments", [])
     problems: list[str] = []
-    for name in attachments:
+    for name in attachments if look_for_attachments else ():
         try:
             target = resolve_inside(base_dir, name)
             if not target.is_file():

@@ -19,6 +19,7 @@ import dataclasses
 import datetime as dt
 import hashlib
 import importlib
+import os
 import sys
 import time
 import traceback
@@ -196,21 +197,23 @@ class _Run:
 
     def code_of(self, task: Task) -> tuple[str, str] | None:
         """(file, SHA-256) of the file that defines the task's function, relative to the
-        workflow's folder when inside it; None when it has no file."""
+        workflow's folder when inside it; None when it has no file. (``os.path``, not
+        pathlib: in a pinion's fresh child every code path run costs page faults.)"""
         module = task.function.partition(":")[0]
         if module not in self.hashes:
             found = getattr(sys.modules.get(module), "__file__", None)
-            try:
-                path = Path(found).resolve() if found else None
-                digest = hashlib.sha256(path.read_bytes()).hexdigest() if path else None
-            except OSError:
-                path = digest = None
-            if path is None or digest is None:
-                self.hashes[module] = None
-            else:
-                base = Path(self.workflow.base_dir).resolve()
-                shown = path.relative_to(base) if path.is_relative_to(base) else path
-                self.hashes[module] = (shown.as_posix(), digest)
+            self.hashes[module] = None
+            if isinstance(found, str):
+                path = os.path.realpath(found)
+                try:
+                    with open(path, "rb") as f:
+                        digest = hashlib.sha256(f.read()).hexdigest()
+                except OSError:
+                    return None
+                base = str(self.workflow.base_dir)  # resolved by Workflow
+                inside = path.startswith(base.rstrip(os.sep) + os.sep)
+                shown = os.path.relpath(path, base) if inside else path
+                self.hashes[module] = (shown.replace(os.sep, "/"), digest)
         return self.hashes[module]
 
     def note_g(self, record: TaskRecord) -> None:
@@ -411,14 +414,15 @@ def run_workflow_plain(
         "g": g_values,
         "g_conversions": g_notes,
         "error": None if error is None else error.model_dump(mode="json"),
-        "work_dir": valid_unicode(str(work_dir.resolve())) if work_dir else None,
+        "work_dir": None if work_dir is None else valid_unicode(
+            str(work_dir if work_dir.is_absolute() else work_dir.resolve())),
         "resumed_from": resume.id if resume is not None else None,
     }
     if run.errors and work_dir is not None:
         write_traceback_file(work_dir, Results.model_validate(results))
     elif work_dir is not None:  # an earlier failed run's file would tell of an old error
         with contextlib.suppress(OSError):
-            (work_dir / TRACEBACK_FILE).unlink(missing_ok=True)
+            os.unlink(os.path.join(work_dir, TRACEBACK_FILE))
     return results
 
 
