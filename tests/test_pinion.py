@@ -219,13 +219,13 @@ def test_a_document_the_pinion_cannot_read_fails_without_a_child(
         folder: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """The pinion checks the workflow document before a child starts: a signed document this
     Caliber cannot read fails the workload with the reason, and no process is started."""
+    from caliber.errors import WorkflowFileError
     from caliber.pinion import loop
-    from caliber.workflow import fileformat
 
     wid = queue(folder, [("add", [1])])
 
     def unreadable(document: object, *, source: str) -> dict[str, object]:
-        raise fileformat.WorkflowFileError(source, ["unknown field 'process.colour'"])
+        raise WorkflowFileError(source, ["unknown field 'process.colour'"])
 
     def no_child(*args: object) -> None:
         raise AssertionError("a child was started")
