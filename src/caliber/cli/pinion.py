@@ -26,10 +26,10 @@ class SettingOption(click.Option):
     default."""
 
     def get_default(self, ctx: click.Context, call: bool = True) -> Any:
-        if not call or self.envvar is None:
-            return super().get_default(ctx, call=call)
-        from caliber.settings import load_settings
+        from caliber.settings import load_settings, lookup
 
+        if not call or self.envvar is None or lookup(str(self.envvar)) is None:
+            return super().get_default(ctx, call=call)  # not set: no validation to do
         return getattr(load_settings(), str(self.envvar).removeprefix(PREFIX).lower())
 
 
