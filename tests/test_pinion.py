@@ -12,7 +12,7 @@ from caliber.paths import runs_dir
 from caliber.pinion.loop import Pinion, PinionConfig
 from caliber.queue.registry import open_backend
 from caliber.queue.target import local_target
-from tests.pinion_helpers import alive, make_folder, queue
+from tests.pinion_helpers import alive, make_folder, queue, workflow
 
 
 def run_pinion(name: str = "p", **overrides: object) -> Pinion:
@@ -238,3 +238,22 @@ def test_a_document_the_pinion_cannot_read_fails_without_a_child(
     assert results.status == "failed" and results.error is not None
     assert results.error.type == "WorkflowFileError"
     assert "unknown field 'process.colour'" in results.error.message
+
+
+def test_a_signed_document_with_a_task_name_used_twice_fails_with_the_reason(
+        folder: Path) -> None:
+    """The pinion's check covers the workflow's rules, not only the file format: the child
+    builds the workflow without checking again."""
+    from caliber.queue.api import make_workload
+    from caliber.queue.secret import load_key, sign
+
+    workload = make_workload(workflow(folder, [("add", [1]), ("add", [2])]), "p")
+    tasks = workload.workflow["process"]["tasks"]
+    tasks[1]["name"] = tasks[0]["name"]
+    workload.secret = sign(workload, load_key())  # signed as it is: the key holder wrote it
+    with open_backend(local_target()) as backend:
+        backend.put(workload)
+    assert run_pinion().summary.failed == 1
+    results = caliber.get_results(workload.id)
+    assert results.error is not None and results.error.type == "WorkflowFileError"
+    assert "is used twice" in results.error.message

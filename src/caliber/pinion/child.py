@@ -174,7 +174,7 @@ def run_job(job: dict[str, Any], messages_fd: int, stopping: list[int]) -> None:
     os.chdir(work_dir)
     started = utcnow()
     try:
-        workflow = build_workflow(job["workflow"], work_dir, look_for_attachments=False,
+        workflow = build_workflow(job["workflow"], work_dir, trusted=True,
                                   source=f"workload {job['workload_id']}")
         resume = _resume(job)
         results = run_workflow_plain(

@@ -316,10 +316,12 @@ def from_document(document: Any, base_dir: Path, *, source: str) -> Workflow:
 
 def check_document(document: Any, *, source: str) -> dict[str, Any]:
     """The document validated (WorkflowFileError lists its problems), in the plain form
-    :func:`build_workflow` takes: the values the file format gives it, nothing else.
+    :func:`build_workflow` takes: the values the file format gives it, nothing else. Its
+    workflow is built once to check it too (unique task names, results used after their task).
 
     A pinion checks a workload's document before its child starts: the child then builds the
-    workflow without loading the validator (a fresh process pays for every page it touches)."""
+    workflow without loading the validator or checking again (a fresh process pays for every
+    page it touches)."""
     if not isinstance(document, dict):
         raise WorkflowFileError(source, ["the top level must be a JSON object"])
     version = document.get("caliber")
@@ -344,17 +346,27 @@ def check_document(document: Any, *, source: str) -> dict[str, Any]:
         parsed = WorkflowDocument.model_validate(document)
     except ValidationError as exc:
         raise WorkflowFileError(source, [_problem(e) for e in exc.errors()]) from exc
-    return parsed.model_dump(by_alias=True, exclude_unset=True)
+    checked = parsed.model_dump(by_alias=True, exclude_unset=True)
+    try:
+        Workflow(_build(checked["process"]), checked["name"], base_dir=Path("/"))  # type: ignore[arg-type]
+    except WorkflowDefinitionError as exc:
+        raise WorkflowFileError(source, [str(exc)]) from exc
+    return checked
 
 
 def build_workflow(checked: dict[str, Any], base_dir: Path, *, source: str,
-                   look_for_attachments: bool = True) -> Workflow:
+                   trusted: bool = False) -> Workflow:
     """The Workflow of a document :func:`check_document` returned, its attachments looked
-    for in ``base_dir`` (not by a pinion's child: the pinion wrote them there, checking each
-    path); WorkflowFileError lists problems."""
+    for in ``base_dir``; WorkflowFileError lists problems. ``trusted``: a pinion's child,
+    whose pinion checked the document and wrote the attachments (checking each path) into
+    ``base_dir``, a resolved path: nothing is looked at again."""
     attachments: list[str] = checked.get("attachments", [])
+    process = _build(checked["process"])
+    if trusted:
+        return Workflow.checked(process, checked["name"], attachments=attachments,  # type: ignore[arg-type]
+                                description=checked.get("description"), base_dir=base_dir)
     problems: list[str] = []
-    for name in attachments if look_for_attachments else ():
+    for name in attachments:
         try:
             target = resolve_inside(base_dir, name)
             if not target.is_file():
@@ -365,7 +377,6 @@ def build_workflow(checked: dict[str, Any], base_dir: Path, *, source: str,
     if problems:
         raise WorkflowFileError(source, problems)
     try:
-        process = _build(checked["process"])
         return Workflow(
             process,  # type: ignore[arg-type]
             checked["name"],

@@ -317,6 +317,21 @@ class Workflow:
         self.base_dir = Path(base_dir).resolve() if base_dir is not None else _default_base_dir()
         self._validate()
 
+    @classmethod
+    def checked(cls, process: Process | BranchProcess, name: str, *,
+                attachments: Sequence[str], description: str | None,
+                base_dir: Path) -> Workflow:
+        """A workflow built from parts already checked as :class:`Workflow` checks them, with
+        ``base_dir`` resolved (a pinion's child: its pinion checked the document), without
+        checking again: a fresh process pays for every page of code it runs."""
+        workflow = cls.__new__(cls)
+        workflow.process = process
+        workflow.name = name
+        workflow.attachments = list(attachments)
+        workflow.description = description
+        workflow.base_dir = base_dir
+        return workflow
+
     def _validate(self) -> None:
         seen: dict[str, Task] = {}
         for task in iter_tasks(self.process):

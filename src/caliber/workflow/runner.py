@@ -204,7 +204,7 @@ class _Run:
             found = getattr(sys.modules.get(module), "__file__", None)
             self.hashes[module] = None
             if isinstance(found, str):
-                path = os.path.realpath(found)
+                path = os.path.abspath(found)
                 try:
                     with open(path, "rb") as f:
                         digest = hashlib.sha256(f.read()).hexdigest()
