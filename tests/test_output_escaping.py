@@ -85,3 +85,18 @@ def test_text_helpers() -> None:
     assert for_terminal("plain é 字") == "plain é 字"
     assert valid_unicode("caf\udce9 \ud800") == "caf\\xe9 \\ud800"
     assert valid_unicode("ok \x1b") == "ok \x1b"  # storing keeps controls: JSON escapes them
+
+
+def test_queue_view_escapes_the_ids_read_from_the_queue(evil_file: Path) -> None:
+    """The results id and the key id a pinion noted are plain columns of the local queue that
+    anyone who can write the file can change: shown escaped like every other text."""
+    import sqlite3
+
+    wid = cli("workflow", "queue", str(evil_file), "-p", "p").split()[0]
+    db = Path(os.environ["CALIBER_HOME"]) / "caliber.db"
+    with sqlite3.connect(db) as conn:
+        conn.execute("UPDATE workloads SET results_id = ?, secret_mismatch = ? WHERE id = ?",
+                     (f"r {EVIL}", f"k {EVIL}", wid))
+    conn.close()
+    shown = cli("queue", "view", wid)
+    assert shown.count("\\x1b[2J") >= 3  # the workflow name, the results id, the key id

@@ -152,16 +152,17 @@ def _view(found: Look) -> list[RenderableType]:
     w = item.workload
     secret = "matches your key" if item.secret_ok else "[red]does not match your key[/]"
     if w.secret_mismatch:
-        secret += f" (a pinion found it not signed with key {w.secret_mismatch})"
+        secret += f" (a pinion found it not signed with key {escape(w.secret_mismatch)})"
     facts = [
-        ("id", w.id), ("workflow", escape(w.workflow_name)), ("pinion", escape(w.pinion)),
+        ("id", escape(w.id)), ("workflow", escape(w.workflow_name)), ("pinion", escape(w.pinion)),
         ("status", status_text(w.status.value)), ("completed", "yes" if w.completed else "no"),
         ("created", _when(w.created_at)), ("queued by", escape(w.queued_by or "-")),
-        ("attempts", str(w.attempts)), ("results id", w.results_id or "-"),
+        ("attempts", str(w.attempts)), ("results id", escape(w.results_id or "-")),
         ("run-secret", secret),
     ]
     if w.resume_from:
-        facts.append(("resumes", f"reusing the completed tasks of results {w.resume_from}"))
+        facts.append(("resumes",
+                      f"reusing the completed tasks of results {escape(w.resume_from)}"))
     if w.lease is not None:
         facts.append(("lease", f"{escape(w.lease.owner)} until {_when(w.lease.expires_at)}"))
     if found.progress is not None:
