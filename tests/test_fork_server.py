@@ -113,3 +113,41 @@ def test_a_child_asked_for_and_never_taken_ends_with_the_server() -> None:
     spare = server._ready[0][0]
     server.close()
     wait_ended(spare, "the child asked for and never taken")
+
+
+def start_and_sleep(messages_fd: int, control_fd: int) -> None:
+    """A child that starts a process of its own, writes both pids, then neither reads its
+    control pipe nor ends (a workload busy in a task)."""
+    import subprocess
+
+    sleeper = subprocess.Popen(["sleep", "60"])
+    os.write(messages_fd, f"{os.getpid()} {sleeper.pid}\n".encode())
+    time.sleep(60)
+
+
+def test_when_the_pinion_goes_the_server_stops_its_childrens_groups() -> None:
+    """The server is its children's lifeline: its socket to the pinion reads end-of-file (the
+    pinion exited or was killed) and every child it forked is stopped with what it started."""
+    server = ForkServer(start_and_sleep)
+    child = server.start()
+    pids = [int(p) for p in read_line(child.messages_fd).split()]
+    server.sock.close()  # what the kernel does when the pinion dies
+    for pid in pids:
+        wait_ended(pid, "a child (or its own process) of a server whose pinion went")
+    os.waitpid(server.pid, 0)
+    child.close()
+
+
+def test_when_the_server_is_killed_its_children_stop_their_groups() -> None:
+    """A server killed on its own cannot stop anything: each child is signalled by the kernel
+    (PR_SET_PDEATHSIG) and stops its own process group."""
+    server = ForkServer(start_and_sleep)
+    try:
+        child = server.start()
+        pids = [int(p) for p in read_line(child.messages_fd).split()]
+        os.kill(server.pid, signal.SIGKILL)
+        for pid in pids:
+            wait_ended(pid, "a child (or its own process) of a killed server")
+        child.close()
+    finally:
+        server.close()
