@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import datetime as dt
 import faulthandler
+import io
 import json
 import os
 import signal
@@ -147,18 +148,30 @@ def ready_for_work() -> list[int]:
     null = os.open(os.devnull, os.O_RDONLY)
     os.dup2(null, 0)
     os.close(null)
-    sys.stdin = open(0, encoding="utf-8", closefd=False)  # noqa: SIM115
+    if not _text_on(sys.stdin, 0):
+        sys.stdin = open(0, encoding="utf-8", closefd=False)  # noqa: SIM115
     stopping: list[int] = []  # a plain list: a fresh process pays for every object it touches
     if hasattr(signal, "SIGUSR1"):
         signal.signal(signal.SIGUSR1, lambda *_: stopping.append(1))
-    sys.stdout.flush()
-    sys.stderr.flush()
-    sys.stdout = open(1, "w", encoding="utf-8", errors="backslashreplace", closefd=False)  # noqa: SIM115
-    sys.stderr = open(2, "w", encoding="utf-8", errors="backslashreplace", closefd=False,  # noqa: SIM115
-                      buffering=1)
+    for fd, name in ((1, "stdout"), (2, "stderr")):
+        stream = getattr(sys, name)
+        stream.flush()
+        if _text_on(stream, fd):  # the usual case: the same file object, told what to do
+            stream.reconfigure(encoding="utf-8", errors="backslashreplace", line_buffering=fd == 2)
+        else:  # a test runner's capture, say: a new one on the fd
+            setattr(sys, name, open(fd, "w", encoding="utf-8", errors="backslashreplace",  # noqa: SIM115
+                                    closefd=False, buffering=1 if fd == 2 else -1))
     faulthandler.enable(file=sys.stderr)
     sys.dont_write_bytecode = True
     return stopping
+
+
+def _text_on(stream: object, fd: int) -> bool:
+    """Whether ``stream`` is a plain text file on ``fd`` (not a capture, not closed)."""
+    try:
+        return isinstance(stream, io.TextIOWrapper) and stream.fileno() == fd
+    except (OSError, ValueError):
+        return False
 
 
 def run_job(job: dict[str, Any], messages_fd: int, stopping: list[int]) -> None:

@@ -181,11 +181,12 @@ class ForkServer:
     are the same clean copies, and the pinion's own memory stays its own. The server sends each
     child's pipes to the pinion over a Unix socket (and closes its copies, so the control pipe
     is held by the pinion alone: a spare it drops reads end-of-file and exits), waits for its
-    children and reports how each ended. When the pinion goes, the socket reads end-of-file: the server kills the process
-    group of every child it forked that has not ended, and exits; when the server ends any
-    other way, each child is signalled (``PR_SET_PDEATHSIG``) and kills its own group. So the
-    server is the children's lifeline, and they need no thread to watch one. Linux only
-    (``SOCK_SEQPACKET``); elsewhere the pinion forks its children itself.
+    children and reports how each ended. When the pinion goes, the socket reads end-of-file:
+    the server kills the process group of every child it forked that has not ended, and
+    exits; when the server ends any other way, each child is signalled
+    (``PR_SET_PDEATHSIG``) and kills its own group. So the server is the children's lifeline,
+    and they need no thread to watch one. Linux only (``SOCK_SEQPACKET``); elsewhere the
+    pinion forks its children itself.
     """
 
     def __init__(self, run: ChildMain) -> None:
