@@ -337,27 +337,10 @@ class _Run:
         return ok
 
 
-def run_workflow(
-    workflow: Workflow,
-    *,
-    work_dir: Path | None = None,
-    on_event: Callable[[TaskEvent], None] | None = None,
-    workload_id: str | None = None,
-    pinion: str | None = None,
-    resume: Results | None = None,
-    should_stop: Callable[[], bool] | None = None,
-) -> Results:
-    """Run every task in order and return the Results; never raises for a task's exception.
-
-    With ``resume``, the tasks that completed in those Results are reused, not run again
-    (ResumeError, before anything runs, when that cannot be done faithfully).
-    ``should_stop`` is asked before each task: once it says True no further task runs and
-    the Results are cancelled (``caliber queue cancel`` of a running workload).
-    On failure the tracebacks are also written to ``caliber-traceback.txt`` in ``work_dir``.
-    """
-    return Results.model_validate(run_workflow_plain(
-        workflow, work_dir=work_dir, on_event=on_event, workload_id=workload_id, pinion=pinion,
-        resume=resume, should_stop=should_stop))
+def run_workflow(workflow: Workflow, **options: Any) -> Results:
+    """:func:`run_workflow_plain` (the same options), its Results validated as
+    :class:`Results`: a run in this process."""
+    return Results.model_validate(run_workflow_plain(workflow, **options))
 
 
 def run_workflow_plain(
@@ -370,8 +353,16 @@ def run_workflow_plain(
     resume: Results | None = None,
     should_stop: Callable[[], bool] | None = None,
 ) -> dict[str, Any]:
-    """:func:`run_workflow`, with the Results as the plain dict :class:`Results` reads (JSON
-    values, but for the dates): what a pinion's child sends, without building a model."""
+    """Run every task in order and return the Results; never raises for a task's exception.
+
+    The Results are the plain dict :class:`Results` reads (JSON values, but for the dates):
+    what a pinion's child sends without building a model (:func:`run_workflow` validates it).
+    With ``resume``, the tasks that completed in those Results are reused, not run again
+    (ResumeError, before anything runs, when that cannot be done faithfully).
+    ``should_stop`` is asked before each task: once it says True no further task runs and
+    the Results are cancelled (``caliber queue cancel`` of a running workload).
+    On failure the tracebacks are also written to ``caliber-traceback.txt`` in ``work_dir``.
+    """
     run = _Run(workflow, on_event)
     if should_stop is not None:
         run.should_stop = should_stop
