@@ -124,8 +124,8 @@ def _preview(line: bytes, width: int = 60) -> str:
 
 def child_main(messages_fd: int, control_fd: int) -> None:
     """A child's life: get ready for a workload (:func:`ready_for_work`, while a spare child
-    waits), wait for the job on the control pipe (then watched as the lifeline), run it, send
-    the results."""
+    waits), wait for the job on the control pipe (see :func:`receive_job` for its lifeline),
+    run it, send the results."""
     stopping = ready_for_work()
     job = receive_job(control_fd)
     try:

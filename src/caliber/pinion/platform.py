@@ -17,9 +17,9 @@ pinion dies, the child's process group is stopped at once instead of running on 
 child of a :class:`ForkServer` has the server as its lifeline: the server's socket to the
 pinion reads end-of-file, and the server kills the process group of every child it forked;
 when the server itself ends, the kernel signals the child (``PR_SET_PDEATHSIG``), which
-kills its group. Any other child watches its
-control pipe (its other end held only by the pinion) in a thread until it reads end-of-file
-(a second thread costs every copy-on-write fault more: a server's children do without).
+kills its group. Any other child watches its control pipe (its other end held only by the
+pinion) in a thread until it reads end-of-file (a second thread makes every copy-on-write
+fault dearer: a server's children do without).
 """
 
 from __future__ import annotations
