@@ -211,11 +211,17 @@ def workload_line(pinion: subprocess.Popen[str], log: Path) -> str:
     import os
 
     assert pinion.stderr is not None
-    os.set_blocking(pinion.stderr.fileno(), False)
-    chunk = pinion.stderr.read() or ""
-    with open(log, "a") as f:
+    fd = pinion.stderr.fileno()
+    os.set_blocking(fd, False)
+    chunk = b""
+    try:  # the raw fd: a text stream over a non-blocking pipe fails when nothing is there
+        while data := os.read(fd, 65536):
+            chunk += data
+    except BlockingIOError:
+        pass
+    with open(log, "ab") as f:
         f.write(chunk)
-    return log.read_text()
+    return log.read_text(errors="replace")
 
 
 def test_a_remote_checkpoint_keeps_a_cancel_asked_and_a_resume() -> None:
