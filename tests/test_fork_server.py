@@ -134,7 +134,7 @@ def test_when_the_pinion_goes_the_server_stops_its_childrens_groups() -> None:
     server.sock.close()  # what the kernel does when the pinion dies
     for pid in pids:
         wait_ended(pid, "a child (or its own process) of a server whose pinion went")
-    os.waitpid(server.pid, 0)
+    server._process.wait()
     child.close()
 
 

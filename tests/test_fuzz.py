@@ -491,7 +491,8 @@ def test_odd_return_values_keep_every_other_result(
     the pinion's check, then the Results through the store and back."""
     count("workflows returning odd values")
     import caliber
-    from caliber.pinion.child import _Sender, read_message
+    from caliber.pinion.child import _Sender
+    from caliber.pinion.messages import read_message
 
     RETURNS.update(first=first, second=second)
     tasks = [caliber.Task(give, name="first", args=["first"]),

@@ -75,6 +75,10 @@ class Settings(BaseSettings):
     pinion_keep_runs: int | None = Field(None, description=(
         "run folders of finished workloads a pinion keeps, the newest (pinion init "
         "--keep-runs; default: all)"))
+    pinion_preload: str | None = Field(None, description=(
+        "modules a pinion imports once, before it starts the workloads' processes, so that "
+        "workloads using them start with them loaded, comma-separated (pinion init "
+        "--preload numpy,scipy)"))
 
     # The smallest value of each number (exclusive for the names in _OPEN).
     _MINIMUM: ClassVar[dict[str, float]] = {

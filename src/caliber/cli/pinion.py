@@ -44,6 +44,23 @@ class Seconds(click.FloatRange):
         return seconds
 
 
+class ModuleNames(click.types.StringParamType):
+    """Module names, comma-separated (``numpy,scipy.linalg``): a tuple of them."""
+
+    name = "MODULES"
+
+    def convert(self, value: Any, param: click.Parameter | None,
+                ctx: click.Context | None) -> Any:
+        if isinstance(value, tuple):
+            return value
+        names = tuple(n.strip() for n in str(value).split(",") if n.strip())
+        for name in names:
+            if not all(part.isidentifier() for part in name.split(".")):
+                self.fail(f"{name!r} is not a module name (names are separated by commas).",
+                          param, ctx)
+        return names
+
+
 @click.group(epilog="Example: caliber pinion init mypinion -a 100 -w 10")
 def pinion() -> None:
     """Start a pinion, the worker that runs queued workloads."""
@@ -81,12 +98,17 @@ def pinion() -> None:
               cls=SettingOption, envvar="CALIBER_PINION_KEEP_RUNS", show_envvar=True,
               help="Keep only the newest N run folders of finished workloads (default: all); "
               "never removes a queued or running workload's.")
+@click.option("--preload", type=ModuleNames(), default=(), cls=SettingOption,
+              envvar="CALIBER_PINION_PRELOAD", show_envvar=True,
+              help="Modules to import once, before the workloads' processes start (e.g. "
+              "numpy,scipy): workloads that use them do not import them each time.")
 @click.option("-q", "--quiet", is_flag=True, help="Show no progress, only errors and the summary.")
 @json_option
 @target_options
 def init(
     name: str, attempts: int, wait: float, forever: bool, lease: float, timeout: float | None,
-    max_attempts: int, keep_runs: int | None, quiet: bool, as_json: bool, target: QueueTarget,
+    max_attempts: int, keep_runs: int | None, preload: tuple[str, ...], quiet: bool,
+    as_json: bool, target: QueueTarget,
 ) -> None:
     """Start the pinion NAME: run the workloads queued for it, one by one, each in its own
     process and working folder, and store their results.
@@ -99,7 +121,7 @@ def init(
 
     config = PinionConfig(
         name=name, attempts=0 if forever else attempts, wait=wait, lease=lease,
-        timeout=timeout, max_attempts=max_attempts, keep_runs=keep_runs,
+        timeout=timeout, max_attempts=max_attempts, keep_runs=keep_runs, preload=preload,
     )
     summary = run_pinion(config, target, quiet=quiet)
     if as_json:

@@ -6,8 +6,11 @@ the pinion: ``{"event": ...}`` per task start and end, then ``{"results": ...}``
 workload prints goes to ``output.log`` in its working folder; its standard input is
 ``/dev/null`` (a task calling ``input()`` gets end-of-file instead of stopping the child with
 SIGTTIN). The workload runs in this process and could write to the message pipe itself:
-:func:`read_message` is how the pinion reads a line, and anything that is not one of these
-messages fails the workload (:class:`ForeignMessageError`) instead of the pinion.
+:func:`caliber.pinion.messages.read_message` is how the pinion reads a line, and anything that
+is not one of these messages fails the workload instead of the pinion.
+
+Nothing this module imports loads pydantic or threading: a fork server forks children from a
+process holding only these modules (see :mod:`caliber.pinion.platform`).
 """
 
 from __future__ import annotations
@@ -20,18 +23,18 @@ import os
 import signal
 import sys
 import traceback
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
-
-from pydantic import BaseModel, ConfigDict, ValidationError
+from typing import TYPE_CHECKING, Any
 
 from caliber.errors import CaliberError, ResumeError
 from caliber.pinion.follow import OUTPUT_FILE
 from caliber.pinion.platform import receive_job, redirect_output
-from caliber.results.model import ErrorInfo, Results, RunStatus, TaskResult, utcnow
-from caliber.workflow.fileformat import build_workflow  # imported by the pinion, before forking
-from caliber.workflow.runner import TaskEvent, run_workflow_plain
+from caliber.results.values import RunStatus, new_id, utcnow
+from caliber.workflow.document import build_workflow
+from caliber.workflow.runner import ErrorRecord, TaskEvent, run_workflow_plain
+
+if TYPE_CHECKING:
+    from caliber.results.model import Results
 
 
 class _Sender:
@@ -59,67 +62,6 @@ def _date(value: Any) -> str:
     if isinstance(value, dt.datetime):
         return value.isoformat()
     raise TypeError(f"{type(value).__name__} in a child's message")
-
-
-class _EventMessage(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    kind: Literal["start", "end"]
-    index: int
-    total: int
-    name: str
-    branch: int | None
-    status: str | None
-    duration: float | None
-    result: TaskResult | None
-
-
-class _Message(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    event: _EventMessage | None = None
-    results: Results | None = None
-
-
-class ForeignMessageError(Exception):
-    """A line on the message pipe that is not a message of Caliber's child: the workload wrote
-    to the pipe itself."""
-
-
-@dataclass(frozen=True)
-class ChildMessage:
-    """One message from the child, checked: a task event (and the ended task's record), or
-    the Results."""
-
-    event: dict[str, Any] | None = None
-    record: TaskResult | None = None
-    results: Results | None = None
-
-
-def read_message(line: bytes) -> ChildMessage:
-    """The message in ``line``, or ForeignMessageError saying what was wrong with it."""
-    try:
-        message = _Message.model_validate_json(line)
-    except ValidationError as exc:
-        error = exc.errors()[0]
-        where = ".".join(str(part) for part in error["loc"])
-        raise ForeignMessageError(
-            f"the workload wrote {_preview(line)} to the pinion's message pipe "
-            f"({where + ': ' if where else ''}{error['msg']})"
-        ) from exc
-    if (message.event is None) == (message.results is None):
-        raise ForeignMessageError(
-            f"the workload wrote {_preview(line)} to the pinion's message pipe")
-    if message.results is not None:
-        return ChildMessage(results=message.results)
-    event = message.event
-    assert event is not None
-    return ChildMessage(event=event.model_dump(exclude={"result"}), record=event.result)
-
-
-def _preview(line: bytes, width: int = 60) -> str:
-    text = repr(line[:width])[1:]  # b'...' -> '...'
-    return text + ("..." if len(line) > width else "")
 
 
 def child_main(messages_fd: int, control_fd: int) -> None:
@@ -196,12 +138,13 @@ def run_job(job: dict[str, Any], messages_fd: int, stopping: list[int]) -> None:
             should_stop=lambda: bool(stopping),
         )
     except CaliberError as exc:  # a missing attachment, or a resume that cannot be done
-        results = Results(
-            workload_id=job["workload_id"], workflow=str(job["workflow"].get("name", "?")),
-            pinion=job["pinion"], status=RunStatus.FAILED, started_at=started,
-            finished_at=utcnow(), work_dir=str(work_dir),
-            error=ErrorInfo(type=type(exc).__name__, message=str(exc)),
-        ).to_json_dict()
+        results = {
+            "id": new_id(), "workload_id": job["workload_id"],
+            "workflow": str(job["workflow"].get("name", "?")), "pinion": job["pinion"],
+            "status": RunStatus.FAILED.value, "started_at": started, "finished_at": utcnow(),
+            "work_dir": str(work_dir),
+            "error": ErrorRecord(type=type(exc).__name__, message=str(exc)).to_dict(),
+        }
     for stream in (sys.stdout, sys.stderr):  # the process ends with os._exit: flush first
         stream.flush()
     sender.send({"results": results})
@@ -211,6 +154,8 @@ def _resume(job: dict[str, Any]) -> Results | None:
     """The earlier Results a resumed workload reuses (``retry --resume``): only its own."""
     if job.get("resume") is None:
         return None
+    from caliber.results.model import Results  # only here: a child of a resumed workload
+
     earlier = Results.model_validate(job["resume"])
     if earlier.workload_id != job["workload_id"]:
         raise ResumeError(f"cannot resume from results {earlier.id}: they are of workload "

@@ -25,8 +25,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from caliber.paths import runs_dir
-
 if TYPE_CHECKING:
     from caliber.queue.api import CheckedWorkload
     from caliber.queue.target import QueueTarget
@@ -42,7 +40,11 @@ READ_CHUNK = 64 * 1024  # bytes of output.log read at a time
 def pinion_runs(name: str, runs: Path | None = None) -> Path:
     """The folder of pinion ``name``'s run folders (``runs/NAME``, the name made safe)."""
     safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in name) or "pinion"
-    return (runs or runs_dir()) / safe
+    if runs is None:
+        from caliber.paths import runs_dir  # not in a pinion's child, which needs only OUTPUT_FILE
+
+        runs = runs_dir()
+    return runs / safe
 
 
 def write_progress(work_dir: Path, progress: dict[str, Any]) -> None:

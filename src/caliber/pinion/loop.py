@@ -14,6 +14,8 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import errno
+import importlib
+import importlib.util
 import logging
 import os
 import socket
@@ -28,14 +30,16 @@ from caliber.errors import (
     CaliberError,
     ChildStartError,
     ClaimReturnedError,
+    ConfigError,
     LeaseLostError,
     QueueDamagedError,
     QueueError,
     WorkflowFileError,
     WorkspaceError,
 )
-from caliber.pinion.child import ForeignMessageError, child_main, read_message
+from caliber.pinion.child import child_main
 from caliber.pinion.follow import OUTPUT_FILE, output_tail, pinion_runs
+from caliber.pinion.messages import ForeignMessageError, read_message
 from caliber.pinion.platform import (
     EOF,
     ChildProcess,
@@ -91,6 +95,8 @@ class PinionConfig:
     """Where working folders go (default: the runs folder of CALIBER_HOME)."""
     keep_runs: int | None = None
     """Run folders of finished workloads kept, the newest (``--keep-runs``); None: all."""
+    preload: tuple[str, ...] = ()
+    """Modules imported once, by the process the children are forked from (``--preload``)."""
 
 
 class Outcome(StrEnum):
@@ -175,6 +181,12 @@ class Pinion:
     def run(self) -> Summary:
         """Look for work until ``attempts`` empty looks in a row, or a stop signal."""
         cfg = self.config
+        if cfg.preload:
+            try:
+                self._preload()
+            except BaseException:
+                self.close()
+                raise
         self.reporter.started(self.backend.location, cfg.attempts, cfg.wait)
         empty = 0
         backoff = max(cfg.wait, QUEUE_RETRY_MIN)  # never a busy loop, even with -w 0
@@ -245,6 +257,29 @@ class Pinion:
             self.reporter.error(f"could not start a spare child process: {exc}")
         return child
 
+    def _preload(self) -> None:
+        """Import the modules to preload where the children are forked from: the fork server
+        (started now, so that a module that fails stops the pinion before it claims any
+        work), or the pinion itself where there is none. A spawned child is a new
+        interpreter that imports what it uses: the modules are only looked for. ConfigError
+        when one fails to import (or is not found)."""
+        try:
+            server = self._fork_server() if self._start_method == "fork" else None
+            if server is not None:
+                server.wait_ready()
+                return
+            for name in self.config.preload:
+                try:
+                    if self._start_method == "fork":
+                        importlib.import_module(name)
+                    elif importlib.util.find_spec(name) is None:
+                        raise ModuleNotFoundError(f"No module named {name!r}")
+                except (Exception, SystemExit) as exc:
+                    raise ChildStartError(f"cannot preload module {name!r}: "
+                                          f"{type(exc).__name__}: {exc}") from exc
+        except ChildStartError as exc:
+            raise ConfigError(f"pinion {self.config.name}: {exc}") from None
+
     def _fork_server(self) -> ForkServer | None:
         """The process that forks this pinion's children, started with the first one (so it
         holds no pipe of another child); None where there is none (spawn, not Linux, it could
@@ -253,7 +288,7 @@ class Pinion:
                 and ForkServer.available():
             self._server_tried = True
             try:
-                self._server = ForkServer(child_main)
+                self._server = ForkServer(child_main, preload=self.config.preload)
             except OSError as exc:
                 log.debug("no fork server (%s): the pinion forks its children itself", exc)
         return self._server if self._server is not None and self._server.alive else None

@@ -29,24 +29,27 @@ import contextlib
 import gc
 import json
 import os
-import queue
 import select
 import signal
 import socket
-import subprocess
 import sys
-import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from caliber.settings import lookup
+from caliber.errors import ChildStartError
+
+if TYPE_CHECKING:
+    import queue
+    import subprocess
 
 CHILD_START_ENV = "CALIBER_CHILD_START"
 POSIX = os.name == "posix"
 
 
 def start_method() -> str:
+    from caliber.settings import lookup
+
     wanted = (lookup(CHILD_START_ENV) or "").lower()
     if wanted in ("fork", "spawn"):
         return wanted if (wanted == "spawn" or hasattr(os, "fork")) else "spawn"
@@ -172,43 +175,60 @@ def start_child(run: ChildMain, *, close_fds: Sequence[int] = (),
 
 
 class ForkServer:
-    """A process forked from the pinion once, that forks every workload's child for it.
+    """A process started once per pinion, that forks every workload's child for it.
 
-    Forking from the pinion itself costs the pinion, per workload, the copy of its page tables
-    and then a copy-on-write fault on every page it writes while the child (or the spare) still
-    shares it: about 2 ms and 800 faults per workload, measured. The server is a copy of the
-    pinion taken once, with the same modules loaded, that does nothing but fork: its children
-    are the same clean copies, and the pinion's own memory stays its own. The server sends each
-    child's pipes to the pinion over a Unix socket (and closes its copies, so the control pipe
-    is held by the pinion alone: a spare it drops reads end-of-file and exits), waits for its
-    children and reports how each ended. When the pinion goes, the socket reads end-of-file:
-    the server kills the process group of every child it forked that has not ended, and
-    exits; when the server ends any other way, each child is signalled
-    (``PR_SET_PDEATHSIG``) and kills its own group. So the server is the children's lifeline,
-    and they need no thread to watch one. Linux only (``SOCK_SEQPACKET``); elsewhere the
-    pinion forks its children itself.
+    A fork costs the forking process the copy of its page tables, and the child a
+    copy-on-write fault on every page either of them writes while they share it; both grow
+    with what the forking process holds. The pinion holds its queue, pydantic and its models,
+    the CLI: forking from it cost ~2 ms of CPU per child (and the pinion ~800 faults per
+    workload). The server is a fresh interpreter (:func:`serve`) that imports only what a
+    child runs, without pydantic or threading (whose at-fork hooks every child would run):
+    0.8 ms per fork, measured. It also imports the modules the pinion was asked to preload
+    (``--preload``), so that children of workloads that use them start with them loaded.
+
+    The server sends each child's pipes to the pinion over a Unix socket (and closes its
+    copies, so the control pipe is held by the pinion alone: a spare it drops reads
+    end-of-file and exits), waits for its children and reports how each ended. When the
+    pinion goes, the socket reads end-of-file: the server kills the process group of every
+    child it forked that has not ended, and exits; when the server ends any other way, each
+    child is signalled (``PR_SET_PDEATHSIG``) and kills its own group. So the server is the
+    children's lifeline, and they need no thread to watch one. Linux only
+    (``SOCK_SEQPACKET``); elsewhere the pinion forks its children itself.
     """
 
-    def __init__(self, run: ChildMain) -> None:
+    def __init__(self, run: ChildMain, *, preload: Sequence[str] = ()) -> None:
+        import subprocess
+
         self.sock, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-        pid = _fork_frozen()
-        if pid == 0:  # the server
-            code = 1
-            try:
-                self.sock.close()
-                _serve(theirs, run)
-                code = 0
-            except BaseException:  # never return into the pinion's code
-                code = 1
-            finally:
-                os._exit(code)
-        theirs.close()
+        spec = {"run": f"{run.__module__}:{run.__qualname__}", "path": sys.path,
+                "argv": sys.argv, "preload": list(preload)}
+        flags: Callable[[], list[str]] = getattr(
+            subprocess, "_args_from_interpreter_flags", list)  # -O, -X, -W: as the pinion's
+        try:
+            self.sock.send(json.dumps(spec).encode("ascii"))  # ASCII: JSON escapes the rest
+            self._process = subprocess.Popen(
+                [sys.executable, *flags(), "-c", _SERVER_MAIN, str(theirs.fileno())],
+                stdin=subprocess.DEVNULL, pass_fds=[theirs.fileno()],
+                process_group=0)  # a Ctrl-C in the pinion's terminal is the pinion's to handle
+        finally:
+            theirs.close()
         self.sock.setblocking(False)  # waits go through select (a default timeout set by a
-        self.pid = pid                # library would turn MSG_DONTWAIT into a wait)
+        self.pid = self._process.pid  # library would turn MSG_DONTWAIT into a wait)
         self.alive = True
+        self.ready = False  # it said it has imported what a child needs (and preloaded)
         self._asked = False  # a child was asked for and not yet taken
         self._ready: collections.deque[tuple[int, list[int]]] = collections.deque()
         self._ended: dict[int, int] = {}
+
+    def wait_ready(self) -> None:
+        """Wait until the server has started (ChildStartError saying why it could not: a
+        module to preload that fails to import, say)."""
+        try:
+            while not self.ready:
+                self._receive(block=True)
+        except ConnectionResetError as exc:
+            self.alive = False
+            raise ChildStartError(str(exc)) from None
 
     @staticmethod
     def available() -> bool:
@@ -258,13 +278,19 @@ class ForkServer:
         if block:
             select.select([self.sock], [], [])
         try:
-            data, fds, _flags, _addr = socket.recv_fds(self.sock, 64, 2)
+            data, fds, _flags, _addr = socket.recv_fds(self.sock, 8192, 2)
         except BlockingIOError:
             return False
         if not data:
             for fd in fds:
                 os.close(fd)
             raise ConnectionResetError("the fork server has ended")
+        if data.startswith(b"e "):  # it could not start: why, then end-of-file
+            self.alive = False
+            raise ConnectionResetError(data[2:].decode("utf-8", "backslashreplace"))
+        if data == b"r":
+            self.ready = True
+            return True
         kind, pid, *rest = data.decode("ascii").split()
         if kind == "x":
             self._ended[int(pid)] = os.waitstatus_to_exitcode(int(rest[0]))
@@ -281,14 +307,49 @@ class ForkServer:
                 os.close(fd)
         self._ready.clear()
         self.sock.close()
-        with contextlib.suppress(ChildProcessError):
-            os.waitpid(self.pid, 0)
+        self._process.wait()
+
+
+_SERVER_MAIN = ("import json, socket, sys; sock = socket.socket(fileno=int(sys.argv[1])); "
+                "spec = json.loads(sock.recv(1 << 22)); "
+                "sys.path[:] = spec['path']; from caliber.pinion.platform import serve; "
+                "serve(sock, spec)")
+"""The fork server's program: its orders come first on the socket (its command line stays
+short), then the pinion's ``sys.path`` (the server must find Caliber, and the children the
+modules the pinion would find), then :func:`serve`."""
+
+
+def serve(sock: socket.socket, spec: dict[str, Any]) -> None:
+    """The fork server, a fresh interpreter started by :class:`ForkServer`: it imports the
+    modules to preload and the children's function (``spec["run"]``, ``module:name``), tells
+    the pinion it is ready (or why it could not start) and forks children until the pinion
+    goes. Its children see the pinion's ``sys.argv``."""
+    import importlib
+
+    sys.argv[:] = spec["argv"]
+    try:
+        for name in spec["preload"]:
+            try:
+                importlib.import_module(name)
+            except BaseException as exc:
+                raise ImportError(f"cannot preload module {name!r}: {type(exc).__name__}: "
+                                  f"{exc}") from exc
+        module, _, qualname = spec["run"].partition(":")
+        run: Any = importlib.import_module(module)
+        for part in qualname.split("."):
+            run = getattr(run, part)
+    except BaseException as exc:
+        with contextlib.suppress(OSError):
+            sock.send(b"e " + str(exc).encode("utf-8", "backslashreplace")[:4000])
+        raise SystemExit(1) from None
+    with contextlib.suppress(OSError):  # the pinion has gone (its end of the socket closed)
+        sock.send(b"r")
+        _serve(sock, run)
 
 
 def _serve(sock: socket.socket, run: ChildMain) -> None:
     """The fork server's loop: a child per request, the exit status of every child that ends,
     until the pinion's end of the socket closes."""
-    os.setpgid(0, 0)  # a Ctrl-C in the pinion's terminal is the pinion's to handle
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     wake_r, wake_w = os.pipe()
@@ -407,6 +468,8 @@ def _fork(run: ChildMain, close_fds: Sequence[int]) -> ChildProcess:
 
 
 def _spawn() -> ChildProcess:
+    import subprocess
+
     kwargs: dict[str, Any] = {}
     if POSIX:
         kwargs["start_new_session"] = True
@@ -440,6 +503,9 @@ class MessageReader:
         if POSIX:
             os.set_blocking(fd, False)
         else:  # pragma: no cover - Windows
+            import queue
+            import threading
+
             self._queue = queue.Queue()
             threading.Thread(target=self._pump, daemon=True).start()
 
@@ -447,6 +513,8 @@ class MessageReader:
         """The next line, None when none came within ``timeout`` seconds, or EOF."""
         if not self.lines and not self.eof:
             if self._queue is not None:  # pragma: no cover - Windows
+                import queue
+
                 try:
                     chunk = self._queue.get(timeout=timeout)
                 except queue.Empty:
@@ -506,6 +574,8 @@ def receive_job(control_fd: int) -> dict[str, Any]:
             pending += chunk
         job: dict[str, Any] = json.loads(pending.split(b"\n", 1)[0])
         return job
+    import threading  # not before: a fork server and its children do without
+
     arrived = threading.Event()
     box: list[dict[str, Any]] = []
 

@@ -9,52 +9,19 @@
 from __future__ import annotations
 
 import datetime as dt
-import secrets
-from enum import StrEnum
 from typing import Annotated, Any
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
+from caliber.results.values import RunStatus as RunStatus  # callers have these from here too
+from caliber.results.values import TaskStatus as TaskStatus
+from caliber.results.values import error_summary
+from caliber.results.values import new_id as new_id
+from caliber.results.values import utcnow as utcnow
 from caliber.text import valid_unicode
-
-ID_ALPHABET = "0123456789abcdefghjkmnpqrstvwxyz"  # Crockford's base 32, lower case
-ID_LENGTH = 10
-
 
 Text = Annotated[str, AfterValidator(valid_unicode)]
 """A string that encodes as UTF-8 (a task's exception message may hold lone surrogates)."""
-
-
-def new_id() -> str:
-    """A short, readable random id (50 bits): ``k3v9q2mxa7``."""
-    bits = int.from_bytes(secrets.token_bytes(7), "big")  # 56 random bits, 50 used
-    return "".join(ID_ALPHABET[(bits >> (5 * i)) & 31] for i in range(ID_LENGTH))
-
-
-def utcnow() -> dt.datetime:
-    return dt.datetime.now(dt.UTC)
-
-
-class RunStatus(StrEnum):
-    """How a workflow run ended."""
-
-    COMPLETED = "completed"
-    """Every task returned."""
-    FAILED = "failed"
-    """A task raised, a function could not be imported, or the run was stopped."""
-    CANCELLED = "cancelled"
-    """Cancelled while it ran (``caliber queue cancel``): the tasks that finished are kept."""
-
-
-class TaskStatus(StrEnum):
-    """How one task run ended."""
-
-    COMPLETED = "completed"
-    """The function returned; its value is kept."""
-    FAILED = "failed"
-    """The function raised; the error is kept."""
-    SKIPPED = "skipped"
-    """It never ran, because an earlier task of its process failed."""
 
 
 class ErrorInfo(BaseModel):
@@ -67,10 +34,7 @@ class ErrorInfo(BaseModel):
     branch: int | None = None
 
     def summary(self) -> str:
-        where = f"task {self.task!r}" if self.task else "workflow"
-        if self.branch is not None:
-            where += f" (branch {self.branch})"
-        return f"{where}: {self.type}: {self.message}"
+        return error_summary(self.task, self.branch, self.type, self.message)
 
 
 class TaskResult(BaseModel):

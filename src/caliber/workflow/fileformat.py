@@ -37,10 +37,10 @@ from caliber.errors import (
     WorkflowFileError,
 )
 from caliber.workflow.attachments import check_relative_path, resolve_inside
-from caliber.workflow.model import BranchProcess, Node, Process, Task, TaskRef, Workflow
+from caliber.workflow.document import REF_KEY, build_node, build_workflow
+from caliber.workflow.model import Node, Process, Task, TaskRef, Workflow
 
 FORMAT_VERSION = 1
-REF_KEY = "$result"
 FUNCTION_PATTERN = r"^[A-Za-z_][A-Za-z0-9_.]*:[A-Za-z_][A-Za-z0-9_.]*$"
 MAX_DEPTH = 200
 """Levels of JSON nesting in a workflow document (about 98 processes inside each other).
@@ -249,34 +249,6 @@ def export(workflow: Workflow, path: Path) -> Path:
 # --- load --------------------------------------------------------------------------------
 
 
-def decode_value(value: Any) -> Any:
-    """Turn ``{"$result": name}`` back into TaskRef, everywhere inside ``value``."""
-    if isinstance(value, list):
-        return [decode_value(v) for v in value]
-    if isinstance(value, dict):
-        if len(value) == 1 and isinstance(value.get(REF_KEY), str):
-            return TaskRef(value[REF_KEY])
-        return {k: decode_value(v) for k, v in value.items()}
-    return value
-
-
-def _build(node: dict[str, Any]) -> Node:
-    """A node of a checked document (:func:`check_document`): its ``args`` and ``kwargs`` are
-    there only when the file gave them (left out: the default, per branch in a branch
-    process)."""
-    if node["type"] == "task":
-        return Task(
-            node["function"],
-            name=node["name"],
-            args=decode_value(node["args"]) if "args" in node else None,
-            kwargs=decode_value(node["kwargs"]) if "kwargs" in node else None,
-        )
-    items = [_build(i) for i in node["tasks"]]
-    if node["type"] == "process":
-        return Process(items, name=node.get("name"))
-    return BranchProcess(items, branches=node["branches"], name=node.get("name"))  # type: ignore[arg-type]
-
-
 _TAGS = {"task", "process", "branch"}
 
 
@@ -348,44 +320,10 @@ def check_document(document: Any, *, source: str) -> dict[str, Any]:
         raise WorkflowFileError(source, [_problem(e) for e in exc.errors()]) from exc
     checked = parsed.model_dump(by_alias=True, exclude_unset=True)
     try:
-        Workflow(_build(checked["process"]), checked["name"], base_dir=Path("/"))  # type: ignore[arg-type]
+        Workflow(build_node(checked["process"]), checked["name"], base_dir=Path("/"))  # type: ignore[arg-type]
     except WorkflowDefinitionError as exc:
         raise WorkflowFileError(source, [str(exc)]) from exc
     return checked
-
-
-def build_workflow(checked: dict[str, Any], base_dir: Path, *, source: str,
-                   trusted: bool = False) -> Workflow:
-    """The Workflow of a document :func:`check_document` returned, its attachments looked
-    for in ``base_dir``; WorkflowFileError lists problems. ``trusted``: a pinion's child,
-    whose pinion checked the document and wrote the attachments (checking each path) into
-    ``base_dir``, a resolved path: nothing is looked at again."""
-    attachments: list[str] = checked.get("attachments", [])
-    process = _build(checked["process"])
-    if trusted:
-        return Workflow.checked(process, checked["name"], attachments=attachments,  # type: ignore[arg-type]
-                                description=checked.get("description"), base_dir=base_dir)
-    problems: list[str] = []
-    for name in attachments:
-        try:
-            target = resolve_inside(base_dir, name)
-            if not target.is_file():
-                problems.append(f"attachment {name!r} is not a regular file" if target.exists()
-                                else f"attachment {name!r} not found in {base_dir}")
-        except AttachmentError as exc:
-            problems.append(str(exc))
-    if problems:
-        raise WorkflowFileError(source, problems)
-    try:
-        return Workflow(
-            process,  # type: ignore[arg-type]
-            checked["name"],
-            attachments=attachments,
-            description=checked.get("description"),
-            base_dir=base_dir,
-        )
-    except WorkflowDefinitionError as exc:
-        raise WorkflowFileError(source, [str(exc)]) from exc
 
 
 def parse_text(text: str, *, source: str) -> Any:

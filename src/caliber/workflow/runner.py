@@ -26,22 +26,17 @@ import traceback
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from caliber import context
 from caliber.errors import ResumeError
 from caliber.results.convert import to_json
-from caliber.results.model import (
-    ErrorInfo,
-    Results,
-    RunStatus,
-    TaskResult,
-    TaskStatus,
-    new_id,
-    utcnow,
-)
+from caliber.results.values import RunStatus, TaskStatus, error_summary, new_id, utcnow
 from caliber.text import valid_unicode
 from caliber.workflow.model import BranchProcess, Node, Process, Step, Task, TaskRef, Workflow
+
+if TYPE_CHECKING:
+    from caliber.results.model import ErrorInfo, Results, TaskResult
 
 TRACEBACK_FILE = "caliber-traceback.txt"
 
@@ -57,9 +52,36 @@ class TaskEvent:
     branch: int | None
     status: TaskStatus | None = None
     duration: float | None = None
-    error: ErrorInfo | None = None
+    error: ErrorRecord | None = None
     result: TaskRecord | None = None
     """On ``end``: the task's full record, return value included."""
+
+
+@dataclass(frozen=True, slots=True)
+class ErrorRecord:
+    """An exception, as :class:`~caliber.results.model.ErrorInfo` keeps it (its fields and
+    :meth:`summary`), as a plain object: see :class:`TaskRecord`."""
+
+    type: str
+    message: str
+    traceback: str = ""
+    task: str | None = None
+    branch: int | None = None
+
+    @classmethod
+    def of(cls, info: ErrorInfo) -> ErrorRecord:
+        return cls(info.type, info.message, info.traceback, info.task, info.branch)
+
+    def summary(self) -> str:
+        return error_summary(self.task, self.branch, self.type, self.message)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The error as :class:`~caliber.results.model.ErrorInfo` reads it, every text
+        encodable as UTF-8."""
+        return {"type": valid_unicode(self.type), "message": valid_unicode(self.message),
+                "traceback": valid_unicode(self.traceback),
+                "task": None if self.task is None else valid_unicode(self.task),
+                "branch": self.branch}
 
 
 @dataclass(slots=True)
@@ -76,7 +98,7 @@ class TaskRecord:
     duration: float | None = None
     return_: Any = None
     conversion: str | None = None
-    error: ErrorInfo | None = None
+    error: ErrorRecord | None = None
     reused_from: str | None = None
     g_set: dict[str, Any] = dataclasses.field(default_factory=dict)
     g_deleted: list[str] = dataclasses.field(default_factory=list)
@@ -86,6 +108,8 @@ class TaskRecord:
     @classmethod
     def of(cls, result: TaskResult, **changes: Any) -> TaskRecord:
         fields = {f.name: getattr(result, f.name) for f in dataclasses.fields(cls)}
+        if result.error is not None:
+            fields["error"] = ErrorRecord.of(result.error)
         return cls(**(fields | changes))
 
     def to_dict(self) -> dict[str, Any]:
@@ -96,7 +120,7 @@ class TaskRecord:
             "branch": self.branch, "status": self.status.value,
             "started_at": self.started_at, "duration": self.duration, "return": self.return_,
             "conversion": self.conversion,
-            "error": None if self.error is None else self.error.model_dump(mode="json"),
+            "error": None if self.error is None else self.error.to_dict(),
             "reused_from": self.reused_from,
             "g_set": {valid_unicode(k): v for k, v in self.g_set.items()},
             "g_deleted": [valid_unicode(k) for k in self.g_deleted],
@@ -105,7 +129,7 @@ class TaskRecord:
         }
 
 
-def _error_info(exc: BaseException, task: str | None, branch: int | None) -> ErrorInfo:
+def _error_info(exc: BaseException, task: str | None, branch: int | None) -> ErrorRecord:
     tb = exc.__traceback__
     # Drop the runner's own frame, so the traceback starts in the user's function.
     if tb is not None and tb.tb_frame.f_code.co_filename == __file__ and tb.tb_next is not None:
@@ -114,7 +138,7 @@ def _error_info(exc: BaseException, task: str | None, branch: int | None) -> Err
         text = "".join(traceback.format_exception(type(exc), exc, tb))
     except Exception as failed:  # the exception's own objects may be what is broken
         text = f"(the traceback could not be formatted: {type(failed).__name__})\n"
-    return ErrorInfo(
+    return ErrorRecord(
         type=type(exc).__name__, message=_message(exc), traceback=text, task=task, branch=branch
     )
 
@@ -154,7 +178,7 @@ class _Run:
         self.index = 0
         self.records: dict[tuple[str, int | None], TaskRecord] = {}
         self.values: dict[tuple[str, int | None], Any] = {}
-        self.errors: list[ErrorInfo] = []
+        self.errors: list[ErrorRecord] = []
         self.interrupted = False
         self.should_stop: Callable[[], bool] = lambda: False
         self.stopped_before: str | None = None  # the task a stop request kept from running
@@ -235,11 +259,11 @@ class _Run:
             try:
                 task.resolve()
             except ImportError as exc:
-                error = ErrorInfo(type="ImportError", message=str(exc), task=task.name,
-                                  traceback=f"ImportError: {exc}\n")
+                error = ErrorRecord(type="ImportError", message=str(exc), task=task.name,
+                                    traceback=f"ImportError: {exc}\n")
             except (Exception, SystemExit) as exc:  # the module itself is broken or exits
                 module = task.function.partition(":")[0]
-                error = ErrorInfo(
+                error = ErrorRecord(
                     type=type(exc).__name__,
                     message=f"importing module {module!r} for {task.function} failed: {exc}",
                     traceback=_user_traceback(exc),
@@ -340,6 +364,8 @@ class _Run:
 def run_workflow(workflow: Workflow, **options: Any) -> Results:
     """:func:`run_workflow_plain` (the same options), its Results validated as
     :class:`Results`: a run in this process."""
+    from caliber.results.model import Results
+
     return Results.model_validate(run_workflow_plain(workflow, **options))
 
 
@@ -389,7 +415,7 @@ def run_workflow_plain(
         g_values[name], note = to_json(context.g.get(key))
         if note:
             g_notes[name] = note
-    stop = None if run.stopped_before is None else ErrorInfo(
+    stop = None if run.stopped_before is None else ErrorRecord(
         type="Cancelled", message=f"cancelled: stopped before task {run.stopped_before!r}")
     error = run.errors[0] if run.errors else stop
     results = {
@@ -404,29 +430,32 @@ def run_workflow_plain(
         "tasks": [run.records[s.task.name, s.branch].to_dict() for s in run.steps],
         "g": g_values,
         "g_conversions": g_notes,
-        "error": None if error is None else error.model_dump(mode="json"),
+        "error": None if error is None else error.to_dict(),
         "work_dir": None if work_dir is None else valid_unicode(
             str(work_dir if work_dir.is_absolute() else work_dir.resolve())),
         "resumed_from": resume.id if resume is not None else None,
     }
     if run.errors and work_dir is not None:
-        write_traceback_file(work_dir, Results.model_validate(results))
+        write_traceback_file(work_dir, results)
     elif work_dir is not None:  # an earlier failed run's file would tell of an old error
         with contextlib.suppress(OSError):
             os.unlink(os.path.join(work_dir, TRACEBACK_FILE))
     return results
 
 
-def write_traceback_file(work_dir: Path, results: Results) -> Path | None:
-    """Write every error of the run to ``caliber-traceback.txt``, to hand to a colleague."""
-    finished = results.finished_at.strftime("%Y-%m-%d %H:%M:%S")
-    lines = [f"Caliber: workflow {results.workflow!r} failed at {finished} UTC "
-             f"(results {results.id})\n"]
-    errors = [t.error for t in results.tasks if t.error]
-    if not errors and results.error:
-        errors = [results.error]
+def write_traceback_file(work_dir: Path, results: Results | dict[str, Any]) -> Path | None:
+    """Write every error of the run to ``caliber-traceback.txt``, to hand to a colleague:
+    ``results`` as :class:`Results` or as :func:`run_workflow_plain` returns them."""
+    plain = results if isinstance(results, dict) else results.model_dump(by_alias=True)
+    finished = plain["finished_at"].strftime("%Y-%m-%d %H:%M:%S")
+    lines = [f"Caliber: workflow {plain['workflow']!r} failed at {finished} UTC "
+             f"(results {plain['id']})\n"]
+    errors = [t["error"] for t in plain["tasks"] if t["error"]]
+    if not errors and plain["error"]:
+        errors = [plain["error"]]
     for error in errors:
-        lines.append(f"\n{error.summary()}\n\n{error.traceback}")
+        summary = error_summary(error["task"], error["branch"], error["type"], error["message"])
+        lines.append(f"\n{summary}\n\n{error['traceback']}")
     path = work_dir / TRACEBACK_FILE
     try:
         path.write_text("".join(lines), encoding="utf-8")
