@@ -116,6 +116,11 @@ def init(
     Ctrl-C (or SIGTERM) once: finish the running workload, then stop. Twice: stop now and put
     the running workload back in the queue.
     """
+    from caliber.pinion.child import child_main
+    from caliber.pinion.platform import start_fork_server
+
+    # First: it starts (a fresh interpreter) on another core while this one loads the queue.
+    server = start_fork_server(child_main, preload)
     from caliber.pinion.api import run_pinion
     from caliber.pinion.loop import PinionConfig
 
@@ -123,7 +128,7 @@ def init(
         name=name, attempts=0 if forever else attempts, wait=wait, lease=lease,
         timeout=timeout, max_attempts=max_attempts, keep_runs=keep_runs, preload=preload,
     )
-    summary = run_pinion(config, target, quiet=quiet)
+    summary = run_pinion(config, target, quiet=quiet, server=server)
     if as_json:
         print_json(summary.to_dict())
     else:

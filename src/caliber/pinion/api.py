@@ -11,17 +11,27 @@ from caliber.pinion.progress import Reporter
 from caliber.queue.api import check_pinion_name, list_summaries, opened
 
 if TYPE_CHECKING:
+    from caliber.pinion.platform import ForkServer
     from caliber.queue.target import QueueTarget
 
 log = logging.getLogger(__name__)
 
 
-def run_pinion(config: PinionConfig, target: QueueTarget, *, quiet: bool = False) -> Summary:
-    """Run a pinion on the queue ``target``, until it stops; return its summary."""
-    check_pinion_name(config.name)
-    with opened(target) as backend:
-        pinion = Pinion(config, backend, reporter=Reporter(config.name, quiet=quiet))
-        summary = pinion.run()
+def run_pinion(config: PinionConfig, target: QueueTarget, *, quiet: bool = False,
+               server: ForkServer | None = None) -> Summary:
+    """Run a pinion on the queue ``target``, until it stops; return its summary. ``server``:
+    a fork server started early (:func:`~caliber.pinion.platform.start_fork_server`), given
+    to the pinion (stopped here if the pinion never starts)."""
+    try:
+        check_pinion_name(config.name)
+        with opened(target) as backend:
+            pinion = Pinion(config, backend, reporter=Reporter(config.name, quiet=quiet),
+                            server=server)
+            server = None  # the pinion's: it stops it when it closes
+            summary = pinion.run()
+    finally:
+        if server is not None:
+            server.close()
     if summary.ran == 0 and not (summary.skipped or summary.errors or summary.cold):
         try:
             summary.waiting = waiting_work(target, besides=config.name)

@@ -47,6 +47,7 @@ from caliber.pinion.platform import (
     MessageReader,
     describe_exit,
     start_child,
+    start_fork_server,
     start_method,
 )
 from caliber.pinion.progress import Reporter
@@ -159,7 +160,10 @@ class Pinion:
         *,
         reporter: Reporter | None = None,
         key: bytes | None = None,
+        server: ForkServer | None = None,
     ) -> None:
+        """``server``: a fork server started already (see :func:`start_fork_server`), this
+        pinion's from now on (it stops it when it closes)."""
         self.config = config
         self.backend = backend
         self.reporter = reporter or Reporter(config.name, quiet=True)
@@ -172,8 +176,8 @@ class Pinion:
         self._unreaped: list[ChildProcess] = []
         self._spare: ChildProcess | None = None
         self._start_method = start_method()  # read once: it looks at the settings files
-        self._server: ForkServer | None = None
-        self._server_tried = False
+        self._server = server
+        self._server_tried = server is not None
         self._staged: Path | None = None  # the next run's folder, made ahead (_stage_next)
 
     # --- the loop -----------------------------------------------------------------------
@@ -281,16 +285,12 @@ class Pinion:
             raise ConfigError(f"pinion {self.config.name}: {exc}") from None
 
     def _fork_server(self) -> ForkServer | None:
-        """The process that forks this pinion's children, started with the first one (so it
-        holds no pipe of another child); None where there is none (spawn, not Linux, it could
+        """The process that forks this pinion's children (the one it was given, or one
+        started with the first child); None where there is none (spawn, not Linux, it could
         not start or it died): the pinion then forks them itself."""
-        if self._server is None and not self._server_tried and self._start_method == "fork" \
-                and ForkServer.available():
+        if self._server is None and not self._server_tried:
             self._server_tried = True
-            try:
-                self._server = ForkServer(child_main, preload=self.config.preload)
-            except OSError as exc:
-                log.debug("no fork server (%s): the pinion forks its children itself", exc)
+            self._server = start_fork_server(child_main, self.config.preload, self._start_method)
         return self._server if self._server is not None and self._server.alive else None
 
     def _stage_next(self) -> None:

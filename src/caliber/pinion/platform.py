@@ -174,6 +174,24 @@ def start_child(run: ChildMain, *, close_fds: Sequence[int] = (),
     return _spawn()
 
 
+def start_fork_server(run: ChildMain, preload: Sequence[str] = (),
+                      method: str | None = None) -> ForkServer | None:
+    """A fork server whose children run ``run``, starting (it imports what a child needs on
+    another core while the pinion goes on); None where there is none: the start method
+    (``method``, else :func:`start_method`) is not fork, the system is not Linux, or it could
+    not be started (the pinion then forks its children itself)."""
+    if (method or start_method()) != "fork" or not ForkServer.available():
+        return None
+    try:
+        return ForkServer(run, preload=preload)
+    except OSError as exc:
+        import logging
+
+        logging.getLogger(__name__).debug(
+            "no fork server (%s): the pinion forks its children itself", exc)
+        return None
+
+
 class ForkServer:
     """A process started once per pinion, that forks every workload's child for it.
 
