@@ -4,11 +4,14 @@ operating-system facts the queue needs too, disks and file permissions, are in
 
 Two ways to start the child, with one protocol between them:
 
-* ``fork`` (POSIX, the default there): the pinion, which never imports user code, forks (on
-  Linux through a :class:`ForkServer`, a copy of itself made once); the child is a fresh copy
-  with only Caliber loaded, so modules never leak between workloads, and it starts in about a
-  millisecond. It gets its own process group, so a timeout or a lost
-  lease kills everything it started, and a Ctrl-C in the pinion's terminal does not reach it.
+* ``fork`` (POSIX, the default there): on Linux a :class:`ForkServer`, a fresh interpreter
+  holding only the child's modules (and those the pinion was asked to preload), forks each
+  child; elsewhere the pinion, which never imports user code, forks it itself. Either way the
+  child is a fresh copy with only Caliber (and the preloaded modules) loaded, so modules
+  never leak between workloads, and it starts in about a millisecond. It gets its own
+  process group, so a timeout or a lost lease kills everything it started, and a Ctrl-C in
+  the pinion's terminal does not reach it. Nothing this module imports at its top loads
+  threading (whose at-fork hooks every child would run) or pydantic.
 * ``spawn`` (everywhere, the fallback on Windows; ``CALIBER_CHILD_START=spawn`` forces it): a
   new interpreter runs ``python -m caliber.pinion.child``, reading its job from stdin.
 
@@ -445,9 +448,9 @@ def _lifeline_cut(*_: object) -> None:
 
 
 def _fork_frozen() -> int:
-    """``os.fork()``, with the output flushed and the pinion's objects moved out of the
-    collector's sight first: a collection in the child would otherwise touch every one of them
-    and copy nearly all of the pinion's memory."""
+    """``os.fork()``, with the output flushed and the forking process's objects moved out of
+    the collector's sight first: a collection in the child would otherwise touch every one of
+    them and copy nearly all of that process's memory."""
     sys.stdout.flush()
     sys.stderr.flush()
     gc.freeze()
