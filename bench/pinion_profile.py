@@ -17,7 +17,9 @@ its steps timed from the outside with ``time.perf_counter_ns`` (the product is n
   every page it writes is copied, as the spare child still shares it.
 
 It also times the *fork floor*: ``fork`` + ``_exit`` + ``waitpid`` from this warm process, with
-the pinion's modules imported, the least any fresh-process-per-workload design pays. Figures
+the pinion's modules imported, the least any fresh-process-per-workload design pays (with
+``--floor N --server``: from a fresh interpreter holding only the child's modules, as the fork
+server that forks Caliber's children does). Figures
 are medians over every workload of every repetition (per-step samples, in milliseconds).
 """
 
@@ -26,8 +28,6 @@ from __future__ import annotations
 import argparse
 import os
 import resource
-import statistics
-import tempfile
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -37,11 +37,16 @@ STEPS = ("claim", "verify", "prepare", "start", "child", "complete", "look", "cp
          "cpu child", "faults pinion")
 
 
-def fork_floor(n: int) -> list[float]:
-    """Milliseconds per ``fork`` + ``os._exit(0)`` + ``waitpid``, n times, from this process."""
+def fork_floor(n: int, *, server: bool = False) -> list[float]:
+    """Milliseconds per ``fork`` + ``os._exit(0)`` + ``waitpid``, n times, from this process
+    with the pinion's modules imported, or (``server``) only the child's, as Caliber's fork
+    server has them (call it in a fresh interpreter: nothing else may be loaded)."""
     import gc
 
-    import caliber.pinion.loop  # noqa: F401  the pinion's modules, as a pinion has them
+    if server:
+        import caliber.pinion.child  # what the fork server imports
+    else:
+        import caliber.pinion.loop  # noqa: F401  the pinion's modules, as a pinion has them
 
     out = []
     for _ in range(n):
@@ -116,6 +121,9 @@ def drain(n: int, root: Path) -> dict[str, list[float]]:
 
 
 def report(samples: dict[str, list[float]], floor: Sequence[float]) -> str:
+    import statistics  # not at the top: it loads random, whose fork hook --floor --server must
+    # not time
+
     lines = [f"{'step':<10} {'median ms':>10} {'p10':>8} {'p90':>8}"]
     rows = [(s, samples[s]) for s in STEPS if samples[s]] + [("fork floor", list(floor))]
     for name, values in rows:
@@ -131,13 +139,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--reps", type=int, default=3, help="repetitions (fresh queue each)")
     parser.add_argument("--floor", type=int, metavar="N",
                         help="only time the fork floor, N forks: print their median in ms")
+    parser.add_argument("--server", action="store_true",
+                        help="with --floor: fork from the child's modules only, as the fork "
+                        "server does")
     args = parser.parse_args(argv)
     if args.floor:
-        print(f"{statistics.median(fork_floor(args.floor)):.6f}")
+        forks = sorted(fork_floor(args.floor, server=args.server))
+        print(f"{forks[len(forks) // 2]:.6f}")
         return 0
     os.environ["NO_COLOR"] = "1"
     samples: dict[str, list[float]] = {s: [] for s in STEPS}
     floor: list[float] = []
+    import tempfile
+
     with tempfile.TemporaryDirectory(prefix="caliber-profile-") as tmp:
         for rep in range(args.reps):
             floor += fork_floor(args.n)
