@@ -113,3 +113,21 @@ def test_a_server_that_cannot_start_says_why() -> None:
         assert not server.alive
     finally:
         server.close()
+
+
+@pytest.mark.skipif(not ForkServer.available(), reason="the fork server is Linux's")
+def test_a_server_started_early_ends_when_the_pinion_cannot_start() -> None:
+    """``caliber pinion init`` starts the fork server before it checks anything: a pinion
+    that never starts (a name that is not valid) stops it again."""
+    from caliber.errors import UsageError
+    from caliber.pinion.api import run_pinion
+    from caliber.pinion.child import child_main
+    from caliber.pinion.loop import PinionConfig
+    from caliber.pinion.platform import start_fork_server
+    from caliber.queue.target import local_target
+
+    server = start_fork_server(child_main)
+    assert server is not None and server.alive
+    with pytest.raises(UsageError, match="not valid"):
+        run_pinion(PinionConfig(name="no/slashes"), local_target(), server=server)
+    assert server._process.poll() is not None  # ended and waited for
