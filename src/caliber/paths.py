@@ -3,6 +3,10 @@
 ``CALIBER_HOME`` (environment or ``.caliber/.env``, see :mod:`caliber.settings`) moves
 everything (database, runs, key) into one folder; otherwise the platform's user data folder
 holds the database and runs, and the user config folder the key.
+
+Both folders are their user's alone: made 0700 where Caliber makes them, and when they exist
+already, refused if another user owns them and tightened to 0700 if group or others may use
+them (:func:`caliber.platform.own_folder`).
 """
 
 from __future__ import annotations
@@ -10,6 +14,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from caliber.errors import ConfigError
+from caliber.platform import own_folder
 from caliber.settings import lookup
 
 APP_NAME = "caliber"
@@ -37,10 +42,13 @@ def config_dir() -> Path:
 
 def _folder(path: Path, what: str) -> Path:
     """``path``, refused in one line (ConfigError) when something other than a folder is
-    there: every file Caliber keeps would fail later with a less clear error."""
+    there (every file Caliber keeps would fail later with a less clear error) or another
+    user's folder; tightened to 0700 when it is this user's and open to others. Not made
+    here: what puts a file in it makes it, 0700 (:func:`~caliber.platform.make_private_folder`)."""
     if path.exists() and not path.is_dir():
         raise ConfigError(f"{what} {path} is not a folder; point it at a folder (or move the "
                           "file away)")
+    own_folder(path, what)
     return path
 
 

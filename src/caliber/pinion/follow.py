@@ -25,6 +25,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from caliber.platform import write_private_file
+
 if TYPE_CHECKING:
     from caliber.queue.api import CheckedWorkload
     from caliber.queue.target import QueueTarget
@@ -49,11 +51,12 @@ def pinion_runs(name: str, runs: Path | None = None) -> Path:
 
 def write_progress(work_dir: Path, progress: dict[str, Any]) -> None:
     """Replace the run folder's progress file in one step (a reader never sees half of it);
-    a folder that cannot be written only loses the progress, never the run."""
+    a folder that cannot be written only loses the progress, never the run. The file is
+    0600."""
     path = work_dir / PROGRESS_FILE
     partial = path.with_name(PROGRESS_FILE + ".partial")
     try:
-        partial.write_text(json.dumps(progress), encoding="utf-8")
+        write_private_file(partial, json.dumps(progress).encode("utf-8"))
         os.replace(partial, path)
     except OSError:
         pass

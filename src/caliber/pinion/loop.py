@@ -52,7 +52,13 @@ from caliber.pinion.platform import (
 )
 from caliber.pinion.progress import Reporter
 from caliber.pinion.signals import StopFlags, stop_on_signals
-from caliber.platform import NO_FOLLOW, create_new_file, process_exists
+from caliber.platform import (
+    PRIVATE_FOLDER,
+    create_new_file,
+    make_private_folder,
+    own_folder,
+    process_exists,
+)
 from caliber.queue.backend import Claim, QueueBackend
 from caliber.queue.secret import key_id, load_key, verify
 from caliber.queue.status import WorkloadStatus
@@ -173,6 +179,8 @@ class Pinion:
         self.flags = StopFlags()
         self.summary = Summary()
         self.runs = pinion_runs(config.name, config.runs_dir).resolve()  # once, not per run
+        own_folder(self.runs.parent, "the runs folder")  # run folders head the sys.path
+        own_folder(self.runs, f"pinion {config.name}'s runs folder")
         self._unreaped: list[ChildProcess] = []
         self._spare: ChildProcess | None = None
         self._start_method = start_method()  # read once: it looks at the settings files
@@ -297,13 +305,21 @@ class Pinion:
         """Make the next run's folder, with its empty ``output.log``, while the current
         workload runs (the pinion only waits then): on a disk like this machine's, making a
         folder and a file takes about 0.2 and 0.4 ms, renaming one 0.03 ms, and the next
-        :meth:`prepare` renames it. Its name, ``.next-PID``, is not a run folder's."""
+        :meth:`prepare` renames it. Its name, ``.next-PID``, is not a run folder's. It is made
+        0700 in one step, in the pinion's 0700 folder: nobody else can put a module in it."""
         if self._staged is not None:
             return
         folder = self.runs / f"{STAGED_PREFIX}{os.getpid()}"
         try:
-            folder.mkdir(parents=True, exist_ok=True)
-            os.close(os.open(folder / OUTPUT_FILE, os.O_WRONLY | os.O_CREAT | NO_FOLLOW, 0o644))
+            make_private_folder(self.runs)
+            try:
+                os.mkdir(folder, PRIVATE_FOLDER)
+            except FileExistsError:  # left by a process of this pid: used again only if empty
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(folder / OUTPUT_FILE)
+                os.rmdir(folder)
+                os.mkdir(folder, PRIVATE_FOLDER)
+            os.close(create_new_file(folder / OUTPUT_FILE))
         except OSError as exc:  # prepare makes the folder itself, as without one
             log.debug("no staged run folder (%s)", exc)
             return
@@ -467,7 +483,9 @@ class Pinion:
         """A new working folder with the attached files written in it (paths re-checked):
         ``<id>-<attempt>``, or the next free number when that one exists (an attempt put back
         by a cold stop is not counted, and its folder is kept as it was). The folder is the
-        one staged while the previous workload ran (:meth:`_stage_next`), renamed."""
+        one staged while the previous workload ran (:meth:`_stage_next`), renamed. Folders
+        and files made here are 0700 and 0600, whatever the umask (what the workload writes
+        follows the umask)."""
         number = workload.attempts
         while True:
             work_dir = self.runs / f"{workload.id}-{number}"
@@ -479,13 +497,13 @@ class Pinion:
                 except OSError:  # made meanwhile, or the staged folder is gone: make it here
                     log.debug("the staged run folder %s could not be used", staged)
             try:
-                work_dir.mkdir(parents=True)
+                make_private_folder(work_dir, exist_ok=False)
                 break
             except FileExistsError:
                 number += 1
         for attachment in workload.attachments:
             target = resolve_inside(work_dir, attachment.path)
-            target.parent.mkdir(parents=True, exist_ok=True)
+            make_private_folder(target.parent)
             with os.fdopen(create_new_file(target), "wb") as f:
                 f.write(attachment.data())
         return work_dir

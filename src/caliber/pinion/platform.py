@@ -623,9 +623,10 @@ def receive_job(control_fd: int) -> dict[str, Any]:
 
 def redirect_output(path: str) -> None:
     """In the child: send everything the workload prints (fds 1 and 2) to ``path``, appended
-    to (the pinion may have made it already). ``sys.stdout`` and ``sys.stderr`` write to those
-    fds (:func:`caliber.pinion.child.ready_for_work`) and hold nothing unwritten."""
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    to (the pinion may have made it already), made 0600 if it is new. ``sys.stdout`` and
+    ``sys.stderr`` write to those fds (:func:`caliber.pinion.child.ready_for_work`) and hold
+    nothing unwritten."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
     os.dup2(fd, 1)
     os.dup2(fd, 2)
     os.close(fd)

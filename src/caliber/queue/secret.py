@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 from caliber.errors import SecretKeyError
 from caliber.paths import config_dir
-from caliber.platform import readable_by_others
+from caliber.platform import make_private_folder, readable_by_others
 from caliber.settings import lookup
 
 if TYPE_CHECKING:  # pydantic stays out of the fast read paths that verify raw rows
@@ -79,7 +79,7 @@ def load_key() -> bytes:
 def _create_key_file(path: Path) -> bytes:
     """Write a new key to a private temporary file, then link it into place: the key file
     appears complete or not at all, and never with wider permissions than 0600."""
-    path.parent.mkdir(parents=True, exist_ok=True)
+    make_private_folder(path.parent)  # 0700, each level
     key = secrets.token_hex(32)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)

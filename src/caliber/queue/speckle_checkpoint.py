@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from caliber.errors import QueueDamagedError
+from caliber.platform import make_private_folder, write_private_file
 from caliber.queue import speckle_adapter as sp
 from caliber.queue.speckle_events import FORMAT
 from caliber.queue.speckle_log import Archive, Folded, Lease, Order, ResultsRef, State, finished
@@ -219,7 +220,8 @@ class ChunkCache:
     """Checkpoint chunks kept on disk, one folder per server, project and model under
     CALIBER_HOME: a chunk's id is the hash of its content, so a kept one is never stale;
     after a checkpoint is read, the chunks it does not use are removed. The cache only
-    saves downloads: when it cannot be written, everything still works."""
+    saves downloads: when it cannot be written, everything still works. Its folders are
+    0700 and its files 0600."""
 
     def __init__(self, folder: Path) -> None:
         self.folder = folder
@@ -247,9 +249,9 @@ class ChunkCache:
             if not str(obj.get("caliber", "")).startswith("queue checkpoint "):
                 continue
             try:
-                self.folder.mkdir(parents=True, exist_ok=True)
+                make_private_folder(self.folder)
                 part = self.folder / f".{object_id}.{os.getpid()}.part"
-                part.write_text(json.dumps(obj, ensure_ascii=False), "utf-8")
+                write_private_file(part, json.dumps(obj, ensure_ascii=False).encode("utf-8"))
                 os.replace(part, self.folder / f"{object_id}.json")
             except OSError:
                 return

@@ -8,13 +8,15 @@ one are the same by construction (a test checks it anyway).
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
+import os
 import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
 
 from caliber.errors import QueueDamagedError, QueueError
-from caliber.platform import disk_hint
+from caliber.platform import create_new_file, disk_hint, make_private_folder
 
 MIGRATIONS: list[str] = [
     # 0 -> 1: workloads, their history, and results.
@@ -114,9 +116,13 @@ BUSY_TIMEOUT_MS = 60_000  # how long a writer waits for another one before givin
 
 
 def connect(path: Path) -> sqlite3.Connection:
-    """Open (creating and migrating if needed) the database; QueueError when unusable."""
+    """Open (creating and migrating if needed) the database; QueueError when unusable. A new
+    database file is made 0600 (in a 0700 folder) before SQLite opens it: SQLite gives its
+    ``-wal`` and ``-shm`` files the main file's mode."""
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
+        make_private_folder(path.parent)
+        with contextlib.suppress(FileExistsError):
+            os.close(create_new_file(path))
         conn = sqlite3.connect(path, timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None,
                                check_same_thread=False)
     except (OSError, sqlite3.Error) as exc:

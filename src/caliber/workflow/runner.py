@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, Any
 
 from caliber import context
 from caliber.errors import ResumeError
+from caliber.platform import write_private_file
 from caliber.results.convert import to_json
 from caliber.results.values import RunStatus, TaskStatus, error_summary, new_id, utcnow
 from caliber.text import valid_unicode
@@ -445,7 +446,8 @@ def run_workflow_plain(
 
 def write_traceback_file(work_dir: Path, results: Results | dict[str, Any]) -> Path | None:
     """Write every error of the run to ``caliber-traceback.txt``, to hand to a colleague:
-    ``results`` as :class:`Results` or as :func:`run_workflow_plain` returns them."""
+    ``results`` as :class:`Results` or as :func:`run_workflow_plain` returns them. The file
+    is 0600 (errors may quote values): its owner hands it on."""
     plain = results if isinstance(results, dict) else results.model_dump(by_alias=True)
     finished = plain["finished_at"].strftime("%Y-%m-%d %H:%M:%S")
     lines = [f"Caliber: workflow {plain['workflow']!r} failed at {finished} UTC "
@@ -458,7 +460,7 @@ def write_traceback_file(work_dir: Path, results: Results | dict[str, Any]) -> P
         lines.append(f"\n{summary}\n\n{error['traceback']}")
     path = work_dir / TRACEBACK_FILE
     try:
-        path.write_text("".join(lines), encoding="utf-8")
+        write_private_file(path, "".join(lines).encode("utf-8"))
     except OSError:  # a read-only or full folder must not lose the Results
         return None
     return path
