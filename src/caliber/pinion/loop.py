@@ -311,9 +311,8 @@ class Pinion:
             return
         folder = self.runs / f"{STAGED_PREFIX}{os.getpid()}"
         try:
-            make_private_folder(self.runs)
             try:
-                os.mkdir(folder, PRIVATE_FOLDER)
+                make_private_folder(folder, exist_ok=False)
             except FileExistsError:  # left by a process of this pid: used again only if empty
                 with contextlib.suppress(FileNotFoundError):
                     os.unlink(folder / OUTPUT_FILE)
