@@ -44,8 +44,6 @@ as_root = pytest.mark.skipif(NOBODY is None, reason="needs root and a user 'nobo
 PERMFUNCS = '''
 import os, time
 
-BY_TASK = ("by-task.txt", "by-task", "inner.txt")
-
 
 def write_some():
     """What a workload writes in its run folder: it follows the umask."""
@@ -100,15 +98,18 @@ def imports_subprocess():
 '''
 
 
-def umask_000() -> None:
-    os.umask(0)
+def under_umask(umask: str, *command: str, env: dict[str, str] | None = None
+                ) -> subprocess.CompletedProcess[str]:
+    """``command`` run by a shell that set the umask first."""
+    return subprocess.run(["sh", "-c", f'umask {umask} && exec "$@"', "sh", *command],
+                          capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "COLUMNS": "300"} if env is None else env)
 
 
-def caliber_000(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+def caliber_000(*args: str, env: dict[str, str] | None = None
+                ) -> subprocess.CompletedProcess[str]:
     """A caliber command run under umask 000."""
-    return subprocess.run([sys.executable, "-m", "caliber", *args], capture_output=True,
-                          text=True, timeout=120, cwd=cwd, env={**os.environ, "COLUMNS": "300"},
-                          preexec_fn=umask_000)
+    return under_umask("000", sys.executable, "-m", "caliber", *args, env=env)
 
 
 def exported(folder: Path, tasks: list[tuple[str, list[object]]], name: str = "wf") -> Path:
@@ -176,8 +177,7 @@ def test_the_queue_database_and_its_wal_and_shm_files_are_0600(caliber_home: Pat
             "import os\n"
             "for suffix in ('', '-wal', '-shm'):\n"
             "    print(suffix, oct(os.stat(str(database_path()) + suffix).st_mode & 0o777))\n")
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                          timeout=60, preexec_fn=umask_000)
+    done = under_umask("000", sys.executable, "-c", code)
     assert done.returncode == 0, done.stderr
     assert done.stdout.split() == ["0o600", "-wal", "0o600", "-shm", "0o600"]
     assert stat.S_IMODE(caliber_home.stat().st_mode) == 0o700
@@ -185,9 +185,7 @@ def test_the_queue_database_and_its_wal_and_shm_files_are_0600(caliber_home: Pat
 
 def test_each_level_of_a_new_data_folder_is_0700(tmp_path: Path) -> None:
     home = tmp_path / "new" / "deeper" / "home"
-    done = subprocess.run(
-        [sys.executable, "-m", "caliber", "queue", "list"], capture_output=True, text=True,
-        timeout=60, preexec_fn=umask_000, env={**os.environ, "CALIBER_HOME": str(home)})
+    done = caliber_000("queue", "list", env={**os.environ, "CALIBER_HOME": str(home)})
     assert done.returncode == 0, done.stderr
     for folder in (tmp_path / "new", tmp_path / "new" / "deeper", home):
         assert stat.S_IMODE(folder.stat().st_mode) == 0o700, folder
@@ -199,9 +197,7 @@ def test_the_platforms_data_and_config_folders_are_0700(tmp_path: Path) -> None:
     env = {k: v for k, v in os.environ.items() if k != "CALIBER_HOME"}
     env |= {"XDG_DATA_HOME": str(tmp_path / "xdg" / "data"),
             "XDG_CONFIG_HOME": str(tmp_path / "xdg" / "config")}
-    done = subprocess.run([sys.executable, "-m", "caliber", "workflow", "queue", str(path),
-                           "-p", "p"], capture_output=True, text=True, timeout=60,
-                          preexec_fn=umask_000, env=env)
+    done = caliber_000("workflow", "queue", str(path), "-p", "p", env=env)
     assert done.returncode == 0, done.stderr
     made = dict(modes(tmp_path / "xdg"))
     assert set(made) == {tmp_path / "xdg" / p for p in (
@@ -214,8 +210,7 @@ def test_the_speckle_checkpoint_cache_is_private(caliber_home: Path) -> None:
     code = ("from caliber.queue.speckle_checkpoint import ChunkCache\n"
             "ChunkCache.of('host', 'project', 'model').put(\n"
             "    {'abc': {'id': 'abc', 'caliber': 'queue checkpoint 1'}})\n")
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                          timeout=60, preexec_fn=umask_000)
+    done = under_umask("000", sys.executable, "-c", code)
     assert done.returncode == 0, done.stderr
     made = dict(modes(caliber_home))
     assert len(made) == 4 and any(p.name == "abc.json" for p in made)  # home, cache, key, file
@@ -225,11 +220,9 @@ def test_the_speckle_checkpoint_cache_is_private(caliber_home: Path) -> None:
 def test_a_task_writes_with_the_umask_of_its_pinion(tmp_path: Path) -> None:
     """The umask is never changed: under 027 a task's file is 0640, its folder 0750."""
     path = exported(tmp_path / "wf", [("write_some", [])])
-    assert subprocess.run([sys.executable, "-m", "caliber", "workflow", "queue", str(path),
-                           "-p", "p"], capture_output=True, timeout=60).returncode == 0
-    pinion = subprocess.run([sys.executable, "-m", "caliber", "pinion", "init", "p", "-a", "1",
-                             "-w", "0"], capture_output=True, text=True, timeout=120,
-                            preexec_fn=lambda: os.umask(0o027))
+    assert caliber.Workflow.load(path).queue(pinion="p")
+    pinion = under_umask("027", sys.executable, "-m", "caliber", "pinion", "init", "p", "-a",
+                         "1", "-w", "0")
     assert pinion.returncode == 0, pinion.stderr
     [wid] = _ids()
     work_dir = Path(caliber.get_results(wid).work_dir or "")
