@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 
 from caliber.errors import ConfigError
-from caliber.settings import load_remote_settings, normalise_host, read_env_file
+from caliber.settings import load_remote_settings, normalise_host
+from caliber.settings_file import EnvFile, read_env_file
 
 
 @pytest.fixture
@@ -99,7 +100,7 @@ def test_bad_hosts(given: str) -> None:
 
 
 def test_env_file_missing_is_fine(tmp_path: Path) -> None:
-    assert read_env_file(tmp_path / "nothing") == {}
+    assert read_env_file(tmp_path / "nothing") == EnvFile()
 
 
 # --- tokens from Speckle Manager's accounts ---------------------------------------------------
@@ -216,10 +217,12 @@ def test_tokens_and_keys_are_never_shown(workdir: Path, monkeypatch: pytest.Monk
 
 
 @pytest.mark.parametrize(("name", "raw", "message"), [
-    ("CALIBER_PINION_ATTEMPTS", "1.5", "must be a whole number >= 0, got '1.5'"),
-    ("CALIBER_PINION_MAX_ATTEMPTS", "0", "must be a whole number >= 1, got '0'"),
-    ("CALIBER_PINION_TIMEOUT", "0", "must be a number of seconds > 0, got '0'"),
-    ("CALIBER_SPECKLE_TIMEOUT", "inf", "must be a number of seconds >= 0.1, got 'inf'"),
+    ("CALIBER_PINION_ATTEMPTS", "1.5", "must be a whole number from 0 to 1000000, got '1.5'"),
+    ("CALIBER_PINION_MAX_ATTEMPTS", "0", "must be a whole number from 1 to 1000, got '0'"),
+    ("CALIBER_PINION_TIMEOUT", "0",
+     r"must be a number of seconds above 0, up to 31536000 \(365 days\), got '0'"),
+    ("CALIBER_SPECKLE_TIMEOUT", "inf",
+     r"must be a number of seconds from 0.1 to 3600 \(1 hour\), got 'inf'"),
 ])
 def test_bad_values_name_the_variable(
     workdir: Path, name: str, raw: str, message: str
@@ -247,7 +250,7 @@ def test_pinion_options_default_to_their_settings(
     done = subprocess.run([*caliber_cmd, "pinion", "init", "p"], capture_output=True, text=True)
     assert done.returncode == 2
     assert done.stderr == ("caliber: error: CALIBER_PINION_WAIT must be a number of seconds "
-                           ">= 0, got 'soon'\n")
+                           "from 0 to 86400 (1 day), got 'soon'\n")
     assert not (workdir / "runs").exists()
 
 

@@ -1,27 +1,30 @@
 """Caliber's settings: every ``CALIBER_*`` variable, read from one place.
 
 Each value comes from, first to last: the argument given (a command-line option, ``project=``
-in Python), the environment, then the file ``.caliber/.env`` in the current folder
-(``KEY=VALUE`` lines, ``#`` comments, optional quotes and ``export``). A blank value counts as
-unset. Every variable, its type, default and meaning is declared once, in
+in Python), the environment, then the file ``.caliber/.env`` in the current folder, when it can
+be trusted (:mod:`caliber.settings_file`: a regular file of your own that only you can write;
+any other is ignored, with one line on stderr saying why). A blank value counts as unset.
+Every variable, its type, default, bounds and meaning is declared once, in
 :class:`caliber.settings_model.Settings` (a pydantic-settings model whose only source is
 :func:`environment` below); docs/settings.md is the table of them.
 
 This module imports no pydantic: the fast read paths of the command line (``caliber queue
 list`` on the local queue) read their few plain values with :func:`lookup`, the same source
-the model reads; everything else asks :func:`load_settings` for the validated model.
+the model reads, and the checks both share (:data:`BOUNDS`, :func:`check_child_start`) are
+here; everything else asks :func:`load_settings` for the validated model.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import os
-import re
+import time
 from dataclasses import dataclass
-from pathlib import Path
 from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
+from caliber import settings_file
 from caliber.errors import ConfigError
 
 if TYPE_CHECKING:  # pydantic stays out of the fast read paths
@@ -29,7 +32,7 @@ if TYPE_CHECKING:  # pydantic stays out of the fast read paths
 
 log = logging.getLogger(__name__)
 
-ENV_FILE = Path(".caliber") / ".env"
+ENV_FILE = settings_file.FOLDER / settings_file.NAME
 PREFIX = "CALIBER_"
 SPECKLE = "CALIBER_SPECKLE_"
 DEFAULT_MODEL = "main"
@@ -40,8 +43,72 @@ DEFAULT_ATTEMPTS = 10  # empty looks in a row before a pinion stops
 DEFAULT_WAIT = 5.0  # seconds between a pinion's looks for work
 DEFAULT_LEASE = 60.0  # seconds a claim holds a workload without renewal
 DEFAULT_MAX_ATTEMPTS = 3  # claims of one workload before it is failed
+CHILD_STARTS = ("fork", "spawn")
+HOUR = 3600  # seconds
+DAY = 24 * HOUR
+MAX_COUNT = 1_000_000  # looks, run folders kept
 
-_LINE = re.compile(r"\s*(?:export\s+)?([A-Za-z_][A-Za-z0-9_]*)\s*=\s*(.*?)\s*")
+
+@dataclass(frozen=True)
+class Bounds:
+    """The values a number setting, and the command-line option that is its twin, may take:
+    finite, from ``low`` (excluded when ``above``) to ``high``. Every upper bound keeps
+    ``now + value`` far inside what a datetime holds."""
+
+    low: float
+    high: float
+    whole: bool = False
+    """A count (a whole number), else a number of seconds (fractions allowed)."""
+    above: bool = False
+
+    def describe(self) -> str:
+        """``a number of seconds from 0.1 to 604800 (7 days)``."""
+        if self.whole:
+            kind, span = "a whole number", ""
+        else:
+            kind, span = "a number of seconds", f" ({_span(self.high)})"
+        start = f"above {_text(self.low)}, up to" if self.above else f"from {_text(self.low)} to"
+        return f"{kind} {start} {_text(self.high)}{span}"
+
+    def check(self, raw: object) -> int | float:
+        """``raw`` (text or a number) as a number within the bounds; ValueError ("must be
+        ..., got ...") otherwise."""
+        try:
+            value = float(raw.strip() if isinstance(raw, str) else raw)  # type: ignore[arg-type]
+        except (TypeError, ValueError, OverflowError):
+            value = math.nan
+        if (not math.isfinite(value) or value < self.low or value > self.high
+                or (self.above and value == self.low) or (self.whole and not value.is_integer())
+                or isinstance(raw, bool)):
+            raise ValueError(f"must be {self.describe()}, got {raw!r}")
+        return int(value) if self.whole else value
+
+
+def _text(number: float) -> str:
+    return str(int(number)) if float(number).is_integer() else f"{number:g}"
+
+
+def _span(seconds: float) -> str:
+    for unit, name in ((DAY, "day"), (HOUR, "hour"), (60, "minute")):
+        if seconds >= unit and seconds % unit == 0:
+            count = int(seconds // unit)
+            return f"{count} {name}{'s' if count != 1 else ''}"
+    return f"{_text(seconds)} s"
+
+
+BOUNDS: dict[str, Bounds] = {
+    "speckle_settle": Bounds(0, HOUR),
+    "speckle_min_lease": Bounds(0, DAY),
+    "speckle_timeout": Bounds(0.1, HOUR),
+    "pinion_attempts": Bounds(0, MAX_COUNT, whole=True),
+    "pinion_wait": Bounds(0, DAY),
+    "pinion_lease": Bounds(0.1, 7 * DAY),
+    "pinion_timeout": Bounds(0, 365 * DAY, above=True),
+    "pinion_max_attempts": Bounds(1, 1000, whole=True),
+    "pinion_keep_runs": Bounds(0, MAX_COUNT, whole=True),
+}
+"""The bounds of every number setting, by field of :class:`caliber.settings_model.Settings`
+(a test checks that each number field has its bounds)."""
 
 
 @dataclass(frozen=True)
@@ -71,40 +138,39 @@ class RemoteSettings:
         return f"{self.host} project {self.project} model {self.model}"
 
 
-def read_env_file(path: Path) -> dict[str, str]:
-    """``KEY=VALUE`` lines; ``#`` starts a comment (outside quotes); blank lines ignored."""
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        return {}
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"cannot read {path}: {exc}") from exc
-    values: dict[str, str] = {}
-    for number, line in enumerate(text.splitlines(), 1):
-        stripped = line.strip()
-        if not stripped or stripped.startswith("#"):
-            continue
-        match = _LINE.fullmatch(line)
-        if match is None:
-            raise ConfigError(f"{path}, line {number}: expected KEY=VALUE, got {stripped!r}")
-        key, raw = match.groups()
-        values[key] = _value(raw)
-    return values
+# .caliber/.env, read once while it stays the same: (its identity, when it was read, values)
+_file_cache: tuple[tuple[object, ...], int, dict[str, str]] | None = None
+_told: set[tuple[str, str]] = set()
+RECENT = 2_000_000_000  # ns: a file changed this shortly before it was read is read again
 
 
-def _value(raw: str) -> str:
-    if raw[:1] in ("'", '"'):
-        end = raw.find(raw[0], 1)
-        if end > 0:
-            return raw[1:end]
-    return raw.split(" #", 1)[0].split("\t#", 1)[0].strip()
+def file_values() -> dict[str, str]:
+    """The values of ``.caliber/.env`` when it can be trusted (:mod:`caliber.settings_file`);
+    when it is ignored, one line saying why goes to the ``caliber`` logger (stderr, unless
+    logging is set up otherwise), once per process. The file is read once and kept while its
+    folder's and its own ``stat`` stay the same; one changed less than :data:`RECENT` before
+    it was read is read again, as a file's times can be too coarse to show a second write."""
+    global _file_cache
+    started = time.time_ns()
+    identity, changed = settings_file.identity()
+    cached = _file_cache
+    if cached is not None and cached[0] == identity and changed < cached[1] - RECENT:
+        return cached[2]
+    found = settings_file.read_env_file()
+    if found.ignored is not None:
+        told = (str(identity[0]), found.ignored)
+        if told not in _told:
+            _told.add(told)
+            log.warning("%s", found.ignored)
+    _file_cache = (identity, started, found.values)
+    return found.values
 
 
 def environment() -> dict[str, str]:
     """Every ``CALIBER_*`` value that is set: the environment over ``.caliber/.env``, values
     stripped, blank ones left out. The one source of every setting."""
     values: dict[str, str] = {}
-    for source in (read_env_file(ENV_FILE), os.environ):
+    for source in (file_values(), os.environ):
         values.update((k, v.strip()) for k, v in source.items()
                       if k.startswith(PREFIX) and v.strip())
     return values
@@ -113,6 +179,20 @@ def environment() -> dict[str, str]:
 def lookup(name: str) -> str | None:
     """One plain value (``CALIBER_HOME``, say) from :func:`environment`, without pydantic."""
     return environment().get(name)
+
+
+def check_child_start(raw: str) -> str:
+    """``CALIBER_CHILD_START``'s value, ``fork`` or ``spawn`` (any case); ConfigError else."""
+    wanted = raw.strip().lower()
+    if wanted not in CHILD_STARTS:
+        raise ConfigError(f"{PREFIX}CHILD_START must be fork or spawn, got {raw!r}")
+    return wanted
+
+
+def child_start() -> str | None:
+    """How a pinion is told to start a workload's process (None: not set), checked."""
+    raw = lookup(PREFIX + "CHILD_START")
+    return None if raw is None else check_child_start(raw)
 
 
 def load_settings(**given: object) -> Settings:

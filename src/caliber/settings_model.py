@@ -1,16 +1,18 @@
-"""The model of every ``CALIBER_*`` variable (pydantic-settings): name, type, default, meaning.
+"""The model of every ``CALIBER_*`` variable (pydantic-settings): name, type, default, bounds,
+meaning.
 
 Field ``speckle_host`` is the variable ``CALIBER_SPECKLE_HOST``, and so on. Its one source is
-:func:`caliber.settings.environment` (the environment over ``.caliber/.env``), after the
-values given in code; docs/settings.md is the table of these fields (a test keeps the two
-equal). A bad value is a :class:`caliber.errors.ConfigError` naming the variable.
+:func:`caliber.settings.environment` (the environment over a trusted ``.caliber/.env``, parsed
+by python-dotenv), after the values given in code; docs/settings.md is the table of these
+fields (a test keeps the two equal). Every number has its bounds in
+:data:`caliber.settings.BOUNDS`, shared with the command-line options that are its twins. A
+bad value is a :class:`caliber.errors.ConfigError` naming the variable.
 """
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, Literal
 
 from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic.fields import FieldInfo
@@ -18,6 +20,7 @@ from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, Settings
 
 from caliber.errors import ConfigError
 from caliber.settings import (
+    BOUNDS,
     DEFAULT_ATTEMPTS,
     DEFAULT_LEASE,
     DEFAULT_MAX_ATTEMPTS,
@@ -27,6 +30,7 @@ from caliber.settings import (
     DEFAULT_TIMEOUT,
     DEFAULT_WAIT,
     PREFIX,
+    check_child_start,
     environment,
 )
 
@@ -42,7 +46,7 @@ class Settings(BaseSettings):
     secret_key: SecretStr | None = Field(None, description=(
         "the key that signs and verifies run-secrets, at least 16 characters (default: the "
         "key file secret.key, made on first use)"))
-    child_start: str | None = Field(None, description=(
+    child_start: Literal["fork", "spawn"] | None = Field(None, description=(
         "how a pinion starts a workload's process: fork or spawn (default: fork where the "
         "system has it)"))
     speckle_host: str | None = Field(None, description=(
@@ -80,14 +84,6 @@ class Settings(BaseSettings):
         "workloads using them start with them loaded, comma-separated (pinion init "
         "--preload numpy,scipy)"))
 
-    # The smallest value of each number (exclusive for the names in _OPEN).
-    _MINIMUM: ClassVar[dict[str, float]] = {
-        "speckle_settle": 0, "speckle_min_lease": 0, "speckle_timeout": 0.1,
-        "pinion_attempts": 0, "pinion_wait": 0, "pinion_lease": 0.1, "pinion_timeout": 0,
-        "pinion_max_attempts": 1, "pinion_keep_runs": 0,
-    }
-    _OPEN: ClassVar[frozenset[str]] = frozenset({"pinion_timeout"})
-
     @classmethod
     def variable(cls, field: str) -> str:
         """``CALIBER_SPECKLE_HOST`` for ``speckle_host``."""
@@ -104,25 +100,33 @@ class Settings(BaseSettings):
             name = cls.variable(str(error["loc"][0])) if error["loc"] else "a setting"
             raise ConfigError(f"{name}: {error['msg']}, got {error.get('input')!r}") from exc
 
-    @field_validator(*_MINIMUM, mode="before")
+    @field_validator(*BOUNDS, mode="before")
     @classmethod
     def _number(cls, raw: Any, info: Any) -> Any:
         if raw is None:
             return raw
-        field: str = info.field_name
-        whole = cls.model_fields[field].annotation in (int, int | None)
-        minimum, strict = cls._MINIMUM[field], field in cls._OPEN
         try:
-            value = float(raw)
-        except (TypeError, ValueError):
-            value = math.nan
-        if (not math.isfinite(value) or value < minimum or (strict and value == minimum)
-                or (whole and not value.is_integer())):
-            kind = "whole number" if whole else "number of seconds"
-            sign = ">" if strict else ">="
-            raise ConfigError(f"{cls.variable(field)} must be a {kind} {sign} {minimum:g}, "
-                              f"got {raw!r}")
-        return int(value) if whole else value
+            return BOUNDS[info.field_name].check(raw)
+        except ValueError as exc:
+            raise ConfigError(f"{cls.variable(info.field_name)} {exc}") from None
+
+    @field_validator("child_start", mode="before")
+    @classmethod
+    def _child_start(cls, raw: Any) -> Any:
+        return raw if raw is None else check_child_start(str(raw))
+
+    @field_validator("secret_key", mode="before")
+    @classmethod
+    def _secret_key(cls, raw: Any) -> Any:
+        if isinstance(raw, str):
+            from caliber.errors import SecretKeyError
+            from caliber.queue.secret import key_from_setting
+
+            try:
+                key_from_setting(raw)
+            except SecretKeyError as exc:
+                raise ConfigError(str(exc)) from None
+        return raw
 
     @classmethod
     def settings_customise_sources(

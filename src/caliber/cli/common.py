@@ -9,7 +9,32 @@ from typing import Any, TypeVar
 
 import click
 
+from caliber.settings import MAX_COUNT, Bounds
+
 F = TypeVar("F", bound=Callable[..., Any])
+
+PAGE = Bounds(1, MAX_COUNT, whole=True)
+"""How many a listing shows at most (``-n``); ``--all`` shows every one."""
+OFFSET = Bounds(0, 1_000_000_000, whole=True)
+"""How many first a listing skips (``--offset``)."""
+
+
+class Bounded(click.FloatRange):
+    """A number within ``bounds`` (:class:`caliber.settings.Bounds`): an option that is a
+    setting's twin takes that setting's bounds, and says the same when a value is outside
+    them; never nan, inf or a number too large to use (``--lease 1e17``)."""
+
+    def __init__(self, bounds: Bounds) -> None:
+        super().__init__(min=bounds.low, max=bounds.high, min_open=bounds.above)
+        self.bounds = bounds
+        self.name = "integer range" if bounds.whole else "float range"
+
+    def convert(self, value: Any, param: click.Parameter | None,
+                ctx: click.Context | None) -> Any:
+        try:
+            return self.bounds.check(value)
+        except ValueError as exc:
+            self.fail(str(exc), param, ctx)
 
 
 def error_line(message: str) -> None:

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import math
 from typing import TYPE_CHECKING, Any
 
 import click
 
-from caliber.cli.common import json_option, print_json, target_options
+from caliber.cli.common import Bounded, json_option, print_json, target_options
 from caliber.settings import (
+    BOUNDS,
     DEFAULT_ATTEMPTS,
     DEFAULT_LEASE,
     DEFAULT_MAX_ATTEMPTS,
@@ -21,9 +21,16 @@ if TYPE_CHECKING:
 
 
 class SettingOption(click.Option):
-    """An option whose default is its ``CALIBER_*`` twin read from the settings (click reads
-    the environment itself; this adds ``.caliber/.env``); ``--help`` shows the documented
-    default."""
+    """An option whose twin is a ``CALIBER_*`` setting: not given, its value is the setting's,
+    read from the settings' one source (the environment over ``.caliber/.env``) and validated
+    by the settings model, so a bad value is one line naming the variable; ``--help`` shows
+    the variable and the documented default."""
+
+    def resolve_envvar_value(self, ctx: click.Context) -> str | None:
+        return None  # the settings read the environment themselves (get_default)
+
+    def get_error_hint(self, ctx: click.Context | None) -> str:
+        return click.Parameter.get_error_hint(self, ctx)  # a bad variable names itself
 
     def get_default(self, ctx: click.Context, call: bool = True) -> Any:
         from caliber.settings import load_settings, lookup
@@ -31,17 +38,6 @@ class SettingOption(click.Option):
         if not call or self.envvar is None or lookup(str(self.envvar)) is None:
             return super().get_default(ctx, call=call)  # not set: no validation to do
         return getattr(load_settings(), str(self.envvar).removeprefix(PREFIX).lower())
-
-
-class Seconds(click.FloatRange):
-    """A number of seconds in a range, never nan or inf (a pinion waiting nan seconds hangs)."""
-
-    def convert(self, value: Any, param: click.Parameter | None,
-                ctx: click.Context | None) -> Any:
-        seconds = super().convert(value, param, ctx)
-        if not math.isfinite(seconds):
-            self.fail(f"{value!r} is not a number of seconds.", param, ctx)
-        return seconds
 
 
 class ModuleNames(click.types.StringParamType):
@@ -72,29 +68,29 @@ def pinion() -> None:
     "| caliber pinion init mypinion --forever --timeout 3600",
 )
 @click.argument("name")
-@click.option("-a", "--attempts", type=click.IntRange(min=0), default=DEFAULT_ATTEMPTS,
-              show_default=True, cls=SettingOption,
+@click.option("-a", "--attempts", type=Bounded(BOUNDS["pinion_attempts"]),
+              default=DEFAULT_ATTEMPTS, show_default=True, cls=SettingOption,
               envvar="CALIBER_PINION_ATTEMPTS", show_envvar=True,
               help="Empty looks for work in a row before stopping (0: listen until stopped).")
-@click.option("-w", "--wait", type=Seconds(min=0), default=DEFAULT_WAIT,
+@click.option("-w", "--wait", type=Bounded(BOUNDS["pinion_wait"]), default=DEFAULT_WAIT,
               show_default=True, cls=SettingOption,
               envvar="CALIBER_PINION_WAIT", show_envvar=True,
               help="Seconds between looks for work (fractions allowed).")
 @click.option("--forever", is_flag=True, help="Listen until stopped (the same as -a 0).")
-@click.option("--lease", type=Seconds(min=0.1), default=DEFAULT_LEASE,
+@click.option("--lease", type=Bounded(BOUNDS["pinion_lease"]), default=DEFAULT_LEASE,
               show_default=True, cls=SettingOption,
               envvar="CALIBER_PINION_LEASE", show_envvar=True,
               help="Seconds a claimed workload is held without renewal; a dead pinion's work is "
               "taken again after this.")
-@click.option("--timeout", type=Seconds(min=0, min_open=True),
-              default=None, cls=SettingOption,
+@click.option("--timeout", type=Bounded(BOUNDS["pinion_timeout"]), default=None,
+              cls=SettingOption,
               envvar="CALIBER_PINION_TIMEOUT", show_envvar=True,
               help="Seconds a workload may run before it is stopped and failed.")
-@click.option("--max-attempts", type=click.IntRange(min=1), default=DEFAULT_MAX_ATTEMPTS,
-              show_default=True, cls=SettingOption,
+@click.option("--max-attempts", type=Bounded(BOUNDS["pinion_max_attempts"]),
+              default=DEFAULT_MAX_ATTEMPTS, show_default=True, cls=SettingOption,
               envvar="CALIBER_PINION_MAX_ATTEMPTS", show_envvar=True,
               help="Claims of one workload (after pinions died) before it is failed.")
-@click.option("--keep-runs", type=click.IntRange(min=0), default=None, metavar="N",
+@click.option("--keep-runs", type=Bounded(BOUNDS["pinion_keep_runs"]), default=None, metavar="N",
               cls=SettingOption, envvar="CALIBER_PINION_KEEP_RUNS", show_envvar=True,
               help="Keep only the newest N run folders of finished workloads (default: all); "
               "never removes a queued or running workload's.")

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 
 import click
 
-from caliber.cli.common import json_option, print_json, target_options
+from caliber.cli.common import OFFSET, PAGE, Bounded, json_option, print_json, target_options
 from caliber.cli.complete import workload_ids
 from caliber.queue.api import DEFAULT_LIMIT
 from caliber.queue.status import STATUSES
@@ -67,9 +67,9 @@ def _nothing_listed(pinion: str | None, status: str | None, offset: int) -> str:
 @queue.command("list", epilog="Example: caliber queue list --pinion mypinion --status queued")
 @click.option("--pinion", "pinion_name", metavar="NAME", help="Only workloads for this pinion.")
 @click.option("--status", type=click.Choice(STATUSES), help="Only workloads with this status.")
-@click.option("-n", "--limit", type=click.IntRange(min=1), default=DEFAULT_LIMIT,
+@click.option("-n", "--limit", type=Bounded(PAGE), default=DEFAULT_LIMIT,
               show_default=True, help="Show at most this many (a page).")
-@click.option("--offset", type=click.IntRange(min=0), default=0,
+@click.option("--offset", type=Bounded(OFFSET), default=0,
               help="Skip this many first (the next page).")
 @click.option("--all", "show_all", is_flag=True, help="Show every workload, however many.")
 @target_options

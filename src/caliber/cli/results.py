@@ -6,7 +6,7 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from caliber.cli.common import json_option, print_json, target_options
+from caliber.cli.common import PAGE, Bounded, json_option, print_json, target_options
 from caliber.cli.complete import results_ids
 
 if TYPE_CHECKING:
@@ -35,7 +35,7 @@ def results() -> None:
 )
 @click.option("--workflow", "workflow_name", metavar="NAME", help="Only results of this workflow.")
 @click.option("--pinion", "pinion_name", metavar="NAME", help="Only results from this pinion.")
-@click.option("-n", "--limit", type=click.IntRange(min=1), default=50, show_default=True,
+@click.option("-n", "--limit", type=Bounded(PAGE), default=50, show_default=True,
               help="Show at most this many (newest first).")
 @target_options
 @json_option

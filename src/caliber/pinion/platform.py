@@ -51,10 +51,12 @@ POSIX = os.name == "posix"
 
 
 def start_method() -> str:
-    from caliber.settings import lookup
+    """``fork`` or ``spawn``: ``CALIBER_CHILD_START`` (ConfigError when it is neither), else
+    fork where the system has it."""
+    from caliber.settings import child_start
 
-    wanted = (lookup(CHILD_START_ENV) or "").lower()
-    if wanted in ("fork", "spawn"):
+    wanted = child_start()
+    if wanted is not None:
         return wanted if (wanted == "spawn" or hasattr(os, "fork")) else "spawn"
     return "fork" if hasattr(os, "fork") else "spawn"
 

@@ -42,21 +42,9 @@ def key_path() -> Path:
 def load_key() -> bytes:
     """This user's secret key, creating the key file on first use (SecretKeyError, one line,
     when the variable or the file cannot be used)."""
-    env = lookup(KEY_ENV)
+    env = lookup(KEY_ENV)  # the settings' source: a .caliber/.env only if it is your own
     if env is not None:
-        try:
-            key = env.encode("utf-8")
-        except UnicodeEncodeError:  # a byte that is not UTF-8 (kept as a lone surrogate)
-            raise SecretKeyError(
-                f"{KEY_ENV} holds a byte that is not UTF-8 text; make a key with: "
-                "python -c 'import secrets; print(secrets.token_hex(32))'"
-            ) from None
-        if len(key) < MIN_KEY_LENGTH:
-            raise SecretKeyError(
-                f"{KEY_ENV} is too short (at least {MIN_KEY_LENGTH} characters; "
-                "make one with: python -c 'import secrets; print(secrets.token_hex(32))')"
-            )
-        return key
+        return key_from_setting(env)
     path = key_path()
     try:
         return _read_key_file(path)
@@ -74,6 +62,23 @@ def load_key() -> bytes:
         raise SecretKeyError(
             f"cannot create the secret key file {path}: {exc.strerror or exc}"
         ) from exc
+
+
+def key_from_setting(value: str) -> bytes:
+    """``CALIBER_SECRET_KEY``'s value as a key (SecretKeyError when it cannot be one)."""
+    try:
+        key = value.encode("utf-8")
+    except UnicodeEncodeError:  # a byte that is not UTF-8 (kept as a lone surrogate)
+        raise SecretKeyError(
+            f"{KEY_ENV} holds a byte that is not UTF-8 text; make a key with: "
+            "python -c 'import secrets; print(secrets.token_hex(32))'"
+        ) from None
+    if len(key) < MIN_KEY_LENGTH:
+        raise SecretKeyError(
+            f"{KEY_ENV} is too short (at least {MIN_KEY_LENGTH} characters; "
+            "make one with: python -c 'import secrets; print(secrets.token_hex(32))')"
+        )
+    return key
 
 
 def _create_key_file(path: Path) -> bytes:

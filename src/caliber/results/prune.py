@@ -30,6 +30,7 @@ if TYPE_CHECKING:
 
 UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
 """Duration units: seconds, minutes, hours, days, weeks."""
+MAX_AGE = 36500 * 86400  # seconds: 100 years
 _DURATION = re.compile(r"\s*(\d{1,9})\s*([smhdw])\s*", re.IGNORECASE)
 
 
@@ -41,7 +42,11 @@ def parse_duration(text: str) -> dt.timedelta:
             f"{text!r} is not a duration: give a whole number and a unit, "
             "s, m, h, d or w (e.g. 30d, 12h, 90m)"
         )
-    return dt.timedelta(seconds=int(found.group(1)) * UNITS[found.group(2).lower()])
+    seconds = int(found.group(1)) * UNITS[found.group(2).lower()]
+    if seconds > MAX_AGE:  # now - age must stay a date
+        raise UsageError(f"{text.strip()!r} is too long ago: at most {MAX_AGE // 86400}d "
+                         "(100 years)")
+    return dt.timedelta(seconds=seconds)
 
 
 @dataclass(frozen=True)
