@@ -165,6 +165,7 @@ REPO = Path(__file__).resolve().parent.parent
 def test_every_variable_in_the_code_is_in_the_model_and_the_table() -> None:
     import re
 
+    from caliber.settings import BOUNDS
     from caliber.settings_model import Settings
 
     used = set()
@@ -173,13 +174,17 @@ def test_every_variable_in_the_code_is_in_the_model_and_the_table() -> None:
     used -= {"CALIBER_SPECKLE"}  # the prefix, in messages
     declared = {Settings.variable(name) for name in Settings.model_fields}
     assert used <= declared, used - declared
-    table = re.findall(r"^\| `(CALIBER_[A-Z_]+)` \|.*\| (.+) \|$",
+    table = re.findall(r"^\| `(CALIBER_[A-Z_]+)` \|.*\| (.+) \| (.+) \|$",
                        (REPO / "docs" / "settings.md").read_text(encoding="utf-8"), re.M)
-    assert [name for name, _ in table] == [Settings.variable(n) for n in Settings.model_fields]
-    for name, default in table:  # the documented defaults are the model's
-        value = Settings.model_fields[name.removeprefix("CALIBER_").lower()].default
+    assert [name for name, _, _ in table] == [Settings.variable(n) for n in Settings.model_fields]
+    for name, values, default in table:  # the documented bounds and defaults are the model's
+        field = name.removeprefix("CALIBER_").lower()
+        value = Settings.model_fields[field].default
         if value is not None:
             assert default == f"`{value:g}`" if isinstance(value, float) else f"`{value}`"
+        if field in BOUNDS:
+            assert values == BOUNDS[field].describe(), name
+    assert "`fork` or `spawn`" in dict((n, v) for n, v, _ in table)["CALIBER_CHILD_START"]
 
 
 def test_every_variable_reads_environment_then_env_file(
