@@ -6,6 +6,7 @@ as it was. ``CALIBER_CHILD_START`` is fork or spawn."""
 from __future__ import annotations
 
 import datetime as dt
+import math
 import os
 import subprocess
 import sys
@@ -166,3 +167,15 @@ def test_bounds_describe_themselves() -> None:
     assert BOUNDS["pinion_max_attempts"].describe() == "a whole number from 1 to 1000"
     value: Any = BOUNDS["pinion_attempts"].check(" 7 ")
     assert value == 7 and isinstance(value, int)
+
+
+@pytest.mark.parametrize(("name", "value"), [
+    ("lease", 1e17), ("wait", math.nan), ("timeout", 0.0), ("attempts", -1),
+    ("max_attempts", 0), ("keep_runs", 10**30),
+])
+def test_a_pinion_built_in_python_has_the_same_bounds(name: str, value: float) -> None:
+    from caliber.pinion.loop import PinionConfig
+
+    with pytest.raises(ConfigError, match=f"^the pinion's {name} must be "):
+        PinionConfig(name="p", **{name: value})
+    PinionConfig(name="p", lease=7 * 86400, timeout=0.5, keep_runs=0)

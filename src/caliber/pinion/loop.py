@@ -64,7 +64,13 @@ from caliber.queue.secret import key_id, load_key, verify
 from caliber.queue.status import WorkloadStatus
 from caliber.queue.workload import Workload
 from caliber.results.model import ErrorInfo, Results, RunStatus, TaskResult, utcnow
-from caliber.settings import DEFAULT_ATTEMPTS, DEFAULT_LEASE, DEFAULT_MAX_ATTEMPTS, DEFAULT_WAIT
+from caliber.settings import (
+    BOUNDS,
+    DEFAULT_ATTEMPTS,
+    DEFAULT_LEASE,
+    DEFAULT_MAX_ATTEMPTS,
+    DEFAULT_WAIT,
+)
 from caliber.workflow.attachments import resolve_inside
 from caliber.workflow.fileformat import check_document
 from caliber.workflow.runner import TRACEBACK_FILE
@@ -104,6 +110,17 @@ class PinionConfig:
     """Run folders of finished workloads kept, the newest (``--keep-runs``); None: all."""
     preload: tuple[str, ...] = ()
     """Modules imported once, by the process the children are forked from (``--preload``)."""
+
+    def __post_init__(self) -> None:
+        """Each number within its setting's bounds (ConfigError): a lease of 1e17 s would
+        overflow the first claim's date."""
+        for name in ("attempts", "wait", "lease", "timeout", "max_attempts", "keep_runs"):
+            value = getattr(self, name)
+            try:
+                if value is not None:
+                    BOUNDS["pinion_" + name].check(value)
+            except ValueError as exc:
+                raise ConfigError(f"the pinion's {name} {exc}") from None
 
 
 class Outcome(StrEnum):
