@@ -211,3 +211,25 @@ def test_the_file_is_read_again_when_it_changes(
     assert lookup("CALIBER_PINION_WAIT") == "2"
     os.chmod(tmp_path / ".caliber" / ".env", 0o666)
     assert lookup("CALIBER_PINION_WAIT") is None
+
+
+def test_read_once_while_unchanged_and_again_when_changed_within_the_clocks_grain(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A file's times can be too coarse to show a second write in the same tick: a file
+    changed just before it was read is read again; one unchanged for longer is read once."""
+    from caliber import settings_file
+    from caliber.settings import lookup
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / ".caliber").mkdir(mode=0o700)
+    write_env(tmp_path, "CALIBER_PINION_WAIT=1\n")
+    key, changed = settings_file.identity()
+    monkeypatch.setattr(settings_file, "identity", lambda: (key, changed))  # the same stat
+    assert lookup("CALIBER_PINION_WAIT") == "1"
+    write_env(tmp_path, "CALIBER_PINION_WAIT=2\n")
+    assert lookup("CALIBER_PINION_WAIT") == "2"  # changed just now: read again
+    monkeypatch.setattr(settings_file, "identity", lambda: (key, 0))  # long unchanged
+    assert lookup("CALIBER_PINION_WAIT") == "2"
+    write_env(tmp_path, "CALIBER_PINION_WAIT=3\n")  # (its stat would say so: not read here)
+    assert lookup("CALIBER_PINION_WAIT") == "2"
