@@ -233,3 +233,10 @@ def test_read_once_while_unchanged_and_again_when_changed_within_the_clocks_grai
     assert lookup("CALIBER_PINION_WAIT") == "2"
     write_env(tmp_path, "CALIBER_PINION_WAIT=3\n")  # (its stat would say so: not read here)
     assert lookup("CALIBER_PINION_WAIT") == "2"
+
+
+@POSIX_ONLY
+def test_a_caliber_folder_without_the_file_says_nothing(shared: Path, tmp_path: Path) -> None:
+    os.chmod(shared / ".caliber", 0o777)
+    done = caliber(shared, user_env(tmp_path), "queue", "list")
+    assert (done.returncode, done.stderr) == (0, "")

@@ -158,7 +158,7 @@ def file_values() -> dict[str, str]:
         return cached[2]
     found = settings_file.read_env_file()
     if found.ignored is not None:
-        told = (str(identity[0][0]), found.ignored)  # (current folder, why)
+        told = (str(identity[0]), found.ignored)  # (current folder, why)
         if told not in _told:
             _told.add(told)
             log.warning("%s", found.ignored)

@@ -11,9 +11,10 @@ only the kind of file and its size are checked.
 
 Reading never blocks and never runs away: the file is looked at (``stat``) before it is opened,
 opened with ``O_NONBLOCK`` (a FIFO swapped in meanwhile does not hang), checked again on the
-open descriptor (``fstat``), and read up to :data:`MAX_SIZE` bytes. A file that can be trusted
-but not parsed (a line that is not ``KEY=VALUE``, bytes that are not UTF-8) is the user's own
-mistake: a :class:`caliber.errors.ConfigError` naming the line, which stops the command.
+open descriptor (``fstat``), and read up to :data:`MAX_SIZE` bytes; one that cannot be looked
+at, opened or read is ignored too. A file that can be trusted but not parsed (a line that is
+not ``KEY=VALUE``, bytes that are not UTF-8) is the user's own mistake: a
+:class:`caliber.errors.ConfigError` naming the line, which stops the command.
 
 This module imports neither pydantic nor python-dotenv at its top: a folder without the file
 (most) costs two ``stat`` calls.
@@ -72,22 +73,18 @@ def read_env_file(folder: Path = FOLDER) -> EnvFile:
     try:
         folder_stat = os.stat(folder)
     except (FileNotFoundError, NotADirectoryError):
-        return EnvFile()
+        return EnvFile()  # no folder: nothing to say
     except OSError as exc:
-        return EnvFile(ignored=f"ignored {path}: cannot look at its folder ({_reason(exc)})")
-    if not stat.S_ISDIR(folder_stat.st_mode):
-        return EnvFile()  # no folder, no file in it
-    problem = _untrusted_folder(folder_stat, folder)
-    if problem is not None:
-        return EnvFile(ignored=f"ignored {path}: {problem}")
+        return EnvFile(ignored=f"ignored {path}: cannot look into {folder} ({_reason(exc)})")
     try:
         before = os.stat(path)
     except (FileNotFoundError, NotADirectoryError):
-        return EnvFile()
+        return EnvFile()  # no file in it: nothing to say
     except OSError as exc:
-        raise ConfigError(f"cannot read {path}: {_reason(exc)}") from exc
-    problem = _untrusted_file(before, path)  # before opening: a device is never opened
-    if problem is not None:
+        why = _untrusted_folder(folder_stat, folder) or f"cannot look at it ({_reason(exc)})"
+        return EnvFile(ignored=f"ignored {path}: {why}")
+    problem = _untrusted_folder(folder_stat, folder) or _untrusted_file(before, path)
+    if problem is not None:  # looked at before opening: a device or a FIFO is never opened
         return EnvFile(ignored=f"ignored {path}: {problem}")
     data, problem = _read(path)
     if problem is not None:
@@ -104,7 +101,7 @@ def _read(path: Path) -> tuple[bytes, str | None]:
     except FileNotFoundError:
         return b"", None
     except OSError as exc:
-        raise ConfigError(f"cannot read {path}: {_reason(exc)}") from exc
+        return b"", f"cannot open it ({_reason(exc)})"
     try:
         problem = _untrusted_file(os.fstat(fd), path)  # what was opened, not what was looked at
         if problem is not None:
@@ -118,7 +115,7 @@ def _read(path: Path) -> tuple[bytes, str | None]:
             chunks.append(chunk)
             size += len(chunk)
     except OSError as exc:
-        raise ConfigError(f"cannot read {path}: {_reason(exc)}") from exc
+        return b"", f"cannot read it ({_reason(exc)})"
     finally:
         os.close(fd)
     if size > MAX_SIZE:  # it grew after the check (or claims a smaller size, as /proc does)
