@@ -179,3 +179,16 @@ def test_a_pinion_built_in_python_has_the_same_bounds(name: str, value: float) -
     with pytest.raises(ConfigError, match=f"^the pinion's {name} must be "):
         PinionConfig(name="p", **{name: value})
     PinionConfig(name="p", lease=7 * 86400, timeout=0.5, keep_runs=0)
+
+
+def test_the_model_checks_the_secret_key_as_load_key_does(
+    monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from caliber.errors import SecretKeyError
+    from caliber.queue.secret import load_key
+
+    monkeypatch.setenv("CALIBER_SECRET_KEY", "too-short")
+    with pytest.raises(ConfigError, match=r"^CALIBER_SECRET_KEY is too short"):
+        load_settings()
+    with pytest.raises(SecretKeyError, match=r"^CALIBER_SECRET_KEY is too short"):
+        load_key()
