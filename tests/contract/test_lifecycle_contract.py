@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING
 import pytest
 
 from caliber.errors import QueueStateError
+from caliber.queue.lifecycle import ResumeGrant
 from caliber.queue.workload import WorkloadStatus
 from caliber.results.model import ErrorInfo, RunStatus
 from tests.contract.test_backend_contract import (
@@ -103,17 +104,41 @@ def test_retry_with_resume_names_the_last_results(backend: Backend) -> None:
         backend.retry(w.id, "ann@laptop")
     backend.cancel(w.id, "ann@laptop")
     with pytest.raises(QueueStateError, match="no results to resume from"):
-        backend.retry(w.id, "ann@laptop", resume=True)
+        backend.retry(w.id, "ann@laptop", resume=ResumeGrant("r0", "s" * 64, "g" * 64))
     assert backend.get(w.id).status == WorkloadStatus.CANCELLED  # left as it was
     backend.retry(w.id, "ann@laptop")
     claim = backend.claim("p1", "a", LEASE, KEY)
     assert claim is not None
     failed = make_results(w.id, ok=False)
     backend.complete(claim, failed)
-    got = backend.retry(w.id, "ann@laptop", resume=True)
+    with pytest.raises(QueueStateError, match="has other results now"):
+        backend.retry(w.id, "ann@laptop", resume=ResumeGrant("r0", "s" * 64, "g" * 64))
+    grant = ResumeGrant(failed.id, "s" * 64, "g" * 64)
+    got = backend.retry(w.id, "ann@laptop", resume=grant)
     assert got.status == WorkloadStatus.QUEUED and got.resume_from == failed.id
+    assert got.grant == grant  # stored with the workload, as given
     again = backend.claim("p1", "a", LEASE, KEY)
-    assert again is not None and again.workload.resume_from == failed.id
+    assert again is not None and again.workload.grant == grant
+
+
+def test_a_retry_without_resume_drops_the_grant_and_resetsecret_makes_it_again(
+        backend: Backend) -> None:
+    w = make_workload()
+    backend.put(w)
+    claim = backend.claim("p1", "a", LEASE, KEY)
+    assert claim is not None
+    failed = make_results(w.id, ok=False)
+    backend.complete(claim, failed)
+    backend.retry(w.id, "ann@laptop", resume=ResumeGrant(failed.id, "s" * 64, "g" * 64))
+    regrant = ResumeGrant(failed.id, "t" * 64, "h" * 64)
+    got = backend.resetsecret(w.id, "z" * 64, KEY, resume=regrant)
+    assert got.secret == "z" * 64 and got.grant == regrant
+    stale = ResumeGrant("other", "u" * 64, "i" * 64)  # not the Results it resumes: ignored
+    assert backend.resetsecret(w.id, "z" * 64, KEY, resume=stale).grant == regrant
+    backend.cancel(w.id, "ann@laptop")
+    got = backend.retry(w.id, "ann@laptop")
+    assert got.resume_from is None and got.grant is None
+    assert got.resume_signature is None and got.resume_grant is None
 
 
 def test_count_statuses_by_pinion(backend: Backend) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import datetime as dt
 import sys
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import click
 
@@ -104,7 +104,7 @@ def list_cmd(
     color = use_color(sys.stdout)
     rows = [
         [i["id"], i["workflow"], i["pinion"], i["status"], _when(i["created_at"]),
-         i["attempts"], i["results_id"] or "-", "ok" if i["secret_ok"] else "mismatch"]
+         i["attempts"], i["results_id"] or "-", _secret_cell(i)]
         for i in items
     ]
     print_table(["id", "workflow", "pinion", "status", "created", "attempts", "results",
@@ -122,6 +122,24 @@ def list_cmd(
             "them: check with 'caliber queue view ID', then sign with "
             "'caliber queue resetsecret ID'"
         )
+    unvouched = [i["id"] for i in items if i["secret_ok"] and i["resume_ok"] is False
+                 and i["status"] in ("queued", "running")]
+    if unvouched:
+        click.echo(
+            f"{len(unvouched)} workload(s) resume from results your key does not vouch for, "
+            "so your pinions skip them: see why with 'caliber queue view ID'; run one from "
+            "the start with 'caliber queue cancel ID' then 'caliber queue retry ID'"
+        )
+
+
+def _secret_cell(item: dict[str, Any]) -> str:
+    """The ``secret`` column: whether your pinions run it as it is (run-secret, and the
+    grant of a resumed workload: ``ok, resumes``, ``resume mismatch``)."""
+    if not item["secret_ok"]:
+        return "mismatch"
+    if item["resume_ok"] is None:
+        return "ok"
+    return "ok, resumes" if item["resume_ok"] else "resume mismatch"
 
 
 @queue.command("view", epilog="Example: caliber queue view k3v9 --json")
@@ -161,8 +179,11 @@ def _view(found: Look) -> list[RenderableType]:
         ("run-secret", secret),
     ]
     if w.resume_from:
-        facts.append(("resumes",
-                      f"reusing the completed tasks of results {escape(w.resume_from)}"))
+        vouched = ("granted with your key" if item.resume_ok else
+                   "[red]not vouched for by your key: a pinion with it does not run it "
+                   "(see the history)[/]")
+        facts.append(("resumes", f"reusing the completed tasks of results "
+                                 f"{escape(w.resume_from)}, {vouched}"))
     if w.lease is not None:
         facts.append(("lease", f"{escape(w.lease.owner)} until {_when(w.lease.expires_at)}"))
     if found.progress is not None:
@@ -324,7 +345,9 @@ def resetsecret_cmd(workload_id: str, target: QueueTarget, as_json: bool) -> Non
     if as_json:
         print_json(item.summary())
         return
-    click.echo(f"signed workload {item.workload.id} again with your key")
+    w = item.workload
+    again = f", and its resume from results {w.resume_from}" if w.resume_from else ""
+    click.echo(f"signed workload {w.id} again with your key{again}")
 
 
 @queue.command("logs", epilog="Example: caliber queue logs k3v9 -f")

@@ -468,9 +468,13 @@ class Pinion:
 
     def handle(self, claim: Claim) -> Outcome:
         workload = claim.workload
-        if workload.damaged or not verify(workload, self.key):
-            reason = workload.damaged or (
-                "run-secret does not match this pinion's key (tampered, or another key)")
+        reason = workload.damaged or (None if verify(workload, self.key) else
+                                      "run-secret does not match this pinion's key (tampered, "
+                                      "or another key)")
+        resume = None
+        if reason is None and workload.resume_from is not None:
+            resume, reason = self._checked_resume(workload)
+        if reason is not None:
             self.backend.release(claim, reason=reason, mismatch_key_id=self.key_id)
             self.summary.skipped.append((workload.id, reason))
             self.reporter.skipped(workload.id, reason)
@@ -487,7 +491,19 @@ class Pinion:
             ) from exc
         except AttachmentError as exc:
             return self._unprepared(claim, exc)
-        return self.supervise(claim, work_dir)
+        return self.supervise(claim, work_dir, resume=resume)
+
+    def _checked_resume(self, workload: Workload) -> tuple[dict[str, Any] | None, str | None]:
+        """The Results a resumed workload reuses (``retry --resume``), read once and handed
+        to its child as read, or why they may not be reused: their signature or the grant
+        does not check with this pinion's key (:func:`caliber.queue.resume.resume_problem`).
+        Results that cannot be found fail the workload (NotFoundError, as before)."""
+        from caliber.queue.resume import resume_problem
+
+        assert workload.resume_from is not None
+        results = self.backend.get_results(workload.resume_from)
+        why = resume_problem(workload, results, self.key)
+        return (None, why) if why is not None else (results.to_json_dict(), None)
 
     def _unprepared(self, claim: Claim, exc: Exception) -> Outcome:
         reason = f"cannot prepare the working folder: {exc}"
@@ -526,9 +542,11 @@ class Pinion:
 
     # --- the child: start it, monitor it, keep its verdict (as rq's work horse) -----------
 
-    def supervise(self, claim: Claim, work_dir: Path) -> Outcome:
+    def supervise(self, claim: Claim, work_dir: Path, *,
+                  resume: dict[str, Any] | None = None) -> Outcome:
         """Run the workload in a child: check its document, start it, monitor it (lease,
-        messages, timeout, stops), then store its verdict."""
+        messages, timeout, stops), then store its verdict. ``resume``: the earlier Results
+        (JSON form) its child reuses, checked already (:meth:`handle`)."""
         workload = claim.workload
         try:
             document = check_document(workload.workflow, source=f"workload {workload.id}")
@@ -539,7 +557,7 @@ class Pinion:
                 pinion=self.config.name, status=RunStatus.FAILED, started_at=now,
                 finished_at=now, work_dir=str(work_dir),
                 error=ErrorInfo(type=type(exc).__name__, message=str(exc))))
-        run = self._start_run(claim, work_dir, document)
+        run = self._start_run(claim, work_dir, document, resume)
         self._stage_next()  # while the child runs
         try:
             outcome = self._monitor(run)
@@ -552,12 +570,13 @@ class Pinion:
             self._unreaped.append(run.child)
         return self._verdict(run, returncode)
 
-    def _start_run(self, claim: Claim, work_dir: Path, document: dict[str, Any]) -> _Run:
+    def _start_run(self, claim: Claim, work_dir: Path, document: dict[str, Any],
+                   resume: dict[str, Any] | None = None) -> _Run:
         workload = claim.workload
         job = {"workload_id": workload.id, "pinion": self.config.name,
                "work_dir": str(work_dir), "workflow": document}
-        if workload.resume_from is not None:  # retry --resume: the child reuses its tasks
-            job["resume"] = self.backend.get_results(workload.resume_from).to_json_dict()
+        if resume is not None:  # retry --resume: the child reuses its tasks
+            job["resume"] = resume
         started = utcnow()
         self._reap()
         try:
@@ -684,8 +703,12 @@ class Pinion:
         return self._keep(run.claim, run.work_dir, results)
 
     def _keep(self, claim: Claim, work_dir: Path, results: Results) -> Outcome:
-        """Store the workload's Results (with the end of its output) and report them."""
-        results = results.model_copy(update={"output": output_tail(work_dir)})
+        """Store the workload's Results (with the end of its output), signed with this
+        pinion's key (a later resume reuses only what it signed), and report them."""
+        from caliber.queue.resume import signed
+
+        results = signed(results.model_copy(update={
+            "output": output_tail(work_dir), "workload_id": claim.workload.id}), self.key)
         try:
             self.backend.complete(claim, results)
         except LeaseLostError:

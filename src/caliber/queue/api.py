@@ -14,10 +14,14 @@ import re
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from caliber.errors import QueueStateError, UsageError
+from caliber.errors import NotFoundError, QueueStateError, ResumeError, UsageError
+from caliber.queue.lifecycle import check_retry, no_results
 from caliber.queue.status import WorkloadStatus, parse_status
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    from caliber.queue.lifecycle import ResumeGrant
     from caliber.queue.registry import Backend
     from caliber.queue.summary import WorkloadSummary
     from caliber.queue.target import QueueTarget
@@ -30,16 +34,18 @@ DEFAULT_LIMIT = 100  # workloads ``caliber queue list`` shows unless asked for m
 
 @dataclass(frozen=True)
 class CheckedWorkload:
-    """A workload and whether its run-secret matches this user's key."""
+    """A workload, whether its run-secret matches this user's key, and whether its resume
+    (if it resumes) is vouched for by that key (:meth:`Workload.resume_ok`)."""
 
     workload: Workload
     secret_ok: bool
+    resume_ok: bool | None = None
 
     def summary(self) -> dict[str, Any]:
-        return self.workload.summary(self.secret_ok)
+        return self.workload.summary(self.secret_ok, self.resume_ok)
 
     def detail(self) -> dict[str, Any]:
-        return self.workload.detail(self.secret_ok)
+        return self.workload.detail(self.secret_ok, self.resume_ok)
 
 
 def opened(target: QueueTarget) -> Backend:
@@ -82,11 +88,20 @@ def queue_workflow(workflow: Workflow, pinion: str, target: QueueTarget) -> str:
     return workload.id
 
 
-def _checker() -> Any:
-    from caliber.queue.secret import load_key, verify
+def _checker() -> Callable[[Workload], CheckedWorkload]:
+    from caliber.queue.secret import load_key
 
-    key = load_key()
-    return lambda workload: verify(workload, key)
+    return _checked(load_key())
+
+
+def _checked(key: bytes) -> Callable[[Workload], CheckedWorkload]:
+    from caliber.queue.secret import verify
+
+    def check(workload: Workload) -> CheckedWorkload:
+        ok = verify(workload, key)
+        return CheckedWorkload(workload, ok, workload.resume_ok(key, ok))
+
+    return check
 
 
 @dataclass(frozen=True)
@@ -154,7 +169,7 @@ def list_workloads(
     with opened(target) as backend:
         workloads = backend.list_workloads(pinion=pinion, status=wanted, limit=limit,
                                            offset=offset)
-    return [CheckedWorkload(w, ok(w)) for w in workloads]
+    return [ok(w) for w in workloads]
 
 
 def view_workload(id_or_prefix: str, target: QueueTarget) -> CheckedWorkload:
@@ -162,7 +177,7 @@ def view_workload(id_or_prefix: str, target: QueueTarget) -> CheckedWorkload:
     ok = _checker()
     with opened(target) as backend:
         workload = backend.get(id_or_prefix)
-    return CheckedWorkload(workload, ok(workload))
+    return ok(workload)
 
 
 def cancel(id_or_prefix: str, target: QueueTarget) -> Workload:
@@ -179,13 +194,35 @@ def retry(id_or_prefix: str, target: QueueTarget, *, resume: bool = False) -> Ch
     """Queue a failed or cancelled workload again (``caliber queue retry``): the same workload,
     a new attempt series, its history kept. Its run-secret is not touched: a pinion checks it
     as before. With ``resume`` the tasks that completed in its last Results are not run again
-    (their values and ``g`` are reused)."""
-    ok = _checker()
+    (their values and ``g`` are reused): those Results must be signed with this user's key
+    (ResumeError otherwise, nothing changed), and the resume is granted with it
+    (:mod:`caliber.queue.resume`)."""
+    from caliber.queue.secret import load_key
     from caliber.queue.workload import queued_by
 
+    key = load_key()
     with opened(target) as backend:
-        workload = backend.retry(id_or_prefix, queued_by(), resume=resume)
-    return CheckedWorkload(workload, ok(workload))
+        grant = None
+        if resume:
+            workload = backend.get(id_or_prefix)
+            check_retry(workload, None)  # its state first: the clearer refusal
+            grant = _resume_grant(backend, workload, key, "retry it without --resume")
+        workload = backend.retry(id_or_prefix, queued_by(), resume=grant)
+    return _checked(key)(workload)
+
+
+def _resume_grant(backend: Backend, workload: Workload, key: bytes, instead: str) -> ResumeGrant:
+    """A grant, made with ``key``, for ``workload`` to reuse its last Results; ResumeError
+    (saying to do ``instead``) when it has none or they are not signed with ``key``."""
+    from caliber.queue.resume import grant, results_problem
+
+    if workload.results_id is None:
+        raise QueueStateError(no_results(workload.id))
+    results = backend.get_results(workload.results_id)
+    problem = results_problem(results, key)
+    if problem is not None:
+        raise ResumeError(f"workload {workload.id} cannot resume: {problem}; {instead}")
+    return grant(workload.id, results, key)
 
 
 def reset(id_or_prefix: str, target: QueueTarget, *, force: bool = False) -> Workload:
@@ -195,8 +232,11 @@ def reset(id_or_prefix: str, target: QueueTarget, *, force: bool = False) -> Wor
 
 
 def resetsecret(id_or_prefix: str, target: QueueTarget) -> CheckedWorkload:
-    """Sign a workload again with this user's key (after reviewing it, or a key change)."""
-    from caliber.queue.secret import key_id, load_key, sign, verify
+    """Sign a workload again with this user's key (after reviewing it, or a key change). A
+    workload that resumes (``retry --resume``) gets its resume granted again with the key,
+    for the Results it resumes as they are, which must be signed with the key: the key holder
+    vouches again for what a key holder stored (ResumeError, nothing changed, otherwise)."""
+    from caliber.queue.secret import key_id, load_key, sign
 
     key = load_key()
     with opened(target) as backend:
@@ -209,5 +249,29 @@ def resetsecret(id_or_prefix: str, target: QueueTarget) -> CheckedWorkload:
                 f"workload {workload.id}: the content of attachment {damaged[0]!r} does not "
                 "match its SHA-256, so it cannot be signed; reset it and queue the workflow again"
             )
-        workload = backend.resetsecret(workload.id, sign(workload, key), key_id(key))
-    return CheckedWorkload(workload, verify(workload, key))
+        grant = None
+        if workload.resume_from is not None:
+            grant = _regrant(backend, workload, key)
+        workload = backend.resetsecret(workload.id, sign(workload, key), key_id(key),
+                                       resume=grant)
+    return _checked(key)(workload)
+
+
+def _regrant(backend: Backend, workload: Workload, key: bytes) -> ResumeGrant:
+    """The grant ``resetsecret`` makes again for a workload that resumes; ResumeError when
+    the Results it resumes are gone or not signed with ``key``."""
+    from caliber.queue.resume import grant, results_problem
+
+    assert workload.resume_from is not None
+    instead = (f"to run it from the start: caliber queue cancel {workload.id}, then "
+               f"caliber queue retry {workload.id}")
+    try:
+        results = backend.get_results(workload.resume_from)
+    except NotFoundError:
+        raise ResumeError(f"workload {workload.id} resumes from results "
+                          f"{workload.resume_from}, which are gone; {instead}") from None
+    problem = results_problem(results, key)
+    if problem is not None:
+        raise ResumeError(f"workload {workload.id} resumes from {problem}, so your key cannot "
+                          f"vouch for them; {instead}")
+    return grant(workload.id, results, key)

@@ -34,6 +34,7 @@ __all__ = ["Claim", "QueueBackend", "WorkloadSummary"]
 if TYPE_CHECKING:
     import datetime as dt
 
+    from caliber.queue.lifecycle import ResumeGrant
     from caliber.queue.status import WorkloadStatus
     from caliber.queue.workload import Workload
     from caliber.results.model import Results
@@ -136,8 +137,11 @@ class QueueBackend(Protocol):
         """Remove a workload (``queue reset``); a running one only with ``force``
         (QueueStateError otherwise). Returns what was removed."""
 
-    def resetsecret(self, id_or_prefix: str, secret: str, key_id: str) -> Workload:
-        """Replace the run-secret (``queue resetsecret``) and clear any mismatch mark."""
+    def resetsecret(self, id_or_prefix: str, secret: str, key_id: str, *,
+                    resume: ResumeGrant | None = None) -> Workload:
+        """Replace the run-secret (``queue resetsecret``) and clear any mismatch mark; with
+        ``resume``, store that grant too, when the workload still resumes from the Results it
+        names (a grant made again with the new key)."""
 
     def prune(
         self,
@@ -158,11 +162,14 @@ class QueueBackend(Protocol):
         out) becomes cancelled at once and never runs; a running one is marked, and its
         pinion learns it at its next :meth:`renew`. QueueStateError when it has finished."""
 
-    def retry(self, id_or_prefix: str, by: str, *, resume: bool = False) -> Workload:
+    def retry(self, id_or_prefix: str, by: str, *,
+              resume: ResumeGrant | None = None) -> Workload:
         """Queue a failed or cancelled workload again (``queue retry``): a new attempt series,
-        its history kept, its run-secret untouched. With ``resume`` its pinion reuses the
-        completed tasks of its last Results (``Workload.resume_from``). QueueStateError
-        otherwise (and with ``resume`` when it has no Results)."""
+        its history kept, its run-secret untouched. With ``resume`` (a grant made with the
+        user's key for its last Results) its pinion reuses the completed tasks of those
+        Results (``Workload.resume_from``, ``resume_signature``, ``resume_grant``); without,
+        any earlier resume is dropped. QueueStateError otherwise (and with ``resume`` when
+        it has no Results, or other ones than the grant names)."""
 
     def count_statuses(self, *, pinion: str | None = None) -> dict[str, int]:
         """How many workloads (of ``pinion``) have each status: ``queue list``'s footer."""

@@ -5,11 +5,13 @@ the backends import it at the top).
 ``queue cancel``: a queued workload becomes cancelled at once; a running one is asked to stop,
 and its pinion stops it after its current task when it next renews its lease. ``queue retry``:
 a failed or cancelled one is queued again, its history kept; with ``--resume`` its run reuses
-the completed tasks of its last Results.
+the completed tasks of its last Results, as the :class:`ResumeGrant` made with the user's key
+allows (:mod:`caliber.queue.resume`).
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from caliber.errors import QueueStateError
@@ -29,17 +31,37 @@ def check_cancel(workload: Workload) -> None:
                               "queued or running workload can be cancelled")
 
 
-def check_retry(workload: Workload, resume: bool) -> str | None:
-    """QueueStateError unless ``workload`` can be retried; the Results to resume from."""
+@dataclass(frozen=True)
+class ResumeGrant:
+    """A key holder's leave for one workload to reuse one stored Results (``queue retry
+    --resume``; ``queue resetsecret`` makes it again): the Results id, the Results' own
+    signature as it was when the grant was made, and the grant, an HMAC over the workload
+    id, both of those (:func:`caliber.queue.secret.sign_grant`). Stored with the workload."""
+
+    results_id: str
+    results_signature: str
+    grant: str
+
+
+def check_retry(workload: Workload, resume: ResumeGrant | None) -> ResumeGrant | None:
+    """QueueStateError unless ``workload`` can be retried (with ``resume``: reusing the
+    Results the grant names, which must still be its last); the grant to store."""
     if workload.status not in RETRIABLE:
         raise QueueStateError(f"workload {workload.id} is {workload.status.value}: only a "
                               "failed or cancelled workload can be retried")
     if workload.damaged:
         raise QueueStateError(f"workload {workload.id}: {workload.damaged}")
-    if resume and workload.results_id is None:
-        raise QueueStateError(f"workload {workload.id} has no results to resume from (no run "
-                              "of it finished); retry it without --resume")
-    return workload.results_id if resume else None
+    if resume is not None and workload.results_id is None:
+        raise QueueStateError(no_results(workload.id))
+    if resume is not None and resume.results_id != workload.results_id:
+        raise QueueStateError(f"workload {workload.id} has other results now "
+                              f"({workload.results_id}, not {resume.results_id}); try again")
+    return resume
+
+
+def no_results(workload_id: str) -> str:
+    return (f"workload {workload_id} has no results to resume from (no run of it finished); "
+            "retry it without --resume")
 
 
 def cancelled(by: str) -> str:

@@ -162,6 +162,12 @@ def _message(workload_id: str, workflow: Any, attachments: Iterable[tuple[str, s
         "pinion": pinion,
         "created_at": created_at,
     }
+    return canonical_json(payload)
+
+
+def canonical_json(payload: Any) -> bytes:
+    """The one encoding every signature here signs: JSON with sorted keys, no spaces, UTF-8,
+    no NaN (DamagedEntry when ``payload`` cannot be encoded so)."""
     try:
         return json.dumps(payload, sort_keys=True, separators=(",", ":"), ensure_ascii=False,
                           allow_nan=False).encode("utf-8")
@@ -268,3 +274,97 @@ def add_mismatch(marks: str | None, key_id_: str | None) -> str | None:
     if key_id_ is None or mismatch_marked(marks, key_id_):
         return marks
     return f"{marks} {key_id_}" if marks else key_id_
+
+
+# --- Results signatures and resume grants -----------------------------------------------
+#
+# A resumed run reuses values instead of computing them: they must come from a key holder as
+# much as the code does. Whoever stores Results with the key (a pinion, ``workflow run``)
+# signs what a resume reuses (:func:`sign_results`); ``queue retry --resume`` grants one
+# workload the reuse of one signed Results (:func:`sign_grant`). A pinion checks both with its
+# key before it hands anything to a child (:mod:`caliber.queue.resume`).
+
+RESULTS_KIND = "caliber results/1"
+GRANT_KIND = "caliber resume grant/1"
+TASK_SIGNED = ("name", "path", "branch", "status", "return", "g_set", "g_deleted",
+               "code_file", "code_sha256", "reused_from")
+"""The keys of each task's JSON record that a Results signature covers: everything a resume
+reuses or checks. The rest (times, durations, errors, conversion notes) is only shown."""
+
+
+def results_message(results: Mapping[str, Any]) -> bytes:
+    """The bytes a Results signature signs, from the Results' JSON form (as
+    ``Results.to_json_dict()`` gives it and the stores keep it): the Results, workload and
+    workflow ids and names, the run status, the Results it resumed, every task's
+    :data:`TASK_SIGNED` fields in order and the final ``g``. DamagedEntry when they cannot be
+    read or encoded."""
+    try:
+        tasks = [[task[name] for name in TASK_SIGNED] for task in results["tasks"]]
+        payload = {
+            "kind": RESULTS_KIND, "id": results["id"], "workload_id": results["workload_id"],
+            "workflow": results["workflow"], "status": results["status"],
+            "resumed_from": results["resumed_from"], "tasks": tasks, "g": results["g"],
+        }
+    except (KeyError, TypeError) as exc:
+        raise DamagedEntry(f"the Results lack a signed field ({exc!r})") from exc
+    return canonical_json(payload)
+
+
+def sign_results(results: Mapping[str, Any], key: bytes) -> str:
+    """The Results signature (hex): HMAC-SHA256 with ``key`` over :func:`results_message`."""
+    return hmac.new(key, results_message(results), hashlib.sha256).hexdigest()
+
+
+def results_signed(results: Mapping[str, Any], key: bytes) -> bool:
+    """Whether the Results (JSON form) carry a signature made with ``key`` over exactly what
+    they hold now (constant time). Never raises: unsigned or damaged Results are False."""
+    signature = results.get("signature") if isinstance(results, Mapping) else None
+    if not isinstance(signature, str):
+        return False
+    try:
+        expected = sign_results(results, key)
+    except DamagedEntry:
+        return False
+    return hmac.compare_digest(expected.encode(), signature.encode("utf-8", "replace"))
+
+
+def grant_message(workload_id: str, results_id: str, results_signature: str) -> bytes:
+    """The bytes a resume grant signs: this workload may reuse these Results, as they were
+    signed (their signature, so an edit of the Results after the grant breaks it too)."""
+    return canonical_json({"kind": GRANT_KIND, "workload": workload_id,
+                           "results": results_id, "results_signature": results_signature})
+
+
+def sign_grant(workload_id: str, results_id: str, results_signature: str, key: bytes) -> str:
+    """The resume grant (hex) of ``queue retry --resume``: HMAC-SHA256 with ``key``."""
+    message = grant_message(workload_id, results_id, results_signature)
+    return hmac.new(key, message, hashlib.sha256).hexdigest()
+
+
+def grant_ok(key: bytes, *, workload_id: Any, results_id: Any, results_signature: Any,
+             grant: Any) -> bool:
+    """Whether ``grant`` was made with ``key`` for exactly this workload, Results id and
+    Results signature (constant time). Never raises: anything missing or not text is
+    False."""
+    values = (workload_id, results_id, results_signature, grant)
+    if not all(isinstance(v, str) for v in values):
+        return False
+    try:
+        expected = sign_grant(workload_id, results_id, results_signature, key)
+    except DamagedEntry:
+        return False
+    return hmac.compare_digest(expected.encode(), grant.encode("utf-8", "replace"))
+
+
+def resume_ok(key: bytes, *, workload_id: Any, resume_from: Any, results_signature: Any,
+              grant: Any, secret_ok: bool, marks: str | None) -> bool | None:
+    """What ``queue list`` says of a workload's resume, from its stored fields alone (no
+    Results read): None when it resumes nothing; else whether its grant checks with ``key``
+    and no pinion with that key found the Results it resumes not signed with it (then the
+    workload is marked with the key's id while its run-secret checks)."""
+    if resume_from is None:
+        return None
+    if secret_ok and mismatch_marked(marks, key_id(key)):
+        return False
+    return grant_ok(key, workload_id=workload_id, results_id=resume_from,
+                    results_signature=results_signature, grant=grant)

@@ -34,7 +34,7 @@ from caliber.errors import (
 from caliber.queue import speckle_adapter as sp
 from caliber.queue import speckle_events as ev
 from caliber.queue.backend import Claim, WorkloadSummary
-from caliber.queue.lifecycle import check_cancel, check_retry
+from caliber.queue.lifecycle import ResumeGrant, check_cancel, check_retry
 from caliber.queue.secret import mismatch_marked
 from caliber.queue.speckle_checkpoint import ChunkCache, archived_texts, to_object
 from caliber.queue.speckle_events import clip, message
@@ -73,6 +73,14 @@ class MissingObjectError(QueueError):
         self.detail = f"object {object_id} {MISSING_TEXT}"
         super().__init__(f"{where}: {self.detail}")
 log = logging.getLogger(__name__)
+
+
+def _grant_fields(grant: ResumeGrant | None) -> dict[str, str | None]:
+    """A resume grant as the fields of a ``retry`` or ``resign`` event (none: no resume)."""
+    if grant is None:
+        return {}
+    return {"results": grant.results_id, "signature": grant.results_signature,
+            "grant": grant.grant}
 
 
 def open_target(target: QueueTarget) -> SpeckleBackend:
@@ -292,7 +300,8 @@ class SpeckleBackend:
         from caliber.queue.secret import verify
 
         listed = self.list_workloads(pinion=pinion, status=status, limit=limit, offset=offset)
-        return [w.to_summary(verify(w, key)) for w in listed]
+        checked = [(w, verify(w, key)) for w in listed]
+        return [w.to_summary(ok, w.resume_ok(key, ok)) for w, ok in checked]
 
     def _lease(self, seconds: float) -> float:
         return max(seconds, self.min_lease) if seconds > 0 else seconds
@@ -469,11 +478,13 @@ class SpeckleBackend:
                         ev.Delete(workload=workload.id, force=force))
             return workload
 
-    def resetsecret(self, id_or_prefix: str, secret: str, key_id: str) -> Workload:
+    def resetsecret(self, id_or_prefix: str, secret: str, key_id: str, *,
+                    resume: ResumeGrant | None = None) -> Workload:
         with self.lock:
             state = self._state(id_or_prefix)
             self._write(f"re-signed {state.id} ({state.workflow}) with key {key_id}",
-                        ev.Resign(workload=state.id, secret=secret, key=key_id))
+                        ev.Resign(workload=state.id, secret=secret, key=key_id,
+                                  **_grant_fields(resume)))
             return self.get(state.id)
 
     def cancel(self, id_or_prefix: str, by: str) -> Workload:
@@ -484,12 +495,13 @@ class SpeckleBackend:
                         ev.Cancel(workload=workload.id, by=by))
             return self.get(workload.id)
 
-    def retry(self, id_or_prefix: str, by: str, *, resume: bool = False) -> Workload:
+    def retry(self, id_or_prefix: str, by: str, *,
+              resume: ResumeGrant | None = None) -> Workload:
         with self.lock:
             workload = self.get(id_or_prefix)
-            resume_from = check_retry(workload, resume)
+            grant = check_retry(workload, resume)
             self._write(f"queued {workload.id} ({workload.workflow_name}) again by {by}",
-                        ev.Retry(workload=workload.id, by=by, results=resume_from))
+                        ev.Retry(workload=workload.id, by=by, **_grant_fields(grant)))
             return self.get(workload.id)
 
     def count_statuses(self, *, pinion: str | None = None) -> dict[str, int]:

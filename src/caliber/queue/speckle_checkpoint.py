@@ -64,13 +64,15 @@ def _state_doc(s: State) -> list[Any]:
             [_iso(s.order[0]), s.order[1]], s.status.value, s.attempts, holder, s.secret,
             s.mismatch, s.results_id, s.last_error, s.work_dir, s.deleted,
             [[_iso(at), status.value, text] for at, status, text in s.history],
-            *([[s.cancel, s.resume_from]] if s.cancel or s.resume_from else [])]
+            *([[s.cancel, s.resume_from]] if s.cancel or s.resume_from else []),
+            *([[s.resume_signature, s.resume_grant]] if s.resume_grant else [])]
 
 
 def _state(doc: list[Any]) -> State:
     (wid, pinion, workflow, created, queued_by, object_id, order, status, attempts, holder,
      secret, mismatch, results_id, last_error, work_dir, deleted, history) = doc[:17]
     cancel, resume_from = doc[17] if len(doc) > 17 else (None, None)  # cancel/retry events
+    signature, grant = doc[18] if len(doc) > 18 else (None, None)  # a resume grant
     return State(
         id=wid, pinion=pinion, workflow=workflow, created_at=_when(created),
         queued_by=queued_by, object_id=object_id, order=(_when(order[0]), order[1]),
@@ -78,6 +80,7 @@ def _state(doc: list[Any]) -> State:
         lease=None if holder is None else Lease(holder[0], holder[1], _when(holder[2])),
         secret=secret, mismatch=mismatch, results_id=results_id, last_error=last_error,
         work_dir=work_dir, deleted=bool(deleted), cancel=cancel, resume_from=resume_from,
+        resume_signature=signature, resume_grant=grant,
         history=[(_when(at), WorkloadStatus(st), text) for at, st, text in history],
     )
 

@@ -26,6 +26,7 @@ The keys (format 2; each key means one thing in every event):
 ``y``  a reason                                  ``h``  workloads in a checkpoint
 ``m``  key id found not to match (release)       ``a``  the maximum attempts (expire)
 ``v``  who asked (cancel, retry: user@host)   ``j``  ids a prune removes (a list)
+``rs`` the Results signature a grant covers      ``rg`` a resume grant (retry, resign)
 =====  ========================================  =====  ====================================
 
 ``cancel`` and ``retry`` (a workload's life after it ends, ``caliber queue cancel/retry``)
@@ -34,6 +35,10 @@ came later in format 2: a Caliber from before them reads them as events of a new
 
 ``prune`` (``caliber results prune``) came later in format 2 too, read the same way by a
 Caliber from before it.
+
+``rs`` and ``rg`` (``retry --resume`` and ``resetsecret`` of a resumed workload: the grant
+that lets it reuse its Results, see :mod:`caliber.queue.resume`) came later in format 2: a
+Caliber from before them ignores them (it would resume without checking; upgrade pinions).
 
 Format 1 (the first remote queues) differs only in ``expire`` (``m``: the maximum attempts),
 ``resign`` (``s``: the new run-secret) and ``delete`` (``f``: force); it is still read.
@@ -158,10 +163,15 @@ class Delete(Body):
 @dataclass(frozen=True)
 class Resign(Body):
     kind = "resign"
-    keys: ClassVar[dict[str, str]] = {"workload": "w", "secret": "z", "key": "k"}
+    keys: ClassVar[dict[str, str]] = {"workload": "w", "secret": "z", "key": "k",
+                                      "results": "r", "signature": "rs", "grant": "rg"}
     workload: str
     secret: str
     key: str = "?"
+    results: str | None = None
+    """With a grant: the Results it lets the workload reuse (still its ``resume_from``)."""
+    signature: str | None = None
+    grant: str | None = None
 
 
 @dataclass(frozen=True)
@@ -176,13 +186,18 @@ class Cancel(Body):
 
 @dataclass(frozen=True)
 class Retry(Body):
-    """Queue a failed or cancelled workload again; with ``results``, reusing their tasks."""
+    """Queue a failed or cancelled workload again; with ``results``, reusing their tasks as
+    the grant (made with the user's key over the workload, ``results`` and ``signature``)
+    allows."""
 
     kind = "retry"
-    keys: ClassVar[dict[str, str]] = {"workload": "w", "by": "v", "results": "r"}
+    keys: ClassVar[dict[str, str]] = {"workload": "w", "by": "v", "results": "r",
+                                      "signature": "rs", "grant": "rg"}
     workload: str
     by: str = "?"
     results: str | None = None
+    signature: str | None = None
+    grant: str | None = None
 
 
 @dataclass(frozen=True)

@@ -67,6 +67,10 @@ class State:
     """Who asked to cancel it while it ran (its pinion learns it when it renews)."""
     resume_from: str | None = None
     """Results whose completed tasks its next run reuses (``retry --resume``)."""
+    resume_signature: str | None = None
+    """Those Results' signature when the reuse was granted."""
+    resume_grant: str | None = None
+    """The grant (made with the user's key: :mod:`caliber.queue.resume`)."""
 
     def note(self, at: dt.datetime, text: str, status: WorkloadStatus | None = None) -> None:
         self.history.append((at, status or self.status, text))
@@ -353,10 +357,14 @@ def _apply(state: State, body: ev.Body, at: dt.datetime) -> None:
         state.lease = None
         state.last_error = state.cancel = None
         state.resume_from = body.results
+        state.resume_signature = body.signature if body.results else None
+        state.resume_grant = body.grant if body.results else None
         state.note(at, retried(body.by, body.results))
     elif isinstance(body, ev.Resign):
         state.secret = body.secret
         state.mismatch = None
+        if body.grant is not None and body.results == state.resume_from:
+            state.resume_signature, state.resume_grant = body.signature, body.grant
         state.note(at, f"signed again with key {body.key}")
 
 

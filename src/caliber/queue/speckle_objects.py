@@ -40,6 +40,7 @@ def workload_from(s: State, root: dict[str, Any], children: list[dict[str, Any]]
         id=s.id, pinion=s.pinion, created_at=s.created_at, queued_by=s.queued_by,
         status=s.status, results_id=s.results_id, attempts=s.attempts, lease=lease,
         secret_mismatch=s.mismatch, work_dir=s.work_dir, resume_from=s.resume_from,
+        resume_signature=s.resume_signature, resume_grant=s.resume_grant,
         history=[HistoryEntry(at=at, status=status, message=text)
                  for at, status, text in s.history],
     )

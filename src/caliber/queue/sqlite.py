@@ -31,6 +31,7 @@ from caliber.errors import (
     QueueStateError,
 )
 from caliber.queue.lifecycle import (
+    ResumeGrant,
     cancel_asked,
     cancelled,
     check_cancel,
@@ -64,6 +65,16 @@ _SUMMARY_COLUMNS = (
 _KEY_OK = ("instr(' ' || COALESCE(secret_mismatch, '') || ' ', ' ' || :key_id || ' ') = 0 "
            "AND typeof(id) = 'text'")
 _NO_LEASE = "lease_owner = NULL, lease_token = NULL, lease_expires = NULL"
+# A workload's resume and its grant (retry --resume, resetsecret) live in its body: null when
+# it resumes nothing (see _grant_params).
+_GRANT_SET = ("json_set(body, '$.resume_from', ?, '$.resume_signature', ?, "
+              "'$.resume_grant', ?)")
+
+
+def _grant_params(grant: ResumeGrant | None) -> tuple[str | None, str | None, str | None]:
+    if grant is None:
+        return None, None, None
+    return grant.results_id, grant.results_signature, grant.grant
 
 
 # A running row whose lease ran out, or that has none a pinion could renew (its expiry NULL
@@ -143,7 +154,8 @@ def _fetch(conn: sqlite3.Connection, sql: str, params: Any = ()) -> list[tuple[A
 
 def _body(workload: Workload) -> str:
     return workload.model_dump_json(
-        include={"workflow", "attachments", "queued_by", "resume_from"}, exclude_none=True)
+        include={"workflow", "attachments", "queued_by", "resume_from", "resume_signature",
+                 "resume_grant"}, exclude_none=True)
 
 
 def _workload(row: tuple[Any, ...]) -> Workload:
@@ -171,6 +183,7 @@ def _parse_workload(row: tuple[Any, ...]) -> Workload:
         work_dir=work_dir, workflow=data["workflow"],
         attachments=[Attachment.model_validate(a) for a in data.get("attachments", [])],
         queued_by=data.get("queued_by", ""), resume_from=data.get("resume_from"),
+        resume_signature=data.get("resume_signature"), resume_grant=data.get("resume_grant"),
     )
     why = problem(workload)  # what verify_raw finds damaged when queue list shows it
     if why is not None:
@@ -214,7 +227,7 @@ def _damaged_workload(row: tuple[Any, ...], exc: BaseException) -> Workload:
 def _summary(key: bytes, row: tuple[Any, ...]) -> WorkloadSummary:
     """A workload row (``_SUMMARY_COLUMNS``) as a summary, its run-secret checked on the raw
     row; a row that cannot be read as a damaged one (as :func:`_workload` shows it)."""
-    from caliber.queue.secret import stored_time, verify_raw
+    from caliber.queue.secret import resume_ok, stored_time, verify_raw
 
     (wid, pinion, _name, state, created_at, attempts, results_id, secret, mismatch,
      last_error, body) = row
@@ -231,6 +244,11 @@ def _summary(key: bytes, row: tuple[Any, ...]) -> WorkloadSummary:
             created_at=stored_time(created_at).isoformat(), attempts=attempts,
             results_id=results_id, secret_ok=secret_ok, queued_by=data.get("queued_by", ""),
             last_error=last_error, secret_mismatch=mismatch,
+            resume_from=data.get("resume_from"),
+            resume_ok=resume_ok(key, workload_id=wid, resume_from=data.get("resume_from"),
+                                results_signature=data.get("resume_signature"),
+                                grant=data.get("resume_grant"), secret_ok=secret_ok,
+                                marks=mismatch),
         )
     except (ValueError, TypeError, KeyError, AttributeError, RecursionError) as exc:
         d = _damaged(row, exc)
@@ -582,13 +600,18 @@ class SQLiteBackend:
             conn.execute("DELETE FROM workloads WHERE id = CAST(? AS TEXT)", (_raw(workload.id),))
         return workload
 
-    def resetsecret(self, id_or_prefix: str, secret: str, key_id: str) -> Workload:
+    def resetsecret(self, id_or_prefix: str, secret: str, key_id: str, *,
+                    resume: ResumeGrant | None = None) -> Workload:
         with self.transaction() as conn:
             full = self.resolve_id("workloads", id_or_prefix, "workload")
             conn.execute(
                 "UPDATE workloads SET secret = ?, secret_mismatch = NULL WHERE id = ?",
                 (secret, full),
             )
+            if resume is not None:  # the grant made again, for the Results it resumes now
+                conn.execute(f"UPDATE workloads SET body = {_GRANT_SET} WHERE id = ? AND "
+                             "json_extract(body, '$.resume_from') = ?",
+                             (*_grant_params(resume), full, resume.results_id))
             self._add_history(conn, full, (None, f"signed again with key {key_id}"))
             return self.get(full)
 
@@ -608,17 +631,17 @@ class SQLiteBackend:
                 self._add_history(conn, workload.id, (None, cancel_asked(by)))
             return self.get(workload.id)
 
-    def retry(self, id_or_prefix: str, by: str, *, resume: bool = False) -> Workload:
+    def retry(self, id_or_prefix: str, by: str, *,
+              resume: ResumeGrant | None = None) -> Workload:
         with self.transaction() as conn:
             workload = self.get(id_or_prefix)
-            resume_from = check_retry(workload, resume)
+            grant = check_retry(workload, resume)
             conn.execute(
                 f"UPDATE workloads SET status = 'queued', attempts = 0, {_NO_LEASE}, "
-                "last_error = NULL, cancel_requested = NULL, "
-                "body = json_set(body, '$.resume_from', ?) WHERE id = ?",
-                (resume_from, workload.id))
-            self._add_history(conn, workload.id,
-                              (WorkloadStatus.QUEUED, retried(by, resume_from)))
+                f"last_error = NULL, cancel_requested = NULL, body = {_GRANT_SET} WHERE id = ?",
+                (*_grant_params(grant), workload.id))
+            self._add_history(conn, workload.id, (
+                WorkloadStatus.QUEUED, retried(by, grant.results_id if grant else None)))
             return self.get(workload.id)
 
     def count_statuses(self, *, pinion: str | None = None) -> dict[str, int]:

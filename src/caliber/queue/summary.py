@@ -25,6 +25,11 @@ class WorkloadSummary:
     queued_by: str
     last_error: str | None
     secret_mismatch: str | None
+    resume_from: str | None = None
+    """The Results whose completed tasks its run reuses (``retry --resume``), or None."""
+    resume_ok: bool | None = None
+    """Whether that reuse is vouched for by the listing's key (None: it resumes nothing; see
+    :func:`caliber.queue.secret.resume_ok`)."""
 
     @property
     def completed(self) -> bool:
@@ -38,4 +43,5 @@ class WorkloadSummary:
             "results_id": self.results_id, "secret_ok": self.secret_ok,
             "completed": self.completed, "queued_by": self.queued_by,
             "last_error": self.last_error, "secret_mismatch": self.secret_mismatch,
+            "resume_from": self.resume_from, "resume_ok": self.resume_ok,
         }

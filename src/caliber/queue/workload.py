@@ -17,7 +17,8 @@ from typing import Any, Literal
 from pydantic import AwareDatetime, BaseModel, Field
 
 from caliber.errors import AttachmentError
-from caliber.queue.secret import DamagedEntry, attachment_data
+from caliber.queue.lifecycle import ResumeGrant
+from caliber.queue.secret import DamagedEntry, attachment_data, resume_ok
 from caliber.queue.status import WorkloadStatus
 from caliber.queue.summary import WorkloadSummary
 from caliber.results.model import new_id, utcnow
@@ -101,6 +102,11 @@ class Workload(BaseModel):
     work_dir: str | None = None
     resume_from: str | None = Field(
         default=None, description="id of the Results whose completed tasks its run reuses")
+    resume_signature: str | None = Field(
+        default=None, description="the signature those Results had when the reuse was granted")
+    resume_grant: str | None = Field(
+        default=None, description="HMAC with the key of whoever granted the reuse (retry "
+        "--resume): over the workload id, resume_from and resume_signature")
     history: list[HistoryEntry] = Field(default_factory=list)
     damaged: str | None = Field(
         default=None, description="why the stored entry could not be read (it never runs)"
@@ -115,25 +121,42 @@ class Workload(BaseModel):
         """The completed flag of the mission page."""
         return self.status == WorkloadStatus.COMPLETED
 
-    def to_summary(self, secret_ok: bool | None) -> WorkloadSummary:
+    @property
+    def grant(self) -> ResumeGrant | None:
+        """The stored leave to reuse ``resume_from`` (None: it resumes nothing, or nobody
+        granted it)."""
+        if self.resume_from is None or self.resume_signature is None or self.resume_grant is None:
+            return None
+        return ResumeGrant(self.resume_from, self.resume_signature, self.resume_grant)
+
+    def resume_ok(self, key: bytes, secret_ok: bool | None) -> bool | None:
+        """What ``queue list`` says of its resume with ``key``
+        (:func:`caliber.queue.secret.resume_ok`)."""
+        return resume_ok(key, workload_id=self.id, resume_from=self.resume_from,
+                         results_signature=self.resume_signature, grant=self.resume_grant,
+                         secret_ok=bool(secret_ok), marks=self.secret_mismatch)
+
+    def to_summary(self, secret_ok: bool | None,
+                   resume_ok: bool | None = None) -> WorkloadSummary:
         """What ``caliber queue list`` shows of it."""
         return WorkloadSummary(
             id=self.id, workflow=self.workflow_name, pinion=self.pinion,
             status=self.status.value, created_at=self.created_at.isoformat(),
             attempts=self.attempts, results_id=self.results_id, secret_ok=secret_ok,
             queued_by=self.queued_by, last_error=self.last_error,
-            secret_mismatch=self.secret_mismatch,
+            secret_mismatch=self.secret_mismatch, resume_from=self.resume_from,
+            resume_ok=resume_ok,
         )
 
-    def summary(self, secret_ok: bool | None) -> dict[str, Any]:
+    def summary(self, secret_ok: bool | None, resume_ok: bool | None = None) -> dict[str, Any]:
         """The stable keys of ``caliber queue list --json``."""
-        return self.to_summary(secret_ok).to_dict()
+        return self.to_summary(secret_ok, resume_ok).to_dict()
 
-    def detail(self, secret_ok: bool | None) -> dict[str, Any]:
+    def detail(self, secret_ok: bool | None, resume_ok: bool | None = None) -> dict[str, Any]:
         """Everything about the workload (``caliber queue view --json``): the summary's keys
         and more; attachments without their content."""
         return {
-            **self.summary(secret_ok),
+            **self.summary(secret_ok, resume_ok),
             "attachments": [
                 {"path": a.path, "size": a.size, "sha256": a.sha256, "encoding": a.encoding,
                  "content_ok": a.content_matches()}
@@ -141,7 +164,6 @@ class Workload(BaseModel):
             ],
             "lease": self.lease.model_dump(mode="json") if self.lease else None,
             "work_dir": self.work_dir,
-            "resume_from": self.resume_from,
             "history": [h.model_dump(mode="json") for h in self.history],
             "workflow_document": self.workflow,
         }

@@ -88,6 +88,10 @@ class Results(BaseModel):
         "the last 64 KiB), kept with the Results so it reaches any machine")
     resumed_from: str | None = Field(
         default=None, description="id of the Results this run resumed (reusing its tasks)")
+    signature: str | None = Field(
+        default=None, description="HMAC-SHA256 with the key of whoever stored them (a pinion, "
+        "workflow run) over what a resume reuses (caliber.queue.secret.results_message): a "
+        "resume reuses only Results whose signature checks with its key")
 
     @property
     def reused(self) -> list[TaskResult]:

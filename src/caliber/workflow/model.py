@@ -403,18 +403,30 @@ class Workflow:
 
         ``resume``: earlier Results of this workflow (or their id in that store): the tasks
         that completed there are reused instead of run again (see
-        :mod:`caliber.workflow.runner`); ResumeError when that cannot be done."""
+        :mod:`caliber.workflow.runner`); ResumeError when that cannot be done, or when their
+        signature does not check with your key (:mod:`caliber.queue.resume`): a resume
+        reuses only values a key holder stored. The Results are signed with your key."""
+        from caliber.queue.resume import results_problem, signed
+        from caliber.queue.secret import load_key
         from caliber.queue.target import local_target
         from caliber.workflow.runner import run_workflow
 
+        key = load_key()
         if isinstance(resume, str):
             from caliber.results.api import get_results
 
             resume = get_results(results_id=resume, target=target or local_target())
-        results = run_workflow(
+        if resume is not None:
+            problem = results_problem(resume, key)
+            if problem is not None:
+                from caliber.errors import ResumeError
+
+                raise ResumeError(f"cannot resume: {problem}; run the workflow again without "
+                                  "--resume")
+        results = signed(run_workflow(
             self, work_dir=Path(work_dir) if work_dir else Path.cwd(), on_event=on_event,
             resume=resume,
-        )
+        ), key)
         if store:
             from caliber.results.api import save_results
 
