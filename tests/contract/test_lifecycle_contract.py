@@ -135,8 +135,12 @@ def test_a_retry_without_resume_drops_the_grant_and_resetsecret_makes_it_again(
     assert got.secret == "z" * 64 and got.grant == regrant
     stale = ResumeGrant("other", "u" * 64, "i" * 64)  # not the Results it resumes: ignored
     assert backend.resetsecret(w.id, "z" * 64, KEY, resume=stale).grant == regrant
+    claim = backend.claim("p1", "a", LEASE, KEY)
+    assert claim is not None
+    backend.release(claim, reason="its resume does not check", mismatch_key_id=KEY)
     backend.cancel(w.id, "ann@laptop")
     got = backend.retry(w.id, "ann@laptop")
+    assert got.secret_mismatch is None  # a new attempt series: every key looks afresh
     assert got.resume_from is None and got.grant is None
     assert got.resume_signature is None and got.resume_grant is None
 

@@ -165,7 +165,8 @@ class QueueBackend(Protocol):
     def retry(self, id_or_prefix: str, by: str, *,
               resume: ResumeGrant | None = None) -> Workload:
         """Queue a failed or cancelled workload again (``queue retry``): a new attempt series,
-        its history kept, its run-secret untouched. With ``resume`` (a grant made with the
+        its history kept, its run-secret untouched, its mismatch marks cleared (every
+        pinion checks it afresh). With ``resume`` (a grant made with the
         user's key for its last Results) its pinion reuses the completed tasks of those
         Results (``Workload.resume_from``, ``resume_signature``, ``resume_grant``); without,
         any earlier resume is dropped. QueueStateError otherwise (and with ``resume`` when

@@ -355,7 +355,7 @@ def _apply(state: State, body: ev.Body, at: dt.datetime) -> None:
         state.status = WorkloadStatus.QUEUED
         state.attempts = 0
         state.lease = None
-        state.last_error = state.cancel = None
+        state.last_error = state.cancel = state.mismatch = None  # every key looks afresh
         state.resume_from = body.results
         state.resume_signature = body.signature if body.results else None
         state.resume_grant = body.grant if body.results else None

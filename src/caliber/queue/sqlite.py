@@ -638,7 +638,8 @@ class SQLiteBackend:
             grant = check_retry(workload, resume)
             conn.execute(
                 f"UPDATE workloads SET status = 'queued', attempts = 0, {_NO_LEASE}, "
-                f"last_error = NULL, cancel_requested = NULL, body = {_GRANT_SET} WHERE id = ?",
+                "last_error = NULL, cancel_requested = NULL, secret_mismatch = NULL, "
+                f"body = {_GRANT_SET} WHERE id = ?",
                 (*_grant_params(grant), workload.id))
             self._add_history(conn, workload.id, (
                 WorkloadStatus.QUEUED, retried(by, grant.results_id if grant else None)))
