@@ -59,7 +59,10 @@ def grant(workload_id: str, results: Results, key: bytes) -> ResumeGrant:
 def resume_problem(workload: Workload, results: Results, key: bytes) -> str | None:
     """Why a pinion with ``key`` must not let ``workload`` reuse ``results`` (read from the
     queue for its ``resume_from``), or None: the Results are the ones named, their signature
-    checks, and a grant made with the key lets this workload reuse them as they are."""
+    checks, a grant made with the key lets this workload reuse them, and they are as they
+    were when it was granted (the signature it covers is theirs). The grant is checked over
+    the workload's stored fields, as ``queue list`` checks it (:func:`~caliber.queue.secret.
+    resume_ok`): what the listing says of a grant is what the pinion decides."""
     if results.id != workload.resume_from:
         return (f"it resumes from results {workload.resume_from}, but the queue gave results "
                 f"{results.id}")
@@ -70,7 +73,8 @@ def resume_problem(workload: Workload, results: Results, key: bytes) -> str | No
         return (f"its resume from results {results.id} was not granted with a key (queued "
                 "again by hand, or by a Caliber from before resume grants)")
     if not grant_ok(key, workload_id=workload.id, results_id=results.id,
-                    results_signature=results.signature, grant=workload.resume_grant):
-        return (f"its resume grant does not match this pinion's key or results {results.id} "
-                "as they are now (tampered, or another key)")
+                    results_signature=workload.resume_signature, grant=workload.resume_grant):
+        return "its resume grant does not match this pinion's key (tampered, or another key)"
+    if workload.resume_signature != results.signature:
+        return f"results {results.id} are not those its resume was granted for (replaced since)"
     return None
