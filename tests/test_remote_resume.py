@@ -123,3 +123,23 @@ def test_a_genuine_remote_resume_after_a_real_fix(remote: Remote, tmp_path: Path
         second = backend.get_results(backend.get(wid).results_id)
     assert second.resumed_from == first and second.tasks[0].reused_from == first
     assert secret.results_signed(second.to_json_dict(), KEY.encode())
+
+
+def test_a_checkpoint_keeps_a_resume_grant_in_a_form_older_readers_read() -> None:
+    """A checkpoint stores a live workload's grant as a 19th item: a reader from before
+    grants reads the first 18 and ignores it; a state without a grant keeps its 17 or 18."""
+    import datetime as dt
+
+    from caliber.queue.speckle_checkpoint import _state, _state_doc
+    from caliber.queue.speckle_log import State
+
+    at = dt.datetime(2030, 1, 1, tzinfo=dt.UTC)
+    granted = State(id="w1", pinion="p", workflow="wf", created_at=at, queued_by="ann@laptop",
+                    object_id="o1", order=(at, "v1"), resume_from="r1",
+                    resume_signature="s" * 64, resume_grant="g" * 64)
+    doc = json.loads(json.dumps(_state_doc(granted)))
+    assert len(doc) == 19 and _state(doc) == granted
+    assert doc[17] == [None, "r1"]  # what a reader from before grants unpacks
+    plain = State(id="w2", pinion="p", workflow="wf", created_at=at, queued_by="ann@laptop",
+                  object_id="o2", order=(at, "v2"), resume_from="r1")
+    assert len(_state_doc(plain)) == 18 and _state(_state_doc(plain)) == plain
