@@ -236,7 +236,7 @@ def test_results_edited_after_the_owners_retry_resume_are_never_reused(
     assert not (folder / "ran").exists() and counts(folder) == (1, 1)
     # Only a run from the start is left: cancel, retry without --resume.
     err = cli("queue", "resetsecret", wid, code=2)
-    assert f"resumes from results {first} are not signed with your key" in err
+    assert f"cannot resume: results {first} are not signed with your key" in err
     assert f"caliber queue cancel {wid}, then caliber queue retry {wid}" in err
     cli("queue", "cancel", wid)
     cli("queue", "retry", wid)
@@ -264,7 +264,7 @@ def test_resetsecret_grants_a_resume_again_after_a_key_change_only_for_the_new_k
     cli("queue", "retry", wid, "--resume")
     monkeypatch.setenv("CALIBER_SECRET_KEY", OTHER)  # a new key: the old results are not its
     err = cli("queue", "resetsecret", wid, code=2)
-    assert f"resumes from results {first} are not signed with your key" in err
+    assert f"cannot resume: results {first} are not signed with your key" in err
     monkeypatch.setenv("CALIBER_SECRET_KEY", KEY)
     out = cli("queue", "resetsecret", wid)  # the same key: the grant made again, unchanged
     assert out.strip() == (f"signed workload {wid} again with your key, and its resume from "

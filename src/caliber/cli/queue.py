@@ -170,7 +170,9 @@ def _view(found: Look) -> list[RenderableType]:
     w = item.workload
     secret = "matches your key" if item.secret_ok else "[red]does not match your key[/]"
     if w.secret_mismatch:
-        secret += f" (a pinion found it not signed with key {escape(w.secret_mismatch)})"
+        why = ("its resume not vouched for by" if item.secret_ok and w.resume_from
+               else "it not signed with")
+        secret += f" (a pinion found {why} key {escape(w.secret_mismatch)})"
     facts = [
         ("id", escape(w.id)), ("workflow", escape(w.workflow_name)), ("pinion", escape(w.pinion)),
         ("status", status_text(w.status.value)), ("completed", "yes" if w.completed else "no"),

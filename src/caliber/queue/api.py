@@ -272,6 +272,6 @@ def _regrant(backend: Backend, workload: Workload, key: bytes) -> ResumeGrant:
                           f"{workload.resume_from}, which are gone; {instead}") from None
     problem = results_problem(results, key)
     if problem is not None:
-        raise ResumeError(f"workload {workload.id} resumes from {problem}, so your key cannot "
-                          f"vouch for them; {instead}")
+        raise ResumeError(f"workload {workload.id} cannot resume: {problem}, so your key "
+                          f"cannot vouch for them; {instead}")
     return grant(workload.id, results, key)

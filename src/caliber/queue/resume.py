@@ -68,7 +68,7 @@ def resume_problem(workload: Workload, results: Results, key: bytes) -> str | No
                 f"{results.id}")
     problem = results_problem(results, key, "this pinion's key")
     if problem is not None:
-        return f"it resumes from {problem}"
+        return f"cannot resume: {problem}"
     if workload.resume_grant is None:
         return (f"its resume from results {results.id} was not granted with a key (queued "
                 "again by hand, or by a Caliber from before resume grants)")
