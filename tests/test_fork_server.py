@@ -109,7 +109,7 @@ def test_a_child_asked_for_and_never_taken_ends_with_the_server() -> None:
     server = ForkServer(report_parent)
     server.prefork()
     while not server._ready:  # its pipes have reached this process (as they do in poll())
-        server._receive(block=True)
+        server._receive(1.0)
     spare = server._ready[0][0]
     server.close()
     wait_ended(spare, "the child asked for and never taken")

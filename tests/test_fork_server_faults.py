@@ -95,31 +95,32 @@ def test_a_killed_fork_server_puts_its_workload_back_uncounted(
 
 
 def test_a_stopped_fork_server_freezes_nothing(tmp_path: Path, stopped: list[int]) -> None:
-    """The server stops (SIGSTOP) while a workload runs: that one completes, the pinion keeps
-    its next workload's lease while it waits for the server, gives up on it, kills it and runs
-    the next workload all the same."""
+    """The server stops (SIGSTOP) while a workload runs: that one completes, and so does the
+    next (its child was forked ahead, before the server stopped); the pinion keeps the third
+    one's lease while it waits for the server, gives up on it, kills it and runs the third
+    workload all the same."""
     folder = make_folder(tmp_path / "wf")
     marker = tmp_path / "child.pid"
-    first = queue(folder, [("slow", [1, str(marker)])])
-    second = queue(folder, [("add", [1])])
+    ids = [queue(folder, [("slow", [1, str(marker)])]), queue(folder, [("add", [1])]),
+           queue(folder, [("add", [2])])]
     pinion = start_pinion("-a", "2", "-w", "0.2", "--lease", "0.6")
     try:
         _child, server = server_running(marker, stopped)
         os.kill(server, signal.SIGSTOP)
-        wait_for(lambda: workload(second).status == "running", what="the second claimed")
-        lease = workload(second).lease
+        wait_for(lambda: workload(ids[2]).status == "running", what="the third claimed")
+        lease = workload(ids[2]).lease
         assert lease is not None and state_of(server) == "T"
-        wait_for(lambda: (now := workload(second).lease) is None
+        wait_for(lambda: (now := workload(ids[2]).lease) is None
                  or now.expires_at > lease.expires_at, what="a renewal while the server waits")
         out, err = pinion.communicate(timeout=60)
     finally:
         stop(pinion)
     assert pinion.returncode == 0, err
-    assert workload(first).status == "completed"
-    assert workload(second).status == "completed", workload(second).last_error
-    assert workload(second).attempts == 1
-    assert "ran 2 (2 completed" in out
-    assert "the fork server stopped answering" in err
+    for wid in ids:
+        got = workload(wid)
+        assert (got.status, got.attempts) == ("completed", 1), got.last_error
+    assert "ran 3 (3 completed" in out
+    assert "the fork server ended (it stopped answering" in err
     assert not alive(server)
 
 

@@ -5,6 +5,7 @@ their command line."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import uuid
@@ -70,10 +71,8 @@ def marker() -> Iterator[str]:
     mark = f"caliber-test-{uuid.uuid4().hex}"
     yield mark
     for pid in with_marker(mark):
-        try:
+        with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
 
 
 @pytest.mark.parametrize(("then", "status", "args"), [

@@ -2,7 +2,9 @@
 
 It rebuilds the workflow from the workload's document (the attachments are already written to
 the working folder by the pinion), runs it with the in-process runner, and sends JSON lines to
-the pinion: ``{"event": ...}`` per task start and end, then ``{"results": ...}``. Whatever the
+the pinion: ``{"event": ...}`` per task start and end, then ``{"results": ...}``, once the
+processes the workload left running are killed (on Linux even those in other sessions: the
+child is a subreaper, see :mod:`caliber.pinion.platform`). Whatever the
 workload prints goes to ``output.log`` in its working folder; its standard input is
 ``/dev/null`` (a task calling ``input()`` gets end-of-file instead of stopping the child with
 SIGTTIN). The workload runs in this process and could write to the message pipe itself:
@@ -28,7 +30,12 @@ from typing import TYPE_CHECKING, Any
 
 from caliber.errors import CaliberError, ResumeError
 from caliber.pinion.follow import OUTPUT_FILE
-from caliber.pinion.platform import receive_job, redirect_output
+from caliber.pinion.platform import (
+    become_subreaper,
+    end_descendants,
+    receive_job,
+    redirect_output,
+)
 from caliber.results.values import RunStatus, new_id, utcnow
 from caliber.workflow.document import build_workflow
 from caliber.workflow.runner import ErrorRecord, TaskEvent, run_workflow_plain
@@ -73,6 +80,7 @@ def child_main(messages_fd: int, control_fd: int) -> None:
     try:
         run_job(job, messages_fd, stopping)
     except BaseException:  # Caliber's own failure: leave its traceback in output.log
+        end_descendants()
         traceback.print_exc()
         sys.stderr.flush()
         raise
@@ -145,6 +153,7 @@ def run_job(job: dict[str, Any], messages_fd: int, stopping: list[int]) -> None:
             "work_dir": str(work_dir),
             "error": ErrorRecord(type=type(exc).__name__, message=str(exc)).to_dict(),
         }
+    end_descendants()  # what the workload left running ends with it, before its verdict
     for stream in (sys.stdout, sys.stderr):  # the process ends with os._exit: flush first
         stream.flush()
     sender.send({"results": results})
@@ -167,6 +176,7 @@ def main() -> None:
     """``python -m caliber.pinion.child``: the spawn start method's entry point."""
     messages_fd = os.dup(1)
     control_fd = os.dup(0)  # stdin becomes /dev/null once the job has arrived
+    become_subreaper()
     child_main(messages_fd, control_fd)
 
 

@@ -20,6 +20,7 @@ import logging
 import os
 import socket
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
@@ -87,6 +88,8 @@ CHILD_EXIT_GRACE = 0.5  # seconds: wait for the last messages of a child that ha
 RENEWALS_PER_LEASE = 3  # a running workload's lease is renewed every third of its length
 MIN_RENEW_INTERVAL = 0.05  # seconds: the shortest time between two renewals
 STAGED_PREFIX = ".next-"  # the next run's folder, made ahead in the runs folder (+ the pid)
+MAX_FORK_SERVERS = 3  # fork servers a pinion starts (the first, then one for each that ended)
+# before it forks its children itself
 
 
 @dataclass(frozen=True)
@@ -135,7 +138,8 @@ class Outcome(StrEnum):
     LOST = "lost"
     """Its lease was taken by another pinion."""
     RELEASED = "released"
-    """Put back in the queue by a cold stop."""
+    """Put back in the queue, its attempt not counted: by a cold stop, or because its fork
+    server ended and took its child with it."""
     ERROR = "error"
     """An error between the claim and the verdict: given back or failed with the reason."""
     CANCELLED = "cancelled"
@@ -202,7 +206,7 @@ class Pinion:
         self._spare: ChildProcess | None = None
         self._start_method = start_method()  # read once: it looks at the settings files
         self._server = server
-        self._server_tried = server is not None
+        self._servers_left = MAX_FORK_SERVERS - (server is not None)  # to start, at most
         self._staged: Path | None = None  # the next run's folder, made ahead (_stage_next)
 
     # --- the loop -----------------------------------------------------------------------
@@ -257,14 +261,17 @@ class Pinion:
             self._server = None
         self.reporter.close()
 
-    def _start(self, job: dict[str, Any]) -> ChildProcess:
+    def _start(self, job: dict[str, Any], idle: Callable[[], object]) -> ChildProcess:
         """Hand the job to the spare child (forked while the previous workload ran) or to a new
-        one, then fork the next spare while this one runs. Each child runs one workload only."""
+        one, then fork the next spare while this one runs. Each child runs one workload only.
+        ``idle`` is called while the fork server is waited for (it renews the lease)."""
         server = self._fork_server()
         child, self._spare = self._spare, None
         if child is None and server is not None:
-            with contextlib.suppress(OSError):  # the server is gone: forked below instead
-                child = server.start()  # forked by the server while the previous workload ran
+            try:  # forked by the server while the previous workload ran
+                child = server.start(idle)
+            except OSError:  # it ended or stopped answering: this child is forked below,
+                server = None  # and a new server started for the next ones
         if child is not None:
             try:
                 child.send_job(job)
@@ -277,6 +284,7 @@ class Pinion:
             child = start_child(child_main, method=self._start_method, server=server)
             child.send_job(job)
         try:
+            server = server or self._fork_server()
             if server is not None:
                 server.prefork()
             else:
@@ -311,12 +319,22 @@ class Pinion:
 
     def _fork_server(self) -> ForkServer | None:
         """The process that forks this pinion's children (the one it was given, or one
-        started with the first child); None where there is none (spawn, not Linux, it could
-        not start or it died): the pinion then forks them itself."""
-        if self._server is None and not self._server_tried:
-            self._server_tried = True
+        started with the first child, or one started in place of one that ended or stopped
+        answering, MAX_FORK_SERVERS in all); None where there is none (spawn, not Linux, it
+        could not start, or too many ended): the pinion then forks them itself."""
+        ended = self._server
+        if ended is not None and not ended.alive:
+            self._server = None
+            ended.close()  # killed already, or ended: waited for
+            then = ("a new one forks the children" if self._servers_left else
+                    "this pinion forks its children itself from now on")
+            self.reporter.error(f"the fork server ended ({ended.ended}); {then}")
+        if self._server is None and self._servers_left:
+            self._servers_left -= 1
             self._server = start_fork_server(child_main, self.config.preload, self._start_method)
-        return self._server if self._server is not None and self._server.alive else None
+            if self._server is None:  # none here (or it cannot start): never again
+                self._servers_left = 0
+        return self._server
 
     def _stage_next(self) -> None:
         """Make the next run's folder, with its empty ``output.log``, while the current
@@ -563,7 +581,9 @@ class Pinion:
             outcome = self._monitor(run)
             if outcome is not None:
                 return outcome
-            returncode = run.child.wait() if run.final is None else 0
+            if run.final is None and run.child.server_ended and not run.stop_reason:
+                return self._server_ended(run)
+            returncode = run.child.returncode if run.final is None else 0
         finally:
             run.child.kill_group()  # whatever the workload started and left behind
             run.child.close()
@@ -579,17 +599,24 @@ class Pinion:
             job["resume"] = resume
         started = utcnow()
         self._reap()
+        next_renew = time.monotonic() + self._renew_every
+
+        def idle() -> None:  # waiting for the fork server: the lease is kept all the same
+            nonlocal claim, next_renew
+            if time.monotonic() >= next_renew:
+                claim = self._renewed(claim)
+                next_renew = time.monotonic() + self._renew_every
+
         try:
-            child = self._start(job)
+            child = self._start(job, idle)
         except OSError as exc:  # out of processes, memory or file descriptors
             raise ChildStartError(
                 f"cannot start the workload's process: {exc.strerror or exc}") from exc
         log.debug("workload %s runs in process %d", workload.id, child.pid)
         self.reporter.running_in(work_dir)
-        now = time.monotonic()
         return _Run(claim=claim, work_dir=work_dir, child=child,
-                    messages=MessageReader(child.messages_fd), started=started, t0=now,
-                    next_renew=now + self._renew_every)
+                    messages=MessageReader(child.messages_fd), started=started,
+                    t0=time.monotonic(), next_renew=next_renew)
 
     @property
     def _renew_every(self) -> float:
@@ -601,9 +628,10 @@ class Pinion:
         while True:
             wait = min(run.next_renew - time.monotonic(), POLL_SLICE)
             line = run.messages.get(max(wait, 0.0))
-            if line is EOF:
-                return None
-            if line is not None:
+            if line is EOF:  # its last message: how it ended is waited for (a slice at a time)
+                if run.child.wait(max(wait, 0.0)) is not None:
+                    return None
+            elif line is not None:
                 if self._take(run, line):
                     return None
                 continue
@@ -642,7 +670,7 @@ class Pinion:
 
     def _put_back(self, run: _Run) -> Outcome:
         run.child.kill()
-        run.child.wait()
+        run.child.wait(CHILD_EXIT_GRACE)
         self.backend.release(run.claim, reason="pinion stopped before the run ended")
         self.reporter.workload_finished("put back in the queue", "pinion stopped")
         return Outcome.RELEASED
@@ -663,31 +691,51 @@ class Pinion:
         run.stop_type, run.stop_reason = "Timeout", f"timed out after {timeout:g} s"
         return True
 
+    def _renewed(self, claim: Claim) -> Claim:
+        """The claim with its lease extended (as it was when the queue cannot be reached: the
+        lease may still hold); LeaseLostError when it was lost."""
+        try:
+            claim = self.backend.renew(claim, self.config.lease)
+            log.debug("lease of %s renewed", claim.workload.id)
+        except LeaseLostError:
+            raise
+        except QueueError as exc:  # keep running; the lease may still hold
+            self.reporter.error(f"could not renew the lease: {exc}", exc_info=exc)
+        return claim
+
     def _renew(self, run: _Run) -> bool:
         """Extend the lease; False when it was lost (the child is stopped)."""
         try:
-            run.claim = self.backend.renew(run.claim, self.config.lease)
-            log.debug("lease of %s renewed", run.claim.workload.id)
+            run.claim = self._renewed(run.claim)
             if run.claim.cancel_requested is not None and run.cancelled is None:
                 run.cancelled = run.claim.cancel_requested
                 run.asked = run.child.ask_to_stop()
                 self.reporter.cancelling(run.cancelled)
         except LeaseLostError:
             run.child.kill()
-            run.child.wait()
+            run.child.wait(CHILD_EXIT_GRACE)
             self.reporter.workload_finished("abandoned", "lease lost to another pinion")
             return False
-        except QueueError as exc:  # keep running; the lease may still hold
-            self.reporter.error(f"could not renew the lease: {exc}", exc_info=exc)
         return True
 
-    def _verdict(self, run: _Run, returncode: int) -> Outcome:
+    def _server_ended(self, run: _Run) -> Outcome:
+        """The fork server ended (killed, or stopped answering) before the child's verdict,
+        and took the child with it: the machine's fault, not the workload's, so the workload
+        goes back to the queue, its attempt not counted (the next start has a new server)."""
+        reason = (f"the fork server ended ({run.child.server_ended}) and took the workload's "
+                  "process with it")
+        self.backend.release(run.claim, reason=reason)
+        self.reporter.workload_finished("put back in the queue", reason)
+        return Outcome.RELEASED
+
+    def _verdict(self, run: _Run, returncode: int | None) -> Outcome:
         """Store the child's Results, or a failed one saying how the process ended."""
         workload = run.claim.workload
         if run.final is not None:
             results = run.final
         else:
-            why = run.stop_reason or f"the workload's process {describe_exit(returncode)}"
+            how = "ended" if returncode is None else describe_exit(returncode)
+            why = run.stop_reason or f"the workload's process {how}"
             results = Results(
                 workload_id=workload.id, workflow=workload.workflow_name,
                 pinion=self.config.name, started_at=run.started,

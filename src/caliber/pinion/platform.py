@@ -23,6 +23,16 @@ when the server itself ends, the kernel signals the child (``PR_SET_PDEATHSIG``)
 kills its group. Any other child watches its control pipe (its other end held only by the
 pinion) in a thread until it reads end-of-file (a second thread makes every copy-on-write
 fault dearer: a server's children do without).
+
+On Linux the child is also a *subreaper* (``PR_SET_CHILD_SUBREAPER``), and so is the fork
+server: a process the workload started in a new session (``setsid``), whose parent ends, is
+adopted by the child instead of init, so the child finds every process its workload left, and
+kills them (:func:`end_descendants`) before it sends its Results; the pinion does the same
+before it kills a child; a child that dies on its own leaves its processes to the server,
+which kills every process it adopts. Elsewhere only the child's process group is killed.
+
+The pinion waits for nothing from a fork server without a limit (:data:`FORK_SERVER_ANSWER`):
+a server that stops answering is killed, which ends its children too.
 """
 
 from __future__ import annotations
@@ -36,6 +46,7 @@ import select
 import signal
 import socket
 import sys
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -48,6 +59,12 @@ if TYPE_CHECKING:
 
 CHILD_START_ENV = "CALIBER_CHILD_START"
 POSIX = os.name == "posix"
+FORK_SERVER_ANSWER = 10.0  # seconds: the longest a started fork server may take to answer (a
+# child asked for, a sign of life); it forks in about a millisecond: one that has not answered
+# by then has stopped (SIGSTOP) or hung, and is killed
+FORK_SERVER_READY = 300.0  # seconds: the longest a fork server may take to start (it imports
+# the modules to preload, large libraries too)
+KILL_ROUNDS = 8  # end_descendants: the most passes over a workload's processes
 
 
 def start_method() -> str:
@@ -72,6 +89,10 @@ class ChildProcess:
     returncode: int | None = field(default=None)
     _server: ForkServer | None = None
     """The fork server that started it (and waits for it), if one did."""
+    server_ended: str = ""
+    """Why its fork server ended (or was killed for not answering), when it did before saying
+    how the child ended: the child died with it, its lifeline, or is killed (``returncode``
+    is then ``-SIGKILL``)."""
 
     def send_job(self, job: dict[str, Any]) -> None:
         """Give the waiting child its workload (one JSON line on its control pipe, which then
@@ -99,31 +120,63 @@ class ChildProcess:
             self.returncode = self._popen.poll()
             return self.returncode
         if self._server is not None:
-            self.returncode = self._server.exit_status(self.pid, block=False)
-            return self.returncode
+            return self._from_server(0.0)
         pid, status = os.waitpid(self.pid, os.WNOHANG)
         if pid == 0:
             return None
         self.returncode = os.waitstatus_to_exitcode(status)
         return self.returncode
 
-    def wait(self) -> int:
-        if self.returncode is None:
-            if self._popen is not None:
-                self.returncode = self._popen.wait()
-            elif self._server is not None:
-                code = self._server.exit_status(self.pid, block=True)
-                assert code is not None
-                self.returncode = code
-            else:
-                _, status = os.waitpid(self.pid, 0)
-                self.returncode = os.waitstatus_to_exitcode(status)
+    def wait(self, timeout: float | None = None) -> int | None:
+        """The exit status, waited for up to ``timeout`` seconds (None: until it ends); None
+        when it has not ended by then. A fork server's child is waited for through the
+        server, which is killed when it stops answering (the child then dies with it, see
+        :attr:`server_ended`): that wait ends even without ``timeout``."""
+        if self.returncode is not None:
+            return self.returncode
+        if self._popen is not None:
+            import subprocess
+
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self.returncode = self._popen.wait(timeout)
+            return self.returncode
+        if self._server is not None:
+            while self._from_server(FORK_SERVER_ANSWER if timeout is None else timeout) is None:
+                if timeout is not None:
+                    return None
+            return self.returncode
+        if timeout is None:
+            _, status = os.waitpid(self.pid, 0)
+            self.returncode = os.waitstatus_to_exitcode(status)
+            return self.returncode
+        end = time.monotonic() + timeout
+        while self.poll() is None:
+            if time.monotonic() >= end:
+                return None
+            time.sleep(0.01)
+        return self.returncode
+
+    def _from_server(self, timeout: float) -> int | None:
+        """:meth:`poll` or :meth:`wait` for a fork server's child."""
+        assert self._server is not None
+        try:
+            self.returncode = self._server.exit_status(self.pid, timeout)
+        except OSError:  # the server is gone: so is the child (its lifeline), or it goes now
+            self.kill()
+            self.server_ended = self._server.ended or "it ended"
+            self.returncode = -signal.SIGKILL
         return self.returncode
 
     def kill(self) -> None:
-        """Kill the child and everything it started."""
+        """Kill the child and everything it started: its processes in other sessions first
+        (found while it is stopped, so it starts no more; see :func:`end_descendants`), then
+        its process group and itself."""
         if self.returncode is not None:
             return
+        if POSIX:
+            with contextlib.suppress(OSError):
+                os.kill(self.pid, signal.SIGSTOP)
+            end_descendants(self.pid)
         self.kill_group()
         if self._popen is not None:
             with contextlib.suppress(OSError):
@@ -217,6 +270,12 @@ class ForkServer:
     child is signalled (``PR_SET_PDEATHSIG``) and kills its own group. So the server is the
     children's lifeline, and they need no thread to watch one. Linux only
     (``SOCK_SEQPACKET``); elsewhere the pinion forks its children itself.
+
+    Nothing is waited for from the server without a limit: a new child, or a sign of life
+    while an exit status is awaited (a ping), within :data:`FORK_SERVER_ANSWER` seconds
+    (:data:`FORK_SERVER_READY` while it starts). A server that does not answer is killed
+    (its children die with it); :attr:`ended` then says why, as it does when the server
+    ended on its own, and every wait on it raises ConnectionResetError.
     """
 
     def __init__(self, run: ChildMain, *, preload: Sequence[str] = ()) -> None:
@@ -239,18 +298,20 @@ class ForkServer:
         self.pid = self._process.pid  # library would turn MSG_DONTWAIT into a wait)
         self.alive = True
         self.ready = False  # it said it has imported what a child needs (and preloaded)
+        self.ended = ""
+        """Why it ended, once it has (``killed by signal SIGKILL``, ``it stopped answering``)."""
+        self._started = time.monotonic()
         self._asked = False  # a child was asked for and not yet taken
+        self._pinged: float | None = None  # when the unanswered ping was sent
         self._ready: collections.deque[tuple[int, list[int]]] = collections.deque()
         self._ended: dict[int, int] = {}
 
     def wait_ready(self) -> None:
         """Wait until the server has started (ChildStartError saying why it could not: a
-        module to preload that fails to import, say)."""
+        module to preload that fails to import, say, or no word in FORK_SERVER_READY s)."""
         try:
-            while not self.ready:
-                self._receive(block=True)
-        except ConnectionResetError as exc:
-            self.alive = False
+            self._await(lambda: self.ready)
+        except OSError as exc:
             raise ChildStartError(str(exc)) from None
 
     @staticmethod
@@ -261,58 +322,121 @@ class ForkServer:
         """Ask for the next child now, so it is forked (in the server, on another core) while
         the current workload runs; :meth:`start` takes it. OSError when the server is gone."""
         if not self._asked:
-            try:
-                self.sock.sendall(b"f")
-            except OSError:
-                self.alive = False
-                raise
+            self._send(b"f")
             self._asked = True
 
-    def start(self) -> ChildProcess:
+    def start(self, idle: Callable[[], object] | None = None) -> ChildProcess:
         """A new child, waiting for its job: the one asked for by :meth:`prefork`, or one asked
-        for now (OSError when the server is gone)."""
+        for now. ``idle`` is called every tenth of a second while the server has not answered
+        (a pinion renews its lease). OSError when the server is gone, TimeoutError when it
+        has not answered in time (it is then killed)."""
         self.prefork()
-        try:
-            while not self._ready:
-                self._receive(block=True)
-        except OSError:
-            self.alive = False
-            raise
+        self._await(lambda: bool(self._ready), idle)
         self._asked = False
         pid, (messages_fd, control_fd) = self._ready.popleft()
         return ChildProcess(pid=pid, messages_fd=messages_fd, _control_fd=control_fd,
                             _server=self)
 
-    def exit_status(self, pid: int, *, block: bool) -> int | None:
-        """How child ``pid`` ended (as :attr:`ChildProcess.returncode`), None while it runs
-        (``block``: wait for it)."""
+    def exit_status(self, pid: int, timeout: float = 0.0) -> int | None:
+        """How child ``pid`` ended (as :attr:`ChildProcess.returncode`), waited for up to
+        ``timeout`` seconds; None while it runs. A wait (``timeout`` > 0) asks the server for a
+        sign of life: one that has given none for FORK_SERVER_ANSWER seconds is killed.
+        ConnectionResetError when the server has ended (or was killed)."""
+        end = time.monotonic() + timeout
         while pid not in self._ended:
-            try:
-                if not self._receive(block=block) and not block:
-                    return None
-            except OSError:  # the server is gone: so is the child (its lifeline)
-                self.alive = False
-                return -signal.SIGKILL
+            self._check()
+            left = end - time.monotonic()
+            if left > 0:
+                self._ping()
+            if not self._receive(max(left, 0.0)) and left <= 0:
+                self._check()
+                return None
         return self._ended.pop(pid)
 
-    def _receive(self, *, block: bool) -> bool:
-        """One message, kept: a new child (its pid and pipes) or how one ended. False when
-        none was waiting (``block=False``)."""
-        if block:
-            select.select([self.sock], [], [])
+    def kill(self, why: str) -> None:
+        """Kill the server (it stopped answering): each of its children dies with it."""
+        self.alive = False
+        self.ended = self.ended or why
+        with contextlib.suppress(OSError):
+            self._process.kill()
+
+    def _await(self, done: Callable[[], bool], idle: Callable[[], object] | None = None,
+               ) -> None:
+        """Receive messages until ``done()``, calling ``idle()`` between them; kill the server
+        and raise TimeoutError when it has not answered within FORK_SERVER_ANSWER seconds
+        (FORK_SERVER_READY from its start while it is not ready)."""
+        now = time.monotonic()
+        end = now + FORK_SERVER_ANSWER
+        if not self.ready:
+            end = max(end, self._started + FORK_SERVER_READY)
+        while not done():
+            self._check()
+            left = end - time.monotonic()
+            if left <= 0:
+                what = "answering" if self.ready else "starting"
+                limit = FORK_SERVER_ANSWER if self.ready else FORK_SERVER_READY
+                self.kill(f"it stopped {what} (no word in {limit:g} s): killed")
+                raise TimeoutError(f"the fork server ended ({self.ended})")
+            self._receive(min(left, 0.1))
+            if idle is not None and not done():
+                idle()
+
+    def _check(self) -> None:
+        """ConnectionResetError when the server has ended; a pending ping that has waited
+        longer than FORK_SERVER_ANSWER kills it first."""
+        if (self.alive and self._pinged is not None
+                and time.monotonic() - self._pinged > FORK_SERVER_ANSWER):
+            self.kill(f"it stopped answering (no word in {FORK_SERVER_ANSWER:g} s): killed")
+        if not self.alive:
+            raise ConnectionResetError(f"the fork server ended ({self.ended or 'closed'})")
+
+    def _ping(self) -> None:
+        """Ask the server for a sign of life, unless a ping awaits its answer already."""
+        if self._pinged is None:
+            self._send(b"p")
+            self._pinged = time.monotonic()
+
+    def _send(self, request: bytes) -> None:
+        self._check()
+        try:
+            self.sock.sendall(request)
+        except OSError:
+            self._lost()
+            raise
+
+    def _lost(self) -> None:
+        """The server's end of the socket closed: it has ended."""
+        self.alive = False
+        if not self.ended:
+            code = self._process.poll()
+            self.ended = "it ended" if code is None else describe_exit(code)
+
+    def _receive(self, timeout: float) -> bool:
+        """One message, kept: a new child (its pid and pipes), how one ended, or a sign of
+        life. False when none came within ``timeout`` seconds."""
+        if not select.select([self.sock], [], [], timeout)[0]:
+            return False
         try:
             data, fds, _flags, _addr = socket.recv_fds(self.sock, 8192, 2)
         except BlockingIOError:
             return False
+        except OSError:
+            self._lost()
+            raise
         if not data:
             for fd in fds:
                 os.close(fd)
-            raise ConnectionResetError("the fork server has ended")
+            self._lost()
+            raise ConnectionResetError(f"the fork server ended ({self.ended})")
         if data.startswith(b"e "):  # it could not start: why, then end-of-file
             self.alive = False
-            raise ConnectionResetError(data[2:].decode("utf-8", "backslashreplace"))
+            self.ended = data[2:].decode("utf-8", "backslashreplace")
+            raise ConnectionResetError(self.ended)
         if data == b"r":
             self.ready = True
+            return True
+        if data == b"p":
+            self._pinged = None
             return True
         kind, pid, *rest = data.decode("ascii").split()
         if kind == "x":
@@ -322,15 +446,24 @@ class ForkServer:
         return True
 
     def close(self) -> None:
-        """Stop the server and wait for it. Its children that still run are not touched; the
-        child asked for and not taken reads end-of-file on its control pipe and exits."""
-        self.alive = False
+        """Stop the server and wait for it (killed if it has not ended within
+        FORK_SERVER_ANSWER seconds). Its children that still run are not touched; the child
+        asked for and not taken reads end-of-file on its control pipe and exits."""
+        import subprocess
+
+        was_alive, self.alive = self.alive, False
         for _pid, fds in self._ready:
             for fd in fds:
                 os.close(fd)
         self._ready.clear()
         self.sock.close()
-        self._process.wait()
+        try:
+            self._process.wait(FORK_SERVER_ANSWER)
+        except subprocess.TimeoutExpired:
+            self.kill(f"it did not end within {FORK_SERVER_ANSWER:g} s of its pinion: killed")
+            self._process.wait()
+        if not was_alive and not self.ended:
+            self.ended = describe_exit(self._process.returncode)
 
 
 _SERVER_MAIN = ("import json, socket, sys; sock = socket.socket(fileno=int(sys.argv[1])); "
@@ -380,16 +513,17 @@ def _serve(sock: socket.socket, run: ChildMain) -> None:
     os.set_blocking(wake_w, False)
     signal.signal(signal.SIGCHLD, lambda *_: None)
     signal.set_wakeup_fd(wake_w)  # a child's end wakes the select below
-    import ctypes  # here, once: a child only calls prctl
-
-    global _SERVER_PID, _PRCTL
-    _PRCTL = ctypes.CDLL(None, use_errno=True).prctl
+    global _SERVER_PID
     _SERVER_PID = os.getpid()  # its children die with it (see _die_with_server)
+    become_subreaper()  # here, once: ctypes is imported, a child only calls prctl
     running: set[int] = set()
     try:
         _serve_loop(sock, run, wake_r, wake_w, running)
-    finally:  # the pinion has gone (or this loop failed): so do the children's groups
+    finally:  # the pinion has gone (or this loop failed): so do the children, and all theirs
         for pid in running:
+            with contextlib.suppress(OSError):
+                os.kill(pid, signal.SIGSTOP)
+            end_descendants(pid)
             with contextlib.suppress(OSError):
                 os.killpg(pid, signal.SIGKILL)
 
@@ -402,18 +536,14 @@ def _serve_loop(sock: socket.socket, run: ChildMain, wake_r: int, wake_w: int,
             with contextlib.suppress(BlockingIOError):
                 while os.read(wake_r, 512):
                     pass
-        while running:
-            try:
-                pid, status = os.waitpid(-1, os.WNOHANG)
-            except ChildProcessError:
-                break
-            if pid == 0:
-                break
-            running.discard(pid)
-            sock.send(f"x {pid} {status}".encode("ascii"))
+            _reap_all(sock, running)
         if sock in ready:
-            if not sock.recv(16):
+            request = sock.recv(16)
+            if not request:
                 return  # the pinion has gone
+            if request == b"p":  # the pinion asks whether this server still answers
+                sock.send(b"p")
+                continue
             child = _fork(run, (sock.fileno(), wake_r, wake_w))
             running.add(child.pid)
             assert child._control_fd is not None
@@ -423,11 +553,108 @@ def _serve_loop(sock: socket.socket, run: ChildMain, wake_r: int, wake_w: int,
             os.close(child._control_fd)
 
 
+def _reap_all(sock: socket.socket, running: set[int]) -> None:
+    """In the fork server, woken by SIGCHLD: wait for every process of its own that ended,
+    tell the pinion how each child it forked ended, and kill every other process it has: a
+    subreaper, it adopts what a child that died on its own (SIGKILL, a crash) left running
+    in other sessions (with what those started)."""
+    while True:
+        try:
+            pid, status = os.waitpid(-1, os.WNOHANG)
+        except ChildProcessError:
+            break
+        if pid == 0:
+            break
+        if pid in running:
+            running.discard(pid)
+            sock.send(f"x {pid} {status}".encode("ascii"))
+    for pid in _children(os.getpid()):
+        if pid not in running:
+            end_descendants(pid)
+            with contextlib.suppress(OSError):
+                os.kill(pid, signal.SIGKILL)
+
+
 _SERVER_PID: int | None = None
 """Set in a fork server (and so in its children): the server's pid."""
 _PRCTL: Callable[..., int] | None = None
-"""libc's ``prctl``, looked up by the fork server before it forks."""
+"""libc's ``prctl`` (Linux), looked up by the process that forks children before it forks."""
 _PR_SET_PDEATHSIG = 1
+_PR_SET_CHILD_SUBREAPER = 36
+
+
+def become_subreaper() -> None:
+    """Linux: make this process a subreaper (``PR_SET_CHILD_SUBREAPER``): a descendant whose
+    parent ends is adopted by it instead of init, so it can find (:func:`end_descendants`)
+    what its workload started in other sessions. Looks ``prctl`` up once (ctypes), for the
+    children forked later too; nothing elsewhere."""
+    if _load_prctl():
+        assert _PRCTL is not None
+        _PRCTL(_PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
+
+
+def _load_prctl() -> bool:
+    """Look libc's ``prctl`` up, once (Linux); whether there is one."""
+    global _PRCTL
+    if _PRCTL is None and sys.platform.startswith("linux"):
+        import ctypes
+
+        with contextlib.suppress(OSError, AttributeError):  # a libc without it: none
+            _PRCTL = ctypes.CDLL(None, use_errno=True).prctl
+    return _PRCTL is not None
+
+
+def _children(pid: int) -> list[int]:
+    """The children of process ``pid``, of every thread of it (Linux's
+    ``/proc/PID/task/TID/children``); none where there is no such file."""
+    try:
+        tasks = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return []
+    found: list[int] = []
+    for tid in tasks:
+        try:
+            fd = os.open(f"/proc/{pid}/task/{tid}/children", os.O_RDONLY)
+        except OSError:
+            continue
+        try:
+            data = b""
+            while chunk := os.read(fd, 4096):
+                data += chunk
+        except OSError:
+            pass
+        finally:
+            os.close(fd)
+        found.extend(int(child) for child in data.split())
+    return found
+
+
+def _descendants(pid: int) -> list[int]:
+    found: list[int] = []
+    todo = [pid]
+    while todo:
+        for child in _children(todo.pop()):
+            found.append(child)
+            todo.append(child)
+    return found
+
+
+def end_descendants(pid: int | None = None) -> None:
+    """Kill every descendant of process ``pid`` (this one by default), whatever its session or
+    process group. In rounds: a process killed in one may leave children, which the next
+    finds, adopted by ``pid`` when it is a subreaper (a workload's child is one, see
+    :func:`become_subreaper`). Linux (``/proc``); elsewhere nothing is found, and only the
+    process group is killed (:meth:`ChildProcess.kill_group`)."""
+    root = os.getpid() if pid is None else pid
+    killed: set[int] = set()
+    for _round in range(KILL_ROUNDS):
+        found = [p for p in _descendants(root) if p not in killed]
+        if not found:
+            return
+        for child in found:
+            with contextlib.suppress(OSError):
+                os.kill(child, signal.SIGKILL)
+        killed.update(found)
 
 
 def _die_with_server() -> None:
@@ -444,6 +671,7 @@ def _die_with_server() -> None:
 
 
 def _lifeline_cut(*_: object) -> None:
+    end_descendants()
     with contextlib.suppress(OSError):
         os.killpg(os.getpgid(0), signal.SIGKILL)
     os._exit(70)
@@ -460,6 +688,7 @@ def _fork_frozen() -> int:
 
 
 def _fork(run: ChildMain, close_fds: Sequence[int]) -> ChildProcess:
+    _load_prctl()  # once: each child becomes a subreaper
     msg_r, msg_w = os.pipe()
     ctl_r, ctl_w = os.pipe()
     for fd in (msg_r, ctl_w):
@@ -474,6 +703,8 @@ def _fork(run: ChildMain, close_fds: Sequence[int]) -> ChildProcess:
                     os.close(fd)
             with contextlib.suppress(ValueError):
                 signal.set_wakeup_fd(-1)  # a fork server's, if it forked this child
+            if _PRCTL is not None:  # see become_subreaper
+                _PRCTL(_PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
             _die_with_server()
             for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGCHLD):
                 signal.signal(sig, signal.SIG_DFL)
@@ -613,6 +844,7 @@ def receive_job(control_fd: int) -> dict[str, Any]:
                         arrived.set()
         except (OSError, ValueError):
             pass
+        end_descendants()
         if POSIX:
             with contextlib.suppress(OSError):
                 os.killpg(os.getpgid(0), signal.SIGKILL)
