@@ -9,6 +9,7 @@ import time
 
 import pytest
 
+from caliber.pinion import platform
 from caliber.pinion.platform import ForkServer, describe_exit
 
 pytestmark = pytest.mark.skipif(not ForkServer.available(), reason="Linux only")
@@ -148,6 +149,82 @@ def test_when_the_server_is_killed_its_children_stop_their_groups() -> None:
         os.kill(server.pid, signal.SIGKILL)
         for pid in pids:
             wait_ended(pid, "a child (or its own process) of a killed server")
+        child.close()
+    finally:
+        server.close()
+
+
+@pytest.fixture
+def quick_answer(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A silent server is given up on after 0.5 s instead of 10."""
+    monkeypatch.setattr(platform, "FORK_SERVER_ANSWER", 0.5)
+
+
+def test_a_stopped_server_asked_for_a_child_is_killed(quick_answer: None) -> None:
+    server = ForkServer(report_parent)
+    try:
+        server.wait_ready()
+        os.kill(server.pid, signal.SIGSTOP)
+        waits: list[int] = []
+        with pytest.raises(TimeoutError, match=r"the fork server ended \(it stopped answering"):
+            server.start(idle=lambda: waits.append(1))
+        assert waits  # the caller had its turn while it waited (a pinion renews its lease)
+        assert not server.alive
+        wait_ended(server.pid, "the stopped server")
+        with pytest.raises(OSError):
+            server.start()
+    finally:
+        server.close()  # kills it, if it is still stopped
+
+
+def test_a_stopped_server_waited_for_is_killed_and_its_child_with_it(quick_answer: None) -> None:
+    server = ForkServer(start_and_sleep)
+    try:
+        child = server.start()
+        pids = [int(p) for p in read_line(child.messages_fd).split()]
+        os.kill(server.pid, signal.SIGSTOP)
+        assert child.wait(0.1) is None  # no answer yet: still waiting
+        assert child.wait() == -signal.SIGKILL  # no answer in time: killed, and the child
+        assert "it stopped answering" in child.server_ended
+        for pid in pids:
+            wait_ended(pid, "a child (or its own process) of a stopped server")
+        child.close()
+    finally:
+        server.close()
+
+
+def test_a_killed_servers_child_is_known_to_have_died_with_it() -> None:
+    server = ForkServer(start_and_sleep)
+    try:
+        child = server.start()
+        read_line(child.messages_fd)
+        os.kill(server.pid, signal.SIGKILL)
+        assert child.wait() == -signal.SIGKILL
+        assert child.server_ended == "killed by signal SIGKILL"
+        child.close()
+    finally:
+        server.close()
+
+
+def leave_a_session(messages_fd: int, control_fd: int) -> None:
+    """A child that starts a process in a new session, writes its pid, then dies of SIGKILL
+    (nothing of it can clean up)."""
+    import subprocess
+
+    faulthandler.disable()
+    sleeper = subprocess.Popen(["sleep", "60"], start_new_session=True)
+    os.write(messages_fd, f"{sleeper.pid}\n".encode())
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+def test_what_a_killed_child_left_in_another_session_is_killed_by_the_server() -> None:
+    """The server is a subreaper: it adopts what its dead child left and kills it."""
+    server = ForkServer(leave_a_session)
+    try:
+        child = server.start()
+        sleeper = int(read_line(child.messages_fd))
+        assert child.wait() == -signal.SIGKILL and not child.server_ended
+        wait_ended(sleeper, "the process the killed child started in a new session")
         child.close()
     finally:
         server.close()

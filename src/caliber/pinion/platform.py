@@ -406,9 +406,14 @@ class ForkServer:
 
     def _lost(self) -> None:
         """The server's end of the socket closed: it has ended."""
+        import subprocess
+
         self.alive = False
         if not self.ended:
-            code = self._process.poll()
+            try:  # it is ending (its socket closes as it exits): how, said in a moment
+                code: int | None = self._process.wait(1.0)
+            except subprocess.TimeoutExpired:
+                code = None
             self.ended = "it ended" if code is None else describe_exit(code)
 
     def _receive(self, timeout: float) -> bool:
