@@ -650,6 +650,11 @@ def end_descendants(pid: int | None = None) -> None:
     finds, adopted by ``pid`` when it is a subreaper (a workload's child is one, see
     :func:`become_subreaper`). Linux (``/proc``); elsewhere nothing is found, and only the
     process group is killed (:meth:`ChildProcess.kill_group`)."""
+    if pid is None and hasattr(os, "waitid"):
+        try:  # the usual case, one system call: no child, so no descendant (a subreaper
+            os.waitid(os.P_ALL, 0, os.WEXITED | os.WNOHANG | os.WNOWAIT)  # adopts orphans)
+        except ChildProcessError:
+            return
     root = os.getpid() if pid is None else pid
     killed: set[int] = set()
     for _round in range(KILL_ROUNDS):
