@@ -178,3 +178,28 @@ def test_a_child_that_ends_while_its_server_is_stopped_goes_back_uncounted(
     assert got.attempts == 1
     assert any("the fork server ended" in h.message for h in got.history)
     assert not alive(server)
+
+
+def test_a_fork_server_killed_between_workloads_is_replaced_quietly(
+        tmp_path: Path, stopped: list[int]) -> None:
+    """Killed while the pinion waits for work: the next workload runs at once (no error, no
+    back-off, nothing put back), in a new server's child."""
+    folder = make_folder(tmp_path / "wf")
+    marker = tmp_path / "child.pid"
+    first = queue(folder, [("slow", [1, str(marker)])])
+    pinion = start_pinion("--forever", "-w", "0.1")
+    try:
+        _child, server = server_running(marker, stopped)
+        wait_for(lambda: workload(first).status == "completed", what="the first workload")
+        os.kill(server, signal.SIGKILL)
+        marker.unlink()
+        second = queue(folder, [("slow", [0, str(marker)])])
+        wait_for(lambda: workload(second).status == "completed", what="the second workload")
+    finally:
+        stop(pinion, signal.SIGINT)
+    _out, err = pinion.communicate()
+    got = workload(second)
+    assert got.attempts == 1
+    assert [h.status for h in got.history] == ["queued", "running", "completed"], got.history
+    assert "the fork server ended (killed by signal SIGKILL); a new one forks" in err
+    assert "could not" not in err and "cannot" not in err

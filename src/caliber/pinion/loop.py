@@ -267,24 +267,24 @@ class Pinion:
         ``idle`` is called while the fork server is waited for (it renews the lease)."""
         server = self._fork_server()
         child, self._spare = self._spare, None
-        if child is None and server is not None:
-            try:  # forked by the server while the previous workload ran
-                child = server.start(idle)
-            except OSError:  # it ended or stopped answering: this child is forked below,
-                server = None  # and a new server started for the next ones
+        if child is None and server is not None:  # forked while the previous workload ran
+            child = _from_server(server, idle)
         if child is not None:
             try:
                 child.send_job(job)
-            except OSError:  # the spare died meanwhile: start afresh
+            except OSError:  # the spare died meanwhile (with its server, say): start afresh
                 child.kill()
                 child.close()
                 self._unreaped.append(child)
                 child = None
         if child is None:
-            child = start_child(child_main, method=self._start_method, server=server)
+            if server is not None and server.alive:
+                child = _from_server(server, idle)
+            if child is None:  # no server, or it ended: forked here (a new one for the next)
+                child = start_child(child_main, method=self._start_method)
             child.send_job(job)
         try:
-            server = server or self._fork_server()
+            server = self._fork_server()  # a new one, if that one ended
             if server is not None:
                 server.prefork()
             else:
@@ -791,6 +791,16 @@ class _Run:
     """Who cancelled the workload (learnt at a renewal): it stops after its current task."""
     asked: bool = False
     """Whether the child was asked to run no further task (else it is killed after this one)."""
+
+
+def _from_server(server: ForkServer, idle: Callable[[], object]) -> ChildProcess | None:
+    """A child from the fork server; None when the server ended or stopped answering (it is
+    then killed, and :meth:`Pinion._fork_server` starts another)."""
+    try:
+        return server.start(idle)
+    except OSError as exc:
+        log.debug("no child from the fork server (%s)", exc)
+        return None
 
 
 def _reason(exc: BaseException) -> str:
