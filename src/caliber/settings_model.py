@@ -33,6 +33,7 @@ from caliber.settings import (
     check_child_start,
     environment,
 )
+from caliber.sizes import DEFAULT_LOG_MAX, MIN_LOG_MAX, format_size, parse_size
 
 
 class Settings(BaseSettings):
@@ -83,6 +84,9 @@ class Settings(BaseSettings):
         "modules a pinion imports once, before it starts the workloads' processes, so that "
         "workloads using them start with them loaded, comma-separated (pinion init "
         "--preload numpy,scipy)"))
+    pinion_log_max: int = Field(DEFAULT_LOG_MAX, description=(
+        "bytes a run's output.log keeps (1 GiB); past them its middle is cut out, with a "
+        "line saying so; suffixes K, M, G, 0: no cap (pinion init --log-max 100M)"))
 
     @classmethod
     def variable(cls, field: str) -> str:
@@ -127,6 +131,18 @@ class Settings(BaseSettings):
             except SecretKeyError as exc:
                 raise ConfigError(str(exc)) from None
         return raw
+
+    @field_validator("pinion_log_max", mode="before")
+    @classmethod
+    def _size(cls, raw: Any, info: Any) -> Any:
+        try:
+            size = raw if isinstance(raw, int) else parse_size(str(raw))
+        except ValueError:
+            size = -1
+        if size != 0 and size < MIN_LOG_MAX:
+            raise ConfigError(f"{cls.variable(info.field_name)} must be a size in bytes such as "
+                              f"100M, 0 (no cap) or >= {format_size(MIN_LOG_MAX)}, got {raw!r}")
+        return size
 
     @classmethod
     def settings_customise_sources(

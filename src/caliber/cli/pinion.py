@@ -15,6 +15,7 @@ from caliber.settings import (
     DEFAULT_WAIT,
     PREFIX,
 )
+from caliber.sizes import DEFAULT_LOG_MAX, MIN_LOG_MAX, format_size
 
 if TYPE_CHECKING:
     from caliber.queue.target import QueueTarget
@@ -55,6 +56,29 @@ class ModuleNames(click.types.StringParamType):
                 self.fail(f"{name!r} is not a module name (names are separated by commas).",
                           param, ctx)
         return names
+
+
+class Size(click.types.StringParamType):
+    """A size in bytes: ``65536``, ``100M``, ``1G`` (powers of 1024); 0 or at least ``min``."""
+
+    name = "BYTES"
+
+    def __init__(self, min: int) -> None:
+        self.min = min
+
+    def convert(self, value: Any, param: click.Parameter | None,
+                ctx: click.Context | None) -> Any:
+        from caliber.sizes import format_size, parse_size
+
+        if isinstance(value, int):
+            return value
+        try:
+            size = parse_size(str(value))
+        except ValueError as exc:
+            self.fail(str(exc), param, ctx)
+        if 0 < size < self.min:
+            self.fail(f"{value!r} is less than {format_size(self.min)} (0: no cap).", param, ctx)
+        return size
 
 
 @click.group(epilog="Example: caliber pinion init mypinion -a 100 -w 10")
@@ -98,13 +122,18 @@ def pinion() -> None:
               envvar="CALIBER_PINION_PRELOAD", show_envvar=True,
               help="Modules to import once, before the workloads' processes start (e.g. "
               "numpy,scipy): workloads that use them do not import them each time.")
+@click.option("--log-max", type=Size(min=MIN_LOG_MAX), default=format_size(DEFAULT_LOG_MAX),
+              show_default=True, cls=SettingOption,
+              envvar="CALIBER_PINION_LOG_MAX", show_envvar=True,
+              help="Bytes a run's output.log keeps (suffixes K, M, G; 0: no cap): past them "
+              "its middle is cut out, with a line saying so.")
 @click.option("-q", "--quiet", is_flag=True, help="Show no progress, only errors and the summary.")
 @json_option
 @target_options
 def init(
     name: str, attempts: int, wait: float, forever: bool, lease: float, timeout: float | None,
-    max_attempts: int, keep_runs: int | None, preload: tuple[str, ...], quiet: bool,
-    as_json: bool, target: QueueTarget,
+    max_attempts: int, keep_runs: int | None, preload: tuple[str, ...], log_max: int,
+    quiet: bool, as_json: bool, target: QueueTarget,
 ) -> None:
     """Start the pinion NAME: run the workloads queued for it, one by one, each in its own
     process and working folder, and store their results.
@@ -123,6 +152,7 @@ def init(
     config = PinionConfig(
         name=name, attempts=0 if forever else attempts, wait=wait, lease=lease,
         timeout=timeout, max_attempts=max_attempts, keep_runs=keep_runs, preload=preload,
+        log_max=log_max,
     )
     summary = run_pinion(config, target, quiet=quiet, server=server)
     if as_json:

@@ -15,6 +15,8 @@ from caliber.queue.api import DEFAULT_LIMIT
 from caliber.queue.status import STATUSES
 
 if TYPE_CHECKING:
+    from collections.abc import Iterator
+
     from rich.console import RenderableType
 
     from caliber.pinion.follow import Look
@@ -363,28 +365,46 @@ def logs_cmd(workload_id: str, follow_output: bool, target: QueueTarget) -> None
     (the last 64 KiB). WORKLOAD_ID may be a unique prefix."""
     from caliber.pinion.follow import follow, look, read_output
 
-    terminal = sys.stdout.isatty()
     if follow_output:
         try:
-            for chunk in follow(workload_id, target):
-                _write_output(chunk, terminal)
+            _write_output(follow(workload_id, target, notice=_notice))
         except KeyboardInterrupt:
             raise SystemExit(130) from None
         return
     found = look(workload_id, target)
-    text = read_output(found, target)
-    if text is None:
+    chunks = read_output(found, target)
+    if chunks is None:
         click.echo(_no_output(found), err=True)
         return
-    _write_output(text, terminal)
+    _write_output(chunks)
 
 
-def _write_output(text: str, terminal: bool) -> None:
-    """Output as written; on a terminal with its control characters as escapes."""
+def _write_output(chunks: Iterator[bytes]) -> None:
+    """Output as it was written, a batch at a time; on a terminal decoded, with its control
+    characters as escapes."""
+    if not sys.stdout.isatty():
+        out = sys.stdout.buffer
+        for chunk in chunks:
+            out.write(chunk)
+            out.flush()
+        return
+    import codecs
+
     from caliber.text import for_terminal
 
-    sys.stdout.write(for_terminal(text, multiline=True) if terminal else text)
+    decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+    for chunk in chunks:
+        sys.stdout.write(for_terminal(decoder.decode(chunk), multiline=True))
+        sys.stdout.flush()
+    sys.stdout.write(for_terminal(decoder.decode(b"", final=True), multiline=True))
     sys.stdout.flush()
+
+
+def _notice(message: str) -> None:
+    """``queue logs -f``: one line on stderr when output was lost to it (cut, truncated)."""
+    from caliber.text import for_terminal
+
+    click.echo(f"caliber: {for_terminal(message)}", err=True)
 
 
 def _no_output(found: Look) -> str:

@@ -15,12 +15,11 @@ its output arrives with its Results, and its progress shows in that pinion's own
 
 from __future__ import annotations
 
-import codecs
 import datetime as dt
 import json
 import os
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -36,7 +35,6 @@ OUTPUT_FILE = "output.log"
 OUTPUT_KEPT = 64 * 1024  # bytes: the end of output.log handed in with the Results
 FOLLOW_POLL = 0.5  # seconds between looks at a followed workload on the local queue
 FOLLOW_POLL_REMOTE = 5.0  # seconds between looks on the remote queue (its requests are limited)
-READ_CHUNK = 64 * 1024  # bytes of output.log read at a time
 
 
 def pinion_runs(name: str, runs: Path | None = None) -> Path:
@@ -176,11 +174,20 @@ def look(workload_id: str, target: QueueTarget) -> Look:
     return Look(item=item, work_dir=work_dir, progress=progress, local=local)
 
 
-def read_output(found: Look, target: QueueTarget) -> str | None:
-    """What the workload printed: ``output.log`` in its run folder on this machine, else the
-    output kept with its Results; None when neither is there (yet)."""
+def read_output(found: Look, target: QueueTarget) -> Iterator[bytes] | None:
+    """What the workload printed, in batches (memory bounded whatever its size):
+    ``output.log`` in its run folder on this machine, else the output kept with its Results;
+    None when neither is there (yet)."""
     if found.work_dir is not None and (found.work_dir / OUTPUT_FILE).is_file():
-        return (found.work_dir / OUTPUT_FILE).read_bytes().decode("utf-8", errors="replace")
+        from caliber.pinion.outputlog import stream
+
+        return stream(found.work_dir)
+    text = _kept_output(found, target)
+    return None if text is None else iter([text.encode("utf-8", errors="surrogateescape")])
+
+
+def _kept_output(found: Look, target: QueueTarget) -> str | None:
+    """The end of the output kept with the workload's Results (the last 64 KiB)."""
     results_id = found.item.workload.results_id
     if results_id is None:
         return None
@@ -189,54 +196,40 @@ def read_output(found: Look, target: QueueTarget) -> str | None:
     return get_results(results_id=results_id, target=target).output
 
 
-def follow(workload_id: str, target: QueueTarget) -> Iterator[str]:
+def follow(workload_id: str, target: QueueTarget,
+           notice: Callable[[str], None] | None = None) -> Iterator[bytes]:
     """The workload's output as it is written, until the workload has finished (or is
     removed): ``output.log`` read as it grows on the local queue; on the remote queue the
-    output kept with its Results, once it has them."""
+    output kept with its Results, once it has them. ``notice`` is told, in one line, when
+    output was lost to the reader: cut from the log (its cap), the log truncated or replaced.
+    """
     from caliber.errors import NotFoundError
+    from caliber.pinion.outputlog import LogReader
 
     found = look(workload_id, target)
     poll = FOLLOW_POLL if found.local else FOLLOW_POLL_REMOTE
-    reader: _Tail | None = None
-    while True:
-        if found.work_dir is not None and (reader is None or reader.folder != found.work_dir):
-            reader = _Tail(found.work_dir)  # a new attempt writes a new folder
-        if reader is not None:
-            yield from reader.read()
-        if found.status not in ("queued", "running"):  # finished: nothing more comes
-            if reader is None or not reader.seen:
-                text = read_output(found, target)
-                if text:
-                    yield text
-            return
-        time.sleep(poll)
-        try:
-            found = look(found.item.workload.id, target)
-        except NotFoundError:  # reset while followed
+    reader: LogReader | None = None
+    try:
+        while True:
+            if found.work_dir is not None and (reader is None or reader.folder != found.work_dir):
+                if reader is not None:
+                    reader.close()
+                reader = LogReader(found.work_dir, notice)  # a new attempt writes a new folder
             if reader is not None:
                 yield from reader.read()
-            return
-
-
-class _Tail:
-    """Reads what was added to a run folder's ``output.log`` since the last read."""
-
-    def __init__(self, folder: Path) -> None:
-        self.folder = folder
-        self.offset = 0
-        self.seen = False
-        """Whether the file was there (its whole content has been read)."""
-        self._decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
-
-    def read(self) -> Iterator[str]:
-        try:
-            with open(self.folder / OUTPUT_FILE, "rb") as f:
-                self.seen = True
-                f.seek(self.offset)
-                while chunk := f.read(READ_CHUNK):
-                    self.offset += len(chunk)
-                    text = self._decoder.decode(chunk)
+            if found.status not in ("queued", "running"):  # finished: nothing more comes
+                if reader is None or not reader.seen:
+                    text = _kept_output(found, target)
                     if text:
-                        yield text
-        except FileNotFoundError:
-            return
+                        yield text.encode("utf-8", errors="surrogateescape")
+                return
+            time.sleep(poll)
+            try:
+                found = look(found.item.workload.id, target)
+            except NotFoundError:  # reset while followed
+                if reader is not None:
+                    yield from reader.read()
+                return
+    finally:
+        if reader is not None:
+            reader.close()

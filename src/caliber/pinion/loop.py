@@ -41,6 +41,7 @@ from caliber.errors import (
 from caliber.pinion.child import child_main
 from caliber.pinion.follow import OUTPUT_FILE, output_tail, pinion_runs
 from caliber.pinion.messages import ForeignMessageError, read_message
+from caliber.pinion.outputlog import LogCap
 from caliber.pinion.platform import (
     EOF,
     ChildProcess,
@@ -72,6 +73,7 @@ from caliber.settings import (
     DEFAULT_MAX_ATTEMPTS,
     DEFAULT_WAIT,
 )
+from caliber.sizes import DEFAULT_LOG_MAX
 from caliber.workflow.attachments import resolve_inside
 from caliber.workflow.fileformat import check_document
 from caliber.workflow.runner import TRACEBACK_FILE
@@ -113,6 +115,8 @@ class PinionConfig:
     """Run folders of finished workloads kept, the newest (``--keep-runs``); None: all."""
     preload: tuple[str, ...] = ()
     """Modules imported once, by the process the children are forked from (``--preload``)."""
+    log_max: int = DEFAULT_LOG_MAX
+    """Bytes a run's ``output.log`` keeps, its middle cut out past them (0: no cap)."""
 
     def __post_init__(self) -> None:
         """Each number within its setting's bounds (ConfigError): a lease of 1e17 s would
@@ -616,7 +620,8 @@ class Pinion:
         self.reporter.running_in(work_dir)
         return _Run(claim=claim, work_dir=work_dir, child=child,
                     messages=MessageReader(child.messages_fd), started=started,
-                    t0=time.monotonic(), next_renew=next_renew)
+                    t0=time.monotonic(), next_renew=next_renew,
+                    log=LogCap(work_dir, self.config.log_max))
 
     @property
     def _renew_every(self) -> float:
@@ -626,6 +631,7 @@ class Pinion:
         """Watch the child until its verdict is known (None), or until the run ends without
         one: a cold stop (RELEASED) or a lost lease (LOST)."""
         while True:
+            run.log.tick()  # the output's size, a few times a second: cut past the cap
             wait = min(run.next_renew - time.monotonic(), POLL_SLICE)
             line = run.messages.get(max(wait, 0.0))
             if line is EOF:  # its last message: how it ended is waited for (a slice at a time)
@@ -748,13 +754,15 @@ class Pinion:
                 from caliber.workflow.runner import write_traceback_file
 
                 write_traceback_file(run.work_dir, results)
-        return self._keep(run.claim, run.work_dir, results)
+        return self._keep(run.claim, run.work_dir, results, run.log)
 
-    def _keep(self, claim: Claim, work_dir: Path, results: Results) -> Outcome:
+    def _keep(self, claim: Claim, work_dir: Path, results: Results,
+              log_cap: LogCap | None = None) -> Outcome:
         """Store the workload's Results (with the end of its output), signed with this
         pinion's key (a later resume reuses only what it signed), and report them."""
         from caliber.queue.resume import signed
 
+        (log_cap or LogCap(work_dir, self.config.log_max)).finish()  # under the cap, for good
         results = signed(results.model_copy(update={
             "output": output_tail(work_dir), "workload_id": claim.workload.id}), self.key)
         try:
@@ -782,6 +790,8 @@ class _Run:
     t0: float
     """``time.monotonic()`` when the child was given the job."""
     next_renew: float
+    log: LogCap
+    """Keeps ``output.log`` under the cap while the child runs."""
     records: list[TaskResult] = field(default_factory=list)
     final: Results | None = None
     stop_type: str = "ChildProcessDied"
