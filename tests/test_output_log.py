@@ -95,7 +95,7 @@ def check_cut(log: bytes, printed: int, line: bytes,
     marker = MARKER_LINE.search(log)
     assert marker is not None
     counted = len(log) - (marker.end() - marker.start() + 2) + cut
-    assert counted == printed or lossy and printed - printed // 100 <= counted <= printed
+    assert counted == printed or (lossy and printed - printed // 100 <= counted <= printed)
     head, tail = log[:marker.start() - 1], log[marker.end() + 1:]
     width = 100  # bytes a line
     head_numbers = [int(x) for x in re.findall(rb"^" + line + rb" (\d{9}) ", head, re.M)]

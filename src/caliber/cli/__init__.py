@@ -98,19 +98,6 @@ def verbose() -> bool:
     return _handler in logging.getLogger("caliber").handlers
 
 
-def _quiet_stdout() -> None:
-    """Point stdout at the null device, so that flushing it at exit after a broken pipe
-    writes nothing (Python would print an error about it)."""
-    import os
-
-    try:
-        null = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(null, sys.stdout.fileno())
-        os.close(null)
-    except (OSError, ValueError):
-        pass
-
-
 def main(argv: list[str] | None = None) -> None:
     """Entry point of the console script and of ``python -m caliber``."""
     from caliber.errors import CaliberError
@@ -139,7 +126,9 @@ def main(argv: list[str] | None = None) -> None:
         error_line("interrupted")
         code = 130
     except BrokenPipeError:  # the reader went away (``| head``): a quiet end
-        _quiet_stdout()
+        from caliber.cli.common import quiet_stdout
+
+        quiet_stdout()
         code = 0
     finally:
         set_verbose(False)

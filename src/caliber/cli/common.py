@@ -45,6 +45,20 @@ def error_line(message: str) -> None:
     click.echo(f"caliber: error: {text}", err=True)
 
 
+def quiet_stdout() -> None:
+    """After a broken pipe (the reader went away, as ``| head`` does): point stdout at the
+    null device, so that flushing it at exit writes nothing (Python would print an error)."""
+    import os
+    import sys
+
+    try:
+        null = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(null, sys.stdout.fileno())
+        os.close(null)
+    except (OSError, ValueError):
+        pass
+
+
 def print_json(value: Any) -> None:
     """``value`` as JSON; characters a terminal would obey are written as ``\\u`` escapes."""
     from caliber.text import json_for_terminal

@@ -381,7 +381,17 @@ def logs_cmd(workload_id: str, follow_output: bool, target: QueueTarget) -> None
 
 def _write_output(chunks: Iterator[bytes]) -> None:
     """Output as it was written, a batch at a time; on a terminal decoded, with its control
-    characters as escapes."""
+    characters as escapes. A reader that goes away (``| head``) ends it quietly."""
+    try:
+        _write_chunks(chunks)
+    except BrokenPipeError:
+        from caliber.cli.common import quiet_stdout
+
+        quiet_stdout()
+        raise SystemExit(0) from None
+
+
+def _write_chunks(chunks: Iterator[bytes]) -> None:
     if not sys.stdout.isatty():
         out = sys.stdout.buffer
         for chunk in chunks:

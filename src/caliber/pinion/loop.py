@@ -631,8 +631,8 @@ class Pinion:
         """Watch the child until its verdict is known (None), or until the run ends without
         one: a cold stop (RELEASED) or a lost lease (LOST)."""
         while True:
-            run.log.tick()  # the output's size, a few times a second: cut past the cap
-            wait = min(run.next_renew - time.monotonic(), POLL_SLICE)
+            log_due = run.log.tick()  # the output's size, often enough: cut past the cap
+            wait = min(run.next_renew - time.monotonic(), POLL_SLICE, log_due)
             line = run.messages.get(max(wait, 0.0))
             if line is EOF:  # its last message: how it ended is waited for (a slice at a time)
                 if run.child.wait(max(wait, 0.0)) is not None:

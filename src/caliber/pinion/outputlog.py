@@ -53,7 +53,8 @@ from caliber.sizes import format_size
 
 LAYOUT_FILE = "caliber-output-cut.json"
 MODES = ("collapse", "punch", "copy")
-CHECK_EVERY = 0.1  # seconds: the shortest time between two looks at a running log's size
+CHECK_EVERY = 0.05  # seconds: the longest time between two looks at a running log's size...
+CHECK_SOON = 0.01  # ... and the shortest, when at the rate it grows it would soon be past
 READ_BATCH = 1 << 20  # bytes a reader reads under one look at the layout
 COPY_CHUNK = 1 << 20  # bytes moved at a time when the tail is moved down after the head
 BUSY_WAIT = 0.01  # seconds a reader waits for a cut under way...
@@ -150,14 +151,26 @@ class LogCap:
         """The ways still worth trying on this file, best first."""
         self.layout: Layout | None = None
         self._fd: int | None = None
-        self._next_check = time.monotonic() + CHECK_EVERY  # a workload that ends sooner: none
+        self._last = time.monotonic()
+        self._next_check = self._last + CHECK_SOON  # a workload that ends sooner: no look
+        self._size = 0  # bytes at the last look, after its cut
+        self._grown = 0
 
-    def tick(self) -> None:
-        """A look at the size, at most every :data:`CHECK_EVERY` seconds; cut when past."""
+    def tick(self) -> float:
+        """A look at the size when it is time, and a cut when past the cap. The next look is
+        due when, at the rate the log grew, it would be halfway from its size to the cap
+        (within :data:`CHECK_SOON` and :data:`CHECK_EVERY`). Returns the seconds until then,
+        for the pinion's wait."""
         now = time.monotonic()
-        if self.cap > 0 and now >= self._next_check:
-            self._next_check = now + CHECK_EVERY
-            self._check(final=False)
+        if self.cap <= 0:
+            return CHECK_EVERY
+        if now >= self._next_check:
+            self._size = self._check(final=False)
+            rate = self._grown / max(now - self._last, CHECK_SOON)  # bytes a second
+            self._last = now
+            wait = (self.cap - self._size) / rate / 2 if rate > 0 else CHECK_EVERY
+            self._next_check = now + min(max(wait, CHECK_SOON), CHECK_EVERY)
+        return self._next_check - now
 
     def finish(self) -> None:
         """After the run: cut to the cap for good, leave no hole, and let go of the file."""
@@ -169,13 +182,18 @@ class LogCap:
                 os.close(self._fd)
                 self._fd = None
 
-    def _check(self, *, final: bool) -> None:
+    def _check(self, *, final: bool) -> int:
+        """Cut when past the cap; the size of the log after the cut (0: no log). Sets
+        ``_grown``: by how much it grew since the last look."""
         try:
             if self._fd is None:
-                if os.stat(self.folder / OUTPUT_FILE).st_size <= self.cap:
-                    return  # most runs: never opened
+                size = os.stat(self.folder / OUTPUT_FILE).st_size
+                self._grown = size - self._size
+                if size <= self.cap:
+                    return size  # most runs: never opened
                 self._fd = os.open(self.folder / OUTPUT_FILE, os.O_RDWR | NO_FOLLOW)
             stat = os.fstat(self._fd)
+            self._grown = stat.st_size - self._size
             layout = self.layout
             if layout is not None and stat.st_size < layout.tail_at:  # truncated by someone
                 self.layout = layout = None
@@ -184,8 +202,10 @@ class LogCap:
             hole = layout is not None and layout.tail_at > layout.head
             if kept > self.cap or (final and hole):
                 self._cut(stat.st_size, stat.st_ino, stat.st_blksize or 4096, final)
+                return os.fstat(self._fd).st_size
+            return stat.st_size
         except OSError:  # a log that cannot be cut is left as it is: never the run's failure
-            return
+            return 0
 
     def _cut(self, size: int, inode: int, block: int, final: bool) -> None:
         old = self.layout
@@ -196,7 +216,7 @@ class LogCap:
         start = old.tail_at if old else head
         keep = self.cap - head if final else (self.cap - head) // 2
         for mode in list(self.modes):
-            if mode == "collapse" or mode == "punch" and not final:
+            if mode == "collapse" or (mode == "punch" and not final):
                 tail = max(-(-(size - keep) // block) * block, start)  # whole blocks
             else:
                 tail = max(size - keep, start)  # the tail is moved down after the head
