@@ -48,7 +48,7 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 from caliber.pinion.follow import OUTPUT_FILE
-from caliber.platform import NO_FOLLOW
+from caliber.platform import NO_FOLLOW, write_private_file
 from caliber.sizes import format_size
 
 LAYOUT_FILE = "caliber-output-cut.json"
@@ -115,7 +115,7 @@ def _write_layout(folder: Path, layout: Layout | None) -> None:
             os.unlink(path)
         return
     partial = path.with_name(LAYOUT_FILE + ".partial")
-    partial.write_text(json.dumps(asdict(layout)), encoding="utf-8")
+    write_private_file(partial, json.dumps(asdict(layout)).encode("utf-8"))  # 0600
     os.replace(partial, path)
 
 
