@@ -358,6 +358,9 @@ def test_sizes_read_and_written() -> None:
 @pytest.mark.parametrize(("args", "env", "named"), [
     (["--log-max", "lots"], {}, "--log-max"),
     (["--log-max", "1K"], {}, "--log-max"),
+    (["--log-max", "1e17"], {}, "--log-max"),
+    (["--log-max", "2048T"], {}, "--log-max"),
+    ([], {"CALIBER_PINION_LOG_MAX": "99999999999999999999"}, "CALIBER_PINION_LOG_MAX"),
     ([], {"CALIBER_PINION_LOG_MAX": "1.5G"}, "CALIBER_PINION_LOG_MAX"),
     ([], {"CALIBER_PINION_LOG_MAX": "100"}, "CALIBER_PINION_LOG_MAX"),
 ])

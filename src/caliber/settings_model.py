@@ -33,7 +33,7 @@ from caliber.settings import (
     check_child_start,
     environment,
 )
-from caliber.sizes import DEFAULT_LOG_MAX, MIN_LOG_MAX, format_size, parse_size
+from caliber.sizes import DEFAULT_LOG_MAX, MAX_LOG_MAX, MIN_LOG_MAX, format_size, parse_size
 
 
 class Settings(BaseSettings):
@@ -139,9 +139,10 @@ class Settings(BaseSettings):
             size = raw if isinstance(raw, int) else parse_size(str(raw))
         except ValueError:
             size = -1
-        if size != 0 and size < MIN_LOG_MAX:
+        if size != 0 and not MIN_LOG_MAX <= size <= MAX_LOG_MAX:
             raise ConfigError(f"{cls.variable(info.field_name)} must be a size in bytes such as "
-                              f"100M, 0 (no cap) or >= {format_size(MIN_LOG_MAX)}, got {raw!r}")
+                              f"100M: 0 (no cap), or from {format_size(MIN_LOG_MAX)} to "
+                              f"{format_size(MAX_LOG_MAX)}, got {raw!r}")
         return size
 
     @classmethod

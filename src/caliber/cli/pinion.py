@@ -15,7 +15,7 @@ from caliber.settings import (
     DEFAULT_WAIT,
     PREFIX,
 )
-from caliber.sizes import DEFAULT_LOG_MAX, MIN_LOG_MAX, format_size
+from caliber.sizes import DEFAULT_LOG_MAX, MAX_LOG_MAX, MIN_LOG_MAX, format_size
 
 if TYPE_CHECKING:
     from caliber.queue.target import QueueTarget
@@ -68,7 +68,7 @@ class Size(click.types.StringParamType):
 
     def convert(self, value: Any, param: click.Parameter | None,
                 ctx: click.Context | None) -> Any:
-        from caliber.sizes import format_size, parse_size
+        from caliber.sizes import parse_size
 
         if isinstance(value, int):
             return value
@@ -76,8 +76,9 @@ class Size(click.types.StringParamType):
             size = parse_size(str(value))
         except ValueError as exc:
             self.fail(str(exc), param, ctx)
-        if 0 < size < self.min:
-            self.fail(f"{value!r} is less than {format_size(self.min)} (0: no cap).", param, ctx)
+        if size != 0 and not self.min <= size <= MAX_LOG_MAX:
+            self.fail(f"{value!r} is not 0 (no cap), nor from {format_size(self.min)} to "
+                      f"{format_size(MAX_LOG_MAX)}.", param, ctx)
         return size
 
 
