@@ -638,10 +638,12 @@ class Pinion:
                 if run.child.wait(max(wait, 0.0)) is not None:
                     return None
             elif line is not None:
+                run.news_at = time.monotonic()
                 if self._take(run, line):
                     return None
                 continue
-            self.reporter.tick()  # no news for a moment: progress file, live line
+            if time.monotonic() - max(run.news_at, run.t0) >= POLL_SLICE:
+                self.reporter.tick()  # no news for a moment: progress file, live line
             if self.flags.cold:
                 return self._put_back(run)
             now = time.monotonic()
@@ -792,6 +794,8 @@ class _Run:
     next_renew: float
     log: LogCap
     """Keeps ``output.log`` under the cap while the child runs."""
+    news_at: float = 0.0
+    """``time.monotonic()`` of the child's last message (or of the job given)."""
     records: list[TaskResult] = field(default_factory=list)
     final: Results | None = None
     stop_type: str = "ChildProcessDied"
