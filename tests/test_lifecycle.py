@@ -137,17 +137,22 @@ def test_workflow_run_resume_in_process(tmp_path: Path) -> None:
     assert f"[1/3] load  completed  reused from {first}" in done.stdout
     assert (runs(folder, "load"), runs(folder, "check"), runs(folder, "report")) == (1, 2, 1)
 
-    # The functions' file changed since load ran: its stored value may be stale. Refused,
-    # nothing run, nothing stored.
+    # A comment added to the functions' file changes none of the code that ran: reused.
     (folder / "lcfuncs.py").write_text(FUNCTIONS + "\n# changed\n")
-    stored = len(run_caliber("results", "list", "--json").stdout)
-    refused = run_caliber("workflow", "run", str(file), "--resume", first, ok=False)
-    assert refused.returncode == 2
-    assert refused.stderr.strip().splitlines() == [
-        f"caliber: error: cannot resume: task 'load' ran (results {first}) with other code: "
-        "lcfuncs.py changed since; run the workflow again without resuming"]
-    assert runs(folder, "load") == 1 and runs(folder, "check") == 2
-    assert len(run_caliber("results", "list", "--json").stdout) == stored
+    again = run_caliber("workflow", "run", str(file), "--resume", first)
+    assert f"[1/3] load  completed  reused from {first}" in again.stdout
+    assert (runs(folder, "load"), runs(folder, "check"), runs(folder, "report")) == (1, 3, 2)
+
+    # load's own code changed: it runs again, and so do the tasks that take its result.
+    second = again.stdout.split("caliber results show ")[-1].split()[0]
+    (folder / "lcfuncs.py").write_text(FUNCTIONS.replace("return [1, 2]", "return [2, 2]"))
+    third = json.loads(run_caliber("workflow", "run", str(file), "--resume", second,
+                                   "--json").stdout)
+    assert [t["reuse"] for t in third["tasks"]] == [
+        "code of load changed", "input from 'load' was recomputed",
+        "input from 'check' was recomputed"]
+    assert third["tasks"][2]["return"] == {"total": 22, "scale": 3}
+    assert (runs(folder, "load"), runs(folder, "check"), runs(folder, "report")) == (2, 4, 3)
 
 
 def test_cancel_queued_then_list_by_status_and_counts(tmp_path: Path) -> None:

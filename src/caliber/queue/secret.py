@@ -289,23 +289,35 @@ GRANT_KIND = "caliber resume grant/1"
 TASK_SIGNED = ("name", "path", "branch", "status", "return", "g_set", "g_deleted",
                "code_file", "code_sha256", "reused_from")
 """The keys of each task's JSON record that a Results signature covers: everything a resume
-reuses or checks. The rest (times, durations, errors, conversion notes) is only shown."""
+reuses or checks. The rest (times, durations, errors, conversion notes, the ``reuse`` note) is
+only shown."""
+TASK_SIGNED_FINGERPRINTS = ("code_fingerprint", "inputs_fingerprint")
+"""Keys a Results signature covers too since code fingerprints: signed as one more item of
+the task's list, ``{key: value}`` of those that are set, only when one is (so the Results a
+Caliber from before them signed still check as they were signed)."""
+
+
+def _task_signed(task: Mapping[str, Any]) -> list[Any]:
+    signed = [task[name] for name in TASK_SIGNED]
+    later = {name: task[name] for name in TASK_SIGNED_FINGERPRINTS
+             if task.get(name) is not None}
+    return [*signed, later] if later else signed
 
 
 def results_message(results: Mapping[str, Any]) -> bytes:
     """The bytes a Results signature signs, from the Results' JSON form (as
     ``Results.to_json_dict()`` gives it and the stores keep it): the Results, workload and
     workflow ids and names, the run status, the Results it resumed, every task's
-    :data:`TASK_SIGNED` fields in order and the final ``g``. DamagedEntry when they cannot be
-    read or encoded."""
+    :data:`TASK_SIGNED` fields in order (and its :data:`TASK_SIGNED_FINGERPRINTS`) and the
+    final ``g``. DamagedEntry when they cannot be read or encoded."""
     try:
-        tasks = [[task[name] for name in TASK_SIGNED] for task in results["tasks"]]
+        tasks = [_task_signed(task) for task in results["tasks"]]
         payload = {
             "kind": RESULTS_KIND, "id": results["id"], "workload_id": results["workload_id"],
             "workflow": results["workflow"], "status": results["status"],
             "resumed_from": results["resumed_from"], "tasks": tasks, "g": results["g"],
         }
-    except (KeyError, TypeError) as exc:
+    except (KeyError, TypeError, AttributeError) as exc:
         raise DamagedEntry(f"the Results lack a signed field ({exc!r})") from exc
     return canonical_json(payload)
 

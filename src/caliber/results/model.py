@@ -65,7 +65,18 @@ class TaskResult(BaseModel):
     code_file: Text | None = Field(
         default=None, description="the file of the task's function, when it completed")
     code_sha256: str | None = Field(
-        default=None, description="SHA-256 of that file then (a resume checks it)")
+        default=None, description="SHA-256 of that file then (Results of a Caliber from "
+        "before code fingerprints; a resume no longer reuses such a task)")
+    code_fingerprint: str | None = Field(
+        default=None, description="SHA-256 of the normalised code of the task's function and "
+        "of what it reaches in the workflow's own modules, when it completed (a resume "
+        "compares it: caliber.workflow.fingerprint)")
+    inputs_fingerprint: list[str] | None = Field(
+        default=None, description="a SHA-256 per argument as stored (positional, then "
+        "name=SHA-256 per keyword), when it completed (a resume compares it)")
+    reuse: Text | None = Field(
+        default=None, description="in a resumed run: 'reused from R', or why the task ran "
+        "again ('code of solve changed', 'argument 2 changed', ...)")
 
 
 class Results(BaseModel):

@@ -4,12 +4,24 @@ Failure rule: when a task raises, nothing after it in execution order runs (its 
 and so do the processes around it), except the other branches of the same branch process,
 which still run to the end. Returns of tasks that ran are kept either way.
 
-Resuming (``resume=`` earlier Results): the tasks that completed in those Results are not run
-again. Their stored return values are given to the tasks that use them, ``g`` is restored
-from what each of them set (``TaskResult.g_set``/``g_deleted``, recorded when a task
-completes), and their records are kept with ``reused_from``. A reused task whose function's
-file changed since it ran (``code_sha256``) refuses the resume (ResumeError) before anything
-runs.
+Resuming (``resume=`` earlier Results of the same workflow): a task that completed there is
+reused instead of run again when, as the run reaches it (:meth:`_Run.why_not_reused`),
+
+1. its code fingerprint is the one stored (its function and everything it reaches in the
+   workflow's own modules: :mod:`caliber.workflow.fingerprint`),
+2. its inputs fingerprint is the one stored (its arguments as stored),
+3. the tasks whose results it takes were reused in this run (not run again), and ``g`` as
+   it finds it is, name for name, what it found when it ran: the tasks before it left the
+   same values (as JSON; a value only kept as a conversion, a ``repr`` say, that a task of
+   this run set counts as changed). The whole of ``g``, not the names a task's code mentions:
+   code can read ``g`` in ways its source does not show (a helper in an installed package,
+   ``getattr(g, name)``, ``dict(g)``), and the whole is exact for every one of them.
+
+A reused task's stored return value is given to the tasks that use it, what it did to ``g``
+(``TaskResult.g_set``/``g_deleted``) is done again at its place, and its record is kept with
+``reused_from``. Every task of a resumed run that runs or is reused says why in its ``reuse``
+note ("reused from R", "code of solve changed", "argument 2 changed", "input from 'Mesh' was
+recomputed", "did not complete in R", ...).
 """
 
 from __future__ import annotations
@@ -17,7 +29,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import datetime as dt
-import hashlib
 import importlib
 import os
 import sys
@@ -34,7 +45,17 @@ from caliber.platform import write_private_file
 from caliber.results.convert import to_json
 from caliber.results.values import RunStatus, TaskStatus, error_summary, new_id, utcnow
 from caliber.text import valid_unicode
-from caliber.workflow.model import BranchProcess, Node, Process, Step, Task, TaskRef, Workflow
+from caliber.workflow.fingerprint import Fingerprinter, inputs, inputs_change
+from caliber.workflow.model import (
+    BranchProcess,
+    Node,
+    Process,
+    Step,
+    Task,
+    TaskRef,
+    Workflow,
+    iter_refs,
+)
 
 if TYPE_CHECKING:
     from caliber.results.model import ErrorInfo, Results, TaskResult
@@ -105,6 +126,9 @@ class TaskRecord:
     g_deleted: list[str] = dataclasses.field(default_factory=list)
     code_file: str | None = None
     code_sha256: str | None = None
+    code_fingerprint: str | None = None
+    inputs_fingerprint: list[str] | None = None
+    reuse: str | None = None
 
     @classmethod
     def of(cls, result: TaskResult, **changes: Any) -> TaskRecord:
@@ -127,6 +151,9 @@ class TaskRecord:
             "g_deleted": [valid_unicode(k) for k in self.g_deleted],
             "code_file": None if self.code_file is None else valid_unicode(self.code_file),
             "code_sha256": self.code_sha256,
+            "code_fingerprint": self.code_fingerprint,
+            "inputs_fingerprint": self.inputs_fingerprint,
+            "reuse": None if self.reuse is None else valid_unicode(self.reuse),
         }
 
 
@@ -185,67 +212,128 @@ class _Run:
         self.stopped_before: str | None = None  # the task a stop request kept from running
         self.reused: set[tuple[str, int | None]] = set()
         self.g_json: dict[str, Any] = {}  # g as JSON after the last task, to see what changed
-        self.hashes: dict[str, tuple[str, str] | None] = {}  # module -> (file, sha256)
+        self.g_inexact: set[str] = set()  # g names a task of this run set to a converted value
+        self.source: Results | None = None  # the Results a resumed run reuses tasks of
+        self.earlier: dict[tuple[str, int | None], TaskResult] = {}
+        self.g_before: dict[tuple[str, int | None], dict[str, Any]] = {}  # ... as they saw g
+        self.fingerprints = Fingerprinter(str(workflow.base_dir))
+        self.code: dict[str, tuple[str | None, str | None]] = {}  # function -> file, print
         for step in self.steps:
             self.records[step.task.name, step.branch] = TaskRecord(
                 name=step.task.name, path=list(step.path), branch=step.branch)
 
     def take_over(self, source: Results) -> None:
-        """Reuse the completed tasks of ``source``: values, records and what they did to g."""
+        """Get ready to reuse the completed tasks of ``source`` (as :meth:`why_not_reused`
+        allows, task by task as the run reaches it): their records, and ``g`` as each task
+        found it then (replayed from what the tasks before it did)."""
         if source.workflow != self.workflow.name:
             raise ResumeError(f"cannot resume from results {source.id}: they are of workflow "
                               f"{source.workflow!r}, not {self.workflow.name!r}")
+        self.source = source
+        g: dict[str, Any] = {}
         for old in source.tasks:
             key = (old.name, old.branch)
-            if old.status != TaskStatus.COMPLETED or key not in self.records:
-                continue
-            self.records[key] = TaskRecord.of(old, reused_from=old.reused_from or source.id)
-            self.values[key] = old.return_
-            self.reused.add(key)
+            self.earlier[key] = old
+            self.g_before[key] = dict(g)
             for name in old.g_deleted:
-                context.g.pop(name, None)
-            for name, value in old.g_set.items():
-                setattr(context.g, name, value)
-        self.g_json = {str(k): to_json(context.g.get(k))[0] for k in list(context.g)}
+                g.pop(name, None)
+            g.update(old.g_set)
 
-    def check_code(self) -> None:
-        """ResumeError when a reused task's function file is not what it was when it ran."""
-        for key in self.reused:
-            record = self.records[key]
-            task = next(t for t in self.workflow.tasks if t.name == key[0])
-            now = self.code_of(task)
-            if record.code_sha256 is not None and (now is None or now[1] != record.code_sha256):
-                raise ResumeError(
-                    f"cannot resume: task {record.name!r} ran (results {record.reused_from}) "
-                    f"with other code: {record.code_file} changed since; run the workflow "
-                    "again without resuming")
+    def fingerprint_code(self) -> None:
+        """The code fingerprint of every task's function, taken once its module is imported,
+        before any task runs (what a later resume compares; see
+        :mod:`caliber.workflow.fingerprint`)."""
+        for task in self.workflow.tasks:
+            if task.function not in self.code:
+                self.code[task.function] = (self.code_file(task),
+                                            self.fingerprints.code(task.function))
 
-    def code_of(self, task: Task) -> tuple[str, str] | None:
-        """(file, SHA-256) of the file that defines the task's function, relative to the
-        workflow's folder when inside it; None when it has no file. (``os.path``, not
-        pathlib: in a pinion's fresh child every code path run costs page faults.)"""
-        module = task.function.partition(":")[0]
-        if module not in self.hashes:
-            found = getattr(sys.modules.get(module), "__file__", None)
-            self.hashes[module] = None
-            if isinstance(found, str):
-                path = os.path.abspath(found)
-                try:
-                    with open(path, "rb") as f:
-                        digest = hashlib.sha256(f.read()).hexdigest()
-                except OSError:
-                    return None
-                base = str(self.workflow.base_dir)  # resolved by Workflow
-                inside = path.startswith(base.rstrip(os.sep) + os.sep)
-                shown = os.path.relpath(path, base) if inside else path
-                self.hashes[module] = (shown.replace(os.sep, "/"), digest)
-        return self.hashes[module]
+    def code_file(self, task: Task) -> str | None:
+        """The file that defines the task's function, relative to the workflow's folder when
+        inside it; None when it has no file. (``os.path``, not pathlib: in a pinion's fresh
+        child every code path run costs page faults.)"""
+        found = getattr(sys.modules.get(task.function.partition(":")[0]), "__file__", None)
+        if not isinstance(found, str):
+            return None
+        path = os.path.abspath(found)
+        base = str(self.workflow.base_dir)  # resolved by Workflow
+        inside = path.startswith(base.rstrip(os.sep) + os.sep)
+        return (os.path.relpath(path, base) if inside else path).replace(os.sep, "/")
+
+    def why_not_reused(self, task: Task, branch: int | None,
+                       given: list[str]) -> str | None:
+        """Why the run of ``task`` (in ``branch``) in the Results resumed from cannot be
+        reused now (None: it can): ``given`` is its inputs fingerprint now."""
+        assert self.source is not None
+        source = self.source.id
+        old = self.earlier.get((task.name, branch))
+        if old is None:
+            return f"not in results {source}"
+        if old.status != TaskStatus.COMPLETED:
+            return f"did not complete in {source}"
+        if old.code_fingerprint is None or old.inputs_fingerprint is None:
+            if all(t.code_fingerprint is None for t in self.source.tasks):
+                return f"no fingerprint in results {source} (older Caliber)"
+            return f"its code could not be read when it ran in {source}"
+        short = task.function.partition(":")[2]
+        if self.code[task.function][1] != old.code_fingerprint:
+            return f"code of {short} changed"
+        changed = inputs_change(old.inputs_fingerprint, given)
+        if changed is not None:
+            return changed
+        for ref in iter_refs([task.args, task.kwargs] if branch is None
+                             else [task.args[branch], task.kwargs[branch]]):
+            if not all(key in self.reused for key in self.keys_of(ref, branch)):
+                return f"input from {ref.task!r} was recomputed"
+        return self.g_change(self.g_before.get((task.name, branch), {}))
+
+    def g_change(self, before: dict[str, Any]) -> str | None:
+        """How ``g`` now differs from ``before`` (as a task found it when it ran), or None."""
+        for name in sorted(before.keys() | self.g_json.keys()):
+            if name not in self.g_json:
+                return f"g.{name} is gone"
+            if name not in before:
+                return f"g.{name} is new"
+            if name in self.g_inexact or before[name] != self.g_json[name]:
+                return f"g.{name} changed"
+        return None
+
+    def keys_of(self, ref: TaskRef, branch: int | None) -> list[tuple[str, int | None]]:
+        """The task runs whose values ``ref`` stands for (as :meth:`value_of` takes them)."""
+        if (ref.task, branch) in self.records:
+            return [(ref.task, branch)]
+        if (ref.task, None) in self.records:
+            return [(ref.task, None)]
+        return [key for key in self.records if key[0] == ref.task]
+
+    def reuse(self, task: Task, branch: int | None) -> TaskRecord:
+        """Take the earlier run of ``task`` over: its record, its value, what it did to g."""
+        assert self.source is not None
+        old = self.earlier[task.name, branch]
+        origin = old.reused_from or self.source.id
+        record = TaskRecord.of(old, reused_from=origin, reuse=f"reused from {origin}")
+        self.records[task.name, branch] = record
+        self.values[task.name, branch] = old.return_
+        self.reused.add((task.name, branch))
+        for name in old.g_deleted:
+            context.g.pop(name, None)
+            self.g_json.pop(name, None)
+            self.g_inexact.discard(name)
+        for name, value in old.g_set.items():
+            setattr(context.g, name, value)
+            self.g_json[name] = value
+            self.g_inexact.discard(name)
+        return record
 
     def note_g(self, record: TaskRecord) -> None:
         """Record what the task just did to g (compared as JSON with g before it)."""
         if not context.g and not self.g_json:
             return
-        now = {str(k): to_json(context.g.get(k))[0] for k in list(context.g)}
+        now = {}
+        for k in list(context.g):
+            now[str(k)], note = to_json(context.g.get(k))
+            if note:
+                self.g_inexact.add(str(k))
         record.g_set = {k: v for k, v in now.items()
                         if k not in self.g_json or self.g_json[k] != v}
         record.g_deleted = [k for k in self.g_json if k not in now]
@@ -305,14 +393,18 @@ class _Run:
         self.index += 1
         record = self.records[task.name, branch]
         self.emit(TaskEvent("start", self.index, self.total, task.name, branch))
-        if (task.name, branch) in self.reused:
-            self.emit(TaskEvent("end", self.index, self.total, task.name, branch,
-                                TaskStatus.COMPLETED, record.duration, result=record))
-            return True
         if branch is None:
             args, kwargs = task.args, task.kwargs
         else:
             args, kwargs = task.args[branch], task.kwargs[branch]
+        given = inputs(list(args), dict(kwargs))
+        if self.source is not None:
+            record.reuse = self.why_not_reused(task, branch, given)
+            if record.reuse is None:
+                record = self.reuse(task, branch)
+                self.emit(TaskEvent("end", self.index, self.total, task.name, branch,
+                                    TaskStatus.COMPLETED, record.duration, result=record))
+                return True
         record.started_at = utcnow()
         start = time.perf_counter()
         try:
@@ -335,9 +427,8 @@ class _Run:
         record.return_, record.conversion = to_json(value)
         record.status = TaskStatus.COMPLETED
         self.note_g(record)
-        code = self.code_of(task)
-        if code is not None:
-            record.code_file, record.code_sha256 = code
+        record.code_file, record.code_fingerprint = self.code[task.function]
+        record.inputs_fingerprint = given
         self.emit(TaskEvent("end", self.index, self.total, task.name, branch,
                             TaskStatus.COMPLETED, record.duration, result=record))
         return True
@@ -384,8 +475,9 @@ def run_workflow_plain(
 
     The Results are the plain dict :class:`Results` reads (JSON values, but for the dates):
     what a pinion's child sends without building a model (:func:`run_workflow` validates it).
-    With ``resume``, the tasks that completed in those Results are reused, not run again
-    (ResumeError, before anything runs, when that cannot be done faithfully).
+    With ``resume``, the tasks that completed in those Results are reused, not run again,
+    where the reuse rule allows (see the module's docstring; ResumeError, before anything
+    runs, when they are Results of another workflow).
     ``should_stop`` is asked before each task: once it says True no further task runs and
     the Results are cancelled (``caliber queue cancel`` of a running workload).
     On failure the tracebacks are also written to ``caliber-traceback.txt`` in ``work_dir``.
@@ -403,8 +495,7 @@ def run_workflow_plain(
         sys.path.insert(0, base)
     try:
         if run.resolve_functions():
-            if resume is not None:
-                run.check_code()
+            run.fingerprint_code()
             run.run_node(workflow.process)
     finally:
         if added and base in sys.path:
