@@ -300,6 +300,9 @@ def retry_cmd(workload_id: str, resume: bool, target: QueueTarget, as_json: bool
 
     item = retry(workload_id, target, resume=resume)
     w = item.workload
+    if resume:  # the engineer's loop is fix, then resume: say where the fix goes
+        click.echo("retry runs the workflow as it was queued; to run your fixed files, use "
+                   f"caliber workflow queue FILE -p {w.pinion} --resume {w.id}", err=True)
     if as_json:
         print_json({**item.summary(), "resume_from": w.resume_from})
         return

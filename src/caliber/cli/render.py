@@ -344,8 +344,7 @@ def results_view(results: Results, *, value_width: int | None = None) -> Rendera
         rows.append([
             escape(t.name),
             "-" if t.branch is None else str(t.branch),
-            status_text(t.status.value) + (
-                f" [dim](reused from {escape(t.reused_from)})[/]" if t.reused_from else ""),
+            status_text(t.status.value) + _reuse_note(t.reused_from, t.reuse),
             format_duration(t.duration),
             value,
         ])
@@ -364,6 +363,14 @@ def results_view(results: Results, *, value_width: int | None = None) -> Rendera
     if results.work_dir:
         parts.append(Text.from_markup(_run_folder_line(results)))
     return Group(*parts)
+
+
+def _reuse_note(reused_from: str | None, reuse: str | None) -> str:
+    """`` (reused from R)``, or, for a task of a resumed run that ran, `` (ran again: why)``
+    (rich markup)."""
+    if reused_from is not None:
+        return f" [dim](reused from {escape(reused_from)})[/]"
+    return f" [dim](ran again: {escape(reuse)})[/]" if reuse else ""
 
 
 def _run_folder_line(results: Results) -> str:
@@ -430,7 +437,8 @@ def progress_line(event: TaskEvent) -> str:
     line = f"{head}  {status_text(status)}  {format_duration(event.duration)}"
     if event.error is not None:
         line += f"  [red]{escape(event.error.type)}: {escape(event.error.message)}[/]"
-    return line
+    why = event.result.reuse if event.result is not None else None
+    return line + (f"  [dim]ran again: {escape(why)}[/]" if why else "")
 
 
 def skipped_lines(results: Results) -> list[str]:

@@ -132,9 +132,10 @@ Examples:
 @click.argument("file", type=FILE)
 @click.option("--json", "as_json", is_flag=True,
               help="Print the Results as JSON (the progress lines then go to stderr).")
-@click.option("--resume", "resume", metavar="RESULTS_ID",
+@click.option("--resume", "resume", metavar="ID",
               help="Reuse the tasks that completed in these earlier Results of the workflow "
-                   "(their return values and what they put in g); only the rest runs.")
+                   "(a Results id, or a workload id: its last Results) and are unchanged: "
+                   "their return values and what they put in g; the rest runs.")
 def run(file: Path, as_json: bool, resume: str | None) -> None:
     """Run the workflow in FILE here and now, with a line per task, store its Results in the
     local results store and print their id.
@@ -192,23 +193,36 @@ def schema() -> None:
 @workflow.command(
     "queue",
     short_help="Put the workflow in the queue for a pinion.",
-    epilog="Example: caliber workflow queue pasta.json -p mypinion",
+    epilog="""\b
+Examples:
+  caliber workflow queue pasta.json -p mypinion
+  caliber workflow queue pasta.json -p mypinion --resume k3v9  # after a fix: reuse what holds""",
 )
 @click.argument("file", type=FILE)
 @click.option("-p", "--pinion", "pinion_name", required=True, metavar="NAME",
               help="Name of the pinion that should run the workflow.")
+@click.option("--resume", "resume", metavar="ID",
+              help="Reuse the tasks that completed in these Results (a Results id, or a "
+                   "workload id: its last Results) and are unchanged; the rest runs, with "
+                   "the files as they are now.")
 @target_options
 @json_option
-def queue_cmd(file: Path, pinion_name: str, target: QueueTarget, as_json: bool) -> None:
+def queue_cmd(file: Path, pinion_name: str, resume: str | None, target: QueueTarget,
+              as_json: bool) -> None:
     """Put the workflow in FILE, with its attachments, in the queue for pinion NAME; print the
-    workload id. Start the pinion with: caliber pinion init NAME."""
+    workload id. Start the pinion with: caliber pinion init NAME.
+
+    With --resume, a task that completed in those Results is not run again when its code
+    (its function and what it uses in the attached modules), its arguments and what it
+    takes from other tasks and g are unchanged; every task says in the Results why it was
+    reused or ran."""
     from caliber.queue.api import queue_workflow
 
     wf = _load(file)
-    workload_id = queue_workflow(wf, pinion_name, target)
+    workload_id = queue_workflow(wf, pinion_name, target, resume=resume)
     if as_json:
         print_json({"id": workload_id, "workflow": wf.name, "pinion": pinion_name,
-                    "status": "queued", "queue": target.location})
+                    "status": "queued", "queue": target.location, "resume": resume})
         return
     click.echo(workload_id)
     if sys.stderr.isatty():

@@ -66,7 +66,10 @@ def read_message(line: bytes) -> ChildMessage:
         return ChildMessage(results=message.results)
     event = message.event
     assert event is not None
-    return ChildMessage(event=event.model_dump(exclude={"result"}), record=event.result)
+    shown = event.model_dump(exclude={"result"})
+    if event.result is not None and event.result.reuse is not None:  # a resumed run's task
+        shown["reused_from"], shown["reuse"] = event.result.reused_from, event.result.reuse
+    return ChildMessage(event=shown, record=event.result)
 
 
 def _preview(line: bytes, width: int = 60) -> str:

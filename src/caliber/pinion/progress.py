@@ -181,8 +181,13 @@ class Reporter:
             self._show(force=True)
         elif not self.live:
             took = event.get("duration") or 0.0
+            if event.get("reused_from") is not None:  # a resumed run's: not run again
+                self._line(f"{self._workload}: task {k}/{n} {name}{branch} reused from "
+                           f"results {event['reused_from']}")
+                return
+            why = f" (ran again: {event['reuse']})" if event.get("reuse") else ""
             self._line(f"{self._workload}: task {k}/{n} {name}{branch} {event['status']} "
-                       f"in {took:.3f} s")
+                       f"in {took:.3f} s{why}")
 
     def tick(self) -> None:
         """The pinion waited a moment for its child without news (it calls this after each

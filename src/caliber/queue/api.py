@@ -26,6 +26,7 @@ if TYPE_CHECKING:
     from caliber.queue.summary import WorkloadSummary
     from caliber.queue.target import QueueTarget
     from caliber.queue.workload import Workload
+    from caliber.results.model import Results
     from caliber.workflow.model import Workflow
 
 PINION_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._@-]{0,99}")
@@ -64,7 +65,7 @@ def check_pinion_name(name: str) -> str:
     return name
 
 
-def make_workload(workflow: Workflow, pinion: str) -> Workload:
+def make_workload(workflow: Workflow, pinion: str, key: bytes | None = None) -> Workload:
     """The signed Workload for ``workflow``: its document, and every attachment as it is on
     disk now (paths checked, content hashed). Raises before anything is queued."""
     from caliber.queue.secret import load_key, sign
@@ -76,16 +77,66 @@ def make_workload(workflow: Workflow, pinion: str) -> Workload:
     workload = Workload(
         pinion=pinion, workflow=document, attachments=attachments, queued_by=queued_by()
     )
-    workload.secret = sign(workload, load_key())
+    workload.secret = sign(workload, key if key is not None else load_key())
     return workload
 
 
-def queue_workflow(workflow: Workflow, pinion: str, target: QueueTarget) -> str:
-    """Put ``workflow`` in the queue for ``pinion``; returns the new workload's id."""
-    workload = make_workload(workflow, pinion)
+def queue_workflow(workflow: Workflow, pinion: str, target: QueueTarget, *,
+                   resume: str | None = None) -> str:
+    """Put ``workflow`` in the queue for ``pinion``; returns the new workload's id.
+
+    ``resume``: a Results id, or a workload id (its last Results), ids or unique prefixes:
+    the workload reuses the tasks that completed there and are unchanged (the reuse rule of
+    :mod:`caliber.workflow.runner`), the workflow itself as it is now. Those Results must be
+    of the same workflow and signed with this user's key; the resume is granted with it
+    (:mod:`caliber.queue.resume`). ResumeError (or NotFoundError) otherwise, nothing queued."""
+    from caliber.queue.secret import load_key
+
+    key = load_key()
+    workload = make_workload(workflow, pinion, key)
     with opened(target) as backend:
+        if resume is not None:
+            _grant_new(backend, workload, resumable_results(backend, resume), key)
         backend.put(workload)
     return workload.id
+
+
+def resumable_results(backend: Backend, id_or_prefix: str) -> Results:
+    """The Results a resume names: by Results id, else by workload id (its last Results);
+    either may be a unique prefix. NotFoundError when neither is found."""
+    try:
+        return backend.get_results(id_or_prefix)
+    except NotFoundError as first:
+        try:
+            workload = backend.get(id_or_prefix)
+        except NotFoundError:
+            raise first from None
+    if workload.results_id is None:
+        raise NotFoundError(f"workload {workload.id} has no results to resume from (no run "
+                            "of it finished)")
+    return backend.get_results(workload.results_id)
+
+
+def _grant_new(backend: Backend, workload: Workload, results: Results, key: bytes) -> None:
+    """Let the new ``workload`` reuse ``results`` (of its workflow, signed with ``key``): the
+    grant stored with it and the history line saying so."""
+    from caliber.queue.resume import grant, results_problem
+    from caliber.queue.workload import HistoryEntry
+
+    if results.workflow != workload.workflow_name:
+        raise ResumeError(f"cannot resume from results {results.id}: they are of workflow "
+                          f"{results.workflow!r}, not {workload.workflow_name!r}")
+    problem = results_problem(results, key)
+    if problem is not None:
+        raise ResumeError(f"cannot resume: {problem}; queue it without --resume")
+    made = grant(workload.id, results, key)
+    workload.resume_from = made.results_id
+    workload.resume_signature = made.results_signature
+    workload.resume_grant = made.grant
+    workload.history = [HistoryEntry(
+        at=workload.created_at, status=WorkloadStatus.QUEUED,
+        message=f"queued by {workload.queued_by or '?'}, reusing the completed tasks of "
+                f"results {results.id}")]
 
 
 def _checker() -> Callable[[Workload], CheckedWorkload]:

@@ -265,7 +265,7 @@ class SpeckleBackend:
                 f" by {workload.queued_by or '?'}",
                 ev.Put(workload=workload.id, pinion=workload.pinion,
                        workflow=workload.workflow_name, created_at=workload.created_at.isoformat(),
-                       queued_by=workload.queued_by),
+                       queued_by=workload.queued_by, **_grant_fields(workload.grant)),
                 root,
             )
 

@@ -39,6 +39,8 @@ Caliber from before it.
 ``rs`` and ``rg`` (``retry --resume`` and ``resetsecret`` of a resumed workload: the grant
 that lets it reuse its Results, see :mod:`caliber.queue.resume`) came later in format 2: a
 Caliber from before them ignores them (it would resume without checking; upgrade pinions).
+``r``, ``rs`` and ``rg`` on ``put`` (``workflow queue --resume``) came later still: a Caliber
+from before them ignores them and runs such a workload from the start.
 
 Format 1 (the first remote queues) differs only in ``expire`` (``m``: the maximum attempts),
 ``resign`` (``s``: the new run-secret) and ``delete`` (``f``: force); it is still read.
@@ -72,15 +74,22 @@ class Body:
 
 @dataclass(frozen=True)
 class Put(Body):
+    """Queue a workload; with ``results`` (``workflow queue --resume``), reusing their tasks
+    as the grant (made with the user's key over the workload, ``results`` and
+    ``signature``) allows."""
+
     kind = "put"
     keys: ClassVar[dict[str, str]] = {
         "workload": "w", "pinion": "p", "workflow": "n", "created_at": "c",
-        "queued_by": "b"}
+        "queued_by": "b", "results": "r", "signature": "rs", "grant": "rg"}
     workload: str
     pinion: str = ""
     workflow: str = "?"
     created_at: str | None = None
     queued_by: str = ""
+    results: str | None = None
+    signature: str | None = None
+    grant: str | None = None
 
 
 @dataclass(frozen=True)

@@ -244,7 +244,12 @@ def fold(events: Iterable[ev.Event], start: Folded | None = None) -> Folded:
                     object_id=event.object_id, order=event.order,
                 )
                 mine.add(body.workload)
-                state.note(event.at, f"queued by {state.queued_by or '?'}")
+                if body.results is not None:  # workflow queue --resume
+                    state.resume_from = body.results
+                    state.resume_signature, state.resume_grant = body.signature, body.grant
+                state.note(event.at, f"queued by {state.queued_by or '?'}" + (
+                    f", reusing the completed tasks of results {body.results}"
+                    if body.results else ""))
             continue
         wid = getattr(body, "workload", None)
         current = out.workloads.get(wid) if isinstance(wid, str) else None

@@ -401,11 +401,13 @@ class Workflow:
         """Run the workflow here and now; keep the Results (``store``) in the results store of
         ``target``, by default the local one.
 
-        ``resume``: earlier Results of this workflow (or their id in that store): the tasks
-        that completed there are reused instead of run again (see
-        :mod:`caliber.workflow.runner`); ResumeError when that cannot be done, or when their
-        signature does not check with your key (:mod:`caliber.queue.resume`): a resume
-        reuses only values a key holder stored. The Results are signed with your key."""
+        ``resume``: earlier Results of this workflow (or their id in that store, or the id of
+        a workload whose last Results they are; unique prefixes too): the tasks that
+        completed there and are unchanged are reused instead of run again (the reuse rule of
+        :mod:`caliber.workflow.runner`); ResumeError when they are another workflow's, or
+        when their signature does not check with your key (:mod:`caliber.queue.resume`): a
+        resume reuses only values a key holder stored. The Results are signed with your
+        key."""
         from caliber.queue.resume import results_problem, signed
         from caliber.queue.secret import load_key
         from caliber.queue.target import local_target
@@ -413,9 +415,10 @@ class Workflow:
 
         key = load_key()
         if isinstance(resume, str):
-            from caliber.results.api import get_results
+            from caliber.queue.api import opened, resumable_results
 
-            resume = get_results(results_id=resume, target=target or local_target())
+            with opened(target or local_target()) as backend:
+                resume = resumable_results(backend, resume)
         if resume is not None:
             problem = results_problem(resume, key)
             if problem is not None:
@@ -441,16 +444,21 @@ class Workflow:
         model: str | None = None,
         local: bool = False,
         target: QueueTarget | None = None,
+        resume: str | None = None,
     ) -> str:
         """Put the workflow in the queue for ``pinion``; returns the workload id. The queue is
         ``target``, or, without it, the one ``project``/``model``/``local`` and the settings
-        select (:func:`caliber.queue.target.resolve_target`)."""
+        select (:func:`caliber.queue.target.resolve_target`).
+
+        ``resume``: a Results id or a workload id (its last Results) in that queue: the
+        workflow runs as it is now, reusing the tasks that completed there and are unchanged
+        (:func:`caliber.queue.api.queue_workflow`)."""
         from caliber.queue.api import queue_workflow
         from caliber.queue.target import resolve_target
 
         if target is None:
             target = resolve_target(project=project, model=model, local=local)
-        return queue_workflow(self, pinion, target)
+        return queue_workflow(self, pinion, target, resume=resume)
 
     def __repr__(self) -> str:
         return f"Workflow({self.name!r}, {len(self.tasks)} tasks)"
