@@ -380,3 +380,32 @@ def test_workflow_queue_resume_from_python(tmp_path: Path) -> None:
     results = caliber.get_results(new)
     assert results.ok and [t.reused_from is not None for t in results.tasks] == [
         True, True, False, False]
+
+
+def test_a_pinion_takes_code_fingerprints_once_per_set_of_files(tmp_path: Path) -> None:
+    """The second workload of the same files gets the fingerprints the first child took (a
+    fresh child spends about a millisecond parsing); a changed file is fingerprinted anew."""
+    folder = make_folder(tmp_path / "wf", "tasks", TASKS)
+    file = four_tasks(folder)
+    fix_the_bug(folder)
+    first, second = (caliber.Workflow.load(file).queue("cc") for _ in range(2))
+    edit(folder, "CELL = 2", "CELL = 3")
+    third = caliber.Workflow.load(file).queue("cc")
+    pinion = start_pinion("cc", "-a", "1", "-w", "0")
+    _out, log = pinion.communicate(timeout=120)
+    assert pinion.returncode == 0, log
+    prints = [[t.code_fingerprint for t in caliber.get_results(w).tasks]
+              for w in (first, second, third)]
+    assert prints[0] == prints[1] and None not in prints[0]
+    assert prints[2][0] == prints[0][0] and prints[2][1] != prints[0][1]  # mesh reads CELL
+
+
+def test_code_fingerprints_known_already_are_not_taken_again(tmp_path: Path) -> None:
+    from caliber.workflow.runner import run_workflow_plain
+
+    folder = make_folder(tmp_path / "wf", "knowntasks", TASKS)
+    load = caliber.Task("knowntasks:load", name="Load", args=[str(folder)])
+    wf = caliber.Workflow(caliber.Process([load]), "k", base_dir=folder)
+    taken = run_workflow_plain(wf)["tasks"][0]["code_fingerprint"]
+    given = run_workflow_plain(wf, known_code={"knowntasks:load": "k" * 64})
+    assert len(taken) == 64 and given["tasks"][0]["code_fingerprint"] == "k" * 64

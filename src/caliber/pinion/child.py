@@ -127,7 +127,9 @@ def _text_on(stream: object, fd: int) -> bool:
 def run_job(job: dict[str, Any], messages_fd: int, stopping: list[int]) -> None:
     """Run one workload; ``job`` has ``workload_id``, ``pinion``, ``work_dir``, ``workflow``
     (the document as :func:`caliber.workflow.fileformat.check_document` returned it: the
-    pinion checked it) and ``resume`` (the earlier Results a resumed workload reuses).
+    pinion checked it), ``resume`` (the earlier Results a resumed workload reuses) and
+    ``code`` (code fingerprints by task function its pinion learnt from an earlier run of
+    the same attached files).
     ``stopping`` becomes true when the workload is cancelled (see :func:`ready_for_work`).
     Nothing on the way of a workload that runs builds a pydantic model: the pinion
     validates the messages."""
@@ -143,7 +145,7 @@ def run_job(job: dict[str, Any], messages_fd: int, stopping: list[int]) -> None:
         results = run_workflow_plain(
             workflow, work_dir=work_dir, on_event=sender.event,
             workload_id=job["workload_id"], pinion=job["pinion"], resume=resume,
-            should_stop=lambda: bool(stopping),
+            should_stop=lambda: bool(stopping), known_code=job.get("code"),
         )
     except CaliberError as exc:  # a missing attachment, or a resume that cannot be done
         results = {

@@ -92,6 +92,7 @@ MIN_RENEW_INTERVAL = 0.05  # seconds: the shortest time between two renewals
 STAGED_PREFIX = ".next-"  # the next run's folder, made ahead in the runs folder (+ the pid)
 MAX_FORK_SERVERS = 3  # fork servers a pinion starts (the first, then one for each that ended)
 # before it forks its children itself
+CODE_CACHE = 64  # sets of attached files whose code fingerprints a pinion keeps
 
 
 @dataclass(frozen=True)
@@ -212,6 +213,7 @@ class Pinion:
         self._server = server
         self._servers_left = MAX_FORK_SERVERS - (server is not None)  # to start, at most
         self._staged: Path | None = None  # the next run's folder, made ahead (_stage_next)
+        self._code: dict[tuple[tuple[str, str], ...], dict[str, str]] = {}  # see _learn_code
 
     # --- the loop -----------------------------------------------------------------------
 
@@ -601,6 +603,9 @@ class Pinion:
                "work_dir": str(work_dir), "workflow": document}
         if resume is not None:  # retry --resume: the child reuses its tasks
             job["resume"] = resume
+        known = self._code.get(_code_key(workload))
+        if known:  # the code fingerprints of an earlier run of the same files
+            job["code"] = known
         started = utcnow()
         self._reap()
         next_renew = time.monotonic() + self._renew_every
@@ -767,6 +772,7 @@ class Pinion:
         (log_cap or LogCap(work_dir, self.config.log_max)).finish()  # under the cap, for good
         results = signed(results.model_copy(update={
             "output": output_tail(work_dir), "workload_id": claim.workload.id}), self.key)
+        self._learn_code(claim.workload, results)
         try:
             self.backend.complete(claim, results)
         except LeaseLostError:
@@ -778,6 +784,41 @@ class Pinion:
         self.reporter.workload_finished(results.status.value, detail)
         return {RunStatus.COMPLETED: Outcome.COMPLETED,
                 RunStatus.CANCELLED: Outcome.CANCELLED}.get(results.status, Outcome.FAILED)
+
+
+    def _learn_code(self, workload: Workload, results: Results) -> None:
+        """Keep the code fingerprints a child took, by task function, for the next workload
+        with the same attached files (:func:`_code_key`): a fingerprint is a function of
+        those files alone (the modules of the run folder), and a fresh child would spend
+        about a millisecond parsing them again."""
+        functions = {str(t.get("name")): str(t["function"]) for t in _document_tasks(workload)}
+        learnt = {functions[t.name]: t.code_fingerprint for t in results.tasks
+                  if t.code_fingerprint is not None and t.name in functions
+                  and t.reused_from is None}
+        if not learnt:
+            return
+        key = _code_key(workload)
+        self._code[key] = {**self._code.pop(key, {}), **learnt}  # the newest last
+        while len(self._code) > CODE_CACHE:
+            del self._code[next(iter(self._code))]
+
+
+def _code_key(workload: Workload) -> tuple[tuple[str, str], ...]:
+    """What a task function's code fingerprint depends on: the attached files."""
+    return tuple(sorted((a.path, a.sha256) for a in workload.attachments))
+
+
+def _document_tasks(workload: Workload) -> list[dict[str, Any]]:
+    """Every task of a workload's document (name and function), found in its tree."""
+    found: list[dict[str, Any]] = []
+    todo: list[Any] = [workload.workflow.get("process")]
+    while todo:
+        node = todo.pop()
+        if isinstance(node, dict):
+            if isinstance(node.get("function"), str):
+                found.append(node)
+            todo.extend(node.get("tasks") or [])
+    return found
 
 
 @dataclass

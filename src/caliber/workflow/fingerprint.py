@@ -58,7 +58,8 @@ class _Module:
     """Name -> (module, attribute or None for the module itself), per import binding it."""
     star: list[str] = field(default_factory=list)
     """Modules imported with ``from X import *``."""
-    texts: dict[int, str] = field(default_factory=dict)
+    texts: dict[int, tuple[str, set[tuple[str, ...]]]] = field(default_factory=dict)
+    """Statement -> its normalised text and the names it mentions (made when first needed)."""
 
 
 class Fingerprinter:
@@ -132,9 +133,12 @@ class Fingerprinter:
     def _statement(self, parsed: _Module, index: int, parts: set[str],
                    todo: list[tuple[str, ...]]) -> None:
         if index not in parsed.texts:
-            parsed.texts[index] = ast.unparse(parsed.statements[index])
-        parts.add(f"{parsed.name}\0{parsed.texts[index]}")
-        for path in _names(parsed.statements[index]):
+            statement = parsed.statements[index]
+            _drop_docstrings(statement)
+            parsed.texts[index] = ast.unparse(statement), _names(statement)
+        text, names = parsed.texts[index]
+        parts.add(f"{parsed.name}\0{text}")
+        for path in names:
             todo.append(("name", parsed.name, *path))
 
     def _imported(self, parsed: _Module, name: str, rest: tuple[str, ...], parts: set[str],
@@ -175,7 +179,6 @@ class Fingerprinter:
                 tree = ast.parse(f.read(), filename=path)
         except (OSError, SyntaxError, ValueError):
             return None
-        _drop_docstrings(tree)
         package = getattr(sys.modules.get(name), "__package__", None) or ""
         parsed = _Module(name, package, tree.body)
         for index, statement in enumerate(tree.body):
@@ -245,13 +248,21 @@ def _names(statement: ast.stmt) -> set[tuple[str, ...]]:
     return found
 
 
-def _drop_docstrings(tree: ast.Module) -> None:
-    for node in ast.walk(tree):
-        if isinstance(node, ast.Module | ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef):
-            body = node.body
-            if (body and isinstance(body[0], ast.Expr) and isinstance(body[0].value, ast.Constant)
-                    and isinstance(body[0].value.value, str)):
-                node.body = body[1:] or [ast.Pass()]
+def _drop_docstrings(statement: ast.stmt) -> None:
+    """Drop the docstrings of the functions and classes in ``statement`` (looking only at
+    statements: a docstring is never inside an expression)."""
+    if isinstance(statement, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef):
+        body = statement.body
+        if (body and isinstance(body[0], ast.Expr) and isinstance(body[0].value, ast.Constant)
+                and isinstance(body[0].value.value, str)):
+            statement.body = body[1:] or [ast.Pass()]
+    for name in ("body", "orelse", "finalbody", "handlers", "cases"):
+        for inner in getattr(statement, name, ()):
+            if isinstance(inner, ast.stmt):
+                _drop_docstrings(inner)
+            else:  # an except handler or a match case: their statements
+                for deeper in getattr(inner, "body", ()):
+                    _drop_docstrings(deeper)
 
 
 def _digest(lines: list[str]) -> str:

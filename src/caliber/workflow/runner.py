@@ -239,14 +239,17 @@ class _Run:
                 g.pop(name, None)
             g.update(old.g_set)
 
-    def fingerprint_code(self) -> None:
+    def fingerprint_code(self, known: dict[str, str] | None = None) -> None:
         """The code fingerprint of every task's function, taken once its module is imported,
         before any task runs (what a later resume compares; see
-        :mod:`caliber.workflow.fingerprint`)."""
+        :mod:`caliber.workflow.fingerprint`). ``known``: fingerprints a pinion learnt from
+        an earlier run of the same attached files (parsing costs a fresh child about 1 ms)."""
         for task in self.workflow.tasks:
             if task.function not in self.code:
-                self.code[task.function] = (self.code_file(task),
-                                            self.fingerprints.code(task.function))
+                found = (known or {}).get(task.function)
+                self.code[task.function] = (
+                    self.code_file(task),
+                    found if found is not None else self.fingerprints.code(task.function))
 
     def code_file(self, task: Task) -> str | None:
         """The file that defines the task's function, relative to the workflow's folder when
@@ -470,6 +473,7 @@ def run_workflow_plain(
     pinion: str | None = None,
     resume: Results | None = None,
     should_stop: Callable[[], bool] | None = None,
+    known_code: dict[str, str] | None = None,
 ) -> dict[str, Any]:
     """Run every task in order and return the Results; never raises for a task's exception.
 
@@ -480,6 +484,8 @@ def run_workflow_plain(
     runs, when they are Results of another workflow).
     ``should_stop`` is asked before each task: once it says True no further task runs and
     the Results are cancelled (``caliber queue cancel`` of a running workload).
+    ``known_code``: code fingerprints by task function, known already (a pinion's, from an
+    earlier run of the same attached files).
     On failure the tracebacks are also written to ``caliber-traceback.txt`` in ``work_dir``.
     """
     run = _Run(workflow, on_event)
@@ -495,7 +501,7 @@ def run_workflow_plain(
         sys.path.insert(0, base)
     try:
         if run.resolve_functions():
-            run.fingerprint_code()
+            run.fingerprint_code(known_code)
             run.run_node(workflow.process)
     finally:
         if added and base in sys.path:
