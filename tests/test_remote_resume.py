@@ -143,3 +143,32 @@ def test_a_checkpoint_keeps_a_resume_grant_in_a_form_older_readers_read() -> Non
     plain = State(id="w2", pinion="p", workflow="wf", created_at=at, queued_by="ann@laptop",
                   object_id="o2", order=(at, "v2"), resume_from="r1")
     assert len(_state_doc(plain)) == 18 and _state(_state_doc(plain)) == plain
+
+
+def test_workflow_queue_resume_on_the_remote_queue(remote: Remote, tmp_path: Path,
+                                                   owner: None) -> None:
+    """``workflow queue --resume`` on Speckle: the grant travels on the put event, the
+    listing sees it, the pinion checks it and reuses the unchanged task; the fixed file runs."""
+    folder = make_folder(tmp_path / "wf", "rsfuncs", FUNCTIONS)
+    file = folder / "study.json"
+    study(folder).export(file)
+    wid = caliber("workflow", "queue", str(file), "-p", "p", "--project",
+                  remote.project).strip()
+    assert run_pinion(remote)["failed"] == 1
+    with remote.backend() as backend:
+        first = backend.get(wid).results_id
+    (folder / "rsfuncs.py").write_text(FUNCTIONS.replace(
+        'if not (Path(folder) / "fixed").exists():', "if False:"))  # the fix, in the code
+    new = caliber("workflow", "queue", str(file), "-p", "p", "--resume", wid, "--project",
+                  remote.project).strip()
+    items = {i["id"]: i for i in json.loads(caliber("queue", "list", "--json", "--project",
+                                                    remote.project))}
+    assert items[new]["resume_from"] == first and items[new]["resume_ok"] is True
+    assert run_pinion(remote)["completed"] == 1
+    assert counts(folder) == (1, 2) and (folder / "ran").read_text() == "echo safe safe\n"
+    with remote.backend() as backend:
+        done = backend.get_results(backend.get(new).results_id)
+        history = [h.message for h in backend.get(new).history]
+    assert [t.reuse for t in done.tasks] == [f"reused from {first}",
+                                            f"did not complete in {first}"]
+    assert any(f"reusing the completed tasks of results {first}" in m for m in history)

@@ -288,8 +288,9 @@ Examples:
   {"id": "k3v9q2mxa7", ..., "status": "queued", ..., "resume_from": null}""")
 @click.argument("workload_id", metavar=WORKLOAD_ID, shell_complete=workload_ids)
 @click.option("--resume", is_flag=True,
-              help="Reuse the tasks that completed in its last run: their return values and "
-                   "what they put in g; only the rest runs.")
+              help="Reuse the tasks that completed in its last run and are unchanged: their "
+                   "return values and what they put in g; the rest runs, as queued (to run "
+                   "fixed files: caliber workflow queue FILE -p P --resume ID).")
 @target_options
 @json_option
 def retry_cmd(workload_id: str, resume: bool, target: QueueTarget, as_json: bool) -> None:
