@@ -111,7 +111,9 @@ def _task_label(task: Task, branch: int | None = None) -> str:
 
     refs = task_refs(task, branch)
     ref_text = f"  [magenta]<- {escape(', '.join(refs))}[/]" if refs else ""
-    return f"[bold]{escape(task.name)}[/]  [dim]{escape(call_text(task, branch))}[/]{ref_text}"
+    limit = f"  [yellow]time limit {task.timeout:g} s[/]" if task.timeout is not None else ""
+    return (f"[bold]{escape(task.name)}[/]  [dim]{escape(call_text(task, branch))}[/]"
+            f"{ref_text}{limit}")
 
 
 def _add_node(tree: Tree, node: Node, width: int, depth: int) -> None:

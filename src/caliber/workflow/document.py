@@ -35,6 +35,7 @@ def build_node(node: dict[str, Any]) -> Node:
             name=node["name"],
             args=decode_value(node["args"]) if "args" in node else None,
             kwargs=decode_value(node["kwargs"]) if "kwargs" in node else None,
+            timeout=node.get("timeout"),
         )
     items = [build_node(i) for i in node["tasks"]]
     if node["type"] == "process":

@@ -8,9 +8,10 @@ Format version 1::
          {"type": "task", "name": "Make dough", "function": "pasta_functions:make_dough",
           "args": [3], "kwargs": {}},
          {"type": "task", "name": "Rest", "function": "pasta_functions:rest",
-          "args": [{"$result": "Make dough"}], "kwargs": {}}]}}
+          "args": [{"$result": "Make dough"}], "kwargs": {}, "timeout": 3600}]}}
 
-A task's return value used as an argument is written ``{"$result": "task name"}``. Tuples are
+A task's return value used as an argument is written ``{"$result": "task name"}``. A task's
+``timeout`` (seconds it may run, above 0) is written only when it has one. Tuples are
 written as lists (JSON has no tuple); any other value that would not come back unchanged is
 refused at export time, naming the task and the argument.
 
@@ -38,6 +39,7 @@ from caliber.errors import (
 )
 from caliber.workflow.attachments import check_relative_path, resolve_inside
 from caliber.workflow.document import REF_KEY, build_node, build_workflow
+from caliber.workflow.limits import MAX_TIMEOUT
 from caliber.workflow.model import Node, Process, Task, TaskRef, Workflow
 
 FORMAT_VERSION = 1
@@ -82,6 +84,9 @@ class TaskNode(_Strict):
     function: str = Field(pattern=FUNCTION_PATTERN, description="module:function")
     args: list[Any] = Field(default_factory=list)
     kwargs: dict[str, Any] | list[dict[str, Any]] = Field(default_factory=dict)
+    timeout: float | None = Field(
+        default=None, gt=0, le=MAX_TIMEOUT, allow_inf_nan=False, strict=True,
+        description="seconds the task may run before it fails with a timeout error")
 
 
 class BranchNode(_Strict):
@@ -171,8 +176,11 @@ def _task_node(task: Task, branched: bool) -> dict[str, Any]:
         if not isinstance(task.kwargs, dict):
             raise ExportError(f"task {task.name!r}: kwargs must be a dict")
         kwargs = encode_value(task.kwargs, task.name, "kwargs")
-    return {"type": "task", "name": task.name, "function": task.function, "args": args,
+    node = {"type": "task", "name": task.name, "function": task.function, "args": args,
             "kwargs": kwargs}
+    if task.timeout is not None:  # only when set: files without one stay as they were
+        node["timeout"] = task.timeout
+    return node
 
 
 def _node(node: Node) -> dict[str, Any]:

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Union
 
 from caliber.errors import WorkflowDefinitionError
+from caliber.workflow.limits import check_timeout
 
 if TYPE_CHECKING:
     from caliber.queue.target import QueueTarget
@@ -103,7 +104,9 @@ class Task:
 
     ``function`` is the function itself or its import path ``"module:qualname"``. In a
     :class:`BranchProcess`, ``args`` is a list of per-branch argument lists and ``kwargs`` a
-    list of per-branch dicts.
+    list of per-branch dicts. ``timeout``: seconds the task may run (each branch's run, in a
+    branch process); past that it fails with a timeout error naming it (see
+    :mod:`caliber.workflow.limits` for what can be interrupted).
     """
 
     def __init__(
@@ -112,6 +115,7 @@ class Task:
         name: str | None = None,
         args: Sequence[Any] | None = None,
         kwargs: dict[str, Any] | Sequence[dict[str, Any]] | None = None,
+        timeout: float | None = None,
     ) -> None:
         self._callable: Callable[..., Any] | None
         if isinstance(function, str):
@@ -135,6 +139,10 @@ class Task:
         if not isinstance(name, str) or not name.strip():
             raise WorkflowDefinitionError(f"task name must be a non-empty string, not {name!r}")
         self.name = name
+        try:
+            self.timeout = check_timeout(timeout, f"task {name!r}")
+        except ValueError as exc:
+            raise WorkflowDefinitionError(str(exc)) from None
         if args is not None and (isinstance(args, str | bytes) or not isinstance(args, Sequence)):
             raise WorkflowDefinitionError(
                 f"task {name!r}: args must be a list, not {type(args).__name__}"

@@ -2,7 +2,11 @@
 
 Failure rule: when a task raises, nothing after it in execution order runs (its process stops,
 and so do the processes around it), except the other branches of the same branch process,
-which still run to the end. Returns of tasks that ran are kept either way.
+which still run to the end. Returns of tasks that ran are kept either way. A task that runs
+past its time limit (``Task(timeout=...)``, see :mod:`caliber.workflow.limits`) fails with
+TaskTimeout, as any failed task. A task stopped while it ran (Ctrl-C, or SIGTERM in a
+pinion's child: ``queue cancel --now``) stops the whole run, other branches too: the Results
+are cancelled, with what the tasks that finished returned.
 
 Resuming (``resume=`` earlier Results of the same workflow): a task that completed there is
 reused instead of run again when, as the run reaches it (:meth:`_Run.why_not_reused`),
@@ -46,6 +50,7 @@ from caliber.results.convert import to_json
 from caliber.results.values import RunStatus, TaskStatus, error_summary, new_id, utcnow
 from caliber.text import valid_unicode
 from caliber.workflow.fingerprint import Fingerprinter, inputs, inputs_change
+from caliber.workflow.limits import TaskStopped, TaskTimeout, time_limit
 from caliber.workflow.model import (
     BranchProcess,
     Node,
@@ -61,6 +66,10 @@ if TYPE_CHECKING:
     from caliber.results.model import ErrorInfo, Results, TaskResult
 
 TRACEBACK_FILE = "caliber-traceback.txt"
+STOPPED = "Cancelled"
+"""The error type of a run stopped from outside: cancelled (``queue cancel``)."""
+CTRL_C = "stopped by Ctrl-C"
+"""The message of a task stopped by Ctrl-C (``KeyboardInterrupt``, which has none)."""
 
 
 @dataclass(frozen=True)
@@ -77,6 +86,8 @@ class TaskEvent:
     error: ErrorRecord | None = None
     result: TaskRecord | None = None
     """On ``end``: the task's full record, return value included."""
+    timeout: float | None = None
+    """On ``start``: the task's time limit in seconds (``Task(timeout=...)``), if it has one."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -210,6 +221,7 @@ class _Run:
         self.interrupted = False
         self.should_stop: Callable[[], bool] = lambda: False
         self.stopped_before: str | None = None  # the task a stop request kept from running
+        self.stopped: ErrorRecord | None = None  # a task stopped while it ran (Ctrl-C, SIGTERM)
         self.reused: set[tuple[str, int | None]] = set()
         self.g_json: dict[str, Any] = {}  # g as JSON after the last task, to see what changed
         self.g_inexact: set[str] = set()  # g names a task of this run set to a converted value
@@ -395,7 +407,8 @@ class _Run:
             return False
         self.index += 1
         record = self.records[task.name, branch]
-        self.emit(TaskEvent("start", self.index, self.total, task.name, branch))
+        self.emit(TaskEvent("start", self.index, self.total, task.name, branch,
+                            timeout=task.timeout))
         if branch is None:
             args, kwargs = task.args, task.kwargs
         else:
@@ -411,16 +424,23 @@ class _Run:
         record.started_at = utcnow()
         start = time.perf_counter()
         try:
-            value = task.resolve()(
-                *self.substitute(list(args), branch), **self.substitute(dict(kwargs), branch)
-            )
-        except (Exception, SystemExit, KeyboardInterrupt) as exc:  # sys.exit(), Ctrl-C too
-            if isinstance(exc, KeyboardInterrupt):
-                self.interrupted = True  # nothing more runs, not even other branches
+            with time_limit(task.name, task.timeout):
+                value = task.resolve()(
+                    *self.substitute(list(args), branch), **self.substitute(dict(kwargs), branch)
+                )
+        except (Exception, SystemExit, KeyboardInterrupt, TaskTimeout, TaskStopped) as exc:
             record.duration = time.perf_counter() - start
             record.status = TaskStatus.FAILED
             record.error = _error_info(exc, task.name, branch)
-            self.errors.append(record.error)
+            if isinstance(exc, KeyboardInterrupt | TaskStopped):  # stopped: the run is cancelled
+                self.interrupted = True  # nothing more runs, not even other branches
+                if isinstance(exc, KeyboardInterrupt):
+                    record.error = dataclasses.replace(record.error, message=CTRL_C)
+                else:
+                    record.error = dataclasses.replace(record.error, type=STOPPED)
+                self.stopped = self.stopped or record.error
+            else:  # sys.exit() too; a time limit (TaskTimeout) is a failure of the task
+                self.errors.append(record.error)
             self.note_g(record)  # a later task's record must not take what this one did
             self.emit(TaskEvent("end", self.index, self.total, task.name, branch,
                                 TaskStatus.FAILED, record.duration, record.error, record))
@@ -513,8 +533,8 @@ def run_workflow_plain(
         g_values[name], note = to_json(context.g.get(key))
         if note:
             g_notes[name] = note
-    stop = None if run.stopped_before is None else ErrorRecord(
-        type="Cancelled", message=f"cancelled: stopped before task {run.stopped_before!r}")
+    stop = run.stopped or (None if run.stopped_before is None else ErrorRecord(
+        type=STOPPED, message=f"cancelled: stopped before task {run.stopped_before!r}"))
     error = run.errors[0] if run.errors else stop
     results = {
         "id": new_id(),
