@@ -43,6 +43,7 @@ DEFAULT_ATTEMPTS = 10  # empty looks in a row before a pinion stops
 DEFAULT_WAIT = 5.0  # seconds between a pinion's looks for work
 DEFAULT_LEASE = 60.0  # seconds a claim holds a workload without renewal
 DEFAULT_MAX_ATTEMPTS = 3  # claims of one workload before it is failed
+DEFAULT_CANCEL_GRACE = 10.0  # seconds between SIGTERM (cancel --now, a time limit) and SIGKILL
 CHILD_STARTS = ("fork", "spawn")
 HOUR = 3600  # seconds
 DAY = 24 * HOUR
@@ -106,6 +107,7 @@ BOUNDS: dict[str, Bounds] = {
     "pinion_timeout": Bounds(0, 365 * DAY, above=True),
     "pinion_max_attempts": Bounds(1, 1000, whole=True),
     "pinion_keep_runs": Bounds(0, MAX_COUNT, whole=True),
+    "pinion_cancel_grace": Bounds(0, HOUR),
 }
 """The bounds of every number setting, by field of :class:`caliber.settings_model.Settings`
 (a test checks that each number field has its bounds)."""

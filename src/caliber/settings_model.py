@@ -22,6 +22,7 @@ from caliber.errors import ConfigError
 from caliber.settings import (
     BOUNDS,
     DEFAULT_ATTEMPTS,
+    DEFAULT_CANCEL_GRACE,
     DEFAULT_LEASE,
     DEFAULT_MAX_ATTEMPTS,
     DEFAULT_MIN_LEASE,
@@ -77,6 +78,9 @@ class Settings(BaseSettings):
     pinion_max_attempts: int = Field(DEFAULT_MAX_ATTEMPTS, description=(
         "claims of one workload (after pinions died) before it is failed "
         "(pinion init --max-attempts)"))
+    pinion_cancel_grace: float = Field(DEFAULT_CANCEL_GRACE, description=(
+        "seconds a pinion gives a task it stops (queue cancel --now, or past its time limit) "
+        "between SIGTERM and SIGKILL (pinion init --cancel-grace)"))
     pinion_keep_runs: int | None = Field(None, description=(
         "run folders of finished workloads a pinion keeps, the newest (pinion init "
         "--keep-runs; default: all)"))

@@ -53,6 +53,61 @@ def test_cancel_a_running_workload_is_learnt_at_renew(backend: Backend) -> None:
     assert backend.get_results(results.id).status == RunStatus.CANCELLED
 
 
+def test_cancel_now_of_a_running_workload_is_learnt_at_renew(backend: Backend) -> None:
+    w = make_workload()
+    backend.put(w)
+    claim = backend.claim("p1", "a", LEASE, KEY)
+    assert claim is not None and not claim.cancel_now
+    asked = backend.cancel(w.id[:6], "ann@laptop", now=True)
+    assert asked.status == WorkloadStatus.RUNNING  # its pinion stops the running task
+    assert "cancel asked by ann@laptop: its pinion stops the running task now" in (
+        asked.history[-1].message)
+    renewed = backend.renew(claim, LEASE)
+    assert renewed.cancel_requested == "ann@laptop" and renewed.cancel_now
+    backend.complete(renewed, make_results(w.id).model_copy(update={
+        "status": RunStatus.CANCELLED,
+        "error": ErrorInfo(type="Cancelled", message="cancelled by ann@laptop")}))
+    assert backend.get(w.id).status == WorkloadStatus.CANCELLED
+
+
+def test_a_cancel_is_made_now_by_a_second_cancel_now(backend: Backend) -> None:
+    w = make_workload()
+    backend.put(w)
+    claim = backend.claim("p1", "a", LEASE, KEY)
+    assert claim is not None
+    backend.cancel(w.id, "ann@laptop")
+    first = backend.renew(claim, LEASE)
+    assert first.cancel_requested == "ann@laptop" and not first.cancel_now
+    backend.cancel(w.id, "bob@desk", now=True)
+    again = backend.renew(first, LEASE)
+    assert again.cancel_requested == "bob@desk" and again.cancel_now
+    backend.cancel(w.id, "ann@laptop")  # a later plain cancel does not undo --now
+    assert backend.renew(again, LEASE).cancel_now
+
+
+def test_cancel_now_of_a_queued_workload_is_a_cancel(backend: Backend) -> None:
+    w = make_workload()
+    backend.put(w)
+    got = backend.cancel(w.id, "ann@laptop", now=True)
+    assert got.status == WorkloadStatus.CANCELLED and got.last_error == "cancelled by ann@laptop"
+    assert backend.claim("p1", "a", LEASE, KEY) is None
+
+
+def test_a_retried_workload_forgets_its_cancel_now(backend: Backend) -> None:
+    w = make_workload()
+    backend.put(w)
+    claim = backend.claim("p1", "a", LEASE, KEY)
+    assert claim is not None
+    backend.cancel(w.id, "ann@laptop", now=True)
+    backend.release(claim, reason="pinion stopped")  # cancelled: it ended without Results
+    assert backend.get(w.id).status == WorkloadStatus.CANCELLED
+    backend.retry(w.id, "ann@laptop")
+    again = backend.claim("p1", "a", LEASE, KEY)
+    assert again is not None
+    renewed = backend.renew(again, LEASE)
+    assert renewed.cancel_requested is None and not renewed.cancel_now
+
+
 def test_cancel_a_workload_whose_pinion_died_is_at_once(backend: Backend) -> None:
     w = make_workload()
     backend.put(w)

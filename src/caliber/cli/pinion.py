@@ -10,6 +10,7 @@ from caliber.cli.common import Bounded, json_option, print_json, target_options
 from caliber.settings import (
     BOUNDS,
     DEFAULT_ATTEMPTS,
+    DEFAULT_CANCEL_GRACE,
     DEFAULT_LEASE,
     DEFAULT_MAX_ATTEMPTS,
     DEFAULT_WAIT,
@@ -111,6 +112,11 @@ def pinion() -> None:
               cls=SettingOption,
               envvar="CALIBER_PINION_TIMEOUT", show_envvar=True,
               help="Seconds a workload may run before it is stopped and failed.")
+@click.option("--cancel-grace", type=Bounded(BOUNDS["pinion_cancel_grace"]),
+              default=DEFAULT_CANCEL_GRACE, show_default=True, cls=SettingOption,
+              envvar="CALIBER_PINION_CANCEL_GRACE", show_envvar=True,
+              help="Seconds between SIGTERM and SIGKILL of a task stopped by 'queue cancel "
+              "--now', or of one still running past its time limit.")
 @click.option("--max-attempts", type=Bounded(BOUNDS["pinion_max_attempts"]),
               default=DEFAULT_MAX_ATTEMPTS, show_default=True, cls=SettingOption,
               envvar="CALIBER_PINION_MAX_ATTEMPTS", show_envvar=True,
@@ -133,7 +139,8 @@ def pinion() -> None:
 @target_options
 def init(
     name: str, attempts: int, wait: float, forever: bool, lease: float, timeout: float | None,
-    max_attempts: int, keep_runs: int | None, preload: tuple[str, ...], log_max: int,
+    cancel_grace: float, max_attempts: int, keep_runs: int | None,
+    preload: tuple[str, ...], log_max: int,
     quiet: bool, as_json: bool, target: QueueTarget,
 ) -> None:
     """Start the pinion NAME: run the workloads queued for it, one by one, each in its own
@@ -153,7 +160,7 @@ def init(
     config = PinionConfig(
         name=name, attempts=0 if forever else attempts, wait=wait, lease=lease,
         timeout=timeout, max_attempts=max_attempts, keep_runs=keep_runs, preload=preload,
-        log_max=log_max,
+        log_max=log_max, cancel_grace=cancel_grace,
     )
     summary = run_pinion(config, target, quiet=quiet, server=server)
     if as_json:

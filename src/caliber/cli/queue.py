@@ -194,7 +194,8 @@ def _view(found: Look) -> list[RenderableType]:
         now = dt.datetime.now(dt.UTC)
         facts.append(("progress", escape(found.progress.line(now))))
     elif w.status.value == "running" and not found.local:
-        facts.append(("progress", "shown by the pinion, on its machine"))
+        facts.append(("progress", "not known yet: its pinion sends it with the lease "
+                                  "renewals it writes"))
     work_dir = str(found.work_dir) if found.work_dir else w.work_dir
     if work_dir:
         facts.append(("run folder", escape(work_dir)))
@@ -255,24 +256,31 @@ def _size(size: int) -> str:
 @queue.command("cancel", epilog="""\b
 Examples:
   caliber queue cancel k3v9
+  caliber queue cancel k3v9 --now       # stop the running task, keep what finished
   caliber queue cancel k3v9 --json
   {"id": "k3v9q2mxa7", ..., "status": "cancelled", ..., "cancel_asked": false}""")
 @click.argument("workload_id", metavar=WORKLOAD_ID, shell_complete=workload_ids)
+@click.option("--now", is_flag=True,
+              help="Stop the running task too (SIGTERM to its processes, SIGKILL after the "
+                   "pinion's --cancel-grace), instead of letting it finish.")
 @target_options
 @json_option
-def cancel_cmd(workload_id: str, target: QueueTarget, as_json: bool) -> None:
+def cancel_cmd(workload_id: str, now: bool, target: QueueTarget, as_json: bool) -> None:
     """Cancel a workload. A queued one becomes cancelled and never runs. A running one is
-    stopped by its pinion at its next lease renewal, after the task it is running, and kept
-    as cancelled with the results of the tasks that finished (cancel_asked: true until then).
-    WORKLOAD_ID may be a unique prefix."""
+    stopped by its pinion at its next lease renewal, after the task it is running (--now:
+    that task is stopped too), and kept as cancelled with the results of the tasks that
+    finished (cancel_asked: true until then). WORKLOAD_ID may be a unique prefix."""
     from caliber.queue.api import cancel
 
-    workload = cancel(workload_id, target)
+    workload = cancel(workload_id, target, now=now)
     asked = workload.status.value == "running"
     if as_json:
-        print_json({**workload.summary(None), "cancel_asked": asked})
+        print_json({**workload.summary(None), "cancel_asked": asked, "now": now})
         return
-    if asked:
+    if asked and now:
+        click.echo(f"asked to cancel workload {workload.id} now: its pinion stops the running "
+                   "task at its next lease renewal (see 'caliber queue view')")
+    elif asked:
         click.echo(f"asked to cancel workload {workload.id}: its pinion stops it after the "
                    "current task (see 'caliber queue view')")
     else:

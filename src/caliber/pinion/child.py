@@ -38,6 +38,7 @@ from caliber.pinion.platform import (
 )
 from caliber.results.values import RunStatus, new_id, utcnow
 from caliber.workflow.document import build_workflow
+from caliber.workflow.limits import stop_running_task
 from caliber.workflow.runner import ErrorRecord, TaskEvent, run_workflow_plain
 
 if TYPE_CHECKING:
@@ -59,7 +60,7 @@ class _Sender:
         self.send({"event": {
             "kind": event.kind, "index": event.index, "total": event.total, "name": event.name,
             "branch": event.branch, "status": event.status.value if event.status else None,
-            "duration": event.duration,
+            "duration": event.duration, "timeout": event.timeout,
             "result": event.result.to_dict() if event.result else None,
         }})
 
@@ -134,6 +135,7 @@ def run_job(job: dict[str, Any], messages_fd: int, stopping: list[int]) -> None:
     Nothing on the way of a workload that runs builds a pydantic model: the pinion
     validates the messages."""
     sender = _Sender(messages_fd)
+    _stop_on_sigterm(stopping)
     work_dir = Path(job["work_dir"])
     redirect_output(os.path.join(job["work_dir"], OUTPUT_FILE))
     os.chdir(work_dir)
@@ -159,6 +161,22 @@ def run_job(job: dict[str, Any], messages_fd: int, stopping: list[int]) -> None:
     for stream in (sys.stdout, sys.stderr):  # the process ends with os._exit: flush first
         stream.flush()
     sender.send({"results": results})
+
+
+STOPPED = "stopped while it ran (queue cancel --now)"
+"""Why a task stopped by SIGTERM failed; its pinion says who cancelled the workload."""
+
+
+def _stop_on_sigterm(stopping: list[int]) -> None:
+    """SIGTERM (sent by the pinion to the workload's processes, ``queue cancel --now``) stops
+    the running task (:func:`caliber.workflow.limits.stop_running_task`), and no further one
+    starts: the Results say cancelled, with what the finished tasks returned."""
+
+    def stop(_signum: int, _frame: object) -> None:
+        stopping.append(2)
+        stop_running_task(STOPPED)
+
+    signal.signal(signal.SIGTERM, stop)
 
 
 def _resume(job: dict[str, Any]) -> Results | None:

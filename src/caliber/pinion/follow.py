@@ -10,7 +10,9 @@ workload whose tasks end sooner never gets one (its Results tell the rest).
 queue the run folder is on this machine: the one the queue names once the run ended, or, while
 it runs, the newest ``ID-N`` folder under the pinion's runs folder, so progress and output are
 read as they are written. A workload run by a remote pinion has its folder on that machine:
-its output arrives with its Results, and its progress shows in that pinion's own terminal.
+its output arrives with its Results, and its progress is what the pinion wrote with its last
+lease renewal (``Workload.progress``: task k of n as of then; the elapsed time is counted to
+now).
 """
 
 from __future__ import annotations
@@ -108,17 +110,32 @@ def read_progress(work_dir: Path) -> Progress | None:
     """The run folder's progress, or None (no task started yet, or not a pinion's folder)."""
     try:
         data = json.loads((work_dir / PROGRESS_FILE).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return parse_progress(data)
+
+
+def parse_progress(data: Any) -> Progress | None:
+    """The progress in the progress file's form (``started_at``, ``task``: index, total, name,
+    branch, started_at), as the file holds it or a remote pinion's lease renewal carried it
+    (``Workload.progress``); None when there is none, or it is not in that form."""
+    try:
         task = data["task"]
         if task is None:
             return None
+        branch = task.get("branch")
         return Progress(
             index=int(task["index"]), total=int(task["total"]), name=str(task["name"]),
-            branch=task.get("branch"),
-            task_started_at=dt.datetime.fromisoformat(task["started_at"]),
-            started_at=dt.datetime.fromisoformat(data["started_at"]),
+            branch=branch if isinstance(branch, int) else None,
+            task_started_at=_aware(dt.datetime.fromisoformat(task["started_at"])),
+            started_at=_aware(dt.datetime.fromisoformat(data["started_at"])),
         )
-    except (OSError, ValueError, KeyError, TypeError):
+    except (ValueError, KeyError, TypeError, AttributeError, OverflowError):
         return None
+
+
+def _aware(moment: dt.datetime) -> dt.datetime:
+    return moment if moment.tzinfo is not None else moment.replace(tzinfo=dt.UTC)
 
 
 def newest_run_folder(pinion: str, workload_id: str, runs: Path | None = None) -> Path | None:
@@ -171,6 +188,8 @@ def look(workload_id: str, target: QueueTarget) -> Look:
         work_dir = newest_run_folder(workload.pinion, workload.id)
     running = workload.status.value == "running"
     progress = read_progress(work_dir) if work_dir is not None and running else None
+    if progress is None and running and workload.progress is not None:
+        progress = parse_progress(workload.progress)  # a remote pinion's, at its last renewal
     return Look(item=item, work_dir=work_dir, progress=progress, local=local)
 
 

@@ -54,6 +54,7 @@ from caliber.pinion.platform import (
 )
 from caliber.pinion.progress import Reporter
 from caliber.pinion.signals import StopFlags, stop_on_signals
+from caliber.pinion.stops import CANCELLED, TaskWatch, g_of
 from caliber.platform import (
     PRIVATE_FOLDER,
     create_new_file,
@@ -69,6 +70,7 @@ from caliber.results.model import ErrorInfo, Results, RunStatus, TaskResult, utc
 from caliber.settings import (
     BOUNDS,
     DEFAULT_ATTEMPTS,
+    DEFAULT_CANCEL_GRACE,
     DEFAULT_LEASE,
     DEFAULT_MAX_ATTEMPTS,
     DEFAULT_WAIT,
@@ -118,11 +120,15 @@ class PinionConfig:
     """Modules imported once, by the process the children are forked from (``--preload``)."""
     log_max: int = DEFAULT_LOG_MAX
     """Bytes a run's ``output.log`` keeps, its middle cut out past them (0: no cap)."""
+    cancel_grace: float = DEFAULT_CANCEL_GRACE
+    """Seconds between SIGTERM and SIGKILL of a task stopped by ``queue cancel --now``, and
+    after a task's time limit before its process is killed (``--cancel-grace``)."""
 
     def __post_init__(self) -> None:
         """Each number within its setting's bounds (ConfigError): a lease of 1e17 s would
         overflow the first claim's date."""
-        for name in ("attempts", "wait", "lease", "timeout", "max_attempts", "keep_runs"):
+        for name in ("attempts", "wait", "lease", "timeout", "max_attempts", "keep_runs",
+                     "cancel_grace"):
             value = getattr(self, name)
             try:
                 if value is not None:
@@ -626,7 +632,8 @@ class Pinion:
         return _Run(claim=claim, work_dir=work_dir, child=child,
                     messages=MessageReader(child.messages_fd), started=started,
                     t0=time.monotonic(), next_renew=next_renew,
-                    log=LogCap(work_dir, self.config.log_max))
+                    log=LogCap(work_dir, self.config.log_max),
+                    watch=TaskWatch(self.config.cancel_grace))
 
     @property
     def _renew_every(self) -> float:
@@ -652,7 +659,7 @@ class Pinion:
             if self.flags.cold:
                 return self._put_back(run)
             now = time.monotonic()
-            if self._ended(run, now) or self._timed_out(run, now):
+            if self._ended(run, now) or self._timed_out(run, now) or self._overdue(run, now):
                 return None
             if now >= run.next_renew:
                 if not self._renew(run):
@@ -669,12 +676,13 @@ class Pinion:
             run.stop_type, run.stop_reason = "ForeignMessage", str(exc)
             return True
         if message.event is not None:
+            run.watch.event(message.event, time.monotonic())
             self.reporter.task_event(message.event)
         if message.record is not None:
             run.records.append(message.record)
             if run.cancelled is not None and not run.asked:  # stop after the current task
                 run.child.kill()
-                run.stop_type, run.stop_reason = "Cancelled", f"cancelled by {run.cancelled}"
+                run.stop_type, run.stop_reason = CANCELLED, f"cancelled by {run.cancelled}"
                 return True
         if message.results is not None:
             run.final = message.results
@@ -704,11 +712,23 @@ class Pinion:
         run.stop_type, run.stop_reason = "Timeout", f"timed out after {timeout:g} s"
         return True
 
-    def _renewed(self, claim: Claim) -> Claim:
+    def _overdue(self, run: _Run, now: float) -> bool:
+        """Kill the child when a task it was told to stop has not (``cancel --now``, after
+        the grace), or one runs past its time limit plus the grace (see
+        :mod:`caliber.pinion.stops`)."""
+        due = run.watch.due(now, run.cancelled)
+        if due is None:
+            return False
+        run.child.kill()
+        run.stop_type, run.stop_reason = due
+        return True
+
+    def _renewed(self, claim: Claim, progress: dict[str, Any] | None = None) -> Claim:
         """The claim with its lease extended (as it was when the queue cannot be reached: the
-        lease may still hold); LeaseLostError when it was lost."""
+        lease may still hold), with where the run is (``progress``, for the backend to keep);
+        LeaseLostError when it was lost."""
         try:
-            claim = self.backend.renew(claim, self.config.lease)
+            claim = self.backend.renew(claim, self.config.lease, progress=progress)
             log.debug("lease of %s renewed", claim.workload.id)
         except LeaseLostError:
             raise
@@ -719,17 +739,31 @@ class Pinion:
     def _renew(self, run: _Run) -> bool:
         """Extend the lease; False when it was lost (the child is stopped)."""
         try:
-            run.claim = self._renewed(run.claim)
-            if run.claim.cancel_requested is not None and run.cancelled is None:
-                run.cancelled = run.claim.cancel_requested
-                run.asked = run.child.ask_to_stop()
-                self.reporter.cancelling(run.cancelled)
+            run.claim = self._renewed(run.claim, self.reporter.progress())
+            self._cancel_if_asked(run)
         except LeaseLostError:
             run.child.kill()
             run.child.wait(CHILD_EXIT_GRACE)
             self.reporter.workload_finished("abandoned", "lease lost to another pinion")
             return False
         return True
+
+    def _cancel_if_asked(self, run: _Run) -> None:
+        """Act on a cancel learnt at a renewal: stop after the current task (the child is
+        asked not to start another), or with ``--now`` at once (SIGTERM to its processes,
+        SIGKILL after the grace: :meth:`_overdue`)."""
+        claim = run.claim
+        if claim.cancel_requested is None or run.watch.terminated:
+            return
+        if claim.cancel_now:
+            run.cancelled = claim.cancel_requested
+            run.asked = True  # the child sends its Results: it is not killed after a task
+            run.watch.terminate(run.child, time.monotonic())
+            self.reporter.cancelling(run.cancelled, grace=self.config.cancel_grace)
+        elif run.cancelled is None:
+            run.cancelled = claim.cancel_requested
+            run.asked = run.child.ask_to_stop()
+            self.reporter.cancelling(run.cancelled)
 
     def _server_ended(self, run: _Run) -> Outcome:
         """The fork server ended (killed, or stopped answering) before the child's verdict,
@@ -746,15 +780,21 @@ class Pinion:
         workload = run.claim.workload
         if run.final is not None:
             results = run.final
+            error = results.error
+            if run.watch.terminated and error is not None and error.type == CANCELLED:
+                results = results.model_copy(update={"error": error.model_copy(update={
+                    "message": f"cancelled by {run.cancelled}: {error.message}"})})
         else:
             how = "ended" if returncode is None else describe_exit(returncode)
             why = run.stop_reason or f"the workload's process {how}"
             results = Results(
                 workload_id=workload.id, workflow=workload.workflow_name,
                 pinion=self.config.name, started_at=run.started,
-                status=RunStatus.CANCELLED if run.stop_type == "Cancelled" else RunStatus.FAILED,
+                status=RunStatus.CANCELLED if run.stop_type == CANCELLED else RunStatus.FAILED,
                 finished_at=utcnow(), tasks=run.records, work_dir=str(run.work_dir),
-                error=ErrorInfo(type=run.stop_type, message=why),
+                g=g_of(run.records),
+                error=ErrorInfo(type=run.stop_type, message=why, task=run.watch.task,
+                                branch=run.watch.branch),
                 resumed_from=workload.resume_from,
             )
             if results.status == RunStatus.FAILED:
@@ -846,6 +886,8 @@ class _Run:
     """Who cancelled the workload (learnt at a renewal): it stops after its current task."""
     asked: bool = False
     """Whether the child was asked to run no further task (else it is killed after this one)."""
+    watch: TaskWatch = field(default_factory=lambda: TaskWatch(DEFAULT_CANCEL_GRACE))
+    """The running task, its time limit, and a ``cancel --now`` under way."""
 
 
 def _from_server(server: ForkServer, idle: Callable[[], object]) -> ChildProcess | None:

@@ -23,6 +23,7 @@ class _EventMessage(BaseModel):
     branch: int | None
     status: str | None
     duration: float | None
+    timeout: float | None = None
     result: TaskResult | None
 
 

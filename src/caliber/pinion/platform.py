@@ -185,6 +185,23 @@ class ChildProcess:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(self.pid, signal.SIGKILL)
 
+    def terminate(self) -> None:
+        """Ask the child and everything it started to stop now (SIGTERM): its processes in
+        other sessions (found as :func:`end_descendants` finds them), its process group and
+        itself. The child stops its running task (``queue cancel --now``, see
+        :mod:`caliber.pinion.stops`); :meth:`kill` is the pinion's next step."""
+        if self.returncode is not None:
+            return
+        if not POSIX:  # pragma: no cover - Windows
+            if self._popen is not None:
+                self._popen.terminate()
+            return
+        for pid in _descendants(self.pid):
+            with contextlib.suppress(OSError):
+                os.kill(pid, signal.SIGTERM)
+        with contextlib.suppress(OSError):
+            os.killpg(self.pid, signal.SIGTERM)
+
     def ask_to_stop(self) -> bool:
         """Ask the child to run no further task (SIGUSR1, see
         :func:`caliber.pinion.child.run_job`); False where there is no such signal."""

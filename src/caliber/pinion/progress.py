@@ -4,7 +4,9 @@ The pinion logs to the ``caliber.pinion`` logger: its :class:`Reporter` turns ev
 workload started, a task ended, no work found) into log records, and a
 :class:`ProgressHandler` shows them. On a terminal, one live line (workload, task k of n,
 elapsed) that is replaced as work goes on, and a permanent line per finished workload;
-otherwise plain timestamped log lines, one per event. ``quiet`` shows nothing but errors.
+otherwise plain log lines, one per event. Every line but an error's starts with the local
+date and time (the live line with the time of day; its elapsed time counts from the
+workload's start). ``quiet`` shows nothing but errors.
 The live line's elapsed time counts on during a task (:meth:`Reporter.tick`), and the
 running workload's progress is also kept in its run folder for ``caliber queue view``
 (:func:`caliber.pinion.follow.write_progress`).
@@ -34,6 +36,8 @@ REPORTER = "caliber_reporter"
 the pinion's own handler)."""
 LIVE_WIDTH = 120  # characters of the live line shown
 LIVE_REFRESH = 1.0  # seconds: how often the live line's elapsed time moves on during a task
+MAX_NAME = 200  # characters of a task's name kept in the progress a renewal carries
+STAMP = "%Y-%m-%d %H:%M:%S"
 
 
 def verbose() -> bool:
@@ -63,13 +67,15 @@ class ProgressHandler(logging.Handler):
                         self.level <= logging.DEBUG):
                     self.stream.write("".join(traceback.format_exception(record.exc_info[1])))
             elif getattr(record, LIVE, False) and self.live:
-                self.stream.write("\r\x1b[K" + text[:LIVE_WIDTH])
+                clock = time.strftime("%H:%M:%S", time.localtime(record.created))
+                self.stream.write("\r\x1b[K" + f"{clock} {text}"[:LIVE_WIDTH])
                 self._live_shown = True
             elif self.live:
                 self._clear_live()
-                self.stream.write(text + "\n")
+                stamp = time.strftime(STAMP, time.localtime(record.created))
+                self.stream.write(f"{stamp} {text}\n")
             else:
-                stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(record.created))
+                stamp = time.strftime(STAMP, time.localtime(record.created))
                 self.stream.write(f"{stamp} pinion {self.pinion}: {text}\n")
             self.stream.flush()
         except Exception:
@@ -219,9 +225,25 @@ class Reporter:
         self.running = False
         self.error(f"workload {workload_id} {what}: {reason}", exc_info=exc)
 
-    def cancelling(self, by: str) -> None:
-        """The running workload was cancelled: it stops after its current task."""
-        self._line(f"{self._workload}: cancelled by {by}; stopping after the current task")
+    def cancelling(self, by: str, *, grace: float | None = None) -> None:
+        """The running workload was cancelled: it stops after its current task, or now
+        (``grace``: ``queue cancel --now``, SIGKILL that many seconds after SIGTERM)."""
+        if grace is None:
+            self._line(f"{self._workload}: cancelled by {by}; stopping after the current task")
+        else:
+            self._line(f"{self._workload}: cancelled by {by}; stopping the running task now "
+                       f"(SIGTERM, SIGKILL after {grace:g} s)")
+
+    def progress(self) -> dict[str, Any] | None:
+        """Where the running workload is, as its progress file says it (``started_at`` of
+        the run, and ``task``: index, total, name, branch, started_at), for the queue to
+        keep with a lease renewal (``queue view`` of a remote workload); None before its
+        first task started."""
+        if not self.running or self._progress.get("task") is None:
+            return None
+        task = dict(self._progress["task"])
+        task["name"] = str(task["name"])[:MAX_NAME]
+        return {"started_at": self._progress["started_at"], "task": task}
 
     def skipped(self, workload_id: str, reason: str) -> None:
         self._line(f"skipped workload {workload_id}: {reason}")

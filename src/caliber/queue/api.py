@@ -231,14 +231,15 @@ def view_workload(id_or_prefix: str, target: QueueTarget) -> CheckedWorkload:
     return ok(workload)
 
 
-def cancel(id_or_prefix: str, target: QueueTarget) -> Workload:
+def cancel(id_or_prefix: str, target: QueueTarget, *, now: bool = False) -> Workload:
     """Cancel a workload (``caliber queue cancel``): a queued one never runs; a running one is
-    stopped by its pinion at its next lease renewal, after its current task, and kept as
-    cancelled with the Results of the tasks that finished. Returns it as it is now."""
+    stopped by its pinion at its next lease renewal, after its current task (``now``: the
+    running task is stopped then, SIGTERM, then SIGKILL after the pinion's grace), and kept
+    as cancelled with the Results of the tasks that finished. Returns it as it is now."""
     from caliber.queue.workload import queued_by
 
     with opened(target) as backend:
-        return backend.cancel(id_or_prefix, queued_by())
+        return backend.cancel(id_or_prefix, queued_by(), now=now)
 
 
 def retry(id_or_prefix: str, target: QueueTarget, *, resume: bool = False) -> CheckedWorkload:

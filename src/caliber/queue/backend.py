@@ -14,6 +14,7 @@ Life of a workload::
               |       |          |--release------> queued   (warm stop, secret mismatch)
               |       |          |--lease expires-> claimable again (attempts counted)
               |       |          '--cancel: asked; the pinion stops after the current task
+              |       |                     (--now: it stops the running task at once)
               |       '--reset removes it; resetsecret replaces its run-secret
               '--cancel--> cancelled
     failed | cancelled --retry [resume]--> queued (a new attempt series, history kept)
@@ -25,7 +26,7 @@ AmbiguousIdError, LeaseLostError, QueueStateError, QueueError).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 from caliber.queue.summary import WorkloadSummary
 
@@ -57,6 +58,9 @@ class Claim:
     cancel_requested: str | None = None
     """Set by :meth:`QueueBackend.renew` when someone cancelled the workload (who): the
     pinion stops it after its current task and completes it with cancelled Results."""
+    cancel_now: bool = False
+    """With ``cancel_requested``: the cancel was ``--now``: the pinion stops the running task
+    at once (SIGTERM, then SIGKILL after its grace) instead of after it."""
 
 
 @runtime_checkable
@@ -106,8 +110,13 @@ class QueueBackend(Protocol):
         Never do two claims hold one workload at the same time.
         """
 
-    def renew(self, claim: Claim, lease_seconds: float) -> Claim:
-        """Extend the lease from now; LeaseLostError when the claim no longer holds."""
+    def renew(self, claim: Claim, lease_seconds: float, *,
+              progress: dict[str, Any] | None = None) -> Claim:
+        """Extend the lease from now; LeaseLostError when the claim no longer holds.
+        ``progress``: where the run is (the pinion's progress file's form, see
+        :mod:`caliber.pinion.follow`): a backend whose readers are on other machines keeps
+        it with the renewal when it writes one (``Workload.progress``); the local queue has
+        the file."""
 
     def release(self, claim: Claim, *, reason: str, mismatch_key_id: str | None = None) -> None:
         """Put a claimed workload back in the queue without counting the attempt.
@@ -157,10 +166,12 @@ class QueueBackend(Protocol):
         goes and why). Never a queued or running workload, nor a Result of a workload that
         stays. With ``dry_run`` nothing changes. Returns what went (or would)."""
 
-    def cancel(self, id_or_prefix: str, by: str) -> Workload:
+    def cancel(self, id_or_prefix: str, by: str, *, now: bool = False) -> Workload:
         """Cancel a workload (``queue cancel``): a queued one (or one whose pinion's lease ran
         out) becomes cancelled at once and never runs; a running one is marked, and its
-        pinion learns it at its next :meth:`renew`. QueueStateError when it has finished."""
+        pinion learns it at its next :meth:`renew` (``Claim.cancel_requested``; with
+        ``now``, ``Claim.cancel_now`` too: a running one that was asked already is asked
+        again, now). QueueStateError when it has finished."""
 
     def retry(self, id_or_prefix: str, by: str, *,
               resume: ResumeGrant | None = None) -> Workload:

@@ -3,7 +3,8 @@ workloads can be cancelled or retried, and the history lines that say so (no pyd
 the backends import it at the top).
 
 ``queue cancel``: a queued workload becomes cancelled at once; a running one is asked to stop,
-and its pinion stops it after its current task when it next renews its lease. ``queue retry``:
+and its pinion stops it after its current task when it next renews its lease (with ``--now``:
+it stops the running task then, SIGTERM, then SIGKILL after a grace). ``queue retry``:
 a failed or cancelled one is queued again, its history kept; with ``--resume`` its run reuses
 the completed tasks of its last Results, as the :class:`ResumeGrant` made with the user's key
 allows (:mod:`caliber.queue.resume`).
@@ -68,8 +69,9 @@ def cancelled(by: str) -> str:
     return f"cancelled by {by}"
 
 
-def cancel_asked(by: str) -> str:
-    return f"cancel asked by {by}: its pinion stops it after the current task"
+def cancel_asked(by: str, now: bool = False) -> str:
+    when = "stops the running task now" if now else "stops it after the current task"
+    return f"cancel asked by {by}: its pinion {when}"
 
 
 def retried(by: str, resume_from: str | None) -> str:

@@ -398,21 +398,23 @@ class SpeckleBackend:
             )
         return state
 
-    def renew(self, claim: Claim, lease_seconds: float) -> Claim:
+    def renew(self, claim: Claim, lease_seconds: float, *,
+              progress: dict[str, Any] | None = None) -> Claim:
+        """See :meth:`QueueBackend.renew`: a renewal is written only when less than half the
+        lease is left, and ``progress`` goes with it (no version of its own)."""
         lease = self._lease(lease_seconds)
         with self.lock:
             state = self._held(claim)
             assert state.lease is not None
             left = (state.lease.expires_at - self.server_now()).total_seconds()
-            if lease > 0 and left > lease / 2:  # plenty left: spare the server a version
-                return replace(claim, expires_at=self._local(state.lease.expires_at),
-                               cancel_requested=state.cancel)
-            self._write(f"lease of {state.id} renewed by {claim.owner}",
-                        ev.Renew(workload=state.id, token=claim.token, lease=lease))
-            state = self._held(claim)
+            if not (lease > 0 and left > lease / 2):  # else plenty left: spare the server
+                self._write(f"lease of {state.id} renewed by {claim.owner}",
+                            ev.Renew(workload=state.id, token=claim.token, lease=lease,
+                                     progress=progress))
+                state = self._held(claim)
             assert state.lease is not None
             return replace(claim, expires_at=self._local(state.lease.expires_at),
-                           cancel_requested=state.cancel)
+                           cancel_requested=state.cancel, cancel_now=state.cancel_now)
 
     def release(self, claim: Claim, *, reason: str, mismatch_key_id: str | None = None) -> None:
         with self.lock:
@@ -487,12 +489,13 @@ class SpeckleBackend:
                                   **_grant_fields(resume)))
             return self.get(state.id)
 
-    def cancel(self, id_or_prefix: str, by: str) -> Workload:
+    def cancel(self, id_or_prefix: str, by: str, *, now: bool = False) -> Workload:
         with self.lock:
             workload = self.get(id_or_prefix)
             check_cancel(workload)
-            self._write(f"cancel {workload.id} ({workload.workflow_name}) asked by {by}",
-                        ev.Cancel(workload=workload.id, by=by))
+            self._write(f"cancel {workload.id} ({workload.workflow_name}) asked by {by}"
+                        + (" (now)" if now else ""),
+                        ev.Cancel(workload=workload.id, by=by, now=True if now else None))
             return self.get(workload.id)
 
     def retry(self, id_or_prefix: str, by: str, *,

@@ -58,14 +58,20 @@ def _when(text: str) -> dt.datetime:
 
 
 def _state_doc(s: State) -> list[Any]:
+    """A workload's state as a list: 17 items, then groups that came later (cancel and
+    retry; a resume grant; a cancel --now and the run's progress), each only when it or a
+    later one holds something (an older reader reads the groups it knows)."""
     holder = None if s.lease is None else [s.lease.token, s.lease.owner,
                                            _iso(s.lease.expires_at)]
+    groups = [([s.cancel, s.resume_from], bool(s.cancel or s.resume_from)),
+              ([s.resume_signature, s.resume_grant], bool(s.resume_grant)),
+              ([s.cancel_now or None, s.progress], bool(s.cancel_now or s.progress))]
+    used = max((i + 1 for i, (_, held) in enumerate(groups) if held), default=0)
     return [s.id, s.pinion, s.workflow, _iso(s.created_at), s.queued_by, s.object_id,
             [_iso(s.order[0]), s.order[1]], s.status.value, s.attempts, holder, s.secret,
             s.mismatch, s.results_id, s.last_error, s.work_dir, s.deleted,
             [[_iso(at), status.value, text] for at, status, text in s.history],
-            *([[s.cancel, s.resume_from]] if s.cancel or s.resume_from else []),
-            *([[s.resume_signature, s.resume_grant]] if s.resume_grant else [])]
+            *[group for group, _ in groups[:used]]]
 
 
 def _state(doc: list[Any]) -> State:
@@ -73,6 +79,7 @@ def _state(doc: list[Any]) -> State:
      secret, mismatch, results_id, last_error, work_dir, deleted, history) = doc[:17]
     cancel, resume_from = doc[17] if len(doc) > 17 else (None, None)  # cancel/retry events
     signature, grant = doc[18] if len(doc) > 18 else (None, None)  # a resume grant
+    now, progress = doc[19] if len(doc) > 19 else (None, None)  # cancel --now, progress
     return State(
         id=wid, pinion=pinion, workflow=workflow, created_at=_when(created),
         queued_by=queued_by, object_id=object_id, order=(_when(order[0]), order[1]),
@@ -80,7 +87,8 @@ def _state(doc: list[Any]) -> State:
         lease=None if holder is None else Lease(holder[0], holder[1], _when(holder[2])),
         secret=secret, mismatch=mismatch, results_id=results_id, last_error=last_error,
         work_dir=work_dir, deleted=bool(deleted), cancel=cancel, resume_from=resume_from,
-        resume_signature=signature, resume_grant=grant,
+        resume_signature=signature, resume_grant=grant, cancel_now=bool(now),
+        progress=progress if isinstance(progress, dict) else None,
         history=[(_when(at), WorkloadStatus(st), text) for at, st, text in history],
     )
 

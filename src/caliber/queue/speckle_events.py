@@ -27,6 +27,8 @@ The keys (format 2; each key means one thing in every event):
 ``m``  key id found not to match (release)       ``a``  the maximum attempts (expire)
 ``v``  who asked (cancel, retry: user@host)   ``j``  ids a prune removes (a list)
 ``rs`` the Results signature a grant covers      ``rg`` a resume grant (retry, resign)
+``cn`` a cancel that stops the running task now  ``pg`` where the run is (renew: task k of
+                                                        n, since when)
 =====  ========================================  =====  ====================================
 
 ``cancel`` and ``retry`` (a workload's life after it ends, ``caliber queue cancel/retry``)
@@ -41,6 +43,11 @@ that lets it reuse its Results, see :mod:`caliber.queue.resume`) came later in f
 Caliber from before them ignores them (it would resume without checking; upgrade pinions).
 ``r``, ``rs`` and ``rg`` on ``put`` (``workflow queue --resume``) came later still: a Caliber
 from before them ignores them and runs such a workload from the start.
+
+``cn`` (``queue cancel --now``) and ``pg`` (the progress a pinion writes with the renewals
+it writes anyway, for ``queue view``) came later in format 2: a Caliber from before them
+ignores them (its pinions stop a cancelled workload after the current task, and its
+``queue view`` shows no progress).
 
 Format 1 (the first remote queues) differs only in ``expire`` (``m``: the maximum attempts),
 ``resign`` (``s``: the new run-secret) and ``delete`` (``f``: force); it is still read.
@@ -107,10 +114,13 @@ class Claim(Body):
 @dataclass(frozen=True)
 class Renew(Body):
     kind = "renew"
-    keys: ClassVar[dict[str, str]] = {"workload": "w", "token": "t", "lease": "l"}
+    keys: ClassVar[dict[str, str]] = {"workload": "w", "token": "t", "lease": "l",
+                                      "progress": "pg"}
     workload: str
     token: str
     lease: float = 0.0
+    progress: dict[str, Any] | None = None
+    """Where the run is, as the pinion's progress file says (:mod:`caliber.pinion.follow`)."""
 
 
 @dataclass(frozen=True)
@@ -188,9 +198,11 @@ class Cancel(Body):
     """Cancel a workload: a queued one at once, a running one when its pinion next renews."""
 
     kind = "cancel"
-    keys: ClassVar[dict[str, str]] = {"workload": "w", "by": "v"}
+    keys: ClassVar[dict[str, str]] = {"workload": "w", "by": "v", "now": "cn"}
     workload: str
     by: str = "?"
+    now: bool | None = None
+    """``--now``: the pinion stops the running task at once (None: after it)."""
 
 
 @dataclass(frozen=True)
@@ -333,6 +345,9 @@ def _typed(body: Body) -> bool:
 def _fits(value: Any, kind: str) -> bool:
     if value is None:
         return "None" in kind
+    kind = kind.removesuffix(" | None")
+    if kind.startswith("dict"):
+        return isinstance(value, dict)
     if kind.startswith("str"):
         return isinstance(value, str)
     if kind == "bool":

@@ -65,6 +65,10 @@ class State:
     history: list[Note] = field(default_factory=list)
     cancel: str | None = None
     """Who asked to cancel it while it ran (its pinion learns it when it renews)."""
+    cancel_now: bool = False
+    """That cancel was ``--now``: its pinion stops the running task at once."""
+    progress: dict[str, Any] | None = None
+    """Where its run is, as its pinion wrote with its last lease renewal (while it runs)."""
     resume_from: str | None = None
     """Results whose completed tasks its next run reuses (``retry --resume``)."""
     resume_signature: str | None = None
@@ -294,8 +298,9 @@ def _applies(state: State, body: ev.Body, at: dt.datetime) -> bool:
                 and state.lease.expires_at < at and state.attempts >= body.max_attempts)
     if isinstance(body, ev.Renew | ev.Release | ev.Done | ev.Fail):
         return state.held_by(body.token)
-    if isinstance(body, ev.Cancel):
-        return state.status in CANCELLABLE and state.cancel is None
+    if isinstance(body, ev.Cancel):  # once, and once more to make it --now
+        return state.status in CANCELLABLE and (
+            state.cancel is None or (bool(body.now) and not state.cancel_now))
     if isinstance(body, ev.Retry):
         return state.status in RETRIABLE
     return isinstance(body, ev.Delete | ev.Resign)
@@ -303,11 +308,14 @@ def _applies(state: State, body: ev.Body, at: dt.datetime) -> bool:
 
 def _apply(state: State, body: ev.Body, at: dt.datetime) -> None:
     lease = state.lease
+    if isinstance(body, ev.Release | ev.Done | ev.Fail | ev.Expire):
+        state.progress = None  # the run ended
     if isinstance(body, ev.Claim):
         if state.status == WorkloadStatus.RUNNING and lease is not None:
             state.note(at, f"lease of {lease.owner} ran out (attempt {state.attempts} lost)",
                        WorkloadStatus.QUEUED)
         state.status = WorkloadStatus.RUNNING
+        state.progress = None
         state.attempts += 1
         state.lease = Lease(token=body.token, owner=body.owner,
                             expires_at=at + _seconds(body.lease))
@@ -315,6 +323,8 @@ def _apply(state: State, body: ev.Body, at: dt.datetime) -> None:
     elif isinstance(body, ev.Renew):
         assert lease is not None
         lease.expires_at = at + _seconds(body.lease)
+        if body.progress is not None:
+            state.progress = body.progress
     elif isinstance(body, ev.Release):
         assert lease is not None
         state.status = WorkloadStatus.QUEUED
@@ -355,12 +365,14 @@ def _apply(state: State, body: ev.Body, at: dt.datetime) -> None:
             state.note(at, state.last_error)
         else:
             state.cancel = body.by
-            state.note(at, cancel_asked(body.by))
+            state.cancel_now = state.cancel_now or bool(body.now)
+            state.note(at, cancel_asked(body.by, bool(body.now)))
     elif isinstance(body, ev.Retry):
         state.status = WorkloadStatus.QUEUED
         state.attempts = 0
         state.lease = None
         state.last_error = state.cancel = state.mismatch = None  # every key looks afresh
+        state.cancel_now = False
         state.resume_from = body.results
         state.resume_signature = body.signature if body.results else None
         state.resume_grant = body.grant if body.results else None

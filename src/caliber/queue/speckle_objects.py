@@ -11,7 +11,7 @@ from caliber.errors import AmbiguousIdError, NotFoundError
 from caliber.queue import speckle_adapter as sp
 from caliber.queue.secret import problem
 from caliber.queue.speckle_log import State
-from caliber.queue.workload import Attachment, HistoryEntry, Lease, Workload
+from caliber.queue.workload import Attachment, HistoryEntry, Lease, Workload, WorkloadStatus
 from caliber.results.model import Results
 
 ATTACHMENT_FIELDS = ("path", "encoding", "content", "sha256", "size")
@@ -41,6 +41,7 @@ def workload_from(s: State, root: dict[str, Any], children: list[dict[str, Any]]
         status=s.status, results_id=s.results_id, attempts=s.attempts, lease=lease,
         secret_mismatch=s.mismatch, work_dir=s.work_dir, resume_from=s.resume_from,
         resume_signature=s.resume_signature, resume_grant=s.resume_grant,
+        progress=s.progress if s.status == WorkloadStatus.RUNNING else None,
         history=[HistoryEntry(at=at, status=status, message=text)
                  for at, status, text in s.history],
     )

@@ -498,11 +498,15 @@ class SQLiteBackend:
             f"{_NO_LEASE}, secret_mismatch = ltrim(COALESCE(secret_mismatch, '') || ' ' || ?)"
             " WHERE lease_token = ?", (key_id, token))
 
-    def renew(self, claim: Claim, lease_seconds: float) -> Claim:
+    def renew(self, claim: Claim, lease_seconds: float, *,
+              progress: dict[str, Any] | None = None) -> Claim:
+        """See :meth:`QueueBackend.renew`; ``progress`` is not kept (the run folder's progress
+        file is on this machine)."""
         expires = time.time() + lease_seconds
         with self.transaction() as conn:
-            asked = self._held(conn, claim, "lease_expires = ?", (expires,))
-        return replace(claim, expires_at=_from_unix(expires), cancel_requested=asked)
+            asked, now = self._asked(conn, claim, "lease_expires = ?", (expires,))
+        return replace(claim, expires_at=_from_unix(expires), cancel_requested=asked,
+                       cancel_now=now)
 
     def release(self, claim: Claim, *, reason: str, mismatch_key_id: str | None = None) -> None:
         with self.transaction() as conn:
@@ -615,7 +619,7 @@ class SQLiteBackend:
             self._add_history(conn, full, (None, f"signed again with key {key_id}"))
             return self.get(full)
 
-    def cancel(self, id_or_prefix: str, by: str) -> Workload:
+    def cancel(self, id_or_prefix: str, by: str, *, now: bool = False) -> Workload:
         with self.transaction() as conn:
             workload = self.get(id_or_prefix)
             check_cancel(workload)
@@ -626,9 +630,10 @@ class SQLiteBackend:
                              "last_error = ? WHERE id = ?", (cancelled(by), workload.id))
                 self._add_history(conn, workload.id, (WorkloadStatus.CANCELLED, cancelled(by)))
             else:
-                conn.execute("UPDATE workloads SET cancel_requested = ? WHERE id = ?",
-                             (by, workload.id))
-                self._add_history(conn, workload.id, (None, cancel_asked(by)))
+                conn.execute("UPDATE workloads SET cancel_requested = ?, cancel_now = "
+                             "CASE WHEN ? THEN 1 ELSE cancel_now END WHERE id = ?",
+                             (by, now, workload.id))
+                self._add_history(conn, workload.id, (None, cancel_asked(by, now)))
             return self.get(workload.id)
 
     def retry(self, id_or_prefix: str, by: str, *,
@@ -638,7 +643,8 @@ class SQLiteBackend:
             grant = check_retry(workload, resume)
             conn.execute(
                 f"UPDATE workloads SET status = 'queued', attempts = 0, {_NO_LEASE}, "
-                "last_error = NULL, cancel_requested = NULL, secret_mismatch = NULL, "
+                "last_error = NULL, cancel_requested = NULL, cancel_now = NULL, "
+                "secret_mismatch = NULL, "
                 f"body = {_GRANT_SET} WHERE id = ?",
                 (*_grant_params(grant), workload.id))
             self._add_history(conn, workload.id, (
@@ -676,9 +682,15 @@ class SQLiteBackend:
     ) -> str | None:
         """Update the claimed row only while ``claim`` holds it; LeaseLostError otherwise.
         Returns who asked to cancel it, if anyone."""
+        return self._asked(conn, claim, assignments, params)[0]
+
+    def _asked(
+        self, conn: sqlite3.Connection, claim: Claim, assignments: str, params: tuple[Any, ...]
+    ) -> tuple[str | None, bool]:
+        """:meth:`_held`, with whether the cancel asked was ``--now``."""
         row = conn.execute(
             f"UPDATE workloads SET {assignments} WHERE id = ? AND lease_token = ? "
-            "AND status = 'running' RETURNING cancel_requested",
+            "AND status = 'running' RETURNING cancel_requested, cancel_now",
             (*params, claim.workload.id, claim.token),
         ).fetchone()
         if row is None:
@@ -686,7 +698,7 @@ class SQLiteBackend:
                 f"workload {claim.workload.id} is no longer held by {claim.owner} (its lease "
                 "ran out and another pinion took it, or it was reset)"
             )
-        return None if row[0] is None else str(row[0])
+        return (None, False) if row[0] is None else (str(row[0]), bool(row[1]))
 
     @staticmethod
     def _add_history(

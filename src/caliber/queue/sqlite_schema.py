@@ -108,6 +108,11 @@ MIGRATIONS: list[str] = [
     CREATE INDEX results_finished ON results (finished_at);
     CREATE INDEX results_workload ON results (workload_id, finished_at);
     """,
+    # 4 -> 5: a cancel that stops the running task at once (``queue cancel --now``): its
+    # pinion learns it when it renews, as any cancel (1: now; NULL: after the current task).
+    """
+    ALTER TABLE workloads ADD COLUMN cancel_now INTEGER;
+    """,
 ]
 
 SCHEMA_VERSION = len(MIGRATIONS)

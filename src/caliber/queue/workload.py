@@ -108,6 +108,9 @@ class Workload(BaseModel):
         default=None, description="HMAC with the key of whoever granted the reuse (retry "
         "--resume): over the workload id, resume_from and resume_signature")
     history: list[HistoryEntry] = Field(default_factory=list)
+    progress: dict[str, Any] | None = Field(
+        default=None, description="where its run is, as its pinion wrote with its last lease "
+        "renewal (remote queue, while it runs; the local queue has its run folder's file)")
     damaged: str | None = Field(
         default=None, description="why the stored entry could not be read (it never runs)"
     )
