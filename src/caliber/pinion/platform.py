@@ -186,21 +186,24 @@ class ChildProcess:
                 os.kill(self.pid, signal.SIGKILL)
 
     def terminate(self) -> None:
-        """Ask the child and everything it started to stop now (SIGTERM): its processes in
-        other sessions (found as :func:`end_descendants` finds them), its process group and
-        itself. The child stops its running task (``queue cancel --now``, see
-        :mod:`caliber.pinion.stops`); :meth:`kill` is the pinion's next step."""
+        """Ask the child and everything it started to stop now (SIGTERM): its process group
+        (itself included), then its processes in other sessions (found as
+        :func:`end_descendants` finds them). The child stops its running task (``queue
+        cancel --now``, see :mod:`caliber.pinion.stops`); :meth:`kill` is the pinion's next
+        step."""
         if self.returncode is not None:
             return
         if not POSIX:  # pragma: no cover - Windows
             if self._popen is not None:
                 self._popen.terminate()
             return
-        for pid in _descendants(self.pid):
+        descendants = _descendants(self.pid)
+        with contextlib.suppress(OSError):  # first, in one step: the child learns it before
+            os.killpg(self.pid, signal.SIGTERM)  # it sees a process it waits for end
+        for pid in descendants:
             with contextlib.suppress(OSError):
-                os.kill(pid, signal.SIGTERM)
-        with contextlib.suppress(OSError):
-            os.killpg(self.pid, signal.SIGTERM)
+                if os.getpgid(pid) != self.pid:  # those of its group have it already
+                    os.kill(pid, signal.SIGTERM)
 
     def ask_to_stop(self) -> bool:
         """Ask the child to run no further task (SIGUSR1, see
