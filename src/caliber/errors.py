@@ -68,6 +68,11 @@ class QueueDamagedError(QueueError):
     """The queue's storage is damaged or is not a queue at all: trying again cannot help."""
 
 
+class BlobMismatchError(QueueError):
+    """A stored blob's bytes do not hash to its name (changed on disk, or damaged): whatever
+    refers to it is refused, never run or handed out, like a tampered workload."""
+
+
 class WorkspaceError(CaliberError):
     """The pinion cannot write its runs folder (full, read-only, not permitted)."""
 

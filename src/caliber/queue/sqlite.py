@@ -21,7 +21,7 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager, suppress
 from dataclasses import replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, BinaryIO
 
 from caliber.errors import (
     AmbiguousIdError,
@@ -30,6 +30,7 @@ from caliber.errors import (
     QueueError,
     QueueStateError,
 )
+from caliber.queue.blobs import BlobRef, FolderBlobStore
 from caliber.queue.lifecycle import (
     ResumeGrant,
     cancel_asked,
@@ -286,6 +287,12 @@ def _text(value: object) -> str | None:
 _RESULTS_COLUMNS = "id, workload_id, workflow, pinion, finished_at, body"
 
 
+def blob_folder(database: Path) -> Path:
+    """The blob store of the queue database ``database``: ``<database>-blobs`` beside it (as
+    SQLite's ``-wal`` file is), so two queues in one folder never share (or prune) blobs."""
+    return database.with_name(database.name + "-blobs")
+
+
 def open_target(target: QueueTarget) -> SQLiteBackend:
     """The backend of a ``sqlite`` :class:`~caliber.queue.target.QueueTarget`."""
     return SQLiteBackend(target.settings)
@@ -299,6 +306,7 @@ class SQLiteBackend:
         self.location = str(path)
         self.conn = connect(path)
         self._lock = threading.RLock()  # one connection, shared by the pinion's threads
+        self.blobs = FolderBlobStore(blob_folder(path))
 
     def close(self) -> None:
         self.conn.close()
@@ -377,6 +385,20 @@ class SQLiteBackend:
         if len(ids) > 1:
             raise AmbiguousIdError(id_or_prefix, ids)
         return str(ids[0])
+
+    # --- blobs (caliber.queue.blobs.BlobStore) ----------------------------------------------
+
+    def put_blob(self, source: Path) -> BlobRef:
+        return self.blobs.put_blob(source)
+
+    def has_blob(self, sha256: str) -> bool:
+        return self.blobs.has_blob(sha256)
+
+    def open_blob(self, sha256: str) -> BinaryIO:
+        return self.blobs.open_blob(sha256)
+
+    def fetch_blob(self, sha256: str, dest: Path, *, mode: int = 0o600) -> None:
+        self.blobs.fetch_blob(sha256, dest, mode=mode)
 
     # --- workloads ------------------------------------------------------------------------
 

@@ -1,0 +1,261 @@
+"""The content-addressed store beside each queue: a blob's name is its SHA-256.
+
+Attachments (and, from other parts, big arrays and result files) are stored once by content:
+the same file queued 17 times is one blob. Every queue backend is a :class:`BlobStore`. On
+the local queue the blobs are files in a folder beside the database (:class:`FolderBlobStore`,
+``caliber.db-blobs/<2 hex>/<sha256>``, as SQLite's own ``caliber.db-wal`` sits beside it):
+
+- files, not SQLite blobs: SQLite caps one value at 1 GB (``SQLITE_MAX_LENGTH``), a big blob
+  in the database would have to be compacted away after a prune, and a file streams with
+  plain reads and writes, in bounded memory, by the operating system's own cache;
+- the folders are 0700 and the files 0600 made, then 0400 once complete (nothing here writes
+  a blob twice), each written to a temporary name in ``tmp/``, flushed to disk (fsync) and
+  renamed to its name: a crash leaves a half-written temporary file, never a half blob
+  under its final name. Temporary files older than :data:`STALE_TMP_SECONDS` are swept;
+- every read that hands bytes to a run checks them against the name (:func:`copy_verified`):
+  a blob changed on disk is refused (BlobMismatchError), like a tampered workload.
+
+No pydantic and no threading here: the pinion's side imports this module.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import re
+import secrets
+import stat
+import time
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import BinaryIO, Protocol, runtime_checkable
+
+from caliber.errors import BlobMismatchError, NotFoundError, QueueError
+from caliber.platform import (
+    NO_FOLLOW,
+    create_new_file,
+    disk_hint,
+    make_private_folder,
+    open_private_file,
+)
+
+__all__ = [
+    "CHUNK", "BlobRef", "BlobStore", "FolderBlobStore", "copy_verified", "hash_file",
+    "is_sha256",
+]
+
+CHUNK = 1 << 20  # bytes read and written at a time: memory stays bounded by this
+STALE_TMP_SECONDS = 24 * 3600  # a temporary file this old is a crashed writer's: swept
+_SHA256 = re.compile(r"[0-9a-f]{64}")
+BLOB_MODE = 0o400  # a complete blob: read-only, its owner's alone
+
+
+def is_sha256(text: object) -> bool:
+    """Whether ``text`` is a blob name: 64 lowercase hex digits."""
+    return isinstance(text, str) and _SHA256.fullmatch(text) is not None
+
+
+@dataclass(frozen=True)
+class BlobRef:
+    """A blob's name (SHA-256, 64 lowercase hex digits) and size in bytes."""
+
+    sha256: str
+    size: int
+
+
+def hash_file(path: Path) -> BlobRef:
+    """The SHA-256 and size of the file at ``path``, read in :data:`CHUNK`\\ s (bounded
+    memory whatever the file's size)."""
+    digest = hashlib.sha256()
+    size = 0
+    with open(path, "rb") as f:
+        while chunk := f.read(CHUNK):
+            digest.update(chunk)
+            size += len(chunk)
+    return BlobRef(digest.hexdigest(), size)
+
+
+@runtime_checkable
+class BlobStore(Protocol):
+    """A content-addressed store beside a queue: a blob's name is its SHA-256."""
+
+    def put_blob(self, source: Path) -> BlobRef:
+        """Stream the file ``source`` through SHA-256 into the store in bounded memory;
+        storing a blob that is already there stores nothing more."""
+
+    def has_blob(self, sha256: str) -> bool:
+        """Whether the store holds blob ``sha256``."""
+
+    def open_blob(self, sha256: str) -> BinaryIO:
+        """A readable binary stream of the blob's bytes (NotFoundError when absent)."""
+
+    def fetch_blob(self, sha256: str, dest: Path, *, mode: int = 0o600) -> None:
+        """Write the blob to ``dest`` (a new file, with ``mode``) by streaming, checking the
+        hash on the way (BlobMismatchError when it does not match: then ``dest`` is not
+        made; NotFoundError when absent)."""
+
+
+def copy_verified(source: BinaryIO, sha256: str, dest: Path, *, mode: int = 0o600,
+                  size: int | None = None) -> None:
+    """Stream ``source`` into the new file ``dest`` (never through a link; made with
+    ``mode``), checking that its bytes have the SHA-256 ``sha256`` (and ``size``): they are
+    written to a temporary name beside ``dest`` and renamed only when they match, so a blob
+    whose bytes do not match its name never appears under ``dest`` (BlobMismatchError).
+    FileExistsError when ``dest`` exists."""
+    if os.path.lexists(dest):
+        raise FileExistsError(f"{dest} exists")
+    tmp = dest.with_name(f".{dest.name}.{secrets.token_hex(4)}.part")
+    digest = hashlib.sha256()
+    written = 0
+    fd = create_new_file(tmp, 0o600)
+    try:
+        with os.fdopen(fd, "wb") as out:
+            while chunk := source.read(CHUNK):
+                digest.update(chunk)
+                written += len(chunk)
+                out.write(chunk)
+            if digest.hexdigest() != sha256 or (size is not None and written != size):
+                raise BlobMismatchError(
+                    f"stored blob {sha256[:12]} does not match its name (its bytes hash to "
+                    f"{digest.hexdigest()[:12]}, {written} bytes): changed on disk or damaged"
+                )
+            os.chmod(tmp, mode)
+        os.link(tmp, dest)  # FileExistsError when something appeared there meanwhile
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+class FolderBlobStore:
+    """Blobs as files under ``root``: ``<root>/<first 2 hex>/<sha256>``, temporary files in
+    ``<root>/tmp``. Safe for many processes at once: a blob is renamed into place whole, and
+    two writers of one blob write the same bytes."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+
+    def path(self, sha256: str) -> Path:
+        """Where blob ``sha256`` is (or would be); NotFoundError for a name that is no hash."""
+        if not is_sha256(sha256):
+            raise NotFoundError(f"{sha256!r} is not a blob name (a SHA-256 in hex)")
+        return self.root / sha256[:2] / sha256
+
+    def put_blob(self, source: Path) -> BlobRef:
+        tmp_dir = self.root / "tmp"
+        try:
+            make_private_folder(tmp_dir)
+            tmp = tmp_dir / f"{os.getpid()}-{secrets.token_hex(8)}"
+            digest = hashlib.sha256()
+            size = 0
+            fd = open_private_file(tmp, os.O_WRONLY | os.O_EXCL)
+            try:
+                with os.fdopen(fd, "wb") as out, open(source, "rb") as src:
+                    while chunk := src.read(CHUNK):
+                        digest.update(chunk)
+                        size += len(chunk)
+                        out.write(chunk)
+                    ref = BlobRef(digest.hexdigest(), size)
+                    final = self.path(ref.sha256)
+                    stored = _size(final)
+                    if stored != size:  # absent (or cut short by hand): this one goes in
+                        out.flush()
+                        os.fsync(out.fileno())
+                if stored != size:
+                    os.chmod(tmp, BLOB_MODE)
+                    make_private_folder(final.parent)
+                    os.replace(tmp, final)  # the same bytes if another writer won the race
+                    _fsync_folder(final.parent)
+            finally:
+                tmp.unlink(missing_ok=True)
+        except OSError as exc:
+            if exc.filename is not None and Path(exc.filename) == source:
+                raise
+            raise QueueError(f"cannot store {source} in the blob store {self.root}: "
+                             f"{exc.strerror or exc}{disk_hint(self.root)}") from exc
+        return ref
+
+    def has_blob(self, sha256: str) -> bool:
+        return is_sha256(sha256) and self.path(sha256).is_file()
+
+    def open_blob(self, sha256: str) -> BinaryIO:
+        path = self.path(sha256)
+        try:
+            fd = os.open(path, os.O_RDONLY | NO_FOLLOW)
+        except FileNotFoundError:
+            raise NotFoundError(f"blob {sha256} is not in the store {self.root}") from None
+        except OSError as exc:
+            raise QueueError(f"cannot read blob {sha256} in {self.root}: "
+                             f"{exc.strerror or exc}") from exc
+        return os.fdopen(fd, "rb")
+
+    def fetch_blob(self, sha256: str, dest: Path, *, mode: int = 0o600) -> None:
+        with self.open_blob(sha256) as source:
+            copy_verified(source, sha256, dest, mode=mode)
+
+    # --- housekeeping ---------------------------------------------------------------------
+
+    def names(self) -> Iterator[str]:
+        """The name of every blob in the store (nothing when it has no folder yet)."""
+        try:
+            shards = sorted(os.scandir(self.root), key=lambda e: e.name)
+        except FileNotFoundError:
+            return
+        for shard in shards:
+            if len(shard.name) != 2 or not shard.is_dir(follow_symlinks=False):
+                continue
+            for entry in os.scandir(shard.path):
+                if is_sha256(entry.name) and entry.name.startswith(shard.name):
+                    yield entry.name
+
+    def size_of(self, sha256: str) -> int:
+        """The size in bytes of a blob on disk (0 when absent)."""
+        try:
+            return self.path(sha256).stat().st_size
+        except OSError:
+            return 0
+
+    def remove(self, names: Iterable[str]) -> int:
+        """Remove these blobs; returns the bytes freed. (The caller decides that nothing
+        refers to them: see the backends' prune.)"""
+        freed = 0
+        for name in names:
+            path = self.path(name)
+            with contextlib.suppress(FileNotFoundError):
+                freed += path.stat().st_size
+                path.unlink()
+        return freed
+
+    def sweep_tmp(self, now: float | None = None) -> None:
+        """Remove temporary files left by writers that crashed long ago."""
+        cut = (time.time() if now is None else now) - STALE_TMP_SECONDS
+        try:
+            entries = list(os.scandir(self.root / "tmp"))
+        except FileNotFoundError:
+            return
+        for entry in entries:
+            with contextlib.suppress(OSError):
+                st = entry.stat(follow_symlinks=False)
+                if stat.S_ISREG(st.st_mode) and st.st_mtime < cut:
+                    os.unlink(entry.path)
+
+
+def _size(path: Path) -> int | None:
+    try:
+        return path.stat().st_size
+    except FileNotFoundError:
+        return None
+
+
+def _fsync_folder(folder: Path) -> None:
+    """Make a rename in ``folder`` durable (where folders can be opened: not on Windows)."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)

@@ -1,0 +1,160 @@
+"""The contract of the content-addressed store (:class:`caliber.queue.blobs.BlobStore`), run
+against every backend that is one (see conftest): stored once by content, streamed back, and
+bytes that do not match their name never handed out."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import stat
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import pytest
+
+from caliber.errors import BlobMismatchError, NotFoundError
+from caliber.queue.blobs import BlobRef, BlobStore, FolderBlobStore, hash_file, is_sha256
+
+if TYPE_CHECKING:
+    from caliber.queue.backend import QueueBackend
+
+
+@pytest.fixture
+def store(backend: QueueBackend) -> BlobStore:
+    if not isinstance(backend, BlobStore):
+        pytest.skip(f"{type(backend).__name__} is not a blob store yet")
+    return backend
+
+
+def write(path: Path, data: bytes) -> Path:
+    path.write_bytes(data)
+    return path
+
+
+def test_hash_file_is_sha256_and_size(tmp_path: Path) -> None:
+    data = os.urandom(3 * (1 << 20) + 17)  # more than one chunk, not a whole number of them
+    ref = hash_file(write(tmp_path / "f", data))
+    assert ref == BlobRef(hashlib.sha256(data).hexdigest(), len(data))
+    assert is_sha256(ref.sha256)
+    assert hash_file(write(tmp_path / "empty", b"")) == BlobRef(hashlib.sha256().hexdigest(), 0)
+
+
+def test_put_then_read_back(store: BlobStore, tmp_path: Path) -> None:
+    data = os.urandom(2 * (1 << 20) + 5)
+    ref = store.put_blob(write(tmp_path / "mesh.bdf", data))
+    assert ref == BlobRef(hashlib.sha256(data).hexdigest(), len(data))
+    assert store.has_blob(ref.sha256)
+    with store.open_blob(ref.sha256) as f:
+        assert f.read() == data
+    store.fetch_blob(ref.sha256, tmp_path / "out.bdf")
+    assert (tmp_path / "out.bdf").read_bytes() == data
+    if os.name == "posix":
+        assert stat.S_IMODE((tmp_path / "out.bdf").stat().st_mode) == 0o600
+
+
+def test_fetch_keeps_the_mode_asked(store: BlobStore, tmp_path: Path) -> None:
+    ref = store.put_blob(write(tmp_path / "run.sh", b"#!/bin/sh\necho hi\n"))
+    store.fetch_blob(ref.sha256, tmp_path / "copy.sh", mode=0o700)
+    if os.name == "posix":
+        assert stat.S_IMODE((tmp_path / "copy.sh").stat().st_mode) == 0o700
+
+
+def test_fetch_never_overwrites(store: BlobStore, tmp_path: Path) -> None:
+    ref = store.put_blob(write(tmp_path / "a", b"new"))
+    write(tmp_path / "there", b"old")
+    with pytest.raises(FileExistsError):
+        store.fetch_blob(ref.sha256, tmp_path / "there")
+    assert (tmp_path / "there").read_bytes() == b"old"
+
+
+def test_empty_blob(store: BlobStore, tmp_path: Path) -> None:
+    ref = store.put_blob(write(tmp_path / "empty", b""))
+    assert ref.size == 0 and store.has_blob(ref.sha256)
+    store.fetch_blob(ref.sha256, tmp_path / "out")
+    assert (tmp_path / "out").read_bytes() == b""
+
+
+def test_absent_blob(store: BlobStore, tmp_path: Path) -> None:
+    missing = hashlib.sha256(b"never stored").hexdigest()
+    assert not store.has_blob(missing)
+    assert not store.has_blob("not a hash")
+    with pytest.raises(NotFoundError):
+        store.open_blob(missing)
+    with pytest.raises(NotFoundError):
+        store.fetch_blob(missing, tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
+def test_stored_once_by_content(backend: QueueBackend, tmp_path: Path) -> None:
+    """The same bytes put 17 times (from files of other names) are one blob."""
+    if not isinstance(backend, BlobStore):
+        pytest.skip("not a blob store yet")
+    data = os.urandom(100_000)
+    refs = {backend.put_blob(write(tmp_path / f"copy{i}", data)) for i in range(17)}
+    assert len(refs) == 1
+    blobs = getattr(backend, "blobs", None)
+    if isinstance(blobs, FolderBlobStore):  # the local store: one file, no temporaries left
+        assert list(blobs.names()) == [refs.pop().sha256]
+        assert list((blobs.root / "tmp").iterdir()) == []
+
+
+def test_a_changed_blob_is_refused(backend: QueueBackend, tmp_path: Path) -> None:
+    """Bytes that do not hash to the blob's name are never written out under the name asked
+    (the local store: a blob file changed on disk)."""
+    blobs = local_store(backend)
+    ref = backend.put_blob(write(tmp_path / "input.dat", b"the real input"))  # type: ignore[attr-defined]
+    path = blobs.path(ref.sha256)
+    os.chmod(path, 0o600)
+    path.write_bytes(b"the evil input")
+    with pytest.raises(BlobMismatchError, match="does not match its name"):
+        backend.fetch_blob(ref.sha256, tmp_path / "out")  # type: ignore[attr-defined]
+    assert not (tmp_path / "out").exists()
+    assert [p for p in tmp_path.iterdir() if p.name.endswith(".part")] == []
+
+
+def local_store(backend: QueueBackend) -> FolderBlobStore:
+    blobs = getattr(backend, "blobs", None)
+    if not isinstance(blobs, FolderBlobStore):
+        pytest.skip("the blobs of this backend are not files here")
+    return blobs
+
+
+@pytest.mark.skipif(os.name != "posix", reason="POSIX permissions")
+def test_the_local_store_is_private(backend: QueueBackend, tmp_path: Path) -> None:
+    """Folders 0700, complete blobs read-only 0400, whatever the umask."""
+    blobs = local_store(backend)
+    old = os.umask(0)
+    try:
+        ref = blobs.put_blob(write(tmp_path / "f", b"data"))
+    finally:
+        os.umask(old)
+    path = blobs.path(ref.sha256)
+    assert path.parent.parent == blobs.root
+    for folder in (blobs.root, path.parent, blobs.root / "tmp"):
+        assert stat.S_IMODE(folder.stat().st_mode) == 0o700
+    assert stat.S_IMODE(path.stat().st_mode) == 0o400
+
+
+def test_a_crashed_writer_leaves_no_blob(backend: QueueBackend, tmp_path: Path) -> None:
+    """A temporary file left by a writer that died is not a blob, and is swept once stale."""
+    blobs = local_store(backend)
+    blobs.put_blob(write(tmp_path / "f", b"data"))
+    left = blobs.root / "tmp" / "12345-deadbeef"
+    left.write_bytes(b"half a blo")
+    assert len(list(blobs.names())) == 1
+    blobs.sweep_tmp()
+    assert left.exists()  # it may be a writer at work
+    os.utime(left, (1, 1))
+    blobs.sweep_tmp()
+    assert not left.exists()
+
+
+def test_a_damaged_blob_is_replaced_by_a_new_put(backend: QueueBackend, tmp_path: Path) -> None:
+    """Putting the bytes again repairs a blob cut short on disk."""
+    blobs = local_store(backend)
+    source = write(tmp_path / "f", b"0123456789")
+    ref = blobs.put_blob(source)
+    os.chmod(blobs.path(ref.sha256), 0o600)
+    blobs.path(ref.sha256).write_bytes(b"01234")
+    assert blobs.put_blob(source) == ref
+    assert blobs.path(ref.sha256).read_bytes() == b"0123456789"
