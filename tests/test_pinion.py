@@ -247,11 +247,11 @@ def test_a_signed_document_with_a_task_name_used_twice_fails_with_the_reason(
     from caliber.queue.api import make_workload
     from caliber.queue.secret import load_key, sign
 
-    workload = make_workload(workflow(folder, [("add", [1]), ("add", [2])]), "p")
-    tasks = workload.workflow["process"]["tasks"]
-    tasks[1]["name"] = tasks[0]["name"]
-    workload.secret = sign(workload, load_key())  # signed as it is: the key holder wrote it
     with open_backend(local_target()) as backend:
+        workload = make_workload(workflow(folder, [("add", [1]), ("add", [2])]), "p", backend)
+        tasks = workload.workflow["process"]["tasks"]
+        tasks[1]["name"] = tasks[0]["name"]
+        workload.secret = sign(workload, load_key())  # signed as it is: the key holder wrote it
         backend.put(workload)
     assert run_pinion().summary.failed == 1
     results = caliber.get_results(workload.id)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import sqlite3
@@ -18,6 +19,7 @@ from caliber.errors import (
     UsageError,
 )
 from caliber.queue import api
+from caliber.queue.blobs import BlobStore
 from caliber.queue.registry import open_backend
 from caliber.queue.secret import key_id, load_key
 from caliber.queue.target import local_target
@@ -36,6 +38,11 @@ def make_workflow(folder: Path, attachments: list[str] | None = None) -> Workflo
                     else ["funcs.py", "data/mesh.bin"], base_dir=folder)
 
 
+def blob_bytes(backend: BlobStore, sha256: str) -> bytes:
+    with backend.open_blob(sha256) as f:
+        return f.read()
+
+
 def count_workloads() -> int:
     with open_backend(local_target()) as backend:
         return len(backend.list_workloads())
@@ -45,14 +52,12 @@ def test_queue_wraps_everything(tmp_path: Path) -> None:
     wid = make_workflow(tmp_path / "wf").queue(pinion="mypinion")
     with open_backend(local_target()) as backend:
         w = backend.get(wid)
+        stored = [blob_bytes(backend, a.sha256) for a in w.attachments]
     assert w.pinion == "mypinion" and w.status == WorkloadStatus.QUEUED and not w.completed
     assert w.workflow["name"] == "demo" and w.workflow["process"]["tasks"][0]["name"] == "first"
-    text, binary = w.attachments
-    assert (text.path, text.encoding, text.data()) == ("funcs.py", "text",
-                                                       b"def f(x):\n    return x\n")
-    assert (binary.path, binary.encoding, binary.data()) == ("data/mesh.bin", "base64",
-                                                             b"\x00\xff\x10binary")
-    assert all(a.content_matches() for a in w.attachments)
+    assert [(a.path, a.kind, a.mode, a.content) for a in w.attachments] == [
+        ("funcs.py", "stored", 0o644, None), ("data/mesh.bin", "stored", 0o644, None)]
+    assert stored == [b"def f(x):\n    return x\n", b"\x00\xff\x10binary"]
     assert "@" in w.queued_by and w.created_at.utcoffset() is not None
     assert w.attempts == 0 and w.results_id is None and w.secret
     [checked] = api.list_workloads(local_target())
@@ -67,7 +72,7 @@ def test_queue_takes_what_is_on_disk_now(tmp_path: Path) -> None:
     wid = api.queue_workflow(loaded, "p1", local_target())
     with open_backend(local_target()) as backend:
         attachment = backend.get(wid).attachments[0]
-    assert "2 * x" in attachment.content and attachment.content_matches()
+        assert b"2 * x" in blob_bytes(backend, attachment.sha256)
 
 
 @pytest.mark.parametrize("bad", ["/etc/passwd", "../secrets.txt", "data/../../x.py"])
@@ -145,16 +150,18 @@ def test_another_users_key_is_a_mismatch(
 def test_resetsecret_refuses_changed_attachment_content(
     tmp_path: Path, caliber_home: Path
 ) -> None:
+    """A stored attachment whose bytes changed in the store: ``queue list`` and ``view`` do not
+    read bytes (the signature over the names still checks; the pinion refuses it when it
+    writes it out), and signing it again is refused."""
     wid = make_workflow(tmp_path / "wf").queue(pinion="p1")
-    conn = sqlite3.connect(caliber_home / "caliber.db")
-    body = json.loads(conn.execute("SELECT body FROM workloads").fetchone()[0])
-    body["attachments"][0]["content"] = "import os\n"
-    conn.execute("UPDATE workloads SET body = ?", (json.dumps(body),))
-    conn.commit()
-    conn.close()
-    view = api.view_workload(wid, local_target())
-    assert not view.secret_ok
-    assert view.detail()["attachments"][0]["content_ok"] is False
+    with open_backend(local_target()) as backend:
+        path = backend.blobs.path(backend.get(wid).attachments[0].sha256)
+    path.chmod(0o600)
+    path.write_text("import os\n")
+    assert api.view_workload(wid, local_target()).secret_ok
+    with pytest.raises(QueueStateError, match=r"funcs\.py.*does not match its SHA-256"):
+        api.resetsecret(wid, local_target())
+    path.unlink()
     with pytest.raises(QueueStateError, match=r"funcs\.py"):
         api.resetsecret(wid, local_target())
 
@@ -166,8 +173,8 @@ def test_view_detail_keys(tmp_path: Path) -> None:
                 "secret_ok", "attachments", "history", "lease", "workflow_document"):
         assert key in detail
     assert detail["attachments"][1] == {
-        "path": "data/mesh.bin", "size": 9, "encoding": "base64", "content_ok": True,
-        "sha256": detail["attachments"][1]["sha256"]}
+        "path": "data/mesh.bin", "size": 9, "mode": "644", "kind": "stored",
+        "sha256": hashlib.sha256(b"\x00\xff\x10binary").hexdigest()}
     assert json.dumps(detail)
 
 

@@ -3,7 +3,7 @@ queue time and again at run time, and the key file stays private."""
 
 from __future__ import annotations
 
-import hashlib
+import io
 import json
 import os
 import sqlite3
@@ -19,7 +19,9 @@ import caliber
 from caliber.errors import AttachmentError
 from caliber.pinion.loop import Pinion, PinionConfig
 from caliber.queue import secret
+from caliber.queue.blobs import FolderBlobStore
 from caliber.queue.registry import open_backend
+from caliber.queue.sqlite_schema import blob_folder
 from caliber.queue.sqlite import SQLiteBackend
 from caliber.queue.target import local_target
 from caliber.queue.workload import Attachment, Workload
@@ -68,12 +70,21 @@ def _attachment(body: dict[str, object]) -> dict[str, object]:
     return body["attachments"][0]  # type: ignore[index,no-any-return]
 
 
-def _new_content(body: dict[str, object], with_hash: bool) -> None:
-    a = _attachment(body)
-    a["content"] = EVIL_MODULE
-    if with_hash:
-        a["sha256"] = hashlib.sha256(EVIL_MODULE.encode()).hexdigest()
-        a["size"] = len(EVIL_MODULE.encode())
+def _new_blob(db: Path, wid: str) -> None:
+    """Another file in the store, and the workload's first attachment pointed at it."""
+    ref = FolderBlobStore(blob_folder(db)).put_stream(io.BytesIO(EVIL_MODULE.encode()))
+
+    def point(body: dict[str, object]) -> None:
+        _attachment(body).update(sha256=ref.sha256, size=ref.size)
+
+    set_body(db, wid, point)
+
+
+def change_blob(db: Path, sha256: str, data: bytes) -> None:
+    """A blob's bytes changed in the store, its name kept."""
+    path = FolderBlobStore(blob_folder(db)).path(sha256)
+    path.chmod(0o600)
+    path.write_bytes(data)
 
 
 TAMPERING: dict[str, Callable[[Path, str, str], None]] = {
@@ -86,8 +97,7 @@ TAMPERING: dict[str, Callable[[Path, str, str], None]] = {
     "the workflow tree": lambda db, wid, _: set_body(
         db, wid, lambda b: b["workflow"]["process"]["tasks"].append(  # type: ignore[index]
             {"type": "task", "name": "more", "function": "secfuncs:evil", "args": ["x"]})),
-    "an attached file and its hash": lambda db, wid, _: set_body(
-        db, wid, lambda b: _new_content(b, with_hash=True)),
+    "an attached file and its hash": lambda db, wid, _: _new_blob(db, wid),
     "an attached file's path": lambda db, wid, _: set_body(
         db, wid, lambda b: _attachment(b).__setitem__("path", "other.py")),
     "an added attachment": lambda db, wid, _: set_body(
@@ -145,14 +155,20 @@ def test_an_attached_file_changed_without_its_hash_cannot_be_signed(
     folder = make_folder(tmp_path / "wf", "secfuncs", SECFUNCS)
     marker = tmp_path / "ran.txt"
     wid = workflow(folder, [("touch", [str(marker)])], module="secfuncs").queue(pinion="p")
-    set_body(caliber_home / "caliber.db", wid, lambda b: _new_content(b, with_hash=False))
+    db = caliber_home / "caliber.db"
     with open_backend(local_target()) as backend:
-        Pinion(PinionConfig(name="p", attempts=1, wait=0), backend).run()
-    assert not marker.exists()
+        first = backend.get(wid).attachments[0]
+    change_blob(db, first.sha256, EVIL_MODULE.encode())
+    with open_backend(local_target()) as backend:
+        pinion = Pinion(PinionConfig(name="p", attempts=1, wait=0), backend)
+        pinion.run()
+        workload = backend.get(wid)
+    assert not marker.exists() and pinion.summary.ran == 0
+    assert [i for i, _ in pinion.summary.skipped] == [wid]
+    assert workload.status == "queued" and workload.secret_mismatch == pinion.key_id
+    assert "do not match its hash" in workload.history[-1].message
     code, _out, err = run_cli("queue", "resetsecret", wid)
     assert code in (1, 2) and "does not match its SHA-256" in err and "Traceback" not in err
-    code, out, _err = run_cli("queue", "view", wid, "--json")
-    assert json.loads(out)["attachments"][0]["content_ok"] is False
 
 
 # --- attachments -------------------------------------------------------------------------
@@ -192,8 +208,9 @@ def test_bad_attachment_paths_are_refused_at_queue_time(tmp_path: Path, name: st
 
 
 @posix_only
-@pytest.mark.parametrize("kind", ["link out", "link to a device", "fifo", "device", "folder"])
-def test_links_devices_and_folders_are_refused_at_queue_time(tmp_path: Path, kind: str) -> None:
+@pytest.mark.parametrize("kind", ["link out", "link to a device", "fifo", "device",
+                                  "fifo in a folder", "link out of a folder"])
+def test_links_and_devices_are_refused_at_queue_time(tmp_path: Path, kind: str) -> None:
     folder = make_folder(tmp_path / "wf", "secfuncs", SECFUNCS)
     outside = tmp_path / "secret.txt"
     outside.write_text("my secrets")
@@ -208,8 +225,14 @@ def test_links_devices_and_folders_are_refused_at_queue_time(tmp_path: Path, kin
         if os.geteuid() != 0:
             pytest.skip("mknod needs root")
         os.mknod(target, stat.S_IFCHR | 0o600, os.makedev(1, 5))  # like /dev/zero
-    else:
+    else:  # a folder attachment: every file inside is checked as a file attachment is
         target.mkdir()
+        (target / "ok.txt").write_text("fine")
+        if kind == "fifo in a folder":
+            os.mkfifo(target / "pipe")
+        else:
+            (target / "sub").mkdir()
+            (target / "sub" / "out.txt").symlink_to(outside)
     with pytest.raises(AttachmentError, match=r"outside|not a regular file"):
         _queue_with(folder, "data.bin")
     document = {"caliber": 1, "name": "w", "attachments": ["data.bin"], "process": {

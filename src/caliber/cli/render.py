@@ -474,6 +474,9 @@ def prune_lines(pruned: Pruned) -> list[str]:
     if pruned.file_before is not None and pruned.file_after is not None and not pruned.dry_run:
         lines.append(f"queue database: {format_bytes(pruned.file_before)} -> "
                      f"{format_bytes(pruned.file_after)}")
+    if pruned.blobs:
+        lines.append(f"{did} {pruned.blobs} stored files nothing refers to any more "
+                     f"({format_bytes(pruned.blob_bytes)})")
     if pruned.run_folders:
         lines.append(f"{did} {pruned.run_folders} run folders on this machine "
                      f"({format_bytes(pruned.run_bytes)})")

@@ -28,6 +28,7 @@ from typing import Any
 
 from caliber.errors import (
     AttachmentError,
+    BlobMismatchError,
     CaliberError,
     ChildStartError,
     ClaimReturnedError,
@@ -38,6 +39,7 @@ from caliber.errors import (
     WorkflowFileError,
     WorkspaceError,
 )
+from caliber.pinion.attachments import write_attachments
 from caliber.pinion.child import child_main
 from caliber.pinion.follow import OUTPUT_FILE, output_tail, pinion_runs
 from caliber.pinion.messages import ForeignMessageError, read_message
@@ -63,6 +65,7 @@ from caliber.platform import (
     process_exists,
 )
 from caliber.queue.backend import Claim, QueueBackend
+from caliber.queue.blobs import BlobStore
 from caliber.queue.secret import key_id, load_key, verify
 from caliber.queue.status import WorkloadStatus
 from caliber.queue.workload import Workload
@@ -76,7 +79,6 @@ from caliber.settings import (
     DEFAULT_WAIT,
 )
 from caliber.sizes import DEFAULT_LOG_MAX
-from caliber.workflow.attachments import resolve_inside
 from caliber.workflow.fileformat import check_document
 from caliber.workflow.runner import TRACEBACK_FILE
 
@@ -521,6 +523,12 @@ class Pinion:
             ) from exc
         except AttachmentError as exc:
             return self._unprepared(claim, exc)
+        except BlobMismatchError as exc:  # a stored attachment changed: as if tampered
+            reason = f"an attachment's stored bytes do not match its hash, never run ({exc})"
+            self.backend.release(claim, reason=reason, mismatch_key_id=self.key_id)
+            self.summary.skipped.append((workload.id, reason))
+            self.reporter.workload_finished("not run", reason)
+            return Outcome.SKIPPED
         return self.supervise(claim, work_dir, resume=resume)
 
     def _checked_resume(self, workload: Workload) -> tuple[dict[str, Any] | None, str | None]:
@@ -563,11 +571,8 @@ class Pinion:
                 break
             except FileExistsError:
                 number += 1
-        for attachment in workload.attachments:
-            target = resolve_inside(work_dir, attachment.path)
-            make_private_folder(target.parent)
-            with os.fdopen(create_new_file(target), "wb") as f:
-                f.write(attachment.data())
+        store = self.backend if isinstance(self.backend, BlobStore) else None
+        write_attachments(workload.attachments, work_dir, store)
         return work_dir
 
     # --- the child: start it, monitor it, keep its verdict (as rq's work horse) -----------

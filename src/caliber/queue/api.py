@@ -10,6 +10,7 @@ Run-secrets are checked against this user's key (:mod:`caliber.queue.secret`).
 
 from __future__ import annotations
 
+import hashlib
 import re
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -21,11 +22,12 @@ from caliber.queue.status import WorkloadStatus, parse_status
 if TYPE_CHECKING:
     from collections.abc import Callable
 
+    from caliber.queue.blobs import BlobStore
     from caliber.queue.lifecycle import ResumeGrant
     from caliber.queue.registry import Backend
     from caliber.queue.summary import WorkloadSummary
     from caliber.queue.target import QueueTarget
-    from caliber.queue.workload import Workload
+    from caliber.queue.workload import Attachment, Workload
     from caliber.results.model import Results
     from caliber.workflow.model import Workflow
 
@@ -65,15 +67,18 @@ def check_pinion_name(name: str) -> str:
     return name
 
 
-def make_workload(workflow: Workflow, pinion: str, key: bytes | None = None) -> Workload:
+def make_workload(workflow: Workflow, pinion: str, store: BlobStore | None = None,
+                  key: bytes | None = None) -> Workload:
     """The signed Workload for ``workflow``: its document, and every attachment as it is on
-    disk now (paths checked, content hashed). Raises before anything is queued."""
+    disk now (paths checked, each file streamed through SHA-256 into ``store``, the queue's
+    content store; None: only hashed), signed with ``key`` (default: this user's). Raises
+    before anything is queued."""
     from caliber.queue.secret import load_key, sign
     from caliber.queue.workload import Workload, collect_attachments, queued_by
 
     check_pinion_name(pinion)
     document = workflow.to_document()
-    attachments = collect_attachments(workflow.base_dir, workflow.attachments)
+    attachments = collect_attachments(workflow.base_dir, workflow.attachments, store)
     workload = Workload(
         pinion=pinion, workflow=document, attachments=attachments, queued_by=queued_by()
     )
@@ -83,7 +88,8 @@ def make_workload(workflow: Workflow, pinion: str, key: bytes | None = None) -> 
 
 def queue_workflow(workflow: Workflow, pinion: str, target: QueueTarget, *,
                    resume: str | None = None) -> str:
-    """Put ``workflow`` in the queue for ``pinion``; returns the new workload's id.
+    """Put ``workflow`` in the queue for ``pinion``; returns the new workload's id. Its
+    attachments go into the queue's content store first (each stored once by content).
 
     ``resume``: a Results id, or a workload id (its last Results), ids or unique prefixes:
     the workload reuses the tasks that completed there and are unchanged (the reuse rule of
@@ -93,10 +99,11 @@ def queue_workflow(workflow: Workflow, pinion: str, target: QueueTarget, *,
     from caliber.queue.secret import load_key
 
     key = load_key()
-    workload = make_workload(workflow, pinion, key)
     with opened(target) as backend:
-        if resume is not None:
-            _grant_new(backend, workload, resumable_results(backend, resume), key)
+        earlier = resumable_results(backend, resume) if resume is not None else None
+        workload = make_workload(workflow, pinion, backend, key)
+        if earlier is not None:
+            _grant_new(backend, workload, earlier, key)
         backend.put(workload)
     return workload.id
 
@@ -295,7 +302,7 @@ def resetsecret(id_or_prefix: str, target: QueueTarget) -> CheckedWorkload:
         workload = backend.get(id_or_prefix)
         if workload.damaged:
             raise QueueStateError(f"workload {workload.id}: {workload.damaged}")
-        damaged = [a.path for a in workload.attachments if not a.content_matches()]
+        damaged = [a.path for a in workload.attachments if not _bytes_match(backend, a)]
         if damaged:
             raise QueueStateError(
                 f"workload {workload.id}: the content of attachment {damaged[0]!r} does not "
@@ -307,6 +314,23 @@ def resetsecret(id_or_prefix: str, target: QueueTarget) -> CheckedWorkload:
         workload = backend.resetsecret(workload.id, sign(workload, key), key_id(key),
                                        resume=grant)
     return _checked(key)(workload)
+
+
+def _bytes_match(backend: Backend, attachment: Attachment) -> bool:
+    """Whether an attachment's bytes (inline, or stored: read through SHA-256 in bounded
+    memory) still have its hash; True for one by reference (checked where it is run)."""
+    from caliber.queue.blobs import CHUNK
+
+    if attachment.kind != "stored":
+        return attachment.content_matches() is not False
+    digest = hashlib.sha256()
+    try:
+        with backend.open_blob(attachment.sha256) as f:
+            while chunk := f.read(CHUNK):
+                digest.update(chunk)
+    except NotFoundError:
+        return False
+    return digest.hexdigest() == attachment.sha256
 
 
 def _regrant(backend: Backend, workload: Workload, key: bytes) -> ResumeGrant:

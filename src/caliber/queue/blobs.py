@@ -27,7 +27,8 @@ import re
 import secrets
 import stat
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO, Protocol, runtime_checkable
@@ -48,6 +49,8 @@ __all__ = [
 
 CHUNK = 1 << 20  # bytes read and written at a time: memory stays bounded by this
 STALE_TMP_SECONDS = 24 * 3600  # a temporary file this old is a crashed writer's: swept
+Hold = Callable[["BlobRef"], AbstractContextManager[object]]
+"""Entered around the moment a blob gets its name (see :meth:`FolderBlobStore.put_stream`)."""
 _SHA256 = re.compile(r"[0-9a-f]{64}")
 BLOB_MODE = 0o400  # a complete blob: read-only, its owner's alone
 
@@ -66,7 +69,7 @@ class BlobRef:
 
 
 def hash_file(path: Path) -> BlobRef:
-    """The SHA-256 and size of the file at ``path``, read in :data:`CHUNK`\\ s (bounded
+    """The SHA-256 and size of the file at ``path``, read in chunks of :data:`CHUNK` (bounded
     memory whatever the file's size)."""
     digest = hashlib.sha256()
     size = 0
@@ -141,7 +144,19 @@ class FolderBlobStore:
             raise NotFoundError(f"{sha256!r} is not a blob name (a SHA-256 in hex)")
         return self.root / sha256[:2] / sha256
 
-    def put_blob(self, source: Path) -> BlobRef:
+    def put_blob(self, source: Path, hold: Hold | None = None) -> BlobRef:
+        """See :meth:`BlobStore.put_blob`; ``hold`` as for :meth:`put_stream`. OSError (its
+        ``filename`` the source) when ``source`` cannot be read."""
+        with open(source, "rb") as stream:
+            return self.put_stream(stream, hold, what=str(source))
+
+    def put_stream(self, stream: BinaryIO, hold: Hold | None = None, *,
+                   what: str = "a blob") -> BlobRef:
+        """Store what ``stream`` reads, in chunks of :data:`CHUNK`, under its SHA-256.
+        ``hold``, when given, is entered with the blob's ref around the moment the blob gets
+        its name (and also when it was there already): the local queue records there, in its
+        database's write transaction, that someone is about to refer to it, so a prune
+        running at the same time cannot remove it (see :mod:`caliber.queue.sqlite_blobs`)."""
         tmp_dir = self.root / "tmp"
         try:
             make_private_folder(tmp_dir)
@@ -150,28 +165,29 @@ class FolderBlobStore:
             size = 0
             fd = open_private_file(tmp, os.O_WRONLY | os.O_EXCL)
             try:
-                with os.fdopen(fd, "wb") as out, open(source, "rb") as src:
-                    while chunk := src.read(CHUNK):
+                with os.fdopen(fd, "wb") as out:
+                    while chunk := stream.read(CHUNK):
                         digest.update(chunk)
                         size += len(chunk)
                         out.write(chunk)
                     ref = BlobRef(digest.hexdigest(), size)
                     final = self.path(ref.sha256)
-                    stored = _size(final)
-                    if stored != size:  # absent (or cut short by hand): this one goes in
+                    fresh = _size(final) != size  # absent (or cut short by hand): this goes in
+                    if fresh:
                         out.flush()
                         os.fsync(out.fileno())
-                if stored != size:
-                    os.chmod(tmp, BLOB_MODE)
-                    make_private_folder(final.parent)
-                    os.replace(tmp, final)  # the same bytes if another writer won the race
-                    _fsync_folder(final.parent)
+                with hold(ref) if hold is not None else contextlib.nullcontext():
+                    if fresh:
+                        os.chmod(tmp, BLOB_MODE)
+                        make_private_folder(final.parent)
+                        os.replace(tmp, final)  # the same bytes if another writer won the race
+                        _fsync_folder(final.parent)
             finally:
                 tmp.unlink(missing_ok=True)
         except OSError as exc:
-            if exc.filename is not None and Path(exc.filename) == source:
+            if exc.filename is not None and exc.filename == what:
                 raise
-            raise QueueError(f"cannot store {source} in the blob store {self.root}: "
+            raise QueueError(f"cannot store {what} in the blob store {self.root}: "
                              f"{exc.strerror or exc}{disk_hint(self.root)}") from exc
         return ref
 

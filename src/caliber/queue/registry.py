@@ -2,7 +2,8 @@
 (so specklepy is imported only for the remote queue).
 
 A backend module has ``open_target(target: QueueTarget)`` returning an object with the verbs
-of :class:`~caliber.queue.backend.QueueBackend` and :class:`~caliber.results.store.ResultsStore`.
+of :class:`~caliber.queue.backend.QueueBackend`, :class:`~caliber.results.store.ResultsStore`
+and :class:`~caliber.queue.blobs.BlobStore`.
 A new backend is that module and one line in :data:`BACKENDS` (and, to be chosen from the
 settings, a rule in :func:`caliber.queue.target.resolve_target`); see docs/architecture.md.
 """
@@ -16,12 +17,13 @@ from caliber.errors import ConfigError
 
 if TYPE_CHECKING:  # (the protocols stay out of the fast ``caliber queue list`` path)
     from caliber.queue.backend import QueueBackend
+    from caliber.queue.blobs import BlobStore
     from caliber.queue.target import QueueTarget
     from caliber.results.store import ResultsStore
 
-    class Backend(QueueBackend, ResultsStore, Protocol):
-        """What a registered backend opens: a queue that is also its results store; a
-        context manager that closes it."""
+    class Backend(QueueBackend, ResultsStore, BlobStore, Protocol):
+        """What a registered backend opens: a queue that is also its results store and its
+        content store (:mod:`caliber.queue.blobs`); a context manager that closes it."""
 
         def __enter__(self) -> Self: ...
 

@@ -3,8 +3,12 @@
 The key is ``CALIBER_SECRET_KEY`` (environment or ``.caliber/.env``) or the key file
 ``secret.key`` in the user's config folder, created on first use with permissions 0600 (a key
 file others can read is refused). The signed message is a canonical JSON encoding of the
-workload's id, workflow document, every attachment's path and SHA-256, pinion name and
-creation time; attachment hashes are checked against the content before the secret is trusted.
+workload's id, workflow document, every attachment (:func:`attachment_entry`: its path,
+SHA-256, size, mode and, for an attachment by reference, the path it refers to), pinion name
+and creation time. Attachment bytes are not read here: the pinion checks each one against its
+hash as it writes it into the run folder (the stored bytes, :mod:`caliber.queue.blobs`; a file
+by reference), and refuses the workload when one does not match. Only the inline attachments
+of older queues are checked here, against their content.
 """
 
 from __future__ import annotations
@@ -153,16 +157,38 @@ class DamagedEntry(ValueError):
     be checked, so it never runs (shown as damaged)."""
 
 
-def _message(workload_id: str, workflow: Any, attachments: Iterable[tuple[str, str]],
+def attachment_entry(a: Mapping[str, Any]) -> list[Any]:
+    """What the run-secret signs of one attachment (its JSON form): ``[path, sha256]`` for the
+    inline form of older queues, which has no mode (signed so before, so their secrets still
+    check); ``[path, sha256, size, mode]`` for a stored one, ``[path, sha256, size, mode,
+    reference]`` for one by reference. The forms sign different lists, so none can pass for
+    another (dropping the mode to make an executable look like an old inline file breaks it)."""
+    mode = a.get("mode")
+    if mode is None:
+        if a.get("reference") is not None or a.get("content") is None:
+            raise DamagedEntry("an attachment has no mode")
+        return [a["path"], a["sha256"]]
+    entry = [a["path"], a["sha256"], a["size"], mode]
+    if a.get("reference") is not None:
+        entry.append(a["reference"])
+    return entry
+
+
+def _message(workload_id: str, workflow: Any, attachments: Iterable[list[Any]],
              pinion: str, created_at: str) -> bytes:
     payload = {
         "id": workload_id,
         "workflow": workflow,
-        "attachments": sorted([path, sha256] for path, sha256 in attachments),
+        "attachments": sorted(attachments, key=_entry_key),
         "pinion": pinion,
         "created_at": created_at,
     }
     return canonical_json(payload)
+
+
+def _entry_key(entry: list[Any]) -> tuple[str, ...]:
+    """Entries sort by their text (paths are unique; old entries sorted so as lists did)."""
+    return tuple(str(part) for part in entry)
 
 
 def canonical_json(payload: Any) -> bytes:
@@ -189,9 +215,11 @@ def stored_time(text: str) -> dt.datetime:
     return moment
 
 
-def attachment_data(encoding: str, content: str) -> bytes:
+def attachment_data(encoding: str, content: str | None) -> bytes:
     """An attachment's bytes from its stored form (DamagedEntry when they cannot be)."""
     try:
+        if not isinstance(content, str):
+            raise TypeError("it has no content")
         if encoding == "text":
             return content.encode("utf-8")
         if encoding == "base64":
@@ -204,7 +232,10 @@ def attachment_data(encoding: str, content: str) -> bytes:
 def canonical_message(workload: Workload) -> bytes:
     """The bytes the run-secret signs."""
     return _message(
-        workload.id, workload.workflow, ((a.path, a.sha256) for a in workload.attachments),
+        workload.id, workload.workflow,
+        (attachment_entry({"path": a.path, "sha256": a.sha256, "size": a.size,
+                           "mode": a.mode, "reference": a.reference, "content": a.content})
+         for a in workload.attachments),
         workload.pinion, signed_time(workload.created_at),
     )
 
@@ -216,7 +247,8 @@ def problem(workload: Workload) -> str | None:
     try:
         canonical_message(workload)
         for a in workload.attachments:
-            attachment_data(a.encoding, a.content)
+            if a.content is not None:
+                attachment_data(a.encoding or "", a.content)
     except DamagedEntry as exc:
         return str(exc)
     return None
@@ -232,7 +264,7 @@ def verify(workload: Workload, key: bytes) -> bool:
     try:
         return verify_raw(
             key, workload_id=workload.id, workflow=workload.workflow,
-            attachments=[a.model_dump() for a in workload.attachments],
+            attachments=[a.model_dump(exclude_none=True) for a in workload.attachments],
             pinion=workload.pinion, created_at=signed_time(workload.created_at),
             secret=workload.secret,
         )
@@ -244,19 +276,24 @@ def verify_raw(key: bytes, *, workload_id: str, workflow: Any,
                attachments: Iterable[Mapping[str, Any]], pinion: str, created_at: str,
                secret: str) -> bool:
     """The one check of a run-secret, on a stored entry as plain data (``created_at`` as
-    stored, attachments as their JSON dicts): every attachment's content has its recorded
-    SHA-256 and size, and the HMAC over exactly the signed bytes matches (constant time).
-    DamagedEntry when the entry cannot be read as it was signed."""
+    stored, attachments as their JSON dicts): every inline attachment's content has its
+    recorded SHA-256 and size (the other forms' bytes are not read: the pinion checks them),
+    and the HMAC over exactly the signed bytes matches (constant time). DamagedEntry when the
+    entry cannot be read as it was signed."""
     stored_time(created_at)
-    pairs = []
-    for a in attachments:
-        data = attachment_data(a["encoding"], a["content"])
-        if hashlib.sha256(data).hexdigest() != a["sha256"] or len(data) != a["size"]:
-            return False
-        pairs.append((a["path"], a["sha256"]))
+    entries = []
+    try:
+        for a in attachments:
+            if a.get("content") is not None:
+                data = attachment_data(a.get("encoding") or "", a["content"])
+                if hashlib.sha256(data).hexdigest() != a["sha256"] or len(data) != a["size"]:
+                    return False
+            entries.append(attachment_entry(a))
+    except (KeyError, AttributeError) as exc:
+        raise DamagedEntry(f"an attachment lacks a field ({exc!r})") from exc
     if not isinstance(secret, str):
         raise DamagedEntry("its run-secret is not text")
-    expected = hmac.new(key, _message(workload_id, workflow, pairs, pinion, created_at),
+    expected = hmac.new(key, _message(workload_id, workflow, entries, pinion, created_at),
                         hashlib.sha256).hexdigest()
     return hmac.compare_digest(expected.encode(), secret.encode("utf-8", "replace"))
 

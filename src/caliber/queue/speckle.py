@@ -36,6 +36,7 @@ from caliber.queue import speckle_events as ev
 from caliber.queue.backend import Claim, WorkloadSummary
 from caliber.queue.lifecycle import ResumeGrant, check_cancel, check_retry
 from caliber.queue.secret import mismatch_marked
+from caliber.queue.speckle_blobs import InlineBlobs
 from caliber.queue.speckle_checkpoint import ChunkCache, archived_texts, to_object
 from caliber.queue.speckle_events import clip, message
 from caliber.queue.speckle_log import Folded, State
@@ -88,11 +89,12 @@ def open_target(target: QueueTarget) -> SpeckleBackend:
     return SpeckleBackend.open(target.settings)
 
 
-class SpeckleBackend:
+class SpeckleBackend(InlineBlobs):
     """The remote queue (see :class:`caliber.queue.backend.QueueBackend` for the verbs)."""
 
     def __init__(self, connection: sp.SpeckleConnection, *, settle: float = DEFAULT_SETTLE,
                  min_lease: float = DEFAULT_MIN_LEASE) -> None:
+        super().__init__()
         self.conn = connection
         self.settle = settle
         self.min_lease = min_lease
@@ -259,7 +261,7 @@ class SpeckleBackend:
             if self.refresh().knows(workload.id):
                 raise QueueError(f"cannot queue workload {workload.id}: that id is in the "
                                  "queue already")
-            root = self._upload(workload_object(workload))
+            root = self._upload(workload_object(self.inlined(workload)))
             self._write(
                 f"queued {workload.id} ({workload.workflow_name}) for pinion {workload.pinion}"
                 f" by {workload.queued_by or '?'}",

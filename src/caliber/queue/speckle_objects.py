@@ -14,7 +14,7 @@ from caliber.queue.speckle_log import State
 from caliber.queue.workload import Attachment, HistoryEntry, Lease, Workload, WorkloadStatus
 from caliber.results.model import Results
 
-ATTACHMENT_FIELDS = ("path", "encoding", "content", "sha256", "size")
+ATTACHMENT_FIELDS = ("path", "encoding", "content", "sha256", "size", "mode", "reference")
 
 
 def workload_object(workload: Workload) -> Any:
@@ -28,7 +28,8 @@ def workload_object(workload: Workload) -> Any:
         "queued_by": workload.queued_by, "created_at": workload.created_at.isoformat(),
         "workflow": sp.to_speckle(workload.workflow),
         "workload_json": json.dumps(doc, ensure_ascii=False),
-        "@attachments": [sp.new_object(a.model_dump()) for a in workload.attachments],
+        "@attachments": [sp.new_object(a.model_dump(exclude_none=True))
+                         for a in workload.attachments],
     })
 
 
@@ -47,8 +48,8 @@ def workload_from(s: State, root: dict[str, Any], children: list[dict[str, Any]]
     )
     try:
         doc = json.loads(root["workload_json"])
-        attachments = [Attachment.model_validate({k: child[k] for k in ATTACHMENT_FIELDS})
-                       for child in children]
+        attachments = [Attachment.model_validate({k: child[k] for k in ATTACHMENT_FIELDS
+                                                  if k in child}) for child in children]
         if doc.get("id") != s.id:
             raise ValueError(f"its object belongs to workload {doc.get('id')!r}")
         workload = Workload(

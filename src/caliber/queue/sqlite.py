@@ -17,7 +17,7 @@ import secrets
 import sqlite3
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager, suppress
 from dataclasses import replace
 from pathlib import Path
@@ -30,6 +30,7 @@ from caliber.errors import (
     QueueError,
     QueueStateError,
 )
+from caliber.queue import sqlite_blobs
 from caliber.queue.blobs import BlobRef, FolderBlobStore
 from caliber.queue.lifecycle import (
     ResumeGrant,
@@ -39,7 +40,7 @@ from caliber.queue.lifecycle import (
     check_retry,
     retried,
 )
-from caliber.queue.sqlite_schema import connect, queue_error
+from caliber.queue.sqlite_schema import blob_folder, connect, queue_error
 from caliber.queue.sqlite_schema import iso as _iso
 from caliber.queue.status import WorkloadStatus
 from caliber.queue.summary import WorkloadSummary
@@ -287,10 +288,9 @@ def _text(value: object) -> str | None:
 _RESULTS_COLUMNS = "id, workload_id, workflow, pinion, finished_at, body"
 
 
-def blob_folder(database: Path) -> Path:
-    """The blob store of the queue database ``database``: ``<database>-blobs`` beside it (as
-    SQLite's ``-wal`` file is), so two queues in one folder never share (or prune) blobs."""
-    return database.with_name(database.name + "-blobs")
+def _stored(workload: Workload) -> list[str]:
+    """The blobs a workload's attachments are (not those by reference, nor inline ones)."""
+    return [a.sha256 for a in workload.attachments if a.kind == "stored"]
 
 
 def open_target(target: QueueTarget) -> SQLiteBackend:
@@ -307,6 +307,7 @@ class SQLiteBackend:
         self.conn = connect(path)
         self._lock = threading.RLock()  # one connection, shared by the pinion's threads
         self.blobs = FolderBlobStore(blob_folder(path))
+        self._writer = secrets.token_hex(8)  # owner of this process's pending blob references
 
     def close(self) -> None:
         self.conn.close()
@@ -389,7 +390,10 @@ class SQLiteBackend:
     # --- blobs (caliber.queue.blobs.BlobStore) ----------------------------------------------
 
     def put_blob(self, source: Path) -> BlobRef:
-        return self.blobs.put_blob(source)
+        """Store ``source`` (see :mod:`caliber.queue.sqlite_blobs`: the blob is referred to
+        as pending until :meth:`refer_blobs` records what refers to it)."""
+        return self.blobs.put_blob(source, sqlite_blobs.pending_hold(self.transaction,
+                                                                     self._writer))
 
     def has_blob(self, sha256: str) -> bool:
         return self.blobs.has_blob(sha256)
@@ -399,6 +403,13 @@ class SQLiteBackend:
 
     def fetch_blob(self, sha256: str, dest: Path, *, mode: int = 0o600) -> None:
         self.blobs.fetch_blob(sha256, dest, mode=mode)
+
+    def refer_blobs(self, conn: sqlite3.Connection, kind: str, owner: str,
+                    shas: Iterable[str]) -> None:
+        """Inside a write transaction: ``owner`` (a ``workload`` or ``results`` id) refers to
+        these blobs, which prune keeps while it does (:func:`caliber.queue.sqlite_blobs.refer`;
+        call it where Results that refer to blobs are inserted)."""
+        sqlite_blobs.refer(conn, kind, owner, shas, self._writer)
 
     # --- workloads ------------------------------------------------------------------------
 
@@ -424,6 +435,7 @@ class SQLiteBackend:
                 )
                 self._add_history(conn, workload.id, *((h.status, h.message) for h in history),
                                   at=[h.at for h in history])
+                self.refer_blobs(conn, "workload", workload.id, _stored(workload))
         except sqlite3.IntegrityError as exc:
             raise QueueError(f"cannot queue workload {workload.id}: {exc}") from exc
 
@@ -624,6 +636,8 @@ class SQLiteBackend:
                     "stop the pinion first or use --force"
                 )
             conn.execute("DELETE FROM workloads WHERE id = CAST(? AS TEXT)", (_raw(workload.id),))
+        with self.transaction() as conn:  # its blobs nothing else refers to (after: never
+            sqlite_blobs.sweep(conn, self.blobs, only=_stored(workload))  # one it still has)
         return workload
 
     def resetsecret(self, id_or_prefix: str, secret: str, key_id: str, *,
@@ -693,10 +707,16 @@ class SQLiteBackend:
                                         dry_run=dry_run)
             if not dry_run:
                 sqlite_prune.delete(conn, found)
+        if dry_run:  # the blobs only the pruned rows refer to
+            with self.reading() as conn:
+                blobs, blob_bytes = sqlite_prune.blobs_freed(conn, self.blobs, found)
+        else:
+            with self.transaction() as conn:  # a separate step: files cannot be rolled back
+                blobs, blob_bytes = sqlite_blobs.sweep(conn, self.blobs)
         if not dry_run and (found.workloads or found.results):
             with self._lock:
                 sqlite_prune.compact(self.conn)
-        return replace(found, file_before=size,
+        return replace(found, file_before=size, blobs=blobs, blob_bytes=blob_bytes,
                        file_after=size if dry_run else sqlite_prune.file_size(self.path))
 
     def _held(

@@ -11,7 +11,9 @@ runs ``VACUUM`` and truncates the write-ahead log, so the file itself shrinks (m
 19.3 MB queue holding one task's 1e6-element list of floats goes back to 61 kB).
 ``VACUUM`` was chosen over ``auto_vacuum = INCREMENTAL`` because switching an existing
 database to it takes a ``VACUUM`` anyway, and rewriting the file only after a big prune
-costs nothing in between.
+costs nothing in between. Blobs (attachments, arrays, result files) nothing refers to any
+more are removed from the store beside the database after the rows
+(:mod:`caliber.queue.sqlite_blobs`).
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ import sqlite3
 from pathlib import Path
 from typing import Any
 
+from caliber.queue.blobs import FolderBlobStore
 from caliber.queue.sqlite_schema import iso
 from caliber.queue.status import WorkloadStatus
 from caliber.results.prune import Pruned
@@ -79,6 +82,19 @@ def select(conn: sqlite3.Connection, before: dt.datetime, *, workflow: str | Non
         bytes=sum(s or 0 for _, _, s in workloads) + sum(s for _, s, _ in results),
         work_dirs=tuple(dict.fromkeys(d for d in dirs if isinstance(d, str))),
     )
+
+
+def blobs_freed(conn: sqlite3.Connection, store: FolderBlobStore,
+                found: Pruned) -> tuple[int, int]:
+    """(blobs, bytes) a prune removing ``found`` would free: those nothing but the removed
+    rows refers to, and those nothing refers to now."""
+    gone = {("workload", w) for w in found.workloads} | {("results", r) for r in found.results}
+    kept: set[str] = set()
+    for sha, kind, owner in conn.execute("SELECT sha256, kind, owner FROM blob_refs"):
+        if (kind, owner) not in gone:
+            kept.add(sha)
+    names = [n for n in store.names() if n not in kept]
+    return len(names), sum(store.size_of(n) for n in names)
 
 
 def _older(text: object, before: dt.datetime) -> bool:

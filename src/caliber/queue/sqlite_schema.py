@@ -12,11 +12,13 @@ import contextlib
 import datetime as dt
 import os
 import sqlite3
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from caliber.errors import QueueDamagedError, QueueError
 from caliber.platform import create_new_file, disk_hint, make_private_folder
+from caliber.queue import sqlite_blobs
+from caliber.queue.blobs import FolderBlobStore
 
 MIGRATIONS: list[str] = [
     # 0 -> 1: workloads, their history, and results.
@@ -113,7 +115,19 @@ MIGRATIONS: list[str] = [
     """
     ALTER TABLE workloads ADD COLUMN cancel_now INTEGER;
     """,
+    # 5 -> 6: attachments stored once, by content, in the store beside the database; the
+    # blobs each workload and Results refer to (caliber.queue.sqlite_blobs). Then the inline
+    # attachments of older rows move into the store (PYTHON_STEPS).
+    sqlite_blobs.SCHEMA,
 ]
+
+PYTHON_STEPS: dict[int, Callable[[sqlite3.Connection, Path], object]] = {
+    6: lambda conn, path: sqlite_blobs.store_inline_attachments(
+        conn, FolderBlobStore(blob_folder(path))),
+}
+"""Steps a migration takes in Python after the SQL that brings the schema to version n (data
+that SQL alone cannot move). They leave the schema alone: a fresh schema equals a migrated
+one."""
 
 SCHEMA_VERSION = len(MIGRATIONS)
 
@@ -153,7 +167,7 @@ def connect(path: Path) -> sqlite3.Connection:
         conn.execute("PRAGMA synchronous = NORMAL")
         conn.execute("PRAGMA foreign_keys = ON")
         if version < SCHEMA_VERSION:
-            _migrate(conn)
+            _migrate(conn, path)
     except sqlite3.DatabaseError as exc:
         conn.close()
         raise queue_error(exc, "cannot open", path) from exc
@@ -175,13 +189,21 @@ def queue_error(exc: sqlite3.Error, doing: str, path: Path) -> QueueError:
     return QueueError(f"{doing} the queue database {path}: {exc}{disk_hint(path)}")
 
 
-def _migrate(conn: sqlite3.Connection) -> None:
+def blob_folder(database: Path) -> Path:
+    """The blob store of the queue database ``database``: ``<database>-blobs`` beside it (as
+    SQLite's ``-wal`` file is), so two queues in one folder never share (or prune) blobs."""
+    return database.with_name(database.name + "-blobs")
+
+
+def _migrate(conn: sqlite3.Connection, path: Path) -> None:
     conn.execute("BEGIN IMMEDIATE")
     try:
         version = conn.execute("PRAGMA user_version").fetchone()[0]
-        for step in MIGRATIONS[version:]:
+        for number, step in enumerate(MIGRATIONS[version:], start=version + 1):
             for statement in _statements(step):
                 conn.execute(statement)
+            if number in PYTHON_STEPS:
+                PYTHON_STEPS[number](conn, path)
         conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
         conn.execute("COMMIT")
     except BaseException:

@@ -11,18 +11,23 @@ import datetime as dt
 import getpass
 import hashlib
 import socket
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import AwareDatetime, BaseModel, Field
 
 from caliber.errors import AttachmentError
+from caliber.queue.blobs import hash_file
 from caliber.queue.lifecycle import ResumeGrant
 from caliber.queue.secret import DamagedEntry, attachment_data, resume_ok
 from caliber.queue.status import WorkloadStatus
 from caliber.queue.summary import WorkloadSummary
 from caliber.results.model import new_id, utcnow
-from caliber.workflow.attachments import check_relative_path, read_attachment
+from caliber.workflow.attachments import Reference, find_attachments
+
+if TYPE_CHECKING:
+    from caliber.queue.blobs import BlobStore
 
 __all__ = [
     "Attachment", "HistoryEntry", "Lease", "Workload", "WorkloadStatus", "collect_attachments",
@@ -31,16 +36,34 @@ __all__ = [
 
 
 class Attachment(BaseModel):
-    """One attached file: text as text, anything else as base64, with its SHA-256."""
+    """One attached file: where it goes in the run folder, its SHA-256, size and mode.
+
+    Three forms, each signed as it is (:func:`caliber.queue.secret.attachment_entry`):
+
+    - stored (the usual one): the bytes are blob ``sha256`` in the queue's content store
+      (:mod:`caliber.queue.blobs`), stored once however many workloads attach them; the pinion
+      checks them against the hash as it writes them into the run folder;
+    - by reference (``reference``, an absolute path on a drive the pinions share): never
+      copied; the pinion checks the file's hash and size before the run;
+    - inline (``encoding`` and ``content``): the bytes in the workload itself, as Caliber
+      before the store kept them (the local queue's migration moves them into the store) and
+      the remote queue until it has a store of its own. Inline attachments have no ``mode``.
+    """
 
     path: str
-    encoding: Literal["text", "base64"]
-    content: str
     sha256: str
     size: int
+    mode: int | None = Field(default=None, description=(
+        "0o755 for an executable file, else 0o644 (its run folder copy is 0700 or 0600); "
+        "None in the inline form of older queues"))
+    reference: str | None = Field(default=None, description=(
+        "an attachment by reference: the absolute path of the file on a shared drive"))
+    encoding: Literal["text", "base64"] | None = None
+    content: str | None = None
 
     @classmethod
     def from_bytes(cls, path: str, data: bytes) -> Attachment:
+        """The inline form of ``data`` (text as text, anything else as base64)."""
         try:
             text = data.decode("utf-8")
             encoding: Literal["text", "base64"] = "text"
@@ -50,19 +73,49 @@ class Attachment(BaseModel):
         return cls(path=path, encoding=encoding, content=content,
                    sha256=hashlib.sha256(data).hexdigest(), size=len(data))
 
-    def data(self) -> bytes:
-        """The file's bytes, as they were when queued (DamagedEntry when they cannot be
-        decoded; a workload read back from a queue is checked for that, see
-        :func:`caliber.queue.secret.problem`)."""
-        return attachment_data(self.encoding, self.content)
+    @property
+    def inline(self) -> bool:
+        return self.content is not None
 
-    def content_matches(self) -> bool:
-        """Whether the content can be decoded and still has the hash and size recorded."""
+    @property
+    def executable(self) -> bool:
+        return bool((self.mode or 0) & 0o111)
+
+    @property
+    def kind(self) -> str:
+        """``stored``, ``reference`` or ``inline``."""
+        return "reference" if self.reference is not None else (
+            "inline" if self.inline else "stored")
+
+    def data(self) -> bytes:
+        """An inline attachment's bytes, as they were when queued (DamagedEntry when they
+        cannot be decoded, or the attachment is not inline; a workload read back from a
+        queue is checked for that, see :func:`caliber.queue.secret.problem`)."""
+        return attachment_data(self.encoding or "", self.content)
+
+    def content_matches(self) -> bool | None:
+        """Whether an inline attachment's content can be decoded and still has the hash and
+        size recorded; None for the other forms (their bytes are checked by the pinion, as
+        it writes them into the run folder: nothing here reads them)."""
+        if not self.inline:
+            return None
         try:
             data = self.data()
         except DamagedEntry:
             return False
         return hashlib.sha256(data).hexdigest() == self.sha256 and len(data) == self.size
+
+    def describe(self) -> dict[str, Any]:
+        """What ``queue view --json`` shows of it (never its bytes)."""
+        out: dict[str, Any] = {"path": self.path, "size": self.size, "sha256": self.sha256,
+                               "mode": None if self.mode is None else f"{self.mode:o}",
+                               "kind": self.kind}
+        if self.reference is not None:
+            out["reference"] = self.reference
+        if self.inline:
+            out["encoding"] = self.encoding
+            out["content_ok"] = self.content_matches()
+        return out
 
 
 class HistoryEntry(BaseModel):
@@ -160,11 +213,7 @@ class Workload(BaseModel):
         and more; attachments without their content."""
         return {
             **self.summary(secret_ok, resume_ok),
-            "attachments": [
-                {"path": a.path, "size": a.size, "sha256": a.sha256, "encoding": a.encoding,
-                 "content_ok": a.content_matches()}
-                for a in self.attachments
-            ],
+            "attachments": [a.describe() for a in self.attachments],
             "lease": self.lease.model_dump(mode="json") if self.lease else None,
             "work_dir": self.work_dir,
             "history": [h.model_dump(mode="json") for h in self.history],
@@ -180,14 +229,44 @@ def queued_by() -> str:
     return f"{user}@{socket.gethostname()}"
 
 
-def collect_attachments(base_dir: Path, names: list[str]) -> list[Attachment]:
-    """Read every attachment from disk as it is now (paths checked, content hashed)."""
-    seen: set[str] = set()
+def collect_attachments(base_dir: Path, names: Sequence[str | Reference],
+                        store: BlobStore | None = None) -> list[Attachment]:
+    """Every attachment as it is on disk now: files and every file inside folders (paths
+    checked, relative paths kept), each streamed through SHA-256 into ``store`` (in bounded
+    memory; None: only hashed); references hashed where they are when no hash was given,
+    never copied. AttachmentError before anything is stored when one cannot be attached."""
+    found = find_attachments(base_dir, names)
     out = []
-    for name in names:
-        rel = check_relative_path(name)
-        if rel in seen:
-            raise AttachmentError(f"attachment {name!r} is listed twice")
-        seen.add(rel)
-        out.append(Attachment.from_bytes(rel, read_attachment(base_dir, rel)))
+    for item in found:
+        if isinstance(item, Reference):
+            out.append(reference_attachment(item))
+            continue
+        rel, path, mode = item
+        try:
+            ref = store.put_blob(path) if store is not None else hash_file(path)
+        except OSError as exc:
+            raise AttachmentError(f"attachment {rel!r} cannot be read: "
+                                  f"{exc.strerror or exc}") from exc
+        out.append(Attachment(path=rel, sha256=ref.sha256, size=ref.size, mode=mode))
     return out
+
+
+def reference_attachment(ref: Reference) -> Attachment:
+    """The attachment of a :class:`Reference`: its hash as given, or read from the file now
+    (bounded memory); AttachmentError when the file is missing or does not match."""
+    sha256, size = ref.sha256, ref.size
+    if sha256 is None or size is None:
+        try:
+            found = hash_file(Path(ref.path))
+        except OSError as exc:
+            raise AttachmentError(f"attachment by reference {ref.path!r} cannot be read: "
+                                  f"{exc.strerror or exc}") from exc
+        if sha256 is not None and sha256 != found.sha256:
+            raise AttachmentError(f"attachment by reference {ref.path!r} does not have the "
+                                  f"SHA-256 given (it has {found.sha256})")
+        if size is not None and size != found.size:
+            raise AttachmentError(f"attachment by reference {ref.path!r} is {found.size} "
+                                  f"bytes, not the {size} given")
+        sha256, size = found.sha256, found.size
+    return Attachment(path=ref.name, sha256=sha256, size=size, mode=0o644,
+                      reference=ref.path)

@@ -74,6 +74,10 @@ class Pruned:
     """Run folders removed from this machine."""
     run_bytes: int = 0
     """Bytes those run folders held."""
+    blobs: int = 0
+    """Blobs removed from the queue's content store: nothing refers to them any more."""
+    blob_bytes: int = 0
+    """Bytes those blobs held."""
 
     def to_dict(self) -> dict[str, Any]:
         out = asdict(self)
