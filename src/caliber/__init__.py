@@ -20,6 +20,7 @@ __all__ = [
     "BranchProcess",
     "CaliberError",
     "Process",
+    "Reference",
     "Results",
     "Task",
     "Workflow",
@@ -33,6 +34,7 @@ _LAZY = {
     "Process": "caliber.workflow.model",
     "BranchProcess": "caliber.workflow.model",
     "Workflow": "caliber.workflow.model",
+    "Reference": "caliber.workflow.attachments",
     "Results": "caliber.results.model",
     "get_results": "caliber.results.api",
     "CaliberError": "caliber.errors",
@@ -43,6 +45,7 @@ if TYPE_CHECKING:
     from caliber.errors import CaliberError
     from caliber.results.api import get_results
     from caliber.results.model import Results
+    from caliber.workflow.attachments import Reference
     from caliber.workflow.model import BranchProcess, Process, Task, Workflow
 
 

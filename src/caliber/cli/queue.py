@@ -21,7 +21,7 @@ if TYPE_CHECKING:
 
     from caliber.pinion.follow import Look
     from caliber.queue.target import QueueTarget
-    from caliber.queue.workload import Workload
+    from caliber.queue.workload import Attachment, Workload
 
 WORKLOAD_ID = "WORKLOAD_ID"
 
@@ -211,9 +211,9 @@ def _view(found: Look) -> list[RenderableType]:
     parts: list[RenderableType] = [grid]
     if w.attachments:
         parts.append(table(
-            ["attachment", "size", "sha256", ""],
+            ["attachment", "size", "sha256", "mode", ""],
             [[escape(a.path), _size(a.size), a.sha256,
-              "" if a.content_matches() else "[red]content changed[/]"]
+              "-" if a.mode is None else f"{a.mode:o}", _attachment_note(a)]
              for a in w.attachments],
         ))
     parts.append(_tree(w))
@@ -232,6 +232,7 @@ def _tree(w: Workload) -> RenderableType:
 
     from caliber.cli.render import escape, workflow_tree
     from caliber.errors import CaliberError
+    from caliber.workflow.attachments import Reference
     from caliber.workflow.fileformat import from_document
 
     # Attachments travel in the workload, not on this disk: build the tree without them.
@@ -240,8 +241,22 @@ def _tree(w: Workload) -> RenderableType:
         workflow = from_document(document, Path.cwd(), source=f"workload {w.id}")
     except CaliberError as exc:
         return Text.from_markup(f"[red]the workflow cannot be drawn:[/] {escape(str(exc))}")
-    workflow.attachments = [a.path for a in w.attachments]
+    workflow.attachments = [
+        a.path if a.reference is None else Reference(a.reference, sha256=a.sha256, size=a.size,
+                                                     name=a.path)
+        for a in w.attachments]
     return workflow_tree(workflow)
+
+
+def _attachment_note(a: Attachment) -> str:
+    """How an attachment travels, when not as usual (stored once in the queue's store)."""
+    from caliber.cli.render import escape
+
+    if a.reference is not None:
+        return f"[magenta]by reference: {escape(a.reference)}[/]"
+    if a.inline:
+        return "inline" if a.content_matches() else "[red]inline, content changed[/]"
+    return ""
 
 
 def _size(size: int) -> str:

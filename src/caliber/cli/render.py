@@ -21,12 +21,15 @@ from typing import TYPE_CHECKING, Any, TextIO
 from caliber.text import for_terminal
 
 if TYPE_CHECKING:
+    from pathlib import Path
+
     from rich.console import Console, RenderableType
     from rich.table import Table
     from rich.tree import Tree
 
     from caliber.results.model import Results
     from caliber.results.prune import Pruned
+    from caliber.workflow.attachments import AttachmentSpec
     from caliber.workflow.model import BranchProcess, Node, Process, Task, Workflow
     from caliber.workflow.runner import TaskEvent
 
@@ -177,8 +180,26 @@ def workflow_tree(workflow: Workflow, *, width: int | None = None) -> Tree:
     if workflow.attachments:
         att = root.add("[cyan]attachments[/]")
         for name in workflow.attachments:
-            att.add(escape(name))
+            att.add(attachment_label(name, workflow.base_dir))
     return root
+
+
+def attachment_label(name: AttachmentSpec, base_dir: Path | None) -> str:
+    """An attachment as ``workflow show`` lists it: a path (``name/`` and the number of
+    files for a folder), or one by reference marked so, with where it is and its hash."""
+    from caliber.workflow.attachments import Reference
+
+    if isinstance(name, Reference):
+        sha = f", sha256 {name.sha256[:12]}…" if name.sha256 else ""
+        size = f", {format_bytes(name.size)}" if name.size is not None else ""
+        return (f"{escape(name.name)} [magenta](by reference: {escape(name.path)}{sha}{size}"
+                ", not copied)[/]")
+    if base_dir is not None:
+        folder = base_dir / name
+        if folder.is_dir() and not folder.is_symlink():
+            count = sum(len(files) for _, _, files in os.walk(folder))
+            return f"{escape(name.rstrip('/'))}/ [dim](folder, {count} files)[/]"
+    return escape(name)
 
 
 # --- tables -------------------------------------------------------------------------------

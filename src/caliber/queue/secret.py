@@ -159,14 +159,14 @@ class DamagedEntry(ValueError):
 
 def attachment_entry(a: Mapping[str, Any]) -> list[Any]:
     """What the run-secret signs of one attachment (its JSON form): ``[path, sha256]`` for the
-    inline form of older queues, which has no mode (signed so before, so their secrets still
-    check); ``[path, sha256, size, mode]`` for a stored one, ``[path, sha256, size, mode,
+    attachments of older queues, which have no mode (inline, or moved into the store by the
+    local queue's migration: signed so before, so their secrets still check); ``[path, sha256, size, mode]`` for a stored one, ``[path, sha256, size, mode,
     reference]`` for one by reference. The forms sign different lists, so none can pass for
     another (dropping the mode to make an executable look like an old inline file breaks it)."""
     mode = a.get("mode")
     if mode is None:
-        if a.get("reference") is not None or a.get("content") is None:
-            raise DamagedEntry("an attachment has no mode")
+        if a.get("reference") is not None:
+            raise DamagedEntry("an attachment by reference has no mode")
         return [a["path"], a["sha256"]]
     entry = [a["path"], a["sha256"], a["size"], mode]
     if a.get("reference") is not None:

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from caliber.errors import AttachmentError, WorkflowDefinitionError, WorkflowFileError
-from caliber.workflow.attachments import resolve_inside
+from caliber.workflow.attachments import AttachmentSpec, Reference, resolve_inside
 from caliber.workflow.model import BranchProcess, Node, Process, Task, TaskRef, Workflow
 
 REF_KEY = "$result"
@@ -43,6 +43,12 @@ def build_node(node: dict[str, Any]) -> Node:
     return BranchProcess(items, branches=node["branches"], name=node.get("name"))  # type: ignore[arg-type]
 
 
+def attachment_specs(items: list[Any]) -> list[AttachmentSpec]:
+    """A checked document's attachments: paths as they are, references as
+    :class:`~caliber.workflow.attachments.Reference` (AttachmentError when one is not valid)."""
+    return [Reference.from_json(a) if isinstance(a, dict) else a for a in items]
+
+
 def build_workflow(checked: dict[str, Any], base_dir: Path, *, source: str,
                    trusted: bool = False) -> Workflow:
     """The Workflow of a document :func:`~caliber.workflow.fileformat.check_document`
@@ -50,18 +56,24 @@ def build_workflow(checked: dict[str, Any], base_dir: Path, *, source: str,
     ``trusted``: a pinion's child, whose pinion checked the document and wrote the
     attachments (checking each path) into ``base_dir``, a resolved path: nothing is looked
     at again."""
-    attachments: list[str] = checked.get("attachments", [])
+    try:
+        attachments = attachment_specs(checked.get("attachments", []))
+    except AttachmentError as exc:
+        raise WorkflowFileError(source, [str(exc)]) from exc
     process = build_node(checked["process"])
     if trusted:
         return Workflow.checked(process, checked["name"], attachments=attachments,  # type: ignore[arg-type]
                                 description=checked.get("description"), base_dir=base_dir)
     problems: list[str] = []
     for name in attachments:
+        if isinstance(name, Reference):
+            continue  # on a shared drive: read (when no hash is given) as it is queued
         try:
             target = resolve_inside(base_dir, name)
-            if not target.is_file():
-                problems.append(f"attachment {name!r} is not a regular file" if target.exists()
-                                else f"attachment {name!r} not found in {base_dir}")
+            if not (target.is_file() or target.is_dir()):
+                problems.append(f"attachment {name!r} is not a regular file or a folder"
+                                if target.exists() else
+                                f"attachment {name!r} not found in {base_dir}")
         except AttachmentError as exc:
             problems.append(str(exc))
     if problems:

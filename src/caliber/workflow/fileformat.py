@@ -3,15 +3,18 @@
 Format version 1::
 
     {"caliber": 1, "name": "pasta", "description": null,
-     "attachments": ["pasta_functions.py"],
+     "attachments": ["pasta_functions.py", "recipes/",
+                     {"reference": "/mnt/share/flour.bin", "sha256": "9f2c...", "size": 1024}],
      "process": {"type": "process", "name": "Pasta", "tasks": [
          {"type": "task", "name": "Make dough", "function": "pasta_functions:make_dough",
           "args": [3], "kwargs": {}},
          {"type": "task", "name": "Rest", "function": "pasta_functions:rest",
           "args": [{"$result": "Make dough"}], "kwargs": {}, "timeout": 3600}]}}
 
-A task's return value used as an argument is written ``{"$result": "task name"}``. A task's
-``timeout`` (seconds it may run, above 0) is written only when it has one. Tuples are
+An attachment is a file or a folder (every file inside) relative to the file's folder, or a
+file by reference (:class:`~caliber.workflow.attachments.Reference`). A task's return value
+used as an argument is written ``{"$result": "task name"}``. A task's ``timeout`` (seconds it
+may run, above 0) is written only when it has one. Tuples are
 written as lists (JSON has no tuple); any other value that would not come back unchanged is
 refused at export time, naming the task and the argument.
 
@@ -37,7 +40,7 @@ from caliber.errors import (
     WorkflowDefinitionError,
     WorkflowFileError,
 )
-from caliber.workflow.attachments import check_relative_path, resolve_inside
+from caliber.workflow.attachments import Reference, check_relative_path, resolve_inside
 from caliber.workflow.document import REF_KEY, build_node, build_workflow
 from caliber.workflow.limits import MAX_TIMEOUT
 from caliber.workflow.model import Node, Process, Task, TaskRef, Workflow
@@ -106,6 +109,20 @@ class ProcessNode(_Strict):
     tasks: list[Annotated[Union[TaskNode, ProcessNode, BranchNode], Field(discriminator="type")]]  # noqa: UP007
 
 
+class ReferenceNode(_Strict):
+    """An attachment by reference: a file on a drive every pinion mounts at the same path,
+    checked by its SHA-256 before the run and never copied into the queue."""
+
+    model_config = ConfigDict(extra="forbid", title="Attachment by reference")
+
+    reference: str = Field(min_length=1, description="the file's absolute path")
+    sha256: str | None = Field(default=None, pattern=r"^[0-9a-f]{64}$", description=(
+        "its SHA-256 in lowercase hex; left out: read from the file when queued"))
+    size: int | None = Field(default=None, ge=0, description="its size in bytes")
+    name: str | None = Field(default=None, min_length=1, description=(
+        "its name in the run folder (default: the file's name)"))
+
+
 class WorkflowDocument(_Strict):
     """A Caliber workflow file."""
 
@@ -117,7 +134,9 @@ class WorkflowDocument(_Strict):
     caliber: Literal[1] = Field(description="format version")
     name: str = Field(min_length=1)
     description: str | None = None
-    attachments: list[str] = Field(default_factory=list)
+    attachments: list[str | ReferenceNode] = Field(default_factory=list, description=(
+        "files and folders relative to this file's folder (a folder: every file inside), "
+        "and attachments by reference"))
     process: Annotated[Union[ProcessNode, BranchNode], Field(discriminator="type")]  # noqa: UP007
 
 
@@ -198,8 +217,11 @@ def _node(node: Node) -> dict[str, Any]:
 
 def to_document(workflow: Workflow, *, relative_to: Path | None = None) -> dict[str, Any]:
     """The workflow as a JSON document; attachments rewritten relative to ``relative_to``."""
-    attachments = []
+    attachments: list[str | dict[str, Any]] = []
     for name in workflow.attachments:
+        if isinstance(name, Reference):
+            attachments.append(name.to_json())
+            continue
         rel = check_relative_path(name)
         if relative_to is not None and relative_to.resolve() != workflow.base_dir:
             absolute = resolve_inside(workflow.base_dir, rel)
@@ -228,6 +250,10 @@ def to_document(workflow: Workflow, *, relative_to: Path | None = None) -> dict[
     return document
 
 
+def _file_or_folder(path: Path) -> bool:
+    return path.is_file() or path.is_dir()
+
+
 def dumps(document: dict[str, Any]) -> str:
     return json.dumps(document, indent=2, ensure_ascii=False, allow_nan=False) + "\n"
 
@@ -235,7 +261,8 @@ def dumps(document: dict[str, Any]) -> str:
 def export(workflow: Workflow, path: Path) -> Path:
     """Write the workflow file atomically (nothing is written when export is refused)."""
     missing = [
-        a for a in workflow.attachments if not resolve_inside(workflow.base_dir, a).is_file()
+        a for a in workflow.attachments if not isinstance(a, Reference)
+        and not _file_or_folder(resolve_inside(workflow.base_dir, a))
     ]
     if missing:
         raise AttachmentError(f"attachment {missing[0]!r} not found in {workflow.base_dir}")

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import importlib
 import inspect
+import os
 import sys
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -17,6 +18,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Union
 
 from caliber.errors import WorkflowDefinitionError
+from caliber.workflow.attachments import AttachmentSpec, Reference
 from caliber.workflow.limits import check_timeout
 
 if TYPE_CHECKING:
@@ -298,14 +300,16 @@ class Workflow:
     """A named process tree, with the files it needs (attachments) and a description.
 
     Attachment paths are relative to ``base_dir``: the folder of the script that defines the
-    workflow, or of the JSON file it was loaded from.
+    workflow, or of the JSON file it was loaded from. A folder attaches every file inside it
+    (relative paths kept); a :class:`~caliber.workflow.attachments.Reference` attaches a file
+    on a shared drive by its hash, never copied (for inputs too big to copy).
     """
 
     def __init__(
         self,
         process: Process | BranchProcess,
         name: str,
-        attachments: Sequence[str] = (),
+        attachments: Sequence[str | os.PathLike[str] | Reference] = (),
         description: str | None = None,
         *,
         base_dir: str | Path | None = None,
@@ -320,14 +324,15 @@ class Workflow:
             attachments = [attachments]
         self.process = process
         self.name = name
-        self.attachments: list[str] = [str(a) for a in attachments]
+        self.attachments: list[AttachmentSpec] = [
+            a if isinstance(a, Reference) else str(a) for a in attachments]
         self.description = description
         self.base_dir = Path(base_dir).resolve() if base_dir is not None else _default_base_dir()
         self._validate()
 
     @classmethod
     def checked(cls, process: Process | BranchProcess, name: str, *,
-                attachments: Sequence[str], description: str | None,
+                attachments: Sequence[AttachmentSpec], description: str | None,
                 base_dir: Path) -> Workflow:
         """A workflow built from parts already checked as :class:`Workflow` checks them, with
         ``base_dir`` resolved (a pinion's child: its pinion checked the document), without
