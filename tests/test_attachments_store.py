@@ -50,8 +50,11 @@ def listing(folder):
 
 
 def digest(path):
+    h = hashlib.sha256()
     with open(path, "rb") as f:
-        return hashlib.sha256(f.read()).hexdigest()
+        while chunk := f.read(1 << 20):
+            h.update(chunk)
+    return h.hexdigest()
 '''
 
 

@@ -24,6 +24,7 @@ from caliber.pinion.loop import Pinion, PinionConfig
 from caliber.queue import secret
 from caliber.queue.api import make_workload
 from caliber.queue.sqlite import SQLiteBackend
+from caliber.queue.sqlite_schema import blob_folder
 from caliber.results.convert import to_json
 from caliber.workflow.fileformat import from_document, load, parse_text
 from caliber.workflow.model import Workflow
@@ -224,12 +225,11 @@ def template(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     """A queue with two signed workloads: the victim (queued first) and a sentinel."""
     base = tmp_path_factory.mktemp("template")
     folder = make_folder(base / "wf")
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("CALIBER_SECRET_KEY", KEY)
-        victim = make_workload(workflow(folder, [("add", [1]), ("pid", [])]), "p")
-        sentinel = make_workload(workflow(folder, [("add", [41])]), "p")
     db = base / "caliber.db"
-    with SQLiteBackend(db) as backend:
+    with pytest.MonkeyPatch.context() as mp, SQLiteBackend(db) as backend:
+        mp.setenv("CALIBER_SECRET_KEY", KEY)
+        victim = make_workload(workflow(folder, [("add", [1]), ("pid", [])]), "p", backend)
+        sentinel = make_workload(workflow(folder, [("add", [41])]), "p", backend)
         backend.put(victim)
         backend.put(sentinel)
     return Template(db=db, victim=victim, sentinel=sentinel)
@@ -240,6 +240,9 @@ def fresh_queue(template: dict[str, Any], where: Path) -> Iterator[Path]:
     shutil.rmtree(where, ignore_errors=True)
     where.mkdir(parents=True)
     shutil.copy(template["db"], where / "caliber.db")
+    blobs = blob_folder(template["db"])
+    if blobs.exists():  # the attachments the rows refer to
+        shutil.copytree(blobs, blob_folder(where / "caliber.db"))
     old = os.environ.get("CALIBER_HOME")
     os.environ["CALIBER_HOME"] = str(where)
     try:

@@ -200,9 +200,11 @@ def test_the_platforms_data_and_config_folders_are_0700(tmp_path: Path) -> None:
     done = caliber_000("workflow", "queue", str(path), "-p", "p", env=env)
     assert done.returncode == 0, done.stderr
     made = dict(modes(tmp_path / "xdg"))
-    assert set(made) == {tmp_path / "xdg" / p for p in (
-        "", "data", "data/caliber", "data/caliber/caliber.db",
+    store = tmp_path / "xdg" / "data" / "caliber" / "caliber.db-blobs"  # the attachments
+    assert {p for p in made if store not in p.parents} == {tmp_path / "xdg" / p for p in (
+        "", "data", "data/caliber", "data/caliber/caliber.db", "data/caliber/caliber.db-blobs",
         "config", "config/caliber", "config/caliber/secret.key")}
+    assert any(p.parent.parent == store for p in made)
     assert all(mode == (0o700 if p.is_dir() else 0o600) for p, mode in made.items()), made
 
 

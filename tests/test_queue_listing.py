@@ -36,7 +36,7 @@ def test_summaries_equal_the_workload_summaries(tmp_path: Path, caliber_home: Pa
     conn = sqlite3.connect(caliber_home / "caliber.db")
     body = json.loads(conn.execute("SELECT body FROM workloads WHERE id = ?",
                                    (ids[1],)).fetchone()[0])
-    body["attachments"][0]["content"] += "\nimport os\n"  # tampered content, hash unchanged
+    body["attachments"][0]["sha256"] = "0" * 64  # another file's bytes: not what was signed
     conn.execute("UPDATE workloads SET body = ? WHERE id = ?", (json.dumps(body), ids[1]))
     conn.execute("UPDATE workloads SET body = '{' WHERE id = ?", (ids[2],))  # damaged
     conn.commit()

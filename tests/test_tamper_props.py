@@ -123,13 +123,13 @@ def dumps(value: Any) -> str:
 def template(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     """A queue with two signed workloads for pinion p: the victim (first) and the next."""
     base = tmp_path_factory.mktemp("tamper-template")
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("CALIBER_SECRET_KEY", KEY)
-        victim = make_workload(workflow(make_folder(base / "wf"), [("add", [1])]), "p")
-        following = make_workload(workflow(make_folder(base / "wf2"), [("add", [2])],
-                                           name="next"), "p")
     db = base / "caliber.db"
-    with SQLiteBackend(db) as backend:
+    with pytest.MonkeyPatch.context() as mp, SQLiteBackend(db) as backend:
+        mp.setenv("CALIBER_SECRET_KEY", KEY)
+        victim = make_workload(workflow(make_folder(base / "wf"), [("add", [1])]), "p",
+                               backend)
+        following = make_workload(workflow(make_folder(base / "wf2"), [("add", [2])],
+                                           name="next"), "p", backend)
         backend.put(victim)
         backend.put(following)
         columns = [r[1] for r in backend.conn.execute("PRAGMA table_info(workloads)")]
@@ -236,7 +236,7 @@ def test_any_field_of_a_local_queue_row_mutated(
 
 ROOT_MEMBERS = ["workload_json", "workflow_name", "pinion", "queued_by", "created_at",
                 "workload_id", "caliber", "workflow"]
-ATTACHMENT_MEMBERS = ["path", "encoding", "content", "sha256", "size"]
+ATTACHMENT_MEMBERS = ["path", "encoding", "content", "sha256", "size", "mode"]
 
 
 def _queue_two(tmp_path: Path) -> tuple[str, str]:

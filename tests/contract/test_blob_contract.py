@@ -121,7 +121,7 @@ def local_store(backend: QueueBackend) -> FolderBlobStore:
 
 @pytest.mark.skipif(os.name != "posix", reason="POSIX permissions")
 def test_the_local_store_is_private(backend: QueueBackend, tmp_path: Path) -> None:
-    """Folders 0700, complete blobs read-only 0400, whatever the umask."""
+    """Folders 0700, blobs 0600, whatever the umask."""
     blobs = local_store(backend)
     old = os.umask(0)
     try:
@@ -132,7 +132,7 @@ def test_the_local_store_is_private(backend: QueueBackend, tmp_path: Path) -> No
     assert path.parent.parent == blobs.root
     for folder in (blobs.root, path.parent, blobs.root / "tmp"):
         assert stat.S_IMODE(folder.stat().st_mode) == 0o700
-    assert stat.S_IMODE(path.stat().st_mode) == 0o400
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
 
 
 def test_a_crashed_writer_leaves_no_blob(backend: QueueBackend, tmp_path: Path) -> None:
@@ -158,3 +158,32 @@ def test_a_damaged_blob_is_replaced_by_a_new_put(backend: QueueBackend, tmp_path
     blobs.path(ref.sha256).write_bytes(b"01234")
     assert blobs.put_blob(source) == ref
     assert blobs.path(ref.sha256).read_bytes() == b"0123456789"
+
+
+def test_a_workload_refers_to_its_blobs_and_a_pinion_writes_them_out(
+        backend: QueueBackend, tmp_path: Path) -> None:
+    """A workload whose attachments are stored blobs: read back with their path, hash, size
+    and mode, and written into a run folder as they were (whatever the backend keeps)."""
+    if not isinstance(backend, BlobStore):
+        pytest.skip("not a blob store yet")
+    from caliber.pinion.attachments import write_attachments
+    from caliber.queue.workload import Attachment
+    from tests.contract.test_backend_contract import make_workload
+
+    files = {"solve.sh": (b"#!/bin/sh\n", 0o755), "mesh/part.bin": (os.urandom(70_000), 0o644)}
+    attachments = []
+    for name, (data, mode) in files.items():
+        ref = backend.put_blob(write(tmp_path / name.replace("/", "_"), data))
+        attachments.append(Attachment(path=name, sha256=ref.sha256, size=ref.size, mode=mode))
+    w = make_workload().model_copy(update={"attachments": attachments})
+    backend.put(w)
+    got = backend.get(w.id)
+    assert [(a.path, a.sha256, a.size, a.mode) for a in got.attachments] == [
+        (a.path, a.sha256, a.size, a.mode) for a in attachments]
+    run = tmp_path / "run"
+    run.mkdir()
+    write_attachments(got.attachments, run, backend)
+    for name, (data, mode) in files.items():
+        assert (run / name).read_bytes() == data
+        if os.name == "posix":
+            assert stat.S_IMODE((run / name).stat().st_mode) == (0o700 if mode & 0o100 else 0o600)

@@ -8,10 +8,11 @@ the local queue the blobs are files in a folder beside the database (:class:`Fol
 - files, not SQLite blobs: SQLite caps one value at 1 GB (``SQLITE_MAX_LENGTH``), a big blob
   in the database would have to be compacted away after a prune, and a file streams with
   plain reads and writes, in bounded memory, by the operating system's own cache;
-- the folders are 0700 and the files 0600 made, then 0400 once complete (nothing here writes
-  a blob twice), each written to a temporary name in ``tmp/``, flushed to disk (fsync) and
-  renamed to its name: a crash leaves a half-written temporary file, never a half blob
-  under its final name. Temporary files older than :data:`STALE_TMP_SECONDS` are swept;
+- the folders are 0700 and the files 0600, private from their first moment (the helpers of
+  :mod:`caliber.platform`); each blob is written to a temporary name in ``tmp/``, flushed
+  to disk (fsync) and renamed to its name: a crash leaves a half-written temporary file,
+  never a half blob under its final name. Temporary files older than
+  :data:`STALE_TMP_SECONDS` are swept;
 - every read that hands bytes to a run checks them against the name (:func:`copy_verified`):
   a blob changed on disk is refused (BlobMismatchError), like a tampered workload.
 
@@ -52,7 +53,6 @@ STALE_TMP_SECONDS = 24 * 3600  # a temporary file this old is a crashed writer's
 Hold = Callable[["BlobRef"], AbstractContextManager[object]]
 """Entered around the moment a blob gets its name (see :meth:`FolderBlobStore.put_stream`)."""
 _SHA256 = re.compile(r"[0-9a-f]{64}")
-BLOB_MODE = 0o400  # a complete blob: read-only, its owner's alone
 
 
 def is_sha256(text: object) -> bool:
@@ -178,7 +178,6 @@ class FolderBlobStore:
                         os.fsync(out.fileno())
                 with hold(ref) if hold is not None else contextlib.nullcontext():
                     if fresh:
-                        os.chmod(tmp, BLOB_MODE)
                         make_private_folder(final.parent)
                         os.replace(tmp, final)  # the same bytes if another writer won the race
                         _fsync_folder(final.parent)

@@ -158,11 +158,12 @@ class DamagedEntry(ValueError):
 
 
 def attachment_entry(a: Mapping[str, Any]) -> list[Any]:
-    """What the run-secret signs of one attachment (its JSON form): ``[path, sha256]`` for the
-    attachments of older queues, which have no mode (inline, or moved into the store by the
-    local queue's migration: signed so before, so their secrets still check); ``[path, sha256, size, mode]`` for a stored one, ``[path, sha256, size, mode,
-    reference]`` for one by reference. The forms sign different lists, so none can pass for
-    another (dropping the mode to make an executable look like an old inline file breaks it)."""
+    """What the run-secret signs of one attachment (its JSON form): ``[path, sha256]`` for
+    the attachments of older queues, which have no mode (inline, or moved into the store by
+    the local queue's migration: signed so before, so their secrets still check); ``[path,
+    sha256, size, mode]`` for a stored one, ``[path, sha256, size, mode, reference]`` for one
+    by reference. The forms sign different lists, so none can pass for another (dropping the
+    mode to make an executable look like an old file breaks the signature)."""
     mode = a.get("mode")
     if mode is None:
         if a.get("reference") is not None:

@@ -236,10 +236,11 @@ def collect_attachments(base_dir: Path, names: Sequence[str | Reference],
     memory; None: only hashed); references hashed where they are when no hash was given,
     never copied. AttachmentError before anything is stored when one cannot be attached."""
     found = find_attachments(base_dir, names)
+    references = {id(r): reference_attachment(r) for r in found if isinstance(r, Reference)}
     out = []
-    for item in found:
+    for item in found:  # every check done: now the files go into the store
         if isinstance(item, Reference):
-            out.append(reference_attachment(item))
+            out.append(references[id(item)])
             continue
         rel, path, mode = item
         try:

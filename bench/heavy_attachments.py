@@ -1,0 +1,175 @@
+"""Heavy attachments (issue 21): queuing a big file, and ``caliber queue list`` beside it.
+
+- ``caliber workflow queue`` of a workflow attaching one big file (1 GiB; quick: 64 MiB)
+  against the floor of what it must do, on the same disk: ``cp`` of the file and
+  ``sha256sum`` of it (one copy into the store, one hash). Its peak memory against the same
+  command queuing a tiny file: bounded by a constant, not by the file.
+- ``caliber queue list`` with 17 workloads each attaching that file against 17 attaching a
+  tiny one: time and peak memory (the list never reads attachment bytes).
+
+Peak memory is the ``ru_maxrss`` of the command's own process (``os.wait4``). Each figure is
+a fresh process as a user types it; the file is in the page cache for both sides (it was
+just written), so the figures compare work, not cold reads.
+
+``python -m bench.heavy_attachments [--quick]`` prints the figures alone.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from bench.common import BIN, worker_env
+from bench.report import Row
+
+FULL_SIZE = 1 << 30  # bytes of the big attachment
+QUICK_SIZE = 64 << 20
+COPIES = 17  # workloads attaching the same file, for `queue list`
+SECTION = "Heavy attachments: stored once, by content"
+
+
+def expected_ids() -> list[str]:
+    return ["heavy-queue-time", "heavy-queue-memory", "heavy-list-time", "heavy-list-memory"]
+
+
+def measured(cmd: list[str], env: dict[str, str]) -> tuple[float, float]:
+    """Run ``cmd``; its wall seconds and peak resident memory (MiB) of its own process."""
+    start = time.perf_counter()
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    _pid, status, usage = os.wait4(proc.pid, 0)
+    seconds = time.perf_counter() - start
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    err = proc.stderr.read().decode() if proc.stderr else ""
+    if proc.stderr:
+        proc.stderr.close()
+    if proc.returncode != 0:
+        raise RuntimeError(f"{' '.join(cmd[:3])} failed: {err.strip()[-300:]}")
+    kib = usage.ru_maxrss / (1024 if sys.platform == "darwin" else 1)
+    return seconds, kib / 1024
+
+
+def write_file(path: Path, size: int) -> None:
+    """``size`` bytes that do not compress, in 16 MiB pieces."""
+    piece = os.urandom(16 << 20)
+    with open(path, "wb") as f:
+        left = size
+        while left > 0:
+            f.write(piece[:left])
+            left -= len(piece)
+
+
+def workflow_file(folder: Path, attachment: str) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / "heavy.json"
+    path.write_text(json.dumps({
+        "caliber": 1, "name": "heavy", "attachments": [attachment],
+        "process": {"type": "process", "tasks": [
+            {"type": "task", "name": "solve", "function": "solver:solve", "args": [attachment]}]},
+    }))
+    return path
+
+
+def measure(size: int, reps: int, root: Path) -> dict[str, list[float]]:
+    """The samples of every figure (rounds interleaved: subject, then its floor)."""
+    data = root / "data"
+    data.mkdir(parents=True, exist_ok=True)
+    big = data / "mesh.bin"
+    write_file(big, size)
+    big_wf, tiny_wf = workflow_file(data, "mesh.bin"), workflow_file(data / "t", "tiny.bin")
+    (data / "t" / "tiny.bin").write_text("tiny\n")
+    out: dict[str, list[float]] = {k: [] for k in (
+        "queue", "floor", "queue_mib", "tiny_queue_mib", "list_big", "list_tiny",
+        "list_big_mib", "list_tiny_mib")}
+    caliber = str(BIN / "caliber")
+    for rep in range(reps):
+        big_home, tiny_home = root / f"big-{rep}", root / f"tiny-{rep}"
+        for home in (big_home, tiny_home):
+            shutil.rmtree(home, ignore_errors=True)
+        env_big = worker_env(CALIBER_HOME=str(big_home))
+        env_tiny = worker_env(CALIBER_HOME=str(tiny_home))
+        seconds, mib = measured([caliber, "workflow", "queue", str(big_wf), "-p", "bench"],
+                                env_big)
+        out["queue"].append(seconds)
+        out["queue_mib"].append(mib)
+        copy = data / "copy.bin"
+        start = time.perf_counter()
+        subprocess.run(["cp", str(big), str(copy)], check=True)
+        subprocess.run(["sha256sum", str(big)], check=True, stdout=subprocess.DEVNULL)
+        out["floor"].append(time.perf_counter() - start)
+        copy.unlink()
+        _s, mib = measured([caliber, "workflow", "queue", str(tiny_wf),
+                            "-p", "bench"], env_tiny)
+        out["tiny_queue_mib"].append(mib)
+        for _ in range(COPIES - 1):  # 17 in all: the same file, stored once
+            measured([caliber, "workflow", "queue", str(big_wf), "-p", "bench"], env_big)
+            measured([caliber, "workflow", "queue", str(tiny_wf), "-p",
+                      "bench"], env_tiny)
+        for key, env in (("big", env_big), ("tiny", env_tiny)):
+            seconds, mib = measured([caliber, "queue", "list"], env)
+            out[f"list_{key}"].append(seconds)
+            out[f"list_{key}_mib"].append(mib)
+        for home in (big_home, tiny_home):
+            shutil.rmtree(home, ignore_errors=True)
+    return out
+
+
+def rows(quick: bool, reps: int, root: Path) -> list[Row]:
+    size = QUICK_SIZE if quick else FULL_SIZE
+    label = f"{size >> 20:,} MiB" if size < 1 << 30 else f"{size >> 30} GiB"
+    try:
+        got = measure(size, reps, root / "heavy-attachments")
+        error = None
+    except Exception as exc:  # a figure that cannot be measured here says why
+        got, error = {}, f"{type(exc).__name__}: {exc}"
+    specs = [
+        ("heavy-queue-time", f"`caliber workflow queue` of a {label} attachment", "s",
+         "cp + sha256sum of the file", "queue", "floor", "<= 2", 2.0),
+        ("heavy-queue-memory", f"peak memory of `caliber workflow queue`, {label} attachment",
+         "MiB", "the same with a 5-byte attachment", "queue_mib", "tiny_queue_mib", "<= 1.5",
+         1.5),
+        ("heavy-list-time", f"`caliber queue list`, {COPIES} workloads of a {label} attachment",
+         "s", f"the same with {COPIES} of a 5-byte one", "list_big", "list_tiny", "<= 2", 2.0),
+        ("heavy-list-memory", f"peak memory of `caliber queue list`, {COPIES} workloads of a "
+         f"{label} attachment", "MiB", f"the same with {COPIES} of a 5-byte one",
+         "list_big_mib", "list_tiny_mib", "<= 1.5", 1.5),
+    ]
+    out = []
+    for row_id, figure, unit, baseline, subject, floor, target, value in specs:
+        row = Row(id=row_id, section=SECTION, figure=figure, unit=unit, better="lower",
+                  baseline=baseline, target=target, target_op="<=", target_value=value)
+        row.fill(got.get(subject, []), got.get(floor, []))
+        if error:
+            row.unavailable = error.splitlines()[0]
+        out.append(row)
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    import argparse
+    import tempfile
+
+    parser = argparse.ArgumentParser(prog="python -m bench.heavy_attachments")
+    parser.add_argument("--quick", action="store_true", help=f"a {QUICK_SIZE >> 20} MiB file")
+    parser.add_argument("--reps", type=int, default=1)
+    parser.add_argument("--dir", type=Path, help="where to make the files (default: a temp "
+                        "folder on the disk of /tmp)")
+    args = parser.parse_args(argv)
+    with tempfile.TemporaryDirectory(dir=args.dir) as tmp:
+        for row in rows(args.quick, args.reps, Path(tmp)):
+            s, b, r = row.subject_stats, row.baseline_stats, row.ratio_stats
+            if row.unavailable or not (s and b and r):
+                print(f"{row.id}: unavailable ({row.unavailable})")
+                continue
+            print(f"{row.id}: {s['median']:.3f} {row.unit} vs {b['median']:.3f} {row.unit} "
+                  f"({row.baseline}): ratio {r['median']:.2f}, target {row.target} "
+                  f"{'met' if row.target_met else 'NOT met'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
