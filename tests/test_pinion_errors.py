@@ -141,7 +141,8 @@ pinion = Pinion(PinionConfig(name="p", attempts=0, wait=0), backend,
                 reporter=Reporter("p", stream=sys.stderr))
 import os
 highest = max(int(fd) for fd in os.listdir("/proc/self/fd"))
-resource.setrlimit(resource.RLIMIT_NOFILE, (highest + 1, resource.getrlimit(
+# Room for the two files of copying an attachment into the run folder, not for the pipes too.
+resource.setrlimit(resource.RLIMIT_NOFILE, (highest + 2, resource.getrlimit(
     resource.RLIMIT_NOFILE)[1]))
 summary = pinion.run()
 print(json.dumps(summary.to_dict()))

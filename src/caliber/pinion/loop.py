@@ -86,7 +86,7 @@ log = logging.getLogger(__name__)
 
 # Errors writing the runs folder that are this machine's, not the workload's.
 _MACHINE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM,
-                   errno.EIO, errno.EFBIG}
+                   errno.EIO, errno.EFBIG, errno.EMFILE, errno.ENFILE}
 POLL_SLICE = 0.1  # seconds: how often a waiting pinion looks at its stop flags
 QUEUE_RETRY_MIN = 0.5  # seconds: the first back-off after the queue could not be reached
 QUEUE_RETRY_CAP = 30.0  # seconds: the longest back-off after the queue could not be reached

@@ -720,7 +720,12 @@ def _fork_frozen() -> int:
 def _fork(run: ChildMain, close_fds: Sequence[int]) -> ChildProcess:
     _load_prctl()  # once: each child becomes a subreaper
     msg_r, msg_w = os.pipe()
-    ctl_r, ctl_w = os.pipe()
+    try:
+        ctl_r, ctl_w = os.pipe()
+    except OSError:  # out of file descriptors: the first pipe must not stay open
+        os.close(msg_r)
+        os.close(msg_w)
+        raise
     for fd in (msg_r, ctl_w):
         os.set_inheritable(fd, False)
     pid = _fork_frozen()

@@ -125,7 +125,12 @@ def copy_verified(source: BinaryIO, sha256: str, dest: Path, *, mode: int = 0o60
                     f"{digest.hexdigest()[:12]}, {written} bytes): changed on disk or damaged"
                 )
             os.chmod(tmp, mode)
-        os.link(tmp, dest)  # FileExistsError when something appeared there meanwhile
+        try:
+            os.link(tmp, dest)  # FileExistsError when something appeared there meanwhile
+        except FileExistsError:
+            raise
+        except OSError:  # a file system without hard links: checked free just before
+            os.rename(tmp, dest)
     finally:
         tmp.unlink(missing_ok=True)
 
