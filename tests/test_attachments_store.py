@@ -22,13 +22,14 @@ from caliber.pinion.loop import Pinion, PinionConfig
 from caliber.queue import secret
 from caliber.queue.registry import open_backend
 from caliber.queue.sqlite import SQLiteBackend
-from caliber.queue.sqlite_schema import MIGRATIONS, blob_folder
+from caliber.queue.sqlite_schema import MIGRATIONS, PYTHON_STEPS, blob_folder
 from caliber.queue.target import local_target
 from caliber.queue.workload import Attachment, Workload
 from caliber.results.model import utcnow
 from caliber.workflow.fileformat import json_schema
 from tests.test_fuzz import run_cli
 
+PYTHON_STEPS_FROM = min(PYTHON_STEPS)  # the migration that moves attachments into the store
 posix_only = pytest.mark.skipif(os.name != "posix", reason="POSIX modes and links")
 
 FUNCS = '''
@@ -294,12 +295,13 @@ def test_a_reference_whose_hash_is_wrong_is_refused_when_queued(tmp_path: Path) 
 
 
 def old_queue(db: Path, key: bytes, content: bytes) -> str:
-    """A schema-4 queue holding one workload as Caliber before the store wrote it: its
+    """A schema-5 queue holding one workload as Caliber before the store wrote it: its
     attachments' bytes inline in the row, signed as then ([path, sha256])."""
     conn = sqlite3.connect(db)
-    for step in MIGRATIONS[:4]:
+    before = PYTHON_STEPS_FROM - 1  # the schema of the last Caliber without the store
+    for step in MIGRATIONS[:before]:
         conn.executescript(step)
-    conn.execute("PRAGMA user_version = 4")
+    conn.execute(f"PRAGMA user_version = {before}")
     workload = Workload(
         pinion="p", workflow=workflow(db.parent / "wf", []).to_document(),
         attachments=[Attachment.from_bytes("attfuncs.py", FUNCS.encode()),
