@@ -48,6 +48,8 @@ CHILD_STARTS = ("fork", "spawn")
 HOUR = 3600  # seconds
 DAY = 24 * HOUR
 MAX_COUNT = 1_000_000  # looks, run folders kept
+DEFAULT_ARRAY_INLINE_MAX = 64 * 1024  # bytes: a bigger array is stored as binary, not JSON
+GIB = 1 << 30  # bytes
 
 
 @dataclass(frozen=True)
@@ -108,6 +110,7 @@ BOUNDS: dict[str, Bounds] = {
     "pinion_max_attempts": Bounds(1, 1000, whole=True),
     "pinion_keep_runs": Bounds(0, MAX_COUNT, whole=True),
     "pinion_cancel_grace": Bounds(0, HOUR),
+    "array_inline_max": Bounds(0, GIB, whole=True),
 }
 """The bounds of every number setting, by field of :class:`caliber.settings_model.Settings`
 (a test checks that each number field has its bounds)."""

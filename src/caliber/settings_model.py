@@ -21,6 +21,7 @@ from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, Settings
 from caliber.errors import ConfigError
 from caliber.settings import (
     BOUNDS,
+    DEFAULT_ARRAY_INLINE_MAX,
     DEFAULT_ATTEMPTS,
     DEFAULT_CANCEL_GRACE,
     DEFAULT_LEASE,
@@ -91,6 +92,9 @@ class Settings(BaseSettings):
     pinion_log_max: int = Field(DEFAULT_LOG_MAX, description=(
         "bytes a run's output.log keeps (1 GiB); past them its middle is cut out, with a "
         "line saying so; suffixes K, M, G, 0: no cap (pinion init --log-max 100M)"))
+    array_inline_max: int = Field(DEFAULT_ARRAY_INLINE_MAX, description=(
+        "bytes a numpy array (or pandas frame) of a result may take and still be stored as "
+        "JSON; a bigger one is stored as binary beside the Results"))
 
     @classmethod
     def variable(cls, field: str) -> str:

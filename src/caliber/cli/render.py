@@ -359,7 +359,8 @@ def results_view(results: Results, *, value_width: int | None = None) -> Rendera
     )
     rows = []
     for t in results.tasks:
-        value = "" if t.status != "completed" else escape(format_value(t.return_, width))
+        shown = _summarised(results, t.return_, f"the value of task {t.name!r}")
+        value = "" if t.status != "completed" else escape(format_value(shown, width))
         if t.conversion:
             value += f" [dim]({escape(t.conversion)})[/]"
         if t.error is not None:
@@ -374,11 +375,11 @@ def results_view(results: Results, *, value_width: int | None = None) -> Rendera
     parts: list[RenderableType] = [
         head, table(["task", "branch", "status", "time", "return"], rows)
     ]
-    if results.g:
+    if results.g_json:
         g_rows = []
-        for key, val in results.g.items():
+        for key, val in results.g_json.items():
             note = results.g_conversions.get(key)
-            text = escape(format_value(val, width))
+            text = escape(format_value(_summarised(results, val, f"g[{key!r}]"), width))
             g_rows.append([escape(key), text + (f" [dim]({escape(note)})[/]" if note else "")])
         parts.append(table(["g", "value"], g_rows))
     if results.error is not None:
@@ -394,6 +395,31 @@ def _reuse_note(reused_from: str | None, reuse: str | None) -> str:
     if reused_from is not None:
         return f" [dim](reused from {escape(reused_from)})[/]"
     return f" [dim](ran again: {escape(reuse)})[/]" if reuse else ""
+
+
+class _Summary:
+    """A stored array in a value shown: its one-line summary, not its numbers."""
+
+    def __init__(self, text: str) -> None:
+        self.text = text
+
+    def __repr__(self) -> str:
+        return f"<{self.text}>"
+
+
+def _summarised(results: Results, stored: Any, what: str) -> Any:
+    """``stored`` (a value as the Results keep it) with each stored array as its summary
+    (shape, dtype, min, max, mean), read from the store one at a time and let go."""
+    from caliber.results.arrays import describe, describe_ref, restore, value_refs
+
+    if next(value_refs(stored), None) is None:
+        return stored
+
+    def summary(ref: dict[str, Any]) -> _Summary:
+        value = results.value_of(ref, what, keep=False)
+        return _Summary(describe_ref(value) if value is ref else describe(value))
+
+    return restore(stored, summary)
 
 
 def _run_folder_line(results: Results) -> str:

@@ -36,6 +36,7 @@ from caliber.pinion.platform import (
     receive_job,
     redirect_output,
 )
+from caliber.results.arrays import VALUES_DIR, FolderValues, ValueWriter
 from caliber.results.values import RunStatus, new_id, utcnow
 from caliber.workflow.document import build_workflow
 from caliber.workflow.limits import stop_running_task
@@ -128,9 +129,11 @@ def _text_on(stream: object, fd: int) -> bool:
 def run_job(job: dict[str, Any], messages_fd: int, stopping: list[int]) -> None:
     """Run one workload; ``job`` has ``workload_id``, ``pinion``, ``work_dir``, ``workflow``
     (the document as :func:`caliber.workflow.fileformat.check_document` returned it: the
-    pinion checked it), ``resume`` (the earlier Results a resumed workload reuses) and
-    ``code`` (code fingerprints by task function its pinion learnt from an earlier run of
-    the same attached files).
+    pinion checked it), ``resume`` (the earlier Results a resumed workload reuses, their
+    stored arrays put in the run's values folder by the pinion), ``code`` (code fingerprints
+    by task function its pinion learnt from an earlier run of the same attached files) and
+    ``array_inline_max`` (bytes above which an array is written there as ``.npy``, not sent
+    as JSON; None: never).
     ``stopping`` becomes true when the workload is cancelled (see :func:`ready_for_work`).
     Nothing on the way of a workload that runs builds a pydantic model: the pinion
     validates the messages."""
@@ -144,10 +147,12 @@ def run_job(job: dict[str, Any], messages_fd: int, stopping: list[int]) -> None:
         workflow = build_workflow(job["workflow"], work_dir, trusted=True,
                                   source=f"workload {job['workload_id']}")
         resume = _resume(job)
+        limit = job.get("array_inline_max")
         results = run_workflow_plain(
             workflow, work_dir=work_dir, on_event=sender.event,
             workload_id=job["workload_id"], pinion=job["pinion"], resume=resume,
             should_stop=lambda: bool(stopping), known_code=job.get("code"),
+            values=None if limit is None else ValueWriter(work_dir / VALUES_DIR, limit),
         )
     except CaliberError as exc:  # a missing attachment, or a resume that cannot be done
         results = {
@@ -187,7 +192,8 @@ def _resume(job: dict[str, Any]) -> Results | None:
         return None
     from caliber.results.model import Results  # only here: a child of a resumed workload
 
-    return Results.model_validate(job["resume"])
+    earlier = Results.model_validate(job["resume"])
+    return earlier.reading_values(FolderValues(Path(job["work_dir"]) / VALUES_DIR))
 
 
 def main() -> None:

@@ -34,6 +34,7 @@ from caliber.errors import (
     ClaimReturnedError,
     ConfigError,
     LeaseLostError,
+    NotFoundError,
     QueueDamagedError,
     QueueError,
     WorkflowFileError,
@@ -57,6 +58,7 @@ from caliber.pinion.platform import (
 from caliber.pinion.progress import Reporter
 from caliber.pinion.signals import StopFlags, stop_on_signals
 from caliber.pinion.stops import CANCELLED, TaskWatch, g_of
+from caliber.pinion.values import fetch_resumed, inline_max, keep_values
 from caliber.platform import (
     PRIVATE_FOLDER,
     create_new_file,
@@ -222,6 +224,7 @@ class Pinion:
         self._servers_left = MAX_FORK_SERVERS - (server is not None)  # to start, at most
         self._staged: Path | None = None  # the next run's folder, made ahead (_stage_next)
         self._code: dict[tuple[tuple[str, str], ...], dict[str, str]] = {}  # see _learn_code
+        self._inline_max = inline_max(backend)  # bytes: bigger arrays are stored as binary
 
     # --- the loop -----------------------------------------------------------------------
 
@@ -585,7 +588,9 @@ class Pinion:
         workload = claim.workload
         try:
             document = check_document(workload.workflow, source=f"workload {workload.id}")
-        except WorkflowFileError as exc:  # signed, but not a workflow this Caliber reads
+            fetch_resumed(self.backend, work_dir, resume)  # the arrays the run reuses
+        except (WorkflowFileError, BlobMismatchError, NotFoundError) as exc:  # never runs:
+            # signed but not a workflow this Caliber reads, or reused arrays lost or damaged
             now = utcnow()
             return self._keep(claim, work_dir, Results(
                 workload_id=workload.id, workflow=workload.workflow_name,
@@ -611,7 +616,8 @@ class Pinion:
                    resume: dict[str, Any] | None = None) -> _Run:
         workload = claim.workload
         job = {"workload_id": workload.id, "pinion": self.config.name,
-               "work_dir": str(work_dir), "workflow": document}
+               "work_dir": str(work_dir), "workflow": document,
+               "array_inline_max": self._inline_max}
         if resume is not None:  # retry --resume: the child reuses its tasks
             job["resume"] = resume
         known = self._code.get(_code_key(workload))
@@ -815,6 +821,7 @@ class Pinion:
         from caliber.queue.resume import signed
 
         (log_cap or LogCap(work_dir, self.config.log_max)).finish()  # under the cap, for good
+        results = keep_values(self.backend, work_dir, results)  # its arrays, in the store
         results = signed(results.model_copy(update={
             "output": output_tail(work_dir), "workload_id": claim.workload.id}), self.key)
         self._learn_code(claim.workload, results)

@@ -1,15 +1,19 @@
 """``caliber.get_results()``: fetch stored Results from the results store of a queue (the
-local one, or the remote queue), through :class:`caliber.results.store.ResultsStore`."""
+local one, or the remote queue), through :class:`caliber.results.store.ResultsStore`.
+
+The Results come back reading their big arrays and frames from that queue's store when asked
+for them (:mod:`caliber.results.arrays`), not before."""
 
 from __future__ import annotations
 
 from contextlib import closing
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from caliber.errors import NotFoundError
 
 if TYPE_CHECKING:
     from caliber.queue.target import QueueTarget
+    from caliber.results.arrays import BlobValues, ValueWriter
     from caliber.results.model import Results
 
 
@@ -31,12 +35,33 @@ def get_results(
     ``local`` and the settings select (:func:`caliber.queue.target.resolve_target`).
 
     Raises NotFoundError when there are none (yet), for example while the workload still waits.
+    A value that was a big numpy array (or pandas frame) is read back as one when it is asked
+    for (``results["solve"]``): from the queue's store, its SHA-256 checked.
     """
-    from caliber.queue.registry import open_backend, open_results
     from caliber.queue.target import resolve_target
 
     if target is None:
         target = resolve_target(project=project, model=model, local=local)
+    return _find(target, workload_id, results_id, workflow, pinion).reading_values(
+        queue_values(target))
+
+
+def queue_values(target: QueueTarget) -> BlobValues:
+    """Where the stored arrays of ``target``'s Results are read from: its store, opened for
+    each value read."""
+    from caliber.queue.registry import open_results
+    from caliber.results.arrays import BlobValues
+
+    def opened() -> closing[Any]:
+        return closing(open_results(target))
+
+    return BlobValues(opened)
+
+
+def _find(target: QueueTarget, workload_id: str | None, results_id: str | None,
+          workflow: str | None, pinion: str | None) -> Results:
+    from caliber.queue.registry import open_backend, open_results
+
     if workload_id is not None and results_id is None:
         with closing(open_backend(target)) as backend:  # the queue knows the workload's id
             workload = backend.get(workload_id)
@@ -72,9 +97,20 @@ def list_results(
         return store.list_results(workflow=workflow, pinion=pinion, limit=limit, offset=offset)
 
 
-def save_results(results: Results, target: QueueTarget) -> None:
-    """Keep ``results`` of a run made here (``workflow run``) in ``target``'s results store."""
+def save_results(results: Results, target: QueueTarget,
+                 values: ValueWriter | None = None) -> Results:
+    """Keep ``results`` of a run made here (``workflow run``) in ``target``'s results store,
+    the big arrays ``values`` wrote first, in its content store (their files are removed
+    then); returns ``results``, reading those arrays from there."""
     from caliber.queue.registry import open_results
+    from caliber.results.arrays import put_values
 
     with closing(open_results(target)) as store:
+        if values is not None and values.folder is not None and values.written:
+            problem = put_values(store, values.folder, values.written)  # type: ignore[arg-type]
+            if problem is not None:
+                from caliber.errors import QueueError
+
+                raise QueueError(f"cannot keep the results of {results.workflow!r}: {problem}")
         store.save_results(results)
+    return results.reading_values(queue_values(target))

@@ -22,9 +22,13 @@ import enum
 import math
 import uuid
 from pathlib import PurePath
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from caliber.results.arrays import REF_KEY
 from caliber.text import valid_unicode
+
+if TYPE_CHECKING:
+    from caliber.results.arrays import ValueWriter
 
 MAX_DEPTH = 100
 """Levels of lists and dicts kept; a value nested deeper is stored as its string (the stored
@@ -40,9 +44,10 @@ def _type_name(value: Any) -> str:
 
 
 class _Converter:
-    def __init__(self) -> None:
+    def __init__(self, values: ValueWriter | None = None) -> None:
         self.notes: list[str] = []
         self._active: set[int] = set()
+        self.values = values
 
     def note(self, text: str) -> None:
         if text not in self.notes:
@@ -109,6 +114,9 @@ class _Converter:
             out: dict[str, Any] = {}
             for key, item in list(value.items()):
                 text = self.key(key)
+                if text == REF_KEY:  # the mark of a stored array's reference: not a value's
+                    self.note(f"dict key {REF_KEY!r} stored as {REF_KEY + ' (2)'!r}")
+                    text = REF_KEY + " (2)"
                 if text in out:  # 1 and "1": keep both values
                     self.note("dict keys equal as text kept with a suffix")
                     n = 2
@@ -165,6 +173,12 @@ class _Converter:
         if isinstance(value, bytes | bytearray | memoryview):
             self.note("bytes stored as base64 text")
             return base64.b64encode(bytes(value)).decode("ascii")
+        if self.values is not None and module in ("numpy", "pandas"):
+            ref = self.values.store(value)  # a big array or frame: binary, beside the JSON
+            if ref is not None:
+                how = "(.npy)" if module == "numpy" else "(Parquet)"
+                self.note(f"{module}.{kind.__name__} stored as binary {how}")
+                return ref
         if module == "numpy" and hasattr(value, "tolist"):
             self.note(f"numpy.{kind.__name__} stored as {'a list' if value.ndim else 'a number'}")
             return self.convert(value.tolist(), depth + 1)
@@ -211,11 +225,15 @@ def _is_special(value: Any) -> bool:
     return type(value).__module__.split(".")[0] in ("numpy", "pandas", "specklepy")
 
 
-def to_json(value: Any) -> tuple[Any, str | None]:
+def to_json(value: Any, values: ValueWriter | None = None) -> tuple[Any, str | None]:
     """``(json_value, note)``: note says what was converted, None for plain JSON.
+
+    With ``values``, big numpy arrays and pandas frames are kept as binary by it and a
+    reference takes their place (:mod:`caliber.results.arrays`); without, they become lists
+    and records.
 
     Never raises, whatever ``value`` is: what cannot be converted is stored as its string, and
     a part that fails is stored that way alone, the rest kept."""
-    converter = _Converter()
+    converter = _Converter(values)
     out = converter.convert(value)
     return out, ("; ".join(converter.notes) or None)

@@ -4,6 +4,11 @@
 >>> results["Make dough"]          # a task's return value
 >>> results["Make dough", 1]       # a branched task's value in branch 1
 >>> results.status, results.error  # 'completed' or 'failed', and why
+
+Values are kept as JSON (:meth:`Results.to_json_dict`); a big numpy array or pandas frame as a
+reference to its binary form in the queue's store (:mod:`caliber.results.arrays`). Reading a
+value (``results[...]``, :attr:`Results.returns`, :attr:`Results.g`) gives the array back,
+read from the store the first time it is asked for.
 """
 
 from __future__ import annotations
@@ -11,8 +16,9 @@ from __future__ import annotations
 import datetime as dt
 from typing import Annotated, Any
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, PrivateAttr
 
+from caliber.results.arrays import ValueSource, restore
 from caliber.results.values import RunStatus as RunStatus  # callers have these from here too
 from caliber.results.values import TaskStatus as TaskStatus
 from caliber.results.values import error_summary
@@ -82,6 +88,8 @@ class TaskResult(BaseModel):
 class Results(BaseModel):
     """Everything a workflow run produced."""
 
+    model_config = ConfigDict(populate_by_name=True)
+
     id: str = Field(default_factory=new_id)
     workload_id: str | None = None
     workflow: Text
@@ -90,7 +98,9 @@ class Results(BaseModel):
     started_at: dt.datetime
     finished_at: dt.datetime
     tasks: list[TaskResult] = Field(default_factory=list)
-    g: dict[Text, Any] = Field(default_factory=dict)
+    g_json: dict[Text, Any] = Field(
+        default_factory=dict, alias="g", description="the global data at the end, as stored "
+        "(JSON; a big array as a reference): :attr:`g` gives the values")
     g_conversions: dict[Text, Text] = Field(default_factory=dict)
     error: ErrorInfo | None = None
     work_dir: Text | None = None
@@ -103,6 +113,47 @@ class Results(BaseModel):
         default=None, description="HMAC-SHA256 with the key of whoever stored them (a pinion, "
         "workflow run) over what a resume reuses (caliber.queue.secret.results_message): a "
         "resume reuses only Results whose signature checks with its key")
+
+    _values: ValueSource | None = PrivateAttr(default=None)
+    _loaded: dict[str, Any] = PrivateAttr(default_factory=dict)
+
+    def reading_values(self, source: ValueSource | None) -> Results:
+        """These Results, reading their stored arrays and frames from ``source`` (as
+        ``caliber.get_results()`` returns them); returns ``self``."""
+        self._values = source
+        return self
+
+    def value_of(self, stored: Any, what: str = "a value", *, keep: bool = True) -> Any:
+        """A value as stored in these Results (JSON) as it was returned: each reference to a
+        stored array or frame read back (once: kept for the next time, unless not ``keep``).
+        QueueError when it cannot be read (never other numbers: a damaged one is refused,
+        BlobMismatchError naming ``what``); without a source to read from, the references
+        are given as they are stored."""
+        source = self._values
+        if source is None:
+            return stored
+
+        def load(ref: dict[str, Any]) -> Any:
+            sha = ref["sha256"]
+            if sha in self._loaded:
+                return self._loaded[sha]
+            value = source.load(ref, what)
+            if keep:
+                self._loaded[sha] = value
+            return value
+
+        return restore(stored, load)
+
+    def __eq__(self, other: object) -> bool:
+        """Equal when what they hold is (where their arrays are read from does not count)."""
+        if not isinstance(other, Results):
+            return NotImplemented
+        return type(self) is type(other) and self.__dict__ == other.__dict__
+
+    @property
+    def g(self) -> dict[str, Any]:
+        """The global data at the end of the run, as it was (big arrays read back)."""
+        return {key: self.value_of(value, f"g[{key!r}]") for key, value in self.g_json.items()}
 
     @property
     def reused(self) -> list[TaskResult]:
@@ -122,12 +173,13 @@ class Results(BaseModel):
             name, branch = key
             for run in self._runs(name):
                 if run.branch == branch:
-                    return run.return_
+                    return self.value_of(run.return_, _what(run))
             raise KeyError(f"task {name!r} has no branch {branch}")
         runs = self._runs(key)
         if runs[0].branch is None:
-            return runs[0].return_
-        return [r.return_ for r in sorted(runs, key=lambda r: r.branch or 0)]
+            return self.value_of(runs[0].return_, _what(runs[0]))
+        return [self.value_of(r.return_, _what(r))
+                for r in sorted(runs, key=lambda r: r.branch or 0)]
 
     def __contains__(self, name: object) -> bool:
         return any(t.name == name for t in self.tasks)
@@ -166,3 +218,9 @@ class Results(BaseModel):
 
     def __repr__(self) -> str:
         return f"Results(id={self.id!r}, workflow={self.workflow!r}, status={self.status.value!r})"
+
+
+def _what(run: TaskResult) -> str:
+    """``the value of task 'solve'`` (``(branch 2)``): a value, for messages."""
+    where = f" (branch {run.branch})" if run.branch is not None else ""
+    return f"the value of task {run.name!r}{where}"

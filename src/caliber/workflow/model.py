@@ -23,6 +23,7 @@ from caliber.workflow.limits import check_timeout
 
 if TYPE_CHECKING:
     from caliber.queue.target import QueueTarget
+    from caliber.results.arrays import ValueWriter
     from caliber.results.model import Results
     from caliber.workflow.runner import TaskEvent
 
@@ -414,6 +415,11 @@ class Workflow:
         """Run the workflow here and now; keep the Results (``store``) in the results store of
         ``target``, by default the local one.
 
+        A big numpy array (or pandas frame) a task returns or puts in g is kept as binary
+        (``CALIBER_ARRAY_INLINE_MAX``): written to ``.caliber/values/`` in ``work_dir`` and
+        moved into the store's content store, or kept in memory when not ``store``; the
+        Results give it back as an array.
+
         ``resume``: earlier Results of this workflow (or their id in that store, or the id of
         a workload whose last Results they are; unique prefixes too): the tasks that
         completed there and are unchanged are reused instead of run again (the reuse rule of
@@ -429,9 +435,11 @@ class Workflow:
         key = load_key()
         if isinstance(resume, str):
             from caliber.queue.api import opened, resumable_results
+            from caliber.results.api import queue_values
 
             with opened(target or local_target()) as backend:
                 resume = resumable_results(backend, resume)
+            resume.reading_values(queue_values(target or local_target()))
         if resume is not None:
             problem = results_problem(resume, key)
             if problem is not None:
@@ -439,14 +447,20 @@ class Workflow:
 
                 raise ResumeError(f"cannot resume: {problem}; run the workflow again without "
                                   "--resume")
+        folder = Path(work_dir) if work_dir else Path.cwd()
+        target = target or local_target()
+        values = _value_writer(folder if store else None, target)
         results = signed(run_workflow(
-            self, work_dir=Path(work_dir) if work_dir else Path.cwd(), on_event=on_event,
-            resume=resume,
+            self, work_dir=folder, on_event=on_event, resume=resume, values=values,
         ), key)
         if store:
             from caliber.results.api import save_results
 
-            save_results(results, target or local_target())
+            return save_results(results, target, values)
+        if values is not None:
+            from caliber.results.arrays import KeptValues
+
+            results.reading_values(KeptValues(values.kept))
         return results
 
     def queue(
@@ -475,3 +489,24 @@ class Workflow:
 
     def __repr__(self) -> str:
         return f"Workflow({self.name!r}, {len(self.tasks)} tasks)"
+
+
+def _value_writer(folder: Path | None, target: QueueTarget) -> ValueWriter | None:
+    """What keeps a run's big arrays as binary (:mod:`caliber.results.arrays`): in files in
+    ``folder``'s ``.caliber/values`` when they go to ``target``'s store, in memory without a
+    ``folder``; None when that store keeps no blobs (they stay JSON lists then)."""
+    from caliber.results.arrays import VALUES_DIR, ValueWriter
+    from caliber.settings import load_settings
+
+    limit = load_settings().array_inline_max
+    if folder is None:
+        return ValueWriter(None, limit)
+    from contextlib import closing
+
+    from caliber.queue.blobs import BlobStore
+    from caliber.queue.registry import open_results
+
+    with closing(open_results(target)) as store:
+        if not isinstance(store, BlobStore):
+            return None
+    return ValueWriter(folder / VALUES_DIR, limit)

@@ -46,6 +46,7 @@ from typing import TYPE_CHECKING, Any
 from caliber import context
 from caliber.errors import ResumeError
 from caliber.platform import write_private_file
+from caliber.results.arrays import value_refs
 from caliber.results.convert import to_json
 from caliber.results.values import RunStatus, TaskStatus, error_summary, new_id, utcnow
 from caliber.text import valid_unicode
@@ -63,6 +64,7 @@ from caliber.workflow.model import (
 )
 
 if TYPE_CHECKING:
+    from caliber.results.arrays import ValueWriter
     from caliber.results.model import ErrorInfo, Results, TaskResult
 
 TRACEBACK_FILE = "caliber-traceback.txt"
@@ -208,10 +210,22 @@ def _user_traceback(exc: BaseException) -> str:
     return "".join(summary.format())
 
 
+def _reused(source: Results, stored: Any, what: str) -> Any:
+    """A value of ``source`` a resumed run reuses, as it was returned (arrays read back)."""
+    value = source.value_of(stored, what)
+    if next(value_refs(value), None) is not None:
+        raise ResumeError(f"cannot resume from results {source.id}: {what} is an array kept in "
+                          "a queue's store, and these Results were not read from it (read "
+                          "them with caliber.get_results)")
+    return value
+
+
 class _Run:
-    def __init__(self, workflow: Workflow, on_event: Callable[[TaskEvent], None] | None) -> None:
+    def __init__(self, workflow: Workflow, on_event: Callable[[TaskEvent], None] | None,
+                 values: ValueWriter | None = None) -> None:
         self.workflow = workflow
         self.on_event = on_event
+        self.writer = values  # keeps big arrays as binary (None: as JSON lists)
         self.steps: list[Step] = workflow.steps()
         self.total = len(self.steps)
         self.index = 0
@@ -328,14 +342,15 @@ class _Run:
         origin = old.reused_from or self.source.id
         record = TaskRecord.of(old, reused_from=origin, reuse=f"reused from {origin}")
         self.records[task.name, branch] = record
-        self.values[task.name, branch] = old.return_
+        self.values[task.name, branch] = _reused(self.source, old.return_,
+                                                 f"the value of task {old.name!r}")
         self.reused.add((task.name, branch))
         for name in old.g_deleted:
             context.g.pop(name, None)
             self.g_json.pop(name, None)
             self.g_inexact.discard(name)
         for name, value in old.g_set.items():
-            setattr(context.g, name, value)
+            setattr(context.g, name, _reused(self.source, value, f"g[{name!r}]"))
             self.g_json[name] = value
             self.g_inexact.discard(name)
         return record
@@ -346,7 +361,7 @@ class _Run:
             return
         now = {}
         for k in list(context.g):
-            now[str(k)], note = to_json(context.g.get(k))
+            now[str(k)], note = to_json(context.g.get(k), self.writer)
             if note:
                 self.g_inexact.add(str(k))
         record.g_set = {k: v for k, v in now.items()
@@ -447,7 +462,7 @@ class _Run:
             return False
         record.duration = time.perf_counter() - start
         self.values[task.name, branch] = value
-        record.return_, record.conversion = to_json(value)
+        record.return_, record.conversion = to_json(value, self.writer)
         record.status = TaskStatus.COMPLETED
         self.note_g(record)
         record.code_file, record.code_fingerprint = self.code[task.function]
@@ -494,6 +509,7 @@ def run_workflow_plain(
     resume: Results | None = None,
     should_stop: Callable[[], bool] | None = None,
     known_code: dict[str, str] | None = None,
+    values: ValueWriter | None = None,
 ) -> dict[str, Any]:
     """Run every task in order and return the Results; never raises for a task's exception.
 
@@ -506,9 +522,11 @@ def run_workflow_plain(
     the Results are cancelled (``caliber queue cancel`` of a running workload).
     ``known_code``: code fingerprints by task function, known already (a pinion's, from an
     earlier run of the same attached files).
+    ``values`` keeps big arrays and frames as binary, a reference in their place
+    (:mod:`caliber.results.arrays`); without it they are stored as JSON lists.
     On failure the tracebacks are also written to ``caliber-traceback.txt`` in ``work_dir``.
     """
-    run = _Run(workflow, on_event)
+    run = _Run(workflow, on_event, values)
     if should_stop is not None:
         run.should_stop = should_stop
     started = utcnow()
@@ -530,7 +548,7 @@ def run_workflow_plain(
     g_notes: dict[str, str] = {}
     for key in list(context.g):
         name = valid_unicode(str(key))
-        g_values[name], note = to_json(context.g.get(key))
+        g_values[name], note = to_json(context.g.get(key), values)
         if note:
             g_notes[name] = note
     stop = run.stopped or (None if run.stopped_before is None else ErrorRecord(
