@@ -42,9 +42,7 @@ def fetch_resumed(backend: object, work_dir: Path, resume: dict[str, Any] | None
 def keep_values(backend: object, work_dir: Path, results: Results) -> Results:
     """``results`` once every array they refer to is in the queue's store (put there from
     the run folder); failed, saying why, when one is not as the run wrote it."""
-    refs = results_refs({
-        "tasks": [{"return": t.return_, "g_set": t.g_set} for t in results.tasks],
-        "g": results.g_json})
+    refs = results.stored_values()
     if not refs or not isinstance(backend, BlobStore):
         return results
     problem = put_values(backend, work_dir / VALUES_DIR, refs)

@@ -18,7 +18,7 @@ from typing import Annotated, Any
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, PrivateAttr
 
-from caliber.results.arrays import ValueSource, restore
+from caliber.results.arrays import ValueSource, restore, results_refs
 from caliber.results.values import RunStatus as RunStatus  # callers have these from here too
 from caliber.results.values import TaskStatus as TaskStatus
 from caliber.results.values import error_summary
@@ -143,6 +143,18 @@ class Results(BaseModel):
             return value
 
         return restore(stored, load)
+
+    def stored_values(self) -> dict[str, dict[str, Any]]:
+        """Every reference to a stored array or frame in these Results, by SHA-256."""
+        return results_refs({
+            "tasks": [{"return": t.return_, "g_set": t.g_set} for t in self.tasks],
+            "g": self.g_json})
+
+    @property
+    def value_blobs(self) -> list[str]:
+        """The SHA-256 of each blob in the queue's store these Results' values refer to
+        (their big arrays and frames): a store keeps each while Results refer to it."""
+        return list(self.stored_values())
 
     def __eq__(self, other: object) -> bool:
         """Equal when what they hold is (where their arrays are read from does not count)."""
