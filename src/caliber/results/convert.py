@@ -3,8 +3,10 @@
 Plain JSON values are kept as they are. Values with one obvious JSON form are converted
 (numpy arrays and scalars, datetimes, paths, sets, dataclasses, pydantic models, pandas frames
 as records, enums, bytes as base64, Speckle objects as their Speckle JSON with
-``speckle_type``); anything else is stored as its string representation. The
-caller is told what was done, so the Results can record it.
+``speckle_type``); anything else is stored as its string representation. Given a
+:class:`~caliber.results.arrays.ValueWriter`, big numpy arrays and pandas frames are kept as
+binary by it instead, a reference in their place. The caller is told what was done, so the
+Results can record it.
 
 Conversion is total and goes part by part: integers too long for JSON become decimal text,
 lone surrogates are escaped (the stored JSON is always valid UTF-8), a value nested more than
