@@ -42,20 +42,20 @@ def get_results(
 
     if target is None:
         target = resolve_target(project=project, model=model, local=local)
-    return _find(target, workload_id, results_id, workflow, pinion).reading_values(
-        queue_values(target))
+    found = _find(target, workload_id, results_id, workflow, pinion)
+    return found.reading_values(queue_values(target, found.id))
 
 
-def queue_values(target: QueueTarget) -> BlobValues:
-    """Where the stored arrays of ``target``'s Results are read from: its store, opened for
-    each value read."""
+def queue_values(target: QueueTarget, results_id: str) -> BlobValues:
+    """Where the stored arrays of Results ``results_id`` of ``target`` are read from: its
+    store, opened for each value read."""
     from caliber.queue.registry import open_results
     from caliber.results.arrays import BlobValues
 
     def opened() -> closing[Any]:
         return closing(open_results(target))
 
-    return BlobValues(opened)
+    return BlobValues(opened, results_id)
 
 
 def _find(target: QueueTarget, workload_id: str | None, results_id: str | None,
@@ -113,4 +113,4 @@ def save_results(results: Results, target: QueueTarget,
 
                 raise QueueError(f"cannot keep the results of {results.workflow!r}: {problem}")
         store.save_results(results)
-    return results.reading_values(queue_values(target))
+    return results.reading_values(queue_values(target, results.id))

@@ -266,19 +266,29 @@ class ValueSource(Protocol):
 
 
 class Opener(Protocol):
+    def has_blob(self, sha256: str) -> bool: ...
+
     def open_blob(self, sha256: str) -> BinaryIO: ...
+
+    def get_results(self, id_or_prefix: str) -> Any: ...
 
 
 class BlobValues:
     """Values in a queue's content store: ``open_store()`` opens it for each value read
-    (``caliber.get_results()`` returns before its values are read)."""
+    (``caliber.get_results()`` returns before its values are read). A store that learns
+    where blobs are from the Results naming them (the remote queue) reads Results
+    ``results_id`` again first."""
 
-    def __init__(self, open_store: Callable[[], AbstractContextManager[Opener]]) -> None:
+    def __init__(self, open_store: Callable[[], AbstractContextManager[Opener]],
+                 results_id: str | None = None) -> None:
         self.open_store = open_store
+        self.results_id = results_id
 
     def load(self, ref: dict[str, Any], what: str) -> Any:
         with self.open_store() as store:
             try:
+                if self.results_id is not None and not store.has_blob(ref["sha256"]):
+                    store.get_results(self.results_id)
                 stream = store.open_blob(ref["sha256"])
             except NotFoundError as exc:
                 raise NotFoundError(f"{what} cannot be read: {exc}") from exc
