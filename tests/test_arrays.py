@@ -401,3 +401,13 @@ def test_ten_million_floats_by_workflow_run(
     results = caliber.get_results(workflow="arrays")
     assert digest(results["big"]) == digest(expected(BIG))
     assert digest(results.g["field"]) == digest(expected(BIG))
+
+
+def test_the_benchmark_measures_caliber_and_numpy(tmp_path: Path) -> None:
+    """bench/heavy_arrays.py still works (its figures here mean nothing: 10**6 floats, once)."""
+    from bench import heavy_arrays
+
+    rows = heavy_arrays.rows(quick=True, reps=1, root=tmp_path)
+    assert [row.id for row in rows] == heavy_arrays.expected_ids()
+    for row in rows:
+        assert row.unavailable is None and row.subject_stats and row.baseline_stats, row.id
