@@ -383,6 +383,9 @@ def test_ten_million_floats_through_a_pinion_cost_about_their_size_once(
     read = subprocess.run([sys.executable, "-c", READER, wid], capture_output=True, text=True,
                           check=True).stdout.split()
     assert read == ["float64", f"({BIG},)", digest(expected(BIG))]
+    results = caliber.get_results(wid)
+    assert np.array_equal(results["big"], expected(BIG)) and results["big"].dtype == np.float64
+    assert np.array_equal(results.g["field"], expected(BIG))
     shown = cli("results", "show", wid).stdout
     assert f"<array float64 ({BIG},): min " in " ".join(shown.split()) and len(shown) < 3000
 
