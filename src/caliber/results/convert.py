@@ -177,9 +177,7 @@ class _Converter:
             return base64.b64encode(bytes(value)).decode("ascii")
         if self.values is not None and module in ("numpy", "pandas"):
             ref = self.values.store(value)  # a big array or frame: binary, beside the JSON
-            if ref is not None:
-                how = "(.npy)" if module == "numpy" else "(Parquet)"
-                self.note(f"{module}.{kind.__name__} stored as binary {how}")
+            if ref is not None:  # no note: it is read back as it was, nothing converted
                 return ref
         if module == "numpy" and hasattr(value, "tolist"):
             self.note(f"numpy.{kind.__name__} stored as {'a list' if value.ndim else 'a number'}")
