@@ -439,7 +439,7 @@ class Workflow:
 
             with opened(target or local_target()) as backend:
                 resume = resumable_results(backend, resume)
-            resume.reading_values(queue_values(target or local_target()))
+            resume.reading_values(queue_values(target or local_target(), resume.id))
         if resume is not None:
             problem = results_problem(resume, key)
             if problem is not None:
