@@ -21,7 +21,8 @@ from caliber.settings import BOUNDS, Bounds, load_settings
 from caliber.settings_model import Settings
 from tests.test_queue_api import make_workflow
 
-SIZES = {"pinion_log_max"}  # sizes in bytes, with suffixes: tests/test_output_log.py
+SIZES = {"pinion_log_max",  # sizes in bytes, with suffixes: tests/test_output_log.py
+         "output_max", "output_total_max"}  # and tests/test_result_files.py
 NUMBERS = [name for name, info in Settings.model_fields.items()
            if info.annotation in (int, float, int | None, float | None) and name not in SIZES]
 

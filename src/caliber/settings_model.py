@@ -35,7 +35,16 @@ from caliber.settings import (
     check_child_start,
     environment,
 )
-from caliber.sizes import DEFAULT_LOG_MAX, MAX_LOG_MAX, MIN_LOG_MAX, format_size, parse_size
+from caliber.sizes import (
+    DEFAULT_LOG_MAX,
+    DEFAULT_OUTPUT_MAX,
+    DEFAULT_OUTPUT_TOTAL_MAX,
+    MAX_LOG_MAX,
+    MAX_OUTPUT_MAX,
+    MIN_LOG_MAX,
+    format_size,
+    parse_size,
+)
 
 
 class Settings(BaseSettings):
@@ -95,6 +104,13 @@ class Settings(BaseSettings):
     array_inline_max: int = Field(DEFAULT_ARRAY_INLINE_MAX, description=(
         "bytes a numpy array (or pandas frame) of a result may take and still be stored as "
         "JSON; a bigger one is stored as binary beside the Results"))
+    output_max: int = Field(DEFAULT_OUTPUT_MAX, description=(
+        "bytes of one result file (a workflow's outputs=) kept at most (2 GiB); a bigger one "
+        "is not kept and its Results say so; suffixes K, M, G, T, 0: no limit (read where "
+        "the workflow runs: the pinion's machine)"))
+    output_total_max: int = Field(DEFAULT_OUTPUT_TOTAL_MAX, description=(
+        "bytes of all the result files of one run kept at most (10 GiB); the files past it "
+        "are not kept and the Results say so; suffixes K, M, G, T, 0: no limit"))
 
     @classmethod
     def variable(cls, field: str) -> str:
@@ -151,6 +167,19 @@ class Settings(BaseSettings):
             raise ConfigError(f"{cls.variable(info.field_name)} must be a size in bytes such as "
                               f"100M: 0 (no cap), or from {format_size(MIN_LOG_MAX)} to "
                               f"{format_size(MAX_LOG_MAX)}, got {raw!r}")
+        return size
+
+    @field_validator("output_max", "output_total_max", mode="before")
+    @classmethod
+    def _output_size(cls, raw: Any, info: Any) -> Any:
+        try:
+            size = raw if isinstance(raw, int) else parse_size(str(raw))
+        except ValueError:
+            size = -1
+        if not 0 <= size <= MAX_OUTPUT_MAX:
+            raise ConfigError(f"{cls.variable(info.field_name)} must be a size in bytes such as "
+                              f"2G: 0 (no limit), or up to {format_size(MAX_OUTPUT_MAX)}, "
+                              f"got {raw!r}")
         return size
 
     @classmethod

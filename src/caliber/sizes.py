@@ -12,6 +12,9 @@ import re
 DEFAULT_LOG_MAX = 1 << 30  # bytes: output.log is cut past this (1 GiB; CALIBER_PINION_LOG_MAX)
 MIN_LOG_MAX = 64 << 10  # bytes: the smallest cap (a head, a marker line and a tail fit in it)
 MAX_LOG_MAX = 1 << 50  # bytes: the largest (1024T; 0 is no cap)
+DEFAULT_OUTPUT_MAX = 2 << 30  # bytes: one result file kept at most (2G; CALIBER_OUTPUT_MAX)
+DEFAULT_OUTPUT_TOTAL_MAX = 10 << 30  # bytes: all the result files of one run (10G)
+MAX_OUTPUT_MAX = 1 << 50  # bytes: the largest of either (1024T; 0 is no limit)
 
 _UNITS = {"": 0, "K": 1, "M": 2, "G": 3, "T": 4}
 _SIZE = re.compile(r"\s*(\d+)\s*([KMGT]?)(?:I?B)?\s*", re.IGNORECASE)

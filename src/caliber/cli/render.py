@@ -181,6 +181,10 @@ def workflow_tree(workflow: Workflow, *, width: int | None = None) -> Tree:
         att = root.add("[cyan]attachments[/]")
         for name in workflow.attachments:
             att.add(attachment_label(name, workflow.base_dir))
+    if workflow.outputs:
+        out = root.add("[cyan]outputs[/] [dim](files kept with the Results)[/]")
+        for pattern in workflow.outputs:
+            out.add(escape(pattern))
     return root
 
 

@@ -822,6 +822,7 @@ class Pinion:
 
         (log_cap or LogCap(work_dir, self.config.log_max)).finish()  # under the cap, for good
         results = keep_values(self.backend, work_dir, results)  # its arrays, in the store
+        claim, results = self._collect_outputs(claim, work_dir, results)
         results = signed(results.model_copy(update={
             "output": output_tail(work_dir), "workload_id": claim.workload.id}), self.key)
         self._learn_code(claim.workload, results)
@@ -836,6 +837,44 @@ class Pinion:
         self.reporter.workload_finished(results.status.value, detail)
         return {RunStatus.COMPLETED: Outcome.COMPLETED,
                 RunStatus.CANCELLED: Outcome.CANCELLED}.get(results.status, Outcome.FAILED)
+
+    def _collect_outputs(self, claim: Claim, work_dir: Path,
+                         results: Results) -> tuple[Claim, Results]:
+        """The files the workflow's ``outputs`` match in its run folder, streamed into the
+        queue's store and listed in its Results (:mod:`caliber.results.files`), however the
+        run ended; the lease is renewed between files when due (LeaseLostError stops it)."""
+        patterns = claim.workload.workflow.get("outputs")
+        if not patterns or not isinstance(patterns, list):
+            return claim, results
+        from caliber.queue.blobs import BlobStore
+        from caliber.results.files import keep_outputs, output_limits
+        from caliber.results.model import ResultFile, SkippedFile
+
+        if not isinstance(self.backend, BlobStore):
+            skipped = [SkippedFile(path=p, reason="not collected: this queue keeps no files")
+                       for p in patterns]
+            return claim, results.model_copy(update={"files_skipped": skipped})
+        due = time.monotonic() + self._renew_every
+
+        def renew() -> None:
+            nonlocal claim, due
+            if time.monotonic() >= due:
+                try:
+                    claim = self.backend.renew(claim, self.config.lease)
+                except LeaseLostError:
+                    raise
+                except QueueError as exc:  # the lease may still hold: go on
+                    self.reporter.error(f"could not renew the lease: {exc}", exc_info=exc)
+                due = time.monotonic() + self._renew_every
+
+        found = keep_outputs(self.backend, work_dir, patterns, output_limits(), between=renew)
+        files = [ResultFile(**f) for f in found["files"]]
+        skipped = [SkippedFile(**f) for f in found["files_skipped"]]
+        self.reporter.files_kept(len(files), sum(f.size for f in files),
+                                 [f"{f.path}: {f.reason}" for f in skipped])
+        return claim, results.model_copy(update={
+            "files": files, "files_skipped": skipped,
+            "files_unmatched": found["files_unmatched"]})
 
 
     def _learn_code(self, workload: Workload, results: Results) -> None:

@@ -219,6 +219,14 @@ class Reporter:
         more = f": {detail}" if detail else ""
         self._line(f"workload {self._workload} {status} in {elapsed:.2f} s{more}")
 
+    def files_kept(self, count: int, size: int, skipped: list[str]) -> None:
+        """The result files of the workload that ended (``outputs=``): how many were kept,
+        and a line for each that was not, with why."""
+        self._line(f"{self._workload}: kept {count} result file{'s' if count != 1 else ''} "
+                   f"({size} bytes)")
+        for line in skipped:
+            self._log(logging.WARNING, f"{self._workload}: result file {line}")
+
     def gave_back(self, workload_id: str, what: str, reason: str, exc: BaseException) -> None:
         """An error stopped a claimed workload before its verdict: an error line with its id,
         what became of it and why (the exception's causes with ``--verbose``)."""

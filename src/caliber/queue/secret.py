@@ -342,12 +342,23 @@ def _task_signed(task: Mapping[str, Any]) -> list[Any]:
     return [*signed, later] if later else signed
 
 
+FILE_SIGNED = ("path", "size", "sha256", "mode")
+"""The keys of each result file's record that a Results signature covers: all of them. A
+resume reuses no file (the tasks it reuses do not run, so their files are not made again),
+but ``caliber results files`` writes files onto the machine that asks by these records: a
+record changed in the store by someone without the key (another path, another blob) would
+put bytes the pinion never collected there. So the list is signed, and checked before any
+file is written (:func:`caliber.results.files.check_signed`); the blob's own bytes are
+checked against the signed SHA-256 as they are fetched."""
+
+
 def results_message(results: Mapping[str, Any]) -> bytes:
     """The bytes a Results signature signs, from the Results' JSON form (as
     ``Results.to_json_dict()`` gives it and the stores keep it): the Results, workload and
     workflow ids and names, the run status, the Results it resumed, every task's
-    :data:`TASK_SIGNED` fields in order (and its :data:`TASK_SIGNED_FINGERPRINTS`) and the
-    final ``g``. DamagedEntry when they cannot be read or encoded."""
+    :data:`TASK_SIGNED` fields in order (and its :data:`TASK_SIGNED_FINGERPRINTS`), the final
+    ``g`` and, when there are any, every result file's :data:`FILE_SIGNED` fields in order.
+    DamagedEntry when they cannot be read or encoded."""
     try:
         tasks = [_task_signed(task) for task in results["tasks"]]
         payload = {
@@ -355,6 +366,9 @@ def results_message(results: Mapping[str, Any]) -> bytes:
             "workflow": results["workflow"], "status": results["status"],
             "resumed_from": results["resumed_from"], "tasks": tasks, "g": results["g"],
         }
+        files = results.get("files")
+        if files:  # left out when none: Results signed before there were files still check
+            payload["files"] = [[f[name] for name in FILE_SIGNED] for f in files]
     except (KeyError, TypeError, AttributeError) as exc:
         raise DamagedEntry(f"the Results lack a signed field ({exc!r})") from exc
     return canonical_json(payload)

@@ -7,11 +7,14 @@ for them (:mod:`caliber.results.arrays`), not before."""
 from __future__ import annotations
 
 from contextlib import closing
-from typing import TYPE_CHECKING, Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, BinaryIO
 
 from caliber.errors import NotFoundError
 
 if TYPE_CHECKING:
+    from collections.abc import Sequence
+
     from caliber.queue.target import QueueTarget
     from caliber.results.arrays import BlobValues, ValueWriter
     from caliber.results.model import Results
@@ -43,6 +46,7 @@ def get_results(
     if target is None:
         target = resolve_target(project=project, model=model, local=local)
     found = _find(target, workload_id, results_id, workflow, pinion)
+    found._target = target  # where its files are
     return found.reading_values(queue_values(target, found.id))
 
 
@@ -94,23 +98,72 @@ def list_results(
     from caliber.queue.registry import open_results
 
     with closing(open_results(target)) as store:
-        return store.list_results(workflow=workflow, pinion=pinion, limit=limit, offset=offset)
+        found = store.list_results(workflow=workflow, pinion=pinion, limit=limit, offset=offset)
+    for results in found:
+        results._target = target
+    return found
 
 
-def save_results(results: Results, target: QueueTarget,
-                 values: ValueWriter | None = None) -> Results:
-    """Keep ``results`` of a run made here (``workflow run``) in ``target``'s results store,
-    the big arrays ``values`` wrote first, in its content store (their files are removed
-    then); returns ``results``, reading those arrays from there."""
-    from caliber.queue.registry import open_results
+def _put_values(store: Any, results: Results, values: ValueWriter | None) -> None:
+    """The big arrays ``values`` wrote, put in ``store``'s content store (QueueError)."""
     from caliber.results.arrays import put_values
 
-    with closing(open_results(target)) as store:
-        if values is not None and values.folder is not None and values.written:
-            problem = put_values(store, values.folder, values.written)  # type: ignore[arg-type]
-            if problem is not None:
-                from caliber.errors import QueueError
+    if values is not None and values.folder is not None and values.written:
+        problem = put_values(store, values.folder, values.written)
+        if problem is not None:
+            from caliber.errors import QueueError
 
-                raise QueueError(f"cannot keep the results of {results.workflow!r}: {problem}")
+            raise QueueError(f"cannot keep the results of {results.workflow!r}: {problem}")
+
+
+def keep_run(results: Results, target: QueueTarget, *, key: bytes, work_dir: Path,
+             outputs: Sequence[str], values: ValueWriter | None = None) -> Results:
+    """Keep the Results of a run made here (``workflow run``) in ``target``'s store: the big
+    arrays ``values`` wrote first, in its content store (their files are removed then), and
+    the files ``outputs`` match in ``work_dir`` (:mod:`caliber.results.files`); signed with
+    ``key``; returns them as kept, reading those arrays from there."""
+    from caliber.queue.registry import open_results
+    from caliber.queue.resume import signed
+
+    with closing(open_results(target)) as store:
+        _put_values(store, results, values)
+        if outputs:
+            from caliber.results.files import keep_outputs, output_limits
+
+            found = keep_outputs(store, work_dir, outputs, output_limits())  # type: ignore[arg-type]
+            results = results.model_validate(results.to_json_dict() | found)
+        results = signed(results, key)
         store.save_results(results)
+    results._target = target
     return results.reading_values(queue_values(target, results.id))
+
+
+def save_files(results: Results, dest: Path, *, target: QueueTarget,
+               names: Sequence[str] | None = None, force: bool = False) -> list[Path]:
+    """:meth:`Results.save_files`: the files written under ``dest`` (``caliber results files
+    --to``), after the Results' signature checks with your key."""
+    from caliber.queue.registry import open_results
+    from caliber.queue.secret import load_key
+    from caliber.results import files
+
+    if results.files:
+        files.check_signed(results, load_key())
+    with closing(open_results(target)) as store:
+        return files.save_files(store, results, dest, names=names, force=force)  # type: ignore[arg-type]
+
+
+def open_file(results: Results, name: str, *, target: QueueTarget) -> BinaryIO:
+    """:meth:`Results.open_file`: a stream of one result file, the store kept open until it is
+    closed."""
+    from caliber.queue.registry import open_results
+    from caliber.queue.secret import load_key
+    from caliber.results import files
+
+    files.find_file(results, name)
+    files.check_signed(results, load_key())
+    store: Any = open_results(target)
+    try:
+        return files.open_file(store, results, name, on_close=store.close)
+    except BaseException:
+        store.close()
+        raise

@@ -4,6 +4,9 @@
 >>> results["Make dough"]          # a task's return value
 >>> results["Make dough", 1]       # a branched task's value in branch 1
 >>> results.status, results.error  # 'completed' or 'failed', and why
+>>> results.files                  # the result files kept (outputs=): path, size, sha256, mode
+>>> results.save_files("here")     # written under ./here, relative paths kept
+>>> with results.open_file("report.pdf") as f: data = f.read()
 
 Values are kept as JSON (:meth:`Results.to_json_dict`); a big numpy array or pandas frame as a
 reference to its binary form in the queue's store (:mod:`caliber.results.arrays`). Reading a
@@ -14,7 +17,9 @@ read from the store the first time it is asked for.
 from __future__ import annotations
 
 import datetime as dt
-from typing import Annotated, Any
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any, BinaryIO
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, PrivateAttr
 
@@ -25,6 +30,9 @@ from caliber.results.values import error_summary
 from caliber.results.values import new_id as new_id
 from caliber.results.values import utcnow as utcnow
 from caliber.text import valid_unicode
+
+if TYPE_CHECKING:
+    from caliber.queue.target import QueueTarget
 
 Text = Annotated[str, AfterValidator(valid_unicode)]
 """A string that encodes as UTF-8 (a task's exception message may hold lone surrogates)."""
@@ -85,6 +93,24 @@ class TaskResult(BaseModel):
         "again ('code of solve changed', 'argument 2 changed', ...)")
 
 
+class ResultFile(BaseModel):
+    """A file the run made that a pattern of the workflow's ``outputs`` matched, kept in the
+    queue's content store (its bytes are the blob ``sha256``)."""
+
+    path: Text = Field(description="relative to the run folder, folders separated by '/'")
+    size: int = Field(ge=0, description="bytes")
+    sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+    mode: int = Field(default=0o644, ge=0, le=0o7777,
+                      description="its permission bits in the run folder (0o644 is 420)")
+
+
+class SkippedFile(BaseModel):
+    """A file (or link, or FIFO) an output pattern matched that was not kept, and why."""
+
+    path: Text
+    reason: Text
+
+
 class Results(BaseModel):
     """Everything a workflow run produced."""
 
@@ -109,6 +135,14 @@ class Results(BaseModel):
         "the last 64 KiB), kept with the Results so it reaches any machine")
     resumed_from: str | None = Field(
         default=None, description="id of the Results this run resumed (reusing its tasks)")
+    files: list[ResultFile] = Field(
+        default_factory=list, description="the result files kept (the workflow's outputs=), "
+        "sorted by path: caliber results files, Results.save_files, Results.open_file")
+    files_skipped: list[SkippedFile] = Field(
+        default_factory=list, description="what an output pattern matched but was not kept: "
+        "over a size limit, a link, not a regular file, unreadable")
+    files_unmatched: list[Text] = Field(
+        default_factory=list, description="the output patterns that matched nothing")
     signature: str | None = Field(
         default=None, description="HMAC-SHA256 with the key of whoever stored them (a pinion, "
         "workflow run) over what a resume reuses (caliber.queue.secret.results_message): a "
@@ -166,6 +200,38 @@ class Results(BaseModel):
     def g(self) -> dict[str, Any]:
         """The global data at the end of the run, as it was (big arrays read back)."""
         return {key: self.value_of(value, f"g[{key!r}]") for key, value in self.g_json.items()}
+
+    _target: Any = PrivateAttr(default=None)
+    """The queue whose store these Results were read from or saved to (its files are there)."""
+
+    def save_files(self, dest: str | Path, *, names: Sequence[str] | None = None,
+                   force: bool = False, target: QueueTarget | None = None) -> list[Path]:
+        """Write the result files (all, or those named) under the folder ``dest``, made when
+        missing, keeping their relative paths; returns the paths written. A file there
+        already is refused before anything is written (UsageError), unless ``force``. Each
+        file's bytes are checked against its SHA-256, and the list against the Results'
+        signature, with your key (CaliberError when it does not check). ``target``: the
+        queue whose store holds them (default: the one these Results came from)."""
+        from caliber.results.api import save_files
+
+        return save_files(self, Path(dest), names=names, force=force,
+                          target=target or self._store())
+
+    def open_file(self, name: str, *, target: QueueTarget | None = None) -> BinaryIO:
+        """A binary stream of result file ``name`` (a path as in :attr:`files`), to use in a
+        ``with``; its bytes are checked against their SHA-256 as it is read to the end."""
+        from caliber.results.api import open_file
+
+        return open_file(self, name, target=target or self._store())
+
+    def _store(self) -> QueueTarget:
+        if self._target is None:
+            from caliber.errors import UsageError
+
+            raise UsageError(f"results {self.id} were not read from a store: give target=, "
+                             "or read them with caliber.get_results()")
+        target: QueueTarget = self._target
+        return target
 
     @property
     def reused(self) -> list[TaskResult]:

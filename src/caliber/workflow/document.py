@@ -63,7 +63,8 @@ def build_workflow(checked: dict[str, Any], base_dir: Path, *, source: str,
     process = build_node(checked["process"])
     if trusted:
         return Workflow.checked(process, checked["name"], attachments=attachments,  # type: ignore[arg-type]
-                                description=checked.get("description"), base_dir=base_dir)
+                                description=checked.get("description"), base_dir=base_dir,
+                                outputs=checked.get("outputs", ()))
     problems: list[str] = []
     for name in attachments:
         if isinstance(name, Reference):
@@ -85,6 +86,7 @@ def build_workflow(checked: dict[str, Any], base_dir: Path, *, source: str,
             attachments=attachments,
             description=checked.get("description"),
             base_dir=base_dir,
+            outputs=checked.get("outputs", ()),
         )
     except WorkflowDefinitionError as exc:
         raise WorkflowFileError(source, [str(exc)]) from exc

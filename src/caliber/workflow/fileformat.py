@@ -11,6 +11,13 @@ Format version 1::
          {"type": "task", "name": "Rest", "function": "pasta_functions:rest",
           "args": [{"$result": "Make dough"}], "kwargs": {}, "timeout": 3600}]}}
 
+``outputs`` (the result files collected from the run folder, :mod:`caliber.workflow.outputs`)
+may be left out, and export leaves it out when there are none: a file without it is what
+version 1 always was, and an older Caliber reads it. Fields are only ever added to version 1
+in this way (optional, meaning what their absence meant before); an older Caliber that reads a
+file using a newer one says ``unknown field 'outputs'``. A change that an older reader would
+take wrongly gets a new version.
+
 An attachment is a file or a folder (every file inside) relative to the file's folder, or a
 file by reference (:class:`~caliber.workflow.attachments.Reference`). A task's return value
 used as an argument is written ``{"$result": "task name"}``. A task's ``timeout`` (seconds it
@@ -137,6 +144,9 @@ class WorkflowDocument(_Strict):
     attachments: list[str | ReferenceNode] = Field(default_factory=list, description=(
         "files and folders relative to this file's folder (a folder: every file inside), "
         "and attachments by reference"))
+    outputs: list[str] = Field(default_factory=list, description=(
+        "files the run makes that come back with its Results: globs relative to the run "
+        "folder, e.g. 'fields/*.vtu', '**/*.odb' (left out: none)"))
     process: Annotated[Union[ProcessNode, BranchNode], Field(discriminator="type")]  # noqa: UP007
 
 
@@ -242,6 +252,7 @@ def to_document(workflow: Workflow, *, relative_to: Path | None = None) -> dict[
         "name": workflow.name,
         "description": workflow.description,
         "attachments": attachments,
+        **({"outputs": list(workflow.outputs)} if workflow.outputs else {}),
         "process": process,
     }
     depth = document_depth(document)
@@ -355,9 +366,12 @@ def check_document(document: Any, *, source: str) -> dict[str, Any]:
         raise WorkflowFileError(source, [_problem(e) for e in exc.errors()]) from exc
     checked = parsed.model_dump(by_alias=True, exclude_unset=True)
     try:
-        Workflow(build_node(checked["process"]), checked["name"], base_dir=Path("/"))  # type: ignore[arg-type]
+        built = Workflow(build_node(checked["process"]), checked["name"], base_dir=Path("/"),  # type: ignore[arg-type]
+                         outputs=checked.get("outputs", ()))
     except WorkflowDefinitionError as exc:
         raise WorkflowFileError(source, [str(exc)]) from exc
+    if built.outputs:
+        checked["outputs"] = built.outputs  # normalised: './fields//a.vtu' -> 'fields/a.vtu'
     return checked
 
 

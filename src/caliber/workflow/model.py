@@ -291,6 +291,18 @@ def iter_refs(value: Any) -> Iterator[TaskRef]:
             yield from iter_refs(item)
 
 
+def _check_outputs(name: str, outputs: object) -> list[str]:
+    """The output patterns, checked (:func:`caliber.workflow.outputs.check_patterns`)."""
+    if not outputs:
+        return []
+    from caliber.workflow.outputs import check_patterns
+
+    try:
+        return check_patterns(outputs)
+    except WorkflowDefinitionError as exc:
+        raise WorkflowDefinitionError(f"workflow {name!r}: {exc}") from None
+
+
 def _default_base_dir() -> Path:
     main = sys.modules.get("__main__")
     main_file = getattr(main, "__file__", None)
@@ -298,12 +310,16 @@ def _default_base_dir() -> Path:
 
 
 class Workflow:
-    """A named process tree, with the files it needs (attachments) and a description.
+    """A named process tree, with the files it needs (attachments), the files it makes that
+    come back with its Results (outputs) and a description.
 
     Attachment paths are relative to ``base_dir``: the folder of the script that defines the
     workflow, or of the JSON file it was loaded from. A folder attaches every file inside it
     (relative paths kept); a :class:`~caliber.workflow.attachments.Reference` attaches a file
-    on a shared drive by its hash, never copied (for inputs too big to copy).
+    on a shared drive by its hash, never copied (for inputs too big to copy). Output
+    patterns are relative to the folder the workflow runs in (a pinion's run folder): globs
+    such as ``"fields/*.vtu"`` or ``"**/*.odb"`` (:mod:`caliber.workflow.outputs`), collected
+    when the run ends, however it ends.
     """
 
     def __init__(
@@ -314,6 +330,7 @@ class Workflow:
         description: str | None = None,
         *,
         base_dir: str | Path | None = None,
+        outputs: Sequence[str] = (),
     ) -> None:
         if not isinstance(process, Process | BranchProcess):
             raise WorkflowDefinitionError(
@@ -329,12 +346,13 @@ class Workflow:
             a if isinstance(a, Reference) else str(a) for a in attachments]
         self.description = description
         self.base_dir = Path(base_dir).resolve() if base_dir is not None else _default_base_dir()
+        self.outputs: list[str] = _check_outputs(name, outputs)
         self._validate()
 
     @classmethod
     def checked(cls, process: Process | BranchProcess, name: str, *,
                 attachments: Sequence[AttachmentSpec], description: str | None,
-                base_dir: Path) -> Workflow:
+                base_dir: Path, outputs: Sequence[str] = ()) -> Workflow:
         """A workflow built from parts already checked as :class:`Workflow` checks them, with
         ``base_dir`` resolved (a pinion's child: its pinion checked the document), without
         checking again: a fresh process pays for every page of code it runs."""
@@ -344,6 +362,7 @@ class Workflow:
         workflow.attachments = list(attachments)
         workflow.description = description
         workflow.base_dir = base_dir
+        workflow.outputs = list(outputs)
         return workflow
 
     def _validate(self) -> None:
@@ -412,8 +431,10 @@ class Workflow:
         target: QueueTarget | None = None,
         resume: str | Results | None = None,
     ) -> Results:
-        """Run the workflow here and now; keep the Results (``store``) in the results store of
-        ``target``, by default the local one.
+        """Run the workflow here and now, in ``work_dir`` (default: the current folder); keep
+        the Results (``store``) in the results store of ``target``, by default the local one,
+        with the files :attr:`outputs` match in ``work_dir`` when it ends (however it ends;
+        ``store=False`` keeps no file).
 
         A big numpy array (or pandas frame) a task returns or puts in g is kept as binary
         (``CALIBER_ARRAY_INLINE_MAX``): written to ``.caliber/values/`` in ``work_dir`` and
@@ -450,13 +471,15 @@ class Workflow:
         folder = Path(work_dir) if work_dir else Path.cwd()
         target = target or local_target()
         values = _value_writer(folder if store else None, target)
-        results = signed(run_workflow(
+        results = run_workflow(
             self, work_dir=folder, on_event=on_event, resume=resume, values=values,
-        ), key)
-        if store:
-            from caliber.results.api import save_results
+        )
+        if store:  # with the files of self.outputs found in the folder
+            from caliber.results.api import keep_run
 
-            return save_results(results, target, values)
+            return keep_run(results, target, key=key, work_dir=folder, outputs=self.outputs,
+                            values=values)
+        results = signed(results, key)
         if values is not None:
             from caliber.results.arrays import KeptValues
 
