@@ -388,6 +388,8 @@ def results_view(results: Results, *, value_width: int | None = None) -> Rendera
         parts.append(table(["g", "value"], g_rows))
     if results.error is not None:
         parts.append(Text.from_markup(f"[red]error:[/] {escape(results.error.summary())}"))
+    if results.files or results.files_skipped or results.files_unmatched:
+        parts.append(Text.from_markup(_files_line(results)))
     if results.work_dir:
         parts.append(Text.from_markup(_run_folder_line(results)))
     return Group(*parts)
@@ -424,6 +426,18 @@ def _summarised(results: Results, stored: Any, what: str) -> Any:
         return _Summary(describe_ref(value) if value is ref else describe(value))
 
     return restore(stored, summary)
+
+
+def _files_line(results: Results) -> str:
+    """``files: 3 kept (1.2 MB), 1 not kept; see: caliber results files ID`` (rich markup)."""
+    count = len(results.files)
+    line = (f"files: {count} kept ({format_bytes(sum(f.size for f in results.files))})"
+            if count else "files: none kept")
+    if results.files_skipped:
+        line += f", [yellow]{len(results.files_skipped)} not kept[/]"
+    if results.files_unmatched:
+        line += f", {len(results.files_unmatched)} pattern(s) matched nothing"
+    return line + f"; see: caliber results files {escape(results.id)}"
 
 
 def _run_folder_line(results: Results) -> str:
@@ -511,6 +525,31 @@ def format_bytes(count: int) -> str:
             return f"{int(size)} {unit}" if unit == "B" else f"{size:.1f} {unit}"
         size /= 1000
     raise AssertionError("unreachable")
+
+
+def result_files_lines(results: Results, dest: Path | None = None,
+                       written: Sequence[Path] = ()) -> list[str]:
+    """The result files of ``results`` (``caliber results files``): a table of name and
+    size, or what was copied into ``dest``; then what was not kept and the patterns that
+    matched nothing. Plain text, names made safe for a terminal."""
+    lines = []
+    files = results.files
+    if dest is not None:
+        total = sum(f.size for f in files)
+        lines.append(f"copied {len(written)} file{'s' if len(written) != 1 else ''} "
+                     f"({format_bytes(total)}) of results {results.id} into {dest}")
+    elif files:
+        lines.append(plain_table(["file", "size"],
+                                 [[f.path, format_bytes(f.size)] for f in files]))
+    else:
+        lines.append(f"results {results.id} kept no files" + (
+            "" if results.files_skipped or results.files_unmatched
+            else " (the workflow names none with outputs=)"))
+    for skipped in results.files_skipped:
+        lines.append(f"not kept: {for_terminal(skipped.path)}: {for_terminal(skipped.reason)}")
+    for pattern in results.files_unmatched:
+        lines.append(f"matched nothing: {for_terminal(pattern)}")
+    return lines
 
 
 def prune_lines(pruned: Pruned) -> list[str]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import click
@@ -121,6 +122,66 @@ def show_cmd(
         if task.error is not None and task.error.traceback:
             title = task.name + (f" (branch {task.branch})" if task.branch is not None else "")
             print_traceback(task.error.traceback, title)
+
+
+@results.command(
+    "files",
+    short_help="List the result files of one Results, or copy them into a folder.",
+    epilog="""\b
+Examples:
+  caliber results files k3v9                 # name and size of each file
+  caliber results files k3v9 --to out/       # out/report.pdf, out/fields/a.vtu, ...
+  caliber results files --workflow beam --to out/ --force --json""",
+)
+@click.argument("id_", metavar="[ID]", required=False, shell_complete=results_ids)
+@click.option("--to", "dest", type=click.Path(file_okay=False, path_type=Path), metavar="DIR",
+              help="Copy the files into DIR (made when missing), keeping their relative "
+              "paths.")
+@click.option("--force", is_flag=True, help="With --to: overwrite files that are there.")
+@click.option("--workflow", "workflow_name", metavar="NAME",
+              help="Without ID: the latest results of this workflow.")
+@click.option("--pinion", "pinion_name", metavar="NAME",
+              help="Without ID: the latest results from this pinion.")
+@target_options
+@json_option
+def files_cmd(
+    id_: str | None,
+    dest: Path | None,
+    force: bool,
+    workflow_name: str | None,
+    pinion_name: str | None,
+    target: QueueTarget,
+    as_json: bool,
+) -> None:
+    """List the files a run kept (the workflow's outputs=): name and size, and those a
+    pattern matched but that were not kept, with why. With --to, copy them into DIR: each is
+    checked against its SHA-256 on the way, and a file that is there already is refused
+    before anything is written, unless --force.
+
+    ID is a results id or a workload id, or any unique prefix of one; without ID, the latest
+    results (of --workflow / --pinion when given)."""
+    if force and dest is None:
+        from caliber.errors import UsageError
+
+        raise UsageError("--force goes with --to DIR")
+    found = _find(id_, workflow_name, pinion_name, target)
+    written: list[Path] = []
+    if dest is not None:
+        written = found.save_files(dest, force=force, target=target)
+    if as_json:
+        print_json({
+            "results": found.id, "workload_id": found.workload_id,
+            "files": [f.model_dump() for f in found.files],
+            "skipped": [f.model_dump() for f in found.files_skipped],
+            "unmatched": found.files_unmatched,
+            **({"saved_to": str(dest), "written": [str(p) for p in written]}
+               if dest is not None else {}),
+        })
+        return
+    from caliber.cli.render import result_files_lines
+
+    for line in result_files_lines(found, dest, written):
+        click.echo(line)
 
 
 class Duration(click.ParamType[Any, Any]):

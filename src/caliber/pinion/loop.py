@@ -71,6 +71,7 @@ from caliber.queue.blobs import BlobStore
 from caliber.queue.secret import key_id, load_key, verify
 from caliber.queue.status import WorkloadStatus
 from caliber.queue.workload import Workload
+from caliber.results.files import output_limits
 from caliber.results.model import ErrorInfo, Results, RunStatus, TaskResult, utcnow
 from caliber.settings import (
     BOUNDS,
@@ -225,6 +226,7 @@ class Pinion:
         self._staged: Path | None = None  # the next run's folder, made ahead (_stage_next)
         self._code: dict[tuple[tuple[str, str], ...], dict[str, str]] = {}  # see _learn_code
         self._inline_max = inline_max(backend)  # bytes: bigger arrays are stored as binary
+        self._output_limits = output_limits()  # a bad setting stops the pinion before it runs
 
     # --- the loop -----------------------------------------------------------------------
 
@@ -847,7 +849,7 @@ class Pinion:
         if not patterns or not isinstance(patterns, list):
             return claim, results
         from caliber.queue.blobs import BlobStore
-        from caliber.results.files import keep_outputs, output_limits
+        from caliber.results.files import keep_outputs
         from caliber.results.model import ResultFile, SkippedFile
 
         if not isinstance(self.backend, BlobStore):
@@ -867,7 +869,8 @@ class Pinion:
                     self.reporter.error(f"could not renew the lease: {exc}", exc_info=exc)
                 due = time.monotonic() + self._renew_every
 
-        found = keep_outputs(self.backend, work_dir, patterns, output_limits(), between=renew)
+        found = keep_outputs(self.backend, work_dir, patterns, self._output_limits,
+                             between=renew)
         files = [ResultFile(**f) for f in found["files"]]
         skipped = [SkippedFile(**f) for f in found["files_skipped"]]
         self.reporter.files_kept(len(files), sum(f.size for f in files),

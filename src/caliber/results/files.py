@@ -228,24 +228,35 @@ def save_files(store: BlobStore, results: Results, dest: Path, *,
     file is refused before anything is written (UsageError), unless ``force``: then it is
     replaced whole (never half-written). Modes are kept, but for group and others' write."""
     plan = planned(results, dest, names, force=force)
-    written = []
-    for record, target in plan:
-        target.parent.mkdir(parents=True, exist_ok=True)
-        mode = record.mode & SAVED_MODE_MASK
-        if not os.path.lexists(target):
-            store.fetch_blob(record.sha256, target, mode=mode)
-        else:  # --force: fetched beside it, then renamed over it
-            part = target.with_name(f".{target.name}.{os.getpid()}.caliber-part")
-            with contextlib.suppress(FileNotFoundError):
-                part.unlink()
-            try:
-                store.fetch_blob(record.sha256, part, mode=mode)
-                os.replace(part, target)
-            finally:
-                with contextlib.suppress(FileNotFoundError):
-                    part.unlink()
-        written.append(target)
+    written: list[Path] = []
+    try:
+        for record, target in plan:
+            _save_one(store, record, target)
+            written.append(target)
+    except OSError as exc:
+        done = f" ({len(written)} of {len(plan)} written)" if written else ""
+        raise UsageError(f"cannot write {exc.filename or dest}: {exc.strerror or exc}"
+                         f"{done}") from exc
     return written
+
+
+def _save_one(store: BlobStore, record: ResultFile, target: Path) -> None:
+    """One file to ``target``: a new file, or (``force``) fetched beside the one there and
+    renamed over it, so it is never half-written."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    mode = record.mode & SAVED_MODE_MASK
+    if not os.path.lexists(target):
+        store.fetch_blob(record.sha256, target, mode=mode)
+        return
+    part = target.with_name(f".{target.name}.{os.getpid()}.caliber-part")
+    with contextlib.suppress(FileNotFoundError):
+        part.unlink()
+    try:
+        store.fetch_blob(record.sha256, part, mode=mode)
+        os.replace(part, target)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            part.unlink()
 
 
 def open_file(store: BlobStore, results: Results, name: str, *,
