@@ -312,3 +312,39 @@ def test_outputs_in_the_file_format_and_workflow_show(tmp_path: Path) -> None:
     assert old.outputs == [] and "outputs" not in old.to_document()
     with pytest.raises(caliber.errors.WorkflowDefinitionError, match="absolute"):
         solver_workflow(folder, ["/etc/passwd"])
+
+
+# --- big files: streamed, memory bounded ----------------------------------------------------
+
+PEAK = ("import resource, subprocess, sys; code = subprocess.run(sys.argv[1:]).returncode; "
+        "print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss); sys.exit(code)")
+
+
+def peak_kib(*command: str, cwd: Path | None = None) -> int:
+    """Run ``command`` and return the peak resident memory (KiB) of it and its children."""
+    done = subprocess.run([sys.executable, "-c", PEAK, *command], capture_output=True,
+                          text=True, cwd=cwd, timeout=600)
+    assert done.returncode == 0, done.stderr
+    return int(done.stdout.split()[-1])
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(sys.platform != "linux", reason="ru_maxrss in KiB: Linux")
+def test_a_300_mb_result_file_round_trip_in_bounded_memory(tmp_path: Path) -> None:
+    megabytes = 300
+    wid = solver_workflow(tmp_path / "wf", ["fields/big.vtu"],
+                          ("write_zeros", ["fields/big.vtu", megabytes]), failing=True).queue(
+        pinion="p")
+    pinion = peak_kib(sys.executable, "-m", "caliber", "pinion", "init", "p", "-a", "1",
+                      "-w", "0", "-q")
+    results = caliber.get_results(wid)
+    [record] = results.files
+    assert record.size == megabytes * 2**20
+    out = tmp_path / "out"
+    fetcher = peak_kib(sys.executable, "-m", "caliber", "results", "files", wid, "--to",
+                       str(out))
+    source = run_folder(wid) / "fields/big.vtu"
+    assert digest(out / "fields/big.vtu") == digest(source) == record.sha256
+    print(f"peak memory: pinion {pinion / 1024:.0f} MiB, results files --to "
+          f"{fetcher / 1024:.0f} MiB, for a {megabytes} MiB file")
+    assert pinion < 100 * 1024 and fetcher < 100 * 1024  # KiB: a third of the file, at most
