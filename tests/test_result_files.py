@@ -248,7 +248,7 @@ def test_the_results_object_saves_and_opens_its_files(tmp_path: Path) -> None:
     with pytest.raises(UsageError, match="exists"):
         results.save_files(tmp_path / "py")
     assert len(results.save_files(tmp_path / "py", force=True)) == 7
-    with pytest.raises(NotFoundError, match="no file 'nope.pdf'"):
+    with pytest.raises(NotFoundError, match=r"no file 'nope\.pdf'"):
         results.open_file("nope.pdf")
     [listed] = [r for r in caliber.results.api.list_results(local_target())
                 if r.id == results.id]
