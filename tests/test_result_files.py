@@ -166,7 +166,7 @@ def test_links_out_of_the_run_folder_are_not_collected(tmp_path: Path) -> None:
     assert [f.path for f in results.files if "passwd" in f.path or "evil" in f.path] == []
     assert {s.path for s in results.files_skipped} == {"passwd.txt", "fields/step1/evil.vtu"}
     assert all("/etc/passwd" in s.reason for s in results.files_skipped)
-    assert "result file passwd.txt: a symbolic link" in err
+    assert "result file passwd.txt not kept: a symbolic link" in err
     listed = caliber_cli("results", "files", wid).stdout
     assert "not kept: passwd.txt: a symbolic link (to /etc/passwd)" in listed
     out = tmp_path / "out"
@@ -184,9 +184,9 @@ def test_a_file_over_the_limit_is_reported_and_the_run_keeps_its_status(tmp_path
     assert [f.path for f in results.files] == ["report.pdf"]
     [skipped] = results.files_skipped
     assert skipped.path == "big.bin"
-    assert skipped.reason == ("not kept: 50.0 kB, over the limit of 30.0 kB per file "
-                              "(CALIBER_OUTPUT_MAX)")
-    assert "big.bin: not kept: 50.0 kB" in err
+    assert skipped.reason == "50.0 kB, over the limit of 30.0 kB per file (CALIBER_OUTPUT_MAX)"
+    assert "result file big.bin not kept: 50.0 kB" in err
+    assert "not kept: big.bin: 50.0 kB, over" in caliber_cli("results", "files", wid).stdout
     assert results.files_unmatched == ["*.vtu"]
     shown = caliber_cli("results", "show", wid).stdout
     assert "files: 1 kept (20.0 kB), 1 not kept, 1 pattern(s) matched nothing" in shown

@@ -853,7 +853,7 @@ class Pinion:
         from caliber.results.model import ResultFile, SkippedFile
 
         if not isinstance(self.backend, BlobStore):
-            skipped = [SkippedFile(path=p, reason="not collected: this queue keeps no files")
+            skipped = [SkippedFile(path=p, reason="this queue keeps no files")
                        for p in patterns]
             return claim, results.model_copy(update={"files_skipped": skipped})
         due = time.monotonic() + self._renew_every
@@ -874,7 +874,7 @@ class Pinion:
         files = [ResultFile(**f) for f in found["files"]]
         skipped = [SkippedFile(**f) for f in found["files_skipped"]]
         self.reporter.files_kept(len(files), sum(f.size for f in files),
-                                 [f"{f.path}: {f.reason}" for f in skipped])
+                                 [f"{f.path} not kept: {f.reason}" for f in skipped])
         return claim, results.model_copy(update={
             "files": files, "files_skipped": skipped,
             "files_unmatched": found["files_unmatched"]})

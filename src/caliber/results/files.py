@@ -99,7 +99,7 @@ def keep_outputs(store: BlobStore, root: Path, patterns: Sequence[str], limits: 
         try:
             good.append(check_pattern(pattern))
         except WorkflowDefinitionError as exc:  # checked when queued: a document by hand
-            skipped.append({"path": str(pattern), "reason": f"not collected: {exc}"})
+            skipped.append({"path": str(pattern), "reason": str(exc)})
     found = find_outputs(root, good)
     skipped += [{"path": path, "reason": why} for path, why in found.skipped]
     files: list[dict[str, Any]] = []
@@ -150,11 +150,11 @@ def _keep_one(store: BlobStore, root: Path, rel: str, limits: OutputLimits,
 
 def _over(size: int, total: int, limits: OutputLimits) -> str | None:
     if size > limits.per_file:
-        return (f"not kept: {_bytes(size)}, over the limit of {_bytes(limits.per_file)} per "
-                f"file ({MAX_ENV})")
+        return (f"{_bytes(size)}, over the limit of {_bytes(limits.per_file)} per file "
+                f"({MAX_ENV})")
     if total + size > limits.total:
-        return (f"not kept: {_bytes(size)} more would make {_bytes(total + size)} of files, "
-                f"over the limit of {_bytes(limits.total)} for one run ({TOTAL_ENV})")
+        return (f"{_bytes(size)} more would make {_bytes(total + size)} of files, over the "
+                f"limit of {_bytes(limits.total)} for one run ({TOTAL_ENV})")
     return None
 
 
