@@ -19,10 +19,11 @@ import caliber
 from caliber.errors import CaliberError, NotFoundError, UsageError
 from caliber.queue.registry import open_backend
 from caliber.queue.target import local_target
-from tests.pinion_helpers import make_folder, start_pinion, status_of
+from tests.pinion_helpers import make_folder, start_pinion, status_of, stop, wait_for
+from tests.test_lifecycle import workload_line
 
 SOLVER = '''
-import os
+import os, time
 
 def solve(n):
     os.makedirs("fields/step1", exist_ok=True)
@@ -53,6 +54,12 @@ def write_zeros(name, megabytes):
 
 def fail():
     raise RuntimeError("diverged at the last step")
+
+def block(folder):
+    open(os.path.join(folder, "started"), "w").close()
+    while not os.path.exists(os.path.join(folder, "go")):
+        time.sleep(0.02)
+    return "blocked"
 '''
 
 
@@ -124,6 +131,25 @@ def test_a_failed_runs_files_come_back_byte_identical(tmp_path: Path) -> None:
     assert [f.path for f in results.files] == sorted(expected)
     assert {f.path: f.sha256 for f in results.files} == expected
     assert results.files_unmatched == ["*.odb"]
+
+
+def test_a_cancelled_runs_files_are_kept(tmp_path: Path) -> None:
+    folder = tmp_path / "wf"
+    wid = solver_workflow(folder, ["report.pdf", "fields"], ("block", [str(folder)])).queue(
+        pinion="p")
+    pinion = start_pinion("p", "-a", "1", "-w", "0", "--lease", "0.3")
+    try:
+        wait_for(lambda: (folder / "started").exists(), what="the blocking task to start")
+        assert caliber_cli("queue", "cancel", wid).returncode == 0
+        wait_for(lambda: "cancelled by" in workload_line(pinion, tmp_path / "pinion.log"),
+                 what="the pinion to learn of the cancel")
+        (folder / "go").touch()
+        wait_for(lambda: status_of(wid) == "cancelled", what="the workload to be cancelled")
+    finally:
+        stop(pinion)
+    results = caliber.get_results(wid)
+    assert results.status.value == "cancelled"
+    assert len(results.files) == 7 and "report.pdf" in [f.path for f in results.files]
 
 
 def test_listing_and_copying_as_json_and_never_over_a_file(tmp_path: Path) -> None:
