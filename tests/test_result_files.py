@@ -374,3 +374,44 @@ def test_a_300_mb_result_file_round_trip_in_bounded_memory(tmp_path: Path) -> No
     print(f"peak memory: pinion {pinion / 1024:.0f} MiB, results files --to "
           f"{fetcher / 1024:.0f} MiB, for a {megabytes} MiB file")
     assert pinion < 100 * 1024 and fetcher < 100 * 1024  # KiB: a third of the file, at most
+
+
+# --- prune: files stay while Results refer to them -------------------------------------------
+
+
+def test_prune_keeps_the_files_while_their_results_exist(tmp_path: Path) -> None:
+    first = solver_workflow(tmp_path / "a", ["report.pdf", "fields/step1/u0.vtu"], failing=False,
+                            name="first").queue(pinion="p")
+    run_pinion()
+    [shared] = [f for f in caliber.get_results(first).files if f.path == "report.pdf"]
+    report = (run_folder(first) / "report.pdf").read_bytes()  # prune removes the run folder
+    second_folder = make_folder(tmp_path / "b", module="solver", source=SOLVER)
+    (second_folder / "report.pdf").write_bytes(report)
+    second = caliber.Workflow(caliber.Process([caliber.Task("solver:fail", name="check")]),
+                              "second", attachments=["solver.py", "report.pdf"],
+                              base_dir=second_folder, outputs=["*.pdf"]).queue(pinion="p")
+    run_pinion()
+    assert [f.sha256 for f in caliber.get_results(second).files] == [shared.sha256]
+    with open_backend(local_target()) as backend:
+        store = backend.blobs
+    only_first = [f.sha256 for f in caliber.get_results(first).files if f != shared]
+
+    with open_backend(local_target()) as backend:  # as if the pinions had stored them long ago
+        backend.conn.execute("UPDATE blob_refs SET at = at - 7 * 86400")
+        backend.conn.commit()
+    kept = caliber_cli("results", "prune", "--older-than", "1d")  # nothing is that old
+    assert kept.returncode == 0, kept.stderr
+    assert store.has_blob(shared.sha256) and all(store.has_blob(s) for s in only_first)
+    assert caliber_cli("results", "files", first, "--to", str(tmp_path / "o1")).returncode == 0
+
+    import time
+    time.sleep(1.1)
+    pruned = caliber_cli("results", "prune", "--older-than", "1s", "--workflow", "first")
+    assert pruned.returncode == 0, pruned.stderr
+    assert not any(store.has_blob(s) for s in only_first)  # only those Results referred to it
+    assert store.has_blob(shared.sha256)  # the second Results still refer to it
+    back = caliber_cli("results", "files", second, "--to", str(tmp_path / "o2"))
+    assert back.returncode == 0, back.stderr
+    assert (tmp_path / "o2" / "report.pdf").read_bytes() == report
+    caliber_cli("results", "prune", "--older-than", "1s")
+    assert not store.has_blob(shared.sha256)

@@ -795,7 +795,7 @@ class SQLiteBackend:
             " VALUES (?, ?, ?, ?, ?, ?, ?)",
             self._results_row(results),
         )
-        self.refer_blobs(conn, "results", results.id, results.value_blobs)  # kept with them
+        self.refer_blobs(conn, "results", results.id, results.blobs)  # kept while they are
 
     def save_results(self, results: Results) -> None:
         with self.transaction() as conn:

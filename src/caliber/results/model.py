@@ -234,6 +234,13 @@ class Results(BaseModel):
         return target
 
     @property
+    def blobs(self) -> list[str]:
+        """The SHA-256 of every blob in the queue's store these Results refer to (their big
+        arrays and frames, their files): a store keeps each while Results refer to it
+        (``results prune``)."""
+        return list(dict.fromkeys([*self.value_blobs, *(f.sha256 for f in self.files)]))
+
+    @property
     def reused(self) -> list[TaskResult]:
         """The task runs taken over from earlier Results instead of run again."""
         return [t for t in self.tasks if t.reused_from is not None]
