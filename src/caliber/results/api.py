@@ -143,27 +143,45 @@ def save_files(results: Results, dest: Path, *, target: QueueTarget,
     """:meth:`Results.save_files`: the files written under ``dest`` (``caliber results files
     --to``), after the Results' signature checks with your key."""
     from caliber.queue.registry import open_results
+    from caliber.results import files
+
+    if names is not None:
+        for name in names:
+            files.find_file(results, name)
+    with closing(open_results(target)) as store:
+        stored = _stored(store, results)
+        return files.save_files(store, stored, dest, names=names, force=force)  # type: ignore[arg-type]
+
+
+def _stored(store: Any, results: Results) -> Results:
+    """``results`` as ``store`` holds them, read through it (a remote queue learns where
+    their files are by reading them), their file list checked against their signature with
+    your key (:func:`caliber.results.files.check_signed`)."""
     from caliber.queue.secret import load_key
     from caliber.results import files
 
-    if results.files:
-        files.check_signed(results, load_key())
-    with closing(open_results(target)) as store:
-        return files.save_files(store, results, dest, names=names, force=force)  # type: ignore[arg-type]
+    if not results.files:
+        return results
+    try:
+        stored: Results = store.get_results(results.id)
+    except NotFoundError:
+        raise NotFoundError(f"results {results.id} are no longer stored in "
+                            f"{store.location}: their files went with them") from None
+    files.check_signed(stored, load_key())
+    return stored
 
 
 def open_file(results: Results, name: str, *, target: QueueTarget) -> BinaryIO:
     """:meth:`Results.open_file`: a stream of one result file, the store kept open until it is
     closed."""
     from caliber.queue.registry import open_results
-    from caliber.queue.secret import load_key
     from caliber.results import files
 
     files.find_file(results, name)
-    files.check_signed(results, load_key())
     store: Any = open_results(target)
     try:
-        return files.open_file(store, results, name, on_close=store.close)
+        stored = _stored(store, results)
+        return files.open_file(store, stored, name, on_close=store.close)
     except BaseException:
         store.close()
         raise
