@@ -113,6 +113,9 @@ def _report(res: Results, *, as_json: bool) -> None:
             out.print(f"reused {len(res.reused)} task(s) of results {res.resumed_from}, "
                       "not run again")
         out.print(f"results {res.id} ({res.status.value}); see: caliber results show {res.id}")
+        if res.files or res.files_skipped:
+            out.print(f"kept {len(res.files)} result file(s), {len(res.files_skipped)} not kept;"
+                      f" see: caliber results files {res.id}")
     if res.ok:
         return
     for task in res.tasks:
@@ -142,8 +145,9 @@ def run(file: Path, as_json: bool, resume: str | None) -> None:
 
     The tasks run in FILE's folder, as a pinion runs them in its run folder: it is the current
     folder (the attached files are where the tasks look for them, files they write land there,
-    caliber-traceback.txt too when a task fails) and first on the import path. Exit code 0:
-    completed, 1: a task failed, 2: bad input.
+    caliber-traceback.txt too when a task fails) and first on the import path. The files the
+    workflow's outputs= match there when it ends are kept with its Results (see: caliber
+    results files ID). Exit code 0: completed, 1: a task failed, 2: bad input.
     """
     import contextlib
 
