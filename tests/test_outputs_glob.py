@@ -3,6 +3,7 @@ nothing outside the run folder, no link followed, folders taken whole, each file
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -137,3 +138,19 @@ def test_open_found_refuses_a_folder_swapped_for_a_link_meanwhile(run: Path,
         open_found(run, "p")
     with pytest.raises(ValueError, match="not a regular file"):
         open_found(run, "mesh")
+
+
+def test_a_name_that_cannot_come_back_as_it_is_is_not_kept(tmp_path: Path) -> None:
+    from caliber.queue.blobs import FolderBlobStore
+    from caliber.results.files import OutputLimits, keep_outputs
+
+    run = tree(tmp_path / "run", "ok.vtu", "back\\slash.vtu", "tab\there.vtu")
+    (run / os.fsdecode(b"caf\xe9.vtu")).write_bytes(b"latin-1 name")
+    kept = keep_outputs(FolderBlobStore(tmp_path / "blobs"), run, ["*.vtu"],
+                        OutputLimits(10**6, 10**6))
+    assert [f["path"] for f in kept["files"]] == ["ok.vtu"]
+    assert sorted(s["reason"] for s in kept["files_skipped"]) == [
+        "its name holds a backslash or a control character",
+        "its name holds a backslash or a control character",
+        "its name is not UTF-8 text"]
+    json.dumps(kept)  # every name as text that JSON (and the Results) can carry

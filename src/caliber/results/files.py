@@ -38,6 +38,7 @@ from caliber.errors import (
     UsageError,
     WorkflowDefinitionError,
 )
+from caliber.text import valid_unicode
 from caliber.workflow.outputs import check_pattern, find_outputs, open_found
 
 if TYPE_CHECKING:
@@ -101,12 +102,17 @@ def keep_outputs(store: BlobStore, root: Path, patterns: Sequence[str], limits: 
         except WorkflowDefinitionError as exc:  # checked when queued: a document by hand
             skipped.append({"path": str(pattern), "reason": str(exc)})
     found = find_outputs(root, good)
-    skipped += [{"path": path, "reason": why} for path, why in found.skipped]
+    skipped += [{"path": valid_unicode(path), "reason": valid_unicode(why)}
+                for path, why in found.skipped]
     files: list[dict[str, Any]] = []
     total = 0
     for rel in found.files:
         if between is not None:
             between()
+        bad = _bad_name(rel)
+        if bad is not None:
+            skipped.append({"path": valid_unicode(rel), "reason": bad})
+            continue
         kept, why = _keep_one(store, root, rel, limits, total)
         if kept is None:
             skipped.append({"path": rel, "reason": why})
@@ -115,6 +121,17 @@ def keep_outputs(store: BlobStore, root: Path, patterns: Sequence[str], limits: 
         files.append(kept)
     skipped.sort(key=lambda s: s["path"])
     return {"files": files, "files_skipped": skipped, "files_unmatched": found.unmatched}
+
+
+def _bad_name(rel: str) -> str | None:
+    """Why the file name ``rel`` cannot be listed and written back as it is, or None."""
+    try:
+        rel.encode("utf-8")
+    except UnicodeEncodeError:
+        return "its name is not UTF-8 text"
+    if "\\" in rel or any(ord(c) < 32 or ord(c) == 127 for c in rel):
+        return "its name holds a backslash or a control character"
+    return None
 
 
 def _keep_one(store: BlobStore, root: Path, rel: str, limits: OutputLimits,
