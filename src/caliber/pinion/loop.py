@@ -848,7 +848,6 @@ class Pinion:
         patterns = claim.workload.workflow.get("outputs")
         if not patterns or not isinstance(patterns, list):
             return claim, results
-        from caliber.queue.blobs import BlobStore
         from caliber.results.files import keep_outputs
         from caliber.results.model import ResultFile, SkippedFile
 
