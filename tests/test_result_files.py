@@ -210,7 +210,8 @@ def test_a_file_over_the_limit_is_reported_and_the_run_keeps_its_status(tmp_path
     assert [f.path for f in results.files] == ["report.pdf"]
     [skipped] = results.files_skipped
     assert skipped.path == "big.bin"
-    assert skipped.reason == "50.0 kB, over the limit of 30.0 kB per file (CALIBER_OUTPUT_MAX)"
+    assert skipped.reason == ("50.0 kB, over the limit of 30000 bytes per file "
+                              "(CALIBER_OUTPUT_MAX)")
     assert "result file big.bin not kept: 50.0 kB" in err
     assert "not kept: big.bin: 50.0 kB, over" in caliber_cli("results", "files", wid).stdout
     assert results.files_unmatched == ["*.vtu"]
@@ -227,12 +228,27 @@ def test_the_total_limit_keeps_what_fits_in_path_order(tmp_path: Path) -> None:
     assert all("CALIBER_OUTPUT_TOTAL_MAX" in s.reason for s in results.files_skipped)
 
 
-def test_a_bad_limit_is_one_line_naming_the_variable(tmp_path: Path) -> None:
-    pinion = start_pinion("p", "-a", "1", "-w", "0", env={"CALIBER_OUTPUT_MAX": "lots"})
+def test_limits_are_sizes_and_zero_is_no_limit(tmp_path: Path) -> None:
+    wid = solver_workflow(tmp_path / "wf", ["report.pdf", "big.bin"],
+                          ("big", ["big.bin", 50_000]), failing=False).queue(pinion="p")
+    run_pinion(env={"CALIBER_OUTPUT_MAX": "40K", "CALIBER_OUTPUT_TOTAL_MAX": "0"})
+    results = caliber.get_results(wid)
+    assert [f.path for f in results.files] == ["report.pdf"]
+    assert results.files_skipped[0].reason.endswith("over the limit of 40K per file "
+                                                    "(CALIBER_OUTPUT_MAX)")
+    again = solver_workflow(tmp_path / "wf2", ["report.pdf", "big.bin"],
+                            ("big", ["big.bin", 50_000]), failing=False).queue(pinion="p")
+    run_pinion(env={"CALIBER_OUTPUT_MAX": "0", "CALIBER_OUTPUT_TOTAL_MAX": "1M"})
+    assert [f.path for f in caliber.get_results(again).files] == ["big.bin", "report.pdf"]
+
+
+@pytest.mark.parametrize("value", ["lots", "-1", "2048T", "1.5G"])
+def test_a_bad_limit_is_one_line_naming_the_variable(value: str) -> None:
+    pinion = start_pinion("p", "-a", "1", "-w", "0", env={"CALIBER_OUTPUT_MAX": value})
     _out, err = pinion.communicate(timeout=60)
     assert pinion.returncode == 2
-    assert err.strip() == ("caliber: error: CALIBER_OUTPUT_MAX must be a whole number of bytes "
-                           "from 0 to 10000000000000, got 'lots'")
+    assert err.strip() == ("caliber: error: CALIBER_OUTPUT_MAX must be a size in bytes such as "
+                           f"2G: 0 (no limit), or up to 1024T, got {value!r}")
 
 
 def test_a_changed_file_list_is_refused_and_nothing_is_written(tmp_path: Path) -> None:

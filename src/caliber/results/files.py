@@ -52,7 +52,7 @@ SAVED_MODE_MASK = 0o755  # a file brought back keeps its owner's bits; nobody el
 
 @dataclass(frozen=True)
 class OutputLimits:
-    """How much of a run's result files is kept, in bytes."""
+    """How much of a run's result files is kept, in bytes (0: no limit)."""
 
     per_file: int
     total: int
@@ -166,13 +166,22 @@ def _keep_one(store: BlobStore, root: Path, rel: str, limits: OutputLimits,
 
 
 def _over(size: int, total: int, limits: OutputLimits) -> str | None:
-    if size > limits.per_file:
-        return (f"{_bytes(size)}, over the limit of {_bytes(limits.per_file)} per file "
+    """Why a file of ``size`` bytes is not kept after ``total`` bytes of files, or None."""
+    if limits.per_file and size > limits.per_file:
+        return (f"{_bytes(size)}, over the limit of {_limit(limits.per_file)} per file "
                 f"({MAX_ENV})")
-    if total + size > limits.total:
+    if limits.total and total + size > limits.total:
         return (f"{_bytes(size)} more would make {_bytes(total + size)} of files, over the "
-                f"limit of {_bytes(limits.total)} for one run ({TOTAL_ENV})")
+                f"limit of {_limit(limits.total)} for one run ({TOTAL_ENV})")
     return None
+
+
+def _limit(size: int) -> str:
+    """A limit as it is set: ``2G``, or ``30000 bytes``."""
+    from caliber.sizes import format_size
+
+    text = format_size(size)
+    return f"{text} bytes" if text.isdigit() else text
 
 
 # --- bringing them back ------------------------------------------------------------------
