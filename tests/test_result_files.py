@@ -133,23 +133,41 @@ def test_a_failed_runs_files_come_back_byte_identical(tmp_path: Path) -> None:
     assert results.files_unmatched == ["*.odb"]
 
 
-def test_a_cancelled_runs_files_are_kept(tmp_path: Path) -> None:
+@pytest.mark.parametrize("now", [False, True])
+def test_a_cancelled_runs_files_are_kept(tmp_path: Path, now: bool) -> None:
     folder = tmp_path / "wf"
     wid = solver_workflow(folder, ["report.pdf", "fields"], ("block", [str(folder)])).queue(
         pinion="p")
     pinion = start_pinion("p", "-a", "1", "-w", "0", "--lease", "0.3")
     try:
         wait_for(lambda: (folder / "started").exists(), what="the blocking task to start")
-        assert caliber_cli("queue", "cancel", wid).returncode == 0
-        wait_for(lambda: "cancelled by" in workload_line(pinion, tmp_path / "pinion.log"),
-                 what="the pinion to learn of the cancel")
-        (folder / "go").touch()
+        asked = caliber_cli("queue", "cancel", wid, *(["--now"] if now else []))
+        assert asked.returncode == 0, asked.stderr
+        if not now:  # it stops after the running task: let that one end
+            wait_for(lambda: "cancelled by" in workload_line(pinion, tmp_path / "pinion.log"),
+                     what="the pinion to learn of the cancel")
+            (folder / "go").touch()
         wait_for(lambda: status_of(wid) == "cancelled", what="the workload to be cancelled")
     finally:
         stop(pinion)
     results = caliber.get_results(wid)
     assert results.status.value == "cancelled"
     assert len(results.files) == 7 and "report.pdf" in [f.path for f in results.files]
+
+
+def test_a_task_past_its_time_limit_keeps_the_files_made_so_far(tmp_path: Path) -> None:
+    folder = tmp_path / "wf"
+    make_folder(folder, module="solver", source=SOLVER)
+    tasks = [caliber.Task("solver:solve", name="solve", args=[2]),
+             caliber.Task("solver:block", name="block", args=[str(folder)], timeout=0.5)]
+    wid = caliber.Workflow(caliber.Process(tasks), "limited", attachments=["solver.py"],
+                           base_dir=folder, outputs=["**/*.vtu", "report.pdf"]).queue(pinion="p")
+    run_pinion()
+    results = caliber.get_results(wid)
+    assert results.status.value == "failed" and results.error is not None
+    assert "block" in (results.error.task or "")
+    assert [f.path for f in results.files] == ["fields/step1/u0.vtu", "fields/step2/u1.vtu",
+                                               "report.pdf"]
 
 
 def test_listing_and_copying_as_json_and_never_over_a_file(tmp_path: Path) -> None:
