@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import json
 import socket
 import threading
 from collections.abc import Iterator
@@ -193,11 +194,11 @@ def test_speckle_objects_arrive_as_themselves(remote: Remote) -> None:
         transport = ServerTransport(remote.project, client=client)
         received = speckle_operations().receive(done.object_id, transport, MemoryTransport())
     tasks = {t["name"]: t for t in received["@tasks"]}
-    assert tasks["point"]["@value"].speckle_type == "Objects.Geometry.Point"
-    assert tasks["point"]["@value"].z == 3
-    assert tasks["line"]["@value"].speckle_type == "Objects.Geometry.Line"
-    assert tasks["table"]["@value"]["a_b"][1]["id_"] == 2
-    assert tasks["n"]["value"] == 3
+    assert tasks["point"]["@objects"][0].speckle_type == "Objects.Geometry.Point"
+    assert tasks["point"]["@objects"][0].z == 3
+    assert tasks["line"]["@objects"][0].speckle_type == "Objects.Geometry.Line"
+    assert json.loads(tasks["table"]["value_json"]) == {"a.b": [1, {"id": 2}]}
+    assert tasks["n"]["value_json"] == "3"
 
 
 def speckle_operations() -> Any:

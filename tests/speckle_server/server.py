@@ -9,6 +9,7 @@ import contextlib
 import email.parser
 import email.policy
 import gzip
+import hashlib
 import json
 import re
 import secrets
@@ -29,6 +30,7 @@ INVALID_TOKEN = b'{"error":"Your token is not valid."}'
 JSON_UTF8 = "application/json; charset=utf-8"
 HTML_UTF8 = "text/html; charset=utf-8"  # what express's res.send(string) sends
 MAX_UPLOAD_BYTES = 100 * 1024 * 1024  # MAX_OBJECT_UPLOAD_FILE_SIZE_MB's default, 100
+MAX_OBJECT_SIZE_MB = 100  # getMaximumObjectSizeMB's default (modules/shared/helpers/envHelper.ts)
 UPLOAD_NOT_MULTIPART = (
     b"Failed to parse request headers and body content as valid multipart/form-data."
 )
@@ -63,6 +65,7 @@ class Exchange:
     operation: str | None  # GraphQL operation name, e.g. "Create" for version.create
     status: int
     user: str | None
+    sent: int = 0  # bytes of the answer's body, before any gzip
 
 
 def jsonb(value: Any) -> Any:
@@ -90,6 +93,29 @@ def formatted(obj: dict[str, Any]) -> dict[str, Any]:
     """``getFormattedObjectFactory`` (modules/core/repositories/objects.ts): the stored data
     with ``totalChildrenCount`` set from its column, which object uploads leave null."""
     return {**obj, "totalChildrenCount": None}
+
+
+def object_problem(obj: Any, limit_mb: float) -> str | None:
+    """``prepInsertionObject`` (modules/core/services/objects/management.ts): an object
+    without an id gets the MD5 of its JSON (one with ``hash`` takes that); an id that is not
+    32 characters, or an object whose ``JSON.stringify`` is longer than ``limit_mb`` million
+    characters, is refused (the upload answers 400 "Error inserting object in the database:
+    " and this text). The content is never checked against the id."""
+    if not isinstance(obj, dict):
+        return None
+    if obj.get("hash"):
+        obj["id"] = obj["hash"]
+    elif not obj.get("id"):
+        obj["id"] = hashlib.md5(compact(obj)).hexdigest()
+    object_id = obj["id"]
+    if not isinstance(object_id, str) or len(object_id) != 32:
+        return (f"Invalid object ID. Object ID: {object_id}. Object ID's must be hashes "
+                "represented by a string of 32 characters.")
+    size = len(compact(obj).decode()) / 1_000_000
+    if size > limit_mb:
+        return (f"Object too large. Object ID: {object_id}. ({size:g} MB is > than limit, "
+                f"{limit_mb:g} MB)")
+    return None
 
 
 def too_large(size: int) -> bytes:
@@ -163,6 +189,8 @@ class SpeckleTestServer:
     ) -> None:
         """``users`` maps tokens to user names; ``rate_limit`` is off when ``None``."""
         self.store = Store()
+        self.max_object_mb: float = MAX_OBJECT_SIZE_MB
+        """The server's ``MAX_OBJECT_SIZE_MB`` (tests lower it to try big results cheaply)."""
         self.limiter = RateLimiter(rate_limit or RateLimit())
         self.log: list[Exchange] = []
         self._bind, self._port = bind, port
@@ -292,7 +320,8 @@ class SpeckleTestServer:
                 reply.headers["X-RateLimit-Remaining"] = str(verdict.remaining)
         with self.store.lock:
             self.log.append(
-                Exchange(req.command, path, operation, reply.status, user.name if user else None)
+                Exchange(req.command, path, operation, reply.status, user.name if user else None,
+                         len(reply.body))
             )
         self._send(req, reply)
 
@@ -373,7 +402,9 @@ class SpeckleTestServer:
         then each multipart file by its mime type: ``application/gzip`` is gunzipped,
         ``text/plain``, ``application/json`` and ``application/octet-stream`` are read as
         they are, any other type is a 400; a batch over ``MAX_UPLOAD_BYTES`` is a 413; a batch
-        that is not JSON, or not an array, a 400; all stored: 201, no body."""
+        that is not JSON, or not an array, a 400, and so is an object with a bad id or over
+        ``max_object_mb`` (:func:`object_problem`); all stored: 201, no body. An id already
+        stored keeps its first content (``ON CONFLICT IGNORE``)."""
         denied = self.store.write_denied(project_id, caller.user, caller.scopes)
         if denied:
             return Reply(denied)
@@ -400,6 +431,11 @@ class SpeckleTestServer:
                 return Reply(400, b"Failed to parse data." + text, HTML_UTF8)
             if not isinstance(batch, list):
                 return Reply(400, UPLOAD_NOT_ARRAY, HTML_UTF8)
+            for obj in batch:
+                problem = object_problem(obj, self.max_object_mb)
+                if problem:
+                    text = f"Error inserting object in the database: {problem}"
+                    return Reply(400, text.encode(), HTML_UTF8)
             batches.append(batch)
         for batch in batches:
             self.store.save_objects(project_id, (jsonb(obj) for obj in batch))

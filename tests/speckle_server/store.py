@@ -448,4 +448,8 @@ class Store:
     # -- objects -------------------------------------------------------------------------------
 
     def save_objects(self, project_id: str, objects: Iterable[dict[str, Any]]) -> None:
-        self.objects[project_id].update((obj["id"], obj) for obj in objects)
+        """Insert with ``ON CONFLICT IGNORE`` (``storeObjectsIfNotFoundFactory``,
+        repositories/objects.ts): an id already stored keeps its first content."""
+        stored = self.objects[project_id]
+        for obj in objects:
+            stored.setdefault(obj["id"], obj)

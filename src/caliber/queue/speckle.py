@@ -22,25 +22,35 @@ import threading
 import time
 from collections import Counter, OrderedDict
 from dataclasses import replace
-from typing import Any
+from pathlib import Path
+from typing import Any, BinaryIO
 
 from caliber.errors import (
+    CaliberError,
     ClaimReturnedError,
     LeaseLostError,
+    NotFoundError,
     QueueDamagedError,
     QueueError,
     QueueStateError,
 )
 from caliber.queue import speckle_adapter as sp
+from caliber.queue import speckle_blobs as bl
 from caliber.queue import speckle_events as ev
 from caliber.queue.backend import Claim, WorkloadSummary
+from caliber.queue.blobs import BlobRef
 from caliber.queue.lifecycle import ResumeGrant, check_cancel, check_retry
 from caliber.queue.secret import mismatch_marked
-from caliber.queue.speckle_blobs import InlineBlobs
 from caliber.queue.speckle_checkpoint import ChunkCache, archived_texts, to_object
 from caliber.queue.speckle_events import clip, message
 from caliber.queue.speckle_log import Folded, State
-from caliber.queue.speckle_objects import resolve, results_object, workload_from, workload_object
+from caliber.queue.speckle_objects import (
+    attachment_blobs,
+    resolve,
+    workload_from,
+    workload_object,
+)
+from caliber.queue.speckle_results import closure, results_from, results_model, results_object
 from caliber.queue.speckle_view import LogView
 from caliber.queue.target import QueueTarget
 from caliber.queue.workload import (
@@ -89,12 +99,11 @@ def open_target(target: QueueTarget) -> SpeckleBackend:
     return SpeckleBackend.open(target.settings)
 
 
-class SpeckleBackend(InlineBlobs):
+class SpeckleBackend:
     """The remote queue (see :class:`caliber.queue.backend.QueueBackend` for the verbs)."""
 
     def __init__(self, connection: sp.SpeckleConnection, *, settle: float = DEFAULT_SETTLE,
                  min_lease: float = DEFAULT_MIN_LEASE) -> None:
-        super().__init__()
         self.conn = connection
         self.settle = settle
         self.min_lease = min_lease
@@ -109,6 +118,9 @@ class SpeckleBackend(InlineBlobs):
         self._marker: str | None = None
         self._looked = -1e9  # monotonic time of the last listing
         self._told: set[str] = set()  # notices already given
+        self._blob_ids: dict[str, str] = {}
+        """SHA-256 to the object id of a blob (:mod:`caliber.queue.speckle_blobs`): what
+        this backend stored, and what the workloads and Results it read name."""
 
     @classmethod
     def open(cls, settings: RemoteSettings) -> SpeckleBackend:
@@ -236,6 +248,7 @@ class SpeckleBackend(InlineBlobs):
         refs = {s.id: [r["referencedId"] for r in roots[s.object_id].get("@attachments") or []]
                 for s in states}
         children = self._fetch([i for ids in refs.values() for i in ids])
+        self._blob_ids.update(attachment_blobs(list(children.values())))
         return [workload_from(s, roots[s.object_id], [children[i] for i in refs[s.id]],
                               self._lease_of(s)) for s in states]
 
@@ -261,7 +274,13 @@ class SpeckleBackend(InlineBlobs):
             if self.refresh().knows(workload.id):
                 raise QueueError(f"cannot queue workload {workload.id}: that id is in the "
                                  "queue already")
-            root = self._upload(workload_object(self.inlined(workload)))
+            unknown = [a.path for a in workload.attachments
+                       if a.kind == "stored" and a.sha256 not in self._blob_ids]
+            if unknown:
+                raise QueueError(f"cannot queue workload {workload.id}: attachment "
+                                 f"{unknown[0]!r} is not stored on {self.location} "
+                                 "(put_blob it first)")
+            root = self._upload(workload_object(workload, self._blob_ids))
             self._write(
                 f"queued {workload.id} ({workload.workflow_name}) for pinion {workload.pinion}"
                 f" by {workload.queued_by or '?'}",
@@ -430,7 +449,7 @@ class SpeckleBackend(InlineBlobs):
             results = results.model_copy(update={"workload_id": claim.workload.id})
         with self.lock:
             state = self._held(claim)
-            root = self._upload(results_object(results))
+            root = self._upload(results_object(results, self._blob_ids))
             error = results.error.summary() if results.error is not None else None
             done = results.status.value
             self._write(
@@ -445,6 +464,22 @@ class SpeckleBackend(InlineBlobs):
             if self.refresh().workloads[state.id].results_id != results.id:
                 raise LeaseLostError(f"workload {state.id} was taken by another pinion before "
                                      "its results were kept")
+            self._publish(results, root)
+
+    def _publish(self, results: Results, root: str) -> None:
+        """Make the Results the newest version of their workflow's results model
+        (:func:`caliber.queue.speckle_results.results_model`), so the web app opens that
+        model at them. Nothing depends on it: when it cannot be written, a warning says so."""
+        name = results_model(self.conn.model_key, results.workflow)
+        try:
+            model = self.conn.named_model(
+                name, f"Caliber: the Results of workflow {results.workflow}, newest last")
+            self.conn.create_version(
+                root, f"{results.status.value}: results {results.id} of workload "
+                f"{results.workload_id or '-'}", model_id=model)
+        except CaliberError as exc:
+            log.warning("%s: the results %s were kept, but not shown in model %s (%s)",
+                        self.location, results.id, name, exc)
 
     def fail(self, claim: Claim, reason: str, *, retry: bool) -> None:
         with self.lock:
@@ -543,23 +578,63 @@ class SpeckleBackend(InlineBlobs):
             results=tuple(r.id for r in [*theirs, *orphans]), bytes=None,
             work_dirs=tuple(s.work_dir for s in states if s.work_dir), versions=len(versions))
 
+    # --- blobs (see caliber.queue.blobs.BlobStore and caliber.queue.speckle_blobs) ----------
+
+    def put_blob(self, source: Path) -> BlobRef:
+        sha256, size, root = bl.put_file(self.conn, source)
+        with self.lock:
+            self._blob_ids[sha256] = root
+        return BlobRef(sha256, size)
+
+    def blob_object(self, sha256: str) -> str:
+        """The object id of blob ``sha256`` (NotFoundError when no workload or Results this
+        backend stored or read names it)."""
+        with self.lock:
+            found = self._blob_ids.get(sha256)
+        if found is None:
+            raise NotFoundError(f"blob {sha256[:12]} is not known on {self.location} (read "
+                                "the workload or Results that name it first)")
+        return found
+
+    def has_blob(self, sha256: str) -> bool:
+        with self.lock:
+            found = self._blob_ids.get(sha256)
+        return found is not None and self.conn.has_objects([found])[found]
+
+    def open_blob(self, sha256: str) -> BinaryIO:
+        return bl.open_stream(self.conn, self.blob_object(sha256), sha256)
+
+    def fetch_blob(self, sha256: str, dest: Path, *, mode: int = 0o600) -> None:
+        bl.fetch_file(self.conn, self.blob_object(sha256), sha256, dest, mode)
+
     # --- results --------------------------------------------------------------------------
 
     def _results(self, object_ids: builtins.list[str]) -> builtins.list[Results]:
-        found = self._fetch(object_ids)
-        try:
-            return [Results.model_validate_json(found[i]["results_json"]) for i in object_ids]
-        except (KeyError, ValueError) as exc:
-            raise QueueError(f"{self.location}: stored results are damaged ({exc!r})") from exc
+        """The Results of these root objects (their objects fetched past the cache: a
+        Results' objects can be many and big)."""
+        roots = self._fetch(object_ids)
+        out = []
+        for object_id in object_ids:
+            below = closure(roots[object_id])
+            objects = self.conn.get_objects(below) if below else {}
+            try:
+                results, blobs = results_from(roots[object_id], objects)
+            except (KeyError, ValueError, TypeError) as exc:
+                raise QueueError(f"{self.location}: stored results are damaged "
+                                 f"({exc!r})") from exc
+            self._blob_ids.update(blobs)
+            out.append(results)
+        return out
 
     def save_results(self, results: Results) -> None:
         with self.lock:
-            root = self._upload(results_object(results))
+            root = self._upload(results_object(results, self._blob_ids))
             self._write(f"results {results.id} ({results.workflow}) saved",
                         ev.SavedResults(results=results.id, workload=results.workload_id,
                                         workflow=results.workflow, pinion=results.pinion,
                                         status=results.status.value,
                                         finished_at=results.finished_at.isoformat()), root)
+            self._publish(results, root)
 
     def get_results(self, id_or_prefix: str) -> Results:
         with self.lock:

@@ -199,6 +199,21 @@ def _object_from_dict(data: Mapping[str, Any]) -> Any:
         return BaseObjectSerializer(read_transport=MemoryTransport()).recompose_base(dict(data))
 
 
+def recompose(obj: Mapping[str, Any], objects: Mapping[str, Mapping[str, Any]]) -> Any:
+    """The Speckle JSON of a stored object with its detached children and chunked lists
+    put back in place (``objects``: at least its closure), as :func:`object_to_dict` writes
+    a specklepy object (so, with the ids of the inline form)."""
+    from specklepy.serialization.base_object_serializer import BaseObjectSerializer
+    from specklepy.transports.memory import MemoryTransport
+
+    with _quiet():
+        memory = MemoryTransport()
+        for object_id in obj.get("__closure") or {}:
+            memory.save_object(object_id, json.dumps(objects[object_id]))
+        base = BaseObjectSerializer(read_transport=memory).recompose_base(dict(obj))
+    return object_to_dict(base)
+
+
 def member_name(key: str) -> str:
     """A dict key as a Speckle member name: no ``.`` or ``/``, no leading ``@`` or ``_``, not
     a name Speckle keeps for itself (those get a trailing ``_``)."""
@@ -303,6 +318,7 @@ class SpeckleConnection:
         self.model_id: str | None = None
         """None while the model does not exist: reading finds an empty log, the first
         write makes the model."""
+        self._models: dict[str, str] = {}  # ids of other models (results models) by name
         self.timeout = (min(CONNECT_TIMEOUT, settings.timeout), settings.timeout)
         self.lock = threading.RLock()
         self.session = _requests().Session()
@@ -352,34 +368,42 @@ class SpeckleConnection:
 
     def ensure_model(self) -> str:
         """The model's id, made now if it does not exist yet (the first write makes it)."""
-        if self.model_id is not None:
-            return self.model_id
+        if self.model_id is None:
+            self.model_id = self.named_model(
+                self.model_key, "Caliber workflow queue: every version is one queue event",
+                shown=self.model_name)
+        return self.model_id
+
+    def named_model(self, key: str, description: str, *, shown: str | None = None) -> str:
+        """The id of the model ``key`` (a name as the server stores it), made now if it does
+        not exist yet."""
+        if key in self._models:
+            return self._models[key]
         from specklepy.api.inputs.model_inputs import CreateModelInput
 
-        description = "Caliber workflow queue: every version is one queue event"
         for attempt in range(2):
-            found = self._model_by_name(self.model_key)
+            found = self._model_by_name(key)
             if found is not None:
-                self.model_id = found
+                self._models[key] = found
                 return found
             try:
                 model = self.call(
                     "create the model", self.client.model.create,
-                    CreateModelInput(name=self.model_key, description=description,
+                    CreateModelInput(name=key, description=description,
                                      project_id=self.project_id),
                 )
-                self.model_id = str(model.id)
-                return self.model_id
+                self._models[key] = str(model.id)
+                return self._models[key]
             except GraphQLCodeError as exc:
                 if "BRANCH_CREATE_ERROR" in exc.codes and attempt == 0:
                     continue  # made by someone else meanwhile (or a wildcard clash): look again
                 if {"BRANCH_NAME_ERROR", "BRANCH_CREATE_ERROR"} & set(exc.codes):
                     raise ConfigError(
-                        f"{self.host} refuses the model name '{self.model_name}' on project "
+                        f"{self.host} refuses the model name '{shown or key}' on project "
                         f"{self.project_id}: {exc}"
                     ) from exc
                 raise
-        raise ConfigError(f"cannot find or create the model '{self.model_name}' on "
+        raise ConfigError(f"cannot find or create the model '{shown or key}' on "
                           f"{self.where}")  # pragma: no cover
 
     def _model_by_name(self, name: str) -> str | None:
@@ -439,12 +463,15 @@ class SpeckleConnection:
                 following = mine
         return VersionPage(items, following, int(page.total_count))
 
-    def create_version(self, object_id: str, message: str) -> VersionInfo:
-        """Create a version (never repeated after a lost answer: AmbiguousWriteError)."""
+    def create_version(self, object_id: str, message: str,
+                       model_id: str | None = None) -> VersionInfo:
+        """Create a version of the queue's model (or of ``model_id``); never repeated after a
+        lost answer: AmbiguousWriteError."""
         from specklepy.api.inputs.version_inputs import CreateVersionInput
 
         version_input = CreateVersionInput(
-            object_id=object_id, model_id=self.ensure_model(), project_id=self.project_id,
+            object_id=object_id, model_id=model_id or self.ensure_model(),
+            project_id=self.project_id,
             message=message, source_application=SOURCE_APPLICATION,
         )
 
@@ -469,17 +496,22 @@ class SpeckleConnection:
 
     # -- objects --
 
-    def upload(self, objects: Mapping[str, str]) -> None:
-        """Store objects (``{id: json}``) the server does not have yet."""
-        if not objects:
-            return
-        ids = list(objects)
+    def has_objects(self, ids: list[str]) -> dict[str, bool]:
+        """Which of ``ids`` the server has (``/api/diff``)."""
         have: dict[str, bool] = {}
         for start in range(0, len(ids), 1000):
             chunk = ids[start:start + 1000]
             answer = self._rest("POST", f"/api/diff/{self.project_id}",
                                 data={"objects": json.dumps(chunk)})
             have.update(answer.json())
+        return {i: bool(have.get(i)) for i in ids}
+
+    def upload(self, objects: Mapping[str, str]) -> None:
+        """Store objects (``{id: json}``) the server does not have yet."""
+        if not objects:
+            return
+        ids = list(objects)
+        have = self.has_objects(ids)
         missing = [i for i in ids if not have.get(i)]
         batch: list[str] = []
         size = 0

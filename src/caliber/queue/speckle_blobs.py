@@ -26,13 +26,12 @@ import base64
 import hashlib
 import io
 import json
-import os
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, BinaryIO, Protocol
+from typing import Any, BinaryIO, Protocol
 
-from caliber.errors import NotFoundError, QueueDamagedError
-from caliber.platform import create_new_file
+from caliber.errors import BlobMismatchError, NotFoundError
+from caliber.queue.blobs import copy_verified
 
 CHUNK_BYTES = 1 << 20
 """Bytes of the file per chunk object (about 1.4 MB of base64 text)."""
@@ -115,8 +114,8 @@ def put_file(conn: Connection, source: Path) -> tuple[str, int, str]:
     return sha256, size, root_id
 
 
-def _damaged(what: str) -> QueueDamagedError:
-    return QueueDamagedError(f"a stored blob is damaged on the server: {what}")
+def _damaged(what: str) -> BlobMismatchError:
+    return BlobMismatchError(f"a stored blob is damaged on the server: {what}")
 
 
 def read_root(conn: Connection, root_id: str, sha256: str) -> tuple[int, list[str]]:
@@ -159,7 +158,7 @@ def _chunks(conn: Connection, chunk_ids: list[str]) -> Iterator[bytes]:
 
 class BlobStream(io.RawIOBase):
     """The bytes of a blob, fetched as they are read; the last read checks size and SHA-256
-    (QueueDamagedError when they are not the ones recorded)."""
+    (BlobMismatchError when they are not the ones recorded)."""
 
     def __init__(self, conn: Connection, root_id: str, sha256: str) -> None:
         super().__init__()
@@ -203,58 +202,9 @@ def open_stream(conn: Connection, root_id: str, sha256: str) -> BinaryIO:
     return io.BufferedReader(BlobStream(conn, root_id, sha256), buffer_size=CHUNK_BYTES)
 
 
-def fetch_file(conn: Connection, root_id: str, sha256: str, dest: Path, mode: int,
-               made: Callable[[Path], int] = create_new_file) -> None:
-    """Write the blob to ``dest`` (a new file) by streaming, checking its hash on the way;
-    when it does not match, ``dest`` is removed and QueueDamagedError raised."""
+def fetch_file(conn: Connection, root_id: str, sha256: str, dest: Path, mode: int) -> None:
+    """Write the blob to the new file ``dest`` by streaming, checking its hash on the way:
+    when it does not match, nothing is made under ``dest`` (BlobMismatchError)."""
     stream = BlobStream(conn, root_id, sha256)
-    fd = made(dest)
-    try:
-        with os.fdopen(fd, "wb") as out:
-            buffer = bytearray(CHUNK_BYTES)
-            while count := stream.readinto(buffer):
-                out.write(memoryview(buffer)[:count])
-            os.fchmod(out.fileno(), mode)
-    except BaseException:
-        dest.unlink(missing_ok=True)
-        raise
-
-
-class InlineBlobs:
-    """:class:`caliber.queue.blobs.BlobStore` by holding bytes until ``put`` inlines them."""
-
-    def __init__(self) -> None:
-        self._blobs_held: dict[str, bytes] = {}
-
-    def put_blob(self, source: Path) -> BlobRef:
-        data = Path(source).read_bytes()
-        ref = BlobRef(hashlib.sha256(data).hexdigest(), len(data))
-        self._blobs_held[ref.sha256] = data
-        return ref
-
-    def has_blob(self, sha256: str) -> bool:
-        return is_sha256(sha256) and sha256 in self._blobs_held
-
-    def open_blob(self, sha256: str) -> BinaryIO:
-        try:
-            return io.BytesIO(self._blobs_held[sha256])
-        except KeyError:
-            raise NotFoundError(f"blob {sha256} is not held by this remote queue") from None
-
-    def fetch_blob(self, sha256: str, dest: Path, *, mode: int = 0o600) -> None:
-        with self.open_blob(sha256) as source:
-            copy_verified(source, sha256, dest, mode=mode)
-
-    def inlined(self, workload: Workload) -> Workload:
-        """``workload`` with every stored attachment's bytes (held by ``put_blob``) inline;
-        NotFoundError when one was not put here."""
-        from caliber.queue.workload import Attachment
-
-        attachments = []
-        for a in workload.attachments:
-            if a.kind == "stored":
-                with self.open_blob(a.sha256) as f:
-                    inline = Attachment.from_bytes(a.path, f.read())
-                a = a.model_copy(update={"encoding": inline.encoding, "content": inline.content})
-            attachments.append(a)
-        return workload.model_copy(update={"attachments": attachments})
+    with io.BufferedReader(stream, buffer_size=CHUNK_BYTES) as source:
+        copy_verified(source, sha256, dest, mode=mode, size=stream.size)

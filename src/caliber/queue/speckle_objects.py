@@ -12,14 +12,19 @@ from caliber.queue import speckle_adapter as sp
 from caliber.queue.secret import problem
 from caliber.queue.speckle_log import State
 from caliber.queue.workload import Attachment, HistoryEntry, Lease, Workload, WorkloadStatus
-from caliber.results.model import Results
 
-ATTACHMENT_FIELDS = ("path", "encoding", "content", "sha256", "size", "mode", "reference")
+ATTACHMENT_FIELDS = ("path", "sha256", "size", "mode", "reference", "encoding", "content")
+BLOB_MEMBER = "blob"
+"""The member of an attachment child naming the Speckle object of its blob
+(:mod:`caliber.queue.speckle_blobs`): a plain string, not a reference, so the workload
+object's closure (what the web app downloads to show it) never holds the bytes."""
 
 
-def workload_object(workload: Workload) -> Any:
+def workload_object(workload: Workload, blobs: dict[str, str]) -> Any:
     """The workload as a Speckle object: readable members for the web app, and the lossless
-    JSON the queue reads back; each attachment a detached child."""
+    JSON the queue reads back; each attachment a small detached child: its path, SHA-256,
+    size and mode, and the id of its blob's object (``blobs``: SHA-256 to object id), or the
+    content itself for an inline attachment."""
     doc = workload.model_dump(mode="json", include={
         "id", "pinion", "workflow", "created_at", "queued_by", "secret"})
     return sp.new_object({
@@ -28,9 +33,22 @@ def workload_object(workload: Workload) -> Any:
         "queued_by": workload.queued_by, "created_at": workload.created_at.isoformat(),
         "workflow": sp.to_speckle(workload.workflow),
         "workload_json": json.dumps(doc, ensure_ascii=False),
-        "@attachments": [sp.new_object(a.model_dump(exclude_none=True))
+        "@attachments": [sp.new_object(_attachment_members(a, blobs))
                          for a in workload.attachments],
     })
+
+
+def _attachment_members(a: Attachment, blobs: dict[str, str]) -> dict[str, Any]:
+    members = a.model_dump(exclude_none=True)
+    if a.kind == "stored":
+        members[BLOB_MEMBER] = blobs[a.sha256]
+    return members
+
+
+def attachment_blobs(children: list[dict[str, Any]]) -> dict[str, str]:
+    """SHA-256 to blob object id of the stored attachments among ``children``."""
+    return {str(c["sha256"]): str(c[BLOB_MEMBER]) for c in children
+            if isinstance(c.get(BLOB_MEMBER), str) and isinstance(c.get("sha256"), str)}
 
 
 def workload_from(s: State, root: dict[str, Any], children: list[dict[str, Any]],
@@ -48,10 +66,15 @@ def workload_from(s: State, root: dict[str, Any], children: list[dict[str, Any]]
     )
     try:
         doc = json.loads(root["workload_json"])
-        attachments = [Attachment.model_validate({k: child[k] for k in ATTACHMENT_FIELDS
-                                                  if k in child}) for child in children]
+        attachments = [Attachment.model_validate(
+            {k: child[k] for k in ATTACHMENT_FIELDS if child.get(k) is not None})
+            for child in children]
         if doc.get("id") != s.id:
             raise ValueError(f"its object belongs to workload {doc.get('id')!r}")
+        blobs = attachment_blobs(children)
+        for a in attachments:
+            if a.kind == "stored" and a.sha256 not in blobs:
+                raise ValueError(f"attachment {a.path!r} names no stored object")
         workload = Workload(
             workflow=doc["workflow"], attachments=attachments, last_error=s.last_error,
             secret=s.secret if s.secret is not None else doc.get("secret", ""), **common,
@@ -65,32 +88,6 @@ def workload_from(s: State, root: dict[str, Any], children: list[dict[str, Any]]
         reason = f"this queue entry is damaged on the server and never runs ({exc!r}); reset it"
         return Workload(workflow={"name": s.workflow}, secret="", last_error=reason,
                         damaged=reason, **common)
-
-
-def results_object(results: Results) -> Any:
-    """The results as Speckle objects: one child per task run, its return value as Speckle
-    members (a Speckle object as itself), and the lossless JSON the queue reads back."""
-    tasks = []
-    for task in results.tasks:
-        try:
-            value = sp.to_speckle(task.return_)
-        except Exception:  # a value Speckle cannot hold as members: keep it as JSON text
-            value = json.dumps(task.return_, ensure_ascii=False)
-        member = "@value" if sp.is_speckle_object(value) else "value"
-        tasks.append(sp.new_object({
-            "name": task.name, "path": list(task.path), "branch": task.branch,
-            "status": task.status.value, "duration": task.duration,
-            "conversion": task.conversion,
-            "error": task.error.summary() if task.error else None, member: value,
-        }))
-    return sp.new_object({
-        "caliber": "results", "results_id": results.id, "workload_id": results.workload_id,
-        "workflow": results.workflow, "pinion": results.pinion, "status": results.status.value,
-        "started_at": results.started_at.isoformat(),
-        "finished_at": results.finished_at.isoformat(),
-        "error": results.error.summary() if results.error else None,
-        "results_json": results.model_dump_json(by_alias=True), "@tasks": tasks,
-    })
 
 
 def resolve(ids: Any, id_or_prefix: str, what: str) -> str:
