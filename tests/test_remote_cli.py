@@ -116,8 +116,10 @@ def test_speckle_geometry_and_binary_attachments_through_a_pinion(
     assert results["point"]["speckle_type"] == "Objects.Geometry.Point"
     assert results["digest"] == hashlib.sha256(blob).hexdigest()
     assert "Speckle object Objects.Geometry.Point" in (results.tasks[0].conversion or "")
-    received = receive(remote, remote.versions("shapes")[-1].object_id)
-    values = {t["name"]: t["@value"] for t in received["@tasks"] if t["name"] != "digest"}
+    done = remote.versions("shapes")[-1]
+    assert remote.versions("shapes/results/geometry")[-1].object_id == done.object_id
+    received = receive(remote, done.object_id)
+    values = {t["name"]: t["@objects"][0] for t in received["@tasks"] if t["name"] != "digest"}
     assert values["point"].speckle_type == "Objects.Geometry.Point"
     assert (values["point"].x, values["point"].y, values["point"].z) == (1.0, 2.0, 3.0)
     assert values["line"].speckle_type == "Objects.Geometry.Line"

@@ -7,6 +7,7 @@ import collections
 import json
 import random
 import signal
+import tempfile
 import textwrap
 import time
 from pathlib import Path
@@ -118,14 +119,17 @@ def edit_workload_json(remote: Remote, wid: str, change: Any) -> None:
 
 
 def edit_attachment(remote: Remote, wid: str) -> None:
-    import hashlib
-
+    """Point the attachment at other bytes (stored on the server as a blob of their own)."""
     evil = STEP.replace("return tag", "return 'tampered'")
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / "evil.py"
+        path.write_text(evil)
+        with remote.backend() as backend:
+            ref = backend.put_blob(path)
+            blob = backend.blob_object(ref.sha256)
     with remote.server.store.lock:
         _, [child] = stored_objects(remote, wid)
-        child["content"] = evil
-        child["sha256"] = hashlib.sha256(evil.encode()).hexdigest()
-        child["size"] = len(evil.encode())
+        child.update(sha256=ref.sha256, size=ref.size, blob=blob)
 
 
 def edit_pinion_in_the_version_message(remote: Remote, wid: str) -> None:
