@@ -281,3 +281,41 @@ def test_a_results_model_that_cannot_be_written_keeps_the_results(
         backend.complete(claim, results)
         assert backend.get_results(results.id) == results
     assert "were kept, but not shown in model main/results/a_b" in caplog.text
+
+
+# --- prune ----------------------------------------------------------------------------------
+
+
+def test_prune_takes_pruned_results_off_the_results_models_and_frees_nothing(
+        remote: Remote, tmp_path: Path) -> None:
+    import datetime as dt
+
+    source = random_file(tmp_path / "a.bin", 2 * bl.CHUNK_BYTES)
+    with remote.backend() as backend:
+        ref = backend.put_blob(source)
+        for workflow in ("bake", "boil"):
+            w = workload().model_copy(update={"workflow": {**workload().workflow,
+                                                           "name": workflow}})
+            backend.put(w)
+            claim = backend.claim("p1", "me", 60, "k")
+            assert claim is not None
+            backend.complete(claim, Results(
+                workload_id=w.id, workflow=workflow, pinion="p1", status=RunStatus.COMPLETED,
+                started_at=utcnow(), finished_at=utcnow(),
+                tasks=[TaskResult(name="t", status=TaskStatus.COMPLETED,
+                                  return_={"file": {"sha256": ref.sha256, "size": ref.size}})]))
+        objects = len(remote.objects())
+        later = dt.datetime.now(dt.UTC) + dt.timedelta(minutes=5)
+        dry = backend.prune(later, workflow="bake", dry_run=True)
+        assert dry.versions == 3 + 1  # put, claim, done of bake, and its results model
+        assert len(remote.versions("main/results/bake")) == 1
+        pruned = backend.prune(later, workflow="bake")
+        assert pruned.bytes is None and pruned.versions == dry.versions
+    assert remote.versions("main/results/bake") == []
+    assert len(remote.versions("main/results/boil")) == 1
+    assert len(remote.objects()) == objects  # a Speckle server never deletes an object
+    with remote.backend() as backend:  # boil's Results still name the blob, and it reads
+        [kept] = backend.list_results()
+        assert kept.workflow == "boil"
+        backend.fetch_blob(ref.sha256, tmp_path / "back.bin")
+    assert (tmp_path / "back.bin").read_bytes() == source.read_bytes()

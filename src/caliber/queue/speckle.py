@@ -573,10 +573,17 @@ class SpeckleBackend:
             if versions and not dry_run:
                 self.conn.delete_versions(versions)
                 self.refresh()
+            gone = [*theirs, *orphans]
+            shown = pr.shown_results(
+                self.conn, [results_model(self.conn.model_key, r.workflow) for r in gone],
+                [r.id for r in gone])
+            if shown and not dry_run:
+                self.conn.delete_versions(shown)
         return Pruned(
             before=before, dry_run=dry_run, workloads=tuple(s.id for s in states),
             results=tuple(r.id for r in [*theirs, *orphans]), bytes=None,
-            work_dirs=tuple(s.work_dir for s in states if s.work_dir), versions=len(versions))
+            work_dirs=tuple(s.work_dir for s in states if s.work_dir),
+            versions=len(versions) + len(shown))
 
     # --- blobs (see caliber.queue.blobs.BlobStore and caliber.queue.speckle_blobs) ----------
 

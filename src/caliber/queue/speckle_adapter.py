@@ -406,6 +406,15 @@ class SpeckleConnection:
         raise ConfigError(f"cannot find or create the model '{shown or key}' on "
                           f"{self.where}")  # pragma: no cover
 
+    def find_model(self, key: str) -> str | None:
+        """The id of the model ``key`` (a name as the server stores it), None if none."""
+        if key not in self._models:
+            found = self._model_by_name(key)
+            if found is None:
+                return None
+            self._models[key] = found
+        return self._models[key]
+
     def _model_by_name(self, name: str) -> str | None:
         """The model's id, ``None`` if it does not exist; a project that is missing or not
         readable is a ConfigError. (One small query: specklepy's ``project.get`` asks for
@@ -430,7 +439,8 @@ class SpeckleConnection:
 
     # -- versions --
 
-    def list_versions(self, cursor: str | None = None) -> VersionPage:
+    def list_versions(self, cursor: str | None = None,
+                      model_id: str | None = None) -> VersionPage:
         """One page of the model's versions, newest first (none while the model does not
         exist: it is looked for again each time).
 
@@ -438,14 +448,16 @@ class SpeckleConnection:
         versions with ``createdAt < cursor``, its cursor being the page's last ``createdAt``
         (repositories/commits.ts): a version made in the same millisecond as the last one of
         a page would never be listed. So the cursor returned here is one millisecond later
-        (the server reads it as a time): the next page lists that millisecond again."""
-        if self.model_id is None:
+        (the server reads it as a time): the next page lists that millisecond again.
+
+        ``model_id``: another model's versions (a results model's) instead."""
+        if model_id is None and self.model_id is None:
             self.model_id = self._model_by_name(self.model_key)
             if self.model_id is None:
                 return VersionPage([], None, 0)
         page = self.call(
             "list the queue's versions", self.client.version.get_versions,
-            self.model_id, self.project_id, limit=VERSIONS_PAGE, cursor=cursor,
+            model_id or self.model_id, self.project_id, limit=VERSIONS_PAGE, cursor=cursor,
         )
         items = [
             VersionInfo(

@@ -14,12 +14,21 @@ runs the steps:
    removed, so a prune that stopped half-way is finished by the next one. Every event is
    about one workload (or one Results), so what any reader folds for the others is the
    same before and after; readers notice the versions deleted and read the log afresh.
-   ``prune`` and ``checkpoint`` versions are never deleted.
+   ``prune`` and ``checkpoint`` versions are never deleted;
+4. delete the versions of the workflows' results models
+   (:func:`caliber.queue.speckle_results.results_model`) that show a pruned Results.
+
+The objects stay: a Speckle server has no call that deletes an object (a project keeps every
+object sent to it until the project is deleted, and an object may be shared by any number of
+versions, as blobs are by content). So a prune on Speckle makes the pruned workloads,
+Results and their attachments unreachable from the queue and the results models, and frees
+nothing on the server's disk; ``bytes`` of its report is None.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import re
 from collections.abc import Iterable
 
 from caliber.queue import speckle_adapter as sp
@@ -57,12 +66,13 @@ def select(folded: Folded, before: dt.datetime, server_before: dt.datetime, *,
     return states, theirs, orphans
 
 
-def every_version(conn: sp.SpeckleConnection) -> list[sp.VersionInfo]:
-    """Every version of the model, newest first (all pages)."""
-    page = conn.list_versions()
+def every_version(conn: sp.SpeckleConnection,
+                  model_id: str | None = None) -> list[sp.VersionInfo]:
+    """Every version of the model (or of ``model_id``), newest first (all pages)."""
+    page = conn.list_versions(model_id=model_id)
     found = {v.id: v for v in page.items}
     while len(page.items) >= sp.VERSIONS_PAGE and page.cursor:
-        page = conn.list_versions(page.cursor)
+        page = conn.list_versions(page.cursor, model_id=model_id)
         fresh = [v for v in page.items if v.id not in found]
         if not fresh:  # (a page may repeat versions of the previous one's last moment)
             break
@@ -86,4 +96,25 @@ def doomed(versions: Iterable[sp.VersionInfo], folded: Folded,
         about = getattr(body, "workload", None)
         if about in dead or (isinstance(body, ev.SavedResults) and body.results in dead):
             out.append(e.version_id)
+    return out
+
+
+_SHOWN = re.compile(r"results (\S+) of workload ")
+
+
+def shown_results(conn: sp.SpeckleConnection, models: Iterable[str],
+                  results: Iterable[str]) -> list[str]:
+    """Ids of the versions of the results models ``models`` (names as stored) that show one
+    of ``results`` (their message names it: see
+    :meth:`caliber.queue.speckle.SpeckleBackend._publish`)."""
+    gone = set(results)
+    out = []
+    for name in sorted(set(models)):
+        model_id = conn.find_model(name)
+        if model_id is None:
+            continue
+        for version in every_version(conn, model_id):
+            found = _SHOWN.search(version.message)
+            if found and found.group(1) in gone:
+                out.append(version.id)
     return out
