@@ -23,7 +23,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from bench import heavy_arrays, heavy_attachments, heavy_outputs, remote_log
+from bench import heavy_arrays, heavy_attachments, heavy_outputs, heavy_speckle, remote_log
 from bench.common import BIN, REPO, Settings, Unavailable, time_command, worker_env
 from bench.report import Row, rows_to_json, write
 from bench.systems import DrainResult, DrainSystem, drain_once, interleaved
@@ -50,6 +50,7 @@ def expected_row_ids() -> list[str]:
     ids += heavy_attachments.expected_ids()
     ids += heavy_arrays.expected_ids()
     ids += heavy_outputs.expected_ids()
+    ids += heavy_speckle.expected_ids()
     return ids
 
 
@@ -530,6 +531,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         rows += heavy_attachments.rows(settings.quick, settings.reps, root)
         rows += heavy_arrays.rows(settings.quick, settings.reps, root)
         rows += heavy_outputs.rows(settings.quick, settings.reps, root)
+        rows += heavy_speckle.rows(settings.quick, settings.reps, root)
         for system in systems:
             system.close()
 
