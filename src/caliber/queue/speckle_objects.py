@@ -1,6 +1,7 @@
-"""What the remote queue stores as Speckle objects: a workload (its workflow, attachments and
-run-secret, referenced by its ``put`` version) and its results (referenced by ``done``), and
-how a workload is read back; plus finding an id from a prefix."""
+"""What the remote queue stores of a workload as Speckle objects (its workflow, attachments and
+run-secret, referenced by its ``put`` version), and how a workload is read back; plus finding
+an id from a prefix. Results: :mod:`caliber.queue.speckle_results`; the bytes of attachments:
+:mod:`caliber.queue.speckle_blobs`."""
 
 from __future__ import annotations
 
