@@ -39,9 +39,11 @@ import base64, sys, warnings
 warnings.simplefilter("ignore")
 from specklepy.api import operations
 from specklepy.api.client import SpeckleClient
+from specklepy.logging import metrics
 from specklepy.objects.base import Base
 from specklepy.transports.server import ServerTransport
 
+metrics.disable()  # no telemetry: this talks to 127.0.0.1 alone
 host, token, project, path = sys.argv[1:]
 client = SpeckleClient(host=host, use_ssl=False)
 client.authenticate_with_token(token)
