@@ -156,12 +156,17 @@ def test_a_child_that_cannot_start_gives_the_claim_back(folder: Path) -> None:
                             stderr=subprocess.PIPE, text=True)
     assert proc.stderr is not None
     seen = []
-    for line in proc.stderr:
-        seen.append(line)
-        if "trying again" in line:
-            break
-    proc.send_signal(2)  # SIGINT: a warm stop, during the back-off
-    out, err = proc.communicate(timeout=60)
+    try:  # a pinion that never says so is not left running (it looks for work for ever)
+        for line in proc.stderr:
+            seen.append(line)
+            if "trying again" in line:
+                break
+        proc.send_signal(2)  # SIGINT: a warm stop, during the back-off
+        out, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
     stderr = "".join(seen) + err
     assert proc.returncode == 0, stderr
     assert f"workload {wid} put back in the queue: cannot start the workload's process" in stderr
