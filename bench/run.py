@@ -91,8 +91,9 @@ def drain_rows(
 ) -> list[Row]:
     rows = []
     small, large = settings.drain_sizes
-    targets = {"huey": ("<= 1 (at least as fast as Huey)", "<="),
-               "rq": ("< 1 (faster than RQ)", "<")}
+    # SPEC section 9: the drain of small workloads is a guard against RQ's forking worker,
+    # which isolates each job as Caliber does; Huey (jobs inside its worker) is a reference.
+    targets = {"huey": ("", ""), "rq": ("<= 0.7 (guard: RQ's forking worker)", "<=")}
     for kind, section, what in (
         ("drain", "Drain: N queued single-task jobs, one worker", lambda s: s.drain),
         ("e2e", "End to end: queue N jobs, then drain them", lambda s: s.end_to_end),
@@ -105,7 +106,7 @@ def drain_rows(
                     id=f"{kind}-{size_name}-{peer}", section=section,
                     figure=f"{'drain' if kind == 'drain' else 'queue + drain'} {n:,} jobs",
                     unit="s", better="lower", baseline=peer_name, target=target, target_op=op,
-                    target_value=1.0,
+                    target_value=0.7,
                 )
                 rows.append(row.fill(samples(by_system.get("caliber"), what),
                                      samples(by_system.get(peer), what)))
