@@ -14,8 +14,8 @@ side finds the other's objects there already.
   detached chunk object each, the same size as Caliber's).
 
 Both are fresh processes; time is wall time, memory the process's peak resident size
-(``ru_maxrss`` through ``os.wait4``). ``python -m bench.heavy_speckle [--quick]`` prints the
-figures alone.
+(``ru_maxrss``, through a small wrapper process). ``python -m bench.heavy_speckle [--quick]``
+prints the figures alone.
 """
 
 from __future__ import annotations
