@@ -145,9 +145,20 @@ def rows(quick: bool, reps: int, root: Path) -> list[Row]:
          f"{label} attachment", "MiB", f"the same with {COPIES} of a 5-byte one",
          "list_big_mib", "list_tiny_mib", "<= 1.5", 1.5),
     ]
+    return spec_rows(SECTION, specs, got, error)
+
+
+Spec = tuple[str, str, str, str, str, str, str, float]
+"""id, figure, unit, baseline, key of Caliber's samples, key of the floor's, target, value."""
+
+
+def spec_rows(section: str, specs: list[Spec], got: dict[str, list[float]],
+              error: str | None) -> list[Row]:
+    """The rows of ``specs`` (each "lower is better", at most its target ratio), filled from
+    the samples ``got``; each marked unavailable with the first line of ``error``."""
     out = []
     for row_id, figure, unit, baseline, subject, floor, target, value in specs:
-        row = Row(id=row_id, section=SECTION, figure=figure, unit=unit, better="lower",
+        row = Row(id=row_id, section=section, figure=figure, unit=unit, better="lower",
                   baseline=baseline, target=target, target_op="<=", target_value=value)
         row.fill(got.get(subject, []), got.get(floor, []))
         if error:

@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.common import BIN, REPO, worker_env
-from bench.heavy_attachments import measured, workflow_file, write_file
+from bench.heavy_attachments import measured, spec_rows, workflow_file, write_file
 from bench.report import Row
 
 FULL_SIZE = 256 << 20
@@ -124,15 +124,7 @@ def rows(quick: bool, reps: int, root: Path) -> list[Row]:
          "specklepy's operations.send of the same bytes", "caliber_mib", "specklepy_mib",
          "<= 1", 1.0),
     ]
-    out = []
-    for row_id, figure, unit, baseline, subject, floor, target, value in specs:
-        row = Row(id=row_id, section=SECTION, figure=figure, unit=unit, better="lower",
-                  baseline=baseline, target=target, target_op="<=", target_value=value)
-        row.fill(got.get(subject, []), got.get(floor, []))
-        if error:
-            row.unavailable = error.splitlines()[0]
-        out.append(row)
-    return out
+    return spec_rows(SECTION, specs, got, error)
 
 
 def main(argv: list[str] | None = None) -> int:
