@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 
@@ -87,16 +88,24 @@ def _find(
             raise first from None
 
 
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def latest_options(command: F) -> F:
+    """``--workflow`` and ``--pinion``: which latest Results a command without ID takes."""
+    command = click.option("--pinion", "pinion_name", metavar="NAME",
+                           help="Without ID: the latest results from this pinion.")(command)
+    return click.option("--workflow", "workflow_name", metavar="NAME",
+                        help="Without ID: the latest results of this workflow.")(command)
+
+
 @results.command(
     "show",
     short_help="Show one Results: every task's return value.",
     epilog="Example: caliber results show k3v9   (or: caliber results show --workflow pasta)",
 )
 @click.argument("id_", metavar="[ID]", required=False, shell_complete=results_ids)
-@click.option("--workflow", "workflow_name", metavar="NAME",
-              help="Without ID: the latest results of this workflow.")
-@click.option("--pinion", "pinion_name", metavar="NAME",
-              help="Without ID: the latest results from this pinion.")
+@latest_options
 @target_options
 @json_option
 def show_cmd(
@@ -138,10 +147,7 @@ Examples:
               help="Copy the files into DIR (made when missing), keeping their relative "
               "paths.")
 @click.option("--force", is_flag=True, help="With --to: overwrite files that are there.")
-@click.option("--workflow", "workflow_name", metavar="NAME",
-              help="Without ID: the latest results of this workflow.")
-@click.option("--pinion", "pinion_name", metavar="NAME",
-              help="Without ID: the latest results from this pinion.")
+@latest_options
 @target_options
 @json_option
 def files_cmd(
