@@ -40,7 +40,7 @@ def check_command(*args: str) -> None:
 def check_queue_api() -> None:
     try:
         from caliber.queue.api import queue_workflow  # noqa: F401
-        from caliber.queue.sqlite import SQLiteBackend
+        from caliber.queue.sqlite.backend import SQLiteBackend
     except ImportError as exc:
         raise Unavailable(f"the queue API is not available yet ({exc})") from None
     verbs = ("put", "claim", "complete", "list_workloads")

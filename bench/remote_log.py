@@ -5,7 +5,7 @@ The Speckle test server of the test suite (``tests/speckle_server``) runs in thi
 127.0.0.1. Its store is filled directly (untimed) with the versions a real queue would hold
 for N finished workloads: per workload a *queued* version referencing its workload object, a
 *claimed* and a *completed* version, one second apart, as format-2 messages of
-:mod:`caliber.queue.speckle_events`. Then one workload is queued through Caliber itself: that
+:mod:`caliber.queue.speckle.events`. Then one workload is queued through Caliber itself: that
 write reads the whole log once and writes a checkpoint, as the pinions writing the log would
 have done every 100 events. Each figure is timed with N = ``small`` and N = ``large``, and
 the requests the server answered are counted.
@@ -61,7 +61,7 @@ def fill(server: Any, token: str, count: int) -> str:
     """A new project whose model ``MODEL`` holds ``count`` finished workloads; its id."""
     from tests.speckle_server.store import Model, Version
 
-    from caliber.queue.speckle_events import Claim, Done, Put, message
+    from caliber.queue.speckle.events import Claim, Done, Put, message
 
     store = server.store
     with store.lock:
@@ -159,7 +159,7 @@ def _settings(server: Any, token: str, project: str) -> Any:
 
 def _queue_one(server: Any, token: str, project: str) -> None:
     """Queue a workload through Caliber (its write also writes the checkpoint)."""
-    from caliber.queue.speckle import SpeckleBackend
+    from caliber.queue.speckle.backend import SpeckleBackend
     from caliber.queue.workload import Workload
 
     with SpeckleBackend.open(_settings(server, token, project)) as backend:
@@ -184,7 +184,7 @@ def _list_command(server: Any, token: str, project: str, root: Path) -> tuple[fl
 
 def _claim(server: Any, token: str, project: str, root: Path) -> tuple[float, float]:
     """Wall time, and the CPU time of this thread (the test server's threads left out)."""
-    from caliber.queue.speckle import SpeckleBackend
+    from caliber.queue.speckle.backend import SpeckleBackend
 
     t0, cpu0 = time.perf_counter(), time.thread_time()
     backend = SpeckleBackend.open(_settings(server, token, project))

@@ -69,7 +69,7 @@ class Remote:
         return RemoteSettings(**{**values, **overrides})
 
     def backend(self, **overrides: Any) -> Any:
-        from caliber.queue.speckle import SpeckleBackend
+        from caliber.queue.speckle.backend import SpeckleBackend
 
         return SpeckleBackend.open(self.settings(**overrides))
 

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 pytest.importorskip("specklepy")
-pytest.importorskip("caliber.queue.speckle_results",
+pytest.importorskip("caliber.queue.speckle.results",
                     reason="the remote content store (branch speckle-store) is not here yet")
 
 import caliber

@@ -21,8 +21,8 @@ from caliber.errors import AttachmentError, WorkflowFileError
 from caliber.pinion.loop import Pinion, PinionConfig
 from caliber.queue import secret
 from caliber.queue.registry import open_backend
-from caliber.queue.sqlite import SQLiteBackend
-from caliber.queue.sqlite_schema import MIGRATIONS, PYTHON_STEPS, blob_folder
+from caliber.queue.sqlite.backend import SQLiteBackend
+from caliber.queue.sqlite.schema import MIGRATIONS, PYTHON_STEPS, blob_folder
 from caliber.queue.target import local_target
 from caliber.queue.workload import Attachment, Workload
 from caliber.results.model import utcnow

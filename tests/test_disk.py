@@ -24,7 +24,7 @@ import pytest
 from caliber.errors import QueueError, WorkspaceError
 from caliber.pinion.loop import Pinion, PinionConfig
 from caliber.queue.registry import open_backend
-from caliber.queue.sqlite import SQLiteBackend
+from caliber.queue.sqlite.backend import SQLiteBackend
 from caliber.queue.target import local_target
 from tests.pinion_helpers import make_folder, workflow
 from tests.reliability_figures import record

@@ -321,7 +321,7 @@ def test_cli_commands_hammering_the_queue_while_pinions_run(tmp_path: Path) -> N
 def test_a_read_sees_one_moment_even_when_a_pinion_writes_in_between(tmp_path: Path) -> None:
     """``queue view`` reads a workload's row and then its history: a claim landing between
     the two must not show a queued workload whose history says it is running."""
-    from caliber.queue.sqlite import SQLiteBackend
+    from caliber.queue.sqlite.backend import SQLiteBackend
 
     folder = make_folder(tmp_path / "wf")
     wid = queue_workflow(folder, [("add", [1])])

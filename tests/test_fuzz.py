@@ -23,8 +23,8 @@ from caliber.errors import CaliberError, WorkflowFileError
 from caliber.pinion.loop import Pinion, PinionConfig
 from caliber.queue import secret
 from caliber.queue.api import make_workload
-from caliber.queue.sqlite import SQLiteBackend
-from caliber.queue.sqlite_schema import blob_folder
+from caliber.queue.sqlite.backend import SQLiteBackend
+from caliber.queue.sqlite.schema import blob_folder
 from caliber.results.convert import to_json
 from caliber.workflow.fileformat import from_document, load, parse_text
 from caliber.workflow.model import Workflow

@@ -11,7 +11,7 @@ import re
 import tomllib
 from pathlib import Path
 
-from caliber.queue.speckle_adapter import INSTALL_HINT
+from caliber.queue.speckle.adapter import INSTALL_HINT
 
 REPO = Path(__file__).resolve().parent.parent
 PROJECT = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]

@@ -234,8 +234,8 @@ def test_a_remote_checkpoint_keeps_a_cancel_asked_and_a_resume() -> None:
     without them in the format older readers read (17 items)."""
     import datetime as dt
 
-    from caliber.queue.speckle_checkpoint import _state, _state_doc
-    from caliber.queue.speckle_log import State
+    from caliber.queue.speckle.checkpoint import _state, _state_doc
+    from caliber.queue.speckle.log import State
 
     at = dt.datetime(2030, 1, 1, tzinfo=dt.UTC)
     plain = State(id="w1", pinion="p", workflow="wf", created_at=at, queued_by="ann@laptop",

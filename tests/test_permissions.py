@@ -171,7 +171,7 @@ def test_under_umask_000_caliber_makes_its_folders_0700_and_files_0600(
 
 def test_the_queue_database_and_its_wal_and_shm_files_are_0600(caliber_home: Path) -> None:
     code = ("from caliber.paths import database_path\n"
-            "from caliber.queue.sqlite_schema import connect\n"
+            "from caliber.queue.sqlite.schema import connect\n"
             "conn = connect(database_path())\n"
             "conn.execute('SELECT count(*) FROM workloads').fetchone()\n"
             "import os\n"
@@ -209,7 +209,7 @@ def test_the_platforms_data_and_config_folders_are_0700(tmp_path: Path) -> None:
 
 
 def test_the_speckle_checkpoint_cache_is_private(caliber_home: Path) -> None:
-    code = ("from caliber.queue.speckle_checkpoint import ChunkCache\n"
+    code = ("from caliber.queue.speckle.checkpoint import ChunkCache\n"
             "ChunkCache.of('host', 'project', 'model').put(\n"
             "    {'abc': {'id': 'abc', 'caliber': 'queue checkpoint 1'}})\n")
     done = under_umask("000", sys.executable, "-c", code)

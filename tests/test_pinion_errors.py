@@ -20,7 +20,7 @@ from caliber.errors import ClaimReturnedError, QueueError
 from caliber.paths import database_path
 from caliber.pinion.loop import Pinion, PinionConfig
 from caliber.queue.backend import Claim
-from caliber.queue.sqlite import SQLiteBackend
+from caliber.queue.sqlite.backend import SQLiteBackend
 from caliber.results.model import Results
 from tests.pinion_helpers import make_folder, queue
 from tests.remote_helpers import Remote, remote
@@ -133,7 +133,7 @@ import json, resource, signal, sys, threading
 from caliber.paths import database_path
 from caliber.pinion.loop import Pinion, PinionConfig
 from caliber.pinion.progress import Reporter
-from caliber.queue.sqlite import SQLiteBackend
+from caliber.queue.sqlite.backend import SQLiteBackend
 
 backend = SQLiteBackend(database_path())
 backend.list_workloads()  # the database and its WAL files are open now

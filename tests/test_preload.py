@@ -24,7 +24,7 @@ def modules(*names):
 # hooks in every child (threading's and random's at-fork handlers), and none is needed to run
 # a workload. colorsys stands for a module a pinion preloads (tiny, and nothing imports it).
 HEAVY = ["pydantic", "pydantic_core", "threading", "logging", "random", "subprocess", "click",
-         "rich", "sqlite3", "caliber.results.model", "caliber.queue.sqlite", "colorsys"]
+         "rich", "sqlite3", "caliber.results.model", "caliber.queue.sqlite.backend", "colorsys"]
 
 
 @pytest.fixture

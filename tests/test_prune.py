@@ -17,7 +17,7 @@ from caliber.paths import database_path, runs_dir
 from caliber.pinion.loop import Pinion, PinionConfig
 from caliber.pinion.runs import keep_newest, remove_run_folders
 from caliber.queue.registry import open_backend
-from caliber.queue.sqlite_prune import file_size
+from caliber.queue.sqlite.prune import file_size
 from caliber.queue.target import local_target
 from caliber.results.prune import parse_duration, prune
 from tests.pinion_helpers import make_folder, queue

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from caliber.cli import main
-from caliber.queue.sqlite_schema import SCHEMA_VERSION
+from caliber.queue.sqlite.schema import SCHEMA_VERSION
 
 SUMMARY_KEYS = {"id", "workflow", "pinion", "status", "created_at", "attempts", "results_id",
                 "secret_ok"}

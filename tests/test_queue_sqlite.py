@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 
 from caliber.errors import QueueError
-from caliber.queue.sqlite import CLAIM_SQL, SQLiteBackend
-from caliber.queue.sqlite_schema import MIGRATIONS, SCHEMA_VERSION
+from caliber.queue.sqlite.backend import CLAIM_SQL, SQLiteBackend
+from caliber.queue.sqlite.schema import MIGRATIONS, SCHEMA_VERSION
 from caliber.queue.workload import WorkloadStatus
 from tests.contract.test_backend_contract import LEASE, make_results, make_workload
 
@@ -177,7 +177,7 @@ def test_threads_sharing_one_backend(tmp_path: Path) -> None:
 CLAIMER = """
 import json, sys
 from pathlib import Path
-from caliber.queue.sqlite import CLAIM_SQL, SQLiteBackend
+from caliber.queue.sqlite.backend import CLAIM_SQL, SQLiteBackend
 from caliber.results.model import Results, RunStatus, utcnow
 backend = SQLiteBackend(Path(sys.argv[1]))
 taken = []

@@ -13,9 +13,10 @@ import pytest
 pytest.importorskip("specklepy")
 
 from caliber.errors import NotFoundError, QueueDamagedError
-from caliber.queue import speckle_adapter, speckle_checkpoint
-from caliber.queue.speckle_events import Checkpoint, parse
-from caliber.queue.speckle_log import fold
+from caliber.queue.speckle import adapter as speckle_adapter
+from caliber.queue.speckle import checkpoint as speckle_checkpoint
+from caliber.queue.speckle.events import Checkpoint, parse
+from caliber.queue.speckle.log import fold
 from caliber.queue.workload import WorkloadStatus
 from tests.remote_helpers import Remote, caliber, pasta_folder, remote
 from tests.speckle_fixtures import speckle_server, speckle_token, speckle_userdata

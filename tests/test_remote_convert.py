@@ -9,7 +9,7 @@ pytest.importorskip("specklepy")
 from specklepy.objects.base import Base
 from specklepy.objects.geometry import Line, Point
 
-from caliber.queue.speckle_adapter import member_name, object_to_dict, to_speckle
+from caliber.queue.speckle.adapter import member_name, object_to_dict, to_speckle
 from caliber.results.convert import to_json
 
 pytestmark = pytest.mark.speckle

@@ -239,7 +239,7 @@ def test_a_workload_whose_objects_stay_missing_is_failed_not_claimed_for_ever(
 ) -> None:
     from caliber.errors import ClaimReturnedError
     from caliber.pinion.loop import Pinion, PinionConfig
-    from caliber.queue.speckle import MISSING_LOOKS
+    from caliber.queue.speckle.backend import MISSING_LOOKS
     from tests.test_remote_queue import workload as make_workload
 
     workload = make_workload("p")

@@ -11,8 +11,8 @@ from typing import Any
 
 import pytest
 
-from caliber.queue.speckle_checkpoint import archived_texts, from_object, to_object
-from caliber.queue.speckle_events import (
+from caliber.queue.speckle.checkpoint import archived_texts, from_object, to_object
+from caliber.queue.speckle.events import (
     KINDS,
     Checkpoint,
     Claim,
@@ -31,7 +31,7 @@ from caliber.queue.speckle_events import (
     message,
     parse,
 )
-from caliber.queue.speckle_log import Folded, fold
+from caliber.queue.speckle.log import Folded, fold
 from caliber.queue.workload import WorkloadStatus
 
 T0 = dt.datetime(2030, 1, 1, tzinfo=dt.UTC)
@@ -196,7 +196,7 @@ def test_any_arrival_order_and_duplicates_give_the_same_state() -> None:
 def stored(folded: Folded, cutoff: tuple[dt.datetime, str]) -> Folded:
     """``folded`` written as a checkpoint object and read back, as another reader would."""
     pytest.importorskip("specklepy")
-    from caliber.queue import speckle_adapter as sp
+    from caliber.queue.speckle import adapter as sp
 
     root, objects = sp.serialise(to_object(folded, cutoff, archived_texts(folded)))
     found = {i: json.loads(text) for i, text in objects.items()}

@@ -17,8 +17,8 @@ import pytest
 
 pytest.importorskip("specklepy")
 
-from caliber.queue import speckle_checkpoint
-from caliber.queue.speckle_events import Checkpoint, parse
+from caliber.queue.speckle import checkpoint as speckle_checkpoint
+from caliber.queue.speckle.events import Checkpoint, parse
 from tests.remote_helpers import Remote, remote
 from tests.speckle_fixtures import speckle_server, speckle_token, speckle_userdata
 from tests.test_remote_checkpoints import finish, often, seen, whole_log

@@ -15,9 +15,9 @@ import pytest
 pytest.importorskip("specklepy")
 
 from caliber.cli import main
-from caliber.queue import speckle_events as ev
-from caliber.queue.speckle_checkpoint import from_object, to_object
-from caliber.queue.speckle_log import Folded, fold
+from caliber.queue.speckle import events as ev
+from caliber.queue.speckle.checkpoint import from_object, to_object
+from caliber.queue.speckle.log import Folded, fold
 from caliber.queue.workload import WorkloadStatus
 from tests.remote_helpers import Remote, remote
 from tests.speckle_fixtures import speckle_server, speckle_token, speckle_userdata
@@ -95,7 +95,7 @@ def test_prune_in_the_fold_removes_only_finished_workloads_and_live_ones_fold_th
 def test_a_checkpoint_from_before_a_prune_and_one_after_it_fold_the_same() -> None:
     """A reader starting at a checkpoint that still archives the pruned workloads folds the
     prune on top; the next checkpoint's archive no longer holds them."""
-    from caliber.queue import speckle_adapter as sp
+    from caliber.queue.speckle import adapter as sp
 
     store: dict[str, dict[str, Any]] = {}
 

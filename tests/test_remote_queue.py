@@ -16,7 +16,7 @@ import pytest
 pytest.importorskip("specklepy")
 
 from caliber.errors import ConfigError, QueueError
-from caliber.queue import speckle_adapter
+from caliber.queue.speckle import adapter as speckle_adapter
 from caliber.queue.workload import Attachment, Workload, WorkloadStatus
 from caliber.results.model import Results, RunStatus, TaskResult, TaskStatus, utcnow
 from tests.remote_helpers import Remote, caliber, new_project, pasta_folder, remote
@@ -262,7 +262,7 @@ def test_other_versions_on_the_model_are_left_alone(remote: Remote) -> None:
 
 def test_a_lost_answer_to_a_write_is_checked(remote: Remote,
                                              monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr("caliber.queue.speckle.RECHECK_WAIT", 0)
+    monkeypatch.setattr("caliber.queue.speckle.backend.RECHECK_WAIT", 0)
     with remote.backend() as backend:
         real = backend.conn.create_version
         calls = []

@@ -22,8 +22,8 @@ __all__ = ["remote", "speckle_server", "speckle_token", "speckle_userdata"]  # f
 
 def remote_store() -> bool:
     """Whether the remote queue keeps blobs on this branch (the Speckle content store)."""
-    from caliber.queue import speckle_blobs
-    from caliber.queue.speckle import SpeckleBackend
+    from caliber.queue.speckle import blobs as speckle_blobs
+    from caliber.queue.speckle.backend import SpeckleBackend
 
     stopgap = getattr(speckle_blobs, "InlineBlobs", None)  # holds blobs in memory only
     return stopgap is None or not issubclass(SpeckleBackend, stopgap)

@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 
 from caliber.queue import secret
-from caliber.queue import speckle_events as ev
+from caliber.queue.speckle import events as ev
 from caliber.results.model import Results
 from tests.pinion_helpers import make_folder
 from tests.remote_helpers import Remote, remote
@@ -130,8 +130,8 @@ def test_a_checkpoint_keeps_a_resume_grant_in_a_form_older_readers_read() -> Non
     grants reads the first 18 and ignores it; a state without a grant keeps its 17 or 18."""
     import datetime as dt
 
-    from caliber.queue.speckle_checkpoint import _state, _state_doc
-    from caliber.queue.speckle_log import State
+    from caliber.queue.speckle.checkpoint import _state, _state_doc
+    from caliber.queue.speckle.log import State
 
     at = dt.datetime(2030, 1, 1, tzinfo=dt.UTC)
     granted = State(id="w1", pinion="p", workflow="wf", created_at=at, queued_by="ann@laptop",

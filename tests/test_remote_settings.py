@@ -110,7 +110,7 @@ def test_env_file_missing_is_fine(tmp_path: Path) -> None:
 def test_token_from_the_account_of_the_host(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
                                             ) -> None:
     pytest.importorskip("specklepy")
-    from caliber.queue.speckle_adapter import account_token
+    from caliber.queue.speckle.adapter import account_token
     from tests.speckle_fixtures import write_account
     from tests.speckle_server import SpeckleTestServer
 
@@ -126,7 +126,7 @@ def test_token_from_the_account_of_the_host(tmp_path: Path, monkeypatch: pytest.
 @pytest.mark.speckle
 def test_no_accounts_at_all(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     pytest.importorskip("specklepy")
-    from caliber.queue.speckle_adapter import account_token
+    from caliber.queue.speckle.adapter import account_token
 
     monkeypatch.setenv("SPECKLE_USERDATA_PATH", str(tmp_path / "empty"))
     with pytest.raises(ConfigError, match="set CALIBER_SPECKLE_TOKEN, or add an account"):
@@ -136,7 +136,7 @@ def test_no_accounts_at_all(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> 
 def test_missing_specklepy_says_what_to_install(monkeypatch: pytest.MonkeyPatch) -> None:
     import re
 
-    from caliber.queue.speckle_adapter import INSTALL_HINT, import_specklepy
+    from caliber.queue.speckle.adapter import INSTALL_HINT, import_specklepy
 
     monkeypatch.setitem(sys.modules, "specklepy.api.client", None)
     with pytest.raises(ConfigError, match=f"needs specklepy .*{re.escape(INSTALL_HINT)}$"):
@@ -147,7 +147,7 @@ def test_local_flag_and_no_project_open_the_local_queue(
     workdir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     from caliber.queue.registry import open_backend
-    from caliber.queue.sqlite import SQLiteBackend
+    from caliber.queue.sqlite.backend import SQLiteBackend
     from caliber.queue.target import resolve_target
 
     with open_backend(resolve_target()) as backend:

@@ -13,9 +13,9 @@ import pytest
 pytest.importorskip("specklepy")
 
 from caliber.errors import BlobMismatchError, NotFoundError
-from caliber.queue import speckle_adapter as sp
-from caliber.queue import speckle_blobs as bl
-from caliber.queue import speckle_events as ev
+from caliber.queue.speckle import adapter as sp
+from caliber.queue.speckle import blobs as bl
+from caliber.queue.speckle import events as ev
 from caliber.results.model import Results, RunStatus, TaskResult, TaskStatus, utcnow
 from tests.remote_helpers import Remote, remote
 from tests.speckle_fixtures import speckle_server, speckle_token, speckle_userdata

@@ -25,7 +25,7 @@ from hypothesis import strategies as st
 
 from caliber.queue import secret
 from caliber.queue.resume import grant, resume_problem, signed
-from caliber.queue.sqlite import SQLiteBackend
+from caliber.queue.sqlite.backend import SQLiteBackend
 from caliber.queue.workload import Workload
 from caliber.results.model import Results, new_id
 from tests.test_fuzz import FUZZ, plain_json

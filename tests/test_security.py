@@ -21,8 +21,8 @@ from caliber.pinion.loop import Pinion, PinionConfig
 from caliber.queue import secret
 from caliber.queue.blobs import FolderBlobStore
 from caliber.queue.registry import open_backend
-from caliber.queue.sqlite import SQLiteBackend
-from caliber.queue.sqlite_schema import blob_folder
+from caliber.queue.sqlite.backend import SQLiteBackend
+from caliber.queue.sqlite.schema import blob_folder
 from caliber.queue.target import local_target
 from caliber.queue.workload import Attachment, Workload
 from tests.pinion_helpers import make_folder, workflow

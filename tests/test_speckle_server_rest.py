@@ -12,7 +12,7 @@ import pytest
 pytest.importorskip("specklepy")
 import requests
 
-from caliber.queue.speckle_adapter import SpeckleConnection, _parse_objects
+from caliber.queue.speckle.adapter import SpeckleConnection, _parse_objects
 from caliber.settings import RemoteSettings
 from tests.remote_helpers import new_project
 from tests.speckle_fixtures import speckle_server, speckle_token

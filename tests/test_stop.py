@@ -317,8 +317,8 @@ def test_ctrl_c_in_workflow_run_says_so_in_words(tmp_path: Path) -> None:
 def test_a_remote_checkpoint_keeps_a_cancel_now_and_the_progress() -> None:
     import datetime as dt
 
-    from caliber.queue.speckle_checkpoint import _state, _state_doc
-    from caliber.queue.speckle_log import State
+    from caliber.queue.speckle.checkpoint import _state, _state_doc
+    from caliber.queue.speckle.log import State
 
     at = dt.datetime(2030, 1, 1, tzinfo=dt.UTC)
     running = State(id="w1", pinion="p", workflow="wf", created_at=at, queued_by="a@b",
@@ -333,7 +333,7 @@ def test_a_remote_checkpoint_keeps_a_cancel_now_and_the_progress() -> None:
 
 
 def test_cancel_events_say_now_only_when_they_are() -> None:
-    from caliber.queue import speckle_events as ev
+    from caliber.queue.speckle import events as ev
 
     assert ev.encode(ev.Cancel(workload="w", by="a@b")) == {"e": "cancel", "w": "w", "v": "a@b"}
     assert ev.encode(ev.Cancel(workload="w", by="a@b", now=True))["cn"] is True

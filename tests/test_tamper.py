@@ -20,7 +20,7 @@ import pytest
 
 from caliber.pinion.loop import Pinion, PinionConfig
 from caliber.queue import secret
-from caliber.queue.sqlite import SQLiteBackend
+from caliber.queue.sqlite.backend import SQLiteBackend
 from tests.pinion_helpers import FUNCTIONS, make_folder, start_pinion, workflow
 from tests.reliability_figures import record
 from tests.remote_helpers import remote

@@ -25,7 +25,7 @@ from hypothesis import strategies as st
 
 from caliber.queue import secret
 from caliber.queue.api import make_workload
-from caliber.queue.sqlite import SQLiteBackend
+from caliber.queue.sqlite.backend import SQLiteBackend
 from tests.pinion_helpers import FUNCTIONS, make_folder, workflow
 from tests.reliability_figures import record
 from tests.remote_helpers import remote

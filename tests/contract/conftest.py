@@ -17,7 +17,7 @@ from caliber.queue.backend import QueueBackend
 
 @contextmanager
 def sqlite_backend(tmp_path: Path) -> Iterator[QueueBackend]:
-    from caliber.queue.sqlite import SQLiteBackend
+    from caliber.queue.sqlite.backend import SQLiteBackend
 
     backend = SQLiteBackend(tmp_path / "contract.db")
     try:
@@ -32,7 +32,7 @@ def speckle_backend(tmp_path: Path) -> Iterator[QueueBackend]:
     real server) with a short settle time: on a Speckle test server, or on the real server named by
     ``CALIBER_TEST_SPECKLE_URL`` and ``CALIBER_TEST_SPECKLE_TOKEN`` when both are set."""
     pytest.importorskip("specklepy")
-    from caliber.queue.speckle import SpeckleBackend
+    from caliber.queue.speckle.backend import SpeckleBackend
     from caliber.settings import RemoteSettings
     from tests.speckle_fixtures import SpeckleTarget, delete_project, make_project, real_server
     from tests.speckle_server import SpeckleTestServer

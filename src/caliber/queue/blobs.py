@@ -161,7 +161,7 @@ class FolderBlobStore:
         ``hold``, when given, is entered with the blob's ref around the moment the blob gets
         its name (and also when it was there already): the local queue records there, in its
         database's write transaction, that someone is about to refer to it, so a prune
-        running at the same time cannot remove it (see :mod:`caliber.queue.sqlite_blobs`)."""
+        running at the same time cannot remove it (see :mod:`caliber.queue.sqlite.blobs`)."""
         tmp_dir = self.root / "tmp"
         try:
             make_private_folder(tmp_dir)

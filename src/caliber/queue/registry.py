@@ -31,8 +31,8 @@ if TYPE_CHECKING:  # (the protocols stay out of the fast ``caliber queue list`` 
 
 
 BACKENDS: dict[str, str] = {
-    "sqlite": "caliber.queue.sqlite",
-    "speckle": "caliber.queue.speckle",
+    "sqlite": "caliber.queue.sqlite.backend",
+    "speckle": "caliber.queue.speckle.backend",
 }
 """Backend kind -> module with ``open_target``."""
 

@@ -189,7 +189,7 @@ class _Converter:
             self.note(f"pandas.{kind.__name__} stored as a dict")
             return self.convert(value.to_dict(), depth + 1)
         if module == "specklepy":
-            from caliber.queue.speckle_adapter import is_speckle_object, object_to_dict
+            from caliber.queue.speckle.adapter import is_speckle_object, object_to_dict
 
             if is_speckle_object(value):
                 self.note(f"Speckle object {getattr(value, 'speckle_type', kind.__name__)} "

@@ -11,7 +11,8 @@ narrow both.
 
 Then the run folders of the pruned workloads that are on this machine (inside the runs folder
 of ``CALIBER_HOME``, see :mod:`caliber.pinion.runs`) are removed too. The local queue is
-compacted after a prune that freed much (see :meth:`caliber.queue.sqlite.SQLiteBackend.prune`);
+compacted after a prune that freed much (see
+:meth:`caliber.queue.sqlite.backend.SQLiteBackend.prune`);
 the remote one deletes the versions of the pruned workloads (see docs/remote-queue.md).
 """
 

@@ -1,5 +1,5 @@
 """The remote queue's fold: it turns the events of the log (one Speckle version each, see
-:mod:`caliber.queue.speckle_events`) into the state of every workload.
+:mod:`caliber.queue.speckle.events`) into the state of every workload.
 
 The fold reads events in server order (``createdAt``, then version id) and applies each one
 only when it fits the state at that point: the first claim of a claimable workload wins, a
@@ -20,9 +20,9 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from caliber.queue import speckle_events as ev
 from caliber.queue.lifecycle import CANCELLABLE, RETRIABLE, cancel_asked, cancelled, retried
 from caliber.queue.secret import add_mismatch, mismatch_marked
+from caliber.queue.speckle import events as ev
 from caliber.queue.workload import WorkloadStatus
 
 Order = tuple[dt.datetime, str]

@@ -2,7 +2,7 @@
 
 The blobs are files beside the database (:class:`caliber.queue.blobs.FolderBlobStore`,
 ``<database>-blobs``). What refers to them is one small table, ``blob_refs`` (schema 6, see
-:mod:`caliber.queue.sqlite_schema`): one row per (kind, owner, blob), where kind is
+:mod:`caliber.queue.sqlite.schema`): one row per (kind, owner, blob), where kind is
 
 - ``workload``: a workload's stored attachments (owner: the workload id), written by ``put``;
 - ``results``: blobs a Results refers to (owner: the Results id): arrays, result files;

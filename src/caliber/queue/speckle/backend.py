@@ -1,11 +1,11 @@
 """The remote queue on a Speckle model (see docs/remote-queue.md for the protocol).
 
-Every state change is one version on the model (:mod:`caliber.queue.speckle_events`):
+Every state change is one version on the model (:mod:`caliber.queue.speckle.events`):
 ``put`` references the workload object (the workflow, attachments and run-secret), ``done``
 and ``results`` reference the results object, ``checkpoint`` the folded state up to a cutoff
-(:mod:`caliber.queue.speckle_checkpoint`), every other event a tiny shared marker object. The
-state of the queue is the fold of those versions (:mod:`caliber.queue.speckle_log`), read back
-to the newest checkpoint and then only what is new (:mod:`caliber.queue.speckle_view`).
+(:mod:`caliber.queue.speckle.checkpoint`), every other event a tiny shared marker object. The
+state of the queue is the fold of those versions (:mod:`caliber.queue.speckle.log`), read back
+to the newest checkpoint and then only what is new (:mod:`caliber.queue.speckle.view`).
 
 Claiming is "write, settle, read": write a claim, wait ``settle`` seconds, read the log again;
 the claim holds only if the fold says it won. Leases are judged in server time (version
@@ -34,24 +34,24 @@ from caliber.errors import (
     QueueError,
     QueueStateError,
 )
-from caliber.queue import speckle_adapter as sp
-from caliber.queue import speckle_blobs as bl
-from caliber.queue import speckle_events as ev
 from caliber.queue.backend import Claim, WorkloadSummary
 from caliber.queue.blobs import BlobRef
 from caliber.queue.lifecycle import ResumeGrant, check_cancel, check_retry
 from caliber.queue.secret import mismatch_marked
-from caliber.queue.speckle_checkpoint import ChunkCache, archived_texts, to_object
-from caliber.queue.speckle_events import clip, message
-from caliber.queue.speckle_log import Folded, State
-from caliber.queue.speckle_objects import (
+from caliber.queue.speckle import adapter as sp
+from caliber.queue.speckle import blobs as bl
+from caliber.queue.speckle import events as ev
+from caliber.queue.speckle.checkpoint import ChunkCache, archived_texts, to_object
+from caliber.queue.speckle.events import clip, message
+from caliber.queue.speckle.log import Folded, State
+from caliber.queue.speckle.objects import (
     attachment_blobs,
     resolve,
     workload_from,
     workload_object,
 )
-from caliber.queue.speckle_results import closure, results_from, results_model, results_object
-from caliber.queue.speckle_view import LogView
+from caliber.queue.speckle.results import closure, results_from, results_model, results_object
+from caliber.queue.speckle.view import LogView
 from caliber.queue.target import QueueTarget
 from caliber.queue.workload import (
     Lease,
@@ -119,7 +119,7 @@ class SpeckleBackend:
         self._looked = -1e9  # monotonic time of the last listing
         self._told: set[str] = set()  # notices already given
         self._blob_ids: dict[str, str] = {}
-        """SHA-256 to the object id of a blob (:mod:`caliber.queue.speckle_blobs`): what
+        """SHA-256 to the object id of a blob (:mod:`caliber.queue.speckle.blobs`): what
         this backend stored, and what the workloads and Results it read name."""
 
     @classmethod
@@ -169,7 +169,7 @@ class SpeckleBackend:
 
     def _write(self, human: str, body: ev.Body, object_id: str | None = None) -> None:
         """Append one event; the log and the clock estimate learn of it at once. Now and
-        then a checkpoint follows (:mod:`caliber.queue.speckle_checkpoint`)."""
+        then a checkpoint follows (:mod:`caliber.queue.speckle.checkpoint`)."""
         text = message(human, body)
         target = object_id or self._marker_id()
         before = set(self.view.versions)
@@ -468,7 +468,7 @@ class SpeckleBackend:
 
     def _publish(self, results: Results, root: str) -> None:
         """Make the Results the newest version of their workflow's results model
-        (:func:`caliber.queue.speckle_results.results_model`), so the web app opens that
+        (:func:`caliber.queue.speckle.results.results_model`), so the web app opens that
         model at them. Nothing depends on it: when it cannot be written, a warning says so."""
         name = results_model(self.conn.model_key, results.workflow)
         try:
@@ -553,8 +553,8 @@ class SpeckleBackend:
     def prune(self, before: dt.datetime, *, workflow: str | None = None,
               pinion: str | None = None, dry_run: bool = False) -> Pruned:
         """See :meth:`caliber.queue.backend.QueueBackend.prune` and the steps in
-        :mod:`caliber.queue.speckle_prune`."""
-        from caliber.queue import speckle_prune as pr
+        :mod:`caliber.queue.speckle.prune`."""
+        from caliber.queue.speckle import prune as pr
 
         with self.lock:
             folded = self.refresh()
@@ -585,7 +585,7 @@ class SpeckleBackend:
             work_dirs=tuple(s.work_dir for s in states if s.work_dir),
             versions=len(versions) + len(shown))
 
-    # --- blobs (see caliber.queue.blobs.BlobStore and caliber.queue.speckle_blobs) ----------
+    # --- blobs (see caliber.queue.blobs.BlobStore and caliber.queue.speckle.blobs) ----------
 
     def put_blob(self, source: Path) -> BlobRef:
         sha256, size, root = bl.put_file(self.conn, source)

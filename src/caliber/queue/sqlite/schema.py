@@ -17,8 +17,8 @@ from pathlib import Path
 
 from caliber.errors import QueueDamagedError, QueueError
 from caliber.platform import create_new_file, disk_hint, make_private_folder
-from caliber.queue import sqlite_blobs
 from caliber.queue.blobs import FolderBlobStore
+from caliber.queue.sqlite import blobs as sqlite_blobs
 
 MIGRATIONS: list[str] = [
     # 0 -> 1: workloads, their history, and results.
@@ -116,7 +116,7 @@ MIGRATIONS: list[str] = [
     ALTER TABLE workloads ADD COLUMN cancel_now INTEGER;
     """,
     # 5 -> 6: attachments stored once, by content, in the store beside the database; the
-    # blobs each workload and Results refer to (caliber.queue.sqlite_blobs). Then the inline
+    # blobs each workload and Results refer to (caliber.queue.sqlite.blobs). Then the inline
     # attachments of older rows move into the store (PYTHON_STEPS).
     sqlite_blobs.SCHEMA,
 ]

@@ -1,5 +1,5 @@
 """``results prune`` on the remote queue: what goes (:func:`select`), and which versions of
-the model go with it (:func:`doomed`). :meth:`caliber.queue.speckle.SpeckleBackend.prune`
+the model go with it (:func:`doomed`). :meth:`caliber.queue.speckle.backend.SpeckleBackend.prune`
 runs the steps:
 
 1. select, from the fold, the finished workloads whose last change (their last history
@@ -16,7 +16,7 @@ runs the steps:
    same before and after; readers notice the versions deleted and read the log afresh.
    ``prune`` and ``checkpoint`` versions are never deleted;
 4. delete the versions of the workflows' results models
-   (:func:`caliber.queue.speckle_results.results_model`) that show a pruned Results.
+   (:func:`caliber.queue.speckle.results.results_model`) that show a pruned Results.
 
 The objects stay: a Speckle server has no call that deletes an object (a project keeps every
 object sent to it until the project is deleted, and an object may be shared by any number of
@@ -31,9 +31,9 @@ import datetime as dt
 import re
 from collections.abc import Iterable
 
-from caliber.queue import speckle_adapter as sp
-from caliber.queue import speckle_events as ev
-from caliber.queue.speckle_log import Folded, ResultsRef, State, finished
+from caliber.queue.speckle import adapter as sp
+from caliber.queue.speckle import events as ev
+from caliber.queue.speckle.log import Folded, ResultsRef, State, finished
 
 PRUNE_BATCH = 200  # ids per ``prune`` event (about 3 KB of version message)
 
@@ -106,7 +106,7 @@ def shown_results(conn: sp.SpeckleConnection, models: Iterable[str],
                   results: Iterable[str]) -> list[str]:
     """Ids of the versions of the results models ``models`` (names as stored) that show one
     of ``results`` (their message names it: see
-    :meth:`caliber.queue.speckle.SpeckleBackend._publish`)."""
+    :meth:`caliber.queue.speckle.backend.SpeckleBackend._publish`)."""
     gone = set(results)
     out = []
     for name in sorted(set(models)):

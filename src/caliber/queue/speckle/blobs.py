@@ -11,7 +11,7 @@ it, and uploads :data:`BATCH_CHUNKS` chunks a request (only those the server lac
 receiving fetches :data:`FETCH_CHUNKS` chunks a request and writes them out in order. No
 specklepy serialiser is involved (it holds a whole object tree in memory): the objects are
 written here in a fixed layout, sent and fetched through the connection's REST calls
-(:mod:`caliber.queue.speckle_adapter`), which bound every request with a timeout and
+(:mod:`caliber.queue.speckle.adapter`), which bound every request with a timeout and
 translate errors.
 
 Every object read back is checked against its id (the id is the hash of the fixed layout
@@ -44,7 +44,7 @@ CHUNK_KIND = "blob chunk"
 
 
 class Connection(Protocol):
-    """What this module needs of :class:`caliber.queue.speckle_adapter.SpeckleConnection`."""
+    """What this module needs of :class:`caliber.queue.speckle.adapter.SpeckleConnection`."""
 
     def upload(self, objects: Mapping[str, str]) -> None: ...
 

@@ -26,8 +26,8 @@ import re
 from collections.abc import Iterator
 from typing import Any
 
-from caliber.queue import speckle_adapter as sp
 from caliber.queue.blobs import is_sha256
+from caliber.queue.speckle import adapter as sp
 from caliber.results.model import Results
 
 FORMAT = 2

@@ -13,7 +13,7 @@ runs ``VACUUM`` and truncates the write-ahead log, so the file itself shrinks (m
 database to it takes a ``VACUUM`` anyway, and rewriting the file only after a big prune
 costs nothing in between. Blobs (attachments, arrays, result files) nothing refers to any
 more are removed from the store beside the database after the rows
-(:mod:`caliber.queue.sqlite_blobs`).
+(:mod:`caliber.queue.sqlite.blobs`).
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from caliber.queue.blobs import FolderBlobStore
-from caliber.queue.sqlite_schema import iso
+from caliber.queue.sqlite.schema import iso
 from caliber.queue.status import WorkloadStatus
 from caliber.results.prune import Pruned
 

@@ -225,7 +225,7 @@ class Retry(Body):
 class Prune(Body):
     """Remove finished workloads (with their Results) and Results of no workload, by id: a
     workload that is not finished at this point of the log stays (``caliber results
-    prune``; :mod:`caliber.queue.speckle_prune`)."""
+    prune``; :mod:`caliber.queue.speckle.prune`)."""
 
     kind = "prune"
     keys: ClassVar[dict[str, str]] = {"ids": "j"}
@@ -251,7 +251,7 @@ class SavedResults(Body):
 @dataclass(frozen=True)
 class Checkpoint(Body):
     """The folded state of every event up to (``cutoff_at``, ``cutoff_version``) is the
-    version's object (see :mod:`caliber.queue.speckle_checkpoint`)."""
+    version's object (see :mod:`caliber.queue.speckle.checkpoint`)."""
 
     kind = "checkpoint"
     keys: ClassVar[dict[str, str]] = {"cutoff_at": "u", "cutoff_version": "i", "workloads": "h"}

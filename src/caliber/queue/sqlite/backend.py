@@ -30,7 +30,6 @@ from caliber.errors import (
     QueueError,
     QueueStateError,
 )
-from caliber.queue import sqlite_blobs
 from caliber.queue.blobs import BlobRef, FolderBlobStore
 from caliber.queue.lifecycle import (
     ResumeGrant,
@@ -40,8 +39,9 @@ from caliber.queue.lifecycle import (
     check_retry,
     retried,
 )
-from caliber.queue.sqlite_schema import blob_folder, connect, queue_error
-from caliber.queue.sqlite_schema import iso as _iso
+from caliber.queue.sqlite import blobs as sqlite_blobs
+from caliber.queue.sqlite.schema import blob_folder, connect, queue_error
+from caliber.queue.sqlite.schema import iso as _iso
 from caliber.queue.status import WorkloadStatus
 from caliber.queue.summary import WorkloadSummary
 
@@ -390,7 +390,7 @@ class SQLiteBackend:
     # --- blobs (caliber.queue.blobs.BlobStore) ----------------------------------------------
 
     def put_blob(self, source: Path) -> BlobRef:
-        """Store ``source`` (see :mod:`caliber.queue.sqlite_blobs`: the blob is referred to
+        """Store ``source`` (see :mod:`caliber.queue.sqlite.blobs`: the blob is referred to
         as pending until :meth:`refer_blobs` records what refers to it)."""
         return self.blobs.put_blob(source, sqlite_blobs.pending_hold(self.transaction,
                                                                      self._writer))
@@ -407,7 +407,7 @@ class SQLiteBackend:
     def refer_blobs(self, conn: sqlite3.Connection, kind: str, owner: str,
                     shas: Iterable[str]) -> None:
         """Inside a write transaction: ``owner`` (a ``workload`` or ``results`` id) refers to
-        these blobs, which prune keeps while it does (:func:`caliber.queue.sqlite_blobs.refer`;
+        these blobs, which prune keeps while it does (:func:`caliber.queue.sqlite.blobs.refer`;
         call it where Results that refer to blobs are inserted)."""
         sqlite_blobs.refer(conn, kind, owner, shas, self._writer)
 
@@ -698,8 +698,8 @@ class SQLiteBackend:
     def prune(self, before: dt.datetime, *, workflow: str | None = None,
               pinion: str | None = None, dry_run: bool = False) -> Pruned:
         """See :meth:`caliber.queue.backend.QueueBackend.prune` and
-        :mod:`caliber.queue.sqlite_prune` (compacts the file after a big prune)."""
-        from caliber.queue import sqlite_prune
+        :mod:`caliber.queue.sqlite.prune` (compacts the file after a big prune)."""
+        from caliber.queue.sqlite import prune as sqlite_prune
 
         size = sqlite_prune.file_size(self.path)
         with self.reading() if dry_run else self.transaction() as conn:

@@ -31,9 +31,9 @@ from typing import Any
 
 from caliber.errors import QueueDamagedError
 from caliber.platform import make_private_folder, write_private_file
-from caliber.queue import speckle_adapter as sp
-from caliber.queue.speckle_events import FORMAT
-from caliber.queue.speckle_log import Archive, Folded, Lease, Order, ResultsRef, State, finished
+from caliber.queue.speckle import adapter as sp
+from caliber.queue.speckle.events import FORMAT
+from caliber.queue.speckle.log import Archive, Folded, Lease, Order, ResultsRef, State, finished
 from caliber.queue.workload import WorkloadStatus
 
 EVERY = 100

@@ -3,7 +3,7 @@ nothing) and the versions after it, kept current by reading only what is new.
 
 Reading costs the same however many workloads the model has finished: a first look lists
 versions newest first back to the newest checkpoint's cutoff (see
-:mod:`caliber.queue.speckle_checkpoint`) and fetches that checkpoint's object; later looks
+:mod:`caliber.queue.speckle.checkpoint`) and fetches that checkpoint's object; later looks
 list only the versions written since. When a newer checkpoint appears in the log, the events
 up to its cutoff are folded into the base here, without fetching it.
 
@@ -16,10 +16,10 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterable
 
-from caliber.queue import speckle_adapter as sp
-from caliber.queue import speckle_checkpoint as ck
-from caliber.queue.speckle_events import Checkpoint, Event, parse
-from caliber.queue.speckle_log import Folded, Order, at_time, fold
+from caliber.queue.speckle import adapter as sp
+from caliber.queue.speckle import checkpoint as ck
+from caliber.queue.speckle.events import Checkpoint, Event, parse
+from caliber.queue.speckle.log import Folded, Order, at_time, fold
 
 log = logging.getLogger(__name__)
 

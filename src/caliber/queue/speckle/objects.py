@@ -1,7 +1,7 @@
 """What the remote queue stores of a workload as Speckle objects (its workflow, attachments and
 run-secret, referenced by its ``put`` version), and how a workload is read back; plus finding
-an id from a prefix. Results: :mod:`caliber.queue.speckle_results`; the bytes of attachments:
-:mod:`caliber.queue.speckle_blobs`."""
+an id from a prefix. Results: :mod:`caliber.queue.speckle.results`; the bytes of attachments:
+:mod:`caliber.queue.speckle.blobs`."""
 
 from __future__ import annotations
 
@@ -9,15 +9,15 @@ import json
 from typing import Any
 
 from caliber.errors import AmbiguousIdError, NotFoundError
-from caliber.queue import speckle_adapter as sp
 from caliber.queue.secret import problem
-from caliber.queue.speckle_log import State
+from caliber.queue.speckle import adapter as sp
+from caliber.queue.speckle.log import State
 from caliber.queue.workload import Attachment, HistoryEntry, Lease, Workload, WorkloadStatus
 
 ATTACHMENT_FIELDS = ("path", "sha256", "size", "mode", "reference", "encoding", "content")
 BLOB_MEMBER = "blob"
 """The member of an attachment child naming the Speckle object of its blob
-(:mod:`caliber.queue.speckle_blobs`): a plain string, not a reference, so the workload
+(:mod:`caliber.queue.speckle.blobs`): a plain string, not a reference, so the workload
 object's closure (what the web app downloads to show it) never holds the bytes."""
 
 
