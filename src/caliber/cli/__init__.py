@@ -108,6 +108,9 @@ def main(argv: list[str] | None = None) -> None:
     except click.exceptions.Abort:
         error_line("aborted")
         code = 130
+    except click.exceptions.NoArgsIsHelpError as exc:  # ``caliber``, ``caliber queue``: the help
+        exc.show()
+        code = 2
     except click.UsageError as exc:
         hint = f" (see '{exc.ctx.command_path} --help')" if exc.ctx is not None else ""
         error_line(f"{exc.format_message()}{hint}")

@@ -166,7 +166,7 @@ def view_cmd(workload_id: str, target: QueueTarget, as_json: bool) -> None:
 
 
 def _view(found: Look) -> list[RenderableType]:
-    from caliber.cli.render import escape, status_text, table
+    from caliber.cli.render import Fit, console, escape, status_text, table
 
     item = found.item
     w = item.workload
@@ -210,11 +210,12 @@ def _view(found: Look) -> list[RenderableType]:
         grid.add_row(name, value)
     parts: list[RenderableType] = [grid]
     if w.attachments:
-        parts.append(table(
+        parts.append(table(  # on a narrow terminal the hash gives way first (--json: whole)
             ["attachment", "size", "sha256", "mode", ""],
             [[escape(a.path), _size(a.size), a.sha256,
               "-" if a.mode is None else f"{a.mode:o}", _attachment_note(a)]
              for a in w.attachments],
+            fit=Fit(shrink=("sha256", "attachment")), width=console().width,
         ))
     parts.append(_tree(w))
     parts.append(table(
@@ -271,7 +272,7 @@ def _size(size: int) -> str:
 @queue.command("cancel", epilog="""\b
 Examples:
   caliber queue cancel k3v9
-  caliber queue cancel k3v9 --now       # stop the running task, keep what finished
+  caliber queue cancel k3v9 --now       # stop the running task at once
   caliber queue cancel k3v9 --json
   {"id": "k3v9q2mxa7", ..., "status": "cancelled", ..., "cancel_asked": false}""")
 @click.argument("workload_id", metavar=WORKLOAD_ID, shell_complete=workload_ids)
@@ -306,7 +307,7 @@ def cancel_cmd(workload_id: str, now: bool, target: QueueTarget, as_json: bool) 
 @queue.command("retry", epilog="""\b
 Examples:
   caliber queue retry k3v9
-  caliber queue retry k3v9 --resume     # the tasks that completed are not run again
+  caliber queue retry k3v9 --resume     # completed tasks are not run again
   caliber queue retry k3v9 --json
   {"id": "k3v9q2mxa7", ..., "status": "queued", ..., "resume_from": null}""")
 @click.argument("workload_id", metavar=WORKLOAD_ID, shell_complete=workload_ids)

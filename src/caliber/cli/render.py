@@ -49,21 +49,61 @@ def use_color(stream: TextIO | None = None) -> bool:
     return "NO_COLOR" not in os.environ and is_terminal(stream)
 
 
+PIPE_WIDTH = 100
+"""The width a layout decision takes (side-by-side branches of ``workflow show``) when the
+output is a file or a pipe. Text itself is never wrapped there: a value stays on its line."""
+_UNWRAPPED = 100_000  # a pipe's console width: wide enough that rich wraps nothing
+
+
+class _TrimmedLines:
+    """A text stream that writes each line without its trailing spaces (rich pads every table
+    cell to its column's width: fine on a screen, noise in a file or for ``grep``)."""
+
+    def __init__(self, stream: TextIO) -> None:
+        self._stream = stream
+        self._open = ""  # the last line, until its newline comes
+
+    def write(self, text: str) -> int:
+        *done, self._open = (self._open + text).split("\n")
+        if done:
+            self._stream.write("".join(line.rstrip(" ") + "\n" for line in done))
+        return len(text)
+
+    def flush(self) -> None:  # rich flushes after each print: a line without its end yet
+        self._stream.write(self._open)  # goes out as it is
+        self._open = ""
+        self._stream.flush()
+
+    def isatty(self) -> bool:
+        return False
+
+    def fileno(self) -> int:
+        return self._stream.fileno()
+
+
 def console(*, stderr: bool = False, width: int | None = None) -> Console:
-    """A rich Console for stdout (or stderr): colour on a terminal unless ``NO_COLOR``."""
+    """A rich Console for stdout (or stderr): colour on a terminal unless ``NO_COLOR``; to a
+    file or a pipe, plain, unwrapped lines without trailing spaces. A reader that goes away
+    (``| head``) ends the command quietly (:func:`caliber.cli.main`, exit 0)."""
     from rich.console import Console
+
+    class QuietConsole(Console):
+        def on_broken_pipe(self) -> None:
+            self.quiet = True
+            raise BrokenPipeError  # rich's own way exits 1
 
     stream = sys.stderr if stderr else sys.stdout
     color = use_color(stream)
-    return Console(
-        file=stream,
+    terminal = is_terminal(stream)
+    return QuietConsole(
+        file=stream if terminal else _TrimmedLines(stream),  # type: ignore[arg-type]
         stderr=stderr,
         no_color=not color,
         color_system="auto" if color else None,
         highlight=False,
         emoji=False,
         soft_wrap=not color,
-        width=width if width is not None else (None if is_terminal(stream) else 100),
+        width=width if width is not None else (None if terminal else _UNWRAPPED),
         force_terminal=False if not color else None,
     )
 
@@ -170,7 +210,7 @@ def workflow_tree(workflow: Workflow, *, width: int | None = None) -> Tree:
     from rich.tree import Tree
 
     if width is None:
-        width = console().width
+        width = console().width if is_terminal() else PIPE_WIDTH
 
     root = Tree(f"[bold green]workflow[/] [bold]{escape(workflow.name)}[/]")
     if workflow.description:
@@ -211,9 +251,10 @@ def attachment_label(name: AttachmentSpec, base_dir: Path | None) -> str:
 
 @dataclass(frozen=True)
 class Fit:
-    """How a table gives way in a terminal too narrow for it: ``shrink`` columns (free text,
-    such as names) are shortened with an ellipsis down to :data:`SHRUNK_WIDTH`, then ``drop``
-    columns are left out, first named first. Other columns (ids, times, statuses) are never
+    """How a table gives way in a terminal too narrow for it: ``drop`` columns are left out,
+    first named first, while ``shrink`` columns (free text, such as names: load-case variants
+    differ at their end) would be cut below :data:`NAME_WIDTH`; then those are shortened with
+    an ellipsis, down to :data:`SHRUNK_WIDTH`. Other columns (ids, times, statuses) are never
     shortened or wrapped."""
 
     shrink: Sequence[str] = ()
@@ -221,6 +262,7 @@ class Fit:
 
 
 SHRUNK_WIDTH = 8  # characters a shrinkable column keeps, at least
+NAME_WIDTH = 24  # characters of a name kept before any column is dropped to make room
 COLUMN_GAP = 3  # characters between two columns of a table
 
 
@@ -234,8 +276,8 @@ def _fit(columns: Sequence[str], rows: Sequence[Sequence[str]], fit: Fit,
     kept = list(columns)
     drops = [c for c in fit.drop if c in natural]
 
-    def least(c: str) -> int:
-        return min(natural[c], SHRUNK_WIDTH) if c in fit.shrink else natural[c]
+    def least(c: str) -> int:  # names keep NAME_WIDTH while something less useful can go
+        return min(natural[c], NAME_WIDTH) if c in fit.shrink else natural[c]
 
     while sum(least(c) for c in kept) + COLUMN_GAP * (len(kept) - 1) > width and drops:
         kept.remove(drops.pop(0))
@@ -453,31 +495,18 @@ def _run_folder_line(results: Results) -> str:
             f"(traceback in {escape(str(Path(folder) / TRACEBACK_FILE))})")
 
 
-def traceback_panel(text: str, title: str = "traceback") -> RenderableType:
-    """A saved traceback (text) in a panel, for showing the failing user task's own error."""
-    from rich.panel import Panel
-    from rich.syntax import Syntax
-
-    return Panel(
-        Syntax(for_terminal(text.rstrip(), multiline=True), "pytb", theme="ansi_dark",
-               background_color="default", word_wrap=True),
-        title=escape(title),
-        border_style="red",
-        expand=False,
-    )
-
-
 def print_traceback(text: str, title: str, *, stderr: bool = False) -> None:
-    """A failing task's traceback: in a panel on a terminal; to a file or a pipe as plain
-    lines, whole (never cut or wrapped at a width, so no file name or line number is lost)."""
+    """A failing task's traceback as plain lines, whole, its title in red on a terminal: never
+    cut or wrapped at a width (the terminal wraps a long line itself, so a file name is never
+    broken in the middle, and copying it gives the whole name)."""
     stream = sys.stderr if stderr else sys.stdout
-    if getattr(stream, "isatty", lambda: False)():
-        console(stderr=stderr).print(traceback_panel(text, title))
-        return
     lines = for_terminal(text.rstrip(), multiline=True).split("\n")
     # Indented, so no line of it (an exception message may span lines) passes for a log line.
     body = "".join(f"  {line}\n" for line in lines)
-    stream.write(f"traceback of {for_terminal(title)}:\n{body}")
+    head = f"traceback of {for_terminal(title)}:"
+    if use_color(stream):
+        head = f"\x1b[1;31m{head}\x1b[0m"
+    stream.write(f"{head}\n{body}")
     stream.flush()
 
 

@@ -138,8 +138,8 @@ def show_cmd(
     short_help="List the result files of one Results, or copy them into a folder.",
     epilog="""\b
 Examples:
-  caliber results files k3v9                 # name and size of each file
-  caliber results files k3v9 --to out/       # out/report.pdf, out/fields/a.vtu, ...
+  caliber results files k3v9            # name and size of each file
+  caliber results files k3v9 --to out/  # out/report.pdf, out/a.vtu, ...
   caliber results files --workflow beam --to out/ --force --json""",
 )
 @click.argument("id_", metavar="[ID]", required=False, shell_complete=results_ids)

@@ -32,7 +32,7 @@ def workflow() -> None:
 
     \b
     Example:
-      python main.py                      # defines the workflow and exports pasta.json
+      python main.py               # defines the workflow, exports pasta.json
       caliber workflow show pasta.json
       caliber workflow run pasta.json
     """
@@ -129,7 +129,7 @@ def _report(res: Results, *, as_json: bool) -> None:
     epilog="""\b
 Examples:
   caliber workflow run pasta.json && caliber results show --workflow pasta
-  caliber workflow run pasta.json --resume 7hq2  # after a failure: only what did not complete
+  caliber workflow run pasta.json --resume 7hq2  # only what did not complete
   caliber workflow run pasta.json --json""",
 )
 @click.argument("file", type=FILE)
@@ -200,7 +200,7 @@ def schema() -> None:
     epilog="""\b
 Examples:
   caliber workflow queue pasta.json -p mypinion
-  caliber workflow queue pasta.json -p mypinion --resume k3v9  # after a fix: reuse what holds""",
+  caliber workflow queue pasta.json -p mypinion --resume k3v9  # after a fix""",
 )
 @click.argument("file", type=FILE)
 @click.option("-p", "--pinion", "pinion_name", required=True, metavar="NAME",
