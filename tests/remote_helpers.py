@@ -27,6 +27,13 @@ def new_project(server: SpeckleTestServer, token: str, name: str = "queue") -> s
         return server.store.create_project(user, name, None, None).id
 
 
+def iso_z(at: Any) -> str:
+    """A version's ``createdAt`` (a datetime from specklepy) as the server writes it."""
+    from datetime import UTC
+
+    return str(at.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z"))
+
+
 @dataclass(frozen=True)
 class RecordedVersion:
     """A version as a real server lists it (the fields the tests read)."""
@@ -34,6 +41,8 @@ class RecordedVersion:
     id: str
     object_id: str
     message: str
+    created_at: str
+    """ISO 8601 in UTC with milliseconds and ``Z``, as the server's GraphQL gives it."""
 
 
 @dataclass
@@ -104,7 +113,8 @@ class Remote:
         while True:
             page = client.version.get_versions(model_id, self.project, limit=100,
                                                cursor=cursor)
-            listed += [RecordedVersion(v.id, v.referenced_object, v.message or "")
+            listed += [RecordedVersion(v.id, v.referenced_object, v.message or "",
+                                       iso_z(v.created_at))
                        for v in page.items]
             if not page.items or not page.cursor:
                 return list(reversed(listed))

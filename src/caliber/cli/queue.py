@@ -288,10 +288,11 @@ def cancel_cmd(workload_id: str, now: bool, target: QueueTarget, as_json: bool) 
     finished (cancel_asked: true until then). WORKLOAD_ID may be a unique prefix."""
     from caliber.queue.api import cancel
 
-    workload = cancel(workload_id, target, now=now)
+    checked = cancel(workload_id, target, now=now)
+    workload = checked.workload
     asked = workload.status.value == "running"
     if as_json:
-        print_json({**workload.summary(None), "cancel_asked": asked, "now": now})
+        print_json({**checked.summary(), "cancel_asked": asked, "now": now})
         return
     if asked and now:
         click.echo(f"asked to cancel workload {workload.id} now: its pinion stops the running "

@@ -83,7 +83,10 @@ class MissingObjectError(QueueError):
     def __init__(self, where: str, object_id: str) -> None:
         self.detail = f"object {object_id} {MISSING_TEXT}"
         super().__init__(f"{where}: {self.detail}")
+
+
 log = logging.getLogger(__name__)
+_TOLD: set[str] = set()  # notices given already, once per process (see SpeckleBackend._tell)
 
 
 def _grant_fields(grant: ResumeGrant | None) -> dict[str, str | None]:
@@ -117,7 +120,6 @@ class SpeckleBackend:
         self._objects: OrderedDict[str, dict[str, Any]] = OrderedDict()
         self._marker: str | None = None
         self._looked = -1e9  # monotonic time of the last listing
-        self._told: set[str] = set()  # notices already given
         self._blob_ids: dict[str, str] = {}
         """SHA-256 to the object id of a blob (:mod:`caliber.queue.speckle.blobs`): what
         this backend stored, and what the workloads and Results it read name."""
@@ -147,18 +149,21 @@ class SpeckleBackend:
             self._looked = time.monotonic()
             folded = self.view.refresh()
             if self.conn.model_id is None:
-                self._tell(f"model {self.conn.model_name} does not exist yet on "
-                           f"{self.conn.host} project {self.conn.project_id}; it is made by "
-                           "the first `caliber workflow queue`")
+                self._tell(self._no_model_yet())
             if folded.unknown:
                 self._tell(f"{self.location}: {folded.unknown[0].describe()}; until then "
                            "this shows only what this Caliber understands")
             return folded
 
+    def _no_model_yet(self) -> str:
+        return (f"model {self.conn.model_name} does not exist yet on {self.conn.host} project "
+                f"{self.conn.project_id}; it is made by the first `caliber workflow queue`")
+
     def _tell(self, notice: str) -> None:
-        """A notice on stderr (through logging), once per backend."""
-        if notice not in self._told:
-            self._told.add(notice)
+        """A notice on stderr (through logging), once per process (a command may open the
+        queue more than once)."""
+        if notice not in _TOLD:
+            _TOLD.add(notice)
             log.warning("%s", notice)
 
     def server_now(self) -> dt.datetime:
@@ -271,6 +276,7 @@ class SpeckleBackend:
 
     def put(self, workload: Workload) -> None:
         with self.lock:
+            _TOLD.add(self._no_model_yet())  # (this put makes it: nothing to tell)
             if self.refresh().knows(workload.id):
                 raise QueueError(f"cannot queue workload {workload.id}: that id is in the "
                                  "queue already")
@@ -528,8 +534,11 @@ class SpeckleBackend:
 
     def cancel(self, id_or_prefix: str, by: str, *, now: bool = False) -> Workload:
         with self.lock:
-            workload = self.get(id_or_prefix)
+            state = self._state(id_or_prefix)
+            workload = self._workloads([state])[0]
             check_cancel(workload)
+            if state.cancel is not None and (state.cancel_now or not now):
+                return workload  # asked already: another version would change nothing
             self._write(f"cancel {workload.id} ({workload.workflow_name}) asked by {by}"
                         + (" (now)" if now else ""),
                         ev.Cancel(workload=workload.id, by=by, now=True if now else None))
