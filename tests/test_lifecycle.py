@@ -202,6 +202,11 @@ def test_cancel_running_stops_after_the_current_task(tmp_path: Path) -> None:
     assert [(t.name, t.status.value) for t in results.tasks] == [
         ("block", "completed"), ("load", "skipped")]
     assert results["block"] == "blocked"
+    assert results.error is not None  # in words, and no traceback file is named
+    assert results.error.summary() == "cancelled: stopped before task 'load'"
+    shown = run_caliber("results", "show", results.id).stdout
+    assert "error: cancelled: stopped before task 'load'" in shown
+    assert "traceback" not in shown, shown
     history = [h.message for h in workload(wid).history]
     assert any(m.startswith("cancel asked by") for m in history)
     # A cancelled workload can be queued again, resuming after its finished task.

@@ -489,7 +489,7 @@ def _run_folder_line(results: Results) -> str:
     from caliber.workflow.runner import TRACEBACK_FILE
 
     folder = results.work_dir or ""
-    if results.ok:
+    if results.status.value != "failed":  # (a cancelled run raised nothing: no file)
         return f"run folder: {escape(folder)}"
     return (f"run folder: {escape(folder)} "
             f"(traceback in {escape(str(Path(folder) / TRACEBACK_FILE))})")

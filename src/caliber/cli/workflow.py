@@ -119,7 +119,8 @@ def _report(res: Results, *, as_json: bool) -> None:
     if res.ok:
         return
     for task in res.tasks:
-        if task.error is not None and task.error.traceback and task.error.type != "ImportError":
+        if task.error is not None and task.error.traceback and task.error.type not in (
+                "ImportError", "KeyboardInterrupt"):  # (Ctrl-C: the user knows where it was)
             title = f"{task.name}" + (f" (branch {task.branch})" if task.branch is not None else "")
             print_traceback(task.error.traceback, title, stderr=True)
 

@@ -50,7 +50,10 @@ class TaskStatus(StrEnum):
 
 
 def error_summary(task: str | None, branch: int | None, type_: str, message: str) -> str:
-    """An error in one line: ``task 'Boil' (branch 1): ValueError: too salty``."""
+    """An error in one line: ``task 'Boil' (branch 1): ValueError: too salty``; a cancel in
+    words: ``cancelled: stopped before task 'Drain'``."""
+    if type_ == "Cancelled" and not task and message.startswith("cancelled"):
+        return message  # (the runner's and the pinion's stop: no exception was raised)
     where = f"task {task!r}" if task else "workflow"
     if branch is not None:
         where += f" (branch {branch})"
