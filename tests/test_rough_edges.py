@@ -22,7 +22,7 @@ def run(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedPr
                           cwd=Path(os.environ["CALIBER_HOME"]).parent)
 
 
-@pytest.mark.parametrize("args", [[], ["queue"], ["workflow"], ["results"], ["pinion"]])
+@pytest.mark.parametrize("args", [[], ["queue"], ["workflow"], ["results"]])
 def test_a_bare_group_prints_its_help_not_an_error_line(args: list[str]) -> None:
     shown = run(*args)
     assert shown.returncode == 2
@@ -36,9 +36,9 @@ def every_command() -> list[list[str]]:
     context = click.Context(cli)
     for name in GROUPS:
         group = cli.get_command(context, name)
-        assert isinstance(group, click.Group)
         found.append([name])
-        found += [[name, sub] for sub in group.list_commands(context)]
+        if isinstance(group, click.Group):
+            found += [[name, sub] for sub in group.list_commands(context)]
     return found
 
 

@@ -23,6 +23,7 @@ from caliber.cli.common import error_line
 # the other groups. Their one-line help is here for ``caliber --help`` (a test keeps it equal
 # to each group's own).
 GROUPS = {
+    "dashboard": "Show the queue, workloads and results in the browser, updating by itself.",
     "pinion": "Start a pinion, the worker that runs queued workloads.",
     "queue": "Look at and manage the queue: list, view, cancel, retry, reset, resetsecret.",
     "results": "List and show stored Results: every task's return value, the global data g, "

@@ -1,0 +1,258 @@
+"""What the dashboard shows, as plain JSON-able dicts: the queue, one workload, its output,
+one Results with its plots, the pinions. Each function takes the dashboard's
+:class:`~caliber.queue.target.QueueTarget` and goes through the same library API the command
+line uses (:mod:`caliber.queue.api`, :mod:`caliber.pinion.follow`, :mod:`caliber.results.api`),
+so every backend works and the run-secrets are checked with this user's key. No web framework
+here: :mod:`caliber.dashboard.app` serves these."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from caliber.dashboard import charts
+
+if TYPE_CHECKING:
+    from caliber.queue.target import QueueTarget
+    from caliber.results.model import Results
+
+PAGE = 100
+"""Workloads per page of the queue table."""
+VALUE_TEXT = 2000
+"""Characters of a value shown as text before it is cut (plots show the numbers)."""
+LOG_CHUNK = 256 << 10
+"""Bytes of output sent per request while following a log."""
+CANCELLABLE = ("queued", "running")
+RETRIABLE = ("failed", "cancelled")
+
+
+def _iso(moment: dt.datetime | None) -> str | None:
+    return None if moment is None else moment.astimezone(dt.UTC).isoformat()
+
+
+def queue_page(target: QueueTarget, *, status: str | None = None, pinion: str | None = None,
+               workflow: str | None = None, offset: int = 0, limit: int = PAGE
+               ) -> dict[str, Any]:
+    """One page of the queue table (oldest first), the counts by status, whether more follow."""
+    from caliber.queue.api import list_page
+
+    if workflow:  # filtered here: the backends list by pinion and status
+        page = list_page(target, pinion=pinion, status=status, limit=None, counts=True)
+        matching = [s for s in page.summaries if s.workflow == workflow]
+        items = matching[offset:offset + limit]
+        more = len(matching) > offset + limit
+        counts = page.counts
+    else:
+        page = list_page(target, pinion=pinion, status=status, limit=limit, offset=offset)
+        items, more, counts = page.summaries, page.more, page.counts
+    return {"items": [s.to_dict() for s in items], "more": more, "offset": offset,
+            "counts": counts, "location": target.location}
+
+
+def _statuses(results: Results | None, progress: dict[str, Any] | None
+              ) -> dict[tuple[str, int | None], str]:
+    found: dict[tuple[str, int | None], str] = {}
+    if results is not None:
+        for t in results.tasks:
+            found[t.name, t.branch] = t.status.value
+    if progress and progress.get("name"):
+        found[progress["name"], progress.get("branch")] = "running"
+    return found
+
+
+def workload(target: QueueTarget, workload_id: str) -> dict[str, Any]:
+    """One workload: its detail (``queue view --json``), progress, history and what can be
+    done with it."""
+    from caliber.pinion.follow import look
+
+    found = look(workload_id, target)
+    detail = found.detail()
+    w = found.item.workload
+    detail.pop("workflow_document", None)
+    detail["actions"] = {
+        "cancel": w.status.value in CANCELLABLE,
+        "cancel_now": w.status.value == "running",
+        "retry": w.status.value in RETRIABLE,
+        "retry_resume": w.status.value in RETRIABLE and w.results_id is not None,
+    }
+    return detail
+
+
+def diagram(target: QueueTarget, workload_id: str) -> str:
+    """The workload's workflow as SVG, its tasks coloured by the run's statuses."""
+    from caliber.dashboard.diagram import workflow_svg
+    from caliber.errors import NotFoundError
+    from caliber.pinion.follow import look
+    from caliber.results.api import get_results
+    from caliber.workflow.fileformat import from_document
+
+    found = look(workload_id, target)
+    w = found.item.workload
+    document = {**w.workflow, "attachments": []}  # drawn from the document alone
+    workflow = from_document(document, Path.cwd(), source=f"workload {w.id}")
+    results = None
+    if w.results_id is not None:
+        try:
+            results = get_results(results_id=w.results_id, target=target)
+        except NotFoundError:
+            results = None
+    progress = found.progress.to_dict(dt.datetime.now(dt.UTC)) if found.progress else None
+    return workflow_svg(workflow.process, _statuses(results, progress))
+
+
+def output(target: QueueTarget, workload_id: str, offset: int = 0) -> dict[str, Any]:
+    """The workload's output from byte ``offset`` on (at most :data:`LOG_CHUNK` bytes):
+    ``output.log`` of its run folder on this machine as it grows, else the output kept with
+    its Results. ``offset`` in the answer is where to ask next; ``reset`` says the log was
+    cut or replaced (start again from the text given)."""
+    from caliber.pinion.follow import OUTPUT_FILE, look
+
+    found = look(workload_id, target)
+    running = found.status in CANCELLABLE
+    path = found.work_dir / OUTPUT_FILE if found.work_dir is not None else None
+    if path is not None and path.is_file():
+        with open(path, "rb") as f:
+            size = f.seek(0, 2)
+            reset = offset > size
+            start = 0 if reset else offset
+            f.seek(start)
+            chunk = f.read(LOG_CHUNK)
+        return {"text": chunk.decode("utf-8", errors="replace"), "offset": start + len(chunk),
+                "reset": reset, "done": not running and start + len(chunk) >= size}
+    kept = ""
+    if not running and found.item.workload.results_id is not None:
+        from caliber.results.api import get_results
+
+        kept = get_results(results_id=found.item.workload.results_id, target=target).output or ""
+    data = kept.encode("utf-8", errors="surrogateescape")
+    return {"text": data[offset:].decode("utf-8", errors="replace") if offset <= len(data)
+            else kept, "offset": len(data), "reset": offset > len(data), "done": not running}
+
+
+def _text(value: Any) -> str:
+    text = json.dumps(value, ensure_ascii=False, default=str)
+    return text if len(text) <= VALUE_TEXT else text[:VALUE_TEXT - 1] + "\u2026"
+
+
+def _shown(results: Results, stored: Any, what: str) -> tuple[str, str | None, list[Any]]:
+    """A value as text (stored arrays as their summary), the kind of plot it makes, and
+    records for a table (a list of dicts), if it is one."""
+    from caliber.results.arrays import describe, describe_ref, restore, value_refs
+
+    kind = charts.kind_of(stored)
+    if next(value_refs(stored), None) is None:
+        records = stored[:200] if (isinstance(stored, list) and stored
+                                   and all(isinstance(r, dict) for r in stored)) else []
+        return _text(stored), kind, records
+    kinds: list[str | None] = []
+
+    def summary(ref: dict[str, Any]) -> str:
+        value = results.value_of(ref, what, keep=False)
+        kinds.append(charts.kind_of(value))
+        return describe_ref(value) if value is ref else describe(value)
+
+    shown = restore(stored, summary)
+    whole = isinstance(stored, dict) and len(kinds) == 1 and "$caliber" in stored
+    return (shown if isinstance(shown, str) else _text(shown)), (kinds[0] if whole else None), []
+
+
+def results(target: QueueTarget, results_id: str) -> dict[str, Any]:
+    """One Results: every task's status, time and value (as text, with the kind of plot it
+    makes), ``g``, the error, the result files, the link to its Speckle model."""
+    from caliber.results.api import get_results
+
+    found = get_results(results_id=results_id, target=target)
+    tasks = []
+    for index, t in enumerate(found.tasks):
+        text, kind, records = ("", None, []) if t.status.value != "completed" else _shown(
+            found, t.return_, f"the value of task {t.name!r}")
+        tasks.append({
+            "index": index, "name": t.name, "branch": t.branch, "status": t.status.value,
+            "duration": t.duration, "value": text, "chart": kind, "records": records,
+            "error": None if t.error is None else {
+                "type": t.error.type, "message": t.error.message,
+                "traceback": t.error.traceback},
+            "reused_from": t.reused_from,
+        })
+    g = []
+    for key, stored in found.g_json.items():
+        text, kind, records = _shown(found, stored, f"g[{key!r}]")
+        g.append({"key": key, "value": text, "chart": kind, "records": records})
+    return {
+        "id": found.id, "workload_id": found.workload_id, "workflow": found.workflow,
+        "pinion": found.pinion, "status": found.status.value,
+        "started_at": _iso(found.started_at), "finished_at": _iso(found.finished_at),
+        "tasks": tasks, "g": g,
+        "error": None if found.error is None else found.error.summary(),
+        "files": [{"path": f.path, "size": f.size} for f in found.files],
+        "speckle_url": _speckle_url(target, found),
+    }
+
+
+def _speckle_url(target: QueueTarget, found: Results) -> str | None:
+    """The web page of the Speckle model that holds these Results (remote queue only)."""
+    if target.kind != "speckle":
+        return None
+    settings = target.settings
+    host = str(getattr(settings, "host", "")).rstrip("/")
+    project = getattr(settings, "project", None)
+    model = getattr(settings, "model", None)
+    if not host or not project:
+        return None
+    from urllib.parse import quote
+
+    return f"{host}/projects/{quote(str(project))}/models/" + quote(
+        f"{model}/results/{found.workflow}", safe="")
+
+
+def chart(target: QueueTarget, results_id: str, which: str) -> str | None:
+    """The plot of one value: ``task:<index>`` (a task's return) or ``g:<name>``."""
+    from caliber.results.api import get_results
+
+    found = get_results(results_id=results_id, target=target)
+    kind, _, key = which.partition(":")
+    if kind == "task" and key.isdigit() and int(key) < len(found.tasks):
+        task = found.tasks[int(key)]
+        stored, title = task.return_, task.name + (
+            f" (branch {task.branch})" if task.branch is not None else "")
+    elif kind == "g" and key in found.g_json:
+        stored, title = found.g_json[key], f"g[{key!r}]"
+    else:
+        return None
+    return charts.svg(found.value_of(stored, title, keep=False), title)
+
+
+def pinions(target: QueueTarget) -> list[dict[str, Any]]:
+    """The pinions seen running something: each lease's owner, its workload, and whether the
+    lease is still alive (a pinion renews it while it runs)."""
+    from caliber.queue.api import list_workloads
+
+    now = dt.datetime.now(dt.UTC)
+    seen = []
+    for item in list_workloads(target, status="running"):
+        w = item.workload
+        lease = w.lease
+        seen.append({
+            "pinion": w.pinion, "owner": lease.owner if lease else None,
+            "workload": w.id, "workflow": w.workflow_name,
+            "expires_at": _iso(lease.expires_at) if lease else None,
+            "alive": bool(lease and lease.expires_at > now),
+        })
+    return seen
+
+
+def act(target: QueueTarget, workload_id: str, action: str) -> dict[str, Any]:
+    """Do what a key holder does in the CLI: ``cancel``, ``cancel_now``, ``retry`` or
+    ``retry_resume``; the workload's summary after it."""
+    from caliber.errors import UsageError
+    from caliber.queue.api import cancel, retry
+
+    if action in ("cancel", "cancel_now"):
+        done = cancel(workload_id, target, now=action == "cancel_now")
+    elif action in ("retry", "retry_resume"):
+        done = retry(workload_id, target, resume=action == "retry_resume")
+    else:
+        raise UsageError(f"unknown action {action!r}")
+    return done.summary()

@@ -1,0 +1,240 @@
+// The Caliber dashboard: fetches JSON from this server and builds the page with DOM calls.
+// Every stored string is set as textContent, never as HTML.
+"use strict";
+
+const POLL_MS = 2000;
+const csrf = document.querySelector('meta[name="caliber-csrf"]').content;
+
+function el(tag, attrs, ...children) {
+  const node = document.createElement(tag);
+  for (const [key, value] of Object.entries(attrs || {})) {
+    if (value === null || value === undefined) continue;
+    if (key === "text") node.textContent = String(value);
+    else if (key === "class") node.className = value;
+    else node.setAttribute(key, String(value));
+  }
+  for (const child of children) if (child) node.append(child);
+  return node;
+}
+
+async function getJSON(url) {
+  const answer = await fetch(url, { credentials: "same-origin" });
+  const body = await answer.json();
+  if (!answer.ok) throw new Error(body.error || answer.statusText);
+  return body;
+}
+
+function when(iso) {
+  if (!iso) return "-";
+  const d = new Date(iso);
+  const pad = (n) => String(n).padStart(2, "0");
+  return `${d.getFullYear()}-${pad(d.getMonth() + 1)}-${pad(d.getDate())} ` +
+    `${pad(d.getHours())}:${pad(d.getMinutes())}:${pad(d.getSeconds())}`;
+}
+
+function seconds(s) {
+  if (s === null || s === undefined) return "-";
+  if (s < 60) return `${s.toFixed(s < 10 ? 2 : 1)} s`;
+  const m = Math.floor(s / 60);
+  return m < 60 ? `${m} min ${Math.round(s % 60)} s` : `${Math.floor(m / 60)} h ${m % 60} min`;
+}
+
+function status(text) {
+  return el("span", { class: `status status-${text}`, text });
+}
+
+function link(href, text) { return el("a", { href, text }); }
+
+function fill(tbody, rows) {
+  tbody.replaceChildren(...rows.map((cells) => el("tr", {}, ...cells.map((c) =>
+    el("td", {}, typeof c === "string" || typeof c === "number" ? document.createTextNode(String(c)) : c)))));
+}
+
+// --- the queue ---------------------------------------------------------------------------
+
+function queuePage() {
+  const form = document.getElementById("filters");
+  const params = new URLSearchParams(location.search);
+  for (const name of ["status", "pinion", "workflow"]) form.elements[name].value = params.get(name) || "";
+  let offset = Number(params.get("offset") || 0);
+  const go = (changes) => {
+    const next = new URLSearchParams(location.search);
+    for (const [k, v] of Object.entries(changes)) { if (v) next.set(k, v); else next.delete(k); }
+    location.search = next.toString();
+  };
+  form.addEventListener("submit", (event) => {
+    event.preventDefault();
+    go({ status: form.elements.status.value, pinion: form.elements.pinion.value.trim(),
+         workflow: form.elements.workflow.value.trim(), offset: "" });
+  });
+  document.getElementById("prev").addEventListener("click", () => go({ offset: String(Math.max(0, offset - 100)) || "" }));
+  document.getElementById("next").addEventListener("click", () => go({ offset: String(offset + 100) }));
+
+  async function refresh() {
+    const query = new URLSearchParams(location.search);
+    const page = await getJSON(`/api/queue?${query}`);
+    const counts = document.getElementById("counts");
+    counts.replaceChildren(...Object.entries(page.counts).sort().map(([s, n]) => {
+      const a = el("a", { href: `?status=${encodeURIComponent(s)}`, "data-status": s });
+      a.append(status(s), ` ${n}`);
+      return a;
+    }));
+    fill(document.querySelector("#queue tbody"), page.items.map((w) => [
+      link(`/workload/${encodeURIComponent(w.id)}`, w.id), w.workflow, w.pinion, status(w.status),
+      w.attempts, when(w.created_at),
+      w.results_id ? link(`/results/${encodeURIComponent(w.results_id)}`, w.results_id) : "-",
+      w.secret_ok ? "matches your key" : "does not match your key",
+    ]));
+    document.getElementById("range").textContent = page.items.length ?
+      `${page.offset + 1}-${page.offset + page.items.length}${page.more ? " of more" : ""}` : "no workloads";
+    document.getElementById("prev").disabled = page.offset === 0;
+    document.getElementById("next").disabled = !page.more;
+    const seen = await getJSON("/api/pinions");
+    fill(document.querySelector("#pinions tbody"), seen.map((p) => [
+      p.pinion, p.owner || "-", link(`/workload/${encodeURIComponent(p.workload)}`, `${p.workflow} ${p.workload}`),
+      when(p.expires_at), p.alive ? "yes" : "lease ran out",
+    ]));
+    document.getElementById("updated").textContent = `updated ${new Date().toLocaleTimeString()}`;
+  }
+  loop(refresh);
+}
+
+// --- one workload --------------------------------------------------------------------------
+
+function workloadPage(id) {
+  let outputOffset = 0;
+  let outputDone = false;
+  const output = document.getElementById("output");
+  for (const button of document.querySelectorAll("#actions button")) {
+    button.addEventListener("click", async () => {
+      const what = button.textContent;
+      if (!confirm(`${what}: workload ${id}?`)) return;
+      const answer = await fetch(`/api/workload/${encodeURIComponent(id)}/${button.dataset.action}`, {
+        method: "POST", credentials: "same-origin", headers: { "X-Caliber-CSRF": csrf } });
+      const body = await answer.json();
+      if (!answer.ok) alert(body.error || answer.statusText);
+      outputDone = false;
+      await refresh();
+    });
+  }
+  let lastStatus = null;
+  async function refresh() {
+    const w = await getJSON(`/api/workload/${encodeURIComponent(id)}`);
+    document.getElementById("wid").textContent = `${w.id} (${w.workflow})`;
+    document.getElementById("status").replaceWith(Object.assign(status(w.status), { id: "status" }));
+    for (const button of document.querySelectorAll("#actions button"))
+      button.hidden = !w.actions[button.dataset.action];
+    const p = w.progress;
+    document.getElementById("progress").textContent = p ?
+      `task ${p.task} of ${p.tasks}: ${p.name}${p.branch === null || p.branch === undefined ? "" : ` [branch ${p.branch}]`} (${seconds(p.task_elapsed)}), running ${seconds(p.elapsed)}` : "";
+    const facts = [["pinion", w.pinion], ["queued by", w.queued_by], ["created", when(w.created_at)],
+      ["attempts", w.attempts], ["run-secret", w.secret_ok ? "matches your key" : "does not match your key"],
+      ["run folder", w.work_dir || "-"]];
+    const rows = facts.map(([k, v]) => [k, String(v)]);
+    if (w.results_id) rows.push(["results", link(`/results/${encodeURIComponent(w.results_id)}`, w.results_id)]);
+    if (w.lease) rows.push(["lease", `${w.lease.owner} until ${when(w.lease.expires_at)}`]);
+    fill(document.querySelector("#facts tbody"), rows);
+    document.getElementById("error").textContent = w.last_error || "";
+    fill(document.querySelector("#history tbody"), w.history.map((h) => [when(h.at), h.status ? status(h.status) : "", h.message]));
+    if (w.status !== lastStatus || w.status === "running") {
+      document.getElementById("diagram").src = `/api/workload/${encodeURIComponent(id)}/diagram.svg?at=${Date.now()}`;
+    }
+    lastStatus = w.status;
+    while (!outputDone) {
+      const o = await getJSON(`/api/workload/${encodeURIComponent(id)}/output?offset=${outputOffset}`);
+      if (o.reset) output.textContent = "";
+      if (o.text) output.append(document.createTextNode(o.text));
+      const grew = o.offset !== outputOffset;
+      outputOffset = o.offset;
+      outputDone = o.done;
+      if (!grew) break;
+    }
+  }
+  loop(refresh);
+}
+
+// --- one Results -----------------------------------------------------------------------------
+
+function recordsTable(records) {
+  const columns = [];
+  for (const r of records.slice(0, 20)) for (const k of Object.keys(r)) if (!columns.includes(k)) columns.push(k);
+  const table = el("table", { class: "grid records" });
+  table.append(el("thead", {}, el("tr", {}, ...columns.map((c) => el("th", { text: c })))));
+  const body = el("tbody");
+  fill(body, records.map((r) => columns.map((c) => r[c] === undefined ? "" :
+    (typeof r[c] === "object" ? JSON.stringify(r[c]) : String(r[c])))));
+  table.append(body);
+  return table;
+}
+
+function valueBlock(id, which, item, title) {
+  const box = el("div", { class: "value-block" });
+  if (item.chart) {
+    box.append(el("figure", { class: "chart" }, el("img", {
+      src: `/api/results/${encodeURIComponent(id)}/chart/${encodeURIComponent(which)}.svg`,
+      alt: `plot of ${title}`, "data-kind": item.chart })));
+  }
+  if (item.records && item.records.length) box.append(recordsTable(item.records));
+  const text = el("div", { class: "value", text: item.value });
+  if (item.chart || (item.records && item.records.length)) {
+    box.append(el("details", {}, el("summary", { text: "the value as text" }), text));
+  } else box.append(text);
+  return box;
+}
+
+async function resultsPage(id) {
+  const r = await getJSON(`/api/results/${encodeURIComponent(id)}`);
+  document.getElementById("rid").textContent = `${r.id} (${r.workflow})`;
+  document.getElementById("status").replaceWith(Object.assign(status(r.status), { id: "status" }));
+  const head = document.getElementById("head");
+  head.append(`pinion ${r.pinion || "-"} · started ${when(r.started_at)} · finished ${when(r.finished_at)} · `);
+  if (r.workload_id) head.append(link(`/workload/${encodeURIComponent(r.workload_id)}`, `workload ${r.workload_id}`));
+  if (r.speckle_url) head.append(" · ", el("a", { href: r.speckle_url, text: "open in Speckle", rel: "noreferrer" }));
+  document.getElementById("error").textContent = r.error || "";
+  const tasks = document.getElementById("tasks");
+  for (const t of r.tasks) {
+    const title = t.branch === null ? t.name : `${t.name} [branch ${t.branch}]`;
+    const box = el("section", { class: "task", "data-task": t.name });
+    const h = el("h3", {}, document.createTextNode(`${title} `), status(t.status), document.createTextNode(` ${seconds(t.duration)}`));
+    if (t.reused_from) h.append(document.createTextNode(` (reused from ${t.reused_from})`));
+    box.append(h);
+    if (t.status === "completed") box.append(valueBlock(id, `task:${t.index}`, t, title));
+    if (t.error) {
+      box.append(el("p", { class: "error", text: `${t.error.type}: ${t.error.message}` }));
+      if (t.error.traceback) box.append(el("pre", { class: "traceback", text: t.error.traceback }));
+    }
+    tasks.append(box);
+  }
+  const g = document.getElementById("g");
+  if (!r.g.length) { g.previousElementSibling.hidden = true; g.hidden = true; }
+  for (const item of r.g) {
+    const box = el("section", { class: "task" }, el("h3", { text: item.key }));
+    box.append(valueBlock(id, `g:${item.key}`, item, `g[${item.key}]`));
+    g.append(box);
+  }
+  const files = document.getElementById("files");
+  if (!r.files.length) files.append(el("li", { text: "none kept" }));
+  for (const f of r.files) {
+    files.append(el("li", {}, el("a", { href: `/api/results/${encodeURIComponent(id)}/files/${f.path.split("/").map(encodeURIComponent).join("/")}`,
+      text: f.path, download: "" }), document.createTextNode(` (${f.size.toLocaleString()} bytes)`)));
+  }
+}
+
+// --- polling --------------------------------------------------------------------------------
+
+function loop(refresh) {
+  const tick = async () => {
+    try { await refresh(); document.body.dataset.error = ""; }
+    catch (error) { document.body.dataset.error = String(error.message || error); }
+    setTimeout(tick, POLL_MS);
+  };
+  tick();
+}
+
+const page = document.body.dataset.page;
+const id = document.body.dataset.id;
+if (page === "queue") queuePage();
+else if (page === "workload") workloadPage(id);
+else if (page === "results") resultsPage(id).catch((error) => {
+  document.getElementById("error").textContent = String(error.message || error);
+});

@@ -1,0 +1,262 @@
+"""The dashboard in a real browser (Debian's Chromium, driven by Playwright) against a real
+``caliber dashboard`` process: workloads appear and finish without a reload, a result's
+numbers are plotted, a failure says why, a cancel from the page stops a run; and the token,
+the anti-forgery check and escaping hold. Screenshots go to ``$CALIBER_TEST_ARTIFACTS`` when
+set (else the test's temporary folder)."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+pytest.importorskip("starlette")
+from tests.pinion_helpers import make_folder, queue, start_pinion, status_of, stop, wait_for
+
+playwright_api = pytest.importorskip("playwright.sync_api")
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+pytestmark = pytest.mark.skipif(CHROMIUM is None,
+                                reason="Chromium is not installed (apt-get install chromium)")
+
+PLOTS = '''
+def series():
+    return [float(i % 17) for i in range(500)]
+
+def loads():
+    return {"dead": 12.5, "live": 7.25, "wind": 3.0}
+
+def grid():
+    return [[r * c for c in range(30)] for r in range(20)]
+
+def rows():
+    return [{"case": f"LC{i}", "moment": i * 1.5} for i in range(5)]
+
+def burn():
+    raise ValueError("the beam is too short")
+
+def nap(seconds):
+    import time
+    open("napping", "w").close()
+    time.sleep(seconds)
+    return seconds
+'''
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class Dashboard:
+    def __init__(self, process: subprocess.Popen[str], address: str) -> None:
+        self.process = process
+        self.address = address
+        self.base = address.split("/?", 1)[0]
+        self.token = address.rsplit("token=", 1)[1]
+
+
+@pytest.fixture
+def dashboard(tmp_path: Path) -> Iterator[Dashboard]:
+    process = subprocess.Popen(
+        [sys.executable, "-m", "caliber", "dashboard", "--port", str(free_port())],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=tmp_path)
+    assert process.stdout is not None
+    line = process.stdout.readline()
+    found = re.search(r"(http://\S+\?token=\S+)", line)
+    assert found, (line, process.stderr.read() if process.poll() is not None else "")
+    board = Dashboard(process, found.group(1))
+    wait_for(lambda: _status(board.base + "/api/queue") == 401, what="the dashboard to answer")
+    try:
+        yield board
+    finally:
+        process.send_signal(signal.SIGINT)
+        try:
+            process.communicate(timeout=10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.communicate()
+
+
+def _status(url: str, **kw: Any) -> int:
+    try:
+        with urllib.request.urlopen(urllib.request.Request(url, **kw), timeout=5) as answer:
+            return int(answer.status)
+    except urllib.error.HTTPError as exc:
+        return int(exc.code)
+    except OSError:
+        return 0
+
+
+@pytest.fixture
+def browser() -> Iterator[Any]:
+    with playwright_api.sync_playwright() as p:
+        launched = p.chromium.launch(executable_path=CHROMIUM, args=[
+            "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+            "--disable-background-networking", "--disable-component-update", "--disable-sync"])
+        try:
+            yield launched
+        finally:
+            launched.close()
+
+
+def shot(page: Any, tmp_path: Path, name: str) -> None:
+    folder = Path(os.environ.get("CALIBER_TEST_ARTIFACTS") or tmp_path)
+    folder.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(folder / f"dashboard-{name}.png"), full_page=True)
+
+
+def test_a_workload_appears_and_finishes_without_a_reload(
+    dashboard: Dashboard, browser: Any, tmp_path: Path
+) -> None:
+    page = browser.new_page()
+    page.goto(dashboard.address)
+    assert "token=" not in page.url  # kept in a cookie, gone from the address bar
+    page.wait_for_selector("#range:has-text('no workloads')")
+    folder = make_folder(tmp_path / "wf", "plots", PLOTS)
+    workload = queue(folder, [("series", []), ("loads", []), ("grid", []), ("rows", [])],
+                     module="plots", name="beam-check", pinion="p")
+    row = page.locator(f"#queue tbody tr:has-text('{workload}')")
+    row.wait_for()
+    assert "queued" in row.inner_text()
+    subprocess.run([sys.executable, "-m", "caliber", "pinion", "init", "p", "-a", "1", "-w",
+                    "0", "-q"], check=True, capture_output=True, cwd=tmp_path)
+    page.wait_for_selector(f"#queue tbody tr:has-text('{workload}') .status-completed")
+    shot(page, tmp_path, "queue")
+    # Its results: the numbers drawn as plots, the records as a table.
+    page.locator(f"#queue tbody tr:has-text('{workload}') a").nth(1).click()
+    page.wait_for_selector("section.task img[data-kind='line']")
+    kinds = page.eval_on_selector_all(
+        "img[data-kind]", "imgs => imgs.map(i => [i.dataset.kind, i.naturalWidth])")
+    wait_for(lambda: page.evaluate(  # (wait_for_function would eval: the page's CSP forbids)
+        "[...document.querySelectorAll('img[data-kind]')].every(i => i.naturalWidth > 0)"),
+        what="the plots to load")
+    assert sorted(k for k, _ in kinds) == ["bars", "heatmap", "line"]
+    assert page.locator("table.records td:has-text('LC3')").count() == 1
+    shot(page, tmp_path, "results")
+
+
+def test_a_failure_says_why_and_its_workflow_is_drawn(
+    dashboard: Dashboard, browser: Any, tmp_path: Path
+) -> None:
+    folder = make_folder(tmp_path / "wf", "plots", PLOTS)
+    workload = queue(folder, [("series", []), ("burn", []), ("loads", [])], module="plots",
+                     name="short-beam", pinion="p")
+    subprocess.run([sys.executable, "-m", "caliber", "pinion", "init", "p", "-a", "1", "-w",
+                    "0", "-q"], check=False, capture_output=True, cwd=tmp_path)
+    page = browser.new_page()
+    page.goto(dashboard.address.replace("/?", f"/workload/{workload}?"))
+    page.wait_for_selector("#status.status-failed")
+    assert "the beam is too short" in page.inner_text("#error")
+    wait_for(lambda: page.evaluate("document.getElementById('diagram').naturalWidth > 0"),
+             what="the diagram to load")
+    svg = urllib.request.urlopen(urllib.request.Request(
+        f"{dashboard.base}/api/workload/{workload}/diagram.svg",
+        headers={"Cookie": f"caliber_dashboard={dashboard.token}"}), timeout=5).read().decode()
+    assert 'data-status="failed"' in svg and 'data-status="skipped"' in svg
+    page.click("#facts a")  # to its results
+    page.wait_for_selector("pre.traceback")
+    failed = page.inner_text("section.task[data-task='burn-1']")
+    assert "ValueError: the beam is too short" in failed
+    assert "raise ValueError" in page.inner_text("pre.traceback")
+    shot(page, tmp_path, "failure")
+
+
+def test_cancel_now_from_the_page_stops_the_running_task(
+    dashboard: Dashboard, browser: Any, tmp_path: Path
+) -> None:
+    folder = make_folder(tmp_path / "wf", "plots", PLOTS)
+    workload = queue(folder, [("series", []), ("nap", [600]), ("loads", [])], module="plots",
+                     name="long-solve", pinion="p")
+    pinion = start_pinion("p", "-a", "1", "-w", "0", "--lease", "3", cwd=tmp_path)
+    try:
+        wait_for(lambda: status_of(workload) == "running", what="the run to start")
+        page = browser.new_page()
+        page.goto(dashboard.address.replace("/?", f"/workload/{workload}?"))
+        page.wait_for_selector("#progress:has-text('nap-1')")
+        page.once("dialog", lambda dialog: dialog.accept())
+        page.click("button[data-action='cancel_now']")
+        page.wait_for_selector("#status.status-cancelled", timeout=60_000)
+        assert page.locator("button[data-action='retry_resume']").is_visible()
+        shot(page, tmp_path, "cancelled")
+    finally:
+        stop(pinion)
+    from caliber.results.api import get_results
+
+    results = get_results(workload)
+    assert [t.status.value for t in results.tasks][:1] == ["completed"]
+
+
+def test_no_token_no_queue_and_no_forged_action(dashboard: Dashboard, tmp_path: Path) -> None:
+    folder = make_folder(tmp_path / "wf", "plots", PLOTS)
+    workload = queue(folder, [("series", [])], module="plots", name="w", pinion="p")
+    assert _status(f"{dashboard.base}/api/queue") == 401
+    assert _status(f"{dashboard.base}/api/queue",
+                   headers={"Cookie": "caliber_dashboard=guess"}) == 401
+    cookie = {"Cookie": f"caliber_dashboard={dashboard.token}"}
+    assert _status(f"{dashboard.base}/api/queue", headers=cookie) == 200
+    post = f"{dashboard.base}/api/workload/{workload}/cancel"
+    assert _status(post, method="POST", headers=cookie) == 403  # no anti-forgery value
+    assert _status(post, method="POST", headers={
+        **cookie, "X-Caliber-CSRF": "guess"}) == 403
+    assert status_of(workload) == "queued"
+
+
+def test_stored_strings_are_shown_as_text(dashboard: Dashboard, browser: Any,
+                                          tmp_path: Path) -> None:
+    folder = make_folder(tmp_path / "wf", "plots", PLOTS)
+    evil = '<img src=x onerror="document.title=1">'
+    workload = queue(folder, [("series", [])], module="plots", name=evil, pinion="p")
+    page = browser.new_page()
+    page.goto(dashboard.address)
+    row = page.locator(f"#queue tbody tr:has-text('{workload}')")
+    row.wait_for()
+    assert evil in row.inner_text()
+    assert page.locator("#queue tbody img").count() == 0
+    assert page.title() != "1"
+
+
+def test_the_json_endpoints(tmp_path: Path) -> None:
+    from starlette.testclient import TestClient
+
+    from caliber.dashboard.app import make_app
+    from caliber.queue.target import local_target
+
+    folder = make_folder(tmp_path / "wf", "plots", PLOTS)
+    first = queue(folder, [("series", [])], module="plots", name="a", pinion="p")
+    second = queue(folder, [("loads", [])], module="plots", name="b", pinion="q")
+    subprocess.run([sys.executable, "-m", "caliber", "pinion", "init", "p", "-a", "1", "-w",
+                    "0", "-q"], check=True, capture_output=True, cwd=tmp_path)
+    client = TestClient(make_app(local_target(), token="t" * 20, csrf="c" * 20))
+    client.cookies.set("caliber_dashboard", "t" * 20)
+    listed = client.get("/api/queue").json()
+    assert [i["workflow"] for i in listed["items"]] == ["a", "b"]
+    assert listed["counts"] == {"completed": 1, "queued": 1}
+    assert [i["workflow"] for i in client.get("/api/queue?workflow=b").json()["items"]] == ["b"]
+    assert [i["pinion"] for i in client.get("/api/queue?status=queued").json()["items"]] == ["q"]
+    detail = client.get(f"/api/workload/{first}").json()
+    assert detail["status"] == "completed" and not any(detail["actions"].values())
+    results = client.get(f"/api/results/{detail['results_id']}").json()
+    assert results["tasks"][0]["chart"] == "line"
+    chart = client.get(f"/api/results/{detail['results_id']}/chart/task:0.svg")
+    assert chart.headers["content-type"].startswith("image/svg+xml")
+    assert "<polyline" in chart.text
+    assert client.get("/api/workload/nope").status_code == 404
+    done = client.post(f"/api/workload/{second}/cancel", headers={"X-Caliber-CSRF": "c" * 20})
+    assert done.status_code == 200 and done.json()["status"] == "cancelled"
+    again = client.post(f"/api/workload/{first}/retry", headers={"X-Caliber-CSRF": "c" * 20})
+    assert again.status_code == 400 and "completed" in again.json()["error"]
+    assert json.loads(client.get("/api/pinions").text) == []
