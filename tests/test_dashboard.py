@@ -24,6 +24,10 @@ import pytest
 
 pytest.importorskip("starlette")
 from tests.pinion_helpers import make_folder, queue, start_pinion, status_of, stop, wait_for
+from tests.remote_helpers import remote
+from tests.speckle_fixtures import speckle_server, speckle_token, speckle_userdata
+
+__all__ = ["remote", "speckle_server", "speckle_token", "speckle_userdata"]  # fixtures
 
 playwright_api = pytest.importorskip("playwright.sync_api")
 
@@ -245,6 +249,9 @@ def test_the_json_endpoints(tmp_path: Path) -> None:
     listed = client.get("/api/queue").json()
     assert [i["workflow"] for i in listed["items"]] == ["a", "b"]
     assert listed["counts"] == {"completed": 1, "queued": 1}
+    done_row, queued_row = listed["items"]
+    assert done_row["started_at"] <= done_row["ended_at"] and done_row["duration"] >= 0
+    assert queued_row["started_at"] is None and queued_row["duration"] is None
     assert [i["workflow"] for i in client.get("/api/queue?workflow=b").json()["items"]] == ["b"]
     assert [i["pinion"] for i in client.get("/api/queue?status=queued").json()["items"]] == ["q"]
     detail = client.get(f"/api/workload/{first}").json()
@@ -260,3 +267,27 @@ def test_the_json_endpoints(tmp_path: Path) -> None:
     again = client.post(f"/api/workload/{first}/retry", headers={"X-Caliber-CSRF": "c" * 20})
     assert again.status_code == 400 and "completed" in again.json()["error"]
     assert json.loads(client.get("/api/pinions").text) == []
+
+
+@pytest.mark.speckle
+def test_the_remote_queue_in_the_browser(browser: Any, tmp_path: Path, request: Any) -> None:
+    pytest.importorskip("specklepy")
+    remote = request.getfixturevalue("remote")
+    from tests.remote_helpers import caliber as run_caliber
+    from tests.remote_helpers import pasta_folder
+
+    folder = pasta_folder(tmp_path / "pasta")
+    request.getfixturevalue("monkeypatch").setenv("CALIBER_SPECKLE_PROJECT", remote.project)
+    queued = run_caliber("workflow", "queue", "pasta.json", "-p", "p", "--json", cwd=folder)
+    workload = json.loads(queued.stdout)["id"]
+    assert run_caliber("pinion", "init", "p", "-a", "1", "-w", "0", cwd=folder).returncode == 0
+    board = request.getfixturevalue("dashboard")
+    page = browser.new_page()
+    page.goto(board.address)
+    assert remote.project in page.inner_text("header")
+    page.wait_for_selector(f"#queue tbody tr:has-text('{workload}') .status-completed")
+    page.locator(f"#queue tbody tr:has-text('{workload}') a").nth(1).click()
+    page.wait_for_selector("section.task[data-task='Make dough'] img[data-kind='bars']")
+    speckle = page.get_attribute("a:has-text('open in Speckle')", "href")
+    assert speckle is not None and f"/projects/{remote.project}/models/" in speckle
+    shot(page, tmp_path, "remote-results")

@@ -34,7 +34,7 @@ def dashboard(host: str, port: int, open_browser: bool, token: str | None,
               target: QueueTarget) -> None:
     """Show the queue, each workload (its workflow drawn, progress, output, history) and its
     Results (values, plots, files) in the browser, updating by itself; cancel and retry
-    from there. Needs the dashboard extra: pip install 'caliber-workflows[dashboard]'."""
+    from there. Needs the dashboard extra (docs/dashboard.md)."""
     import secrets
     import socket
 
@@ -45,8 +45,8 @@ def dashboard(host: str, port: int, open_browser: bool, token: str | None,
 
         from caliber.dashboard.app import make_app
     except ImportError as exc:
-        raise ConfigError(f"the dashboard needs {exc.name}: pip install "
-                          "'caliber-workflows[dashboard]'") from None
+        raise ConfigError(f"the dashboard needs {exc.name}: pip install '.[dashboard]' in "
+                          "Caliber's folder (or its wheel with [dashboard])") from None
     if token is not None and len(token) < 16:
         raise UsageError(f"{TOKEN_ENV} / --token: at least 16 characters, to be hard to guess")
     token = token or secrets.token_urlsafe(24)

@@ -35,20 +35,44 @@ def _iso(moment: dt.datetime | None) -> str | None:
 def queue_page(target: QueueTarget, *, status: str | None = None, pinion: str | None = None,
                workflow: str | None = None, offset: int = 0, limit: int = PAGE
                ) -> dict[str, Any]:
-    """One page of the queue table (oldest first), the counts by status, whether more follow."""
-    from caliber.queue.api import list_page
+    """One page of the queue table (oldest first), the counts by status, whether more follow.
+    Each row has what ``queue list --json`` gives and when its last run started and ended."""
+    from caliber.queue.api import list_page, list_workloads, view_workload
 
+    counts = list_page(target, pinion=pinion, status=status, limit=0).counts
     if workflow:  # filtered here: the backends list by pinion and status
-        page = list_page(target, pinion=pinion, status=status, limit=None, counts=True)
-        matching = [s for s in page.summaries if s.workflow == workflow]
-        items = matching[offset:offset + limit]
+        every = list_page(target, pinion=pinion, status=status, limit=None, counts=False)
+        matching = [s.id for s in every.summaries if s.workflow == workflow]
+        checked = [view_workload(i, target) for i in matching[offset:offset + limit]]
         more = len(matching) > offset + limit
-        counts = page.counts
     else:
-        page = list_page(target, pinion=pinion, status=status, limit=limit, offset=offset)
-        items, more, counts = page.summaries, page.more, page.counts
-    return {"items": [s.to_dict() for s in items], "more": more, "offset": offset,
-            "counts": counts, "location": target.location}
+        checked = list_workloads(target, pinion=pinion, status=status, limit=limit + 1,
+                                 offset=offset)
+        more = len(checked) > limit
+        checked = checked[:limit]
+    now = dt.datetime.now(dt.UTC)
+    items = []
+    for item in checked:
+        row = item.summary()
+        started, ended = _run_times(item.workload)
+        row["started_at"], row["ended_at"] = _iso(started), _iso(ended)
+        row["duration"] = (None if started is None else
+                           ((ended or now) - started).total_seconds())
+        items.append(row)
+    return {"items": items, "more": more, "offset": offset, "counts": counts,
+            "location": target.location}
+
+
+def _run_times(workload: Any) -> tuple[dt.datetime | None, dt.datetime | None]:
+    """When the workload's last run started (claimed) and ended (None: not yet)."""
+    started = ended = None
+    for entry in workload.history:
+        value = entry.status.value if entry.status is not None else None
+        if value == "running":
+            started, ended = entry.at, None
+        elif value in ("completed", "failed", "cancelled") and started is not None:
+            ended = entry.at
+    return started, ended
 
 
 def _statuses(results: Results | None, progress: dict[str, Any] | None

@@ -81,7 +81,7 @@ function queuePage() {
     }));
     fill(document.querySelector("#queue tbody"), page.items.map((w) => [
       link(`/workload/${encodeURIComponent(w.id)}`, w.id), w.workflow, w.pinion, status(w.status),
-      w.attempts, when(w.created_at),
+      w.attempts, when(w.created_at), when(w.started_at), when(w.ended_at), seconds(w.duration),
       w.results_id ? link(`/results/${encodeURIComponent(w.results_id)}`, w.results_id) : "-",
       w.secret_ok ? "matches your key" : "does not match your key",
     ]));
