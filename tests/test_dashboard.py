@@ -171,6 +171,8 @@ def test_a_failure_says_why_and_its_workflow_is_drawn(
         f"{dashboard.base}/api/workload/{workload}/diagram.svg",
         headers={"Cookie": f"caliber_dashboard={dashboard.token}"}), timeout=5).read().decode()
     assert 'data-status="failed"' in svg and 'data-status="skipped"' in svg
+    wait_for(lambda: page.evaluate("document.getElementById('timeline').naturalWidth > 0"),
+             what="the timeline to load")
     page.click("#facts a")  # to its results
     page.wait_for_selector("pre.traceback")
     failed = page.inner_text("section.task[data-task='burn-1']")

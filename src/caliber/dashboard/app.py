@@ -136,6 +136,12 @@ def make_app(target: QueueTarget, *, token: str, csrf: str | None = None) -> Sta
         return Response(data.diagram(target, request.path_params["id"]),
                         media_type="image/svg+xml")
 
+    def timeline(request: Request) -> Any:
+        drawn = data.timeline(target, request.path_params["id"])
+        if drawn is None:
+            return JSONResponse({"error": "no results yet"}, 404)
+        return Response(drawn, media_type="image/svg+xml")
+
     def output(request: Request) -> Any:
         return data.output(target, request.path_params["id"], int_param(request, "offset", 0))
 
@@ -184,6 +190,7 @@ def make_app(target: QueueTarget, *, token: str, csrf: str | None = None) -> Sta
         Route("/api/workload/{id}", api(workload)),
         Route("/api/workload/{id}/diagram.svg", api(diagram)),
         Route("/api/workload/{id}/output", api(output)),
+        Route("/api/workload/{id}/timeline.svg", api(timeline)),
         Route("/api/workload/{id}/{action}", action, methods=["POST"]),
         Route("/api/results/{id}", api(results)),
         Route("/api/results/{id}/chart/{which}.svg", api(chart)),

@@ -126,6 +126,23 @@ def diagram(target: QueueTarget, workload_id: str) -> str:
     return workflow_svg(workflow.process, _statuses(results, progress))
 
 
+def timeline(target: QueueTarget, workload_id: str) -> str | None:
+    """The tasks of the workload's last Results on a time axis (SVG), or None (no Results)."""
+    from caliber.dashboard.diagram import timeline_svg
+    from caliber.queue.api import view_workload
+    from caliber.results.api import get_results
+
+    results_id = view_workload(workload_id, target).workload.results_id
+    if results_id is None:
+        return None
+    found = get_results(results_id=results_id, target=target)
+    start = found.started_at
+    rows = [(t.name + ("" if t.branch is None else f" [{t.branch}]"),
+             (t.started_at - start).total_seconds(), t.duration or 0.0, t.status.value)
+            for t in found.tasks if t.started_at is not None]
+    return timeline_svg(rows, (found.finished_at - start).total_seconds())
+
+
 def output(target: QueueTarget, workload_id: str, offset: int = 0) -> dict[str, Any]:
     """The workload's output from byte ``offset`` on (at most :data:`LOG_CHUNK` bytes):
     ``output.log`` of its run folder on this machine as it grows, else the output kept with

@@ -113,3 +113,28 @@ def workflow_svg(process: Process | BranchProcess, statuses: Statuses | None = N
             f'viewBox="0 0 {box.width + 2:.0f} {box.height + 2:.0f}" '
             f'width="{box.width + 2:.0f}" height="{box.height + 2:.0f}" '
             f'font-family="sans-serif">{box.placed(1, 1)}</svg>')
+
+
+def timeline_svg(rows: list[tuple[str, float, float, str]], total: float) -> str:
+    """The tasks of a run on a time axis: ``(label, start, duration, status)`` each, seconds
+    from the run's start; ``total`` the run's length."""
+    width, left, bar = 640.0, 180.0, 16
+    span = total or 1.0
+    height = bar * len(rows) + 30
+    parts = [f'<svg xmlns="http://www.w3.org/2000/svg" class="timeline" '
+             f'viewBox="0 0 {width:.0f} {height}" width="{width:.0f}" height="{height}" '
+             'font-family="sans-serif">']
+    for i, (label, start, duration, status) in enumerate(rows):
+        y = 4 + i * bar
+        x = left + start / span * (width - left - 10)
+        w = max(duration / span * (width - left - 10), 1.5)
+        fill = STATUS_FILL.get(status, "#ffffff")
+        text = label if len(label) <= 24 else label[:23] + "\u2026"
+        parts.append(f'<text x="{left - 6}" y="{y + 12}" font-size="11" text-anchor="end">'
+                     f"{escape(text)}</text>")
+        parts.append(f'<rect class="span" data-status="{escape(status)}" x="{x:.1f}" y="{y}" '
+                     f'width="{w:.1f}" height="{bar - 3}" fill="{fill}" stroke="#555">'
+                     f"<title>{escape(label)}: {duration:.2f} s</title></rect>")
+    parts.append(f'<text x="{width - 10}" y="{height - 6}" font-size="11" text-anchor="end">'
+                 f"{total:.2f} s</text></svg>")
+    return "".join(parts)

@@ -139,6 +139,12 @@ function workloadPage(id) {
     if (w.status !== lastStatus || w.status === "running") {
       document.getElementById("diagram").src = `/api/workload/${encodeURIComponent(id)}/diagram.svg?at=${Date.now()}`;
     }
+    if (w.results_id && w.status !== lastStatus) {
+      const img = document.getElementById("timeline");
+      img.src = `/api/workload/${encodeURIComponent(id)}/timeline.svg?at=${Date.now()}`;
+      img.hidden = false;
+      document.getElementById("timeline-head").hidden = false;
+    }
     lastStatus = w.status;
     while (!outputDone) {
       const o = await getJSON(`/api/workload/${encodeURIComponent(id)}/output?offset=${outputOffset}`);
