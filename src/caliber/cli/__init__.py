@@ -25,7 +25,8 @@ from caliber.cli.common import error_line
 GROUPS = {
     "dashboard": "Show the queue, workloads and results in the browser, updating by itself.",
     "pinion": "Start a pinion, the worker that runs queued workloads.",
-    "queue": "Look at and manage the queue: list, view, cancel, retry, reset, resetsecret.",
+    "queue": "Look at and manage the queue: list, view, wait, cancel, retry, reset, "
+             "resetsecret.",
     "results": "List and show stored Results: every task's return value, the global data g, "
                "the error.",
     "workflow": "Show, run and queue workflow files (JSON files exported with Workflow.export).",

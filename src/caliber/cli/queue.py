@@ -28,7 +28,7 @@ WORKLOAD_ID = "WORKLOAD_ID"
 
 @click.group()
 def queue() -> None:
-    """Look at and manage the queue: list, view, cancel, retry, reset, resetsecret.
+    """Look at and manage the queue: list, view, wait, cancel, retry, reset, resetsecret.
 
     \b
     Example:
@@ -337,6 +337,45 @@ def retry_cmd(workload_id: str, resume: bool, target: QueueTarget, as_json: bool
     if not item.secret_ok:
         click.echo(f"its run-secret does not match your key, so your pinions skip it: check "
                    f"with 'caliber queue view {w.id}', then 'caliber queue resetsecret {w.id}'")
+
+
+@queue.command("wait", epilog="""\b
+Examples:
+  caliber queue wait k3v9 && echo "the analysis completed"
+  caliber queue wait k3v9 p2m8 --timeout 3600 --json""")
+@click.argument("workload_ids", metavar="WORKLOAD_ID...", nargs=-1, required=True,
+                shell_complete=workload_ids)
+@click.option("--timeout", type=click.FloatRange(0, 10**7), metavar="SECONDS",
+              help="Stop waiting after this long: exit 124 (as 'timeout' does).")
+@target_options
+@json_option
+def wait_cmd(workload_ids: tuple[str, ...], timeout: float | None, target: QueueTarget,
+             as_json: bool) -> None:
+    """Wait until each workload has ended. Exit 0 when all completed, 1 when any failed, was
+    cancelled or was reset meanwhile, 124 when --timeout ran out first. Each one's line is
+    printed as it ends (--json: their rows at the end)."""
+    from caliber.queue.wait import wait
+
+    def ended(item: Any) -> None:
+        if not as_json:
+            w = item.workload
+            why = f": {w.last_error}" if w.last_error and w.status.value != "completed" else ""
+            results = f" (results {w.results_id})" if w.results_id else ""
+            click.echo(f"{w.id} {w.workflow_name} {w.status.value}{results}{why}")
+
+    waited = wait(list(workload_ids), target, timeout=timeout, ended=ended)
+    if as_json:
+        print_json([{**r.summary(), "last_error": r.workload.last_error} for r in waited.rows])
+    for gone in waited.removed:
+        click.echo(f"{gone} was reset (deleted) while waited for", err=True)
+    if waited.timed_out:
+        left = [r.workload.id for r in waited.rows if r.workload.status.value not in
+                ("completed", "failed", "cancelled")]
+        click.echo(f"timed out after {timeout:g} s; still not ended: {', '.join(left)}",
+                   err=True)
+        raise SystemExit(124)
+    if not waited.ok:
+        raise SystemExit(1)
 
 
 @queue.command("reset", epilog="Example: caliber queue reset k3v9")
