@@ -111,6 +111,19 @@ class Settings(BaseSettings):
     output_total_max: int = Field(DEFAULT_OUTPUT_TOTAL_MAX, description=(
         "bytes of all the result files of one run kept at most (10 GiB); the files past it "
         "are not kept and the Results say so; suffixes K, M, G, T, 0: no limit"))
+    notify_url: str | None = Field(None, description=(
+        "an http(s) address a pinion POSTs JSON to when a workload ends (a Slack or Teams "
+        "incoming webhook takes it)"))
+    notify_smtp: SecretStr | None = Field(None, description=(
+        "smtp://[user[:password]@]host[:port] (STARTTLS when offered) or smtps://...: the "
+        "server a pinion sends an e-mail through when a workload ends; never printed"))
+    notify_email: str | None = Field(None, description=(
+        "whom that e-mail goes to, comma-separated"))
+    notify_email_from: str | None = Field(None, description=(
+        "the e-mail's sender (default: caliber@ this machine's name)"))
+    dashboard_token: SecretStr | None = Field(None, description=(
+        "the token every request to caliber dashboard needs, 16 characters or more "
+        "(default: a new random one per start); never printed but in its address"))
 
     @classmethod
     def variable(cls, field: str) -> str:

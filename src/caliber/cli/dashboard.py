@@ -27,8 +27,9 @@ Examples:
 @click.option("--port", type=click.IntRange(1, 65535), default=DEFAULT_PORT, show_default=True,
               help="Port to listen on.")
 @click.option("--open", "open_browser", is_flag=True, help="Open the dashboard in a browser.")
-@click.option("--token", envvar=TOKEN_ENV, show_envvar=True,
-              help="The token every request needs (default: a new random one, printed).")
+@click.option("--token",
+              help=f"The token every request needs (default: {TOKEN_ENV}, else a new random "
+                   "one, printed).")
 @target_options
 def dashboard(host: str, port: int, open_browser: bool, token: str | None,
               target: QueueTarget) -> None:
@@ -47,6 +48,11 @@ def dashboard(host: str, port: int, open_browser: bool, token: str | None,
     except ImportError as exc:
         raise ConfigError(f"the dashboard needs {exc.name}: pip install '.[dashboard]' in "
                           "Caliber's folder (or its wheel with [dashboard])") from None
+    if token is None:
+        from caliber.settings import load_settings
+
+        setting = load_settings().dashboard_token
+        token = setting.get_secret_value() if setting is not None else None
     if token is not None and len(token) < 16:
         raise UsageError(f"{TOKEN_ENV} / --token: at least 16 characters, to be hard to guess")
     token = token or secrets.token_urlsafe(24)

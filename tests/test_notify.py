@@ -1,0 +1,165 @@
+"""Notifications when a workload ends: a JSON POST a webhook takes and an e-mail, sent on a
+thread of their own, retried with back-off, never blocking (real local HTTP and SMTP servers)."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import socket
+import threading
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+import pytest
+
+from caliber.errors import ConfigError
+from caliber.pinion import notify
+from caliber.pinion.notify import Notifier, Smtp, event
+
+T0 = dt.datetime(2026, 12, 6, 22, 0, tzinfo=dt.UTC)
+
+
+def sample(status: str = "failed") -> dict[str, Any]:
+    return event(workload_id="k3v9q2mxa7", workflow="analysis", pinion="night", status=status,
+                 results_id="7hq2x", error="task 'solve': ValueError: diverged",
+                 queued_at=T0, started_at=T0 + dt.timedelta(seconds=5),
+                 ended_at=T0 + dt.timedelta(minutes=3, seconds=5))
+
+
+class Hook:
+    """A local HTTP server that records each POST and answers ``codes`` in turn, then 200."""
+
+    def __init__(self, codes: list[int] | None = None) -> None:
+        self.bodies: list[dict[str, Any]] = []
+        self.codes = list(codes or [])
+        hook = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                length = int(self.headers["Content-Length"])
+                body = json.loads(self.rfile.read(length))
+                code = hook.codes.pop(0) if hook.codes else 200
+                if code == 200:
+                    hook.bodies.append(body)
+                self.send_response(code)
+                self.end_headers()
+                self.wfile.write(b"ok")
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/hook"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture
+def hook() -> Iterator[Hook]:
+    server = Hook()
+    yield server
+    server.close()
+
+
+@pytest.fixture(autouse=True)
+def quick(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(notify, "BACKOFF", (0.01,))
+    monkeypatch.setattr(notify, "TIMEOUT", 2.0)
+
+
+def test_the_body_reads_as_a_line_and_as_fields() -> None:
+    body = sample()
+    assert body["text"] == ("Caliber: analysis (k3v9q2mxa7) failed on pinion night in "
+                            "3 min 0 s; results 7hq2x: task 'solve': ValueError: diverged")
+    assert body["caliber"]["status"] == "failed"
+    assert body["caliber"]["ended_at"] == "2026-12-06T22:03:05+00:00"
+    assert "ValueError" not in sample("completed")["text"]
+
+
+def test_a_post_per_event_in_order(hook: Hook) -> None:
+    sender = Notifier(url=hook.url)
+    sender.send(sample("completed"))
+    sender.send(sample("failed"))
+    sender.close()
+    assert [b["caliber"]["status"] for b in hook.bodies] == ["completed", "failed"]
+    assert sender.failed == 0
+
+
+def test_a_hook_that_fails_is_tried_again() -> None:
+    flaky = Hook([500, 503])
+    try:
+        sender = Notifier(url=flaky.url)
+        sender.send(sample())
+        sender.close()
+        assert len(flaky.bodies) == 1 and sender.failed == 0
+    finally:
+        flaky.close()
+
+
+def test_a_hook_that_is_down_costs_a_line_not_the_pinion(caplog: pytest.LogCaptureFixture
+                                                         ) -> None:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]  # closed again: nothing listens there
+    sender = Notifier(url=f"http://127.0.0.1:{port}/")
+    sender.send(sample())  # returns at once
+    sender.close()
+    assert sender.failed == 1
+    assert any("notification not sent" in r.getMessage() for r in caplog.records)
+
+
+def test_an_email_through_a_local_smtp_server() -> None:
+    pytest.importorskip("aiosmtpd")
+    from aiosmtpd.controller import Controller
+
+    received: list[Any] = []
+
+    class Handler:
+        async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
+            received.append(envelope)
+            return "250 OK"
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    controller = Controller(Handler(), hostname="127.0.0.1", port=port)
+    controller.start()
+    try:
+        sender = Notifier(smtp=Smtp.parse(f"smtp://127.0.0.1:{port}"),
+                          to=["ann@example.org"], sender="caliber@example.org")
+        sender.send(sample())
+        sender.close()
+    finally:
+        controller.stop()
+    assert sender.failed == 0
+    (mail,) = received
+    assert mail.rcpt_tos == ["ann@example.org"]
+    text = mail.content.decode()
+    assert "Subject: Caliber: analysis failed (k3v9q2mxa7)" in text
+    assert "ValueError: diverged" in text
+
+
+@pytest.mark.parametrize("value", ["mail.example.org", "http://x", "smtp://"])
+def test_a_bad_smtp_address_names_the_setting(value: str) -> None:
+    with pytest.raises(ConfigError, match="CALIBER_NOTIFY_SMTP"):
+        Smtp.parse(value)
+
+
+def test_settings_make_the_notifier(monkeypatch: pytest.MonkeyPatch, hook: Hook) -> None:
+    assert Notifier.from_settings() is None
+    monkeypatch.setenv("CALIBER_NOTIFY_URL", "ftp://x")
+    with pytest.raises(ConfigError, match="CALIBER_NOTIFY_URL"):
+        Notifier.from_settings()
+    monkeypatch.setenv("CALIBER_NOTIFY_URL", hook.url)
+    monkeypatch.setenv("CALIBER_NOTIFY_SMTP", "smtp://127.0.0.1:1")
+    with pytest.raises(ConfigError, match="CALIBER_NOTIFY_EMAIL"):
+        Notifier.from_settings()
+    monkeypatch.delenv("CALIBER_NOTIFY_SMTP")
+    made = Notifier.from_settings()
+    assert made is not None and made.url == hook.url
+    made.close()
