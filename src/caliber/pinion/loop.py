@@ -71,7 +71,7 @@ from caliber.queue.blobs import BlobStore
 from caliber.queue.secret import key_id, load_key, verify
 from caliber.queue.status import WorkloadStatus
 from caliber.queue.workload import Workload
-from caliber.results.files import output_limits
+from caliber.results.files import WrittenBack, output_limits, write_back
 from caliber.results.model import ErrorInfo, Results, RunStatus, TaskResult, utcnow
 from caliber.settings import (
     BOUNDS,
@@ -225,6 +225,7 @@ class Pinion:
         self._servers_left = MAX_FORK_SERVERS - (server is not None)  # to start, at most
         self._staged: Path | None = None  # the next run's folder, made ahead (_stage_next)
         self._code: dict[tuple[tuple[str, str], ...], dict[str, str]] = {}  # see _learn_code
+        self._written_back: dict[Path, dict[str, WrittenBack]] = {}  # see supervise
         self._inline_max = inline_max(backend)  # bytes: bigger arrays are stored as binary
         self._output_limits = output_limits()  # a bad setting stops the pinion before it runs
 
@@ -534,7 +535,10 @@ class Pinion:
             self.summary.skipped.append((workload.id, reason))
             self.reporter.workload_finished("not run", reason)
             return Outcome.SKIPPED
-        return self.supervise(claim, work_dir, resume=resume)
+        try:
+            return self.supervise(claim, work_dir, resume=resume)
+        finally:  # kept by _collect_outputs, unless the run ended without Results
+            self._written_back.pop(work_dir, None)
 
     def _checked_resume(self, workload: Workload) -> tuple[dict[str, Any] | None, str | None]:
         """The Results a resumed workload reuses (``retry --resume``), read once and handed
@@ -591,6 +595,9 @@ class Pinion:
         try:
             document = check_document(workload.workflow, source=f"workload {workload.id}")
             fetch_resumed(self.backend, work_dir, resume)  # the arrays the run reuses
+            if resume is not None and isinstance(self.backend, BlobStore):  # and the files
+                self._written_back[work_dir] = write_back(self.backend, resume.get("files")
+                                                          or [], work_dir)
         except (WorkflowFileError, BlobMismatchError, NotFoundError) as exc:  # never runs:
             # signed but not a workflow this Caliber reads, or reused arrays lost or damaged
             now = utcnow()
@@ -845,6 +852,7 @@ class Pinion:
         """The files the workflow's ``outputs`` match in its run folder, streamed into the
         queue's store and listed in its Results (:mod:`caliber.results.files`), however the
         run ended; the lease is renewed between files when due (LeaseLostError stops it)."""
+        written_back = self._written_back.pop(work_dir, None)  # a resumed run's (supervise)
         patterns = claim.workload.workflow.get("outputs")
         if not patterns or not isinstance(patterns, list):
             return claim, results
@@ -869,7 +877,7 @@ class Pinion:
                 due = time.monotonic() + self._renew_every
 
         found = keep_outputs(self.backend, work_dir, patterns, self._output_limits,
-                             between=renew)
+                             between=renew, written_back=written_back)
         files = [ResultFile(**f) for f in found["files"]]
         skipped = [SkippedFile(**f) for f in found["files_skipped"]]
         self.reporter.files_kept(len(files), sum(f.size for f in files),

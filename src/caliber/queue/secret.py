@@ -343,13 +343,14 @@ def _task_signed(task: Mapping[str, Any]) -> list[Any]:
 
 
 FILE_SIGNED = ("path", "size", "sha256", "mode")
-"""The keys of each result file's record that a Results signature covers: all of them. A
-resume reuses no file (the tasks it reuses do not run, so their files are not made again),
-but ``caliber results files`` writes files onto the machine that asks by these records: a
-record changed in the store by someone without the key (another path, another blob) would
-put bytes the pinion never collected there. So the list is signed, and checked before any
-file is written (:func:`caliber.results.files.check_signed`); the blob's own bytes are
-checked against the signed SHA-256 as they are fetched."""
+"""The keys of each result file's record that a Results signature covers: all of them.
+``caliber results files`` writes files onto the machine that asks by these records, and a
+resumed run starts with them written back into its run folder, where the tasks it runs again
+read them (:func:`caliber.results.files.write_back`): a record changed in the store by
+someone without the key (another path, another blob) would put bytes the pinion never
+collected there. So the list is signed, and checked before any file is written
+(:func:`caliber.results.files.check_signed`; a pinion checks the whole Results before a
+resume); the blob's own bytes are checked against the signed SHA-256 as they are fetched."""
 
 
 def results_message(results: Mapping[str, Any]) -> bytes:

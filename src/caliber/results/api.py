@@ -6,17 +6,18 @@ for them (:mod:`caliber.results.arrays`), not before."""
 
 from __future__ import annotations
 
-from contextlib import closing
+from contextlib import closing, suppress
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO
 
-from caliber.errors import NotFoundError
+from caliber.errors import CaliberError, NotFoundError
 
 if TYPE_CHECKING:
-    from collections.abc import Sequence
+    from collections.abc import Mapping, Sequence
 
     from caliber.queue.target import QueueTarget
     from caliber.results.arrays import BlobValues, ValueWriter
+    from caliber.results.files import WrittenBack
     from caliber.results.model import Results
 
 
@@ -117,25 +118,49 @@ def _put_values(store: Any, results: Results, values: ValueWriter | None) -> Non
 
 
 def keep_run(results: Results, target: QueueTarget, *, key: bytes, work_dir: Path,
-             outputs: Sequence[str], values: ValueWriter | None = None) -> Results:
+             outputs: Sequence[str], values: ValueWriter | None = None,
+             written_back: Mapping[str, WrittenBack] | None = None) -> Results:
     """Keep the Results of a run made here (``workflow run``) in ``target``'s store: the big
     arrays ``values`` wrote first, in its content store (their files are removed then), and
-    the files ``outputs`` match in ``work_dir`` (:mod:`caliber.results.files`); signed with
-    ``key``; returns them as kept, reading those arrays from there."""
+    the files ``outputs`` match in ``work_dir`` (:mod:`caliber.results.files`; those
+    ``written_back`` from the Results it resumed and still as written, by reference); signed
+    with ``key``; returns them as kept, reading those arrays from there."""
     from caliber.queue.registry import open_results
     from caliber.queue.resume import signed
 
     with closing(open_results(target)) as store:
         _put_values(store, results, values)
         if outputs:
+            from caliber.queue.blobs import BlobStore
             from caliber.results.files import keep_outputs, output_limits
 
-            found = keep_outputs(store, work_dir, outputs, output_limits())  # type: ignore[arg-type]
+            if written_back and results.resumed_from and isinstance(store, BlobStore) and not all(
+                    store.has_blob(b.record["sha256"]) for b in written_back.values()):
+                with suppress(CaliberError):  # a remote store learns where they are so
+                    store.get_results(results.resumed_from)
+            found = keep_outputs(store, work_dir, outputs, output_limits(),  # type: ignore[arg-type]
+                                 written_back=written_back)
             results = results.model_validate(results.to_json_dict() | found)
         results = signed(results, key)
         store.save_results(results)
     results._target = target
     return results.reading_values(queue_values(target, results.id))
+
+
+def write_back(results: Results, folder: Path, *,
+               target: QueueTarget) -> dict[str, WrittenBack]:
+    """The result files of ``results``, earlier Results a run in ``folder`` resumes from,
+    written back there (each that is not there already: :func:`caliber.results.files.
+    write_back`), once their signature, as ``target``'s store holds them, checks with your
+    key (CaliberError otherwise); BlobMismatchError or NotFoundError when one cannot be had
+    as it was signed."""
+    from caliber.queue.registry import open_results
+    from caliber.results import files
+
+    with closing(open_results(target)) as store:
+        stored = _stored(store, results)
+        return files.write_back(store, [f.model_dump() for f in stored.files],  # type: ignore[arg-type]
+                                folder)
 
 
 def save_files(results: Results, dest: Path, *, target: QueueTarget,

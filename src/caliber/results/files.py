@@ -14,6 +14,13 @@ Limits (settings of whoever collects): ``CALIBER_OUTPUT_MAX`` bytes per file and
 the Results say so (``files_skipped``); the run's status does not change for it: the values
 and the other files are kept.
 
+A resumed run does not run the tasks it reuses, so it would not make their files again: its
+run folder starts with the files of the Results it resumes from written back
+(:func:`write_back`, only files of Results whose signature the caller checked), so the tasks
+that run again find them (a mesh file a reused task wrote), and when it ends a file still as
+it was written back is listed by reference (the same blob, not read or stored again), one the
+run wrote anew as the run left it.
+
 No pydantic here on the collecting side (:func:`keep_outputs` returns plain JSON fields).
 """
 
@@ -24,7 +31,7 @@ import hashlib
 import io
 import os
 import stat
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING, Any, BinaryIO
@@ -39,7 +46,7 @@ from caliber.errors import (
     WorkflowDefinitionError,
 )
 from caliber.text import valid_unicode
-from caliber.workflow.outputs import check_pattern, find_outputs, open_found
+from caliber.workflow.outputs import PRIVATE, check_pattern, find_outputs, open_found
 
 if TYPE_CHECKING:
     from caliber.queue.blobs import BlobStore
@@ -87,13 +94,17 @@ def _source(fd: int, path: Path) -> Path:
 
 
 def keep_outputs(store: BlobStore, root: Path, patterns: Sequence[str], limits: OutputLimits,
-                 *, between: Callable[[], None] | None = None) -> dict[str, Any]:
+                 *, between: Callable[[], None] | None = None,
+                 written_back: Mapping[str, WrittenBack] | None = None) -> dict[str, Any]:
     """Collect the files ``patterns`` match in the run folder ``root`` into ``store``; the
     Results fields that list them (``files``, ``files_skipped``, ``files_unmatched``), as
     JSON. Each file is streamed (``put_blob``, bounded memory); one that cannot be read or
     stored, or is over a limit, is listed as skipped with the reason, and the rest are kept.
-    ``between``: called before each file (a pinion renews its lease there). Raises only
-    what ``between`` raises and QueueDamagedError."""
+    ``written_back``: the files of earlier Results a resumed run started with
+    (:func:`write_back`); one still as it was written, whose blob the store has, is listed
+    as the earlier Results list it, without reading it (nor counting it against the limits:
+    it is stored already). ``between``: called before each file (a pinion renews its lease
+    there). Raises only what ``between`` raises and QueueDamagedError."""
     good: list[str] = []
     skipped: list[dict[str, str]] = []
     for pattern in patterns:
@@ -109,6 +120,10 @@ def keep_outputs(store: BlobStore, root: Path, patterns: Sequence[str], limits: 
     for rel in found.files:
         if between is not None:
             between()
+        back = (written_back or {}).get(rel)
+        if back is not None and back.unchanged(root) and store.has_blob(back.record["sha256"]):
+            files.append(dict(back.record))
+            continue
         bad = _bad_name(rel)
         if bad is not None:
             skipped.append({"path": valid_unicode(rel), "reason": bad})
@@ -182,6 +197,80 @@ def _limit(size: int) -> str:
 
     text = format_size(size)
     return f"{text} bytes" if text.isdigit() else text
+
+
+# --- a resumed run: the earlier Results' files written back ---------------------------------
+
+
+@dataclass(frozen=True)
+class WrittenBack:
+    """A file of earlier Results written back into a resumed run's folder."""
+
+    record: dict[str, Any]
+    """Its record in those Results (path, size, sha256, mode): what the new Results list
+    while the file stays as it was written."""
+    key: tuple[int, ...]
+    """Device, inode, size, modification and change times right after it was written: any
+    write, ``touch``, ``chmod`` or replacement since changes one of them (the change time
+    cannot be set back)."""
+
+    def unchanged(self, root: Path) -> bool:
+        """Whether the file at its path under ``root`` is still the one written back (reached
+        without following a link, as collecting does)."""
+        try:
+            fd = open_found(root, self.record["path"])
+        except (OSError, ValueError):
+            return False
+        try:
+            return _identity(os.fstat(fd)) == self.key
+        finally:
+            os.close(fd)
+
+
+def _identity(st: os.stat_result) -> tuple[int, ...]:
+    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+
+
+def write_back(store: BlobStore, files: Iterable[Mapping[str, Any]],
+               root: Path) -> dict[str, WrittenBack]:
+    """Write the result files ``files`` of earlier Results (their ``files`` records, as JSON;
+    the caller checked their signature) into the run folder ``root`` of a run that resumes
+    from them, each at its path, streamed from ``store`` and checked against its SHA-256 on
+    the way, its mode kept but for group and others' write. A file already there is left as
+    it is: an attachment, or a file of yours in ``workflow run``'s folder, wins over the
+    earlier run's. A path that leads through a link, a file where a folder must be, or into
+    ``.caliber`` is not written. Returns what was written, by path; BlobMismatchError or
+    NotFoundError when a file cannot be had as it was signed (the run must not start)."""
+    done: dict[str, WrittenBack] = {}
+    for record in files:
+        path = str(record["path"])
+        try:
+            rel = check_name(path)
+        except UsageError:
+            continue
+        dest = root.joinpath(*rel.parts)
+        if rel.parts[0] == PRIVATE or os.path.lexists(dest) or not _folders_free(root, rel):
+            continue
+        dest.parent.mkdir(parents=True, exist_ok=True)  # as the task that wrote it made them
+        store.fetch_blob(str(record["sha256"]), dest, mode=int(record["mode"]) & SAVED_MODE_MASK)
+        kept = {name: record[name] for name in ("path", "size", "sha256", "mode")}
+        done[path] = WrittenBack(kept, _identity(os.lstat(dest)))
+    return done
+
+
+def _folders_free(root: Path, rel: PurePosixPath) -> bool:
+    """Whether each folder on the way to ``rel`` under ``root`` is a folder or missing (never
+    a link, which a file written through would leave the run folder by)."""
+    folder = root
+    for part in rel.parts[:-1]:
+        folder = folder / part
+        try:
+            mode = os.lstat(folder).st_mode
+        except FileNotFoundError:
+            return True
+        if not stat.S_ISDIR(mode):
+            return False
+    return True
 
 
 # --- bringing them back ------------------------------------------------------------------

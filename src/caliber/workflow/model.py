@@ -8,6 +8,7 @@ is :mod:`caliber.workflow.runner`, the JSON file is :mod:`caliber.workflow.filef
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import inspect
 import os
@@ -24,6 +25,7 @@ from caliber.workflow.limits import check_timeout
 if TYPE_CHECKING:
     from caliber.queue.target import QueueTarget
     from caliber.results.arrays import ValueWriter
+    from caliber.results.files import WrittenBack
     from caliber.results.model import Results
     from caliber.workflow.runner import TaskEvent
 
@@ -470,15 +472,20 @@ class Workflow:
                                   "--resume")
         folder = Path(work_dir) if work_dir else Path.cwd()
         target = target or local_target()
-        values = _value_writer(folder if store else None, target)
-        results = run_workflow(
-            self, work_dir=folder, on_event=on_event, resume=resume, values=values,
-        )
-        if store:  # with the files of self.outputs found in the folder
-            from caliber.results.api import keep_run
+        written_back: dict[str, WrittenBack] = {}
+        if resume is not None and resume.files:  # what the reused tasks wrote, back in place
+            from caliber.results.api import write_back
 
-            return keep_run(results, target, key=key, work_dir=folder, outputs=self.outputs,
-                            values=values)
+            written_back = write_back(resume, folder, target=resume._target or target)
+        with _values(folder if store else None, target) as values:
+            results = run_workflow(
+                self, work_dir=folder, on_event=on_event, resume=resume, values=values,
+            )
+            if store:  # with the files of self.outputs found in the folder
+                from caliber.results.api import keep_run
+
+                return keep_run(results, target, key=key, work_dir=folder,
+                                outputs=self.outputs, values=values, written_back=written_back)
         results = signed(results, key)
         if values is not None:
             from caliber.results.arrays import KeptValues
@@ -514,22 +521,30 @@ class Workflow:
         return f"Workflow({self.name!r}, {len(self.tasks)} tasks)"
 
 
-def _value_writer(folder: Path | None, target: QueueTarget) -> ValueWriter | None:
+@contextlib.contextmanager
+def _values(folder: Path | None, target: QueueTarget) -> Iterator[ValueWriter | None]:
     """What keeps a run's big arrays as binary (:mod:`caliber.results.arrays`): in files in
-    ``folder``'s ``.caliber/values`` when they go to ``target``'s store, in memory without a
-    ``folder``; None when that store keeps no blobs (they stay JSON lists then)."""
-    from caliber.results.arrays import VALUES_DIR, ValueWriter
+    a values folder of the run's own under ``folder`` when they go to ``target``'s store,
+    removed when the ``with`` ends however it ends (:mod:`caliber.results.runvalues`); in
+    memory without a ``folder``; None when that store keeps no blobs (JSON lists then)."""
+    from caliber.results.arrays import ValueWriter
     from caliber.settings import load_settings
 
     limit = load_settings().array_inline_max
     if folder is None:
-        return ValueWriter(None, limit)
+        yield ValueWriter(None, limit)
+        return
     from contextlib import closing
 
     from caliber.queue.blobs import BlobStore
     from caliber.queue.registry import open_results
 
     with closing(open_results(target)) as store:
-        if not isinstance(store, BlobStore):
-            return None
-    return ValueWriter(folder / VALUES_DIR, limit)
+        keeps_blobs = isinstance(store, BlobStore)
+    if not keeps_blobs:
+        yield None
+        return
+    from caliber.results.runvalues import run_values_folder
+
+    with run_values_folder(folder) as own:
+        yield ValueWriter(own, limit)
