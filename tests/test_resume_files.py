@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 import caliber
-from caliber.queue.blobs import BlobRef, FolderBlobStore
+from caliber.queue.blobs import BlobRef, FolderBlobStore, Hold
 from tests.pinion_helpers import make_folder
 from tests.test_lifecycle import run_caliber, runs
 from tests.test_resume_signatures import (
@@ -215,9 +215,9 @@ class CountingStore(FolderBlobStore):
 
     puts: list[Path]
 
-    def put_blob(self, source: Path) -> BlobRef:
+    def put_blob(self, source: Path, hold: Hold | None = None) -> BlobRef:
         self.puts.append(source)
-        return super().put_blob(source)
+        return super().put_blob(source, hold)
 
 
 def test_files_written_back_are_kept_by_reference_until_the_run_changes_them(
