@@ -62,7 +62,11 @@ def run_values_folder(work_dir: Path) -> Iterator[Path]:
     ``work_dir``'s ``.caliber/values`` is swept first."""
     base = work_dir / VALUES_DIR
     sweep(base)
-    own = _claim(base)
+    try:
+        own = _claim(base)
+    except OSError:  # a folder this run cannot write in: an array fails there, as it would
+        yield base / f"{os.getpid()}-unwritable"
+        return
     try:
         yield own.folder
     finally:
