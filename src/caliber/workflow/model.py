@@ -534,12 +534,10 @@ def _values(folder: Path | None, target: QueueTarget) -> Iterator[ValueWriter | 
     if folder is None:
         yield ValueWriter(None, limit)
         return
-    from contextlib import closing
-
     from caliber.queue.blobs import BlobStore
     from caliber.queue.registry import open_results
 
-    with closing(open_results(target)) as store:
+    with contextlib.closing(open_results(target)) as store:
         keeps_blobs = isinstance(store, BlobStore)
     if not keeps_blobs:
         yield None
