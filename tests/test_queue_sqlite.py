@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from caliber.errors import QueueError
+from caliber.errors import LeaseLostError, QueueError
 from caliber.queue.sqlite.backend import CLAIM_SQL, SQLiteBackend
 from caliber.queue.sqlite.schema import MIGRATIONS, SCHEMA_VERSION
 from caliber.queue.workload import WorkloadStatus
@@ -120,6 +120,25 @@ def test_lost_lease_trigger_ignores_renewals(tmp_path: Path) -> None:
         messages = [h.message for h in backend.get(w.id).history]
     assert not any("ran out" in m for m in messages)
     assert len(messages) == 3  # queued, claimed, completed
+
+
+def test_a_look_for_a_cancel_finds_it_at_once_and_writes_nothing(tmp_path: Path) -> None:
+    """The local queue's ``peek_cancel`` reads the cancel another process asked (the pinion
+    stops a ``cancel --now`` within about a second), and never writes."""
+    with SQLiteBackend(tmp_path / "q.db") as backend, \
+            SQLiteBackend(tmp_path / "q.db") as other:  # as `caliber queue cancel` does
+        w = make_workload()
+        backend.put(w)
+        claim = backend.claim("p1", "a", LEASE, "k")
+        assert claim is not None
+        other.cancel(w.id, "ann@laptop", now=True)
+        writes = backend.conn.total_changes
+        peeked = backend.peek_cancel(claim)
+        assert peeked.cancel_requested == "ann@laptop" and peeked.cancel_now
+        assert backend.conn.total_changes == writes
+        other.reset(w.id, force=True)
+        with pytest.raises(LeaseLostError):
+            backend.peek_cancel(claim)
 
 
 @pytest.mark.parametrize("lease", [

@@ -3,11 +3,12 @@ and the counts by status (run against every backend, see conftest)."""
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import TYPE_CHECKING
 
 import pytest
 
-from caliber.errors import QueueStateError
+from caliber.errors import LeaseLostError, QueueStateError
 from caliber.queue.lifecycle import ResumeGrant
 from caliber.queue.workload import WorkloadStatus
 from caliber.results.model import ErrorInfo, RunStatus
@@ -68,6 +69,34 @@ def test_cancel_now_of_a_running_workload_is_learnt_at_renew(backend: Backend) -
         "status": RunStatus.CANCELLED,
         "error": ErrorInfo(type="Cancelled", message="cancelled by ann@laptop")}))
     assert backend.get(w.id).status == WorkloadStatus.CANCELLED
+
+
+def test_a_look_for_a_cancel_writes_nothing_and_extends_nothing(backend: Backend) -> None:
+    """``peek_cancel``, a pinion's look between renewals: a read only. The local queue gives
+    the cancel at once; a backend whose look would cost a request (Speckle) gives the claim
+    back unchanged, and its pinion learns the cancel at the next renewal."""
+    w = make_workload()
+    backend.put(w)
+    claim = backend.claim("p1", "a", LEASE, KEY)
+    assert claim is not None
+    assert backend.peek_cancel(claim) == claim  # nothing asked
+    backend.cancel(w.id, "ann@laptop", now=True)
+    before = backend.get(w.id)
+    peeked = backend.peek_cancel(claim)
+    assert peeked == claim or peeked == replace(claim, cancel_requested="ann@laptop",
+                                                cancel_now=True)
+    assert peeked.expires_at == claim.expires_at  # the lease is not extended
+    after = backend.get(w.id)
+    assert after.history == before.history and after.lease == before.lease  # nothing written
+    assert backend.peek_cancel(replace(claim, cancel_requested="ann@laptop",
+                                       cancel_now=True)).cancel_now  # never forgets
+    renewed = backend.renew(claim, LEASE)
+    assert renewed.cancel_requested == "ann@laptop" and renewed.cancel_now
+    backend.reset(w.id, force=True)
+    try:
+        assert backend.peek_cancel(renewed) == renewed  # no look made
+    except LeaseLostError:  # or a look that found it gone
+        pass
 
 
 def test_a_cancel_is_made_now_by_a_second_cancel_now(backend: Backend) -> None:

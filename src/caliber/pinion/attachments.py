@@ -13,6 +13,11 @@
 - inline (older queues, the remote queue for now): the bytes in the workload, checked too.
 
 Files are 0700 when the attachment is executable, else 0600; folders 0700.
+
+A big attachment over a slow link (or a slow shared drive) can take longer than the lease:
+``between`` is called before every read of :data:`~caliber.queue.blobs.CHUNK` bytes (1 MiB),
+so the pinion renews its lease while it writes, and stops by raising there (the lease lost, a
+cancel: see :meth:`caliber.pinion.loop.Pinion.prepare`).
 """
 
 from __future__ import annotations
@@ -20,9 +25,9 @@ from __future__ import annotations
 import hashlib
 import io
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, BinaryIO, cast
 
 from caliber.errors import AttachmentError, BlobMismatchError, NotFoundError
 from caliber.platform import make_private_folder
@@ -34,23 +39,45 @@ if TYPE_CHECKING:
     from caliber.queue.workload import Attachment
 
 
+class _Paced:
+    """A binary stream that calls ``between`` before each read (``read`` is all that
+    :func:`copy_verified` and the hashing of a reference use)."""
+
+    def __init__(self, source: BinaryIO, between: Callable[[], object]) -> None:
+        self._source = source
+        self._between = between
+
+    def read(self, size: int = -1) -> bytes:
+        self._between()
+        return self._source.read(size)
+
+
+def _paced(source: BinaryIO, between: Callable[[], object] | None) -> BinaryIO:
+    return source if between is None else cast("BinaryIO", _Paced(source, between))
+
+
 def write_attachments(attachments: Sequence[Attachment], work_dir: Path,
-                      store: BlobStore | None) -> None:
+                      store: BlobStore | None, *,
+                      between: Callable[[], object] | None = None) -> None:
     """Write every attachment into ``work_dir`` (paths re-checked), as the module says;
-    ``store``: the content store of the queue the workload came from."""
+    ``store``: the content store of the queue the workload came from; ``between``: called
+    before every chunk read (what it raises stops the writing and goes through)."""
     for a in attachments:
         target = resolve_inside(work_dir, a.path)
         make_private_folder(target.parent)
         mode = 0o700 if a.executable else 0o600
         if a.reference is not None:
-            _link_reference(a, target)
+            _link_reference(a, target, between)
         elif a.content is not None:
-            copy_verified(io.BytesIO(a.data()), a.sha256, target, mode=mode, size=a.size)
+            copy_verified(_paced(io.BytesIO(a.data()), between), a.sha256, target, mode=mode,
+                          size=a.size)
         else:
             try:
                 if store is None:
                     raise NotFoundError("this queue has no content store")
-                store.fetch_blob(a.sha256, target, mode=mode)
+                with store.open_blob(a.sha256) as source:  # fetch_blob, paced
+                    copy_verified(_paced(source, between), a.sha256, target, mode=mode,
+                                  size=a.size)
             except NotFoundError:
                 raise AttachmentError(
                     f"the stored content of attachment {a.path!r} (blob {a.sha256[:12]}) is "
@@ -59,14 +86,15 @@ def write_attachments(attachments: Sequence[Attachment], work_dir: Path,
                 raise BlobMismatchError(f"attachment {a.path!r}: {exc}") from exc
 
 
-def _link_reference(a: Attachment, target: Path) -> None:
+def _link_reference(a: Attachment, target: Path,
+                    between: Callable[[], object] | None) -> None:
     """Check the file an attachment by reference names, then link it in as ``target``."""
     assert a.reference is not None
     where = f"attachment {a.path!r} by reference to {a.reference}"
     try:
         with open(a.reference, "rb") as f:
-            digest, size = hashlib.sha256(), 0
-            while chunk := f.read(CHUNK):
+            digest, size, source = hashlib.sha256(), 0, _paced(f, between)
+            while chunk := source.read(CHUNK):
                 digest.update(chunk)
                 size += len(chunk)
     except FileNotFoundError:
@@ -83,6 +111,6 @@ def _link_reference(a: Attachment, target: Path) -> None:
     except OSError:  # no links here (Windows without the right): a checked copy instead
         with open(a.reference, "rb") as f:
             try:
-                copy_verified(f, a.sha256, target, size=a.size)
+                copy_verified(_paced(f, between), a.sha256, target, size=a.size)
             except BlobMismatchError as exc:
                 raise AttachmentError(f"{where}: the file changed while it was read") from exc

@@ -4,9 +4,12 @@
 work found means look again at once; an empty look counts, then waits; after ``attempts``
 empty looks in a row the pinion stops (``attempts=0``: never).
 
-While a child runs, the pinion renews its lease every third of the lease time, enforces the
-timeout and watches for a warm or cold stop. The child's verdict is stored with the claim
-token, so a pinion that lost its lease can never complete a workload another pinion holds.
+While a child runs, the pinion renews its lease every third of the lease time, looks for a
+cancel about every second in between (a read, :meth:`QueueBackend.peek_cancel`), enforces the
+timeout and watches for a warm or cold stop. While it writes a workload's attachments into
+its run folder it renews the lease and looks for a cancel the same way. The child's verdict
+is stored with the claim token, so a pinion that lost its lease can never complete a
+workload another pinion holds.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ import importlib
 import importlib.util
 import logging
 import os
+import shutil
 import socket
 import time
 from collections.abc import Callable
@@ -96,6 +100,9 @@ QUEUE_RETRY_CAP = 30.0  # seconds: the longest back-off after the queue could no
 CHILD_EXIT_GRACE = 0.5  # seconds: wait for the last messages of a child that has ended
 RENEWALS_PER_LEASE = 3  # a running workload's lease is renewed every third of its length
 MIN_RENEW_INTERVAL = 0.05  # seconds: the shortest time between two renewals
+CANCEL_PEEK_EVERY = 1.0  # seconds: how often a cancel is looked for between renewals (a read;
+# on a remote queue none: see QueueBackend.peek_cancel). A workload that ends sooner never
+# pays for one.
 STAGED_PREFIX = ".next-"  # the next run's folder, made ahead in the runs folder (+ the pid)
 MAX_FORK_SERVERS = 3  # fork servers a pinion starts (the first, then one for each that ended)
 # before it forks its children itself
@@ -140,6 +147,14 @@ class PinionConfig:
                     BOUNDS["pinion_" + name].check(value)
             except ValueError as exc:
                 raise ConfigError(f"the pinion's {name} {exc}") from None
+
+
+class _CancelledBeforeRun(Exception):
+    """A cancel learnt while the attachments were written: the workload does not run."""
+
+    def __init__(self, by: str) -> None:
+        super().__init__(by)
+        self.by = by
 
 
 class Outcome(StrEnum):
@@ -519,7 +534,14 @@ class Pinion:
             return Outcome.SKIPPED
         self.reporter.workload_started(workload.id, workload.workflow_name, workload.attempts)
         try:
-            work_dir = self.prepare(workload)
+            claim, work_dir = self._prepare_held(claim)
+        except LeaseLostError:
+            self.reporter.workload_finished(
+                "abandoned", "lease lost while its attachments were written (another pinion "
+                "took it, or it was reset); not run, its run folder removed")
+            return Outcome.LOST
+        except _CancelledBeforeRun as exc:
+            return self._cancelled_before_run(claim, exc.by)
         except OSError as exc:
             if exc.errno not in _MACHINE_ERRNOS:  # the workload's: a name this disk refuses
                 return self._unprepared(claim, exc)
@@ -552,19 +574,61 @@ class Pinion:
         why = resume_problem(workload, results, self.key)
         return (None, why) if why is not None else (results.to_json_dict(), None)
 
+    def _prepare_held(self, claim: Claim) -> tuple[Claim, Path]:
+        """:meth:`prepare`, holding the claim while the attachments are written: between
+        chunks the lease is renewed when due (as while the child runs) and a cancel looked
+        for (:data:`CANCEL_PEEK_EVERY`). LeaseLostError when the lease was lost,
+        _CancelledBeforeRun on a cancel (with or without ``--now``): either way the run
+        folder is removed. Returns the claim as last renewed, and the run folder."""
+        renew_at = time.monotonic() + self._renew_every
+        peek_at = time.monotonic() + CANCEL_PEEK_EVERY
+
+        def between() -> None:
+            nonlocal claim, renew_at, peek_at
+            now = time.monotonic()
+            if now >= renew_at:
+                claim = self._renewed(claim)
+                renew_at = time.monotonic() + self._renew_every
+            elif now >= peek_at:
+                claim = self._peeked(claim)
+            else:
+                return
+            peek_at = time.monotonic() + CANCEL_PEEK_EVERY
+            if claim.cancel_requested is not None:
+                raise _CancelledBeforeRun(claim.cancel_requested)
+
+        work_dir = self.prepare(claim.workload, between=between)
+        return claim, work_dir
+
+    def _cancelled_before_run(self, claim: Claim, by: str) -> Outcome:
+        """Cancelled while its attachments were written: it never runs. Put back without
+        counting the attempt, the queue makes it cancelled (a cancel was asked), with no
+        Results, like a queued workload cancelled."""
+        reason = f"cancelled by {by} while its attachments were written; never run"
+        try:
+            self.backend.release(claim, reason=reason)
+        except LeaseLostError:
+            self.reporter.workload_finished("abandoned", "lease lost before it was cancelled")
+            return Outcome.LOST
+        self.reporter.workload_finished("cancelled", reason)
+        return Outcome.CANCELLED
+
     def _unprepared(self, claim: Claim, exc: Exception) -> Outcome:
         reason = f"cannot prepare the working folder: {exc}"
         self.backend.fail(claim, reason, retry=False)
         self.reporter.workload_finished("failed", reason)
         return Outcome.FAILED
 
-    def prepare(self, workload: Workload) -> Path:
+    def prepare(self, workload: Workload, *,
+                between: Callable[[], object] | None = None) -> Path:
         """A new working folder with the attached files written in it (paths re-checked):
         ``<id>-<attempt>``, or the next free number when that one exists (an attempt put back
         by a cold stop is not counted, and its folder is kept as it was). The folder is the
         one staged while the previous workload ran (:meth:`_stage_next`), renamed. Folders
         and files made here are 0700 and 0600, whatever the umask (what the workload writes
-        follows the umask)."""
+        follows the umask). ``between`` is called before every chunk of an attachment is
+        read (:func:`write_attachments`); when it raises LeaseLostError or
+        _CancelledBeforeRun the half-written folder is removed."""
         number = workload.attempts
         while True:
             work_dir = self.runs / f"{workload.id}-{number}"
@@ -581,7 +645,11 @@ class Pinion:
             except FileExistsError:
                 number += 1
         store = self.backend if isinstance(self.backend, BlobStore) else None
-        write_attachments(workload.attachments, work_dir, store)
+        try:
+            write_attachments(workload.attachments, work_dir, store, between=between)
+        except (LeaseLostError, _CancelledBeforeRun):
+            shutil.rmtree(work_dir, ignore_errors=True)  # nothing ran: nothing to keep
+            raise
         return work_dir
 
     # --- the child: start it, monitor it, keep its verdict (as rq's work horse) -----------
@@ -652,6 +720,7 @@ class Pinion:
         return _Run(claim=claim, work_dir=work_dir, child=child,
                     messages=MessageReader(child.messages_fd), started=started,
                     t0=time.monotonic(), next_renew=next_renew,
+                    next_peek=time.monotonic() + CANCEL_PEEK_EVERY,
                     log=LogCap(work_dir, self.config.log_max),
                     watch=TaskWatch(self.config.cancel_grace))
 
@@ -685,6 +754,11 @@ class Pinion:
                 if not self._renew(run):
                     return Outcome.LOST
                 run.next_renew = now + self._renew_every
+                run.next_peek = now + CANCEL_PEEK_EVERY
+            elif now >= run.next_peek:
+                if not self._renew(run, peek=True):
+                    return Outcome.LOST
+                run.next_peek = now + CANCEL_PEEK_EVERY
 
     def _take(self, run: _Run, line: bytes) -> bool:
         """One message from the child; True when it is the last (the Results, or a line that
@@ -756,10 +830,26 @@ class Pinion:
             self.reporter.error(f"could not renew the lease: {exc}", exc_info=exc)
         return claim
 
-    def _renew(self, run: _Run) -> bool:
-        """Extend the lease; False when it was lost (the child is stopped)."""
+    def _peeked(self, claim: Claim) -> Claim:
+        """The claim with a cancel asked since the last renewal, if any (a read; as it was
+        when the queue cannot be read: the next renewal says); LeaseLostError when it was
+        lost."""
         try:
-            run.claim = self._renewed(run.claim, self.reporter.progress())
+            return self.backend.peek_cancel(claim)
+        except LeaseLostError:
+            raise
+        except QueueError as exc:
+            log.debug("could not look for a cancel of %s (%s)", claim.workload.id, exc)
+            return claim
+
+    def _renew(self, run: _Run, *, peek: bool = False) -> bool:
+        """Extend the lease (with ``peek``, only look for a cancel: :meth:`_peeked`), and act
+        on a cancel; False when the lease was lost (the child is stopped)."""
+        try:
+            if peek:
+                run.claim = self._peeked(run.claim)
+            else:
+                run.claim = self._renewed(run.claim, self.reporter.progress())
             self._cancel_if_asked(run)
         except LeaseLostError:
             run.child.kill()
@@ -769,9 +859,9 @@ class Pinion:
         return True
 
     def _cancel_if_asked(self, run: _Run) -> None:
-        """Act on a cancel learnt at a renewal: stop after the current task (the child is
-        asked not to start another), or with ``--now`` at once (SIGTERM to its processes,
-        SIGKILL after the grace: :meth:`_overdue`)."""
+        """Act on a cancel learnt at a renewal (or a look between): stop after the current
+        task (the child is asked not to start another), or with ``--now`` at once (SIGTERM
+        to its processes, SIGKILL after the grace: :meth:`_overdue`)."""
         claim = run.claim
         if claim.cancel_requested is None or run.watch.terminated:
             return
@@ -934,6 +1024,8 @@ class _Run:
     t0: float
     """``time.monotonic()`` when the child was given the job."""
     next_renew: float
+    next_peek: float
+    """``time.monotonic()`` when a cancel is next looked for between renewals."""
     log: LogCap
     """Keeps ``output.log`` under the cap while the child runs."""
     news_at: float = 0.0
@@ -944,7 +1036,8 @@ class _Run:
     stop_reason: str = ""
     exited_at: float | None = None
     cancelled: str | None = None
-    """Who cancelled the workload (learnt at a renewal): it stops after its current task."""
+    """Who cancelled the workload (learnt at a renewal, or a look between): it stops after
+    its current task."""
     asked: bool = False
     """Whether the child was asked to run no further task (else it is killed after this one)."""
     watch: TaskWatch = field(default_factory=lambda: TaskWatch(DEFAULT_CANCEL_GRACE))

@@ -14,7 +14,8 @@ Life of a workload::
               |       |          |--release------> queued   (warm stop, secret mismatch)
               |       |          |--lease expires-> claimable again (attempts counted)
               |       |          '--cancel: asked; the pinion stops after the current task
-              |       |                     (--now: it stops the running task at once)
+              |       |                     (--now: it stops the running task at once);
+              |       |                     it learns it at renew, or sooner at peek_cancel
               |       '--reset removes it; resetsecret replaces its run-secret
               '--cancel--> cancelled
     failed | cancelled --retry [resume]--> queued (a new attempt series, history kept)
@@ -118,6 +119,15 @@ class QueueBackend(Protocol):
         it with the renewal when it writes one (``Workload.progress``); the local queue has
         the file."""
 
+    def peek_cancel(self, claim: Claim) -> Claim:
+        """The claim with the cancel the queue holds now (``cancel_requested``,
+        ``cancel_now``), looked up between renewals: a read only, never a write, and the lease
+        is not extended (``expires_at`` unchanged); LeaseLostError when the claim no longer
+        holds. A pinion calls it about every second while a workload runs or is prepared, so
+        that a local ``queue cancel --now`` stops the task within about a second. A backend
+        for which a look costs a request to a server (Speckle) returns ``claim`` unchanged:
+        its pinion learns a cancel at its next :meth:`renew`."""
+
     def release(self, claim: Claim, *, reason: str, mismatch_key_id: str | None = None) -> None:
         """Put a claimed workload back in the queue without counting the attempt.
 
@@ -169,7 +179,8 @@ class QueueBackend(Protocol):
     def cancel(self, id_or_prefix: str, by: str, *, now: bool = False) -> Workload:
         """Cancel a workload (``queue cancel``): a queued one (or one whose pinion's lease ran
         out) becomes cancelled at once and never runs; a running one is marked, and its
-        pinion learns it at its next :meth:`renew` (``Claim.cancel_requested``; with
+        pinion learns it at its next :meth:`renew` or :meth:`peek_cancel`
+        (``Claim.cancel_requested``; with
         ``now``, ``Claim.cancel_now`` too: a running one that was asked already is asked
         again, now). QueueStateError when it has finished."""
 

@@ -443,6 +443,11 @@ class SpeckleBackend:
             return replace(claim, expires_at=self._local(state.lease.expires_at),
                            cancel_requested=state.cancel, cancel_now=state.cancel_now)
 
+    def peek_cancel(self, claim: Claim) -> Claim:
+        """See :meth:`QueueBackend.peek_cancel`: a look would cost a request to the server
+        every second, so none is made; the pinion learns a cancel at its next renewal."""
+        return claim
+
     def release(self, claim: Claim, *, reason: str, mismatch_key_id: str | None = None) -> None:
         with self.lock:
             state = self._held(claim)

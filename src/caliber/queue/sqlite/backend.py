@@ -112,6 +112,11 @@ CLAIM_SQL = f"""
     RETURNING {_COLUMNS}"""
 
 
+def _lost(claim: Claim) -> LeaseLostError:
+    return LeaseLostError(f"workload {claim.workload.id} is no longer held by {claim.owner} "
+                          "(its lease ran out and another pinion took it, or it was reset)")
+
+
 def _from_unix(seconds: float) -> dt.datetime:
     return dt.datetime.fromtimestamp(seconds, dt.UTC)
 
@@ -542,6 +547,20 @@ class SQLiteBackend:
         return replace(claim, expires_at=_from_unix(expires), cancel_requested=asked,
                        cancel_now=now)
 
+    def peek_cancel(self, claim: Claim) -> Claim:
+        """See :meth:`QueueBackend.peek_cancel`: one read of the row by its key (tens of
+        microseconds), no write."""
+        with self.reading() as conn:
+            row = conn.execute(
+                "SELECT cancel_requested, cancel_now FROM workloads WHERE id = ? AND "
+                "lease_token = ? AND status = 'running'", (claim.workload.id, claim.token),
+            ).fetchone()
+        if row is None:
+            raise _lost(claim)
+        if row[0] is None:
+            return claim
+        return replace(claim, cancel_requested=str(row[0]), cancel_now=bool(row[1]))
+
     def release(self, claim: Claim, *, reason: str, mismatch_key_id: str | None = None) -> None:
         with self.transaction() as conn:
             asked = self._held(
@@ -736,10 +755,7 @@ class SQLiteBackend:
             (*params, claim.workload.id, claim.token),
         ).fetchone()
         if row is None:
-            raise LeaseLostError(
-                f"workload {claim.workload.id} is no longer held by {claim.owner} (its lease "
-                "ran out and another pinion took it, or it was reset)"
-            )
+            raise _lost(claim)
         return (None, False) if row[0] is None else (str(row[0]), bool(row[1]))
 
     @staticmethod
