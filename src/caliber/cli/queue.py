@@ -283,9 +283,10 @@ Examples:
 @json_option
 def cancel_cmd(workload_id: str, now: bool, target: QueueTarget, as_json: bool) -> None:
     """Cancel a workload. A queued one becomes cancelled and never runs. A running one is
-    stopped by its pinion at its next lease renewal, after the task it is running (--now:
-    that task is stopped too), and kept as cancelled with the results of the tasks that
-    finished (cancel_asked: true until then). WORKLOAD_ID may be a unique prefix."""
+    stopped by its pinion after the task it is running (--now: that task is stopped too), and
+    kept as cancelled with the results of the tasks that finished (cancel_asked: true until
+    then). The pinion learns it within about a second on the local queue, at its next lease
+    renewal on a remote one. WORKLOAD_ID may be a unique prefix."""
     from caliber.queue.api import cancel
 
     checked = cancel(workload_id, target, now=now)
@@ -296,7 +297,8 @@ def cancel_cmd(workload_id: str, now: bool, target: QueueTarget, as_json: bool) 
         return
     if asked and now:
         click.echo(f"asked to cancel workload {workload.id} now: its pinion stops the running "
-                   "task at its next lease renewal (see 'caliber queue view')")
+                   "task within about a second (a remote queue's: at its next lease renewal; "
+                   "see 'caliber queue view')")
     elif asked:
         click.echo(f"asked to cancel workload {workload.id}: its pinion stops it after the "
                    "current task (see 'caliber queue view')")

@@ -240,10 +240,11 @@ def view_workload(id_or_prefix: str, target: QueueTarget) -> CheckedWorkload:
 
 def cancel(id_or_prefix: str, target: QueueTarget, *, now: bool = False) -> CheckedWorkload:
     """Cancel a workload (``caliber queue cancel``): a queued one never runs; a running one is
-    stopped by its pinion at its next lease renewal, after its current task (``now``: the
-    running task is stopped then, SIGTERM, then SIGKILL after the pinion's grace), and kept
-    as cancelled with the Results of the tasks that finished. Returns it as it is now, checked
-    against this user's key (as ``queue list`` shows it)."""
+    stopped by its pinion (it learns it within about a second on the local queue, at its next
+    lease renewal on a remote one), after its current task (``now``: the running task is
+    stopped then, SIGTERM, then SIGKILL after the pinion's grace), and kept as cancelled with
+    the Results of the tasks that finished. Returns it as it is now, checked against this
+    user's key (as ``queue list`` shows it)."""
     from caliber.queue.secret import load_key
     from caliber.queue.workload import queued_by
 
