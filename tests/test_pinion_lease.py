@@ -8,7 +8,7 @@ subprocesses on the local queue.
 - A lease lost while preparing (the pinion stopped with SIGSTOP past its lease, another claim
   taken) stops the preparation: the half-written run folder is removed and nothing runs.
 - A cancel (with or without ``--now``) seen while preparing ends the workload cancelled without
-  running it.
+  running it; a cold stop (Ctrl-C twice) puts it back in the queue.
 - ``queue cancel --now`` of a task sleeping 600 s stops it with ``--lease 600``: the next
   renewal would come 200 s later, so only the pinion's look between renewals explains it.
 
@@ -230,6 +230,30 @@ def test_a_cancel_while_preparing_ends_it_cancelled_without_running(
     messages = [h.message for h in workload.history]
     assert any("while its attachments were written; never run" in m for m in messages)
     assert "cancelled" in err and "never run" in err
+
+
+@needs_fifo
+def test_a_cold_stop_while_preparing_puts_the_workload_back(
+        tmp_path: Path, drive: SlowDrive) -> None:
+    folder = make(tmp_path)
+    wid = slow_workflow(folder, drive).queue(pinion="p")
+    drive.start()
+    pinion = start_pinion("p", "-a", "1", "-w", "0", "--lease", "600")
+    try:
+        assert drive.opened.wait(WAIT), "the pinion never read the attachment"
+        pinion.send_signal(signal.SIGINT)
+        time.sleep(0.5)  # two presses, not one signal delivered once
+        pinion.send_signal(signal.SIGINT)  # twice: stop now
+        _out, err = pinion.communicate(timeout=WAIT)
+    finally:
+        stop(pinion)
+    assert pinion.returncode == 130, err
+    assert drive.fed < drive.size
+    with open_backend(local_target()) as backend:
+        workload = backend.get(wid)
+    assert workload.status.value == "queued" and workload.attempts == 0
+    assert not run_folder(wid).exists()
+    assert "put back in the queue" in err
 
 
 def group_members(pgid: int) -> list[int]:

@@ -149,10 +149,11 @@ class PinionConfig:
                 raise ConfigError(f"the pinion's {name} {exc}") from None
 
 
-class _CancelledBeforeRun(Exception):
-    """A cancel learnt while the attachments were written: the workload does not run."""
+class _NotRun(Exception):
+    """The preparation of a workload was stopped: a cancel (``by`` who) learnt while its
+    attachments were written, or a cold stop of the pinion (``by`` None). It does not run."""
 
-    def __init__(self, by: str) -> None:
+    def __init__(self, by: str | None) -> None:
         super().__init__(by)
         self.by = by
 
@@ -540,8 +541,8 @@ class Pinion:
                 "abandoned", "lease lost while its attachments were written (another pinion "
                 "took it, or it was reset); not run, its run folder removed")
             return Outcome.LOST
-        except _CancelledBeforeRun as exc:
-            return self._cancelled_before_run(claim, exc.by)
+        except _NotRun as exc:
+            return self._not_run(claim, exc.by)
         except OSError as exc:
             if exc.errno not in _MACHINE_ERRNOS:  # the workload's: a name this disk refuses
                 return self._unprepared(claim, exc)
@@ -577,14 +578,16 @@ class Pinion:
     def _prepare_held(self, claim: Claim) -> tuple[Claim, Path]:
         """:meth:`prepare`, holding the claim while the attachments are written: between
         chunks the lease is renewed when due (as while the child runs) and a cancel looked
-        for (:data:`CANCEL_PEEK_EVERY`). LeaseLostError when the lease was lost,
-        _CancelledBeforeRun on a cancel (with or without ``--now``): either way the run
-        folder is removed. Returns the claim as last renewed, and the run folder."""
+        for (:data:`CANCEL_PEEK_EVERY`). LeaseLostError when the lease was lost, _NotRun on a
+        cancel (with or without ``--now``) or a cold stop: either way the run folder is
+        removed. Returns the claim as last renewed, and the run folder."""
         renew_at = time.monotonic() + self._renew_every
         peek_at = time.monotonic() + CANCEL_PEEK_EVERY
 
         def between() -> None:
             nonlocal claim, renew_at, peek_at
+            if self.flags.cold:
+                raise _NotRun(None)
             now = time.monotonic()
             if now >= renew_at:
                 claim = self._renewed(claim)
@@ -595,21 +598,26 @@ class Pinion:
                 return
             peek_at = time.monotonic() + CANCEL_PEEK_EVERY
             if claim.cancel_requested is not None:
-                raise _CancelledBeforeRun(claim.cancel_requested)
+                raise _NotRun(claim.cancel_requested)
 
         work_dir = self.prepare(claim.workload, between=between)
         return claim, work_dir
 
-    def _cancelled_before_run(self, claim: Claim, by: str) -> Outcome:
-        """Cancelled while its attachments were written: it never runs. Put back without
-        counting the attempt, the queue makes it cancelled (a cancel was asked), with no
-        Results, like a queued workload cancelled."""
-        reason = f"cancelled by {by} while its attachments were written; never run"
+    def _not_run(self, claim: Claim, by: str | None) -> Outcome:
+        """Stopped while its attachments were written, it never runs: put back without
+        counting the attempt. Cancelled (``by``), the queue makes it cancelled (a cancel was
+        asked), with no Results, like a queued workload cancelled; after a cold stop it is
+        queued again."""
+        reason = ("pinion stopped before the run ended" if by is None else
+                  f"cancelled by {by} while its attachments were written; never run")
         try:
             self.backend.release(claim, reason=reason)
         except LeaseLostError:
-            self.reporter.workload_finished("abandoned", "lease lost before it was cancelled")
+            self.reporter.workload_finished("abandoned", "lease lost before it was put back")
             return Outcome.LOST
+        if by is None:
+            self.reporter.workload_finished("put back in the queue", "pinion stopped")
+            return Outcome.RELEASED
         self.reporter.workload_finished("cancelled", reason)
         return Outcome.CANCELLED
 
@@ -627,8 +635,8 @@ class Pinion:
         one staged while the previous workload ran (:meth:`_stage_next`), renamed. Folders
         and files made here are 0700 and 0600, whatever the umask (what the workload writes
         follows the umask). ``between`` is called before every chunk of an attachment is
-        read (:func:`write_attachments`); when it raises LeaseLostError or
-        _CancelledBeforeRun the half-written folder is removed."""
+        read (:func:`write_attachments`); when it raises LeaseLostError or _NotRun the
+        half-written folder is removed."""
         number = workload.attempts
         while True:
             work_dir = self.runs / f"{workload.id}-{number}"
@@ -647,7 +655,7 @@ class Pinion:
         store = self.backend if isinstance(self.backend, BlobStore) else None
         try:
             write_attachments(workload.attachments, work_dir, store, between=between)
-        except (LeaseLostError, _CancelledBeforeRun):
+        except (LeaseLostError, _NotRun):
             shutil.rmtree(work_dir, ignore_errors=True)  # nothing ran: nothing to keep
             raise
         return work_dir
