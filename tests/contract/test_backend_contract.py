@@ -6,13 +6,16 @@ Lease expiry is tested with a negative lease (already run out), never by waiting
 from __future__ import annotations
 
 import datetime as dt
-from typing import TYPE_CHECKING
+from dataclasses import replace
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
 from caliber.errors import AmbiguousIdError, LeaseLostError, NotFoundError, QueueStateError
+from caliber.queue.api import check_summary
 from caliber.queue.backend import QueueBackend
-from caliber.queue.secret import sign
+from caliber.queue.secret import sign, signed_time
+from caliber.queue.summary import StoredSummary, WorkloadSummary
 from caliber.queue.workload import Attachment, Workload, WorkloadStatus
 from caliber.results.model import ErrorInfo, Results, RunStatus, utcnow
 from caliber.results.store import ResultsStore
@@ -329,22 +332,45 @@ def test_list_workloads_filters_and_pages(backend: Backend) -> None:
 
 
 def test_list_summaries_say_what_the_workloads_say(backend: Backend) -> None:
+    """The backend lists what it stores; the queue API checks the run-secrets on that
+    (:func:`caliber.queue.api.check_summary`), and says what the full workloads say."""
     key = b"k" * 32
     ws = [make_workload("p1" if i % 2 else "p2", seconds=i) for i in range(4)]
     ws[1].secret = sign(ws[1], key)
     for w in ws:
         backend.put(w)
     assert backend.claim("p2", "a", LEASE, KEY) is not None
-    summaries = backend.list_summaries(key)
+
+    def listed(**filters: Any) -> list[WorkloadSummary]:
+        return [check_summary(s, key) for s in backend.list_summaries(**filters)]
+
+    summaries = listed()
     assert [s.secret_ok for s in summaries] == [False, True, False, False]
     assert [s.to_dict() for s in summaries] == [
         w.summary(i == 1) for i, w in enumerate(backend.list_workloads())]
     assert summaries[0].status == "running" and summaries[0].attempts == 1
-    assert [s.id for s in backend.list_summaries(key, pinion="p1")] == [ws[1].id, ws[3].id]
-    assert [s.id for s in backend.list_summaries(key, status=WorkloadStatus.QUEUED,
-                                                 pinion="p2")] == [ws[2].id]
-    assert [s.id for s in backend.list_summaries(key, limit=2, offset=1)] == [ws[1].id, ws[2].id]
-    assert backend.list_summaries(key, pinion="nobody") == []
+    assert [s.id for s in listed(pinion="p1")] == [ws[1].id, ws[3].id]
+    assert [s.id for s in listed(status=WorkloadStatus.QUEUED, pinion="p2")] == [ws[2].id]
+    assert [s.id for s in listed(limit=2, offset=1)] == [ws[1].id, ws[2].id]
+    assert listed(pinion="nobody") == []
+
+
+def test_list_summaries_are_as_stored_and_checked_above_the_backend(backend: Backend) -> None:
+    """A backend checks no run-secret (it has no key): it hands back the signed fields as it
+    stored them, and the check above it finds a changed one."""
+    key = b"k" * 32
+    w = make_workload()
+    w.secret = sign(w, key)
+    backend.put(w)
+    [stored] = backend.list_summaries()
+    assert isinstance(stored, StoredSummary) and stored.damaged is None
+    assert (stored.id, stored.pinion, stored.secret, stored.workflow) == (
+        w.id, w.pinion, w.secret, w.workflow)
+    assert stored.created_at == signed_time(w.created_at)
+    assert [a["sha256"] for a in stored.attachments] == [a.sha256 for a in w.attachments]
+    assert check_summary(stored, key).secret_ok is True
+    assert check_summary(stored, b"other" * 8).secret_ok is False
+    assert check_summary(replace(stored, pinion="p9"), key).secret_ok is False
 
 
 # --- results --------------------------------------------------------------------------------

@@ -38,11 +38,11 @@ def workload_ids(ctx: click.Context, param: click.Parameter,
 
     try:
         with opened(_target(ctx)) as backend:
-            found = backend.list_summaries(b"")  # no key: whether it matches is not shown
+            found = backend.list_summaries()  # as stored: whether it matches is not shown
     except Exception as exc:  # completion must never break the shell
         log.debug("no completion: %s", exc)
         return []
-    return [CompletionItem(s.id, help=f"{s.workflow} {s.status}")
+    return [CompletionItem(s.id, help=f"{s.name} {s.status}")
             for s in found if s.id.startswith(incomplete)]
 
 

@@ -28,7 +28,7 @@ if TYPE_CHECKING:
     from rich.tree import Tree
 
     from caliber.results.model import Results
-    from caliber.results.prune import Pruned
+    from caliber.results.pruned import Pruned
     from caliber.workflow.attachments import AttachmentSpec
     from caliber.workflow.model import BranchProcess, Node, Process, Task, Workflow
     from caliber.workflow.runner import TaskEvent

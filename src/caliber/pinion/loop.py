@@ -463,7 +463,7 @@ class Pinion:
 
         def busy() -> set[str]:
             return {s.id for status in (WorkloadStatus.QUEUED, WorkloadStatus.RUNNING)
-                    for s in self.backend.list_summaries(self.key, pinion=self.config.name,
+                    for s in self.backend.list_summaries(pinion=self.config.name,
                                                          status=status)}
 
         removed, size = keep_newest(self.runs, self.config.keep_runs, busy)

@@ -25,7 +25,7 @@ if TYPE_CHECKING:
     from caliber.queue.blobs import BlobStore
     from caliber.queue.lifecycle import ResumeGrant
     from caliber.queue.registry import Backend
-    from caliber.queue.summary import WorkloadSummary
+    from caliber.queue.summary import StoredSummary, WorkloadSummary
     from caliber.queue.target import QueueTarget
     from caliber.queue.workload import Attachment, Workload
     from caliber.results.model import Results
@@ -190,11 +190,83 @@ def list_page(
     page = None if limit is None else limit + 1  # one more, to know whether more follow
     key = load_key()
     with opened(target) as backend:
-        summaries = backend.list_summaries(key, pinion=pinion, status=wanted, limit=page,
-                                           offset=offset)
+        stored = backend.list_summaries(pinion=pinion, status=wanted, limit=page,
+                                        offset=offset)
         by_status = backend.count_statuses(pinion=pinion) if counts else {}
+    summaries = [check_summary(s, key) for s in stored]
     more = limit is not None and len(summaries) > limit
     return Page(summaries[:limit] if more else summaries, more, by_status)
+
+
+_UNREADABLE = (ValueError, TypeError, KeyError, AttributeError, RecursionError)
+"""What reading a stored entry's fields raises when it is damaged (DamagedEntry is a
+ValueError)."""
+
+
+def check_summary(stored: StoredSummary, key: bytes) -> WorkloadSummary:
+    """What ``caliber queue list`` shows of a workload as a backend stored it: its run-secret
+    and its resume checked with ``key`` here, not in the backend (:func:`verify_raw` on the
+    plain stored fields, no pydantic). An entry that cannot be read as it was signed is shown
+    damaged, as :meth:`list_workloads` shows it."""
+    from caliber.queue.secret import resume_ok, stored_time, verify_raw
+    from caliber.queue.summary import WorkloadSummary
+
+    s = stored
+    if s.damaged is None:
+        try:
+            ok = verify_raw(key, workload_id=s.id, workflow=s.workflow,
+                            attachments=s.attachments, pinion=s.pinion,
+                            created_at=s.created_at, secret=s.secret)
+            return WorkloadSummary(  # the name from the signed document, as Workload shows it
+                id=s.id, workflow=str(s.workflow.get("name", "?")), pinion=s.pinion,
+                status=WorkloadStatus(s.status).value,
+                created_at=stored_time(s.created_at).isoformat(), attempts=s.attempts,
+                results_id=s.results_id, secret_ok=ok, queued_by=s.queued_by,
+                last_error=s.last_error, secret_mismatch=s.secret_mismatch,
+                resume_from=s.resume_from,
+                resume_ok=resume_ok(key, workload_id=s.id, resume_from=s.resume_from,
+                                    results_signature=s.resume_signature,
+                                    grant=s.resume_grant, secret_ok=ok,
+                                    marks=s.secret_mismatch),
+            )
+        except _UNREADABLE as exc:
+            s = s.as_damaged(damaged_reason(exc))
+    return WorkloadSummary(
+        id=str(s.id), workflow=s.name if isinstance(s.name, str) else "?",
+        pinion=str(s.pinion), status=_status_shown(s.status),
+        created_at=_time_shown(s.created_at), attempts=s.attempts, results_id=s.results_id,
+        secret_ok=False, queued_by=s.queued_by, last_error=s.last_error,
+        secret_mismatch=s.secret_mismatch, resume_from=s.resume_from,
+        resume_ok=resume_ok(key, workload_id=s.id, resume_from=s.resume_from,
+                            results_signature=s.resume_signature, grant=s.resume_grant,
+                            secret_ok=False, marks=s.secret_mismatch),
+    )
+
+
+def damaged_reason(exc: BaseException) -> str:
+    """What a damaged queue entry says (its ``last_error``)."""
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    why = text if len(text) <= 160 else text[:157] + "..."
+    return f"this queue entry is damaged and never runs ({why}); reset it"
+
+
+def _status_shown(status: object) -> str:
+    """A damaged entry's status as stored, or failed when it is none."""
+    try:
+        return WorkloadStatus(status).value
+    except ValueError:
+        return WorkloadStatus.FAILED.value
+
+
+def _time_shown(created_at: object) -> str:
+    """A damaged entry's creation time as stored (in UTC), or the epoch when it is none."""
+    import datetime as dt
+
+    try:
+        moment = dt.datetime.fromisoformat(created_at).astimezone(dt.UTC)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        moment = dt.datetime.fromtimestamp(0, dt.UTC)
+    return moment.isoformat()
 
 
 def list_summaries(

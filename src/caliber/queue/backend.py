@@ -1,4 +1,4 @@
-"""The queue backend protocol: the domain verbs every queue (SQLite, Speckle) implements.
+"""The queue backend protocol: the domain verbs every queue (SQLite, Speckle, ...) implements.
 
 A backend stores workloads and never imports user code. The pinion and the CLI talk to the
 queue only through these verbs; one contract test suite
@@ -29,9 +29,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
-from caliber.queue.summary import WorkloadSummary
+from caliber.queue.summary import StoredSummary, WorkloadSummary
 
-__all__ = ["Claim", "QueueBackend", "WorkloadSummary"]
+__all__ = ["Claim", "QueueBackend", "StoredSummary", "WorkloadSummary"]
 
 if TYPE_CHECKING:
     import datetime as dt
@@ -40,7 +40,7 @@ if TYPE_CHECKING:
     from caliber.queue.status import WorkloadStatus
     from caliber.queue.workload import Workload
     from caliber.results.model import Results
-    from caliber.results.prune import Pruned
+    from caliber.results.pruned import Pruned
 
 
 @dataclass(frozen=True)
@@ -91,15 +91,16 @@ class QueueBackend(Protocol):
 
     def list_summaries(
         self,
-        key: bytes,
         *,
         pinion: str | None = None,
         status: WorkloadStatus | None = None,
         limit: int | None = None,
         offset: int = 0,
-    ) -> list[WorkloadSummary]:
-        """What :meth:`list_workloads` lists, as summaries, each with whether its run-secret
-        matches ``key``: the fast way to list (``caliber queue list``), each backend its own."""
+    ) -> list[StoredSummary]:
+        """What :meth:`list_workloads` lists, as :class:`StoredSummary` records: the plain
+        fields as stored, the signed ones untouched, the fast way to list (``caliber queue
+        list``), each backend its own. The backend checks no run-secret: the queue API does
+        (:func:`caliber.queue.api.check_summary`)."""
 
     def claim(self, pinion: str, owner: str, lease_seconds: float, key_id: str) -> Claim | None:
         """Atomically take the oldest claimable workload for ``pinion``, or None.

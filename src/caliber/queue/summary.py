@@ -1,9 +1,11 @@
 """The summary of a workload that ``caliber queue list`` shows: a plain record, no pydantic
-(the listing path imports only this, :mod:`caliber.queue.status` and the backend's module)."""
+(the listing path imports only this, :mod:`caliber.queue.status`, :mod:`caliber.queue.secret`
+and the backend's module). A backend lists :class:`StoredSummary` records, as stored; the
+queue API checks their run-secrets and shows :class:`WorkloadSummary` records."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 
@@ -45,3 +47,40 @@ class WorkloadSummary:
             "last_error": self.last_error, "secret_mismatch": self.secret_mismatch,
             "resume_from": self.resume_from, "resume_ok": self.resume_ok,
         }
+
+
+@dataclass(frozen=True)
+class StoredSummary:
+    """A workload as a backend lists it for ``caliber queue list``: its plain fields as
+    stored, the signed ones untouched. A backend stores and reads; the queue API checks the
+    run-secret and the resume on these (:func:`caliber.queue.api.check_summary`) and shows
+    the :class:`WorkloadSummary`. No pydantic: the local queue builds these from plain rows."""
+
+    id: str
+    name: str
+    """The workflow's name as stored beside it (shown when the entry is damaged)."""
+    pinion: str
+    status: str
+    created_at: str
+    """As stored, in the form the run-secret signed (:func:`caliber.queue.secret.signed_time`)."""
+    attempts: int
+    results_id: str | None
+    secret: str
+    secret_mismatch: str | None
+    last_error: str | None
+    workflow: Any = None
+    """The workflow document, as stored (signed)."""
+    attachments: list[Any] = field(default_factory=list)
+    """Every attachment's JSON form, as stored (signed)."""
+    queued_by: str = ""
+    resume_from: str | None = None
+    resume_signature: str | None = None
+    resume_grant: str | None = None
+    damaged: str | None = None
+    """Why the stored entry cannot be read (it never runs; shown, never checked), or None."""
+
+    def as_damaged(self, reason: str) -> StoredSummary:
+        """This entry shown as one that cannot be read: ``reason`` its error, nothing else of
+        it trusted (as a backend shows a damaged workload in full)."""
+        return replace(self, attempts=0, results_id=None, queued_by="", last_error=reason,
+                       secret_mismatch=None, resume_from=None, damaged=reason)

@@ -20,9 +20,9 @@ from pydantic import AwareDatetime, BaseModel, Field
 from caliber.errors import AttachmentError
 from caliber.queue.blobs import hash_file
 from caliber.queue.lifecycle import ResumeGrant
-from caliber.queue.secret import DamagedEntry, attachment_data, resume_ok
+from caliber.queue.secret import DamagedEntry, attachment_data, resume_ok, signed_time
 from caliber.queue.status import WorkloadStatus
-from caliber.queue.summary import WorkloadSummary
+from caliber.queue.summary import StoredSummary, WorkloadSummary
 from caliber.results.model import new_id, utcnow
 from caliber.workflow.attachments import Reference, find_attachments
 
@@ -202,6 +202,21 @@ class Workload(BaseModel):
             queued_by=self.queued_by, last_error=self.last_error,
             secret_mismatch=self.secret_mismatch, resume_from=self.resume_from,
             resume_ok=resume_ok,
+        )
+
+    def stored_summary(self) -> StoredSummary:
+        """What a backend that keeps whole workloads lists of it for ``caliber queue list``
+        (the queue API checks it: :func:`caliber.queue.api.check_summary`)."""
+        return StoredSummary(
+            id=self.id, name=self.workflow_name, pinion=self.pinion, status=self.status.value,
+            created_at=signed_time(self.created_at), attempts=self.attempts,
+            results_id=self.results_id, secret=self.secret,
+            secret_mismatch=self.secret_mismatch, last_error=self.last_error,
+            workflow=self.workflow,
+            attachments=[a.model_dump(exclude_none=True) for a in self.attachments],
+            queued_by=self.queued_by, resume_from=self.resume_from,
+            resume_signature=self.resume_signature, resume_grant=self.resume_grant,
+            damaged=self.damaged,
         )
 
     def summary(self, secret_ok: bool | None, resume_ok: bool | None = None) -> dict[str, Any]:

@@ -20,11 +20,14 @@ from __future__ import annotations
 
 import datetime as dt
 import re
-from dataclasses import asdict, dataclass, replace
+from dataclasses import replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from caliber.errors import UsageError
+from caliber.results.pruned import Pruned
+
+__all__ = ["Pruned", "parse_duration", "prune"]
 
 if TYPE_CHECKING:
     from caliber.queue.target import QueueTarget
@@ -48,44 +51,6 @@ def parse_duration(text: str) -> dt.timedelta:
         raise UsageError(f"{text.strip()!r} is too long ago: at most {MAX_AGE // 86400}d "
                          "(100 years)")
     return dt.timedelta(seconds=seconds)
-
-
-@dataclass(frozen=True)
-class Pruned:
-    """What a prune removed (or, with ``dry_run``, would remove)."""
-
-    before: dt.datetime
-    """The cut: finished work older than this."""
-    dry_run: bool
-    workloads: tuple[str, ...] = ()
-    """Ids of the finished workloads removed."""
-    results: tuple[str, ...] = ()
-    """Ids of the Results removed (those of the workloads, and those of no workload)."""
-    bytes: int | None = 0
-    """Bytes of the removed records as stored (their JSON); None on the remote queue."""
-    work_dirs: tuple[str, ...] = ()
-    """The run folders the removed workloads and Results name (on the pinion that ran them)."""
-    versions: int = 0
-    """Remote queue: versions deleted from the model."""
-    file_before: int | None = None
-    """Local queue: size of the database file(s) before, in bytes."""
-    file_after: int | None = None
-    """Local queue: size after (compacted when the prune freed much)."""
-    run_folders: int = 0
-    """Run folders removed from this machine."""
-    run_bytes: int = 0
-    """Bytes those run folders held."""
-    blobs: int = 0
-    """Blobs removed from the queue's content store: nothing refers to them any more."""
-    blob_bytes: int = 0
-    """Bytes those blobs held."""
-
-    def to_dict(self) -> dict[str, Any]:
-        out = asdict(self)
-        out["before"] = self.before.isoformat()
-        out["workloads"], out["results"] = list(self.workloads), list(self.results)
-        out["work_dirs"] = list(self.work_dirs)
-        return out
 
 
 def prune(

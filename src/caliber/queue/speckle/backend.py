@@ -34,7 +34,7 @@ from caliber.errors import (
     QueueError,
     QueueStateError,
 )
-from caliber.queue.backend import Claim, WorkloadSummary
+from caliber.queue.backend import Claim
 from caliber.queue.blobs import BlobRef
 from caliber.queue.lifecycle import ResumeGrant, check_cancel, check_retry
 from caliber.queue.secret import mismatch_marked
@@ -52,6 +52,7 @@ from caliber.queue.speckle.objects import (
 )
 from caliber.queue.speckle.results import closure, results_from, results_model, results_object
 from caliber.queue.speckle.view import LogView
+from caliber.queue.summary import StoredSummary
 from caliber.queue.target import QueueTarget
 from caliber.queue.workload import (
     Lease,
@@ -59,7 +60,7 @@ from caliber.queue.workload import (
     WorkloadStatus,
 )
 from caliber.results.model import Results
-from caliber.results.prune import Pruned
+from caliber.results.pruned import Pruned
 from caliber.settings import (
     DEFAULT_MAX_ATTEMPTS,
     DEFAULT_MIN_LEASE,
@@ -317,18 +318,14 @@ class SpeckleBackend:
 
     def list_summaries(
         self,
-        key: bytes,
         *,
         pinion: str | None = None,
         status: WorkloadStatus | None = None,
         limit: int | None = None,
         offset: int = 0,
-    ) -> builtins.list[WorkloadSummary]:
-        from caliber.queue.secret import verify
-
+    ) -> builtins.list[StoredSummary]:
         listed = self.list_workloads(pinion=pinion, status=status, limit=limit, offset=offset)
-        checked = [(w, verify(w, key)) for w in listed]
-        return [w.to_summary(ok, w.resume_ok(key, ok)) for w, ok in checked]
+        return [w.stored_summary() for w in listed]
 
     def _lease(self, seconds: float) -> float:
         return max(seconds, self.min_lease) if seconds > 0 else seconds

@@ -43,14 +43,14 @@ from caliber.queue.sqlite import blobs as sqlite_blobs
 from caliber.queue.sqlite.schema import blob_folder, connect, queue_error
 from caliber.queue.sqlite.schema import iso as _iso
 from caliber.queue.status import WorkloadStatus
-from caliber.queue.summary import WorkloadSummary
+from caliber.queue.summary import StoredSummary
 
 if TYPE_CHECKING:
     from caliber.queue.backend import Claim
     from caliber.queue.target import QueueTarget
     from caliber.queue.workload import Workload
     from caliber.results.model import Results
-    from caliber.results.prune import Pruned
+    from caliber.results.pruned import Pruned
 
 _COLUMNS = (
     "id, pinion, workflow_name, status, created_at, attempts, lease_owner, lease_token, "
@@ -231,39 +231,24 @@ def _damaged_workload(row: tuple[Any, ...], exc: BaseException) -> Workload:
     )
 
 
-def _summary(key: bytes, row: tuple[Any, ...]) -> WorkloadSummary:
-    """A workload row (``_SUMMARY_COLUMNS``) as a summary, its run-secret checked on the raw
-    row; a row that cannot be read as a damaged one (as :func:`_workload` shows it)."""
-    from caliber.queue.secret import resume_ok, stored_time, verify_raw
-
-    (wid, pinion, _name, state, created_at, attempts, results_id, secret, mismatch,
+def _summary(row: tuple[Any, ...]) -> StoredSummary:
+    """A workload row (``_SUMMARY_COLUMNS``) as stored, for the queue API to check; a row
+    whose body cannot be read as a damaged one (as :func:`_workload` shows it)."""
+    (wid, pinion, name, state, created_at, attempts, results_id, secret, mismatch,
      last_error, body) = row
+    stored = StoredSummary(
+        id=wid, name=name, pinion=pinion, status=state, created_at=created_at,
+        attempts=attempts, results_id=results_id, secret=secret, secret_mismatch=mismatch,
+        last_error=last_error)
     try:
         data = json.loads(body)
-        secret_ok = verify_raw(
-            key, workload_id=wid, workflow=data["workflow"],
-            attachments=data.get("attachments", []), pinion=pinion, created_at=created_at,
-            secret=secret,
-        )
-        return WorkloadSummary(  # the name from the signed document, as Workload shows it
-            id=wid, workflow=str(data["workflow"].get("name", "?")), pinion=pinion,
-            status=WorkloadStatus(state).value,
-            created_at=stored_time(created_at).isoformat(), attempts=attempts,
-            results_id=results_id, secret_ok=secret_ok, queued_by=data.get("queued_by", ""),
-            last_error=last_error, secret_mismatch=mismatch,
-            resume_from=data.get("resume_from"),
-            resume_ok=resume_ok(key, workload_id=wid, resume_from=data.get("resume_from"),
-                                results_signature=data.get("resume_signature"),
-                                grant=data.get("resume_grant"), secret_ok=secret_ok,
-                                marks=mismatch),
-        )
+        return replace(stored, workflow=data["workflow"],
+                       attachments=data.get("attachments", []),
+                       queued_by=data.get("queued_by", ""), resume_from=data.get("resume_from"),
+                       resume_signature=data.get("resume_signature"),
+                       resume_grant=data.get("resume_grant"))
     except (ValueError, TypeError, KeyError, AttributeError, RecursionError) as exc:
-        d = _damaged(row, exc)
-        return WorkloadSummary(
-            id=d["id"], workflow=d["workflow"], pinion=d["pinion"], status=d["status"].value,
-            created_at=d["created_at"].isoformat(), attempts=0, results_id=None,
-            secret_ok=False, queued_by="", last_error=d["reason"], secret_mismatch=None,
-        )
+        return stored.as_damaged(_damaged(row, exc)["reason"])
 
 
 def _results(row: tuple[Any, ...]) -> Results:
@@ -467,16 +452,15 @@ class SQLiteBackend:
 
     def list_summaries(
         self,
-        key: bytes,
         *,
         pinion: str | None = None,
         status: WorkloadStatus | None = None,
         limit: int | None = None,
         offset: int = 0,
-    ) -> list[WorkloadSummary]:
+    ) -> list[StoredSummary]:
         with self.reading():
             rows = self._page(_SUMMARY_COLUMNS, pinion, status, limit, offset)
-        return [_summary(key, row) for row in rows]
+        return [_summary(row) for row in rows]
 
     def _page(self, columns: str, pinion: str | None, status: WorkloadStatus | None,
               limit: int | None, offset: int) -> list[tuple[Any, ...]]:

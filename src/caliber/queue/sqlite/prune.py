@@ -28,7 +28,7 @@ from typing import Any
 from caliber.queue.blobs import FolderBlobStore
 from caliber.queue.sqlite.schema import iso
 from caliber.queue.status import WorkloadStatus
-from caliber.results.prune import Pruned
+from caliber.results.pruned import Pruned
 
 log = logging.getLogger(__name__)
 
