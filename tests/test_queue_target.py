@@ -48,7 +48,8 @@ def test_the_env_file_selects_the_remote_queue(tmp_path: Path,
 
 
 def test_an_unknown_kind_is_one_clear_error() -> None:
-    with pytest.raises(ConfigError, match="unknown queue kind 'ftp'; known: sqlite, speckle"):
+    with pytest.raises(ConfigError,
+                       match="unknown queue kind 'ftp'; known: memory, postgres, speckle, sqlite"):
         open_backend(QueueTarget(kind="ftp", location="?", settings=None))
 
 
@@ -69,6 +70,7 @@ def test_target_goes_where_it_says(tmp_path: Path) -> None:
 
 
 def test_the_local_queue_never_imports_the_remote_backend(tmp_path: Path) -> None:
+    """Choosing the local queue asks the remote one's light module (``select``) only."""
     make_workflow(tmp_path / "wf").queue("p1")
     script = (
         "import sys, caliber\n"
@@ -79,4 +81,4 @@ def test_the_local_queue_never_imports_the_remote_backend(tmp_path: Path) -> Non
     )
     out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
                          check=True, cwd=tmp_path).stdout
-    assert out.strip() == "[]"
+    assert out.strip() == "['caliber.queue.speckle', 'caliber.queue.speckle.select']"

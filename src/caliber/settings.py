@@ -231,14 +231,16 @@ def normalise_host(host: str) -> str:
 
 
 def load_remote_settings(
-    project: str | None = None, model: str | None = None
+    project: str | None = None, model: str | None = None, host: str | None = None
 ) -> RemoteSettings | None:
-    """The remote queue's settings, or None when no project is set (the local queue)."""
+    """The remote queue's settings, or None when no project is set (the local queue).
+    ``host`` (from a ``speckle://`` queue URL) wins over ``CALIBER_SPECKLE_HOST``."""
     values = environment()
     project_id = (project or "").strip() or values.get(SPECKLE + "PROJECT")
     if project_id is None:
         return None  # the local queue: decided without pydantic
-    settings = load_settings(speckle_project=project_id, speckle_model=model)
+    settings = load_settings(speckle_project=project_id, speckle_model=model,
+                             speckle_host=host)
     if settings.speckle_host is None:
         raise ConfigError(
             f"a Speckle project is set ({project_id}) but no server: set {SPECKLE}HOST (e.g. "

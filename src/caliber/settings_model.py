@@ -61,6 +61,10 @@ class Settings(BaseSettings):
     child_start: Literal["fork", "spawn"] | None = Field(None, description=(
         "how a pinion starts a workload's process: fork or spawn (default: fork where the "
         "system has it)"))
+    queue_url: SecretStr | None = Field(None, description=(
+        "the queue, as a URL: sqlite:///path/caliber.db, postgresql://user@host:5432/db, "
+        "speckle://host/PROJECT/MODEL or memory://NAME; set, it is used instead of the "
+        "Speckle settings and the local queue (--queue); a password in it is never printed"))
     speckle_host: str | None = Field(None, description=(
         "the Speckle server, e.g. https://app.speckle.systems (no scheme means https)"))
     speckle_project: str | None = Field(None, description=(

@@ -71,20 +71,25 @@ def json_option(f: F) -> F:
 
 
 def target_options(f: Callable[..., Any]) -> Callable[..., Any]:
-    """``--project``, ``--model`` and ``--local``: which queue a command works on, resolved
-    once (:func:`caliber.queue.target.resolve_target`) and given to the command as ``target``."""
+    """``--queue``, ``--project``, ``--model`` and ``--local``: which queue a command works
+    on, resolved once (:func:`caliber.queue.target.resolve_target`) and given to the command
+    as ``target``. A value that came from the environment counts as a setting, not as an
+    option given: ``--project`` on the command line wins over ``CALIBER_QUEUE_URL``, and
+    ``CALIBER_QUEUE_URL`` over ``CALIBER_SPECKLE_PROJECT``."""
 
     @functools.wraps(f)
-    def command(*args: Any, project: str | None, model: str | None, local: bool,
-                **kwargs: Any) -> Any:
+    def command(*args: Any, queue: str | None, project: str | None, model: str | None,
+                local: bool, **kwargs: Any) -> Any:
         from caliber.queue.target import resolve_target
 
-        target = resolve_target(project=project, model=model, local=local)
+        target = resolve_target(queue=given("queue", queue), project=given("project", project),
+                                model=given("model", model), local=local, queue_from="--queue")
         return f(*args, target=target, **kwargs)
 
     options = [
         click.option("--local", is_flag=True,
-                     help="Use the local queue even when a Speckle project is set."),
+                     help="Use the local queue even when a queue URL or a Speckle project is "
+                     "set."),
         click.option(
             "--model", envvar="CALIBER_SPECKLE_MODEL", show_envvar=True,
             help="Speckle model of the remote queue (default: main; made if missing).",
@@ -94,8 +99,24 @@ def target_options(f: Callable[..., Any]) -> Callable[..., Any]:
             help="Speckle project id: use the remote queue on that project (also read from "
             ".caliber/.env; the server is CALIBER_SPECKLE_HOST, see docs/remote-queue.md).",
         ),
+        click.option(
+            "--queue", "queue", metavar="URL", envvar="CALIBER_QUEUE_URL", show_envvar=True,
+            help="The queue, as a URL: sqlite:///path/caliber.db, postgresql://user@host/db, "
+            "speckle://host/PROJECT/MODEL or memory://NAME (see docs/queue.md).",
+        ),
     ]
     decorated: Callable[..., Any] = command
     for option in options:
         decorated = option(decorated)
     return decorated
+
+
+def given(name: str, value: Any, context: click.Context | None = None) -> Any:
+    """``value`` when option ``name`` was given on the command line, None when click took it
+    from the environment (the settings read that themselves, in their own order)."""
+    from click.core import ParameterSource
+
+    context = context or click.get_current_context(silent=True)
+    if context is None or context.get_parameter_source(name) != ParameterSource.ENVIRONMENT:
+        return value
+    return None

@@ -1,10 +1,10 @@
 """Shell completion of ids (click's ``shell_complete``): workload ids for ``queue view``,
 ``logs``, ``reset`` and ``resetsecret``, results ids for ``results show``.
 
-They are read from the queue the command line points at (``--project``, ``--model``,
-``--local`` when typed before the id, else the settings): every workload (a listing reads
-plain rows), the newest :data:`RESULTS_LIMIT` Results. Completion never fails loudly: a
-queue that cannot be read completes nothing.
+They are read from the queue the command line points at (``--queue``, ``--project``,
+``--model``, ``--local`` when typed before the id, else the settings): every workload (a
+listing reads plain rows), the newest :data:`RESULTS_LIMIT` Results. Completion never fails
+loudly: a queue that cannot be read completes nothing.
 """
 
 from __future__ import annotations
@@ -23,10 +23,15 @@ log = logging.getLogger(__name__)
 
 
 def _target(ctx: click.Context) -> QueueTarget:
+    from caliber.cli.common import given
     from caliber.queue.target import resolve_target
 
-    return resolve_target(project=ctx.params.get("project"), model=ctx.params.get("model"),
-                          local=bool(ctx.params.get("local")))
+    def typed(name: str) -> str | None:
+        value: str | None = given(name, ctx.params.get(name), ctx)
+        return value
+
+    return resolve_target(queue=typed("queue"), project=typed("project"), model=typed("model"),
+                          local=bool(ctx.params.get("local")), queue_from="--queue")
 
 
 def workload_ids(ctx: click.Context, param: click.Parameter,

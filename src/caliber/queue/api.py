@@ -13,14 +13,15 @@ from __future__ import annotations
 import hashlib
 import re
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from caliber.errors import NotFoundError, QueueStateError, ResumeError, UsageError
 from caliber.queue.lifecycle import check_retry, no_results
 from caliber.queue.status import WorkloadStatus, parse_status
 
 if TYPE_CHECKING:
-    from collections.abc import Callable
+    from collections.abc import Callable, Sequence
+    from pathlib import Path
 
     from caliber.queue.blobs import BlobStore
     from caliber.queue.lifecycle import ResumeGrant
@@ -29,7 +30,21 @@ if TYPE_CHECKING:
     from caliber.queue.target import QueueTarget
     from caliber.queue.workload import Attachment, Workload
     from caliber.results.model import Results
-    from caliber.workflow.model import Workflow
+    from caliber.workflow.attachments import AttachmentSpec
+
+class Queueable(Protocol):
+    """What the queue needs of a workflow (:class:`caliber.Workflow` is one): its document,
+    its attachments and the folder they are relative to. The model is not imported here:
+    layers point one way, the model calls this API (``Workflow.queue``), never back."""
+
+    @property
+    def base_dir(self) -> Path: ...
+
+    @property
+    def attachments(self) -> Sequence[AttachmentSpec]: ...
+
+    def to_document(self) -> dict[str, Any]: ...
+
 
 PINION_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._@-]{0,99}")
 DEFAULT_LIMIT = 100  # workloads ``caliber queue list`` shows unless asked for more
@@ -67,7 +82,7 @@ def check_pinion_name(name: str) -> str:
     return name
 
 
-def make_workload(workflow: Workflow, pinion: str, store: BlobStore | None = None,
+def make_workload(workflow: Queueable, pinion: str, store: BlobStore | None = None,
                   key: bytes | None = None) -> Workload:
     """The signed Workload for ``workflow``: its document, and every attachment as it is on
     disk now (paths checked, each file streamed through SHA-256 into ``store``, the queue's
@@ -86,7 +101,7 @@ def make_workload(workflow: Workflow, pinion: str, store: BlobStore | None = Non
     return workload
 
 
-def queue_workflow(workflow: Workflow, pinion: str, target: QueueTarget, *,
+def queue_workflow(workflow: Queueable, pinion: str, target: QueueTarget, *,
                    resume: str | None = None) -> str:
     """Put ``workflow`` in the queue for ``pinion``; returns the new workload's id. Its
     attachments go into the queue's content store first (each stored once by content).
@@ -250,7 +265,7 @@ def damaged_reason(exc: BaseException) -> str:
     return f"this queue entry is damaged and never runs ({why}); reset it"
 
 
-def _status_shown(status: object) -> str:
+def _status_shown(status: str) -> str:
     """A damaged entry's status as stored, or failed when it is none."""
     try:
         return WorkloadStatus(status).value
@@ -258,12 +273,12 @@ def _status_shown(status: object) -> str:
         return WorkloadStatus.FAILED.value
 
 
-def _time_shown(created_at: object) -> str:
+def _time_shown(created_at: str) -> str:
     """A damaged entry's creation time as stored (in UTC), or the epoch when it is none."""
     import datetime as dt
 
     try:
-        moment = dt.datetime.fromisoformat(created_at).astimezone(dt.UTC)  # type: ignore[arg-type]
+        moment = dt.datetime.fromisoformat(created_at).astimezone(dt.UTC)
     except (TypeError, ValueError):
         moment = dt.datetime.fromtimestamp(0, dt.UTC)
     return moment.isoformat()

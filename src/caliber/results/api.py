@@ -6,14 +6,15 @@ for them (:mod:`caliber.results.arrays`), not before."""
 
 from __future__ import annotations
 
-from contextlib import closing, suppress
+from contextlib import closing, contextmanager, suppress
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO
 
 from caliber.errors import CaliberError, NotFoundError
 
 if TYPE_CHECKING:
-    from collections.abc import Mapping, Sequence
+    from collections.abc import Iterator, Mapping, Sequence
 
     from caliber.queue.target import QueueTarget
     from caliber.results.arrays import BlobValues, ValueWriter
@@ -27,6 +28,7 @@ def get_results(
     results_id: str | None = None,
     workflow: str | None = None,
     pinion: str | None = None,
+    queue: str | None = None,
     project: str | None = None,
     model: str | None = None,
     local: bool = False,
@@ -35,17 +37,17 @@ def get_results(
     """Results by workload id, by results id, or the latest for a workflow name (optionally
     per pinion); with no argument, the latest results of all. Ids may be unique prefixes.
 
-    The store is that of ``target``, or, without it, of the queue ``project``/``model``/
-    ``local`` and the settings select (:func:`caliber.queue.target.resolve_target`).
+    The store is that of ``target``, or, without it, of the queue ``queue`` (a URL) or
+    ``project``/``model``/``local`` and the settings select
+    (:func:`caliber.queue.target.resolve_target`).
 
     Raises NotFoundError when there are none (yet), for example while the workload still waits.
     A value that was a big numpy array (or pandas frame) is read back as one when it is asked
     for (``results["solve"]``): from the queue's store, its SHA-256 checked.
     """
-    from caliber.queue.target import resolve_target
+    from caliber.queue.target import target_of
 
-    if target is None:
-        target = resolve_target(project=project, model=model, local=local)
+    target = target_of(target, queue=queue, project=project, model=model, local=local)
     found = _find(target, workload_id, results_id, workflow, pinion)
     found._target = target  # where its files are
     return found.reading_values(queue_values(target, found.id))
@@ -161,6 +163,105 @@ def write_back(results: Results, folder: Path, *,
         stored = _stored(store, results)
         return files.write_back(store, [f.model_dump() for f in stored.files],  # type: ignore[arg-type]
                                 folder)
+
+
+@dataclass(frozen=True)
+class RunPlan:
+    """What ``Workflow.run`` needs from the stores to run a workflow here, and hands back to
+    :func:`finish_run` after: made by :func:`planned_run`."""
+
+    target: QueueTarget
+    """Whose results store keeps the Results."""
+    key: bytes
+    """This user's key: checks the resumed Results, signs the new ones."""
+    work_dir: Path
+    store: bool
+    """Whether the Results (and their files and arrays) are kept in the store."""
+    resume: Results | None
+    """The earlier Results whose completed tasks are reused, checked with ``key``."""
+    values: ValueWriter | None
+    """What keeps the run's big arrays as binary, or None (they stay JSON lists)."""
+    written_back: Mapping[str, WrittenBack] = field(default_factory=dict)
+    """The result files of ``resume`` written back into ``work_dir`` before the run."""
+
+
+@contextmanager
+def planned_run(target: QueueTarget | None, *, work_dir: str | Path | None, store: bool,
+                resume: str | Results | None) -> Iterator[RunPlan]:
+    """The stores' side of ``Workflow.run`` around the run: the Results a ``resume`` names
+    (read from ``target``'s store, the local one by default, when it is an id) checked with
+    this user's key (ResumeError), their result files written back into the run's folder,
+    and what keeps the run's big arrays (their folder removed when the ``with`` ends,
+    however it ends)."""
+    from caliber.queue.resume import results_problem
+    from caliber.queue.secret import load_key
+    from caliber.queue.target import local_target
+
+    key = load_key()
+    target = target or local_target()
+    if isinstance(resume, str):
+        from caliber.queue.api import opened, resumable_results
+
+        with opened(target) as backend:
+            resume = resumable_results(backend, resume)
+        resume.reading_values(queue_values(target, resume.id))
+    if resume is not None:
+        problem = results_problem(resume, key)
+        if problem is not None:
+            from caliber.errors import ResumeError
+
+            raise ResumeError(f"cannot resume: {problem}; run the workflow again without "
+                              "--resume")
+    folder = Path(work_dir) if work_dir else Path.cwd()
+    written: dict[str, WrittenBack] = {}
+    if resume is not None and resume.files:  # what the reused tasks wrote, back in place
+        written = write_back(resume, folder, target=resume._target or target)
+    with _values(folder if store else None, target) as values:
+        yield RunPlan(target, key, folder, store, resume, values, written)
+
+
+def finish_run(plan: RunPlan, results: Results, *, outputs: Sequence[str]) -> Results:
+    """The stores' side of ``Workflow.run`` after the run: the Results kept in the plan's
+    store with the files ``outputs`` match (:func:`keep_run`), or, when not ``store``, only
+    signed, their big arrays read from memory."""
+    if plan.store:
+        return keep_run(results, plan.target, key=plan.key, work_dir=plan.work_dir,
+                        outputs=outputs, values=plan.values, written_back=plan.written_back)
+    from caliber.queue.resume import signed
+
+    results = signed(results, plan.key)
+    if plan.values is not None:
+        from caliber.results.arrays import KeptValues
+
+        results.reading_values(KeptValues(plan.values.kept))
+    return results
+
+
+@contextmanager
+def _values(folder: Path | None, target: QueueTarget) -> Iterator[ValueWriter | None]:
+    """What keeps a run's big arrays as binary (:mod:`caliber.results.arrays`): in files in
+    a values folder of the run's own under ``folder`` when they go to ``target``'s store,
+    removed when the ``with`` ends however it ends (:mod:`caliber.results.runvalues`); in
+    memory without a ``folder``; None when that store keeps no blobs (JSON lists then)."""
+    from caliber.results.arrays import ValueWriter
+    from caliber.settings import load_settings
+
+    limit = load_settings().array_inline_max
+    if folder is None:
+        yield ValueWriter(None, limit)
+        return
+    from caliber.queue.blobs import BlobStore
+    from caliber.queue.registry import open_results
+
+    with closing(open_results(target)) as store:
+        keeps_blobs = isinstance(store, BlobStore)
+    if not keeps_blobs:
+        yield None
+        return
+    from caliber.results.runvalues import run_values_folder
+
+    with run_values_folder(folder) as own:
+        yield ValueWriter(own, limit)
 
 
 def save_files(results: Results, dest: Path, *, target: QueueTarget,

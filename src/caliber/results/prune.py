@@ -59,6 +59,7 @@ def prune(
     workflow: str | None = None,
     pinion: str | None = None,
     dry_run: bool = False,
+    queue: str | None = None,
     project: str | None = None,
     model: str | None = None,
     local: bool = False,
@@ -68,18 +69,17 @@ def prune(
 ) -> Pruned:
     """Remove finished workloads and Results older than ``older_than`` (a timedelta, or text
     such as ``"30d"``; see the module for what goes) from the queue ``target`` (or the one
-    ``project``/``model``/``local`` and the settings select), then their run folders found
-    under ``runs`` (default: the runs folder of CALIBER_HOME). With ``dry_run`` nothing
-    changes: the answer says what would go."""
+    ``queue``, a URL, or ``project``/``model``/``local`` and the settings select), then
+    their run folders found under ``runs`` (default: the runs folder of CALIBER_HOME). With
+    ``dry_run`` nothing changes: the answer says what would go."""
     from caliber.pinion.runs import remove_run_folders
     from caliber.queue.api import opened
-    from caliber.queue.target import resolve_target
+    from caliber.queue.target import target_of
 
     age = parse_duration(older_than) if isinstance(older_than, str) else older_than
     if age < dt.timedelta(0):
         raise UsageError("the age to prune must not be negative")
-    if target is None:
-        target = resolve_target(project=project, model=model, local=local)
+    target = target_of(target, queue=queue, project=project, model=model, local=local)
     before = (now or dt.datetime.now(dt.UTC)) - age
     with opened(target) as backend:
         found = backend.prune(before, workflow=workflow, pinion=pinion, dry_run=dry_run)

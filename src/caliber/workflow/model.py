@@ -8,7 +8,6 @@ is :mod:`caliber.workflow.runner`, the JSON file is :mod:`caliber.workflow.filef
 
 from __future__ import annotations
 
-import contextlib
 import importlib
 import inspect
 import os
@@ -24,8 +23,6 @@ from caliber.workflow.limits import check_timeout
 
 if TYPE_CHECKING:
     from caliber.queue.target import QueueTarget
-    from caliber.results.arrays import ValueWriter
-    from caliber.results.files import WrittenBack
     from caliber.results.model import Results
     from caliber.workflow.runner import TaskEvent
 
@@ -450,53 +447,19 @@ class Workflow:
         when their signature does not check with your key (:mod:`caliber.queue.resume`): a
         resume reuses only values a key holder stored. The Results are signed with your
         key."""
-        from caliber.queue.resume import results_problem, signed
-        from caliber.queue.secret import load_key
-        from caliber.queue.target import local_target
+        from caliber.results.api import finish_run, planned_run
         from caliber.workflow.runner import run_workflow
 
-        key = load_key()
-        if isinstance(resume, str):
-            from caliber.queue.api import opened, resumable_results
-            from caliber.results.api import queue_values
-
-            with opened(target or local_target()) as backend:
-                resume = resumable_results(backend, resume)
-            resume.reading_values(queue_values(target or local_target(), resume.id))
-        if resume is not None:
-            problem = results_problem(resume, key)
-            if problem is not None:
-                from caliber.errors import ResumeError
-
-                raise ResumeError(f"cannot resume: {problem}; run the workflow again without "
-                                  "--resume")
-        folder = Path(work_dir) if work_dir else Path.cwd()
-        target = target or local_target()
-        written_back: dict[str, WrittenBack] = {}
-        if resume is not None and resume.files:  # what the reused tasks wrote, back in place
-            from caliber.results.api import write_back
-
-            written_back = write_back(resume, folder, target=resume._target or target)
-        with _values(folder if store else None, target) as values:
-            results = run_workflow(
-                self, work_dir=folder, on_event=on_event, resume=resume, values=values,
-            )
-            if store:  # with the files of self.outputs found in the folder
-                from caliber.results.api import keep_run
-
-                return keep_run(results, target, key=key, work_dir=folder,
-                                outputs=self.outputs, values=values, written_back=written_back)
-        results = signed(results, key)
-        if values is not None:
-            from caliber.results.arrays import KeptValues
-
-            results.reading_values(KeptValues(values.kept))
-        return results
+        with planned_run(target, work_dir=work_dir, store=store, resume=resume) as plan:
+            results = run_workflow(self, work_dir=plan.work_dir, on_event=on_event,
+                                   resume=plan.resume, values=plan.values)
+            return finish_run(plan, results, outputs=self.outputs)
 
     def queue(
         self,
         pinion: str,
         *,
+        queue: str | None = None,
         project: str | None = None,
         model: str | None = None,
         local: bool = False,
@@ -504,45 +467,18 @@ class Workflow:
         resume: str | None = None,
     ) -> str:
         """Put the workflow in the queue for ``pinion``; returns the workload id. The queue is
-        ``target``, or, without it, the one ``project``/``model``/``local`` and the settings
-        select (:func:`caliber.queue.target.resolve_target`).
+        ``target``, or, without it, the one ``queue`` (a URL: ``sqlite:///path``,
+        ``postgresql://...``, ``speckle://host/PROJECT/MODEL``) or ``project``/``model``/
+        ``local`` and the settings select (:func:`caliber.queue.target.resolve_target`).
 
         ``resume``: a Results id or a workload id (its last Results) in that queue: the
         workflow runs as it is now, reusing the tasks that completed there and are unchanged
         (:func:`caliber.queue.api.queue_workflow`)."""
         from caliber.queue.api import queue_workflow
-        from caliber.queue.target import resolve_target
+        from caliber.queue.target import target_of
 
-        if target is None:
-            target = resolve_target(project=project, model=model, local=local)
-        return queue_workflow(self, pinion, target, resume=resume)
+        chosen = target_of(target, queue=queue, project=project, model=model, local=local)
+        return queue_workflow(self, pinion, chosen, resume=resume)
 
     def __repr__(self) -> str:
         return f"Workflow({self.name!r}, {len(self.tasks)} tasks)"
-
-
-@contextlib.contextmanager
-def _values(folder: Path | None, target: QueueTarget) -> Iterator[ValueWriter | None]:
-    """What keeps a run's big arrays as binary (:mod:`caliber.results.arrays`): in files in
-    a values folder of the run's own under ``folder`` when they go to ``target``'s store,
-    removed when the ``with`` ends however it ends (:mod:`caliber.results.runvalues`); in
-    memory without a ``folder``; None when that store keeps no blobs (JSON lists then)."""
-    from caliber.results.arrays import ValueWriter
-    from caliber.settings import load_settings
-
-    limit = load_settings().array_inline_max
-    if folder is None:
-        yield ValueWriter(None, limit)
-        return
-    from caliber.queue.blobs import BlobStore
-    from caliber.queue.registry import open_results
-
-    with contextlib.closing(open_results(target)) as store:
-        keeps_blobs = isinstance(store, BlobStore)
-    if not keeps_blobs:
-        yield None
-        return
-    from caliber.results.runvalues import run_values_folder
-
-    with run_values_folder(folder) as own:
-        yield ValueWriter(own, limit)
