@@ -27,6 +27,20 @@ def sqlite_backend(tmp_path: Path) -> Iterator[QueueBackend]:
 
 
 @contextmanager
+def memory_backend(tmp_path: Path) -> Iterator[QueueBackend]:
+    """An in-memory queue of a name of its own, forgotten afterwards."""
+    from caliber.queue.memory.backend import MemoryBackend, forget
+
+    name = f"contract-{tmp_path.name}-{id(tmp_path)}"
+    backend = MemoryBackend(name)
+    try:
+        yield backend
+    finally:
+        backend.close()
+        forget(name)
+
+
+@contextmanager
 def speckle_backend(tmp_path: Path) -> Iterator[QueueBackend]:
     """A fresh model on a project of its own (made through GraphQL; deleted afterwards on a
     real server) with a short settle time: on a Speckle test server, or on the real server named by
@@ -55,6 +69,7 @@ def speckle_backend(tmp_path: Path) -> Iterator[QueueBackend]:
 
 
 FACTORIES: dict[str, Callable[[Path], AbstractContextManager[QueueBackend]]] = {
+    "memory": memory_backend,
     "sqlite": sqlite_backend,
     "speckle": speckle_backend,
 }
