@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from caliber.errors import NotFoundError, QueueStateError, ResumeError, UsageError
 from caliber.queue.lifecycle import check_retry, no_results
+from caliber.queue.resume import resumable_results
 from caliber.queue.status import WorkloadStatus, parse_status
 
 if TYPE_CHECKING:
@@ -121,22 +122,6 @@ def queue_workflow(workflow: Queueable, pinion: str, target: QueueTarget, *,
             _grant_new(backend, workload, earlier, key)
         backend.put(workload)
     return workload.id
-
-
-def resumable_results(backend: Backend, id_or_prefix: str) -> Results:
-    """The Results a resume names: by Results id, else by workload id (its last Results);
-    either may be a unique prefix. NotFoundError when neither is found."""
-    try:
-        return backend.get_results(id_or_prefix)
-    except NotFoundError as first:
-        try:
-            workload = backend.get(id_or_prefix)
-        except NotFoundError:
-            raise first from None
-    if workload.results_id is None:
-        raise NotFoundError(f"workload {workload.id} has no results to resume from (no run "
-                            "of it finished)")
-    return backend.get_results(workload.results_id)
 
 
 def _grant_new(backend: Backend, workload: Workload, results: Results, key: bytes) -> None:

@@ -19,9 +19,11 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from caliber.errors import NotFoundError
 from caliber.queue.secret import grant_ok, results_signed, sign_grant, sign_results
 
 if TYPE_CHECKING:
+    from caliber.queue.backend import QueueBackend
     from caliber.queue.lifecycle import ResumeGrant
     from caliber.queue.workload import Workload
     from caliber.results.model import Results
@@ -78,3 +80,19 @@ def resume_problem(workload: Workload, results: Results, key: bytes) -> str | No
     if workload.resume_signature != results.signature:
         return f"results {results.id} are not those its resume was granted for (replaced since)"
     return None
+
+
+def resumable_results(backend: QueueBackend, id_or_prefix: str) -> Results:
+    """The Results a resume names: by Results id, else by workload id (its last Results);
+    either may be a unique prefix. NotFoundError when neither is found."""
+    try:
+        return backend.get_results(id_or_prefix)
+    except NotFoundError as first:
+        try:
+            workload = backend.get(id_or_prefix)
+        except NotFoundError:
+            raise first from None
+    if workload.results_id is None:
+        raise NotFoundError(f"workload {workload.id} has no results to resume from (no run "
+                            "of it finished)")
+    return backend.get_results(workload.results_id)

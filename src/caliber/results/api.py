@@ -200,9 +200,10 @@ def planned_run(target: QueueTarget | None, *, work_dir: str | Path | None, stor
     key = load_key()
     target = target or local_target()
     if isinstance(resume, str):
-        from caliber.queue.api import opened, resumable_results
+        from caliber.queue.registry import open_backend
+        from caliber.queue.resume import resumable_results
 
-        with opened(target) as backend:
+        with open_backend(target) as backend:
             resume = resumable_results(backend, resume)
         resume.reading_values(queue_values(target, resume.id))
     if resume is not None:

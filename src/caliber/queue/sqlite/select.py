@@ -2,7 +2,8 @@
 ``sqlite:`` URL, or any choice without a URL that no other backend took (the default, asked
 last). Light: no pydantic, nothing of the backend.
 
-URLs: ``sqlite:///abs/path/caliber.db`` (an absolute path: three slashes, as ``file:///``),
+URLs: ``sqlite:///abs/path/caliber.db`` (an absolute path: three slashes, as ``file:///``;
+four, as SQLAlchemy writes it, serve too),
 ``sqlite:relative/path.db`` or ``sqlite:~/caliber.db`` (relative to the current folder, or
 to your home; made absolute when the target is resolved). A host (``sqlite://host/...``) is
 refused: the file must be on this machine.
@@ -47,6 +48,8 @@ def database(url: str, url_from: str) -> Path:
     if parts.query or parts.fragment:
         raise urls.bad(url, url_from, "a sqlite URL takes no ?query or #fragment")
     text = unquote(parts.path)
+    if text.startswith("//"):  # sqlite:////abs/path, as SQLAlchemy writes an absolute one
+        text = "/" + text.lstrip("/")
     if os.name == "nt" and _DRIVE.match(text):
         text = text[1:]
     if not text.strip() or text.endswith(("/", "\\")):
