@@ -107,7 +107,7 @@ def test_postgres_urls_never_show_the_password() -> None:
                     reason="the PostgreSQL backend is installed")
 def test_postgres_until_its_backend_is_there_says_what_to_install() -> None:
     with pytest.raises(ConfigError, match=r"the postgres queue backend is not available .*"
-                       r"pip install 'caliber-workflows\[postgres\]'") as info:
+                       r"it needs Caliber's postgres extra \(psycopg 3\)") as info:
         registry.open_backend(resolve_target(queue=PG))
     assert SECRET not in str(info.value)
 

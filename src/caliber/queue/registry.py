@@ -6,7 +6,7 @@ Each backend is a package ``caliber.queue.<kind>`` with two modules:
 - ``select`` (light: no pydantic, no driver): ``select(choice) -> QueueTarget | None`` says
   whether a :class:`~caliber.queue.target.Choice` (a queue URL, or ``--project``/``--local``
   and the settings) is its own, and builds the target; ``SCHEMES``, the URL schemes it
-  takes; ``INSTALL``, what to install when its driver is missing (or None);
+  takes; ``INSTALL``, what it needs installed, said when its driver is missing (or None);
 - ``backend``: ``open_target(target) -> backend``, an object with the verbs of
   :class:`~caliber.queue.backend.QueueBackend`, :class:`~caliber.results.store.ResultsStore`
   and :class:`~caliber.queue.blobs.BlobStore`.
@@ -91,7 +91,7 @@ def open_backend(target: QueueTarget) -> Backend:
         ours = exc.name is not None and (module_name + ".").startswith(exc.name + ".")
         if not ours and light.INSTALL is None:  # not the backend's module, nor its driver
             raise
-        hint = f": install it with {light.INSTALL}" if light.INSTALL else ""
+        hint = f"; it needs {light.INSTALL}" if light.INSTALL else ""
         raise ConfigError(f"the {target.kind} queue backend is not available in this "
                           f"installation (no module {exc.name}){hint}") from None
     opened: Backend = module.open_target(target)

@@ -18,7 +18,8 @@ if TYPE_CHECKING:
 
 KIND = "postgres"
 SCHEMES = ("postgresql", "postgres")
-INSTALL = "pip install 'caliber-workflows[postgres]'"
+INSTALL = ("Caliber's postgres extra (psycopg 3): '.[postgres]' from its clone, or its wheel "
+           "with [postgres]")
 
 
 def select(choice: Choice) -> QueueTarget | None:
