@@ -254,6 +254,13 @@ class MemoryBackend:
             return replace(claim, expires_at=expires, cancel_requested=entry.cancel_requested,
                            cancel_now=entry.cancel_now)
 
+    def peek_cancel(self, claim: Claim) -> Claim:
+        """See :meth:`QueueBackend.peek_cancel`: the claim with the cancel held now."""
+        with self._locked():
+            entry = self._held(claim)
+            return replace(claim, cancel_requested=entry.cancel_requested,
+                           cancel_now=entry.cancel_now)
+
     def release(self, claim: Claim, *, reason: str, mismatch_key_id: str | None = None) -> None:
         with self._locked():
             entry = self._held(claim)
