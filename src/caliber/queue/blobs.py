@@ -14,7 +14,14 @@ the local queue the blobs are files in a folder beside the database (:class:`Fol
   never a half blob under its final name. Temporary files older than
   :data:`STALE_TMP_SECONDS` are swept;
 - every read that hands bytes to a run checks them against the name (:func:`copy_verified`):
-  a blob changed on disk is refused (BlobMismatchError), like a tampered workload.
+  a blob changed on disk is refused (BlobMismatchError), like a tampered workload;
+- every blob is named with its modification time set to :data:`SEAL_NS` (the *seal*): a
+  write to the file through the file system (an edit, ``numpy.load(mmap_mode="r+")``, a
+  truncation) sets it to the time of the write, so a reader that finds the seal intact knows
+  the file has not been written since it was named (:func:`is_sealed`; the big arrays'
+  reader relies on it, :mod:`caliber.results.arrays`) and a reader that does not hashes it;
+- a file Caliber's own writer made, hashing the bytes as it wrote them, is moved in by
+  rename (:meth:`FolderBlobStore.take_blob`) instead of being read and hashed again.
 
 No pydantic and no threading here: the pinion's side imports this module.
 """
@@ -22,6 +29,7 @@ No pydantic and no threading here: the pinion's side imports this module.
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import os
 import re
@@ -44,12 +52,15 @@ from caliber.platform import (
 )
 
 __all__ = [
-    "CHUNK", "BlobRef", "BlobStore", "FolderBlobStore", "copy_verified", "hash_file",
-    "is_sha256",
+    "CHUNK", "SEAL_NS", "BlobRef", "BlobStore", "FileBlobStore", "FolderBlobStore",
+    "copy_verified", "hash_file", "is_sealed", "is_sha256",
 ]
 
 CHUNK = 1 << 20  # bytes read and written at a time: memory stays bounded by this
 STALE_TMP_SECONDS = 24 * 3600  # a temporary file this old is a crashed writer's: swept
+SEAL_NS = 946_684_800 * 10**9
+"""The modification time (ns since the epoch: 2000-01-01 00:00:00 UTC) of every blob the
+store names: any later write to the file replaces it with the time of that write."""
 Hold = Callable[["BlobRef"], AbstractContextManager[object]]
 """Entered around the moment a blob gets its name (see :meth:`FolderBlobStore.put_stream`)."""
 _SHA256 = re.compile(r"[0-9a-f]{64}")
@@ -98,6 +109,34 @@ class BlobStore(Protocol):
         """Write the blob to ``dest`` (a new file, with ``mode``) by streaming, checking the
         hash on the way (BlobMismatchError when it does not match: then ``dest`` is not
         made; NotFoundError when absent)."""
+
+
+@runtime_checkable
+class FileBlobStore(Protocol):
+    """A :class:`BlobStore` whose blobs are files on this machine, in a private folder of the
+    user's own (the local queue's): it can take in a finished file by moving it, and its
+    blobs carry the seal (:func:`is_sealed`)."""
+
+    def take_blob(self, source: Path, ref: BlobRef) -> BlobRef:
+        """Move the file ``source``, whose SHA-256 and size ``ref`` its writer computed from
+        the bytes it wrote, into the store under that name without reading it (see
+        :meth:`FolderBlobStore.take_blob`); the ref stored."""
+
+
+def is_sealed(stream: object, size: int) -> bool:
+    """Whether ``stream`` (an open blob) is a regular file of ``size`` bytes not written since
+    the store named it (its modification time still :data:`SEAL_NS`). False for anything
+    that is not a file on this machine (a remote store's stream)."""
+    try:
+        st = os.fstat(stream.fileno())  # type: ignore[attr-defined]
+    except (AttributeError, OSError):  # no file behind it (io.UnsupportedOperation too)
+        return False
+    return stat.S_ISREG(st.st_mode) and st.st_size == size and st.st_mtime_ns == SEAL_NS
+
+
+def _seal(path: Path) -> None:
+    """Give the file ``path`` the seal (before it is flushed to disk and named)."""
+    os.utime(path, ns=(time.time_ns(), SEAL_NS))
 
 
 def copy_verified(source: BinaryIO, sha256: str, dest: Path, *, mode: int = 0o600,
@@ -180,6 +219,7 @@ class FolderBlobStore:
                     fresh = _size(final) != size  # absent (or cut short by hand): this goes in
                     if fresh:
                         out.flush()
+                        _seal(tmp)
                         os.fsync(out.fileno())
                 with hold(ref) if hold is not None else contextlib.nullcontext():
                     if fresh:
@@ -192,6 +232,51 @@ class FolderBlobStore:
             if exc.filename is not None and exc.filename == what:
                 raise
             raise QueueError(f"cannot store {what} in the blob store {self.root}: "
+                             f"{exc.strerror or exc}{disk_hint(self.root)}") from exc
+        return ref
+
+    def take_blob(self, source: Path, ref: BlobRef, hold: Hold | None = None) -> BlobRef:
+        """Move the finished file ``source`` into the store as blob ``ref``, hashing nothing:
+        for a file Caliber's own writer made in a private folder of this user's on the same
+        file system, computing ``ref`` from the bytes it wrote (a big array's ``.npy``, see
+        :class:`caliber.results.arrays.ValueWriter`), so the bytes are hashed once in all.
+        The store's rules hold: the file must be a regular file of ``ref.size`` bytes with
+        no other link (else BlobMismatchError, and nothing is named); it is made 0600, given
+        the seal and flushed to disk (fsync: Results that name it are stored next, and must
+        not outlive it in a power cut) before it gets its name, by one rename, and ``hold``
+        is entered around that as in :meth:`put_stream`. Where it cannot be moved (another
+        file system) it is copied through SHA-256 by :meth:`put_blob`, which returns what it
+        found. What this does not see: a change to the file, after its writer hashed it,
+        that keeps its size (the writer is trusted, as the run's own process is: it could
+        write into this folder itself)."""
+        try:
+            st = os.lstat(source)
+            if not stat.S_ISREG(st.st_mode) or st.st_nlink != 1 or st.st_size != ref.size:
+                raise BlobMismatchError(
+                    f"{source} is not the file its writer named {ref.sha256[:12]} ({st.st_size} "
+                    f"bytes, {ref.size} written{', other links to it' * (st.st_nlink > 1)})")
+            final = self.path(ref.sha256)
+            os.chmod(source, 0o600)
+            _seal(source)
+            fd = os.open(source, os.O_RDONLY | NO_FOLLOW)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            moved = True
+            with hold(ref) if hold is not None else contextlib.nullcontext():
+                make_private_folder(final.parent)
+                try:
+                    os.replace(source, final)  # the same bytes if another writer won the race
+                except OSError as exc:
+                    if exc.errno != errno.EXDEV:
+                        raise
+                    moved = False
+            if not moved:
+                return self.put_blob(source, hold)
+            _fsync_folder(final.parent)
+        except OSError as exc:
+            raise QueueError(f"cannot store {source} in the blob store {self.root}: "
                              f"{exc.strerror or exc}{disk_hint(self.root)}") from exc
         return ref
 

@@ -19,12 +19,14 @@ same way as a Parquet file where pyarrow is installed (else as records, as befor
 
 The way of a value: the workload's process converts it (:mod:`caliber.results.convert`) with
 a :class:`ValueWriter`, which writes each big array into the run folder's private
-``.caliber/values/`` as ``<sha256>.npy`` (the same array twice is one file); the pinion puts
-each file into the queue's store before it completes the workload (:func:`store_values`) and
-checks that the bytes are still the ones named; ``caliber.get_results()`` reads them back
-(:class:`BlobValues`), checking the SHA-256 on the way (a damaged blob is an error naming the
-value, never wrong numbers). The Results signature covers the references, so the bytes a
-resume reuses are exactly the signed ones.
+``.caliber/values/`` as ``<sha256>.npy`` (the same array twice is one file), hashing the
+bytes as it writes them; the pinion moves each file into the queue's store before it
+completes the workload (:func:`put_values`: a local store takes the file as it is, its size
+and header checked; a remote one hashes it as it uploads it); ``caliber.get_results()`` reads
+them back (:class:`BlobValues`), checking size and header, and the SHA-256 unless the blob is
+sealed in the local store (:func:`_sealed` says why that is enough); a damaged blob is an
+error naming the value, never wrong numbers. The Results signature covers the references, so
+the bytes a resume reuses are exactly the signed ones.
 
 No pydantic, no threading and no numpy here: a pinion's child imports this module, and numpy
 (or pandas) is used only when a value is one of theirs (and so is loaded already).
@@ -32,6 +34,7 @@ No pydantic, no threading and no numpy here: a pinion's child imports this modul
 
 from __future__ import annotations
 
+import _thread
 import hashlib
 import io
 import os
@@ -138,13 +141,21 @@ class ValueWriter:
     (:attr:`kept`, ``Workflow.run(store=False)``). Arrays and frames of more than
     ``inline_max`` bytes are kept (``CALIBER_ARRAY_INLINE_MAX``). Memory: an array is hashed
     and written from its own buffer, slice by slice, never copied (but for one that is not
-    contiguous)."""
+    contiguous).
+
+    Speed: an array's bytes are hashed once, while they are written (:meth:`_write_hashing`),
+    and the pinion moves the file into the store as it is, without reading it again
+    (:meth:`caliber.queue.blobs.FolderBlobStore.take_blob`). An array converted again (one
+    kept in ``g`` is converted after every task, to see whether the task changed it) is
+    hashed first and written only when its bytes are new."""
 
     def __init__(self, folder: Path | None, inline_max: int) -> None:
         self.folder = folder
         self.inline_max = inline_max
         self.written: dict[str, dict[str, Any]] = {}
         self.kept: dict[str, Any] = {}
+        self._seen: set[int] = set()  # ids of the arrays converted so far (a hint, see _array)
+        self._count = 0
 
     def store(self, value: Any) -> dict[str, Any] | None:
         """The reference that takes ``value``'s place in the JSON, or None: not an array
@@ -166,18 +177,21 @@ class ValueWriter:
             return None
         array = numpy.asarray(value)  # a memmap as the plain array it is (no copy)
         header, data = npy_parts(array)
-        digest = hashlib.sha256(header)
-        digest.update(data)
         ref: dict[str, Any] = {
-            REF_KEY: NDARRAY, "sha256": digest.hexdigest(), "size": len(header) + data.nbytes,
+            REF_KEY: NDARRAY, "sha256": "", "size": len(header) + data.nbytes,
             "dtype": _json(npy.dtype_to_descr(array.dtype)),
             "shape": list(array.shape)}
-        sha = ref["sha256"]
-        if self.folder is None:
-            self.kept[sha] = value
-        elif sha not in self.written:
-            self._write(file_name(ref), lambda fd: _write_all(fd, (header, data)))
-        self.written[sha] = ref
+        seen = id(value) in self._seen
+        self._seen.add(id(value))
+        if self.folder is not None and not seen:  # most likely bytes not written yet
+            ref["sha256"] = self._write_hashing((header, data), KINDS[NDARRAY])
+        else:  # kept in memory, or an array seen before (g, after every task): hash first
+            ref["sha256"] = _sha256((header, data))
+            if self.folder is None:
+                self.kept[ref["sha256"]] = value
+            elif ref["sha256"] not in self.written:
+                self._write(file_name(ref), lambda fd: _write_all(fd, (header, data)))
+        self.written[ref["sha256"]] = ref
         return ref
 
     def _frame(self, frame: Any) -> dict[str, Any] | None:
@@ -198,6 +212,31 @@ class ValueWriter:
             self._write(file_name(ref), lambda fd: _write_all(fd, (data,)))
         self.written[sha] = ref
         return ref
+
+    def _write_hashing(self, parts: tuple[Any, ...], suffix: str) -> str:
+        """Write ``parts`` as a new file in the folder while a second thread hashes them
+        (:func:`_hash_beside`), flushed to disk (fsync) as part of the writing; the file gets
+        its name, ``<sha256><suffix>``, once both are done (a file of that name is there
+        already: the same bytes, the new one is dropped). Returns the SHA-256. The flush is
+        the one the store needs before it names a blob (it takes this file as it is): made
+        here, it overlaps with the hash instead of following it."""
+        assert self.folder is not None
+        make_private_folder(self.folder)
+        self._count += 1
+        tmp = self.folder / f".{os.getpid()}-{id(self):x}-{self._count}.part"
+        fd = create_new_file(tmp)
+        try:
+            try:
+                sha = _hash_beside(parts, lambda: _write_all(fd, parts, sync=True))
+            finally:
+                os.close(fd)
+            path = self.folder / (sha + suffix)
+            if not os.path.exists(path):
+                os.replace(tmp, path)
+        finally:
+            if os.path.lexists(tmp):
+                os.unlink(tmp)
+        return sha
 
     def _write(self, name: str, write: Callable[[int], None]) -> None:
         """Write a file whole under ``name`` in the folder (to a temporary name first: a
@@ -240,13 +279,52 @@ def npy_parts(array: Any) -> tuple[bytes, Any]:
     return header.getvalue(), flat.reshape(-1).view(numpy.uint8)
 
 
-def _write_all(fd: int, parts: tuple[Any, ...]) -> None:
+def _write_all(fd: int, parts: tuple[Any, ...], *, sync: bool = False) -> None:
     for part in parts:
         view = memoryview(part)
         for start in range(0, view.nbytes, WRITE_CHUNK):
             piece = view[start:start + WRITE_CHUNK]
             while piece:
                 piece = piece[os.write(fd, piece):]
+    if sync:
+        os.fsync(fd)
+
+
+def _sha256(parts: tuple[Any, ...]) -> str:
+    digest = hashlib.sha256()
+    for part in parts:
+        digest.update(part)
+    return digest.hexdigest()
+
+
+def _hash_beside(parts: tuple[Any, ...], work: Callable[[], None]) -> str:
+    """The SHA-256 of ``parts``, computed on a second thread while ``work()`` (writing them)
+    runs on this one: hashlib lets go of the GIL over a big buffer, as ``os.write`` and
+    ``os.fsync`` do, so the hash (about 40 ms per 80 MB on the reference machine) and the
+    write and flush (about as long) overlap. With ``_thread``, always loaded, not
+    ``threading``: a pinion's child imports no ``threading`` (its at-fork hooks and memory,
+    see tests/test_preload.py); the thread ends before this returns, also when ``work``
+    raises (it reads the array's memory)."""
+    got: list[Any] = []
+    done = _thread.allocate_lock()
+    done.acquire()
+
+    def hash_parts() -> None:
+        try:
+            got.append(_sha256(parts))
+        except BaseException as exc:  # handed to the caller below
+            got.append(exc)
+        finally:
+            done.release()
+
+    _thread.start_new_thread(hash_parts, ())
+    try:
+        work()
+    finally:
+        done.acquire()
+    if isinstance(got[0], BaseException):
+        raise got[0]
+    return str(got[0])
 
 
 def _json(descr: Any) -> Any:
@@ -295,7 +373,24 @@ class BlobValues:
             except AttributeError:  # a queue kind without a content store
                 raise QueueError(f"{what} cannot be read: this queue keeps no arrays") from None
             with stream:
-                return read_value(stream, ref, what)
+                return read_value(stream, ref, what, check=not _sealed(stream, ref))
+
+
+def _sealed(stream: BinaryIO, ref: dict[str, Any]) -> bool:
+    """Whether ``stream`` is a blob of the local store not written since it was stored: then
+    its bytes are not hashed again as they are read, only its size and header checked.
+
+    Why that is enough there: the blob is a file in a 0700 folder of the user's own, named
+    only once its bytes were hashed (by the process that wrote them) and flushed to disk,
+    and the Results naming its SHA-256 are signed; what could change it afterwards is a
+    write through the file system (an edit by hand, ``numpy.load(mmap_mode="r+")``), which
+    also sets its modification time and so breaks the seal (then it is hashed as it is read,
+    as is every blob of a remote store, a file copied without its times, or one stored by
+    an older Caliber). Not caught: a disk that changes bytes under the file system, or a
+    change whose writer puts the seal back on purpose."""
+    from caliber.queue.blobs import is_sealed  # here: a pinion's child has no store
+
+    return is_sealed(stream, ref["size"])
 
 
 class FolderValues:
@@ -327,12 +422,15 @@ class KeptValues:
             raise NotFoundError(f"{what} cannot be read: it was not kept") from None
 
 
-def read_value(stream: BinaryIO, ref: dict[str, Any], what: str) -> Any:
+def read_value(stream: BinaryIO, ref: dict[str, Any], what: str, *,
+               check: bool = True) -> Any:
     """The array or frame in ``stream``, whose bytes must be those ``ref`` names
-    (BlobMismatchError naming ``what`` otherwise)."""
+    (BlobMismatchError naming ``what`` otherwise): their SHA-256 checked, or with ``check``
+    false (a sealed blob of the local store, see :class:`BlobValues`) their size and, for an
+    array, its header."""
     if ref[REF_KEY] == NDARRAY:
-        return read_array(stream, ref, what)
-    return read_frame(stream, ref, what)
+        return read_array(stream, ref, what, check=check)
+    return read_frame(stream, ref, what, check=check)
 
 
 def _damaged(what: str, ref: dict[str, Any], why: str) -> BlobMismatchError:
@@ -350,27 +448,40 @@ def _read_exact(stream: BinaryIO, n: int) -> bytes:
     return data
 
 
-def read_array(stream: BinaryIO, ref: dict[str, Any], what: str) -> Any:
-    """A ``.npy`` stream as an array, read once into the array's own memory (no other copy),
-    its SHA-256 and size checked against ``ref`` on the way."""
-    import numpy
+def read_header(stream: BinaryIO, ref: dict[str, Any]) -> tuple[bytes, Any, bool, Any]:
+    """The ``.npy`` header at the start of ``stream``: its bytes, and the shape, memory order
+    (Fortran or not) and dtype it gives, which must be those ``ref`` describes (ValueError
+    saying what is wrong otherwise)."""
     from numpy.lib import format as npy
 
     start = _read_exact(stream, 8)
     if len(start) < 8 or not start.startswith(_NPY_MAGIC) or start[6] not in (1, 2):
-        raise _damaged(what, ref, "is not a .npy file")
+        raise ValueError("is not a .npy file")
     width = 2 if start[6] == 1 else 4
     length_bytes = _read_exact(stream, width)
     header = start + length_bytes + _read_exact(stream, int.from_bytes(length_bytes, "little"))
-    digest = hashlib.sha256(header)
     try:
-        read_header = npy.read_array_header_1_0 if width == 2 else npy.read_array_header_2_0
-        shape, fortran, dtype = read_header(io.BytesIO(header[8:]))
+        read = npy.read_array_header_1_0 if width == 2 else npy.read_array_header_2_0
+        shape, fortran, dtype = read(io.BytesIO(header[8:]))
     except (ValueError, SyntaxError) as exc:
-        raise _damaged(what, ref, f"has no readable .npy header ({exc})") from None
+        raise ValueError(f"has no readable .npy header ({exc})") from None
     if (dtype.hasobject or list(shape) != ref.get("shape")
             or _json(npy.dtype_to_descr(dtype)) != ref.get("dtype")):
-        raise _damaged(what, ref, "does not hold the array its reference describes")
+        raise ValueError("does not hold the array its reference describes")
+    return header, shape, fortran, dtype
+
+
+def read_array(stream: BinaryIO, ref: dict[str, Any], what: str, *,
+               check: bool = True) -> Any:
+    """A ``.npy`` stream as an array, read once into the array's own memory (no other copy),
+    its header and size checked against ``ref``, and with ``check`` its SHA-256 too."""
+    import numpy
+
+    try:
+        header, shape, fortran, dtype = read_header(stream, ref)
+    except ValueError as exc:
+        raise _damaged(what, ref, str(exc)) from None
+    digest = hashlib.sha256(header) if check else None
     array = numpy.empty(shape, dtype=dtype, order="F" if fortran else "C")
     view = (array.T if fortran else array).reshape(-1).view(numpy.uint8).data
     done = 0
@@ -385,19 +496,24 @@ def read_array(stream: BinaryIO, ref: dict[str, Any], what: str) -> Any:
             piece[:got] = chunk
         if not got:
             break
-        digest.update(view[done:done + got])
+        if digest is not None:
+            digest.update(view[done:done + got])
         done += got
     size = len(header) + done + len(stream.read(1))
-    if size != ref["size"] or digest.hexdigest() != ref["sha256"]:
+    if digest is not None and (size != ref["size"] or digest.hexdigest() != ref["sha256"]):
         raise _damaged(what, ref, f"does not match its SHA-256 ({size} bytes read, "
                        f"{ref['size']} stored)")
+    if size != ref["size"]:
+        raise _damaged(what, ref, f"has {size} bytes, not the {ref['size']} stored")
     return array
 
 
-def read_frame(stream: BinaryIO, ref: dict[str, Any], what: str) -> Any:
-    """A Parquet stream as a pandas DataFrame, its SHA-256 and size checked first."""
+def read_frame(stream: BinaryIO, ref: dict[str, Any], what: str, *,
+               check: bool = True) -> Any:
+    """A Parquet stream as a pandas DataFrame, its size and (with ``check``) its SHA-256
+    checked first."""
     data = stream.read()
-    if len(data) != ref["size"] or hashlib.sha256(data).hexdigest() != ref["sha256"]:
+    if len(data) != ref["size"] or (check and hashlib.sha256(data).hexdigest() != ref["sha256"]):
         raise _damaged(what, ref, f"does not match its SHA-256 ({len(data)} bytes read, "
                        f"{ref['size']} stored)")
     try:
@@ -413,32 +529,67 @@ def read_frame(stream: BinaryIO, ref: dict[str, Any], what: str) -> Any:
 def put_values(store: BlobStore, folder: Path, refs: dict[str, dict[str, Any]]) -> str | None:
     """Put the file of each reference (in ``folder``, where the run wrote it) into ``store``,
     and remove it there. Returns what is wrong, or None: a reference whose file the run did
-    not write (a value may only name arrays of its own run), or a file whose bytes are no
-    longer those it was named for (changed after it was written). A blob the store holds
-    already is not stored again."""
+    not write (a value may only name arrays of its own run), or a file that is no longer as
+    it was written. A blob the store holds already is not stored again.
+
+    A store of files on this machine (the local queue's) takes each file in by moving it,
+    without hashing it again (:meth:`~caliber.queue.blobs.FolderBlobStore.take_blob`): the
+    run's process hashed the bytes as it wrote them. What is checked here is what costs no
+    pass over the data: the file is a regular file of the size written, with no other link,
+    and an array's ``.npy`` header still describes it. Other stores (the remote queue's)
+    read it through SHA-256 as they upload it (``put_blob``), and a file whose bytes no
+    longer have the name is refused."""
+    from caliber.queue.blobs import BlobRef, FileBlobStore
+
     problem = None
     for sha, ref in refs.items():
         path = folder / file_name(ref)
         try:
-            regular = stat.S_ISREG(os.lstat(path).st_mode)
+            st = os.lstat(path)
         except FileNotFoundError:
-            regular = False
-        if not regular:
+            st = None
+        if st is None or not stat.S_ISREG(st.st_mode):
             problem = problem or (f"a value refers to {file_name(ref)}, which the run did "
                                   f"not write in {folder}")
             continue
         if not store.has_blob(sha):
-            stored = store.put_blob(path)
-            if stored.sha256 != sha or stored.size != ref["size"]:
-                problem = problem or (f"{path} changed after the run wrote it (its SHA-256 is "
-                                      f"now {stored.sha256})")
-        path.unlink()
+            if isinstance(store, FileBlobStore):
+                why = _unlike(path, st, ref)
+                if why is None:
+                    try:
+                        store.take_blob(path, BlobRef(sha, ref["size"]))
+                    except BlobMismatchError as exc:  # changed since it was looked at
+                        why = str(exc)
+                if why is not None:
+                    problem = problem or f"{path} changed after the run wrote it ({why})"
+            else:
+                stored = store.put_blob(path)
+                if stored.sha256 != sha or stored.size != ref["size"]:
+                    problem = problem or (f"{path} changed after the run wrote it (its SHA-256 "
+                                          f"is now {stored.sha256})")
+        path.unlink(missing_ok=True)
     for empty in (folder, folder.parent):  # .caliber/values, then .caliber, when left empty
         try:
             empty.rmdir()
         except OSError:
             break
     return problem
+
+
+def _unlike(path: Path, st: os.stat_result, ref: dict[str, Any]) -> str | None:
+    """How the file a run wrote for ``ref`` is no longer what was written, as far as can be
+    seen without reading its data: its size, other links to it, an array's header."""
+    if st.st_size != ref["size"]:
+        return f"{st.st_size} bytes, {ref['size']} written"
+    if st.st_nlink != 1:
+        return "another link to it was made"
+    if ref[REF_KEY] == NDARRAY:
+        try:
+            with open(path, "rb") as stream:
+                read_header(stream, ref)
+        except ValueError as exc:
+            return f"it {exc}"
+    return None
 
 
 def fetch_values(store: BlobStore, folder: Path, refs: dict[str, dict[str, Any]]) -> None:

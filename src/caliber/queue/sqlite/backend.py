@@ -385,6 +385,12 @@ class SQLiteBackend:
         return self.blobs.put_blob(source, sqlite_blobs.pending_hold(self.transaction,
                                                                      self._writer))
 
+    def take_blob(self, source: Path, ref: BlobRef) -> BlobRef:
+        """Move a finished file in as blob ``ref`` (:meth:`FolderBlobStore.take_blob`),
+        pending as :meth:`put_blob`'s are."""
+        return self.blobs.take_blob(source, ref, sqlite_blobs.pending_hold(self.transaction,
+                                                                           self._writer))
+
     def has_blob(self, sha256: str) -> bool:
         return self.blobs.has_blob(sha256)
 
