@@ -553,20 +553,19 @@ def put_values(store: BlobStore, folder: Path, refs: dict[str, dict[str, Any]]) 
                                   f"not write in {folder}")
             continue
         if not store.has_blob(sha):
-            if isinstance(store, FileBlobStore):
-                why = _unlike(path, st, ref)
-                if why is None:
-                    try:
-                        store.take_blob(path, BlobRef(sha, ref["size"]))
-                    except BlobMismatchError as exc:  # changed since it was looked at
-                        why = str(exc)
-                if why is not None:
-                    problem = problem or f"{path} changed after the run wrote it ({why})"
-            else:
-                stored = store.put_blob(path)
-                if stored.sha256 != sha or stored.size != ref["size"]:
-                    problem = problem or (f"{path} changed after the run wrote it (its SHA-256 "
-                                          f"is now {stored.sha256})")
+            why = None
+            try:
+                if isinstance(store, FileBlobStore):
+                    why = _unlike(path, st, ref)
+                    stored = None if why else store.take_blob(path, BlobRef(sha, ref["size"]))
+                else:
+                    stored = store.put_blob(path)
+            except BlobMismatchError as exc:  # changed since it was looked at
+                why, stored = str(exc), None
+            if stored is not None and (stored.sha256 != sha or stored.size != ref["size"]):
+                why = f"its SHA-256 is now {stored.sha256}"
+            if why is not None:
+                problem = problem or f"{path} changed after the run wrote it ({why})"
         path.unlink(missing_ok=True)
     for empty in (folder, folder.parent):  # .caliber/values, then .caliber, when left empty
         try:
