@@ -187,3 +187,31 @@ def test_a_workload_refers_to_its_blobs_and_a_pinion_writes_them_out(
         assert (run / name).read_bytes() == data
         if os.name == "posix":
             assert stat.S_IMODE((run / name).stat().st_mode) == (0o700 if mode & 0o100 else 0o600)
+
+
+def test_a_file_store_takes_a_finished_file_in_by_its_name(
+        store: BlobStore, tmp_path: Path) -> None:
+    """A store of files here (FileBlobStore) takes a file whose hash its writer computed,
+    moving it in: readable under that name, sealed and (POSIX) 0600; its bytes read
+    back as they are. A file of another size than named is refused and nothing is named."""
+    from caliber.queue.blobs import SEAL_NS, FileBlobStore, is_sealed
+
+    if not isinstance(store, FileBlobStore):
+        pytest.skip("not a store of files here")
+    data = os.urandom(3 * (1 << 20) + 1)
+    ref = BlobRef(hashlib.sha256(data).hexdigest(), len(data))
+    source = write(tmp_path / "v.npy", data)
+    os.chmod(source, 0o644)
+    assert store.take_blob(source, ref) == ref
+    assert not source.exists() and store.has_blob(ref.sha256)
+    with store.open_blob(ref.sha256) as f:
+        assert is_sealed(f, ref.size) and f.read() == data
+        st = os.fstat(f.fileno())
+    assert st.st_mtime_ns == SEAL_NS
+    if os.name == "posix":
+        assert stat.S_IMODE(st.st_mode) == 0o600
+    short = write(tmp_path / "w.npy", b"not all of it")
+    wrong = BlobRef(hashlib.sha256(b"something else").hexdigest(), 99)
+    with pytest.raises(BlobMismatchError):
+        store.take_blob(short, wrong)
+    assert not store.has_blob(wrong.sha256) and short.exists()
