@@ -8,7 +8,8 @@ what a reader does to get it back, on a local queue in a temporary folder:
   with a :class:`~caliber.results.arrays.ValueWriter`: its ``.npy`` written to the run's
   values folder and flushed to disk (``fsync``) while a second thread hashes the array's
   memory), the pinion moves the file into the queue's content store (a rename, its size and
-  header checked) and stores the Results row that refers to it;
+  header checked) and stores the Results row that refers to it (the queue opened once, as
+  a pinion has it open);
 - read: ``caliber.get_results(results_id=...)["big"]``: the Results row, then the blob read
   into the array's own memory, its size and header checked (a sealed blob of the local
   store: its SHA-256 is not computed again, see :mod:`caliber.results.arrays`).
@@ -26,7 +27,6 @@ prints them alone.
 from __future__ import annotations
 
 import time
-from contextlib import closing
 from pathlib import Path
 from typing import Any
 
@@ -65,6 +65,7 @@ def measure(size: int, reps: int, root: Path) -> dict[str, list[float]]:
     floor_file = root / "arrays" / "floor.npy"
     array = np.random.default_rng(0).random(size)
     times: dict[str, list[float]] = {k: [] for k in ("store", "read", "save", "load", "sha")}
+    backend = open_backend(target)  # a pinion keeps its queue open
     for round_ in range(reps):
         array[0] = round_  # a new blob each round
         _touch(np, size)
@@ -75,9 +76,8 @@ def measure(size: int, reps: int, root: Path) -> dict[str, list[float]]:
         results = Results(workflow="bench", status=RunStatus.COMPLETED, started_at=now,
                           finished_at=now, tasks=[TaskResult(
                               name="big", status=TaskStatus.COMPLETED, return_=ref)])
-        with closing(open_backend(target)) as backend:
-            problem = put_values(backend, run_folder / VALUES_DIR, writer.written)
-            backend.save_results(results)
+        problem = put_values(backend, run_folder / VALUES_DIR, writer.written)
+        backend.save_results(results)
         assert problem is None, problem
         times["store"].append(time.perf_counter() - start)
 
@@ -103,6 +103,7 @@ def measure(size: int, reps: int, root: Path) -> dict[str, list[float]]:
         times["load"].append(time.perf_counter() - start)
         del loaded
         floor_file.unlink()
+    backend.close()
     return times
 
 

@@ -286,7 +286,9 @@ def test_a_store_killed_before_naming_leaves_no_blob(tmp_path: Path, caliber_hom
         ref = writer.store(np.arange(100_000.0))
         print(ref["sha256"], flush=True)
         with closing(open_backend(local_target())) as backend:
-            os.fsync = lambda fd: os.kill(os.getpid(), signal.SIGKILL)  # the crash, there
+            def crash(fd):  # the crash, as the file is flushed before it is named
+                os.kill(os.getpid(), signal.SIGKILL)
+            os.fsync = os.fdatasync = crash
             put_values(backend, folder, writer.written)
     ''')
     done = subprocess.run([sys.executable, "-c", code, str(tmp_path)], capture_output=True,

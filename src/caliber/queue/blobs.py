@@ -242,8 +242,9 @@ class FolderBlobStore:
         :class:`caliber.results.arrays.ValueWriter`), so the bytes are hashed once in all.
         The store's rules hold: the file must be a regular file of ``ref.size`` bytes with
         no other link (else BlobMismatchError, and nothing is named); it is made 0600, given
-        the seal and flushed to disk (fsync: Results that name it are stored next, and must
-        not outlive it in a power cut) before it gets its name, by one rename, and ``hold``
+        the seal, and its data flushed to disk (fdatasync: Results that name it are stored
+        next, and must not outlive it in a power cut) before it gets its name, by one
+        rename, and ``hold``
         is entered around that as in :meth:`put_stream`. Where it cannot be moved (another
         file system) it is copied through SHA-256 by :meth:`put_blob`, which returns what it
         found. What this does not see: a change to the file, after its writer hashed it,
@@ -259,8 +260,8 @@ class FolderBlobStore:
             os.chmod(source, 0o600)
             _seal(source)
             fd = os.open(source, os.O_RDONLY | NO_FOLLOW)
-            try:
-                os.fsync(fd)
+            try:  # its data, at once when its writer flushed it already (the seal and the
+                _sync_data(fd)  # mode go with the folder's flush below, or are lost: safe)
             finally:
                 os.close(fd)
             moved = True
@@ -350,6 +351,12 @@ def _size(path: Path) -> int | None:
         return path.stat().st_size
     except FileNotFoundError:
         return None
+
+
+def _sync_data(fd: int) -> None:
+    """Flush a file's data to disk (``fdatasync`` where there is one: it does not wait for a
+    journal commit of its times alone, so a file already flushed costs nothing)."""
+    getattr(os, "fdatasync", os.fsync)(fd)
 
 
 def _fsync_folder(folder: Path) -> None:
