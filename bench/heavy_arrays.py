@@ -151,7 +151,7 @@ def rows(quick: bool, reps: int, root: Path) -> list[Row]:
             row.note = ("hashed once (in the workload's process, on a second thread while the "
                         ".npy is written and fsync'd), then moved into the store by rename; "
                         "numpy.save neither hashes nor fsyncs: the SHA-256 alone of 80 MB "
-                        "costs about 4x numpy.save here (next rows)")
+                        "costs 2.5-4x numpy.save here (next rows)")
         out.append(row)
     return out
 

@@ -1,9 +1,11 @@
 """A pinion's part in keeping big arrays as binary (:mod:`caliber.results.arrays`).
 
 The workload's process writes each big array as ``.npy`` into ``.caliber/values/`` of its run
-folder and names it by SHA-256 in the Results; before the pinion completes the workload it
-puts each of those files into the queue's content store (:func:`keep_values`), so the signed
-Results name exactly the bytes stored. A resumed workload's reused arrays are written into
+folder, hashing it as it writes it, and names it by SHA-256 in the Results; before the pinion
+completes the workload it puts each of those files into the queue's content store
+(:func:`keep_values`; the local store moves the file in without hashing it again, see
+:func:`caliber.results.arrays.put_values`), so the signed Results name exactly the bytes
+stored. A resumed workload's reused arrays are written into
 that folder from the store before its process starts (:func:`fetch_resumed`), their hashes
 checked.
 """

@@ -317,7 +317,10 @@ def _hash_beside(parts: tuple[Any, ...], work: Callable[[], None]) -> str:
         finally:
             done.release()
 
-    _thread.start_new_thread(hash_parts, ())
+    try:
+        _thread.start_new_thread(hash_parts, ())
+    except RuntimeError:  # no thread to be had (a limit on processes): one after the other
+        hash_parts()
     try:
         work()
     finally:
