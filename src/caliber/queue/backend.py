@@ -26,12 +26,13 @@ AmbiguousIdError, LeaseLostError, QueueStateError, QueueError).
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 from caliber.queue.summary import StoredSummary, WorkloadSummary
 
-__all__ = ["Claim", "QueueBackend", "StoredSummary", "WorkloadSummary"]
+__all__ = ["Claim", "IdleWait", "QueueBackend", "StoredSummary", "WorkloadSummary"]
 
 if TYPE_CHECKING:
     import datetime as dt
@@ -202,5 +203,20 @@ class QueueBackend(Protocol):
         """Stored Results by id (the backend is also a ResultsStore): a resumed run's
         earlier Results."""
 
+    def wait_for_work(self, pinion: str, timeout: float) -> bool:
+        """Wait up to ``timeout`` seconds for a workload of ``pinion`` to become claimable;
+        True when told one did (then claim at once), False when the time ran out. An idle
+        pinion waits here between empty claims. The default (:class:`IdleWait`) sleeps; a
+        queue that can tell (PostgreSQL: LISTEN/NOTIFY) wakes it at once."""
+
     def close(self) -> None:
         """Release connections."""
+
+
+class IdleWait:
+    """The default :meth:`QueueBackend.wait_for_work` (a backend inherits it): sleep, as a
+    queue that cannot tell when work arrives must (the pinion claims again after it)."""
+
+    def wait_for_work(self, pinion: str, timeout: float) -> bool:
+        time.sleep(max(timeout, 0.0))
+        return False

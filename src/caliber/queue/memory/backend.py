@@ -29,6 +29,7 @@ from caliber.errors import (
     QueueError,
     QueueStateError,
 )
+from caliber.queue.backend import IdleWait
 from caliber.queue.lifecycle import (
     cancel_asked,
     cancelled,
@@ -109,7 +110,7 @@ def _gone(workload: Workload, now: float) -> bool:
     return workload.lease is None or workload.lease.expires_at.timestamp() < now
 
 
-class MemoryBackend:
+class MemoryBackend(IdleWait):
     """The in-memory queue (see :class:`caliber.queue.backend.QueueBackend` for the verbs)."""
 
     def __init__(self, name: str) -> None:

@@ -34,7 +34,7 @@ from caliber.errors import (
     QueueError,
     QueueStateError,
 )
-from caliber.queue.backend import Claim
+from caliber.queue.backend import Claim, IdleWait
 from caliber.queue.blobs import BlobRef
 from caliber.queue.lifecycle import ResumeGrant, check_cancel, check_retry
 from caliber.queue.secret import mismatch_marked
@@ -103,7 +103,7 @@ def open_target(target: QueueTarget) -> SpeckleBackend:
     return SpeckleBackend.open(target.settings)
 
 
-class SpeckleBackend:
+class SpeckleBackend(IdleWait):
     """The remote queue (see :class:`caliber.queue.backend.QueueBackend` for the verbs)."""
 
     def __init__(self, connection: sp.SpeckleConnection, *, settle: float = DEFAULT_SETTLE,

@@ -25,13 +25,13 @@ after reading the references: the two never interleave, so a prune never removes
 from __future__ import annotations
 
 import sqlite3
-import time
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import AbstractContextManager, contextmanager
 
 from caliber.queue.blobs import BlobRef, FolderBlobStore
+from caliber.queue.sql import refs
 
-PENDING_SECONDS = 24 * 3600  # a pending reference this old is a dead writer's: dropped
+PENDING_SECONDS = refs.PENDING_SECONDS  # a pending reference this old is a dead writer's
 
 SCHEMA = """
     CREATE TABLE blob_refs (
@@ -57,13 +57,7 @@ def refer(conn: sqlite3.Connection, kind: str, owner: str, shas: Iterable[str],
           token: str | None = None) -> None:
     """Record that ``owner`` (of ``kind``) refers to these blobs, inside the caller's write
     transaction, clearing the pending references of writer ``token`` that they cover."""
-    now = time.time()
-    for sha in dict.fromkeys(shas):
-        conn.execute("INSERT OR IGNORE INTO blob_refs (sha256, kind, owner, at) "
-                     "VALUES (?, ?, ?, ?)", (sha, kind, owner, now))
-        if token is not None:
-            conn.execute("DELETE FROM blob_refs WHERE kind = 'pending' AND owner = ? AND "
-                         "sha256 = ?", (token, sha))
+    refs.refer(conn.execute, kind, owner, shas, token)
 
 
 def pending_hold(transaction: Transaction, token: str) -> Callable[[BlobRef],
@@ -74,8 +68,7 @@ def pending_hold(transaction: Transaction, token: str) -> Callable[[BlobRef],
     @contextmanager
     def hold(ref: BlobRef) -> Iterator[None]:
         with transaction() as conn:
-            conn.execute("INSERT OR REPLACE INTO blob_refs (sha256, kind, owner, at) "
-                         "VALUES (?, 'pending', ?, ?)", (ref.sha256, token, time.time()))
+            refs.hold(conn.execute, ref.sha256, token)
             yield
 
     return hold
@@ -83,7 +76,7 @@ def pending_hold(transaction: Transaction, token: str) -> Callable[[BlobRef],
 
 def referenced(conn: sqlite3.Connection) -> set[str]:
     """Every blob something refers to (pending references included)."""
-    return {str(sha) for (sha,) in conn.execute("SELECT DISTINCT sha256 FROM blob_refs")}
+    return refs.referenced(conn.execute)
 
 
 def sweep(conn: sqlite3.Connection, store: FolderBlobStore, *,
@@ -92,8 +85,7 @@ def sweep(conn: sqlite3.Connection, store: FolderBlobStore, *,
     reset), inside the caller's write transaction; expired pending references first. Returns
     (blobs, bytes) removed (or, with ``dry_run``, that would be)."""
     if not dry_run:
-        conn.execute("DELETE FROM blob_refs WHERE kind = 'pending' AND at < ?",
-                     (time.time() - PENDING_SECONDS,))
+        refs.drop_expired(conn.execute)
         store.sweep_tmp()
     keep = referenced(conn)
     names = store.names() if only is None else (s for s in dict.fromkeys(only)

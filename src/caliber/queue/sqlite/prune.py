@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from caliber.queue.blobs import FolderBlobStore
+from caliber.queue.sql import refs
 from caliber.queue.sqlite.schema import iso
 from caliber.queue.status import WorkloadStatus
 from caliber.results.pruned import Pruned
@@ -89,10 +90,7 @@ def blobs_freed(conn: sqlite3.Connection, store: FolderBlobStore,
     """(blobs, bytes) a prune removing ``found`` would free: those nothing but the removed
     rows refers to, and those nothing refers to now."""
     gone = {("workload", w) for w in found.workloads} | {("results", r) for r in found.results}
-    kept: set[str] = set()
-    for sha, kind, owner in conn.execute("SELECT sha256, kind, owner FROM blob_refs"):
-        if (kind, owner) not in gone:
-            kept.add(sha)
+    kept = refs.kept_by_others(conn.execute, gone)
     names = [n for n in store.names() if n not in kept]
     return len(names), sum(store.size_of(n) for n in names)
 

@@ -1,0 +1,555 @@
+"""The verbs of a SQL queue, written once (as huey's ``BaseSqlStorage`` holds its queue's SQL
+once): :class:`SqlBackend` is every verb of :class:`caliber.queue.backend.QueueBackend` and
+:class:`caliber.results.store.ResultsStore` over the tables ``workloads``,
+``workload_history``, ``results`` and ``blob_refs``, which both SQL queues lay out alike.
+
+A dialect (:class:`caliber.queue.sqlite.backend.SQLiteBackend`,
+:class:`caliber.queue.postgres.backend.PostgresBackend`) supplies what differs: its
+connection and transactions, how a statement written here with ``?`` placeholders runs
+(:meth:`SqlBackend.execute`), the claim and expiry statements, row locks, the JSON of a
+workload's resume grant, waking idle pinions, its content store and prune.
+
+Every write is one short transaction (:meth:`SqlBackend.transaction`); a verb that reads a
+row before changing it locks it first (:meth:`SqlBackend.lock_row`: a no-op where the
+dialect's write transactions are serialized already, as SQLite's ``BEGIN IMMEDIATE`` are).
+The pydantic models are imported only by the verbs that build them:
+:meth:`SqlBackend.list_summaries` (``caliber queue list``) reads plain rows.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import secrets
+import threading
+import time
+from collections.abc import Iterable, Sequence
+from contextlib import AbstractContextManager
+from dataclasses import replace
+from typing import TYPE_CHECKING, Any, ClassVar
+
+from caliber.errors import (
+    AmbiguousIdError,
+    LeaseLostError,
+    NotFoundError,
+    QueueError,
+    QueueStateError,
+)
+from caliber.queue.backend import IdleWait
+from caliber.queue.lifecycle import (
+    ResumeGrant,
+    cancel_asked,
+    cancelled,
+    check_cancel,
+    check_retry,
+    retried,
+)
+from caliber.queue.sql import refs
+from caliber.queue.sql import rows as R
+from caliber.queue.status import WorkloadStatus
+from caliber.queue.summary import StoredSummary
+
+if TYPE_CHECKING:
+    from caliber.queue.backend import Claim
+    from caliber.queue.workload import Workload
+    from caliber.results.model import Results
+
+NO_LEASE = "lease_owner = NULL, lease_token = NULL, lease_expires = NULL"
+# Add a key id to the space-separated marks of keys found not to match (see
+# caliber.queue.secret.add_mismatch); {has} is the dialect's test that the marks hold it.
+_ADD_MARK = ("secret_mismatch = CASE WHEN CAST(? AS TEXT) IS NULL THEN secret_mismatch"
+             " WHEN secret_mismatch IS NULL OR secret_mismatch = '' THEN ?"
+             " WHEN {has} THEN secret_mismatch ELSE secret_mismatch || ' ' || ? END")
+
+
+def _lost(claim: Claim) -> LeaseLostError:
+    return LeaseLostError(f"workload {claim.workload.id} is no longer held by {claim.owner} "
+                          "(its lease ran out and another pinion took it, or it was reset)")
+
+
+class SqlBackend(IdleWait):
+    """A SQL queue (see :class:`caliber.queue.backend.QueueBackend` for the verbs); a dialect
+    subclasses it and fills in the hooks below."""
+
+    # --- the dialect ----------------------------------------------------------------------
+
+    NO_LIMIT: ClassVar[object] = -1
+    """What ``LIMIT ?`` takes for "no limit"."""
+    HISTORY_ORDER: ClassVar[str] = "rowid"
+    """The column that orders a workload's history rows as they were written."""
+    GRANT_SET: ClassVar[str] = ""
+    """An expression: ``body`` with its resume_from, resume_signature and resume_grant set to
+    three ``?`` values (JSON null for None)."""
+    RESUME_FROM: ClassVar[str] = ""
+    """An expression: the resume_from of ``body``, as text."""
+    MARKED: ClassVar[str] = ""
+    """A condition with one ``?``: whether the space-separated ``secret_mismatch`` holds it."""
+    INTEGRITY_ERRORS: ClassVar[tuple[type[Exception], ...]] = ()
+    """The driver's errors for a broken constraint (a duplicate id)."""
+
+    location: str
+    conn: Any
+
+    def __init__(self) -> None:
+        self._lock = threading.RLock()  # one connection, shared by the pinion's threads
+        self._writer = secrets.token_hex(8)  # owner of this process's pending blob references
+
+    def transaction(self) -> AbstractContextManager[Any]:
+        """One write transaction (nested ones join it); yields the connection."""
+        raise NotImplementedError
+
+    def reading(self) -> AbstractContextManager[Any]:
+        """A read of several statements from one snapshot; yields the connection."""
+        raise NotImplementedError
+
+    def execute(self, conn: Any, sql: str, params: Any = ()) -> Any:
+        """Run one statement written with ``?`` placeholders; a cursor."""
+        return conn.execute(sql, params)
+
+    def fetch(self, sql: str, params: Any = ()) -> list[tuple[Any, ...]]:
+        """The rows of one read on :attr:`conn` (the caller holds the lock)."""
+        rows: list[tuple[Any, ...]] = self.execute(self.conn, sql, params).fetchall()
+        return rows
+
+    def bind_id(self, wid: str) -> object:
+        """A workload id as it is bound to ``CAST(? AS TEXT)``."""
+        return wid
+
+    def lock_row(self, conn: Any, wid: str) -> None:
+        """Inside a write transaction: hold workload ``wid`` until it ends."""
+
+    def notify(self, conn: Any, pinion: str) -> None:
+        """Inside a write transaction: a workload of ``pinion`` became claimable (sent when
+        the transaction commits)."""
+
+    def claim_row(self, conn: Any, params: dict[str, Any]) -> tuple[Any, ...] | None:
+        """Inside a write transaction: take the oldest claimable workload (the columns of
+        :data:`caliber.queue.sql.rows.COLUMNS`), or None. ``params``: owner, token, expires,
+        pinion, now, key_id."""
+        raise NotImplementedError
+
+    def expiring(self, now: float, max_attempts: int) -> bool:
+        """Whether a running workload's lease ran out after ``max_attempts`` (a cheap read)."""
+        raise NotImplementedError
+
+    def expire_rows(self, conn: Any, now: float, max_attempts: int) -> list[tuple[str, str]]:
+        """Inside a write transaction: fail those workloads; their (id, last_error)."""
+        raise NotImplementedError
+
+    def sweep(self, conn: Any, only: Iterable[str]) -> tuple[int, int]:
+        """Inside a write transaction: remove those of the blobs ``only`` that nothing refers
+        to; (blobs, bytes) removed."""
+        raise NotImplementedError
+
+    # --- shared helpers -------------------------------------------------------------------
+
+    def _run(self, conn: Any) -> refs.Execute:
+        return lambda sql, params: self.execute(conn, sql, params)
+
+    def resolve_id(self, table: str, id_or_prefix: str, what: str) -> str:
+        """The full id for an id or unique prefix (NotFoundError, AmbiguousIdError)."""
+        prefix = id_or_prefix.strip().lower()
+        if not prefix:
+            raise NotFoundError(f"no {what} id given")
+        found = self.fetch(
+            f"SELECT id FROM {table} WHERE id >= ? AND id < ? ORDER BY id LIMIT 21",
+            (prefix, prefix + "\uffff"))
+        ids = [r[0] for r in found]
+        if prefix in ids:
+            return prefix
+        if not ids:
+            raise NotFoundError(f"no {what} with id {id_or_prefix!r}")
+        if len(ids) > 1:
+            raise AmbiguousIdError(id_or_prefix, ids)
+        return str(ids[0])
+
+    def refer_blobs(self, conn: Any, kind: str, owner: str, shas: Iterable[str]) -> None:
+        """Inside a write transaction: ``owner`` (a ``workload`` or ``results`` id) refers to
+        these blobs, which prune keeps while it does (call it where Results that refer to
+        blobs are inserted)."""
+        refs.refer(self._run(conn), kind, owner, shas, self._writer)
+
+    def _locked(self, conn: Any, id_or_prefix: str) -> Workload:
+        """Inside a write transaction: the workload, held until the transaction ends."""
+        full = self.resolve_id("workloads", id_or_prefix, "workload")
+        self.lock_row(conn, full)
+        return self.get(full)
+
+    # --- workloads ------------------------------------------------------------------------
+
+    def put(self, workload: Workload) -> None:
+        from caliber.queue.workload import HistoryEntry
+        history = workload.history or [
+            HistoryEntry(at=workload.created_at, status=WorkloadStatus.QUEUED,
+                         message=f"queued by {workload.queued_by or '?'}")
+        ]
+        lease = workload.lease
+        try:
+            with self.transaction() as conn:
+                self.execute(
+                    conn,
+                    f"INSERT INTO workloads ({R.COLUMNS}) VALUES ({', '.join('?' * 15)})",
+                    (
+                        workload.id, workload.pinion, workload.workflow_name,
+                        workload.status.value, R.iso(workload.created_at), workload.attempts,
+                        lease.owner if lease else None, lease.token if lease else None,
+                        lease.expires_at.timestamp() if lease else None, workload.secret,
+                        workload.secret_mismatch, workload.results_id, workload.last_error,
+                        workload.work_dir, R.body(workload),
+                    ),
+                )
+                self._add_history(conn, workload.id, *((h.status, h.message) for h in history),
+                                  at=[h.at for h in history])
+                self.refer_blobs(conn, "workload", workload.id, R.stored(workload))
+                if workload.status == WorkloadStatus.QUEUED:
+                    self.notify(conn, workload.pinion)
+        except self.INTEGRITY_ERRORS as exc:
+            raise QueueError(f"cannot queue workload {workload.id}: {exc}") from exc
+
+    def get(self, id_or_prefix: str) -> Workload:
+        with self.reading():
+            full = self.resolve_id("workloads", id_or_prefix, "workload")
+            found = self.fetch(f"SELECT {R.COLUMNS} FROM workloads WHERE id = "
+                               "CAST(? AS TEXT)", (self.bind_id(full),))
+            if not found:
+                raise NotFoundError(f"no workload with id {id_or_prefix!r}")
+            return self._with_history([R.workload(found[0])])[0]
+
+    def list_workloads(
+        self,
+        *,
+        pinion: str | None = None,
+        status: WorkloadStatus | None = None,
+        limit: int | None = None,
+        offset: int = 0,
+    ) -> list[Workload]:
+        with self.reading():
+            found = self._page(R.COLUMNS, pinion, status, limit, offset)
+            return self._with_history([R.workload(r) for r in found])
+
+    def list_summaries(
+        self,
+        *,
+        pinion: str | None = None,
+        status: WorkloadStatus | None = None,
+        limit: int | None = None,
+        offset: int = 0,
+    ) -> list[StoredSummary]:
+        with self.reading():
+            found = self._page(R.SUMMARY_COLUMNS, pinion, status, limit, offset)
+        return [R.summary(row) for row in found]
+
+    def _page(self, columns: str, pinion: str | None, status: WorkloadStatus | None,
+              limit: int | None, offset: int) -> list[tuple[Any, ...]]:
+        """One page of workload rows, oldest first (inside :meth:`reading`)."""
+        where, params = self._filters(
+            pinion=pinion, status=WorkloadStatus(status).value if status else None
+        )
+        return self.fetch(
+            f"SELECT {columns} FROM workloads {where} ORDER BY created_at LIMIT ? OFFSET ?",
+            (*params, self.NO_LIMIT if limit is None else limit, offset),
+        )
+
+    def claim(self, pinion: str, owner: str, lease_seconds: float, key_id: str) -> Claim | None:
+        from caliber.queue.backend import Claim
+
+        token = secrets.token_hex(16)
+        now = time.time()
+        params = {"owner": owner, "token": token, "expires": now + lease_seconds,
+                  "pinion": pinion, "now": now, "key_id": key_id}
+        with self.transaction() as conn:
+            row = self.claim_row(conn, params)
+            if row is None:
+                return None
+            workload = R.workload(row)
+            self._add_history(conn, workload.id, (
+                WorkloadStatus.RUNNING, f"claimed by {owner} (attempt {workload.attempts})"))
+        return Claim(workload=workload, owner=owner, token=token,
+                     expires_at=R.from_unix(now + lease_seconds))
+
+    def renew(self, claim: Claim, lease_seconds: float, *,
+              progress: dict[str, Any] | None = None) -> Claim:
+        """See :meth:`QueueBackend.renew`; ``progress`` is not kept (the run folder's progress
+        file is on the pinion's machine)."""
+        expires = time.time() + lease_seconds
+        with self.transaction() as conn:
+            asked, now = self._asked(conn, claim, "lease_expires = ?", (expires,))
+        return replace(claim, expires_at=R.from_unix(expires), cancel_requested=asked,
+                       cancel_now=now)
+
+    def peek_cancel(self, claim: Claim) -> Claim:
+        """See :meth:`QueueBackend.peek_cancel`: one read of the row by its key, no write."""
+        with self.reading():
+            found = self.fetch(
+                "SELECT cancel_requested, cancel_now FROM workloads WHERE id = ? AND "
+                "lease_token = ? AND status = 'running'", (claim.workload.id, claim.token))
+        if not found:
+            raise _lost(claim)
+        row = found[0]
+        if row[0] is None:
+            return claim
+        return replace(claim, cancel_requested=str(row[0]), cancel_now=bool(row[1]))
+
+    def release(self, claim: Claim, *, reason: str, mismatch_key_id: str | None = None) -> None:
+        with self.transaction() as conn:
+            asked = self._held(
+                conn, claim,
+                "status = 'queued', attempts = CASE WHEN attempts > 0 THEN attempts - 1 "
+                f"ELSE 0 END, {NO_LEASE}, {_ADD_MARK.format(has=self.MARKED)}",
+                (mismatch_key_id,) * 4,
+            )
+            self._add_history(conn, claim.workload.id, (
+                WorkloadStatus.QUEUED, f"released by {claim.owner}: {reason}"))
+            if not self._cancel_if_asked(conn, claim.workload.id, asked):
+                self.notify(conn, claim.workload.pinion)
+
+    def complete(self, claim: Claim, results: Results) -> None:
+        from caliber.results.model import RunStatus
+        if results.workload_id != claim.workload.id:
+            results = results.model_copy(update={"workload_id": claim.workload.id})
+        status = {RunStatus.COMPLETED: WorkloadStatus.COMPLETED,
+                  RunStatus.CANCELLED: WorkloadStatus.CANCELLED}.get(results.status,
+                                                                     WorkloadStatus.FAILED)
+        error = results.error.summary() if results.error is not None else None
+        if status == WorkloadStatus.FAILED and error is None:
+            error = "the workflow failed"
+        try:
+            with self.transaction() as conn:
+                self._held(
+                    conn, claim,
+                    f"status = ?, results_id = ?, last_error = ?, work_dir = ?, {NO_LEASE}",
+                    (status.value, results.id, error, results.work_dir),
+                )
+                self.insert_results(conn, results)
+                message = f"results {results.id}" + (f": {error}" if error else "")
+                self._add_history(conn, claim.workload.id, (status, message))
+        except self.INTEGRITY_ERRORS as exc:
+            raise QueueError(
+                f"cannot store the results of workload {claim.workload.id}: {exc}"
+            ) from exc
+
+    def fail(self, claim: Claim, reason: str, *, retry: bool) -> None:
+        status = WorkloadStatus.QUEUED if retry else WorkloadStatus.FAILED
+        with self.transaction() as conn:
+            asked = self._held(conn, claim, f"status = ?, last_error = ?, {NO_LEASE}",
+                               (status.value, reason))
+            message = f"attempt failed: {reason}" + ("; queued again" if retry else "")
+            self._add_history(conn, claim.workload.id, (status, message))
+            if not self._cancel_if_asked(conn, claim.workload.id, asked) and retry:
+                self.notify(conn, claim.workload.pinion)
+
+    def _cancel_if_asked(self, conn: Any, workload_id: str, asked: str | None) -> bool:
+        """A workload cancelled while it ran is not queued again when its run ends without
+        Results (put back, a failed attempt with attempts left): it is cancelled. Whether it
+        was."""
+        if asked is not None and self.execute(
+                conn, "UPDATE workloads SET status = 'cancelled', last_error = ? WHERE id = ? "
+                "AND status = 'queued' RETURNING id", (cancelled(asked), workload_id)
+        ).fetchone():
+            self._add_history(conn, workload_id, (WorkloadStatus.CANCELLED, cancelled(asked)))
+            return True
+        return False
+
+    def expire(self, max_attempts: int) -> list[str]:
+        now = time.time()
+        with self._lock:  # a pinion calls this before every claim: nothing to do, no write
+            if not self.expiring(now, max_attempts):
+                return []
+        with self.transaction() as conn:
+            found = self.expire_rows(conn, now, max_attempts)
+            for wid, error in found:
+                self._add_history(conn, wid, (WorkloadStatus.FAILED, error))
+        return [r[0] for r in found]
+
+    def reset(self, id_or_prefix: str, *, force: bool = False) -> Workload:
+        with self.transaction() as conn:
+            workload = self._locked(conn, id_or_prefix)
+            if workload.status == WorkloadStatus.RUNNING and not force:
+                holder = workload.lease.owner if workload.lease else "a pinion"
+                raise QueueStateError(
+                    f"workload {workload.id} is running (held by {holder}); "
+                    "stop the pinion first or use --force"
+                )
+            self.execute(conn, "DELETE FROM workloads WHERE id = CAST(? AS TEXT)",
+                         (self.bind_id(workload.id),))
+        with self.transaction() as conn:  # its blobs nothing else refers to (after: never
+            self.sweep(conn, R.stored(workload))  # one it still has)
+        return workload
+
+    def resetsecret(self, id_or_prefix: str, secret: str, key_id: str, *,
+                    resume: ResumeGrant | None = None) -> Workload:
+        with self.transaction() as conn:
+            full = self.resolve_id("workloads", id_or_prefix, "workload")
+            self.lock_row(conn, full)
+            self.execute(
+                conn, "UPDATE workloads SET secret = ?, secret_mismatch = NULL WHERE id = ?",
+                (secret, full),
+            )
+            if resume is not None:  # the grant made again, for the Results it resumes now
+                self.execute(conn, f"UPDATE workloads SET body = {self.GRANT_SET} WHERE id = ? "
+                             f"AND {self.RESUME_FROM} = ?",
+                             (*R.grant_params(resume), full, resume.results_id))
+            self._add_history(conn, full, (None, f"signed again with key {key_id}"))
+            workload = self.get(full)
+            if workload.status == WorkloadStatus.QUEUED:
+                self.notify(conn, workload.pinion)
+            return workload
+
+    def cancel(self, id_or_prefix: str, by: str, *, now: bool = False) -> Workload:
+        with self.transaction() as conn:
+            workload = self._locked(conn, id_or_prefix)
+            check_cancel(workload)
+            lease = workload.lease
+            if workload.status == WorkloadStatus.QUEUED or (
+                    lease is not None and lease.expires_at.timestamp() < time.time()):
+                self.execute(conn, f"UPDATE workloads SET status = 'cancelled', {NO_LEASE}, "
+                             "last_error = ? WHERE id = ?", (cancelled(by), workload.id))
+                self._add_history(conn, workload.id, (WorkloadStatus.CANCELLED, cancelled(by)))
+            else:
+                self.execute(conn, "UPDATE workloads SET cancel_requested = ?, cancel_now = "
+                             "CASE WHEN ? THEN 1 ELSE cancel_now END WHERE id = ?",
+                             (by, now, workload.id))
+                self._add_history(conn, workload.id, (None, cancel_asked(by, now)))
+            return self.get(workload.id)
+
+    def retry(self, id_or_prefix: str, by: str, *,
+              resume: ResumeGrant | None = None) -> Workload:
+        with self.transaction() as conn:
+            workload = self._locked(conn, id_or_prefix)
+            grant = check_retry(workload, resume)
+            self.execute(
+                conn,
+                f"UPDATE workloads SET status = 'queued', attempts = 0, {NO_LEASE}, "
+                "last_error = NULL, cancel_requested = NULL, cancel_now = NULL, "
+                "secret_mismatch = NULL, "
+                f"body = {self.GRANT_SET} WHERE id = ?",
+                (*R.grant_params(grant), workload.id))
+            self._add_history(conn, workload.id, (
+                WorkloadStatus.QUEUED, retried(by, grant.results_id if grant else None)))
+            self.notify(conn, workload.pinion)
+            return self.get(workload.id)
+
+    def count_statuses(self, *, pinion: str | None = None) -> dict[str, int]:
+        where, params = self._filters(pinion=pinion)
+        with self.reading():
+            found = self.fetch(
+                f"SELECT status, count(*) FROM workloads {where} GROUP BY status", params)
+        return {str(status): int(n) for status, n in found}
+
+    def _held(self, conn: Any, claim: Claim, assignments: str,
+              params: tuple[Any, ...]) -> str | None:
+        """Update the claimed row only while ``claim`` holds it; LeaseLostError otherwise.
+        Returns who asked to cancel it, if anyone."""
+        return self._asked(conn, claim, assignments, params)[0]
+
+    def _asked(self, conn: Any, claim: Claim, assignments: str,
+               params: tuple[Any, ...]) -> tuple[str | None, bool]:
+        """:meth:`_held`, with whether the cancel asked was ``--now``."""
+        row = self.execute(
+            conn,
+            f"UPDATE workloads SET {assignments} WHERE id = ? AND lease_token = ? "
+            "AND status = 'running' RETURNING cancel_requested, cancel_now",
+            (*params, claim.workload.id, claim.token),
+        ).fetchone()
+        if row is None:
+            raise _lost(claim)
+        return (None, False) if row[0] is None else (str(row[0]), bool(row[1]))
+
+    def _add_history(
+        self,
+        conn: Any,
+        workload_id: str,
+        *entries: tuple[WorkloadStatus | None, str],
+        at: Sequence[dt.datetime] = (),
+    ) -> None:
+        """History rows; a None status means "unchanged" (the row's current status)."""
+        now = dt.datetime.now(dt.UTC)
+        for i, (status, message) in enumerate(entries):
+            self.execute(
+                conn,
+                "INSERT INTO workload_history (workload_id, at, status, message) VALUES "
+                "(?, ?, COALESCE(CAST(? AS TEXT), (SELECT status FROM workloads WHERE id = ?)),"
+                " ?)",
+                (workload_id, R.iso(at[i] if i < len(at) else now),
+                 status.value if status else None, workload_id, message),
+            )
+
+    def _with_history(self, workloads: list[Workload]) -> list[Workload]:
+        from caliber.queue.workload import HistoryEntry
+        by_id = {w.id: w for w in workloads if w.damaged is None}
+        ids = list(by_id)
+        for start in range(0, len(ids), 500):
+            chunk = ids[start:start + 500]
+            found = self.fetch(
+                "SELECT workload_id, at, status, message FROM workload_history WHERE workload_id"
+                f" IN ({', '.join('?' * len(chunk))}) ORDER BY {self.HISTORY_ORDER}",
+                chunk,
+            )
+            for wid, at, status, message in found:
+                try:
+                    entry = HistoryEntry(at=dt.datetime.fromisoformat(at),
+                                         status=WorkloadStatus(status), message=message)
+                except (TypeError, ValueError):  # a damaged history row: left out
+                    continue
+                by_id[wid].history.append(entry)
+        return workloads
+
+    # --- results --------------------------------------------------------------------------
+
+    def insert_results(self, conn: Any, results: Results) -> None:
+        self.execute(
+            conn,
+            "INSERT INTO results (id, workload_id, workflow, pinion, status, finished_at, body)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?)",
+            R.results_row(results),
+        )
+        self.refer_blobs(conn, "results", results.id, results.blobs)  # kept while they are
+
+    def save_results(self, results: Results) -> None:
+        with self.transaction() as conn:
+            self.insert_results(conn, results)
+
+    def get_results(self, id_or_prefix: str) -> Results:
+        with self.reading():
+            full = self.resolve_id("results", id_or_prefix, "results")
+            found = self.fetch(f"SELECT {R.RESULTS_COLUMNS} FROM results WHERE id = ?", (full,))
+        if not found:
+            raise NotFoundError(f"no results with id {id_or_prefix!r}")
+        return R.results(found[0])
+
+    def find_results(
+        self,
+        *,
+        workload_id: str | None = None,
+        workflow: str | None = None,
+        pinion: str | None = None,
+    ) -> Results | None:
+        where, params = self._filters(workload_id=workload_id, workflow=workflow, pinion=pinion)
+        with self.reading():
+            found = self.fetch(
+                f"SELECT {R.RESULTS_COLUMNS} FROM results {where} "
+                "ORDER BY finished_at DESC LIMIT 1", params)
+        return R.results(found[0]) if found else None
+
+    def list_results(
+        self,
+        *,
+        workflow: str | None = None,
+        pinion: str | None = None,
+        limit: int | None = None,
+        offset: int = 0,
+    ) -> list[Results]:
+        where, params = self._filters(workflow=workflow, pinion=pinion)
+        with self.reading():
+            found = self.fetch(
+                f"SELECT {R.RESULTS_COLUMNS} FROM results {where} "
+                "ORDER BY finished_at DESC LIMIT ? OFFSET ?",
+                (*params, self.NO_LIMIT if limit is None else limit, offset),
+            )
+        return [R.results(r) for r in found]
+
+    @staticmethod
+    def _filters(**filters: str | None) -> tuple[str, tuple[str, ...]]:
+        given = {k: v for k, v in filters.items() if v is not None}
+        if not given:
+            return "", ()
+        return "WHERE " + " AND ".join(f"{k} = ?" for k in given), tuple(given.values())
