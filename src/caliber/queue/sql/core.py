@@ -170,9 +170,8 @@ class SqlBackend(IdleWait):
 
     def _locked(self, conn: Any, id_or_prefix: str) -> Workload:
         """Inside a write transaction: the workload, held until the transaction ends."""
-        full = self.resolve_id("workloads", id_or_prefix, "workload")
-        self.lock_row(conn, full)
-        return self.get(full)
+        self.lock_row(conn, self.resolve_id("workloads", id_or_prefix, "workload"))
+        return self.get(id_or_prefix)
 
     # --- workloads ------------------------------------------------------------------------
 
