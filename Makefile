@@ -1,7 +1,7 @@
 # Caliber's two commands: `make demo` runs the pasta example, `make test` runs every check
 # (`make dist` builds the package for another machine).
 # Each first makes sure .venv exists with the package installed (python3 -m venv, then
-# pip install -e '.[dev,speckle,bench,dashboard]'); that step runs again only when pyproject.toml changed.
+# pip install -e '.[dev,speckle,bench,dashboard,postgres]'); that step runs again only when pyproject.toml changed.
 
 PYTHON ?= python3
 VENV := .venv
@@ -24,7 +24,7 @@ venv: $(STAMP)
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[dev,speckle,bench,dashboard]'
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[dev,speckle,bench,dashboard,postgres]'
 	@touch $(STAMP)
 
 # The mission page's path: export, show, queue, let a pinion run the queue, read the results.

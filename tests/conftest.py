@@ -13,7 +13,8 @@ import pytest
 
 REPO = Path(__file__).resolve().parent.parent
 
-pytest_plugins = ["tests.examples_fixtures"]  # pasta_exported: the example, exported in tmp
+# pasta_exported: the example, exported in tmp; postgres_server/postgres_url: a PostgreSQL server
+pytest_plugins = ["tests.examples_fixtures", "tests.postgres_server"]
 
 
 @pytest.fixture(autouse=True, scope="session")

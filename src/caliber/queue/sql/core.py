@@ -76,11 +76,6 @@ class SqlBackend(IdleWait):
     """What ``LIMIT ?`` takes for "no limit"."""
     HISTORY_ORDER: ClassVar[str] = "rowid"
     """The column that orders a workload's history rows as they were written."""
-    GRANT_SET: ClassVar[str] = ""
-    """An expression: ``body`` with its resume_from, resume_signature and resume_grant set to
-    three ``?`` values (JSON null for None)."""
-    RESUME_FROM: ClassVar[str] = ""
-    """An expression: the resume_from of ``body``, as text."""
     MARKED: ClassVar[str] = ""
     """A condition with one ``?``: whether the space-separated ``secret_mismatch`` holds it."""
     INTEGRITY_ERRORS: ClassVar[tuple[type[Exception], ...]] = ()
@@ -113,6 +108,13 @@ class SqlBackend(IdleWait):
     def bind_id(self, wid: str) -> object:
         """A workload id as it is bound to ``CAST(? AS TEXT)``."""
         return wid
+
+    def set_grant(self, conn: Any, wid: str, grant: ResumeGrant | None, *,
+                  resuming: str | None = None) -> None:
+        """Inside a write transaction: set the resume of workload ``wid`` (in its ``body``:
+        resume_from, resume_signature, resume_grant; JSON null when ``grant`` is None); with
+        ``resuming``, only while it resumes from those Results."""
+        raise NotImplementedError
 
     def lock_row(self, conn: Any, wid: str) -> None:
         """Inside a write transaction: hold workload ``wid`` until it ends."""
@@ -384,9 +386,7 @@ class SqlBackend(IdleWait):
                 (secret, full),
             )
             if resume is not None:  # the grant made again, for the Results it resumes now
-                self.execute(conn, f"UPDATE workloads SET body = {self.GRANT_SET} WHERE id = ? "
-                             f"AND {self.RESUME_FROM} = ?",
-                             (*R.grant_params(resume), full, resume.results_id))
+                self.set_grant(conn, full, resume, resuming=resume.results_id)
             self._add_history(conn, full, (None, f"signed again with key {key_id}"))
             workload = self.get(full)
             if workload.status == WorkloadStatus.QUEUED:
@@ -419,9 +419,8 @@ class SqlBackend(IdleWait):
                 conn,
                 f"UPDATE workloads SET status = 'queued', attempts = 0, {NO_LEASE}, "
                 "last_error = NULL, cancel_requested = NULL, cancel_now = NULL, "
-                "secret_mismatch = NULL, "
-                f"body = {self.GRANT_SET} WHERE id = ?",
-                (*R.grant_params(grant), workload.id))
+                "secret_mismatch = NULL WHERE id = ?", (workload.id,))
+            self.set_grant(conn, workload.id, grant)
             self._add_history(conn, workload.id, (
                 WorkloadStatus.QUEUED, retried(by, grant.results_id if grant else None)))
             self.notify(conn, workload.pinion)

@@ -28,6 +28,7 @@ from caliber.queue.sqlite import blobs as sqlite_blobs
 from caliber.queue.sqlite.schema import blob_folder, connect, queue_error
 
 if TYPE_CHECKING:
+    from caliber.queue.lifecycle import ResumeGrant
     from caliber.queue.target import QueueTarget
     from caliber.results.pruned import Pruned
 
@@ -119,9 +120,6 @@ class SQLiteBackend(SqlBackend):
 
     NO_LIMIT = -1
     HISTORY_ORDER = "rowid"
-    GRANT_SET = ("json_set(body, '$.resume_from', ?, '$.resume_signature', ?, "
-                 "'$.resume_grant', ?)")
-    RESUME_FROM = "json_extract(body, '$.resume_from')"
     MARKED = "instr(' ' || secret_mismatch || ' ', ' ' || ? || ' ') > 0"
     INTEGRITY_ERRORS = (sqlite3.IntegrityError,)
 
@@ -200,6 +198,15 @@ class SQLiteBackend(SqlBackend):
 
     def bind_id(self, wid: str) -> object:
         return _raw(wid)
+
+    def set_grant(self, conn: sqlite3.Connection, wid: str, grant: ResumeGrant | None, *,
+                  resuming: str | None = None) -> None:
+        conn.execute("UPDATE workloads SET body = json_set(body, '$.resume_from', ?, "
+                     "'$.resume_signature', ?, '$.resume_grant', ?) WHERE id = ?"
+                     + ("" if resuming is None else
+                        " AND json_extract(body, '$.resume_from') = ?"),
+                     (*R.grant_params(grant), wid,
+                      *(() if resuming is None else (resuming,))))
 
     def claim_row(self, conn: sqlite3.Connection,
                   params: dict[str, Any]) -> tuple[Any, ...] | None:
