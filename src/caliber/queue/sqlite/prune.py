@@ -1,8 +1,8 @@
 """``results prune`` on the local queue: which rows go (:func:`select`), removing them
 (:func:`delete`), and giving the space back to the disk (:func:`compact`).
 
-What goes is said in :mod:`caliber.results.prune`. A workload's last change is its last
-history entry (finishing, cancelling), or its queuing time when it has none.
+What goes is said in :mod:`caliber.results.prune` and decided in :mod:`caliber.queue.sql.prune`
+from the rows read here.
 
 Space: SQLite keeps the pages of deleted rows in the file and reuses them for later writes,
 so a pruned queue stops growing at once. When a prune leaves a large share of the file free
@@ -26,15 +26,14 @@ from pathlib import Path
 from typing import Any
 
 from caliber.queue.blobs import FolderBlobStore
+from caliber.queue.sql import prune as sql_prune
 from caliber.queue.sql import refs
+from caliber.queue.sql.prune import FINISHED
 from caliber.queue.sqlite.schema import iso
-from caliber.queue.status import WorkloadStatus
 from caliber.results.pruned import Pruned
 
 log = logging.getLogger(__name__)
 
-FINISHED = tuple(s.value for s in (WorkloadStatus.COMPLETED, WorkloadStatus.FAILED,
-                                   WorkloadStatus.CANCELLED))
 COMPACT_SHARE = 0.25  # compact when at least this share of the file's pages is free ...
 COMPACT_MIN_BYTES = 1 << 20  # ... and at least this many bytes (1 MiB)
 
@@ -67,22 +66,11 @@ def select(conn: sqlite3.Connection, before: dt.datetime, *, workflow: str | Non
            pinion: str | None, dry_run: bool) -> Pruned:
     """What a prune at ``before`` removes (read inside the caller's transaction)."""
     params: dict[str, Any] = {"workflow": workflow, "pinion": pinion, "cut": iso(before)}
-    workloads = [(str(wid), work_dir, size) for wid, work_dir, size
-                 in conn.execute(_WORKLOADS, params).fetchall()]
-    pruned = {wid for wid, _, _ in workloads}
-    results: list[tuple[str, int, Any]] = []
-    for rid, wid, name, by, finished, size, work_dir in conn.execute(
-            _RESULTS, {"pruned": json.dumps(sorted(pruned))}).fetchall():
-        if wid in pruned or (_older(finished, before) and workflow in (None, name)
-                             and pinion in (None, by)):
-            results.append((str(rid), size or 0, work_dir))
-    dirs = [d for _, d, _ in workloads] + [d for _, _, d in results]
-    return Pruned(
-        before=before, dry_run=dry_run, workloads=tuple(w for w, _, _ in workloads),
-        results=tuple(r for r, _, _ in results),
-        bytes=sum(s or 0 for _, _, s in workloads) + sum(s for _, s, _ in results),
-        work_dirs=tuple(dict.fromkeys(d for d in dirs if isinstance(d, str))),
-    )
+    workloads = conn.execute(_WORKLOADS, params).fetchall()
+    gone = sorted(str(w[0]) for w in workloads)
+    results = conn.execute(_RESULTS, {"pruned": json.dumps(gone)}).fetchall()
+    return sql_prune.pruned(before, workflow=workflow, pinion=pinion, dry_run=dry_run,
+                            workloads=workloads, results=results)
 
 
 def blobs_freed(conn: sqlite3.Connection, store: FolderBlobStore,
@@ -93,15 +81,6 @@ def blobs_freed(conn: sqlite3.Connection, store: FolderBlobStore,
     kept = refs.kept_by_others(conn.execute, gone)
     names = [n for n in store.names() if n not in kept]
     return len(names), sum(store.size_of(n) for n in names)
-
-
-def _older(text: object, before: dt.datetime) -> bool:
-    """Whether a stored time is before ``before`` (a damaged one never is)."""
-    try:
-        moment = dt.datetime.fromisoformat(str(text))
-    except ValueError:
-        return False
-    return (moment if moment.tzinfo else moment.replace(tzinfo=dt.UTC)) < before
 
 
 def delete(conn: sqlite3.Connection, found: Pruned) -> None:
