@@ -68,17 +68,36 @@ def speckle_backend(tmp_path: Path) -> Iterator[QueueBackend]:
         yield backend
 
 
-FACTORIES: dict[str, Callable[[Path], AbstractContextManager[QueueBackend]]] = {
+@contextmanager
+def postgres_backend(tmp_path: Path, postgres_url: str) -> Iterator[QueueBackend]:
+    """A fresh database on the session's PostgreSQL server (``postgres_url``,
+    tests/postgres_server.py: skipped, with its reason, where PostgreSQL is not installed)."""
+    from caliber.queue.postgres.backend import PostgresBackend
+
+    backend = PostgresBackend(postgres_url)
+    try:
+        yield backend
+    finally:
+        backend.close()
+
+
+FACTORIES: dict[str, Callable[..., AbstractContextManager[QueueBackend]]] = {
     "memory": memory_backend,
     "sqlite": sqlite_backend,
     "speckle": speckle_backend,
+    "postgres": postgres_backend,
 }
 
 
 MARKS = {"speckle": [pytest.mark.speckle]}
+FIXTURES = {"postgres": ["postgres_url"]}
+"""The fixtures a factory takes after ``tmp_path``, by name (keyword arguments)."""
 
 
 @pytest.fixture(params=[pytest.param(n, marks=MARKS.get(n, [])) for n in sorted(FACTORIES)])
 def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[QueueBackend]:
-    with FACTORIES[request.param](tmp_path) as made:
+    if request.param == "postgres":
+        pytest.importorskip("psycopg", reason="psycopg is not installed (the postgres extra)")
+    extra = {name: request.getfixturevalue(name) for name in FIXTURES.get(request.param, [])}
+    with FACTORIES[request.param](tmp_path, **extra) as made:
         yield made

@@ -78,7 +78,7 @@ class SqlBackend(IdleWait):
     """The column that orders a workload's history rows as they were written."""
     MARKED: ClassVar[str] = ""
     """A condition with one ``?``: whether the space-separated ``secret_mismatch`` holds it."""
-    INTEGRITY_ERRORS: ClassVar[tuple[type[Exception], ...]] = ()
+    INTEGRITY_ERRORS: tuple[type[Exception], ...] = ()
     """The driver's errors for a broken constraint (a duplicate id)."""
 
     location: str

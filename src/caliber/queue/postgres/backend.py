@@ -1,0 +1,356 @@
+"""The team queue and results store: one PostgreSQL database, the PostgreSQL dialect of the
+SQL core (:mod:`caliber.queue.sql.core` holds the verbs; this module only what differs).
+
+- Claiming is one ``UPDATE`` of the row a ``SELECT ... FOR UPDATE SKIP LOCKED`` picked: any
+  number of pinions claim at once, each passing over the rows the others are taking, and
+  never do two hold one workload.
+- A write that reads a row before changing it (cancel, retry, reset, resetsecret) locks the
+  row first (``FOR UPDATE``); a read of several statements is one ``REPEATABLE READ READ
+  ONLY`` transaction (one snapshot, as SQLite's reads); ``prune`` locks the tables it
+  decides on against writers, as SQLite's one writer at a time does.
+- Waking idle pinions: whatever makes a workload claimable (put, release, a retried
+  attempt, retry) sends ``NOTIFY caliber_work, '<pinion>'`` when it commits, and
+  :meth:`PostgresBackend.wait_for_work` waits on ``LISTEN caliber_work`` on a connection of
+  its own; polling stays the fallback (a lease that runs out notifies nobody).
+- A restarted server: the pinion's verbs reconnect and try again
+  (:func:`caliber.queue.postgres.connection.retrying`).
+- Blobs live in the database (:mod:`caliber.queue.postgres.blobs`), on a second connection.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
+from functools import lru_cache
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, BinaryIO, TypeVar
+
+from caliber.errors import LeaseLostError, QueueError
+from caliber.queue.blobs import BlobRef, copy_verified
+from caliber.queue.postgres import blobs as pg_blobs
+from caliber.queue.postgres import connection as pc
+from caliber.queue.postgres.schema import migrate
+from caliber.queue.sql import rows as R
+from caliber.queue.sql.core import NO_LEASE, SqlBackend
+
+if TYPE_CHECKING:
+    import psycopg
+
+    from caliber.queue.backend import Claim
+    from caliber.queue.lifecycle import ResumeGrant
+    from caliber.queue.target import QueueTarget
+    from caliber.results.model import Results
+    from caliber.results.pruned import Pruned
+
+T = TypeVar("T")
+
+CHANNEL = "caliber_work"  # LISTEN/NOTIFY channel; a notification's payload is the pinion
+
+_KEY_OK = ("strpos(' ' || COALESCE(secret_mismatch, '') || ' ', ' ' || %(key_id)s || ' ') = 0")
+
+# The oldest claimable workload of a pinion: the oldest queued one and the oldest whose lease
+# ran out (or has no expiry a pinion could renew), each locked as it is found, passing over
+# rows other claimers hold (index workloads_queued, workloads_running); the older of the two
+# is taken. The trigger workloads_lease_lost notes a lost lease in the history.
+CLAIM_SQL = f"""
+    WITH queued AS (
+        SELECT id, created_at FROM workloads
+        WHERE pinion = %(pinion)s AND status = 'queued' AND {_KEY_OK}
+        ORDER BY created_at LIMIT 1 FOR UPDATE SKIP LOCKED
+    ), gone AS (
+        SELECT id, created_at FROM workloads
+        WHERE pinion = %(pinion)s AND status = 'running'
+          AND (lease_expires < %(now)s OR lease_expires IS NULL) AND {_KEY_OK}
+        ORDER BY created_at LIMIT 1 FOR UPDATE SKIP LOCKED
+    ), pick AS (
+        SELECT id FROM (SELECT * FROM queued UNION ALL SELECT * FROM gone) c
+        ORDER BY created_at LIMIT 1
+    )
+    UPDATE workloads SET status = 'running', attempts = attempts + 1,
+        lease_owner = %(owner)s, lease_token = %(token)s, lease_expires = %(expires)s
+    WHERE id = (SELECT id FROM pick)
+    RETURNING {R.COLUMNS}"""
+
+_EXPIRED = ("status = 'running' AND attempts >= %(max)s "
+            "AND (lease_expires < %(now)s OR lease_expires IS NULL)")
+
+
+@lru_cache(maxsize=512)
+def _pg(sql: str) -> str:
+    """A statement of the SQL core (``?`` placeholders) in psycopg's form (``%s``)."""
+    return sql.replace("%", "%%").replace("?", "%s")
+
+
+def open_target(target: QueueTarget) -> PostgresBackend:
+    """The backend of a ``postgres`` :class:`~caliber.queue.target.QueueTarget` (its
+    ``settings``: the ``postgresql://`` URL, password included when it has one)."""
+    return PostgresBackend(str(target.settings))
+
+
+def _again(verb: Callable[..., T]) -> Callable[..., T]:
+    """A verb that reconnects and tries again after a lost connection (see
+    :func:`caliber.queue.postgres.connection.retrying`)."""
+
+    def again(self: PostgresBackend, *args: Any, **kwargs: Any) -> T:
+        return pc.retrying(lambda: verb(self, *args, **kwargs))
+
+    again.__name__ = verb.__name__
+    again.__doc__ = verb.__doc__
+    return again
+
+
+class PostgresBackend(SqlBackend):
+    """The PostgreSQL queue (see :class:`caliber.queue.backend.QueueBackend` for the verbs)."""
+
+    NO_LIMIT = None
+    HISTORY_ORDER = "seq"
+    MARKED = "strpos(' ' || secret_mismatch || ' ', ' ' || ? || ' ') > 0"
+
+    def __init__(self, url: str) -> None:
+        super().__init__()
+        self.INTEGRITY_ERRORS = (pc.driver().IntegrityError,)
+        self.url = url
+        self.location = pc.display(url)
+        self.conn: psycopg.Connection[Any] | None = None
+        self._blob_conn: psycopg.Connection[Any] | None = None
+        self._blob_lock = threading.RLock()
+        self._listener: psycopg.Connection[Any] | None = None
+        conn = pc.retrying(self._usable)  # a server starting up is waited for
+        try:
+            migrate(conn, self.location)
+        except pc.driver().Error as exc:
+            self.close()
+            raise pc.error(exc, conn, "cannot set up", self.location) from exc
+        except BaseException:
+            self.close()
+            raise
+
+    def close(self) -> None:
+        for conn in (self.conn, self._blob_conn, self._listener):
+            if conn is not None:
+                conn.close()
+        self.conn = self._blob_conn = self._listener = None
+
+    def __enter__(self) -> PostgresBackend:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # --- connections and transactions -----------------------------------------------------
+
+    def _usable(self) -> psycopg.Connection[Any]:
+        """The main connection, made again when it was lost."""
+        with self._lock:
+            if self.conn is None or self.conn.closed or self.conn.broken:
+                if self.conn is not None:
+                    self.conn.close()
+                self.conn = None
+                self.conn = pc.connect(self.url, self.location)
+            return self.conn
+
+    @contextmanager
+    def _begun(self, begin: str, doing: str) -> Iterator[psycopg.Connection[Any]]:
+        psycopg = pc.driver()
+        with self._lock:
+            conn = self._usable()
+            if conn.info.transaction_status != psycopg.pq.TransactionStatus.IDLE:
+                yield conn  # inside a transaction already: one snapshot, one commit
+                return
+            try:
+                conn.execute(begin)
+            except psycopg.Error as exc:
+                raise pc.error(exc, conn, doing, self.location) from exc
+            try:
+                yield conn
+            except psycopg.IntegrityError:
+                self._rollback(conn)
+                raise
+            except psycopg.Error as exc:
+                self._rollback(conn)
+                raise pc.error(exc, conn, doing, self.location) from exc
+            except BaseException:
+                self._rollback(conn)
+                raise
+            try:
+                conn.execute("COMMIT")
+            except psycopg.Error as exc:
+                self._rollback(conn)
+                raise pc.error(exc, conn, doing, self.location) from exc
+
+    @staticmethod
+    def _rollback(conn: psycopg.Connection[Any]) -> None:
+        if not conn.closed and not conn.broken:
+            try:
+                conn.execute("ROLLBACK")
+            except pc.driver().Error:
+                pass
+
+    def transaction(self) -> Any:
+        """One write transaction (READ COMMITTED: rows read before a change are locked)."""
+        return self._begun("BEGIN", "cannot write")
+
+    def reading(self) -> Any:
+        """A read of several statements from one snapshot."""
+        return self._begun("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY", "cannot read")
+
+    # --- the dialect ----------------------------------------------------------------------
+
+    def execute(self, conn: Any, sql: str, params: Any = ()) -> Any:
+        return conn.execute(_pg(sql), params)
+
+    def lock_row(self, conn: Any, wid: str) -> None:
+        conn.execute("SELECT 1 FROM workloads WHERE id = %s FOR UPDATE", (wid,))
+
+    def notify(self, conn: Any, pinion: str) -> None:
+        conn.execute("SELECT pg_notify(%s, %s)", (CHANNEL, pinion))
+
+    def set_grant(self, conn: Any, wid: str, grant: ResumeGrant | None, *,
+                  resuming: str | None = None) -> None:
+        """Set in Python, as the run-secret check reads it (a round trip through ``jsonb``
+        would turn a float such as 1e300 into an integer, and the signature with it)."""
+        row = conn.execute("SELECT body FROM workloads WHERE id = %s FOR UPDATE",
+                           (wid,)).fetchone()
+        if row is None:
+            return
+        try:
+            data = json.loads(row[0])
+            if resuming is not None and data.get("resume_from") != resuming:
+                return
+            data.update(zip(("resume_from", "resume_signature", "resume_grant"),
+                            R.grant_params(grant), strict=True))
+        except (ValueError, TypeError, AttributeError, RecursionError) as exc:
+            raise QueueError(f"workload {wid} is damaged ({R.why(exc)}); reset it") from exc
+        conn.execute("UPDATE workloads SET body = %s WHERE id = %s",
+                     (json.dumps(data, ensure_ascii=False, separators=(",", ":")), wid))
+
+    def claim_row(self, conn: Any, params: dict[str, Any]) -> tuple[Any, ...] | None:
+        row: tuple[Any, ...] | None = conn.execute(CLAIM_SQL, params).fetchone()
+        return row
+
+    def expiring(self, now: float, max_attempts: int) -> bool:
+        with self.reading() as conn:
+            return conn.execute(f"SELECT 1 FROM workloads WHERE {_EXPIRED} LIMIT 1",
+                                {"now": now, "max": max_attempts}).fetchone() is not None
+
+    def expire_rows(self, conn: Any, now: float, max_attempts: int) -> list[tuple[str, str]]:
+        found: list[tuple[str, str]] = conn.execute(
+            f"UPDATE workloads SET status = 'failed', {NO_LEASE}, last_error = 'lease ran out '"
+            f" || attempts || ' times (pinion died?)' WHERE {_EXPIRED} RETURNING id, last_error",
+            {"now": now, "max": max_attempts}).fetchall()
+        return found
+
+    def sweep(self, conn: Any, only: Iterable[str]) -> tuple[int, int]:
+        return pg_blobs.sweep(conn, only)
+
+    # --- the pinion's verbs: they reconnect after a lost connection -----------------------
+
+    claim = _again(SqlBackend.claim)
+    renew = _again(SqlBackend.renew)
+    release = _again(SqlBackend.release)
+    fail = _again(SqlBackend.fail)
+    expire = _again(SqlBackend.expire)
+    get_results = _again(SqlBackend.get_results)
+
+    def complete(self, claim: Claim, results: Results) -> None:
+        """See :meth:`QueueBackend.complete`; after a lost connection, a commit that went
+        through before it was lost counts (the workload holds these Results)."""
+        tried = False
+
+        def once() -> None:
+            nonlocal tried
+            try:
+                SqlBackend.complete(self, claim, results)
+            except LeaseLostError:
+                if tried and self._completed(claim.workload.id, results.id):
+                    return
+                raise
+            finally:
+                tried = True
+
+        pc.retrying(once)
+
+    def _completed(self, wid: str, results_id: str) -> bool:
+        with self.reading() as conn:
+            return conn.execute("SELECT 1 FROM workloads WHERE id = %s AND results_id = %s",
+                                (wid, results_id)).fetchone() is not None
+
+    def wait_for_work(self, pinion: str, timeout: float) -> bool:
+        """See :meth:`QueueBackend.wait_for_work`: LISTEN on a connection of its own. The
+        first wait (and the first after a lost connection) returns True at once: work queued
+        before the LISTEN began was told to nobody, so the pinion looks again."""
+        psycopg = pc.driver()
+        deadline = time.monotonic() + timeout
+        try:
+            if self._listener is None or self._listener.closed or self._listener.broken:
+                self._listener = pc.connect(self.url, self.location)
+                self._listener.execute(f"LISTEN {CHANNEL}")
+                return True
+            while (left := deadline - time.monotonic()) > 0:
+                for note in self._listener.notifies(timeout=left, stop_after=1):
+                    if note.payload == pinion:
+                        return True
+        except (psycopg.Error, pc.ConnectionLost):
+            if self._listener is not None:
+                self._listener.close()
+            self._listener = None
+            time.sleep(max(deadline - time.monotonic(), 0.0))  # the claim reconnects
+        return False
+
+    # --- blobs (caliber.queue.blobs.BlobStore) --------------------------------------------
+
+    @contextmanager
+    def _blobs(self, doing: str) -> Iterator[psycopg.Connection[Any]]:
+        """The blob connection in one transaction of its own."""
+        psycopg = pc.driver()
+        with self._blob_lock:
+            conn = self._blob_conn
+            if conn is None or conn.closed or conn.broken:
+                self._blob_conn = conn = pc.connect(self.url, self.location)
+            try:
+                with conn.transaction():
+                    yield conn
+            except psycopg.Error as exc:
+                raise pc.error(exc, conn, doing, self.location) from exc
+
+    def put_blob(self, source: Path) -> BlobRef:
+        """See :meth:`caliber.queue.blobs.BlobStore.put_blob` (OSError, its ``filename`` the
+        source, when ``source`` cannot be read)."""
+        with open(source, "rb") as stream, self._blobs("cannot store a blob in") as conn:
+            return pg_blobs.put_stream(conn, stream, self._writer)
+
+    def has_blob(self, sha256: str) -> bool:
+        with self._blobs("cannot read") as conn:
+            return pg_blobs.has_blob(conn, sha256)
+
+    def open_blob(self, sha256: str) -> BinaryIO:
+        import io
+
+        with self._blobs("cannot read") as conn:
+            _, chunks = pg_blobs.stat(conn, sha256)
+
+        def chunk(n: int) -> bytes:
+            with self._blobs("cannot read") as conn:
+                return pg_blobs.read_chunk(conn, sha256, n)
+
+        return io.BufferedReader(pg_blobs.ChunkReader(chunk, chunks))
+
+    def fetch_blob(self, sha256: str, dest: Path, *, mode: int = 0o600) -> None:
+        with self._blobs("cannot read") as conn:
+            size, _ = pg_blobs.stat(conn, sha256)
+        with self.open_blob(sha256) as source:
+            copy_verified(source, sha256, dest, mode=mode, size=size)
+
+    # --- prune ----------------------------------------------------------------------------
+
+    def prune(self, before: dt.datetime, *, workflow: str | None = None,
+              pinion: str | None = None, dry_run: bool = False) -> Pruned:
+        """See :meth:`caliber.queue.backend.QueueBackend.prune` and
+        :mod:`caliber.queue.postgres.prune`."""
+        from caliber.queue.postgres import prune as pg_prune
+
+        return pg_prune.prune(self, before, workflow=workflow, pinion=pinion, dry_run=dry_run)
