@@ -279,7 +279,7 @@ class Pinion:
                     if cfg.attempts and empty >= cfg.attempts:
                         break
                     self.reporter.idle(empty, cfg.attempts, cfg.wait)
-                    self._sleep(cfg.wait)
+                    self._sleep(cfg.wait, wake=cfg.name)
         finally:
             self.close()
         self.summary.stopped_by = self.flags.signal_name
@@ -417,13 +417,18 @@ class Pinion:
         self._unreaped = [c for c in self._unreaped
                           if (c.wait() if block else c.poll()) is None]
 
-    def _sleep(self, seconds: float) -> None:
+    def _sleep(self, seconds: float, *, wake: str | None = None) -> None:
+        """Wait ``seconds`` (or until a stop); with ``wake``, a pinion's name, until the
+        queue tells that work for it arrived (``QueueBackend.wait_for_work``) too."""
         end = time.monotonic() + seconds
         while not self.flags.warm:
             left = end - time.monotonic()
             if left <= 0:
                 return
-            time.sleep(min(POLL_SLICE, left))
+            if wake is None:
+                time.sleep(min(POLL_SLICE, left))
+            elif self.backend.wait_for_work(wake, min(POLL_SLICE, left)):
+                return
 
     def run_once(self) -> bool:
         """One look: True when a workload was claimed (run, skipped or given back), False when

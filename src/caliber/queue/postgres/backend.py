@@ -49,6 +49,7 @@ if TYPE_CHECKING:
 T = TypeVar("T")
 
 CHANNEL = "caliber_work"  # LISTEN/NOTIFY channel; a notification's payload is the pinion
+LISTENER = "caliber-listen"  # application_name of an idle pinion's listening connection
 
 _KEY_OK = ("strpos(' ' || COALESCE(secret_mismatch, '') || ' ', ' ' || %(key_id)s || ' ') = 0")
 
@@ -280,16 +281,19 @@ class PostgresBackend(SqlBackend):
                                 (wid, results_id)).fetchone() is not None
 
     def wait_for_work(self, pinion: str, timeout: float) -> bool:
-        """See :meth:`QueueBackend.wait_for_work`: LISTEN on a connection of its own. The
-        first wait (and the first after a lost connection) returns True at once: work queued
-        before the LISTEN began was told to nobody, so the pinion looks again."""
+        """See :meth:`QueueBackend.wait_for_work`: LISTEN on a connection of its own. When
+        the LISTEN begins (the first wait, and the first after a lost connection) a workload
+        queued before it was told to nobody: it is looked for once then."""
         psycopg = pc.driver()
         deadline = time.monotonic() + timeout
         try:
             if self._listener is None or self._listener.closed or self._listener.broken:
-                self._listener = pc.connect(self.url, self.location)
+                self._listener = pc.connect(self.url, self.location, LISTENER)
                 self._listener.execute(f"LISTEN {CHANNEL}")
-                return True
+                if self._listener.execute(
+                        "SELECT 1 FROM workloads WHERE pinion = %s AND status = 'queued' "
+                        "LIMIT 1", (pinion,)).fetchone():
+                    return True
             while (left := deadline - time.monotonic()) > 0:
                 for note in self._listener.notifies(timeout=left, stop_after=1):
                     if note.payload == pinion:

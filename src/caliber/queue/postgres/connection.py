@@ -60,14 +60,15 @@ def display(url: str) -> str:
     return f"postgresql://{user}{parts.get('host', '')}{port}/{parts.get('dbname', '')}"
 
 
-def connect(url: str, where: str) -> psycopg.Connection[Any]:
-    """A new autocommit connection to the queue's database; ConnectionLost when the server
-    cannot be reached, QueueError when it refuses."""
+def connect(url: str, where: str, name: str = "caliber") -> psycopg.Connection[Any]:
+    """A new autocommit connection to the queue's database, named ``name`` (the server's
+    ``pg_stat_activity`` shows it); ConnectionLost when the server cannot be reached,
+    QueueError when it refuses."""
     pg = driver()
     try:
         conn: psycopg.Connection[Any] = pg.connect(
             url, autocommit=True, connect_timeout=CONNECT_TIMEOUT,
-            application_name="caliber", options=f"-c search_path={SCHEMA}", **KEEPALIVE)
+            application_name=name, options=f"-c search_path={SCHEMA}", **KEEPALIVE)
     except pg.OperationalError as exc:
         raise ConnectionLost(f"cannot connect to the PostgreSQL queue {where}: "
                              f"{_line(exc)}") from exc

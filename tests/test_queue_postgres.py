@@ -1,0 +1,233 @@
+"""The PostgreSQL queue beyond the contract suite (which runs on it too, tests/contract): idle
+pinions woken by NOTIFY, claims by many processes at once, its schema made once by processes
+opening a new database together, and reconnecting after the server restarts. Against a real
+server (tests/postgres_server.py); skipped, with the reason, where PostgreSQL or psycopg is
+not installed."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from caliber.errors import QueueError
+from caliber.queue.target import QueueTarget
+from caliber.queue.workload import WorkloadStatus
+from tests.contract.test_backend_contract import KEY, LEASE, make_results, make_workload
+from tests.postgres_server import PostgresServer
+
+psycopg = pytest.importorskip("psycopg", reason="psycopg is not installed (the postgres extra)")
+
+from caliber.queue.postgres.backend import LISTENER, PostgresBackend  # noqa: E402
+from caliber.queue.postgres.connection import display  # noqa: E402
+
+REPO = Path(__file__).resolve().parent.parent
+BOUND = 120.0  # seconds a test waits for what must happen long before (never a measurement)
+
+
+def python(code: str, *args: str) -> subprocess.Popen[str]:
+    return subprocess.Popen([sys.executable, "-c", code, *args], cwd=REPO, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+
+
+def until(what: str, check: object) -> None:
+    """Wait until ``check()`` is true; fail after :data:`BOUND` seconds."""
+    deadline = time.monotonic() + BOUND
+    while not check():  # type: ignore[operator]
+        assert time.monotonic() < deadline, f"{what} did not happen"
+        time.sleep(0.05)
+
+
+def test_the_location_never_shows_the_password() -> None:
+    assert display("postgresql://ann:s3cret@127.0.0.1:5433/team") == \
+        "postgresql://ann@127.0.0.1:5433/team"
+    assert "s3cret" not in display("host=127.0.0.1 password=s3cret dbname=team user=ann")
+
+
+def test_an_idle_waiter_is_woken_by_a_put_for_its_pinion(postgres_url: str) -> None:
+    """A waiter with a 10-minute timeout returns True soon after a put: it was told (a
+    timeout returns False), and a put for another pinion does not wake it."""
+    with PostgresBackend(postgres_url) as waiter, PostgresBackend(postgres_url) as other:
+        assert waiter.wait_for_work("p1", 0.01) is False  # LISTEN begins; nothing queued
+        woke: list[bool] = []
+        thread = threading.Thread(target=lambda: woke.append(waiter.wait_for_work("p1", 600)),
+                                  daemon=True)
+        thread.start()
+        other.put(make_workload("p2", seconds=1))
+        other.put(make_workload("p1", seconds=2))
+        thread.join(BOUND)
+        assert woke == [True]
+        assert waiter.claim("p1", "pin", LEASE, KEY) is not None
+
+
+def test_work_queued_before_the_listen_began_is_found(postgres_url: str) -> None:
+    with PostgresBackend(postgres_url) as backend:
+        backend.put(make_workload("p1"))
+        assert backend.wait_for_work("p1", 600) is True
+
+
+def test_the_default_wait_sleeps_and_is_never_told(tmp_path: Path) -> None:
+    from caliber.queue.sqlite.backend import SQLiteBackend
+
+    with SQLiteBackend(tmp_path / "q.db") as backend:
+        backend.put(make_workload("p1"))
+        assert backend.wait_for_work("p1", 0.01) is False
+
+
+CLAIMER = """
+import json, sys
+from caliber.queue.postgres.backend import PostgresBackend
+backend = PostgresBackend(sys.argv[1])
+print("ready", flush=True)
+sys.stdin.readline()
+got = []
+while (claim := backend.claim("p1", "claimer" + sys.argv[2], 600, "key-a")) is not None:
+    got.append(claim.workload.id)
+print(json.dumps(got))
+"""
+
+
+def test_processes_claiming_at_once_take_each_workload_once(postgres_url: str) -> None:
+    with PostgresBackend(postgres_url) as backend:
+        ids = set()
+        for i in range(120):
+            w = make_workload("p1", seconds=i)
+            backend.put(w)
+            ids.add(w.id)
+    procs = [subprocess.Popen([sys.executable, "-c", CLAIMER, postgres_url, str(n)], cwd=REPO,
+                              text=True, stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+             for n in range(4)]
+    for proc in procs:  # all connected: then they start together
+        assert proc.stdout is not None and proc.stdout.readline().strip() == "ready"
+    for proc in procs:
+        assert proc.stdin is not None
+        proc.stdin.write("go\n")
+        proc.stdin.flush()
+    claimed = []
+    for proc in procs:
+        out, _ = proc.communicate(timeout=BOUND)
+        assert proc.returncode == 0
+        claimed.append(json.loads(out.strip().splitlines()[-1]))
+    every = [wid for got in claimed for wid in got]
+    assert sorted(every) == sorted(ids)  # each once, none left
+    with PostgresBackend(postgres_url) as backend:
+        assert backend.count_statuses() == {"running": 120}
+        for w in backend.list_workloads():
+            assert [h.message.split(" (")[0] for h in w.history].count(
+                f"claimed by {w.lease.owner if w.lease else '?'}") == 1
+
+
+OPENER = """
+import sys
+from caliber.queue.postgres.backend import PostgresBackend
+sys.stdin.readline()
+PostgresBackend(sys.argv[1]).close()
+"""
+
+
+def test_processes_opening_a_new_database_at_once_make_its_schema_once(
+        postgres_url: str) -> None:
+    procs = [subprocess.Popen([sys.executable, "-c", OPENER, postgres_url], cwd=REPO,
+                              text=True, stdin=subprocess.PIPE, stderr=subprocess.PIPE)
+             for _ in range(4)]
+    for proc in procs:
+        assert proc.stdin is not None
+        proc.stdin.write("go\n")
+        proc.stdin.flush()
+    for proc in procs:
+        _, err = proc.communicate(timeout=BOUND)
+        assert proc.returncode == 0, err
+    with psycopg.connect(postgres_url) as conn:
+        assert conn.execute("SELECT version FROM caliber.schema_version").fetchall() == [(1,)]
+
+
+def test_a_schema_written_by_a_newer_caliber_is_refused(postgres_url: str) -> None:
+    PostgresBackend(postgres_url).close()
+    with psycopg.connect(postgres_url, autocommit=True) as conn:
+        conn.execute("UPDATE caliber.schema_version SET version = 99")
+    with pytest.raises(QueueError, match="newer Caliber"):
+        PostgresBackend(postgres_url)
+
+
+def test_the_pinions_verbs_reconnect_after_a_server_restart(
+        postgres_server: PostgresServer, postgres_url: str,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """Claim, then the server restarts: renew reconnects; the server is down: complete waits
+    for it with back-off, saying so in one line; nothing is lost."""
+    with PostgresBackend(postgres_url) as backend:
+        w = make_workload("p1")
+        backend.put(w)
+        claim = backend.claim("p1", "pin", LEASE, KEY)
+        assert claim is not None
+        postgres_server.restart()
+        claim = backend.renew(claim, LEASE)
+        postgres_server.stop()
+        starter = threading.Timer(1.0, postgres_server.start)
+        starter.start()
+        try:
+            results = make_results(w.id)
+            backend.complete(claim, results)
+        finally:
+            starter.join()
+        got = backend.get(w.id)
+        assert got.status == WorkloadStatus.COMPLETED and got.results_id == results.id
+        assert backend.get_results(results.id).workload_id == w.id
+    lines = [line for line in capsys.readouterr().err.splitlines() if line]
+    assert len(lines) == 2  # one for each time the connection was lost
+    assert all("lost the connection to the PostgreSQL queue" in line and "reconnecting" in line
+               for line in lines)
+    assert "Traceback" not in "\n".join(lines)
+
+
+PINION = """
+import json, sys
+from caliber.pinion.api import run_pinion
+from caliber.pinion.loop import PinionConfig
+from caliber.queue.target import QueueTarget
+target = QueueTarget(kind="postgres", location="test", settings=sys.argv[1])
+summary = run_pinion(PinionConfig(name="p1", attempts=0, wait=600), target, quiet=True)
+print(json.dumps(summary.to_dict()))
+"""
+
+
+def test_an_idle_pinion_starts_new_work_without_waiting_out_its_wait(
+        postgres_url: str, tmp_path: Path) -> None:
+    """A pinion that waits 10 minutes between empty looks runs a workload queued while it
+    waits (told by NOTIFY): without, it would still be asleep when the bound runs out."""
+    from tests.test_queue_api import make_workflow
+
+    target = QueueTarget(kind="postgres", location="test", settings=postgres_url)
+    pinion = python(PINION, postgres_url)
+    try:
+        def listening() -> bool:
+            with psycopg.connect(postgres_url) as conn:
+                return bool(conn.execute(
+                    "SELECT count(*) FROM pg_stat_activity WHERE application_name = %s",
+                    (LISTENER,)).fetchone()[0])
+
+        until("the pinion's LISTEN", listening)
+        wid = make_workflow(tmp_path / "wf").queue(pinion="p1", target=target)
+        with PostgresBackend(postgres_url) as backend:
+            until("the workload's run",
+                  lambda: backend.get(wid).status == WorkloadStatus.COMPLETED)
+    finally:
+        pinion.send_signal(signal.SIGINT)
+        out, err = pinion.communicate(timeout=BOUND)
+    assert pinion.returncode == 0, err
+    assert json.loads(out.strip().splitlines()[-1])["completed"] == 1
+
+
+def test_registry_opens_the_postgres_kind(postgres_url: str) -> None:
+    from caliber.queue.registry import open_backend
+
+    with open_backend(QueueTarget(kind="postgres", location="x",
+                                  settings=postgres_url)) as backend:
+        assert backend.location.startswith("postgresql://") and "@" in backend.location
+    assert os.environ.get("CALIBER_HOME")  # the tests' own home, never $HOME
