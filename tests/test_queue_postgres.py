@@ -45,6 +45,13 @@ def until(what: str, check: object) -> None:
         time.sleep(0.05)
 
 
+def test_the_missing_driver_message_installs_the_extra() -> None:
+    from caliber.queue.postgres.connection import INSTALL_HINT
+    from tests.test_install_docs import PROJECT, pip_installs
+
+    assert pip_installs(INSTALL_HINT) == PROJECT["optional-dependencies"]["postgres"]
+
+
 def test_the_location_never_shows_the_password() -> None:
     assert display("postgresql://ann:s3cret@127.0.0.1:5433/team") == \
         "postgresql://ann@127.0.0.1:5433/team"

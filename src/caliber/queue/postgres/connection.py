@@ -33,6 +33,9 @@ KEEPALIVE = {"keepalives": 1, "keepalives_idle": 30, "keepalives_interval": 10,
              "keepalives_count": 3}  # a dead server or network is found within ~1 minute
 
 
+INSTALL_HINT = "pip install 'psycopg[binary]>=3.1,<4'"  # the postgres extra's range
+
+
 class ConnectionLost(QueueError):
     """The connection to the PostgreSQL server was lost (trying again may help)."""
 
@@ -43,7 +46,7 @@ def driver() -> Any:
         import psycopg
     except ImportError as exc:
         raise ConfigError(
-            "the PostgreSQL queue needs psycopg 3: pip install 'caliber-workflows[postgres]' "
+            f"the PostgreSQL queue needs psycopg 3 (the postgres extra): {INSTALL_HINT} "
             f"({exc})") from None
     return psycopg
 
