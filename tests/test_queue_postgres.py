@@ -29,7 +29,7 @@ from caliber.queue.postgres.backend import LISTENER, PostgresBackend  # noqa: E4
 from caliber.queue.postgres.connection import display  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
-BOUND = 120.0  # seconds a test waits for what must happen long before (never a measurement)
+BOUND = 60.0  # seconds a test waits for what must happen long before (never a measurement)
 
 
 def python(code: str, *args: str) -> subprocess.Popen[str]:
