@@ -120,6 +120,7 @@ class PostgresBackend(SqlBackend):
         self._blob_conn: psycopg.Connection[Any] | None = None
         self._blob_lock = threading.RLock()
         self._listener: psycopg.Connection[Any] | None = None
+        self._depth = 0  # transactions entered on the main connection (nested ones join)
         conn = pc.retrying(self._usable)  # a server starting up is waited for
         try:
             migrate(conn, self.location)
@@ -158,14 +159,18 @@ class PostgresBackend(SqlBackend):
     def _begun(self, begin: str, doing: str) -> Iterator[psycopg.Connection[Any]]:
         psycopg = pc.driver()
         with self._lock:
-            conn = self._usable()
-            if conn.info.transaction_status != psycopg.pq.TransactionStatus.IDLE:
-                yield conn  # inside a transaction already: one snapshot, one commit
+            if self._depth:
+                assert self.conn is not None
+                yield self.conn  # inside a transaction already: one snapshot, one commit
                 return
+            conn = self._usable()
             try:
+                if conn.info.transaction_status != psycopg.pq.TransactionStatus.IDLE:
+                    conn.execute("ROLLBACK")  # what an interrupted one left
                 conn.execute(begin)
             except psycopg.Error as exc:
                 raise pc.error(exc, conn, doing, self.location) from exc
+            self._depth += 1
             try:
                 yield conn
             except psycopg.IntegrityError:
@@ -177,6 +182,8 @@ class PostgresBackend(SqlBackend):
             except BaseException:
                 self._rollback(conn)
                 raise
+            finally:
+                self._depth -= 1
             try:
                 conn.execute("COMMIT")
             except psycopg.Error as exc:
