@@ -238,3 +238,44 @@ def test_registry_opens_the_postgres_kind(postgres_url: str) -> None:
                                   settings=postgres_url)) as backend:
         assert backend.location.startswith("postgresql://") and "@" in backend.location
     assert os.environ.get("CALIBER_HOME")  # the tests' own home, never $HOME
+
+
+BIG = 200 << 20  # bytes of the big blob
+BIG_BOUND = 100 << 20  # peak memory storing and fetching it stays under: well below BIG
+WRAPPER = ("import resource, subprocess, sys\n"
+           "code = subprocess.run(sys.argv[1:]).returncode\n"
+           "print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss, file=sys.stderr)\n"
+           "sys.exit(code)\n")
+BLOB_ROUND_TRIP = """
+import sys
+from pathlib import Path
+from caliber.queue.postgres.backend import PostgresBackend
+with PostgresBackend(sys.argv[1]) as backend:
+    ref = backend.put_blob(Path(sys.argv[2]))
+    backend.fetch_blob(ref.sha256, Path(sys.argv[3]))
+    print(ref.sha256, ref.size)
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(sys.platform != "linux", reason="ru_maxrss in KiB: Linux")
+def test_a_big_blob_streams_in_and_out_in_bounded_memory(postgres_url: str,
+                                                         tmp_path: Path) -> None:
+    import hashlib
+
+    source, out = tmp_path / "big.bin", tmp_path / "out.bin"
+    digest = hashlib.sha256()
+    with open(source, "wb") as f:
+        for i in range(BIG >> 20):
+            chunk = i.to_bytes(4, "big") * (1 << 18)  # 1 MiB, each its own
+            digest.update(chunk)
+            f.write(chunk)
+    proc = subprocess.run([sys.executable, "-c", WRAPPER, sys.executable, "-c",
+                           BLOB_ROUND_TRIP, postgres_url, str(source), str(out)],
+                          cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.split() == [digest.hexdigest(), str(BIG)]
+    from caliber.queue.blobs import BlobRef, hash_file
+
+    assert hash_file(out) == BlobRef(digest.hexdigest(), BIG)
+    assert int(proc.stderr.split()[-1]) * 1024 < BIG_BOUND
