@@ -241,9 +241,15 @@ class PostgresBackend(SqlBackend):
         return row
 
     def expiring(self, now: float, max_attempts: int) -> bool:
-        with self.reading() as conn:
-            return conn.execute(f"SELECT 1 FROM workloads WHERE {_EXPIRED} LIMIT 1",
-                                {"now": now, "max": max_attempts}).fetchone() is not None
+        """One statement, outside a transaction (a pinion asks before every claim)."""
+        psycopg = pc.driver()
+        with self._lock:
+            conn = self._usable()  # (not inside a transaction: the core calls it first)
+            try:
+                return conn.execute(f"SELECT 1 FROM workloads WHERE {_EXPIRED} LIMIT 1",
+                                    {"now": now, "max": max_attempts}).fetchone() is not None
+            except psycopg.Error as exc:
+                raise pc.error(exc, conn, "cannot read", self.location) from exc
 
     def expire_rows(self, conn: Any, now: float, max_attempts: int) -> list[tuple[str, str]]:
         found: list[tuple[str, str]] = conn.execute(
