@@ -13,7 +13,8 @@ SQL core (:mod:`caliber.queue.sql.core` holds the verbs; this module only what d
   :meth:`PostgresBackend.wait_for_work` waits on ``LISTEN caliber_work`` on a connection of
   its own; polling stays the fallback (a lease that runs out notifies nobody).
 - A restarted server: the pinion's verbs reconnect and try again
-  (:func:`caliber.queue.postgres.connection.retrying`).
+  (:func:`caliber.queue.postgres.connection.retrying`); every other verb reconnects when it
+  is next called.
 - Blobs live in the database (:mod:`caliber.queue.postgres.blobs`), on a second connection.
 """
 
@@ -49,6 +50,7 @@ if TYPE_CHECKING:
 T = TypeVar("T")
 
 CHANNEL = "caliber_work"  # LISTEN/NOTIFY channel; a notification's payload is the pinion
+RENEW_PATIENCE = 5.0  # seconds a renewal keeps reconnecting before it gives up (till the next)
 LISTENER = "caliber-listen"  # application_name of an idle pinion's listening connection
 
 _KEY_OK = ("strpos(' ' || COALESCE(secret_mismatch, '') || ' ', ' ' || %(key_id)s || ' ') = 0")
@@ -92,12 +94,12 @@ def open_target(target: QueueTarget) -> PostgresBackend:
     return PostgresBackend(str(target.settings))
 
 
-def _again(verb: Callable[..., T]) -> Callable[..., T]:
-    """A verb that reconnects and tries again after a lost connection (see
-    :func:`caliber.queue.postgres.connection.retrying`)."""
+def _again(verb: Callable[..., T], patience: float = pc.RECONNECT_FOR) -> Callable[..., T]:
+    """A verb that reconnects and tries again after a lost connection, for up to
+    ``patience`` seconds (see :func:`caliber.queue.postgres.connection.retrying`)."""
 
     def again(self: PostgresBackend, *args: Any, **kwargs: Any) -> T:
-        return pc.retrying(lambda: verb(self, *args, **kwargs))
+        return pc.retrying(lambda: verb(self, *args, **kwargs), self.outage, patience=patience)
 
     again.__name__ = verb.__name__
     again.__doc__ = verb.__doc__
@@ -121,7 +123,8 @@ class PostgresBackend(SqlBackend):
         self._blob_lock = threading.RLock()
         self._listener: psycopg.Connection[Any] | None = None
         self._depth = 0  # transactions entered on the main connection (nested ones join)
-        conn = pc.retrying(self._usable)  # a server starting up is waited for
+        self.outage = pc.Outage()
+        conn = pc.retrying(self._usable, self.outage)  # a server starting up is waited for
         try:
             migrate(conn, self.location)
         except pc.driver().Error as exc:
@@ -153,6 +156,7 @@ class PostgresBackend(SqlBackend):
                     self.conn.close()
                 self.conn = None
                 self.conn = pc.connect(self.url, self.location)
+                self.outage.since = None
             return self.conn
 
     @contextmanager
@@ -264,7 +268,10 @@ class PostgresBackend(SqlBackend):
     # --- the pinion's verbs: they reconnect after a lost connection -----------------------
 
     claim = _again(SqlBackend.claim)
-    renew = _again(SqlBackend.renew)
+    # A renewal that cannot be made is made at the next one (the pinion goes on watching its
+    # run meanwhile; its lease may still hold): a short patience. A look for a cancel (a
+    # read, about every second) is not tried again: the next look reconnects.
+    renew = _again(SqlBackend.renew, RENEW_PATIENCE)
     release = _again(SqlBackend.release)
     fail = _again(SqlBackend.fail)
     expire = _again(SqlBackend.expire)
@@ -286,7 +293,7 @@ class PostgresBackend(SqlBackend):
             finally:
                 tried = True
 
-        pc.retrying(once)
+        pc.retrying(once, self.outage)
 
     def _completed(self, wid: str, results_id: str) -> bool:
         with self.reading() as conn:

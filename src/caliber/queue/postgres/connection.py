@@ -88,29 +88,37 @@ def error(exc: Exception, conn: Any, doing: str, where: str) -> QueueError:
     return QueueError(f"{doing} the PostgreSQL queue {where}: {_line(exc)}")
 
 
-def retrying(call: Callable[[], T], *,
+class Outage:
+    """Whether a backend's connection is lost now: said once per outage, not per attempt."""
+
+    def __init__(self) -> None:
+        self.since: float | None = None
+
+
+def retrying(call: Callable[[], T], outage: Outage, *, patience: float = RECONNECT_FOR,
              again: Callable[[ConnectionLost], None] | None = None) -> T:
     """``call()``, called again after a lost connection (each call reconnects) with a back-off
     of :data:`RECONNECT_FIRST` doubling to :data:`RECONNECT_CAP` seconds, for at most
-    :data:`RECONNECT_FOR` seconds, saying so in one line on stderr when the connection is
-    lost. ``again`` is told each loss before the next call."""
-    started: float | None = None
+    ``patience`` seconds (then the QueueError is raised); the first loss of an ``outage``
+    is said in one line on stderr. ``again`` is told each loss before the next call."""
+    started = time.monotonic()
     wait = RECONNECT_FIRST
     while True:
         try:
-            return call()
+            result = call()
         except ConnectionLost as exc:
-            now = time.monotonic()
-            if started is None:
-                started = now
+            if outage.since is None:
+                outage.since = time.monotonic()
                 say(f"{exc}; reconnecting (trying for up to {RECONNECT_FOR:g} s)")
-            elif now - started > RECONNECT_FOR:
-                raise QueueError(f"{exc}; gave up reconnecting after "
-                                 f"{now - started:.0f} s") from exc
+            if time.monotonic() + wait - started > patience:
+                raise
             if again is not None:
                 again(exc)
             time.sleep(wait)
             wait = min(wait * 2, RECONNECT_CAP)
+            continue
+        outage.since = None
+        return result
 
 
 def say(line: str) -> None:
