@@ -124,7 +124,7 @@ class PostgresBackend(SqlBackend):
         self._listener: psycopg.Connection[Any] | None = None
         self._depth = 0  # transactions entered on the main connection (nested ones join)
         self.outage = pc.Outage()
-        conn = pc.retrying(self._usable, self.outage)  # a server starting up is waited for
+        conn = self._usable()  # once: a command says at once that the server is not there
         try:
             migrate(conn, self.location)
         except pc.driver().Error as exc:
