@@ -254,7 +254,9 @@ def test_the_json_endpoints(tmp_path: Path) -> None:
     done_row, queued_row = listed["items"]
     assert done_row["started_at"] <= done_row["ended_at"] and done_row["duration"] >= 0
     assert queued_row["started_at"] is None and queued_row["duration"] is None
-    assert [i["workflow"] for i in client.get("/api/queue?workflow=b").json()["items"]] == ["b"]
+    only_b = client.get("/api/queue?workflow=b").json()
+    assert [i["workflow"] for i in only_b["items"]] == ["b"] and only_b["counts"] == {
+        "queued": 1}
     assert [i["pinion"] for i in client.get("/api/queue?status=queued").json()["items"]] == ["q"]
     detail = client.get(f"/api/workload/{first}").json()
     assert detail["status"] == "completed" and not any(detail["actions"].values())

@@ -331,6 +331,20 @@ def test_list_workloads_filters_and_pages(backend: Backend) -> None:
     assert backend.list_workloads(pinion="nobody") == []
 
 
+def test_listings_and_counts_filter_by_workflow(backend: Backend) -> None:
+    ws = [make_workload("p1" if i % 2 else "p2", seconds=i) for i in range(5)]
+    for i, w in enumerate(ws):
+        w.workflow = {**w.workflow, "name": "beam" if i < 3 else "post"}
+        backend.put(w)
+    assert [w.id for w in backend.list_workloads(workflow="beam")] == [w.id for w in ws[:3]]
+    assert [s.id for s in backend.list_summaries(workflow="post", pinion="p1")] == [ws[3].id]
+    assert [w.id for w in backend.list_workloads(workflow="beam", limit=1, offset=1)] == [
+        ws[1].id]
+    assert backend.count_statuses(workflow="post") == {"queued": 2}
+    assert backend.count_statuses(workflow="beam", pinion="p2") == {"queued": 2}
+    assert backend.list_workloads(workflow="nothing") == []
+
+
 def test_list_summaries_say_what_the_workloads_say(backend: Backend) -> None:
     """The backend lists what it stores; the queue API checks the run-secrets on that
     (:func:`caliber.queue.api.check_summary`), and says what the full workloads say."""

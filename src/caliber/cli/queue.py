@@ -54,12 +54,14 @@ def _counts(counts: dict[str, int]) -> str:
     return f"{total} workload{'' if total == 1 else 's'}: {', '.join(parts)}"
 
 
-def _nothing_listed(pinion: str | None, status: str | None, offset: int) -> str:
+def _nothing_listed(pinion: str | None, status: str | None, offset: int,
+                    workflow: str | None = None) -> str:
     """What an empty listing says: the queue is empty, or no workloads match these filters."""
-    if not (pinion or status or offset):
+    if not (pinion or status or offset or workflow):
         return "the queue is empty"
     return " ".join([
         "no workloads",
+        *([f"of workflow {workflow}"] if workflow else []),
         *([f"for pinion {pinion}"] if pinion else []),
         *([f"with status {status}"] if status else []),
         *([f"after the first {offset}"] if offset else []),
@@ -69,6 +71,8 @@ def _nothing_listed(pinion: str | None, status: str | None, offset: int) -> str:
 @queue.command("list", epilog="Example: caliber queue list --pinion mypinion --status queued")
 @click.option("--pinion", "pinion_name", metavar="NAME", help="Only workloads for this pinion.")
 @click.option("--status", type=click.Choice(STATUSES), help="Only workloads with this status.")
+@click.option("--workflow", "workflow_name", metavar="NAME",
+              help="Only workloads of the workflow of this name.")
 @click.option("-n", "--limit", type=Bounded(PAGE), default=DEFAULT_LIMIT,
               show_default=True, help="Show at most this many (a page).")
 @click.option("--offset", type=Bounded(OFFSET), default=0,
@@ -79,6 +83,7 @@ def _nothing_listed(pinion: str | None, status: str | None, offset: int) -> str:
 def list_cmd(
     pinion_name: str | None,
     status: str | None,
+    workflow_name: str | None,
     limit: int,
     offset: int,
     show_all: bool,
@@ -91,7 +96,7 @@ def list_cmd(
 
     page = list_page(
         target, pinion=pinion_name, status=status, limit=None if show_all else limit,
-        offset=offset, counts=not as_json,
+        offset=offset, counts=not as_json, workflow=workflow_name,
     )
     more = page.more
     items = [s.to_dict() for s in page.summaries]
@@ -101,7 +106,7 @@ def list_cmd(
     from caliber.cli.render import Fit, print_table, use_color
 
     if not items:
-        click.echo(_nothing_listed(pinion_name, status, offset))
+        click.echo(_nothing_listed(pinion_name, status, offset, workflow_name))
         return
     color = use_color(sys.stdout)
     rows = [

@@ -37,19 +37,13 @@ def queue_page(target: QueueTarget, *, status: str | None = None, pinion: str | 
                ) -> dict[str, Any]:
     """One page of the queue table (oldest first), the counts by status, whether more follow.
     Each row has what ``queue list --json`` gives and when its last run started and ended."""
-    from caliber.queue.api import list_page, list_workloads, view_workload
+    from caliber.queue.api import list_page, list_workloads
 
-    counts = list_page(target, pinion=pinion, status=status, limit=0).counts
-    if workflow:  # filtered here: the backends list by pinion and status
-        every = list_page(target, pinion=pinion, status=status, limit=None, counts=False)
-        matching = [s.id for s in every.summaries if s.workflow == workflow]
-        checked = [view_workload(i, target) for i in matching[offset:offset + limit]]
-        more = len(matching) > offset + limit
-    else:
-        checked = list_workloads(target, pinion=pinion, status=status, limit=limit + 1,
-                                 offset=offset)
-        more = len(checked) > limit
-        checked = checked[:limit]
+    counts = list_page(target, pinion=pinion, status=status, workflow=workflow, limit=0).counts
+    checked = list_workloads(target, pinion=pinion, status=status, workflow=workflow,
+                             limit=limit + 1, offset=offset)
+    more = len(checked) > limit
+    checked = checked[:limit]
     now = dt.datetime.now(dt.UTC)
     items = []
     for item in checked:

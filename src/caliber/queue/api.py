@@ -180,10 +180,11 @@ def list_page(
     limit: int | None = DEFAULT_LIMIT,
     offset: int = 0,
     counts: bool = True,
+    workflow: str | None = None,
 ) -> Page:
     """One page of workload summaries, oldest first, each with whether its run-secret matches
     this user's key, whether more follow, and (``counts``) the counts by status
-    (``caliber queue list``)."""
+    (``caliber queue list``); ``pinion``, ``status`` and ``workflow`` (its name) filter."""
     from caliber.queue.secret import load_key
 
     wanted = parse_status(status)
@@ -191,8 +192,8 @@ def list_page(
     key = load_key()
     with opened(target) as backend:
         stored = backend.list_summaries(pinion=pinion, status=wanted, limit=page,
-                                        offset=offset)
-        by_status = backend.count_statuses(pinion=pinion) if counts else {}
+                                        offset=offset, workflow=workflow)
+        by_status = backend.count_statuses(pinion=pinion, workflow=workflow) if counts else {}
     summaries = [check_summary(s, key) for s in stored]
     more = limit is not None and len(summaries) > limit
     return Page(summaries[:limit] if more else summaries, more, by_status)
@@ -291,6 +292,7 @@ def list_workloads(
     status: str | WorkloadStatus | None = None,
     limit: int | None = None,
     offset: int = 0,
+    workflow: str | None = None,
 ) -> list[CheckedWorkload]:
     """Workloads in full, oldest first, each with whether its run-secret matches this user's
     key."""
@@ -298,7 +300,7 @@ def list_workloads(
     ok = _checker()
     with opened(target) as backend:
         workloads = backend.list_workloads(pinion=pinion, status=wanted, limit=limit,
-                                           offset=offset)
+                                           offset=offset, workflow=workflow)
     return [ok(w) for w in workloads]
 
 

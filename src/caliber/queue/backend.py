@@ -87,8 +87,10 @@ class QueueBackend(Protocol):
         status: WorkloadStatus | None = None,
         limit: int | None = None,
         offset: int = 0,
+        workflow: str | None = None,
     ) -> list[Workload]:
-        """Workloads, oldest first, optionally filtered; pages with ``limit``/``offset``."""
+        """Workloads, oldest first, optionally filtered (by pinion, status and workflow name);
+        pages with ``limit``/``offset``."""
 
     def list_summaries(
         self,
@@ -97,6 +99,7 @@ class QueueBackend(Protocol):
         status: WorkloadStatus | None = None,
         limit: int | None = None,
         offset: int = 0,
+        workflow: str | None = None,
     ) -> list[StoredSummary]:
         """What :meth:`list_workloads` lists, as :class:`StoredSummary` records: the plain
         fields as stored, the signed ones untouched, the fast way to list (``caliber queue
@@ -196,7 +199,8 @@ class QueueBackend(Protocol):
         any earlier resume is dropped. QueueStateError otherwise (and with ``resume`` when
         it has no Results, or other ones than the grant names)."""
 
-    def count_statuses(self, *, pinion: str | None = None) -> dict[str, int]:
+    def count_statuses(self, *, pinion: str | None = None,
+                       workflow: str | None = None) -> dict[str, int]:
         """How many workloads (of ``pinion``) have each status: ``queue list``'s footer."""
 
     def get_results(self, id_or_prefix: str) -> Results:

@@ -196,22 +196,28 @@ class MemoryBackend(IdleWait):
         with self._locked():
             return _copy(self._entry(id_or_prefix).workload)
 
-    def _listed(self, pinion: str | None, status: WorkloadStatus | None) -> list[Workload]:
+    def _listed(self, pinion: str | None, status: WorkloadStatus | None,
+                workflow: str | None = None) -> list[Workload]:
         found = [e.workload for e in self.space.entries.values()
                  if pinion in (None, e.workload.pinion)
+                 and workflow in (None, e.workload.workflow_name)
                  and (status is None or e.workload.status == status)]
         return sorted(found, key=lambda w: w.created_at)
 
     def list_workloads(self, *, pinion: str | None = None, status: WorkloadStatus | None = None,
-                       limit: int | None = None, offset: int = 0) -> list[Workload]:
+                       limit: int | None = None, offset: int = 0,
+                       workflow: str | None = None) -> list[Workload]:
         with self._locked():
-            page = self._listed(pinion, status)[offset:None if limit is None else offset + limit]
+            listed = self._listed(pinion, status, workflow)
+            page = listed[offset:None if limit is None else offset + limit]
             return [_copy(w) for w in page]
 
     def list_summaries(self, *, pinion: str | None = None, status: WorkloadStatus | None = None,
-                       limit: int | None = None, offset: int = 0) -> list[StoredSummary]:
+                       limit: int | None = None, offset: int = 0,
+                       workflow: str | None = None) -> list[StoredSummary]:
         with self._locked():
-            page = self._listed(pinion, status)[offset:None if limit is None else offset + limit]
+            listed = self._listed(pinion, status, workflow)
+            page = listed[offset:None if limit is None else offset + limit]
             return [w.stored_summary() for w in page]
 
     def claim(self, pinion: str, owner: str, lease_seconds: float, key_id: str) -> Claim | None:
@@ -367,11 +373,13 @@ class MemoryBackend(IdleWait):
                                                          else None))
             return _copy(w)
 
-    def count_statuses(self, *, pinion: str | None = None) -> dict[str, int]:
+    def count_statuses(self, *, pinion: str | None = None,
+                       workflow: str | None = None) -> dict[str, int]:
         with self._locked() as s:
             counts: dict[str, int] = {}
             for e in s.entries.values():
-                if pinion in (None, e.workload.pinion):
+                if pinion in (None, e.workload.pinion) and workflow in (
+                        None, e.workload.workflow_name):
                     status = e.workload.status.value
                     counts[status] = counts.get(status, 0) + 1
             return counts

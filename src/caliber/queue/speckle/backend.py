@@ -308,10 +308,12 @@ class SpeckleBackend(IdleWait):
         status: WorkloadStatus | None = None,
         limit: int | None = None,
         offset: int = 0,
+        workflow: str | None = None,
     ) -> builtins.list[Workload]:
         with self.lock:
             states = [s for s in self.refresh().live()
                       if (pinion is None or s.pinion == pinion)
+                      and (workflow is None or s.workflow == workflow)
                       and (status is None or s.status == WorkloadStatus(status))]
             end = None if limit is None else offset + limit
             return self._workloads(states[offset:end])
@@ -323,8 +325,10 @@ class SpeckleBackend(IdleWait):
         status: WorkloadStatus | None = None,
         limit: int | None = None,
         offset: int = 0,
+        workflow: str | None = None,
     ) -> builtins.list[StoredSummary]:
-        listed = self.list_workloads(pinion=pinion, status=status, limit=limit, offset=offset)
+        listed = self.list_workloads(pinion=pinion, status=status, limit=limit, offset=offset,
+                                     workflow=workflow)
         return [w.stored_summary() for w in listed]
 
     def _lease(self, seconds: float) -> float:
@@ -555,11 +559,12 @@ class SpeckleBackend(IdleWait):
                         ev.Retry(workload=workload.id, by=by, **_grant_fields(grant)))
             return self.get(workload.id)
 
-    def count_statuses(self, *, pinion: str | None = None) -> dict[str, int]:
+    def count_statuses(self, *, pinion: str | None = None,
+                       workflow: str | None = None) -> dict[str, int]:
         with self.lock:
             states = self.refresh().live()
         return dict(Counter(s.status.value for s in states
-                            if pinion is None or s.pinion == pinion))
+                            if pinion in (None, s.pinion) and workflow in (None, s.workflow)))
 
     def prune(self, before: dt.datetime, *, workflow: str | None = None,
               pinion: str | None = None, dry_run: bool = False) -> Pruned:

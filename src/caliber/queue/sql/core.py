@@ -222,9 +222,10 @@ class SqlBackend(IdleWait):
         status: WorkloadStatus | None = None,
         limit: int | None = None,
         offset: int = 0,
+        workflow: str | None = None,
     ) -> list[Workload]:
         with self.reading():
-            found = self._page(R.COLUMNS, pinion, status, limit, offset)
+            found = self._page(R.COLUMNS, pinion, status, limit, offset, workflow)
             return self._with_history([R.workload(r) for r in found])
 
     def list_summaries(
@@ -234,16 +235,19 @@ class SqlBackend(IdleWait):
         status: WorkloadStatus | None = None,
         limit: int | None = None,
         offset: int = 0,
+        workflow: str | None = None,
     ) -> list[StoredSummary]:
         with self.reading():
-            found = self._page(R.SUMMARY_COLUMNS, pinion, status, limit, offset)
+            found = self._page(R.SUMMARY_COLUMNS, pinion, status, limit, offset, workflow)
         return [R.summary(row) for row in found]
 
     def _page(self, columns: str, pinion: str | None, status: WorkloadStatus | None,
-              limit: int | None, offset: int) -> list[tuple[Any, ...]]:
+              limit: int | None, offset: int, workflow: str | None = None
+              ) -> list[tuple[Any, ...]]:
         """One page of workload rows, oldest first (inside :meth:`reading`)."""
         where, params = self._filters(
-            pinion=pinion, status=WorkloadStatus(status).value if status else None
+            pinion=pinion, status=WorkloadStatus(status).value if status else None,
+            workflow_name=workflow,
         )
         return self.fetch(
             f"SELECT {columns} FROM workloads {where} ORDER BY created_at LIMIT ? OFFSET ?",
@@ -426,8 +430,9 @@ class SqlBackend(IdleWait):
             self.notify(conn, workload.pinion)
             return self.get(workload.id)
 
-    def count_statuses(self, *, pinion: str | None = None) -> dict[str, int]:
-        where, params = self._filters(pinion=pinion)
+    def count_statuses(self, *, pinion: str | None = None,
+                       workflow: str | None = None) -> dict[str, int]:
+        where, params = self._filters(pinion=pinion, workflow_name=workflow)
         with self.reading():
             found = self.fetch(
                 f"SELECT status, count(*) FROM workloads {where} GROUP BY status", params)
