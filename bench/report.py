@@ -269,6 +269,21 @@ def method_text(run: dict[str, Any]) -> list[str]:
         "bisection; a real server finds the model's versions by the (branchId, commitId) key "
         "and sorts them in PostgreSQL (there is no index on createdAt), so its time per page "
         "grows with the model's versions at the database's speed (not measured here).",
+        "- **PostgreSQL queue** (bench/postgres.py): one PostgreSQL server from Debian's "
+        "package, started by the suite (a temp folder, 127.0.0.1, `fsync=off`, "
+        "`synchronous_commit=off`), a fresh database for each measurement. *Drain*: N jobs "
+        "queued (untimed), then K workers started at once, until all N are finished: K "
+        "`caliber pinion init bench -a 1 -w 0.05 --quiet` on `CALIBER_QUEUE_URL` against K "
+        "`procrastinate worker --one-shot` processes (jobs run inside the worker, results not "
+        "kept: every job's `succeeded` status is checked). *Wake-up*: an idle worker "
+        "(`-w 10`; procrastinate's waits on LISTEN/NOTIFY), one job put: time from just before "
+        "the put to the task's first line, median of 5 a round. *Team*: 50, 100, 200 claimers "
+        "(threads, 25 a process, a connection each) cycling claim, renew, complete with no "
+        "user code until a fixed total is claimed; the floor is the same cycle as one plain "
+        "SQL statement a step on a one-table queue (`FOR UPDATE SKIP LOCKED`). The server's "
+        "CPU is read from /proc (the postmaster, its live children and its reaped ones); on "
+        "this machine claimers and server share the cores, so where the server's CPU per "
+        "claim, not Caliber's, sets the rate shows in that row.",
         "",
     ]
 

@@ -51,6 +51,9 @@ def expected_row_ids() -> list[str]:
     ids += heavy_arrays.expected_ids()
     ids += heavy_outputs.expected_ids()
     ids += heavy_speckle.expected_ids()
+    from bench import postgres
+
+    ids += postgres.expected_ids()
     return ids
 
 
@@ -426,7 +429,8 @@ def machine(redis_version: str, load_at_start: float) -> dict[str, Any]:
         "load average (1 min) at start / end": f"{load_at_start:.2f} / {os.getloadavg()[0]:.2f} "
         "(other work on the machine during the run shows here)",
         "packages": f"caliber-workflows {version('caliber-workflows')}, huey "
-                    f"{version('huey')}, rq {version('rq')}, redis-py {version('redis')}",
+                    f"{version('huey')}, rq {version('rq')}, redis-py {version('redis')}, "
+                    f"procrastinate {version('procrastinate')}, psycopg {version('psycopg')}",
     }
 
 
@@ -533,6 +537,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         rows += heavy_arrays.rows(settings.quick, settings.reps, root)
         rows += heavy_outputs.rows(settings.quick, settings.reps, root)
         rows += heavy_speckle.rows(settings.quick, settings.reps, root)
+        from bench import postgres
+
+        rows += postgres.rows(settings.quick, settings.reps, root)
         for system in systems:
             system.close()
 

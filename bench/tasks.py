@@ -6,3 +6,13 @@ from __future__ import annotations
 def noop(x: int) -> int:
     """The benchmark task: as close to no work as a function with an argument and a result."""
     return x + 1
+
+
+def stamp(path: str) -> float:
+    """The wake-up benchmark's task: write the time it started (``time.time()``) to ``path``."""
+    import time
+
+    now = time.time()
+    with open(path, "w") as f:
+        f.write(repr(now))
+    return now

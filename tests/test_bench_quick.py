@@ -14,10 +14,13 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import REPO
+from tests.postgres_server import unavailable_reason
 
 pytest.importorskip("huey", reason="the bench extra is not installed (pip install -e '.[bench]')")
 pytest.importorskip("rq", reason="the bench extra is not installed (pip install -e '.[bench]')")
 pytest.importorskip("psutil", reason="the bench extra is not installed (pip install -e '.[bench]')")
+pytest.importorskip("procrastinate",
+                    reason="the bench extra is not installed (pip install -e '.[bench]')")
 
 
 @pytest.mark.slow
@@ -29,6 +32,7 @@ def test_quick_mode_writes_every_row(tmp_path: Path, caliber_home: Path) -> None
     cmd = [sys.executable, "-m", "bench.run", "--quick", "--no-install",
            "--report", str(report), "--data", str(data)]
     have_redis = shutil.which("redis-server") is not None
+    have_postgres = unavailable_reason() is None
     if not have_redis:
         cmd.append("--skip-rq")
     done = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=280)
@@ -39,6 +43,9 @@ def test_quick_mode_writes_every_row(tmp_path: Path, caliber_home: Path) -> None
     for row_id, row in rows.items():
         if row_id.endswith("-rq") and not have_redis:
             assert "skip-rq" in row["unavailable"]
+            continue
+        if row_id.startswith("pg-") and not have_postgres:
+            assert "PostgreSQL is not installed" in row["unavailable"]
             continue
         assert row["unavailable"] is None, (row_id, row["unavailable"])
         assert row["subject_stats"] is not None and row["baseline_stats"] is not None, row_id
