@@ -1,10 +1,11 @@
 """``caliber queue ...``: Look at and manage the queue: list, view, cancel, retry, reset,
-resetsecret."""
+resetsecret, export, import."""
 
 from __future__ import annotations
 
 import datetime as dt
 import sys
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import click
@@ -38,6 +39,7 @@ def queue() -> None:
       caliber queue retry k3v9 --resume # run again from the task that failed
       caliber queue logs k3v9 -f        # what it prints, as it runs
       caliber queue reset k3v9
+      caliber queue export queue.jsonl  # the whole queue, to import into another one
     """
 
 
@@ -502,3 +504,46 @@ def _no_output(found: Look) -> str:
     else:
         why = "it printed nothing that this machine can read"
     return f"no output from workload {w.id}: {why}"
+
+
+@queue.command("export", epilog="""\b
+Example (move the local queue to PostgreSQL, pinions stopped):
+  caliber queue export queue.jsonl --local
+  CALIBER_QUEUE_URL=postgresql://caliber@db.lan/caliber caliber queue import queue.jsonl""")
+@click.argument("file", type=click.Path(dir_okay=False, path_type=Path))
+@target_options
+@json_option
+def export_cmd(file: Path, target: QueueTarget, as_json: bool) -> None:
+    """Write the whole queue to FILE (a new file): every workload with its history, every
+    Results and the stored files and arrays they name, as JSON lines, for 'caliber queue
+    import' into another queue. Stop the pinions first: a workload running meanwhile is
+    exported as running."""
+    from caliber.queue.archive import export_to
+
+    counts = export_to(target, file)
+    if as_json:
+        print_json({**counts.as_dict(), "skipped_damaged": counts.skipped, "file": str(file)})
+        return
+    skipped = f"; {counts.skipped} damaged workloads left out" if counts.skipped else ""
+    click.echo(f"exported {counts.workloads} workloads, {counts.results} results and "
+               f"{counts.blobs} stored files to {file}{skipped}")
+
+
+@queue.command("import", epilog="""\b
+Example:
+  CALIBER_QUEUE_URL=postgresql://caliber@db.lan/caliber caliber queue import queue.jsonl""")
+@click.argument("file", type=click.Path(dir_okay=False, path_type=Path))
+@target_options
+@json_option
+def import_cmd(file: Path, target: QueueTarget, as_json: bool) -> None:
+    """Add the workloads, Results and stored files of FILE (made by 'caliber queue export')
+    to the queue, as they were: same ids, statuses, history and signatures. The whole file
+    is checked first: a damaged file, or an id the queue holds already, imports nothing."""
+    from caliber.queue.archive import import_from
+
+    counts = import_from(target, file)
+    if as_json:
+        print_json({**counts.as_dict(), "file": str(file)})
+        return
+    click.echo(f"imported {counts.workloads} workloads, {counts.results} results and "
+               f"{counts.blobs} stored files into {target.location}")

@@ -77,6 +77,12 @@ class QueueBackend(Protocol):
     def put(self, workload: Workload) -> None:
         """Add a new workload (status queued)."""
 
+    def restore(self, workload: Workload) -> None:
+        """Add a workload exactly as another queue held it (status, attempts, lease, history,
+        run-secret and marks, results id): ``caliber queue import``
+        (:mod:`caliber.queue.archive`). Its stored attachments' blobs are stored first.
+        QueueError when the id is taken; ConfigError from a queue that cannot take them."""
+
     def get(self, id_or_prefix: str) -> Workload:
         """One workload by id or unique id prefix (NotFoundError, AmbiguousIdError)."""
 

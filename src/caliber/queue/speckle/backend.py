@@ -28,6 +28,7 @@ from typing import Any, BinaryIO
 from caliber.errors import (
     CaliberError,
     ClaimReturnedError,
+    ConfigError,
     LeaseLostError,
     NotFoundError,
     QueueDamagedError,
@@ -296,6 +297,11 @@ class SpeckleBackend(IdleWait):
                        queued_by=workload.queued_by, **_grant_fields(workload.grant)),
                 root,
             )
+
+    def restore(self, workload: Workload) -> None:
+        raise ConfigError(f"the remote queue on Speckle ({self.location}) cannot import "
+                          "workloads as they were (its log starts each one as queued): import "
+                          "into a SQLite or PostgreSQL queue")
 
     def get(self, id_or_prefix: str) -> Workload:
         with self.lock:

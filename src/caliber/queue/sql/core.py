@@ -206,6 +206,11 @@ class SqlBackend(IdleWait):
         except self.INTEGRITY_ERRORS as exc:
             raise QueueError(f"cannot queue workload {workload.id}: {exc}") from exc
 
+    def restore(self, workload: Workload) -> None:
+        """See :meth:`caliber.queue.backend.QueueBackend.restore`: :meth:`put` keeps a
+        workload's status, attempts, history and Results id as they are."""
+        self.put(workload)
+
     def get(self, id_or_prefix: str) -> Workload:
         with self.reading():
             full = self.resolve_id("workloads", id_or_prefix, "workload")
