@@ -78,9 +78,9 @@ def fresh_database(pg: Any) -> str:
 def caliber_missing() -> str | None:
     """Why Caliber's side cannot run here, or None."""
     try:
-        import caliber.queue.postgres  # noqa: F401
+        import caliber.queue.postgres.backend  # noqa: F401
     except ImportError:
-        return "Caliber's PostgreSQL queue is not there yet (caliber.queue.postgres)"
+        return "Caliber's PostgreSQL queue is not there yet (caliber.queue.postgres.backend)"
     try:
         import psycopg  # noqa: F401
     except ImportError:
