@@ -27,7 +27,7 @@ from tests.pinion_helpers import queue as queue_workflow
 from tests.postgres_server import PostgresServer
 
 pytest.importorskip("psycopg", reason="psycopg is not installed (pip install -e '.[postgres]')")
-pytest.importorskip("caliber.queue.postgres.backend", reason="the PostgreSQL queue is not installed")
+pytest.importorskip("caliber.queue.postgres.backend", reason="no PostgreSQL queue here")
 
 KEY = "team-key-" + "0" * 40
 WORKLOADS = 60

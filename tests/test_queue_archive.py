@@ -148,7 +148,7 @@ def test_import_refuses_ids_it_holds_and_damaged_files_changing_nothing(
 def test_sqlite_to_postgresql(source: Path, tmp_path: Path, postgres_url: str) -> None:
     pytest.importorskip("psycopg", reason="psycopg is not installed (pip install -e "
                         "'.[postgres]')")
-    pytest.importorskip("caliber.queue.postgres.backend", reason="the PostgreSQL queue is not there")
+    pytest.importorskip("caliber.queue.postgres.backend", reason="no PostgreSQL queue here")
     before = snapshot(source)
     archive = tmp_path / "queue.jsonl"
     caliber("queue", "export", str(archive), home=source)
