@@ -42,7 +42,7 @@ TEAM = (50, 100, 200)
 QUICK_TEAM = (4, 8, 16)
 PER_PROCESS = 25  # claimer threads per process
 PINION = "bench"
-MAX_CONNECTIONS = "300"
+MAX_CONNECTIONS = "500"  # 200 claimers, each with a connection or two
 
 
 def expected_ids() -> list[str]:

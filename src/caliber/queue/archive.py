@@ -78,9 +78,13 @@ def export_queue(backend: Backend, out: IO[str]) -> Counts:
             _line(out, {"workload": workload.model_dump(mode="json", exclude={"progress"})})
             counts.workloads += 1
     offset = 0
+    written: set[str] = set()  # newest first: a Results stored meanwhile shifts the pages
     while batch := backend.list_results(limit=PAGE, offset=offset):
         offset += len(batch)
         for results in batch:
+            if results.id in written:
+                continue
+            written.add(results.id)
             for sha256 in results.blobs:
                 _blob(backend, sha256, out, sent, counts)
             _line(out, {"results": results.model_dump(mode="json", by_alias=True)})
