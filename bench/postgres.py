@@ -533,21 +533,39 @@ def rows(quick: bool, reps: int, root: Path) -> list[Row]:
 
 def main(argv: list[str] | None = None) -> int:
     import argparse
+    import datetime as dt
     import tempfile
 
-    parser = argparse.ArgumentParser(prog="python -m bench.postgres")
-    parser.add_argument("--quick", action="store_true", help="small sizes")
-    parser.add_argument("--reps", type=int, default=1)
+    from bench.report import replace_rows
+    from bench.run import git_commit
+
+    parser = argparse.ArgumentParser(
+        prog="python -m bench.postgres",
+        description="Measure the PostgreSQL queue beside procrastinate and a team of claimers, "
+                    "and put the rows into BENCHMARKS.md and bench/results.json.")
+    parser.add_argument("--quick", action="store_true", help="small sizes, figures printed only")
+    parser.add_argument("--reps", type=int, default=3)
+    parser.add_argument("--report", type=Path, default=REPO / "BENCHMARKS.md")
+    parser.add_argument("--data", type=Path, default=REPO / "bench" / "results.json")
     args = parser.parse_args(argv)
     started = time.perf_counter()
-    with tempfile.TemporaryDirectory() as tmp:
-        os.environ.setdefault("CALIBER_HOME", str(Path(tmp) / "home"))
-        for row in rows(args.quick, args.reps, Path(tmp)):
-            s, b, r = row.subject_stats, row.baseline_stats, row.ratio_stats
-            print(f"{row.id}: Caliber {s and s['median']} / {row.baseline} "
-                  f"{b and b['median']} = {r and r['median']}"
-                  + (f" (unavailable: {row.unavailable})" if row.unavailable else ""))
+    with tempfile.TemporaryDirectory(prefix="caliber-bench-pg-") as tmp:
+        os.environ["CALIBER_HOME"] = str(Path(tmp) / "home")  # never the user's own
+        os.environ["NO_COLOR"] = "1"
+        found = rows(args.quick, args.reps, Path(tmp))
+    for row in found:
+        s, b, r = row.subject_stats, row.baseline_stats, row.ratio_stats
+        print(f"{row.id}: Caliber {s and s['median']} / {row.baseline} "
+              f"{b and b['median']} = {r and r['median']}"
+              + (f" (unavailable: {row.unavailable})" if row.unavailable else ""))
     print(f"({time.perf_counter() - started:.0f} s in all)")
+    if args.quick:
+        return 0
+    when = dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
+    found[0].note = (f"these sections measured {when} at commit `{git_commit()}` by `python -m "
+                     f"bench.postgres`, {args.reps} rounds; {found[0].note}")
+    replace_rows(args.report, args.data, found)
+    print(f"bench: wrote {args.report} and {args.data}", flush=True)
     return 0
 
 
