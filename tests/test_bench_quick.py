@@ -24,7 +24,7 @@ pytest.importorskip("procrastinate",
 
 
 @pytest.mark.slow
-@pytest.mark.timeout(300)
+@pytest.mark.timeout(420)
 def test_quick_mode_writes_every_row(tmp_path: Path, caliber_home: Path) -> None:
     from bench.run import expected_row_ids
 
@@ -35,7 +35,7 @@ def test_quick_mode_writes_every_row(tmp_path: Path, caliber_home: Path) -> None
     have_postgres = unavailable_reason() is None
     if not have_redis:
         cmd.append("--skip-rq")
-    done = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=280)
+    done = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=400)
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
 
     rows = {row["id"]: row for row in json.loads(data.read_text())["run"]["rows"]}
