@@ -189,7 +189,7 @@ def test_export_and_import_stream_a_big_attachment_in_bounded_memory(
                               check=True)
         peaks[name] = int(done.stdout.split()[-1]) / 1024  # KiB -> MiB
     assert archive.stat().st_size > size
-    assert peaks["export"] < 150 and peaks["import"] < 150, peaks  # not the 256 MiB file
+    assert peaks["export"] < 100 and peaks["import"] < 100, peaks  # measured: about 45 MiB
     script = ("from caliber.queue.registry import open_backend\n"
               "from caliber.queue.target import local_target\n"
               "with open_backend(local_target()) as b:\n"
