@@ -509,7 +509,7 @@ def _no_output(found: Look) -> str:
 @queue.command("export", epilog="""\b
 Example (move the local queue to PostgreSQL, pinions stopped):
   caliber queue export queue.jsonl --local
-  CALIBER_QUEUE_URL=postgresql://caliber@db.lan/caliber caliber queue import queue.jsonl""")
+  caliber queue import queue.jsonl --queue postgresql://caliber@db.lan/caliber""")
 @click.argument("file", type=click.Path(dir_okay=False, path_type=Path))
 @target_options
 @json_option
@@ -531,7 +531,7 @@ def export_cmd(file: Path, target: QueueTarget, as_json: bool) -> None:
 
 @queue.command("import", epilog="""\b
 Example:
-  CALIBER_QUEUE_URL=postgresql://caliber@db.lan/caliber caliber queue import queue.jsonl""")
+  caliber queue import queue.jsonl --queue postgresql://caliber@db.lan/caliber""")
 @click.argument("file", type=click.Path(dir_okay=False, path_type=Path))
 @target_options
 @json_option
