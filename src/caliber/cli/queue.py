@@ -39,7 +39,7 @@ def queue() -> None:
       caliber queue retry k3v9 --resume # run again from the task that failed
       caliber queue logs k3v9 -f        # what it prints, as it runs
       caliber queue reset k3v9
-      caliber queue export queue.jsonl  # the whole queue, to import into another one
+      caliber queue export q.jsonl      # all of it, for caliber queue import
     """
 
 
