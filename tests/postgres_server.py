@@ -3,8 +3,9 @@
 ``PostgresServer`` runs ``initdb`` in a temporary folder and starts ``postgres`` on a free port
 of 127.0.0.1 (and a unix socket in that folder; nothing else listens), with settings for speed
 and no durability (``fsync=off``: a crash of the machine may lose the data, fine for a test).
-It is stopped, and its folder removed, at the end; ``stop()``/``start()``/``restart()`` stop and
-start the same server (same data, same port) in the middle of a test.
+It is stopped, and its folder removed, at the end, also when the process that started it is
+killed (a watchdog process sees it go); ``stop()``/``start()``/``restart()`` stop and start
+the same server (same data, same port) in the middle of a test.
 
 PostgreSQL refuses to run as root; as root (here and in CI) ``initdb`` and ``postgres`` run as
 the user ``nobody`` (``setpriv``), their folder chowned to it. The binaries come from PATH, else
@@ -25,6 +26,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Iterator, Mapping, Sequence
@@ -50,6 +52,24 @@ FAST_SETTINGS = {
     "max_wal_size": "256MB",
     "checkpoint_timeout": "30min",
 }
+WATCHDOG = """
+import os, shutil, signal, sys, time
+pid, folder = int(sys.argv[1]), sys.argv[2]
+if sys.stdin.buffer.read(1):  # the server was stopped as planned: nothing to do
+    sys.exit(0)
+try:  # end of file without a word: the process that started the server died
+    os.kill(pid, signal.SIGINT)
+    for _ in range(200):
+        time.sleep(0.1)
+        os.kill(pid, 0)
+    os.killpg(pid, signal.SIGKILL)
+except ProcessLookupError:
+    pass
+shutil.rmtree(folder, ignore_errors=True)
+"""
+"""A process beside each server, holding the read end of a pipe only the starting process
+writes to: when that process dies however it dies (SIGKILL, a test run's timeout), the pipe
+closes unwritten and the watchdog stops the server and removes its folder."""
 MISSING = ("PostgreSQL is not installed (no initdb and postgres on PATH or in "
            "/usr/lib/postgresql/*/bin): install Debian's postgresql package")
 
@@ -113,6 +133,7 @@ class PostgresServer:
         self.port = free_port()
         self.dir: Path | None = None
         self.proc: subprocess.Popen[bytes] | None = None
+        self.watchdog: subprocess.Popen[bytes] | None = None
         self.version = ""
 
     # --- paths and addresses ---
@@ -187,6 +208,11 @@ class PostgresServer:
                 [*self.prefix, *args], cwd=self.folder, stdout=out, stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL, start_new_session=True,
             )
+        self.watchdog = subprocess.Popen(
+            [sys.executable, "-c", WATCHDOG, str(self.proc.pid), str(self.folder)],
+            stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            start_new_session=True,
+        )
         deadline = time.monotonic() + START_TIMEOUT
         while not self._ready():
             if self.proc.poll() is not None or time.monotonic() > deadline:
@@ -223,6 +249,12 @@ class PostgresServer:
             os.killpg(proc.pid, signal.SIGKILL)  # any backend left in its group
         proc.wait()
         self.proc = None
+        watchdog, self.watchdog = self.watchdog, None
+        if watchdog is not None and watchdog.stdin is not None:
+            with contextlib.suppress(OSError):
+                watchdog.stdin.write(b"stopped")  # as planned: the watchdog just ends
+                watchdog.stdin.close()
+            watchdog.wait()
 
     def restart(self, mode: str = "fast") -> None:
         """Stop and start again: same data, same port (clients' connections are cut)."""

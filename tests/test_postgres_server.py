@@ -76,3 +76,30 @@ def test_binaries_from_path_else_newest_debian_folder(tmp_path: Path,
         (on_path / name).chmod(0o755)
     monkeypatch.setenv("PATH", str(on_path))
     assert find_bin_dir(tmp_path) == on_path
+
+
+def test_a_killed_owner_leaves_no_server_behind() -> None:
+    """The process that started a server dies by SIGKILL (a test run's timeout does that):
+    the server stops and its folder goes all the same."""
+    import os
+    import signal
+    import sys
+    import time
+
+    reason = unavailable_reason()
+    if reason:
+        pytest.skip(reason)
+    owner = subprocess.Popen(
+        [sys.executable, "-c", "import sys, time\nfrom tests.postgres_server import "
+         "PostgresServer\ns = PostgresServer().setup()\nprint(s.folder, flush=True)\n"
+         "time.sleep(600)"],
+        stdout=subprocess.PIPE, text=True, cwd=Path(__file__).resolve().parent.parent)
+    assert owner.stdout is not None
+    folder = Path(owner.stdout.readline().strip())
+    assert processes_under(folder)
+    os.kill(owner.pid, signal.SIGKILL)
+    owner.communicate()  # also closes its pipe
+    deadline = time.monotonic() + 60
+    while processes_under(folder) or folder.exists():
+        assert time.monotonic() < deadline, processes_under(folder)
+        time.sleep(0.1)
