@@ -192,6 +192,9 @@ class MemoryBackend(IdleWait):
                 raise QueueError(f"cannot queue workload {stored.id}: its id is taken")
             s.entries[stored.id] = Entry(stored)
 
+    def restore(self, workload: Workload) -> None:
+        self.put(workload)  # put keeps a workload as it is, history and all
+
     def get(self, id_or_prefix: str) -> Workload:
         with self._locked():
             return _copy(self._entry(id_or_prefix).workload)
