@@ -180,7 +180,7 @@ def _add_branches(tree: Tree, node: BranchProcess, width: int, depth: int) -> No
     from rich.tree import Tree
 
     label = f"[cyan]branch process[/] {escape(node.name or '')}".rstrip()
-    sub = tree.add(f"{label} [dim]({node.branches} branches)[/]")
+    sub = tree.add(f"{label} [dim]({escape(node.how())})[/]")
     lanes: list[Tree] = []
     lane_widths: list[int] = []
     for branch in range(node.branches):

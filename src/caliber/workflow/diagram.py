@@ -134,7 +134,7 @@ class _Builder:
 
     def branches(self, box: _Box, node: BranchProcess) -> tuple[list[str], list[str]]:
         name = f"branch process {node.name}" if node.name else "branch process"
-        sub = _Box(self.new_id("b"), f"{name} ({node.branches} branches)")
+        sub = _Box(self.new_id("b"), f"{name} ({node.how()})")
         box.items.append(sub)
         entries: list[str] = []
         exits: list[str] = []

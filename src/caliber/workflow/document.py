@@ -40,7 +40,8 @@ def build_node(node: dict[str, Any]) -> Node:
     items = [build_node(i) for i in node["tasks"]]
     if node["type"] == "process":
         return Process(items, name=node.get("name"))
-    return BranchProcess(items, branches=node["branches"], name=node.get("name"))  # type: ignore[arg-type]
+    return BranchProcess(items, branches=node["branches"], name=node.get("name"),  # type: ignore[arg-type]
+                         parallel=node.get("parallel"))
 
 
 def attachment_specs(items: list[Any]) -> list[AttachmentSpec]:

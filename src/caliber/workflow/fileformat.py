@@ -13,7 +13,9 @@ Format version 1::
 
 ``outputs`` (the result files collected from the run folder, :mod:`caliber.workflow.outputs`)
 may be left out, and export leaves it out when there are none: a file without it is what
-version 1 always was, and an older Caliber reads it. Fields are only ever added to version 1
+version 1 always was, and an older Caliber reads it. So may a branch process's ``parallel``
+(its branches in processes of their own, at most that many at a time): left out, they run one
+after the other, as before. Fields are only ever added to version 1
 in this way (optional, meaning what their absence meant before); an older Caliber that reads a
 file using a newer one says ``unknown field 'outputs'``. A change that an older reader would
 take wrongly gets a new version.
@@ -105,6 +107,9 @@ class BranchNode(_Strict):
     type: Literal["branch"]
     name: str | None = None
     branches: int = Field(ge=1)
+    parallel: int | None = Field(default=None, ge=1, strict=True, description=(
+        "run the branches in processes of their own, at most this many at a time "
+        "(left out: one after the other, in the workflow's process)"))
     tasks: list[TaskNode] = Field(min_length=1)
 
 
@@ -221,6 +226,7 @@ def _node(node: Node) -> dict[str, Any]:
         "type": "branch",
         "name": node.name,
         "branches": node.branches,
+        **({} if node.parallel is None else {"parallel": node.parallel}),
         "tasks": [_task_node(t, branched=True) for t in node.items],
     }
 

@@ -27,7 +27,8 @@ import signal
 import time
 from collections.abc import Iterator
 
-__all__ = ["TaskStopped", "TaskTimeout", "stop_running_task", "time_limit", "timeout_message"]
+__all__ = ["TaskStopped", "TaskTimeout", "interrupt_running_task", "stop_running_task",
+           "time_limit", "timeout_message"]
 
 
 class TaskInterrupt(BaseException):
@@ -58,6 +59,16 @@ def stop_running_task(reason: str) -> None:
     if _running[0]:
         _running[0] = False
         raise TaskStopped(reason)
+
+
+def interrupt_running_task() -> bool:
+    """From a SIGINT handler: stop the task running now as Ctrl-C does (KeyboardInterrupt);
+    False when none is running (a second Ctrl-C while the first is on its way out of the
+    task is not raised again)."""
+    if _running[0]:
+        _running[0] = False
+        raise KeyboardInterrupt
+    return False
 
 
 @contextlib.contextmanager

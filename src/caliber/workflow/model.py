@@ -193,12 +193,27 @@ class Process:
 
 
 class BranchProcess:
-    """Runs the same tasks once per branch; branches are independent of each other."""
+    """Runs the same tasks once per branch; branches are independent of each other.
 
-    def __init__(self, tasks: Sequence[Task], branches: int, name: str | None = None) -> None:
+    ``parallel=N`` runs each branch in a process of its own, at most N at a time, with the
+    Results a run one after the other gives; then each branch starts from ``g`` as it was
+    when the branch process began, and their changes to ``g`` are merged in branch order
+    (two branches setting one name to different values fail the run), and a failed branch
+    stops the others starting further tasks (:mod:`caliber.workflow.branches`). Left out
+    (None), the branches run one after the other in the workflow's process, each seeing what
+    the ones before it put in ``g``.
+    """
+
+    def __init__(self, tasks: Sequence[Task], branches: int, name: str | None = None,
+                 parallel: int | None = None) -> None:
         label = repr(name or "branch process")
         if isinstance(branches, bool) or not isinstance(branches, int) or branches < 1:
             raise WorkflowDefinitionError(f"{label}: branches must be a whole number >= 1")
+        if parallel is not None and (
+                isinstance(parallel, bool) or not isinstance(parallel, int) or parallel < 1):
+            raise WorkflowDefinitionError(
+                f"{label}: parallel must be a whole number >= 1 (branches at a time), or None, "
+                f"not {parallel!r}")
         if not isinstance(tasks, Sequence) or not tasks:
             raise WorkflowDefinitionError(f"{label}: tasks must be a non-empty list of Tasks")
         for task in tasks:
@@ -208,13 +223,22 @@ class BranchProcess:
         self.items: list[Task] = list(tasks)
         self.branches = branches
         self.name = name
+        self.parallel = parallel
 
     @property
     def tasks(self) -> list[Task]:
         return self.items
 
+    def how(self) -> str:
+        """``4 branches``, or ``4 branches, in parallel 2 at a time`` (for diagrams)."""
+        text = f"{self.branches} branches"
+        if self.parallel is not None:
+            text += f", in parallel {min(self.parallel, self.branches)} at a time"
+        return text
+
     def __repr__(self) -> str:
-        return f"BranchProcess({self.name!r}, {self.branches} branches)"
+        at_once = "" if self.parallel is None else f", parallel={self.parallel}"
+        return f"BranchProcess({self.name!r}, {self.branches} branches{at_once})"
 
 
 def _check_branch_arguments(task: Task, branches: int) -> None:

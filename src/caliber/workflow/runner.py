@@ -2,7 +2,8 @@
 
 Failure rule: when a task raises, nothing after it in execution order runs (its process stops,
 and so do the processes around it), except the other branches of the same branch process,
-which still run to the end. Returns of tasks that ran are kept either way. A task that runs
+which still run to the end (in a parallel one, ``BranchProcess(parallel=N)``, they start no
+further task: :mod:`caliber.workflow.branches`, which also says what ``g`` does there). Returns of tasks that ran are kept either way. A task that runs
 past its time limit (``Task(timeout=...)``, see :mod:`caliber.workflow.limits`) fails with
 TaskTimeout, as any failed task. A task stopped while it ran (Ctrl-C, or SIGTERM in a
 pinion's child: ``queue cancel --now``) stops the whole run, other branches too: the Results
@@ -251,19 +252,30 @@ class _Run:
     def take_over(self, source: Results) -> None:
         """Get ready to reuse the completed tasks of ``source`` (as :meth:`why_not_reused`
         allows, task by task as the run reaches it): their records, and ``g`` as each task
-        found it then (replayed from what the tasks before it did)."""
+        found it then (replayed from what the tasks before it did; in a parallel branch
+        process, from what the tasks before it in its branch did to ``g`` as it was when the
+        branch process began: :mod:`caliber.workflow.branches`)."""
         if source.workflow != self.workflow.name:
             raise ResumeError(f"cannot resume from results {source.id}: they are of workflow "
                               f"{source.workflow!r}, not {self.workflow.name!r}")
         self.source = source
+        parallel = {(s.task.name, s.branch): s.branch_process for s in self.steps
+                    if s.branch_process is not None and s.branch_process.parallel is not None}
         g: dict[str, Any] = {}
+        group: BranchProcess | None = None  # the parallel branch process replayed, if any
+        start: dict[str, Any] = {}  # g as it began
+        seen: dict[int | None, dict[str, Any]] = {}  # ... and g as each of its branches saw it
         for old in source.tasks:
             key = (old.name, old.branch)
             self.earlier[key] = old
-            self.g_before[key] = dict(g)
-            for name in old.g_deleted:
-                g.pop(name, None)
-            g.update(old.g_set)
+            if parallel.get(key) is not group:
+                group, start, seen = parallel.get(key), dict(g), {}
+            own = g if group is None else seen.setdefault(old.branch, dict(start))
+            self.g_before[key] = dict(own)
+            for found in (g, own) if own is not g else (g,):
+                for name in old.g_deleted:
+                    found.pop(name, None)
+                found.update(old.g_set)
 
     def fingerprint_code(self, known: dict[str, str] | None = None) -> None:
         """The code fingerprint of every task's function, taken once its module is imported,
@@ -479,6 +491,10 @@ class _Run:
         return self.run_branches(node)
 
     def run_branches(self, node: BranchProcess) -> bool:
+        if node.parallel is not None:  # each branch in a process of its own
+            from caliber.workflow.branches import run_parallel
+
+            return run_parallel(self, node)
         ok = True
         for branch in range(node.branches):
             if self.interrupted:
