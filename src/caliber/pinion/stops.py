@@ -17,7 +17,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from caliber.workflow.limits import timeout_message
@@ -48,16 +48,26 @@ class TaskWatch:
     kill_at: float | None = None
     """``time.monotonic()`` past which a child sent SIGTERM is killed."""
 
+    running: dict[tuple[str, int | None], tuple[float | None, float | None]] = field(
+        default_factory=dict)
+    """Every task running now (several in parallel branches): its timeout and deadline."""
+
     def event(self, event: dict[str, Any], now: float) -> None:
         """A task event from the child (``kind`` start or end, ``name``, ``branch``,
-        ``timeout``)."""
+        ``timeout``). With parallel branches several tasks run at once: the one watched is
+        the one whose deadline comes first (else the one started last)."""
+        key = (str(event.get("name")), event.get("branch"))
         if event.get("kind") == "start":
-            self.task, self.branch = str(event.get("name")), event.get("branch")
             limit = event.get("timeout")
-            self.timeout = float(limit) if isinstance(limit, int | float) else None
-            self.deadline = None if self.timeout is None else now + self.timeout + self.grace
+            timeout = float(limit) if isinstance(limit, int | float) else None
+            self.running[key] = (timeout, None if timeout is None else now + timeout + self.grace)
         else:
-            self.task = self.branch = self.timeout = self.deadline = None
+            self.running.pop(key, None)
+        self.task = self.branch = self.timeout = self.deadline = None
+        for (task, branch), (timeout, deadline) in self.running.items():
+            if self.deadline is None or (deadline is not None and deadline < self.deadline):
+                self.task, self.branch, self.timeout, self.deadline = (
+                    task, branch, timeout, deadline)
 
     def terminate(self, child: ChildProcess, now: float) -> None:
         """Send SIGTERM to the child's processes (once); SIGKILL is due ``grace`` later."""

@@ -560,7 +560,7 @@ def _absorb(run: _Run, node: BranchProcess, outcomes: list[Outcome]) -> bool:
     their changes to ``g``, merged (a conflict is an error of the run)."""
     ok = True
     changed: dict[str, tuple[int, Any]] = {}  # name -> (branch, JSON value or _GONE)
-    conflicts: list[str] = []
+    conflicts: dict[str, str] = {}  # name -> what is wrong, for the first two branches
     for outcome in sorted(outcomes, key=lambda o: o.branch):
         branch = outcome.branch
         for name, record in outcome.records.items():
@@ -577,7 +577,8 @@ def _absorb(run: _Run, node: BranchProcess, outcomes: list[Outcome]) -> bool:
         changes = [(name, _GONE) for name in outcome.g_deleted] + list(outcome.g_set.items())
         for name, value in changes:
             if name in changed and not _same(changed[name][1], value):
-                conflicts.append(_conflict(node, outcomes, name, changed[name], (branch, value)))
+                conflicts.setdefault(name, _conflict(node, outcomes, name, changed[name],
+                                                     (branch, value)))
                 continue
             changed[name] = (branch, value)
             if value is _GONE:
@@ -594,9 +595,9 @@ def _absorb(run: _Run, node: BranchProcess, outcomes: list[Outcome]) -> bool:
     if conflicts:
         from caliber.workflow.runner import ErrorRecord
 
-        more = (f" (and {len(conflicts) - 1} more name{'s' if len(conflicts) > 2 else ''})"
-                if len(conflicts) > 1 else "")
-        message = conflicts[0] + more
+        others = sorted(conflicts)[1:]
+        more = f" (so do other branches with g.{', g.'.join(others)})" if others else ""
+        message = conflicts[min(conflicts)] + more
         run.errors.append(ErrorRecord(CONFLICT, message, f"{CONFLICT}: {message}\n"))
         ok = False
     return ok
@@ -610,22 +611,22 @@ def _same(a: Any, b: Any) -> bool:
 
 def _conflict(node: BranchProcess, outcomes: list[Outcome], name: str,
               first: tuple[int, Any], second: tuple[int, Any]) -> str:
-    """``branch process 'Cases': g.limit is 0.4 after branch 0 (task 'Check') but 0.7
-    after branch 2 (task 'Check'); ...``."""
+    """``branch process 'Cases': branches 0 and 2 leave g.limit different: 0.4 (task
+    'Check' of branch 0), 0.7 (task 'Check' of branch 2); ...``."""
     label = repr(node.name) if node.name else "(unnamed)"
 
     def what(branch: int, value: Any) -> str:
         task = _setter([o for o in outcomes if o.branch == branch][0], name)
-        by = f" (task {task!r})" if task else ""
+        by = f"task {task!r} of branch {branch}" if task else f"branch {branch}"
         if value is _GONE:
-            return f"deleted by branch {branch}{by}"
+            return f"deleted ({by})"
         shown = json.dumps(value, ensure_ascii=False, default=str)
         shown = shown if len(shown) <= 40 else shown[:37] + "..."
-        return f"{shown} after branch {branch}{by}"
+        return f"{shown} ({by})"
 
-    return (f"branch process {label}: g.{name} is {what(*first)} but {what(*second)}; "
-            "parallel branches each start from g as it was and may not leave one name "
-            "different")
+    return (f"branch process {label}: branches {first[0]} and {second[0]} leave g.{name} "
+            f"different: {what(*first)}, {what(*second)}; parallel branches each start from g "
+            "as it was when the branch process began, and may not leave one name different")
 
 
 def _setter(outcome: Outcome, name: str) -> str | None:
