@@ -347,7 +347,7 @@ def test_a_pinion_runs_branches_in_parallel_with_the_results_of_a_serial_run(
     serial = naps(folder, None).queue(pinion="p")
     parallel = naps(folder, 4).queue(pinion="p")
     pinion = start_pinion("p", "-a", "1", "-w", "0")
-    out, err = pinion.communicate(timeout=WAIT)
+    _out, err = pinion.communicate(timeout=WAIT)
     assert pinion.returncode == 0, err
     one, both = caliber.get_results(serial), caliber.get_results(parallel)
     assert both.status.value == "completed"

@@ -3,9 +3,10 @@
 Failure rule: when a task raises, nothing after it in execution order runs (its process stops,
 and so do the processes around it), except the other branches of the same branch process,
 which still run to the end (in a parallel one, ``BranchProcess(parallel=N)``, they start no
-further task: :mod:`caliber.workflow.branches`, which also says what ``g`` does there). Returns of tasks that ran are kept either way. A task that runs
-past its time limit (``Task(timeout=...)``, see :mod:`caliber.workflow.limits`) fails with
-TaskTimeout, as any failed task. A task stopped while it ran (Ctrl-C, or SIGTERM in a
+further task: :mod:`caliber.workflow.branches`, which also says what ``g`` does there).
+Returns of tasks that ran are kept either way. A task that runs past its time limit
+(``Task(timeout=...)``, see :mod:`caliber.workflow.limits`) fails with TaskTimeout, as any
+failed task. A task stopped while it ran (Ctrl-C, or SIGTERM in a
 pinion's child: ``queue cancel --now``) stops the whole run, other branches too: the Results
 are cancelled, with what the tasks that finished returned.
 
