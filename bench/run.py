@@ -23,7 +23,14 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from bench import heavy_arrays, heavy_attachments, heavy_outputs, heavy_speckle, remote_log
+from bench import (
+    heavy_arrays,
+    heavy_attachments,
+    heavy_outputs,
+    heavy_speckle,
+    parallel_branches,
+    remote_log,
+)
 from bench.common import BIN, REPO, Settings, Unavailable, time_command, worker_env
 from bench.report import Row, rows_to_json, write
 from bench.systems import DrainResult, DrainSystem, drain_once, interleaved
@@ -54,6 +61,7 @@ def expected_row_ids() -> list[str]:
     from bench import postgres
 
     ids += postgres.expected_ids()
+    ids += parallel_branches.expected_ids()
     return ids
 
 
@@ -540,6 +548,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         from bench import postgres
 
         rows += postgres.rows(settings.quick, settings.reps, root)
+        rows += parallel_branches.rows(settings.quick, settings.reps, root)
         for system in systems:
             system.close()
 

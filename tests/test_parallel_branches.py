@@ -330,8 +330,12 @@ def test_ctrl_c_in_workflow_run_ends_every_branchs_process(tmp_path: Path) -> No
     pid_files = [folder / f"branch-{b}.pid" for b in range(3)]
     wait_for(lambda: all(p.exists() for p in pid_files), timeout=WAIT, what="three branches")
     pids = [int(p.read_text()) for p in pid_files]
-    run.send_signal(signal.SIGINT)  # to the command's process alone: it passes it on
-    _out, err = run.communicate(timeout=WAIT)
+    try:
+        run.send_signal(signal.SIGINT)  # to the command's process alone: it passes it on
+        _out, err = run.communicate(timeout=WAIT)
+    finally:  # a failed test leaves no process behind
+        for pid in [p for p in pids if alive(p)] + ([run.pid] if run.poll() is None else []):
+            os.kill(pid, signal.SIGKILL)
     assert run.returncode == 130, err
     assert not any(alive(pid) for pid in pids)
     results = caliber.get_results(workflow="solve")
