@@ -79,6 +79,11 @@ def mark_and_sleep(x, folder, seconds):
     time.sleep(seconds)
     return x
 
+def die(x):
+    if x == 1:
+        os._exit(3)
+    return x
+
 def flaky(x, folder):
     if (Path(folder) / f"broken-{x}").exists():
         raise RuntimeError(f"branch {x} is broken")
@@ -86,6 +91,12 @@ def flaky(x, folder):
 '''
 
 WAIT = 90.0  # seconds: generous; no test asserts a duration
+
+
+@pytest.fixture(autouse=True)
+def _in_tmp(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Runs work in the current folder (caliber-traceback.txt, values): a temporary one."""
+    monkeypatch.chdir(tmp_path)
 
 
 def make(tmp_path: Path) -> Path:
@@ -224,6 +235,17 @@ def test_a_failed_branch_stops_the_others_later_tasks(tmp_path: Path) -> None:
     assert results.error.summary() == "task 'first' (branch 1): ValueError: case 1 is bad"
     assert results["wait"][0] == "waited"  # the running task finished
     assert (folder / "caliber-traceback.txt").exists()
+
+
+def test_a_branch_whose_process_ends_fails_its_running_task(tmp_path: Path) -> None:
+    folder = make(tmp_path)
+    task = caliber.Task("pfuncs:die", name="die", args=[[0], [1]])
+    results = caliber.Workflow(caliber.BranchProcess([task], branches=2, parallel=1), "die",
+                               base_dir=folder).run()
+    assert [t.status.value for t in results.tasks] == ["completed", "failed"]
+    assert results.error is not None and results.error.summary() == (
+        "task 'die' (branch 1): BranchProcessDied: the process of branch 1 exited with code 3 "
+        "while task 'die' ran")
 
 
 def test_a_time_limit_applies_to_each_branchs_run_of_a_task(tmp_path: Path) -> None:
