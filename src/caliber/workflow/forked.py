@@ -298,14 +298,9 @@ def _branch_main(run: _Run, node: BranchProcess, branch: int, messages: int,
 
     def listen() -> None:
         """What the workflow's process asked (end-of-file: it is gone, stop too)."""
-        while not asked or asked[-1] != CANCEL:
-            ready, _, _ = select.select([control], [], [], 0)
-            if not ready:
-                return
+        while CANCEL not in asked and select.select([control], [], [], 0)[0]:
             data = os.read(control, 64)
-            asked.extend(bytes([b]) for b in data) if data else asked.append(CANCEL)
-            if not data:
-                return
+            asked.extend([bytes([b]) for b in data] if data else [CANCEL])
 
     def on_sigint(_signum: int, _frame: object) -> None:
         asked.append(CANCEL)
@@ -334,10 +329,12 @@ def _branch_main(run: _Run, node: BranchProcess, branch: int, messages: int,
     written = set(run.writer.written) if run.writer is not None else set()
     kept = set(run.writer.kept) if run.writer is not None else set()
     outcome = run_branch(run, node, branch, quit_, lambda kind: send(("stopped", kind)))
+    packed = _packed(outcome, run.writer)  # may write arrays too
     if run.writer is not None:
-        outcome.written = {k: v for k, v in run.writer.written.items() if k not in written}
-        outcome.kept = {k: v for k, v in run.writer.kept.items() if k not in kept}
-    send(("outcome", _packed(outcome, run.writer)))
+        packed.written = {k: v for k, v in run.writer.written.items() if k not in written}
+        packed.kept = {k: v for k, v in run.writer.kept.items()
+                       if k not in kept and _pickled(v, None) is not None}
+    send(("outcome", packed))
 
 
 def _fresh_streams() -> None:
@@ -402,8 +399,7 @@ def _packed(outcome: Outcome, writer: ValueWriter | None) -> Outcome:
     return dataclasses.replace(
         outcome,
         values={k: _pickled(v, writer) for k, v in outcome.values.items()},
-        g_live={k: _pickled(v, writer) for k, v in outcome.g_live.items()},
-        kept={k: v for k, v in outcome.kept.items() if _pickled(v, None) is not None})
+        g_live={k: _pickled(v, writer) for k, v in outcome.g_live.items()})
 
 
 def _unpacked(outcome: Outcome, writer: ValueWriter | None) -> Outcome:
