@@ -214,6 +214,25 @@ def test_two_branches_setting_one_name_differently_fail_the_run_naming_both(
     assert "Traceback" not in done.stderr
 
 
+def test_the_guides_branch_process_in_parallel_fails_as_the_guide_says(tmp_path: Path) -> None:
+    from tests.test_example import GUIDE, guide_files
+
+    folder = tmp_path / "beam"
+    folder.mkdir()
+    for name, body in guide_files().items():
+        (folder / name).write_text(body)
+    define = folder / "define_branches.py"
+    define.write_text(define.read_text().replace("branches=3)", "branches=3, parallel=3)"))
+    subprocess.run([sys.executable, "define_branches.py"], cwd=folder, check=True)
+    done = subprocess.run([sys.executable, "-m", "caliber", "workflow", "run",
+                           "beam_cases.json"], cwd=folder, capture_output=True, text=True,
+                          timeout=WAIT)
+    assert done.returncode == 1
+    shown = GUIDE.read_text().split("with `parallel=3`:\n\n  ```text\n", 1)[1].split("```")[0]
+    assert done.stderr.strip() == " ".join(line.strip() for line in shown.splitlines()
+                                           if line.strip())
+
+
 def test_a_failed_branch_stops_the_others_later_tasks(tmp_path: Path) -> None:
     """Branch 1 fails while branch 0 runs (it waits for the failing process to end): branch
     0's running task finishes, its next task does not start, branches 2 and 3 never start."""
