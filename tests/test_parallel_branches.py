@@ -404,6 +404,30 @@ def test_a_pinion_runs_branches_in_parallel_with_the_results_of_a_serial_run(
     assert len({n["pid"] for n in both["nap"]}) == 4
 
 
+def test_a_pinion_resumes_a_workload_of_parallel_branches(tmp_path: Path) -> None:
+    folder = make(tmp_path)
+    (folder / "broken-1").write_text("")
+    case = caliber.Task("pfuncs:case", name="case", args=[[b] for b in range(3)])
+    flaky = caliber.Task("pfuncs:flaky", name="flaky", args=[[b, str(folder)] for b in range(3)])
+    workflow = caliber.Workflow(caliber.BranchProcess([case, flaky], branches=3, parallel=3),
+                                "resume", base_dir=folder, attachments=["pfuncs.py"])
+    first = workflow.queue(pinion="p")
+    pinion = start_pinion("p", "-a", "1", "-w", "0")
+    _out, err = pinion.communicate(timeout=WAIT)
+    assert pinion.returncode == 0, err
+    assert status_of(first) == "failed"
+    (folder / "broken-1").unlink()
+    again = workflow.queue(pinion="p", resume=first)
+    pinion = start_pinion("p", "-a", "1", "-w", "0")
+    _out, err = pinion.communicate(timeout=WAIT)
+    assert pinion.returncode == 0, err
+    results, earlier = caliber.get_results(again), caliber.get_results(first)
+    assert results.status.value == "completed" and results["flaky"] == [0, 11, 22]
+    assert [t.reused_from is not None for t in results.tasks] == [
+        True, True, True, False, True, True]
+    assert results.tasks[3].reuse == f"did not complete in {earlier.id}"
+
+
 def test_a_pinion_fails_a_workload_whose_branches_conflict(tmp_path: Path) -> None:
     folder = make(tmp_path)
     clash = caliber.Task("pfuncs:setg", name="clash", args=[["limit", 1], ["limit", 2]])

@@ -146,9 +146,13 @@ class Forked:
             with contextlib.suppress(Exception):
                 stream.flush()
         gc.freeze()  # the collector in the branch's process does not touch (copy) them all
+        # Ctrl-C held back until the branch's process has its own handler (this one's would
+        # run there first): delivered then, in either process
+        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
         try:
             pid = os.fork()
         except OSError as exc:
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
             gc.unfreeze()
             for fd in (messages_r, messages_w, control_r, control_w):
                 os.close(fd)
@@ -170,10 +174,11 @@ class Forked:
                     with contextlib.suppress(BaseException):
                         stream.flush()
                 os._exit(code)
+        self.running[messages_r] = _Branch(branch, pid, messages_r, control_w)
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
         gc.unfreeze()
         os.close(messages_w)
         os.close(control_r)
-        self.running[messages_r] = _Branch(branch, pid, messages_r, control_w)
 
     def follow(self) -> None:
         """Wait (at most :data:`POLL`) for messages of the running branches; take them."""
@@ -307,6 +312,7 @@ def _branch_main(run: _Run, node: BranchProcess, branch: int, messages: int,
         interrupt_running_task()
 
     signal.signal(signal.SIGINT, on_sigint)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})  # blocked as it was forked
 
     def send(message: tuple[Any, ...]) -> None:
         data = pickle.dumps(message, protocol=pickle.HIGHEST_PROTOCOL)
