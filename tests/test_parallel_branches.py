@@ -474,3 +474,14 @@ def test_the_pinion_watches_the_time_limit_of_every_running_task() -> None:
     watch.event({"kind": "end", "name": "solve", "branch": 0}, now=7.0)
     assert (watch.task, watch.branch, watch.deadline) == ("solve", 1, 16.0)
     assert watch.due(16.0, None) is not None and watch.due(15.9, None) is None
+
+
+def test_the_branch_modules_load_neither_pydantic_nor_threading() -> None:
+    """A pinion's child imports them when it reaches a parallel branch process."""
+    from tests.test_preload import HEAVY
+
+    code = ("import sys, caliber.pinion.child, caliber.workflow.forked; "
+            f"print(sorted(m for m in {HEAVY[:-1]!r} if m in sys.modules))")
+    shown = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                           check=True).stdout.strip()
+    assert shown == "[]"
