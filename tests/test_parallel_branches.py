@@ -22,7 +22,7 @@ from caliber.results.model import Results
 from tests.pinion_helpers import alive, start_pinion, status_of, stop, wait_for
 
 FUNCTIONS = '''
-import os, time
+import json, os, time
 from pathlib import Path
 from caliber import context
 
@@ -30,8 +30,17 @@ def case(x):
     setattr(context.g, f"case{x}", x * 10)
     return {"x": x, "pid": os.getpid()}
 
-def nap(c, seconds):
+def nap(c, seconds, folder):
+    """Sleep; when the test wrote expect.json ({branch: n}), first wait until n branches have
+    come here: overlap by construction, never by timing (a serial run would wait in vain)."""
     start = time.time()
+    expect = Path(folder) / "expect.json"
+    if expect.exists():
+        (Path(folder) / f"started-{c['x']}").write_text("")
+        n = json.loads(expect.read_text())[str(c["x"])]
+        end = time.monotonic() + 30
+        while len(list(Path(folder).glob("started-*"))) < n and time.monotonic() < end:
+            time.sleep(0.01)
     time.sleep(seconds)
     return {"x": c["x"], "start": start, "end": time.time(), "pid": os.getpid()}
 
@@ -75,7 +84,9 @@ def sums(arrays):
     return [float(a.sum()) for a in arrays]
 
 def mark_and_sleep(x, folder, seconds):
-    (Path(folder) / f"branch-{x}.pid").write_text(str(os.getpid()))
+    mark = Path(folder) / f"branch-{x}.pid"
+    mark.with_suffix(".tmp").write_text(str(os.getpid()))
+    mark.with_suffix(".tmp").rename(mark)  # whole, once it is there
     time.sleep(seconds)
     return x
 
@@ -85,8 +96,14 @@ def die(x):
     return x
 
 def flaky(x, folder):
+    """Fails in a broken branch, once the other two branches' have completed (a failed
+    branch stops the others' later tasks: here there are none by then)."""
     if (Path(folder) / f"broken-{x}").exists():
+        end = time.monotonic() + 30
+        while len(list(Path(folder).glob("done-*"))) < 2 and time.monotonic() < end:
+            time.sleep(0.01)
         raise RuntimeError(f"branch {x} is broken")
+    (Path(folder) / f"done-{x}").write_text("")
     return x + context.g.get(f"case{x}", 0)
 '''
 
@@ -111,7 +128,7 @@ def naps(folder: Path, parallel: int | None, *, branches: int = 4,
     """case, nap per branch; total after the branch process."""
     case = caliber.Task("pfuncs:case", name="case", args=[[b] for b in range(branches)])
     nap = caliber.Task("pfuncs:nap", name="nap",
-                       args=[[case.result, seconds] for _ in range(branches)])
+                       args=[[case.result, seconds, str(folder)] for _ in range(branches)])
     cases = caliber.BranchProcess([case, nap], branches=branches, name="Cases",
                                   parallel=parallel)
     total = caliber.Task("pfuncs:total", name="total", args=[nap.result])
@@ -133,6 +150,14 @@ def comparable(results: Results) -> dict[str, Any]:
     return plain
 
 
+def expect_overlap(folder: Path, parallel: int, branches: int = 4) -> None:
+    """Make each branch's nap wait until ``parallel`` branches (its group) have started."""
+    for old in folder.glob("started-*"):
+        old.unlink()
+    (folder / "expect.json").write_text(json.dumps(
+        {str(b): min((b // parallel + 1) * parallel, branches) for b in range(branches)}))
+
+
 def intervals(results: Results) -> list[tuple[float, float]]:
     return [(n["start"], n["end"]) for n in results["nap"]]
 
@@ -147,6 +172,7 @@ def test_results_are_those_of_a_serial_run_and_branches_overlap(
         tmp_path: Path, parallel: int) -> None:
     folder = make(tmp_path)
     serial = naps(folder, None).run()
+    expect_overlap(folder, parallel)
     both = naps(folder, parallel).run()
     assert both.status.value == "completed"
     assert comparable(both) == comparable(serial)
@@ -350,6 +376,7 @@ def test_the_file_format_keeps_parallel_and_reads_older_files_as_serial(
 def test_workflow_run_runs_branches_in_parallel(tmp_path: Path) -> None:
     folder = make(tmp_path)
     naps(folder, 4).export(folder / "naps.json")
+    expect_overlap(folder, 4)
     done = subprocess.run([sys.executable, "-m", "caliber", "workflow", "run", "naps.json"],
                           cwd=folder, capture_output=True, text=True, timeout=WAIT)
     assert done.returncode == 0, done.stderr
@@ -390,7 +417,11 @@ def test_a_pinion_runs_branches_in_parallel_with_the_results_of_a_serial_run(
         tmp_path: Path) -> None:
     folder = make(tmp_path)
     serial = naps(folder, None).queue(pinion="p")
+    pinion = start_pinion("p", "-a", "1", "-w", "0")
+    _out, err = pinion.communicate(timeout=WAIT)
+    assert pinion.returncode == 0, err
     parallel = naps(folder, 4).queue(pinion="p")
+    expect_overlap(folder, 4)
     pinion = start_pinion("p", "-a", "1", "-w", "0")
     _out, err = pinion.communicate(timeout=WAIT)
     assert pinion.returncode == 0, err
@@ -457,9 +488,9 @@ def test_cancel_now_ends_every_branchs_process_in_a_pinion(tmp_path: Path) -> No
                               capture_output=True, text=True, timeout=WAIT)
         assert done.returncode == 0, done.stderr
         wait_for(lambda: status_of(wid) == "cancelled", timeout=WAIT, what="the cancel")
+        assert not any(alive(pid) for pid in pids)  # ended by the cancel, the pinion running
     finally:
-        stop(pinion, signal.SIGTERM)
-    assert not any(alive(pid) for pid in pids)
+        stop(pinion)
     results = caliber.get_results(wid)
     assert [t.error.type for t in results.tasks if t.error] == ["Cancelled"] * 3
 
