@@ -44,6 +44,8 @@ DEFAULT_WAIT = 5.0  # seconds between a pinion's looks for work
 DEFAULT_LEASE = 60.0  # seconds a claim holds a workload without renewal
 DEFAULT_MAX_ATTEMPTS = 3  # claims of one workload before it is failed
 DEFAULT_CANCEL_GRACE = 10.0  # seconds between SIGTERM (cancel --now, a time limit) and SIGKILL
+DEFAULT_CONCURRENCY = 1  # workloads a pinion runs at once: one by one
+MAX_CONCURRENCY = 256  # workloads a pinion runs at once, at most (each is a process, 2 pipes)
 CHILD_STARTS = ("fork", "spawn")
 HOUR = 3600  # seconds
 DAY = 24 * HOUR
@@ -110,6 +112,7 @@ BOUNDS: dict[str, Bounds] = {
     "pinion_max_attempts": Bounds(1, 1000, whole=True),
     "pinion_keep_runs": Bounds(0, MAX_COUNT, whole=True),
     "pinion_cancel_grace": Bounds(0, HOUR),
+    "pinion_concurrency": Bounds(1, MAX_CONCURRENCY, whole=True),
     "array_inline_max": Bounds(0, GIB, whole=True),
 }
 """The bounds of every number setting, by field of :class:`caliber.settings_model.Settings`

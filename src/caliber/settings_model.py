@@ -24,6 +24,7 @@ from caliber.settings import (
     DEFAULT_ARRAY_INLINE_MAX,
     DEFAULT_ATTEMPTS,
     DEFAULT_CANCEL_GRACE,
+    DEFAULT_CONCURRENCY,
     DEFAULT_LEASE,
     DEFAULT_MAX_ATTEMPTS,
     DEFAULT_MIN_LEASE,
@@ -95,6 +96,9 @@ class Settings(BaseSettings):
     pinion_cancel_grace: float = Field(DEFAULT_CANCEL_GRACE, description=(
         "seconds a pinion gives a task it stops (queue cancel --now, or past its time limit) "
         "between SIGTERM and SIGKILL (pinion init --cancel-grace)"))
+    pinion_concurrency: int = Field(DEFAULT_CONCURRENCY, description=(
+        "workloads a pinion runs at once, each in its own process and run folder "
+        "(pinion init --concurrency)"))
     pinion_keep_runs: int | None = Field(None, description=(
         "run folders of finished workloads a pinion keeps, the newest (pinion init "
         "--keep-runs; default: all)"))

@@ -11,6 +11,7 @@ from caliber.settings import (
     BOUNDS,
     DEFAULT_ATTEMPTS,
     DEFAULT_CANCEL_GRACE,
+    DEFAULT_CONCURRENCY,
     DEFAULT_LEASE,
     DEFAULT_MAX_ATTEMPTS,
     DEFAULT_WAIT,
@@ -91,7 +92,8 @@ def pinion() -> None:
 @pinion.command(
     "init",
     epilog="Examples: caliber pinion init mypinion | caliber pinion init mypinion -a 100 -w 10 "
-    "| caliber pinion init mypinion --forever --timeout 3600",
+    "| caliber pinion init mypinion --forever --timeout 3600 "
+    "| caliber pinion init mypinion --forever --concurrency 4",
 )
 @click.argument("name")
 @click.option("-a", "--attempts", type=Bounded(BOUNDS["pinion_attempts"]),
@@ -103,6 +105,10 @@ def pinion() -> None:
               envvar="CALIBER_PINION_WAIT", show_envvar=True,
               help="Seconds between looks for work (fractions allowed).")
 @click.option("--forever", is_flag=True, help="Listen until stopped (the same as -a 0).")
+@click.option("-c", "--concurrency", type=Bounded(BOUNDS["pinion_concurrency"]),
+              default=DEFAULT_CONCURRENCY, show_default=True, cls=SettingOption,
+              envvar="CALIBER_PINION_CONCURRENCY", show_envvar=True,
+              help="Workloads run at once, each in its own process, run folder and lease.")
 @click.option("--lease", type=Bounded(BOUNDS["pinion_lease"]), default=DEFAULT_LEASE,
               show_default=True, cls=SettingOption,
               envvar="CALIBER_PINION_LEASE", show_envvar=True,
@@ -138,16 +144,17 @@ def pinion() -> None:
 @json_option
 @target_options
 def init(
-    name: str, attempts: int, wait: float, forever: bool, lease: float, timeout: float | None,
+    name: str, attempts: int, wait: float, forever: bool, concurrency: int, lease: float,
+    timeout: float | None,
     cancel_grace: float, max_attempts: int, keep_runs: int | None,
     preload: tuple[str, ...], log_max: int,
     quiet: bool, as_json: bool, target: QueueTarget,
 ) -> None:
-    """Start the pinion NAME: run the workloads queued for it, one by one, each in its own
-    process and working folder, and store their results.
+    """Start the pinion NAME: run the workloads queued for it, one by one (or --concurrency
+    at once), each in its own process and working folder, and store their results.
 
-    Ctrl-C (or SIGTERM) once: finish the running workload, then stop. Twice: stop now and put
-    the running workload back in the queue.
+    Ctrl-C (or SIGTERM) once: finish the running workloads, then stop. Twice: stop now and put
+    the running workloads back in the queue.
     """
     from caliber.pinion.child import child_main
     from caliber.pinion.platform import start_fork_server
@@ -160,7 +167,7 @@ def init(
     config = PinionConfig(
         name=name, attempts=0 if forever else attempts, wait=wait, lease=lease,
         timeout=timeout, max_attempts=max_attempts, keep_runs=keep_runs, preload=preload,
-        log_max=log_max, cancel_grace=cancel_grace,
+        log_max=log_max, cancel_grace=cancel_grace, concurrency=concurrency,
     )
     summary = run_pinion(config, target, quiet=quiet, server=server)
     if as_json:

@@ -1,15 +1,20 @@
 """The pinion: looks for queued workloads meant for it, runs each in a child, keeps results.
 
-``run_once()`` is one look: claim, verify the run-secret, run, store. ``run()`` repeats it:
-work found means look again at once; an empty look counts, then waits; after ``attempts``
-empty looks in a row the pinion stops (``attempts=0``: never).
+``run_once()`` is one look: claim, verify the run-secret, run, store. ``run()`` looks again and
+again: work found means look again at once; an empty look counts, then waits; after
+``attempts`` empty looks in a row the pinion stops (``attempts=0``: never).
 
+A pinion has ``concurrency`` *slots* (one by default): each runs one workload at a time, in a
+child of its own with its own lease, run folder and output. One loop in the pinion serves
+them all (:meth:`Pinion._drive`): a free slot looks for work when a look is due, and one wait
+on every running child's message pipe (:func:`~caliber.pinion.platform.wait_for_messages`),
+bounded by the nearest renewal or look, brings each slot's news (:meth:`Pinion._watch`).
 While a child runs, the pinion renews its lease every third of the lease time, looks for a
 cancel about every second in between (a read, :meth:`QueueBackend.peek_cancel`), enforces the
 timeout and watches for a warm or cold stop. While it writes a workload's attachments into
-its run folder it renews the lease and looks for a cancel the same way. The child's verdict
-is stored with the claim token, so a pinion that lost its lease can never complete a
-workload another pinion holds.
+its run folder it renews the lease and looks for a cancel the same way (and renews the other
+slots' leases that are due). The child's verdict is stored with the claim token, so a pinion
+that lost its lease can never complete a workload another pinion holds.
 """
 
 from __future__ import annotations
@@ -24,7 +29,7 @@ import os
 import shutil
 import socket
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
@@ -58,6 +63,7 @@ from caliber.pinion.platform import (
     start_child,
     start_fork_server,
     start_method,
+    wait_for_messages,
 )
 from caliber.pinion.progress import Reporter
 from caliber.pinion.signals import StopFlags, stop_on_signals
@@ -81,6 +87,7 @@ from caliber.settings import (
     BOUNDS,
     DEFAULT_ATTEMPTS,
     DEFAULT_CANCEL_GRACE,
+    DEFAULT_CONCURRENCY,
     DEFAULT_LEASE,
     DEFAULT_MAX_ATTEMPTS,
     DEFAULT_WAIT,
@@ -98,6 +105,8 @@ POLL_SLICE = 0.1  # seconds: how often a waiting pinion looks at its stop flags
 QUEUE_RETRY_MIN = 0.5  # seconds: the first back-off after the queue could not be reached
 QUEUE_RETRY_CAP = 30.0  # seconds: the longest back-off after the queue could not be reached
 CHILD_EXIT_GRACE = 0.5  # seconds: wait for the last messages of a child that has ended
+EXIT_POLL = 0.01  # seconds: how long, with several workloads running, the pinion waits at a
+# time for how a child that closed its message pipe ended (the others' news waits meanwhile)
 RENEWALS_PER_LEASE = 3  # a running workload's lease is renewed every third of its length
 MIN_RENEW_INTERVAL = 0.05  # seconds: the shortest time between two renewals
 CANCEL_PEEK_EVERY = 1.0  # seconds: how often a cancel is looked for between renewals (a read;
@@ -135,12 +144,14 @@ class PinionConfig:
     cancel_grace: float = DEFAULT_CANCEL_GRACE
     """Seconds between SIGTERM and SIGKILL of a task stopped by ``queue cancel --now``, and
     after a task's time limit before its process is killed (``--cancel-grace``)."""
+    concurrency: int = DEFAULT_CONCURRENCY
+    """Workloads run at once, each in its own child (``--concurrency``): the pinion's slots."""
 
     def __post_init__(self) -> None:
         """Each number within its setting's bounds (ConfigError): a lease of 1e17 s would
         overflow the first claim's date."""
         for name in ("attempts", "wait", "lease", "timeout", "max_attempts", "keep_runs",
-                     "cancel_grace"):
+                     "cancel_grace", "concurrency"):
             value = getattr(self, name)
             try:
                 if value is not None:
@@ -226,9 +237,17 @@ class Pinion:
         self.config = config
         self.backend = backend
         self.reporter = reporter or Reporter(config.name, quiet=True)
+        """The Reporter of the slot whose work is being done (:meth:`_working_on`), else the
+        pinion's own."""
+        self._root_reporter = self.reporter
         self.key = key if key is not None else load_key()
         self.key_id = key_id(self.key)
         self.owner = f"{config.name}@{socket.gethostname()}:{os.getpid()}"
+        one = config.concurrency == 1  # one slot: its lines and claims are the pinion's own
+        self._slots = [
+            _Slot(k, self.owner if one else f"{self.owner} [slot {k}]",
+                  self.reporter if one else self.reporter.for_slot(k))
+            for k in range(1, config.concurrency + 1)]
         self.flags = StopFlags()
         self.summary = Summary()
         self.runs = pinion_runs(config.name, config.runs_dir).resolve()  # once, not per run
@@ -241,7 +260,7 @@ class Pinion:
         self._servers_left = MAX_FORK_SERVERS - (server is not None)  # to start, at most
         self._staged: Path | None = None  # the next run's folder, made ahead (_stage_next)
         self._code: dict[tuple[tuple[str, str], ...], dict[str, str]] = {}  # see _learn_code
-        self._written_back: dict[Path, dict[str, WrittenBack]] = {}  # see supervise
+        self._written_back: dict[Path, dict[str, WrittenBack]] = {}  # see launch
         self._inline_max = inline_max(backend)  # bytes: bigger arrays are stored as binary
         self._output_limits = output_limits()  # a bad setting stops the pinion before it runs
 
@@ -256,39 +275,71 @@ class Pinion:
             except BaseException:
                 self.close()
                 raise
-        self.reporter.started(self.backend.location, cfg.attempts, cfg.wait)
-        empty = 0
-        backoff = max(cfg.wait, QUEUE_RETRY_MIN)  # never a busy loop, even with -w 0
+        self.reporter.started(self.backend.location, cfg.attempts, cfg.wait, cfg.concurrency)
         try:
-            with stop_on_signals(self.flags, lambda f: self.reporter.stopping(f.cold)):
-                while not self.flags.warm:
-                    try:
-                        found = self.run_once()
-                    except QueueDamagedError:
-                        raise  # trying again cannot help
-                    except (QueueError, WorkspaceError, ChildStartError) as exc:
-                        self.reporter.error(f"{exc}; trying again in {backoff:g} s", exc_info=exc)
-                        self._sleep(backoff)
-                        backoff = min(backoff * 2, QUEUE_RETRY_CAP)
-                        continue
-                    backoff = max(cfg.wait, QUEUE_RETRY_MIN)
-                    if found:
-                        empty = 0
-                        continue
-                    empty += 1
-                    if cfg.attempts and empty >= cfg.attempts:
-                        break
-                    self.reporter.idle(empty, cfg.attempts, cfg.wait)
-                    self._sleep(cfg.wait, wake=cfg.name)
+            with stop_on_signals(self.flags, lambda f: self._root_reporter.stopping(f.cold)):
+                self._drive()
         finally:
             self.close()
         self.summary.stopped_by = self.flags.signal_name
         self.summary.cold = self.flags.cold
         return self.summary
 
+    def _drive(self) -> None:
+        """The loop of :meth:`run`. A free slot looks for work when a look is due: at once
+        after work was found or a workload ended, ``wait`` seconds after an empty look, a
+        capped back-off after the queue or the machine failed; the running workloads are
+        watched meanwhile. Empty looks count only while nothing runs (with one slot, every
+        look is made then): ``attempts`` of them in a row stop the pinion. After a warm stop
+        no slot looks again, and the loop ends when the last running workload has."""
+        cfg = self.config
+        empty = 0
+        backoff = max(cfg.wait, QUEUE_RETRY_MIN)  # never a busy loop, even with -w 0
+        look_at = 0.0  # time.monotonic() of the next look
+        wake: str | None = None  # wait for it as for work (a queue that tells, wait_for_work)
+        while True:
+            busy = [slot for slot in self._slots if slot.run is not None]
+            free = len(busy) < len(self._slots) and not self.flags.warm
+            looking = free and time.monotonic() >= look_at
+            if not (looking or busy):
+                if self.flags.warm:
+                    return
+                self._sleep(look_at - time.monotonic(), wake=wake)
+                look_at = 0.0  # its time has come, or work has (or a stop: the loop ends)
+                continue
+            try:
+                if not looking:
+                    if self._watch(busy, look_at if free else None):
+                        look_at = 0.0  # a slot is free: it looks at once
+                    continue
+                found = self._look(next(s for s in self._slots if s.run is None))
+            except QueueDamagedError:
+                raise  # trying again cannot help
+            except (QueueError, WorkspaceError, ChildStartError) as exc:
+                self.reporter.error(f"{exc}; trying again in {backoff:g} s", exc_info=exc)
+                look_at, wake = time.monotonic() + backoff, None
+                backoff = min(backoff * 2, QUEUE_RETRY_CAP)
+                continue
+            backoff = max(cfg.wait, QUEUE_RETRY_MIN)
+            if found:
+                empty = 0
+                continue
+            if not busy:
+                empty += 1
+                if cfg.attempts and empty >= cfg.attempts:
+                    return
+                self.reporter.idle(empty, cfg.attempts, cfg.wait)
+            look_at, wake = time.monotonic() + cfg.wait, cfg.name
+
     def close(self) -> None:
         """Stop the spare child, wait for the children that ended, stop reporting (``run()``
-        does it; a caller of :meth:`run_once` does it when done)."""
+        does it; a caller of :meth:`run_once` does it when done). A workload still running
+        (the queue was found damaged) is stopped, and left to its lease."""
+        for slot in self._slots:
+            if slot.run is not None:
+                slot.run.child.kill()
+                self._let_go(slot.run)
+                slot.run = None
         self._drop_spare()
         self._drop_staged()
         self._reap(block=True)
@@ -317,18 +368,26 @@ class Pinion:
             if server is not None and server.alive:
                 child = _from_server(server, idle)
             if child is None:  # no server, or it ended: forked here (a new one for the next)
-                child = start_child(child_main, method=self._start_method)
+                child = start_child(child_main, close_fds=self._running_fds(),
+                                    method=self._start_method)
             child.send_job(job)
         try:
             server = self._fork_server()  # a new one, if that one ended
             if server is not None:
                 server.prefork()
             else:
-                self._spare = start_child(child_main, close_fds=child.parent_fds(),
-                                          method=self._start_method)
+                self._spare = start_child(
+                    child_main, close_fds=[*child.parent_fds(), *self._running_fds()],
+                    method=self._start_method)
         except OSError as exc:  # no spare (out of processes?): the next one is started on demand
             self.reporter.error(f"could not start a spare child process: {exc}")
         return child
+
+    def _running_fds(self) -> list[int]:
+        """The pinion's ends of the pipes of the children running in its slots: a child it
+        forks itself must not hold them open (a child's lifeline is its pipe's closing)."""
+        return [fd for slot in self._slots if slot.run is not None
+                for fd in slot.run.child.parent_fds()]
 
     def _preload(self) -> None:
         """Import the modules to preload where the children are forked from: the fork server
@@ -431,16 +490,26 @@ class Pinion:
                 return
 
     def run_once(self) -> bool:
-        """One look: True when a workload was claimed (run, skipped or given back), False when
-        none. Any ``Exception`` while handling a claimed workload is recorded on it (see
-        :meth:`_recover`) and does not stop the pinion; only a damaged queue, the queue or the
-        runs folder being out of reach (after the claim is given back) raise."""
+        """One look: True when a workload was claimed (run to its end, skipped or given back),
+        False when none. Any ``Exception`` while handling a claimed workload is recorded on it
+        (see :meth:`_recover`) and does not stop the pinion; only a damaged queue, the queue or
+        the runs folder being out of reach (after the claim is given back) raise."""
+        slot = self._slots[0]
+        found = self._look(slot)
+        while slot.run is not None:
+            self._watch([slot], None)
+        return found
+
+    def _look(self, slot: _Slot) -> bool:
+        """One look for ``slot``: True when a workload was claimed, and then started in its
+        child (``slot.run``) or already done with (skipped, failed before it ran, given back);
+        False when none was found. Errors as :meth:`run_once` says."""
         cfg = self.config
         for workload_id in self.backend.expire(cfg.max_attempts):
             self.reporter.skipped(workload_id, f"failed: its lease ran out {cfg.max_attempts} "
                                   "times (pinions died)")
         try:
-            claim = self.backend.claim(cfg.name, self.owner, cfg.lease, self.key_id)
+            claim = self.backend.claim(cfg.name, slot.owner, cfg.lease, self.key_id)
         except ClaimReturnedError as exc:  # given back by the backend: counted, then back off
             self.summary.errors.append((exc.workload_id, str(exc), exc.outcome))
             raise
@@ -448,15 +517,83 @@ class Pinion:
             return False
         log.debug("claimed workload %s (attempt %d), lease %g s", claim.workload.id,
                   claim.workload.attempts, cfg.lease)
+        with self._working_on(slot):
+            try:
+                begun = self.handle(claim)
+            except QueueDamagedError:
+                raise  # trying again cannot help: the pinion stops
+            except Exception as exc:  # anything else is this workload's problem, not the pinion's
+                begun = self._recover(claim, exc)
+            if isinstance(begun, _Run):
+                slot.run = begun
+            else:
+                self._done(begun)
+        return True
+
+    def _watch(self, busy: list[_Slot], until: float | None) -> bool:
+        """Wait for news from the children of the ``busy`` slots (one wait on all their
+        message pipes), at most until one of them needs the pinion (a lease to renew, its
+        output to look at, a slice to look at the stop flags) or ``until``; then take each
+        slot's news and act on it (:meth:`_step`), and finish the runs that are over. True
+        when a slot is free again."""
+        now = time.monotonic()
+        wait = POLL_SLICE if until is None else min(POLL_SLICE, until - now)
+        for slot in busy:
+            assert slot.run is not None
+            wait = min(wait, slot.run.next_renew - now, slot.run.log.tick())
+        wait = max(wait, 0.0)
+        wait_for_messages([slot.run.messages for slot in busy if slot.run is not None], wait)
+        exit_wait = wait if len(busy) == 1 else min(wait, EXIT_POLL)
+        freed = False
+        for slot in busy:
+            run = slot.run
+            assert run is not None
+            with self._working_on(slot):
+                try:
+                    if not self._step(run, exit_wait):
+                        continue
+                    outcome = self._conclude(run)
+                except QueueDamagedError:
+                    raise  # trying again cannot help: the pinion stops (close() ends the run)
+                except Exception as exc:  # this workload's problem, not the pinion's
+                    self._let_go(run)
+                    self._written_back.pop(run.work_dir, None)
+                    slot.run = None
+                    outcome = self._recover(run.claim, exc)  # raises when the machine's
+                slot.run = None
+                self._done(outcome)
+                freed = True
+        return freed
+
+    @contextlib.contextmanager
+    def _working_on(self, slot: _Slot) -> Iterator[None]:
+        """While the pinion works for ``slot``, ``self.reporter`` is the slot's: with several
+        slots, its lines say which slot they are about (``[slot 2]``)."""
+        before, self.reporter = self.reporter, slot.reporter
         try:
-            outcome = self.handle(claim)
-        except QueueDamagedError:
-            raise  # trying again cannot help: the pinion stops
-        except Exception as exc:  # anything else is this workload's problem, not the pinion's
-            outcome = self._recover(claim, exc)
+            yield
+        finally:
+            self.reporter = before
+
+    def _tend(self) -> None:
+        """Renew the leases that are due of the workloads running in the other slots, while
+        one slot's work holds the loop (waiting for the fork server, keeping a run's files):
+        theirs may run out meanwhile. A lease found lost ends that run (LOST)."""
+        now = time.monotonic()
+        for slot in self._slots:
+            run = slot.run
+            if run is None or run.outcome is not None or run.over or now < run.next_renew:
+                continue
+            with self._working_on(slot):
+                if self._renew(run):
+                    run.next_renew = now + self._renew_every
+                else:
+                    run.outcome = Outcome.LOST
+
+    def _done(self, outcome: Outcome) -> None:
+        """A claimed workload is done with: counted, and old run folders removed."""
         self._count(outcome)
         self._keep_runs()
-        return True
 
     def _keep_runs(self) -> None:
         """``--keep-runs N``: remove this pinion's run folders of finished workloads but the
@@ -525,7 +662,9 @@ class Pinion:
 
     # --- one workload -------------------------------------------------------------------
 
-    def handle(self, claim: Claim) -> Outcome:
+    def handle(self, claim: Claim) -> Outcome | _Run:
+        """Check the claimed workload, prepare its folder and start its child: the run (the
+        loop watches it), or what became of a workload that never ran."""
         workload = claim.workload
         reason = workload.damaged or (None if verify(workload, self.key) else
                                       "run-secret does not match this pinion's key (tampered, "
@@ -564,9 +703,13 @@ class Pinion:
             self.reporter.workload_finished("not run", reason)
             return Outcome.SKIPPED
         try:
-            return self.supervise(claim, work_dir, resume=resume)
-        finally:  # kept by _collect_outputs, unless the run ended without Results
+            begun = self.launch(claim, work_dir, resume=resume)
+        except BaseException:
             self._written_back.pop(work_dir, None)
+            raise
+        if not isinstance(begun, _Run):  # else kept by _collect_outputs, or dropped when the
+            self._written_back.pop(work_dir, None)  # run ends without Results (_conclude)
+        return begun
 
     def _checked_resume(self, workload: Workload) -> tuple[dict[str, Any] | None, str | None]:
         """The Results a resumed workload reuses (``retry --resume``), read once and handed
@@ -593,6 +736,7 @@ class Pinion:
             nonlocal claim, renew_at, peek_at
             if self.flags.cold:
                 raise _NotRun(None)
+            self._tend()  # the other slots' leases, that are due
             now = time.monotonic()
             if now >= renew_at:
                 claim = self._renewed(claim)
@@ -667,11 +811,12 @@ class Pinion:
 
     # --- the child: start it, monitor it, keep its verdict (as rq's work horse) -----------
 
-    def supervise(self, claim: Claim, work_dir: Path, *,
-                  resume: dict[str, Any] | None = None) -> Outcome:
-        """Run the workload in a child: check its document, start it, monitor it (lease,
-        messages, timeout, stops), then store its verdict. ``resume``: the earlier Results
-        (JSON form) its child reuses, checked already (:meth:`handle`)."""
+    def launch(self, claim: Claim, work_dir: Path, *,
+               resume: dict[str, Any] | None = None) -> Outcome | _Run:
+        """Start the workload in a child: check its document, start it, and return the run,
+        which the loop monitors (lease, messages, timeout, stops: :meth:`_step`) until it
+        stores its verdict (:meth:`_conclude`). ``resume``: the earlier Results (JSON form)
+        its child reuses, checked already (:meth:`handle`)."""
         workload = claim.workload
         try:
             document = check_document(workload.workflow, source=f"workload {workload.id}")
@@ -689,18 +834,31 @@ class Pinion:
                 error=ErrorInfo(type=type(exc).__name__, message=str(exc))))
         run = self._start_run(claim, work_dir, document, resume)
         self._stage_next()  # while the child runs
+        return run
+
+    def _conclude(self, run: _Run) -> Outcome:
+        """The run is over (:meth:`_step`): its child let go, its verdict stored."""
         try:
-            outcome = self._monitor(run)
-            if outcome is not None:
-                return outcome
-            if run.final is None and run.child.server_ended and not run.stop_reason:
-                return self._server_ended(run)
-            returncode = run.child.returncode if run.final is None else 0
-        finally:
-            run.child.kill_group()  # whatever the workload started and left behind
-            run.child.close()
-            self._unreaped.append(run.child)
-        return self._verdict(run, returncode)
+            try:
+                if run.outcome is not None:
+                    return run.outcome
+                if run.final is None and run.child.server_ended and not run.stop_reason:
+                    return self._server_ended(run)
+                returncode = run.child.returncode if run.final is None else 0
+            finally:
+                self._let_go(run)
+            return self._verdict(run, returncode)
+        finally:  # kept by _collect_outputs, unless the run ended without Results
+            self._written_back.pop(run.work_dir, None)
+
+    def _let_go(self, run: _Run) -> None:
+        """Once per run: kill whatever the workload started and left behind, close the pipes;
+        the child is waited for later (:meth:`_reap`)."""
+        if run.child in self._unreaped:
+            return
+        run.child.kill_group()
+        run.child.close()
+        self._unreaped.append(run.child)
 
     def _start_run(self, claim: Claim, work_dir: Path, document: dict[str, Any],
                    resume: dict[str, Any] | None = None) -> _Run:
@@ -717,11 +875,12 @@ class Pinion:
         self._reap()
         next_renew = time.monotonic() + self._renew_every
 
-        def idle() -> None:  # waiting for the fork server: the lease is kept all the same
+        def idle() -> None:  # waiting for the fork server: the leases are kept all the same
             nonlocal claim, next_renew
             if time.monotonic() >= next_renew:
                 claim = self._renewed(claim)
                 next_renew = time.monotonic() + self._renew_every
+            self._tend()
 
         try:
             child = self._start(job, idle)
@@ -741,37 +900,51 @@ class Pinion:
     def _renew_every(self) -> float:
         return max(self.config.lease / RENEWALS_PER_LEASE, MIN_RENEW_INTERVAL)
 
-    def _monitor(self, run: _Run) -> Outcome | None:
-        """Watch the child until its verdict is known (None), or until the run ends without
-        one: a cold stop (RELEASED) or a lost lease (LOST)."""
-        while True:
-            log_due = run.log.tick()  # the output's size, often enough: cut past the cap
-            wait = min(run.next_renew - time.monotonic(), POLL_SLICE, log_due)
-            line = run.messages.get(max(wait, 0.0))
-            if line is EOF:  # its last message: how it ended is waited for (a slice at a time)
-                if run.child.wait(max(wait, 0.0)) is not None:
-                    return None
-            elif line is not None:
-                run.news_at = time.monotonic()
-                if self._take(run, line):
-                    return None
-                continue
-            if time.monotonic() - max(run.news_at, run.t0) >= POLL_SLICE:
-                self.reporter.tick()  # no news for a moment: progress file, live line
-            if self.flags.cold:
-                return self._put_back(run)
-            now = time.monotonic()
-            if self._ended(run, now) or self._timed_out(run, now) or self._overdue(run, now):
-                return None
-            if now >= run.next_renew:
-                if not self._renew(run):
-                    return Outcome.LOST
-                run.next_renew = now + self._renew_every
-                run.next_peek = now + CANCEL_PEEK_EVERY
-            elif now >= run.next_peek:
-                if not self._renew(run, peek=True):
-                    return Outcome.LOST
-                run.next_peek = now + CANCEL_PEEK_EVERY
+    def _step(self, run: _Run, exit_wait: float) -> bool:
+        """Take the child's news (the messages that have come), then act on what is due: its
+        end, a cold stop, its timeout or a task's, a lease renewal. True when the run is over
+        (:meth:`_conclude` then finishes it): its verdict is known, or it ended without one
+        (``run.outcome``: a cold stop, RELEASED; a lost lease, LOST). ``exit_wait``: seconds
+        to wait for how the child ended once its pipe has closed."""
+        run.over = self._news(run, exit_wait) or self._due(run)
+        return run.over
+
+    def _news(self, run: _Run, exit_wait: float) -> bool:
+        """The child's messages that have come (True at its last: the Results, or its end)."""
+        if run.outcome is not None:  # its lease was found lost meanwhile (_tend)
+            return True
+        while not run.messages.waiting:
+            line = run.messages.get(0.0)
+            if line is EOF:  # its last message: how it ended is waited for (a moment at a time)
+                return run.child.wait(exit_wait) is not None
+            assert line is not None  # not waiting: it has a line, or end-of-file
+            run.news_at = time.monotonic()
+            if self._take(run, line):
+                return True
+        return False
+
+    def _due(self, run: _Run) -> bool:
+        """What is due for the run besides its messages (see :meth:`_step`)."""
+        if time.monotonic() - max(run.news_at, run.t0) >= POLL_SLICE:
+            self.reporter.tick()  # no news for a moment: progress file, live line
+        if self.flags.cold:
+            run.outcome = self._put_back(run)
+            return True
+        now = time.monotonic()
+        if self._ended(run, now) or self._timed_out(run, now) or self._overdue(run, now):
+            return True
+        if now >= run.next_renew:
+            if not self._renew(run):
+                run.outcome = Outcome.LOST
+                return True
+            run.next_renew = now + self._renew_every
+            run.next_peek = now + CANCEL_PEEK_EVERY
+        elif now >= run.next_peek:
+            if not self._renew(run, peek=True):
+                run.outcome = Outcome.LOST
+                return True
+            run.next_peek = now + CANCEL_PEEK_EVERY
+        return False
 
     def _take(self, run: _Run, line: bytes) -> bool:
         """One message from the child; True when it is the last (the Results, or a line that
@@ -955,7 +1128,7 @@ class Pinion:
         """The files the workflow's ``outputs`` match in its run folder, streamed into the
         queue's store and listed in its Results (:mod:`caliber.results.files`), however the
         run ended; the lease is renewed between files when due (LeaseLostError stops it)."""
-        written_back = self._written_back.pop(work_dir, None)  # a resumed run's (supervise)
+        written_back = self._written_back.pop(work_dir, None)  # a resumed run's (launch)
         patterns = claim.workload.workflow.get("outputs")
         if not patterns or not isinstance(patterns, list):
             return claim, results
@@ -978,6 +1151,7 @@ class Pinion:
                 except QueueError as exc:  # the lease may still hold: go on
                     self.reporter.error(f"could not renew the lease: {exc}", exc_info=exc)
                 due = time.monotonic() + self._renew_every
+            self._tend()  # the other slots' leases too
 
         found = keep_outputs(self.backend, work_dir, patterns, self._output_limits,
                              between=renew, written_back=written_back)
@@ -1055,6 +1229,23 @@ class _Run:
     """Whether the child was asked to run no further task (else it is killed after this one)."""
     watch: TaskWatch = field(default_factory=lambda: TaskWatch(DEFAULT_CANCEL_GRACE))
     """The running task, its time limit, and a ``cancel --now`` under way."""
+    over: bool = False
+    """Its verdict is known, or it ended without one: it is being finished."""
+    outcome: Outcome | None = None
+    """How it ended without a verdict of its child's: put back (a cold stop), or LOST."""
+
+
+@dataclass
+class _Slot:
+    """One of a pinion's ``concurrency`` places for a running workload."""
+
+    number: int
+    """1 to ``concurrency``."""
+    owner: str
+    """Who holds its claims (the pinion's owner, with ``[slot k]`` when it has several)."""
+    reporter: Reporter
+    run: _Run | None = None
+    """The workload running in it, if one is."""
 
 
 def _from_server(server: ForkServer, idle: Callable[[], object]) -> ChildProcess | None:

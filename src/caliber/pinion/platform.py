@@ -815,6 +815,11 @@ class MessageReader:
             return self.lines.popleft()
         return EOF if self.eof else None
 
+    @property
+    def waiting(self) -> bool:
+        """Whether this reader has nothing to give yet: no line, and not at end-of-file."""
+        return not self.lines and not self.eof
+
     def _read_available(self) -> None:
         while True:
             try:
@@ -839,6 +844,15 @@ class MessageReader:
         if chunk:
             self.pending.append(chunk)
 
+    def _take_queued(self) -> None:  # pragma: no cover - Windows
+        """What the reader thread has read so far, without waiting."""
+        import queue
+
+        assert self._queue is not None
+        with contextlib.suppress(queue.Empty):
+            while not self.eof:
+                self._add(self._queue.get_nowait())
+
     def _pump(self) -> None:  # pragma: no cover - Windows
         assert self._queue is not None
         try:
@@ -847,6 +861,29 @@ class MessageReader:
         except OSError:
             pass
         self._queue.put(None)
+
+
+def wait_for_messages(readers: Sequence[MessageReader], timeout: float) -> None:
+    """Wait until one of several children's readers (a pinion running several workloads at
+    once) has something to give, a line or end-of-file, at most ``timeout`` seconds: one
+    ``select`` over their pipes on POSIX. What arrived is read into them, and their
+    :meth:`MessageReader.get` gives it without waiting."""
+    waiting = [r for r in readers if r.waiting]
+    if len(waiting) < len(readers):
+        timeout = 0.0  # one has something already
+    if not waiting:
+        return
+    if waiting[0]._queue is None:
+        for fd in select.select([r.fd for r in waiting], [], [], max(timeout, 0.0))[0]:
+            next(r for r in waiting if r.fd == fd)._read_available()
+        return
+    end = time.monotonic() + timeout  # pragma: no cover - Windows: a thread reads each pipe
+    while all(r.waiting for r in waiting):  # pragma: no cover
+        for reader in waiting:
+            reader._take_queued()
+        if time.monotonic() >= end:
+            return
+        time.sleep(0.01)
 
 
 def receive_job(control_fd: int) -> dict[str, Any]:

@@ -10,6 +10,9 @@ workload's start). ``quiet`` shows nothing but errors.
 The live line's elapsed time counts on during a task (:meth:`Reporter.tick`), and the
 running workload's progress is also kept in its run folder for ``caliber queue view``
 (:func:`caliber.pinion.follow.write_progress`).
+A pinion that runs several workloads at once (``--concurrency``) has a Reporter for each of
+its slots (:meth:`Reporter.for_slot`): they share the pinion's logger and handler, each line
+about a workload starts with its slot (``[slot 2]``), and the live line shows every slot's.
 Everything goes to stderr. With ``caliber --verbose`` debug lines (claims, renewals, child
 processes) show too, and an error's causes (its exception chain) under its line. Other
 handlers added to ``caliber.pinion`` (a file, a log service) receive the same records.
@@ -118,18 +121,39 @@ class Reporter:
         self._folder: Path | None = None
         self._progress: dict[str, Any] = {}
         self._progress_due = False  # a task started since the progress file was written
+        self.slot: int | None = None
+        """Which of its pinion's slots this Reporter speaks for (None: the pinion's own)."""
+        self._prefix = ""  # what starts its lines: its slot
+        self._slots: list[Reporter] = []  # the pinion's: its slots' Reporters
+        self._root = self
         level = logging.DEBUG if verbose() else logging.WARNING if quiet else logging.INFO
         self.logger = logging.Logger(LOGGER, level)
         self.logger.parent = logging.getLogger(LOGGER)
         self.handler = ProgressHandler(name, stream, live=self.live, level=level)
         self.logger.addHandler(self.handler)
 
+    def for_slot(self, slot: int) -> Reporter:
+        """The Reporter of slot ``slot`` of this pinion (``--concurrency``): the same logger
+        and handler, its own running workload, its lines starting with ``[slot k]``."""
+        other = Reporter.__new__(Reporter)
+        other.__dict__.update(self.__dict__)  # the name, logger, handler, live and quiet
+        other.running, other._workload, other._task = False, "", ""
+        other._folder, other._progress, other._progress_due = None, {}, False
+        other.slot, other._prefix, other._slots, other._root = slot, f"[slot {slot}] ", [], self
+        self._slots.append(other)
+        return other
+
+    @property
+    def busy(self) -> bool:
+        """Whether a workload of this pinion runs now (in any of its slots)."""
+        return self.running or any(s.running for s in self._slots)
+
     # --- output primitives --------------------------------------------------------------
 
     def _log(self, level: int, text: str, *, live: bool = False,
              exc_info: BaseException | None = None) -> None:
-        self.logger.log(level, "%s", text, exc_info=exc_info,
-                        extra={LIVE: live, REPORTER: id(self)})
+        self.logger.log(level, "%s", self._prefix + text, exc_info=exc_info,
+                        extra={LIVE: live, REPORTER: id(self._root)})
 
     def _line(self, text: str) -> None:
         self._log(logging.INFO, text)
@@ -144,9 +168,10 @@ class Reporter:
 
     # --- events -------------------------------------------------------------------------
 
-    def started(self, location: str, attempts: int, wait: float) -> None:
+    def started(self, location: str, attempts: int, wait: float, concurrency: int = 1) -> None:
         looks = "until stopped" if attempts == 0 else f"{attempts} empty looks"
-        self._line(f"listening on {location} ({looks}, {wait:g} s apart)")
+        slots = f", {concurrency} workloads at once" if concurrency > 1 else ""
+        self._line(f"listening on {location} ({looks}, {wait:g} s apart{slots})")
 
     def idle(self, empty: int, attempts: int, wait: float) -> None:
         of = "" if attempts == 0 else f"/{attempts}"
@@ -206,12 +231,27 @@ class Reporter:
         self._show()
 
     def _show(self, *, force: bool = False) -> None:
+        if self._root is not self:  # one of several slots: the live line shows them all
+            self._root._show_slots(force=force)
+            return
         now = time.monotonic()
         if not (self.live and self.running and self._task) or (
                 not force and now - self._shown_at < LIVE_REFRESH):
             return
         self._shown_at = now
         self._status(f"{self._workload}: {self._task} ... {now - self._started:.1f} s")
+
+    def _show_slots(self, *, force: bool) -> None:
+        """The live line of a pinion with several slots: each running task's, slot by slot
+        (``[slot 1] k3v9q2mxa7 (solve): task 2/3 Solve ... 12.0 s | [slot 2] ...``)."""
+        now = time.monotonic()
+        if not self.live or (not force and now - self._shown_at < LIVE_REFRESH):
+            return
+        shown = [f"[slot {s.slot}] {s._workload}: {s._task} ... {now - s._started:.1f} s"
+                 for s in self._slots if s.running and s._task]
+        if shown:
+            self._shown_at = now
+            self._status(" | ".join(shown))
 
     def workload_finished(self, status: str, detail: str = "") -> None:
         self.running = False
@@ -257,13 +297,18 @@ class Reporter:
         self._line(f"skipped workload {workload_id}: {reason}")
 
     def stopping(self, cold: bool) -> None:
-        if not self.running:
+        workload = "workloads" if self._slots else "workload"
+        if not self.busy:
             self.error("stopping (no workload is running)")
         elif cold:
-            self.error("stopping now: the running workload goes back to the queue")
+            goes = "go" if self._slots else "goes"
+            self.error(f"stopping now: the running {workload} {goes} back to the queue")
         else:
-            self.error("stopping after the running workload (press Ctrl-C again to stop now)")
+            self.error(f"stopping after the running {workload} (press Ctrl-C again to stop "
+                       "now)")
 
     def close(self) -> None:
+        if self._root is not self:
+            return  # the pinion's Reporter closes the handler they share
         self.logger.removeHandler(self.handler)
         self.handler.close()
