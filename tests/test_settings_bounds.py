@@ -113,6 +113,7 @@ def test_a_bad_number_in_the_environment_stops_the_command(
     ("--attempts", "'-a' / '--attempts'", "pinion_attempts"),
     ("--max-attempts", "'--max-attempts'", "pinion_max_attempts"),
     ("--keep-runs", "'--keep-runs'", "pinion_keep_runs"),
+    ("--concurrency", "'-c' / '--concurrency'", "pinion_concurrency"),
 ])
 def test_a_bad_number_on_the_command_line_stops_the_pinion(
     option: str, hint: str, field: str, queued: str, caliber_home: Path
