@@ -101,7 +101,7 @@ def test_two_run_at_once_and_three_complete_exactly_once(folder: Path, start: st
     assert {(w.status.value, w.attempts) for w in workloads().values()} == {("completed", 1)}
     results = {wid: results_of(wid) for wid in ids}
     spans = sorted(r["span"] for r in results.values())
-    (first_start, first_end), (second_start, second_end), (third_start, _) = spans
+    (_, first_end), (second_start, second_end), (third_start, _) = spans
     assert second_start < first_end  # the first two ran at the same time
     assert third_start > min(first_end, second_end)  # never three: it waited for a slot
     for wid, name in ids.items():  # each its own run folder and output.log
