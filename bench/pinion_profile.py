@@ -95,7 +95,9 @@ def drain(n: int, root: Path) -> dict[str, list[float]]:
     backend.complete = _timed(samples, "complete", backend.complete)  # type: ignore[method-assign]
     pinion.prepare = _timed(samples, "prepare", pinion.prepare)  # type: ignore[method-assign]
     pinion._start = _timed(samples, "start", pinion._start)  # type: ignore[method-assign]
-    pinion._monitor = _timed(samples, "child", pinion._monitor)  # type: ignore[method-assign]
+    watched: dict[str, list[float]] = {"watch": [], "conclude": []}  # summed per look
+    pinion._watch = _timed(watched, "watch", pinion._watch)  # type: ignore[method-assign]
+    pinion._conclude = _timed(watched, "conclude", pinion._conclude)  # type: ignore[method-assign]
     verify = loop.verify
     loop.verify = _timed(samples, "verify", verify)  # type: ignore[assignment]
     children = _children_cpu()
@@ -105,6 +107,9 @@ def drain(n: int, root: Path) -> dict[str, list[float]]:
             f0 = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
             if not pinion.run_once():
                 break
+            samples["child"].append(sum(watched["watch"]) - sum(watched["conclude"]))
+            watched["watch"].clear()
+            watched["conclude"].clear()
             samples["faults pinion"].append(
                 resource.getrusage(resource.RUSAGE_SELF).ru_minflt - f0)
             samples["look"].append((time.perf_counter_ns() - t0) / 1e6)

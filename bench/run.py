@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from bench import (
+    concurrency,
     heavy_arrays,
     heavy_attachments,
     heavy_outputs,
@@ -62,6 +63,7 @@ def expected_row_ids() -> list[str]:
 
     ids += postgres.expected_ids()
     ids += parallel_branches.expected_ids()
+    ids += concurrency.expected_ids()
     return ids
 
 
@@ -549,6 +551,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         rows += postgres.rows(settings.quick, settings.reps, root)
         rows += parallel_branches.rows(settings.quick, settings.reps, root)
+        rows += concurrency.rows(settings.quick, settings.reps, root)
         for system in systems:
             system.close()
 

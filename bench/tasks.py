@@ -16,3 +16,11 @@ def stamp(path: str) -> float:
     with open(path, "w") as f:
         f.write(repr(now))
     return now
+
+
+def nap(seconds: float) -> float:
+    """The concurrency benchmark's task: CPU-light, it only sleeps (as a wait on a solver)."""
+    import time
+
+    time.sleep(seconds)
+    return seconds
