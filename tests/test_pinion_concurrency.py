@@ -5,7 +5,9 @@ recorded start and end times, never by how long a drain took."""
 from __future__ import annotations
 
 import collections
+import io
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -16,6 +18,7 @@ from typing import Any
 import pytest
 
 import caliber
+from caliber.pinion.progress import Reporter
 from caliber.queue.registry import open_backend
 from caliber.queue.target import local_target
 from caliber.results.model import Results
@@ -206,3 +209,32 @@ def test_a_bad_concurrency_is_one_line_and_exit_2(folder: Path, value: str) -> N
         assert "concurrency" in line.lower() and "from 1 to 256" in line, line
         assert database.read_bytes() == before
     assert status_of(wid) == "queued"
+
+
+class Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+@pytest.mark.parametrize("live", [False, True])
+def test_each_slots_lines_say_its_slot(live: bool) -> None:
+    stream = Terminal() if live else io.StringIO()
+    pinion = Reporter("p", stream=stream)
+    one, two = pinion.for_slot(1), pinion.for_slot(2)
+    one.workload_started("aaaaaaaaaa", "mesh", 1)
+    two.workload_started("bbbbbbbbbb", "solve", 1)
+    one.task_event({"kind": "start", "index": 1, "total": 2, "name": "Mesh"})
+    two.task_event({"kind": "start", "index": 2, "total": 3, "name": "Solve"})
+    pinion.stopping(cold=False)
+    two.workload_finished("completed", "results r")
+    pinion.close()
+    text = stream.getvalue()
+    assert "stopping after the running workloads (press Ctrl-C again" in text
+    assert "[slot 2] workload bbbbbbbbbb (solve) completed in" in text
+    if live:  # one live line, every running slot's task on it
+        assert re.search(r"\[slot 1\] aaaaaaaaaa \(mesh\): task 1/2 Mesh \.\.\. [\d.]+ s \| "
+                         r"\[slot 2\] bbbbbbbbbb \(solve\): task 2/3 Solve \.\.\. [\d.]+ s",
+                         text), text
+    else:
+        assert "pinion p: [slot 1] running workload aaaaaaaaaa (mesh)" in text
+        assert "pinion p: [slot 2] running workload bbbbbbbbbb (solve)" in text
