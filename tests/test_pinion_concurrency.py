@@ -12,6 +12,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +24,15 @@ from caliber.queue.registry import open_backend
 from caliber.queue.target import local_target
 from caliber.results.model import Results
 from tests.pinion_helpers import alive, start_pinion, status_of, stop, wait_for
+from tests.test_pinion_lease import (
+    MIB,
+    SlowDrive,
+    history_of,
+    needs_fifo,
+    slow_workflow,
+    summary_of,
+)
+from tests.test_stop import make
 
 FUNCTIONS = '''
 import os, time
@@ -238,3 +248,50 @@ def test_each_slots_lines_say_its_slot(live: bool) -> None:
     else:
         assert "pinion p: [slot 1] running workload aaaaaaaaaa (mesh)" in text
         assert "pinion p: [slot 2] running workload bbbbbbbbbb (solve)" in text
+
+
+@pytest.fixture
+def slow_drive(tmp_path: Path) -> Iterator[SlowDrive]:
+    """As tests/test_pinion_lease.py's ``drive``: 12 MiB fed at about 2 MiB a second."""
+    share = tmp_path / "share"
+    share.mkdir()
+    made = SlowDrive(share / "mesh.bin", 12 * MIB, 0.5)
+    yield made
+    made.close()
+
+
+@needs_fifo
+def test_a_slow_preparation_in_one_slot_keeps_the_other_slots_lease(
+        tmp_path: Path, slow_drive: SlowDrive) -> None:
+    """Slot 2 writes an attachment read from a slow drive (about 6 s, two leases of 3 s)
+    while slot 1's workload runs: slot 1's lease is renewed meanwhile, so a second pinion
+    that looks all along never takes its workload."""
+    folder = make(tmp_path)
+    running = caliber.Workflow(caliber.Process([caliber.Task("solver:nap", args=[10])]),
+                               "nap", attachments=["solver.py"], base_dir=folder).queue(
+                                   pinion="p")
+    drive = slow_drive
+    slow = slow_workflow(folder, drive).queue(pinion="p")
+    drive.start()
+    first = start_pinion("p", "--concurrency", "2", "-a", "1", "-w", "0", "--lease", "3",
+                         "--json")
+    second = None
+    try:
+        assert drive.opened.wait(WAIT), "the first pinion never read the attachment"
+        assert status_of(running) == "running"
+        second = start_pinion("p", "--forever", "-w", "0.1", "--lease", "3", "--json")
+        out, err = first.communicate(timeout=WAIT)
+        assert first.returncode == 0, err
+        assert drive.fed == drive.size
+        second.send_signal(signal.SIGINT)
+        second_out, _ = second.communicate(timeout=WAIT)
+    finally:
+        stop(first)
+        if second is not None:
+            stop(second)
+    assert summary_of(out)["completed"] == 2
+    assert summary_of(second_out)["ran"] == 0
+    for wid in (running, slow):
+        claims = [m for m in history_of(wid) if m.startswith("claimed by")]
+        assert len(claims) == 1, history_of(wid)
+        assert status_of(wid) == "completed"

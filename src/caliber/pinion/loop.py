@@ -324,11 +324,13 @@ class Pinion:
             if found:
                 empty = 0
                 continue
-            if not busy:
-                empty += 1
-                if cfg.attempts and empty >= cfg.attempts:
-                    return
-                self.reporter.idle(empty, cfg.attempts, cfg.wait)
+            if busy:  # a free slot looks again, but a busy pinion never looks in a loop
+                look_at = time.monotonic() + max(cfg.wait, POLL_SLICE)
+                continue
+            empty += 1
+            if cfg.attempts and empty >= cfg.attempts:
+                return
+            self.reporter.idle(empty, cfg.attempts, cfg.wait)
             look_at, wake = time.monotonic() + cfg.wait, cfg.name
 
     def close(self) -> None:
