@@ -5,7 +5,10 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import os
 import socket
+import subprocess
+import sys
 import threading
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -16,6 +19,7 @@ import pytest
 from caliber.errors import ConfigError
 from caliber.pinion import notify
 from caliber.pinion.notify import Notifier, Smtp, event
+from tests.pinion_helpers import make_folder, queue, status_of
 
 T0 = dt.datetime(2026, 12, 6, 22, 0, tzinfo=dt.UTC)
 
@@ -163,3 +167,35 @@ def test_settings_make_the_notifier(monkeypatch: pytest.MonkeyPatch, hook: Hook)
     made = Notifier.from_settings()
     assert made is not None and made.url == hook.url
     made.close()
+
+
+def test_a_pinion_posts_one_event_per_ended_workload(hook: Hook, tmp_path: Any) -> None:
+    folder = make_folder(tmp_path / "wf")
+    good = queue(folder, [("add", [1, 2])], name="analysis", pinion="night")
+    bad = queue(folder, [("boom", [])], name="post", pinion="night")
+    done = subprocess.run(
+        [sys.executable, "-m", "caliber", "pinion", "init", "night", "-a", "1", "-w", "0"],
+        capture_output=True, text=True, timeout=120,
+        env={**os.environ, "CALIBER_NOTIFY_URL": hook.url})
+    assert done.returncode == 0, done.stderr
+    ended = {b["caliber"]["id"]: b for b in hook.bodies}
+    assert set(ended) == {good, bad} and len(hook.bodies) == 2
+    assert ended[good]["caliber"]["status"] == "completed"
+    assert ended[good]["caliber"]["results_id"] is not None
+    assert ended[bad]["caliber"]["status"] == "failed"
+    assert "burnt" in ended[bad]["text"]
+    assert ended[bad]["caliber"]["started_at"] <= ended[bad]["caliber"]["ended_at"]
+
+
+def test_a_bad_notify_setting_stops_the_pinion_before_it_runs(tmp_path: Any) -> None:
+    folder = make_folder(tmp_path / "wf")
+    workload = queue(folder, [("add", [1, 2])], name="analysis", pinion="night")
+    done = subprocess.run(
+        [sys.executable, "-m", "caliber", "pinion", "init", "night", "-a", "1", "-w", "0"],
+        capture_output=True, text=True, timeout=120,
+        env={**os.environ, "CALIBER_NOTIFY_URL": "mail.example.org"})
+    assert done.returncode != 0
+    assert done.stderr.strip().splitlines() == [
+        "caliber: error: CALIBER_NOTIFY_URL must be an http:// or https:// address, got "
+        "'mail.example.org'"]
+    assert status_of(workload) == "queued"

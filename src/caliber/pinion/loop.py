@@ -33,7 +33,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from caliber.errors import (
     AttachmentError,
@@ -95,6 +95,9 @@ from caliber.settings import (
 from caliber.sizes import DEFAULT_LOG_MAX
 from caliber.workflow.fileformat import check_document
 from caliber.workflow.runner import TRACEBACK_FILE
+
+if TYPE_CHECKING:
+    from caliber.pinion.notify import Notifier
 
 log = logging.getLogger(__name__)
 
@@ -263,6 +266,7 @@ class Pinion:
         self._written_back: dict[Path, dict[str, WrittenBack]] = {}  # see launch
         self._inline_max = inline_max(backend)  # bytes: bigger arrays are stored as binary
         self._output_limits = output_limits()  # a bad setting stops the pinion before it runs
+        self._notifier = _notifier()  # CALIBER_NOTIFY_*: told of every workload that ends
 
     # --- the loop -----------------------------------------------------------------------
 
@@ -348,6 +352,9 @@ class Pinion:
         if self._server is not None:
             self._server.close()
             self._server = None
+        if self._notifier is not None:
+            self._notifier.close()  # what it still has, for a few seconds at most
+            self._notifier = None
         self.reporter.close()
 
     def _start(self, job: dict[str, Any], idle: Callable[[], object]) -> ChildProcess:
@@ -529,7 +536,7 @@ class Pinion:
             if isinstance(begun, _Run):
                 slot.run = begun
             else:
-                self._done(begun)
+                self._done(begun, claim)
         return True
 
     def _watch(self, busy: list[_Slot], until: float | None) -> bool:
@@ -563,7 +570,7 @@ class Pinion:
                     slot.run = None
                     outcome = self._recover(run.claim, exc)  # raises when the machine's
                 slot.run = None
-                self._done(outcome)
+                self._done(outcome, run.claim)
                 freed = True
         return freed
 
@@ -592,10 +599,36 @@ class Pinion:
                 else:
                     run.outcome = Outcome.LOST
 
-    def _done(self, outcome: Outcome) -> None:
-        """A claimed workload is done with: counted, and old run folders removed."""
+    def _done(self, outcome: Outcome, claim: Claim) -> None:
+        """A claimed workload is done with: counted, its end told (``CALIBER_NOTIFY_*``), and
+        old run folders removed."""
         self._count(outcome)
+        if self._notifier is not None and outcome not in (Outcome.LOST, Outcome.RELEASED):
+            self._notify(claim.workload.id)
         self._keep_runs()
+
+    def _notify(self, workload_id: str) -> None:
+        """Hand the notifier the event of a workload that ended (completed, failed or
+        cancelled; one that went back to the queue has not ended). It sends it on its own
+        thread: a hook that is down never holds up the pinion."""
+        from caliber.pinion.notify import event
+
+        assert self._notifier is not None
+        try:
+            workload = self.backend.get(workload_id)
+        except CaliberError as exc:  # the queue's problem: the workload's outcome is stored
+            log.warning("no notification for workload %s: %s", workload_id, exc)
+            return
+        if workload.status.value not in ("completed", "failed", "cancelled"):
+            return
+        started = next((h.at for h in reversed(workload.history)
+                        if h.status == WorkloadStatus.RUNNING), None)
+        ended = workload.history[-1].at if workload.history else utcnow()
+        self._notifier.send(event(
+            workload_id=workload.id, workflow=workload.workflow_name, pinion=workload.pinion,
+            status=workload.status.value, results_id=workload.results_id,
+            error=workload.last_error, queued_at=workload.created_at, started_at=started,
+            ended_at=ended))
 
     def _keep_runs(self) -> None:
         """``--keep-runs N``: remove this pinion's run folders of finished workloads but the
@@ -1181,6 +1214,13 @@ class Pinion:
         self._code[key] = {**self._code.pop(key, {}), **learnt}  # the newest last
         while len(self._code) > CODE_CACHE:
             del self._code[next(iter(self._code))]
+
+
+def _notifier() -> Notifier | None:
+    """The notifier ``CALIBER_NOTIFY_*`` asks for, or None (its thread only when one is)."""
+    from caliber.pinion.notify import Notifier
+
+    return Notifier.from_settings()
 
 
 def _code_key(workload: Workload) -> tuple[tuple[str, str], ...]:
