@@ -167,26 +167,11 @@ def spec_rows(section: str, specs: list[Spec], got: dict[str, list[float]],
     return out
 
 
-def main(argv: list[str] | None = None) -> int:
-    import argparse
-    import tempfile
 
-    parser = argparse.ArgumentParser(prog="python -m bench.heavy_attachments")
-    parser.add_argument("--quick", action="store_true", help=f"a {QUICK_SIZE >> 20} MiB file")
-    parser.add_argument("--reps", type=int, default=1)
-    parser.add_argument("--dir", type=Path, help="where to make the files (default: a temp "
-                        "folder on the disk of /tmp)")
-    args = parser.parse_args(argv)
-    with tempfile.TemporaryDirectory(dir=args.dir) as tmp:
-        for row in rows(args.quick, args.reps, Path(tmp)):
-            s, b, r = row.subject_stats, row.baseline_stats, row.ratio_stats
-            if row.unavailable or not (s and b and r):
-                print(f"{row.id}: unavailable ({row.unavailable})")
-                continue
-            print(f"{row.id}: {s['median']:.3f} {row.unit} vs {b['median']:.3f} {row.unit} "
-                  f"({row.baseline}): ratio {r['median']:.2f}, target {row.target} "
-                  f"{'met' if row.target_met else 'NOT met'}")
-    return 0
+def main(argv: list[str] | None = None) -> int:
+    from bench.report import module_main
+
+    return module_main("python -m bench.heavy_attachments", rows, argv, reps=1)
 
 
 if __name__ == "__main__":

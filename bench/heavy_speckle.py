@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import os
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
@@ -127,26 +126,11 @@ def rows(quick: bool, reps: int, root: Path) -> list[Row]:
     return spec_rows(SECTION, specs, got, error)
 
 
-def main(argv: list[str] | None = None) -> int:
-    import argparse
-    import tempfile
 
-    parser = argparse.ArgumentParser(prog="python -m bench.heavy_speckle")
-    parser.add_argument("--quick", action="store_true", help=f"a {QUICK_SIZE >> 20} MiB file")
-    parser.add_argument("--reps", type=int, default=1)
-    args = parser.parse_args(argv)
-    started = time.perf_counter()
-    with tempfile.TemporaryDirectory() as tmp:
-        for row in rows(args.quick, args.reps, Path(tmp)):
-            s, b, r = row.subject_stats, row.baseline_stats, row.ratio_stats
-            if row.unavailable or not (s and b and r):
-                print(f"{row.id}: unavailable ({row.unavailable})")
-                continue
-            print(f"{row.id}: {s['median']:.3f} {row.unit} vs {b['median']:.3f} {row.unit} "
-                  f"({row.baseline}): ratio {r['median']:.2f}, target {row.target} "
-                  f"{'met' if row.target_met else 'NOT met'}")
-    print(f"({time.perf_counter() - started:.0f} s in all)")
-    return 0
+def main(argv: list[str] | None = None) -> int:
+    from bench.report import module_main
+
+    return module_main("python -m bench.heavy_speckle", rows, argv, reps=1)
 
 
 if __name__ == "__main__":

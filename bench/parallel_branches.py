@@ -98,23 +98,12 @@ def rows(quick: bool, reps: int, root: Path) -> list[Row]:
     return [row]
 
 
-def main() -> None:
-    import argparse
-    import tempfile
 
-    parser = argparse.ArgumentParser(prog="python -m bench.parallel_branches")
-    parser.add_argument("--quick", action="store_true")
-    parser.add_argument("--reps", type=int, default=3)
-    args = parser.parse_args()
-    with tempfile.TemporaryDirectory(prefix="caliber-bench-branches-") as tmp:
-        for row in rows(args.quick, args.reps, Path(tmp)):
-            stats, base, ratio = row.subject_stats, row.baseline_stats, row.ratio_stats
-            if stats is None or base is None or ratio is None:
-                print(row.id, "unavailable:", row.unavailable)
-                continue
-            print(f"{row.figure}: {stats['median']:.3f} s against {base['median']:.3f} s "
-                  f"({row.baseline}): {ratio['median']:.3f}x")
+def main(argv: list[str] | None = None) -> int:
+    from bench.report import module_main
+
+    return module_main("python -m bench.parallel_branches", rows, argv)
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())

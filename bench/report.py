@@ -324,3 +324,36 @@ def replace_rows(report: Path, data_path: Path, rows: Sequence[Row]) -> None:
 
 def rows_to_json(rows: Sequence[Row]) -> list[dict[str, Any]]:
     return [asdict(r) for r in rows]
+
+
+def print_rows(rows: Sequence[Row]) -> None:
+    """Each row in a line: its figure, the baseline's, the ratio and the target."""
+    for row in rows:
+        s, b, r = row.subject_stats, row.baseline_stats, row.ratio_stats
+        if row.unavailable or not (s and b and r):
+            print(f"{row.id}: unavailable ({row.unavailable})")
+            continue
+        print(f"{row.id}: {s['median']:.3f} {row.unit} vs {b['median']:.3f} {row.unit} "
+              f"({row.baseline}): ratio {r['median']:.2f}, target {row.target or '-'} "
+              f"{'met' if row.target_met else 'NOT met' if row.target else ''}".rstrip())
+
+
+def module_main(prog: str, rows: Any, argv: Sequence[str] | None = None, *,
+                reps: int = 3) -> int:
+    """``python -m bench.<module>``: its rows alone, printed (BENCHMARKS.md is written by
+    ``python -m bench.run``). ``rows(quick, reps, folder)`` measures them."""
+    import argparse
+    import tempfile
+    import time
+
+    parser = argparse.ArgumentParser(prog=prog)
+    parser.add_argument("--quick", action="store_true", help="small sizes, a quick look")
+    parser.add_argument("--reps", type=int, default=reps)
+    parser.add_argument("--dir", type=Path, help="where to make the files (default: a "
+                        "temporary folder on the disk of /tmp)")
+    args = parser.parse_args(argv)
+    started = time.perf_counter()
+    with tempfile.TemporaryDirectory(dir=args.dir) as tmp:
+        print_rows(rows(args.quick, args.reps, Path(tmp)))
+    print(f"({time.perf_counter() - started:.0f} s in all)")
+    return 0
