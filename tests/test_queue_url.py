@@ -4,7 +4,6 @@ a bad URL or conflicting options is one line, and a password in a URL is never s
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import subprocess
 import sys
@@ -103,11 +102,14 @@ def test_postgres_urls_never_show_the_password() -> None:
         resolve_target(queue="postgresql://")
 
 
-@pytest.mark.skipif(importlib.util.find_spec("caliber.queue.postgres.backend") is not None,
-                    reason="the PostgreSQL backend is installed")
-def test_postgres_until_its_backend_is_there_says_what_to_install() -> None:
-    with pytest.raises(ConfigError, match=r"the postgres queue backend is not available .*"
-                       r"it needs Caliber's postgres extra \(psycopg 3\)") as info:
+def test_postgres_without_its_driver_says_what_to_install(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    import sys
+
+    monkeypatch.setitem(sys.modules, "psycopg", None)  # as if psycopg were not installed
+    monkeypatch.delitem(sys.modules, "caliber.queue.postgres.backend", raising=False)
+    with pytest.raises(ConfigError, match=r"the PostgreSQL queue needs psycopg 3 \(the postgres "
+                       r"extra\): pip install 'psycopg\[binary\]>=3\.1,<4'") as info:
         registry.open_backend(resolve_target(queue=PG))
     assert SECRET not in str(info.value)
 
