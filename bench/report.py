@@ -209,7 +209,9 @@ def method_text(run: dict[str, Any]) -> list[str]:
         "All systems run the same function, `bench.tasks.noop(x) -> x + 1`, imported from this "
         "repository by every worker. A job is counted as done only when its result is stored "
         "where a client can read it; after the clock stops every result is read back and "
-        "checked (job *i* returned *i* + 1), and a run with a missing or wrong result fails.",
+        "checked (job *i* returned *i* + 1), and a run with a missing or wrong result fails. "
+        "Python caches compiled modules, as on a user's machine (the suite unsets "
+        "`PYTHONDONTWRITEBYTECODE`).",
         "",
         f"- **Drain** (N = {small:,} and {large:,}): N single-task jobs are queued first "
         "(untimed here), then one worker process is started and the clock runs from its start "

@@ -458,6 +458,10 @@ def git_commit() -> str:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
+    # As people run them: Python caches its compiled modules. A shell that says not to
+    # (PYTHONDONTWRITEBYTECODE) would make every command compile Caliber (and the peers)
+    # anew, tens of ms each start-up.
+    os.environ.pop("PYTHONDONTWRITEBYTECODE", None)
     settings = (Settings.small(args.reps or 2) if args.quick else Settings.full(args.reps or 3))
     if args.quick and (args.report is None or args.data is None):
         out = Path(tempfile.gettempdir()) / "caliber-bench-quick"
