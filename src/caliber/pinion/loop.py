@@ -266,7 +266,7 @@ class Pinion:
         self._written_back: dict[Path, dict[str, WrittenBack]] = {}  # see launch
         self._inline_max = inline_max(backend)  # bytes: bigger arrays are stored as binary
         self._output_limits = output_limits()  # a bad setting stops the pinion before it runs
-        self._notifier = _notifier()  # CALIBER_NOTIFY_*: told of every workload that ends
+        self._notifier = _notifier()  # the notify settings: told of every workload that ends
 
     # --- the loop -----------------------------------------------------------------------
 
@@ -600,7 +600,7 @@ class Pinion:
                     run.outcome = Outcome.LOST
 
     def _done(self, outcome: Outcome, claim: Claim) -> None:
-        """A claimed workload is done with: counted, its end told (``CALIBER_NOTIFY_*``), and
+        """A claimed workload is done with: counted, its end told (the notify settings), and
         old run folders removed."""
         self._count(outcome)
         if self._notifier is not None and outcome not in (Outcome.LOST, Outcome.RELEASED):
@@ -1217,7 +1217,8 @@ class Pinion:
 
 
 def _notifier() -> Notifier | None:
-    """The notifier ``CALIBER_NOTIFY_*`` asks for, or None (its thread only when one is)."""
+    """The notifier the settings ask for (``CALIBER_NOTIFY_URL``, ``CALIBER_NOTIFY_SMTP``),
+    or None (its thread only when one is)."""
     from caliber.pinion.notify import Notifier
 
     return Notifier.from_settings()

@@ -36,6 +36,7 @@ import contextlib
 import dataclasses
 import datetime as dt
 import importlib
+import importlib.machinery
 import os
 import sys
 import time
@@ -554,11 +555,17 @@ def run_workflow_plain(
     added = base not in sys.path
     if added:
         sys.path.insert(0, base)
+    finder = sys.path_importer_cache.get(base)
+    sys.path_importer_cache[base] = _fresh_finder(base)
     try:
         if run.resolve_functions():
             run.fingerprint_code(known_code)
             run.run_node(workflow.process)
     finally:
+        if finder is None:
+            sys.path_importer_cache.pop(base, None)
+        else:
+            sys.path_importer_cache[base] = finder
         if added and base in sys.path:
             sys.path.remove(base)
     g_values: dict[str, Any] = {}
@@ -594,6 +601,25 @@ def run_workflow_plain(
         with contextlib.suppress(OSError):
             os.unlink(os.path.join(work_dir, TRACEBACK_FILE))
     return results
+
+
+class _FreshSource(importlib.machinery.SourceFileLoader):
+    """Loads a module of the workflow's own folder from its source, never from a cached
+    ``.pyc``: Python trusts a cache whose source has the same size and modification second,
+    so a fix made within the second of the last run (one digit changed) would not run."""
+
+    def get_code(self, fullname: str) -> Any:
+        path = self.get_filename(fullname)
+        return self.source_to_code(self.get_data(path), path)
+
+
+def _fresh_finder(base: str) -> importlib.machinery.FileFinder:
+    """The finder of the workflow's folder on ``sys.path``: its modules through
+    :class:`_FreshSource` (the fingerprints of resume read the same source that runs)."""
+    machinery = importlib.machinery
+    return machinery.FileFinder(base, (machinery.ExtensionFileLoader,
+                                       machinery.EXTENSION_SUFFIXES),
+                                (_FreshSource, machinery.SOURCE_SUFFIXES))
 
 
 def write_traceback_file(work_dir: Path, results: Results | dict[str, Any]) -> Path | None:
