@@ -95,3 +95,18 @@ def test_on_the_remote_queue(request: pytest.FixtureRequest, tmp_path: Path,
     done = caliber("queue", "wait", workload)
     assert done.returncode == 0, done.stderr
     assert done.stdout.startswith(f"{workload} pasta completed")
+
+
+def test_ctrl_c_while_waiting_says_interrupted(tmp_path: Path) -> None:
+    import signal
+
+    folder = make_folder(tmp_path / "wf")
+    workload = queue(folder, [("add", [1, 2])], name="analysis")
+    waiting = subprocess.Popen([sys.executable, "-m", "caliber", "queue", "wait", workload],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    with pytest.raises(subprocess.TimeoutExpired):
+        waiting.wait(timeout=1)
+    waiting.send_signal(signal.SIGINT)
+    _out, err = waiting.communicate(timeout=30)
+    assert waiting.returncode == 130
+    assert err.strip() == "caliber: error: interrupted"

@@ -107,8 +107,8 @@ def main(argv: list[str] | None = None) -> None:
     set_verbose(False)
     try:
         code = cli.main(args=argv, prog_name="caliber", standalone_mode=False)
-    except click.exceptions.Abort:
-        error_line("aborted")
+    except click.exceptions.Abort as exc:  # click's form of Ctrl-C (and of EOF at a prompt)
+        error_line("interrupted" if isinstance(exc.__cause__, KeyboardInterrupt) else "aborted")
         code = 130
     except click.exceptions.NoArgsIsHelpError as exc:  # ``caliber``, ``caliber queue``: the help
         exc.show()

@@ -76,4 +76,8 @@ def dashboard(host: str, port: int, open_browser: bool, token: str | None,
     config = uvicorn.Config(make_app(target, token=token), log_level="warning",
                             access_log=False, lifespan="off")
     server = uvicorn.Server(config)
-    server.run(sockets=[listener])
+    import contextlib
+
+    with contextlib.suppress(KeyboardInterrupt):  # Ctrl-C is how a dashboard ends
+        server.run(sockets=[listener])
+    click.echo("dashboard stopped")
