@@ -83,7 +83,7 @@ function queuePage() {
       link(`/workload/${encodeURIComponent(w.id)}`, w.id), w.workflow, w.pinion, status(w.status),
       w.attempts, when(w.created_at), when(w.started_at), when(w.ended_at), seconds(w.duration),
       w.results_id ? link(`/results/${encodeURIComponent(w.results_id)}`, w.results_id) : "-",
-      w.secret_ok ? "matches your key" : "does not match your key",
+      w.secret_ok ? "ok" : "mismatch",
     ]));
     document.getElementById("range").textContent = page.items.length ?
       `${page.offset + 1}-${page.offset + page.items.length}${page.more ? " of more" : ""}` : "no workloads";
