@@ -100,6 +100,10 @@ def test_sign_and_verify() -> None:
     lambda w: w.attachments.pop(),
     lambda w: setattr(w.attachments[0], "path", "n.py"),
     lambda w: w.attachments.append(Attachment.from_bytes("x.py", b"import os")),
+    lambda w: setattr(w, "after", ["abcdefghjm"]),
+    lambda w: setattr(w, "not_before", w.created_at + dt.timedelta(hours=1)),
+    lambda w: setattr(w, "priority", 9),
+    lambda w: setattr(w, "notify", "http://127.0.0.1:1/steal"),
 ])
 def test_anything_that_decides_what_runs_is_signed(change: object) -> None:
     key = b"k" * 32
@@ -115,6 +119,25 @@ def test_attachment_content_is_checked_against_its_hash() -> None:
     w.secret = secret.sign(w, key)
     w.attachments[0].content = "import os; os.system('rm -rf ~')\n"
     assert not secret.verify(w, key)
+
+
+def test_a_signed_plan_is_checked_as_a_whole() -> None:
+    """after / not_before / priority / notify are signed once set: changing or dropping one
+    fails; a workload without them signs what it always did (old run-secrets stay valid)."""
+    key = b"k" * 32
+    w = workload()
+    plain = secret.sign(w, key)
+    w.after, w.priority, w.notify = ["abcdefghjm"], 2, "http://127.0.0.1:1/hook"
+    w.not_before = w.created_at + dt.timedelta(hours=8)
+    w.secret = secret.sign(w, key)
+    assert w.secret != plain and secret.verify(w, key)
+    for name, default in (("after", []), ("priority", 0), ("notify", None),
+                          ("not_before", None)):
+        changed = w.model_copy(update={name: default})
+        assert not secret.verify(changed, key)
+    bare = w.model_copy(update={"after": [], "priority": 0, "notify": None,
+                                "not_before": None, "secret": plain})
+    assert secret.verify(bare, key)
 
 
 def test_what_does_not_decide_what_runs_is_not_signed() -> None:

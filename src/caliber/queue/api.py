@@ -217,7 +217,7 @@ def check_summary(stored: StoredSummary, key: bytes) -> WorkloadSummary:
         try:
             ok = verify_raw(key, workload_id=s.id, workflow=s.workflow,
                             attachments=s.attachments, pinion=s.pinion,
-                            created_at=s.created_at, secret=s.secret)
+                            created_at=s.created_at, secret=s.secret, plan=s.plan())
             return WorkloadSummary(  # the name from the signed document, as Workload shows it
                 id=s.id, workflow=str(s.workflow.get("name", "?")), pinion=s.pinion,
                 status=WorkloadStatus(s.status).value,
@@ -229,6 +229,9 @@ def check_summary(stored: StoredSummary, key: bytes) -> WorkloadSummary:
                                     results_signature=s.resume_signature,
                                     grant=s.resume_grant, secret_ok=ok,
                                     marks=s.secret_mismatch),
+                after=tuple(str(a) for a in s.after), priority=int(s.priority),
+                not_before=None if s.not_before is None
+                else stored_time(s.not_before).isoformat(),
             )
         except _UNREADABLE as exc:
             s = s.as_damaged(damaged_reason(exc))

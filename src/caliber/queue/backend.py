@@ -20,6 +20,19 @@ Life of a workload::
               '--cancel--> cancelled
     failed | cancelled --retry [resume]--> queued (a new attempt series, history kept)
 
+Chains and start times (``workflow queue --after ID --not-before WHEN --priority N``; the
+fields are signed with the run-secret, :func:`caliber.queue.secret.plan_fields`)::
+
+    put (after A, B) -> waiting --A and B completed--> queued -> ...
+                           |--A (or B) cancelled, or reset--> cancelled ("upstream A was
+                           |      cancelled" / "... was reset"), and so on down the chain
+                           '--A failed: stays waiting (A retried and completed lets it go on)
+
+A queued workload whose ``not_before`` is in the future is not claimable until then
+(:meth:`QueueBackend.next_start` says when the next one becomes so); claimable ones are taken
+highest ``priority`` first, then oldest first. Cycles cannot form: a workload can only be put
+after workloads already in the queue.
+
 Errors: backends raise only :mod:`caliber.errors` exceptions (NotFoundError,
 AmbiguousIdError, LeaseLostError, QueueStateError, QueueError).
 """
@@ -75,7 +88,10 @@ class QueueBackend(Protocol):
     # --- workloads ------------------------------------------------------------------------
 
     def put(self, workload: Workload) -> None:
-        """Add a new workload (status queued)."""
+        """Add a new workload: queued, or waiting when it runs after (``workload.after``)
+        workloads of which one has not completed. NotFoundError (nothing stored) when one of
+        those is not in the queue; QueueStateError when one is cancelled (it never would
+        run)."""
 
     def restore(self, workload: Workload) -> None:
         """Add a workload exactly as another queue held it (status, attempts, lease, history,
@@ -113,10 +129,12 @@ class QueueBackend(Protocol):
         (:func:`caliber.queue.api.check_summary`)."""
 
     def claim(self, pinion: str, owner: str, lease_seconds: float, key_id: str) -> Claim | None:
-        """Atomically take the oldest claimable workload for ``pinion``, or None.
+        """Atomically take the claimable workload for ``pinion`` with the highest priority,
+        the oldest among equals, or None.
 
-        Claimable: queued, or running with a lease that has run out (then the attempt of the
-        dead pinion is recorded in its history). Workloads already found to be signed with a
+        Claimable: queued (never waiting) and its ``not_before``, if any, passed; or running
+        with a lease that has run out (then the attempt of the dead pinion is recorded in its
+        history). Workloads already found to be signed with a
         key other than ``key_id`` (see :meth:`release`) are passed over. The claim sets the
         status to running, counts one attempt and holds the workload for ``lease_seconds``.
         Never do two claims hold one workload at the same time.
@@ -148,9 +166,11 @@ class QueueBackend(Protocol):
         """
 
     def complete(self, claim: Claim, results: Results) -> None:
-        """Store the results and finish the workload (completed or failed, from the results),
-        in one step: either both happen or neither. LeaseLostError when the claim no longer
-        holds (then nothing is stored)."""
+        """Store the results and finish the workload (completed, failed or cancelled, from
+        the results), in one step: either both happen or neither. LeaseLostError when the
+        claim no longer holds (then nothing is stored). Completed: every workload waiting
+        after it whose upstreams have now all completed becomes queued in the same step;
+        cancelled: those waiting after it are cancelled, down the chain."""
 
     def fail(self, claim: Claim, reason: str, *, retry: bool) -> None:
         """Record a run that produced no Results (timeout, crash, killed child).
@@ -165,7 +185,8 @@ class QueueBackend(Protocol):
 
     def reset(self, id_or_prefix: str, *, force: bool = False) -> Workload:
         """Remove a workload (``queue reset``); a running one only with ``force``
-        (QueueStateError otherwise). Returns what was removed."""
+        (QueueStateError otherwise). Workloads waiting after it are cancelled, down the chain
+        ("upstream X was reset"). Returns what was removed."""
 
     def resetsecret(self, id_or_prefix: str, secret: str, key_id: str, *,
                     resume: ResumeGrant | None = None) -> Workload:
@@ -185,13 +206,15 @@ class QueueBackend(Protocol):
         their history and all their Results, and the Results of no workload in the queue
         that finished before it (``results prune``; :mod:`caliber.results.prune` says what
         goes and why). Never a queued or running workload, nor a Result of a workload that
-        stays. With ``dry_run`` nothing changes. Returns what went (or would)."""
+        stays, nor a workload another one still waits for (``after``). With ``dry_run``
+        nothing changes. Returns what went (or would)."""
 
     def cancel(self, id_or_prefix: str, by: str, *, now: bool = False) -> Workload:
-        """Cancel a workload (``queue cancel``): a queued one (or one whose pinion's lease ran
-        out) becomes cancelled at once and never runs; a running one is marked, and its
-        pinion learns it at its next :meth:`renew` or :meth:`peek_cancel`
-        (``Claim.cancel_requested``; with
+        """Cancel a workload (``queue cancel``): a queued or waiting one (or one whose
+        pinion's lease ran out) becomes cancelled at once and never runs, and so do the
+        workloads waiting after it, down the chain ("upstream X was cancelled"); a running
+        one is marked, and its pinion learns it at its next :meth:`renew` or
+        :meth:`peek_cancel` (``Claim.cancel_requested``; with
         ``now``, ``Claim.cancel_now`` too: a running one that was asked already is asked
         again, now). QueueStateError when it has finished."""
 
@@ -202,8 +225,10 @@ class QueueBackend(Protocol):
         pinion checks it afresh). With ``resume`` (a grant made with the
         user's key for its last Results) its pinion reuses the completed tasks of those
         Results (``Workload.resume_from``, ``resume_signature``, ``resume_grant``); without,
-        any earlier resume is dropped. QueueStateError otherwise (and with ``resume`` when
-        it has no Results, or other ones than the grant names)."""
+        any earlier resume is dropped. A workload that runs after others is waiting again
+        until they have all completed (queued at once when they have). QueueStateError
+        otherwise (and with ``resume`` when it has no Results, or other ones than the grant
+        names; and when a workload it runs after is no longer in the queue, or cancelled)."""
 
     def count_statuses(self, *, pinion: str | None = None,
                        workflow: str | None = None) -> dict[str, int]:
@@ -212,6 +237,11 @@ class QueueBackend(Protocol):
     def get_results(self, id_or_prefix: str) -> Results:
         """Stored Results by id (the backend is also a ResultsStore): a resumed run's
         earlier Results."""
+
+    def next_start(self, pinion: str) -> dt.datetime | None:
+        """The earliest ``not_before`` still in the future among the queued (not waiting)
+        workloads of ``pinion``, or None: an idle pinion waits no longer than until then, so
+        that a workload queued for 22:00 starts at 22:00, not at its next look."""
 
     def wait_for_work(self, pinion: str, timeout: float) -> bool:
         """Wait up to ``timeout`` seconds for a workload of ``pinion`` to become claimable;
@@ -226,6 +256,11 @@ class QueueBackend(Protocol):
 class IdleWait:
     """The default :meth:`QueueBackend.wait_for_work` (a backend inherits it): sleep, as a
     queue that cannot tell when work arrives must (the pinion claims again after it)."""
+
+    def next_start(self, pinion: str) -> dt.datetime | None:
+        """The earliest ``not_before`` still in the future among the queued (not waiting)
+        workloads of ``pinion``, or None: an idle pinion waits no longer than until then, so
+        that a workload queued for 22:00 starts at 22:00, not at its next look."""
 
     def wait_for_work(self, pinion: str, timeout: float) -> bool:
         time.sleep(max(timeout, 0.0))

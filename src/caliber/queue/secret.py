@@ -5,10 +5,12 @@ The key is ``CALIBER_SECRET_KEY`` (environment or ``.caliber/.env``) or the key 
 file others can read is refused). The signed message is a canonical JSON encoding of the
 workload's id, workflow document, every attachment (:func:`attachment_entry`: its path,
 SHA-256, size, mode and, for an attachment by reference, the path it refers to), pinion name
-and creation time. Attachment bytes are not read here: the pinion checks each one against its
-hash as it writes it into the run folder (the stored bytes, :mod:`caliber.queue.blobs`; a file
-by reference), and refuses the workload when one does not match. Only the inline attachments
-of older queues are checked here, against their content.
+and creation time, and its scheduling fields where they are set (:func:`plan_fields`: what it
+runs after, when it may start, its priority, where its outcome is sent). Attachment bytes
+are not read here: the pinion checks each one against its hash as it writes it into the run
+folder (the stored bytes, :mod:`caliber.queue.blobs`; a file by reference), and refuses the
+workload when one does not match. Only the inline attachments of older queues are checked
+here, against their content.
 """
 
 from __future__ import annotations
@@ -176,15 +178,39 @@ def attachment_entry(a: Mapping[str, Any]) -> list[Any]:
 
 
 def _message(workload_id: str, workflow: Any, attachments: Iterable[list[Any]],
-             pinion: str, created_at: str) -> bytes:
+             pinion: str, created_at: str, plan: Mapping[str, Any] | None = None) -> bytes:
     payload = {
         "id": workload_id,
         "workflow": workflow,
         "attachments": sorted(attachments, key=_entry_key),
         "pinion": pinion,
         "created_at": created_at,
+        **(plan or {}),
     }
     return canonical_json(payload)
+
+
+PLAN_KEYS = ("after", "not_before", "priority", "notify")
+"""The scheduling fields a run-secret signs besides the workflow (``workflow queue --after,
+--not-before, --priority, --notify``): each decides what runs, when, or where its outcome is
+sent."""
+
+
+def plan_fields(*, after: Any = (), not_before: Any = None, priority: Any = 0,
+                notify: Any = None) -> dict[str, Any]:
+    """The scheduling fields as signed: only those that differ from their default (a workload
+    without them signs the bytes it always did, so earlier run-secrets stay valid).
+    ``not_before`` in its stored form (:func:`signed_time`); ``after`` in the order given."""
+    plan: dict[str, Any] = {}
+    if after:
+        plan["after"] = list(after)
+    if not_before is not None:
+        plan["not_before"] = not_before
+    if priority != 0:
+        plan["priority"] = priority
+    if notify is not None:
+        plan["notify"] = notify
+    return plan
 
 
 def _entry_key(entry: list[Any]) -> tuple[str, ...]:
@@ -237,8 +263,15 @@ def canonical_message(workload: Workload) -> bytes:
         (attachment_entry({"path": a.path, "sha256": a.sha256, "size": a.size,
                            "mode": a.mode, "reference": a.reference, "content": a.content})
          for a in workload.attachments),
-        workload.pinion, signed_time(workload.created_at),
+        workload.pinion, signed_time(workload.created_at), workload_plan(workload),
     )
+
+
+def workload_plan(workload: Workload) -> dict[str, Any]:
+    """A workload's signed scheduling fields (:func:`plan_fields`)."""
+    return plan_fields(
+        after=workload.after, priority=workload.priority, notify=workload.notify,
+        not_before=None if workload.not_before is None else signed_time(workload.not_before))
 
 
 def problem(workload: Workload) -> str | None:
@@ -267,7 +300,7 @@ def verify(workload: Workload, key: bytes) -> bool:
             key, workload_id=workload.id, workflow=workload.workflow,
             attachments=[a.model_dump(exclude_none=True) for a in workload.attachments],
             pinion=workload.pinion, created_at=signed_time(workload.created_at),
-            secret=workload.secret,
+            secret=workload.secret, plan=workload_plan(workload),
         )
     except DamagedEntry:
         return False
@@ -275,13 +308,16 @@ def verify(workload: Workload, key: bytes) -> bool:
 
 def verify_raw(key: bytes, *, workload_id: str, workflow: Any,
                attachments: Iterable[Mapping[str, Any]], pinion: str, created_at: str,
-               secret: str) -> bool:
+               secret: str, plan: Mapping[str, Any] | None = None) -> bool:
     """The one check of a run-secret, on a stored entry as plain data (``created_at`` as
     stored, attachments as their JSON dicts): every inline attachment's content has its
     recorded SHA-256 and size (the other forms' bytes are not read: the pinion checks them),
-    and the HMAC over exactly the signed bytes matches (constant time). DamagedEntry when the
-    entry cannot be read as it was signed."""
+    and the HMAC over exactly the signed bytes matches (constant time). ``plan``: its
+    scheduling fields as stored (:func:`plan_fields`; a stored ``not_before`` must be in its
+    signed form). DamagedEntry when the entry cannot be read as it was signed."""
     stored_time(created_at)
+    if plan and plan.get("not_before") is not None:
+        stored_time(plan["not_before"])
     entries = []
     try:
         for a in attachments:
@@ -294,8 +330,8 @@ def verify_raw(key: bytes, *, workload_id: str, workflow: Any,
         raise DamagedEntry(f"an attachment lacks a field ({exc!r})") from exc
     if not isinstance(secret, str):
         raise DamagedEntry("its run-secret is not text")
-    expected = hmac.new(key, _message(workload_id, workflow, entries, pinion, created_at),
-                        hashlib.sha256).hexdigest()
+    expected = hmac.new(key, _message(workload_id, workflow, entries, pinion, created_at,
+                                      plan), hashlib.sha256).hexdigest()
     return hmac.compare_digest(expected.encode(), secret.encode("utf-8", "replace"))
 
 

@@ -12,6 +12,11 @@ class WorkloadStatus(StrEnum):
 
     QUEUED = "queued"
     """Waiting for a pinion (also after a lost lease or a warm stop)."""
+    WAITING = "waiting"
+    """Queued after other workloads (``--after``) that have not all completed yet: never
+    claimed while so; queued when the last of them completes, cancelled (with the reason)
+    when one of them is cancelled or reset. A failed one keeps it waiting: retried and
+    completed, it lets the chain go on."""
     RUNNING = "running"
     """Claimed by a pinion, which holds a lease on it."""
     COMPLETED = "completed"

@@ -32,6 +32,12 @@ class WorkloadSummary:
     resume_ok: bool | None = None
     """Whether that reuse is vouched for by the listing's key (None: it resumes nothing; see
     :func:`caliber.queue.secret.resume_ok`)."""
+    after: tuple[str, ...] = ()
+    """The workloads it runs after (``--after``): ids, in the order given."""
+    not_before: str | None = None
+    """ISO 8601 (UTC): no pinion claims it earlier (``--not-before``), or None."""
+    priority: int = 0
+    """Claim order among claimable workloads: higher first, then queue order."""
 
     @property
     def completed(self) -> bool:
@@ -46,6 +52,8 @@ class WorkloadSummary:
             "completed": self.completed, "queued_by": self.queued_by,
             "last_error": self.last_error, "secret_mismatch": self.secret_mismatch,
             "resume_from": self.resume_from, "resume_ok": self.resume_ok,
+            "after": list(self.after), "not_before": self.not_before,
+            "priority": self.priority,
         }
 
 
@@ -78,9 +86,25 @@ class StoredSummary:
     resume_grant: str | None = None
     damaged: str | None = None
     """Why the stored entry cannot be read (it never runs; shown, never checked), or None."""
+    after: list[Any] = field(default_factory=list)
+    """Ids of the workloads it runs after, as stored (signed)."""
+    not_before: str | None = None
+    """As stored, in its signed form (:func:`caliber.queue.secret.signed_time`), or None."""
+    priority: Any = 0
+    """As stored (signed)."""
+    notify: str | None = None
+    """Its own notification address, as stored (signed), or None."""
+
+    def plan(self) -> dict[str, Any]:
+        """Its signed scheduling fields (:func:`caliber.queue.secret.plan_fields`)."""
+        from caliber.queue.secret import plan_fields
+
+        return plan_fields(after=self.after, not_before=self.not_before,
+                           priority=self.priority, notify=self.notify)
 
     def as_damaged(self, reason: str) -> StoredSummary:
         """This entry shown as one that cannot be read: ``reason`` its error, nothing else of
         it trusted (as a backend shows a damaged workload in full)."""
         return replace(self, attempts=0, results_id=None, queued_by="", last_error=reason,
-                       secret_mismatch=None, resume_from=None, damaged=reason)
+                       secret_mismatch=None, resume_from=None, damaged=reason, after=[],
+                       not_before=None, priority=0, notify=None)

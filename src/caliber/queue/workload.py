@@ -160,6 +160,15 @@ class Workload(BaseModel):
     resume_grant: str | None = Field(
         default=None, description="HMAC with the key of whoever granted the reuse (retry "
         "--resume): over the workload id, resume_from and resume_signature")
+    after: list[str] = Field(default_factory=list, description=(
+        "ids of the workloads it runs after (--after): it waits while one of them has not "
+        "completed (signed)"))
+    not_before: AwareDatetime | None = Field(default=None, description=(
+        "no pinion claims it before this time (--not-before; signed)"))
+    priority: int = Field(default=0, description=(
+        "claim order among claimable workloads: higher first, then queue order (signed)"))
+    notify: str | None = Field(default=None, description=(
+        "an address its pinion posts its outcome to, besides the settings' (signed)"))
     history: list[HistoryEntry] = Field(default_factory=list)
     progress: dict[str, Any] | None = Field(
         default=None, description="where its run is, as its pinion wrote with its last lease "
@@ -201,7 +210,9 @@ class Workload(BaseModel):
             attempts=self.attempts, results_id=self.results_id, secret_ok=secret_ok,
             queued_by=self.queued_by, last_error=self.last_error,
             secret_mismatch=self.secret_mismatch, resume_from=self.resume_from,
-            resume_ok=resume_ok,
+            resume_ok=resume_ok, after=tuple(self.after),
+            not_before=None if self.not_before is None else self.not_before.isoformat(),
+            priority=self.priority,
         )
 
     def stored_summary(self) -> StoredSummary:
@@ -216,7 +227,9 @@ class Workload(BaseModel):
             attachments=[a.model_dump(exclude_none=True) for a in self.attachments],
             queued_by=self.queued_by, resume_from=self.resume_from,
             resume_signature=self.resume_signature, resume_grant=self.resume_grant,
-            damaged=self.damaged,
+            damaged=self.damaged, after=list(self.after),
+            not_before=None if self.not_before is None else signed_time(self.not_before),
+            priority=self.priority, notify=self.notify,
         )
 
     def summary(self, secret_ok: bool | None, resume_ok: bool | None = None) -> dict[str, Any]:
@@ -231,6 +244,7 @@ class Workload(BaseModel):
             "attachments": [a.describe() for a in self.attachments],
             "lease": self.lease.model_dump(mode="json") if self.lease else None,
             "work_dir": self.work_dir,
+            "notify": self.notify,
             "history": [h.model_dump(mode="json") for h in self.history],
             "workflow_document": self.workflow,
         }
