@@ -1,84 +1,24 @@
-"""The README's "Your first hour", word for word, in one bash shell, in a temporary folder.
-
-Every fenced block after a ``<!-- first-hour -->`` line is taken in order. A ``python`` block
-whose first line is ``# name.py`` is saved as that file in the shell's current folder, as the
-reader is told to. In a ``console`` block, a line starting with ``$ `` is a command; the lines
-under it are what it prints: each must appear, in that order, inside a line of the command's
-output (stdout and stderr, as on a terminal), with ``…`` standing for any text. Every command
-must exit 0.
-"""
+"""The README's "Your first hour", word for word, in one bash shell, in a temporary folder
+(every fenced block after a ``<!-- first-hour -->`` line: the rules are in
+:mod:`tests.walkthrough`)."""
 
 from __future__ import annotations
 
 import os
-import re
 import subprocess
 import sys
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
 
+from tests.walkthrough import Command, File, matches, script, walkthrough
+
 REPO = Path(__file__).resolve().parent.parent
 MARK = "<!-- first-hour -->"
-EOF_WORD = "CALIBER_FIRST_HOUR_EOF"
-
-
-@dataclass
-class Command:
-    line: str
-    expected: list[str] = field(default_factory=list)
-
-
-@dataclass
-class File:
-    name: str
-    text: str
-
-
-def walkthrough(readme: str) -> list[Command | File]:
-    steps: list[Command | File] = []
-    for lang, body in re.findall(rf"^{re.escape(MARK)}\n```(\w+)\n(.*?)^```$", readme,
-                                 flags=re.M | re.S):
-        if lang == "python":
-            name = re.match(r"# ([\w.-]+\.py)\n", body)
-            assert name, f"a first-hour python block starts with '# name.py': {body[:40]!r}"
-            steps.append(File(name.group(1), body))
-            continue
-        assert lang == "console", lang
-        for line in body.splitlines():
-            if line.startswith("$ "):
-                steps.append(Command(line[2:]))
-            else:
-                assert isinstance(steps[-1], Command), line
-                steps[-1].expected.append(line)
-    return steps
-
-
-def script(steps: list[Command | File], out: Path) -> str:
-    """One bash script: every command's output and exit code in files of its own."""
-    lines = ["set -u"]
-    for i, step in enumerate(steps):
-        if isinstance(step, File):
-            lines += [f"cat > '{step.name}' <<'{EOF_WORD}'", step.text.rstrip("\n"), EOF_WORD]
-        else:
-            lines += [f"{{ {step.line}\n}} > '{out}/{i}' 2>&1 < /dev/null",
-                      f"echo $? > '{out}/{i}.rc'"]
-    return "\n".join(lines) + "\n"
-
-
-def matches(expected: list[str], output: str) -> bool:
-    """Each expected line inside an output line, in order (``…``: any text)."""
-    lines = iter(output.splitlines())
-    for want in expected:
-        pattern = re.compile(".*?".join(re.escape(part) for part in want.strip().split("…")))
-        if not any(pattern.search(line) for line in lines):
-            return False
-    return True
 
 
 def test_the_walkthrough_is_there() -> None:
-    steps = walkthrough((REPO / "README.md").read_text(encoding="utf-8"))
+    steps = walkthrough((REPO / "README.md").read_text(encoding="utf-8"), MARK)
     files = [s.name for s in steps if isinstance(s, File)]
     commands = [s.line for s in steps if isinstance(s, Command)]
     assert files == ["tasks.py", "define.py", "report.py"]
@@ -100,7 +40,7 @@ def test_a_newcomer_follows_the_first_hour(tmp_path: Path, caliber_home: Path) -
     venv = Path(sys.prefix)
     if not (venv / "bin" / "activate").is_file():
         pytest.skip("needs the tests to run in a venv (make test makes .venv)")
-    steps = walkthrough((REPO / "README.md").read_text(encoding="utf-8"))
+    steps = walkthrough((REPO / "README.md").read_text(encoding="utf-8"), MARK)
     clone = tmp_path / "caliber"  # stands for the clone: the README starts there
     clone.mkdir()
     (clone / ".venv").symlink_to(venv)
