@@ -166,7 +166,7 @@ def test_cancel_queued_then_list_by_status_and_counts(tmp_path: Path) -> None:
         "2 workloads: 1 queued, 1 cancelled")
     again = run_caliber("queue", "cancel", drop, ok=False)
     assert again.returncode == 2 and again.stderr.strip() == (
-        f"caliber: error: workload {drop} is cancelled: only a queued or running workload "
+        f"caliber: error: workload {drop} is cancelled: only a queued, waiting or running workload "
         "can be cancelled")
     refused = run_caliber("queue", "retry", keep, ok=False)
     assert refused.returncode == 2 and "only a failed or cancelled workload" in refused.stderr

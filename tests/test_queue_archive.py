@@ -199,3 +199,51 @@ def test_export_and_import_stream_a_big_attachment_in_bounded_memory(
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
                           env=env, check=True)
     assert done.stdout.split() == [str(size), "True"]
+
+
+@pytest.mark.parametrize("kind", ["sqlite"])
+def test_chains_start_times_and_priorities_come_through(tmp_path: Path, kind: str,
+                                                         request: pytest.FixtureRequest) -> None:
+    """What a workload runs after, its start time (written with an offset), its priority and
+    its notification address come through an export and import as they were signed, and the
+    copy goes on with the chain: completing the upstream there queues the one after it."""
+    import datetime as dt
+
+    from caliber.queue.archive import export_queue, import_queue
+    from caliber.queue.secret import sign, verify
+    from caliber.queue.sqlite.backend import SQLiteBackend
+    from caliber.queue.status import WorkloadStatus
+    from tests.contract.test_backend_contract import make_results, make_workload
+
+    key = KEY.encode()
+    source = SQLiteBackend(tmp_path / "source.db")
+    if kind == "postgres":
+        pytest.importorskip("psycopg", reason="psycopg is not installed (the postgres extra)")
+        from caliber.queue.postgres.backend import PostgresBackend
+
+        target: Any = PostgresBackend(request.getfixturevalue("postgres_url"))
+    else:
+        target = SQLiteBackend(tmp_path / "target.db")
+    with source, target:
+        first = make_workload(seconds=1)
+        source.put(first)
+        then = make_workload(seconds=2)
+        then.after = [first.id]
+        then.not_before = dt.datetime(2031, 5, 6, 22, 0, tzinfo=dt.timezone(dt.timedelta(hours=2)))
+        then.priority, then.notify = 7, "http://127.0.0.1:9/hook"
+        then.secret = sign(then, key)
+        source.put(then)
+        archive = tmp_path / "queue.jsonl"
+        with open(archive, "w", encoding="utf-8") as out:
+            export_queue(source, out)
+        import_queue(target, archive)
+        copied = target.get(then.id)
+        assert copied.model_dump(exclude={"progress"}) == source.get(then.id).model_dump(
+            exclude={"progress"})
+        assert copied.status == WorkloadStatus.WAITING and verify(copied, key)
+        assert (copied.after, copied.priority, copied.notify) == ([first.id], 7, then.notify)
+        assert copied.not_before == then.not_before
+        claim = target.claim("p1", "a", 60, "k")
+        assert claim is not None and claim.workload.id == first.id
+        target.complete(claim, make_results(first.id))
+        assert target.get(then.id).status == WorkloadStatus.QUEUED

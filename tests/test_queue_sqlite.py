@@ -18,6 +18,8 @@ from caliber.queue.sqlite.schema import MIGRATIONS, SCHEMA_VERSION
 from caliber.queue.workload import WorkloadStatus
 from tests.contract.test_backend_contract import LEASE, make_results, make_workload
 
+CHAINS = 7  # the schema version that added chains, start times and priorities
+
 
 def schema_of(path: Path) -> list[tuple[str, str, str]]:
     conn = sqlite3.connect(path)
@@ -27,10 +29,11 @@ def schema_of(path: Path) -> list[tuple[str, str, str]]:
         conn.close()
 
 
-def test_fresh_schema_equals_migrated_schema(tmp_path: Path) -> None:
+@pytest.mark.parametrize("version", [1, CHAINS - 1])
+def test_fresh_schema_equals_migrated_schema(tmp_path: Path, version: int) -> None:
     old = tmp_path / "old.db"
     conn = sqlite3.connect(old)
-    conn.executescript(MIGRATIONS[0] + "; PRAGMA user_version = 1;")
+    conn.executescript(";".join(MIGRATIONS[:version]) + f"; PRAGMA user_version = {version};")
     conn.execute(
         "INSERT INTO workloads (id, pinion, workflow_name, status, created_at, secret, body) "
         "VALUES ('aaaaaaaaaa', 'p1', 'pasta', 'queued', '2030-01-01T00:00:00.000000+00:00', "
@@ -42,7 +45,9 @@ def test_fresh_schema_equals_migrated_schema(tmp_path: Path) -> None:
     assert schema_of(old) == schema_of(tmp_path / "fresh.db")
     with SQLiteBackend(old) as backend:
         assert backend.conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
-        assert backend.get("aaaa").workflow_name == "pasta"
+        got = backend.get("aaaa")
+        assert got.workflow_name == "pasta"
+        assert (got.after, got.not_before, got.priority, got.notify) == ([], None, 0, None)
         assert backend.claim("p1", "me", LEASE, "k") is not None
 
 
@@ -99,13 +104,28 @@ def test_queries_use_their_index(tmp_path: Path, sql: str, index: str) -> None:
 
 def test_claim_seeks_instead_of_scanning(tmp_path: Path) -> None:
     params = {"owner": "o", "token": "t", "expires": 1.0, "pinion": "p", "now": 1.0,
-              "key_id": "k"}
+              "start": "2030-01-01T00:00:00.000000+00:00", "key_id": "k"}
     with SQLiteBackend(tmp_path / "q.db") as backend:
         plan = backend.conn.execute("EXPLAIN QUERY PLAN " + CLAIM_SQL, params).fetchall()
     details = [str(row[-1]) for row in plan]
-    assert any("INDEX workloads_queued" in d for d in details)
+    queued = next(i for i, d in enumerate(details) if "INDEX workloads_queued" in d)
+    assert "TEMP B-TREE" not in details[queued + 1]  # priority, then age: the index's order
     assert any("INDEX workloads_leases" in d for d in details)
-    assert not any(d.startswith("SCAN workloads") for d in details)
+    assert any("workload_after USING PRIMARY KEY" in d for d in details)  # what it runs after
+    assert not any(d.startswith(("SCAN workloads", "SCAN workload_after")) for d in details)
+
+
+@pytest.mark.parametrize(("sql", "index"), [
+    ("SELECT w.id FROM workload_after a JOIN workloads w ON w.id = a.workload "
+     "WHERE a.upstream = ? AND w.status = 'waiting'", "workloads_after_upstream"),
+    ("SELECT min(not_before) FROM workloads WHERE pinion = ? AND status = 'queued' "
+     "AND not_before IS NOT NULL AND not_before > ?", "workloads_starts"),
+])
+def test_chain_lookups_use_their_index(tmp_path: Path, sql: str, index: str) -> None:
+    with SQLiteBackend(tmp_path / "q.db") as backend:
+        plan = backend.conn.execute("EXPLAIN QUERY PLAN " + sql, ("x",) * sql.count("?"))
+        text = " ".join(str(row[-1]) for row in plan)
+    assert index in text and "SCAN" not in text
 
 
 def test_lost_lease_trigger_ignores_renewals(tmp_path: Path) -> None:

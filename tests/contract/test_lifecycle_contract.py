@@ -150,7 +150,7 @@ def test_cancel_a_finished_workload_is_refused(backend: Backend) -> None:
     claim = backend.claim("p1", "a", LEASE, KEY)
     assert claim is not None
     backend.complete(claim, make_results(w.id))
-    with pytest.raises(QueueStateError, match="only a queued or running workload"):
+    with pytest.raises(QueueStateError, match="only a queued, waiting or running workload"):
         backend.cancel(w.id, "ann@laptop")
     assert backend.get(w.id).status == WorkloadStatus.COMPLETED
 

@@ -2,12 +2,12 @@
 workloads can be cancelled or retried, and the history lines that say so (no pydantic here:
 the backends import it at the top).
 
-``queue cancel``: a queued workload becomes cancelled at once; a running one is asked to stop,
-and its pinion stops it after its current task when it next renews its lease (with ``--now``:
-it stops the running task then, SIGTERM, then SIGKILL after a grace). ``queue retry``:
-a failed or cancelled one is queued again, its history kept; with ``--resume`` its run reuses
-the completed tasks of its last Results, as the :class:`ResumeGrant` made with the user's key
-allows (:mod:`caliber.queue.resume`).
+``queue cancel``: a queued or waiting workload becomes cancelled at once; a running one is
+asked to stop, and its pinion stops it after its current task when it next renews its lease
+(with ``--now``: it stops the running task then, SIGTERM, then SIGKILL after a grace).
+``queue retry``: a failed or cancelled one is queued again, its history kept; with
+``--resume`` its run reuses the completed tasks of its last Results, as the
+:class:`ResumeGrant` made with the user's key allows (:mod:`caliber.queue.resume`).
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from caliber.queue.status import WorkloadStatus
 if TYPE_CHECKING:
     from caliber.queue.workload import Workload
 
-CANCELLABLE = (WorkloadStatus.QUEUED, WorkloadStatus.RUNNING)
+CANCELLABLE = (WorkloadStatus.QUEUED, WorkloadStatus.WAITING, WorkloadStatus.RUNNING)
 RETRIABLE = (WorkloadStatus.FAILED, WorkloadStatus.CANCELLED)
 
 
@@ -29,7 +29,7 @@ def check_cancel(workload: Workload) -> None:
     """QueueStateError unless ``workload`` can be cancelled (it has not finished)."""
     if workload.status not in CANCELLABLE:
         raise QueueStateError(f"workload {workload.id} is {workload.status.value}: only a "
-                              "queued or running workload can be cancelled")
+                              "queued, waiting or running workload can be cancelled")
 
 
 @dataclass(frozen=True)

@@ -7,7 +7,8 @@ A dialect (:class:`caliber.queue.sqlite.backend.SQLiteBackend`,
 :class:`caliber.queue.postgres.backend.PostgresBackend`) supplies what differs: its
 connection and transactions, how a statement written here with ``?`` placeholders runs
 (:meth:`SqlBackend.execute`), the claim and expiry statements, row locks, the JSON of a
-workload's resume grant, waking idle pinions, its content store and prune.
+workload's resume grant, the list of what a workload runs after, waking idle pinions, its
+content store and prune. Chains (``workload_after``) are :mod:`caliber.queue.sql.chains`.
 
 Every write is one short transaction (:meth:`SqlBackend.transaction`); a verb that reads a
 row before changing it locks it first (:meth:`SqlBackend.lock_row`: a no-op where the
@@ -22,7 +23,7 @@ import datetime as dt
 import secrets
 import threading
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any, ClassVar
@@ -43,14 +44,14 @@ from caliber.queue.lifecycle import (
     check_retry,
     retried,
 )
-from caliber.queue.sql import refs
+from caliber.queue.sql import chains, refs
 from caliber.queue.sql import rows as R
 from caliber.queue.status import WorkloadStatus
 from caliber.queue.summary import StoredSummary
 
 if TYPE_CHECKING:
     from caliber.queue.backend import Claim
-    from caliber.queue.workload import Workload
+    from caliber.queue.workload import HistoryEntry, Workload
     from caliber.results.model import Results
 
 NO_LEASE = "lease_owner = NULL, lease_token = NULL, lease_expires = NULL"
@@ -80,6 +81,9 @@ class SqlBackend(IdleWait):
     """A condition with one ``?``: whether the space-separated ``secret_mismatch`` holds it."""
     INTEGRITY_ERRORS: tuple[type[Exception], ...] = ()
     """The driver's errors for a broken constraint (a duplicate id)."""
+    AFTER_IDS: ClassVar[str] = "NULL"
+    """An expression of a workload row (table ``workloads``): the JSON array (text) of the
+    ids it runs after, from ``workload_after`` in order (:func:`.rows.reading`)."""
 
     location: str
     conn: Any
@@ -119,14 +123,26 @@ class SqlBackend(IdleWait):
     def lock_row(self, conn: Any, wid: str) -> None:
         """Inside a write transaction: hold workload ``wid`` until it ends."""
 
+    def lock_rows(self, conn: Any, ids: Sequence[str]) -> None:
+        """Inside a write transaction: hold these workloads until it ends (in id order, as
+        every verb takes several)."""
+        for wid in sorted(ids):
+            self.lock_row(conn, wid)
+
+    @property
+    def columns(self) -> str:
+        """The columns a workload row is read with (:func:`caliber.queue.sql.rows.workload`)."""
+        return R.reading(R.COLUMNS, self.AFTER_IDS)
+
     def notify(self, conn: Any, pinion: str) -> None:
         """Inside a write transaction: a workload of ``pinion`` became claimable (sent when
         the transaction commits)."""
 
     def claim_row(self, conn: Any, params: dict[str, Any]) -> tuple[Any, ...] | None:
-        """Inside a write transaction: take the oldest claimable workload (the columns of
-        :data:`caliber.queue.sql.rows.COLUMNS`), or None. ``params``: owner, token, expires,
-        pinion, now, key_id."""
+        """Inside a write transaction: take the claimable workload of the highest priority,
+        the oldest among equals (the columns of :attr:`columns`), or None. ``params``: owner,
+        token, expires, pinion, now (unix seconds), start (``now`` as stored times are:
+        queued workloads whose ``not_before`` is later are not claimable), key_id."""
         raise NotImplementedError
 
     def expiring(self, now: float, max_attempts: int) -> bool:
@@ -178,43 +194,67 @@ class SqlBackend(IdleWait):
     # --- workloads ------------------------------------------------------------------------
 
     def put(self, workload: Workload) -> None:
+        """See :meth:`QueueBackend.put`: a workload that runs after others not all completed
+        is put waiting (:func:`caliber.queue.sql.chains.start`)."""
         from caliber.queue.workload import HistoryEntry
+
+        def first(conn: Any) -> tuple[WorkloadStatus, list[HistoryEntry]]:
+            status, pending = chains.start(self, conn, workload.id, workload.after,
+                                           doing="put")
+            message = f"queued by {workload.queued_by or '?'}"
+            if pending:
+                message += f"; {chains.waits_for(pending)}"
+            return status, workload.history or [
+                HistoryEntry(at=workload.created_at, status=status, message=message)]
+
+        self._insert(workload, first)
+
+    def restore(self, workload: Workload) -> None:
+        """See :meth:`caliber.queue.backend.QueueBackend.restore`: a workload's status,
+        attempts, history, Results id and what it runs after are kept as they are (the
+        workloads it runs after need not be in this queue)."""
+        from caliber.queue.workload import HistoryEntry
+
         history = workload.history or [
-            HistoryEntry(at=workload.created_at, status=WorkloadStatus.QUEUED,
-                         message=f"queued by {workload.queued_by or '?'}")
-        ]
+            HistoryEntry(at=workload.created_at, status=workload.status,
+                         message=f"queued by {workload.queued_by or '?'}")]
+        self._insert(workload, lambda conn: (workload.status, history))
+
+    def _insert(self, workload: Workload,
+                first: Callable[[Any], tuple[WorkloadStatus, list[HistoryEntry]]]) -> None:
+        """Insert ``workload`` in one transaction, with the status and history ``first(conn)``
+        gives (called inside it, before the insert)."""
         lease = workload.lease
         try:
             with self.transaction() as conn:
+                status, history = first(conn)
                 self.execute(
                     conn,
-                    f"INSERT INTO workloads ({R.COLUMNS}) VALUES ({', '.join('?' * 15)})",
+                    f"INSERT INTO workloads ({R.COLUMNS}) VALUES ({', '.join('?' * 18)})",
                     (
                         workload.id, workload.pinion, workload.workflow_name,
-                        workload.status.value, R.iso(workload.created_at), workload.attempts,
+                        status.value, R.iso(workload.created_at), workload.attempts,
                         lease.owner if lease else None, lease.token if lease else None,
                         lease.expires_at.timestamp() if lease else None, workload.secret,
                         workload.secret_mismatch, workload.results_id, workload.last_error,
                         workload.work_dir, R.body(workload),
+                        None if workload.not_before is None else R.iso(workload.not_before),
+                        workload.priority, workload.notify,
                     ),
                 )
-                self._add_history(conn, workload.id, *((h.status, h.message) for h in history),
-                                  at=[h.at for h in history])
+                chains.link(self, conn, workload.id, workload.after)
+                self.add_history(conn, workload.id, *((h.status, h.message) for h in history),
+                                 at=[h.at for h in history])
                 self.refer_blobs(conn, "workload", workload.id, R.stored(workload))
-                if workload.status == WorkloadStatus.QUEUED:
+                if status == WorkloadStatus.QUEUED:
                     self.notify(conn, workload.pinion)
         except self.INTEGRITY_ERRORS as exc:
             raise QueueError(f"cannot queue workload {workload.id}: {exc}") from exc
 
-    def restore(self, workload: Workload) -> None:
-        """See :meth:`caliber.queue.backend.QueueBackend.restore`: :meth:`put` keeps a
-        workload's status, attempts, history and Results id as they are."""
-        self.put(workload)
-
     def get(self, id_or_prefix: str) -> Workload:
         with self.reading():
             full = self.resolve_id("workloads", id_or_prefix, "workload")
-            found = self.fetch(f"SELECT {R.COLUMNS} FROM workloads WHERE id = "
+            found = self.fetch(f"SELECT {self.columns} FROM workloads WHERE id = "
                                "CAST(? AS TEXT)", (self.bind_id(full),))
             if not found:
                 raise NotFoundError(f"no workload with id {id_or_prefix!r}")
@@ -230,7 +270,7 @@ class SqlBackend(IdleWait):
         workflow: str | None = None,
     ) -> list[Workload]:
         with self.reading():
-            found = self._page(R.COLUMNS, pinion, status, limit, offset, workflow)
+            found = self._page(self.columns, pinion, status, limit, offset, workflow)
             return self._with_history([R.workload(r) for r in found])
 
     def list_summaries(
@@ -243,7 +283,8 @@ class SqlBackend(IdleWait):
         workflow: str | None = None,
     ) -> list[StoredSummary]:
         with self.reading():
-            found = self._page(R.SUMMARY_COLUMNS, pinion, status, limit, offset, workflow)
+            found = self._page(R.reading(R.SUMMARY_COLUMNS, self.AFTER_IDS), pinion, status,
+                               limit, offset, workflow)
         return [R.summary(row) for row in found]
 
     def _page(self, columns: str, pinion: str | None, status: WorkloadStatus | None,
@@ -265,13 +306,14 @@ class SqlBackend(IdleWait):
         token = secrets.token_hex(16)
         now = time.time()
         params = {"owner": owner, "token": token, "expires": now + lease_seconds,
-                  "pinion": pinion, "now": now, "key_id": key_id}
+                  "pinion": pinion, "now": now, "start": R.iso(R.from_unix(now)),
+                  "key_id": key_id}
         with self.transaction() as conn:
             row = self.claim_row(conn, params)
             if row is None:
                 return None
             workload = R.workload(row)
-            self._add_history(conn, workload.id, (
+            self.add_history(conn, workload.id, (
                 WorkloadStatus.RUNNING, f"claimed by {owner} (attempt {workload.attempts})"))
         return Claim(workload=workload, owner=owner, token=token,
                      expires_at=R.from_unix(now + lease_seconds))
@@ -307,7 +349,7 @@ class SqlBackend(IdleWait):
                 f"ELSE 0 END, {NO_LEASE}, {_ADD_MARK.format(has=self.MARKED)}",
                 (mismatch_key_id,) * 4,
             )
-            self._add_history(conn, claim.workload.id, (
+            self.add_history(conn, claim.workload.id, (
                 WorkloadStatus.QUEUED, f"released by {claim.owner}: {reason}"))
             if not self._cancel_if_asked(conn, claim.workload.id, asked):
                 self.notify(conn, claim.workload.pinion)
@@ -331,7 +373,11 @@ class SqlBackend(IdleWait):
                 )
                 self.insert_results(conn, results)
                 message = f"results {results.id}" + (f": {error}" if error else "")
-                self._add_history(conn, claim.workload.id, (status, message))
+                self.add_history(conn, claim.workload.id, (status, message))
+                if status == WorkloadStatus.COMPLETED:
+                    chains.promote(self, conn, claim.workload.id)
+                elif status == WorkloadStatus.CANCELLED:
+                    chains.cascade(self, conn, claim.workload.id, "cancelled")
         except self.INTEGRITY_ERRORS as exc:
             raise QueueError(
                 f"cannot store the results of workload {claim.workload.id}: {exc}"
@@ -343,7 +389,7 @@ class SqlBackend(IdleWait):
             asked = self._held(conn, claim, f"status = ?, last_error = ?, {NO_LEASE}",
                                (status.value, reason))
             message = f"attempt failed: {reason}" + ("; queued again" if retry else "")
-            self._add_history(conn, claim.workload.id, (status, message))
+            self.add_history(conn, claim.workload.id, (status, message))
             if not self._cancel_if_asked(conn, claim.workload.id, asked) and retry:
                 self.notify(conn, claim.workload.pinion)
 
@@ -355,7 +401,8 @@ class SqlBackend(IdleWait):
                 conn, "UPDATE workloads SET status = 'cancelled', last_error = ? WHERE id = ? "
                 "AND status = 'queued' RETURNING id", (cancelled(asked), workload_id)
         ).fetchone():
-            self._add_history(conn, workload_id, (WorkloadStatus.CANCELLED, cancelled(asked)))
+            self.add_history(conn, workload_id, (WorkloadStatus.CANCELLED, cancelled(asked)))
+            chains.cascade(self, conn, workload_id, "cancelled")
             return True
         return False
 
@@ -367,7 +414,7 @@ class SqlBackend(IdleWait):
         with self.transaction() as conn:
             found = self.expire_rows(conn, now, max_attempts)
             for wid, error in found:
-                self._add_history(conn, wid, (WorkloadStatus.FAILED, error))
+                self.add_history(conn, wid, (WorkloadStatus.FAILED, error))
         return [r[0] for r in found]
 
     def reset(self, id_or_prefix: str, *, force: bool = False) -> Workload:
@@ -381,6 +428,7 @@ class SqlBackend(IdleWait):
                 )
             self.execute(conn, "DELETE FROM workloads WHERE id = CAST(? AS TEXT)",
                          (self.bind_id(workload.id),))
+            chains.cascade(self, conn, workload.id, "reset")
         with self.transaction() as conn:  # its blobs nothing else refers to (after: never
             self.sweep(conn, R.stored(workload))  # one it still has)
         return workload
@@ -396,7 +444,7 @@ class SqlBackend(IdleWait):
             )
             if resume is not None:  # the grant made again, for the Results it resumes now
                 self.set_grant(conn, full, resume, resuming=resume.results_id)
-            self._add_history(conn, full, (None, f"signed again with key {key_id}"))
+            self.add_history(conn, full, (None, f"signed again with key {key_id}"))
             workload = self.get(full)
             if workload.status == WorkloadStatus.QUEUED:
                 self.notify(conn, workload.pinion)
@@ -407,16 +455,17 @@ class SqlBackend(IdleWait):
             workload = self._locked(conn, id_or_prefix)
             check_cancel(workload)
             lease = workload.lease
-            if workload.status == WorkloadStatus.QUEUED or (
+            if workload.status in (WorkloadStatus.QUEUED, WorkloadStatus.WAITING) or (
                     lease is not None and lease.expires_at.timestamp() < time.time()):
                 self.execute(conn, f"UPDATE workloads SET status = 'cancelled', {NO_LEASE}, "
                              "last_error = ? WHERE id = ?", (cancelled(by), workload.id))
-                self._add_history(conn, workload.id, (WorkloadStatus.CANCELLED, cancelled(by)))
+                self.add_history(conn, workload.id, (WorkloadStatus.CANCELLED, cancelled(by)))
+                chains.cascade(self, conn, workload.id, "cancelled")
             else:
                 self.execute(conn, "UPDATE workloads SET cancel_requested = ?, cancel_now = "
                              "CASE WHEN ? THEN 1 ELSE cancel_now END WHERE id = ?",
                              (by, now, workload.id))
-                self._add_history(conn, workload.id, (None, cancel_asked(by, now)))
+                self.add_history(conn, workload.id, (None, cancel_asked(by, now)))
             return self.get(workload.id)
 
     def retry(self, id_or_prefix: str, by: str, *,
@@ -424,15 +473,19 @@ class SqlBackend(IdleWait):
         with self.transaction() as conn:
             workload = self._locked(conn, id_or_prefix)
             grant = check_retry(workload, resume)
+            status, pending = chains.start(self, conn, workload.id, workload.after,
+                                           doing="retry")
             self.execute(
                 conn,
-                f"UPDATE workloads SET status = 'queued', attempts = 0, {NO_LEASE}, "
+                f"UPDATE workloads SET status = ?, attempts = 0, {NO_LEASE}, "
                 "last_error = NULL, cancel_requested = NULL, cancel_now = NULL, "
-                "secret_mismatch = NULL WHERE id = ?", (workload.id,))
+                "secret_mismatch = NULL WHERE id = ?", (status.value, workload.id))
             self.set_grant(conn, workload.id, grant)
-            self._add_history(conn, workload.id, (
-                WorkloadStatus.QUEUED, retried(by, grant.results_id if grant else None)))
-            self.notify(conn, workload.pinion)
+            message = retried(by, grant.results_id if grant else None)
+            self.add_history(conn, workload.id, (status, message + (
+                f"; {chains.waits_for(pending)}" if pending else "")))
+            if status == WorkloadStatus.QUEUED:
+                self.notify(conn, workload.pinion)
             return self.get(workload.id)
 
     def count_statuses(self, *, pinion: str | None = None,
@@ -442,6 +495,18 @@ class SqlBackend(IdleWait):
             found = self.fetch(
                 f"SELECT status, count(*) FROM workloads {where} GROUP BY status", params)
         return {str(status): int(n) for status, n in found}
+
+    def next_start(self, pinion: str) -> dt.datetime | None:
+        """See :meth:`QueueBackend.next_start` (index workloads_starts)."""
+        with self.reading():
+            found = self.fetch(
+                "SELECT min(not_before) FROM workloads WHERE pinion = ? AND status = 'queued' "
+                "AND not_before IS NOT NULL AND not_before > ?",
+                (pinion, R.iso(dt.datetime.now(dt.UTC))))
+        try:
+            return R.start_time(found[0][0]) if found else None
+        except ValueError:  # edited by hand: it is not claimable either, so it starts never
+            return None
 
     def _held(self, conn: Any, claim: Claim, assignments: str,
               params: tuple[Any, ...]) -> str | None:
@@ -462,7 +527,7 @@ class SqlBackend(IdleWait):
             raise _lost(claim)
         return (None, False) if row[0] is None else (str(row[0]), bool(row[1]))
 
-    def _add_history(
+    def add_history(
         self,
         conn: Any,
         workload_id: str,

@@ -1,9 +1,10 @@
 """Rows of the SQL queues as what the verbs return: Workloads, summaries, Results.
 
 Plain columns in a fixed order (``COLUMNS``, ``SUMMARY_COLUMNS``, ``RESULTS_COLUMNS``), the
-same in every dialect. No pydantic at import: :func:`summary` (``caliber queue list``) builds
-plain records (the queue API checks their run-secrets); the models are imported by the
-functions that build them.
+same in every dialect; a workload row read back ends with the ids it runs after, as a JSON
+array that the dialect's expression gathers from ``workload_after`` (:func:`reading`). No
+pydantic at import: :func:`summary` (``caliber queue list``) builds plain records (the queue
+API checks their run-secrets); the models are imported by the functions that build them.
 """
 
 from __future__ import annotations
@@ -23,12 +24,30 @@ if TYPE_CHECKING:
 
 COLUMNS = (
     "id, pinion, workflow_name, status, created_at, attempts, lease_owner, lease_token, "
-    "lease_expires, secret, secret_mismatch, results_id, last_error, work_dir, body"
+    "lease_expires, secret, secret_mismatch, results_id, last_error, work_dir, body, "
+    "not_before, priority, notify"
 )
+"""The stored columns of a workload, as ``put`` writes them."""
 SUMMARY_COLUMNS = (
     "id, pinion, workflow_name, status, created_at, attempts, results_id, secret, "
-    "secret_mismatch, last_error, body"
+    "secret_mismatch, last_error, body, not_before, priority, notify"
 )
+
+
+def reading(columns: str, after_ids: str) -> str:
+    """``columns`` and then ``after_ids``, the dialect's expression of the JSON array of ids
+    the row's workload runs after (``workload_after`` in order; ``[]`` or NULL for none)."""
+    return f"{columns}, {after_ids}"
+
+
+def after_list(text: object) -> list[str]:
+    """The ids a workload runs after, from the JSON array :func:`reading` gathers."""
+    if text is None:
+        return []
+    found = json.loads(str(text))
+    if not isinstance(found, list):
+        raise ValueError("its list of workloads it runs after is not a list")
+    return [str(a) for a in found]
 RESULTS_COLUMNS = "id, workload_id, workflow, pinion, finished_at, body"
 
 
@@ -46,6 +65,14 @@ def from_unix(seconds: float) -> dt.datetime:
 def iso(moment: dt.datetime) -> str:
     """UTC, fixed width: sorts in time order as text."""
     return moment.astimezone(dt.UTC).isoformat(timespec="microseconds")
+
+
+def start_time(text: object) -> dt.datetime | None:
+    """A stored ``not_before`` as a time (ValueError when it is not one)."""
+    if text is None:
+        return None
+    moment = dt.datetime.fromisoformat(str(text))
+    return moment if moment.tzinfo else moment.replace(tzinfo=dt.UTC)
 
 
 def body(workload: Workload) -> str:
@@ -72,7 +99,8 @@ def _parse_workload(row: tuple[Any, ...]) -> Workload:
     from caliber.queue.secret import DamagedEntry, problem, stored_time
     from caliber.queue.workload import Attachment, Lease, Workload
     (wid, pinion, _name, status, created_at, attempts, owner, token, expires, secret,
-     mismatch, results_id, last_error, work_dir, text) = row
+     mismatch, results_id, last_error, work_dir, text, not_before, priority, notify,
+     after) = row
     data = json.loads(text)
     lease = None
     if owner is not None and token is not None and expires is not None:
@@ -85,6 +113,8 @@ def _parse_workload(row: tuple[Any, ...]) -> Workload:
         attachments=[Attachment.model_validate(a) for a in data.get("attachments", [])],
         queued_by=data.get("queued_by", ""), resume_from=data.get("resume_from"),
         resume_signature=data.get("resume_signature"), resume_grant=data.get("resume_grant"),
+        after=after_list(after), priority=priority, notify=notify,
+        not_before=None if not_before is None else stored_time(not_before),
     )
     why = problem(made)  # what verify_raw finds damaged when queue list shows it
     if why is not None:
@@ -129,14 +159,14 @@ def summary(row: tuple[Any, ...]) -> StoredSummary:
     """A workload row (``SUMMARY_COLUMNS``) as stored, for the queue API to check; a row
     whose body cannot be read as a damaged one (as :func:`workload` shows it)."""
     (wid, pinion, name, state, created_at, attempts, results_id, secret, mismatch,
-     last_error, text) = row
+     last_error, text, not_before, priority, notify, after) = row
     stored = StoredSummary(
         id=wid, name=name, pinion=pinion, status=state, created_at=created_at,
         attempts=attempts, results_id=results_id, secret=secret, secret_mismatch=mismatch,
-        last_error=last_error)
+        last_error=last_error, not_before=not_before, priority=priority, notify=notify)
     try:
         data = json.loads(text)
-        return replace(stored, workflow=data["workflow"],
+        return replace(stored, workflow=data["workflow"], after=after_list(after),
                        attachments=data.get("attachments", []),
                        queued_by=data.get("queued_by", ""), resume_from=data.get("resume_from"),
                        resume_signature=data.get("resume_signature"),

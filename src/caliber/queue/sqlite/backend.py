@@ -54,22 +54,28 @@ def _lease_gone(columns: str, now: str, where: str, then: str) -> str:
         for gone in _LEASE_GONE)
 
 
-# The one atomic claim: the subquery picks the oldest claimable row, queued (index
-# workloads_queued) or with a lease that ran out (index workloads_leases, named: without
-# statistics the planner would walk every running row by workloads_status); the UPDATE takes
-# it; the trigger workloads_lease_lost notes a lost lease in the history.
+# The ids a workload runs after, in order, as a JSON array (primary key of workload_after).
+AFTER_IDS = ("(SELECT json_group_array(upstream) FROM (SELECT upstream FROM workload_after "
+             "WHERE workload = workloads.id ORDER BY position))")
+
+# The one atomic claim: the subquery picks the claimable row of the highest priority, the
+# oldest among equals: queued and due (index workloads_queued, in that order: its first due
+# entry) or with a lease that ran out (index workloads_leases, named: without statistics the
+# planner would walk every running row by workloads_status); the UPDATE takes it; the trigger
+# workloads_lease_lost notes a lost lease in the history.
 CLAIM_SQL = f"""
     UPDATE workloads SET status = 'running', attempts = attempts + 1,
         lease_owner = :owner, lease_token = :token, lease_expires = :expires
     WHERE id = (SELECT id FROM (
-        SELECT * FROM (SELECT id, created_at FROM workloads
-            WHERE pinion = :pinion AND status = 'queued' AND {_KEY_OK}
-            ORDER BY created_at LIMIT 1)
+        SELECT * FROM (SELECT id, priority, created_at FROM workloads
+            WHERE pinion = :pinion AND status = 'queued'
+              AND (not_before IS NULL OR not_before <= :start) AND {_KEY_OK}
+            ORDER BY priority DESC, created_at LIMIT 1)
         UNION ALL
-        {_lease_gone("id, created_at", ":now", f"pinion = :pinion AND {_KEY_OK}",
-                     "ORDER BY created_at LIMIT 1")}
-    ) ORDER BY created_at LIMIT 1)
-    RETURNING {R.COLUMNS}"""
+        {_lease_gone("id, priority, created_at", ":now", f"pinion = :pinion AND {_KEY_OK}",
+                     "ORDER BY priority DESC, created_at LIMIT 1")}
+    ) ORDER BY priority DESC, created_at LIMIT 1)
+    RETURNING {R.reading(R.COLUMNS, AFTER_IDS)}"""
 
 
 # What Python's sqlite3 raises for a TEXT column holding bytes that are not UTF-8 (written by
@@ -122,6 +128,7 @@ class SQLiteBackend(SqlBackend):
     HISTORY_ORDER = "rowid"
     MARKED = "instr(' ' || secret_mismatch || ' ', ' ' || ? || ' ') > 0"
     INTEGRITY_ERRORS = (sqlite3.IntegrityError,)
+    AFTER_IDS = AFTER_IDS
 
     def __init__(self, path: Path) -> None:
         super().__init__()
@@ -218,7 +225,7 @@ class SQLiteBackend(SqlBackend):
                 cursor.close()
                 if _NOT_UTF8 not in str(exc):
                     raise
-                [row] = _fetch(conn, f"SELECT {R.COLUMNS} FROM workloads WHERE "
+                [row] = _fetch(conn, f"SELECT {self.columns} FROM workloads WHERE "
                                "lease_token = ?", (params["token"],))
                 try:
                     R.workload(row).id.encode()

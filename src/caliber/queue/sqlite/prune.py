@@ -47,6 +47,8 @@ _WORKLOADS = f"""
       AND (:pinion IS NULL OR w.pinion = :pinion)
       AND COALESCE((SELECT h.at FROM workload_history h WHERE h.workload_id = w.id
                     ORDER BY h.rowid DESC LIMIT 1), w.created_at) < :cut
+      AND NOT EXISTS (SELECT 1 FROM workload_after a JOIN workloads d ON d.id = a.workload
+                      WHERE a.upstream = w.id AND d.status = 'waiting')
     ORDER BY w.created_at"""
 
 # The Results of the pruned workloads, and those of no workload in the queue (their age and

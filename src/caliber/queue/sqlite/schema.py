@@ -119,6 +119,29 @@ MIGRATIONS: list[str] = [
     # blobs each workload and Results refer to (caliber.queue.sqlite.blobs). Then the inline
     # attachments of older rows move into the store (PYTHON_STEPS).
     sqlite_blobs.SCHEMA,
+    # 6 -> 7: chains, start times, priorities (``workflow queue --after, --not-before,
+    # --priority, --notify``). The ids a workload runs after are rows of workload_after, one
+    # per (workload, position), found both ways by an index: the claim never looks at them,
+    # completing or cancelling an upstream finds its dependents by workloads_after_upstream.
+    # A claim takes the highest priority first, then the oldest (workloads_queued, in that
+    # order); workloads_starts finds the next start time of an idle pinion's queue.
+    """
+    ALTER TABLE workloads ADD COLUMN not_before TEXT;  -- ISO 8601 UTC as signed, or NULL
+    ALTER TABLE workloads ADD COLUMN priority INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE workloads ADD COLUMN notify TEXT;
+    DROP INDEX workloads_queued;
+    CREATE INDEX workloads_queued ON workloads (pinion, priority DESC, created_at)
+        WHERE status = 'queued';
+    CREATE INDEX workloads_starts ON workloads (pinion, not_before)
+        WHERE status = 'queued' AND not_before IS NOT NULL;
+    CREATE TABLE workload_after (
+        workload TEXT NOT NULL REFERENCES workloads (id) ON DELETE CASCADE,
+        upstream TEXT NOT NULL,                 -- no reference: it may be reset first
+        position INTEGER NOT NULL,
+        PRIMARY KEY (workload, position)
+    ) WITHOUT ROWID;
+    CREATE INDEX workloads_after_upstream ON workload_after (upstream, workload);
+    """,
 ]
 
 PYTHON_STEPS: dict[int, Callable[[sqlite3.Connection, Path], object]] = {

@@ -1,0 +1,114 @@
+"""Chains on a SQL queue (``workflow queue --after``): which state a workload starts in, and
+what finishing, cancelling or removing a workload does to those waiting after it. The rules
+are :mod:`caliber.queue.backend`'s; here they are statements on the ``workload_after`` table
+(one row per (workload, position): the upstream it runs after), run inside the verb's write
+transaction, so a promotion or a cascade happens with the change that causes it or not at
+all.
+
+Locks (PostgreSQL; SQLite serializes its writers): ``put`` and ``retry`` lock the upstreams
+they read, and a promotion locks the waiting dependents before it reads their upstreams
+again, so that two upstreams completing at once, or a workload put after one completing,
+never both see the other not completed and leave a dependent waiting for ever.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+from caliber.errors import NotFoundError, QueueStateError
+from caliber.queue.status import WorkloadStatus
+
+if TYPE_CHECKING:
+    from caliber.queue.sql.core import SqlBackend
+
+_WAITING_AFTER = ("SELECT w.id FROM workload_after a JOIN workloads w ON w.id = a.workload "
+                  "WHERE a.upstream = ? AND w.status = 'waiting'")
+"""The waiting workloads that run after one upstream (index workloads_after_upstream)."""
+
+
+def start(backend: SqlBackend, conn: Any, wid: str, after: Sequence[str], *,
+          doing: str) -> tuple[WorkloadStatus, list[str]]:
+    """The status a workload that runs after ``after`` starts in (``put``; ``retry``: again):
+    queued when they have all completed, else waiting; and the ids not completed yet.
+    Locks them first. NotFoundError (``put``) or QueueStateError (``retry``) when one is not
+    in the queue; QueueStateError when one is cancelled (it never would run)."""
+    ids = sorted(set(after))
+    if not ids:
+        return WorkloadStatus.QUEUED, []
+    backend.lock_rows(conn, ids)
+    marks = ", ".join("?" * len(ids))
+    found = dict(backend.execute(
+        conn, f"SELECT id, status FROM workloads WHERE id IN ({marks})", ids).fetchall())
+    for upstream in dict.fromkeys(after):
+        if upstream not in found:
+            error = NotFoundError if doing == "put" else QueueStateError
+            raise error(f"cannot {doing} workload {wid}: it runs after workload {upstream}, "
+                        "which is not in the queue")
+        if found[upstream] == WorkloadStatus.CANCELLED.value:
+            raise QueueStateError(f"cannot {doing} workload {wid}: it runs after workload "
+                                  f"{upstream}, which is cancelled (retry that one first)")
+    pending = [u for u in dict.fromkeys(after) if found[u] != WorkloadStatus.COMPLETED.value]
+    return (WorkloadStatus.WAITING if pending else WorkloadStatus.QUEUED), pending
+
+
+def link(backend: SqlBackend, conn: Any, wid: str, after: Sequence[str]) -> None:
+    """Record that workload ``wid`` runs after ``after``, in that order."""
+    for position, upstream in enumerate(after):
+        backend.execute(conn, "INSERT INTO workload_after (workload, upstream, position) "
+                        "VALUES (?, ?, ?)", (wid, upstream, position))
+
+
+def waits_for(pending: Sequence[str]) -> str:
+    """What a history line says a waiting workload waits for."""
+    return f"waits for {', '.join(pending)}"
+
+
+def promote(backend: SqlBackend, conn: Any, upstream: str) -> None:
+    """Workload ``upstream`` completed: those waiting after it whose upstreams have all
+    completed now are queued (their pinions told)."""
+    waiting = [str(r[0]) for r in backend.execute(conn, _WAITING_AFTER, (upstream,))]
+    if not waiting:
+        return
+    backend.lock_rows(conn, waiting)
+    marks = ", ".join("?" * len(waiting))
+    promoted = backend.execute(
+        conn,
+        f"UPDATE workloads SET status = 'queued' WHERE id IN ({marks}) AND status = 'waiting' "
+        "AND NOT EXISTS (SELECT 1 FROM workload_after a LEFT JOIN workloads u "
+        "ON u.id = a.upstream WHERE a.workload = workloads.id "
+        "AND (u.status IS NULL OR u.status <> 'completed')) RETURNING id, pinion",
+        waiting).fetchall()
+    for wid, _ in promoted:
+        backend.add_history(conn, wid, (WorkloadStatus.QUEUED,
+                                        f"queued: workload {upstream} completed, the last "
+                                        "it waited for"))
+    for pinion in dict.fromkeys(p for _, p in promoted):
+        backend.notify(conn, pinion)
+
+
+def cascade(backend: SqlBackend, conn: Any, upstream: str, how: str) -> list[str]:
+    """Workload ``upstream`` was cancelled (``how``: "cancelled") or reset ("reset"): those
+    waiting after it are cancelled ("upstream X was cancelled"), and so on down the chain,
+    each naming the one it ran after. The ids cancelled."""
+    try:
+        upstream.encode()
+    except UnicodeEncodeError:  # an id damaged by hand (not UTF-8): nothing can run after it
+        return []
+    gone: list[str] = []
+    frontier = [(upstream, how)]
+    while frontier:
+        following = []
+        for above, what in frontier:
+            reason = f"upstream {above} was {what}"
+            cancelled = backend.execute(
+                conn,
+                "UPDATE workloads SET status = 'cancelled', last_error = ? WHERE status = "
+                "'waiting' AND id IN (SELECT workload FROM workload_after WHERE upstream = ?) "
+                "RETURNING id", (reason, above)).fetchall()
+            for (wid,) in cancelled:
+                backend.add_history(conn, wid, (WorkloadStatus.CANCELLED, reason))
+                following.append((str(wid), "cancelled"))
+                gone.append(str(wid))
+        frontier = following
+    return gone
