@@ -201,7 +201,7 @@ def test_export_and_import_stream_a_big_attachment_in_bounded_memory(
     assert done.stdout.split() == [str(size), "True"]
 
 
-@pytest.mark.parametrize("kind", ["sqlite"])
+@pytest.mark.parametrize("kind", ["sqlite", "postgres"])
 def test_chains_start_times_and_priorities_come_through(tmp_path: Path, kind: str,
                                                          request: pytest.FixtureRequest) -> None:
     """What a workload runs after, its start time (written with an offset), its priority and

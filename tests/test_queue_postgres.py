@@ -27,6 +27,7 @@ psycopg = pytest.importorskip("psycopg", reason="psycopg is not installed (the p
 
 from caliber.queue.postgres.backend import LISTENER, PostgresBackend  # noqa: E402
 from caliber.queue.postgres.connection import display  # noqa: E402
+from caliber.queue.postgres.schema import MIGRATIONS, SCHEMA_VERSION  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 BOUND = 60.0  # seconds a test waits for what must happen long before (never a measurement)
@@ -152,7 +153,47 @@ def test_processes_opening_a_new_database_at_once_make_its_schema_once(
         _, err = proc.communicate(timeout=BOUND)
         assert proc.returncode == 0, err
     with psycopg.connect(postgres_url) as conn:
-        assert conn.execute("SELECT version FROM caliber.schema_version").fetchall() == [(1,)]
+        assert conn.execute("SELECT version FROM caliber.schema_version").fetchall() == [
+            (SCHEMA_VERSION,)]
+
+
+def _schema(url: str) -> list[tuple[object, ...]]:
+    """The tables' columns and the indexes of the queue's schema."""
+    with psycopg.connect(url) as conn:
+        return sorted(conn.execute(
+            "SELECT table_name, column_name, data_type, is_nullable, column_default, "
+            "collation_name FROM information_schema.columns WHERE table_schema = 'caliber'"
+        ).fetchall()) + sorted(conn.execute(
+            "SELECT indexname, indexdef FROM pg_indexes WHERE schemaname = 'caliber'"
+        ).fetchall())
+
+
+def test_a_queue_of_the_first_schema_is_migrated_in_place(
+        postgres_server: PostgresServer, postgres_url: str) -> None:
+    """A queue made before chains (schema 1) gains them when it is next opened: its
+    workloads kept, the same schema as a new queue's."""
+    with psycopg.connect(postgres_url, autocommit=True) as conn:
+        conn.execute("CREATE SCHEMA caliber")
+        conn.execute("SET search_path = caliber")
+        conn.execute(MIGRATIONS[0])
+        conn.execute("CREATE TABLE schema_version (version INTEGER NOT NULL)")
+        conn.execute("INSERT INTO schema_version VALUES (1)")
+        conn.execute(
+            "INSERT INTO workloads (id, pinion, workflow_name, status, created_at, secret, "
+            "body) VALUES ('aaaaaaaaaa', 'p1', 'pasta', 'queued', "
+            "'2030-01-01T00:00:00.000000+00:00', 's', %s)",
+            (json.dumps({"workflow": {"name": "pasta"}, "attachments": []}),))
+    with PostgresBackend(postgres_url) as backend:
+        got = backend.get("aaaa")
+        assert got.workflow_name == "pasta"
+        assert (got.after, got.not_before, got.priority, got.notify) == ([], None, 0, None)
+        assert backend.claim("p1", "me", LEASE, KEY) is not None
+    fresh = postgres_server.create_database(f"fresh_{os.getpid()}")
+    try:
+        PostgresBackend(fresh).close()
+        assert _schema(postgres_url) == _schema(fresh)
+    finally:
+        postgres_server.drop_database(f"fresh_{os.getpid()}")
 
 
 def test_a_schema_written_by_a_newer_caliber_is_refused(postgres_url: str) -> None:

@@ -9,9 +9,11 @@ SQL core (:mod:`caliber.queue.sql.core` holds the verbs; this module only what d
   ONLY`` transaction (one snapshot, as SQLite's reads); ``prune`` locks the tables it
   decides on against writers, as SQLite's one writer at a time does.
 - Waking idle pinions: whatever makes a workload claimable (put, release, a retried
-  attempt, retry) sends ``NOTIFY caliber_work, '<pinion>'`` when it commits, and
+  attempt, retry, the last upstream of a waiting one completing) sends
+  ``NOTIFY caliber_work, '<pinion>'`` when it commits, and
   :meth:`PostgresBackend.wait_for_work` waits on ``LISTEN caliber_work`` on a connection of
-  its own; polling stays the fallback (a lease that runs out notifies nobody).
+  its own; polling stays the fallback (a lease that runs out notifies nobody; a start time
+  that comes neither: an idle pinion waits no longer than :meth:`next_start`).
 - A restarted server: the pinion's verbs reconnect and try again
   (:func:`caliber.queue.postgres.connection.retrying`); every other verb reconnects when it
   is next called.
@@ -24,7 +26,7 @@ import datetime as dt
 import json
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from functools import lru_cache
 from pathlib import Path
@@ -55,28 +57,34 @@ LISTENER = "caliber-listen"  # application_name of an idle pinion's listening co
 
 _KEY_OK = ("strpos(' ' || COALESCE(secret_mismatch, '') || ' ', ' ' || %(key_id)s || ' ') = 0")
 
-# The oldest claimable workload of a pinion: the oldest queued one and the oldest whose lease
-# ran out (or has no expiry a pinion could renew), each locked as it is found, passing over
-# rows other claimers hold (index workloads_queued, workloads_running); the older of the two
-# is taken. The trigger workloads_lease_lost notes a lost lease in the history.
+# The ids a workload runs after, in order, as a JSON array (primary key of workload_after).
+AFTER_IDS = ("(SELECT COALESCE(json_agg(upstream ORDER BY position), '[]')::text "
+             "FROM workload_after WHERE workload = workloads.id)")
+
+# The claimable workload of a pinion of the highest priority, the oldest among equals: the
+# first queued one that is due (index workloads_queued, in that order) and the first whose
+# lease ran out (or has no expiry a pinion could renew), each locked as it is found, passing
+# over rows other claimers hold (index workloads_queued, workloads_running); the first of
+# the two is taken. The trigger workloads_lease_lost notes a lost lease in the history.
 CLAIM_SQL = f"""
     WITH queued AS (
-        SELECT id, created_at FROM workloads
-        WHERE pinion = %(pinion)s AND status = 'queued' AND {_KEY_OK}
-        ORDER BY created_at LIMIT 1 FOR UPDATE SKIP LOCKED
+        SELECT id, priority, created_at FROM workloads
+        WHERE pinion = %(pinion)s AND status = 'queued'
+          AND (not_before IS NULL OR not_before <= %(start)s) AND {_KEY_OK}
+        ORDER BY priority DESC, created_at LIMIT 1 FOR UPDATE SKIP LOCKED
     ), gone AS (
-        SELECT id, created_at FROM workloads
+        SELECT id, priority, created_at FROM workloads
         WHERE pinion = %(pinion)s AND status = 'running'
           AND (lease_expires < %(now)s OR lease_expires IS NULL) AND {_KEY_OK}
-        ORDER BY created_at LIMIT 1 FOR UPDATE SKIP LOCKED
+        ORDER BY priority DESC, created_at LIMIT 1 FOR UPDATE SKIP LOCKED
     ), pick AS (
         SELECT id FROM (SELECT * FROM queued UNION ALL SELECT * FROM gone) c
-        ORDER BY created_at LIMIT 1
+        ORDER BY priority DESC, created_at LIMIT 1
     )
     UPDATE workloads SET status = 'running', attempts = attempts + 1,
         lease_owner = %(owner)s, lease_token = %(token)s, lease_expires = %(expires)s
     WHERE id = (SELECT id FROM pick)
-    RETURNING {R.COLUMNS}"""
+    RETURNING {R.reading(R.COLUMNS, AFTER_IDS)}"""
 
 _EXPIRED = ("status = 'running' AND attempts >= %(max)s "
             "AND (lease_expires < %(now)s OR lease_expires IS NULL)")
@@ -112,6 +120,7 @@ class PostgresBackend(SqlBackend):
     NO_LIMIT = None
     HISTORY_ORDER = "seq"
     MARKED = "strpos(' ' || secret_mismatch || ' ', ' ' || ? || ' ') > 0"
+    AFTER_IDS = AFTER_IDS
 
     def __init__(self, url: str) -> None:
         super().__init__()
@@ -218,6 +227,10 @@ class PostgresBackend(SqlBackend):
     def lock_row(self, conn: Any, wid: str) -> None:
         conn.execute("SELECT 1 FROM workloads WHERE id = %s FOR UPDATE", (wid,))
 
+    def lock_rows(self, conn: Any, ids: Sequence[str]) -> None:
+        conn.execute("SELECT 1 FROM workloads WHERE id = ANY(%s) ORDER BY id FOR UPDATE",
+                     (sorted(ids),))
+
     def notify(self, conn: Any, pinion: str) -> None:
         conn.execute("SELECT pg_notify(%s, %s)", (CHANNEL, pinion))
 
@@ -312,7 +325,8 @@ class PostgresBackend(SqlBackend):
                 self._listener.execute(f"LISTEN {CHANNEL}")
                 if self._listener.execute(
                         "SELECT 1 FROM workloads WHERE pinion = %s AND status = 'queued' "
-                        "LIMIT 1", (pinion,)).fetchone():
+                        "AND (not_before IS NULL OR not_before <= %s) LIMIT 1",
+                        (pinion, R.iso(dt.datetime.now(dt.UTC)))).fetchone():
                     return True
             while (left := deadline - time.monotonic()) > 0:
                 for note in self._listener.notifies(timeout=left, stop_after=1):

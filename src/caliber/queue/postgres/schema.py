@@ -135,6 +135,26 @@ MIGRATIONS: list[str] = [
         RETURN NULL;
     END $$;
     """,
+    # 1 -> 2: chains, start times, priorities (as the SQLite queue's schema 7): the ids a
+    # workload runs after are rows of workload_after, found both ways by an index; a claim
+    # takes the highest priority first, then the oldest (workloads_queued, in that order).
+    """
+    ALTER TABLE workloads ADD COLUMN not_before TEXT COLLATE "C";  -- ISO 8601 UTC as signed
+    ALTER TABLE workloads ADD COLUMN priority INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE workloads ADD COLUMN notify TEXT;
+    DROP INDEX workloads_queued;
+    CREATE INDEX workloads_queued ON workloads (pinion, priority DESC, created_at)
+        WHERE status = 'queued';
+    CREATE INDEX workloads_starts ON workloads (pinion, not_before)
+        WHERE status = 'queued' AND not_before IS NOT NULL;
+    CREATE TABLE workload_after (
+        workload TEXT COLLATE "C" NOT NULL REFERENCES workloads (id) ON DELETE CASCADE,
+        upstream TEXT COLLATE "C" NOT NULL,         -- no reference: it may be reset first
+        position INTEGER NOT NULL,
+        PRIMARY KEY (workload, position)
+    );
+    CREATE INDEX workloads_after_upstream ON workload_after (upstream, workload);
+    """,
 ]
 
 SCHEMA_VERSION = len(MIGRATIONS)
