@@ -12,10 +12,11 @@ asked to stop, and its pinion stops it after its current task when it next renew
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from caliber.errors import QueueStateError
+from caliber.errors import NotFoundError, QueueStateError
 from caliber.queue.status import WorkloadStatus
 
 if TYPE_CHECKING:
@@ -77,3 +78,43 @@ def cancel_asked(by: str, now: bool = False) -> str:
 def retried(by: str, resume_from: str | None) -> str:
     how = f", reusing the completed tasks of results {resume_from}" if resume_from else ""
     return f"queued again by {by} (a new attempt series{how})"
+
+
+def start_status(workload: Workload, upstream: Mapping[str, WorkloadStatus], *,
+                 retry: bool = False) -> WorkloadStatus:
+    """Chains (``workflow queue --after``): the status ``workload`` is put (or retried)
+    with: queued when every workload it runs after (``workload.after``) has completed,
+    waiting while one has not. ``upstream``: the statuses of those of them in the queue. One
+    not in the queue: NotFoundError on a put (nothing is stored), QueueStateError on a retry
+    (it went since); a cancelled one: QueueStateError (it never would run)."""
+    doing = "retry" if retry else "put"
+    for up in dict.fromkeys(workload.after):
+        found = upstream.get(up)
+        if found is None:
+            error = QueueStateError if retry else NotFoundError
+            raise error(f"cannot {doing} workload {workload.id}: it runs after workload {up}, "
+                        "which is not in the queue")
+        if found == WorkloadStatus.CANCELLED:
+            raise QueueStateError(f"cannot {doing} workload {workload.id}: it runs after "
+                                  f"workload {up}, which is cancelled (retry that one first)")
+    if all(upstream.get(up) == WorkloadStatus.COMPLETED for up in workload.after):
+        return WorkloadStatus.QUEUED
+    return WorkloadStatus.WAITING
+
+
+def waits_for(workload: Workload, upstream: Mapping[str, WorkloadStatus]) -> str:
+    """The history line of a workload put or retried as waiting: what it waits for."""
+    pending = [up for up in dict.fromkeys(workload.after)
+               if upstream.get(up) != WorkloadStatus.COMPLETED]
+    return "waits for " + ", ".join(pending)
+
+
+def upstream_completed(upstream_id: str) -> str:
+    """The history line of a waiting workload queued as its last upstream completed."""
+    return f"queued: workload {upstream_id} completed, the last it waited for"
+
+
+def upstream_ended(upstream_id: str, how: str) -> str:
+    """Why a waiting workload was cancelled (its last error and history line): a workload
+    it runs after was ``how`` ("cancelled" or "reset")."""
+    return f"upstream {upstream_id} was {how}"

@@ -7,7 +7,9 @@ opened on one name shares one :class:`Space` while the process lives; none is sh
 another process. Each verb holds the space's lock from its first read to its last write, as
 the local queue holds one transaction: a claim is atomic, and a pinion whose lease was taken
 can never complete. Stored records are copies (workloads deep-copied, Results as their
-JSON), so nothing a caller changes afterwards changes the queue.
+JSON), so nothing a caller changes afterwards changes the queue. Chains are settled in the
+verb that ends an upstream (:meth:`MemoryBackend._settled`): its completion queues what waited
+for it, its cancellation or reset cancels that, down the chain.
 """
 
 from __future__ import annotations
@@ -36,6 +38,10 @@ from caliber.queue.lifecycle import (
     check_cancel,
     check_retry,
     retried,
+    start_status,
+    upstream_completed,
+    upstream_ended,
+    waits_for,
 )
 from caliber.queue.memory.blobs import MemoryBlobs
 from caliber.queue.secret import add_mismatch, mismatch_marked
@@ -103,6 +109,11 @@ def _now() -> dt.datetime:
 
 def _copy(workload: Workload) -> Workload:
     return workload.model_copy(deep=True)
+
+
+def _due(workload: Workload, now: float) -> bool:
+    """Whether a queued workload's start time (if any) has come."""
+    return workload.not_before is None or workload.not_before.timestamp() <= now
 
 
 def _gone(workload: Workload, now: float) -> bool:
@@ -177,23 +188,61 @@ class MemoryBackend(IdleWait):
         if entry.cancel_requested is not None and w.status == WorkloadStatus.QUEUED:
             w.status, w.last_error = WorkloadStatus.CANCELLED, cancelled(entry.cancel_requested)
             self._note(w, WorkloadStatus.CANCELLED, cancelled(entry.cancel_requested))
+            self._settled(w.id, "cancelled")
+
+    # --- chains ---------------------------------------------------------------------------
+
+    def _upstream(self, workload: Workload) -> dict[str, WorkloadStatus]:
+        """The statuses of the workloads ``workload`` runs after that are in the queue."""
+        entries = self.space.entries
+        return {up: entries[up].workload.status for up in workload.after if up in entries}
+
+    def _waiting_after(self, upstream_id: str) -> list[Workload]:
+        return sorted((e.workload for e in self.space.entries.values()
+                       if e.workload.status == WorkloadStatus.WAITING
+                       and upstream_id in e.workload.after), key=lambda w: w.created_at)
+
+    def _settled(self, upstream_id: str, how: str) -> None:
+        """What waits after ``upstream_id`` now that it was ``how``: "completed" queues each
+        one whose upstreams have all completed; "cancelled" or "reset" cancels each one, and
+        so on down the chain; "failed" leaves them waiting."""
+        for w in self._waiting_after(upstream_id):
+            if how == "completed":
+                if start_status(w, self._upstream(w)) == WorkloadStatus.QUEUED:
+                    w.status = WorkloadStatus.QUEUED
+                    self._note(w, WorkloadStatus.QUEUED, upstream_completed(upstream_id))
+            elif how in ("cancelled", "reset"):
+                w.status, w.last_error = WorkloadStatus.CANCELLED, upstream_ended(upstream_id, how)
+                self._note(w, WorkloadStatus.CANCELLED, w.last_error)
+                self._settled(w.id, "cancelled")
 
     # --- workloads ------------------------------------------------------------------------
 
     def put(self, workload: Workload) -> None:
+        self._put(workload, chained=True)
+
+    def restore(self, workload: Workload) -> None:
+        self._put(workload, chained=False)  # kept as it is: status, history and all
+
+    def _put(self, workload: Workload, *, chained: bool) -> None:
+        """Store a copy of ``workload``; ``chained``: its status from what it runs after
+        (a new workload), otherwise as given (a restored one)."""
         from caliber.queue.workload import HistoryEntry
 
         stored = _copy(workload)
-        if not stored.history:
-            stored.history = [HistoryEntry(at=stored.created_at, status=WorkloadStatus.QUEUED,
-                                           message=f"queued by {stored.queued_by or '?'}")]
         with self._locked() as s:
             if stored.id in s.entries:
                 raise QueueError(f"cannot queue workload {stored.id}: its id is taken")
+            message = f"queued by {stored.queued_by or '?'}"
+            if chained and stored.after:
+                upstream = self._upstream(stored)
+                stored.status = start_status(stored, upstream)
+                if stored.status == WorkloadStatus.WAITING:
+                    message += f"; {waits_for(stored, upstream)}"
+            if not stored.history:
+                stored.history = [HistoryEntry(at=stored.created_at, status=stored.status,
+                                               message=message)]
             s.entries[stored.id] = Entry(stored)
-
-    def restore(self, workload: Workload) -> None:
-        self.put(workload)  # put keeps a workload as it is, history and all
 
     def get(self, id_or_prefix: str) -> Workload:
         with self._locked():
@@ -232,12 +281,14 @@ class MemoryBackend(IdleWait):
             claimable = [e for e in s.entries.values()
                          if e.workload.pinion == pinion and not e.workload.damaged
                          and not mismatch_marked(e.workload.secret_mismatch, key_id)
-                         and (e.workload.status == WorkloadStatus.QUEUED
+                         and ((e.workload.status == WorkloadStatus.QUEUED
+                               and _due(e.workload, now))
                               or (e.workload.status == WorkloadStatus.RUNNING
                                   and _gone(e.workload, now)))]
             if not claimable:
                 return None
-            w = min(claimable, key=lambda e: e.workload.created_at).workload
+            w = min(claimable, key=lambda e: (-e.workload.priority, e.workload.created_at,
+                                              e.workload.id)).workload
             if w.status == WorkloadStatus.RUNNING:
                 dead = w.lease.owner if w.lease else "?"
                 self._note(w, WorkloadStatus.QUEUED,
@@ -301,6 +352,7 @@ class MemoryBackend(IdleWait):
             w.status, w.results_id, w.last_error = status, results.id, error
             w.work_dir, w.lease = results.work_dir, None
             self._note(w, status, f"results {results.id}" + (f": {error}" if error else ""))
+            self._settled(w.id, status.value)
 
     def fail(self, claim: Claim, reason: str, *, retry: bool) -> None:
         status = WorkloadStatus.QUEUED if retry else WorkloadStatus.FAILED
@@ -334,6 +386,7 @@ class MemoryBackend(IdleWait):
                                       "the pinion first or use --force")
             del s.entries[w.id]
             s.blobs.sweep(self._blobs_of([w], []), self._referred())
+            self._settled(w.id, "reset")
             return w
 
     def resetsecret(self, id_or_prefix: str, secret: str, key_id: str, *,
@@ -352,10 +405,11 @@ class MemoryBackend(IdleWait):
             w = entry.workload
             check_cancel(w)
             lease = w.lease
-            if w.status == WorkloadStatus.QUEUED or (
+            if w.status in (WorkloadStatus.QUEUED, WorkloadStatus.WAITING) or (
                     lease is not None and lease.expires_at.timestamp() < time.time()):
                 w.status, w.lease, w.last_error = WorkloadStatus.CANCELLED, None, cancelled(by)
                 self._note(w, WorkloadStatus.CANCELLED, cancelled(by))
+                self._settled(w.id, "cancelled")
             else:
                 entry.cancel_requested, entry.cancel_now = by, entry.cancel_now or now
                 self._note(w, None, cancel_asked(by, now))
@@ -367,13 +421,17 @@ class MemoryBackend(IdleWait):
             entry = self._entry(id_or_prefix)
             w = entry.workload
             grant = check_retry(w, resume)
-            w.status, w.attempts, w.lease, w.last_error = WorkloadStatus.QUEUED, 0, None, None
+            upstream = self._upstream(w)
+            status = start_status(w, upstream, retry=True)
+            w.status, w.attempts, w.lease, w.last_error = status, 0, None, None
             entry.cancel_requested, entry.cancel_now, w.secret_mismatch = None, False, None
             w.resume_from, w.resume_signature, w.resume_grant = (
                 (grant.results_id, grant.results_signature, grant.grant) if grant
                 else (None, None, None))
-            self._note(w, WorkloadStatus.QUEUED, retried(by, grant.results_id if grant
-                                                         else None))
+            message = retried(by, grant.results_id if grant else None)
+            if status == WorkloadStatus.WAITING:
+                message += f"; {waits_for(w, upstream)}"
+            self._note(w, status, message)
             return _copy(w)
 
     def count_statuses(self, *, pinion: str | None = None,
@@ -387,13 +445,26 @@ class MemoryBackend(IdleWait):
                     counts[status] = counts.get(status, 0) + 1
             return counts
 
+    def next_start(self, pinion: str) -> dt.datetime | None:
+        now = time.time()
+        with self._locked() as s:
+            starts = [e.workload.not_before for e in s.entries.values()
+                      if e.workload.pinion == pinion and not e.workload.damaged
+                      and e.workload.status == WorkloadStatus.QUEUED
+                      and e.workload.not_before is not None
+                      and e.workload.not_before.timestamp() > now]
+            return min(starts, default=None)
+
     def prune(self, before: dt.datetime, *, workflow: str | None = None,
               pinion: str | None = None, dry_run: bool = False) -> Pruned:
         """See :meth:`caliber.queue.backend.QueueBackend.prune`: a workload's last change is
         its last history entry; the blobs only the pruned records referred to go too."""
         with self._locked() as s:
+            waited_for = {up for e in s.entries.values()
+                          if e.workload.status == WorkloadStatus.WAITING
+                          for up in e.workload.after}
             workloads = [e.workload for e in s.entries.values()
-                         if e.workload.status in FINISHED
+                         if e.workload.status in FINISHED and e.workload.id not in waited_for
                          and workflow in (None, e.workload.workflow_name)
                          and pinion in (None, e.workload.pinion)
                          and (e.workload.history[-1].at if e.workload.history
