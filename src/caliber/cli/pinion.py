@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 from typing import TYPE_CHECKING, Any
 
 import click
@@ -187,10 +188,37 @@ def init(
             click.echo(f"  error {workload_id}: {for_terminal(reason)}; {for_terminal(then)}")
         if summary.waiting:
             click.echo(_waiting_line(name, summary.waiting))
+        if summary.later or summary.chained:
+            click.echo(_later_line(summary.later, summary.next_start, summary.chained))
     if summary.cold:
         raise SystemExit(130)
     if summary.stranded:  # a claim stands until its lease ends: not a clean exit
         raise SystemExit(1)
+
+
+def _later_line(later: int, next_start: dt.datetime | None, chained: int) -> str:
+    """``2 workloads start later (next at 22:00); 1 waits for others``: what a pinion that
+    stopped after its empty looks leaves to a later one (``--not-before``, ``--after``)."""
+    def workloads(n: int, verb: str) -> str:
+        return f"{n} workloads {verb}" if n > 1 else f"1 workload {verb}s"
+
+    parts = []
+    if later:
+        when = "" if next_start is None else f" (next at {_clock(next_start)})"
+        parts.append(workloads(later, "start") + f" later{when}")
+    if chained:
+        parts.append(workloads(chained, "wait") + " for others to complete")
+    return "; ".join(parts)
+
+
+def _clock(moment: dt.datetime) -> str:
+    """A start time on this machine's clock: ``22:00`` today, ``2026-12-08 22:00`` another
+    day (seconds when it has them)."""
+    local = moment.astimezone()
+    clock = local.strftime("%H:%M:%S" if local.second or local.microsecond else "%H:%M")
+    if local.date() == dt.datetime.now().astimezone().date():
+        return clock
+    return f"{local.date().isoformat()} {clock}"
 
 
 def _waiting_line(name: str, waiting: dict[str, int]) -> str:

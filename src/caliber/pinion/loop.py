@@ -1,8 +1,11 @@
 """The pinion: looks for queued workloads meant for it, runs each in a child, keeps results.
 
 ``run_once()`` is one look: claim, verify the run-secret, run, store. ``run()`` looks again and
-again: work found means look again at once; an empty look counts, then waits; after
-``attempts`` empty looks in a row the pinion stops (``attempts=0``: never).
+again: work found means look again at once; an empty look counts, then waits ``wait`` seconds,
+or less when one of its workloads has a start time that comes sooner
+(:meth:`QueueBackend.next_start`: it starts then, not at the look after); after ``attempts``
+empty looks in a row the pinion stops (``attempts=0``: never), saying how many of its
+workloads start later or wait for others.
 
 A pinion has ``concurrency`` *slots* (one by default): each runs one workload at a time, in a
 child of its own with its own lease, run folder and output. One loop in the pinion serves
@@ -105,6 +108,9 @@ log = logging.getLogger(__name__)
 _MACHINE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM,
                    errno.EIO, errno.EFBIG, errno.EMFILE, errno.ENFILE}
 POLL_SLICE = 0.1  # seconds: how often a waiting pinion looks at its stop flags
+START_SLACK = 0.005  # seconds: a look for a workload's start time is made this long after it
+START_RETRY = 0.1  # seconds: the next look when a start time passed by the pinion's clock but
+# not yet by the queue's (a remote queue's clock behind): soon, and not an empty look
 QUEUE_RETRY_MIN = 0.5  # seconds: the first back-off after the queue could not be reached
 QUEUE_RETRY_CAP = 30.0  # seconds: the longest back-off after the queue could not be reached
 CHILD_EXIT_GRACE = 0.5  # seconds: wait for the last messages of a child that has ended
@@ -212,6 +218,14 @@ class Summary:
     """Stopped by a second signal, with the running workload put back."""
     waiting: dict[str, int] = field(default_factory=dict)
     """When it ran nothing: workloads queued for other pinion names (``run_pinion``)."""
+    later: int = 0
+    """When it stopped after its empty looks: its workloads queued with a start time still
+    to come (``--not-before``)."""
+    next_start: dt.datetime | None = None
+    """The first of those start times."""
+    chained: int = 0
+    """When it stopped after its empty looks: its workloads waiting for others to complete
+    (``--after``)."""
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -221,7 +235,9 @@ class Summary:
             "errors": [{"id": i, "reason": r, "then": t} for i, r, t in self.errors],
             "stranded": self.stranded,
             "stopped_by": self.stopped_by or None, "cold": self.cold,
-            "waiting": self.waiting,
+            "waiting": self.waiting, "later": self.later,
+            "next_start": None if self.next_start is None else self.next_start.isoformat(),
+            "chained": self.chained,
         }
 
 
@@ -291,7 +307,8 @@ class Pinion:
 
     def _drive(self) -> None:
         """The loop of :meth:`run`. A free slot looks for work when a look is due: at once
-        after work was found or a workload ended, ``wait`` seconds after an empty look, a
+        after work was found or a workload ended, ``wait`` seconds after an empty look (or at
+        the next start time of one of its workloads, if sooner: :meth:`_pause`), a
         capped back-off after the queue or the machine failed; the running workloads are
         watched meanwhile. Empty looks count only while nothing runs (with one slot, every
         look is made then): ``attempts`` of them in a row stop the pinion. After a warm stop
@@ -317,6 +334,7 @@ class Pinion:
                         look_at = 0.0  # a slot is free: it looks at once
                     continue
                 found = self._look(next(s for s in self._slots if s.run is None))
+                start = None if found else self.backend.next_start(cfg.name)
             except QueueDamagedError:
                 raise  # trying again cannot help
             except (QueueError, WorkspaceError, ChildStartError) as exc:
@@ -328,14 +346,48 @@ class Pinion:
             if found:
                 empty = 0
                 continue
+            pause = self._pause(start)
             if busy:  # a free slot looks again, but a busy pinion never looks in a loop
-                look_at = time.monotonic() + max(cfg.wait, POLL_SLICE)
+                look_at = time.monotonic() + max(pause, POLL_SLICE)
+                continue
+            if pause < 0:  # due by this machine's clock, not yet by the queue's
+                look_at, wake = time.monotonic() + START_RETRY, cfg.name
                 continue
             empty += 1
             if cfg.attempts and empty >= cfg.attempts:
+                self._note_later()
                 return
-            self.reporter.idle(empty, cfg.attempts, cfg.wait)
-            look_at, wake = time.monotonic() + cfg.wait, cfg.name
+            self.reporter.idle(empty, cfg.attempts, pause)
+            look_at, wake = time.monotonic() + pause, cfg.name
+
+    def _pause(self, start: dt.datetime | None) -> float:
+        """Seconds from an empty look to the next: ``wait``, or until ``start`` (the next
+        start time of one of this pinion's workloads, :meth:`QueueBackend.next_start`) when
+        that comes sooner, so that the workload starts then and not at the look after.
+        Negative when ``start`` has passed by this machine's clock (the queue's is behind)."""
+        if start is None:
+            return self.config.wait
+        left = (start - utcnow()).total_seconds()
+        return -1.0 if left <= 0 else min(self.config.wait, left + START_SLACK)
+
+    def _note_later(self) -> None:
+        """Before a pinion stops after its empty looks: how many of its workloads start
+        later (and the first time), and how many wait for others (the summary says so).
+        Only a hint: a queue out of reach now leaves it out."""
+        name = self.config.name
+        try:
+            start = self.backend.next_start(name)
+            if start is not None:
+                now = utcnow()
+                self.summary.later = sum(
+                    1 for s in self.backend.list_summaries(pinion=name,
+                                                           status=WorkloadStatus.QUEUED)
+                    if s.not_before is not None and dt.datetime.fromisoformat(s.not_before) > now)
+                self.summary.next_start = start if self.summary.later else None
+            self.summary.chained = self.backend.count_statuses(pinion=name).get(
+                WorkloadStatus.WAITING.value, 0)
+        except (CaliberError, ValueError) as exc:
+            log.debug("could not count the workloads that start later: %s", exc)
 
     def close(self) -> None:
         """Stop the spare child, wait for the children that ended, stop reporting (``run()``
@@ -639,7 +691,8 @@ class Pinion:
             return
 
         def busy() -> set[str]:
-            return {s.id for status in (WorkloadStatus.QUEUED, WorkloadStatus.RUNNING)
+            return {s.id for status in (WorkloadStatus.QUEUED, WorkloadStatus.WAITING,
+                                        WorkloadStatus.RUNNING)
                     for s in self.backend.list_summaries(pinion=self.config.name,
                                                          status=status)}
 

@@ -176,7 +176,8 @@ class Reporter:
     def idle(self, empty: int, attempts: int, wait: float) -> None:
         of = "" if attempts == 0 else f"/{attempts}"
         if self.live:
-            self._status(f"pinion {self.name}: no work (look {empty}{of}), next in {wait:g} s")
+            self._status(f"pinion {self.name}: no work (look {empty}{of}), "
+                         f"next in {round(wait, 1):g} s")
         elif empty == 1 or attempts == 0 or empty == attempts:
             self._line(f"no work found (look {empty}{of})")
 
