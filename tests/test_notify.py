@@ -199,3 +199,124 @@ def test_a_bad_notify_setting_stops_the_pinion_before_it_runs(tmp_path: Any) -> 
         "caliber: error: CALIBER_NOTIFY_URL must be an http:// or https:// address, got "
         "'mail.example.org'"]
     assert status_of(workload) == "queued"
+
+
+# --- a workload's own address (workflow queue --notify), on an in-memory queue --------------
+
+BLOCKING = '''
+import os, time
+
+def add(x, y=1):
+    return x + y
+
+def until(path):
+    while not os.path.exists(path):
+        time.sleep(0.02)
+    return path
+'''
+
+
+@pytest.fixture
+def memory() -> Iterator[Any]:
+    from caliber.queue.memory.backend import MemoryBackend, forget
+
+    with MemoryBackend("notify-tests") as made:
+        yield made
+    forget("notify-tests")
+
+
+def put(backend: Any, folder: Any, tasks: list[tuple[str, list[Any]]], notify: str | None,
+        *, signed: bool = True) -> str:
+    """A workload for pinion 'night' with its own address ``notify``: signed with it, or
+    (``signed=False``) changed after it was signed without it."""
+    from caliber.queue.api import make_workload
+    from caliber.queue.secret import load_key, sign
+    from tests.pinion_helpers import workflow
+
+    workload = make_workload(workflow(folder, tasks, name="analysis"), "night", backend)
+    workload.notify = notify
+    if signed:
+        workload.secret = sign(workload, load_key())
+    backend.put(workload)
+    return workload.id
+
+
+def drain(backend: Any) -> Any:
+    from caliber.pinion.loop import Pinion, PinionConfig
+
+    return Pinion(PinionConfig(name="night", attempts=1, wait=0), backend).run()
+
+
+def test_a_workload_is_told_to_its_own_address_besides_the_settings(
+        memory: Any, tmp_path: Any, monkeypatch: pytest.MonkeyPatch, hook: Hook) -> None:
+    own = Hook()
+    try:
+        monkeypatch.setenv("CALIBER_NOTIFY_URL", hook.url)
+        folder = make_folder(tmp_path / "wf", source=BLOCKING)
+        mine = put(memory, folder, [("add", [1])], own.url)
+        same = put(memory, folder, [("add", [2])], hook.url)  # the settings' URL: told once
+        plain = put(memory, folder, [("add", [3])], None)
+        assert drain(memory).completed == 3
+        assert sorted(b["caliber"]["id"] for b in hook.bodies) == sorted([mine, same, plain])
+        assert [b["caliber"]["id"] for b in own.bodies] == [mine]
+        assert own.bodies[0] == next(b for b in hook.bodies if b["caliber"]["id"] == mine)
+    finally:
+        own.close()
+
+
+def test_its_own_address_without_any_notify_setting(memory: Any, tmp_path: Any,
+                                                    hook: Hook) -> None:
+    folder = make_folder(tmp_path / "wf", source=BLOCKING)
+    failed = put(memory, folder, [("add", ["x"])], hook.url)
+    assert drain(memory).failed == 1
+    (body,) = hook.bodies
+    assert body["caliber"]["id"] == failed and body["caliber"]["status"] == "failed"
+    assert "TypeError" in body["text"]
+
+
+def test_an_address_changed_in_the_queue_without_the_key_is_never_posted_to(
+        memory: Any, tmp_path: Any, monkeypatch: pytest.MonkeyPatch, hook: Hook) -> None:
+    """Changed before the claim: the workload does not run (its run-secret does not check);
+    changed while it runs: it ends, the settings' hook is told, the new address is not."""
+    from caliber.queue.workload import WorkloadStatus
+    from tests.pinion_helpers import wait_for
+
+    theirs, mine = Hook(), Hook()
+    try:
+        monkeypatch.setenv("CALIBER_NOTIFY_URL", hook.url)
+        folder = make_folder(tmp_path / "wf", source=BLOCKING)
+        before = put(memory, folder, [("add", [1])], theirs.url, signed=False)
+        release = tmp_path / "release"
+        during = put(memory, folder, [("until", [str(release)])], mine.url)
+
+        def change_while_it_runs() -> None:
+            wait_for(lambda: memory.get(during).status == WorkloadStatus.RUNNING,
+                     what="the workload to run")
+            with memory.space.lock:  # as a writer of the queue without the key would
+                memory.space.entries[during].workload.notify = theirs.url
+            release.touch()
+
+        changer = threading.Thread(target=change_while_it_runs, daemon=True)
+        changer.start()
+        try:
+            summary = drain(memory)
+        finally:
+            release.touch()
+            changer.join(30)
+        assert [i for i, _ in summary.skipped] == [before]
+        assert summary.completed == 1
+        assert memory.get(during).notify == theirs.url
+        assert theirs.bodies == [] and mine.bodies == []
+        assert [b["caliber"]["id"] for b in hook.bodies] == [during]
+    finally:
+        theirs.close()
+        mine.close()
+
+
+@pytest.mark.parametrize("address", ["file:///etc/passwd", "ftp://127.0.0.1/x", "http://"])
+def test_only_an_http_address_of_a_workload_is_posted_to(
+        memory: Any, tmp_path: Any, address: str, caplog: pytest.LogCaptureFixture) -> None:
+    folder = make_folder(tmp_path / "wf", source=BLOCKING)
+    put(memory, folder, [("add", [1])], address)
+    assert drain(memory).completed == 1
+    assert any("not an http:// or https:// address" in r.getMessage() for r in caplog.records)

@@ -652,20 +652,23 @@ class Pinion:
                     run.outcome = Outcome.LOST
 
     def _done(self, outcome: Outcome, claim: Claim) -> None:
-        """A claimed workload is done with: counted, its end told (the notify settings), and
-        old run folders removed."""
+        """A claimed workload is done with: counted, its end told (the notify settings, its
+        own address), and old run folders removed."""
         self._count(outcome)
-        if self._notifier is not None and outcome not in (Outcome.LOST, Outcome.RELEASED):
+        told = self._notifier is not None or claim.workload.notify is not None
+        if told and outcome not in (Outcome.LOST, Outcome.RELEASED):
             self._notify(claim.workload.id)
         self._keep_runs()
 
     def _notify(self, workload_id: str) -> None:
         """Hand the notifier the event of a workload that ended (completed, failed or
-        cancelled; one that went back to the queue has not ended). It sends it on its own
-        thread: a hook that is down never holds up the pinion."""
-        from caliber.pinion.notify import event
+        cancelled; one that went back to the queue has not ended), for the settings'
+        channels and the workload's own address. Its own address only as read now and
+        signed: the workload read back is checked with the pinion's key (a notify changed
+        in the queue since it was signed is not posted to). The notifier sends it on its
+        own thread: a hook that is down never holds up the pinion."""
+        from caliber.pinion.notify import Notifier, event, workload_address
 
-        assert self._notifier is not None
         try:
             workload = self.backend.get(workload_id)
         except CaliberError as exc:  # the queue's problem: the workload's outcome is stored
@@ -673,6 +676,17 @@ class Pinion:
             return
         if workload.status.value not in ("completed", "failed", "cancelled"):
             return
+        own = None
+        if workload.notify is not None:
+            if verify(workload, self.key):
+                own = workload_address(workload.notify)
+            else:
+                log.warning("workload %s: its notify address is not signed with this "
+                            "pinion's key (changed in the queue?): not posted to", workload.id)
+        if self._notifier is None:
+            if own is None:
+                return
+            self._notifier = Notifier()  # no channel of the settings: its own address only
         started = next((h.at for h in reversed(workload.history)
                         if h.status == WorkloadStatus.RUNNING), None)
         ended = workload.history[-1].at if workload.history else utcnow()
@@ -680,7 +694,7 @@ class Pinion:
             workload_id=workload.id, workflow=workload.workflow_name, pinion=workload.pinion,
             status=workload.status.value, results_id=workload.results_id,
             error=workload.last_error, queued_at=workload.created_at, started_at=started,
-            ended_at=ended))
+            ended_at=ended), also=() if own is None else (own,))
 
     def _keep_runs(self) -> None:
         """``--keep-runs N``: remove this pinion's run folders of finished workloads but the

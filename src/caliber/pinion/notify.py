@@ -1,7 +1,11 @@
 """Being told when a workload has ended: a JSON POST to ``CALIBER_NOTIFY_URL`` (a body a Slack
 or Teams incoming webhook takes: ``text`` is the line a person reads, ``caliber`` the fields a
 program reads) and an e-mail through the SMTP server of ``CALIBER_NOTIFY_SMTP`` to
-``CALIBER_NOTIFY_EMAIL``.
+``CALIBER_NOTIFY_EMAIL``; and the same POST to a workload's own address (``workflow queue
+--notify URL``, :attr:`~caliber.queue.workload.Workload.notify`), only when its run-secret
+checks with the pinion's key (the address is signed: a queue writer without the key never
+chooses where a workload's error text goes) and only to an http(s) address
+(:func:`workload_address`).
 
 The pinion hands each ended workload's event to a :class:`Notifier` and goes on: one thread
 sends them in order, trying each channel up to :data:`TRIES` times with back-off
@@ -22,6 +26,7 @@ import ssl
 import threading
 import time
 import urllib.request
+from collections.abc import Sequence
 from dataclasses import dataclass
 from email.message import EmailMessage
 from typing import Any
@@ -101,8 +106,27 @@ def check_url(url: str) -> str:
     return url
 
 
+def workload_address(url: str | None) -> str | None:
+    """A workload's own notification address when it is one the pinion posts to (http or
+    https, with a host), else None (and a log line: the workload still runs)."""
+    if url is None:
+        return None
+    parts = urlsplit(url)
+    if parts.scheme in ("http", "https") and parts.hostname:
+        return url
+    log.warning("a workload's notify address is not an http:// or https:// address: "
+                "not posted to")
+    return None
+
+
+def _host(url: str) -> str:
+    """Where an address points, for a log line (a webhook's path is its secret)."""
+    return urlsplit(url).hostname or "?"
+
+
 class Notifier:
-    """Sends events on a thread of its own; :meth:`send` never blocks."""
+    """Sends events on a thread of its own; :meth:`send` never blocks. With no channel of
+    the settings (``Notifier()``) it sends only to the addresses :meth:`send` is given."""
 
     def __init__(self, url: str | None = None, smtp: Smtp | None = None,
                  to: list[str] | None = None, sender: str | None = None) -> None:
@@ -111,7 +135,8 @@ class Notifier:
         self.to = to or []
         self.sender = sender
         self.failed = 0
-        self._events: queue.Queue[dict[str, Any] | None] = queue.Queue()
+        self._events: queue.Queue[tuple[dict[str, Any], tuple[str, ...]] | None] = (
+            queue.Queue())
         self._thread = threading.Thread(target=self._run, name="caliber-notify", daemon=True)
         self._thread.start()
 
@@ -134,8 +159,11 @@ class Notifier:
         return cls(check_url(url) if url else None, Smtp.parse(smtp) if smtp else None, to,
                    settings.notify_email_from or f"caliber@{socket.getfqdn()}")
 
-    def send(self, body: dict[str, Any]) -> None:
-        self._events.put(body)
+    def send(self, body: dict[str, Any], also: Sequence[str] = ()) -> None:
+        """Send ``body`` through the settings' channels, and POST it to each address of
+        ``also`` (a workload's own, checked: :func:`workload_address`) that is not the
+        settings' URL."""
+        self._events.put((body, tuple(dict.fromkeys(u for u in also if u != self.url))))
 
     def close(self, wait: float = DRAIN) -> None:
         """Let the sender finish what it has (at most ``wait`` seconds), then stop it."""
@@ -146,11 +174,16 @@ class Notifier:
             log.warning("%d notification(s) not sent: the pinion stopped first", left)
 
     def _run(self) -> None:
-        while (body := self._events.get()) is not None:
+        while (item := self._events.get()) is not None:
+            body, also = item
             if self.url:
-                self._try("POST to CALIBER_NOTIFY_URL", lambda b=body: self._post(b))
+                self._try("POST to CALIBER_NOTIFY_URL",
+                          lambda b=body, u=self.url: self._post(u, b))
             if self.smtp:
                 self._try("e-mail through CALIBER_NOTIFY_SMTP", lambda b=body: self._mail(b))
+            for url in also:
+                self._try(f"POST to the workload's notify address on {_host(url)}",
+                          lambda b=body, u=url: self._post(u, b))
 
     def _try(self, what: str, attempt: Any) -> None:
         for n in range(TRIES):
@@ -164,10 +197,10 @@ class Notifier:
                     return
                 time.sleep(BACKOFF[min(n, len(BACKOFF) - 1)])
 
-    def _post(self, body: dict[str, Any]) -> None:
-        assert self.url is not None
+    @staticmethod
+    def _post(url: str, body: dict[str, Any]) -> None:
         request = urllib.request.Request(
-            self.url, data=json.dumps(body).encode(), method="POST",
+            url, data=json.dumps(body).encode(), method="POST",
             headers={"Content-Type": "application/json", "User-Agent": "caliber"})
         with urllib.request.urlopen(request, timeout=TIMEOUT) as answer:
             answer.read()
