@@ -6,13 +6,19 @@ Every text put in a drawing (a dict's keys) is escaped; numbers are formatted by
 arrays are reduced first, so a drawing stays small whatever the value: a line keeps the
 minimum and maximum of each of :data:`LINE_POINTS` slices (a spike is never lost), a heat
 map the mean of blocks of at most :data:`HEAT_CELLS` by :data:`HEAT_CELLS`.
+
+A numpy array is reduced slice by slice (:class:`Slices`), so a stored one is plotted
+without being read into memory whole (:func:`svg_of_slices`, given a
+:class:`caliber.results.arrays.ArrayReader`): memory stays bounded by a slice and the
+reduction, whatever the array's size.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
 from html import escape
-from typing import Any
+from typing import Any, Protocol
 
 LINE_POINTS = 600
 """Slices a long line is reduced to (each drawn by its minimum and maximum)."""
@@ -22,6 +28,37 @@ BARS = 60
 """Bars drawn at most (the first ones, in the dict's order)."""
 WIDTH, HEIGHT = 640, 260
 PAD_LEFT, PAD_RIGHT, PAD_TOP, PAD_BOTTOM = 64, 16, 12, 28
+
+
+SLICE_ITEMS = 1 << 17
+"""Items of an array in memory reduced at a time (the temporaries of a heat map's block
+sums are this long)."""
+
+
+class Slices(Protocol):
+    """An array given slice by slice: its shape, dtype, order of items, and the slices."""
+
+    shape: tuple[int, ...]
+    dtype: Any
+    fortran: bool
+    """Whether the items come in Fortran order (the first index varying fastest)."""
+
+    def slices(self) -> Iterator[tuple[int, Any]]:
+        """(index of its first item, its items as a 1-D array) for each slice, in order."""
+
+
+class _InMemory:
+    """An array in memory as :class:`Slices` (views of it, in C order)."""
+
+    def __init__(self, array: Any) -> None:
+        import numpy as np
+
+        self.shape, self.dtype, self.fortran = tuple(array.shape), array.dtype, False
+        self._flat = np.ravel(array)
+
+    def slices(self) -> Iterator[tuple[int, Any]]:
+        for start in range(0, self._flat.size, SLICE_ITEMS):
+            yield start, self._flat[start:start + SLICE_ITEMS]
 
 
 def _is_number(value: Any) -> bool:
@@ -40,11 +77,19 @@ def _numpy(value: Any) -> Any:
     return None
 
 
+def kind_of_array(shape: tuple[int, ...] | list[int], dtype: Any) -> str | None:
+    """What an array of this shape and (numpy) dtype is drawn as: ``"line"``,
+    ``"heatmap"`` or None (neither numbers nor 1 or 2 dimensions, or empty)."""
+    if dtype.kind not in "iuf" or not math.prod(shape):
+        return None
+    return {1: "line", 2: "heatmap"}.get(len(shape))
+
+
 def kind_of(value: Any) -> str | None:
     """``"line"``, ``"bars"``, ``"heatmap"`` or None (nothing to plot)."""
     array = _numpy(value)
     if array is not None:
-        return {1: "line", 2: "heatmap"}.get(array.ndim)
+        return kind_of_array(array.shape, array.dtype)
     if isinstance(value, list) and len(value) >= 2:
         if all(_is_number(v) for v in value):
             return "line"
@@ -67,6 +112,18 @@ def svg(value: Any, title: str = "") -> str | None:
         return _bars(value, title)
     if kind == "heatmap":
         return _heatmap(value, title)
+    return None
+
+
+def svg_of_slices(array: Slices, title: str = "") -> str | None:
+    """The drawing of an array given slice by slice, or None (see :func:`kind_of_array`).
+    The slices are all read before anything is drawn: an error the last one raises (a
+    stored array found damaged) leaves nothing drawn."""
+    kind = kind_of_array(array.shape, array.dtype)
+    if kind == "line":
+        return _line_drawing(*_line_of(array), title)
+    if kind == "heatmap":
+        return _heatmap_drawing(*_grid_of(array), title)
     return None
 
 
@@ -99,16 +156,7 @@ def _reduce_line(value: Any) -> tuple[list[tuple[float, float]], int]:
     """(min, max) of each slice of the values, and how many values there are."""
     array = _numpy(value)
     if array is not None:
-        import numpy as np
-
-        flat = np.asarray(array, dtype=float).ravel()
-        n = flat.size
-        if n <= LINE_POINTS:
-            return [(float(v), float(v)) for v in flat], n
-        edges = np.linspace(0, n, LINE_POINTS + 1).astype(int)
-        lows = np.minimum.reduceat(flat, edges[:-1])
-        highs = np.maximum.reduceat(flat, edges[:-1])
-        return [(float(a), float(b)) for a, b in zip(lows, highs, strict=True)], n
+        return _line_of(_InMemory(array))
     values = [float(v) for v in value]
     n = len(values)
     if n <= LINE_POINTS:
@@ -119,8 +167,34 @@ def _reduce_line(value: Any) -> tuple[list[tuple[float, float]], int]:
     return [(min(s), max(s)) for s in slices], n
 
 
+def _line_of(array: Slices) -> tuple[list[tuple[float, float]], int]:
+    """(min, max) of each of :data:`LINE_POINTS` slices of the array's values (each value
+    alone when there are no more), slice by slice, and how many values there are. A NaN
+    makes its slice's minimum and maximum NaN (that slice is not drawn)."""
+    import numpy as np
+
+    n = math.prod(array.shape)
+    edges = (np.arange(n + 1) if n <= LINE_POINTS
+             else np.linspace(0, n, LINE_POINTS + 1).astype(int))
+    lows = np.full(edges.size - 1, np.inf)
+    highs = np.full(edges.size - 1, -np.inf)
+    for start, items in array.slices():
+        stop = start + items.size
+        first = int(np.searchsorted(edges, start, side="right")) - 1  # the slice start is in
+        last = int(np.searchsorted(edges, stop, side="left"))  # one past the slice stop is in
+        offsets = np.maximum(edges[first:last] - start, 0)
+        values = items.astype(float, copy=False)
+        np.minimum(lows[first:last], np.minimum.reduceat(values, offsets), out=lows[first:last])
+        np.maximum(highs[first:last], np.maximum.reduceat(values, offsets),
+                   out=highs[first:last])
+    return [(float(a), float(b)) for a, b in zip(lows, highs, strict=True)], n
+
+
 def _line(value: Any, title: str) -> str:
-    pairs, n = _reduce_line(value)
+    return _line_drawing(*_reduce_line(value), title)
+
+
+def _line_drawing(pairs: list[tuple[float, float]], n: int, title: str) -> str:
     finite = [v for pair in pairs for v in pair if math.isfinite(v)]
     lo, hi = (min(finite), max(finite)) if finite else (0.0, 1.0)
     span = hi - lo or 1.0
@@ -182,17 +256,34 @@ def _reduce_grid(value: Any) -> tuple[list[list[float]], int]:
                 line.append(sum(block) / len(block))
             grid.append(line)
         return grid, n
+    return _grid_of(_InMemory(array))
+
+
+def _grid_of(array: Slices) -> tuple[list[list[float]], int]:
+    """The mean of each block of at most ``ceil(rows / HEAT_CELLS)`` by ``ceil(cols /
+    HEAT_CELLS)`` values (NaN left out; a block of NaN alone is NaN), summed slice by slice,
+    and how many values there are."""
     import numpy as np
 
-    data = np.asarray(array, dtype=float)
-    rows, cols = data.shape
+    rows, cols = array.shape
     fr, fc = math.ceil(rows / HEAT_CELLS), math.ceil(cols / HEAT_CELLS)
-    if fr > 1 or fc > 1:
-        pad_r, pad_c = (-rows) % fr, (-cols) % fc
-        padded = np.pad(data, ((0, pad_r), (0, pad_c)), constant_values=np.nan)
-        data = np.nanmean(padded.reshape(padded.shape[0] // fr, fr, padded.shape[1] // fc, fc),
-                          axis=(1, 3))
-    return data.tolist(), rows * cols
+    grid_rows, grid_cols = math.ceil(rows / fr), math.ceil(cols / fc)
+    sums = np.zeros(grid_rows * grid_cols)
+    counts = np.zeros(grid_rows * grid_cols)
+    for start, items in array.slices():
+        index = np.arange(start, start + items.size)
+        if array.fortran:
+            row, col = index % rows, index // rows
+        else:
+            row, col = index // cols, index % cols
+        cell = (row // fr) * grid_cols + col // fc
+        values = items.astype(float, copy=False)
+        kept = ~np.isnan(values)
+        sums += np.bincount(cell[kept], weights=values[kept], minlength=sums.size)
+        counts += np.bincount(cell[kept], minlength=counts.size)
+    with np.errstate(invalid="ignore"):  # 0 / 0: a block of NaN alone
+        means = np.where(counts > 0, sums / np.maximum(counts, 1), np.nan)
+    return means.reshape(grid_rows, grid_cols).tolist(), rows * cols
 
 
 def _colour(t: float) -> str:
@@ -205,7 +296,10 @@ def _colour(t: float) -> str:
 
 
 def _heatmap(value: Any, title: str) -> str:
-    grid, n = _reduce_grid(value)
+    return _heatmap_drawing(*_reduce_grid(value), title)
+
+
+def _heatmap_drawing(grid: list[list[float]], n: int, title: str) -> str:
     finite = [v for row in grid for v in row if math.isfinite(v)]
     lo, hi = (min(finite), max(finite)) if finite else (0.0, 1.0)
     span = hi - lo or 1.0

@@ -16,6 +16,7 @@ from caliber.dashboard import charts
 
 if TYPE_CHECKING:
     from caliber.queue.target import QueueTarget
+    from caliber.results.arrays import BlobValues
     from caliber.results.model import Results
 
 PAGE = 100
@@ -171,10 +172,20 @@ def _text(value: Any) -> str:
     return text if len(text) <= VALUE_TEXT else text[:VALUE_TEXT - 1] + "\u2026"
 
 
-def _shown(results: Results, stored: Any, what: str) -> tuple[str, str | None, list[Any]]:
-    """A value as text (stored arrays as their summary), the kind of plot it makes, and
-    records for a table (a list of dicts), if it is one."""
-    from caliber.results.arrays import describe, describe_ref, restore, value_refs
+def _shown(results: Results, source: BlobValues, stored: Any, what: str
+           ) -> tuple[str, str | None, list[Any]]:
+    """A value as text (stored arrays as their summary, read from ``source`` slice by slice),
+    the kind of plot it makes, and records for a table (a list of dicts), if it is one."""
+    from caliber.results.arrays import (
+        NDARRAY,
+        REF_KEY,
+        ArrayReader,
+        describe,
+        describe_ref,
+        describe_slices,
+        restore,
+        value_refs,
+    )
 
     kind = charts.kind_of(stored)
     if next(value_refs(stored), None) is None:
@@ -184,6 +195,11 @@ def _shown(results: Results, stored: Any, what: str) -> tuple[str, str | None, l
     kinds: list[str | None] = []
 
     def summary(ref: dict[str, Any]) -> str:
+        if ref[REF_KEY] == NDARRAY:  # slice by slice, never whole
+            with source.opened(ref, what) as (stream, check):
+                reader = ArrayReader(stream, ref, what, check=check)
+                kinds.append(charts.kind_of_array(reader.shape, reader.dtype))
+                return describe_slices(reader)
         value = results.value_of(ref, what, keep=False)
         kinds.append(charts.kind_of(value))
         return describe_ref(value) if value is ref else describe(value)
@@ -196,13 +212,14 @@ def _shown(results: Results, stored: Any, what: str) -> tuple[str, str | None, l
 def results(target: QueueTarget, results_id: str) -> dict[str, Any]:
     """One Results: every task's status, time and value (as text, with the kind of plot it
     makes), ``g``, the error, the result files, the link to its Speckle model."""
-    from caliber.results.api import get_results
+    from caliber.results.api import get_results, queue_values
 
     found = get_results(results_id=results_id, target=target)
+    source = queue_values(target, found.id)
     tasks = []
     for index, t in enumerate(found.tasks):
         text, kind, records = ("", None, []) if t.status.value != "completed" else _shown(
-            found, t.return_, f"the value of task {t.name!r}")
+            found, source, t.return_, f"the value of task {t.name!r}")
         tasks.append({
             "index": index, "name": t.name, "branch": t.branch, "status": t.status.value,
             "duration": t.duration, "value": text, "chart": kind, "records": records,
@@ -213,7 +230,7 @@ def results(target: QueueTarget, results_id: str) -> dict[str, Any]:
         })
     g = []
     for key, stored in found.g_json.items():
-        text, kind, records = _shown(found, stored, f"g[{key!r}]")
+        text, kind, records = _shown(found, source, stored, f"g[{key!r}]")
         g.append({"key": key, "value": text, "chart": kind, "records": records})
     return {
         "id": found.id, "workload_id": found.workload_id, "workflow": found.workflow,
@@ -256,7 +273,30 @@ def chart(target: QueueTarget, results_id: str, which: str) -> str | None:
         stored, title = found.g_json[key], f"g[{key!r}]"
     else:
         return None
+    if _plottable_ref(stored):  # read slice by slice, never whole (memory bounded by a slice)
+        from caliber.results.api import queue_values
+        from caliber.results.arrays import ArrayReader
+
+        with queue_values(target, found.id).opened(stored, title) as (stream, check):
+            return charts.svg_of_slices(ArrayReader(stream, stored, title, check=check), title)
     return charts.svg(found.value_of(stored, title, keep=False), title)
+
+
+def _plottable_ref(stored: Any) -> bool:
+    """Whether ``stored`` is a reference to a stored array that makes a plot (of numbers,
+    of 1 or 2 dimensions)."""
+    from caliber.results.arrays import NDARRAY, REF_KEY, is_ref
+
+    if not (is_ref(stored) and stored[REF_KEY] == NDARRAY
+            and isinstance(stored.get("dtype"), str) and isinstance(stored.get("shape"), list)):
+        return False
+    import numpy as np
+
+    try:
+        dtype = np.dtype(stored["dtype"])
+    except (TypeError, ValueError):
+        return False
+    return charts.kind_of_array(stored["shape"], dtype) is not None
 
 
 def pinions(target: QueueTarget) -> list[dict[str, Any]]:

@@ -37,10 +37,11 @@ from __future__ import annotations
 import _thread
 import hashlib
 import io
+import math
 import os
 import stat
 from collections.abc import Callable, Iterator
-from contextlib import AbstractContextManager
+from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO, Protocol
 
@@ -60,6 +61,7 @@ KINDS = {NDARRAY: ".npy", DATAFRAME: ".parquet"}
 VALUES_DIR = Path(".caliber") / "values"
 """Where a run writes its big values, inside its working folder."""
 WRITE_CHUNK = 8 << 20  # bytes per write and read: a slice of the array itself, never a copy
+READ_SLICE = 1 << 20  # bytes per slice of an array read slice by slice (ArrayReader)
 _NPY_MAGIC = b"\x93NUMPY"
 
 
@@ -366,6 +368,15 @@ class BlobValues:
         self.results_id = results_id
 
     def load(self, ref: dict[str, Any], what: str) -> Any:
+        with self.opened(ref, what) as (stream, check):
+            return read_value(stream, ref, what, check=check)
+
+    @contextmanager
+    def opened(self, ref: dict[str, Any], what: str) -> Iterator[tuple[BinaryIO, bool]]:
+        """The blob ``ref`` names, open, and whether its SHA-256 is to be checked as it is
+        read (not for a sealed blob of the local store, see :func:`_sealed`): for a reader
+        of its own, such as :class:`ArrayReader`. NotFoundError or QueueError naming
+        ``what`` when it cannot be had."""
         with self.open_store() as store:
             try:
                 if self.results_id is not None and not store.has_blob(ref["sha256"]):
@@ -376,7 +387,7 @@ class BlobValues:
             except AttributeError:  # a queue kind without a content store
                 raise QueueError(f"{what} cannot be read: this queue keeps no arrays") from None
             with stream:
-                return read_value(stream, ref, what, check=not _sealed(stream, ref))
+                yield stream, not _sealed(stream, ref)
 
 
 def _sealed(stream: BinaryIO, ref: dict[str, Any]) -> bool:
@@ -511,6 +522,73 @@ def read_array(stream: BinaryIO, ref: dict[str, Any], what: str, *,
     return array
 
 
+class ArrayReader:
+    """A stored array read slice by slice, in memory bounded by :data:`READ_SLICE` whatever
+    its size (the dashboard reduces 10**7 numbers to a plot this way): the ``.npy`` header is
+    read and checked against ``ref`` at once (BlobMismatchError naming ``what``), then
+    :meth:`slices` gives the items and checks the whole, as :func:`read_array` does."""
+
+    def __init__(self, stream: BinaryIO, ref: dict[str, Any], what: str, *,
+                 check: bool = True) -> None:
+        try:
+            header, shape, fortran, dtype = read_header(stream, ref)
+        except ValueError as exc:
+            raise _damaged(what, ref, str(exc)) from None
+        self.shape: tuple[int, ...] = tuple(shape)
+        self.fortran: bool = fortran
+        """Whether the items come in Fortran order (the first index varying fastest)."""
+        self.dtype = dtype
+        self.size = math.prod(self.shape)
+        self._stream, self._ref, self._what = stream, ref, what
+        self._header = len(header)
+        self._digest = hashlib.sha256(header) if check else None
+
+    def slices(self) -> Iterator[tuple[int, Any]]:
+        """(index of its first item, its items as a 1-D array) for each slice of at most
+        :data:`READ_SLICE` bytes, in the file's order (:attr:`fortran`). A slice is one
+        buffer used again for the next: use it before asking for the next. Once the last is
+        given, the size and (with ``check``) the SHA-256 of the whole are checked:
+        BlobMismatchError then, so nothing computed from the slices may be used before this
+        iterator ends."""
+        import numpy
+
+        itemsize = max(self.dtype.itemsize, 1)
+        per = max(READ_SLICE // itemsize, 1)
+        buffer = numpy.empty(min(per, self.size), dtype=self.dtype)
+        raw = buffer.view(numpy.uint8).data
+        readinto = getattr(self._stream, "readinto", None)
+        done = read = 0
+        while done < self.size:
+            want = min(per, self.size - done) * itemsize
+            got = 0
+            while got < want:
+                piece = raw[got:want]
+                if readinto is not None:
+                    n = readinto(piece) or 0
+                else:
+                    chunk = self._stream.read(len(piece))
+                    n = len(chunk)
+                    piece[:n] = chunk
+                if not n:
+                    break
+                got += n
+            if self._digest is not None:
+                self._digest.update(raw[:got])
+            read += got
+            if got < want:
+                break
+            yield done, buffer[:want // itemsize]
+            done += want // itemsize
+        size = self._header + read + len(self._stream.read(1))
+        ref, what = self._ref, self._what
+        if self._digest is not None and (size != ref["size"]
+                                         or self._digest.hexdigest() != ref["sha256"]):
+            raise _damaged(what, ref, f"does not match its SHA-256 ({size} bytes read, "
+                           f"{ref['size']} stored)")
+        if size != ref["size"]:
+            raise _damaged(what, ref, f"has {size} bytes, not the {ref['size']} stored")
+
+
 def read_frame(stream: BinaryIO, ref: dict[str, Any], what: str, *,
                check: bool = True) -> Any:
     """A Parquet stream as a pandas DataFrame, its size and (with ``check``) its SHA-256
@@ -626,6 +704,29 @@ def describe(value: Any) -> str:
     names = [str(c) for c in list(value.columns)[:8]]
     more = ", ..." if columns > len(names) else ""
     return f"DataFrame {rows} rows x {columns} columns: {', '.join(names)}{more}"
+
+
+def describe_slices(array: ArrayReader) -> str:
+    """What :func:`describe` says of a stored array, read slice by slice (memory bounded by a
+    slice whatever its size; the mean summed slice by slice, so its last digits may differ).
+    BlobMismatchError when the array is found damaged (after the last slice)."""
+    import numpy
+
+    text = f"array {array.dtype.name} {array.shape}"
+    if not array.size or array.dtype.kind not in "biuf":
+        for _ in array.slices():  # read to the end all the same: checked
+            pass
+        return text
+    low = high = None
+    total = 0.0
+    with numpy.errstate(all="ignore"):  # NaN are passed over by min and max
+        for _, items in array.slices():
+            a, b = numpy.fmin.reduce(items), numpy.fmax.reduce(items)
+            low = a if low is None else numpy.fmin(low, a)
+            high = b if high is None else numpy.fmax(high, b)
+            total += float(items.sum(dtype=numpy.float64))
+        mean = numpy.float64(total) / array.size
+    return text + f": min {_number(low)}, max {_number(high)}, mean {_number(mean)}"
 
 
 def describe_ref(ref: dict[str, Any]) -> str:
