@@ -227,3 +227,45 @@ def test_sys_exit_in_a_task_fails_that_task_not_the_process(tmp_path: Path) -> N
     assert results.status == "failed"
     assert results["fine"] == 1
     assert results.error is not None and results.error.type == "SystemExit"
+
+
+FRESH_RUN = """
+import sys
+import caliber
+from pathlib import Path
+base = Path(sys.argv[1])
+tasks = [caliber.Task("top:value", name="top"), caliber.Task("pkg.mod:value", name="mod")]
+w = caliber.Workflow(caliber.Process(tasks), "fresh", base_dir=base)
+results = w.run(work_dir=base, store=False)
+print(results["top"], results["mod"])
+"""
+
+
+@pytest.mark.parametrize("package", ["pkg/__init__.py", None])  # a regular or namespace one
+def test_a_fix_within_the_second_runs_in_a_package_too(tmp_path: Path,
+                                                       package: str | None) -> None:
+    """A module of the workflow's folder, and one of a package in it (``pkg/mod.py``),
+    changed within the same second and to the same size as their run before wrote their
+    ``.pyc`` (Python's module cache on, as it is outside these tests): the fixed code runs,
+    never the cached one."""
+    import os
+    import subprocess
+
+    (tmp_path / "pkg").mkdir()
+    if package is not None:
+        (tmp_path / package).write_text("")
+    sources = [tmp_path / "top.py", tmp_path / "pkg" / "mod.py"]
+    for source in sources:
+        source.write_text("def value():\n    return 1\n")
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
+
+    def run() -> list[str]:
+        return subprocess.run([sys.executable, "-c", FRESH_RUN, str(tmp_path)], env=env,
+                              capture_output=True, text=True, check=True).stdout.split()
+
+    assert run() == ["1", "1"]
+    for source in sources:
+        st = source.stat()
+        source.write_text("def value():\n    return 2\n")  # the fix: the same size
+        os.utime(source, ns=(st.st_atime_ns, st.st_mtime_ns))  # and the same second
+    assert run() == ["2", "2"]

@@ -41,7 +41,7 @@ import os
 import sys
 import time
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -555,17 +555,12 @@ def run_workflow_plain(
     added = base not in sys.path
     if added:
         sys.path.insert(0, base)
-    finder = sys.path_importer_cache.get(base)
-    sys.path_importer_cache[base] = _fresh_finder(base)
     try:
-        if run.resolve_functions():
-            run.fingerprint_code(known_code)
-            run.run_node(workflow.process)
+        with _fresh_imports(base):
+            if run.resolve_functions():
+                run.fingerprint_code(known_code)
+                run.run_node(workflow.process)
     finally:
-        if finder is None:
-            sys.path_importer_cache.pop(base, None)
-        else:
-            sys.path_importer_cache[base] = finder
         if added and base in sys.path:
             sys.path.remove(base)
     g_values: dict[str, Any] = {}
@@ -611,6 +606,34 @@ class _FreshSource(importlib.machinery.SourceFileLoader):
     def get_code(self, fullname: str) -> Any:
         path = self.get_filename(fullname)
         return self.source_to_code(self.get_data(path), path)
+
+
+@contextlib.contextmanager
+def _fresh_imports(base: str) -> Iterator[None]:
+    """While the run lasts, the modules of the workflow's folder ``base`` and of every folder
+    below it (a package's submodules, ``pkg/mod.py``) are loaded through :class:`_FreshSource`:
+    the folder's finder and a path hook for the folders below it, their finders cached
+    before set aside (and put back after, with the hook taken away)."""
+    inside = os.path.join(base, "")
+
+    def hook(path: str) -> importlib.machinery.FileFinder:
+        if path.startswith(inside):
+            return _fresh_finder(path)
+        raise ImportError("not in the workflow's folder")  # the next hook's, then
+
+    cache = sys.path_importer_cache
+    kept = {path: cache.pop(path) for path in list(cache)
+            if path == base or path.startswith(inside)}
+    cache[base] = _fresh_finder(base)
+    sys.path_hooks.insert(0, hook)
+    try:
+        yield
+    finally:
+        with contextlib.suppress(ValueError):
+            sys.path_hooks.remove(hook)
+        for path in [p for p in cache if p == base or p.startswith(inside)]:
+            del cache[path]
+        cache.update(kept)
 
 
 def _fresh_finder(base: str) -> importlib.machinery.FileFinder:
