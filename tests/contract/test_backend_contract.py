@@ -11,7 +11,13 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
-from caliber.errors import AmbiguousIdError, LeaseLostError, NotFoundError, QueueStateError
+from caliber.errors import (
+    AmbiguousIdError,
+    LeaseLostError,
+    NotFoundError,
+    QueueError,
+    QueueStateError,
+)
 from caliber.queue.api import check_summary
 from caliber.queue.backend import QueueBackend
 from caliber.queue.secret import sign, signed_time
@@ -404,3 +410,14 @@ def test_results_verbs(backend: Backend) -> None:
     assert [r.id for r in backend.list_results(limit=1, offset=1)] == [first.id]
     with pytest.raises(NotFoundError):
         backend.get_results("zzzzzzzzzz")
+
+
+def test_results_with_an_id_stored_already_are_refused(backend: Backend) -> None:
+    """A backend's own error (never its driver's), and the Results stored first kept."""
+    first = make_results(None)
+    backend.save_results(first)
+    again = make_results(None, ok=False).model_copy(update={"id": first.id})
+    with pytest.raises(QueueError, match=f"results {first.id}: they are stored already"):
+        backend.save_results(again)
+    assert backend.get_results(first.id).status == first.status
+    assert [r.id for r in backend.list_results()] == [first.id]

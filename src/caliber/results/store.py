@@ -23,7 +23,8 @@ class ResultsStore(Protocol):
     """Where the store is, for people."""
 
     def save_results(self, results: Results) -> None:
-        """Store results of a run that did not come from the queue (``workflow run``)."""
+        """Store results of a run that did not come from the queue (``workflow run``).
+        QueueError when Results with their id are stored already (those are kept)."""
 
     def get_results(self, id_or_prefix: str) -> Results:
         """Results by id or unique prefix (NotFoundError, AmbiguousIdError)."""

@@ -657,6 +657,8 @@ class SpeckleBackend(IdleWait):
 
     def save_results(self, results: Results) -> None:
         with self.lock:
+            if results.id in self.refresh().every_result():  # the log would keep the first
+                raise QueueError(f"cannot store results {results.id}: they are stored already")
             root = self._upload(results_object(results, self._blob_ids))
             self._write(f"results {results.id} ({results.workflow}) saved",
                         ev.SavedResults(results=results.id, workload=results.workload_id,

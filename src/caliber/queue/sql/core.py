@@ -578,8 +578,12 @@ class SqlBackend(IdleWait):
         self.refer_blobs(conn, "results", results.id, results.blobs)  # kept while they are
 
     def save_results(self, results: Results) -> None:
-        with self.transaction() as conn:
-            self.insert_results(conn, results)
+        try:
+            with self.transaction() as conn:
+                self.insert_results(conn, results)
+        except self.INTEGRITY_ERRORS as exc:  # the one key it can break: the id
+            raise QueueError(
+                f"cannot store results {results.id}: they are stored already") from exc
 
     def get_results(self, id_or_prefix: str) -> Results:
         with self.reading():
