@@ -9,6 +9,8 @@ subprocesses on the local queue.
   taken) stops the preparation: the half-written run folder is removed and nothing runs.
 - A cancel (with or without ``--now``) seen while preparing ends the workload cancelled without
   running it; a cold stop (Ctrl-C twice) puts it back in the queue.
+- The same while a resumed run's earlier files and arrays are written back into its folder
+  (the blob in the local store made a slow FIFO): the lease is renewed, a cancel is learnt.
 - ``queue cancel --now`` of a task sleeping 600 s stops it with ``--lease 600``: the next
   renewal would come 200 s later, so only the pinion's look between renewals explains it.
 
@@ -56,9 +58,14 @@ class SlowDrive:
     SHA-256 read then), then replaced by a FIFO that a thread feeds at ``MIB / pause`` bytes a
     second to whoever opens it, as a slow network drive would deliver it."""
 
-    def __init__(self, path: Path, size: int, pause: float) -> None:
+    def __init__(self, path: Path, size: int, pause: float, content: bytes | None = None
+                 ) -> None:
+        """``content``: the bytes the FIFO gives (a file there already), else ``size``
+        zero bytes, written there now."""
         self.path, self.size, self.pause = path, size, pause
-        path.write_bytes(bytes(size))
+        self.content = content if content is not None else bytes(size)
+        if content is None:
+            path.write_bytes(self.content)
         self.opened = threading.Event()
         self.fed = 0
         self._thread: threading.Thread | None = None
@@ -71,13 +78,12 @@ class SlowDrive:
         self._thread.start()
 
     def _feed(self) -> None:
-        piece = bytes(64 * 1024)
         try:
             fd = os.open(self.path, os.O_WRONLY)  # until the pinion opens it to read
             self.opened.set()
             try:
                 while self.fed < self.size:
-                    self.fed += os.write(fd, piece[:self.size - self.fed])
+                    self.fed += os.write(fd, self.content[self.fed:self.fed + 64 * 1024])
                     if self.fed % MIB == 0:
                         time.sleep(self.pause)
             finally:
@@ -300,3 +306,105 @@ def test_a_local_cancel_now_stops_the_task_between_renewals(tmp_path: Path) -> N
     assert results.error is not None and results.error.type == "Cancelled"
     assert not alive(child) and processes_with(marker) == []
     assert "stopping the running task now" in err
+
+
+# --- a resumed run's earlier files and arrays, written back slowly ---------------------------
+
+RESUMED = """
+from pathlib import Path
+
+
+def mesh(size, array):
+    if array:
+        import numpy as np
+        return np.zeros(size // 8)
+    with open("mesh.bin", "wb") as f:
+        f.write(bytes(size))
+    return size
+
+
+def solve(made, folder):
+    if not (Path(folder) / "fixed").exists():
+        raise RuntimeError("diverged")
+    return "solved"
+"""
+
+
+def failed_then_retried(tmp_path: Path, size: int, array: bool) -> tuple[str, Path]:
+    """A workload whose first task keeps ``size`` bytes (a result file, or an array), whose
+    second fails; run by a pinion, fixed, and put back with ``queue retry --resume``: its id,
+    and the blob in the local store that the resumed run writes back first."""
+    folder = tmp_path / "wf"
+    folder.mkdir()
+    (folder / "meshing.py").write_text(RESUMED)
+    mesh = caliber.Task("meshing:mesh", name="mesh", args=[size, array])
+    solve = caliber.Task("meshing:solve", name="solve", args=[mesh.result, str(folder)])
+    wid = caliber.Workflow(caliber.Process([mesh, solve]), "resumed",
+                           attachments=["meshing.py"], base_dir=folder,
+                           outputs=["*.bin"]).queue(pinion="p")
+    caliber_cli("pinion", "init", "p", "-a", "1", "-w", "0", "-q")
+    first = results_of(wid)
+    assert first.status.value == "failed", first.error
+    sha = (first.tasks[0].return_["sha256"] if array else
+           next(f.sha256 for f in first.files if f.path == "mesh.bin"))
+    (folder / "fixed").touch()
+    caliber_cli("queue", "retry", wid, "--resume")
+    with open_backend(local_target()) as backend:
+        return wid, backend.blobs.path(sha)
+
+
+@needs_fifo
+@pytest.mark.parametrize("array", [False, True], ids=["file", "array"])
+def test_a_second_pinion_does_not_take_a_resumed_run_whose_files_come_slowly(
+        tmp_path: Path, array: bool) -> None:
+    wid, blob = failed_then_retried(tmp_path, 12 * MIB, array)
+    content = blob.read_bytes()
+    drive = SlowDrive(blob, len(content), 0.5, content)  # about 6 s, a lease of 3 s
+    drive.start()
+    first = start_pinion("p", "-a", "1", "-w", "0", "--lease", "3", "--json")
+    second = None
+    try:
+        assert drive.opened.wait(WAIT), "the first pinion never read the earlier file"
+        second = start_pinion("p", "--forever", "-w", "0.1", "--lease", "3", "--json")
+        out, err = first.communicate(timeout=WAIT)
+        assert first.returncode == 0, err
+        assert drive.fed == drive.size
+        assert second.poll() is None
+        second.send_signal(signal.SIGINT)
+        second_out, _ = second.communicate(timeout=WAIT)
+    finally:
+        stop(first)
+        if second is not None:
+            stop(second)
+        drive.close()
+    assert summary_of(out)["completed"] == 1, err
+    assert summary_of(second_out)["ran"] == 0 and summary_of(second_out)["lost"] == 0
+    assert status_of(wid) == "completed"
+    claims = [m for m in history_of(wid) if m.startswith("claimed by")]
+    assert len(claims) == 2, history_of(wid)  # the failed run's, and the resumed one's
+    resumed = results_of(wid)
+    assert resumed.tasks[0].reused_from is not None and resumed["solve"] == "solved"
+
+
+@needs_fifo
+def test_a_cancel_while_a_resumed_runs_files_are_written_back_ends_it_unrun(
+        tmp_path: Path) -> None:
+    wid, blob = failed_then_retried(tmp_path, 64 * MIB, False)
+    content = blob.read_bytes()
+    drive = SlowDrive(blob, len(content), 0.5, content)  # 32 s to read it all
+    drive.start()
+    pinion = start_pinion("p", "-a", "1", "-w", "0", "--lease", "600", "--json")
+    try:
+        assert drive.opened.wait(WAIT), "the pinion never read the earlier file"
+        caliber_cli("queue", "cancel", wid)
+        out, err = pinion.communicate(timeout=WAIT)
+    finally:
+        stop(pinion)
+        drive.close()
+    assert pinion.returncode == 0, err
+    assert drive.fed < drive.size  # stopped before the file was read
+    assert summary_of(out)["cancelled"] == 1
+    assert status_of(wid) == "cancelled"
+    assert not run_folder(wid, 2).exists()
+    assert any("while its earlier run's files were written back; never run" in m
+               for m in history_of(wid))

@@ -27,33 +27,16 @@ import io
 import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, BinaryIO, cast
+from typing import TYPE_CHECKING
 
 from caliber.errors import AttachmentError, BlobMismatchError, NotFoundError
 from caliber.platform import make_private_folder
-from caliber.queue.blobs import CHUNK, copy_verified
+from caliber.queue.blobs import CHUNK, copy_verified, paced
 from caliber.workflow.attachments import resolve_inside
 
 if TYPE_CHECKING:
     from caliber.queue.blobs import BlobStore
     from caliber.queue.workload import Attachment
-
-
-class _Paced:
-    """A binary stream that calls ``between`` before each read (``read`` is all that
-    :func:`copy_verified` and the hashing of a reference use)."""
-
-    def __init__(self, source: BinaryIO, between: Callable[[], object]) -> None:
-        self._source = source
-        self._between = between
-
-    def read(self, size: int = -1) -> bytes:
-        self._between()
-        return self._source.read(size)
-
-
-def _paced(source: BinaryIO, between: Callable[[], object] | None) -> BinaryIO:
-    return source if between is None else cast("BinaryIO", _Paced(source, between))
 
 
 def write_attachments(attachments: Sequence[Attachment], work_dir: Path,
@@ -69,14 +52,14 @@ def write_attachments(attachments: Sequence[Attachment], work_dir: Path,
         if a.reference is not None:
             _link_reference(a, target, between)
         elif a.content is not None:
-            copy_verified(_paced(io.BytesIO(a.data()), between), a.sha256, target, mode=mode,
+            copy_verified(paced(io.BytesIO(a.data()), between), a.sha256, target, mode=mode,
                           size=a.size)
         else:
             try:
                 if store is None:
                     raise NotFoundError("this queue has no content store")
                 with store.open_blob(a.sha256) as source:  # fetch_blob, paced
-                    copy_verified(_paced(source, between), a.sha256, target, mode=mode,
+                    copy_verified(paced(source, between), a.sha256, target, mode=mode,
                                   size=a.size)
             except NotFoundError:
                 raise AttachmentError(
@@ -93,7 +76,7 @@ def _link_reference(a: Attachment, target: Path,
     where = f"attachment {a.path!r} by reference to {a.reference}"
     try:
         with open(a.reference, "rb") as f:
-            digest, size, source = hashlib.sha256(), 0, _paced(f, between)
+            digest, size, source = hashlib.sha256(), 0, paced(f, between)
             while chunk := source.read(CHUNK):
                 digest.update(chunk)
                 size += len(chunk)
@@ -111,6 +94,6 @@ def _link_reference(a: Attachment, target: Path,
     except OSError:  # no links here (Windows without the right): a checked copy instead
         with open(a.reference, "rb") as f:
             try:
-                copy_verified(_paced(f, between), a.sha256, target, size=a.size)
+                copy_verified(paced(f, between), a.sha256, target, size=a.size)
             except BlobMismatchError as exc:
                 raise AttachmentError(f"{where}: the file changed while it was read") from exc

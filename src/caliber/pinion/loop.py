@@ -169,6 +169,37 @@ class PinionConfig:
                 raise ConfigError(f"the pinion's {name} {exc}") from None
 
 
+class _Held:
+    """A claimed workload's claim, held while its run folder is prepared (before its child
+    starts): called before every chunk written there (its attachments, a resumed run's
+    earlier arrays and files), it renews the lease when due (as while the child runs) and
+    looks for a cancel (:data:`CANCEL_PEEK_EVERY`), and renews the other slots' leases that
+    are due. LeaseLostError when the lease was lost, _NotRun on a cancel or a cold stop.
+    :attr:`claim` is the claim as last renewed."""
+
+    def __init__(self, pinion: Pinion, claim: Claim) -> None:
+        self.pinion, self.claim = pinion, claim
+        self.renew_at = time.monotonic() + pinion._renew_every
+        self.peek_at = time.monotonic() + CANCEL_PEEK_EVERY
+
+    def __call__(self) -> None:
+        pinion = self.pinion
+        if pinion.flags.cold:
+            raise _NotRun(None)
+        pinion._tend()  # the other slots' leases, that are due
+        now = time.monotonic()
+        if now >= self.renew_at:
+            self.claim = pinion._renewed(self.claim)
+            self.renew_at = time.monotonic() + pinion._renew_every
+        elif now >= self.peek_at:
+            self.claim = pinion._peeked(self.claim)
+        else:
+            return
+        self.peek_at = time.monotonic() + CANCEL_PEEK_EVERY
+        if self.claim.cancel_requested is not None:
+            raise _NotRun(self.claim.cancel_requested)
+
+
 class _NotRun(Exception):
     """The preparation of a workload was stopped: a cancel (``by`` who) learnt while its
     attachments were written, or a cold stop of the pinion (``by`` None). It does not run."""
@@ -781,12 +812,9 @@ class Pinion:
             return Outcome.SKIPPED
         self.reporter.workload_started(workload.id, workload.workflow_name, workload.attempts)
         try:
-            claim, work_dir = self._prepare_held(claim)
+            held, work_dir = self._prepare_held(claim)
         except LeaseLostError:
-            self.reporter.workload_finished(
-                "abandoned", "lease lost while its attachments were written (another pinion "
-                "took it, or it was reset); not run, its run folder removed")
-            return Outcome.LOST
+            return self._lost_preparing("its attachments were written")
         except _NotRun as exc:
             return self._not_run(claim, exc.by)
         except OSError as exc:
@@ -805,7 +833,13 @@ class Pinion:
             self.reporter.workload_finished("not run", reason)
             return Outcome.SKIPPED
         try:
-            begun = self.launch(claim, work_dir, resume=resume)
+            begun = self.launch(held.claim, work_dir, resume=resume, between=held)
+        except (LeaseLostError, _NotRun) as exc:  # while a resumed run's files were written
+            self._written_back.pop(work_dir, None)
+            shutil.rmtree(work_dir, ignore_errors=True)  # nothing ran: nothing to keep
+            if isinstance(exc, LeaseLostError):
+                return self._lost_preparing("its earlier run's files were written back")
+            return self._not_run(held.claim, exc.by, "its earlier run's files were written back")
         except BaseException:
             self._written_back.pop(work_dir, None)
             raise
@@ -825,42 +859,30 @@ class Pinion:
         why = resume_problem(workload, results, self.key)
         return (None, why) if why is not None else (results.to_json_dict(), None)
 
-    def _prepare_held(self, claim: Claim) -> tuple[Claim, Path]:
-        """:meth:`prepare`, holding the claim while the attachments are written: between
-        chunks the lease is renewed when due (as while the child runs) and a cancel looked
-        for (:data:`CANCEL_PEEK_EVERY`). LeaseLostError when the lease was lost, _NotRun on a
-        cancel (with or without ``--now``) or a cold stop: either way the run folder is
-        removed. Returns the claim as last renewed, and the run folder."""
-        renew_at = time.monotonic() + self._renew_every
-        peek_at = time.monotonic() + CANCEL_PEEK_EVERY
+    def _prepare_held(self, claim: Claim) -> tuple[_Held, Path]:
+        """:meth:`prepare`, holding the claim while the attachments are written (see
+        :class:`_Held`). LeaseLostError when the lease was lost, _NotRun on a cancel (with or
+        without ``--now``) or a cold stop: either way the run folder is removed. Returns the
+        claim held (:meth:`launch` holds it on while it writes a resumed run's earlier
+        files), and the run folder."""
+        held = _Held(self, claim)
+        work_dir = self.prepare(claim.workload, between=held)
+        return held, work_dir
 
-        def between() -> None:
-            nonlocal claim, renew_at, peek_at
-            if self.flags.cold:
-                raise _NotRun(None)
-            self._tend()  # the other slots' leases, that are due
-            now = time.monotonic()
-            if now >= renew_at:
-                claim = self._renewed(claim)
-                renew_at = time.monotonic() + self._renew_every
-            elif now >= peek_at:
-                claim = self._peeked(claim)
-            else:
-                return
-            peek_at = time.monotonic() + CANCEL_PEEK_EVERY
-            if claim.cancel_requested is not None:
-                raise _NotRun(claim.cancel_requested)
+    def _lost_preparing(self, doing: str) -> Outcome:
+        self.reporter.workload_finished(
+            "abandoned", f"lease lost while {doing} (another pinion took it, or it was "
+            "reset); not run, its run folder removed")
+        return Outcome.LOST
 
-        work_dir = self.prepare(claim.workload, between=between)
-        return claim, work_dir
-
-    def _not_run(self, claim: Claim, by: str | None) -> Outcome:
-        """Stopped while its attachments were written, it never runs: put back without
-        counting the attempt. Cancelled (``by``), the queue makes it cancelled (a cancel was
-        asked), with no Results, like a queued workload cancelled; after a cold stop it is
-        queued again."""
+    def _not_run(self, claim: Claim, by: str | None,
+                 doing: str = "its attachments were written") -> Outcome:
+        """Stopped while its run folder was prepared (``doing``), it never runs: put back
+        without counting the attempt. Cancelled (``by``), the queue makes it cancelled (a
+        cancel was asked), with no Results, like a queued workload cancelled; after a cold
+        stop it is queued again."""
         reason = ("pinion stopped before the run ended" if by is None else
-                  f"cancelled by {by} while its attachments were written; never run")
+                  f"cancelled by {by} while {doing}; never run")
         try:
             self.backend.release(claim, reason=reason)
         except LeaseLostError:
@@ -913,19 +935,22 @@ class Pinion:
 
     # --- the child: start it, monitor it, keep its verdict (as rq's work horse) -----------
 
-    def launch(self, claim: Claim, work_dir: Path, *,
-               resume: dict[str, Any] | None = None) -> Outcome | _Run:
+    def launch(self, claim: Claim, work_dir: Path, *, resume: dict[str, Any] | None = None,
+               between: _Held | None = None) -> Outcome | _Run:
         """Start the workload in a child: check its document, start it, and return the run,
         which the loop monitors (lease, messages, timeout, stops: :meth:`_step`) until it
         stores its verdict (:meth:`_conclude`). ``resume``: the earlier Results (JSON form)
-        its child reuses, checked already (:meth:`handle`)."""
+        its child reuses, checked already (:meth:`handle`); their arrays and files are
+        written into the run folder first, holding the claim (``between``: LeaseLostError,
+        _NotRun as while the attachments are written)."""
         workload = claim.workload
         try:
             document = check_document(workload.workflow, source=f"workload {workload.id}")
-            fetch_resumed(self.backend, work_dir, resume)  # the arrays the run reuses
+            fetch_resumed(self.backend, work_dir, resume,  # the arrays the run reuses
+                          between=between)
             if resume is not None and isinstance(self.backend, BlobStore):  # and the files
-                self._written_back[work_dir] = write_back(self.backend, resume.get("files")
-                                                          or [], work_dir)
+                self._written_back[work_dir] = write_back(
+                    self.backend, resume.get("files") or [], work_dir, between=between)
         except (WorkflowFileError, BlobMismatchError, NotFoundError) as exc:  # never runs:
             # signed but not a workflow this Caliber reads, or reused arrays lost or damaged
             now = utcnow()
@@ -934,6 +959,8 @@ class Pinion:
                 pinion=self.config.name, status=RunStatus.FAILED, started_at=now,
                 finished_at=now, work_dir=str(work_dir),
                 error=ErrorInfo(type=type(exc).__name__, message=str(exc))))
+        if between is not None:
+            claim = between.claim  # as last renewed
         run = self._start_run(claim, work_dir, document, resume)
         self._stage_next()  # while the child runs
         return run

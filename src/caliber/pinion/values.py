@@ -12,6 +12,7 @@ checked.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -33,12 +34,14 @@ def inline_max(backend: object) -> int | None:
     return load_settings().array_inline_max
 
 
-def fetch_resumed(backend: object, work_dir: Path, resume: dict[str, Any] | None) -> None:
+def fetch_resumed(backend: object, work_dir: Path, resume: dict[str, Any] | None, *,
+                  between: Callable[[], object] | None = None) -> None:
     """Write the stored arrays of the Results a workload resumes into its values folder
-    (BlobMismatchError or NotFoundError when one cannot be had as it was signed)."""
+    (BlobMismatchError or NotFoundError when one cannot be had as it was signed); ``between``
+    is called before every chunk read (the pinion renews its lease there)."""
     refs = results_refs(resume) if resume is not None else {}
     if refs and isinstance(backend, BlobStore):
-        fetch_values(backend, work_dir / VALUES_DIR, refs)
+        fetch_values(backend, work_dir / VALUES_DIR, refs, between=between)
 
 
 def keep_values(backend: object, work_dir: Path, results: Results) -> Results:

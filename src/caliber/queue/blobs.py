@@ -40,7 +40,7 @@ from collections.abc import Callable, Iterable, Iterator
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO, Protocol, runtime_checkable
+from typing import BinaryIO, Protocol, cast, runtime_checkable
 
 from caliber.errors import BlobMismatchError, NotFoundError, QueueError
 from caliber.platform import (
@@ -53,7 +53,7 @@ from caliber.platform import (
 
 __all__ = [
     "CHUNK", "SEAL_NS", "BlobRef", "BlobStore", "FileBlobStore", "FolderBlobStore",
-    "copy_verified", "hash_file", "is_sealed", "is_sha256",
+    "copy_verified", "fetch_paced", "hash_file", "is_sealed", "is_sha256", "paced",
 ]
 
 CHUNK = 1 << 20  # bytes read and written at a time: memory stays bounded by this
@@ -172,6 +172,38 @@ def copy_verified(source: BinaryIO, sha256: str, dest: Path, *, mode: int = 0o60
             os.rename(tmp, dest)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+class _Paced:
+    """A binary stream that calls ``between`` before each read (``read`` is all that
+    :func:`copy_verified` and the hashing of a shared-drive reference use)."""
+
+    def __init__(self, source: BinaryIO, between: Callable[[], object]) -> None:
+        self._source = source
+        self._between = between
+
+    def read(self, size: int = -1) -> bytes:
+        self._between()
+        return self._source.read(size)
+
+
+def paced(source: BinaryIO, between: Callable[[], object] | None) -> BinaryIO:
+    """``source``, calling ``between`` before each read (of :data:`CHUNK` bytes when
+    :func:`copy_verified` reads it): a pinion renews its lease there while it writes a big
+    file over a slow link, and stops by raising there. ``source`` itself when None."""
+    return source if between is None else cast("BinaryIO", _Paced(source, between))
+
+
+def fetch_paced(store: BlobStore, sha256: str, dest: Path, *, mode: int = 0o600,
+                between: Callable[[], object] | None = None) -> None:
+    """``store.fetch_blob(sha256, dest, mode=mode)``, with ``between`` called before every
+    read of :data:`CHUNK` bytes (see :func:`paced`; what it raises goes through, and
+    ``dest`` is not made)."""
+    if between is None:
+        store.fetch_blob(sha256, dest, mode=mode)
+        return
+    with store.open_blob(sha256) as source:
+        copy_verified(paced(source, between), sha256, dest, mode=mode)
 
 
 class FolderBlobStore:

@@ -672,16 +672,20 @@ def _unlike(path: Path, st: os.stat_result, ref: dict[str, Any]) -> str | None:
     return None
 
 
-def fetch_values(store: BlobStore, folder: Path, refs: dict[str, dict[str, Any]]) -> None:
+def fetch_values(store: BlobStore, folder: Path, refs: dict[str, dict[str, Any]], *,
+                 between: Callable[[], object] | None = None) -> None:
     """Write the blob of each reference into ``folder`` (a resumed run's values), checked
-    against its SHA-256 on the way (BlobMismatchError, NotFoundError)."""
+    against its SHA-256 on the way (BlobMismatchError, NotFoundError); ``between`` called
+    before every chunk read (what it raises goes through)."""
+    from caliber.queue.blobs import fetch_paced  # here: a pinion's child has no store
+
     if not refs:
         return
     make_private_folder(folder)
     for sha, ref in refs.items():
         dest = folder / file_name(ref)
         if not os.path.lexists(dest):
-            store.fetch_blob(sha, dest)
+            fetch_paced(store, sha, dest, between=between)
 
 
 # --- for people -----------------------------------------------------------------------------

@@ -231,8 +231,8 @@ def _identity(st: os.stat_result) -> tuple[int, ...]:
     return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
 
 
-def write_back(store: BlobStore, files: Iterable[Mapping[str, Any]],
-               root: Path) -> dict[str, WrittenBack]:
+def write_back(store: BlobStore, files: Iterable[Mapping[str, Any]], root: Path, *,
+               between: Callable[[], object] | None = None) -> dict[str, WrittenBack]:
     """Write the result files ``files`` of earlier Results (their ``files`` records, as JSON;
     the caller checked their signature) into the run folder ``root`` of a run that resumes
     from them, each at its path, streamed from ``store`` and checked against its SHA-256 on
@@ -240,7 +240,11 @@ def write_back(store: BlobStore, files: Iterable[Mapping[str, Any]],
     it is: an attachment, or a file of yours in ``workflow run``'s folder, wins over the
     earlier run's. A path that leads through a link, a file where a folder must be, or into
     ``.caliber`` is not written. Returns what was written, by path; BlobMismatchError or
-    NotFoundError when a file cannot be had as it was signed (the run must not start)."""
+    NotFoundError when a file cannot be had as it was signed (the run must not start).
+    ``between`` is called before every chunk read (a pinion renews its lease there: what it
+    raises stops the writing and goes through)."""
+    from caliber.queue.blobs import fetch_paced
+
     done: dict[str, WrittenBack] = {}
     for record in files:
         path = str(record["path"])
@@ -252,7 +256,8 @@ def write_back(store: BlobStore, files: Iterable[Mapping[str, Any]],
         if rel.parts[0] == PRIVATE or os.path.lexists(dest) or not _folders_free(root, rel):
             continue
         dest.parent.mkdir(parents=True, exist_ok=True)  # as the task that wrote it made them
-        store.fetch_blob(str(record["sha256"]), dest, mode=int(record["mode"]) & SAVED_MODE_MASK)
+        fetch_paced(store, str(record["sha256"]), dest,
+                    mode=int(record["mode"]) & SAVED_MODE_MASK, between=between)
         kept = {name: record[name] for name in ("path", "size", "sha256", "mode")}
         done[path] = WrittenBack(kept, _identity(os.lstat(dest)))
     return done
