@@ -1,5 +1,6 @@
 """The dashboard's web app (Starlette): HTML pages, the JSON endpoints the pages poll, the
-plots and the actions, for one queue (:class:`~caliber.queue.target.QueueTarget`).
+plots, the actions and the events of ended workloads, for one queue
+(:class:`~caliber.queue.target.QueueTarget`).
 
 Security (docs/dashboard.md): every request carries the dashboard's token (in the address
 the command prints, then in a cookie, HttpOnly and SameSite=Strict); without it the answer is
@@ -101,7 +102,7 @@ def make_app(target: QueueTarget, *, token: str, csrf: str | None = None) -> Sta
         async def render(request: Request) -> Response:
             html = env.get_template(name).render(
                 csrf=csrf, location=target.location, kind=target.kind,
-                params=dict(request.path_params), **values)
+                params=dict(request.path_params), events=data.EVENTS, **values)
             return HTMLResponse(html)
         return render
 
@@ -173,6 +174,9 @@ def make_app(target: QueueTarget, *, token: str, csrf: str | None = None) -> Sta
     def pinions(request: Request) -> Any:
         return data.pinions(target)
 
+    def events(request: Request) -> Any:
+        return data.events(target, int_param(request, "limit", data.EVENTS))
+
     async def action(request: Request) -> Response:
         try:
             done = await run_in_threadpool(data.act, target, request.path_params["id"],
@@ -185,8 +189,10 @@ def make_app(target: QueueTarget, *, token: str, csrf: str | None = None) -> Sta
         Route("/", page("queue.html")),
         Route("/workload/{id}", page("workload.html")),
         Route("/results/{id}", page("results.html")),
+        Route("/events", page("events.html")),
         Route("/api/queue", api(queue)),
         Route("/api/pinions", api(pinions)),
+        Route("/api/events", api(events)),
         Route("/api/workload/{id}", api(workload)),
         Route("/api/workload/{id}/diagram.svg", api(diagram)),
         Route("/api/workload/{id}/output", api(output)),

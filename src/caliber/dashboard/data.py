@@ -1,5 +1,6 @@
-"""What the dashboard shows, as plain JSON-able dicts: the queue, one workload, its output,
-one Results with its plots, the pinions. Each function takes the dashboard's
+"""What the dashboard shows, as plain JSON-able dicts: the queue, one workload (with the chain
+it is in), its output, one Results with its plots, the pinions, the workloads that ended last
+(the events the notifications send). Each function takes the dashboard's
 :class:`~caliber.queue.target.QueueTarget` and goes through the same library API the command
 line uses (:mod:`caliber.queue.api`, :mod:`caliber.pinion.follow`, :mod:`caliber.results.api`),
 so every backend works and the run-secrets are checked with this user's key. No web framework
@@ -25,7 +26,9 @@ VALUE_TEXT = 2000
 """Characters of a value shown as text before it is cut (plots show the numbers)."""
 LOG_CHUNK = 256 << 10
 """Bytes of output sent per request while following a log."""
-CANCELLABLE = ("queued", "running")
+EVENTS = 50
+"""Ended workloads the events page shows at most (the panel on the queue page fewer)."""
+CANCELLABLE = ("queued", "waiting", "running")
 RETRIABLE = ("failed", "cancelled")
 
 
@@ -96,7 +99,78 @@ def workload(target: QueueTarget, workload_id: str) -> dict[str, Any]:
         "retry": w.status.value in RETRIABLE,
         "retry_resume": w.status.value in RETRIABLE and w.results_id is not None,
     }
+    detail["waits_for"] = _upstreams(target, w.after)
+    detail["waited_by"] = _downstreams(target, w.id)
     return detail
+
+
+def _upstreams(target: QueueTarget, after: list[str]) -> list[dict[str, Any]]:
+    """The workloads one runs after, each with its status now (``gone``: no longer in the
+    queue), in the order given."""
+    from caliber.errors import NotFoundError
+    from caliber.queue.api import opened
+
+    found = []
+    with opened(target) as backend:
+        for upstream in after:
+            try:
+                u = backend.get(upstream)
+            except NotFoundError:
+                found.append({"id": upstream, "workflow": None, "status": "gone"})
+                continue
+            found.append({"id": u.id, "workflow": u.workflow_name, "status": u.status.value})
+    return found
+
+
+def _downstreams(target: QueueTarget, workload_id: str) -> list[dict[str, Any]]:
+    """The waiting workloads that run after ``workload_id``, down the chain (what a cancel or
+    reset of it cancels too), nearest first: each with the ids it waits for and ``direct``
+    when it waits for this one itself. Only waiting workloads are read: the queue filters
+    them (a workload after one that has not completed is waiting)."""
+    from caliber.queue.api import list_page
+
+    waiting = list_page(target, status="waiting", limit=None, counts=False).summaries
+    below: list[dict[str, Any]] = []
+    reached = {workload_id}
+    grew = True
+    while grew:  # breadth first: each round adds the ones after those reached so far
+        grew = False
+        for s in waiting:
+            if s.id not in reached and reached.intersection(s.after):
+                reached.add(s.id)
+                below.append({"id": s.id, "workflow": s.workflow, "status": s.status,
+                              "after": list(s.after), "direct": workload_id in s.after})
+                grew = True
+    return below
+
+
+def events(target: QueueTarget, limit: int = EVENTS) -> list[dict[str, Any]]:
+    """The workloads that ended last, newest first, each as the event its pinion notifies
+    (:func:`caliber.pinion.notify.ended_event`: the same text and fields) and its end time.
+
+    Bounded whatever the queue's size: for each ended status, the last ``limit`` workloads
+    in queue order (the queue's own status filter and offset; the counts say where the last
+    ones are), then the ``limit`` of those that ended last."""
+    from caliber.pinion.notify import ENDED, ended_event
+    from caliber.queue.api import opened
+    from caliber.queue.status import WorkloadStatus
+
+    limit = max(0, min(limit, EVENTS))
+    ended: list[dict[str, Any]] = []
+    with opened(target) as backend:
+        counts = backend.count_statuses()
+        for status in ENDED:
+            total = counts.get(status, 0)
+            if not total or not limit:
+                continue
+            for w in backend.list_workloads(status=WorkloadStatus(status), limit=limit,
+                                            offset=max(0, total - limit)):
+                body = ended_event(w)
+                if body is not None:
+                    ended.append(body)
+    ended.sort(key=lambda body: dt.datetime.fromisoformat(body["caliber"]["ended_at"]),
+               reverse=True)
+    return ended[:limit]
 
 
 def diagram(target: QueueTarget, workload_id: str) -> str:

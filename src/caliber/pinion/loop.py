@@ -698,14 +698,15 @@ class Pinion:
         signed: the workload read back is checked with the pinion's key (a notify changed
         in the queue since it was signed is not posted to). The notifier sends it on its
         own thread: a hook that is down never holds up the pinion."""
-        from caliber.pinion.notify import Notifier, event, workload_address
+        from caliber.pinion.notify import Notifier, ended_event, workload_address
 
         try:
             workload = self.backend.get(workload_id)
         except CaliberError as exc:  # the queue's problem: the workload's outcome is stored
             log.warning("no notification for workload %s: %s", workload_id, exc)
             return
-        if workload.status.value not in ("completed", "failed", "cancelled"):
+        body = ended_event(workload)  # the dashboard shows the same event (dashboard/data.py)
+        if body is None:
             return
         own = None
         if workload.notify is not None:
@@ -718,14 +719,7 @@ class Pinion:
             if own is None:
                 return
             self._notifier = Notifier()  # no channel of the settings: its own address only
-        started = next((h.at for h in reversed(workload.history)
-                        if h.status == WorkloadStatus.RUNNING), None)
-        ended = workload.history[-1].at if workload.history else utcnow()
-        self._notifier.send(event(
-            workload_id=workload.id, workflow=workload.workflow_name, pinion=workload.pinion,
-            status=workload.status.value, results_id=workload.results_id,
-            error=workload.last_error, queued_at=workload.created_at, started_at=started,
-            ended_at=ended), also=() if own is None else (own,))
+        self._notifier.send(body, also=() if own is None else (own,))
 
     def _keep_runs(self) -> None:
         """``--keep-runs N``: remove this pinion's run folders of finished workloads but the

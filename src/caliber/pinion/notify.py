@@ -29,10 +29,13 @@ import urllib.request
 from collections.abc import Sequence
 from dataclasses import dataclass
 from email.message import EmailMessage
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote, urlsplit
 
 from caliber.errors import ConfigError
+
+if TYPE_CHECKING:
+    from caliber.queue.workload import Workload
 
 log = logging.getLogger(__name__)
 
@@ -69,6 +72,26 @@ def event(*, workload_id: str, workflow: str, pinion: str, status: str,
         "queued_at": queued_at.isoformat(),
         "started_at": started_at.isoformat() if started_at else None,
         "ended_at": ended_at.isoformat()}}
+
+
+ENDED = ("completed", "failed", "cancelled")
+"""The statuses a workload ends in: each end is one event."""
+
+
+def ended_event(workload: Workload) -> dict[str, Any] | None:
+    """The event of a workload as it ended (:func:`event`: its last run's start, the time of
+    its last status), or None when it has not ended. What the pinion sends and the dashboard
+    shows."""
+    if workload.status.value not in ENDED:
+        return None
+    started = next((h.at for h in reversed(workload.history)
+                    if h.status is not None and h.status.value == "running"), None)
+    ended = workload.history[-1].at if workload.history else dt.datetime.now(dt.UTC)
+    return event(
+        workload_id=workload.id, workflow=workload.workflow_name, pinion=workload.pinion,
+        status=workload.status.value, results_id=workload.results_id,
+        error=workload.last_error, queued_at=workload.created_at, started_at=started,
+        ended_at=ended)
 
 
 @dataclass(frozen=True)

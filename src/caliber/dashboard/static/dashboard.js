@@ -45,6 +45,27 @@ function status(text) {
 
 function link(href, text) { return el("a", { href, text }); }
 
+function ago(iso) {
+  const left = (new Date(iso) - Date.now()) / 1000;
+  return left > 0 ? ` (in ${seconds(left)})` : "";
+}
+
+// When a workload may start and where it stands in line: `--not-before`, `--priority`,
+// `--after` (the queue table's "starts" column).
+function plan(w) {
+  const parts = [];
+  if (w.not_before) parts.push(el("span", { class: "not-before", text: when(w.not_before) }));
+  if (w.priority) parts.push(el("span", { class: "priority", text: `priority ${w.priority}` }));
+  for (const upstream of w.after || []) {
+    parts.push(el("span", { class: "after" }, document.createTextNode("after "),
+      link(`/workload/${encodeURIComponent(upstream)}`, upstream)));
+  }
+  if (!parts.length) return "-";
+  const cell = el("span", { class: "plan" });
+  parts.forEach((part, i) => { if (i) cell.append(" · "); cell.append(part); });
+  return cell;
+}
+
 function fill(tbody, rows) {
   tbody.replaceChildren(...rows.map((cells) => el("tr", {}, ...cells.map((c) =>
     el("td", {}, typeof c === "string" || typeof c === "number" ? document.createTextNode(String(c)) : c)))));
@@ -81,7 +102,7 @@ function queuePage() {
     }));
     fill(document.querySelector("#queue tbody"), page.items.map((w) => [
       link(`/workload/${encodeURIComponent(w.id)}`, w.id), w.workflow, w.pinion, status(w.status),
-      w.attempts, when(w.created_at), when(w.started_at), when(w.ended_at), seconds(w.duration),
+      w.attempts, plan(w), when(w.created_at), when(w.started_at), when(w.ended_at), seconds(w.duration),
       w.results_id ? link(`/results/${encodeURIComponent(w.results_id)}`, w.results_id) : "-",
       w.secret_ok ? "ok" : "mismatch",
     ]));
@@ -94,9 +115,29 @@ function queuePage() {
       p.pinion, p.owner || "-", link(`/workload/${encodeURIComponent(p.workload)}`, `${p.workflow} ${p.workload}`),
       when(p.expires_at), p.alive ? "yes" : "lease ran out",
     ]));
+    await refreshEvents();
     document.getElementById("updated").textContent = `updated ${new Date().toLocaleTimeString()}`;
   }
   loop(refresh);
+}
+
+// --- the workloads that ended: the events the notifications send ----------------------------
+
+async function refreshEvents() {
+  const list = document.getElementById("events");
+  const ended = await getJSON(`/api/events?limit=${encodeURIComponent(list.dataset.limit)}`);
+  list.replaceChildren(...ended.map((e) => el("li", { "data-id": e.caliber.id },
+    el("time", { datetime: e.caliber.ended_at, text: when(e.caliber.ended_at) }), " ",
+    status(e.caliber.status), " ", el("span", { class: "text", text: e.text }), " ",
+    link(`/workload/${encodeURIComponent(e.caliber.id)}`, "view"))));
+  if (!ended.length) list.replaceChildren(el("li", { class: "note", text: "none yet" }));
+}
+
+function eventsPage() {
+  loop(async () => {
+    await refreshEvents();
+    document.getElementById("updated").textContent = `updated ${new Date().toLocaleTimeString()}`;
+  });
 }
 
 // --- one workload --------------------------------------------------------------------------
@@ -105,10 +146,10 @@ function workloadPage(id) {
   let outputOffset = 0;
   let outputDone = false;
   const output = document.getElementById("output");
+  let latest = null;
   for (const button of document.querySelectorAll("#actions button")) {
     button.addEventListener("click", async () => {
-      const what = button.textContent;
-      if (!confirm(`${what}: workload ${id}?`)) return;
+      if (!confirm(confirmText(button.textContent, button.dataset.action, latest))) return;
       const answer = await fetch(`/api/workload/${encodeURIComponent(id)}/${button.dataset.action}`, {
         method: "POST", credentials: "same-origin", headers: { "X-Caliber-CSRF": csrf } });
       const body = await answer.json();
@@ -120,6 +161,7 @@ function workloadPage(id) {
   let lastStatus = null;
   async function refresh() {
     const w = await getJSON(`/api/workload/${encodeURIComponent(id)}`);
+    latest = w;
     document.getElementById("wid").textContent = `${w.id} (${w.workflow})`;
     document.getElementById("status").replaceWith(Object.assign(status(w.status), { id: "status" }));
     for (const button of document.querySelectorAll("#actions button"))
@@ -131,9 +173,20 @@ function workloadPage(id) {
       ["attempts", w.attempts], ["run-secret", w.secret_ok ? "matches your key" : "does not match your key"],
       ["run folder", w.work_dir || "-"]];
     const rows = facts.map(([k, v]) => [k, String(v)]);
+    rows.push(["starts", w.not_before ? `not before ${when(w.not_before)}${ago(w.not_before)}` : "when a pinion takes it"]);
+    rows.push(["priority", `${w.priority}${w.priority ? "" : " (the default)"}`]);
+    if (w.waits_for.length) rows.push(["waits for", chainList(w.waits_for)]);
+    if (w.waited_by.length) {
+      const direct = w.waited_by.filter((d) => d.direct);
+      const cell = chainList(direct);
+      const further = w.waited_by.length - direct.length;
+      if (further) cell.append(` (and ${further} more down the chain)`);
+      rows.push(["waited for by", cell]);
+    }
     if (w.results_id) rows.push(["results", link(`/results/${encodeURIComponent(w.results_id)}`, w.results_id)]);
     if (w.lease) rows.push(["lease", `${w.lease.owner} until ${when(w.lease.expires_at)}`]);
     fill(document.querySelector("#facts tbody"), rows);
+    document.getElementById("waiting").textContent = why(w);
     document.getElementById("error").textContent = w.last_error || "";
     fill(document.querySelector("#history tbody"), w.history.map((h) => [when(h.at), h.status ? status(h.status) : "", h.message]));
     if (w.status !== lastStatus || w.status === "running") {
@@ -157,6 +210,46 @@ function workloadPage(id) {
     }
   }
   loop(refresh);
+}
+
+// The workloads of a chain, each a link with its status.
+function chainList(items) {
+  const cell = el("span", { class: "chain" });
+  items.forEach((item, i) => {
+    if (i) cell.append(", ");
+    cell.append(link(`/workload/${encodeURIComponent(item.id)}`,
+      item.workflow ? `${item.workflow} ${item.id}` : item.id), " ", status(item.status));
+  });
+  return cell;
+}
+
+const UPSTREAM = {
+  queued: "has not started", waiting: "is itself waiting", running: "is running",
+  failed: "failed: this one goes on once it is retried and completes",
+  gone: "is no longer in the queue",
+};
+
+// Why a workload has not started: what it waits for, or its start time.
+function why(w) {
+  if (w.status === "waiting") {
+    const open = w.waits_for.filter((u) => u.status !== "completed");
+    return "Waiting: " + open.map((u) => `${u.workflow || "workload"} ${u.id} ${UPSTREAM[u.status] || u.status}`).join("; ") + ".";
+  }
+  if (w.status === "queued" && w.not_before && new Date(w.not_before) > Date.now())
+    return `Queued to start at ${when(w.not_before)}${ago(w.not_before)}: no pinion takes it earlier.`;
+  return "";
+}
+
+// The confirmation of an action; a cancel names the chain it cancels too.
+function confirmText(what, action, w) {
+  let text = `${what}: workload ${id}?`;
+  const below = w && action.startsWith("cancel") ? w.waited_by : [];
+  if (below.length) {
+    text += `\n\nThe ${below.length === 1 ? "workload" : `${below.length} workloads`} waiting after it ` +
+      `${below.length === 1 ? "is" : "are"} cancelled too: ` +
+      below.map((d) => `${d.workflow} ${d.id}`).join(", ") + ".";
+  }
+  return text;
 }
 
 // --- one Results -----------------------------------------------------------------------------
@@ -241,6 +334,7 @@ const page = document.body.dataset.page;
 const id = document.body.dataset.id;
 if (page === "queue") queuePage();
 else if (page === "workload") workloadPage(id);
+else if (page === "events") eventsPage();
 else if (page === "results") resultsPage(id).catch((error) => {
   document.getElementById("error").textContent = String(error.message || error);
 });
