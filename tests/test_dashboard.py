@@ -6,6 +6,7 @@ set (else the test's temporary folder)."""
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import os
 import re
@@ -23,7 +24,15 @@ from typing import Any
 import pytest
 
 pytest.importorskip("starlette")
-from tests.pinion_helpers import make_folder, queue, start_pinion, status_of, stop, wait_for
+from tests.pinion_helpers import (
+    make_folder,
+    queue,
+    start_pinion,
+    status_of,
+    stop,
+    wait_for,
+    workflow,
+)
 from tests.remote_helpers import remote
 from tests.speckle_fixtures import speckle_server, speckle_token, speckle_userdata
 
@@ -299,3 +308,157 @@ def test_the_remote_queue_in_the_browser(browser: Any, tmp_path: Path, request: 
     speckle = page.get_attribute("a:has-text('open in Speckle')", "href")
     assert speckle is not None and f"/projects/{remote.project}/models/" in speckle
     shot(page, tmp_path, "remote-results")
+
+
+# --- chains, start times, and the events of ended workloads (issue 24) ------------------------
+
+
+def planned(folder: Path, tasks: list[tuple[str, list[Any]]], *, name: str, pinion: str = "p",
+            after: tuple[str, ...] = (), not_before: dt.datetime | None = None,
+            priority: int = 0) -> str:
+    """Queue a workflow after others, from a start time, with a priority (what ``workflow
+    queue --after --not-before --priority`` queues), signed with this user's key."""
+    from caliber.queue.api import make_workload, opened
+    from caliber.queue.secret import load_key, sign
+    from caliber.queue.target import local_target
+
+    key = load_key()
+    with opened(local_target()) as backend:
+        w = make_workload(workflow(folder, tasks, module="plots", name=name), pinion,
+                          backend, key)
+        w.after, w.not_before, w.priority = list(after), not_before, priority
+        w.secret = sign(w, key)
+        backend.put(w)
+    return w.id
+
+
+def client() -> Any:
+    from starlette.testclient import TestClient
+
+    from caliber.dashboard.app import make_app
+    from caliber.queue.target import local_target
+
+    made = TestClient(make_app(local_target(), token="t" * 20, csrf="c" * 20))
+    made.cookies.set("caliber_dashboard", "t" * 20)
+    return made
+
+
+def test_a_chain_waits_and_a_cancel_says_it_cancels_the_chain_too(
+    dashboard: Dashboard, browser: Any, tmp_path: Path
+) -> None:
+    folder = make_folder(tmp_path / "wf", "plots", PLOTS)
+    analysis = queue(folder, [("series", [])], module="plots", name="analysis", pinion="p")
+    tonight = dt.datetime.now(dt.UTC) + dt.timedelta(hours=3)
+    post = planned(folder, [("loads", [])], name="post", after=(analysis,),
+                   not_before=tonight, priority=5)
+    report = planned(folder, [("rows", [])], name="report", after=(post,))
+    later = planned(folder, [("grid", [])], name="later", not_before=tonight, priority=-1)
+    page = browser.new_page(viewport={"width": 800, "height": 900})
+    page.goto(dashboard.address)
+    page.wait_for_selector(f"#queue tbody tr:has-text('{report}') .status-waiting")
+    counts = page.inner_text("#counts")
+    assert "waiting 2" in counts and "queued 2" in counts
+    post_row = page.locator(f"#queue tbody tr:has-text('{post}')")
+    starts = post_row.locator(".plan").inner_text()
+    assert "priority 5" in starts and f"after {analysis}" in starts
+    assert post_row.locator(".not-before").inner_text() == page.evaluate(
+        f"when({json.dumps(tonight.isoformat())})")
+    assert page.locator(f"#queue tbody tr:has-text('{later}') .priority").inner_text() == (
+        "priority -1")
+    assert page.evaluate("document.documentElement.scrollWidth") <= 800  # the table scrolls
+    shot(page, tmp_path, "chain-queue")
+    # Only the waiting ones, by the filter.
+    page.select_option("#filters select[name=status]", "waiting")
+    page.click("#filters button")
+    page.wait_for_selector("#range:has-text('1-2')")
+    shown = page.locator("#queue tbody tr td:first-child").all_inner_texts()
+    assert shown == [post, report]
+    # The page of the middle one: what it waits for, what waits for it, when, in what order.
+    page.goto(f"{dashboard.base}/workload/{post}")
+    page.wait_for_selector("#facts .chain .status-queued")
+    facts = page.inner_text("#facts")
+    assert f"analysis {analysis}" in facts and f"report {report}" in facts
+    assert "priority\t5" in facts and "not before" in facts
+    assert f"analysis {analysis} has not started" in page.inner_text("#waiting")
+    assert page.locator("#facts a", has_text=analysis).get_attribute("href") == (
+        f"/workload/{analysis}")
+    shot(page, tmp_path, "chain-workload")
+    # Cancel the upstream from its page: the confirmation names the chain below it.
+    page.click(f"#facts a:has-text('{analysis}')")
+    page.wait_for_selector("#facts .chain .status-waiting")
+    assert "(and 1 more down the chain)" in page.inner_text("#facts")
+    asked: list[str] = []
+
+    def answer(dialog: Any) -> None:
+        asked.append(dialog.message)
+        dialog.accept()
+
+    page.once("dialog", answer)
+    page.click("button[data-action='cancel']")
+    page.wait_for_selector("#status.status-cancelled")
+    assert len(asked) == 1 and asked[0].startswith(f"cancel: workload {analysis}?")
+    assert "The 2 workloads waiting after it are cancelled too" in asked[0]
+    assert f"post {post}" in asked[0] and f"report {report}" in asked[0]
+    assert status_of(post) == status_of(report) == "cancelled"
+    assert status_of(later) == "queued"
+
+
+def test_the_ended_workloads_say_what_the_notifications_say(
+    dashboard: Dashboard, browser: Any, tmp_path: Path
+) -> None:
+    from caliber.queue.api import cancel
+    from caliber.queue.target import local_target
+    from tests.test_notify import Hook
+
+    folder = make_folder(tmp_path / "wf", "plots", PLOTS)
+    dropped = queue(folder, [("series", [])], module="plots", name="dropped", pinion="p")
+    cancel(dropped, local_target())
+    analysis = queue(folder, [("series", [])], module="plots", name="analysis", pinion="p")
+    post = planned(folder, [("loads", [])], name="post", after=(analysis,))
+    check = planned(folder, [("burn", [])], name="check", after=(post,))
+    page = browser.new_page(viewport={"width": 800, "height": 900})
+    page.goto(dashboard.address)
+    page.wait_for_selector(f"#events li[data-id='{dropped}']")
+    hook = Hook()
+    try:
+        done = subprocess.run(
+            [sys.executable, "-m", "caliber", "pinion", "init", "p", "-a", "1", "-w", "0"],
+            capture_output=True, text=True, timeout=120, cwd=tmp_path,
+            env={**os.environ, "CALIBER_NOTIFY_URL": hook.url})
+        assert done.returncode == 0, done.stderr
+        wait_for(lambda: len(hook.bodies) == 3, what="the three notifications")
+    finally:
+        hook.close()
+    assert [b["caliber"]["id"] for b in hook.bodies] == [analysis, post, check]
+    # The same events, newest first, each exactly as the notification said it.
+    events = client().get("/api/events").json()
+    assert events[:3] == hook.bodies[::-1]
+    assert [e["caliber"]["id"] for e in events] == [check, post, analysis, dropped]
+    assert "ValueError: the beam is too short" in events[0]["text"]
+    assert client().get("/api/events?limit=1").json() == events[:1]
+    # The queue page's panel follows without a reload; the page of them shows them all.
+    page.wait_for_selector(f"#events li[data-id='{check}'] .status-failed")
+    assert page.locator("#events .text").all_inner_texts() == [
+        b["text"] for b in hook.bodies[::-1]] + [events[3]["text"]]
+    shot(page, tmp_path, "queue-ended")
+    page.click("header nav a:has-text('ended')")
+    page.wait_for_selector(f"#events li[data-id='{dropped}']")
+    assert page.locator("#events li").count() == 4
+    shot(page, tmp_path, "ended")
+
+
+def test_the_ended_list_is_the_last_50_by_when_they_ended(tmp_path: Path) -> None:
+    from caliber.queue.api import cancel
+    from caliber.queue.target import local_target
+
+    folder = make_folder(tmp_path / "wf", "plots", PLOTS)
+    early = queue(folder, [("series", [])], module="plots", name="early", pinion="late")
+    dropped = [queue(folder, [("series", [])], module="plots", name=f"w{i}", pinion="p")
+               for i in range(55)]
+    for workload in dropped:
+        cancel(workload, local_target())
+    # Queued first, ended last: the one the list must begin with.
+    subprocess.run([sys.executable, "-m", "caliber", "pinion", "init", "late", "-a", "1",
+                    "-w", "0", "-q"], check=True, capture_output=True, cwd=tmp_path)
+    shown = [e["caliber"]["id"] for e in client().get("/api/events?limit=500").json()]
+    assert shown == [early, *dropped[::-1][:49]]
