@@ -332,6 +332,11 @@ def planned(folder: Path, tasks: list[tuple[str, list[Any]]], *, name: str, pini
     return w.id
 
 
+def row(workload: str) -> str:
+    """The queue table's row of ``workload`` (by its first cell: others may name it)."""
+    return f"#queue tbody tr:has(td:first-child a:text-is('{workload}'))"
+
+
 def client() -> Any:
     from starlette.testclient import TestClient
 
@@ -355,15 +360,15 @@ def test_a_chain_waits_and_a_cancel_says_it_cancels_the_chain_too(
     later = planned(folder, [("grid", [])], name="later", not_before=tonight, priority=-1)
     page = browser.new_page(viewport={"width": 800, "height": 900})
     page.goto(dashboard.address)
-    page.wait_for_selector(f"#queue tbody tr:has-text('{report}') .status-waiting")
+    page.wait_for_selector(f"{row(report)} .status-waiting")
     counts = page.inner_text("#counts")
     assert "waiting 2" in counts and "queued 2" in counts
-    post_row = page.locator(f"#queue tbody tr:has-text('{post}')")
+    post_row = page.locator(row(post))
     starts = post_row.locator(".plan").inner_text()
     assert "priority 5" in starts and f"after {analysis}" in starts
     assert post_row.locator(".not-before").inner_text() == page.evaluate(
         f"when({json.dumps(tonight.isoformat())})")
-    assert page.locator(f"#queue tbody tr:has-text('{later}') .priority").inner_text() == (
+    assert page.locator(f"{row(later)} .priority").inner_text() == (
         "priority -1")
     assert page.evaluate("document.documentElement.scrollWidth") <= 800  # the table scrolls
     shot(page, tmp_path, "chain-queue")
@@ -382,6 +387,8 @@ def test_a_chain_waits_and_a_cancel_says_it_cancels_the_chain_too(
     assert f"analysis {analysis} has not started" in page.inner_text("#waiting")
     assert page.locator("#facts a", has_text=analysis).get_attribute("href") == (
         f"/workload/{analysis}")
+    wait_for(lambda: page.evaluate("document.getElementById('diagram').naturalWidth > 0"),
+             what="the diagram to load")
     shot(page, tmp_path, "chain-workload")
     # Cancel the upstream from its page: the confirmation names the chain below it.
     page.click(f"#facts a:has-text('{analysis}')")
@@ -416,7 +423,9 @@ def test_the_ended_workloads_say_what_the_notifications_say(
     analysis = queue(folder, [("series", [])], module="plots", name="analysis", pinion="p")
     post = planned(folder, [("loads", [])], name="post", after=(analysis,))
     check = planned(folder, [("burn", [])], name="check", after=(post,))
-    page = browser.new_page(viewport={"width": 800, "height": 900})
+    tonight = planned(folder, [("grid", [])], name="tonight", after=(check,), priority=2,
+                      not_before=dt.datetime.now(dt.UTC) + dt.timedelta(hours=8))
+    page = browser.new_page()
     page.goto(dashboard.address)
     page.wait_for_selector(f"#events li[data-id='{dropped}']")
     hook = Hook()
@@ -436,11 +445,15 @@ def test_the_ended_workloads_say_what_the_notifications_say(
     assert [e["caliber"]["id"] for e in events] == [check, post, analysis, dropped]
     assert "ValueError: the beam is too short" in events[0]["text"]
     assert client().get("/api/events?limit=1").json() == events[:1]
+    # After a failed one, it waits (and says why): no event of it.
+    waits = client().get(f"/api/workload/{tonight}").json()
+    assert waits["status"] == "waiting" and waits["waits_for"] == [
+        {"id": check, "workflow": "check", "status": "failed"}]
     # The queue page's panel follows without a reload; the page of them shows them all.
     page.wait_for_selector(f"#events li[data-id='{check}'] .status-failed")
     assert page.locator("#events .text").all_inner_texts() == [
         b["text"] for b in hook.bodies[::-1]] + [events[3]["text"]]
-    shot(page, tmp_path, "queue-ended")
+    shot(page, tmp_path, "queue-ended")  # docs/images/dashboard-queue.png
     page.click("header nav a:has-text('ended')")
     page.wait_for_selector(f"#events li[data-id='{dropped}']")
     assert page.locator("#events li").count() == 4
