@@ -245,6 +245,14 @@ def test_stored_strings_are_shown_as_text(dashboard: Dashboard, browser: Any,
     row.wait_for()
     assert evil in row.inner_text()
     assert page.locator("#queue tbody img").count() == 0
+    from caliber.queue.api import cancel
+    from caliber.queue.target import local_target
+
+    cancel(workload, local_target())  # its event names it too
+    ended = page.locator(f"#events li[data-id='{workload}']")
+    ended.wait_for()
+    assert evil in ended.inner_text()
+    assert page.locator("#events img").count() == 0
     assert page.title() != "1"
 
 
@@ -303,6 +311,7 @@ def test_the_remote_queue_in_the_browser(browser: Any, tmp_path: Path, request: 
     page.goto(board.address)
     assert remote.project in page.inner_text("header")
     page.wait_for_selector(f"#queue tbody tr:has-text('{workload}') .status-completed")
+    page.wait_for_selector(f"#events li[data-id='{workload}'] .status-completed")
     page.locator(f"#queue tbody tr:has-text('{workload}') a").nth(1).click()
     page.wait_for_selector("section.task[data-task='Make dough'] img[data-kind='bars']")
     speckle = page.get_attribute("a:has-text('open in Speckle')", "href")

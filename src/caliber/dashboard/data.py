@@ -106,7 +106,7 @@ def workload(target: QueueTarget, workload_id: str) -> dict[str, Any]:
 
 
 def _upstreams(target: QueueTarget, after: list[str]) -> list[dict[str, Any]]:
-    """The workloads one runs after, each with its status now (``gone``: no longer in the
+    """The workloads one runs after, each with its status now (None: no longer in the
     queue), in the order given."""
     from caliber.errors import NotFoundError
     from caliber.queue.api import opened
@@ -117,7 +117,7 @@ def _upstreams(target: QueueTarget, after: list[str]) -> list[dict[str, Any]]:
             try:
                 u = backend.get(upstream)
             except NotFoundError:
-                found.append({"id": upstream, "workflow": None, "status": "gone"})
+                found.append({"id": upstream, "workflow": None, "status": None})
                 continue
             found.append({"id": u.id, "workflow": u.workflow_name, "status": u.status.value})
     return found

@@ -218,7 +218,7 @@ function chainList(items) {
   items.forEach((item, i) => {
     if (i) cell.append(", ");
     cell.append(link(`/workload/${encodeURIComponent(item.id)}`,
-      item.workflow ? `${item.workflow} ${item.id}` : item.id), " ", status(item.status));
+      item.workflow ? `${item.workflow} ${item.id}` : item.id), " ", status(item.status || "gone"));
   });
   return cell;
 }
@@ -233,7 +233,7 @@ const UPSTREAM = {
 function why(w) {
   if (w.status === "waiting") {
     const open = w.waits_for.filter((u) => u.status !== "completed");
-    return "Waiting: " + open.map((u) => `${u.workflow || "workload"} ${u.id} ${UPSTREAM[u.status] || u.status}`).join("; ") + ".";
+    return "Waiting: " + open.map((u) => `${u.workflow || "workload"} ${u.id} ${UPSTREAM[u.status || "gone"] || u.status}`).join("; ") + ".";
   }
   if (w.status === "queued" && w.not_before && new Date(w.not_before) > Date.now())
     return `Queued to start at ${when(w.not_before)}${ago(w.not_before)}: no pinion takes it earlier.`;
