@@ -38,13 +38,13 @@ from caliber.errors import (
 from caliber.queue.backend import Claim, IdleWait
 from caliber.queue.blobs import BlobRef
 from caliber.queue.lifecycle import ResumeGrant, check_cancel, check_retry
-from caliber.queue.secret import mismatch_marked
+from caliber.queue.secret import mismatch_marked, workload_plan
 from caliber.queue.speckle import adapter as sp
 from caliber.queue.speckle import blobs as bl
 from caliber.queue.speckle import events as ev
 from caliber.queue.speckle.checkpoint import ChunkCache, archived_texts, to_object
 from caliber.queue.speckle.events import clip, message
-from caliber.queue.speckle.log import Folded, State
+from caliber.queue.speckle.log import Folded, State, blocked
 from caliber.queue.speckle.objects import (
     attachment_blobs,
     resolve,
@@ -97,6 +97,20 @@ def _grant_fields(grant: ResumeGrant | None) -> dict[str, str | None]:
         return {}
     return {"results": grant.results_id, "signature": grant.results_signature,
             "grant": grant.grant}
+
+
+def _check_upstreams(folded: Folded, workload_id: str, after: builtins.list[str]) -> None:
+    """NotFoundError when a workload ``workload_id`` is to run after is not in the queue,
+    QueueStateError when one is cancelled (it would never run)."""
+    for uid in after:
+        up = folded.find(uid)
+        if up is None or up.deleted:
+            raise NotFoundError(f"cannot queue workload {workload_id}: workload {uid} (which "
+                                "it is to run after) is not in the queue")
+        if up.status == WorkloadStatus.CANCELLED:
+            raise QueueStateError(f"cannot queue workload {workload_id} after workload {uid}: "
+                                  f"{uid} is cancelled, so it would never run (retry {uid} "
+                                  "first)")
 
 
 def open_target(target: QueueTarget) -> SpeckleBackend:
@@ -279,9 +293,11 @@ class SpeckleBackend(IdleWait):
     def put(self, workload: Workload) -> None:
         with self.lock:
             _TOLD.add(self._no_model_yet())  # (this put makes it: nothing to tell)
-            if self.refresh().knows(workload.id):
+            folded = self.refresh()
+            if folded.knows(workload.id):
                 raise QueueError(f"cannot queue workload {workload.id}: that id is in the "
                                  "queue already")
+            _check_upstreams(folded, workload.id, workload.after)
             unknown = [a.path for a in workload.attachments
                        if a.kind == "stored" and a.sha256 not in self._blob_ids]
             if unknown:
@@ -289,12 +305,15 @@ class SpeckleBackend(IdleWait):
                                  f"{unknown[0]!r} is not stored on {self.location} "
                                  "(put_blob it first)")
             root = self._upload(workload_object(workload, self._blob_ids))
+            plan = workload_plan(workload)  # as signed, each only when set
             self._write(
                 f"queued {workload.id} ({workload.workflow_name}) for pinion {workload.pinion}"
                 f" by {workload.queued_by or '?'}",
                 ev.Put(workload=workload.id, pinion=workload.pinion,
                        workflow=workload.workflow_name, created_at=workload.created_at.isoformat(),
-                       queued_by=workload.queued_by, **_grant_fields(workload.grant)),
+                       queued_by=workload.queued_by, **_grant_fields(workload.grant),
+                       after=plan.get("after"), not_before=plan.get("not_before"),
+                       priority=plan.get("priority"), notify=plan.get("notify")),
                 root,
             )
 
@@ -353,12 +372,12 @@ class SpeckleBackend(IdleWait):
                     s for s in folded.unfinished()
                     if s.pinion == pinion and s.id not in tried
                     and not mismatch_marked(s.mismatch, key_id)
-                    and (s.status == WorkloadStatus.QUEUED or (
+                    and ((s.status == WorkloadStatus.QUEUED and s.due(now)) or (
                         s.status == RUNNING and s.lease is not None and s.lease.expires_at < now))
                 ]
                 if not candidates:
                     return None
-                state = candidates[0]
+                state = max(candidates, key=lambda s: s.priority)  # the first of the highest
                 tried.add(state.id)
                 token = secrets.token_hex(12)
                 try:
@@ -561,9 +580,24 @@ class SpeckleBackend(IdleWait):
         with self.lock:
             workload = self.get(id_or_prefix)
             grant = check_retry(workload, resume)
+            why = blocked(self.view.folded, self._state(workload.id))
+            if why is not None:
+                raise QueueStateError(f"workload {workload.id} cannot run again: {why} (it "
+                                      "runs after it); queue the workflow again")
             self._write(f"queued {workload.id} ({workload.workflow_name}) again by {by}",
                         ev.Retry(workload=workload.id, by=by, **_grant_fields(grant)))
             return self.get(workload.id)
+
+    def next_start(self, pinion: str) -> dt.datetime | None:
+        """See :meth:`caliber.queue.backend.QueueBackend.next_start`: from the fold of the
+        pinion's last look (no request of its own when that look is fresh)."""
+        with self.lock:
+            folded = self.refresh(FRESH_ENOUGH)
+            now = self.server_now()
+            starts = [start for s in folded.unfinished()
+                      if s.pinion == pinion and s.status == WorkloadStatus.QUEUED
+                      and (start := s.start_at()) is not None and start > now]
+            return min(starts, default=None)
 
     def count_statuses(self, *, pinion: str | None = None,
                        workflow: str | None = None) -> dict[str, int]:

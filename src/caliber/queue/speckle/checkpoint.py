@@ -59,13 +59,16 @@ def _when(text: str) -> dt.datetime:
 
 def _state_doc(s: State) -> list[Any]:
     """A workload's state as a list: 17 items, then groups that came later (cancel and
-    retry; a resume grant; a cancel --now and the run's progress), each only when it or a
-    later one holds something (an older reader reads the groups it knows)."""
+    retry; a resume grant; a cancel --now and the run's progress; what it runs after, its
+    start time, priority and notification address), each only when it or a later one holds
+    something (an older reader reads the groups it knows)."""
     holder = None if s.lease is None else [s.lease.token, s.lease.owner,
                                            _iso(s.lease.expires_at)]
     groups = [([s.cancel, s.resume_from], bool(s.cancel or s.resume_from)),
               ([s.resume_signature, s.resume_grant], bool(s.resume_grant)),
-              ([s.cancel_now or None, s.progress], bool(s.cancel_now or s.progress))]
+              ([s.cancel_now or None, s.progress], bool(s.cancel_now or s.progress)),
+              ([s.after, s.not_before, s.priority, s.notify],
+               bool(s.after or s.not_before is not None or s.priority or s.notify is not None))]
     used = max((i + 1 for i, (_, held) in enumerate(groups) if held), default=0)
     return [s.id, s.pinion, s.workflow, _iso(s.created_at), s.queued_by, s.object_id,
             [_iso(s.order[0]), s.order[1]], s.status.value, s.attempts, holder, s.secret,
@@ -80,6 +83,7 @@ def _state(doc: list[Any]) -> State:
     cancel, resume_from = doc[17] if len(doc) > 17 else (None, None)  # cancel/retry events
     signature, grant = doc[18] if len(doc) > 18 else (None, None)  # a resume grant
     now, progress = doc[19] if len(doc) > 19 else (None, None)  # cancel --now, progress
+    after, not_before, priority, notify = doc[20] if len(doc) > 20 else ([], None, 0, None)
     return State(
         id=wid, pinion=pinion, workflow=workflow, created_at=_when(created),
         queued_by=queued_by, object_id=object_id, order=(_when(order[0]), order[1]),
@@ -89,6 +93,8 @@ def _state(doc: list[Any]) -> State:
         work_dir=work_dir, deleted=bool(deleted), cancel=cancel, resume_from=resume_from,
         resume_signature=signature, resume_grant=grant, cancel_now=bool(now),
         progress=progress if isinstance(progress, dict) else None,
+        after=[str(a) for a in after], not_before=not_before, priority=int(priority),
+        notify=notify,
         history=[(_when(at), WorkloadStatus(st), text) for at, st, text in history],
     )
 

@@ -29,6 +29,9 @@ The keys (format 2; each key means one thing in every event):
 ``rs`` the Results signature a grant covers      ``rg`` a resume grant (retry, resign)
 ``cn`` a cancel that stops the running task now  ``pg`` where the run is (renew: task k of
                                                         n, since when)
+``af`` ids of the workloads it runs after        ``nb`` no claim before this time (ISO, as
+                                                        signed)
+``pr`` its claim priority (higher first)         ``nt`` its own notification address
 =====  ========================================  =====  ====================================
 
 ``cancel`` and ``retry`` (a workload's life after it ends, ``caliber queue cancel/retry``)
@@ -48,6 +51,13 @@ from before them ignores them and runs such a workload from the start.
 it writes anyway, for ``queue view``) came later in format 2: a Caliber from before them
 ignores them (its pinions stop a cancelled workload after the current task, and its
 ``queue view`` shows no progress).
+
+``af``, ``nb``, ``pr`` and ``nt`` on ``put`` (``workflow queue --after, --not-before,
+--priority, --notify``) came later in format 2, each written only when set: a ``put``
+without them is the one earlier Caliber wrote, and folds as it did. A Caliber from before
+them ignores them, so its pinions would take such a workload as queued; but the four are
+signed with the run-secret (:func:`caliber.queue.secret.plan_fields`), so its run-secret does
+not check there and those pinions never run it (upgrade them).
 
 Format 1 (the first remote queues) differs only in ``expire`` (``m``: the maximum attempts),
 ``resign`` (``s``: the new run-secret) and ``delete`` (``f``: force); it is still read.
@@ -83,12 +93,15 @@ class Body:
 class Put(Body):
     """Queue a workload; with ``results`` (``workflow queue --resume``), reusing their tasks
     as the grant (made with the user's key over the workload, ``results`` and
-    ``signature``) allows."""
+    ``signature``) allows. ``after``, ``not_before``, ``priority`` and ``notify`` are its
+    signed scheduling fields (:func:`caliber.queue.secret.plan_fields`), as signed, each
+    only when set."""
 
     kind = "put"
     keys: ClassVar[dict[str, str]] = {
         "workload": "w", "pinion": "p", "workflow": "n", "created_at": "c",
-        "queued_by": "b", "results": "r", "signature": "rs", "grant": "rg"}
+        "queued_by": "b", "results": "r", "signature": "rs", "grant": "rg", "after": "af",
+        "not_before": "nb", "priority": "pr", "notify": "nt"}
     workload: str
     pinion: str = ""
     workflow: str = "?"
@@ -97,6 +110,11 @@ class Put(Body):
     results: str | None = None
     signature: str | None = None
     grant: str | None = None
+    after: list[str] | None = None
+    not_before: str | None = None
+    """In its signed form (:func:`caliber.queue.secret.signed_time`)."""
+    priority: int | None = None
+    notify: str | None = None
 
 
 @dataclass(frozen=True)

@@ -7,6 +7,13 @@ later claim is ignored while that lease lives, and a renewal, release, completio
 counts only when its claim token is the current holder's. So the log decides, identically for
 every reader, who holds what, whatever order the writes arrived in. See docs/remote-queue.md.
 
+Chains (``workflow queue --after``) are fold rules too, applied at their place in server
+order: a ``put`` after workloads of which one has not completed at that point makes it
+waiting; the completion of the last of them makes it queued; the cancel (or reset) of one
+cancels the workloads waiting after it at that point, and theirs in turn ("upstream X was
+cancelled" / "... was reset"), so a later retry of the upstream revives none of them. A
+``claim`` applies only once the workload's ``not_before`` has passed (server time).
+
 The fold is a state machine, so it can start from the state a checkpoint stored instead of
 from nothing: ``fold(after, start=fold(before))`` equals ``fold(before + after)`` for events
 split at any point of server order.
@@ -75,6 +82,31 @@ class State:
     """Those Results' signature when the reuse was granted."""
     resume_grant: str | None = None
     """The grant (made with the user's key: :mod:`caliber.queue.resume`)."""
+    after: list[str] = field(default_factory=list)
+    """The workloads it runs after (``--after``): it waits while one has not completed."""
+    not_before: str | None = None
+    """No claim applies before this time (``--not-before``), as signed
+    (:func:`caliber.queue.secret.signed_time`), or None."""
+    priority: int = 0
+    """Claim order among claimable workloads: higher first, then queue order."""
+    notify: str | None = None
+    """Its own notification address (``--notify``), or None."""
+
+    def start_at(self) -> dt.datetime | None:
+        """``not_before`` as a time; None without one (or when it is not a time: then the
+        workload reads back as damaged, and its pinion says so)."""
+        if self.not_before is None:
+            return None
+        try:
+            moment = dt.datetime.fromisoformat(self.not_before)
+        except (TypeError, ValueError):
+            return None
+        return moment if moment.tzinfo else moment.replace(tzinfo=dt.UTC)
+
+    def due(self, now: dt.datetime) -> bool:
+        """Whether its ``not_before`` (if any) has passed at ``now`` (server time)."""
+        start = self.start_at()
+        return start is None or start <= now
 
     def note(self, at: dt.datetime, text: str, status: WorkloadStatus | None = None) -> None:
         self.history.append((at, status or self.status, text))
@@ -146,6 +178,16 @@ class Folded:
     """Ids ``prune`` events removed (workloads, and Results of no workload): left out of
     the archive when it is read, and of the next checkpoint's."""
 
+    def find(self, wid: str) -> State | None:
+        """Workload ``wid`` as the log says it is now, deleted ones too; None when it was
+        never queued or was pruned. Reads the archive only when ``wid`` is in it."""
+        if wid in self.pruned:
+            return None
+        state = self.workloads.get(wid)
+        if state is None and self.archive is not None and wid in self.archive.ids:
+            state = self.archive.states().get(wid)
+        return state
+
     def knows(self, wid: str) -> bool:
         return wid in self.workloads or wid in self.pruned or (
             self.archive is not None and wid in self.archive.ids)
@@ -199,29 +241,63 @@ def _seconds(value: float) -> dt.timedelta:
     return dt.timedelta(seconds=seconds) if abs(seconds) < 1e9 else dt.timedelta(0)
 
 
+def blocked(folded: Folded, state: State) -> str | None:
+    """Why ``state`` can never run as things are (one of the workloads it runs after is
+    cancelled, reset or not in the queue), or None."""
+    for uid in state.after:
+        up = folded.find(uid)
+        if up is None:
+            return f"upstream {uid} is not in the queue"
+        if up.deleted:
+            return f"upstream {uid} was reset"
+        if up.status == WorkloadStatus.CANCELLED:
+            return f"upstream {uid} was cancelled"
+    return None
+
+
+def pending(folded: Folded, state: State) -> list[str]:
+    """The workloads ``state`` runs after that have not completed."""
+    return [uid for uid in state.after
+            if (up := folded.find(uid)) is None or up.deleted
+            or up.status != WorkloadStatus.COMPLETED]
+
+
 def fold(events: Iterable[ev.Event], start: Folded | None = None) -> Folded:
     """The state of every workload after ``events`` (applied in server order), starting
     from ``start`` (which is left as it is)."""
-    out = Folded()
-    if start is not None:
-        out.workloads = dict(start.workloads)
-        out.results = dict(start.results)
-        out.unknown = list(start.unknown)
-        out.archive = start.archive
-        out.pruned = set(start.pruned)
-    mine: set[str] = set()  # states copied from ``start`` for this fold (copy on write)
+    run = _Folding(start)
+    for event in sorted(events, key=lambda e: e.order):
+        run.apply(event)
+    return run.out
 
-    def writable(state: State) -> State:
-        if start is not None and state.id not in mine:
-            state = out.workloads[state.id] = copy.deepcopy(state)
-            mine.add(state.id)
+
+class _Folding:
+    """One :func:`fold`: the state ``out`` so far, and the workloads waiting in it."""
+
+    def __init__(self, start: Folded | None) -> None:
+        self.start = start
+        out = self.out = Folded()
+        if start is not None:
+            out.workloads = dict(start.workloads)
+            out.results = dict(start.results)
+            out.unknown = list(start.unknown)
+            out.archive = start.archive
+            out.pruned = set(start.pruned)
+        self.mine: set[str] = set()  # states copied from ``start`` for this fold (on write)
+        self.waiting = {s.id for s in out.workloads.values()
+                        if s.status == WorkloadStatus.WAITING and not s.deleted}
+
+    def writable(self, state: State) -> State:
+        if self.start is not None and state.id not in self.mine:
+            state = self.out.workloads[state.id] = copy.deepcopy(state)
+            self.mine.add(state.id)
         return state
 
-    for event in sorted(events, key=lambda e: e.order):
-        body = event.body
+    def apply(self, event: ev.Event) -> None:
+        out, body = self.out, event.body
         if isinstance(body, ev.Unknown):
             out.unknown.append(body)
-            continue
+            return
         if isinstance(body, ev.SavedResults | ev.Done) and body.results is not None:
             ref = ResultsRef(id=body.results, workload_id=body.workload,
                              workflow=body.workflow, pinion=body.pinion, status=body.status,
@@ -234,48 +310,105 @@ def fold(events: Iterable[ev.Event], start: Folded | None = None) -> Folded:
         if isinstance(body, ev.SavedResults):
             if ref is not None:
                 out.results.setdefault(ref.id, ref)
-            continue
+            return
         if isinstance(body, ev.Checkpoint):
-            continue
+            return
         if isinstance(body, ev.Prune):
-            _prune(out, body.ids)
-            continue
+            _prune(out, body.ids, {u for w in self.waiting for u in out.workloads[w].after})
+            return
         if isinstance(body, ev.Put):
             if not out.knows(body.workload):
-                state = out.workloads[body.workload] = State(
-                    id=body.workload, pinion=body.pinion, workflow=body.workflow,
-                    created_at=at_time(body.created_at, event.at), queued_by=body.queued_by,
-                    object_id=event.object_id, order=event.order,
-                )
-                mine.add(body.workload)
-                if body.results is not None:  # workflow queue --resume
-                    state.resume_from = body.results
-                    state.resume_signature, state.resume_grant = body.signature, body.grant
-                state.note(event.at, f"queued by {state.queued_by or '?'}" + (
-                    f", reusing the completed tasks of results {body.results}"
-                    if body.results else ""))
-            continue
+                self.put(body, event)
+            return
         wid = getattr(body, "workload", None)
         current = out.workloads.get(wid) if isinstance(wid, str) else None
         if (current is None and out.archive is not None and wid in out.archive.ids
                 and wid not in out.pruned):
             current = out.archive.states().get(wid)  # an event about a finished one: rare
         if current is None or current.deleted or not _applies(current, body, event.at):
-            continue
-        _apply(writable(current), body, event.at)
+            return
+        if isinstance(body, ev.Retry) and blocked(out, current) is not None:
+            return  # it would never run (the retry was refused to whoever wrote it)
+        before = current.status
+        waits = isinstance(body, ev.Retry) and bool(pending(out, current))
+        state = self.writable(current)
+        _apply(state, body, event.at, waits=waits)
         if isinstance(body, ev.Done) and ref is not None:
             out.results.setdefault(ref.id, ref)
-    return out
+        self.chain(state, before, event.at)
+
+    def put(self, body: ev.Put, event: ev.Event) -> None:
+        state = self.out.workloads[body.workload] = State(
+            id=body.workload, pinion=body.pinion, workflow=body.workflow,
+            created_at=at_time(body.created_at, event.at), queued_by=body.queued_by,
+            object_id=event.object_id, order=event.order, after=list(body.after or []),
+            not_before=body.not_before, priority=int(body.priority or 0), notify=body.notify,
+        )
+        self.mine.add(body.workload)
+        if body.results is not None:  # workflow queue --resume
+            state.resume_from = body.results
+            state.resume_signature, state.resume_grant = body.signature, body.grant
+        why = blocked(self.out, state)
+        if why is None and pending(self.out, state):
+            state.status = WorkloadStatus.WAITING
+            self.waiting.add(state.id)
+        state.note(event.at, f"queued by {state.queued_by or '?'}" + (
+            f", reusing the completed tasks of results {body.results}"
+            if body.results else "") + (
+            f", to run after {', '.join(state.after)}" if state.after else ""))
+        if why is not None:
+            state.status = WorkloadStatus.CANCELLED
+            state.last_error = why
+            state.note(event.at, why)
+
+    def chain(self, state: State, before: WorkloadStatus, at: dt.datetime) -> None:
+        """The chain rules after an event changed ``state``: the workloads waiting after it
+        go on when it completed, and are cancelled when it was cancelled or reset."""
+        if state.status == WorkloadStatus.WAITING and not state.deleted:
+            self.waiting.add(state.id)
+        else:
+            self.waiting.discard(state.id)
+        if state.deleted:
+            self.cancel_after(state.id, "reset", at)
+        elif state.status != before and state.status == WorkloadStatus.COMPLETED:
+            for waiter in self.waiters(state.id):
+                if not pending(self.out, waiter):
+                    waiter = self.writable(waiter)
+                    waiter.status = WorkloadStatus.QUEUED
+                    self.waiting.discard(waiter.id)
+                    waiter.note(at, f"upstream {state.id} completed: queued")
+        elif state.status != before and state.status == WorkloadStatus.CANCELLED:
+            self.cancel_after(state.id, "cancelled", at)
+
+    def waiters(self, uid: str) -> list[State]:
+        """The workloads waiting after ``uid``, in queue order."""
+        found = [self.out.workloads[w] for w in self.waiting]
+        return sorted((s for s in found if uid in s.after), key=lambda s: s.order)
+
+    def cancel_after(self, uid: str, how: str, at: dt.datetime) -> None:
+        """Cancel the workloads waiting after ``uid`` (``how``: it was cancelled, or reset),
+        and down the chain."""
+        todo = [(uid, how)]
+        while todo:
+            up, how = todo.pop(0)
+            for waiter in self.waiters(up):
+                waiter = self.writable(waiter)
+                waiter.status = WorkloadStatus.CANCELLED
+                waiter.last_error = f"upstream {up} was {how}"
+                waiter.note(at, waiter.last_error)
+                self.waiting.discard(waiter.id)
+                todo.append((waiter.id, "cancelled"))
 
 
-def _prune(out: Folded, ids: Iterable[str]) -> None:
+def _prune(out: Folded, ids: Iterable[str], held: set[str]) -> None:
     """A ``prune`` event: each id names a workload, removed with its Results when it is
-    finished at this point of the log (an unfinished one stays), or Results of no workload.
+    finished at this point of the log (an unfinished one stays, and so does one in
+    ``held``: a waiting workload runs after it), or Results of no workload.
     An archived workload not in ``out.workloads`` is finished: no event touched it since its
     checkpoint (the archive is not read for this)."""
     for pid in ids:
         state = out.workloads.get(pid)
-        if state is not None and not finished(state):
+        if (state is not None and not finished(state)) or pid in held:
             continue
         out.workloads.pop(pid, None)
         out.pruned.add(pid)
@@ -292,7 +425,7 @@ def _applies(state: State, body: ev.Body, at: dt.datetime) -> bool:
             return False  # that key was found not to match: its pinions never run this one
         if state.status == WorkloadStatus.RUNNING and lease is not None:
             return lease.expires_at < at  # a live lease: this claim lost
-        return state.status == WorkloadStatus.QUEUED
+        return state.status == WorkloadStatus.QUEUED and state.due(at)
     if isinstance(body, ev.Expire):
         return (state.held_by(body.token) and state.lease is not None
                 and state.lease.expires_at < at and state.attempts >= body.max_attempts)
@@ -306,7 +439,9 @@ def _applies(state: State, body: ev.Body, at: dt.datetime) -> bool:
     return isinstance(body, ev.Delete | ev.Resign)
 
 
-def _apply(state: State, body: ev.Body, at: dt.datetime) -> None:
+def _apply(state: State, body: ev.Body, at: dt.datetime, *, waits: bool = False) -> None:
+    """``body`` applied to ``state`` (``waits``: a retry leaves it waiting, as one of the
+    workloads it runs after has not completed)."""
     lease = state.lease
     if isinstance(body, ev.Release | ev.Done | ev.Fail | ev.Expire):
         state.progress = None  # the run ended
@@ -357,8 +492,8 @@ def _apply(state: State, body: ev.Body, at: dt.datetime) -> None:
     elif isinstance(body, ev.Delete):
         state.deleted = True
     elif isinstance(body, ev.Cancel):
-        if state.status == WorkloadStatus.QUEUED or (lease is not None
-                                                     and lease.expires_at < at):
+        if state.status in (WorkloadStatus.QUEUED, WorkloadStatus.WAITING) or (
+                lease is not None and lease.expires_at < at):
             state.status = WorkloadStatus.CANCELLED
             state.last_error = cancelled(body.by)
             state.lease = None
@@ -368,7 +503,7 @@ def _apply(state: State, body: ev.Body, at: dt.datetime) -> None:
             state.cancel_now = state.cancel_now or bool(body.now)
             state.note(at, cancel_asked(body.by, bool(body.now)))
     elif isinstance(body, ev.Retry):
-        state.status = WorkloadStatus.QUEUED
+        state.status = WorkloadStatus.WAITING if waits else WorkloadStatus.QUEUED
         state.attempts = 0
         state.lease = None
         state.last_error = state.cancel = state.mismatch = None  # every key looks afresh

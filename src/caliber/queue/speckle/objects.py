@@ -9,7 +9,7 @@ import json
 from typing import Any
 
 from caliber.errors import AmbiguousIdError, NotFoundError
-from caliber.queue.secret import problem
+from caliber.queue.secret import problem, stored_time
 from caliber.queue.speckle import adapter as sp
 from caliber.queue.speckle.log import State
 from caliber.queue.workload import Attachment, HistoryEntry, Lease, Workload, WorkloadStatus
@@ -55,7 +55,8 @@ def attachment_blobs(children: list[dict[str, Any]]) -> dict[str, str]:
 def workload_from(s: State, root: dict[str, Any], children: list[dict[str, Any]],
                   lease: Lease | None) -> Workload:
     """The workload the log's state ``s`` and its stored objects describe (one shown as
-    damaged, never run, when its object is not a workload's)."""
+    damaged, never run, when its object is not a workload's, or its ``not_before`` is not in
+    the form it was signed in); its scheduling fields are the ``put`` event's."""
     common: dict[str, Any] = dict(
         id=s.id, pinion=s.pinion, created_at=s.created_at, queued_by=s.queued_by,
         status=s.status, results_id=s.results_id, attempts=s.attempts, lease=lease,
@@ -78,7 +79,9 @@ def workload_from(s: State, root: dict[str, Any], children: list[dict[str, Any]]
                 raise ValueError(f"attachment {a.path!r} names no stored object")
         workload = Workload(
             workflow=doc["workflow"], attachments=attachments, last_error=s.last_error,
-            secret=s.secret if s.secret is not None else doc.get("secret", ""), **common,
+            secret=s.secret if s.secret is not None else doc.get("secret", ""),
+            after=s.after, priority=s.priority, notify=s.notify,
+            not_before=None if s.not_before is None else stored_time(s.not_before), **common,
         )
         why = problem(workload)  # cannot be checked as signed: damaged, as on the local queue
         if why is not None:
