@@ -30,7 +30,7 @@ def check_cancel(workload: Workload) -> None:
     """QueueStateError unless ``workload`` can be cancelled (it has not finished)."""
     if workload.status not in CANCELLABLE:
         raise QueueStateError(f"workload {workload.id} is {workload.status.value}: only a "
-                              "queued or running workload can be cancelled")
+                              "queued, waiting or running workload can be cancelled")
 
 
 @dataclass(frozen=True)

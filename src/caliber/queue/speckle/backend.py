@@ -44,7 +44,7 @@ from caliber.queue.speckle import blobs as bl
 from caliber.queue.speckle import events as ev
 from caliber.queue.speckle.checkpoint import ChunkCache, archived_texts, to_object
 from caliber.queue.speckle.events import clip, message
-from caliber.queue.speckle.log import Folded, State, blocked
+from caliber.queue.speckle.log import Folded, State
 from caliber.queue.speckle.objects import (
     attachment_blobs,
     resolve,
@@ -99,18 +99,21 @@ def _grant_fields(grant: ResumeGrant | None) -> dict[str, str | None]:
             "grant": grant.grant}
 
 
-def _check_upstreams(folded: Folded, workload_id: str, after: builtins.list[str]) -> None:
-    """NotFoundError when a workload ``workload_id`` is to run after is not in the queue,
-    QueueStateError when one is cancelled (it would never run)."""
+def _check_upstreams(folded: Folded, workload_id: str, after: builtins.list[str], *,
+                     doing: str) -> None:
+    """Whether workload ``workload_id`` can be put (``doing``: "put") or retried ("retry")
+    after ``after``: NotFoundError (put) or QueueStateError (retry) when one is not in the
+    queue, QueueStateError when one is cancelled (it never would run). The same words as the
+    SQL queues' (:func:`caliber.queue.sql.chains.start`)."""
     for uid in after:
         up = folded.find(uid)
         if up is None or up.deleted:
-            raise NotFoundError(f"cannot queue workload {workload_id}: workload {uid} (which "
-                                "it is to run after) is not in the queue")
+            error = NotFoundError if doing == "put" else QueueStateError
+            raise error(f"cannot {doing} workload {workload_id}: it runs after workload {uid}, "
+                        "which is not in the queue")
         if up.status == WorkloadStatus.CANCELLED:
-            raise QueueStateError(f"cannot queue workload {workload_id} after workload {uid}: "
-                                  f"{uid} is cancelled, so it would never run (retry {uid} "
-                                  "first)")
+            raise QueueStateError(f"cannot {doing} workload {workload_id}: it runs after "
+                                  f"workload {uid}, which is cancelled (retry that one first)")
 
 
 def open_target(target: QueueTarget) -> SpeckleBackend:
@@ -297,7 +300,7 @@ class SpeckleBackend(IdleWait):
             if folded.knows(workload.id):
                 raise QueueError(f"cannot queue workload {workload.id}: that id is in the "
                                  "queue already")
-            _check_upstreams(folded, workload.id, workload.after)
+            _check_upstreams(folded, workload.id, workload.after, doing="put")
             unknown = [a.path for a in workload.attachments
                        if a.kind == "stored" and a.sha256 not in self._blob_ids]
             if unknown:
@@ -580,10 +583,7 @@ class SpeckleBackend(IdleWait):
         with self.lock:
             workload = self.get(id_or_prefix)
             grant = check_retry(workload, resume)
-            why = blocked(self.view.folded, self._state(workload.id))
-            if why is not None:
-                raise QueueStateError(f"workload {workload.id} cannot run again: {why} (it "
-                                      "runs after it); queue the workflow again")
+            _check_upstreams(self.view.folded, workload.id, workload.after, doing="retry")
             self._write(f"queued {workload.id} ({workload.workflow_name}) again by {by}",
                         ev.Retry(workload=workload.id, by=by, **_grant_fields(grant)))
             return self.get(workload.id)

@@ -330,7 +330,7 @@ class _Folding:
         if isinstance(body, ev.Retry) and blocked(out, current) is not None:
             return  # it would never run (the retry was refused to whoever wrote it)
         before = current.status
-        waits = isinstance(body, ev.Retry) and bool(pending(out, current))
+        waits = pending(out, current) if isinstance(body, ev.Retry) else []
         state = self.writable(current)
         _apply(state, body, event.at, waits=waits)
         if isinstance(body, ev.Done) and ref is not None:
@@ -354,8 +354,7 @@ class _Folding:
             self.waiting.add(state.id)
         state.note(event.at, f"queued by {state.queued_by or '?'}" + (
             f", reusing the completed tasks of results {body.results}"
-            if body.results else "") + (
-            f", to run after {', '.join(state.after)}" if state.after else ""))
+            if body.results else "") + _waits_for(pending(self.out, state)))
         if why is not None:
             state.status = WorkloadStatus.CANCELLED
             state.last_error = why
@@ -376,7 +375,8 @@ class _Folding:
                     waiter = self.writable(waiter)
                     waiter.status = WorkloadStatus.QUEUED
                     self.waiting.discard(waiter.id)
-                    waiter.note(at, f"upstream {state.id} completed: queued")
+                    waiter.note(at, f"queued: workload {state.id} completed, the last it "
+                                    "waited for")
         elif state.status != before and state.status == WorkloadStatus.CANCELLED:
             self.cancel_after(state.id, "cancelled", at)
 
@@ -439,9 +439,15 @@ def _applies(state: State, body: ev.Body, at: dt.datetime) -> bool:
     return isinstance(body, ev.Delete | ev.Resign)
 
 
-def _apply(state: State, body: ev.Body, at: dt.datetime, *, waits: bool = False) -> None:
-    """``body`` applied to ``state`` (``waits``: a retry leaves it waiting, as one of the
-    workloads it runs after has not completed)."""
+def _waits_for(pending: list[str]) -> str:
+    """What a history line adds when a workload waits (as on the SQL queues)."""
+    return f"; waits for {', '.join(dict.fromkeys(pending))}" if pending else ""
+
+
+def _apply(state: State, body: ev.Body, at: dt.datetime, *,
+           waits: list[str] | None = None) -> None:
+    """``body`` applied to ``state`` (``waits``: a retry leaves it waiting for these, the
+    workloads it runs after that have not completed)."""
     lease = state.lease
     if isinstance(body, ev.Release | ev.Done | ev.Fail | ev.Expire):
         state.progress = None  # the run ended
@@ -511,7 +517,7 @@ def _apply(state: State, body: ev.Body, at: dt.datetime, *, waits: bool = False)
         state.resume_from = body.results
         state.resume_signature = body.signature if body.results else None
         state.resume_grant = body.grant if body.results else None
-        state.note(at, retried(body.by, body.results))
+        state.note(at, retried(body.by, body.results) + _waits_for(waits or []))
     elif isinstance(body, ev.Resign):
         state.secret = body.secret
         state.mismatch = None
