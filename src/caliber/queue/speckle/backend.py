@@ -37,7 +37,7 @@ from caliber.errors import (
 )
 from caliber.queue.backend import Claim, IdleWait
 from caliber.queue.blobs import BlobRef
-from caliber.queue.lifecycle import ResumeGrant, check_cancel, check_retry
+from caliber.queue.lifecycle import ResumeGrant, check_cancel, check_retry, start_status
 from caliber.queue.secret import mismatch_marked, workload_plan
 from caliber.queue.speckle import adapter as sp
 from caliber.queue.speckle import blobs as bl
@@ -99,21 +99,11 @@ def _grant_fields(grant: ResumeGrant | None) -> dict[str, str | None]:
             "grant": grant.grant}
 
 
-def _check_upstreams(folded: Folded, workload_id: str, after: builtins.list[str], *,
-                     doing: str) -> None:
-    """Whether workload ``workload_id`` can be put (``doing``: "put") or retried ("retry")
-    after ``after``: NotFoundError (put) or QueueStateError (retry) when one is not in the
-    queue, QueueStateError when one is cancelled (it never would run). The same words as the
-    SQL queues' (:func:`caliber.queue.sql.chains.start`)."""
-    for uid in after:
-        up = folded.find(uid)
-        if up is None or up.deleted:
-            error = NotFoundError if doing == "put" else QueueStateError
-            raise error(f"cannot {doing} workload {workload_id}: it runs after workload {uid}, "
-                        "which is not in the queue")
-        if up.status == WorkloadStatus.CANCELLED:
-            raise QueueStateError(f"cannot {doing} workload {workload_id}: it runs after "
-                                  f"workload {uid}, which is cancelled (retry that one first)")
+def _upstream(folded: Folded, workload: Workload) -> dict[str, WorkloadStatus]:
+    """The statuses of the workloads ``workload`` runs after that are in the queue (for
+    :func:`caliber.queue.lifecycle.start_status`)."""
+    found = {uid: folded.find(uid) for uid in workload.after}
+    return {uid: s.status for uid, s in found.items() if s is not None and not s.deleted}
 
 
 def open_target(target: QueueTarget) -> SpeckleBackend:
@@ -300,7 +290,7 @@ class SpeckleBackend(IdleWait):
             if folded.knows(workload.id):
                 raise QueueError(f"cannot queue workload {workload.id}: that id is in the "
                                  "queue already")
-            _check_upstreams(folded, workload.id, workload.after, doing="put")
+            start_status(workload, _upstream(folded, workload))  # refused: nothing written
             unknown = [a.path for a in workload.attachments
                        if a.kind == "stored" and a.sha256 not in self._blob_ids]
             if unknown:
@@ -583,7 +573,7 @@ class SpeckleBackend(IdleWait):
         with self.lock:
             workload = self.get(id_or_prefix)
             grant = check_retry(workload, resume)
-            _check_upstreams(self.view.folded, workload.id, workload.after, doing="retry")
+            start_status(workload, _upstream(self.view.folded, workload), retry=True)
             self._write(f"queued {workload.id} ({workload.workflow_name}) again by {by}",
                         ev.Retry(workload=workload.id, by=by, **_grant_fields(grant)))
             return self.get(workload.id)

@@ -27,7 +27,15 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from caliber.queue.lifecycle import CANCELLABLE, RETRIABLE, cancel_asked, cancelled, retried
+from caliber.queue.lifecycle import (
+    CANCELLABLE,
+    RETRIABLE,
+    cancel_asked,
+    cancelled,
+    retried,
+    upstream_completed,
+    upstream_ended,
+)
 from caliber.queue.secret import add_mismatch, mismatch_marked
 from caliber.queue.speckle import events as ev
 from caliber.queue.workload import WorkloadStatus
@@ -249,9 +257,9 @@ def blocked(folded: Folded, state: State) -> str | None:
         if up is None:
             return f"upstream {uid} is not in the queue"
         if up.deleted:
-            return f"upstream {uid} was reset"
+            return upstream_ended(uid, "reset")
         if up.status == WorkloadStatus.CANCELLED:
-            return f"upstream {uid} was cancelled"
+            return upstream_ended(uid, "cancelled")
     return None
 
 
@@ -375,8 +383,7 @@ class _Folding:
                     waiter = self.writable(waiter)
                     waiter.status = WorkloadStatus.QUEUED
                     self.waiting.discard(waiter.id)
-                    waiter.note(at, f"queued: workload {state.id} completed, the last it "
-                                    "waited for")
+                    waiter.note(at, upstream_completed(state.id))
         elif state.status != before and state.status == WorkloadStatus.CANCELLED:
             self.cancel_after(state.id, "cancelled", at)
 
@@ -394,7 +401,7 @@ class _Folding:
             for waiter in self.waiters(up):
                 waiter = self.writable(waiter)
                 waiter.status = WorkloadStatus.CANCELLED
-                waiter.last_error = f"upstream {up} was {how}"
+                waiter.last_error = upstream_ended(up, how)
                 waiter.note(at, waiter.last_error)
                 self.waiting.discard(waiter.id)
                 todo.append((waiter.id, "cancelled"))
@@ -440,7 +447,8 @@ def _applies(state: State, body: ev.Body, at: dt.datetime) -> bool:
 
 
 def _waits_for(pending: list[str]) -> str:
-    """What a history line adds when a workload waits (as on the SQL queues)."""
+    """What a history line adds when a workload waits (the words of
+    :func:`caliber.queue.lifecycle.waits_for`)."""
     return f"; waits for {', '.join(dict.fromkeys(pending))}" if pending else ""
 
 
