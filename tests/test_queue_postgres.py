@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 
 from caliber.errors import QueueError
+from caliber.queue.backend import Claim
 from caliber.queue.target import QueueTarget
 from caliber.queue.workload import WorkloadStatus
 from tests.contract.test_backend_contract import KEY, LEASE, make_results, make_workload
@@ -100,6 +101,79 @@ while (claim := backend.claim("p1", "claimer" + sys.argv[2], 600, "key-a")) is n
     got.append(claim.workload.id)
 print(json.dumps(got))
 """
+
+
+def test_two_upstreams_completing_at_once_queue_what_runs_after_both(
+        postgres_url: str) -> None:
+    """Two pinions complete the two workloads a third runs after at the same moment: neither
+    sees the other's completion while it decides, yet the third is queued (the second to
+    decide waits for the first's lock on it, then reads both completed). A trigger holds
+    each completion 0.3 s as it commits, so the two always decide before either commits."""
+    with PostgresBackend(postgres_url) as backend:
+        a, b = make_workload(seconds=1), make_workload(seconds=2)
+        backend.put(a)
+        backend.put(b)
+        c = make_workload(seconds=3)
+        c.after = [a.id, b.id]
+        backend.put(c)
+        claims = [backend.claim("p1", "x", LEASE, KEY), backend.claim("p1", "y", LEASE, KEY)]
+    with psycopg.connect(postgres_url, autocommit=True) as conn:
+        _slow_commits(conn)
+    start = threading.Barrier(2)
+    errors: list[BaseException] = []
+
+    def complete(claim: Claim | None) -> None:
+        try:
+            assert claim is not None
+            with PostgresBackend(postgres_url) as mine:
+                start.wait()
+                mine.complete(claim, make_results(claim.workload.id))
+        except BaseException as exc:  # pragma: no cover - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=complete, args=(claim,)) for claim in claims]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors
+    with PostgresBackend(postgres_url) as backend:
+        assert backend.get(c.id).status == WorkloadStatus.QUEUED
+
+
+def test_a_workload_put_after_one_completing_at_that_moment_is_queued(
+        postgres_url: str) -> None:
+    """A workload is put after one whose completion is committing at that moment: the put
+    waits for that commit (it locks what it runs after), so it is queued, not left waiting
+    for a completion that has already happened."""
+    with PostgresBackend(postgres_url) as backend:
+        a = make_workload(seconds=1)
+        backend.put(a)
+        claim = backend.claim("p1", "x", LEASE, KEY)
+        assert claim is not None
+        with psycopg.connect(postgres_url, autocommit=True) as conn:
+            _slow_commits(conn)
+            def complete() -> None:
+                with PostgresBackend(postgres_url) as mine:
+                    mine.complete(claim, make_results(a.id))
+
+            done = threading.Thread(target=complete)
+            done.start()
+            until("the completion commits", lambda: conn.execute(
+                "SELECT 1 FROM pg_stat_activity WHERE wait_event = 'PgSleep'").fetchone())
+            b = make_workload(seconds=2)
+            b.after = [a.id]
+            backend.put(b)
+            done.join()
+        assert backend.get(b.id).status == WorkloadStatus.QUEUED
+
+
+def _slow_commits(conn: psycopg.Connection[object]) -> None:
+    """Hold every commit that stores Results 0.3 s (a trigger deferred to the commit)."""
+    conn.execute("CREATE FUNCTION caliber.slowly() RETURNS trigger LANGUAGE plpgsql AS "
+                 "$$ BEGIN PERFORM pg_sleep(0.3); RETURN NEW; END $$")
+    conn.execute("CREATE CONSTRAINT TRIGGER slowly AFTER INSERT ON caliber.results "
+                  "DEFERRABLE INITIALLY DEFERRED FOR EACH ROW EXECUTE FUNCTION caliber.slowly()")
 
 
 def test_processes_claiming_at_once_take_each_workload_once(postgres_url: str) -> None:
