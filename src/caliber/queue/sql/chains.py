@@ -1,6 +1,7 @@
 """Chains on a SQL queue (``workflow queue --after``): which state a workload starts in, and
 what finishing, cancelling or removing a workload does to those waiting after it. The rules
-are :mod:`caliber.queue.backend`'s; here they are statements on the ``workload_after`` table
+are :mod:`caliber.queue.backend`'s (their decisions and history lines shared with the other
+backends: :mod:`caliber.queue.lifecycle`); here they are statements on the ``workload_after`` table
 (one row per (workload, position): the upstream it runs after), run inside the verb's write
 transaction, so a promotion or a cascade happens with the change that causes it or not at
 all.
@@ -16,40 +17,41 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
-from caliber.errors import NotFoundError, QueueStateError
+from caliber.queue.lifecycle import start_status, upstream_completed, upstream_ended, waits_for
 from caliber.queue.status import WorkloadStatus
 
 if TYPE_CHECKING:
     from caliber.queue.sql.core import SqlBackend
+    from caliber.queue.workload import Workload
 
 _WAITING_AFTER = ("SELECT w.id FROM workload_after a JOIN workloads w ON w.id = a.workload "
                   "WHERE a.upstream = ? AND w.status = 'waiting'")
 """The waiting workloads that run after one upstream (index workloads_after_upstream)."""
 
 
-def start(backend: SqlBackend, conn: Any, wid: str, after: Sequence[str], *,
-          doing: str) -> tuple[WorkloadStatus, list[str]]:
-    """The status a workload that runs after ``after`` starts in (``put``; ``retry``: again):
-    queued when they have all completed, else waiting; and the ids not completed yet.
-    Locks them first. NotFoundError (``put``) or QueueStateError (``retry``) when one is not
-    in the queue; QueueStateError when one is cancelled (it never would run)."""
-    ids = sorted(set(after))
+def start(backend: SqlBackend, conn: Any, workload: Workload, *,
+          retry: bool = False) -> tuple[WorkloadStatus, str | None]:
+    """The status a workload starts in as it is put (or retried), by the workloads it runs
+    after (:func:`caliber.queue.lifecycle.start_status`: NotFoundError or QueueStateError
+    when it cannot), and the history line that says what it waits for (None: queued). Locks
+    those workloads first."""
+    ids = sorted(set(workload.after))
     if not ids:
-        return WorkloadStatus.QUEUED, []
+        return WorkloadStatus.QUEUED, None
     backend.lock_rows(conn, ids)
-    marks = ", ".join("?" * len(ids))
-    found = dict(backend.execute(
-        conn, f"SELECT id, status FROM workloads WHERE id IN ({marks})", ids).fetchall())
-    for upstream in dict.fromkeys(after):
-        if upstream not in found:
-            error = NotFoundError if doing == "put" else QueueStateError
-            raise error(f"cannot {doing} workload {wid}: it runs after workload {upstream}, "
-                        "which is not in the queue")
-        if found[upstream] == WorkloadStatus.CANCELLED.value:
-            raise QueueStateError(f"cannot {doing} workload {wid}: it runs after workload "
-                                  f"{upstream}, which is cancelled (retry that one first)")
-    pending = [u for u in dict.fromkeys(after) if found[u] != WorkloadStatus.COMPLETED.value]
-    return (WorkloadStatus.WAITING if pending else WorkloadStatus.QUEUED), pending
+    found = {str(wid): _status(status) for wid, status in backend.execute(
+        conn, f"SELECT id, status FROM workloads WHERE id IN ({', '.join('?' * len(ids))})",
+        ids)}
+    status = start_status(workload, found, retry=retry)
+    return status, (waits_for(workload, found) if status == WorkloadStatus.WAITING else None)
+
+
+def _status(stored: object) -> WorkloadStatus:
+    """A stored status; one damaged by hand as failed (as a damaged row reads)."""
+    try:
+        return WorkloadStatus(str(stored))
+    except ValueError:
+        return WorkloadStatus.FAILED
 
 
 def link(backend: SqlBackend, conn: Any, wid: str, after: Sequence[str]) -> None:
@@ -57,11 +59,6 @@ def link(backend: SqlBackend, conn: Any, wid: str, after: Sequence[str]) -> None
     for position, upstream in enumerate(after):
         backend.execute(conn, "INSERT INTO workload_after (workload, upstream, position) "
                         "VALUES (?, ?, ?)", (wid, upstream, position))
-
-
-def waits_for(pending: Sequence[str]) -> str:
-    """What a history line says a waiting workload waits for."""
-    return f"waits for {', '.join(pending)}"
 
 
 def promote(backend: SqlBackend, conn: Any, upstream: str) -> None:
@@ -80,9 +77,7 @@ def promote(backend: SqlBackend, conn: Any, upstream: str) -> None:
         "AND (u.status IS NULL OR u.status <> 'completed')) RETURNING id, pinion",
         waiting).fetchall()
     for wid, _ in promoted:
-        backend.add_history(conn, wid, (WorkloadStatus.QUEUED,
-                                        f"queued: workload {upstream} completed, the last "
-                                        "it waited for"))
+        backend.add_history(conn, wid, (WorkloadStatus.QUEUED, upstream_completed(upstream)))
     for pinion in dict.fromkeys(p for _, p in promoted):
         backend.notify(conn, pinion)
 
@@ -100,7 +95,7 @@ def cascade(backend: SqlBackend, conn: Any, upstream: str, how: str) -> list[str
     while frontier:
         following = []
         for above, what in frontier:
-            reason = f"upstream {above} was {what}"
+            reason = upstream_ended(above, what)
             cancelled = backend.execute(
                 conn,
                 "UPDATE workloads SET status = 'cancelled', last_error = ? WHERE status = "

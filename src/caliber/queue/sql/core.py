@@ -199,11 +199,10 @@ class SqlBackend(IdleWait):
         from caliber.queue.workload import HistoryEntry
 
         def first(conn: Any) -> tuple[WorkloadStatus, list[HistoryEntry]]:
-            status, pending = chains.start(self, conn, workload.id, workload.after,
-                                           doing="put")
+            status, waiting = chains.start(self, conn, workload)
             message = f"queued by {workload.queued_by or '?'}"
-            if pending:
-                message += f"; {chains.waits_for(pending)}"
+            if waiting:
+                message += f"; {waiting}"
             return status, workload.history or [
                 HistoryEntry(at=workload.created_at, status=status, message=message)]
 
@@ -473,8 +472,7 @@ class SqlBackend(IdleWait):
         with self.transaction() as conn:
             workload = self._locked(conn, id_or_prefix)
             grant = check_retry(workload, resume)
-            status, pending = chains.start(self, conn, workload.id, workload.after,
-                                           doing="retry")
+            status, waiting = chains.start(self, conn, workload, retry=True)
             self.execute(
                 conn,
                 f"UPDATE workloads SET status = ?, attempts = 0, {NO_LEASE}, "
@@ -483,7 +481,7 @@ class SqlBackend(IdleWait):
             self.set_grant(conn, workload.id, grant)
             message = retried(by, grant.results_id if grant else None)
             self.add_history(conn, workload.id, (status, message + (
-                f"; {chains.waits_for(pending)}" if pending else "")))
+                f"; {waiting}" if waiting else "")))
             if status == WorkloadStatus.QUEUED:
                 self.notify(conn, workload.pinion)
             return self.get(workload.id)
