@@ -10,9 +10,10 @@ Run-secrets are checked against this user's key (:mod:`caliber.queue.secret`).
 
 from __future__ import annotations
 
+import datetime as dt
 import hashlib
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any, Protocol
 
 from caliber.errors import NotFoundError, QueueStateError, ResumeError, UsageError
@@ -26,6 +27,7 @@ if TYPE_CHECKING:
 
     from caliber.queue.blobs import BlobStore
     from caliber.queue.lifecycle import ResumeGrant
+    from caliber.queue.plan import Plan
     from caliber.queue.registry import Backend
     from caliber.queue.summary import StoredSummary, WorkloadSummary
     from caliber.queue.target import QueueTarget
@@ -84,11 +86,22 @@ def check_pinion_name(name: str) -> str:
 
 
 def make_workload(workflow: Queueable, pinion: str, store: BlobStore | None = None,
-                  key: bytes | None = None) -> Workload:
+                  key: bytes | None = None, *, after: Sequence[str] = (),
+                  not_before: dt.datetime | str | None = None, priority: int = 0,
+                  notify: str | None = None) -> Workload:
     """The signed Workload for ``workflow``: its document, and every attachment as it is on
     disk now (paths checked, each file streamed through SHA-256 into ``store``, the queue's
-    content store; None: only hashed), signed with ``key`` (default: this user's). Raises
-    before anything is queued."""
+    content store; None: only hashed), signed with ``key`` (default: this user's), with its
+    plan (:class:`caliber.queue.plan.Plan`: ``after`` full ids, :func:`queue_workflow`
+    resolves prefixes). Raises before anything is queued."""
+    from caliber.queue.plan import Plan
+
+    plan = Plan.checked(after=after, not_before=not_before, priority=priority, notify=notify)
+    return _signed(workflow, pinion, store, key, plan)
+
+
+def _signed(workflow: Queueable, pinion: str, store: BlobStore | None, key: bytes | None,
+            plan: Plan) -> Workload:
     from caliber.queue.secret import load_key, sign
     from caliber.queue.workload import Workload, collect_attachments, queued_by
 
@@ -96,32 +109,80 @@ def make_workload(workflow: Queueable, pinion: str, store: BlobStore | None = No
     document = workflow.to_document()
     attachments = collect_attachments(workflow.base_dir, workflow.attachments, store)
     workload = Workload(
-        pinion=pinion, workflow=document, attachments=attachments, queued_by=queued_by()
+        pinion=pinion, workflow=document, attachments=attachments, queued_by=queued_by(),
+        after=list(plan.after), not_before=plan.not_before, priority=plan.priority,
+        notify=plan.notify,
     )
     workload.secret = sign(workload, key if key is not None else load_key())
     return workload
 
 
 def queue_workflow(workflow: Queueable, pinion: str, target: QueueTarget, *,
-                   resume: str | None = None) -> str:
-    """Put ``workflow`` in the queue for ``pinion``; returns the new workload's id. Its
-    attachments go into the queue's content store first (each stored once by content).
+                   resume: str | None = None, after: str | Sequence[str] = (),
+                   not_before: dt.datetime | str | None = None, priority: int = 0,
+                   notify: str | None = None) -> str:
+    """Put ``workflow`` in the queue for ``pinion``; returns the new workload's id
+    (:func:`put_workflow`)."""
+    return put_workflow(workflow, pinion, target, resume=resume, after=after,
+                        not_before=not_before, priority=priority, notify=notify).id
+
+
+def put_workflow(workflow: Queueable, pinion: str, target: QueueTarget, *,
+                 resume: str | None = None, after: str | Sequence[str] = (),
+                 not_before: dt.datetime | str | None = None, priority: int = 0,
+                 notify: str | None = None) -> Workload:
+    """Put ``workflow`` in the queue for ``pinion``; returns the new workload as the queue
+    holds it (queued, or waiting). Its attachments go into the queue's content store first
+    (each stored once by content). Every argument is checked before anything is stored
+    (UsageError, NotFoundError, AmbiguousIdError, QueueStateError: one line, nothing queued).
 
     ``resume``: a Results id, or a workload id (its last Results), ids or unique prefixes:
     the workload reuses the tasks that completed there and are unchanged (the reuse rule of
     :mod:`caliber.workflow.runner`), the workflow itself as it is now. Those Results must be
     of the same workflow and signed with this user's key; the resume is granted with it
-    (:mod:`caliber.queue.resume`). ResumeError (or NotFoundError) otherwise, nothing queued."""
+    (:mod:`caliber.queue.resume`). ResumeError (or NotFoundError) otherwise, nothing queued.
+
+    The plan (:mod:`caliber.queue.plan`), signed with the rest: ``after`` workload ids or
+    unique prefixes in this queue (it waits until each has completed; a cancelled one is
+    refused: it would never run), ``not_before`` an aware datetime or text such as
+    ``"22:00"`` (no pinion claims it earlier), ``priority`` -1000 to 1000 (claim order, higher
+    first), ``notify`` an http(s) address its pinion posts its outcome to."""
+    from caliber.queue.plan import Plan
     from caliber.queue.secret import load_key
 
+    plan = Plan.checked(after=after, not_before=not_before, priority=priority, notify=notify)
     key = load_key()
     with opened(target) as backend:
+        if plan.after:
+            plan = replace(plan, after=tuple(resolve_after(backend, plan.after)))
         earlier = resumable_results(backend, resume) if resume is not None else None
-        workload = make_workload(workflow, pinion, backend, key)
+        workload = _signed(workflow, pinion, backend, key, plan)
         if earlier is not None:
             _grant_new(backend, workload, earlier, key)
         backend.put(workload)
-    return workload.id
+        return backend.get(workload.id)
+
+
+def resolve_after(backend: Backend, ids: Sequence[str]) -> list[str]:
+    """The full ids of the workloads ``ids`` (ids or unique prefixes) name, each once:
+    NotFoundError or AmbiguousIdError for one that names none or several, QueueStateError
+    for one that never completes (cancelled, damaged)."""
+    full: list[str] = []
+    for given in ids:
+        try:
+            upstream = backend.get(given)
+        except NotFoundError:
+            raise NotFoundError(f"cannot run after {given!r}: no workload in the queue has "
+                                "that id") from None
+        name = upstream.workflow_name
+        if upstream.status == WorkloadStatus.CANCELLED:
+            raise QueueStateError(
+                f"cannot run after workload {upstream.id} ({name}): it was cancelled, so this "
+                f"would never run; queue it again first: caliber queue retry {upstream.id}")
+        if upstream.damaged:
+            raise QueueStateError(f"cannot run after workload {upstream.id}: {upstream.damaged}")
+        full.append(upstream.id)
+    return list(dict.fromkeys(full))
 
 
 def _grant_new(backend: Backend, workload: Workload, results: Results, key: bytes) -> None:

@@ -22,6 +22,8 @@ from caliber.workflow.attachments import AttachmentSpec, Reference
 from caliber.workflow.limits import check_timeout
 
 if TYPE_CHECKING:
+    import datetime as dt
+
     from caliber.queue.target import QueueTarget
     from caliber.results.model import Results
     from caliber.workflow.runner import TaskEvent
@@ -489,6 +491,10 @@ class Workflow:
         local: bool = False,
         target: QueueTarget | None = None,
         resume: str | None = None,
+        after: str | Sequence[str] = (),
+        not_before: dt.datetime | str | None = None,
+        priority: int = 0,
+        notify: str | None = None,
     ) -> str:
         """Put the workflow in the queue for ``pinion``; returns the workload id. The queue is
         ``target``, or, without it, the one ``queue`` (a URL: ``sqlite:///path``,
@@ -497,12 +503,26 @@ class Workflow:
 
         ``resume``: a Results id or a workload id (its last Results) in that queue: the
         workflow runs as it is now, reusing the tasks that completed there and are unchanged
-        (:func:`caliber.queue.api.queue_workflow`)."""
+        (:func:`caliber.queue.api.queue_workflow`).
+
+        ``after``: workload ids (or unique prefixes) in that queue, such as the ids earlier
+        calls returned: it waits until every one has completed (``caliber workflow queue
+        --after``). ``not_before``: no pinion starts it earlier; an aware datetime, or text
+        as ``--not-before`` takes it (``"22:00"``: the next 22:00, local time;
+        ``"2026-12-08T22:00+01:00"``; ``"+2h"``). ``priority``: -1000 to 1000, higher is
+        claimed first (default 0). ``notify``: an http(s) address its pinion posts the
+        outcome to, besides the settings' ``CALIBER_NOTIFY_URL``. A bad value raises a
+        UsageError and queues nothing::
+
+            analysis = wf.queue("lab", not_before="22:00")
+            post.queue("lab", after=[analysis], notify="https://hooks.example/night")
+        """
         from caliber.queue.api import queue_workflow
         from caliber.queue.target import target_of
 
         chosen = target_of(target, queue=queue, project=project, model=model, local=local)
-        return queue_workflow(self, pinion, chosen, resume=resume)
+        return queue_workflow(self, pinion, chosen, resume=resume, after=after,
+                              not_before=not_before, priority=priority, notify=notify)
 
     def __repr__(self) -> str:
         return f"Workflow({self.name!r}, {len(self.tasks)} tasks)"
