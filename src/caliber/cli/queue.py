@@ -21,6 +21,7 @@ if TYPE_CHECKING:
     from rich.console import RenderableType
 
     from caliber.pinion.follow import Look
+    from caliber.queue.api import Upstream
     from caliber.queue.target import QueueTarget
     from caliber.queue.workload import Attachment, Workload
 
@@ -70,7 +71,10 @@ def _nothing_listed(pinion: str | None, status: str | None, offset: int,
     ])
 
 
-@queue.command("list", epilog="Example: caliber queue list --pinion mypinion --status queued")
+@queue.command("list", epilog="""\b
+Examples:
+  caliber queue list --pinion mypinion --status queued
+  caliber queue list --status waiting   # what waits for other workloads (--after)""")
 @click.option("--pinion", "pinion_name", metavar="NAME", help="Only workloads for this pinion.")
 @click.option("--status", type=click.Choice(STATUSES), help="Only workloads with this status.")
 @click.option("--workflow", "workflow_name", metavar="NAME",
@@ -93,7 +97,10 @@ def list_cmd(
     as_json: bool,
 ) -> None:
     """List the workloads in the queue, oldest first, and whether each one's run-secret
-    matches your key (a pinion with your key runs only those that match)."""
+    matches your key (a pinion with your key runs only those that match). A workload queued
+    to run after others is 'waiting' until they have completed; 'starts' shows a start time
+    still ahead (--not-before, local time) and 'prio' a priority other than 0, when a
+    workload listed has one."""
     from caliber.queue.api import list_page
 
     page = list_page(
@@ -111,34 +118,54 @@ def list_cmd(
         click.echo(_nothing_listed(pinion_name, status, offset, workflow_name))
         return
     color = use_color(sys.stdout)
-    rows = [
-        [i["id"], i["workflow"], i["pinion"], i["status"], _when(i["created_at"]),
-         i["attempts"], i["results_id"] or "-", _secret_cell(i)]
-        for i in items
-    ]
-    print_table(["id", "workflow", "pinion", "status", "created", "attempts", "results",
-                 "secret"], rows, color=color,
-                fit=Fit(shrink=("workflow", "pinion"), drop=("attempts", "results", "pinion")))
+    columns, rows = _list_rows(items)
+    print_table(columns, rows, color=color,
+                fit=Fit(shrink=("workflow", "pinion"),
+                        drop=("attempts", "results", "prio", "pinion", "starts")))
     if more:
         click.echo(f"... more after these {len(items)}: --offset {offset + len(items)} for the "
                    "next page, --all for every one, or filter with --pinion/--status")
     click.echo(_counts(page.counts))
-    waiting = [i["id"] for i in items
-               if not i["secret_ok"] and i["status"] in ("queued", "running")]
-    if waiting:
+    unsigned = [i["id"] for i in items
+                if not i["secret_ok"] and i["status"] in ("queued", "waiting", "running")]
+    if unsigned:
         click.echo(
-            f"{len(waiting)} workload(s) are not signed with your key, so your pinions skip "
+            f"{len(unsigned)} workload(s) are not signed with your key, so your pinions skip "
             "them: check with 'caliber queue view ID', then sign with "
             "'caliber queue resetsecret ID'"
         )
     unvouched = [i["id"] for i in items if i["secret_ok"] and i["resume_ok"] is False
-                 and i["status"] in ("queued", "running")]
+                 and i["status"] in ("queued", "waiting", "running")]
     if unvouched:
         click.echo(
             f"{len(unvouched)} workload(s) resume from results your key does not vouch for, "
             "so your pinions skip them: see why with 'caliber queue view ID'; run one from "
             "the start with 'caliber queue cancel ID' then 'caliber queue retry ID'"
         )
+
+
+def _list_rows(items: list[dict[str, Any]]) -> tuple[list[str], list[list[Any]]]:
+    """The columns and rows of ``queue list``: ``starts`` (a start time still ahead, local)
+    and ``prio`` (a priority other than 0) only when a workload listed has one."""
+    from caliber.cli.render import priority_cell, start_cell
+
+    now = dt.datetime.now(dt.UTC)
+    starts = [start_cell(i["not_before"], now) for i in items]
+    columns = ["id", "workflow", "pinion", "status"]
+    plan: list[list[str]] = []
+    if any(cell != "-" for cell in starts):
+        columns.append("starts")
+        plan.append(starts)
+    if any(i["priority"] for i in items):
+        columns.append("prio")
+        plan.append([priority_cell(i["priority"]) for i in items])
+    columns += ["created", "attempts", "results", "secret"]
+    rows = [
+        [i["id"], i["workflow"], i["pinion"], i["status"], *(cells[n] for cells in plan),
+         _when(i["created_at"]), i["attempts"], i["results_id"] or "-", _secret_cell(i)]
+        for n, i in enumerate(items)
+    ]
+    return columns, rows
 
 
 def _secret_cell(item: dict[str, Any]) -> str:
@@ -156,23 +183,81 @@ def _secret_cell(item: dict[str, Any]) -> str:
 @target_options
 @json_option
 def view_cmd(workload_id: str, target: QueueTarget, as_json: bool) -> None:
-    """Show one workload in full: metadata, progress while it runs (task k of n, elapsed),
-    its run folder, status history, attachments (sizes and hashes), the workflow tree, the
-    last error and the results id. WORKLOAD_ID may be a unique prefix."""
+    """Show one workload in full: metadata, what it waits for and why (--after), when it may
+    start, progress while it runs (task k of n, elapsed), its run folder, status history,
+    attachments (sizes and hashes), the workflow tree, the last error and the results id.
+    WORKLOAD_ID may be a unique prefix."""
     from caliber.pinion.follow import look
+    from caliber.queue.api import upstreams
 
     found = look(workload_id, target)
+    after = upstreams(found.item.workload.after, target) if found.item.workload.after else []
     if as_json:
-        print_json(found.detail())
+        print_json({**found.detail(), "upstreams": [u.to_dict() for u in after]})
         return
     from caliber.cli.render import console
 
     out = console()
-    for renderable in _view(found):
+    for renderable in _view(found, after):
         out.print(renderable)
 
 
-def _view(found: Look) -> list[RenderableType]:
+_UPSTREAM_WHY = {
+    "completed": "completed",
+    "queued": "queued, not run yet",
+    "waiting": "waiting for the workloads it runs after",
+    "running": "running",
+    "cancelled": "cancelled, so this one never runs",
+}
+
+
+def _upstream_line(u: Upstream) -> str:
+    """What one workload a workload runs after is doing, and what that means for it: ``1a2b3c
+    (analysis): failed - retry it to go on`` (rich markup)."""
+    from caliber.cli.render import escape, status_text
+
+    if u.status is None:
+        return f"{escape(u.id)}: [red]no longer in the queue (reset), so this one never runs[/]"
+    head = f"{escape(u.id)} ({escape(u.workflow or '?')}): "
+    if u.status == "failed":
+        return (head + f"{status_text('failed')} - retry it to go on: caliber queue retry "
+                       f"{escape(u.id)}")
+    why = _UPSTREAM_WHY.get(u.status, u.status)
+    return head + why.replace(u.status, status_text(u.status), 1)
+
+
+def _plan_facts(w: Workload, after: list[Upstream]) -> list[tuple[str, str]]:
+    """The rows of ``queue view`` for a workload's plan: what it waits for (or ran after) and
+    why, its start time (local and UTC), its priority and its own notify address."""
+    from caliber.cli.render import escape, start_text
+
+    facts = []
+    label = "waits for" if w.status.value == "waiting" else "after"
+    for n, upstream in enumerate(after):
+        facts.append((label if n == 0 else "", _upstream_line(upstream)))
+    if w.not_before is not None:
+        facts.append(("not before", escape(start_text(w.not_before))))
+    if w.priority:
+        facts.append(("priority", f"{w.priority:+d} (claimed before those with a lower one, "
+                                  "then oldest first)"))
+    if w.notify is not None:
+        facts.append(("notify", escape(_address_shown(w.notify))))
+    return facts
+
+
+def _address_shown(url: str) -> str:
+    """A notify address without its path, query or user (a webhook's path is its token):
+    ``https://hooks.slack.com/...``; --json shows it whole."""
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(url)
+    port = f":{parts.port}" if parts.port else ""
+    hidden = (parts.path not in ("", "/") or parts.query or parts.username or parts.fragment)
+    return (f"{parts.scheme}://{parts.hostname}{port}/"
+            + ("... (the rest hidden: it may be a token; --json shows it)" if hidden else ""))
+
+
+def _view(found: Look, after: list[Upstream] | None = None) -> list[RenderableType]:
     from caliber.cli.render import Fit, console, escape, status_text, table
 
     item = found.item
@@ -188,6 +273,7 @@ def _view(found: Look) -> list[RenderableType]:
         ("created", _when(w.created_at)), ("queued by", escape(w.queued_by or "-")),
         ("attempts", str(w.attempts)), ("results id", escape(w.results_id or "-")),
         ("run-secret", secret),
+        *_plan_facts(w, after or []),
     ]
     if w.resume_from:
         vouched = ("granted with your key" if item.resume_ok else
@@ -496,7 +582,7 @@ def _notice(message: str) -> None:
 
 def _no_output(found: Look) -> str:
     w = found.item.workload
-    if w.status.value == "queued":
+    if w.status.value in ("queued", "waiting"):
         why = "it has not started yet"
     elif w.status.value == "running" and not found.local:
         why = ("it runs on a remote pinion: its output arrives with its results "

@@ -12,6 +12,7 @@ Helpers other command groups reuse:
 
 from __future__ import annotations
 
+import datetime as dt
 import os
 import sys
 from collections.abc import Iterable, Sequence
@@ -349,6 +350,71 @@ def print_table(columns: Sequence[str], rows: Sequence[Sequence[Any]], *, color:
     out.print(table(columns, styled, fit=fit or Fit(), width=out.width))
 
 
+# --- start times, priorities, chains (no rich: ``queue list`` shows them) -----------------
+
+
+def _moment(moment: dt.datetime | str) -> dt.datetime:
+    return dt.datetime.fromisoformat(moment) if isinstance(moment, str) else moment
+
+
+def local_time(moment: dt.datetime | str) -> str:
+    """``2026-12-08 22:00:00 CET``: the local time, with the zone's short name (or offset)."""
+    local = _moment(moment).astimezone()
+    zone = local.strftime("%Z")
+    if not zone or len(zone) > 5 or " " in zone:
+        zone = local.strftime("%z")
+    return f"{local:%Y-%m-%d %H:%M:%S} {zone}"
+
+
+def start_text(moment: dt.datetime | str, now: dt.datetime | None = None) -> str:
+    """When a workload may start, for ``queue view``: local time, UTC, and how long until
+    then (``2026-12-08 22:00:00 CET (21:00:00 UTC), in 3h12m``)."""
+    start = _moment(moment)
+    now = now if now is not None else dt.datetime.now(dt.UTC)
+    utc = start.astimezone(dt.UTC)
+    same_day = utc.date() == start.astimezone().date()
+    shown = f"{utc:%H:%M:%S}" if same_day else f"{utc:%Y-%m-%d %H:%M:%S}"
+    left = (start - now).total_seconds()
+    when = f"in {format_duration(left)}" if left > 0 else "passed: it may start"
+    return f"{local_time(start)} ({shown} UTC), {when}"
+
+
+def start_cell(moment: str | None, now: dt.datetime | None = None) -> str:
+    """A start time still ahead, short, for ``queue list`` (local time): ``22:00`` within a
+    day (the next 22:00), ``Tue 22:00`` within a week, else ``2026-12-24``; ``-`` for none
+    or one that has passed."""
+    if moment is None:
+        return "-"
+    start = _moment(moment)
+    now = now if now is not None else dt.datetime.now(dt.UTC)
+    ahead = start - now
+    local = start.astimezone()
+    if ahead <= dt.timedelta(0):
+        return "-"
+    if ahead < dt.timedelta(days=1):
+        return f"{local:%H:%M}"
+    if ahead < dt.timedelta(days=6):
+        return f"{local:%a %H:%M}"
+    return f"{local:%Y-%m-%d}"
+
+
+def priority_cell(priority: int) -> str:
+    """A priority for ``queue list``: ``+5``, ``-3``, ``0``."""
+    return f"{priority:+d}" if priority else "0"
+
+
+def plan_note(after: Sequence[str], start: dt.datetime | None) -> str:
+    """What ``workflow queue`` tells a person of a workload's plan: ``, after X and Y,
+    not before 2026-12-08 22:00:00 CET (in 3h12m)`` (empty without one)."""
+    note = f", after {' and '.join(after)}" if after else ""
+    if start is not None:
+        now = dt.datetime.now(dt.UTC)
+        left = (start - now).total_seconds()
+        note += f", not before {local_time(start)}" + (
+            f" (in {format_duration(left)})" if left > 0 else "")
+    return note
+
+
 # --- results ------------------------------------------------------------------------------
 
 STATUS_STYLE = {
@@ -356,6 +422,7 @@ STATUS_STYLE = {
     "failed": "red",
     "skipped": "dim",
     "queued": "yellow",
+    "waiting": "magenta",
     "running": "cyan",
     "cancelled": "dim",
 }

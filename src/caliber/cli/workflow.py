@@ -201,7 +201,13 @@ def schema() -> None:
     epilog="""\b
 Examples:
   caliber workflow queue pasta.json -p mypinion
-  caliber workflow queue pasta.json -p mypinion --resume k3v9  # after a fix""",
+  caliber workflow queue pasta.json -p mypinion --resume k3v9  # after a fix
+  caliber workflow queue analysis.json -p lab --not-before 22:00
+  caliber workflow queue post.json -p lab --after k3v9 --notify https://hooks.lan/x
+\b
+WHEN: 22:00 (the next 22:00, local time), an ISO 8601 time with its offset
+(2026-12-08T22:00+01:00, ...T21:00Z) or a time from now (+2h, +30m, +1h30m).
+A time that has passed is taken: the workload may start at once.""",
 )
 @click.argument("file", type=FILE)
 @click.option("-p", "--pinion", "pinion_name", required=True, metavar="NAME",
@@ -210,9 +216,23 @@ Examples:
               help="Reuse the tasks that completed in these Results (a Results id, or a "
                    "workload id: its last Results) and are unchanged; the rest runs, with "
                    "the files as they are now.")
+@click.option("--after", "after", metavar="ID", multiple=True,
+              help="Run only once this workload has completed (an id or unique prefix; "
+                   "repeat for several). It waits meanwhile, also while that one has failed "
+                   "(retried and completed, it goes on); cancelled or reset, it is cancelled "
+                   "too.")
+@click.option("--not-before", "not_before", metavar="WHEN",
+              help="No pinion starts it before WHEN (see below).")
+@click.option("--priority", type=int, default=0, metavar="N",
+              help="Claim order among the workloads a pinion can start: higher first, then "
+                   "oldest first (-1000 to 1000; default 0).")
+@click.option("--notify", metavar="URL",
+              help="When it ends, its pinion also POSTs the outcome to this http(s) address "
+                   "(a Slack or Teams incoming webhook takes it), besides CALIBER_NOTIFY_URL.")
 @target_options
 @json_option
-def queue_cmd(file: Path, pinion_name: str, resume: str | None, target: QueueTarget,
+def queue_cmd(file: Path, pinion_name: str, resume: str | None, after: tuple[str, ...],
+              not_before: str | None, priority: int, notify: str | None, target: QueueTarget,
               as_json: bool) -> None:
     """Put the workflow in FILE, with its attachments, in the queue for pinion NAME; print the
     workload id. Start the pinion with: caliber pinion init NAME.
@@ -220,18 +240,36 @@ def queue_cmd(file: Path, pinion_name: str, resume: str | None, target: QueueTar
     With --resume, a task that completed in those Results is not run again when its code
     (its function and what it uses in the attached modules), its arguments and what it
     takes from other tasks and g are unchanged; every task says in the Results why it was
-    reused or ran."""
-    from caliber.queue.api import queue_workflow
+    reused or ran.
+
+    With --after, --not-before, --priority and --notify, the values are signed with the
+    rest of the workload; a bad one is refused before anything is queued."""
+    import datetime as dt
+
+    from caliber.queue.api import put_workflow
 
     wf = _load(file)
-    workload_id = queue_workflow(wf, pinion_name, target, resume=resume)
+    workload = put_workflow(wf, pinion_name, target, resume=resume, after=after,
+                            not_before=not_before, priority=priority, notify=notify)
+    start = workload.not_before
     if as_json:
-        print_json({"id": workload_id, "workflow": wf.name, "pinion": pinion_name,
-                    "status": "queued", "queue": target.location, "resume": resume})
-        return
-    click.echo(workload_id)
-    if sys.stderr.isatty():
+        print_json({"id": workload.id, "workflow": wf.name, "pinion": pinion_name,
+                    "status": workload.status.value, "queue": target.location,
+                    "resume": resume, "after": workload.after,
+                    "not_before": None if start is None else start.isoformat(),
+                    "priority": workload.priority, "notify": workload.notify})
+    else:
+        click.echo(workload.id)
+    if start is not None and start <= dt.datetime.now(dt.UTC):
+        from caliber.cli.render import local_time
+
+        click.echo(f"its start time, {local_time(start)}, has passed: it may start at once",
+                   err=True)
+    if not as_json and sys.stderr.isatty():
+        from caliber.cli.render import plan_note
+
         click.echo(
-            f"queued for pinion {pinion_name!r}; run it with: caliber pinion init {pinion_name}",
-            err=True,
+            f"{workload.status.value} for pinion {pinion_name!r}"
+            f"{plan_note(workload.after, start)}; run it with: caliber pinion init "
+            f"{pinion_name}", err=True,
         )

@@ -185,6 +185,33 @@ def resolve_after(backend: Backend, ids: Sequence[str]) -> list[str]:
     return list(dict.fromkeys(full))
 
 
+@dataclass(frozen=True)
+class Upstream:
+    """A workload another one runs after, as it is now (``queue view``): None for its
+    workflow and status when it is no longer in the queue (reset)."""
+
+    id: str
+    workflow: str | None
+    status: str | None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"id": self.id, "workflow": self.workflow, "status": self.status}
+
+
+def upstreams(ids: Sequence[str], target: QueueTarget) -> list[Upstream]:
+    """The workloads of ``ids`` (full ids: ``Workload.after``) as they are now."""
+    found = []
+    with opened(target) as backend:
+        for workload_id in ids:
+            try:
+                w = backend.get(workload_id)
+            except NotFoundError:
+                found.append(Upstream(workload_id, None, None))
+                continue
+            found.append(Upstream(w.id, w.workflow_name, w.status.value))
+    return found
+
+
 def _grant_new(backend: Backend, workload: Workload, results: Results, key: bytes) -> None:
     """Let the new ``workload`` reuse ``results`` (of its workflow, signed with ``key``): the
     grant stored with it and the history line saying so."""

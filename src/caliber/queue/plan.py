@@ -67,10 +67,9 @@ def check_start(moment: dt.datetime, now: dt.datetime | None = None) -> dt.datet
     now = now if now is not None else dt.datetime.now(dt.UTC)
     try:
         utc = moment.astimezone(dt.UTC)
-        too_far = utc > now + MAX_AHEAD
     except (OverflowError, ValueError):
-        too_far = True
-    if too_far:
+        raise UsageError(f"start time {moment.isoformat()} is out of range") from None
+    if utc > now + MAX_AHEAD:
         raise UsageError(f"start time {moment.isoformat()} is more than ten years ahead")
     return utc
 
