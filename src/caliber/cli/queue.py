@@ -214,7 +214,7 @@ _UPSTREAM_WHY = {
 def _upstream_line(u: Upstream) -> str:
     """What one workload a workload runs after is doing, and what that means for it: ``1a2b3c
     (analysis): failed - retry it to go on`` (rich markup)."""
-    from caliber.cli.render import escape, status_text
+    from caliber.cli.render import escape, format_duration, local_time, status_text
 
     if u.status is None:
         return f"{escape(u.id)}: [red]no longer in the queue (reset), so this one never runs[/]"
@@ -223,6 +223,10 @@ def _upstream_line(u: Upstream) -> str:
         return (head + f"{status_text('failed')} - retry it to go on: caliber queue retry "
                        f"{escape(u.id)}")
     why = _UPSTREAM_WHY.get(u.status, u.status)
+    if u.status == "queued" and u.not_before is not None:
+        left = (u.not_before - dt.datetime.now(dt.UTC)).total_seconds()
+        if left > 0:
+            why = f"queued, not before {local_time(u.not_before)} (in {format_duration(left)})"
     return head + why.replace(u.status, status_text(u.status), 1)
 
 
@@ -448,17 +452,25 @@ def wait_cmd(workload_ids: tuple[str, ...], timeout: float | None, target: Queue
              as_json: bool) -> None:
     """Wait until each workload has ended. Exit 0 when all completed, 1 when any failed, was
     cancelled or was reset meanwhile, 124 when --timeout ran out first. Each one's line is
-    printed as it ends (--json: their rows at the end)."""
+    printed as it ends (--json: their rows at the end). A waiting workload (--after) has not
+    ended: it is waited for while its chain runs; when one it waits for fails, a line on
+    stderr says so (it goes on once that is retried and completes)."""
     from caliber.queue.wait import wait
+    from caliber.text import for_terminal
 
     def ended(item: Any) -> None:
         if not as_json:
             w = item.workload
             why = f": {w.last_error}" if w.last_error and w.status.value != "completed" else ""
             results = f" (results {w.results_id})" if w.results_id else ""
-            click.echo(f"{w.id} {w.workflow_name} {w.status.value}{results}{why}")
+            click.echo(for_terminal(f"{w.id} {w.workflow_name} {w.status.value}{results}{why}"))
 
-    waited = wait(list(workload_ids), target, timeout=timeout, ended=ended)
+    def stuck(w: Workload, upstream: Workload) -> None:
+        click.echo(f"{w.id} waits for {upstream.id} ({for_terminal(upstream.workflow_name)}), "
+                   "which failed: it goes on once that is retried and completes (caliber "
+                   f"queue retry {upstream.id})", err=True)
+
+    waited = wait(list(workload_ids), target, timeout=timeout, ended=ended, stuck=stuck)
     if as_json:
         print_json([{**r.summary(), "last_error": r.workload.last_error} for r in waited.rows])
     for gone in waited.removed:

@@ -372,10 +372,12 @@ def start_text(moment: dt.datetime | str, now: dt.datetime | None = None) -> str
     start = _moment(moment)
     now = now if now is not None else dt.datetime.now(dt.UTC)
     utc = start.astimezone(dt.UTC)
-    same_day = utc.date() == start.astimezone().date()
-    shown = f"{utc:%H:%M:%S}" if same_day else f"{utc:%Y-%m-%d %H:%M:%S}"
+    local = start.astimezone()
     left = (start - now).total_seconds()
     when = f"in {format_duration(left)}" if left > 0 else "passed: it may start"
+    if local.utcoffset() == dt.timedelta(0):  # local time is UTC: once is enough
+        return f"{local_time(start)}, {when}"
+    shown = f"{utc:%H:%M:%S}" if utc.date() == local.date() else f"{utc:%Y-%m-%d %H:%M:%S}"
     return f"{local_time(start)} ({shown} UTC), {when}"
 
 

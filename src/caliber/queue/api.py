@@ -193,9 +193,11 @@ class Upstream:
     id: str
     workflow: str | None
     status: str | None
+    not_before: dt.datetime | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        return {"id": self.id, "workflow": self.workflow, "status": self.status}
+        return {"id": self.id, "workflow": self.workflow, "status": self.status,
+                "not_before": None if self.not_before is None else self.not_before.isoformat()}
 
 
 def upstreams(ids: Sequence[str], target: QueueTarget) -> list[Upstream]:
@@ -208,7 +210,7 @@ def upstreams(ids: Sequence[str], target: QueueTarget) -> list[Upstream]:
             except NotFoundError:
                 found.append(Upstream(workload_id, None, None))
                 continue
-            found.append(Upstream(w.id, w.workflow_name, w.status.value))
+            found.append(Upstream(w.id, w.workflow_name, w.status.value, w.not_before))
     return found
 
 

@@ -15,7 +15,9 @@ from caliber.errors import NotFoundError
 
 if TYPE_CHECKING:
     from caliber.queue.api import CheckedWorkload
+    from caliber.queue.registry import Backend
     from caliber.queue.target import QueueTarget
+    from caliber.queue.workload import Workload
 
 ENDED = ("completed", "failed", "cancelled")
 POLL_LOCAL = 0.25
@@ -39,10 +41,15 @@ class Waited:
 
 def wait(ids: list[str], target: QueueTarget, *, timeout: float | None = None,
          poll: float | None = None,
-         ended: Callable[[CheckedWorkload], None] | None = None) -> Waited:
+         ended: Callable[[CheckedWorkload], None] | None = None,
+         stuck: Callable[[Workload, Workload], None] | None = None) -> Waited:
     """Wait until every workload of ``ids`` (unique prefixes too) has completed, failed or
     been cancelled, or ``timeout`` seconds have passed; ``ended`` is told of each as it ends.
-    NotFoundError (nothing waited) when an id names no workload."""
+    A waiting workload (``--after``) has not ended: it is waited for until its chain goes on
+    and it ends, or is cancelled with an upstream. ``stuck`` is told once (``downstream,
+    upstream``) when a workload waited for waits for one that failed (it goes on only when
+    that is retried and completes). NotFoundError (nothing waited) when an id names no
+    workload."""
     from caliber.queue.api import _checker, opened
 
     check = _checker()
@@ -53,6 +60,7 @@ def wait(ids: list[str], target: QueueTarget, *, timeout: float | None = None,
         latest: dict[str, CheckedWorkload] = {}
         pending = list(full)
         removed: list[str] = []
+        told: set[tuple[str, str, int]] = set()
         while True:
             for workload_id in list(pending):
                 try:
@@ -66,6 +74,12 @@ def wait(ids: list[str], target: QueueTarget, *, timeout: float | None = None,
                     pending.remove(workload_id)
                     if ended is not None:
                         ended(item)
+                elif stuck is not None and item.workload.status.value == "waiting":
+                    for upstream in _failed_upstreams(backend, item.workload):
+                        seen = (workload_id, upstream.id, upstream.attempts)
+                        if seen not in told:
+                            told.add(seen)
+                            stuck(item.workload, upstream)
             if not pending:
                 break
             if deadline is not None and time.monotonic() >= deadline:
@@ -73,3 +87,16 @@ def wait(ids: list[str], target: QueueTarget, *, timeout: float | None = None,
             pause = poll if deadline is None else min(poll, max(deadline - time.monotonic(), 0))
             time.sleep(pause)
     return Waited([latest[i] for i in full if i in latest], removed, bool(pending))
+
+
+def _failed_upstreams(backend: Backend, workload: Workload) -> list[Workload]:
+    """The workloads ``workload`` runs after that have failed (each read afresh)."""
+    found = []
+    for upstream_id in workload.after:
+        try:
+            upstream = backend.get(upstream_id)
+        except NotFoundError:
+            continue  # reset: the backend cancels the workloads after it
+        if upstream.status.value == "failed":
+            found.append(upstream)
+    return found
