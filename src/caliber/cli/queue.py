@@ -461,7 +461,9 @@ def wait_cmd(workload_ids: tuple[str, ...], timeout: float | None, target: Queue
     def ended(item: Any) -> None:
         if not as_json:
             w = item.workload
-            why = f": {w.last_error}" if w.last_error and w.status.value != "completed" else ""
+            error = w.last_error or ""
+            error = error.removeprefix(f"{w.status.value}: ")  # "cancelled: cancelled: ..."
+            why = f": {error}" if error and w.status.value != "completed" else ""
             results = f" (results {w.results_id})" if w.results_id else ""
             click.echo(for_terminal(f"{w.id} {w.workflow_name} {w.status.value}{results}{why}"))
 
