@@ -135,3 +135,61 @@ def test_at_80_columns_no_hash_wraps_and_no_file_name_breaks(tmp_path: Path) -> 
     line = re.compile(r'File "(.+pinfuncs\.py)", line \d+, in boom$', re.MULTILINE)
     found = line.search(screen)
     assert found and len(found.group(1)) > 80 and Path(found.group(1)).is_file(), screen
+
+
+def test_queue_list_marks_start_times_and_priorities_within_80_columns() -> None:
+    import datetime as dt
+
+    from rich.console import Console
+
+    from caliber.cli.queue import LIST_FIT, _list_rows
+    from caliber.cli.render import table
+
+    now = dt.datetime.now(dt.UTC)
+    start = now + dt.timedelta(hours=5)
+
+    def item(n: int, name: str, status: str, not_before: str | None, priority: int) -> dict:
+        return {"id": f"k3v9q2mx{n:02d}", "workflow": name, "pinion": "lab-pc",
+                "status": status, "not_before": not_before, "priority": priority,
+                "created_at": now.isoformat(), "attempts": 0, "results_id": None,
+                "secret_ok": True, "resume_ok": None}
+
+    for name, shown in [("analysis", ["starts", "prio"]), ("post-processing", ["starts"]),
+                        ("a-rather-long-workflow-name-0", [])]:
+        columns, rows = _list_rows([item(1, name, "queued", start.isoformat(), 5),
+                                    item(2, name, "waiting", None, 0),
+                                    item(3, name, "cancelled", None, -3)])
+        assert columns[4:6] == ["starts", "prio"]
+        console = Console(width=80, color_system=None)
+        with console.capture() as captured:
+            console.print(table(columns, rows, fit=LIST_FIT, width=80))
+        lines = captured.get().splitlines()
+        assert all(len(line) <= 80 for line in lines), lines
+        head = lines[0].split()
+        assert [c for c in ("starts", "prio") if c in head] == shown, lines  # they give way last
+        assert "k3v9q2mx02" in lines[3] and "waiting" in lines[3]
+        if "starts" in head:
+            assert f"{start.astimezone():%H:%M}" in lines[2]
+        if "prio" in head:
+            assert lines[2].split()[3:5] == [f"{start.astimezone():%H:%M}", "+5"]
+            assert lines[4].split()[3:5] == ["-", "-3"]
+
+
+@pytest.mark.skipif(TMUX is None, reason="tmux is not installed (apt-get install tmux)")
+def test_waiting_start_times_and_priorities_fit_an_80_column_terminal(tmp_path: Path) -> None:
+    folder = make_folder(tmp_path / "wf")
+    from tests.pinion_helpers import workflow
+
+    first = workflow(folder, [("add", [1])], name="analysis").queue(
+        "lab-pc", not_before="+5h", priority=5)
+    second = workflow(folder, [("add", [2])], name="post").queue("lab-pc", after=[first])
+    screen = in_terminal(tmp_path, "queue", "list")
+    lines = screen.splitlines()
+    assert all(len(line) <= 80 for line in lines), screen
+    assert lines[0].split()[:6] == ["id", "workflow", "pinion", "status", "starts", "prio"]
+    row = next(line for line in lines if second in line)
+    assert row.split()[3:6] == ["waiting", "-", "0"], screen
+    assert next(line for line in lines if first in line).split()[5] == "+5", screen
+    screen = in_terminal(tmp_path, "queue", "view", second)
+    assert all(len(line) <= 80 for line in screen.splitlines()), screen
+    assert f"waits for   {first} (analysis): queued, not before " in screen, screen

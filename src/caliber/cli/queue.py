@@ -12,6 +12,7 @@ import click
 
 from caliber.cli.common import OFFSET, PAGE, Bounded, json_option, print_json, target_options
 from caliber.cli.complete import workload_ids
+from caliber.cli.render import Fit
 from caliber.queue.api import DEFAULT_LIMIT
 from caliber.queue.status import STATUSES
 
@@ -74,7 +75,7 @@ def _nothing_listed(pinion: str | None, status: str | None, offset: int,
 @queue.command("list", epilog="""\b
 Examples:
   caliber queue list --pinion mypinion --status queued
-  caliber queue list --status waiting   # what waits for other workloads (--after)""")
+  caliber queue list --status waiting   # what runs after others (--after)""")
 @click.option("--pinion", "pinion_name", metavar="NAME", help="Only workloads for this pinion.")
 @click.option("--status", type=click.Choice(STATUSES), help="Only workloads with this status.")
 @click.option("--workflow", "workflow_name", metavar="NAME",
@@ -112,16 +113,14 @@ def list_cmd(
     if as_json:
         print_json(items)
         return
-    from caliber.cli.render import Fit, print_table, use_color
+    from caliber.cli.render import print_table, use_color
 
     if not items:
         click.echo(_nothing_listed(pinion_name, status, offset, workflow_name))
         return
     color = use_color(sys.stdout)
     columns, rows = _list_rows(items)
-    print_table(columns, rows, color=color,
-                fit=Fit(shrink=("workflow", "pinion"),
-                        drop=("attempts", "results", "prio", "pinion", "starts")))
+    print_table(columns, rows, color=color, fit=LIST_FIT)
     if more:
         click.echo(f"... more after these {len(items)}: --offset {offset + len(items)} for the "
                    "next page, --all for every one, or filter with --pinion/--status")
@@ -142,6 +141,11 @@ def list_cmd(
             "so your pinions skip them: see why with 'caliber queue view ID'; run one from "
             "the start with 'caliber queue cancel ID' then 'caliber queue retry ID'"
         )
+
+
+LIST_FIT = Fit(shrink=("workflow", "pinion"),
+               drop=("attempts", "results", "pinion", "prio", "starts"))
+"""How ``queue list`` gives way on a narrow terminal: the start times and priorities last."""
 
 
 def _list_rows(items: list[dict[str, Any]]) -> tuple[list[str], list[list[Any]]]:

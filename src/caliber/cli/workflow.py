@@ -203,7 +203,7 @@ Examples:
   caliber workflow queue pasta.json -p mypinion
   caliber workflow queue pasta.json -p mypinion --resume k3v9  # after a fix
   caliber workflow queue analysis.json -p lab --not-before 22:00
-  caliber workflow queue post.json -p lab --after k3v9 --notify https://hooks.lan/x
+  caliber workflow queue post.json -p lab --after k3v9 --priority 5
 \b
 WHEN: 22:00 (the next 22:00, local time), an ISO 8601 time with its offset
 (2026-12-08T22:00+01:00, ...T21:00Z) or a time from now (+2h, +30m, +1h30m).
