@@ -18,7 +18,7 @@ import pytest
 from caliber.cli import main
 from caliber.errors import UsageError
 from caliber.queue.memory.backend import forget
-from tests.pinion_helpers import make_folder, workflow
+from tests.pinion_helpers import FUNCTIONS, make_folder, workflow
 
 
 @pytest.fixture(params=["memory", "local"])
@@ -40,7 +40,9 @@ def queue_url(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch,
 def folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     made = make_folder(tmp_path / "wf")
     workflow(made, [("boom", [])], name="analysis").export(made / "analysis.json")
-    workflow(made, [("add", [1, 2])], name="post").export(made / "post.json")
+    make_folder(made, "postfuncs", FUNCTIONS + "\n# its own file: its bytes are stored anew\n")
+    workflow(made, [("add", [1, 2])], module="postfuncs", name="post").export(
+        made / "post.json")
     monkeypatch.chdir(made)
     return made
 
@@ -202,7 +204,19 @@ def test_bad_input_is_one_line_exit_2_and_the_queue_as_it_was(
     assert err.startswith("caliber: error: ") and err.count("\n") == 1, err
     assert message in err
     assert export(capsys, folder) == before
+    assert not stored(folder / "postfuncs.py")  # its attachment was not stored either
     assert first["id"]
+
+
+def stored(path: Path) -> bool:
+    """Whether the queue's store holds the bytes of ``path``."""
+    import hashlib
+
+    from caliber.queue.registry import open_backend
+    from caliber.queue.target import resolve_target
+
+    with open_backend(resolve_target()) as backend:
+        return backend.has_blob(hashlib.sha256(path.read_bytes()).hexdigest())
 
 
 @pytest.mark.usefixtures("queue_url")
@@ -210,7 +224,7 @@ def test_after_a_cancelled_or_ambiguous_one_is_refused_by_name(
         folder: Path, capsys: pytest.CaptureFixture[str]) -> None:
     first = queued(capsys, "analysis.json", "-p", "lab")
     assert caliber(capsys, "queue", "cancel", str(first["id"]))[0] == 0
-    ids = [str(first["id"])] + [str(queued(capsys, "post.json", "-p", "other")["id"])
+    ids = [str(first["id"])] + [str(queued(capsys, "analysis.json", "-p", "other")["id"])
                                 for _ in range(36)]  # 37 ids: two share a first letter
     prefix = next(c for c in sorted({i[0] for i in ids}) if sum(i[0] == c for i in ids) > 1)
     before = export(capsys, folder)
@@ -224,6 +238,7 @@ def test_after_a_cancelled_or_ambiguous_one_is_refused_by_name(
     assert (code, out, err.count("\n")) == (2, "", 1)
     assert f"id prefix {prefix!r} is ambiguous" in err
     assert export(capsys, folder) == before
+    assert not stored(folder / "postfuncs.py")
 
 
 def test_workflow_queue_from_python_takes_the_ids_it_returned(

@@ -5,6 +5,7 @@ input refused in one line with the queue as it was."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import subprocess
 import sys
@@ -13,7 +14,9 @@ from pathlib import Path
 import pytest
 
 import caliber
-from tests.pinion_helpers import make_folder, workflow
+from caliber.queue.registry import open_backend
+from caliber.queue.target import local_target
+from tests.pinion_helpers import FUNCTIONS, make_folder, workflow
 
 
 def cli(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
@@ -30,7 +33,9 @@ def start_wait(*ids: str, cwd: Path) -> subprocess.Popen[str]:
 def folder(tmp_path: Path) -> Path:
     made = make_folder(tmp_path / "wf")
     workflow(made, [("add", [1, 2])], name="analysis").export(made / "analysis.json")
-    workflow(made, [("add", [3, 4])], name="post").export(made / "post.json")
+    make_folder(made, "postfuncs", FUNCTIONS + "\n# its own file: its bytes are stored anew\n")
+    workflow(made, [("add", [3, 4])], module="postfuncs", name="post").export(
+        made / "post.json")
     return made
 
 
@@ -87,6 +92,9 @@ def test_bad_input_is_one_line_exit_2_and_the_queue_as_it_was(
     assert done.stderr.startswith("caliber: error: ") and done.stderr.count("\n") == 1
     assert message in done.stderr
     assert exported(folder) == before
+    with open_backend(local_target()) as backend:  # its attachment was not stored either
+        assert not backend.has_blob(hashlib.sha256(
+            (folder / "postfuncs.py").read_bytes()).hexdigest())
     assert any(line.get("workload", {}).get("id") == cancelled  # type: ignore[attr-defined]
                for line in before)
 
