@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from caliber.errors import NotFoundError, QueueStateError, ResumeError, UsageError
 from caliber.queue.lifecycle import check_retry, no_results
+from caliber.queue.plan import Plan
 from caliber.queue.resume import resumable_results
 from caliber.queue.status import WorkloadStatus, parse_status
 
@@ -27,7 +28,6 @@ if TYPE_CHECKING:
 
     from caliber.queue.blobs import BlobStore
     from caliber.queue.lifecycle import ResumeGrant
-    from caliber.queue.plan import Plan
     from caliber.queue.registry import Backend
     from caliber.queue.summary import StoredSummary, WorkloadSummary
     from caliber.queue.target import QueueTarget
@@ -94,8 +94,6 @@ def make_workload(workflow: Queueable, pinion: str, store: BlobStore | None = No
     content store; None: only hashed), signed with ``key`` (default: this user's), with its
     plan (:class:`caliber.queue.plan.Plan`: ``after`` full ids, :func:`queue_workflow`
     resolves prefixes). Raises before anything is queued."""
-    from caliber.queue.plan import Plan
-
     plan = Plan.checked(after=after, not_before=not_before, priority=priority, notify=notify)
     return _signed(workflow, pinion, store, key, plan)
 
@@ -122,9 +120,13 @@ def queue_workflow(workflow: Queueable, pinion: str, target: QueueTarget, *,
                    not_before: dt.datetime | str | None = None, priority: int = 0,
                    notify: str | None = None) -> str:
     """Put ``workflow`` in the queue for ``pinion``; returns the new workload's id
-    (:func:`put_workflow`)."""
-    return put_workflow(workflow, pinion, target, resume=resume, after=after,
-                        not_before=not_before, priority=priority, notify=notify).id
+    (:func:`put_workflow`, without reading it back)."""
+    from caliber.queue.secret import load_key
+
+    plan = Plan.checked(after=after, not_before=not_before, priority=priority, notify=notify)
+    key = load_key()
+    with opened(target) as backend:
+        return _put(backend, workflow, pinion, plan, resume, key).id
 
 
 def put_workflow(workflow: Queueable, pinion: str, target: QueueTarget, *,
@@ -147,20 +149,25 @@ def put_workflow(workflow: Queueable, pinion: str, target: QueueTarget, *,
     refused: it would never run), ``not_before`` an aware datetime or text such as
     ``"22:00"`` (no pinion claims it earlier), ``priority`` -1000 to 1000 (claim order, higher
     first), ``notify`` an http(s) address its pinion posts its outcome to."""
-    from caliber.queue.plan import Plan
     from caliber.queue.secret import load_key
 
     plan = Plan.checked(after=after, not_before=not_before, priority=priority, notify=notify)
     key = load_key()
     with opened(target) as backend:
-        if plan.after:
-            plan = replace(plan, after=tuple(resolve_after(backend, plan.after)))
-        earlier = resumable_results(backend, resume) if resume is not None else None
-        workload = _signed(workflow, pinion, backend, key, plan)
-        if earlier is not None:
-            _grant_new(backend, workload, earlier, key)
-        backend.put(workload)
-        return backend.get(workload.id)
+        return backend.get(_put(backend, workflow, pinion, plan, resume, key).id)
+
+
+def _put(backend: Backend, workflow: Queueable, pinion: str, plan: Plan,
+         resume: str | None, key: bytes) -> Workload:
+    """The workload put: ``after`` resolved and the resume found before anything is stored."""
+    if plan.after:
+        plan = replace(plan, after=tuple(resolve_after(backend, plan.after)))
+    earlier = resumable_results(backend, resume) if resume is not None else None
+    workload = _signed(workflow, pinion, backend, key, plan)
+    if earlier is not None:
+        _grant_new(backend, workload, earlier, key)
+    backend.put(workload)
+    return workload
 
 
 def resolve_after(backend: Backend, ids: Sequence[str]) -> list[str]:
