@@ -1,7 +1,7 @@
 """Chains end to end with real processes on the local queue (issue 24): ``caliber workflow
 queue --after`` and ``caliber queue wait`` as a script runs them, a pinion process running
 the chain in order, a cascade-cancelled downstream ending the wait with exit 1, and bad
-input refused in one line with the queue as it was."""
+input refused in one line with the queue as it was; a chain on the Speckle test server."""
 
 from __future__ import annotations
 
@@ -17,6 +17,10 @@ import caliber
 from caliber.queue.registry import open_backend
 from caliber.queue.target import local_target
 from tests.pinion_helpers import FUNCTIONS, make_folder, workflow
+from tests.remote_helpers import remote
+from tests.speckle_fixtures import speckle_server, speckle_token, speckle_userdata
+
+__all__ = ["remote", "speckle_server", "speckle_token", "speckle_userdata"]  # fixtures
 
 
 def cli(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
@@ -107,3 +111,22 @@ def exported(folder: Path) -> list[dict[str, object]]:
     assert done.returncode == 0, done.stderr
     lines = [json.loads(line) for line in path.read_text().splitlines()]
     return [{k: v for k, v in line.items() if k != "exported_at"} for line in lines]
+
+
+def test_a_chain_on_the_remote_queue(request: pytest.FixtureRequest, folder: Path,
+                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    pytest.importorskip("specklepy")
+    remote = request.getfixturevalue("remote")
+    monkeypatch.setenv("CALIBER_SPECKLE_PROJECT", remote.project)
+    analysis = queue(folder, "analysis.json", "-p", "lab", "--priority", "2")
+    post = queue(folder, "post.json", "-p", "lab", "--after", analysis[:5])
+    view = json.loads(cli("queue", "view", post, "--json", cwd=folder).stdout)
+    assert (view["status"], view["after"]) == ("waiting", [analysis])
+    assert [(u["id"], u["status"]) for u in view["upstreams"]] == [(analysis, "queued")]
+    shown = cli("queue", "view", post, cwd=folder).stdout
+    assert f"waits for   {analysis} (analysis): queued, not run yet" in shown
+    ran = cli("pinion", "init", "lab", "-a", "1", "-w", "0", "-q", cwd=folder)
+    assert ran.returncode == 0, ran.stderr
+    done = cli("queue", "wait", post, "--timeout", "60", cwd=folder)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith(f"{post} post completed (results ")
