@@ -90,6 +90,7 @@ def workload(target: QueueTarget, workload_id: str) -> dict[str, Any]:
     """One workload: its detail (``queue view --json``), progress, history and what can be
     done with it."""
     from caliber.pinion.follow import look
+    from caliber.queue.api import upstreams
 
     found = look(workload_id, target)
     detail = found.detail()
@@ -101,27 +102,9 @@ def workload(target: QueueTarget, workload_id: str) -> dict[str, Any]:
         "retry": w.status.value in RETRIABLE,
         "retry_resume": w.status.value in RETRIABLE and w.results_id is not None,
     }
-    detail["waits_for"] = _upstreams(target, w.after)
+    detail["waits_for"] = [u.to_dict() for u in upstreams(w.after, target)] if w.after else []
     detail["waited_by"] = _downstreams(target, w.id)
     return detail
-
-
-def _upstreams(target: QueueTarget, after: list[str]) -> list[dict[str, Any]]:
-    """The workloads one runs after, each with its status now (None: no longer in the
-    queue), in the order given."""
-    from caliber.errors import NotFoundError
-    from caliber.queue.api import opened
-
-    found = []
-    with opened(target) as backend:
-        for upstream in after:
-            try:
-                u = backend.get(upstream)
-            except NotFoundError:
-                found.append({"id": upstream, "workflow": None, "status": None})
-                continue
-            found.append({"id": u.id, "workflow": u.workflow_name, "status": u.status.value})
-    return found
 
 
 def _downstreams(target: QueueTarget, workload_id: str) -> list[dict[str, Any]]:
