@@ -27,6 +27,7 @@ __all__ = [
     "__version__",
     "context",
     "get_results",
+    "upstream",
 ]
 
 _LAZY = {
@@ -38,6 +39,7 @@ _LAZY = {
     "Results": "caliber.results.model",
     "get_results": "caliber.results.api",
     "CaliberError": "caliber.errors",
+    "upstream": "caliber.workflow.model",
 }
 
 if TYPE_CHECKING:
@@ -46,7 +48,7 @@ if TYPE_CHECKING:
     from caliber.results.api import get_results
     from caliber.results.model import Results
     from caliber.workflow.attachments import Reference
-    from caliber.workflow.model import BranchProcess, Process, Task, Workflow
+    from caliber.workflow.model import BranchProcess, Process, Task, Workflow, upstream
 
 
 def __getattr__(name: str) -> Any:

@@ -25,6 +25,7 @@ import os
 import signal
 import sys
 import traceback
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -36,14 +37,16 @@ from caliber.pinion.platform import (
     receive_job,
     redirect_output,
 )
-from caliber.results.arrays import VALUES_DIR, FolderValues, ValueWriter
+from caliber.results.arrays import VALUES_DIR, FolderValues, ValueWriter, restore
 from caliber.results.values import RunStatus, new_id, utcnow
 from caliber.workflow.document import build_workflow
 from caliber.workflow.limits import stop_running_task
+from caliber.workflow.model import UpstreamResult
 from caliber.workflow.runner import ErrorRecord, TaskEvent, run_workflow_plain
 
 if TYPE_CHECKING:
     from caliber.results.model import Results
+    from caliber.workflow.upstream import UpstreamValue
 
 
 class _Sender:
@@ -133,7 +136,9 @@ def run_job(job: dict[str, Any], messages_fd: int, stopping: list[int]) -> None:
     stored arrays put in the run's values folder by the pinion), ``code`` (code fingerprints
     by task function its pinion learnt from an earlier run of the same attached files) and
     ``array_inline_max`` (bytes above which an array is written there as ``.npy``, not sent
-    as JSON; None: never).
+    as JSON; None: never) and ``upstream`` (the upstream values its tasks take, as stored,
+    checked by the pinion, which put their stored arrays in the values folder:
+    :func:`caliber.pinion.upstream.resolve`).
     ``stopping`` becomes true when the workload is cancelled (see :func:`ready_for_work`).
     Nothing on the way of a workload that runs builds a pydantic model: the pinion
     validates the messages."""
@@ -153,6 +158,7 @@ def run_job(job: dict[str, Any], messages_fd: int, stopping: list[int]) -> None:
             workload_id=job["workload_id"], pinion=job["pinion"], resume=resume,
             should_stop=lambda: bool(stopping), known_code=job.get("code"),
             values=None if limit is None else ValueWriter(work_dir / VALUES_DIR, limit),
+            upstream=_upstream(job),
         )
     except CaliberError as exc:  # a missing attachment, or a resume that cannot be done
         results = {
@@ -194,6 +200,26 @@ def _resume(job: dict[str, Any]) -> Results | None:
 
     earlier = Results.model_validate(job["resume"])
     return earlier.reading_values(FolderValues(Path(job["work_dir"]) / VALUES_DIR))
+
+
+def _upstream(job: dict[str, Any]) -> dict[UpstreamResult, UpstreamValue] | None:
+    """The upstream values the workload's tasks take (``$results``), each stored array read
+    from the run's values folder (NotFoundError, BlobMismatchError: the run fails)."""
+    if not job.get("upstream"):
+        return None
+    from caliber.workflow.upstream import UpstreamValue
+
+    source = FolderValues(Path(job["work_dir"]) / VALUES_DIR)
+    found: dict[UpstreamResult, UpstreamValue] = {}
+    for entry in job["upstream"]:
+        ref = UpstreamResult(**entry["ref"])
+        value = restore(entry["stored"], _loader(source, f"the result of {ref.describe()}"))
+        found[ref] = UpstreamValue(entry["stored"], value, entry["results"], entry["workload"])
+    return found
+
+
+def _loader(source: FolderValues, what: str) -> Callable[[dict[str, Any]], Any]:
+    return lambda ref: source.load(ref, what)
 
 
 def main() -> None:

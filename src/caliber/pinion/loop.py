@@ -71,6 +71,8 @@ from caliber.pinion.platform import (
 from caliber.pinion.progress import Reporter
 from caliber.pinion.signals import StopFlags, stop_on_signals
 from caliber.pinion.stops import CANCELLED, TaskWatch, g_of
+from caliber.pinion.upstream import fetch_upstream
+from caliber.pinion.upstream import resolve as resolve_upstream
 from caliber.pinion.values import fetch_resumed, inline_max, keep_values
 from caliber.platform import (
     PRIVATE_FOLDER,
@@ -98,6 +100,7 @@ from caliber.settings import (
 from caliber.sizes import DEFAULT_LOG_MAX
 from caliber.workflow.fileformat import check_document
 from caliber.workflow.runner import TRACEBACK_FILE
+from caliber.workflow.upstream import UpstreamError
 
 if TYPE_CHECKING:
     from caliber.pinion.notify import Notifier
@@ -804,6 +807,10 @@ class Pinion:
             self.summary.skipped.append((workload.id, reason))
             self.reporter.skipped(workload.id, reason)
             return Outcome.SKIPPED
+        try:  # the upstream results its tasks take ($results), checked with this key
+            upstream = resolve_upstream(self.backend, workload, self.key)
+        except UpstreamError as exc:
+            return self._unresolved(claim, exc)
         self.reporter.workload_started(workload.id, workload.workflow_name, workload.attempts)
         try:
             held, work_dir = self._prepare_held(claim)
@@ -827,7 +834,8 @@ class Pinion:
             self.reporter.workload_finished("not run", reason)
             return Outcome.SKIPPED
         try:
-            begun = self.launch(held.claim, work_dir, resume=resume, between=held)
+            begun = self.launch(held.claim, work_dir, resume=resume, between=held,
+                                upstream=upstream)
         except (LeaseLostError, _NotRun) as exc:  # while a resumed run's files were written
             self._written_back.pop(work_dir, None)
             shutil.rmtree(work_dir, ignore_errors=True)  # nothing ran: nothing to keep
@@ -888,6 +896,15 @@ class Pinion:
         self.reporter.workload_finished("cancelled", reason)
         return Outcome.CANCELLED
 
+    def _unresolved(self, claim: Claim, exc: UpstreamError) -> Outcome:
+        """An upstream result it takes cannot be given: failed before it ran, with why."""
+        workload = claim.workload
+        reason = f"not run: {exc}"
+        self.backend.fail(claim, reason, retry=False)
+        self.reporter.workload_started(workload.id, workload.workflow_name, workload.attempts)
+        self.reporter.workload_finished("failed", reason)
+        return Outcome.FAILED
+
     def _unprepared(self, claim: Claim, exc: Exception) -> Outcome:
         reason = f"cannot prepare the working folder: {exc}"
         self.backend.fail(claim, reason, retry=False)
@@ -930,18 +947,23 @@ class Pinion:
     # --- the child: start it, monitor it, keep its verdict (as rq's work horse) -----------
 
     def launch(self, claim: Claim, work_dir: Path, *, resume: dict[str, Any] | None = None,
-               between: _Held | None = None) -> Outcome | _Run:
+               between: _Held | None = None,
+               upstream: list[dict[str, Any]] | None = None) -> Outcome | _Run:
         """Start the workload in a child: check its document, start it, and return the run,
         which the loop monitors (lease, messages, timeout, stops: :meth:`_step`) until it
         stores its verdict (:meth:`_conclude`). ``resume``: the earlier Results (JSON form)
         its child reuses, checked already (:meth:`handle`); their arrays and files are
         written into the run folder first, holding the claim (``between``: LeaseLostError,
-        _NotRun as while the attachments are written)."""
+        _NotRun as while the attachments are written); so are the stored arrays of
+        ``upstream``, the upstream values its tasks take, checked already
+        (:func:`caliber.pinion.upstream.resolve`)."""
         workload = claim.workload
         try:
             document = check_document(workload.workflow, source=f"workload {workload.id}")
             fetch_resumed(self.backend, work_dir, resume,  # the arrays the run reuses
                           between=between)
+            fetch_upstream(self.backend, work_dir, upstream or [],  # and those it takes
+                           between=between)
             if resume is not None and isinstance(self.backend, BlobStore):  # and the files
                 self._written_back[work_dir] = write_back(
                     self.backend, resume.get("files") or [], work_dir, between=between)
@@ -955,7 +977,7 @@ class Pinion:
                 error=ErrorInfo(type=type(exc).__name__, message=str(exc))))
         if between is not None:
             claim = between.claim  # as last renewed
-        run = self._start_run(claim, work_dir, document, resume)
+        run = self._start_run(claim, work_dir, document, resume, upstream)
         self._stage_next()  # while the child runs
         return run
 
@@ -984,13 +1006,16 @@ class Pinion:
         self._unreaped.append(run.child)
 
     def _start_run(self, claim: Claim, work_dir: Path, document: dict[str, Any],
-                   resume: dict[str, Any] | None = None) -> _Run:
+                   resume: dict[str, Any] | None = None,
+                   upstream: list[dict[str, Any]] | None = None) -> _Run:
         workload = claim.workload
-        job = {"workload_id": workload.id, "pinion": self.config.name,
+        job: dict[str, Any] = {"workload_id": workload.id, "pinion": self.config.name,
                "work_dir": str(work_dir), "workflow": document,
                "array_inline_max": self._inline_max}
         if resume is not None:  # retry --resume: the child reuses its tasks
             job["resume"] = resume
+        if upstream:  # the upstream values its tasks take ($results)
+            job["upstream"] = upstream
         known = self._code.get(_code_key(workload))
         if known:  # the code fingerprints of an earlier run of the same files
             job["code"] = known

@@ -22,6 +22,7 @@ from caliber.workflow.model import (
     Process,
     Task,
     TaskRef,
+    UpstreamResult,
     Workflow,
     iter_refs,
     iter_steps,
@@ -37,8 +38,8 @@ def value_text(value: Any, width: int = VALUE_WIDTH) -> str:
 
 
 def _value_text(value: Any) -> str:
-    if isinstance(value, TaskRef):
-        return f"<result of {value.task!r}>"
+    if isinstance(value, TaskRef | UpstreamResult):
+        return repr(value)
     if isinstance(value, list | tuple):
         return "[" + ", ".join(_value_text(v) for v in value) + "]"
     if isinstance(value, dict):

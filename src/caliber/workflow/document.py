@@ -10,18 +10,36 @@ from typing import Any
 
 from caliber.errors import AttachmentError, WorkflowDefinitionError, WorkflowFileError
 from caliber.workflow.attachments import AttachmentSpec, Reference, resolve_inside
-from caliber.workflow.model import BranchProcess, Node, Process, Task, TaskRef, Workflow
+from caliber.workflow.model import (
+    BranchProcess,
+    Node,
+    Process,
+    Task,
+    TaskRef,
+    UpstreamResult,
+    Workflow,
+)
 
 REF_KEY = "$result"
+UPSTREAM_KEY = "$results"
+"""``{"$results": {"workflow": ..., "task": ..., "workload": ...}}``: an upstream workload's
+task value (:class:`~caliber.workflow.model.UpstreamResult`; checked by
+:func:`caliber.workflow.fileformat.check_document`)."""
+UPSTREAM_FIELDS = ("workflow", "workload", "task")
 
 
 def decode_value(value: Any) -> Any:
-    """Turn ``{"$result": name}`` back into TaskRef, everywhere inside ``value``."""
+    """Turn ``{"$result": name}`` back into TaskRef and ``{"$results": {...}}`` into
+    UpstreamResult, everywhere inside ``value``."""
     if isinstance(value, list):
         return [decode_value(v) for v in value]
     if isinstance(value, dict):
         if len(value) == 1 and isinstance(value.get(REF_KEY), str):
             return TaskRef(value[REF_KEY])
+        if len(value) == 1 and isinstance(value.get(UPSTREAM_KEY), dict):
+            fields = value[UPSTREAM_KEY]
+            return UpstreamResult(fields.get("task"), workflow=fields.get("workflow"),
+                                  workload=fields.get("workload"))
         return {k: decode_value(v) for k, v in value.items()}
     return value
 

@@ -23,7 +23,23 @@ take wrongly gets a new version.
 An attachment is a file or a folder (every file inside) relative to the file's folder, or a
 file by reference (:class:`~caliber.workflow.attachments.Reference`). A task's return value
 used as an argument is written ``{"$result": "task name"}``. A task's ``timeout`` (seconds it
-may run, above 0) is written only when it has one. Tuples are
+may run, above 0) is written only when it has one.
+
+The return value of a task of an *upstream* workload (one this workload runs after:
+``workflow queue post.json --after ID``) is written
+``{"$results": {"workflow": "analysis", "task": "Solve"}}``, so the file can be written before
+the upstream is queued and its id known (``caliber.upstream("analysis", "Solve")`` in
+Python). ``"workflow"`` picks, among the workloads it runs after, the one of that workflow;
+left out, it must run after exactly one. ``"workload": "<id or unique prefix>"`` names one of
+them itself (two upstreams of one workflow). ``"task"`` is required, and these three are the
+only fields. Its pinion gives the value before the run, from the upstream's Results, whose
+signature it checks with its key; anything that does not resolve (no such upstream, no such
+task, a task that did not complete, Results that are not signed with its key) fails the
+workload before it runs, in one line (:mod:`caliber.workflow.upstream` has the rules).
+``workflow queue`` checks that every reference picks one of the ``--after`` workloads before
+anything is queued; ``workflow run`` takes the upstream Results with ``--after-results ID``.
+An older Caliber reads such a file, but gives the task the reference itself, a dict. Tuples
+are
 written as lists (JSON has no tuple); any other value that would not come back unchanged is
 refused at export time, naming the task and the argument.
 
@@ -50,9 +66,15 @@ from caliber.errors import (
     WorkflowFileError,
 )
 from caliber.workflow.attachments import Reference, check_relative_path, resolve_inside
-from caliber.workflow.document import REF_KEY, build_node, build_workflow
+from caliber.workflow.document import (
+    REF_KEY,
+    UPSTREAM_FIELDS,
+    UPSTREAM_KEY,
+    build_node,
+    build_workflow,
+)
 from caliber.workflow.limits import MAX_TIMEOUT
-from caliber.workflow.model import Node, Process, Task, TaskRef, Workflow
+from caliber.workflow.model import Node, Process, Task, TaskRef, UpstreamResult, Workflow
 
 FORMAT_VERSION = 1
 FUNCTION_PATTERN = r"^[A-Za-z_][A-Za-z0-9_.]*:[A-Za-z_][A-Za-z0-9_.]*$"
@@ -176,6 +198,8 @@ def encode_value(value: Any, task: str, where: str) -> Any:
         return value
     if isinstance(value, TaskRef):
         return {REF_KEY: value.task}
+    if isinstance(value, UpstreamResult):
+        return {UPSTREAM_KEY: value.fields()}
     if kind in (list, tuple):
         return [encode_value(v, task, f"{where}[{i}]") for i, v in enumerate(value)]
     if kind is dict:
@@ -185,8 +209,8 @@ def encode_value(value: Any, task: str, where: str) -> Any:
                 raise ExportError(
                     f"task {task!r}: {where} has the key {key!r}; JSON keys must be strings"
                 )
-            if key == REF_KEY:
-                raise ExportError(f"task {task!r}: {where} uses the reserved key {REF_KEY!r}")
+            if key in (REF_KEY, UPSTREAM_KEY):
+                raise ExportError(f"task {task!r}: {where} uses the reserved key {key!r}")
             out[key] = encode_value(item, task, f"{where}[{key!r}]")
         return out
     shown = repr(value)
@@ -371,6 +395,9 @@ def check_document(document: Any, *, source: str) -> dict[str, Any]:
     except ValidationError as exc:
         raise WorkflowFileError(source, [_problem(e) for e in exc.errors()]) from exc
     checked = parsed.model_dump(by_alias=True, exclude_unset=True)
+    problems = upstream_problems(checked["process"])
+    if problems:
+        raise WorkflowFileError(source, problems)
     try:
         built = Workflow(build_node(checked["process"]), checked["name"], base_dir=Path("/"),  # type: ignore[arg-type]
                          outputs=checked.get("outputs", ()))
@@ -379,6 +406,63 @@ def check_document(document: Any, *, source: str) -> dict[str, Any]:
     if built.outputs:
         checked["outputs"] = built.outputs  # normalised: './fields//a.vtu' -> 'fields/a.vtu'
     return checked
+
+
+_UPSTREAM_FORM = '{"$results": {"workflow": "analysis", "task": "Solve"}}'
+
+
+def upstream_problems(process: dict[str, Any]) -> list[str]:
+    """Every ``$results`` reference of a process that is not one (see the module), as
+    ``place: what is wrong``."""
+    problems: list[str] = []
+    nodes: list[tuple[dict[str, Any], str]] = [(process, "process")]
+    while nodes:
+        node, place = nodes.pop()
+        if node["type"] != "task":
+            nodes.extend((item, f"{place}.tasks[{i}]") for i, item in enumerate(node["tasks"]))
+            continue
+        for name in ("args", "kwargs"):
+            if name in node:
+                _upstream_in(node[name], f"{place}.{name}", problems)
+    return sorted(problems)
+
+
+def _upstream_in(value: Any, place: str, problems: list[str]) -> None:
+    stack = [(value, place)]
+    while stack:
+        item, where = stack.pop()
+        if isinstance(item, list):
+            stack.extend((v, f"{where}[{i}]") for i, v in enumerate(item))
+        elif isinstance(item, dict):
+            if UPSTREAM_KEY in item:
+                problem = _upstream_problem(item)
+                if problem is not None:
+                    problems.append(f"{where}: {problem}")
+                continue
+            stack.extend((v, f"{where}[{k!r}]") for k, v in item.items())
+
+
+def _upstream_problem(item: dict[str, Any]) -> str | None:
+    if len(item) != 1:
+        others = ", ".join(repr(k) for k in item if k != UPSTREAM_KEY)
+        return (f'"$results" must be alone in its object (it stands for an upstream task\'s '
+                f"value), not with {others}")
+    fields = item[UPSTREAM_KEY]
+    if not isinstance(fields, dict):
+        shown = json.dumps(fields)
+        shown = shown if len(shown) <= 60 else shown[:57] + "..."
+        return f'"$results" must be an object such as {_UPSTREAM_FORM}, not {shown}'
+    unknown = [k for k in fields if k not in UPSTREAM_FIELDS]
+    if unknown:
+        return (f'"$results" has an unknown field {unknown[0]!r} (its fields: "workflow", '
+                '"workload", "task")')
+    if "task" not in fields:
+        return f'"$results" lacks the field "task": write it as {_UPSTREAM_FORM}'
+    for key in UPSTREAM_FIELDS:
+        if key in fields and (not isinstance(fields[key], str) or not fields[key].strip()):
+            shown = json.dumps(fields[key])
+            return f'"$results" field "{key}" must be a non-empty string, not {shown}'
+    return None
 
 
 def parse_text(text: str, *, source: str) -> Any:

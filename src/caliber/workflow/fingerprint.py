@@ -21,7 +21,10 @@ installed packages (a task function that lives in one counts by its import path 
 A task's **inputs fingerprint** is one SHA-256 per argument (the arguments as stored, a
 ``task.result`` reference as its marker ``{"$result": name}``): which argument changed can be
 told. The values of references are compared through the rule that the task they come from
-was reused (its stored value is then the one this task was given).
+was reused (its stored value is then the one this task was given). An upstream workload's
+result (``{"$results": ...}``) counts as its marker with the value it gave as stored in the
+upstream's Results (a big array by its SHA-256): an upstream run again with another value
+makes the task run again.
 
 No pydantic, no threading: a pinion's child computes these (:mod:`caliber.pinion.child`).
 """
@@ -34,11 +37,12 @@ import importlib.util
 import json
 import os
 import sys
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 from caliber.results.convert import to_json
-from caliber.workflow.model import TaskRef
+from caliber.workflow.model import TaskRef, UpstreamResult
 
 FORMAT = "caliber code/1"
 """Written first in what a code fingerprint hashes: a new way of fingerprinting is a change."""
@@ -271,28 +275,38 @@ def _digest(lines: list[str]) -> str:
 
 # --- inputs ------------------------------------------------------------------------------
 
-def _marked(value: Any) -> Any:
-    """An argument with every ``task.result`` reference as its marker."""
+def _marked(value: Any, upstream: Mapping[UpstreamResult, Any]) -> Any:
+    """An argument with every ``task.result`` reference as its marker, and every upstream
+    result as its marker with the value it stands for as stored."""
     if isinstance(value, TaskRef):
         return {"$result": value.task}
+    if isinstance(value, UpstreamResult):
+        given = upstream.get(value)
+        return {"$results": value.fields(),
+                "stored": None if given is None else getattr(given, "stored", None)}
     if isinstance(value, list | tuple):
-        return [_marked(v) for v in value]
+        return [_marked(v, upstream) for v in value]
     if isinstance(value, dict):
-        return {k: _marked(v) for k, v in value.items()}
+        return {k: _marked(v, upstream) for k, v in value.items()}
     return value
 
 
-def _value_digest(value: Any) -> str:
-    data = json.dumps(to_json(_marked(value))[0], sort_keys=True, separators=(",", ":"),
-                      ensure_ascii=False, default=str)
+def _value_digest(value: Any, upstream: Mapping[UpstreamResult, Any]) -> str:
+    data = json.dumps(to_json(_marked(value, upstream))[0], sort_keys=True,
+                      separators=(",", ":"), ensure_ascii=False, default=str)
     return hashlib.sha256(data.encode("utf-8", "backslashreplace")).hexdigest()
 
 
-def inputs(args: list[Any], kwargs: dict[str, Any]) -> list[str]:
+def inputs(args: list[Any], kwargs: dict[str, Any],
+           upstream: Mapping[UpstreamResult, Any] | None = None) -> list[str]:
     """The inputs fingerprint: a SHA-256 per positional argument, then ``name=SHA-256`` per
-    keyword argument, sorted by name."""
-    return ([_value_digest(a) for a in args]
-            + sorted(f"{k}={_value_digest(v)}" for k, v in kwargs.items()))
+    keyword argument, sorted by name. ``upstream``: the upstream results the arguments take
+    (:class:`~caliber.workflow.upstream.UpstreamValue` by reference): an argument that takes
+    one counts with the value as stored (a big array by its SHA-256), so a resume reuses
+    the task only when the upstream value is the one it took."""
+    given = upstream or {}
+    return ([_value_digest(a, given) for a in args]
+            + sorted(f"{k}={_value_digest(v, given)}" for k, v in kwargs.items()))
 
 
 def inputs_change(before: list[str], now: list[str]) -> str | None:

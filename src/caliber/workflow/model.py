@@ -43,6 +43,72 @@ class TaskRef:
         return f"<result of {self.task!r}>"
 
 
+@dataclass(frozen=True)
+class UpstreamResult:
+    """The return value of a task of an *upstream* workload (one this workload runs after,
+    ``queue --after``), used as an argument: ``args=[caliber.upstream("analysis", "Solve")]``,
+    written ``{"$results": {"workflow": "analysis", "task": "Solve"}}`` in the file.
+
+    Its pinion gives it before the run, from the upstream's Results (their signature checked
+    with its key): ``workflow`` picks the upstream by its workflow's name (left out: the
+    workload runs after exactly one), ``workload`` by its id or a unique prefix of it, among
+    the ids it runs after. A branched task's value is the list of its values, one per branch.
+    See :mod:`caliber.workflow.upstream`.
+    """
+
+    task: str
+    workflow: str | None = None
+    workload: str | None = None
+
+    def __post_init__(self) -> None:
+        for field_name, required in (("task", True), ("workflow", False), ("workload", False)):
+            value = getattr(self, field_name)
+            if value is None and not required:
+                continue
+            if not isinstance(value, str) or not value.strip():
+                raise WorkflowDefinitionError(
+                    f"upstream result: {field_name} must be a non-empty string, not {value!r}")
+
+    def fields(self) -> dict[str, str]:
+        """Its fields as the file writes them (those set)."""
+        found = {"workflow": self.workflow, "workload": self.workload, "task": self.task}
+        return {k: v for k, v in found.items() if v is not None}
+
+    def describe(self) -> str:
+        """``'Solve' of upstream 'analysis'`` (for messages and diagrams)."""
+        if self.workload is not None:
+            whose = f"upstream workload {self.workload}"
+            if self.workflow is not None:
+                whose += f" ({self.workflow})"
+        elif self.workflow is not None:
+            whose = f"upstream {self.workflow!r}"
+        else:
+            whose = "the upstream"
+        return f"{self.task!r} of {whose}"
+
+    def __repr__(self) -> str:
+        return f"<result of {self.describe()}>"
+
+
+def upstream(*names: str, workload: str | None = None) -> UpstreamResult:
+    """The value of a task of an upstream workload, to pass as an argument (the workload is
+    queued to run after it: ``Workflow.queue(after=[...])``, ``workflow queue --after``):
+
+    - ``upstream("Solve")``: task ``Solve`` of the one workload it runs after;
+    - ``upstream("analysis", "Solve")``: of the one it runs after whose workflow is
+      ``analysis``;
+    - ``workload="3fa1"``: of that one (an id, or a unique prefix among those it runs
+      after).
+    """
+    if len(names) == 1:
+        return UpstreamResult(names[0], workload=workload)
+    if len(names) == 2:
+        return UpstreamResult(names[1], workflow=names[0], workload=workload)
+    raise WorkflowDefinitionError(
+        f"upstream() takes the task's name, or the workflow's and the task's, not {len(names)} "
+        "names")
+
+
 def function_ref(function: Callable[..., Any]) -> str:
     """The ``module:qualname`` import path of a module-level function, or a clear error."""
     name = getattr(function, "__qualname__", None) or getattr(function, "__name__", None)
@@ -314,6 +380,30 @@ def iter_refs(value: Any) -> Iterator[TaskRef]:
     elif isinstance(value, dict):
         for item in value.values():
             yield from iter_refs(item)
+
+
+def iter_upstream(value: Any) -> Iterator[UpstreamResult]:
+    """Every UpstreamResult inside an argument value (lists, tuples and dict values)."""
+    if isinstance(value, UpstreamResult):
+        yield value
+    elif isinstance(value, list | tuple):
+        for item in value:
+            yield from iter_upstream(item)
+    elif isinstance(value, dict):
+        for item in value.values():
+            yield from iter_upstream(item)
+
+
+def upstream_results(workflow: Workflow) -> dict[UpstreamResult, list[str]]:
+    """Each upstream result the workflow's tasks take, with the names of the tasks that take
+    it (in definition order)."""
+    found: dict[UpstreamResult, list[str]] = {}
+    for task in iter_tasks(workflow.process):
+        for ref in iter_upstream([task.args, task.kwargs]):
+            takers = found.setdefault(ref, [])
+            if task.name not in takers:
+                takers.append(task.name)
+    return found
 
 
 def _check_outputs(name: str, outputs: object) -> list[str]:

@@ -62,13 +62,18 @@ from caliber.workflow.model import (
     Step,
     Task,
     TaskRef,
+    UpstreamResult,
     Workflow,
     iter_refs,
+    upstream_results,
 )
 
 if TYPE_CHECKING:
+    from collections.abc import Mapping
+
     from caliber.results.arrays import ValueWriter
     from caliber.results.model import ErrorInfo, Results, TaskResult
+    from caliber.workflow.upstream import UpstreamValue
 
 TRACEBACK_FILE = "caliber-traceback.txt"
 STOPPED = "Cancelled"
@@ -246,6 +251,7 @@ class _Run:
         self.earlier: dict[tuple[str, int | None], TaskResult] = {}
         self.g_before: dict[tuple[str, int | None], dict[str, Any]] = {}  # ... as they saw g
         self.fingerprints = Fingerprinter(str(workflow.base_dir))
+        self.upstream: Mapping[UpstreamResult, UpstreamValue] = {}  # given by its pinion
         self.code: dict[str, tuple[str | None, str | None]] = {}  # function -> file, print
         for step in self.steps:
             self.records[step.task.name, step.branch] = TaskRecord(
@@ -421,6 +427,8 @@ class _Run:
     def substitute(self, value: Any, branch: int | None) -> Any:
         if isinstance(value, TaskRef):
             return self.value_of(value, branch)
+        if isinstance(value, UpstreamResult):
+            return self.upstream[value].value
         if isinstance(value, list):
             return [self.substitute(v, branch) for v in value]
         if isinstance(value, tuple):
@@ -442,7 +450,7 @@ class _Run:
             args, kwargs = task.args, task.kwargs
         else:
             args, kwargs = task.args[branch], task.kwargs[branch]
-        given = inputs(list(args), dict(kwargs))
+        given = inputs(list(args), dict(kwargs), self.upstream)
         if self.source is not None:
             record.reuse = self.why_not_reused(task, branch, given)
             if record.reuse is None:
@@ -528,6 +536,7 @@ def run_workflow_plain(
     should_stop: Callable[[], bool] | None = None,
     known_code: dict[str, str] | None = None,
     values: ValueWriter | None = None,
+    upstream: Mapping[UpstreamResult, UpstreamValue] | None = None,
 ) -> dict[str, Any]:
     """Run every task in order and return the Results; never raises for a task's exception.
 
@@ -542,9 +551,18 @@ def run_workflow_plain(
     earlier run of the same attached files).
     ``values`` keeps big arrays and frames as binary, a reference in their place
     (:mod:`caliber.results.arrays`); without it they are stored as JSON lists.
+    ``upstream``: the value of each upstream result its tasks take
+    (:mod:`caliber.workflow.upstream`); UpstreamError, before anything runs, when one is
+    missing.
     On failure the tracebacks are also written to ``caliber-traceback.txt`` in ``work_dir``.
     """
     run = _Run(workflow, on_event, values)
+    run.upstream = upstream or {}
+    missing = [ref for ref in upstream_results(workflow) if ref not in run.upstream]
+    if missing:
+        from caliber.workflow.upstream import without
+
+        raise without(missing, f"workflow {workflow.name!r}")
     if should_stop is not None:
         run.should_stop = should_stop
     started = utcnow()

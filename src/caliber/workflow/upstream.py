@@ -1,0 +1,158 @@
+"""Upstream results: a workload's task takes the return value of a task of a workload it runs
+after (``{"$results": {"workflow": "analysis", "task": "Solve"}}`` in the file,
+``caliber.upstream("analysis", "Solve")`` in Python: :class:`~caliber.workflow.model.
+UpstreamResult`).
+
+The rules, the same for a pinion (:mod:`caliber.pinion.upstream`), for ``workflow queue``
+(before anything is queued) and for ``workflow run --after-results ID``:
+
+- **Which upstream** (:func:`choose`): only one of the workloads it runs after (``--after``:
+  those are the ones that have completed when it starts; any other workload's Results could
+  be missing, or change, while it runs). ``"workload"`` names one of them by id or unique
+  prefix; else ``"workflow"`` picks the one of that workflow; with neither there must be
+  exactly one. None, or several, is an error naming what it runs after.
+- **Which value** (:func:`task_value`): the task's return value in the upstream's last
+  Results, which must have completed; a branched task gives the list of its values in
+  branch order (as ``caliber.get_results(ID)["Solve"]`` does). A value arrives as those
+  Results hold it: JSON values as they are, big numpy arrays and pandas frames read back as
+  arrays and frames (their bytes checked against the SHA-256 the Results name); a value that
+  was converted to be stored (a small array as a list, a date as text) as its stored form.
+- **Whose Results**: only Results signed with the key of the pinion that runs the workload
+  (the key the workload itself is signed with), and only the Results of that upstream
+  workload of that workflow: their values decide what the workload computes, as its own
+  arguments do. Unsigned, or changed since, they are refused and the workload fails before
+  it runs.
+
+A workload whose references do not resolve fails before any of its tasks runs, with one line
+naming the reference and what is wrong; it never runs with a missing value. A resumed run
+(``retry --resume``) reuses a task that takes an upstream value only when the value is the one
+it took then (it is part of the task's inputs fingerprint).
+
+No pydantic, no threading: a pinion's child imports this module.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from caliber.errors import UsageError
+from caliber.workflow.document import UPSTREAM_KEY
+from caliber.workflow.model import UpstreamResult
+
+
+class UpstreamError(UsageError):
+    """An upstream result that cannot be given: the message says which and why."""
+
+
+@dataclass(frozen=True)
+class Upstream:
+    """A workload another runs after, as the rules see it: its id and workflow's name."""
+
+    id: str
+    workflow: str
+
+
+@dataclass(frozen=True)
+class UpstreamValue:
+    """An upstream result resolved: the value as stored in the upstream's Results (JSON, a
+    big array as its reference), the value as a task takes it, and where it came from."""
+
+    stored: Any
+    value: Any
+    results: str
+    workload: str | None
+
+
+def document_refs(value: Any) -> Iterator[UpstreamResult]:
+    """Every ``$results`` reference in a checked workflow document (or a part of it), in
+    document order, as UpstreamResult."""
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, list):
+            stack.extend(reversed(item))
+        elif isinstance(item, dict):
+            fields = item.get(UPSTREAM_KEY)
+            if len(item) == 1 and isinstance(fields, dict):
+                yield UpstreamResult(str(fields.get("task")), workflow=fields.get("workflow"),
+                                     workload=fields.get("workload"))
+            else:
+                stack.extend(reversed(list(item.values())))
+
+
+def refs_of(document: dict[str, Any]) -> list[UpstreamResult]:
+    """The distinct upstream results a workflow document's tasks take."""
+    return list(dict.fromkeys(document_refs(document.get("process"))))
+
+
+def _listed(upstreams: Sequence[Upstream]) -> str:
+    return ", ".join(f"{u.id} ({u.workflow})" for u in upstreams)
+
+
+def choose(ref: UpstreamResult, upstreams: Sequence[Upstream]) -> Upstream:
+    """The upstream ``ref`` takes its value from (see the module), or UpstreamError."""
+    what = f"the result of {ref.describe()}"
+    if not upstreams:
+        raise UpstreamError(f"{what}: it runs after no workload (queue it with --after ID)")
+    if ref.workload is not None:
+        named = [u for u in upstreams if u.id == ref.workload]
+        named = named or [u for u in upstreams if u.id.startswith(ref.workload)]
+        if len(named) != 1:
+            how = "none" if not named else "several"
+            raise UpstreamError(f"{what}: {ref.workload!r} names {how} of the workloads it runs "
+                                f"after ({_listed(upstreams)})")
+        if ref.workflow is not None and named[0].workflow != ref.workflow:
+            raise UpstreamError(f"{what}: workload {named[0].id} is of workflow "
+                                f"{named[0].workflow!r}, not {ref.workflow!r}")
+        return named[0]
+    if ref.workflow is not None:
+        named = [u for u in upstreams if u.workflow == ref.workflow]
+        if not named:
+            raise UpstreamError(f"{what}: it runs after no workload of workflow "
+                                f"{ref.workflow!r} (it runs after {_listed(upstreams)})")
+        if len(named) > 1:
+            raise UpstreamError(f"{what}: it runs after {len(named)} workloads of workflow "
+                                f"{ref.workflow!r} ({_listed(named)}); name one with "
+                                '"workload": ID')
+        return named[0]
+    if len(upstreams) > 1:
+        raise UpstreamError(f"{what}: it runs after {len(upstreams)} workloads "
+                            f"({_listed(upstreams)}); say which with \"workflow\": NAME")
+    return upstreams[0]
+
+
+def task_value(results: dict[str, Any], ref: UpstreamResult) -> Any:
+    """The value of ``ref``'s task in ``results`` (their JSON form) as stored: a branched
+    task's values as a list, in branch order. UpstreamError when the Results did not
+    complete, have no such task, or it did not complete."""
+    whose = f"results {results.get('id')} of workload {results.get('workload_id')}"
+    if results.get("status") != "completed":
+        raise UpstreamError(f"the result of {ref.describe()}: {whose} ended "
+                            f"{results.get('status')}, not completed")
+    runs = [t for t in results.get("tasks") or [] if t.get("name") == ref.task]
+    if not runs:
+        names = ", ".join(repr(n) for n in dict.fromkeys(
+            str(t.get("name")) for t in results.get("tasks") or []))
+        raise UpstreamError(f"the result of {ref.describe()}: {whose} have no task "
+                            f"{ref.task!r} (their tasks: {names or 'none'})")
+    for run in runs:
+        if run.get("status") != "completed":
+            branch = "" if run.get("branch") is None else f" (branch {run.get('branch')})"
+            raise UpstreamError(f"the result of {ref.describe()}: task {ref.task!r}{branch} "
+                                f"did not complete in {whose} ({run.get('status')})")
+    if runs[0].get("branch") is None:
+        return runs[0].get("return")
+    return [r.get("return") for r in sorted(runs, key=lambda r: r.get("branch") or 0)]
+
+
+def without(refs: Sequence[UpstreamResult], source: str) -> UpstreamError:
+    """The error of a run that has no upstream to take ``refs`` from (``workflow run``
+    without ``--after-results``)."""
+    first = refs[0]
+    more = f" (and {len(refs) - 1} more)" if len(refs) > 1 else ""
+    return UpstreamError(
+        f"{source}: takes the result of {first.describe()}{more}, which comes from a workload "
+        "it runs after: queue it with --after ID, or run it with --after-results ID (the "
+        "upstream's Results)")
