@@ -131,6 +131,7 @@ def _report(res: Results, *, as_json: bool) -> None:
 Examples:
   caliber workflow run pasta.json && caliber results show --workflow pasta
   caliber workflow run pasta.json --resume 7hq2  # only what did not complete
+  caliber workflow run post.json --after-results k3v9  # its $results from those
   caliber workflow run pasta.json --json""",
 )
 @click.argument("file", type=FILE)
@@ -140,7 +141,11 @@ Examples:
               help="Reuse the tasks that completed in these earlier Results of the workflow "
                    "(a Results id, or a workload id: its last Results) and are unchanged: "
                    "their return values and what they put in g; the rest runs.")
-def run(file: Path, as_json: bool, resume: str | None) -> None:
+@click.option("--after-results", "after_results", metavar="ID", multiple=True,
+              help="The Results (an id, or a workload id: its last Results) of an upstream "
+                   "workload whose task values the file takes ({\"$results\": ...}), as a "
+                   "pinion gives them to a workload queued --after it. Repeatable.")
+def run(file: Path, as_json: bool, resume: str | None, after_results: tuple[str, ...]) -> None:
     """Run the workflow in FILE here and now, with a line per task, store its Results in the
     local results store and print their id.
 
@@ -160,7 +165,7 @@ def run(file: Path, as_json: bool, resume: str | None) -> None:
     store = local_target()  # resolved here: .caliber/.env is read from the folder you are in
     with _Progress(stream_err=as_json) as progress, contextlib.chdir(wf.base_dir):
         res = wf.run(work_dir=wf.base_dir, store=True, on_event=progress, target=store,
-                     resume=resume)
+                     resume=resume, after_results=after_results)
     _report(res, as_json=as_json)
     if res.error is not None and res.error.type == "KeyboardInterrupt":
         error_line(f"interrupted: results {res.id} keep what the finished tasks returned")

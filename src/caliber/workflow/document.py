@@ -16,16 +16,11 @@ from caliber.workflow.model import (
     Process,
     Task,
     TaskRef,
-    UpstreamResult,
     Workflow,
 )
+from caliber.workflow.upstream import UPSTREAM_KEY, UpstreamResult
 
 REF_KEY = "$result"
-UPSTREAM_KEY = "$results"
-"""``{"$results": {"workflow": ..., "task": ..., "workload": ...}}``: an upstream workload's
-task value (:class:`~caliber.workflow.model.UpstreamResult`; checked by
-:func:`caliber.workflow.fileformat.check_document`)."""
-UPSTREAM_FIELDS = ("workflow", "workload", "task")
 
 
 def decode_value(value: Any) -> Any:

@@ -66,15 +66,10 @@ from caliber.errors import (
     WorkflowFileError,
 )
 from caliber.workflow.attachments import Reference, check_relative_path, resolve_inside
-from caliber.workflow.document import (
-    REF_KEY,
-    UPSTREAM_FIELDS,
-    UPSTREAM_KEY,
-    build_node,
-    build_workflow,
-)
+from caliber.workflow.document import REF_KEY, build_node, build_workflow
 from caliber.workflow.limits import MAX_TIMEOUT
-from caliber.workflow.model import Node, Process, Task, TaskRef, UpstreamResult, Workflow
+from caliber.workflow.model import Node, Process, Task, TaskRef, Workflow
+from caliber.workflow.upstream import UPSTREAM_FIELDS, UPSTREAM_KEY, UpstreamResult
 
 FORMAT_VERSION = 1
 FUNCTION_PATTERN = r"^[A-Za-z_][A-Za-z0-9_.]*:[A-Za-z_][A-Za-z0-9_.]*$"
@@ -439,7 +434,7 @@ def _upstream_in(value: Any, place: str, problems: list[str]) -> None:
                 if problem is not None:
                     problems.append(f"{where}: {problem}")
                 continue
-            stack.extend((v, f"{where}[{k!r}]") for k, v in item.items())
+            stack.extend((v, f"{where}.{k}") for k, v in item.items())
 
 
 def _upstream_problem(item: dict[str, Any]) -> str | None:

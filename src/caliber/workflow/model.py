@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any, Union
 from caliber.errors import WorkflowDefinitionError
 from caliber.workflow.attachments import AttachmentSpec, Reference
 from caliber.workflow.limits import check_timeout
+from caliber.workflow.upstream import UpstreamResult as UpstreamResult
 
 if TYPE_CHECKING:
     import datetime as dt
@@ -41,53 +42,6 @@ class TaskRef:
 
     def __repr__(self) -> str:
         return f"<result of {self.task!r}>"
-
-
-@dataclass(frozen=True)
-class UpstreamResult:
-    """The return value of a task of an *upstream* workload (one this workload runs after,
-    ``queue --after``), used as an argument: ``args=[caliber.upstream("analysis", "Solve")]``,
-    written ``{"$results": {"workflow": "analysis", "task": "Solve"}}`` in the file.
-
-    Its pinion gives it before the run, from the upstream's Results (their signature checked
-    with its key): ``workflow`` picks the upstream by its workflow's name (left out: the
-    workload runs after exactly one), ``workload`` by its id or a unique prefix of it, among
-    the ids it runs after. A branched task's value is the list of its values, one per branch.
-    See :mod:`caliber.workflow.upstream`.
-    """
-
-    task: str
-    workflow: str | None = None
-    workload: str | None = None
-
-    def __post_init__(self) -> None:
-        for field_name, required in (("task", True), ("workflow", False), ("workload", False)):
-            value = getattr(self, field_name)
-            if value is None and not required:
-                continue
-            if not isinstance(value, str) or not value.strip():
-                raise WorkflowDefinitionError(
-                    f"upstream result: {field_name} must be a non-empty string, not {value!r}")
-
-    def fields(self) -> dict[str, str]:
-        """Its fields as the file writes them (those set)."""
-        found = {"workflow": self.workflow, "workload": self.workload, "task": self.task}
-        return {k: v for k, v in found.items() if v is not None}
-
-    def describe(self) -> str:
-        """``'Solve' of upstream 'analysis'`` (for messages and diagrams)."""
-        if self.workload is not None:
-            whose = f"upstream workload {self.workload}"
-            if self.workflow is not None:
-                whose += f" ({self.workflow})"
-        elif self.workflow is not None:
-            whose = f"upstream {self.workflow!r}"
-        else:
-            whose = "the upstream"
-        return f"{self.task!r} of {whose}"
-
-    def __repr__(self) -> str:
-        return f"<result of {self.describe()}>"
 
 
 def upstream(*names: str, workload: str | None = None) -> UpstreamResult:
@@ -545,6 +499,7 @@ class Workflow:
         on_event: Callable[[TaskEvent], None] | None = None,
         target: QueueTarget | None = None,
         resume: str | Results | None = None,
+        after_results: Sequence[str | Results] = (),
     ) -> Results:
         """Run the workflow here and now, in ``work_dir`` (default: the current folder); keep
         the Results (``store``) in the results store of ``target``, by default the local one,
@@ -562,13 +517,22 @@ class Workflow:
         :mod:`caliber.workflow.runner`); ResumeError when they are another workflow's, or
         when their signature does not check with your key (:mod:`caliber.queue.resume`): a
         resume reuses only values a key holder stored. The Results are signed with your
-        key."""
+        key.
+
+        ``after_results``: the Results (or their ids, or workload ids: their last Results)
+        of the upstream workloads whose task values the tasks take (:func:`upstream`, a
+        ``$results`` reference), as a pinion gives them to a workload queued ``after=``
+        those (:mod:`caliber.workflow.upstream`); their signatures must check with your key.
+        Without them such a workflow does not run (UpstreamError)."""
         from caliber.results.api import finish_run, planned_run
         from caliber.workflow.runner import run_workflow
+        from caliber.workflow.upstream import given_results
 
         with planned_run(target, work_dir=work_dir, store=store, resume=resume) as plan:
+            upstream = given_results(list(upstream_results(self)), plan.target,
+                                     after_results, plan.key, name=self.name)
             results = run_workflow(self, work_dir=plan.work_dir, on_event=on_event,
-                                   resume=plan.resume, values=plan.values)
+                                   resume=plan.resume, values=plan.values, upstream=upstream)
             return finish_run(plan, results, outputs=self.outputs)
 
     def queue(

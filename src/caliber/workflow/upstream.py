@@ -28,18 +28,74 @@ naming the reference and what is wrong; it never runs with a missing value. A re
 (``retry --resume``) reuses a task that takes an upstream value only when the value is the one
 it took then (it is part of the task's inputs fingerprint).
 
-No pydantic, no threading: a pinion's child imports this module.
+No pydantic, no threading: a pinion's child imports this module. Nothing of the workflow
+model either: the queue API checks references with it (``workflow queue``).
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from caliber.errors import UsageError
-from caliber.workflow.document import UPSTREAM_KEY
-from caliber.workflow.model import UpstreamResult
+from caliber.errors import UsageError, WorkflowDefinitionError
+
+if TYPE_CHECKING:
+    from caliber.queue.target import QueueTarget
+    from caliber.results.model import Results
+
+
+UPSTREAM_KEY = "$results"
+"""``{"$results": {"workflow": ..., "task": ..., "workload": ...}}``: an upstream workload's
+task value in a workflow file (checked by
+:func:`caliber.workflow.fileformat.check_document`)."""
+UPSTREAM_FIELDS = ("workflow", "workload", "task")
+
+
+@dataclass(frozen=True)
+class UpstreamResult:
+    """The return value of a task of an *upstream* workload (one this workload runs after,
+    ``queue --after``), used as an argument: ``args=[caliber.upstream("analysis", "Solve")]``,
+    written ``{"$results": {"workflow": "analysis", "task": "Solve"}}`` in the file.
+
+    Its pinion gives it before the run, from the upstream's Results (their signature checked
+    with its key): ``workflow`` picks the upstream by its workflow's name (left out: the
+    workload runs after exactly one), ``workload`` by its id or a unique prefix of it, among
+    the ids it runs after. A branched task's value is the list of its values, one per branch.
+    """
+
+    task: str
+    workflow: str | None = None
+    workload: str | None = None
+
+    def __post_init__(self) -> None:
+        for field_name, required in (("task", True), ("workflow", False), ("workload", False)):
+            value = getattr(self, field_name)
+            if value is None and not required:
+                continue
+            if not isinstance(value, str) or not value.strip():
+                raise WorkflowDefinitionError(
+                    f"upstream result: {field_name} must be a non-empty string, not {value!r}")
+
+    def fields(self) -> dict[str, str]:
+        """Its fields as the file writes them (those set)."""
+        found = {"workflow": self.workflow, "workload": self.workload, "task": self.task}
+        return {k: v for k, v in found.items() if v is not None}
+
+    def describe(self) -> str:
+        """``'Solve' of upstream 'analysis'`` (for messages and diagrams)."""
+        if self.workload is not None:
+            whose = f"upstream workload {self.workload}"
+            if self.workflow is not None:
+                whose += f" ({self.workflow})"
+        elif self.workflow is not None:
+            whose = f"upstream {self.workflow!r}"
+        else:
+            whose = "the upstream"
+        return f"{self.task!r} of {whose}"
+
+    def __repr__(self) -> str:
+        return f"<result of {self.describe()}>"
 
 
 class UpstreamError(UsageError):
@@ -156,3 +212,52 @@ def without(refs: Sequence[UpstreamResult], source: str) -> UpstreamError:
         f"{source}: takes the result of {first.describe()}{more}, which comes from a workload "
         "it runs after: queue it with --after ID, or run it with --after-results ID (the "
         "upstream's Results)")
+
+
+def given_results(refs: Sequence[UpstreamResult], target: QueueTarget,
+                  given: Sequence[str | Results], key: bytes, *,
+                  name: str) -> dict[UpstreamResult, UpstreamValue]:
+    """The upstream values of a run in this process (``workflow run --after-results ID``,
+    ``Workflow.run(after_results=...)``): ``given`` stands for the workloads it runs after,
+    each as its Results or their id (or a workload's id: its last Results; unique prefixes
+    too) in ``target``'s store. Each one's signature must check with ``key``, as for a
+    resume (UpstreamError otherwise, before anything runs). ``refs``: the upstream results
+    the tasks of workflow ``name`` take."""
+    if not given:
+        return {}
+    if not refs:
+        raise UpstreamError(f"workflow {name!r} takes no upstream results "
+                            "($results), so there is nothing to take from the Results given "
+                            "(--after-results)")
+    from caliber.queue.registry import open_backend
+    from caliber.queue.resume import results_problem, resumable_results
+    from caliber.results.api import queue_values
+
+    chosen: list[Results] = []
+    with open_backend(target) as backend:
+        for item in given:
+            if isinstance(item, str):
+                item = resumable_results(backend, item)
+                item.reading_values(queue_values(target, item.id))
+            chosen.append(item)
+    for results in chosen:
+        problem = results_problem(results, key)
+        if problem is not None:
+            raise UpstreamError(f"cannot take results {results.id}: {problem}")
+    by_id = {results.workload_id or results.id: results for results in chosen}
+    upstreams = [Upstream(upstream_id, r.workflow) for upstream_id, r in by_id.items()]
+    found: dict[UpstreamResult, UpstreamValue] = {}
+    for ref in refs:
+        results = by_id[choose(ref, upstreams).id]
+        stored = task_value(results.to_json_dict(), ref)
+        value = results.value_of(stored, f"the result of {ref.describe()}")
+        found[ref] = UpstreamValue(stored, value, results.id, results.workload_id)
+    return found
+
+
+def check_after(document: dict[str, Any], upstreams: Sequence[Upstream]) -> None:
+    """``workflow queue``: every ``$results`` reference of ``document`` picks one of the
+    workloads it is queued after (UpstreamError, before anything is queued): a mistake in
+    post.json is told when it is queued, not in the morning."""
+    for ref in refs_of(document):
+        choose(ref, upstreams)
