@@ -104,10 +104,12 @@ class UpstreamError(UsageError):
 
 @dataclass(frozen=True)
 class Upstream:
-    """A workload another runs after, as the rules see it: its id and workflow's name."""
+    """A workload another runs after, as the rules see it: its id and workflow's name (and
+    its tasks' names, where known: ``workflow queue`` checks them)."""
 
     id: str
     workflow: str
+    tasks: frozenset[str] | None = None
 
 
 @dataclass(frozen=True)
@@ -257,7 +259,41 @@ def given_results(refs: Sequence[UpstreamResult], target: QueueTarget,
 
 def check_after(document: dict[str, Any], upstreams: Sequence[Upstream]) -> None:
     """``workflow queue``: every ``$results`` reference of ``document`` picks one of the
-    workloads it is queued after (UpstreamError, before anything is queued): a mistake in
-    post.json is told when it is queued, not in the morning."""
+    workloads it is queued after, and a task that upstream's workflow has (UpstreamError,
+    before anything is queued): a mistake in post.json is told when it is queued, not in the
+    morning."""
     for ref in refs_of(document):
-        choose(ref, upstreams)
+        chosen = choose(ref, upstreams)
+        if chosen.tasks is not None and ref.task not in chosen.tasks:
+            names = ", ".join(repr(n) for n in sorted(chosen.tasks))
+            raise UpstreamError(f"the result of {ref.describe()}: workflow "
+                                f"{chosen.workflow!r} (workload {chosen.id}) has no task "
+                                f"{ref.task!r} (its tasks: {names or 'none'})")
+
+
+def task_names(document: Any) -> frozenset[str]:
+    """The names of the tasks of a workflow document (a workload's, as stored)."""
+    names: set[str] = set()
+    stack = [document.get("process") if isinstance(document, dict) else None]
+    while stack:
+        node = stack.pop()
+        if not isinstance(node, dict):
+            continue
+        if node.get("type") == "task" and isinstance(node.get("name"), str):
+            names.add(node["name"])
+        elif isinstance(node.get("tasks"), list):
+            stack.extend(node["tasks"])
+    return frozenset(names)
+
+
+def check_queued(backend: Any, document: dict[str, Any], after: Sequence[str]) -> None:
+    """:func:`check_after` with the workloads ``after`` names (full ids) read from
+    ``backend`` (a queue backend): what ``workflow queue --after`` calls."""
+    if not refs_of(document):
+        return
+    upstreams = []
+    for upstream_id in after:
+        found = backend.get(upstream_id)
+        upstreams.append(Upstream(found.id, found.workflow_name,
+                                  task_names(found.workflow)))
+    check_after(document, upstreams)
