@@ -135,7 +135,7 @@ def test_a_reference_that_picks_no_upstream_is_refused_when_queued(
     code, _out, err = run_cli("workflow", "queue", str(post), "-p", "lab", "--after", first)
     assert_clean_error(code, err)
     assert message in err
-    with pytest.raises(UpstreamError, match="no task|no workload of workflow"):
+    with pytest.raises(UpstreamError, match=r"no task|no workload of workflow"):
         caliber.Workflow.load(post).queue("lab", after=[first])
     code, _out, err = run_cli("workflow", "queue", str(post), "-p", "lab")
     assert_clean_error(code, err)
