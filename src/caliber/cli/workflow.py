@@ -131,7 +131,7 @@ def _report(res: Results, *, as_json: bool) -> None:
 Examples:
   caliber workflow run pasta.json && caliber results show --workflow pasta
   caliber workflow run pasta.json --resume 7hq2  # only what did not complete
-  caliber workflow run post.json --after-results k3v9  # its $results from those
+  caliber workflow run post.json --after-results k3v9  # upstream Results
   caliber workflow run pasta.json --json""",
 )
 @click.argument("file", type=FILE)
