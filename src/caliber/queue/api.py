@@ -159,9 +159,14 @@ def put_workflow(workflow: Queueable, pinion: str, target: QueueTarget, *,
 
 def _put(backend: Backend, workflow: Queueable, pinion: str, plan: Plan,
          resume: str | None, key: bytes) -> Workload:
-    """The workload put: ``after`` resolved and the resume found before anything is stored."""
+    """The workload put: ``after`` resolved, the workflow's ``$results`` references checked
+    against those workloads (:func:`caliber.workflow.upstream.check_after`: UpstreamError)
+    and the resume found before anything is stored."""
+    from caliber.workflow.upstream import check_queued
+
     if plan.after:
         plan = replace(plan, after=tuple(resolve_after(backend, plan.after)))
+    check_queued(backend, workflow.to_document(), plan.after)  # its $results pick upstreams
     earlier = resumable_results(backend, resume) if resume is not None else None
     workload = _signed(workflow, pinion, backend, key, plan)
     if earlier is not None:
