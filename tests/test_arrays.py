@@ -415,3 +415,12 @@ def test_the_benchmark_measures_caliber_and_numpy(tmp_path: Path) -> None:
     assert [row.id for row in rows] == heavy_arrays.expected_ids()
     for row in rows:
         assert row.unavailable is None and row.subject_stats and row.baseline_stats, row.id
+
+
+@pytest.mark.parametrize("kind", [[], {}, ["npy"], 3, None, "npz"])
+def test_a_forged_reference_of_any_json_is_no_reference(kind: object) -> None:
+    """A queue writer can put any JSON in stored Results: ``{"$caliber": []}`` used to raise
+    TypeError (a list is not hashable) where a clear refusal was due."""
+    forged = {REF_KEY: kind, "sha256": "0" * 64, "size": 8}
+    assert not is_ref(forged)
+    assert results_refs({"tasks": [{"return": [forged]}], "g": {"x": forged}}) == {}

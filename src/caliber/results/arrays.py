@@ -73,7 +73,10 @@ def is_sha256(text: object) -> bool:
 
 def is_ref(value: object) -> bool:
     """Whether ``value`` (JSON) is a reference to a stored array or frame."""
-    return (type(value) is dict and value.get(REF_KEY) in KINDS
+    if type(value) is not dict:
+        return False
+    kind = value.get(REF_KEY)  # any JSON in a forged entry: a list is not a kind, nor hashable
+    return (type(kind) is str and kind in KINDS
             and is_sha256(value.get("sha256")) and type(value.get("size")) is int)
 
 
