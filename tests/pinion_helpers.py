@@ -66,6 +66,21 @@ def unjsonable():
 '''
 
 
+BLOCKING = '''
+import os, time
+
+def add(x, y=1):
+    return x + y
+
+def until(path):
+    while not os.path.exists(path):
+        time.sleep(0.02)
+    return path
+'''
+"""Task functions for tests of pinions that must hold a workload: ``until(path)`` returns
+when the file ``path`` exists."""
+
+
 def make_folder(path: Path, module: str = "pinfuncs", source: str = FUNCTIONS) -> Path:
     path.mkdir(parents=True, exist_ok=True)
     (path / f"{module}.py").write_text(textwrap.dedent(source))

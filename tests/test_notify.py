@@ -19,7 +19,7 @@ import pytest
 from caliber.errors import ConfigError
 from caliber.pinion import notify
 from caliber.pinion.notify import Notifier, Smtp, event
-from tests.pinion_helpers import make_folder, queue, status_of
+from tests.pinion_helpers import BLOCKING, make_folder, queue, status_of
 
 T0 = dt.datetime(2026, 12, 6, 22, 0, tzinfo=dt.UTC)
 
@@ -202,19 +202,6 @@ def test_a_bad_notify_setting_stops_the_pinion_before_it_runs(tmp_path: Any) -> 
 
 
 # --- a workload's own address (workflow queue --notify), on an in-memory queue --------------
-
-BLOCKING = '''
-import os, time
-
-def add(x, y=1):
-    return x + y
-
-def until(path):
-    while not os.path.exists(path):
-        time.sleep(0.02)
-    return path
-'''
-
 
 @pytest.fixture
 def memory() -> Iterator[Any]:

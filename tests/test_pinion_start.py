@@ -24,22 +24,9 @@ from caliber.queue.memory.backend import MemoryBackend, forget
 from caliber.queue.secret import load_key, sign
 from caliber.queue.workload import Workload, WorkloadStatus
 from caliber.results.model import utcnow
-from tests.pinion_helpers import make_folder, wait_for, workflow
+from tests.pinion_helpers import BLOCKING, make_folder, wait_for, workflow
 
 WAIT = 60.0  # seconds between looks: the look -w would make is far off
-
-BLOCKING = '''
-import os, time
-
-def add(x, y=1):
-    return x + y
-
-def until(path):
-    while not os.path.exists(path):
-        time.sleep(0.02)
-    return path
-'''
-
 
 @pytest.fixture
 def backend() -> Iterator[MemoryBackend]:

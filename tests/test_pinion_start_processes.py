@@ -25,23 +25,10 @@ from caliber.queue.secret import load_key, sign
 from caliber.queue.target import local_target
 from caliber.queue.workload import WorkloadStatus
 from caliber.results.model import utcnow
-from tests.pinion_helpers import make_folder, start_pinion, stop, wait_for, workflow
+from tests.pinion_helpers import BLOCKING, make_folder, start_pinion, stop, wait_for, workflow
 from tests.test_notify import Hook
 
 WAIT = "60"  # seconds between a pinion's looks: the look -w would make is far off
-
-BLOCKING = '''
-import os, time
-
-def add(x, y=1):
-    return x + y
-
-def until(path):
-    while not os.path.exists(path):
-        time.sleep(0.02)
-    return path
-'''
-
 
 @pytest.fixture
 def folder(tmp_path: Path) -> Path:
