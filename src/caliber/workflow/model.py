@@ -15,7 +15,7 @@ import sys
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Union
+from typing import TYPE_CHECKING, Any, TypeVar, Union
 
 from caliber.errors import WorkflowDefinitionError
 from caliber.workflow.attachments import AttachmentSpec, Reference
@@ -324,28 +324,28 @@ def iter_tasks(node: Node) -> Iterator[Task]:
             yield from iter_tasks(item)
 
 
+_Found = TypeVar("_Found")
+
+
 def iter_refs(value: Any) -> Iterator[TaskRef]:
     """Every TaskRef inside an argument value (lists, tuples and dict values)."""
-    if isinstance(value, TaskRef):
-        yield value
-    elif isinstance(value, list | tuple):
-        for item in value:
-            yield from iter_refs(item)
-    elif isinstance(value, dict):
-        for item in value.values():
-            yield from iter_refs(item)
+    return _iter_found(value, TaskRef)
 
 
 def iter_upstream(value: Any) -> Iterator[UpstreamResult]:
     """Every UpstreamResult inside an argument value (lists, tuples and dict values)."""
-    if isinstance(value, UpstreamResult):
+    return _iter_found(value, UpstreamResult)
+
+
+def _iter_found(value: Any, kind: type[_Found]) -> Iterator[_Found]:
+    if isinstance(value, kind):
         yield value
     elif isinstance(value, list | tuple):
         for item in value:
-            yield from iter_upstream(item)
+            yield from _iter_found(item, kind)
     elif isinstance(value, dict):
         for item in value.values():
-            yield from iter_upstream(item)
+            yield from _iter_found(item, kind)
 
 
 def upstream_results(workflow: Workflow) -> dict[UpstreamResult, list[str]]:
