@@ -27,7 +27,7 @@ import json
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from functools import lru_cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO, TypeVar
@@ -38,7 +38,7 @@ from caliber.queue.postgres import blobs as pg_blobs
 from caliber.queue.postgres import connection as pc
 from caliber.queue.postgres.schema import migrate
 from caliber.queue.sql import rows as R
-from caliber.queue.sql.core import NO_LEASE, SqlBackend
+from caliber.queue.sql.core import NO_LEASE, SqlBackend, claimed, ending, lease_lost, stored_already
 
 if TYPE_CHECKING:
     import psycopg
@@ -46,6 +46,7 @@ if TYPE_CHECKING:
     from caliber.queue.backend import Claim
     from caliber.queue.lifecycle import ResumeGrant
     from caliber.queue.target import QueueTarget
+    from caliber.queue.workload import Workload
     from caliber.results.model import Results
     from caliber.results.pruned import Pruned
 
@@ -55,6 +56,7 @@ CHANNEL = "caliber_work"  # LISTEN/NOTIFY channel; a notification's payload is t
 RENEW_PATIENCE = 5.0  # seconds a renewal keeps reconnecting before it gives up (till the next)
 LISTENER = "caliber-listen"  # application_name of an idle pinion's listening connection
 
+CLAIMED = "caliber.claimed"  # a setting local to a claim's transaction: the workload it took
 _KEY_OK = ("strpos(' ' || COALESCE(secret_mismatch, '') || ' ', ' ' || %(key_id)s || ' ') = 0")
 
 # The ids a workload runs after, in order, as a JSON array (primary key of workload_after).
@@ -84,7 +86,34 @@ CLAIM_SQL = f"""
     UPDATE workloads SET status = 'running', attempts = attempts + 1,
         lease_owner = %(owner)s, lease_token = %(token)s, lease_expires = %(expires)s
     WHERE id = (SELECT id FROM pick)
-    RETURNING {R.reading(R.COLUMNS, AFTER_IDS)}"""
+    RETURNING {R.reading(R.COLUMNS, AFTER_IDS)}, set_config('{CLAIMED}', id, true)"""
+
+# The claim's history line, the statement after CLAIM_SQL in its transaction (not a part of
+# it: the trigger's line about a lost lease is written at the end of the claim, and comes
+# first); the workload is the one CLAIM_SQL noted in the setting CLAIMED, local to the
+# transaction. Its line is caliber.queue.sql.core.claimed's: %(line)s is its beginning.
+CLAIMED_SQL = f"""
+    INSERT INTO workload_history (workload_id, at, status, message)
+    SELECT id, %(at)s, 'running', %(line)s || attempts || ')' FROM workloads
+    WHERE id = current_setting('{CLAIMED}', true) AND lease_token = %(token)s"""
+
+# Completing a claimed workload: its row (only while the claim holds it: no row returned
+# otherwise, and nothing written), its Results and its history line, in one statement.
+FINISH_SQL = f"""
+    WITH held AS (
+        UPDATE workloads SET status = %(status)s, results_id = %(rid)s, last_error = %(error)s,
+            work_dir = %(work_dir)s, {NO_LEASE}
+        WHERE id = %(wid)s AND lease_token = %(token)s AND status = 'running'
+        RETURNING id
+    ), stored AS (
+        INSERT INTO results (id, workload_id, workflow, pinion, status, finished_at, body)
+        SELECT %(rid)s, %(results_wid)s, %(workflow)s, %(pinion)s, %(rstatus)s, %(finished)s,
+            %(body)s FROM held
+    ), noted AS (
+        INSERT INTO workload_history (workload_id, at, status, message)
+        SELECT id, %(at)s, %(status)s, %(message)s FROM held
+    )
+    SELECT 1 FROM held"""
 
 _EXPIRED = ("status = 'running' AND attempts >= %(max)s "
             "AND (lease_expires < %(now)s OR lease_expires IS NULL)")
@@ -169,7 +198,15 @@ class PostgresBackend(SqlBackend):
             return self.conn
 
     @contextmanager
-    def _begun(self, begin: str, doing: str) -> Iterator[psycopg.Connection[Any]]:
+    def _begun(self, begin: str | None, doing: str, *,
+               pipelined: bool = False) -> Iterator[psycopg.Connection[Any]]:
+        """A transaction on the main connection, begun with ``begin`` and committed at the
+        end; with ``begin`` None, no ``BEGIN`` and no ``COMMIT``: one statement, a transaction
+        by itself. ``pipelined``: in pipeline mode (psycopg's), the statements are sent
+        together, not each waiting for its answer: a round trip when an answer is read (a
+        fetch) and one at the end. Without ``begin``, the statements up to the end are one
+        (implicit) transaction too: the server commits them at the pipeline's Sync, or
+        none of them when one fails."""
         psycopg = pc.driver()
         with self._lock:
             if self._depth:
@@ -180,12 +217,16 @@ class PostgresBackend(SqlBackend):
             try:
                 if conn.info.transaction_status != psycopg.pq.TransactionStatus.IDLE:
                     conn.execute("ROLLBACK")  # what an interrupted one left
-                conn.execute(begin)
             except psycopg.Error as exc:
                 raise pc.error(exc, conn, doing, self.location) from exc
             self._depth += 1
             try:
-                yield conn
+                with conn.pipeline() if pipelined else nullcontext():
+                    if begin is not None:
+                        conn.execute(begin)
+                    yield conn
+                    if begin is not None:
+                        conn.execute("COMMIT")
             except psycopg.IntegrityError:
                 self._rollback(conn)
                 raise
@@ -197,11 +238,6 @@ class PostgresBackend(SqlBackend):
                 raise
             finally:
                 self._depth -= 1
-            try:
-                conn.execute("COMMIT")
-            except psycopg.Error as exc:
-                self._rollback(conn)
-                raise pc.error(exc, conn, doing, self.location) from exc
 
     @staticmethod
     def _rollback(conn: psycopg.Connection[Any]) -> None:
@@ -218,6 +254,12 @@ class PostgresBackend(SqlBackend):
     def reading(self) -> Any:
         """A read of several statements from one snapshot."""
         return self._begun("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY", "cannot read")
+
+    def single_write(self) -> Any:
+        return self._begun(None, "cannot write")
+
+    def single_read(self) -> Any:
+        return self._begun(None, "cannot read")
 
     # --- the dialect ----------------------------------------------------------------------
 
@@ -253,9 +295,14 @@ class PostgresBackend(SqlBackend):
         conn.execute("UPDATE workloads SET body = %s WHERE id = %s",
                      (json.dumps(data, ensure_ascii=False, separators=(",", ":")), wid))
 
-    def claim_row(self, conn: Any, params: dict[str, Any]) -> tuple[Any, ...] | None:
-        row: tuple[Any, ...] | None = conn.execute(CLAIM_SQL, params).fetchone()
-        return row
+    def take(self, params: dict[str, Any]) -> Workload | None:
+        """See :meth:`SqlBackend.take`: the claim and its history line in one round trip."""
+        with self._begun(None, "cannot write", pipelined=True) as conn:
+            taken = conn.execute(CLAIM_SQL, params)
+            conn.execute(CLAIMED_SQL, {**params, "at": R.iso(R.from_unix(params["now"])),
+                                       "line": claimed(params["owner"], 0).removesuffix("0)")})
+        row = taken.fetchone()
+        return None if row is None else R.workload(row[:-1])
 
     def expiring(self, now: float, max_attempts: int) -> bool:
         """One statement, outside a transaction (a pinion asks before every claim)."""
@@ -298,7 +345,7 @@ class PostgresBackend(SqlBackend):
         def once() -> None:
             nonlocal tried
             try:
-                SqlBackend.complete(self, claim, results)
+                self._complete(claim, results)
             except LeaseLostError:
                 if tried and self._completed(claim.workload.id, results.id):
                     return
@@ -307,6 +354,28 @@ class PostgresBackend(SqlBackend):
                 tried = True
 
         pc.retrying(once, self.outage)
+
+    def _complete(self, claim: Claim, results: Results) -> None:
+        """:meth:`SqlBackend.complete` in two round trips: ``BEGIN``, the workload's row, its
+        Results and history line (:data:`FINISH_SQL`), the references to their blobs, and
+        what the chain does (a completed workload's waiting ones read), sent together; then
+        ``COMMIT`` (after a promotion's statements, when there is one)."""
+        results, end = ending(claim, results)
+        row = R.results_row(results)
+        try:
+            with self._begun("BEGIN", "cannot write", pipelined=True) as conn:
+                held = conn.execute(FINISH_SQL, {
+                    "status": end.status.value, "rid": results.id, "error": end.error,
+                    "work_dir": results.work_dir, "wid": claim.workload.id,
+                    "token": claim.token, "results_wid": row[1], "workflow": row[2],
+                    "pinion": row[3], "rstatus": row[4], "finished": row[5], "body": row[6],
+                    "at": R.iso(dt.datetime.now(dt.UTC)), "message": end.message})
+                self.refer_blobs(conn, "results", results.id, results.blobs)
+                self.ended(conn, claim.workload.id, end.status)
+                if held.fetchone() is None:
+                    raise lease_lost(claim)
+        except self.INTEGRITY_ERRORS as exc:
+            raise stored_already(claim, exc) from exc
 
     def _completed(self, wid: str, results_id: str) -> bool:
         with self.reading() as conn:

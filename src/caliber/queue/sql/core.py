@@ -25,7 +25,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
 from contextlib import AbstractContextManager
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from caliber.errors import (
@@ -62,7 +62,42 @@ _ADD_MARK = ("secret_mismatch = CASE WHEN CAST(? AS TEXT) IS NULL THEN secret_mi
              " WHEN {has} THEN secret_mismatch ELSE secret_mismatch || ' ' || ? END")
 
 
-def _lost(claim: Claim) -> LeaseLostError:
+@dataclass(frozen=True)
+class Ending:
+    """How a run's Results end its workload: its status, its ``last_error`` and the line
+    its history gets."""
+
+    status: WorkloadStatus
+    error: str | None
+    message: str
+
+
+def ending(claim: Claim, results: Results) -> tuple[Results, Ending]:
+    """The Results as :meth:`SqlBackend.complete` stores them (the claimed workload's id)
+    and the :class:`Ending` they give it."""
+    from caliber.results.model import RunStatus
+    if results.workload_id != claim.workload.id:
+        results = results.model_copy(update={"workload_id": claim.workload.id})
+    status = {RunStatus.COMPLETED: WorkloadStatus.COMPLETED,
+              RunStatus.CANCELLED: WorkloadStatus.CANCELLED}.get(results.status,
+                                                                 WorkloadStatus.FAILED)
+    error = results.error.summary() if results.error is not None else None
+    if status == WorkloadStatus.FAILED and error is None:
+        error = "the workflow failed"
+    return results, Ending(status, error, f"results {results.id}" + (f": {error}" if error else ""))
+
+
+def stored_already(claim: Claim, exc: Exception) -> QueueError:
+    """A complete whose Results id is stored already."""
+    return QueueError(f"cannot store the results of workload {claim.workload.id}: {exc}")
+
+
+def claimed(owner: str, attempts: int) -> str:
+    """The history line of a claim (the PostgreSQL claim writes it in SQL: CLAIMED_LINE)."""
+    return f"claimed by {owner} (attempt {attempts})"
+
+
+def lease_lost(claim: Claim) -> LeaseLostError:
     return LeaseLostError(f"workload {claim.workload.id} is no longer held by {claim.owner} "
                           "(its lease ran out and another pinion took it, or it was reset)")
 
@@ -99,6 +134,16 @@ class SqlBackend(IdleWait):
     def reading(self) -> AbstractContextManager[Any]:
         """A read of several statements from one snapshot; yields the connection."""
         raise NotImplementedError
+
+    def single_write(self) -> AbstractContextManager[Any]:
+        """A write of one statement, a transaction by itself; yields the connection. The
+        default is :meth:`transaction` (PostgreSQL sends the statement alone: one round trip
+        where ``BEGIN`` and ``COMMIT`` would make three)."""
+        return self.transaction()
+
+    def single_read(self) -> AbstractContextManager[Any]:
+        """A read of one statement; yields the connection (:meth:`reading` by default)."""
+        return self.reading()
 
     def execute(self, conn: Any, sql: str, params: Any = ()) -> Any:
         """Run one statement written with ``?`` placeholders; a cursor."""
@@ -144,6 +189,19 @@ class SqlBackend(IdleWait):
         token, expires, pinion, now (unix seconds), start (``now`` as stored times are:
         queued workloads whose ``not_before`` is later are not claimable), key_id."""
         raise NotImplementedError
+
+    def take(self, params: dict[str, Any]) -> Workload | None:
+        """In one transaction: take the claimable workload (:meth:`claim_row`, ``params`` as
+        it says) and note the claim in its history (:func:`claimed`); None when there is none.
+        A dialect may do it in fewer round trips."""
+        with self.transaction() as conn:
+            row = self.claim_row(conn, params)
+            if row is None:
+                return None
+            workload = R.workload(row)
+            self.add_history(conn, workload.id, (
+                WorkloadStatus.RUNNING, claimed(params["owner"], workload.attempts)))
+        return workload
 
     def expiring(self, now: float, max_attempts: int) -> bool:
         """Whether a running workload's lease ran out after ``max_attempts`` (a cheap read)."""
@@ -307,13 +365,9 @@ class SqlBackend(IdleWait):
         params = {"owner": owner, "token": token, "expires": now + lease_seconds,
                   "pinion": pinion, "now": now, "start": R.iso(R.from_unix(now)),
                   "key_id": key_id}
-        with self.transaction() as conn:
-            row = self.claim_row(conn, params)
-            if row is None:
-                return None
-            workload = R.workload(row)
-            self.add_history(conn, workload.id, (
-                WorkloadStatus.RUNNING, f"claimed by {owner} (attempt {workload.attempts})"))
+        workload = self.take(params)
+        if workload is None:
+            return None
         return Claim(workload=workload, owner=owner, token=token,
                      expires_at=R.from_unix(now + lease_seconds))
 
@@ -322,19 +376,19 @@ class SqlBackend(IdleWait):
         """See :meth:`QueueBackend.renew`; ``progress`` is not kept (the run folder's progress
         file is on the pinion's machine)."""
         expires = time.time() + lease_seconds
-        with self.transaction() as conn:
+        with self.single_write() as conn:
             asked, now = self._asked(conn, claim, "lease_expires = ?", (expires,))
         return replace(claim, expires_at=R.from_unix(expires), cancel_requested=asked,
                        cancel_now=now)
 
     def peek_cancel(self, claim: Claim) -> Claim:
         """See :meth:`QueueBackend.peek_cancel`: one read of the row by its key, no write."""
-        with self.reading():
+        with self.single_read():
             found = self.fetch(
                 "SELECT cancel_requested, cancel_now FROM workloads WHERE id = ? AND "
                 "lease_token = ? AND status = 'running'", (claim.workload.id, claim.token))
         if not found:
-            raise _lost(claim)
+            raise lease_lost(claim)
         row = found[0]
         if row[0] is None:
             return claim
@@ -354,33 +408,28 @@ class SqlBackend(IdleWait):
                 self.notify(conn, claim.workload.pinion)
 
     def complete(self, claim: Claim, results: Results) -> None:
-        from caliber.results.model import RunStatus
-        if results.workload_id != claim.workload.id:
-            results = results.model_copy(update={"workload_id": claim.workload.id})
-        status = {RunStatus.COMPLETED: WorkloadStatus.COMPLETED,
-                  RunStatus.CANCELLED: WorkloadStatus.CANCELLED}.get(results.status,
-                                                                     WorkloadStatus.FAILED)
-        error = results.error.summary() if results.error is not None else None
-        if status == WorkloadStatus.FAILED and error is None:
-            error = "the workflow failed"
+        results, end = ending(claim, results)
         try:
             with self.transaction() as conn:
                 self._held(
                     conn, claim,
                     f"status = ?, results_id = ?, last_error = ?, work_dir = ?, {NO_LEASE}",
-                    (status.value, results.id, error, results.work_dir),
+                    (end.status.value, results.id, end.error, results.work_dir),
                 )
                 self.insert_results(conn, results)
-                message = f"results {results.id}" + (f": {error}" if error else "")
-                self.add_history(conn, claim.workload.id, (status, message))
-                if status == WorkloadStatus.COMPLETED:
-                    chains.promote(self, conn, claim.workload.id)
-                elif status == WorkloadStatus.CANCELLED:
-                    chains.cascade(self, conn, claim.workload.id, "cancelled")
+                self.add_history(conn, claim.workload.id, (end.status, end.message))
+                self.ended(conn, claim.workload.id, end.status)
         except self.INTEGRITY_ERRORS as exc:
-            raise QueueError(
-                f"cannot store the results of workload {claim.workload.id}: {exc}"
-            ) from exc
+            raise stored_already(claim, exc) from exc
+
+    def ended(self, conn: Any, workload_id: str, status: WorkloadStatus) -> None:
+        """Inside the write transaction of :meth:`complete`: a completed workload queues
+        those waiting after it whose upstreams have all completed now, a cancelled one
+        cancels them (:mod:`caliber.queue.sql.chains`)."""
+        if status == WorkloadStatus.COMPLETED:
+            chains.promote(self, conn, workload_id)
+        elif status == WorkloadStatus.CANCELLED:
+            chains.cascade(self, conn, workload_id, "cancelled")
 
     def fail(self, claim: Claim, reason: str, *, retry: bool) -> None:
         status = WorkloadStatus.QUEUED if retry else WorkloadStatus.FAILED
@@ -496,7 +545,7 @@ class SqlBackend(IdleWait):
 
     def next_start(self, pinion: str) -> dt.datetime | None:
         """See :meth:`QueueBackend.next_start` (index workloads_starts)."""
-        with self.reading():
+        with self.single_read():
             found = self.fetch(
                 "SELECT min(not_before) FROM workloads WHERE pinion = ? AND status = 'queued' "
                 "AND not_before IS NOT NULL AND not_before > ?",
@@ -522,7 +571,7 @@ class SqlBackend(IdleWait):
             (*params, claim.workload.id, claim.token),
         ).fetchone()
         if row is None:
-            raise _lost(claim)
+            raise lease_lost(claim)
         return (None, False) if row[0] is None else (str(row[0]), bool(row[1]))
 
     def add_history(
