@@ -138,8 +138,11 @@ def test_expired_lease_is_reclaimed_and_old_claim_is_lost(backend: Backend) -> N
     second = backend.claim("p1", "live-pinion", LEASE, KEY)
     assert second is not None and second.workload.id == w.id
     assert second.workload.attempts == 2
-    history = backend.get(w.id).history
-    assert any("dead-pinion" in h.message and "ran out" in h.message for h in history)
+    messages = [h.message for h in backend.get(w.id).history]
+    ran_out = [i for i, m in enumerate(messages) if "dead-pinion" in m and "ran out" in m]
+    assert ran_out, messages  # and before the claim that took it over, which is noted once:
+    assert messages.count("claimed by live-pinion (attempt 2)") == 1, messages
+    assert messages.index("claimed by live-pinion (attempt 2)") > ran_out[0], messages
     for lost in (
         lambda: backend.renew(first, LEASE),
         lambda: backend.complete(first, make_results(w.id)),
@@ -149,6 +152,7 @@ def test_expired_lease_is_reclaimed_and_old_claim_is_lost(backend: Backend) -> N
         with pytest.raises(LeaseLostError):
             lost()
     assert backend.get(w.id).lease.owner == "live-pinion"  # type: ignore[union-attr]
+    assert backend.get(w.id).history[-1].message == messages[-1]  # nothing noted
 
 
 def test_renew_extends_the_lease(backend: Backend) -> None:
@@ -204,6 +208,8 @@ def test_complete_stores_results_and_finishes(backend: Backend) -> None:
     found = backend.find_results(workload_id=w.id)
     assert found is not None and found.id == results.id
     assert backend.claim("p1", "b", LEASE, KEY) is None
+    with pytest.raises(LeaseLostError):  # again (a commit that went through, tried again)
+        backend.complete(claim, results)
 
 
 def test_complete_with_failed_results(backend: Backend) -> None:
