@@ -346,6 +346,40 @@ def test_an_idle_pinion_starts_new_work_without_waiting_out_its_wait(
     assert json.loads(out.strip().splitlines()[-1])["completed"] == 1
 
 
+def test_a_busy_pinion_with_a_free_slot_starts_new_work_without_waiting_out_its_wait(
+        postgres_url: str, tmp_path: Path) -> None:
+    """A pinion of two slots, one running a workload that waits for a file, the other free
+    and waiting 10 minutes between empty looks: a workload queued meanwhile runs while the
+    first still waits (told by NOTIFY, watched beside the child's pipe): without, the free
+    slot would not look again before the bound runs out."""
+    from tests.pinion_helpers import BLOCKING, make_folder, workflow
+
+    target = QueueTarget(kind="postgres", location="test", settings=postgres_url)
+    folder = make_folder(tmp_path / "wf", source=BLOCKING)
+    release = tmp_path / "release"
+    pinion = python(PINION.replace("wait=600", "wait=600, concurrency=2"), postgres_url)
+    try:
+        with PostgresBackend(postgres_url) as backend:
+            held = workflow(folder, [("until", [str(release)])]).queue(pinion="p1",
+                                                                       target=target)
+            until("the first workload's run",
+                  lambda: backend.get(held).status == WorkloadStatus.RUNNING)
+            time.sleep(0.5)  # its free slot looked, found nothing, and waits (not measured)
+            quick = workflow(folder, [("add", [1])]).queue(pinion="p1", target=target)
+            until("the second workload's run",
+                  lambda: backend.get(quick).status == WorkloadStatus.COMPLETED)
+            assert backend.get(held).status == WorkloadStatus.RUNNING
+            release.touch()
+            until("the first workload's end",
+                  lambda: backend.get(held).status == WorkloadStatus.COMPLETED)
+    finally:
+        release.touch()
+        pinion.send_signal(signal.SIGINT)
+        out, err = pinion.communicate(timeout=BOUND)
+    assert pinion.returncode == 0, err
+    assert json.loads(out.strip().splitlines()[-1])["completed"] == 2
+
+
 def test_registry_opens_the_postgres_kind(postgres_url: str) -> None:
     from caliber.queue.registry import open_backend
 

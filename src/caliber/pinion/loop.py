@@ -364,8 +364,9 @@ class Pinion:
                 continue
             try:
                 if not looking:
-                    if self._watch(busy, look_at if free else None):
-                        look_at = 0.0  # a slot is free: it looks at once
+                    if self._watch(busy, look_at if free else None,
+                                   wake=cfg.name if free else None):
+                        look_at = 0.0  # a slot is free, or work came for it: it looks at once
                     continue
                 found = self._look(next(s for s in self._slots if s.run is None))
                 start = None if found else self.backend.next_start(cfg.name)
@@ -381,8 +382,10 @@ class Pinion:
                 empty = 0
                 continue
             pause = self._pause(start)
-            if busy:  # a free slot looks again, but a busy pinion never looks in a loop
-                look_at = time.monotonic() + max(pause, POLL_SLICE)
+            if busy:  # a free slot looks again, but a busy pinion never looks in a loop;
+                # sooner when the queue tells of work (the first check starts its listening)
+                told = pause >= 0 and self._told(cfg.name)
+                look_at = 0.0 if told else time.monotonic() + max(pause, POLL_SLICE)
                 continue
             if pause < 0:  # due by this machine's clock, not yet by the queue's
                 look_at, wake = time.monotonic() + START_RETRY, cfg.name
@@ -625,21 +628,25 @@ class Pinion:
                 self._done(begun, claim)
         return True
 
-    def _watch(self, busy: list[_Slot], until: float | None) -> bool:
+    def _watch(self, busy: list[_Slot], until: float | None, *,
+               wake: str | None = None) -> bool:
         """Wait for news from the children of the ``busy`` slots (one wait on all their
         message pipes), at most until one of them needs the pinion (a lease to renew, its
         output to look at, a slice to look at the stop flags) or ``until``; then take each
-        slot's news and act on it (:meth:`_step`), and finish the runs that are over. True
-        when a slot is free again."""
+        slot's news and act on it (:meth:`_step`), and finish the runs that are over. With
+        ``wake``, a pinion's name (a slot is free), the queue's
+        :meth:`~caliber.queue.backend.QueueBackend.work_signal` is waited on too. True when a
+        slot is free again, or the queue told of work for ``wake``."""
         now = time.monotonic()
         wait = POLL_SLICE if until is None else min(POLL_SLICE, until - now)
         for slot in busy:
             assert slot.run is not None
             wait = min(wait, slot.run.next_renew - now, slot.run.log.tick())
         wait = max(wait, 0.0)
-        wait_for_messages([slot.run.messages for slot in busy if slot.run is not None], wait)
+        signal = None if wake is None else self.backend.work_signal()
+        freed = wait_for_messages([slot.run.messages for slot in busy if slot.run is not None],
+                                  wait, also=signal) and self._told(wake)
         exit_wait = wait if len(busy) == 1 else min(wait, EXIT_POLL)
-        freed = False
         for slot in busy:
             run = slot.run
             assert run is not None
@@ -659,6 +666,15 @@ class Pinion:
                 self._done(outcome, run.claim)
                 freed = True
         return freed
+
+    def _told(self, pinion: str | None) -> bool:
+        """Whether the queue told of work for ``pinion`` (what it told already: no wait);
+        a queue out of reach tells nothing (the next look says why)."""
+        try:
+            return pinion is not None and self.backend.wait_for_work(pinion, 0.0)
+        except CaliberError as exc:
+            log.debug("could not take what the queue told: %s", exc)
+            return False
 
     @contextlib.contextmanager
     def _working_on(self, slot: _Slot) -> Iterator[None]:

@@ -863,27 +863,36 @@ class MessageReader:
         self._queue.put(None)
 
 
-def wait_for_messages(readers: Sequence[MessageReader], timeout: float) -> None:
+def wait_for_messages(readers: Sequence[MessageReader], timeout: float,
+                      also: int | None = None) -> bool:
     """Wait until one of several children's readers (a pinion running several workloads at
     once) has something to give, a line or end-of-file, at most ``timeout`` seconds: one
     ``select`` over their pipes on POSIX. What arrived is read into them, and their
-    :meth:`MessageReader.get` gives it without waiting."""
+    :meth:`MessageReader.get` gives it without waiting. ``also``: one more file descriptor
+    to wait on (the queue's :meth:`~caliber.queue.backend.QueueBackend.work_signal`, POSIX
+    only); whether it became readable."""
     waiting = [r for r in readers if r.waiting]
     if len(waiting) < len(readers):
         timeout = 0.0  # one has something already
     if not waiting:
-        return
+        return False
     if waiting[0]._queue is None:
-        for fd in select.select([r.fd for r in waiting], [], [], max(timeout, 0.0))[0]:
-            next(r for r in waiting if r.fd == fd)._read_available()
-        return
+        fds = [r.fd for r in waiting] + ([] if also is None else [also])
+        told = False
+        for fd in select.select(fds, [], [], max(timeout, 0.0))[0]:
+            if fd == also:
+                told = True
+            else:
+                next(r for r in waiting if r.fd == fd)._read_available()
+        return told
     end = time.monotonic() + timeout  # pragma: no cover - Windows: a thread reads each pipe
     while all(r.waiting for r in waiting):  # pragma: no cover
         for reader in waiting:
             reader._take_queued()
         if time.monotonic() >= end:
-            return
+            return False
         time.sleep(0.01)
+    return False  # pragma: no cover
 
 
 def receive_job(control_fd: int) -> dict[str, Any]:

@@ -247,7 +247,14 @@ class QueueBackend(Protocol):
         """Wait up to ``timeout`` seconds for a workload of ``pinion`` to become claimable;
         True when told one did (then claim at once), False when the time ran out. An idle
         pinion waits here between empty claims. The default (:class:`IdleWait`) sleeps; a
-        queue that can tell (PostgreSQL: LISTEN/NOTIFY) wakes it at once."""
+        queue that can tell (PostgreSQL: LISTEN/NOTIFY) wakes it at once. With ``timeout`` 0
+        it only takes what the queue told already (a busy pinion's check, no waiting)."""
+
+    def work_signal(self) -> int | None:
+        """A file descriptor that becomes readable when the queue may have told of work (then
+        :meth:`wait_for_work` with ``timeout`` 0 says whether it was for the pinion): a busy
+        pinion with a free slot waits on it beside its children's pipes. None when this queue
+        cannot tell, or is not listening (yet: :meth:`wait_for_work` starts it)."""
 
     def close(self) -> None:
         """Release connections."""
@@ -265,3 +272,6 @@ class IdleWait:
     def wait_for_work(self, pinion: str, timeout: float) -> bool:
         time.sleep(max(timeout, 0.0))
         return False
+
+    def work_signal(self) -> int | None:
+        return None

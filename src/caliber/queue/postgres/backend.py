@@ -397,16 +397,27 @@ class PostgresBackend(SqlBackend):
                         "AND (not_before IS NULL OR not_before <= %s) LIMIT 1",
                         (pinion, R.iso(dt.datetime.now(dt.UTC)))).fetchone():
                     return True
-            while (left := deadline - time.monotonic()) > 0:
-                for note in self._listener.notifies(timeout=left, stop_after=1):
+            while True:  # at least one look (timeout 0: what was told already, no wait)
+                left = max(deadline - time.monotonic(), 0.0)
+                for note in self._listener.notifies(timeout=left,
+                                                    stop_after=1 if left else None):
                     if note.payload == pinion:
                         return True
+                if time.monotonic() >= deadline:
+                    break
         except (psycopg.Error, pc.ConnectionLost):
             if self._listener is not None:
                 self._listener.close()
             self._listener = None
             time.sleep(max(deadline - time.monotonic(), 0.0))  # the claim reconnects
         return False
+
+    def work_signal(self) -> int | None:
+        """See :meth:`QueueBackend.work_signal`: the socket of the listening connection."""
+        listener = self._listener
+        if listener is None or listener.closed or listener.broken:
+            return None
+        return int(listener.fileno())
 
     # --- blobs (caliber.queue.blobs.BlobStore) --------------------------------------------
 
