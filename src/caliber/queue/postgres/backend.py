@@ -4,6 +4,10 @@ SQL core (:mod:`caliber.queue.sql.core` holds the verbs; this module only what d
 - Claiming is one ``UPDATE`` of the row a ``SELECT ... FOR UPDATE SKIP LOCKED`` picked: any
   number of pinions claim at once, each passing over the rows the others are taking, and
   never do two hold one workload.
+- Round trips: the pinion's verbs send their statements together where they can (psycopg's
+  pipeline mode, :meth:`PostgresBackend._begun`): a claim and its history line are one
+  round trip (one implicit transaction), a completion two, a renewal or a look for a cancel
+  one statement without ``BEGIN``/``COMMIT``.
 - A write that reads a row before changing it (cancel, retry, reset, resetsecret) locks the
   row first (``FOR UPDATE``); a read of several statements is one ``REPEATABLE READ READ
   ONLY`` transaction (one snapshot, as SQLite's reads); ``prune`` locks the tables it
