@@ -68,15 +68,20 @@ def follow(tmp_path: Path, env: dict[str, str]) -> tuple[Hook, dt.datetime, list
     text = script(steps, out).replace(
         "caliber pinion init night --forever > pinion.log 2>&1 &",
         f"caliber pinion init night --forever > pinion.log 2>&1 & echo $! > '{pinion_pid}'")
+    shell = subprocess.Popen(["bash", "-c", text], cwd=folder, env=env, text=True,
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                             start_new_session=True)
     try:
-        done = subprocess.run(["bash", "-c", text], cwd=folder, env=env, capture_output=True,
-                              text=True, timeout=300)
-    finally:
-        if pinion_pid.exists():  # the guide stops it; a failed step may not have
+        _, stderr = shell.communicate(timeout=100)  # within pytest-timeout's 120 s
+    finally:  # the guide stops its pinion; a step that failed or hung may not have
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(shell.pid, signal.SIGKILL)
+        if pinion_pid.exists():
             with contextlib.suppress(ProcessLookupError):
                 os.kill(int(pinion_pid.read_text()), signal.SIGKILL)
+        shell.wait()
         hook.close()
-    assert done.returncode == 0, done.stderr
+    assert shell.returncode == 0, stderr
     for i, step in enumerate(steps):
         if isinstance(step, Command):
             output = (out / str(i)).read_text()
