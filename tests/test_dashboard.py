@@ -457,7 +457,7 @@ def test_the_ended_workloads_say_what_the_notifications_say(
     # After a failed one, it waits (and says why): no event of it.
     waits = client().get(f"/api/workload/{tonight}").json()
     assert waits["status"] == "waiting" and waits["waits_for"] == [
-        {"id": check, "workflow": "check", "status": "failed"}]
+        {"id": check, "workflow": "check", "status": "failed", "not_before": None}]
     # The queue page's panel follows without a reload; the page of them shows them all.
     page.wait_for_selector(f"#events li[data-id='{check}'] .status-failed")
     assert page.locator("#events .text").all_inner_texts() == [
