@@ -290,3 +290,63 @@ def test_prune_keeps_an_upstream_that_is_waited_for(backend: Backend) -> None:
     assert a.id not in pruned.workloads
     assert status(backend, a) == WorkloadStatus.FAILED
     assert status(backend, b) == WAITING
+
+
+def prune_both(backend: Backend) -> tuple[set[str], set[str]]:
+    """(workloads, Results) a prune of everything finished removes, after checking that its
+    ``dry_run`` says the same."""
+    cut = utcnow() + dt.timedelta(days=1)
+    would = backend.prune(cut, dry_run=True)
+    went = backend.prune(cut)
+    assert (set(would.workloads), set(would.results)) == (set(went.workloads),
+                                                          set(went.results))
+    return set(went.workloads), set(went.results)
+
+
+def test_prune_keeps_an_upstream_a_queued_workload_runs_after(backend: Backend) -> None:
+    a = make_workload()
+    backend.put(a)
+    b = after(a, not_before=utcnow() + dt.timedelta(days=3))  # queued, for days
+    backend.put(b)
+    run(backend, a)
+    assert status(backend, b) == QUEUED
+    results = backend.get(a.id).results_id
+    assert results is not None
+    assert prune_both(backend) == (set(), set())  # its pinion resolves $results from them
+    assert status(backend, a) == WorkloadStatus.COMPLETED
+    assert backend.get_results(results).workload_id == a.id
+
+
+def test_prune_keeps_an_upstream_a_running_workload_runs_after(backend: Backend) -> None:
+    a = make_workload()
+    backend.put(a)
+    b = after(a)
+    backend.put(b)
+    run(backend, a)
+    results = backend.get(a.id).results_id
+    claim = backend.claim("p1", "a", LEASE, KEY)
+    assert claim is not None and claim.workload.id == b.id
+    assert prune_both(backend) == (set(), set())
+    assert backend.get_results(str(results)).workload_id == a.id
+    backend.complete(claim, make_results(b.id))  # every downstream ended: it goes
+    went, gone = prune_both(backend)
+    assert went == {a.id, b.id} and results in gone
+    with pytest.raises(NotFoundError):
+        backend.get(a.id)
+
+
+def test_prune_keeps_an_upstream_until_every_workload_after_it_ended(
+        backend: Backend) -> None:
+    a = make_workload()
+    backend.put(a)
+    b = after(a)
+    c = after(a, seconds=20, not_before=utcnow() + dt.timedelta(days=3))
+    backend.put(b)
+    backend.put(c)
+    run(backend, a)
+    run(backend, b)
+    went, _ = prune_both(backend)
+    assert went == {b.id}  # c is queued after a
+    backend.cancel(c.id, "ann")
+    went, _ = prune_both(backend)
+    assert went == {a.id, c.id}
