@@ -48,7 +48,8 @@ _WORKLOADS = f"""
       AND COALESCE((SELECT h.at FROM workload_history h WHERE h.workload_id = w.id
                     ORDER BY h.rowid DESC LIMIT 1), w.created_at) < :cut
       AND NOT EXISTS (SELECT 1 FROM workload_after a JOIN workloads d ON d.id = a.workload
-                      WHERE a.upstream = w.id AND d.status = 'waiting')
+                      WHERE a.upstream = w.id
+                        AND d.status NOT IN ({", ".join(repr(s) for s in FINISHED)}))
     ORDER BY w.created_at"""
 
 # The Results of the pruned workloads, and those of no workload in the queue (their age and
