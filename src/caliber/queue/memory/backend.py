@@ -460,9 +460,8 @@ class MemoryBackend(IdleWait):
         """See :meth:`caliber.queue.backend.QueueBackend.prune`: a workload's last change is
         its last history entry; the blobs only the pruned records referred to go too."""
         with self._locked() as s:
-            waited_for = {up for e in s.entries.values()
-                          if e.workload.status == WorkloadStatus.WAITING
-                          for up in e.workload.after}
+            waited_for = {up for e in s.entries.values()  # (not ended: their $results)
+                          if e.workload.status not in FINISHED for up in e.workload.after}
             workloads = [e.workload for e in s.entries.values()
                          if e.workload.status in FINISHED and e.workload.id not in waited_for
                          and workflow in (None, e.workload.workflow_name)
