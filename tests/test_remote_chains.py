@@ -175,6 +175,36 @@ def test_a_prune_keeps_an_upstream_a_waiting_workload_runs_after() -> None:
     assert folded.pruned == {"x"}
 
 
+def test_a_prune_keeps_an_upstream_until_every_workload_after_it_ended() -> None:
+    """Queued after a completed upstream (c for days ahead), running, then ended: a prune
+    keeps the upstream while one has not ended (its pinion takes the upstream's Results for
+    ``$results``), from any checkpoint too."""
+    later = (T0 + dt.timedelta(days=3)).isoformat()
+    claim = at(6, Claim(workload="b", token="tb", owner="pinion", lease=60, key="k"))
+    steps = [
+        ([put(0, "a"), *run(1, "a"), put(3, "b", "a"), put(4, "c", "a", not_before=later),
+          at(5, Prune(ids=["a"]))], {"a": "completed", "b": "queued", "c": "queued"}),
+        ([claim, at(7, Prune(ids=["a"]))], {"a": "completed", "b": "running", "c": "queued"}),
+        ([at(8, Done(workload="b", token="tb", results="r-b", workflow="pasta",
+                     status="completed")), at(9, Prune(ids=["a", "b"]))],
+         {"a": "completed", "c": "queued"}),
+        ([at(10, Cancel(workload="c", by="ann")), at(11, Prune(ids=["a"]))],
+         {"c": "cancelled"}),
+    ]
+    log: list[Event] = []
+    for events, expected in steps:
+        log += events
+        folded = fold(log)
+        assert statuses(folded) == expected, expected
+        assert ("a" in folded.pruned) == ("a" not in expected)
+        assert any(r.workload_id == "a" for r in folded.results.values()) == (
+            "a" in expected)
+    whole = key_state(fold(log))
+    for cut in sorted({e.order for e in log}):
+        start = stored(fold([e for e in log if e.order <= cut]), cut)
+        assert key_state(fold([e for e in log if e.order > cut], start=start)) == whole, cut
+
+
 # --- every reader, from any checkpoint, folds the same ------------------------------------
 
 IDS = ("a", "b", "c", "d")

@@ -12,7 +12,8 @@ order: a ``put`` after workloads of which one has not completed at that point ma
 waiting; the completion of the last of them makes it queued; the cancel (or reset) of one
 cancels the workloads waiting after it at that point, and theirs in turn ("upstream X was
 cancelled" / "... was reset"), so a later retry of the upstream revives none of them. A
-``claim`` applies only once the workload's ``not_before`` has passed (server time).
+``claim`` applies only once the workload's ``not_before`` has passed (server time). A
+``prune`` leaves a workload that one which has not ended at that point runs after.
 
 The fold is a state machine, so it can start from the state a checkpoint stored instead of
 from nothing: ``fold(after, start=fold(before))`` equals ``fold(before + after)`` for events
@@ -263,6 +264,14 @@ def blocked(folded: Folded, state: State) -> str | None:
     return None
 
 
+def held(folded: Folded) -> set[str]:
+    """The workloads that a workload which has not ended (waiting, queued or running) runs
+    after: a prune keeps them (its pinion takes their Results for ``$results``). Unfinished
+    workloads are never archived, so every reader finds the same from any checkpoint."""
+    return {uid for s in folded.workloads.values() if s.after and not finished(s)
+            for uid in s.after}
+
+
 def pending(folded: Folded, state: State) -> list[str]:
     """The workloads ``state`` runs after that have not completed."""
     return [uid for uid in state.after
@@ -322,7 +331,7 @@ class _Folding:
         if isinstance(body, ev.Checkpoint):
             return
         if isinstance(body, ev.Prune):
-            _prune(out, body.ids, {u for w in self.waiting for u in out.workloads[w].after})
+            _prune(out, body.ids, held(out))
             return
         if isinstance(body, ev.Put):
             if not out.knows(body.workload):
@@ -410,7 +419,7 @@ class _Folding:
 def _prune(out: Folded, ids: Iterable[str], held: set[str]) -> None:
     """A ``prune`` event: each id names a workload, removed with its Results when it is
     finished at this point of the log (an unfinished one stays, and so does one in
-    ``held``: a waiting workload runs after it), or Results of no workload.
+    ``held``: a workload that has not ended runs after it), or Results of no workload.
     An archived workload not in ``out.workloads`` is finished: no event touched it since its
     checkpoint (the archive is not read for this)."""
     for pid in ids:

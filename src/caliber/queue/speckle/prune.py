@@ -3,14 +3,15 @@ the model go with it (:func:`doomed`). :meth:`caliber.queue.speckle.backend.Spec
 runs the steps:
 
 1. select, from the fold, the finished workloads whose last change (their last history
-   entry, in server time) is older than the cut, except those a waiting workload runs after
-   (``--after``), and the Results of no workload that finished before it (what goes is
-   said in :mod:`caliber.results.prune`);
+   entry, in server time) is older than the cut, except those that a workload which has not
+   ended (waiting, queued or running) runs after (``--after``: its pinion takes their
+   Results for ``$results``), and the Results of no workload that finished before it (what
+   goes is said in :mod:`caliber.results.prune`);
 2. write ``prune`` events naming them (:data:`PRUNE_BATCH` ids each). From then on every
    reader's fold leaves them out, also a reader that starts from a checkpoint still holding
    them (the events are after its cutoff), and the next checkpoint's archive drops them. A
    workload that is no longer finished at that point of the log (queued again meanwhile),
-   or that a workload waiting at that point runs after (queued after it meanwhile), stays:
+   or that a workload not ended at that point runs after (queued after it meanwhile), stays:
    the fold decides, the same for every reader;
 3. delete every version about a workload or Results that a ``prune`` event of the log
    removed, so a prune that stopped half-way is finished by the next one. Every event is
@@ -35,8 +36,7 @@ from collections.abc import Iterable
 
 from caliber.queue.speckle import adapter as sp
 from caliber.queue.speckle import events as ev
-from caliber.queue.speckle.log import Folded, ResultsRef, State, finished
-from caliber.queue.workload import WorkloadStatus
+from caliber.queue.speckle.log import Folded, ResultsRef, State, finished, held
 
 PRUNE_BATCH = 200  # ids per ``prune`` event (about 3 KB of version message)
 
@@ -52,10 +52,9 @@ def select(folded: Folded, before: dt.datetime, server_before: dt.datetime, *,
     """``(workloads, their Results, Results of no workload)`` a prune at ``before`` removes
     (``server_before``: the same moment in server time, for the log's times)."""
     every = folded.every_workload()
-    held = {u for s in folded.workloads.values()  # (a waiting one is never archived)
-            if s.status == WorkloadStatus.WAITING and not s.deleted for u in s.after}
+    kept = held(folded)
     states = sorted((s for s in every.values()
-                     if finished(s) and last_change(s) < server_before and s.id not in held
+                     if finished(s) and last_change(s) < server_before and s.id not in kept
                      and workflow in (None, s.workflow) and pinion in (None, s.pinion)),
                     key=lambda s: s.order)
     gone = {s.id for s in states}
