@@ -141,3 +141,22 @@ def test_a_reference_that_picks_no_upstream_is_refused_when_queued(
     assert_clean_error(code, err)
     assert "it runs after no workload (queue it with --after ID)" in err
     assert [w["id"] for w in json.loads(cli("queue", "list", "--json"))] == [first]
+
+
+def test_a_prune_keeps_the_upstream_until_the_downstream_ran(tmp_path: Path,
+                                                               owner: None) -> None:
+    """The analysis completed and the post-processing is queued (its pinion not started
+    yet): a prune of everything finished keeps the analysis and its Results, which the
+    post-processing takes its values from when it runs; afterwards both go."""
+    analysis, post = files(tmp_path)
+    first = cli("workflow", "queue", str(analysis), "-p", "lab")
+    second = cli("workflow", "queue", str(post), "-p", "night", "--after", first)
+    assert pinion("lab")["completed"] == 1
+    assert view(second)["status"] == "queued"
+    for dry in (["--dry-run"], []):
+        kept = json.loads(cli("results", "prune", "--older-than", "0s", "--json", *dry))
+        assert kept["workloads"] == [] and kept["results"] == [], kept
+    summary = pinion("night")
+    assert summary["completed"] == 1, json.dumps(summary)
+    gone = json.loads(cli("results", "prune", "--older-than", "0s", "--json"))
+    assert set(gone["workloads"]) == {first, second}
