@@ -206,8 +206,10 @@ class QueueBackend(Protocol):
         their history and all their Results, and the Results of no workload in the queue
         that finished before it (``results prune``; :mod:`caliber.results.prune` says what
         goes and why). Never a queued or running workload, nor a Result of a workload that
-        stays, nor a workload another one still waits for (``after``). With ``dry_run``
-        nothing changes. Returns what went (or would)."""
+        stays, nor a workload that one which has not ended (waiting, queued or running) runs
+        after (``after``: its pinion takes their Results for ``$results``); once every one
+        of those ended, it goes as any other. With ``dry_run`` nothing changes. Returns what
+        went (or would)."""
 
     def cancel(self, id_or_prefix: str, by: str, *, now: bool = False) -> Workload:
         """Cancel a workload (``queue cancel``): a queued or waiting one (or one whose

@@ -6,7 +6,10 @@ the cut, with its history and *all* its Results; and the Results that belong to 
 the queue (``workflow run``, or a workload reset since) that finished before the cut. Never a
 queued or running workload, and never a Result of a workload that stays in the queue: a later
 ``queue retry --resume`` of a failed or cancelled workload finds every Result it needs, unless
-the workload itself was older than the cut and went with them. ``--workflow`` and ``--pinion``
+the workload itself was older than the cut and went with them. Never a workload that a
+workload which has not ended (waiting, queued or running) runs after (``--after``), with its
+Results: that one's pinion takes them for its ``$results`` when it starts, maybe days later;
+once every workload after it ended, it goes like any other. ``--workflow`` and ``--pinion``
 narrow both.
 
 Then the run folders of the pruned workloads that are on this machine (inside the runs folder
