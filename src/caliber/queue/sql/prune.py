@@ -20,9 +20,10 @@ def pruned(before: dt.datetime, *, workflow: str | None, pinion: str | None, dry
            workloads: Iterable[tuple[Any, Any, Any]],
            results: Iterable[tuple[Any, ...]]) -> Pruned:
     """What goes: ``workloads`` are the finished ones older than the cut that match the
-    filters and that no unfinished workload runs after, as (id, work_dir, bytes); ``results`` the Results of those workloads and of no
-    workload in the queue, as (id, workload_id, workflow, pinion, finished_at, bytes,
-    work_dir): their age and filters are checked here, where their times are read as times."""
+    filters and that no unfinished workload runs after, as (id, work_dir, bytes);
+    ``results`` the Results of those workloads and of no workload in the queue, as (id,
+    workload_id, workflow, pinion, finished_at, bytes, work_dir): their age and filters are
+    checked here, where their times are read as times."""
     found = [(str(wid), work_dir, size) for wid, work_dir, size in workloads]
     gone = {wid for wid, _, _ in found}
     kept: list[tuple[str, int, Any]] = []
