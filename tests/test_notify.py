@@ -85,6 +85,17 @@ def test_the_body_reads_as_a_line_and_as_fields() -> None:
     assert "ValueError" not in sample("completed")["text"]
 
 
+def test_a_workload_that_never_ran_says_so() -> None:
+    """Cancelled while it waited (the dashboard's ended list shows such ones): no pinion ran
+    it, so the line names none as if it had."""
+    body = event(workload_id="k3v9q2mxa7", workflow="post", pinion="night",
+                 status="cancelled", results_id=None,
+                 error="upstream s35p4cmdpm was cancelled", queued_at=T0, started_at=None,
+                 ended_at=T0 + dt.timedelta(hours=1))
+    assert body["text"] == ("Caliber: post (k3v9q2mxa7) cancelled before it ran (queued for "
+                            "pinion night): upstream s35p4cmdpm was cancelled")
+
+
 def test_a_post_per_event_in_order(hook: Hook) -> None:
     sender = Notifier(url=hook.url)
     sender.send(sample("completed"))

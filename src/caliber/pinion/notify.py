@@ -62,8 +62,11 @@ def event(*, workload_id: str, workflow: str, pinion: str, status: str,
           started_at: dt.datetime | None, ended_at: dt.datetime) -> dict[str, Any]:
     """The body of one notification: ``text`` for people (and webhooks), ``caliber`` for
     programs."""
-    took = f" in {_duration((ended_at - started_at).total_seconds())}" if started_at else ""
-    text = f"Caliber: {workflow} ({workload_id}) {status} on pinion {pinion}{took}"
+    if started_at is not None:
+        where = f"on pinion {pinion} in {_duration((ended_at - started_at).total_seconds())}"
+    else:  # cancelled while queued or waiting (by a person or down a chain): it never ran
+        where = f"before it ran (queued for pinion {pinion})"
+    text = f"Caliber: {workflow} ({workload_id}) {status} {where}"
     text += f"; results {results_id}" if results_id else ""
     text += f": {error}" if error and status != "completed" else ""
     return {"text": text, "caliber": {
