@@ -374,11 +374,14 @@ def test_a_chain_waits_and_a_cancel_says_it_cancels_the_chain_too(
     assert "waiting 2" in counts and "queued 2" in counts
     post_row = page.locator(row(post))
     starts = post_row.locator(".plan").inner_text()
-    assert "priority 5" in starts and f"after {analysis}" in starts
-    assert post_row.locator(".not-before").inner_text() == page.evaluate(
+    assert "prio 5" in starts and f"after {analysis}" in starts
+    start = post_row.locator(".not-before")
+    assert start.get_attribute("title") == "not before " + page.evaluate(
         f"when({json.dumps(tonight.isoformat())})")
-    assert page.locator(f"{row(later)} .priority").inner_text() == (
-        "priority -1")
+    assert start.inner_text() == page.evaluate(
+        f"shortWhen({json.dumps(tonight.isoformat())})")
+    assert len(start.inner_text()) <= 11  # 'HH:MM' today, else 'MM-DD HH:MM'
+    assert page.locator(f"{row(later)} .priority").inner_text() == "prio -1"
     assert page.evaluate("document.documentElement.scrollWidth") <= 800  # the table scrolls
     shot(page, tmp_path, "chain-queue")
     # Only the waiting ones, by the filter.

@@ -32,6 +32,24 @@ function when(iso) {
     `${pad(d.getHours())}:${pad(d.getMinutes())}:${pad(d.getSeconds())}`;
 }
 
+// A start time in a table cell: the clock time today, else the date too (the whole time in
+// its title).
+function shortWhen(iso) {
+  const full = when(iso);
+  const today = when(new Date().toISOString()).slice(0, 10);
+  return full.slice(0, 10) === today ? full.slice(11, 16) : full.slice(5, 16);
+}
+
+// A time in the queue table: to the second today, else its date and minute; whole in its
+// title (three whole times a row pushed the end and duration out of a 1280 px window).
+function cellTime(iso) {
+  if (!iso) return "-";
+  const full = when(iso);
+  const today = when(new Date().toISOString()).slice(0, 10);
+  const text = full.slice(0, 10) === today ? full.slice(11) : full.slice(5, 16);
+  return el("time", { datetime: iso, title: full, text });
+}
+
 function seconds(s) {
   if (s === null || s === undefined) return "-";
   if (s < 60) return `${s.toFixed(s < 10 ? 2 : 1)} s`;
@@ -54,8 +72,10 @@ function ago(iso) {
 // `--after` (the queue table's "starts" column).
 function plan(w) {
   const parts = [];
-  if (w.not_before) parts.push(el("span", { class: "not-before", text: when(w.not_before) }));
-  if (w.priority) parts.push(el("span", { class: "priority", text: `priority ${w.priority}` }));
+  if (w.not_before) parts.push(el("span", { class: "not-before", text: shortWhen(w.not_before),
+    title: `not before ${when(w.not_before)}` }));
+  if (w.priority) parts.push(el("span", { class: "priority", text: `prio ${w.priority}`,
+    title: "priority: claimed before lower ones" }));
   for (const upstream of w.after || []) {
     parts.push(el("span", { class: "after" }, document.createTextNode("after "),
       link(`/workload/${encodeURIComponent(upstream)}`, upstream)));
@@ -102,7 +122,7 @@ function queuePage() {
     }));
     fill(document.querySelector("#queue tbody"), page.items.map((w) => [
       link(`/workload/${encodeURIComponent(w.id)}`, w.id), w.workflow, w.pinion, status(w.status),
-      w.attempts, plan(w), when(w.created_at), when(w.started_at), when(w.ended_at), seconds(w.duration),
+      w.attempts, plan(w), cellTime(w.created_at), cellTime(w.started_at), cellTime(w.ended_at), seconds(w.duration),
       w.results_id ? link(`/results/${encodeURIComponent(w.results_id)}`, w.results_id) : "-",
       w.secret_ok ? "ok" : "mismatch",
     ]));
