@@ -27,6 +27,21 @@ def speckle_userdata_tmp(tmp_path_factory: pytest.TempPathFactory) -> Iterator[P
         yield folder
 
 
+START = os.getcwd()
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_teardown(item: pytest.Item) -> Iterator[None]:
+    """A test that moves to another folder and stays is an error (after every fixture, so
+    after monkeypatch's own undo): later tests' pinions would read the settings
+    (.caliber/.env) of its folder."""
+    yield
+    moved = os.getcwd()
+    if moved != START:
+        os.chdir(START)
+        pytest.fail(f"{item.nodeid} left the current folder at {moved}; use monkeypatch.chdir")
+
+
 @pytest.fixture(autouse=True)
 def caliber_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
     """A fresh CALIBER_HOME (database, runs, key file) and no remote queue settings."""

@@ -108,15 +108,14 @@ def check_the_night(hook: Hook, start: dt.datetime, rows: list[Any], env: dict[s
     assert [r["status"] for r in posts] == ["completed", "cancelled"]
     assert posts[1]["results_id"] is None  # never ran after the failed analysis
 
-    old = dict(os.environ)
-    os.environ.update(env)
-    os.chdir(folder)
-    try:
+    with pytest.MonkeyPatch.context() as patch:  # the guide's folder and settings, undone
+        patch.chdir(folder)  # after (its .caliber/.env must not reach later tests' pinions)
+        for name in set(os.environ) - set(env):
+            patch.delenv(name)
+        for name, value in env.items():
+            patch.setenv(name, value)
         analysis = caliber.get_results(analyses[0]["id"])
         post = caliber.get_results(posts[0]["id"])
-    finally:
-        os.environ.clear()
-        os.environ.update(old)
     assert analysis.started_at >= start  # not before its time
     assert post.started_at >= analysis.finished_at  # only after the analysis completed
     assert post["Report"]["ok"] is True

@@ -61,8 +61,9 @@ def test_a_bad_duration_is_one_line_and_changes_nothing(run_cli: Run) -> None:
     assert database_path().read_bytes() == before
 
 
-def test_pruning_a_big_result_gives_the_disk_back(tmp_path: Path, run_cli: Run) -> None:
-    os.chdir(tmp_path)
+def test_pruning_a_big_result_gives_the_disk_back(tmp_path: Path, run_cli: Run,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
     caliber.Workflow(caliber.Process([caliber.Task(big, name="big")]), "big").run()
     grown = file_size(database_path())
     assert grown > 15_000_000
