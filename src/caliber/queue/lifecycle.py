@@ -20,7 +20,9 @@ from caliber.errors import NotFoundError, QueueStateError
 from caliber.queue.status import WorkloadStatus
 
 if TYPE_CHECKING:
+    from caliber.queue.backend import Claim
     from caliber.queue.workload import Workload
+    from caliber.results.model import Results
 
 CANCELLABLE = (WorkloadStatus.QUEUED, WorkloadStatus.WAITING, WorkloadStatus.RUNNING)
 RETRIABLE = (WorkloadStatus.FAILED, WorkloadStatus.CANCELLED)
@@ -118,3 +120,28 @@ def upstream_ended(upstream_id: str, how: str) -> str:
     """Why a waiting workload was cancelled (its last error and history line): a workload
     it runs after was ``how`` ("cancelled" or "reset")."""
     return f"upstream {upstream_id} was {how}"
+
+
+@dataclass(frozen=True)
+class Ending:
+    """How a run's Results end its workload: its status, its ``last_error`` and the line
+    its history gets."""
+
+    status: WorkloadStatus
+    error: str | None
+    message: str
+
+
+def ending(claim: Claim, results: Results) -> tuple[Results, Ending]:
+    """The Results as a backend's ``complete`` stores them (the claimed workload's id) and
+    the :class:`Ending` they give it: one rule for every backend."""
+    from caliber.results.model import RunStatus
+    if results.workload_id != claim.workload.id:
+        results = results.model_copy(update={"workload_id": claim.workload.id})
+    status = {RunStatus.COMPLETED: WorkloadStatus.COMPLETED,
+              RunStatus.CANCELLED: WorkloadStatus.CANCELLED}.get(results.status,
+                                                                 WorkloadStatus.FAILED)
+    error = results.error.summary() if results.error is not None else None
+    if status == WorkloadStatus.FAILED and error is None:
+        error = "the workflow failed"
+    return results, Ending(status, error, f"results {results.id}" + (f": {error}" if error else ""))

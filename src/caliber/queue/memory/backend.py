@@ -37,6 +37,7 @@ from caliber.queue.lifecycle import (
     cancelled,
     check_cancel,
     check_retry,
+    ending,
     retried,
     start_status,
     upstream_completed,
@@ -332,16 +333,8 @@ class MemoryBackend(IdleWait):
             self._cancel_if_asked(entry)
 
     def complete(self, claim: Claim, results: Results) -> None:
-        from caliber.results.model import RunStatus
-
-        if results.workload_id != claim.workload.id:
-            results = results.model_copy(update={"workload_id": claim.workload.id})
-        status = {RunStatus.COMPLETED: WorkloadStatus.COMPLETED,
-                  RunStatus.CANCELLED: WorkloadStatus.CANCELLED}.get(results.status,
-                                                                     WorkloadStatus.FAILED)
-        error = results.error.summary() if results.error is not None else None
-        if status == WorkloadStatus.FAILED and error is None:
-            error = "the workflow failed"
+        results, end = ending(claim, results)
+        status, error = end.status, end.error
         body = results.model_dump_json(by_alias=True)
         with self._locked() as s:
             w = self._held(claim).workload
@@ -351,7 +344,7 @@ class MemoryBackend(IdleWait):
             s.results[results.id] = body
             w.status, w.results_id, w.last_error = status, results.id, error
             w.work_dir, w.lease = results.work_dir, None
-            self._note(w, status, f"results {results.id}" + (f": {error}" if error else ""))
+            self._note(w, status, end.message)
             self._settled(w.id, status.value)
 
     def fail(self, claim: Claim, reason: str, *, retry: bool) -> None:

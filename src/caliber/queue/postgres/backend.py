@@ -38,11 +38,12 @@ from typing import TYPE_CHECKING, Any, BinaryIO, TypeVar
 
 from caliber.errors import LeaseLostError, QueueError
 from caliber.queue.blobs import BlobRef, copy_verified
+from caliber.queue.lifecycle import ending
 from caliber.queue.postgres import blobs as pg_blobs
 from caliber.queue.postgres import connection as pc
 from caliber.queue.postgres.schema import migrate
 from caliber.queue.sql import rows as R
-from caliber.queue.sql.core import NO_LEASE, SqlBackend, claimed, ending, lease_lost, stored_already
+from caliber.queue.sql.core import NO_LEASE, SqlBackend, claimed, lease_lost, stored_already
 
 if TYPE_CHECKING:
     import psycopg

@@ -25,7 +25,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
 from contextlib import AbstractContextManager
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from caliber.errors import (
@@ -42,6 +42,7 @@ from caliber.queue.lifecycle import (
     cancelled,
     check_cancel,
     check_retry,
+    ending,
     retried,
 )
 from caliber.queue.sql import chains, refs
@@ -60,31 +61,6 @@ NO_LEASE = "lease_owner = NULL, lease_token = NULL, lease_expires = NULL"
 _ADD_MARK = ("secret_mismatch = CASE WHEN CAST(? AS TEXT) IS NULL THEN secret_mismatch"
              " WHEN secret_mismatch IS NULL OR secret_mismatch = '' THEN ?"
              " WHEN {has} THEN secret_mismatch ELSE secret_mismatch || ' ' || ? END")
-
-
-@dataclass(frozen=True)
-class Ending:
-    """How a run's Results end its workload: its status, its ``last_error`` and the line
-    its history gets."""
-
-    status: WorkloadStatus
-    error: str | None
-    message: str
-
-
-def ending(claim: Claim, results: Results) -> tuple[Results, Ending]:
-    """The Results as :meth:`SqlBackend.complete` stores them (the claimed workload's id)
-    and the :class:`Ending` they give it."""
-    from caliber.results.model import RunStatus
-    if results.workload_id != claim.workload.id:
-        results = results.model_copy(update={"workload_id": claim.workload.id})
-    status = {RunStatus.COMPLETED: WorkloadStatus.COMPLETED,
-              RunStatus.CANCELLED: WorkloadStatus.CANCELLED}.get(results.status,
-                                                                 WorkloadStatus.FAILED)
-    error = results.error.summary() if results.error is not None else None
-    if status == WorkloadStatus.FAILED and error is None:
-        error = "the workflow failed"
-    return results, Ending(status, error, f"results {results.id}" + (f": {error}" if error else ""))
 
 
 def stored_already(claim: Claim, exc: Exception) -> QueueError:
