@@ -142,8 +142,10 @@ def test_cancel_now_stops_the_running_task_and_keeps_what_finished(
         child = int((folder / "solve-started").read_text())
         if how in ("subprocess", "session"):
             wait_for(lambda: processes_with(marker), what="the solver's process")
-        shown = caliber_cli("queue", "view", wid).stdout  # the local queue: the progress file
-        assert "task 2 of 3: solve" in " ".join(shown.split()), shown
+        # the local queue: the progress file, written once the task has run a tenth of a
+        # second and the pinion's loop looked (later on a loaded machine)
+        wait_for(lambda: "task 2 of 3: solve" in " ".join(
+            caliber_cli("queue", "view", wid).stdout.split()), what="queue view's progress")
         out = json.loads(caliber_cli("queue", "cancel", wid, "--now", "--json").stdout)
         assert out["status"] == "running" and out["cancel_asked"] and out["now"]
         wait_for(lambda: status_of(wid) == "cancelled", timeout=WAIT,
