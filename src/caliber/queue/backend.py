@@ -20,6 +20,11 @@ Life of a workload::
               '--cancel--> cancelled
     failed | cancelled --retry [resume]--> queued (a new attempt series, history kept)
 
+Every end is told once (``CALIBER_NOTIFY_URL``, ``--notify``): by the pinion that ended it,
+or, for a workload that ended with no pinion there (cancelled while queued or waiting, down a
+chain, or failed by :meth:`QueueBackend.expire`), by a pinion of its name that takes it with
+:meth:`QueueBackend.take_ended`.
+
 Chains and start times (``workflow queue --after ID --not-before WHEN --priority N``; the
 fields are signed with the run-secret, :func:`caliber.queue.secret.plan_fields`)::
 
@@ -245,6 +250,19 @@ class QueueBackend(Protocol):
         workloads of ``pinion``, or None: an idle pinion waits no longer than until then, so
         that a workload queued for 22:00 starts at 22:00, not at its next look."""
 
+    def take_ended(self, pinion: str, limit: int = 100) -> list[Workload]:
+        """The workloads of ``pinion`` that ended with no pinion there to tell of it, oldest
+        end first (at most ``limit``), each marked as told in the same step, so that no
+        other caller ever gets it too (two pinions of one name share them out): cancelled
+        while queued or waiting (:meth:`cancel`, and down a chain from :meth:`cancel`,
+        :meth:`complete` with cancelled Results or :meth:`reset`), or failed because their
+        lease ran out too often (:meth:`expire`). A workload a pinion ended itself
+        (:meth:`complete`, :meth:`fail` with no attempt left) is told by that pinion and is
+        never returned; one retried (:meth:`retry`) is told again when it ends again; one
+        imported (:meth:`restore`) that had ended counts as told, and so does every one that
+        had ended before the queue kept this mark. The pinion of that name sends their events
+        (:mod:`caliber.pinion.notify`): every end of a workload is told once."""
+
     def wait_for_work(self, pinion: str, timeout: float) -> bool:
         """Wait up to ``timeout`` seconds for a workload of ``pinion`` to become claimable;
         True when told one did (then claim at once), False when the time ran out. An idle
@@ -270,6 +288,19 @@ class IdleWait:
         """The earliest ``not_before`` still in the future among the queued (not waiting)
         workloads of ``pinion``, or None: an idle pinion waits no longer than until then, so
         that a workload queued for 22:00 starts at 22:00, not at its next look."""
+
+    def take_ended(self, pinion: str, limit: int = 100) -> list[Workload]:
+        """The workloads of ``pinion`` that ended with no pinion there to tell of it, oldest
+        end first (at most ``limit``), each marked as told in the same step, so that no
+        other caller ever gets it too (two pinions of one name share them out): cancelled
+        while queued or waiting (:meth:`cancel`, and down a chain from :meth:`cancel`,
+        :meth:`complete` with cancelled Results or :meth:`reset`), or failed because their
+        lease ran out too often (:meth:`expire`). A workload a pinion ended itself
+        (:meth:`complete`, :meth:`fail` with no attempt left) is told by that pinion and is
+        never returned; one retried (:meth:`retry`) is told again when it ends again; one
+        imported (:meth:`restore`) that had ended counts as told, and so does every one that
+        had ended before the queue kept this mark. The pinion of that name sends their events
+        (:mod:`caliber.pinion.notify`): every end of a workload is told once."""
 
     def wait_for_work(self, pinion: str, timeout: float) -> bool:
         time.sleep(max(timeout, 0.0))
