@@ -151,6 +151,7 @@ def test_a_failed_upstream_is_named_and_wait_keeps_waiting(
     code, out, _ = caliber(capsys, "queue", "view", str(second["id"]))
     assert (f"waits for   {first['id']} (analysis): failed - retry it to go on: "
             f"caliber queue retry {first['id']}") in out
+    assert f"            or give this one up: caliber queue cancel {second['id']}" in out
     code, out, err = caliber(capsys, "queue", "wait", str(second["id"]), "--timeout", "0.3")
     assert code == 124
     assert err.splitlines() == [

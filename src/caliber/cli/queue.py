@@ -243,6 +243,8 @@ def _plan_facts(w: Workload, after: list[Upstream]) -> list[tuple[str, str]]:
     label = "waits for" if w.status.value == "waiting" else "after"
     for n, upstream in enumerate(after):
         facts.append((label if n == 0 else "", _upstream_line(upstream)))
+    if w.status.value == "waiting" and any(u.status == "failed" for u in after):
+        facts.append(("", f"or give this one up: caliber queue cancel {escape(w.id)}"))
     if w.not_before is not None:
         facts.append(("not before", escape(start_text(w.not_before))))
     if w.priority:
