@@ -223,9 +223,9 @@ def test_an_upstream_value_counts_in_the_inputs_fingerprint() -> None:
     """A resume reuses a task that takes an upstream value only when the value is the one it
     took then: the value as stored is part of the argument's fingerprint."""
     ref = UpstreamResult("Solve", workflow="analysis")
-    one = {ref: UpstreamValue({"n": 1}, {"n": 1}, "r1", "w1")}
-    same = {ref: UpstreamValue({"n": 1}, {"n": 1}, "r2", "w2")}
-    other = {ref: UpstreamValue({"n": 2}, {"n": 2}, "r3", "w3")}
+    one = {ref: UpstreamValue({"n": 1}, {"n": 1}, "r1", "w1", "analysis", "s1")}
+    same = {ref: UpstreamValue({"n": 1}, {"n": 1}, "r2", "w2", "analysis", "s2")}
+    other = {ref: UpstreamValue({"n": 2}, {"n": 2}, "r3", "w3", "analysis", "s3")}
     assert inputs([ref], {}, one) == inputs([ref], {}, same)
     assert inputs([ref], {}, one) != inputs([ref], {}, other)
     assert inputs([ref], {}, one) != inputs([UpstreamResult("Solve")], {}, one)

@@ -455,9 +455,12 @@ def results_table(items: Iterable[Results]) -> RenderableType:
     return table(RESULTS_COLUMNS, styled, fit=RESULTS_FIT, width=console().width)
 
 
-def results_view(results: Results, *, value_width: int | None = None) -> RenderableType:
-    """One Results in full: header, every task's status, duration and return value, the global
-    data and the error (``caliber results show``)."""
+def results_view(results: Results, *, value_width: int | None = None,
+                 unsigned: str | None = None) -> RenderableType:
+    """One Results in full: header, the upstream Results its values came from, every task's
+    status, duration and return value, the global data and the error (``caliber results
+    show``); ``unsigned``: why their signature does not check with your key, if it does
+    not."""
     from rich.console import Group
     from rich.text import Text
 
@@ -487,9 +490,11 @@ def results_view(results: Results, *, value_width: int | None = None) -> Rendera
             format_duration(t.duration),
             value,
         ])
-    parts: list[RenderableType] = [
-        head, table(["task", "branch", "status", "time", "return"], rows)
-    ]
+    parts: list[RenderableType] = [head]
+    parts.extend(Text.from_markup(line) for line in inputs_lines(results))
+    if unsigned is not None:
+        parts.append(Text.from_markup(f"[yellow]not vouched for: {escape(unsigned)}[/]"))
+    parts.append(table(["task", "branch", "status", "time", "return"], rows))
     if results.g_json:
         g_rows = []
         for key, val in results.g_json.items():
@@ -504,6 +509,19 @@ def results_view(results: Results, *, value_width: int | None = None) -> Rendera
     if results.work_dir:
         parts.append(Text.from_markup(_run_folder_line(results)))
     return Group(*parts)
+
+
+def inputs_lines(results: Results) -> list[str]:
+    """``inputs from: analysis 'Solve', 'Field' (workload k3v9, results 5mz0)``: one line per
+    upstream Results the run took values from (rich markup)."""
+    lines = []
+    for source in results.upstream:
+        tasks = ", ".join(repr(task) for task in source.tasks)
+        whose = (f"workload {escape(source.workload)}, " if source.workload is not None
+                 else "a workflow run's, ")
+        lines.append(f"inputs from: {escape(source.workflow)} {escape(tasks)} "
+                     f"[dim]({whose}results {escape(source.results)})[/]")
+    return lines
 
 
 def _reuse_note(reused_from: str | None, reuse: str | None) -> str:

@@ -116,7 +116,8 @@ def show_cmd(
     as_json: bool,
 ) -> None:
     """Show one Results in full: every task's status, duration and return value, the global
-    data g and the error with its traceback.
+    data g and the error with its traceback; the upstream Results their $results values came
+    from, and whether their signature checks with your key.
 
     ID is a results id or a workload id, or any unique prefix of one; without ID, the latest
     results (of --workflow / --pinion when given)."""
@@ -125,8 +126,9 @@ def show_cmd(
         print_json(found.to_json_dict())
         return
     from caliber.cli.render import print_renderable, print_traceback, results_view
+    from caliber.results.api import signature_problem
 
-    print_renderable(results_view(found))
+    print_renderable(results_view(found, unsigned=signature_problem(found)))
     for task in found.tasks:
         if task.error is not None and task.error.traceback:
             title = task.name + (f" (branch {task.branch})" if task.branch is not None else "")

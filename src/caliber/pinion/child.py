@@ -214,7 +214,8 @@ def _upstream(job: dict[str, Any]) -> dict[UpstreamResult, UpstreamValue] | None
     for entry in job["upstream"]:
         ref = UpstreamResult(**entry["ref"])
         value = restore(entry["stored"], _loader(source, f"the result of {ref.describe()}"))
-        found[ref] = UpstreamValue(entry["stored"], value, entry["results"], entry["workload"])
+        found[ref] = UpstreamValue(entry["stored"], value, entry["results"], entry["workload"],
+                                   entry["workflow"], entry["signature"])
     return found
 
 

@@ -73,6 +73,7 @@ from caliber.pinion.signals import StopFlags, stop_on_signals
 from caliber.pinion.stops import CANCELLED, TaskWatch, g_of
 from caliber.pinion.upstream import fetch_upstream
 from caliber.pinion.upstream import resolve as resolve_upstream
+from caliber.pinion.upstream import taken
 from caliber.pinion.values import fetch_resumed, inline_max, keep_values
 from caliber.platform import (
     PRIVATE_FOLDER,
@@ -1058,7 +1059,7 @@ class Pinion:
                     t0=time.monotonic(), next_renew=next_renew,
                     next_peek=time.monotonic() + CANCEL_PEEK_EVERY,
                     log=LogCap(work_dir, self.config.log_max),
-                    watch=TaskWatch(self.config.cancel_grace))
+                    watch=TaskWatch(self.config.cancel_grace), upstream=upstream or [])
 
     @property
     def _renew_every(self) -> float:
@@ -1261,6 +1262,7 @@ class Pinion:
                 from caliber.workflow.runner import write_traceback_file
 
                 write_traceback_file(run.work_dir, results)
+        results = results.model_copy(update={"upstream": taken(run.upstream)})  # as given
         return self._keep(run.claim, run.work_dir, results, run.log)
 
     def _keep(self, claim: Claim, work_dir: Path, results: Results,
@@ -1405,6 +1407,8 @@ class _Run:
     """Its verdict is known, or it ended without one: it is being finished."""
     outcome: Outcome | None = None
     """How it ended without a verdict of its child's: put back (a cold stop), or LOST."""
+    upstream: list[dict[str, Any]] = field(default_factory=list)
+    """The upstream values it was given (:func:`caliber.pinion.upstream.resolve`)."""
 
 
 @dataclass

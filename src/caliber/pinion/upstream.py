@@ -10,7 +10,9 @@ are that upstream's own (its id and workflow, both signed): Results decide what 
 much as the workflow does. Anything else is an UpstreamError of one line, and the workload
 fails without running. :func:`fetch_upstream` writes the big arrays and frames those values
 refer to into the run's values folder, their hashes checked (as a resumed run's,
-:func:`caliber.pinion.values.fetch_resumed`); the child reads them from there.
+:func:`caliber.pinion.values.fetch_resumed`); the child reads them from there. :func:`taken`
+is what the run's Results record of them (``Results.upstream``): the pinion writes it into
+the Results it signs, however the run ended.
 """
 
 from __future__ import annotations
@@ -23,17 +25,28 @@ from caliber.errors import NotFoundError
 from caliber.queue.blobs import BlobStore
 from caliber.queue.status import WorkloadStatus
 from caliber.results.arrays import VALUES_DIR, fetch_values, value_refs
-from caliber.workflow.upstream import Upstream, UpstreamError, choose, refs_of, task_value
+from caliber.workflow.upstream import (
+    Upstream,
+    UpstreamError,
+    UpstreamResult,
+    UpstreamValue,
+    choose,
+    refs_of,
+    sources,
+    task_value,
+)
 
 if TYPE_CHECKING:
     from caliber.queue.backend import QueueBackend
     from caliber.queue.workload import Workload
+    from caliber.results.model import UpstreamSource
 
 
 def resolve(backend: QueueBackend, workload: Workload, key: bytes) -> list[dict[str, Any]]:
     """The upstream values of ``workload`` as its child takes them (``job["upstream"]``:
-    per reference its fields, the value as stored, the Results and workload it came from);
-    empty when it takes none. UpstreamError when one cannot be given (see the module)."""
+    per reference its fields, the value as stored, the Results, workload and workflow it
+    came from and the Results' signature as checked); empty when it takes none.
+    UpstreamError when one cannot be given (see the module)."""
     refs = refs_of(workload.workflow)
     if not refs:
         return []
@@ -53,8 +66,22 @@ def resolve(backend: QueueBackend, workload: Workload, key: bytes) -> list[dict[
             results[chosen.id] = _checked_results(backend, upstreams[chosen.id], key)
         data = results[chosen.id]
         entries.append({"ref": ref.fields(), "stored": task_value(data, ref),
-                        "results": data["id"], "workload": chosen.id})
+                        "results": data["id"], "workload": chosen.id,
+                        "workflow": chosen.workflow, "signature": data["signature"]})
     return entries
+
+
+def taken(entries: list[dict[str, Any]]) -> list[UpstreamSource]:
+    """The upstream Results a run was given its values from (the entries :func:`resolve`
+    made), as its Results record them: the pinion writes what it resolved and checked into
+    the Results it signs, whatever the child said (:func:`caliber.workflow.upstream.
+    sources`)."""
+    from caliber.results.model import UpstreamSource
+
+    given = {UpstreamResult(**entry["ref"]): UpstreamValue(
+        entry["stored"], entry["stored"], entry["results"], entry["workload"],
+        entry["workflow"], entry["signature"]) for entry in entries}
+    return [UpstreamSource(**record) for record in sources(given)]
 
 
 def _checked_results(backend: QueueBackend, upstream: Workload, key: bytes) -> dict[str, Any]:

@@ -389,13 +389,23 @@ collected there. So the list is signed, and checked before any file is written
 resume); the blob's own bytes are checked against the signed SHA-256 as they are fetched."""
 
 
+UPSTREAM_SIGNED = ("workload", "workflow", "results", "signature", "tasks")
+"""The keys of each record of the upstream Results a run took its ``$results`` values from
+(``Results.upstream``) that a Results signature covers: all of them. They say which analysis
+run a post-processing's values came from (the upstream Results' own signature as they were
+taken), months later too: changed in the store by someone without the key, the Results no
+longer check (a resume, a workload taking their values and ``caliber results show`` say so).
+Left out when a run took no upstream values: every Results signed before stay valid."""
+
+
 def results_message(results: Mapping[str, Any]) -> bytes:
     """The bytes a Results signature signs, from the Results' JSON form (as
     ``Results.to_json_dict()`` gives it and the stores keep it): the Results, workload and
     workflow ids and names, the run status, the Results it resumed, every task's
     :data:`TASK_SIGNED` fields in order (and its :data:`TASK_SIGNED_FINGERPRINTS`), the final
-    ``g`` and, when there are any, every result file's :data:`FILE_SIGNED` fields in order.
-    DamagedEntry when they cannot be read or encoded."""
+    ``g``, when there are any, every result file's :data:`FILE_SIGNED` fields in order and,
+    when it took upstream values, every upstream record's :data:`UPSTREAM_SIGNED` fields in
+    order. DamagedEntry when they cannot be read or encoded."""
     try:
         tasks = [_task_signed(task) for task in results["tasks"]]
         payload = {
@@ -406,6 +416,9 @@ def results_message(results: Mapping[str, Any]) -> bytes:
         files = results.get("files")
         if files:  # left out when none: Results signed before there were files still check
             payload["files"] = [[f[name] for name in FILE_SIGNED] for f in files]
+        upstream = results.get("upstream")
+        if upstream:  # left out when none: Results signed before there were records check
+            payload["upstream"] = [[u[name] for name in UPSTREAM_SIGNED] for u in upstream]
     except (KeyError, TypeError, AttributeError) as exc:
         raise DamagedEntry(f"the Results lack a signed field ({exc!r})") from exc
     return canonical_json(payload)

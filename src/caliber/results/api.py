@@ -53,6 +53,23 @@ def get_results(
     return found.reading_values(queue_values(target, found.id))
 
 
+def signature_problem(results: Results) -> str | None:
+    """Why ``results`` are not vouched for by your key (``results R are not signed with your
+    key ...``, ``... carry no signature``), or None when their signature checks: what
+    ``caliber results show`` and the dashboard say of them, their record of the upstream
+    Results their values came from included. Never raises (a key that cannot be read is
+    said so)."""
+    from caliber.errors import SecretKeyError
+    from caliber.queue.resume import results_problem
+    from caliber.queue.secret import load_key
+
+    try:
+        key = load_key()
+    except SecretKeyError as exc:
+        return f"their signature was not checked: {exc}"
+    return results_problem(results, key)
+
+
 def queue_values(target: QueueTarget, results_id: str) -> BlobValues:
     """Where the stored arrays of Results ``results_id`` of ``target`` are read from: its
     store, opened for each value read."""

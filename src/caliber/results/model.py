@@ -5,6 +5,7 @@
 >>> results["Make dough", 1]       # a branched task's value in branch 1
 >>> results.status, results.error  # 'completed' or 'failed', and why
 >>> results.files                  # the result files kept (outputs=): path, size, sha256, mode
+>>> results.upstream               # the upstream Results its $results values came from
 >>> results.save_files("here")     # written under ./here, relative paths kept
 >>> with results.open_file("report.pdf") as f: data = f.read()
 
@@ -111,6 +112,22 @@ class SkippedFile(BaseModel):
     reason: Text
 
 
+class UpstreamSource(BaseModel):
+    """The Results of an upstream workload a run took ``$results`` values from (a workload
+    queued ``--after`` it, or Results given with ``--after-results``), as they were when it
+    took them: which analysis run a post-processing's values came from."""
+
+    workload: str | None = Field(
+        description="the upstream workload's id (null: Results of a workflow run, given "
+        "with --after-results)")
+    workflow: Text = Field(description="its workflow's name")
+    results: str = Field(description="the id of the Results the values were taken from")
+    signature: str | None = Field(
+        description="those Results' signature when they were taken: they are the same "
+        "Results only while their signature is this one")
+    tasks: list[Text] = Field(description="the upstream tasks whose values were taken")
+
+
 class Results(BaseModel):
     """Everything a workflow run produced."""
 
@@ -143,6 +160,10 @@ class Results(BaseModel):
         "over a size limit, a link, not a regular file, unreadable")
     files_unmatched: list[Text] = Field(
         default_factory=list, description="the output patterns that matched nothing")
+    upstream: list[UpstreamSource] = Field(
+        default_factory=list, description="the upstream Results the run took its $results "
+        "values from, one record each, in the order the workflow first takes them (empty "
+        "when it takes none); signed with the rest")
     signature: str | None = Field(
         default=None, description="HMAC-SHA256 with the key of whoever stored them (a pinion, "
         "workflow run) over what a resume reuses (caliber.queue.secret.results_message): a "

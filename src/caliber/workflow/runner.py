@@ -553,7 +553,7 @@ def run_workflow_plain(
     (:mod:`caliber.results.arrays`); without it they are stored as JSON lists.
     ``upstream``: the value of each upstream result its tasks take
     (:mod:`caliber.workflow.upstream`); UpstreamError, before anything runs, when one is
-    missing.
+    missing. The Results name the upstream Results they came from (``upstream``).
     On failure the tracebacks are also written to ``caliber-traceback.txt`` in ``work_dir``.
     """
     run = _Run(workflow, on_event, values)
@@ -607,6 +607,7 @@ def run_workflow_plain(
         "work_dir": None if work_dir is None else valid_unicode(
             str(work_dir if work_dir.is_absolute() else work_dir.resolve())),
         "resumed_from": resume.id if resume is not None else None,
+        "upstream": _sources(run.upstream),
     }
     if run.errors and work_dir is not None:
         write_traceback_file(work_dir, results)
@@ -614,6 +615,17 @@ def run_workflow_plain(
         with contextlib.suppress(OSError):
             os.unlink(os.path.join(work_dir, TRACEBACK_FILE))
     return results
+
+
+def _sources(upstream: Mapping[UpstreamResult, UpstreamValue]) -> list[dict[str, Any]]:
+    """The upstream Results the run took values from (:func:`caliber.workflow.upstream.
+    sources`): those given to this run, a resumed one's too (a task it reused took the same
+    value then, or it would have run again)."""
+    if not upstream:
+        return []
+    from caliber.workflow.upstream import sources
+
+    return sources(upstream)
 
 
 class _FreshSource(importlib.machinery.SourceFileLoader):

@@ -28,13 +28,18 @@ naming the reference and what is wrong; it never runs with a missing value. A re
 (``retry --resume``) reuses a task that takes an upstream value only when the value is the one
 it took then (it is part of the task's inputs fingerprint).
 
+**Where they came from** (:func:`sources`): the run's Results record, per upstream Results it
+took values from, the upstream workload, workflow, Results id, those Results' signature as
+taken and the tasks taken (``Results.upstream``, signed with the rest of the Results): the ones
+resolved for this run, a resumed run's too (its reused tasks took the same values then).
+
 No pydantic, no threading: a pinion's child imports this module. Nothing of the workflow
 model either: the queue API checks references with it (``workflow queue``).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -115,12 +120,29 @@ class Upstream:
 @dataclass(frozen=True)
 class UpstreamValue:
     """An upstream result resolved: the value as stored in the upstream's Results (JSON, a
-    big array as its reference), the value as a task takes it, and where it came from."""
+    big array as its reference), the value as a task takes it, and where it came from (the
+    Results, their workload and workflow, their signature as taken)."""
 
     stored: Any
     value: Any
     results: str
     workload: str | None
+    workflow: str
+    signature: str | None
+
+
+def sources(taken: Mapping[UpstreamResult, UpstreamValue]) -> list[dict[str, Any]]:
+    """What a run's Results record of where the upstream values it took came from
+    (``Results.upstream``, signed with them): one record per upstream Results, in the order
+    the references first take them, with the tasks taken from each in that order."""
+    found: dict[str, dict[str, Any]] = {}
+    for ref, value in taken.items():
+        record = found.setdefault(value.results, {
+            "workload": value.workload, "workflow": value.workflow, "results": value.results,
+            "signature": value.signature, "tasks": []})
+        if ref.task not in record["tasks"]:
+            record["tasks"].append(ref.task)
+    return list(found.values())
 
 
 def document_refs(value: Any) -> Iterator[UpstreamResult]:
@@ -253,7 +275,8 @@ def given_results(refs: Sequence[UpstreamResult], target: QueueTarget,
         results = by_id[choose(ref, upstreams).id]
         stored = task_value(results.to_json_dict(), ref)
         value = results.value_of(stored, f"the result of {ref.describe()}")
-        found[ref] = UpstreamValue(stored, value, results.id, results.workload_id)
+        found[ref] = UpstreamValue(stored, value, results.id, results.workload_id,
+                                   results.workflow, results.signature)
     return found
 
 
