@@ -190,8 +190,10 @@ def test_a_changed_record_breaks_the_signature(tmp_path: Path, caliber_home: Pat
         f"not run: upstream workload {second} (post): results {post_id} are not signed with "
         "this pinion's key (signed with another key, or changed since); refused, as a "
         "tampered workload is")
-    code, _out, err = run_cli("workflow", "run", str(night.post), "--after-results", post_id)
-    assert code == 2 and "takes no upstream results" in err  # post takes from analysis
+    path = report.export(night.folder / "report.json")
+    code, _out, err = run_cli("workflow", "run", str(path), "--after-results", post_id)
+    assert code == 2 and (f"cannot take results {post_id}: results {post_id} are not signed "
+                          "with your key") in err
     code, _out, err = run_cli("workflow", "run", str(night.post),
                               "--resume", post_id, "--after-results", first)
     assert code == 2 and f"results {post_id} are not signed with your key" in err

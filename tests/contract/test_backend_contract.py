@@ -418,6 +418,34 @@ def test_results_verbs(backend: Backend) -> None:
         backend.get_results("zzzzzzzzzz")
 
 
+def test_results_round_trip_their_upstream_record(backend: Backend) -> None:
+    """Where a run's ``$results`` values came from (``Results.upstream``) comes back as it
+    was stored, by ``complete`` and ``save_results``, and their signature still checks; so do
+    Results without one."""
+    from caliber.queue.resume import signed
+    from caliber.queue.secret import results_signed
+    from caliber.results.model import UpstreamSource
+
+    key = b"the-owners-key-0123456789abcdef"
+    w = make_workload()
+    backend.put(w)
+    claim = backend.claim("p1", "a", LEASE, KEY)
+    assert claim is not None
+    taken = [UpstreamSource(workload="k3v9q2mxa7", workflow="analysis", results="5mz0c1ht2w",
+                            signature="ab" * 32, tasks=["Solve", "Field"]),
+             UpstreamSource(workload=None, workflow="mesh \u00e9", results="7hq2kd0x1c",
+                            signature=None, tasks=["Mesh"])]
+    results = signed(make_results(w.id).model_copy(update={"upstream": taken}), key)
+    plain = signed(make_results(None), key)
+    backend.complete(claim, results)
+    backend.save_results(plain)
+    for stored in (results, plain):
+        got = backend.get_results(stored.id)
+        assert got.upstream == stored.upstream
+        assert got.to_json_dict()["upstream"] == stored.to_json_dict()["upstream"]
+        assert results_signed(got.to_json_dict(), key)
+
+
 def test_results_with_an_id_stored_already_are_refused(backend: Backend) -> None:
     """A backend's own error (never its driver's), and the Results stored first kept."""
     first = make_results(None)

@@ -289,8 +289,10 @@ def _shown(results: Results, source: BlobValues, stored: Any, what: str
 
 def results(target: QueueTarget, results_id: str) -> dict[str, Any]:
     """One Results: every task's status, time and value (as text, with the kind of plot it
-    makes), ``g``, the error, the result files, the link to its Speckle model."""
-    from caliber.results.api import get_results, queue_values
+    makes), ``g``, the error, the result files, the link to its Speckle model, the upstream
+    Results its values came from, and why its signature does not check with your key (if it
+    does not)."""
+    from caliber.results.api import get_results, queue_values, signature_problem
 
     found = get_results(results_id=results_id, target=target)
     source = queue_values(target, found.id)
@@ -318,6 +320,9 @@ def results(target: QueueTarget, results_id: str) -> dict[str, Any]:
         "error": None if found.error is None else found.error.summary(),
         "files": [{"path": f.path, "size": f.size} for f in found.files],
         "speckle_url": _speckle_url(target, found),
+        "upstream": [{"workload": u.workload, "workflow": u.workflow, "results": u.results,
+                      "tasks": u.tasks} for u in found.upstream],
+        "unsigned": signature_problem(found),
     }
 
 

@@ -309,6 +309,15 @@ async function resultsPage(id) {
   head.append(`pinion ${r.pinion || "-"} · started ${when(r.started_at)} · finished ${when(r.finished_at)} · `);
   if (r.workload_id) head.append(link(`/workload/${encodeURIComponent(r.workload_id)}`, `workload ${r.workload_id}`));
   if (r.speckle_url) head.append(" · ", el("a", { href: r.speckle_url, text: "open in Speckle", rel: "noreferrer" }));
+  const inputs = document.getElementById("inputs");
+  for (const u of r.upstream) {  // where its $results values came from
+    const item = el("li", {}, `inputs from: ${u.workflow} ${u.tasks.map((t) => `'${t}'`).join(", ")} (`);
+    if (u.workload) item.append(link(`/workload/${encodeURIComponent(u.workload)}`, `workload ${u.workload}`), ", ");
+    item.append(link(`/results/${encodeURIComponent(u.results)}`, `results ${u.results}`), ")");
+    inputs.append(item);
+  }
+  inputs.hidden = !r.upstream.length;
+  document.getElementById("unsigned").textContent = r.unsigned ? `not vouched for: ${r.unsigned}` : "";
   document.getElementById("error").textContent = r.error || "";
   const tasks = document.getElementById("tasks");
   for (const t of r.tasks) {
