@@ -13,9 +13,9 @@ from typing import Any
 import pytest
 
 pytest.importorskip("starlette")
-from tests.test_dashboard import Dashboard, browser, dashboard, shot  # noqa: E402
-from tests.test_upstream_chain import cli, pinion, view  # noqa: E402
-from tests.test_upstream_provenance import Night  # noqa: E402
+from tests.test_dashboard import Dashboard, browser, dashboard, shot
+from tests.test_upstream_chain import cli, pinion, view
+from tests.test_upstream_provenance import Night
 
 __all__ = ["browser", "dashboard"]  # fixtures
 

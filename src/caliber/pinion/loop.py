@@ -71,9 +71,8 @@ from caliber.pinion.platform import (
 from caliber.pinion.progress import Reporter
 from caliber.pinion.signals import StopFlags, stop_on_signals
 from caliber.pinion.stops import CANCELLED, TaskWatch, g_of
-from caliber.pinion.upstream import fetch_upstream
+from caliber.pinion.upstream import fetch_upstream, taken
 from caliber.pinion.upstream import resolve as resolve_upstream
-from caliber.pinion.upstream import taken
 from caliber.pinion.values import fetch_resumed, inline_max, keep_values
 from caliber.platform import (
     PRIVATE_FOLDER,
