@@ -272,6 +272,12 @@ def test_workflow_run_takes_upstream_results(tmp_path: Path, owner: None) -> Non
     assert tasks["Plot"]["return"] == {"took": {"n": 3, "values": [3, 6]}, "scale": 2}
     assert tasks["Total"]["return"] == float(sum(range(20_000)))  # a stored array, read back
     assert first["tasks"][1]["return"]["$caliber"] == "ndarray"
+    assert second["upstream"] == [{  # where they came from, signed with the rest
+        "workload": None, "workflow": "analysis", "results": first["id"],
+        "signature": first["signature"], "tasks": ["Solve", "Field"]}]
+    code, out, _err = run_cli("results", "show", second["id"])
+    assert f"inputs from: analysis 'Solve', 'Field' (results {first['id']} of a workflow " \
+           "run)" in out
 
 
 def test_workflow_run_refuses_results_not_signed_with_your_key(

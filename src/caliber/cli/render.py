@@ -517,10 +517,10 @@ def inputs_lines(results: Results) -> list[str]:
     lines = []
     for source in results.upstream:
         tasks = ", ".join(repr(task) for task in source.tasks)
-        whose = (f"workload {escape(source.workload)}, " if source.workload is not None
-                 else "a workflow run's, ")
-        lines.append(f"inputs from: {escape(source.workflow)} {escape(tasks)} "
-                     f"[dim]({whose}results {escape(source.results)})[/]")
+        which = (f"workload {escape(source.workload)}, results {escape(source.results)}"
+                 if source.workload is not None else
+                 f"results {escape(source.results)} of a workflow run")
+        lines.append(f"inputs from: {escape(source.workflow)} {escape(tasks)} [dim]({which})[/]")
     return lines
 
 
