@@ -66,10 +66,12 @@ def cli(*argv: str) -> str:
     return out.strip()
 
 
-def pinion(name: str) -> dict[str, Any]:
-    """A real pinion process: it runs what it can claim, then stops at its first empty look."""
+def pinion(name: str, *options: str) -> dict[str, Any]:
+    """A real pinion process: it runs what it can claim, then stops at its first empty look
+    (``options``: of ``pinion init``, ``--project P``)."""
     done = subprocess.run([sys.executable, "-m", "caliber", "pinion", "init", name, "-a", "1",
-                           "-w", "0", "--json"], capture_output=True, text=True, timeout=180)
+                           "-w", "0", "--json", *options], capture_output=True, text=True,
+                          timeout=180)
     assert done.returncode == 0 and "Traceback" not in done.stderr, done.stderr
     summary: dict[str, Any] = json.loads(done.stdout)
     return summary

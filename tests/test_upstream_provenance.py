@@ -20,8 +20,12 @@ import pytest
 import caliber
 from caliber.queue.secret import results_message, results_signed
 from caliber.results.model import Results
+from tests.remote_helpers import Remote, remote
+from tests.speckle_fixtures import speckle_server, speckle_token
 from tests.test_fuzz import run_cli
 from tests.test_upstream_chain import KEY, cli, pinion, view
+
+__all__ = ["remote", "speckle_server", "speckle_token"]  # fixtures of the Speckle tests
 
 FUNCTIONS = '''
 import os
@@ -197,6 +201,27 @@ def test_a_changed_record_breaks_the_signature(tmp_path: Path, caliber_home: Pat
     code, _out, err = run_cli("workflow", "run", str(night.post),
                               "--resume", post_id, "--after-results", first)
     assert code == 2 and f"results {post_id} are not signed with your key" in err
+
+
+def test_the_record_on_the_remote_queue(remote: Remote, tmp_path: Path, owner: None) -> None:
+    """The same on Speckle: the post-processing's Results, stored as Speckle objects, name
+    the completed Results of the retried analysis, and still check."""
+    night = Night(tmp_path)
+    night.broken.touch()
+    on = ("--project", remote.project)
+    first = cli("workflow", "queue", str(night.analysis), "-p", "lab", *on)
+    second = cli("workflow", "queue", str(night.post), "-p", "lab", "--after", first, *on)
+    assert pinion("lab", *on)["failed"] == 1
+    night.broken.unlink()
+    cli("queue", "retry", first, *on)
+    assert pinion("lab", *on)["completed"] == 2
+    with remote.backend() as backend:
+        completed = backend.get_results(backend.get(first).results_id).to_json_dict()
+        post = backend.get_results(backend.get(second).results_id).to_json_dict()
+    assert post["upstream"] == [record(completed, first)]
+    assert results_signed(post, KEY.encode())
+    assert (f"inputs from: analysis 'Solve', 'Field' (workload {first}, results "
+            f"{completed['id']})") in cli("results", "show", second, *on)
 
 
 # --- Results without the record ---------------------------------------------------------------
