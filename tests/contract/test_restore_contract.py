@@ -52,3 +52,66 @@ def test_restore_keeps_a_workload_as_it_was_or_refuses_it_whole(backend: Backend
     with pytest.raises(QueueError):
         backend.restore(workloads[0])
     assert len(backend.list_workloads()) == 2
+
+
+def ended_as(wid: str, status: WorkloadStatus, *, seconds: int = 0,
+             after: list[str] | None = None) -> Workload:
+    """A workload as an archive holds it: ``status``, with its history saying so."""
+    return make_workload(wid=wid, seconds=seconds).model_copy(update={
+        "status": status, "after": after or [],
+        "history": [HistoryEntry(at=T0, status=status, message=f"as exported: {status}")]})
+
+
+def test_a_restored_waiting_workload_goes_on_with_its_chain_as_this_queue_stands(
+        backend: Backend) -> None:
+    """Restored waiting, it is queued when every workload it runs after has completed here
+    (else it would wait for ever: no completion is still to come), cancelled when one is
+    cancelled, and waits on while one has not ended; whichever of them is restored first."""
+    try:
+        backend.restore(ended_as("upa0000000", WorkloadStatus.COMPLETED))
+    except ConfigError:
+        pytest.skip("this queue takes no imported workloads")
+    backend.restore(ended_as("upb0000000", WorkloadStatus.COMPLETED, seconds=1))
+    backend.restore(ended_as("upc0000000", WorkloadStatus.CANCELLED, seconds=2))
+    backend.restore(ended_as("upd0000000", WorkloadStatus.QUEUED, seconds=3))
+    ready = ended_as("wa10000000", WorkloadStatus.WAITING, seconds=4,
+                     after=["upa0000000", "upb0000000"])
+    doomed = ended_as("wa20000000", WorkloadStatus.WAITING, seconds=5,
+                      after=["upa0000000", "upc0000000"])
+    waits = ended_as("wa30000000", WorkloadStatus.WAITING, seconds=6,
+                     after=["upa0000000", "upd0000000"])
+    below = ended_as("wa40000000", WorkloadStatus.WAITING, seconds=7, after=["wa20000000"])
+    for w in (below, ready, doomed, waits):  # the one after doomed first: cancelled with it
+        backend.restore(w)
+    got = {w.id: backend.get(w.id) for w in (ready, doomed, waits, below)}
+    assert got[ready.id].status == WorkloadStatus.QUEUED
+    assert got[ready.id].history[-1].status == WorkloadStatus.QUEUED
+    assert "completed" in got[ready.id].history[-1].message
+    assert got[doomed.id].status == WorkloadStatus.CANCELLED
+    assert got[doomed.id].last_error == "upstream upc0000000 was cancelled"
+    assert got[below.id].status == WorkloadStatus.CANCELLED
+    assert got[below.id].last_error == "upstream wa20000000 was cancelled"
+    assert got[waits.id].status == WorkloadStatus.WAITING
+    claim = backend.claim("p1", "pin", 60, "k")
+    assert claim is not None and claim.workload.id == "upd0000000"
+    claim = backend.claim("p1", "pin", 60, "k")
+    assert claim is not None and claim.workload.id == ready.id
+
+
+def test_a_restored_upstream_goes_on_with_those_restored_waiting_before_it(
+        backend: Backend) -> None:
+    """An archive's order need not put an upstream first: a workload restored waiting for
+    one not there yet is queued when it comes completed, cancelled when it comes cancelled."""
+    first = ended_as("wa10000000", WorkloadStatus.WAITING, after=["upa0000000"])
+    second = ended_as("wa20000000", WorkloadStatus.WAITING, seconds=1, after=["upb0000000"])
+    try:
+        backend.restore(first)
+    except ConfigError:
+        pytest.skip("this queue takes no imported workloads")
+    backend.restore(second)
+    assert backend.get(first.id).status == WorkloadStatus.WAITING
+    backend.restore(ended_as("upa0000000", WorkloadStatus.COMPLETED, seconds=2))
+    backend.restore(ended_as("upb0000000", WorkloadStatus.CANCELLED, seconds=3))
+    assert backend.get(first.id).status == WorkloadStatus.QUEUED
+    assert backend.get(second.id).status == WorkloadStatus.CANCELLED
+    assert backend.get(second.id).last_error == "upstream upb0000000 was cancelled"

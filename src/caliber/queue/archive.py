@@ -13,9 +13,11 @@ most :data:`CHUNK` bytes, base64):
 - ``{"end": {"workloads": W, "results": R, "blobs": B}}``: a file without it was cut short
 
 Import reads the file twice: first it checks all of it (every line, every blob's hash and
-size, the end line, ids neither twice in the file nor in the queue already) and changes
-nothing when something is wrong (UsageError, one line); then it stores it, keeping every id and
-signature, through ``put_blob``, ``save_results`` and ``restore``.
+size, the end line, ids neither twice in the file nor in the queue already, every workload a
+waiting one runs after in the file or in the queue) and changes nothing when something is wrong
+(UsageError, one line); then it stores it, keeping every id and signature, through
+``put_blob``, ``save_results`` and ``restore`` (which goes on with the chains as this queue
+stands: a waiting workload whose upstreams have all completed here is queued).
 """
 
 from __future__ import annotations
@@ -256,11 +258,15 @@ def _walk(path: Path, on_blob: Any = None) -> Iterator[tuple[int, str, Any]]:
 
 
 def check_archive(backend: Backend, path: Path) -> Counts:
-    """The first pass: the whole file is sound and none of its ids is taken; UsageError
-    (naming the first problem, and how many ids are taken) otherwise. Changes nothing."""
+    """The first pass: the whole file is sound, none of its ids is taken, and every workload
+    a waiting one runs after is in the file or in the queue; UsageError (naming the first
+    problem, and how many ids are taken) otherwise. Changes nothing."""
+    from caliber.queue.status import WorkloadStatus
+
     counts = Counts()
     seen: dict[str, set[str]] = {"workload": set(), "results": set()}
     taken: dict[str, list[str]] = {"workload": [], "results": []}
+    waits: list[tuple[int, str, str]] = []  # (line, waiting workload, what it runs after)
     for number, kind, value in _walk(path):
         if kind == "blob":
             counts.blobs += 1
@@ -271,6 +277,8 @@ def check_archive(backend: Backend, path: Path) -> Counts:
         if kind == "workload":
             counts.workloads += 1
             exists = _exists(backend.get, value.id)
+            if value.status == WorkloadStatus.WAITING:
+                waits.extend((number, value.id, up) for up in dict.fromkeys(value.after))
         else:
             counts.results += 1
             exists = _exists(backend.get_results, value.id)
@@ -282,6 +290,11 @@ def check_archive(backend: Backend, path: Path) -> Counts:
                  for kind, ids in taken.items() if ids]
         raise UsageError(f"{backend.location} holds {' and '.join(parts)} of {path} already: "
                          "nothing imported (import into a queue without them)")
+    for number, wid, up in waits:
+        if up not in seen["workload"] and not _exists(backend.get, up):
+            raise UsageError(f"{path} line {number}: waiting workload {wid} runs after "
+                             f"workload {up}, which is neither in the file nor in "
+                             f"{backend.location} (it would wait for ever): nothing imported")
     return counts
 
 

@@ -102,6 +102,11 @@ class QueueBackend(Protocol):
         """Add a workload exactly as another queue held it (status, attempts, lease, history,
         run-secret and marks, results id): ``caliber queue import``
         (:mod:`caliber.queue.archive`). Its stored attachments' blobs are stored first.
+        Then the chains go on as this queue stands, in the same step, whichever of a chain's
+        workloads comes first: a waiting one is queued when every workload it runs after
+        has completed here, cancelled when one is cancelled (it waits on while one has not
+        ended, or is not here yet); a completed one queues those waiting after it whose
+        upstreams have all completed, a cancelled one cancels them, down the chain.
         QueueError when the id is taken; ConfigError from a queue that cannot take them."""
 
     def get(self, id_or_prefix: str) -> Workload:

@@ -116,6 +116,22 @@ def upstream_completed(upstream_id: str) -> str:
     return f"queued: workload {upstream_id} completed, the last it waited for"
 
 
+def restored_waiting(workload: Workload, upstream: Mapping[str, WorkloadStatus]
+                     ) -> tuple[WorkloadStatus, str] | None:
+    """``queue import`` (``restore``): what becomes of a restored waiting ``workload`` as this
+    queue stands (``upstream``: the statuses of those it runs after that are in it): one of
+    them cancelled, it is cancelled ("upstream X was cancelled"), as it would have been here;
+    all of them completed, it is queued; otherwise None (it waits on). The status and the
+    history line (and ``last_error`` when cancelled)."""
+    for up in dict.fromkeys(workload.after):
+        if upstream.get(up) == WorkloadStatus.CANCELLED:
+            return WorkloadStatus.CANCELLED, upstream_ended(up, "cancelled")
+    if all(upstream.get(up) == WorkloadStatus.COMPLETED for up in workload.after):
+        return WorkloadStatus.QUEUED, ("queued as it was imported: every workload it runs after "
+                                       "had completed here")
+    return None
+
+
 def upstream_ended(upstream_id: str, how: str) -> str:
     """Why a waiting workload was cancelled (its last error and history line): a workload
     it runs after was ``how`` ("cancelled" or "reset")."""

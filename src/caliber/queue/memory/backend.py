@@ -38,6 +38,7 @@ from caliber.queue.lifecycle import (
     check_cancel,
     check_retry,
     ending,
+    restored_waiting,
     retried,
     start_status,
     upstream_completed,
@@ -223,7 +224,21 @@ class MemoryBackend(IdleWait):
         self._put(workload, chained=True)
 
     def restore(self, workload: Workload) -> None:
-        self._put(workload, chained=False)  # kept as it is: status, history and all
+        """Kept as it is (status, history and all), then the chains go on from there (as
+        :func:`caliber.queue.sql.chains.restored` says)."""
+        with self._locked() as s:
+            self._put(workload, chained=False)
+            w = s.entries[workload.id].workload
+            if w.status in (WorkloadStatus.COMPLETED, WorkloadStatus.CANCELLED):
+                self._settled(w.id, w.status.value)
+            elif w.status == WorkloadStatus.WAITING and (
+                    change := restored_waiting(w, self._upstream(w))) is not None:
+                w.status, line = change
+                if w.status == WorkloadStatus.CANCELLED:
+                    w.last_error = line
+                self._note(w, w.status, line)
+                if w.status == WorkloadStatus.CANCELLED:
+                    self._settled(w.id, "cancelled")
 
     def _put(self, workload: Workload, *, chained: bool) -> None:
         """Store a copy of ``workload``; ``chained``: its status from what it runs after

@@ -17,7 +17,13 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
-from caliber.queue.lifecycle import start_status, upstream_completed, upstream_ended, waits_for
+from caliber.queue.lifecycle import (
+    restored_waiting,
+    start_status,
+    upstream_completed,
+    upstream_ended,
+    waits_for,
+)
 from caliber.queue.status import WorkloadStatus
 
 if TYPE_CHECKING:
@@ -38,12 +44,19 @@ def start(backend: SqlBackend, conn: Any, workload: Workload, *,
     ids = sorted(set(workload.after))
     if not ids:
         return WorkloadStatus.QUEUED, None
-    backend.lock_rows(conn, ids)
-    found = {str(wid): _status(status) for wid, status in backend.execute(
-        conn, f"SELECT id, status FROM workloads WHERE id IN ({', '.join('?' * len(ids))})",
-        ids)}
+    found = _upstream(backend, conn, ids)
     status = start_status(workload, found, retry=retry)
     return status, (waits_for(workload, found) if status == WorkloadStatus.WAITING else None)
+
+
+def _upstream(backend: SqlBackend, conn: Any, ids: list[str]) -> dict[str, WorkloadStatus]:
+    """The statuses of the workloads ``ids`` (sorted) that are in the queue, locked first."""
+    if not ids:
+        return {}
+    backend.lock_rows(conn, ids)
+    return {str(wid): _status(status) for wid, status in backend.execute(
+        conn, f"SELECT id, status FROM workloads WHERE id IN ({', '.join('?' * len(ids))})",
+        ids)}
 
 
 def _status(stored: object) -> WorkloadStatus:
@@ -80,6 +93,35 @@ def promote(backend: SqlBackend, conn: Any, upstream: str) -> None:
         backend.add_history(conn, wid, (WorkloadStatus.QUEUED, upstream_completed(upstream)))
     for pinion in dict.fromkeys(p for _, p in promoted):
         backend.notify(conn, pinion)
+
+
+def restored(backend: SqlBackend, conn: Any, workload: Workload) -> None:
+    """Workload ``workload`` was restored just now (``queue import``): it goes on with the
+    chains as this queue stands, as if it had ended, or been put, here. Completed: those
+    waiting after it whose upstreams have all completed are queued; cancelled: those waiting
+    after it are cancelled, down the chain; waiting: it is queued when every workload it runs
+    after has completed here, cancelled when one is cancelled
+    (:func:`caliber.queue.lifecycle.restored_waiting`)."""
+    if workload.status == WorkloadStatus.COMPLETED:
+        promote(backend, conn, workload.id)
+    elif workload.status == WorkloadStatus.CANCELLED:
+        cascade(backend, conn, workload.id, "cancelled")
+    elif workload.status == WorkloadStatus.WAITING:
+        change = restored_waiting(workload, _upstream(backend, conn, sorted(set(workload.after))))
+        if change is None:
+            return
+        status, line = change
+        if status == WorkloadStatus.CANCELLED:
+            backend.execute(conn, "UPDATE workloads SET status = 'cancelled', last_error = ? "
+                            "WHERE id = ?", (line, workload.id))
+        else:
+            backend.execute(conn, "UPDATE workloads SET status = 'queued' WHERE id = ?",
+                            (workload.id,))
+        backend.add_history(conn, workload.id, (status, line))
+        if status == WorkloadStatus.CANCELLED:
+            cascade(backend, conn, workload.id, "cancelled")
+        else:
+            backend.notify(conn, workload.pinion)
 
 
 def cascade(backend: SqlBackend, conn: Any, upstream: str, how: str) -> list[str]:

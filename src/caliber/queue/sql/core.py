@@ -245,18 +245,21 @@ class SqlBackend(IdleWait):
     def restore(self, workload: Workload) -> None:
         """See :meth:`caliber.queue.backend.QueueBackend.restore`: a workload's status,
         attempts, history, Results id and what it runs after are kept as they are (the
-        workloads it runs after need not be in this queue)."""
+        workloads it runs after need not be in this queue), then the chains go on from there
+        in the same transaction (:func:`caliber.queue.sql.chains.restored`)."""
         from caliber.queue.workload import HistoryEntry
 
         history = workload.history or [
             HistoryEntry(at=workload.created_at, status=workload.status,
                          message=f"queued by {workload.queued_by or '?'}")]
-        self._insert(workload, lambda conn: (workload.status, history))
+        self._insert(workload, lambda conn: (workload.status, history),
+                     then=lambda conn: chains.restored(self, conn, workload))
 
     def _insert(self, workload: Workload,
-                first: Callable[[Any], tuple[WorkloadStatus, list[HistoryEntry]]]) -> None:
+                first: Callable[[Any], tuple[WorkloadStatus, list[HistoryEntry]]], *,
+                then: Callable[[Any], None] | None = None) -> None:
         """Insert ``workload`` in one transaction, with the status and history ``first(conn)``
-        gives (called inside it, before the insert)."""
+        gives (called inside it, before the insert); ``then(conn)`` after it, inside it."""
         lease = workload.lease
         try:
             with self.transaction() as conn:
@@ -281,6 +284,8 @@ class SqlBackend(IdleWait):
                 self.refer_blobs(conn, "workload", workload.id, R.stored(workload))
                 if status == WorkloadStatus.QUEUED:
                     self.notify(conn, workload.pinion)
+                if then is not None:
+                    then(conn)
         except self.INTEGRITY_ERRORS as exc:
             raise QueueError(f"cannot queue workload {workload.id}: {exc}") from exc
 
