@@ -247,3 +247,81 @@ def test_chains_start_times_and_priorities_come_through(tmp_path: Path, kind: st
         assert claim is not None and claim.workload.id == first.id
         target.complete(claim, make_results(first.id))
         assert target.get(then.id).status == WorkloadStatus.QUEUED
+
+
+def _leaving_out(archive: Path, wid: str, into: Path) -> Path:
+    """A copy of ``archive`` without the workload ``wid`` (its end line counting one less)."""
+    kept = []
+    for line in archive.read_text().splitlines(keepends=True):
+        record = json.loads(line)
+        if record.get("workload", {}).get("id") == wid:
+            continue
+        if "end" in record:
+            record["end"]["workloads"] -= 1
+            line = json.dumps(record) + "\n"
+        kept.append(line)
+    into.write_text("".join(kept))
+    return into
+
+
+@pytest.mark.parametrize("kind", ["sqlite", "postgres"])
+def test_a_waiting_workload_comes_in_only_with_what_it_runs_after(
+        tmp_path: Path, kind: str, request: pytest.FixtureRequest) -> None:
+    """A waiting workload whose upstream is neither in the file nor in the queue would wait
+    for ever: import refuses the whole file, in one line naming both, exit code 2, the queue
+    exactly as it was. Once the upstream is in the queue and has completed there, the same
+    file imports, and the waiting workload is queued at once (nothing is left to wait for)."""
+    from caliber.queue.archive import export_queue
+    from caliber.queue.sqlite.backend import SQLiteBackend
+    from caliber.queue.status import WorkloadStatus
+    from tests.contract.test_backend_contract import make_results, make_workload
+
+    url = None
+    if kind == "postgres":
+        pytest.importorskip("psycopg", reason="psycopg is not installed (the postgres extra)")
+        url = request.getfixturevalue("postgres_url")
+    home = tmp_path / "target-home"
+
+    def target() -> Any:
+        if url is None:
+            return SQLiteBackend(home / "caliber.db")
+        from caliber.queue.postgres.backend import PostgresBackend
+
+        return PostgresBackend(url)
+
+    def exported(name: str) -> list[str]:
+        caliber("queue", "export", str(tmp_path / name), home=home, url=url)
+        return (tmp_path / name).read_text().splitlines()[1:]  # after the dated header
+
+    up, down = make_workload(seconds=1), make_workload(seconds=2)
+    down.after = [up.id]
+    with SQLiteBackend(tmp_path / "source.db") as source:
+        source.put(up)
+        source.put(down)
+        archive = tmp_path / "queue.jsonl"
+        with open(archive, "w", encoding="utf-8") as out:
+            export_queue(source, out)
+    alone = _leaving_out(archive, up.id, tmp_path / "down-alone.jsonl")
+    with target() as queue:
+        queue.put(make_workload(seconds=3))  # the queue holds something of its own
+    before = exported("before.jsonl")
+    done = caliber("queue", "import", str(alone), home=home, url=url, check=False)
+    assert done.returncode == 2, done.stderr
+    assert done.stderr.startswith("caliber: error: ") and done.stderr.count("\n") == 1
+    assert f"waiting workload {down.id} runs after workload {up.id}" in done.stderr
+    assert "nothing imported" in done.stderr and "Traceback" not in done.stderr
+    assert exported("after.jsonl") == before
+
+    caliber("queue", "import", str(_leaving_out(archive, down.id, tmp_path / "up.jsonl")),
+            home=home, url=url)
+    with target() as queue:
+        claim = queue.claim("p1", "pin", 60, "k")
+        assert claim is not None and claim.workload.id == up.id
+        queue.complete(claim, make_results(up.id))
+    caliber("queue", "import", str(alone), home=home, url=url)
+    with target() as queue:
+        got = queue.get(down.id)
+        assert got.status == WorkloadStatus.QUEUED
+        assert got.history[-1].message.startswith("queued as it was imported")
+        claim = queue.claim("p1", "pin", 60, "k")
+        assert claim is not None and claim.workload.id == down.id
