@@ -644,7 +644,8 @@ Example:
 def import_cmd(file: Path, target: QueueTarget, as_json: bool) -> None:
     """Add the workloads, Results and stored files of FILE (made by 'caliber queue export')
     to the queue, as they were: same ids, statuses, history and signatures. The whole file
-    is checked first: a damaged file, or an id the queue holds already, imports nothing."""
+    is checked first: a damaged file, an id the queue holds already, or a waiting workload
+    whose upstream is neither in the file nor in the queue, imports nothing."""
     from caliber.queue.archive import import_from
 
     counts = import_from(target, file)
