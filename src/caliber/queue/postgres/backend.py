@@ -9,7 +9,9 @@ SQL core (:mod:`caliber.queue.sql.core` holds the verbs; this module only what d
   round trip (one implicit transaction), a completion two, a renewal or a look for a cancel
   one statement without ``BEGIN``/``COMMIT``.
 - A write that reads a row before changing it (cancel, retry, reset, resetsecret) locks the
-  row first (``FOR UPDATE``); a read of several statements is one ``REPEATABLE READ READ
+  row first (``FOR UPDATE``); a verb that holds several (a cascade down a chain, a promotion,
+  a put after several, an expiry) takes them in id order, so that two never deadlock
+  (:mod:`caliber.queue.sql.chains`; a completion at no extra round trip: :data:`FINISH_SQL`); a read of several statements is one ``REPEATABLE READ READ
   ONLY`` transaction (one snapshot, as SQLite's reads); ``prune`` locks the tables it
   decides on against writers, as SQLite's one writer at a time does.
 - Waking idle pinions: whatever makes a workload claimable (put, release, a retried
@@ -44,6 +46,7 @@ from caliber.queue.postgres import connection as pc
 from caliber.queue.postgres.schema import migrate
 from caliber.queue.sql import rows as R
 from caliber.queue.sql.core import NO_LEASE, SqlBackend, claimed, lease_lost, stored_already
+from caliber.queue.status import WorkloadStatus
 
 if TYPE_CHECKING:
     import psycopg
@@ -56,6 +59,7 @@ if TYPE_CHECKING:
     from caliber.results.pruned import Pruned
 
 T = TypeVar("T")
+CHAINED = (WorkloadStatus.COMPLETED, WorkloadStatus.CANCELLED)  # endings that change the next
 
 CHANNEL = "caliber_work"  # LISTEN/NOTIFY channel; a notification's payload is the pinion
 RENEW_PATIENCE = 5.0  # seconds a renewal keeps reconnecting before it gives up (till the next)
@@ -102,13 +106,41 @@ CLAIMED_SQL = f"""
     SELECT id, %(at)s, 'running', %(line)s || attempts || ')' FROM workloads
     WHERE id = current_setting('{CLAIMED}', true) AND lease_token = %(token)s"""
 
+
+def _down(root: str) -> str:
+    """A recursive CTE ``down``: the waiting workloads after workload ``%(root)s``, with
+    ``%(next)s``; with ``%(all)s`` too, those waiting after them, down the chain (UNION: a
+    cycle, which only an import could make, ends)."""
+    return f"""down(id) AS (
+        SELECT a.workload FROM workload_after a JOIN workloads w ON w.id = a.workload
+        WHERE a.upstream = %({root})s AND w.status = 'waiting' AND %(next)s
+        UNION
+        SELECT a.workload FROM down d JOIN workload_after a ON a.upstream = d.id
+        JOIN workloads w ON w.id = a.workload WHERE w.status = 'waiting' AND %(all)s)"""
+
+
+# Hold a workload and the ones a verb changes with it, in id order (caliber.queue.sql.chains):
+# with %(up)s those it runs after, and those of ``_down``.
+LOCK_CHAIN_SQL = f"""
+    WITH RECURSIVE {_down("root")}
+    SELECT 1 FROM workloads WHERE id = %(root)s
+        OR (%(up)s AND id IN (SELECT upstream FROM workload_after WHERE workload = %(root)s))
+        OR id IN (SELECT id FROM down)
+    ORDER BY id FOR UPDATE"""
+
 # Completing a claimed workload: its row (only while the claim holds it: no row returned
-# otherwise, and nothing written), its Results and its history line, in one statement.
+# otherwise, and nothing written), its Results and its history line, in one statement. The
+# waiting workloads it queues (%(next)s) or cancels (%(all)s) whose ids sort before it are held
+# first, in id order (``before``, read whole by the count), then it (caliber.queue.sql.chains).
 FINISH_SQL = f"""
-    WITH held AS (
+    WITH RECURSIVE {_down("wid")}, before AS (
+        SELECT 1 FROM workloads WHERE id IN (SELECT id FROM down) AND id < %(wid)s
+        ORDER BY id FOR UPDATE
+    ), held AS (
         UPDATE workloads SET status = %(status)s, results_id = %(rid)s, last_error = %(error)s,
             work_dir = %(work_dir)s, {NO_LEASE}
         WHERE id = %(wid)s AND lease_token = %(token)s AND status = 'running'
+            AND (SELECT count(*) FROM before) >= 0
         RETURNING id
     ), stored AS (
         INSERT INTO results (id, workload_id, workflow, pinion, status, finished_at, body)
@@ -278,6 +310,16 @@ class PostgresBackend(SqlBackend):
         conn.execute("SELECT 1 FROM workloads WHERE id = ANY(%s) ORDER BY id FOR UPDATE",
                      (sorted(ids),))
 
+    def lock_chain(self, conn: Any, wid: str, *, up: bool = False, down: bool = False) -> None:
+        if not (up or down):
+            return self.lock_row(conn, wid)
+        conn.execute(LOCK_CHAIN_SQL, {"root": wid, "up": up, "next": down, "all": down})
+
+    def lock_after(self, conn: Any, wid: str) -> None:
+        conn.execute(f"WITH RECURSIVE {_down('root')} SELECT 1 FROM workloads WHERE id IN "
+                     "(SELECT id FROM down) ORDER BY id FOR UPDATE",
+                     {"root": wid, "next": True, "all": True})
+
     def notify(self, conn: Any, pinion: str) -> None:
         conn.execute("SELECT pg_notify(%s, %s)", (CHANNEL, pinion))
 
@@ -323,7 +365,8 @@ class PostgresBackend(SqlBackend):
     def expire_rows(self, conn: Any, now: float, max_attempts: int) -> list[tuple[str, str]]:
         found: list[tuple[str, str]] = conn.execute(
             f"UPDATE workloads SET status = 'failed', {NO_LEASE}, last_error = 'lease ran out '"
-            f" || attempts || ' times (pinion died?)' WHERE {_EXPIRED} RETURNING id, last_error",
+            f" || attempts || ' times (pinion died?)' WHERE {_EXPIRED} AND id IN (SELECT id "
+            f"FROM workloads WHERE {_EXPIRED} ORDER BY id FOR UPDATE) RETURNING id, last_error",
             {"now": now, "max": max_attempts}).fetchall()
         return found
 
@@ -374,7 +417,8 @@ class PostgresBackend(SqlBackend):
                     "work_dir": results.work_dir, "wid": claim.workload.id,
                     "token": claim.token, "results_wid": row[1], "workflow": row[2],
                     "pinion": row[3], "rstatus": row[4], "finished": row[5], "body": row[6],
-                    "at": R.iso(dt.datetime.now(dt.UTC)), "message": end.message})
+                    "at": R.iso(dt.datetime.now(dt.UTC)), "message": end.message,
+                    "next": end.status in CHAINED, "all": end.status == WorkloadStatus.CANCELLED})
                 self.refer_blobs(conn, "results", results.id, results.blobs)
                 self.ended(conn, claim.workload.id, end.status)
                 if held.fetchone() is None:

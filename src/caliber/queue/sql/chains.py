@@ -9,7 +9,16 @@ all.
 Locks (PostgreSQL; SQLite serializes its writers): ``put`` and ``retry`` lock the upstreams
 they read, and a promotion locks the waiting dependents before it reads their upstreams
 again, so that two upstreams completing at once, or a workload put after one completing,
-never both see the other not completed and leave a dependent waiting for ever.
+never both see the other not completed and leave a dependent waiting for ever. A verb that
+holds several workloads takes them in one order, by id, so that two meeting in one workload
+never deadlock (a cancel and a reset cascading into one dependent, a completion and a put
+after what it queues): ``cancel`` and ``reset`` take the workload with the waiting ones down
+its chain in one go, ``retry`` the workload with its upstreams
+(:meth:`~caliber.queue.sql.core.SqlBackend.lock_chain`), a cascade the rest of its chain
+before it changes any (:meth:`~caliber.queue.sql.core.SqlBackend.lock_after`); a completion,
+``fail`` and ``release`` (which cancel a workload whose cancel was asked as it ran) hold the
+ones that sort before the workload before they change it. Only a workload put after one of
+them in the moment between misses the order (it is held when it is met).
 """
 
 from __future__ import annotations
@@ -132,6 +141,7 @@ def cascade(backend: SqlBackend, conn: Any, upstream: str, how: str) -> list[str
         upstream.encode()
     except UnicodeEncodeError:  # an id damaged by hand (not UTF-8): nothing can run after it
         return []
+    backend.lock_after(conn, upstream)
     gone: list[str] = []
     frontier = [(upstream, how)]
     while frontier:

@@ -150,6 +150,17 @@ class SqlBackend(IdleWait):
         for wid in sorted(ids):
             self.lock_row(conn, wid)
 
+    def lock_chain(self, conn: Any, wid: str, *, up: bool = False, down: bool = False) -> None:
+        """Inside a write transaction: hold workload ``wid`` and, with ``up``, those it runs
+        after, with ``down``, the waiting ones after it, down the chain: all in id order, in
+        one go (:mod:`caliber.queue.sql.chains` says why). By default ``wid`` alone."""
+        self.lock_row(conn, wid)
+
+    def lock_after(self, conn: Any, wid: str) -> None:
+        """Inside a write transaction: hold the waiting workloads after ``wid``, down the
+        chain, in id order, before a cascade changes them. By default nothing (a dialect
+        whose write transactions are serialized already)."""
+
     @property
     def columns(self) -> str:
         """The columns a workload row is read with (:func:`caliber.queue.sql.rows.workload`)."""
@@ -220,10 +231,13 @@ class SqlBackend(IdleWait):
         blobs are inserted)."""
         refs.refer(self._run(conn), kind, owner, shas, self._writer)
 
-    def _locked(self, conn: Any, id_or_prefix: str) -> Workload:
-        """Inside a write transaction: the workload, held until the transaction ends."""
-        self.lock_row(conn, self.resolve_id("workloads", id_or_prefix, "workload"))
-        return self.get(id_or_prefix)
+    def _locked(self, conn: Any, id_or_prefix: str, *, up: bool = False,
+                down: bool = False) -> Workload:
+        """Inside a write transaction: the workload, held until the transaction ends (with
+        those it runs after or the waiting ones after it: :meth:`lock_chain`)."""
+        full = self.resolve_id("workloads", id_or_prefix, "workload")
+        self.lock_chain(conn, full, up=up, down=down)
+        return self.get(full)
 
     # --- workloads ------------------------------------------------------------------------
 
@@ -377,6 +391,7 @@ class SqlBackend(IdleWait):
 
     def release(self, claim: Claim, *, reason: str, mismatch_key_id: str | None = None) -> None:
         with self.transaction() as conn:
+            self.lock_chain(conn, claim.workload.id, down=True)  # cancelled, if it was asked
             asked = self._held(
                 conn, claim,
                 "status = 'queued', attempts = CASE WHEN attempts > 0 THEN attempts - 1 "
@@ -415,6 +430,7 @@ class SqlBackend(IdleWait):
     def fail(self, claim: Claim, reason: str, *, retry: bool) -> None:
         status = WorkloadStatus.QUEUED if retry else WorkloadStatus.FAILED
         with self.transaction() as conn:
+            self.lock_chain(conn, claim.workload.id, down=True)  # cancelled, if it was asked
             asked = self._held(conn, claim, f"status = ?, last_error = ?, {NO_LEASE}",
                                (status.value, reason))
             message = f"attempt failed: {reason}" + ("; queued again" if retry else "")
@@ -448,7 +464,7 @@ class SqlBackend(IdleWait):
 
     def reset(self, id_or_prefix: str, *, force: bool = False) -> Workload:
         with self.transaction() as conn:
-            workload = self._locked(conn, id_or_prefix)
+            workload = self._locked(conn, id_or_prefix, down=True)
             if workload.status == WorkloadStatus.RUNNING and not force:
                 holder = workload.lease.owner if workload.lease else "a pinion"
                 raise QueueStateError(
@@ -481,7 +497,7 @@ class SqlBackend(IdleWait):
 
     def cancel(self, id_or_prefix: str, by: str, *, now: bool = False) -> Workload:
         with self.transaction() as conn:
-            workload = self._locked(conn, id_or_prefix)
+            workload = self._locked(conn, id_or_prefix, down=True)
             check_cancel(workload)
             lease = workload.lease
             if workload.status in (WorkloadStatus.QUEUED, WorkloadStatus.WAITING) or (
@@ -500,7 +516,7 @@ class SqlBackend(IdleWait):
     def retry(self, id_or_prefix: str, by: str, *,
               resume: ResumeGrant | None = None) -> Workload:
         with self.transaction() as conn:
-            workload = self._locked(conn, id_or_prefix)
+            workload = self._locked(conn, id_or_prefix, up=True)
             grant = check_retry(workload, resume)
             status, waiting = chains.start(self, conn, workload, retry=True)
             self.execute(
