@@ -11,8 +11,9 @@ SQL core (:mod:`caliber.queue.sql.core` holds the verbs; this module only what d
 - A write that reads a row before changing it (cancel, retry, reset, resetsecret) locks the
   row first (``FOR UPDATE``); a verb that holds several (a cascade down a chain, a promotion,
   a put after several, an expiry) takes them in id order, so that two never deadlock
-  (:mod:`caliber.queue.sql.chains`; a completion at no extra round trip: :data:`FINISH_SQL`); a read of several statements is one ``REPEATABLE READ READ
-  ONLY`` transaction (one snapshot, as SQLite's reads); ``prune`` locks the tables it
+  (:mod:`caliber.queue.sql.chains`; a completion at no extra round trip: :data:`FINISH_SQL`);
+  a read of several statements is one ``REPEATABLE READ READ ONLY`` transaction (one
+  snapshot, as SQLite's reads); ``prune`` locks the tables it
   decides on against writers, as SQLite's one writer at a time does.
 - Waking idle pinions: whatever makes a workload claimable (put, release, a retried
   attempt, retry, the last upstream of a waiting one completing) sends
