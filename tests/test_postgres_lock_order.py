@@ -140,3 +140,26 @@ def test_a_completion_and_a_put_after_what_it_queues_or_cancels_both_go_through(
             assert "x000000000, which is cancelled" in str(errors[1])
             assert backend.get("d000000000").status == WorkloadStatus.CANCELLED
 
+
+
+def test_a_failed_attempt_whose_cancel_was_asked_and_a_put_after_what_it_cancels(
+        postgres_url: str) -> None:
+    """X runs and was asked to cancel (its pinion has not learnt it yet); D waits after X (D's
+    id sorts first). X's attempt fails with attempts left (so X is cancelled, not queued
+    again, and D with it) while W is put after X and D: the put sees X cancelled."""
+    with PostgresBackend(postgres_url) as backend:
+        backend.put(chained("x000000000", 1))
+        backend.put(chained("d000000000", 2, "x000000000"))
+        claim = backend.claim("p1", "pin", LEASE, KEY)
+        assert claim is not None and claim.workload.id == "x000000000"
+        backend.cancel("x000000000", "ann")
+    w = chained("w000000000", 3, "x000000000", "d000000000")
+    with psycopg.connect(postgres_url, autocommit=True) as conn:
+        hold_at(conn, "workloads", "UPDATE", "OLD.id = 'x000000000' AND NEW.status = 'queued'")
+        errors = at_once(postgres_url, conn,
+                         lambda b: b.fail(claim, "timed out", retry=True), lambda b: b.put(w))
+    assert errors[0] is None
+    assert isinstance(errors[1], QueueStateError), errors[1]
+    with PostgresBackend(postgres_url) as backend:
+        assert backend.get("x000000000").status == WorkloadStatus.CANCELLED
+        assert backend.get("d000000000").status == WorkloadStatus.CANCELLED
