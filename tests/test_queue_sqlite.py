@@ -19,6 +19,7 @@ from caliber.queue.workload import WorkloadStatus
 from tests.contract.test_backend_contract import LEASE, make_results, make_workload
 
 CHAINS = 7  # the schema version that added chains, start times and priorities
+UNTOLD = 8  # the schema version that numbers the ends no pinion was there to tell of
 
 
 def schema_of(path: Path) -> list[tuple[str, str, str]]:
@@ -29,7 +30,7 @@ def schema_of(path: Path) -> list[tuple[str, str, str]]:
         conn.close()
 
 
-@pytest.mark.parametrize("version", [1, CHAINS - 1])
+@pytest.mark.parametrize("version", [1, CHAINS - 1, UNTOLD - 1])
 def test_fresh_schema_equals_migrated_schema(tmp_path: Path, version: int) -> None:
     old = tmp_path / "old.db"
     conn = sqlite3.connect(old)
@@ -49,6 +50,90 @@ def test_fresh_schema_equals_migrated_schema(tmp_path: Path, version: int) -> No
         assert got.workflow_name == "pasta"
         assert (got.after, got.not_before, got.priority, got.notify) == ([], None, 0, None)
         assert backend.claim("p1", "me", LEASE, "k") is not None
+
+
+def test_workloads_that_had_ended_before_the_upgrade_are_not_told_again(
+        tmp_path: Path) -> None:
+    """A queue of schema 7 with workloads that ended (cancelled while queued, failed by
+    expire, completed): after the upgrade a pinion takes none of them (their ends were told,
+    or not, by the Caliber of that time); an end after the upgrade is taken."""
+    path = tmp_path / "old.db"
+    conn = sqlite3.connect(path)
+    conn.executescript(";".join(MIGRATIONS[:UNTOLD - 1]) + f"; PRAGMA user_version = "
+                       f"{UNTOLD - 1};")
+    body = json.dumps({"workflow": {"name": "pasta"}, "attachments": []})
+    for wid, status in [("aaaaaaaaaa", "cancelled"), ("bbbbbbbbbb", "failed"),
+                        ("cccccccccc", "completed"), ("dddddddddd", "queued")]:
+        conn.execute(
+            "INSERT INTO workloads (id, pinion, workflow_name, status, created_at, secret, "
+            "body) VALUES (?, 'p1', 'pasta', ?, '2030-01-01T00:00:00.000000+00:00', 's', ?)",
+            (wid, status, body))
+        conn.execute("INSERT INTO workload_history (workload_id, at, status, message) VALUES "
+                     "(?, '2030-01-01T00:00:00.000000+00:00', ?, 'as it was')", (wid, status))
+    conn.commit()
+    conn.close()
+    with SQLiteBackend(path) as backend:
+        assert backend.take_ended("p1") == []
+        backend.cancel("dddd", "ann@laptop")
+        assert [w.id for w in backend.take_ended("p1")] == ["dddddddddd"]
+
+
+def test_nothing_to_tell_is_one_indexed_read_and_no_write(tmp_path: Path) -> None:
+    """A pinion asks for untold ends often: when there are none, one read that seeks the
+    index of the untold rows (the told and the never-ended ones are not in it), no write."""
+    with SQLiteBackend(tmp_path / "q.db") as backend:
+        for i in range(3):
+            w = make_workload(seconds=i)
+            backend.put(w)
+        backend.cancel(w.id, "ann@laptop")
+        assert len(backend.take_ended("p1")) == 1
+        statements: list[str] = []
+        backend.conn.set_trace_callback(statements.append)
+        writes = backend.conn.total_changes
+        assert backend.take_ended("p1") == []
+        backend.conn.set_trace_callback(None)
+        assert backend.conn.total_changes == writes
+        reads = [s for s in statements if s not in ("BEGIN", "COMMIT")]
+        assert len(reads) == 1 and reads[0].startswith("SELECT"), statements
+        plan = " ".join(str(row[-1]) for row in backend.conn.execute(
+            "EXPLAIN QUERY PLAN " + reads[0]))  # traced with its values in place
+        assert "workloads_untold" in plan and "SCAN" not in plan, plan
+
+
+def test_taking_untold_ends_seeks_them_in_order(tmp_path: Path) -> None:
+    sql = ("SELECT id FROM workloads WHERE pinion = ? AND untold IS NOT NULL "
+           "ORDER BY untold, id LIMIT ?")
+    with SQLiteBackend(tmp_path / "q.db") as backend:
+        plan = " ".join(str(row[-1]) for row in backend.conn.execute(
+            "EXPLAIN QUERY PLAN " + sql, ("p1", 100)))
+    assert "workloads_untold" in plan and "TEMP B-TREE" not in plan and "SCAN" not in plan
+
+
+def test_two_connections_taking_at_once_never_both_get_one(tmp_path: Path) -> None:
+    path = tmp_path / "q.db"
+    with SQLiteBackend(path) as backend:
+        ids = set()
+        for i in range(60):
+            w = make_workload(seconds=i)
+            backend.put(w)
+            backend.cancel(w.id, "ann@laptop")
+            ids.add(w.id)
+    start = threading.Barrier(3)
+    got: list[list[str]] = [[], [], []]
+
+    def take(n: int) -> None:
+        with SQLiteBackend(path) as mine:
+            start.wait()
+            while taken := mine.take_ended("p1", limit=7):
+                got[n].extend(w.id for w in taken)
+
+    threads = [threading.Thread(target=take, args=(n,)) for n in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    every = [wid for mine in got for wid in mine]
+    assert sorted(every) == sorted(ids)  # each once, none left
 
 
 def test_wal_mode_and_busy_timeout(tmp_path: Path) -> None:

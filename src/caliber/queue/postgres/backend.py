@@ -156,6 +156,9 @@ FINISH_SQL = f"""
 _EXPIRED = ("status = 'running' AND attempts >= %(max)s "
             "AND (lease_expires < %(now)s OR lease_expires IS NULL)")
 
+# The number of an end no pinion was there to tell of (column untold).
+UNTOLD = "nextval('workloads_untold_seq')"
+
 
 @lru_cache(maxsize=512)
 def _pg(sql: str) -> str:
@@ -188,6 +191,7 @@ class PostgresBackend(SqlBackend):
     HISTORY_ORDER = "seq"
     MARKED = "strpos(' ' || secret_mismatch || ' ', ' ' || ? || ' ') > 0"
     AFTER_IDS = AFTER_IDS
+    UNTOLD = UNTOLD
 
     def __init__(self, url: str) -> None:
         super().__init__()
@@ -365,7 +369,8 @@ class PostgresBackend(SqlBackend):
 
     def expire_rows(self, conn: Any, now: float, max_attempts: int) -> list[tuple[str, str]]:
         found: list[tuple[str, str]] = conn.execute(
-            f"UPDATE workloads SET status = 'failed', {NO_LEASE}, last_error = 'lease ran out '"
+            f"UPDATE workloads SET status = 'failed', {NO_LEASE}, untold = {UNTOLD}, "
+            "last_error = 'lease ran out '"
             f" || attempts || ' times (pinion died?)' WHERE {_EXPIRED} AND id IN (SELECT id "
             f"FROM workloads WHERE {_EXPIRED} ORDER BY id FOR UPDATE) RETURNING id, last_error",
             {"now": now, "max": max_attempts}).fetchall()

@@ -155,6 +155,16 @@ MIGRATIONS: list[str] = [
     );
     CREATE INDEX workloads_after_upstream ON workload_after (upstream, workload);
     """,
+    # 2 -> 3: every end is told once (as the SQLite queue's schema 8): a workload that ends
+    # with no pinion there is numbered in ``untold`` (from workloads_untold_seq) until a
+    # pinion of its name takes it; NULL is "nothing to tell", so every workload that had
+    # ended before counts as told. workloads_untold holds only the untold rows, in the order
+    # they are taken: a pinion asks often.
+    """
+    ALTER TABLE workloads ADD COLUMN untold BIGINT;
+    CREATE SEQUENCE workloads_untold_seq;
+    CREATE INDEX workloads_untold ON workloads (pinion, untold, id) WHERE untold IS NOT NULL;
+    """,
 ]
 
 SCHEMA_VERSION = len(MIGRATIONS)

@@ -136,7 +136,8 @@ def restored(backend: SqlBackend, conn: Any, workload: Workload) -> None:
 def cascade(backend: SqlBackend, conn: Any, upstream: str, how: str) -> list[str]:
     """Workload ``upstream`` was cancelled (``how``: "cancelled") or reset ("reset"): those
     waiting after it are cancelled ("upstream X was cancelled"), and so on down the chain,
-    each naming the one it ran after. The ids cancelled."""
+    each naming the one it ran after, each an end no pinion was there to tell of (its
+    ``untold`` number). The ids cancelled."""
     try:
         upstream.encode()
     except UnicodeEncodeError:  # an id damaged by hand (not UTF-8): nothing can run after it
@@ -150,9 +151,9 @@ def cascade(backend: SqlBackend, conn: Any, upstream: str, how: str) -> list[str
             reason = upstream_ended(above, what)
             cancelled = backend.execute(
                 conn,
-                "UPDATE workloads SET status = 'cancelled', last_error = ? WHERE status = "
-                "'waiting' AND id IN (SELECT workload FROM workload_after WHERE upstream = ?) "
-                "RETURNING id", (reason, above)).fetchall()
+                f"UPDATE workloads SET status = 'cancelled', last_error = ?, untold = "
+                f"{backend.UNTOLD} WHERE status = 'waiting' AND id IN (SELECT workload FROM "
+                "workload_after WHERE upstream = ?) RETURNING id", (reason, above)).fetchall()
             for (wid,) in cancelled:
                 backend.add_history(conn, wid, (WorkloadStatus.CANCELLED, reason))
                 following.append((str(wid), "cancelled"))

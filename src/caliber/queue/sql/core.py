@@ -7,8 +7,17 @@ A dialect (:class:`caliber.queue.sqlite.backend.SQLiteBackend`,
 :class:`caliber.queue.postgres.backend.PostgresBackend`) supplies what differs: its
 connection and transactions, how a statement written here with ``?`` placeholders runs
 (:meth:`SqlBackend.execute`), the claim and expiry statements, row locks, the JSON of a
-workload's resume grant, the list of what a workload runs after, waking idle pinions, its
-content store and prune. Chains (``workload_after``) are :mod:`caliber.queue.sql.chains`.
+workload's resume grant, the list of what a workload runs after, the numbers of untold
+ends, waking idle pinions, its content store and prune. Chains (``workload_after``) are
+:mod:`caliber.queue.sql.chains`.
+
+A workload that ends with no pinion there (cancelled while queued or waiting, down a chain,
+failed by :meth:`SqlBackend.expire`) gets a number in its column ``untold``
+(:attr:`SqlBackend.UNTOLD`: greater than every number stored), in the statement that ends
+it; :meth:`SqlBackend.take_ended` takes those of a pinion in that order (then by id) and
+sets it back to NULL, as :meth:`SqlBackend.retry` does. NULL is "nothing to tell": a
+workload a pinion ends itself never gets a number (its ``complete`` and ``fail`` write
+nothing more), nor does one restored, nor any that had ended before the column was added.
 
 Every write is one short transaction (:meth:`SqlBackend.transaction`); a verb that reads a
 row before changing it locks it first (:meth:`SqlBackend.lock_row`: a no-op where the
@@ -95,6 +104,9 @@ class SqlBackend(IdleWait):
     AFTER_IDS: ClassVar[str] = "NULL"
     """An expression of a workload row (table ``workloads``): the JSON array (text) of the
     ids it runs after, from ``workload_after`` in order (:func:`.rows.reading`)."""
+    UNTOLD: ClassVar[str] = "NULL"
+    """An expression: the number of an end no pinion was there to tell of (column
+    ``untold``), greater than every number stored (ties are taken in id order)."""
 
     location: str
     conn: Any
@@ -202,6 +214,20 @@ class SqlBackend(IdleWait):
         """Inside a write transaction: remove those of the blobs ``only`` that nothing refers
         to; (blobs, bytes) removed."""
         raise NotImplementedError
+
+    def take_untold(self, conn: Any, pinion: str, limit: int) -> list[tuple[Any, ...]]:
+        """Inside a write transaction: the rows (the columns of :attr:`columns`) of the
+        workloads of ``pinion`` with the smallest ``untold`` numbers, at most ``limit``, in
+        that order (then by id), their number set back to NULL. This one reads them, then
+        marks the same ones: right where write transactions are serialized (SQLite's);
+        where they are not, the dialect takes them in one statement that passes over rows
+        another caller holds."""
+        picked = ("FROM workloads WHERE pinion = ? AND untold IS NOT NULL "
+                  "ORDER BY untold, id LIMIT ?")
+        found = self.fetch(f"SELECT {self.columns} {picked}", (pinion, limit))
+        self.execute(conn, f"UPDATE workloads SET untold = NULL WHERE id IN (SELECT id "
+                     f"{picked})", (pinion, limit))
+        return found
 
     # --- shared helpers -------------------------------------------------------------------
 
@@ -440,7 +466,8 @@ class SqlBackend(IdleWait):
 
     def _cancel_if_asked(self, conn: Any, workload_id: str, asked: str | None) -> bool:
         """A workload cancelled while it ran is not queued again when its run ends without
-        Results (put back, a failed attempt with attempts left): it is cancelled. Whether it
+        Results (put back, a failed attempt with attempts left): it is cancelled (its pinion
+        is there: no ``untold`` number; those cancelled down its chain get one). Whether it
         was."""
         if asked is not None and self.execute(
                 conn, "UPDATE workloads SET status = 'cancelled', last_error = ? WHERE id = ? "
@@ -503,7 +530,8 @@ class SqlBackend(IdleWait):
             if workload.status in (WorkloadStatus.QUEUED, WorkloadStatus.WAITING) or (
                     lease is not None and lease.expires_at.timestamp() < time.time()):
                 self.execute(conn, f"UPDATE workloads SET status = 'cancelled', {NO_LEASE}, "
-                             "last_error = ? WHERE id = ?", (cancelled(by), workload.id))
+                             f"untold = {self.UNTOLD}, last_error = ? WHERE id = ?",
+                             (cancelled(by), workload.id))
                 self.add_history(conn, workload.id, (WorkloadStatus.CANCELLED, cancelled(by)))
                 chains.cascade(self, conn, workload.id, "cancelled")
             else:
@@ -523,7 +551,7 @@ class SqlBackend(IdleWait):
                 conn,
                 f"UPDATE workloads SET status = ?, attempts = 0, {NO_LEASE}, "
                 "last_error = NULL, cancel_requested = NULL, cancel_now = NULL, "
-                "secret_mismatch = NULL WHERE id = ?", (status.value, workload.id))
+                "secret_mismatch = NULL, untold = NULL WHERE id = ?", (status.value, workload.id))
             self.set_grant(conn, workload.id, grant)
             message = retried(by, grant.results_id if grant else None)
             self.add_history(conn, workload.id, (status, message + (
@@ -539,6 +567,20 @@ class SqlBackend(IdleWait):
             found = self.fetch(
                 f"SELECT status, count(*) FROM workloads {where} GROUP BY status", params)
         return {str(status): int(n) for status, n in found}
+
+    def take_ended(self, pinion: str, limit: int = 100) -> list[Workload]:
+        """See :meth:`QueueBackend.take_ended`. A pinion asks often: nothing to tell is one
+        read of the index workloads_untold and no write; else one write transaction
+        (:meth:`take_untold`)."""
+        if limit <= 0:
+            return []
+        with self.single_read():
+            if not self.fetch("SELECT 1 FROM workloads WHERE pinion = ? AND untold IS NOT NULL"
+                              " LIMIT 1", (pinion,)):
+                return []
+        with self.transaction() as conn:
+            return self._with_history([R.workload(r)
+                                       for r in self.take_untold(conn, pinion, limit)])
 
     def next_start(self, pinion: str) -> dt.datetime | None:
         """See :meth:`QueueBackend.next_start` (index workloads_starts)."""

@@ -58,6 +58,12 @@ def _lease_gone(columns: str, now: str, where: str, then: str) -> str:
 AFTER_IDS = ("(SELECT json_group_array(upstream) FROM (SELECT upstream FROM workload_after "
              "WHERE workload = workloads.id ORDER BY position))")
 
+# The number of an end no pinion was there to tell of (column untold): one more than the
+# newest history row's id (a seek to the end of the rowids). The history line of that end is
+# written right after it, at that id or a later one, and stays while its workload does: every
+# later end gets a greater number. A statement that ends several gives them one number.
+UNTOLD = "(SELECT COALESCE(max(rowid), 0) + 1 FROM workload_history)"
+
 # The one atomic claim: the subquery picks the claimable row of the highest priority, the
 # oldest among equals: queued and due (index workloads_queued, in that order: its first due
 # entry) or with a lease that ran out (index workloads_leases, named: without statistics the
@@ -129,6 +135,7 @@ class SQLiteBackend(SqlBackend):
     MARKED = "instr(' ' || secret_mismatch || ' ', ' ' || ? || ' ') > 0"
     INTEGRITY_ERRORS = (sqlite3.IntegrityError,)
     AFTER_IDS = AFTER_IDS
+    UNTOLD = UNTOLD
 
     def __init__(self, path: Path) -> None:
         super().__init__()
@@ -264,7 +271,7 @@ class SQLiteBackend(SqlBackend):
                     max_attempts: int) -> list[tuple[str, str]]:
         return conn.execute(
             f"""UPDATE workloads INDEXED BY workloads_leases
-               SET status = 'failed', {NO_LEASE},
+               SET status = 'failed', {NO_LEASE}, untold = {UNTOLD},
                    last_error = 'lease ran out ' || attempts || ' times (pinion died?)'
                WHERE status = 'running' AND attempts >= ?2 AND ({" OR ".join(
                    gone.format(now="?1") for gone in _LEASE_GONE)})

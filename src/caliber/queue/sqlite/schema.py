@@ -142,6 +142,15 @@ MIGRATIONS: list[str] = [
     ) WITHOUT ROWID;
     CREATE INDEX workloads_after_upstream ON workload_after (upstream, workload);
     """,
+    # 7 -> 8: every end is told once. A workload that ends with no pinion there (cancelled
+    # while queued or waiting, down a chain, failed by expire) is numbered in ``untold``
+    # until a pinion of its name takes it (caliber.queue.sql.core: take_ended); NULL is
+    # "nothing to tell", so every workload that had ended before counts as told. A pinion
+    # asks often: workloads_untold holds only the untold rows, in the order they are taken.
+    """
+    ALTER TABLE workloads ADD COLUMN untold INTEGER;
+    CREATE INDEX workloads_untold ON workloads (pinion, untold, id) WHERE untold IS NOT NULL;
+    """,
 ]
 
 PYTHON_STEPS: dict[int, Callable[[sqlite3.Connection, Path], object]] = {
