@@ -278,6 +278,94 @@ def test_a_schema_written_by_a_newer_caliber_is_refused(postgres_url: str) -> No
         PostgresBackend(postgres_url)
 
 
+def test_workloads_that_had_ended_before_the_upgrade_are_not_told_again(
+        postgres_server: PostgresServer, postgres_url: str) -> None:
+    """A queue of schema 2 with workloads that ended (cancelled while queued, failed by
+    expire, completed): after the upgrade a pinion takes none of them (their ends were told,
+    or not, by the Caliber of that time); an end after the upgrade is taken. Its schema is
+    then a new queue's."""
+    with psycopg.connect(postgres_url, autocommit=True) as conn:
+        conn.execute("CREATE SCHEMA caliber")
+        conn.execute("SET search_path = caliber")
+        for step in MIGRATIONS[:2]:
+            conn.execute(step)
+        conn.execute("CREATE TABLE schema_version (version INTEGER NOT NULL)")
+        conn.execute("INSERT INTO schema_version VALUES (2)")
+        body = json.dumps({"workflow": {"name": "pasta"}, "attachments": []})
+        for wid, status in [("aaaaaaaaaa", "cancelled"), ("bbbbbbbbbb", "failed"),
+                            ("cccccccccc", "completed"), ("dddddddddd", "queued")]:
+            conn.execute(
+                "INSERT INTO workloads (id, pinion, workflow_name, status, created_at, secret, "
+                "body) VALUES (%s, 'p1', 'pasta', %s, '2030-01-01T00:00:00.000000+00:00', 's', "
+                "%s)", (wid, status, body))
+            conn.execute("INSERT INTO workload_history (workload_id, at, status, message) "
+                         "VALUES (%s, '2030-01-01T00:00:00.000000+00:00', %s, 'as it was')",
+                         (wid, status))
+    with PostgresBackend(postgres_url) as backend:
+        assert backend.take_ended("p1") == []
+        backend.cancel("dddd", "ann@laptop")
+        assert [w.id for w in backend.take_ended("p1")] == ["dddddddddd"]
+    fresh = postgres_server.create_database(f"fresh_{os.getpid()}")
+    try:
+        PostgresBackend(fresh).close()
+        assert _schema(postgres_url) == _schema(fresh)
+    finally:
+        postgres_server.drop_database(f"fresh_{os.getpid()}")
+
+
+def test_nothing_to_tell_is_a_read_of_the_index_of_untold_ends(postgres_url: str) -> None:
+    """The look a pinion makes often fits the partial index of the untold rows (the planner
+    may use it: its condition implies the index's)."""
+    PostgresBackend(postgres_url).close()
+    with psycopg.connect(postgres_url, autocommit=True) as conn:
+        conn.execute("SET search_path = caliber")
+        conn.execute("SET enable_seqscan = off")
+        plan = " ".join(str(r[0]) for r in conn.execute(
+            "EXPLAIN SELECT 1 FROM workloads WHERE pinion = 'p1' AND untold IS NOT NULL "
+            "LIMIT 1"))
+    assert "workloads_untold" in plan, plan
+
+
+def test_two_connections_taking_at_once_never_both_get_one(postgres_url: str) -> None:
+    """Three pinions of one name take the untold ends at once, each on its own connection;
+    every take holds its rows 0.2 s before it commits (a trigger), so the takes overlap:
+    each passes over the rows another holds, and a row another took meanwhile is not taken
+    again. Each end is taken once, none is left."""
+    with PostgresBackend(postgres_url) as backend:
+        ids = set()
+        for i in range(24):
+            w = make_workload(seconds=i)
+            backend.put(w)
+            backend.cancel(w.id, "ann@laptop")
+            ids.add(w.id)
+    with psycopg.connect(postgres_url, autocommit=True) as conn:
+        conn.execute("CREATE FUNCTION caliber.slowly() RETURNS trigger LANGUAGE plpgsql AS "
+                     "$$ BEGIN PERFORM pg_sleep(0.2); RETURN NULL; END $$")
+        conn.execute("CREATE TRIGGER slowly AFTER UPDATE OF untold ON caliber.workloads "
+                     "FOR EACH STATEMENT EXECUTE FUNCTION caliber.slowly()")
+    start = threading.Barrier(3)
+    got: list[list[str]] = [[], [], []]
+    errors: list[BaseException] = []
+
+    def take(n: int) -> None:
+        try:
+            with PostgresBackend(postgres_url) as mine:
+                start.wait()
+                while taken := mine.take_ended("p1", limit=4):
+                    got[n].extend(w.id for w in taken)
+        except BaseException as exc:  # pragma: no cover - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=take, args=(n,)) for n in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors
+    every = [wid for mine in got for wid in mine]
+    assert sorted(every) == sorted(ids)  # each once, none left
+
+
 def test_the_pinions_verbs_reconnect_after_a_server_restart(
         postgres_server: PostgresServer, postgres_url: str,
         capsys: pytest.CaptureFixture[str]) -> None:

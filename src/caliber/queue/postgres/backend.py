@@ -7,7 +7,10 @@ SQL core (:mod:`caliber.queue.sql.core` holds the verbs; this module only what d
 - Round trips: the pinion's verbs send their statements together where they can (psycopg's
   pipeline mode, :meth:`PostgresBackend._begun`): a claim and its history line are one
   round trip (one implicit transaction), a completion two, a renewal or a look for a cancel
-  one statement without ``BEGIN``/``COMMIT``.
+  one statement without ``BEGIN``/``COMMIT``, and so is a look for ended workloads to tell
+  of when there are none (:meth:`SqlBackend.take_ended`).
+- Pinions of one name share out the ended workloads no pinion was there to tell of
+  (:data:`TAKE_UNTOLD_SQL`, ``FOR UPDATE SKIP LOCKED`` as a claim).
 - A write that reads a row before changing it (cancel, retry, reset, resetsecret) locks the
   row first (``FOR UPDATE``); a verb that holds several (a cascade down a chain, a promotion,
   a put after several, an expiry) takes them in id order, so that two never deadlock
@@ -158,6 +161,22 @@ _EXPIRED = ("status = 'running' AND attempts >= %(max)s "
 
 # The number of an end no pinion was there to tell of (column untold).
 UNTOLD = "nextval('workloads_untold_seq')"
+
+# Taking the untold ends of a pinion, oldest first (index workloads_untold, in that order):
+# each row locked as it is found, passing over rows another caller is taking (so two pinions
+# of one name share them out, never both getting one; a row another took and committed in the
+# meantime is read again, found told, and left), told, and returned with its number.
+TAKE_UNTOLD_SQL = f"""
+    WITH picked AS (
+        SELECT id AS picked, untold AS n FROM workloads
+        WHERE pinion = %(pinion)s AND untold IS NOT NULL
+        ORDER BY untold, id LIMIT %(limit)s FOR UPDATE SKIP LOCKED
+    ), told AS (
+        UPDATE workloads SET untold = NULL FROM picked
+        WHERE workloads.id = picked.picked AND workloads.untold IS NOT NULL
+        RETURNING {R.reading(R.COLUMNS, AFTER_IDS)}, picked.n
+    )
+    SELECT * FROM told ORDER BY n, id"""
 
 
 @lru_cache(maxsize=512)
@@ -379,6 +398,11 @@ class PostgresBackend(SqlBackend):
     def sweep(self, conn: Any, only: Iterable[str]) -> tuple[int, int]:
         return pg_blobs.sweep(conn, only)
 
+    def take_untold(self, conn: Any, pinion: str, limit: int) -> list[tuple[Any, ...]]:
+        """One statement, passing over the rows another caller holds (:data:`TAKE_UNTOLD_SQL`)."""
+        found = conn.execute(TAKE_UNTOLD_SQL, {"pinion": pinion, "limit": limit}).fetchall()
+        return [row[:-1] for row in found]
+
     # --- the pinion's verbs: they reconnect after a lost connection -----------------------
 
     claim = _again(SqlBackend.claim)
@@ -389,6 +413,7 @@ class PostgresBackend(SqlBackend):
     release = _again(SqlBackend.release)
     fail = _again(SqlBackend.fail)
     expire = _again(SqlBackend.expire)
+    take_ended = _again(SqlBackend.take_ended)
     get_results = _again(SqlBackend.get_results)
 
     def complete(self, claim: Claim, results: Results) -> None:
