@@ -8,7 +8,8 @@ state of the queue is the fold of those versions (:mod:`caliber.queue.speckle.lo
 to the newest checkpoint and then only what is new (:mod:`caliber.queue.speckle.view`).
 
 Claiming is "write, settle, read": write a claim, wait ``settle`` seconds, read the log again;
-the claim holds only if the fold says it won. Leases are judged in server time (version
+the claim holds only if the fold says it won. Taking ended workloads to tell of them
+(``take_ended``: a ``tell``) works the same way. Leases are judged in server time (version
 ``createdAt``); this process estimates the server's clock from its own writes.
 """
 
@@ -104,6 +105,13 @@ def _upstream(folded: Folded, workload: Workload) -> dict[str, WorkloadStatus]:
     :func:`caliber.queue.lifecycle.start_status`)."""
     found = {uid: folded.find(uid) for uid in workload.after}
     return {uid: s.status for uid, s in found.items() if s is not None and not s.deleted}
+
+
+def _asked(state: State) -> bool | None:
+    """``te`` on the ``release`` or ``fail`` of a workload someone asked to cancel (it ends
+    cancelled, and so do the workloads waiting after it: their ends are told by a pinion
+    that takes them); None otherwise (the event as earlier Caliber wrote it)."""
+    return True if state.cancel is not None else None
 
 
 def open_target(target: QueueTarget) -> SpeckleBackend:
@@ -412,7 +420,8 @@ class SpeckleBackend(IdleWait):
             reason = f"{reason} (at {looks} claims); queue the workflow again to run it"
             try:
                 self._write(f"failed {state.id} ({state.workflow}): {reason}",
-                            ev.Fail(workload=state.id, token=token, reason=clip(reason)))
+                            ev.Fail(workload=state.id, token=token, reason=clip(reason),
+                                    tell=_asked(state)))
             except QueueError as error:
                 log.warning("could not fail %s (%s): its lease runs out instead", state.id,
                             error)
@@ -429,7 +438,8 @@ class SpeckleBackend(IdleWait):
         False when even that cannot be written: the lease runs out as after a dead pinion."""
         try:
             self._write(f"released {state.id} ({state.workflow}): {reason}",
-                        ev.Release(workload=state.id, token=token, reason=clip(reason) or ""))
+                        ev.Release(workload=state.id, token=token, reason=clip(reason) or "",
+                                   tell=_asked(state)))
         except QueueError as exc:
             log.warning("could not release %s (%s): its lease runs out instead", state.id, exc)
             return False
@@ -472,7 +482,8 @@ class SpeckleBackend(IdleWait):
             state = self._held(claim)
             self._write(f"released {state.id} ({state.workflow}) by {claim.owner}: {reason}",
                         ev.Release(workload=state.id, token=claim.token,
-                                   reason=clip(reason) or "", mismatch=mismatch_key_id))
+                                   reason=clip(reason) or "", mismatch=mismatch_key_id,
+                                   tell=_asked(state)))
 
     def complete(self, claim: Claim, results: Results) -> None:
         if results.workload_id != claim.workload.id:
@@ -488,7 +499,8 @@ class SpeckleBackend(IdleWait):
                 ev.Done(workload=state.id, token=claim.token, results=results.id,
                         workflow=results.workflow, pinion=results.pinion,
                         status=results.status.value, finished_at=results.finished_at.isoformat(),
-                        error=clip(error), work_dir=results.work_dir),
+                        error=clip(error), work_dir=results.work_dir,
+                        tell=True if done == "cancelled" else None),  # (its chain ends)
                 root,
             )
             if self.refresh().workloads[state.id].results_id != results.id:
@@ -517,7 +529,7 @@ class SpeckleBackend(IdleWait):
             again = "; queued again" if retry else ""
             self._write(f"failed {state.id} ({state.workflow}): {reason}{again}",
                         ev.Fail(workload=state.id, token=claim.token, reason=clip(reason),
-                                retry=retry))
+                                retry=retry, tell=_asked(state)))
 
     def expire(self, max_attempts: int) -> builtins.list[str]:
         with self.lock:
@@ -529,7 +541,7 @@ class SpeckleBackend(IdleWait):
                     self._write(f"failed {s.id} ({s.workflow}): lease ran out {s.attempts} "
                                 "times (pinion died?)",
                                 ev.Expire(workload=s.id, token=s.lease.token,
-                                          max_attempts=max_attempts))
+                                          max_attempts=max_attempts, tell=True))
                     if self.view.folded.workloads[s.id].status == WorkloadStatus.FAILED:
                         out.append(s.id)
             return out
@@ -544,7 +556,7 @@ class SpeckleBackend(IdleWait):
                     "stop the pinion first or use --force"
                 )
             self._write(f"deleted {workload.id} ({workload.workflow_name})",
-                        ev.Delete(workload=workload.id, force=force))
+                        ev.Delete(workload=workload.id, force=force, tell=True))
             return workload
 
     def resetsecret(self, id_or_prefix: str, secret: str, key_id: str, *,
@@ -565,7 +577,8 @@ class SpeckleBackend(IdleWait):
                 return workload  # asked already: another version would change nothing
             self._write(f"cancel {workload.id} ({workload.workflow_name}) asked by {by}"
                         + (" (now)" if now else ""),
-                        ev.Cancel(workload=workload.id, by=by, now=True if now else None))
+                        ev.Cancel(workload=workload.id, by=by, now=True if now else None,
+                                  tell=True))
             return self.get(workload.id)
 
     def retry(self, id_or_prefix: str, by: str, *,
@@ -588,6 +601,38 @@ class SpeckleBackend(IdleWait):
                       if s.pinion == pinion and s.status == WorkloadStatus.QUEUED
                       and (start := s.start_at()) is not None and start > now]
             return min(starts, default=None)
+
+    def take_ended(self, pinion: str, limit: int = 100) -> builtins.list[Workload]:
+        """See :meth:`caliber.queue.backend.QueueBackend.take_ended`: the untold ends in the
+        fold of the pinion's last look (no request of its own: a claim or a renewal reads
+        the log anyway); when there are some, "write, settle, read" as a claim: a ``tell``
+        naming the oldest (their objects read first), then only those the fold gives to it
+        (a racing pinion's ``tell`` earlier in the log took the others)."""
+        with self.lock:
+            folded = self.view.folded if self.view.loaded else self.refresh()
+            if folded.unknown:  # the fold may be wrong: the pinion's claim says so
+                return []
+            untold = sorted((s for s in folded.workloads.values()
+                             if s.untold is not None and not s.deleted and s.pinion == pinion),
+                            key=lambda s: (s.untold or s.order, s.order))[:max(limit, 0)]
+            if not untold:
+                return []
+            self._workloads(untold)  # one that cannot be read is not taken (then kept here)
+            ids, token = [s.id for s in untold], secrets.token_hex(12)
+            try:
+                self._write(f"{pinion} tells of the end of {len(ids)} workloads: "
+                            + " ".join(ids), ev.Tell(pinion=pinion, token=token, ids=ids))
+                lost: QueueError | None = None
+            except sp.AmbiguousWriteError as exc:
+                lost = exc
+            if self.settle > 0:
+                time.sleep(self.settle)
+            now = self.refresh().workloads
+            won = [now[i] for i in ids
+                   if i in now and now[i].told == token and not now[i].deleted]
+            if lost is not None and not won:
+                raise lost
+            return self._workloads(won)
 
     def count_statuses(self, *, pinion: str | None = None,
                        workflow: str | None = None) -> dict[str, int]:

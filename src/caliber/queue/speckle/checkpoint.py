@@ -11,9 +11,10 @@ the stored state. The fold is a state machine in server order, so that equals th
 the whole log, including claims that raced the checkpoint (created between C and T, or after
 T): they are after C, so every reader folds them on top.
 
-The state is split in two: the queued and running workloads (all a claim needs), and an
-*archive* of the finished workloads and of the results, which a reader fetches only when a
-command lists or looks them up. Both are stored in chunks of :data:`CHUNK`, each a detached
+The state is split in two: the queued and running workloads, and the ended ones no pinion
+has told of yet (all a claim and ``take_ended`` need), and an *archive* of the other
+finished workloads and of the results, which a reader fetches only when a command lists or
+looks them up. Both are stored in chunks of :data:`CHUNK`, each a detached
 object; the archive's chunks are carried over from one checkpoint to the next (finished
 workloads stop changing), so they keep their ids and are neither uploaded nor downloaded
 again, and a reader keeps the ones it read on disk (:class:`ChunkCache`).
@@ -33,7 +34,7 @@ from caliber.errors import QueueDamagedError
 from caliber.platform import make_private_folder, write_private_file
 from caliber.queue.speckle import adapter as sp
 from caliber.queue.speckle.events import FORMAT
-from caliber.queue.speckle.log import Archive, Folded, Lease, Order, ResultsRef, State, finished
+from caliber.queue.speckle.log import Archive, Folded, Lease, Order, ResultsRef, State, settled
 from caliber.queue.workload import WorkloadStatus
 
 EVERY = 100
@@ -60,15 +61,18 @@ def _when(text: str) -> dt.datetime:
 def _state_doc(s: State) -> list[Any]:
     """A workload's state as a list: 17 items, then groups that came later (cancel and
     retry; a resume grant; a cancel --now and the run's progress; what it runs after, its
-    start time, priority and notification address), each only when it or a later one holds
-    something (an older reader reads the groups it knows)."""
+    start time, priority and notification address; where its untold end is and the token of
+    the ``tell`` that took it), each only when it or a later one holds something (an older
+    reader reads the groups it knows)."""
     holder = None if s.lease is None else [s.lease.token, s.lease.owner,
                                            _iso(s.lease.expires_at)]
     groups = [([s.cancel, s.resume_from], bool(s.cancel or s.resume_from)),
               ([s.resume_signature, s.resume_grant], bool(s.resume_grant)),
               ([s.cancel_now or None, s.progress], bool(s.cancel_now or s.progress)),
               ([s.after, s.not_before, s.priority, s.notify],
-               bool(s.after or s.not_before is not None or s.priority or s.notify is not None))]
+               bool(s.after or s.not_before is not None or s.priority or s.notify is not None)),
+              ([None if s.untold is None else [_iso(s.untold[0]), s.untold[1]], s.told],
+               bool(s.untold or s.told))]
     used = max((i + 1 for i, (_, held) in enumerate(groups) if held), default=0)
     return [s.id, s.pinion, s.workflow, _iso(s.created_at), s.queued_by, s.object_id,
             [_iso(s.order[0]), s.order[1]], s.status.value, s.attempts, holder, s.secret,
@@ -84,6 +88,7 @@ def _state(doc: list[Any]) -> State:
     signature, grant = doc[18] if len(doc) > 18 else (None, None)  # a resume grant
     now, progress = doc[19] if len(doc) > 19 else (None, None)  # cancel --now, progress
     after, not_before, priority, notify = doc[20] if len(doc) > 20 else ([], None, 0, None)
+    untold, told = doc[21] if len(doc) > 21 else (None, None)  # every end told once
     return State(
         id=wid, pinion=pinion, workflow=workflow, created_at=_when(created),
         queued_by=queued_by, object_id=object_id, order=(_when(order[0]), order[1]),
@@ -94,7 +99,8 @@ def _state(doc: list[Any]) -> State:
         resume_signature=signature, resume_grant=grant, cancel_now=bool(now),
         progress=progress if isinstance(progress, dict) else None,
         after=[str(a) for a in after], not_before=not_before, priority=int(priority),
-        notify=notify,
+        notify=notify, untold=None if untold is None else (_when(untold[0]), untold[1]),
+        told=told,
         history=[(_when(at), WorkloadStatus(st), text) for at, st, text in history],
     )
 
@@ -130,7 +136,7 @@ def to_object(folded: Folded, cutoff: Order, archived: tuple[list[str], list[str
     ``archived``: the chunk texts (workloads, results) of the checkpoint ``folded`` started
     from, if any (:func:`archived_texts`)."""
     states = sorted(folded.workloads.values(), key=lambda s: s.order)
-    done = [s for s in states if finished(s)]
+    done = [s for s in states if settled(s)]  # (an untold one stays active: see settled)
     ids = set(folded.archive.ids) - folded.pruned if folded.archive is not None else set()
     ids.update(s.id for s in done)
     refs = sorted(folded.results.values(), key=lambda r: (r.finished_at, r.id))
@@ -143,7 +149,7 @@ def to_object(folded: Folded, cutoff: Order, archived: tuple[list[str], list[str
         "about": "Caliber workflow queue: the state of every workload up to the cutoff",
         "cutoff_at": _iso(cutoff[0]), "cutoff_version": cutoff[1],
         "archived": ",".join(sorted(ids)),
-        "@active": _chunks("active", [], [_state_doc(s) for s in states if not finished(s)]),
+        "@active": _chunks("active", [], [_state_doc(s) for s in states if not settled(s)]),
         "@archive": _chunks("archive", archived[0], [_state_doc(s) for s in done]),
         "@results": _chunks("results", archived[1], [_ref_doc(r) for r in refs]),
     })

@@ -32,6 +32,8 @@ The keys (format 2; each key means one thing in every event):
 ``af`` ids of the workloads it runs after        ``nb`` no claim before this time (ISO, as
                                                         signed)
 ``pr`` its claim priority (higher first)         ``nt`` its own notification address
+``te`` the ends it makes with no pinion there    ``tl`` ids of ended workloads a pinion
+       are told by one that takes them                  takes to tell of them (``tell``)
 =====  ========================================  =====  ====================================
 
 ``cancel`` and ``retry`` (a workload's life after it ends, ``caliber queue cancel/retry``)
@@ -58,6 +60,18 @@ without them is the one earlier Caliber wrote, and folds as it did. A Caliber fr
 them ignores them, so its pinions would take such a workload as queued; but the four are
 signed with the run-secret (:func:`caliber.queue.secret.plan_fields`), so its run-secret does
 not check there and those pinions never run it (upgrade them).
+
+``te`` and ``tell`` (every end of a workload is told once: ``QueueBackend.take_ended``)
+came later in format 2. ``te`` is written on ``cancel``, ``expire``
+and ``delete``, and on a ``done`` with status cancelled and a ``release`` or ``fail`` of a
+workload someone asked to cancel: the ends such an event makes with no pinion there (the
+workload cancelled while queued or waiting, failed by expire, the workloads down its chain)
+are *untold* in the fold until a ``tell`` of a pinion of their name takes them. Events
+without it (every one an earlier Caliber wrote) leave nothing untold: a log from before folds
+as it did, and no pinion tells of an end it already had. A Caliber from before ignores ``te``
+and reads ``tell`` as a newer Caliber's event (:class:`Unknown`; ``tell`` is written only by
+a pinion that has something to tell): its pinions stop claiming from that queue until
+upgraded.
 
 Format 1 (the first remote queues) differs only in ``expire`` (``m``: the maximum attempts),
 ``resign`` (``s``: the new run-secret) and ``delete`` (``f``: force); it is still read.
@@ -144,11 +158,14 @@ class Renew(Body):
 @dataclass(frozen=True)
 class Release(Body):
     kind = "release"
-    keys: ClassVar[dict[str, str]] = {"workload": "w", "token": "t", "reason": "y", "mismatch": "m"}
+    keys: ClassVar[dict[str, str]] = {"workload": "w", "token": "t", "reason": "y", "mismatch": "m",
+                                      "tell": "te"}
     workload: str
     token: str
     reason: str = ""
     mismatch: str | None = None
+    tell: bool | None = None
+    """As :attr:`Cancel.tell`."""
 
 
 @dataclass(frozen=True)
@@ -158,7 +175,7 @@ class Done(Body):
     kind = "done"
     keys: ClassVar[dict[str, str]] = {
         "workload": "w", "token": "t", "results": "r", "workflow": "n", "pinion": "p",
-        "status": "s", "finished_at": "f", "error": "x", "work_dir": "d"}
+        "status": "s", "finished_at": "f", "error": "x", "work_dir": "d", "tell": "te"}
     workload: str
     token: str
     results: str | None = None
@@ -168,33 +185,43 @@ class Done(Body):
     finished_at: str | None = None
     error: str | None = None
     work_dir: str | None = None
+    tell: bool | None = None
+    """As :attr:`Cancel.tell`."""
 
 
 @dataclass(frozen=True)
 class Fail(Body):
     kind = "fail"
-    keys: ClassVar[dict[str, str]] = {"workload": "w", "token": "t", "reason": "y", "retry": "q"}
+    keys: ClassVar[dict[str, str]] = {"workload": "w", "token": "t", "reason": "y", "retry": "q",
+                                      "tell": "te"}
     workload: str
     token: str
     reason: str | None = None
     retry: bool = False
+    tell: bool | None = None
+    """As :attr:`Cancel.tell`."""
 
 
 @dataclass(frozen=True)
 class Expire(Body):
     kind = "expire"
-    keys: ClassVar[dict[str, str]] = {"workload": "w", "token": "t", "max_attempts": "a"}
+    keys: ClassVar[dict[str, str]] = {"workload": "w", "token": "t", "max_attempts": "a",
+                                      "tell": "te"}
     workload: str
     token: str
     max_attempts: int = 1
+    tell: bool | None = None
+    """As :attr:`Cancel.tell`."""
 
 
 @dataclass(frozen=True)
 class Delete(Body):
     kind = "delete"
-    keys: ClassVar[dict[str, str]] = {"workload": "w", "force": "g"}
+    keys: ClassVar[dict[str, str]] = {"workload": "w", "force": "g", "tell": "te"}
     workload: str
     force: bool = False
+    tell: bool | None = None
+    """As :attr:`Cancel.tell`."""
 
 
 @dataclass(frozen=True)
@@ -216,11 +243,14 @@ class Cancel(Body):
     """Cancel a workload: a queued one at once, a running one when its pinion next renews."""
 
     kind = "cancel"
-    keys: ClassVar[dict[str, str]] = {"workload": "w", "by": "v", "now": "cn"}
+    keys: ClassVar[dict[str, str]] = {"workload": "w", "by": "v", "now": "cn", "tell": "te"}
     workload: str
     by: str = "?"
     now: bool | None = None
     """``--now``: the pinion stops the running task at once (None: after it)."""
+    tell: bool | None = None
+    """The ends it makes with no pinion there are untold until a pinion takes them
+    (:class:`Tell`); None in a log from before that mark: told."""
 
 
 @dataclass(frozen=True)
@@ -247,6 +277,19 @@ class Prune(Body):
 
     kind = "prune"
     keys: ClassVar[dict[str, str]] = {"ids": "j"}
+    ids: list[str]
+
+
+@dataclass(frozen=True)
+class Tell(Body):
+    """A pinion takes ended workloads of its name to tell of their end (``take_ended``):
+    each id whose end is untold at this point of the log is told by this ``tell`` (the
+    first in the log wins, as claims do); its writer sends the events of those it won."""
+
+    kind = "tell"
+    keys: ClassVar[dict[str, str]] = {"pinion": "p", "token": "t", "ids": "tl"}
+    pinion: str
+    token: str
     ids: list[str]
 
 
@@ -293,7 +336,7 @@ class Unknown(Body):
 
 KINDS: dict[str, type[Body]] = {c.kind: c for c in (
     Put, Claim, Renew, Release, Done, Fail, Expire, Delete, Resign, SavedResults, Checkpoint,
-    Cancel, Retry, Prune)}
+    Cancel, Retry, Prune, Tell)}
 
 
 @dataclass(frozen=True)

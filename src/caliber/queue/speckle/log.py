@@ -15,6 +15,14 @@ cancelled" / "... was reset"), so a later retry of the upstream revives none of 
 ``claim`` applies only once the workload's ``not_before`` has passed (server time). A
 ``prune`` leaves a workload that one which has not ended at that point runs after.
 
+Every end is told once: a ``done``, ``fail`` or ``release`` ends its own workload as its
+pinion tells it; the other ends an event marked ``te`` makes (a workload cancelled while
+queued or waiting, or failed by ``expire``, and the workloads cancelled down a chain, by any
+event) are *untold* (:attr:`State.untold`: where in the log) until the first ``tell`` of a
+pinion of their name that names them takes them (:attr:`State.told`: its token), as the
+first claim wins. ``retry`` clears both; an event without ``te`` (every one an earlier
+Caliber wrote) leaves nothing untold, so a log from before folds as it did.
+
 The fold is a state machine, so it can start from the state a checkpoint stored instead of
 from nothing: ``fold(after, start=fold(before))`` equals ``fold(before + after)`` for events
 split at any point of server order.
@@ -100,6 +108,11 @@ class State:
     """Claim order among claimable workloads: higher first, then queue order."""
     notify: str | None = None
     """Its own notification address (``--notify``), or None."""
+    untold: Order | None = None
+    """Where in the log it ended with no pinion there to tell of it (an event marked
+    ``te``), until a ``tell`` takes it; None: nothing to tell."""
+    told: str | None = None
+    """The token of the ``tell`` that took its end (its writer tells of it), or None."""
 
     def start_at(self) -> dt.datetime | None:
         """``not_before`` as a time; None without one (or when it is not a time: then the
@@ -146,6 +159,17 @@ DONE = {"completed": WorkloadStatus.COMPLETED, "cancelled": WorkloadStatus.CANCE
 def finished(state: State) -> bool:
     """Whether no event can make ``state`` claimable again (only delete or re-sign it)."""
     return state.deleted or state.status in FINISHED
+
+
+def settled(state: State) -> bool:
+    """Finished with nothing left to tell: a checkpoint archives it (an untold one stays
+    with the unfinished ones, so that a pinion finds it without reading the archive)."""
+    return finished(state) and state.untold is None
+
+
+def _tells(body: ev.Body) -> bool:
+    """Whether the ends ``body`` makes with no pinion there are untold (marked ``te``)."""
+    return getattr(body, "tell", None) is True
 
 
 class Archive:
@@ -333,6 +357,9 @@ class _Folding:
         if isinstance(body, ev.Prune):
             _prune(out, body.ids, held(out))
             return
+        if isinstance(body, ev.Tell):
+            self.tell(body)
+            return
         if isinstance(body, ev.Put):
             if not out.knows(body.workload):
                 self.put(body, event)
@@ -352,7 +379,11 @@ class _Folding:
         _apply(state, body, event.at, waits=waits)
         if isinstance(body, ev.Done) and ref is not None:
             out.results.setdefault(ref.id, ref)
-        self.chain(state, before, event.at)
+        untold = event.order if _tells(body) else None
+        if state.status != before and state.status in FINISHED:  # it ended here: its
+            # pinion tells of a done, fail or release (it held it), no one of the others
+            state.untold = None if isinstance(body, ev.Done | ev.Fail | ev.Release) else untold
+        self.chain(state, before, event.at, untold)
 
     def put(self, body: ev.Put, event: ev.Event) -> None:
         state = self.out.workloads[body.workload] = State(
@@ -377,15 +408,29 @@ class _Folding:
             state.last_error = why
             state.note(event.at, why)
 
-    def chain(self, state: State, before: WorkloadStatus, at: dt.datetime) -> None:
+    def tell(self, body: ev.Tell) -> None:
+        """A ``tell``: each workload it names whose end is untold at this point, of its
+        pinion, is told by it (a later ``tell`` naming it finds nothing untold)."""
+        for wid in dict.fromkeys(body.ids):
+            state = self.out.workloads.get(wid)  # (an untold one is never archived)
+            if (state is None or state.deleted or state.untold is None
+                    or state.pinion != body.pinion):
+                continue
+            state = self.writable(state)
+            state.untold, state.told = None, body.token
+
+    def chain(self, state: State, before: WorkloadStatus, at: dt.datetime,
+              untold: Order | None = None) -> None:
         """The chain rules after an event changed ``state``: the workloads waiting after it
-        go on when it completed, and are cancelled when it was cancelled or reset."""
+        go on when it completed, and are cancelled when it was cancelled or reset (their
+        ends ``untold`` at that place of the log, or None: told, by an event without
+        ``te``)."""
         if state.status == WorkloadStatus.WAITING and not state.deleted:
             self.waiting.add(state.id)
         else:
             self.waiting.discard(state.id)
         if state.deleted:
-            self.cancel_after(state.id, "reset", at)
+            self.cancel_after(state.id, "reset", at, untold)
         elif state.status != before and state.status == WorkloadStatus.COMPLETED:
             for waiter in self.waiters(state.id):
                 if not pending(self.out, waiter):
@@ -394,14 +439,15 @@ class _Folding:
                     self.waiting.discard(waiter.id)
                     waiter.note(at, upstream_completed(state.id))
         elif state.status != before and state.status == WorkloadStatus.CANCELLED:
-            self.cancel_after(state.id, "cancelled", at)
+            self.cancel_after(state.id, "cancelled", at, untold)
 
     def waiters(self, uid: str) -> list[State]:
         """The workloads waiting after ``uid``, in queue order."""
         found = [self.out.workloads[w] for w in self.waiting]
         return sorted((s for s in found if uid in s.after), key=lambda s: s.order)
 
-    def cancel_after(self, uid: str, how: str, at: dt.datetime) -> None:
+    def cancel_after(self, uid: str, how: str, at: dt.datetime,
+                     untold: Order | None = None) -> None:
         """Cancel the workloads waiting after ``uid`` (``how``: it was cancelled, or reset),
         and down the chain."""
         todo = [(uid, how)]
@@ -411,6 +457,7 @@ class _Folding:
                 waiter = self.writable(waiter)
                 waiter.status = WorkloadStatus.CANCELLED
                 waiter.last_error = upstream_ended(up, how)
+                waiter.untold = untold
                 waiter.note(at, waiter.last_error)
                 self.waiting.discard(waiter.id)
                 todo.append((waiter.id, "cancelled"))
@@ -514,6 +561,7 @@ def _apply(state: State, body: ev.Body, at: dt.datetime, *,
         state.note(at, state.last_error)
     elif isinstance(body, ev.Delete):
         state.deleted = True
+        state.untold = None  # gone: nothing to tell of it
     elif isinstance(body, ev.Cancel):
         if state.status in (WorkloadStatus.QUEUED, WorkloadStatus.WAITING) or (
                 lease is not None and lease.expires_at < at):
@@ -531,6 +579,7 @@ def _apply(state: State, body: ev.Body, at: dt.datetime, *,
         state.lease = None
         state.last_error = state.cancel = state.mismatch = None  # every key looks afresh
         state.cancel_now = False
+        state.untold = state.told = None  # its next end is told again
         state.resume_from = body.results
         state.resume_signature = body.signature if body.results else None
         state.resume_grant = body.grant if body.results else None
