@@ -21,14 +21,17 @@ from caliber.queue.speckle.events import (
     Delete,
     Done,
     Event,
+    Expire,
     Fail,
     Prune,
     Put,
+    Release,
     Retry,
+    Tell,
     message,
     parse,
 )
-from caliber.queue.speckle.log import Folded, blocked, fold, pending
+from caliber.queue.speckle.log import FINISHED, Folded, blocked, fold, pending
 from caliber.queue.status import WorkloadStatus
 from tests.test_remote_log import key_state, stored
 
@@ -211,37 +214,52 @@ IDS = ("a", "b", "c", "d")
 AFTER = {"c": ("a",), "d": ("b", "c")}
 
 
-def chain_log(rng: random.Random) -> list[Event]:
+def chain_log(rng: random.Random, tells: bool = False) -> list[Event]:
     """Puts of a, b, c after a, d after b and c; then claims, runs, cancels, retries, resets
-    and prunes in any order, and a put of e after d and a among them."""
+    and prunes in any order, and a put of e after d and a among them. With ``tells``: the
+    events marked ``te`` or not, and ``tell`` takes of two pinions of one name racing."""
     events = [put(n, wid, *AFTER.get(wid, ()), priority=rng.choice([None, 1]))
               for n, wid in enumerate(IDS)]
     for _ in range(rng.randrange(8, 30)):
         wid, token = rng.choice(IDS), rng.choice("xyz")
+        te = rng.choice([None, True]) if tells else None
         body: Body = rng.choice([
-            Claim(workload=wid, token=token, owner=token, lease=60, key="k"),
+            Claim(workload=wid, token=token, owner=token,
+                  lease=rng.choice([60, 0.5]) if tells else 60, key="k"),
             Done(workload=wid, token=token, results=f"r{next(_ids)}", workflow="pasta",
-                 status=rng.choice(["completed", "completed", "failed", "cancelled"])),
-            Fail(workload=wid, token=token, reason="killed", retry=rng.random() < 0.5),
-            Cancel(workload=wid, by="ann"),
+                 status=rng.choice(["completed", "completed", "failed", "cancelled"]),
+                 tell=te),
+            Fail(workload=wid, token=token, reason="killed", retry=rng.random() < 0.5,
+                 tell=te),
+            Cancel(workload=wid, by="ann", tell=te),
             Retry(workload=wid, by="ann"),
-            Delete(workload=wid),
+            Delete(workload=wid, tell=te),
             Prune(ids=[rng.choice(IDS)]),
+            *([Expire(workload=wid, token=token, max_attempts=1, tell=te),
+               Release(workload=wid, token=token, reason="stop", tell=te),
+               Tell(pinion="p", token=f"tell-{next(_ids)}",
+                    ids=rng.sample([*IDS, "e"], rng.randrange(1, 6)))] if tells else []),
         ])
         events.append(at(rng.uniform(4, 40), body))
     events.append(put(rng.uniform(4, 40), "e", "d", "a"))  # whatever became of them by then
     return events + rng.sample(events, 2)  # versions listed twice
 
 
-def test_chains_fold_the_same_from_any_checkpoint_and_keep_their_rules() -> None:
+@pytest.mark.parametrize("tells", [False, True])
+def test_chains_fold_the_same_from_any_checkpoint_and_keep_their_rules(tells: bool) -> None:
     pytest.importorskip("specklepy")
     for seed in range(60):
         rng = random.Random(seed)
-        events = chain_log(rng)
+        events = chain_log(rng, tells)
         whole = fold(events)
         for s in whole.workloads.values():  # waiting: only for what may still complete
             if s.status == W and not s.deleted:
                 assert pending(whole, s) and blocked(whole, s) is None, (seed, s.id)
+            # an untold end is an end; taken, it is told; a log without te has none
+            assert s.untold is None or (s.status in FINISHED and not s.deleted), (seed, s.id)
+            assert s.told is None or s.status in FINISHED, (seed, s.id)
+            assert s.untold is None or s.told is None, (seed, s.id)
+            assert tells or (s.untold is None and s.told is None), (seed, s.id)
         shuffled = list(events)
         rng.shuffle(shuffled)
         assert key_state(fold(shuffled)) == key_state(whole), seed

@@ -14,6 +14,7 @@ import pytest
 from caliber.queue.speckle.checkpoint import archived_texts, from_object, to_object
 from caliber.queue.speckle.events import (
     KINDS,
+    Cancel,
     Checkpoint,
     Claim,
     Delete,
@@ -25,7 +26,9 @@ from caliber.queue.speckle.events import (
     Release,
     Renew,
     Resign,
+    Retry,
     SavedResults,
+    Tell,
     Unknown,
     decode,
     message,
@@ -77,7 +80,9 @@ def test_every_kind_round_trips_and_each_key_means_one_thing() -> None:
               Done(workload="w", token="t", results="r", status="failed", error="boom"),
               Expire(workload="w", token="t", max_attempts=3),
               Delete(workload="w", force=True), Resign(workload="w", secret="s" * 64, key="k"),
-              Checkpoint(cutoff_at=T0.isoformat(), cutoff_version="v9", workloads=4)]
+              Checkpoint(cutoff_at=T0.isoformat(), cutoff_version="v9", workloads=4),
+              Cancel(workload="w", by="ann", tell=True),
+              Tell(pinion="p", token="t", ids=["w", "v"])]
     for body in bodies:
         got = parse("v", "o", message("x", body), T0)
         assert got is not None and got.body == body
@@ -204,7 +209,8 @@ def stored(folded: Folded, cutoff: tuple[dt.datetime, str]) -> Folded:
 
 
 def random_log(rng: random.Random) -> list[Event]:
-    """Events about three workloads, with racing claims, stale writes, and expired leases."""
+    """Events about three workloads, with racing claims, stale writes, and expired leases;
+    cancels, retries and ``tell`` takes racing each other, with and without ``te``."""
     events, tokens = [], ["a", "b", "c", "d"]
     for n, wid in enumerate(("w1", "w2", "w3")):
         events.append(Event(body=Put(workload=wid, pinion="p", workflow="pasta",
@@ -213,6 +219,7 @@ def random_log(rng: random.Random) -> list[Event]:
                             at=T0 + dt.timedelta(seconds=n)))
     for _ in range(rng.randrange(5, 30)):
         wid, token = rng.choice(["w1", "w2", "w3"]), rng.choice(tokens)
+        te = rng.choice([None, True])
         body = rng.choice([
             Claim(workload=wid, token=token, owner=f"pinion-{token}",
                   lease=rng.choice([1, 3, 60]), key=rng.choice(["k", "k2"])),
@@ -220,12 +227,17 @@ def random_log(rng: random.Random) -> list[Event]:
             Renew(workload=wid, token=token, lease=rng.choice([1, 60])),
             Release(workload=wid, token=token, reason="stop", mismatch=rng.choice([None, "k2"])),
             Done(workload=wid, token=token, results=f"r{token}{wid}", workflow="pasta",
-                 status=rng.choice(["completed", "failed"])),
-            Fail(workload=wid, token=token, reason="timed out", retry=rng.random() < 0.5),
-            Expire(workload=wid, token=token, max_attempts=rng.choice([1, 2])),
+                 status=rng.choice(["completed", "failed", "cancelled"])),
+            Fail(workload=wid, token=token, reason="timed out", retry=rng.random() < 0.5,
+                 tell=te),
+            Expire(workload=wid, token=token, max_attempts=rng.choice([1, 2]), tell=te),
             Resign(workload=wid, secret="s" * 64, key="k2"),
-            Delete(workload=wid),
+            Delete(workload=wid, tell=te),
             SavedResults(results=f"s{next(_ids)}", workflow="pasta", status="completed"),
+            Cancel(workload=wid, by="ann", tell=te),
+            Retry(workload=wid, by="ann"),
+            Tell(pinion=rng.choice(["p", "p", "other"]), token=f"tell-{token}",
+                 ids=rng.sample(["w1", "w2", "w3"], rng.randrange(1, 4))),
         ])
         at = T0 + dt.timedelta(seconds=rng.uniform(3, 40))
         events.append(Event(body=body, version_id=f"v{next(_ids):04}", object_id="o", at=at))
@@ -283,3 +295,136 @@ def test_claims_racing_a_checkpoint() -> None:
     start = stored(fold([put(), a]), cut)
     got = fold([done_b, b, done_a], start=start)
     assert got.workloads["w1"].results_id == "ra" and list(got.results) == ["ra"]
+
+
+# --- every end told once: untold ends, and the first ``tell`` in the log takes them -------
+
+OLD_ENDS = [
+    'cancel w1 (pasta) asked by ann@laptop · caliber/2 {"e":"cancel","v":"ann@laptop",'
+    '"w":"w1"}',
+    'failed w2 (pasta): lease ran out 1 times (pinion died?) · caliber/2 {"a":1,'
+    '"e":"expire","t":"tb","w":"w2"}',
+    'deleted w3 (pasta) · caliber/2 {"e":"delete","g":false,"w":"w3"}',
+    'cancelled w4 (pasta): cancelled by ann@laptop · caliber/2 {"e":"done","n":"pasta",'
+    '"r":"r4","s":"cancelled","t":"td","w":"w4","x":"cancelled by ann@laptop"}',
+]
+"""Ending events as Caliber wrote them before the told mark (made by that version)."""
+
+
+def on(seconds: float, body: Any) -> Event:
+    return Event(body=body, version_id=f"v{next(_ids):04}", object_id="o",
+                 at=T0 + dt.timedelta(seconds=seconds))
+
+
+def queued(seconds: float, wid: str, *after: str, pinion: str = "p") -> Event:
+    return on(seconds, Put(workload=wid, pinion=pinion, workflow="pasta",
+                           created_at=T0.isoformat(), after=list(after) or None))
+
+
+def ends_log(tell: bool | None) -> list[Event]:
+    """w1 cancelled while queued, w2 failed by expire, w3 reset, w4's run cancelled: each
+    with a workload waiting after it (x1..x4), with the told mark or as written before."""
+    log = [queued(0, f"w{n}") for n in range(1, 5)]
+    log += [queued(1, f"x{n}", f"w{n}") for n in range(1, 5)]
+    log += [on(2, Claim(workload="w2", token="tb", owner="dead", lease=1, key="k")),
+            on(2, Claim(workload="w4", token="td", owner="pin", lease=60, key="k"))]
+    texts = [f"{t[:-1]},\"te\":true}}" if tell else t for t in OLD_ENDS]
+    for n, text in enumerate(texts):
+        event = parse(f"v{next(_ids):04}", "o", text, T0 + dt.timedelta(seconds=5 + n))
+        assert event is not None
+        log.append(event)
+    return log
+
+
+def untold(folded: Folded) -> list[str]:
+    found = [s for s in folded.workloads.values() if s.untold is not None]
+    return [s.id for s in sorted(found, key=lambda s: (s.untold, s.order))]  # type: ignore
+
+
+def test_a_log_written_before_the_told_mark_has_nothing_untold() -> None:
+    old = fold(ends_log(tell=None))
+    assert {i: s.status.value for i, s in old.workloads.items() if not s.deleted} == {
+        "w1": "cancelled", "w2": "failed", "w4": "cancelled", "x1": "cancelled",
+        "x2": "waiting", "x3": "cancelled", "x4": "cancelled"}
+    assert untold(old) == [] and all(s.told is None for s in old.workloads.values())
+    # and those events are written as they were, byte for byte, without the mark
+    for text in OLD_ENDS:
+        event = parse("v", "o", text, T0)
+        assert event is not None and message(text.split(" · ")[0], event.body) == text
+    # the same events with the mark: every end no pinion was there for is untold, in log
+    # order (the end of w4 its pinion tells; a reset one is gone: nothing to tell)
+    new = fold(ends_log(tell=True))
+    assert key_state(new)[0].keys() == key_state(old)[0].keys()
+    assert untold(new) == ["w1", "x1", "w2", "x3", "x4"]
+    assert [s.status for s in fold(ends_log(True)).workloads.values()] == [
+        s.status for s in old.workloads.values()]
+
+
+def test_the_first_tell_in_the_log_takes_an_end_in_any_arrival_order() -> None:
+    log = ends_log(tell=True)
+    first = on(20, Tell(pinion="p", token="A", ids=["w1", "x1", "w2"]))
+    second = on(21, Tell(pinion="p", token="B", ids=["x1", "w2", "x3", "x4", "w4"]))
+    other = on(19, Tell(pinion="q", token="Q", ids=["x4"]))  # not its pinion's: no effect
+    events = [*log, first, second, other, first]  # (a version listed twice)
+    expected = fold(events)
+    told = {i: s.told for i, s in expected.workloads.items() if s.told}
+    assert told == {"w1": "A", "x1": "A", "w2": "A", "x3": "B", "x4": "B"}
+    assert untold(expected) == []
+    before = fold(log)
+    for wid in told:  # a tell changes nothing else: the history ends at the end it told
+        assert expected.workloads[wid].history == before.workloads[wid].history
+    for seed in range(20):
+        shuffled = list(events)
+        random.Random(seed).shuffle(shuffled)
+        assert key_state(fold(shuffled)) == key_state(expected), seed
+
+
+def test_retry_clears_the_mark_and_the_next_end_is_told_again() -> None:
+    log = [queued(0, "w"), on(1, Cancel(workload="w", by="ann", tell=True)),
+           on(2, Tell(pinion="p", token="A", ids=["w"]))]
+    assert fold(log).workloads["w"].told == "A"
+    log.append(on(3, Retry(workload="w", by="ann")))
+    state = fold(log).workloads["w"]
+    assert (state.status, state.untold, state.told) == (WorkloadStatus.QUEUED, None, None)
+    stale = on(4, Tell(pinion="p", token="B", ids=["w"]))  # nothing untold: no effect
+    log += [stale, on(5, Cancel(workload="w", by="bob", tell=True))]
+    state = fold(log).workloads["w"]
+    assert state.untold == log[-1].order and state.told is None
+    log.append(on(6, Tell(pinion="p", token="C", ids=["w"])))
+    assert fold(log).workloads["w"].told == "C"
+    # reset after its end: gone, nothing to tell
+    gone = fold([*log[:2], on(2, Delete(workload="w", tell=True))]).workloads["w"]
+    assert gone.deleted and gone.untold is None
+
+
+def test_what_a_pinion_ends_itself_is_told_and_its_chain_is_not() -> None:
+    for end in (Done(workload="w", token="t", results="r", workflow="pasta",
+                     status="cancelled", tell=True),
+                Fail(workload="w", token="t", reason="killed", retry=True, tell=True),
+                Release(workload="w", token="t", reason="cancelled before it ran",
+                        tell=True)):
+        log = [queued(0, "w"), queued(1, "x", "w"),
+               on(2, Claim(workload="w", token="t", owner="pin", lease=60, key="k")),
+               on(3, Cancel(workload="w", by="ann", tell=True)), on(4, end)]
+        folded = fold(log)
+        assert folded.workloads["w"].status == WorkloadStatus.CANCELLED, end
+        assert untold(folded) == ["x"], end  # the cancel only asked; the pinion tells of w
+    ran_out = [queued(0, "w"),
+               on(1, Claim(workload="w", token="t", owner="dead", lease=1, key="k")),
+               on(5, Cancel(workload="w", by="ann", tell=True))]  # its lease ran out
+    assert untold(fold(ran_out)) == ["w"]
+
+
+def test_an_untold_end_stays_with_the_unfinished_in_a_checkpoint() -> None:
+    pytest.importorskip("specklepy")
+    log = ends_log(tell=True)
+    cut = max(e.order for e in log)
+    start = stored(fold(log), cut)  # read back: the archive not loaded
+    assert untold(start) == ["w1", "x1", "w2", "x3", "x4"]
+    assert start.archive is not None and not start.archive.ids & set(untold(start))
+    taken = on(30, Tell(pinion="p", token="A", ids=untold(start)))
+    again = stored(fold([taken], start=start), taken.order)
+    assert untold(again) == [] and again.archive is not None
+    assert {"w1", "x1", "w2", "x3", "x4"} <= again.archive.ids  # told: archived now
+    assert again.find("x4").told == "A"  # type: ignore[union-attr]
+    assert key_state(again) == key_state(fold([*log, taken]))
