@@ -428,3 +428,18 @@ def test_an_untold_end_stays_with_the_unfinished_in_a_checkpoint() -> None:
     assert {"w1", "x1", "w2", "x3", "x4"} <= again.archive.ids  # told: archived now
     assert again.find("x4").told == "A"  # type: ignore[union-attr]
     assert key_state(again) == key_state(fold([*log, taken]))
+
+
+def test_a_checkpoint_state_keeps_the_mark_and_one_from_before_has_none() -> None:
+    from caliber.queue.speckle.checkpoint import _state, _state_doc
+
+    before = ["w1", "p", "pasta", T0.isoformat(), "ann", "o1", [T0.isoformat(), "v1"],
+              "cancelled", 0, None, None, None, None, "cancelled by ann", None, False, [],
+              [None, None], [None, None], [None, None], [["w0"], None, 0, None]]
+    state = _state(json.loads(json.dumps(before)))  # a checkpoint from before the mark
+    assert state.untold is None and state.told is None
+    assert _state_doc(state) == before  # written back as it was
+    for marked in (dataclasses.replace(state, untold=(T0, "v7")),
+                   dataclasses.replace(state, told="A")):
+        doc = json.loads(json.dumps(_state_doc(marked)))
+        assert len(doc) == 22 and _state(doc) == marked

@@ -61,17 +61,16 @@ them ignores them, so its pinions would take such a workload as queued; but the 
 signed with the run-secret (:func:`caliber.queue.secret.plan_fields`), so its run-secret does
 not check there and those pinions never run it (upgrade them).
 
-``te`` and ``tell`` (every end of a workload is told once: ``QueueBackend.take_ended``)
-came later in format 2. ``te`` is written on ``cancel``, ``expire``
-and ``delete``, and on a ``done`` with status cancelled and a ``release`` or ``fail`` of a
-workload someone asked to cancel: the ends such an event makes with no pinion there (the
-workload cancelled while queued or waiting, failed by expire, the workloads down its chain)
-are *untold* in the fold until a ``tell`` of a pinion of their name takes them. Events
-without it (every one an earlier Caliber wrote) leave nothing untold: a log from before folds
-as it did, and no pinion tells of an end it already had. A Caliber from before ignores ``te``
-and reads ``tell`` as a newer Caliber's event (:class:`Unknown`; ``tell`` is written only by
-a pinion that has something to tell): its pinions stop claiming from that queue until
-upgraded.
+``te`` and ``tell`` (every end of a workload is told once: ``QueueBackend.take_ended``) came
+later in format 2. ``te`` is written on ``cancel``, ``expire`` and ``delete``, and on a
+``done`` with status cancelled and a ``release`` or ``fail`` of a workload someone asked to
+cancel: the ends such an event makes with no pinion there (the workload cancelled while
+queued or waiting, failed by expire, the workloads down its chain) are *untold* in the fold
+until a ``tell`` of a pinion of their name takes them. Events without it (every one an
+earlier Caliber wrote) leave nothing untold: a log from before folds as it did, and no
+pinion tells of an end it already had. A Caliber from before ignores ``te`` and reads
+``tell`` as a newer Caliber's event (:class:`Unknown`; ``tell`` is written only by a pinion
+that has something to tell): its pinions stop claiming from that queue until upgraded.
 
 Format 1 (the first remote queues) differs only in ``expire`` (``m``: the maximum attempts),
 ``resign`` (``s``: the new run-secret) and ``delete`` (``f``: force); it is still read.
