@@ -141,3 +141,24 @@ def test_untold_ends_across_checkpoints(remote: Remote, often: None) -> None:
     assert {whole.workloads[i].told for i in ids} == {tells(remote)[0].token}
     with remote.backend() as other:
         assert other.take_ended("p1") == []
+
+
+def test_an_end_whose_workload_object_is_missing_is_taken_with_a_warning(
+    remote: Remote, caplog: pytest.LogCaptureFixture
+) -> None:
+    with remote.backend() as cli:
+        lost, kept = workload(), workload()
+        cli.put(lost)
+        store = remote.server.store
+        with store.lock:  # its object deleted on the server, for good
+            objects = store.objects[remote.project]
+            [object_id] = [i for i, o in objects.items() if "workload_json" in o]
+            del objects[object_id]
+        cli.put(kept)
+        cli.cancel(kept.id, "ann@laptop")
+        cli._write(f"cancel {lost.id}", ev.Cancel(workload=lost.id, by="ann", tell=True))
+    with remote.backend() as pinion:
+        got = pinion.take_ended("p1")
+        assert [w.id for w in got] == [kept.id]  # the other is not told for ever, either
+        assert f"workload {lost.id} ended (cancelled), but no event is sent" in caplog.text
+        assert pinion.take_ended("p1") == []

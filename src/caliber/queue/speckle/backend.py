@@ -617,7 +617,7 @@ class SpeckleBackend(IdleWait):
                             key=lambda s: (s.untold or s.order, s.order))[:max(limit, 0)]
             if not untold:
                 return []
-            self._workloads(untold)  # one that cannot be read is not taken (then kept here)
+            lost_objects = self._unreadable_for_good(untold)  # (read first: then kept here)
             ids, token = [s.id for s in untold], secrets.token_hex(12)
             try:
                 self._write(f"{pinion} tells of the end of {len(ids)} workloads: "
@@ -632,7 +632,27 @@ class SpeckleBackend(IdleWait):
                    if i in now and now[i].told == token and not now[i].deleted]
             if lost is not None and not won:
                 raise lost
-            return self._workloads(won)
+            return self._workloads([s for s in won if s.id not in lost_objects])
+
+    def _unreadable_for_good(self, states: builtins.list[State]) -> set[str]:
+        """Read the workloads of ``states`` (their objects are kept); the ids of those whose
+        objects are missing on the server, with a warning: their end is taken all the same
+        but told of by no one (else every look would try them again, for ever). Any other
+        failure to read is raised (nothing taken)."""
+        try:
+            self._workloads(states)
+            return set()
+        except MissingObjectError:
+            pass
+        missing = set()
+        for state in states:
+            try:
+                self._workloads([state])
+            except MissingObjectError as exc:
+                log.warning("%s: workload %s ended (%s), but no event is sent: %s",
+                            self.location, state.id, state.status.value, exc.detail)
+                missing.add(state.id)
+        return missing
 
     def count_statuses(self, *, pinion: str | None = None,
                        workflow: str | None = None) -> dict[str, int]:
