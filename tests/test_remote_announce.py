@@ -50,6 +50,8 @@ def test_two_pinions_of_one_name_racing_each_tell_of_what_they_won(remote: Remot
         late = two.take_ended("p1")
         assert [w.id for w in late] == ids[2:]
         assert [t.ids for t in tells(remote)] == [ids[:2], ids]
+        assert f"p1 tells of the end of 2 workloads: {ids[0]} {ids[1]} · caliber/2 " in [
+            v.message for v in remote.versions()][-2]
         one.refresh()
         assert one.take_ended("p1") == [] and two.take_ended("p1") == []
         assert len(tells(remote)) == 2  # nothing untold: nothing written

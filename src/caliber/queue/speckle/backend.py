@@ -620,8 +620,9 @@ class SpeckleBackend(IdleWait):
             lost_objects = self._unreadable_for_good(untold)  # (read first: then kept here)
             ids, token = [s.id for s in untold], secrets.token_hex(12)
             try:
-                self._write(f"{pinion} tells of the end of {len(ids)} workloads: "
-                            + " ".join(ids), ev.Tell(pinion=pinion, token=token, ids=ids))
+                self._write(f"{pinion} tells of the end of {len(ids)} workload"
+                            f"{'s' if len(ids) > 1 else ''}: {' '.join(ids)}",
+                            ev.Tell(pinion=pinion, token=token, ids=ids))
                 lost: QueueError | None = None
             except sp.AmbiguousWriteError as exc:
                 lost = exc
