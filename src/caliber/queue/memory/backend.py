@@ -9,13 +9,17 @@ the local queue holds one transaction: a claim is atomic, and a pinion whose lea
 can never complete. Stored records are copies (workloads deep-copied, Results as their
 JSON), so nothing a caller changes afterwards changes the queue. Chains are settled in the
 verb that ends an upstream (:meth:`MemoryBackend._settled`): its completion queues what waited
-for it, its cancellation or reset cancels that, down the chain.
+for it, its cancellation or reset cancels that, down the chain. A workload that ends with no
+pinion there (cancelled while queued or waiting, down a chain, failed by ``expire``) is marked
+with the next number of its space (:attr:`Entry.untold`) until a pinion of its name takes it
+(:meth:`MemoryBackend.take_ended`), in the order of those numbers.
 """
 
 from __future__ import annotations
 
 import builtins
 import datetime as dt
+import itertools
 import secrets
 import threading
 import time
@@ -72,6 +76,9 @@ class Entry:
     workload: Workload
     cancel_requested: str | None = None
     cancel_now: bool = False
+    untold: int | None = None
+    """Ended with no pinion there, not yet taken (:meth:`MemoryBackend.take_ended`): the
+    number of its end in its space (older ends, smaller numbers)."""
 
 
 @dataclass
@@ -82,6 +89,8 @@ class Space:
     entries: dict[str, Entry] = field(default_factory=dict)
     results: dict[str, str] = field(default_factory=dict)
     blobs: MemoryBlobs = field(default_factory=MemoryBlobs)
+    ends: Iterator[int] = field(default_factory=itertools.count)
+    """Numbers the ends no pinion was there to tell of (:attr:`Entry.untold`)."""
 
 
 _SPACES: dict[str, Space] = {}
@@ -216,7 +225,12 @@ class MemoryBackend(IdleWait):
             elif how in ("cancelled", "reset"):
                 w.status, w.last_error = WorkloadStatus.CANCELLED, upstream_ended(upstream_id, how)
                 self._note(w, WorkloadStatus.CANCELLED, w.last_error)
+                self._untold(w.id)
                 self._settled(w.id, "cancelled")
+
+    def _untold(self, workload_id: str) -> None:
+        """Mark a workload that just ended with no pinion there, for :meth:`take_ended`."""
+        self.space.entries[workload_id].untold = next(self.space.ends)
 
     # --- workloads ------------------------------------------------------------------------
 
@@ -383,6 +397,7 @@ class MemoryBackend(IdleWait):
                 w.status, w.lease = WorkloadStatus.FAILED, None
                 w.last_error = f"lease ran out {w.attempts} times (pinion died?)"
                 self._note(w, WorkloadStatus.FAILED, w.last_error)
+                self._untold(w.id)
             return [w.id for w in gone]
 
     def reset(self, id_or_prefix: str, *, force: bool = False) -> Workload:
@@ -417,6 +432,7 @@ class MemoryBackend(IdleWait):
                     lease is not None and lease.expires_at.timestamp() < time.time()):
                 w.status, w.lease, w.last_error = WorkloadStatus.CANCELLED, None, cancelled(by)
                 self._note(w, WorkloadStatus.CANCELLED, cancelled(by))
+                self._untold(w.id)
                 self._settled(w.id, "cancelled")
             else:
                 entry.cancel_requested, entry.cancel_now = by, entry.cancel_now or now
@@ -433,6 +449,7 @@ class MemoryBackend(IdleWait):
             status = start_status(w, upstream, retry=True)
             w.status, w.attempts, w.lease, w.last_error = status, 0, None, None
             entry.cancel_requested, entry.cancel_now, w.secret_mismatch = None, False, None
+            entry.untold = None  # not ended any more: its next end is told
             w.resume_from, w.resume_signature, w.resume_grant = (
                 (grant.results_id, grant.results_signature, grant.grant) if grant
                 else (None, None, None))
@@ -452,6 +469,15 @@ class MemoryBackend(IdleWait):
                     status = e.workload.status.value
                     counts[status] = counts.get(status, 0) + 1
             return counts
+
+    def take_ended(self, pinion: str, limit: int = 100) -> builtins.list[Workload]:
+        with self._locked() as s:
+            untold = sorted((e for e in s.entries.values()
+                             if e.untold is not None and e.workload.pinion == pinion),
+                            key=lambda e: e.untold or 0)[:max(limit, 0)]
+            for e in untold:
+                e.untold = None
+            return [_copy(e.workload) for e in untold]
 
     def next_start(self, pinion: str) -> dt.datetime | None:
         now = time.time()
