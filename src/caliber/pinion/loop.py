@@ -18,6 +18,13 @@ timeout and watches for a warm or cold stop. While it writes a workload's attach
 its run folder it renews the lease and looks for a cancel the same way (and renews the other
 slots' leases that are due). The child's verdict is stored with the claim token, so a pinion
 that lost its lease can never complete a workload another pinion holds.
+
+Every end of one of its workloads is told once (``CALIBER_NOTIFY_URL``, a workload's own
+``--notify``): the pinion tells of each workload it ends itself (:meth:`Pinion._done`), and
+takes those of its name that ended with no pinion there (cancelled while queued or waiting,
+down a chain, failed by ``expire``: :meth:`QueueBackend.take_ended`) when it starts, at each
+empty look while idle, every :data:`ANNOUNCE_EVERY` seconds while busy, and when it stops
+(:meth:`Pinion._announce`): one read of the queue each time, nothing per workload.
 """
 
 from __future__ import annotations
@@ -128,6 +135,9 @@ STAGED_PREFIX = ".next-"  # the next run's folder, made ahead in the runs folder
 MAX_FORK_SERVERS = 3  # fork servers a pinion starts (the first, then one for each that ended)
 # before it forks its children itself
 CODE_CACHE = 64  # sets of attached files whose code fingerprints a pinion keeps
+ANNOUNCE_EVERY = 5.0  # seconds: how often a busy pinion takes the ends of its workloads that
+# no pinion was there for (an idle one takes them at each look: Pinion._announce)
+ANNOUNCE_BATCH = 100  # workloads taken at a time (QueueBackend.take_ended's limit)
 
 
 @dataclass(frozen=True)
@@ -317,6 +327,7 @@ class Pinion:
         self._inline_max = inline_max(backend)  # bytes: bigger arrays are stored as binary
         self._output_limits = output_limits()  # a bad setting stops the pinion before it runs
         self._notifier = _notifier()  # the notify settings: told of every workload that ends
+        self._announce_at = 0.0  # time.monotonic() when a busy pinion next takes ended ones
 
     # --- the loop -----------------------------------------------------------------------
 
@@ -346,18 +357,25 @@ class Pinion:
         capped back-off after the queue or the machine failed; the running workloads are
         watched meanwhile. Empty looks count only while nothing runs (with one slot, every
         look is made then): ``attempts`` of them in a row stop the pinion. After a warm stop
-        no slot looks again, and the loop ends when the last running workload has."""
+        no slot looks again, and the loop ends when the last running workload has. The ends
+        no pinion was there for are told at its start and stop, after each empty look while
+        nothing runs, and every :data:`ANNOUNCE_EVERY` seconds while something does
+        (:meth:`_announce`)."""
         cfg = self.config
         empty = 0
         backoff = max(cfg.wait, QUEUE_RETRY_MIN)  # never a busy loop, even with -w 0
         look_at = 0.0  # time.monotonic() of the next look
         wake: str | None = None  # wait for it as for work (a queue that tells, wait_for_work)
+        self._announce()
         while True:
             busy = [slot for slot in self._slots if slot.run is not None]
+            if busy and time.monotonic() >= self._announce_at:
+                self._announce()
             free = len(busy) < len(self._slots) and not self.flags.warm
             looking = free and time.monotonic() >= look_at
             if not (looking or busy):
                 if self.flags.warm:
+                    self._announce()
                     return
                 self._sleep(look_at - time.monotonic(), wake=wake)
                 look_at = 0.0  # its time has come, or work has (or a stop: the loop ends)
@@ -390,6 +408,7 @@ class Pinion:
             if pause < 0:  # due by this machine's clock, not yet by the queue's
                 look_at, wake = time.monotonic() + START_RETRY, cfg.name
                 continue
+            self._announce()  # an empty look, nothing running: before waiting (or stopping)
             empty += 1
             if cfg.attempts and empty >= cfg.attempts:
                 self._note_later()
@@ -710,20 +729,46 @@ class Pinion:
             self._notify(claim.workload.id)
         self._keep_runs()
 
-    def _notify(self, workload_id: str) -> None:
-        """Hand the notifier the event of a workload that ended (completed, failed or
-        cancelled; one that went back to the queue has not ended), for the settings'
-        channels and the workload's own address. Its own address only as read now and
-        signed: the workload read back is checked with the pinion's key (a notify changed
-        in the queue since it was signed is not posted to). The notifier sends it on its
-        own thread: a hook that is down never holds up the pinion."""
-        from caliber.pinion.notify import Notifier, ended_event, workload_address
+    def _announce(self) -> None:
+        """Tell of the workloads of this pinion's name that ended with no pinion there
+        (:meth:`QueueBackend.take_ended`: each is taken by one pinion only, and marked told
+        as it is taken), as of those it ends itself (:meth:`_tell`). Taken with or without a
+        notifier: a workload's own signed address is told all the same, and an end taken
+        while no channel is set is never sent later, when one is. A queue out of reach costs
+        a log line, never the pinion (the next look says why)."""
+        self._announce_at = time.monotonic() + ANNOUNCE_EVERY
+        while True:
+            try:
+                ended = self.backend.take_ended(self.config.name, ANNOUNCE_BATCH)
+            except CaliberError as exc:
+                log.warning("could not take the workloads that ended with no pinion there: "
+                            "%s", exc)
+                return
+            for workload in ended:
+                log.debug("workload %s ended with no pinion there (%s): told now",
+                          workload.id, workload.status.value)
+                self._tell(workload)
+            if len(ended) < ANNOUNCE_BATCH:
+                return
 
+    def _notify(self, workload_id: str) -> None:
+        """Tell of a workload this pinion ended (completed, failed or cancelled; one that
+        went back to the queue has not ended): read back now (:meth:`_tell`)."""
         try:
             workload = self.backend.get(workload_id)
         except CaliberError as exc:  # the queue's problem: the workload's outcome is stored
             log.warning("no notification for workload %s: %s", workload_id, exc)
             return
+        self._tell(workload)
+
+    def _tell(self, workload: Workload) -> None:
+        """Hand the notifier the event of a workload as it ended, for the settings'
+        channels and the workload's own address. Its own address only as read from the queue
+        and signed: the workload is checked with the pinion's key (a notify changed in the
+        queue since it was signed is not posted to). The notifier sends it on its own
+        thread: a hook that is down never holds up the pinion."""
+        from caliber.pinion.notify import Notifier, ended_event, workload_address
+
         body = ended_event(workload)  # the dashboard shows the same event (dashboard/data.py)
         if body is None:
             return

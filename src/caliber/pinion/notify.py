@@ -21,6 +21,7 @@ import datetime as dt
 import json
 import logging
 import queue
+import re
 import smtplib
 import ssl
 import threading
@@ -46,6 +47,8 @@ TIMEOUT = 10.0
 """Seconds one POST or SMTP conversation may take."""
 DRAIN = 15.0
 """Seconds a stopping pinion waits for events still being sent."""
+EXPIRED = re.compile(r"lease ran out \d+ times\b")
+"""The start of the error of a workload failed by ``expire`` (every backend writes it so)."""
 
 
 def _duration(seconds: float) -> str:
@@ -62,10 +65,13 @@ def event(*, workload_id: str, workflow: str, pinion: str, status: str,
           started_at: dt.datetime | None, ended_at: dt.datetime) -> dict[str, Any]:
     """The body of one notification: ``text`` for people (and webhooks), ``caliber`` for
     programs."""
-    if started_at is not None:
+    if started_at is None:  # cancelled while queued or waiting (by a person or down a
+        where = f"before it ran (queued for pinion {pinion})"  # chain): it never ran
+    elif status == "failed" and not results_id and EXPIRED.match(error or ""):
+        # failed by expire: the time to its end is not a run's, the lease ran out meanwhile
+        where = f"on pinion {pinion}, which stopped answering while it ran"
+    else:
         where = f"on pinion {pinion} in {_duration((ended_at - started_at).total_seconds())}"
-    else:  # cancelled while queued or waiting (by a person or down a chain): it never ran
-        where = f"before it ran (queued for pinion {pinion})"
     text = f"Caliber: {workflow} ({workload_id}) {status} {where}"
     text += f"; results {results_id}" if results_id else ""
     text += f": {error}" if error and status != "completed" else ""
