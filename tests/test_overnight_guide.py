@@ -1,6 +1,7 @@
 """docs/overnight.md, word for word, on the local queue and on a Speckle test server: the
 analysis not before its time, the post-processing only after it completed and never after a
-failed one, queue wait's exit codes, one webhook POST per workload a pinion ended.
+failed one, queue wait's exit codes, one webhook POST per ended workload (the post-processing
+cancelled down the chain when its failed analysis is reset, which no pinion ran, too).
 
 Two things of the guide are replaced, as its introduction says: ``22:00`` by a time a few
 seconds ahead (ISO 8601 with its offset), and the webhook address by a local HTTP server's.
@@ -20,6 +21,7 @@ from typing import Any
 
 import pytest
 
+from tests.pinion_helpers import alive, wait_for
 from tests.remote_helpers import Remote, remote
 from tests.speckle_fixtures import speckle_server, speckle_token, speckle_userdata
 from tests.test_notify import Hook
@@ -72,7 +74,11 @@ def follow(tmp_path: Path, env: dict[str, str]) -> tuple[Hook, dt.datetime, list
                              stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                              start_new_session=True)
     try:
-        _, stderr = shell.communicate(timeout=100)  # within pytest-timeout's 120 s
+        _, stderr = shell.communicate(timeout=90)  # within pytest-timeout's 120 s
+        if shell.returncode == 0 and pinion_pid.exists():  # the guide's `kill %1` stops it:
+            pid = int(pinion_pid.read_text())  # let it tell what it still has (its stop)
+            with contextlib.suppress(AssertionError):
+                wait_for(lambda: not alive(pid), timeout=15, what="the pinion to stop")
     finally:  # the guide stops its pinion; a step that failed or hung may not have
         with contextlib.suppress(ProcessLookupError):
             os.killpg(shell.pid, signal.SIGKILL)
@@ -96,7 +102,9 @@ def follow(tmp_path: Path, env: dict[str, str]) -> tuple[Hook, dt.datetime, list
 
 
 def check_the_night(hook: Hook, start: dt.datetime, rows: list[Any], env: dict[str, str],
-                    folder: Path) -> None:
+                    folder: Path, *, every_end: bool = True) -> None:
+    """``every_end``: the hook was told of the post-processing cancelled down the chain
+    too (else only of the workloads a pinion ended)."""
     import caliber
 
     by_workflow: dict[str, list[Any]] = {}
@@ -120,9 +128,19 @@ def check_the_night(hook: Hook, start: dt.datetime, rows: list[Any], env: dict[s
     assert post.started_at >= analysis.finished_at  # only after the analysis completed
     assert post["Report"]["ok"] is True
 
-    told = [(b["caliber"]["workflow"], b["caliber"]["status"]) for b in hook.bodies]
-    assert sorted(told) == [("analysis", "completed"), ("analysis", "failed"),
-                            ("post-processing", "completed")]  # one POST per ended run
+    told = [(b["caliber"]["id"], b["caliber"]["workflow"], b["caliber"]["status"])
+            for b in hook.bodies]
+    ended = [(r["id"], r["workflow"], r["status"]) for r in analyses + posts]
+    failed = next(b for b in hook.bodies if b["caliber"]["status"] == "failed")["caliber"]
+    ended.append((failed["id"], "analysis", "failed"))  # the broken one, reset since
+    if not every_end:  # only the workloads a pinion ended
+        ended.remove((posts[1]["id"], "post-processing", "cancelled"))
+    assert sorted(told) == sorted(ended)  # one POST per ended workload
+    if every_end:
+        cancelled = next(b for b in hook.bodies if b["caliber"]["status"] == "cancelled")
+        assert cancelled["text"] == (
+            f"Caliber: post-processing ({posts[1]['id']}) cancelled before it ran (queued for "
+            f"pinion night): upstream {failed['id']} was reset")
 
 
 def test_the_guide_on_the_local_queue(tmp_path: Path, caliber_home: Path) -> None:
@@ -147,4 +165,4 @@ def test_the_guide_on_a_speckle_queue(tmp_path: Path, caliber_home: Path,
     env.pop("CALIBER_QUEUE_URL", None)
     env.pop("CALIBER_NOTIFY_URL", None)
     hook, start, rows = follow(tmp_path, env)
-    check_the_night(hook, start, rows, env, tmp_path / "night")
+    check_the_night(hook, start, rows, env, tmp_path / "night", every_end=False)
