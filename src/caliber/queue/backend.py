@@ -294,19 +294,6 @@ class IdleWait:
         workloads of ``pinion``, or None: an idle pinion waits no longer than until then, so
         that a workload queued for 22:00 starts at 22:00, not at its next look."""
 
-    def take_ended(self, pinion: str, limit: int = 100) -> list[Workload]:
-        """The workloads of ``pinion`` that ended with no pinion there to tell of it, oldest
-        end first (at most ``limit``), each marked as told in the same step, so that no
-        other caller ever gets it too (two pinions of one name share them out): cancelled
-        while queued or waiting (:meth:`cancel`, and down a chain from :meth:`cancel`,
-        :meth:`complete` with cancelled Results or :meth:`reset`), or failed because their
-        lease ran out too often (:meth:`expire`). A workload a pinion ended itself
-        (:meth:`complete`, :meth:`fail` with no attempt left) is told by that pinion and is
-        never returned; one retried (:meth:`retry`) is told again when it ends again; one
-        imported (:meth:`restore`) that had ended counts as told, and so does every one that
-        had ended before the queue kept this mark. The pinion of that name sends their events
-        (:mod:`caliber.pinion.notify`): every end of a workload is told once."""
-
     def wait_for_work(self, pinion: str, timeout: float) -> bool:
         time.sleep(max(timeout, 0.0))
         return False
