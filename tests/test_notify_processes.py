@@ -149,3 +149,23 @@ def test_two_pinions_of_one_name_tell_each_end_once(folder: Path, hook: Hook) ->
             stopped(pinion)
     counts = collections.Counter(told(hook))
     assert counts == collections.Counter((wid, "cancelled") for wid in ended)
+
+
+def test_a_run_cancelled_then_put_back_by_a_cold_stop_gets_one_post(
+        folder: Path, hook: Hook, tmp_path: Path) -> None:
+    """Asked to be cancelled while it runs, its pinion stopped cold (Ctrl-C twice) before the
+    task ended: put back, the queue cancels it; that pinion was there, and tells of it."""
+    marker = tmp_path / "child.pid"
+    wid = put(folder, [("slow", [60, str(marker)])])
+    pinion = night(hook, "-a", "0", "-w", "0.2")
+    wait_for(lambda: marker.exists() and marker.read_text(), what="child start")
+    cli("queue", "cancel", wid)
+    pinion.send_signal(signal.SIGINT)
+    assert pinion.stderr is not None
+    wait_for(lambda: "again" in pinion.stderr.readline(), what="the warm stop's line")
+    pinion.send_signal(signal.SIGINT)
+    _, err = pinion.communicate(timeout=60)
+    assert pinion.returncode == 130, err
+    drain(hook)
+    assert status_of(wid) == "cancelled"
+    assert told(hook) == [(wid, "cancelled")]

@@ -722,10 +722,12 @@ class Pinion:
 
     def _done(self, outcome: Outcome, claim: Claim) -> None:
         """A claimed workload is done with: counted, its end told (the notify settings, its
-        own address), and old run folders removed."""
+        own address), and old run folders removed. One put back (a cold stop) has ended only
+        when it was asked to be cancelled (the queue cancels it then: :meth:`_notify` reads
+        it back); one whose lease was lost is another pinion's to tell of."""
         self._count(outcome)
         told = self._notifier is not None or claim.workload.notify is not None
-        if told and outcome not in (Outcome.LOST, Outcome.RELEASED):
+        if told and outcome != Outcome.LOST:
             self._notify(claim.workload.id)
         self._keep_runs()
 
