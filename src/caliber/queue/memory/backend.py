@@ -252,6 +252,7 @@ class MemoryBackend(IdleWait):
                     w.last_error = line
                 self._note(w, w.status, line)
                 if w.status == WorkloadStatus.CANCELLED:
+                    self._untold(w.id)  # ended here, now, with no pinion there
                     self._settled(w.id, "cancelled")
 
     def _put(self, workload: Workload, *, chained: bool) -> None:
