@@ -102,9 +102,7 @@ def follow(tmp_path: Path, env: dict[str, str]) -> tuple[Hook, dt.datetime, list
 
 
 def check_the_night(hook: Hook, start: dt.datetime, rows: list[Any], env: dict[str, str],
-                    folder: Path, *, every_end: bool = True) -> None:
-    """``every_end``: the hook was told of the post-processing cancelled down the chain
-    too (else only of the workloads a pinion ended)."""
+                    folder: Path) -> None:
     import caliber
 
     by_workflow: dict[str, list[Any]] = {}
@@ -133,14 +131,11 @@ def check_the_night(hook: Hook, start: dt.datetime, rows: list[Any], env: dict[s
     ended = [(r["id"], r["workflow"], r["status"]) for r in analyses + posts]
     failed = next(b for b in hook.bodies if b["caliber"]["status"] == "failed")["caliber"]
     ended.append((failed["id"], "analysis", "failed"))  # the broken one, reset since
-    if not every_end:  # only the workloads a pinion ended
-        ended.remove((posts[1]["id"], "post-processing", "cancelled"))
     assert sorted(told) == sorted(ended)  # one POST per ended workload
-    if every_end:
-        cancelled = next(b for b in hook.bodies if b["caliber"]["status"] == "cancelled")
-        assert cancelled["text"] == (
-            f"Caliber: post-processing ({posts[1]['id']}) cancelled before it ran (queued for "
-            f"pinion night): upstream {failed['id']} was reset")
+    cancelled = next(b for b in hook.bodies if b["caliber"]["status"] == "cancelled")
+    assert cancelled["text"] == (
+        f"Caliber: post-processing ({posts[1]['id']}) cancelled before it ran (queued for "
+        f"pinion night): upstream {failed['id']} was reset")
 
 
 def test_the_guide_on_the_local_queue(tmp_path: Path, caliber_home: Path) -> None:
@@ -165,4 +160,4 @@ def test_the_guide_on_a_speckle_queue(tmp_path: Path, caliber_home: Path,
     env.pop("CALIBER_QUEUE_URL", None)
     env.pop("CALIBER_NOTIFY_URL", None)
     hook, start, rows = follow(tmp_path, env)
-    check_the_night(hook, start, rows, env, tmp_path / "night", every_end=False)
+    check_the_night(hook, start, rows, env, tmp_path / "night")

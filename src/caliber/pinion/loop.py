@@ -358,9 +358,9 @@ class Pinion:
         watched meanwhile. Empty looks count only while nothing runs (with one slot, every
         look is made then): ``attempts`` of them in a row stop the pinion. After a warm stop
         no slot looks again, and the loop ends when the last running workload has. The ends
-        no pinion was there for are told at its start and stop, after each empty look while
-        nothing runs, and every :data:`ANNOUNCE_EVERY` seconds while something does
-        (:meth:`_announce`)."""
+        no pinion was there for are told at its start, after each empty look while nothing
+        runs, every :data:`ANNOUNCE_EVERY` seconds while something does (:meth:`_announce`),
+        and at a stop, in a last look that claims nothing (:meth:`_last_look`)."""
         cfg = self.config
         empty = 0
         backoff = max(cfg.wait, QUEUE_RETRY_MIN)  # never a busy loop, even with -w 0
@@ -375,7 +375,7 @@ class Pinion:
             looking = free and time.monotonic() >= look_at
             if not (looking or busy):
                 if self.flags.warm:
-                    self._announce()
+                    self._last_look()
                     return
                 self._sleep(look_at - time.monotonic(), wake=wake)
                 look_at = 0.0  # its time has come, or work has (or a stop: the loop ends)
@@ -622,9 +622,7 @@ class Pinion:
         child (``slot.run``) or already done with (skipped, failed before it ran, given back);
         False when none was found. Errors as :meth:`run_once` says."""
         cfg = self.config
-        for workload_id in self.backend.expire(cfg.max_attempts):
-            self.reporter.skipped(workload_id, f"failed: its lease ran out {cfg.max_attempts} "
-                                  "times (pinions died)")
+        self._expire()
         try:
             claim = self.backend.claim(cfg.name, slot.owner, cfg.lease, self.key_id)
         except ClaimReturnedError as exc:  # given back by the backend: counted, then back off
@@ -646,6 +644,25 @@ class Pinion:
             else:
                 self._done(begun, claim)
         return True
+
+    def _expire(self) -> None:
+        """Fail the workloads whose pinions kept dying (:meth:`QueueBackend.expire`)."""
+        cfg = self.config
+        for workload_id in self.backend.expire(cfg.max_attempts):
+            self.reporter.skipped(workload_id, f"failed: its lease ran out {cfg.max_attempts} "
+                                  "times (pinions died)")
+
+    def _last_look(self) -> None:
+        """Before a stopped pinion ends: a look that claims nothing, failing what died and
+        telling of what ended with no pinion there since its last look (a remote queue's
+        ``take_ended`` reads what that look read: this reads afresh). A queue out of reach
+        costs a log line."""
+        try:
+            self._expire()
+        except CaliberError as exc:
+            log.warning("could not look at the queue before stopping: %s", exc)
+            return
+        self._announce()
 
     def _watch(self, busy: list[_Slot], until: float | None, *,
                wake: str | None = None) -> bool:
