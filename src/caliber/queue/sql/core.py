@@ -263,7 +263,7 @@ class SqlBackend(IdleWait):
         those it runs after or the waiting ones after it: :meth:`lock_chain`)."""
         full = self.resolve_id("workloads", id_or_prefix, "workload")
         self.lock_chain(conn, full, up=up, down=down)
-        return self.get(full)
+        return self.get(id_or_prefix)  # as given: a damaged id read back is not bindable text
 
     # --- workloads ------------------------------------------------------------------------
 
