@@ -92,6 +92,9 @@ def test_a_restored_waiting_workload_goes_on_with_its_chain_as_this_queue_stands
     assert got[below.id].status == WorkloadStatus.CANCELLED
     assert got[below.id].last_error == "upstream wa20000000 was cancelled"
     assert got[waits.id].status == WorkloadStatus.WAITING
+    # ended here with no pinion there: told by a pinion of their name (the imported upc0000000
+    # had ended where it came from, and was told there)
+    assert sorted(w.id for w in backend.take_ended("p1")) == sorted([doomed.id, below.id])
     claim = backend.claim("p1", "pin", 60, "k")
     assert claim is not None and claim.workload.id == "upd0000000"
     claim = backend.claim("p1", "pin", 60, "k")

@@ -121,8 +121,8 @@ def restored(backend: SqlBackend, conn: Any, workload: Workload) -> None:
             return
         status, line = change
         if status == WorkloadStatus.CANCELLED:
-            backend.execute(conn, "UPDATE workloads SET status = 'cancelled', last_error = ? "
-                            "WHERE id = ?", (line, workload.id))
+            backend.execute(conn, "UPDATE workloads SET status = 'cancelled', last_error = ?, "
+                            f"untold = {backend.UNTOLD} WHERE id = ?", (line, workload.id))
         else:
             backend.execute(conn, "UPDATE workloads SET status = 'queued' WHERE id = ?",
                             (workload.id,))
