@@ -165,7 +165,9 @@ def test_cancelling_the_upstream_ends_the_wait_on_the_chain_with_exit_1(
         folder: Path, capsys: pytest.CaptureFixture[str]) -> None:
     first = queued(capsys, "analysis.json", "-p", "lab", "--not-before", "+1h")
     second = queued(capsys, "post.json", "-p", "lab", "--after", str(first["id"]))
-    assert caliber(capsys, "queue", "cancel", str(first["id"]))[0] == 0
+    code, out, _ = caliber(capsys, "queue", "cancel", str(first["id"])[:6])
+    assert code == 0 and out.splitlines()[1:] == [
+        f"cancelled with it, as they waited after it: {second['id']} (post)"]
     code, out, _ = caliber(capsys, "queue", "wait", str(second["id"]), "--timeout", "30")
     assert code == 1
     assert out.startswith(f"{second['id']} post cancelled: ") and str(first["id"]) in out
@@ -267,3 +269,39 @@ def test_workflow_queue_from_python_takes_the_ids_it_returned(
     from caliber.queue.api import list_workloads
 
     assert len(list_workloads(target)) == 3
+
+
+@pytest.mark.usefixtures("queue_url")
+def test_cancel_and_reset_name_what_the_chain_loses(
+        folder: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A cancel or reset that cancels workloads waiting after it says which; a running one
+    asked to cancel says which will be; --json lists them."""
+    first = queued(capsys, "analysis.json", "-p", "lab", "--not-before", "+1h")
+    second = queued(capsys, "post.json", "-p", "lab", "--after", str(first["id"]))
+    third = queued(capsys, "post.json", "-p", "lab", "--after", str(second["id"]))
+    alone = queued(capsys, "analysis.json", "-p", "lab", "--not-before", "+1h")
+    code, out, err = caliber(capsys, "queue", "reset", str(first["id"]), "--json")
+    assert code == 0, err
+    assert json.loads(out)["cancelled_with"] == [second["id"], third["id"]]
+    code, out, _ = caliber(capsys, "queue", "cancel", str(alone["id"]))
+    assert code == 0 and len(out.splitlines()) == 1  # nothing waited after it
+    code, out, _ = caliber(capsys, "queue", "cancel", str(alone["id"]))
+    assert code == 2  # ended: refused as before
+
+    up = queued(capsys, "analysis.json", "-p", "lab", "--not-before", "+1h")
+    down = queued(capsys, "post.json", "-p", "lab", "--after", str(up["id"]))
+    code, out, _ = caliber(capsys, "queue", "reset", str(up["id"]))
+    assert code == 0 and out.splitlines()[1] == (
+        f"cancelled, as they waited after it: {down['id']} (post)")
+    running = queued(capsys, "analysis.json", "-p", "lab")
+    after_it = queued(capsys, "post.json", "-p", "lab", "--after", str(running["id"]))
+    from caliber.queue.registry import open_backend
+    from caliber.queue.target import target_of
+
+    with open_backend(target_of()) as backend:  # a pinion holds it
+        claim = backend.claim("lab", "pin", 60, "k")
+        assert claim is not None and claim.workload.id == running["id"]
+    code, out, _ = caliber(capsys, "queue", "cancel", str(running["id"]))
+    assert code == 0 and out.splitlines()[1] == (
+        "the workload waiting after it is cancelled too when it ends cancelled: "
+        f"{after_it['id']} (post)")

@@ -22,7 +22,7 @@ if TYPE_CHECKING:
     from rich.console import RenderableType
 
     from caliber.pinion.follow import Look
-    from caliber.queue.api import Upstream
+    from caliber.queue.api import Downstream, Upstream
     from caliber.queue.target import QueueTarget
     from caliber.queue.workload import Attachment, Workload
 
@@ -390,13 +390,17 @@ def cancel_cmd(workload_id: str, now: bool, target: QueueTarget, as_json: bool) 
     kept as cancelled with the results of the tasks that finished (cancel_asked: true until
     then). The pinion learns it within about a second on the local queue, at its next lease
     renewal on a remote one. WORKLOAD_ID may be a unique prefix."""
-    from caliber.queue.api import cancel
+    from caliber.queue.api import cancel, waiting_after
 
+    below = waiting_after(workload_id, target)
     checked = cancel(workload_id, target, now=now)
     workload = checked.workload
     asked = workload.status.value == "running"
+    gone = [] if asked else _chain_cancelled(below, target)
     if as_json:
-        print_json({**checked.summary(), "cancel_asked": asked, "now": now})
+        print_json({**checked.summary(), "cancel_asked": asked, "now": now,
+                    "cancelled_with": [d.id for d in gone],
+                    "waiting_after": [d.id for d in below] if asked else []})
         return
     if asked and now:
         click.echo(f"asked to cancel workload {workload.id} now: its pinion stops the running "
@@ -408,6 +412,31 @@ def cancel_cmd(workload_id: str, now: bool, target: QueueTarget, as_json: bool) 
     else:
         click.echo(f"cancelled workload {workload.id}; it will not run "
                    f"(queue it again with 'caliber queue retry {workload.id}')")
+    if asked and below:
+        who = ("the workload waiting after it is" if len(below) == 1
+               else f"the {len(below)} workloads waiting after it are")
+        click.echo(f"{who} cancelled too when it ends cancelled: {_named(below)}")
+    elif gone:
+        click.echo(f"cancelled with it, as they waited after it: {_named(gone)}")
+
+
+def _chain_cancelled(below: list[Downstream], target: QueueTarget) -> list[Downstream]:
+    """Those of ``below`` (waiting after a workload before its cancel or reset) that are
+    cancelled now: down the chain with it."""
+    if not below:
+        return []
+    from caliber.queue.api import upstreams
+
+    now = {u.id: u.status for u in upstreams([d.id for d in below], target)}
+    return [d for d in below if now.get(d.id) == "cancelled"]
+
+
+def _named(workloads: list[Downstream]) -> str:
+    """``k3v9q2mxa7 (post), ...`` (at most 10 named)."""
+    from caliber.text import for_terminal
+
+    named = ", ".join(f"{d.id} ({for_terminal(d.workflow)})" for d in workloads[:10])
+    return named + (f" and {len(workloads) - 10} more" if len(workloads) > 10 else "")
 
 
 @queue.command("retry", epilog="""\b
@@ -506,16 +535,21 @@ def reset_cmd(
 ) -> None:
     """Delete a workload from the queue (its stored results stay). A running workload is
     refused unless --force. WORKLOAD_ID may be a unique prefix."""
-    from caliber.queue.api import reset
+    from caliber.queue.api import reset, waiting_after
 
+    below = waiting_after(workload_id, target)
     removed = reset(workload_id, target, force=force)
+    gone = _chain_cancelled(below, target)
     if as_json:
-        print_json({**removed.summary(None), "deleted": True})
+        print_json({**removed.summary(None), "deleted": True,
+                    "cancelled_with": [d.id for d in gone]})
         return
     from caliber.text import for_terminal
 
     click.echo(f"deleted workload {removed.id} ({for_terminal(removed.workflow_name)}, "
                f"{removed.status.value}, pinion {removed.pinion})")
+    if gone:
+        click.echo(f"cancelled, as they waited after it: {_named(gone)}")
 
 
 @queue.command("resetsecret", epilog="Example: caliber queue resetsecret k3v9")

@@ -16,7 +16,6 @@ from typing import TYPE_CHECKING, Any
 from caliber.dashboard import charts
 
 if TYPE_CHECKING:
-    from caliber.queue.summary import WorkloadSummary
     from caliber.queue.target import QueueTarget
     from caliber.queue.workload import Workload
     from caliber.results.arrays import BlobValues
@@ -109,34 +108,10 @@ def workload(target: QueueTarget, workload_id: str) -> dict[str, Any]:
 
 def _downstreams(target: QueueTarget, workload_id: str) -> list[dict[str, Any]]:
     """The waiting workloads that run after ``workload_id``, down the chain (what a cancel or
-    reset of it cancels too), nearest first: each with the ids it waits for and ``direct``
-    when it waits for this one itself. Only waiting workloads are read: the queue filters
-    them (a workload after one that has not completed is waiting), and none at all when the
-    counts say there are none (a queue without chains)."""
-    from caliber.queue.api import list_page, opened
+    reset of it cancels too), nearest first (:func:`caliber.queue.api.waiting_after`)."""
+    from caliber.queue.api import waiting_after
 
-    with opened(target) as backend:
-        if not backend.count_statuses().get("waiting"):
-            return []
-    waiting = list_page(target, status="waiting", limit=None, counts=False).summaries
-    after: dict[str, list[WorkloadSummary]] = {}
-    for s in waiting:
-        for upstream in dict.fromkeys(s.after):
-            after.setdefault(upstream, []).append(s)
-    below: list[dict[str, Any]] = []
-    reached = {workload_id}
-    level = [workload_id]
-    while level:  # breadth first: those right after it, then those after them, ...
-        following = []
-        for upstream in level:
-            for s in after.get(upstream, ()):
-                if s.id not in reached:
-                    reached.add(s.id)
-                    following.append(s.id)
-                    below.append({"id": s.id, "workflow": s.workflow, "status": s.status,
-                                  "after": list(s.after), "direct": workload_id in s.after})
-        level = following
-    return below
+    return [d.to_dict() for d in waiting_after(workload_id, target)]
 
 
 def events(target: QueueTarget, limit: int = EVENTS) -> list[dict[str, Any]]:

@@ -226,6 +226,53 @@ def upstreams(ids: Sequence[str], target: QueueTarget) -> list[Upstream]:
     return found
 
 
+@dataclass(frozen=True)
+class Downstream:
+    """A waiting workload that runs after another, down the chain (what a cancel or reset
+    of that one cancels too): ``after`` the ids it waits for, ``direct`` when that one is
+    among them."""
+
+    id: str
+    workflow: str
+    status: str
+    after: list[str]
+    direct: bool
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"id": self.id, "workflow": self.workflow, "status": self.status,
+                "after": list(self.after), "direct": self.direct}
+
+
+def waiting_after(id_or_prefix: str, target: QueueTarget) -> list[Downstream]:
+    """The waiting workloads that run after the workload ``id_or_prefix``, down the chain,
+    nearest first. Only waiting workloads are read: the queue filters them (a workload after
+    one that has not completed is waiting), and none at all when the counts say there are
+    none (a queue without chains). NotFoundError/AmbiguousIdError for the id as ``get``."""
+    with opened(target) as backend:
+        if not backend.count_statuses().get("waiting"):
+            return []
+        workload_id = backend.get(id_or_prefix).id
+    waiting = list_page(target, status="waiting", limit=None, counts=False).summaries
+    after: dict[str, list[WorkloadSummary]] = {}
+    for s in waiting:
+        for upstream in dict.fromkeys(s.after):
+            after.setdefault(upstream, []).append(s)
+    below: list[Downstream] = []
+    reached = {workload_id}
+    level = [workload_id]
+    while level:  # breadth first: those right after it, then those after them, ...
+        following = []
+        for upstream in level:
+            for s in after.get(upstream, ()):
+                if s.id not in reached:
+                    reached.add(s.id)
+                    following.append(s.id)
+                    below.append(Downstream(s.id, s.workflow, s.status, list(s.after),
+                                            workload_id in s.after))
+        level = following
+    return below
+
+
 def _grant_new(backend: Backend, workload: Workload, results: Results, key: bytes) -> None:
     """Let the new ``workload`` reuse ``results`` (of its workflow, signed with ``key``): the
     grant stored with it and the history line saying so."""
