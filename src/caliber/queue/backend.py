@@ -138,6 +138,13 @@ class QueueBackend(Protocol):
         list``), each backend its own. The backend checks no run-secret: the queue API does
         (:func:`caliber.queue.api.check_summary`)."""
 
+    def list_ended(self, limit: int) -> list[Workload]:
+        """The workloads that ended last (completed, failed or cancelled, as they are now),
+        latest end first, at most ``limit``: by the time of each one's last history entry
+        (the end :func:`caliber.pinion.notify.ended_event` tells), ties the later written
+        first, however long ago each was queued, with or without Results. Bounded whatever
+        the queue's size (the dashboard's list of ended workloads asks it at every look)."""
+
     def claim(self, pinion: str, owner: str, lease_seconds: float, key_id: str) -> Claim | None:
         """Atomically take the claimable workload for ``pinion`` with the highest priority,
         the oldest among equals, or None.

@@ -303,6 +303,14 @@ class MemoryBackend(IdleWait):
             page = listed[offset:None if limit is None else offset + limit]
             return [w.stored_summary() for w in page]
 
+    def list_ended(self, limit: int) -> builtins.list[Workload]:
+        with self._locked() as s:
+            ended = [e.workload for e in s.entries.values()
+                     if e.workload.status in FINISHED and e.workload.history
+                     and e.workload.history[-1].status in FINISHED]
+            ended.sort(key=lambda w: w.history[-1].at, reverse=True)
+            return [_copy(w) for w in ended[:max(limit, 0)]]
+
     def claim(self, pinion: str, owner: str, lease_seconds: float, key_id: str) -> Claim | None:
         from caliber.queue.backend import Claim
         from caliber.queue.workload import Lease

@@ -165,6 +165,13 @@ MIGRATIONS: list[str] = [
     CREATE SEQUENCE workloads_untold_seq;
     CREATE INDEX workloads_untold ON workloads (pinion, untold, id) WHERE untold IS NOT NULL;
     """,
+    # 3 -> 4: the workloads that ended last, the latest end first (as the SQLite queue's
+    # schema 9): workload_history_ended holds the history rows of an end, in time order,
+    # then seq.
+    """
+    CREATE INDEX workload_history_ended ON workload_history (at, seq)
+        WHERE status IN ('completed', 'failed', 'cancelled');
+    """,
 ]
 
 SCHEMA_VERSION = len(MIGRATIONS)

@@ -45,7 +45,7 @@ from caliber.queue.speckle import blobs as bl
 from caliber.queue.speckle import events as ev
 from caliber.queue.speckle.checkpoint import ChunkCache, archived_texts, to_object
 from caliber.queue.speckle.events import clip, message
-from caliber.queue.speckle.log import Folded, State
+from caliber.queue.speckle.log import FINISHED, Folded, State
 from caliber.queue.speckle.objects import (
     attachment_blobs,
     resolve,
@@ -356,6 +356,15 @@ class SpeckleBackend(IdleWait):
         listed = self.list_workloads(pinion=pinion, status=status, limit=limit, offset=offset,
                                      workflow=workflow)
         return [w.stored_summary() for w in listed]
+
+    def list_ended(self, limit: int) -> builtins.list[Workload]:
+        """See :meth:`caliber.queue.backend.QueueBackend.list_ended`: from the fold (the
+        archive too), then the objects of those ``limit`` only."""
+        with self.lock:
+            ended = [s for s in self.refresh().live()
+                     if s.status in FINISHED and s.history and s.history[-1][1] in FINISHED]
+            ended.sort(key=lambda s: s.history[-1][0], reverse=True)
+            return self._workloads(ended[:max(limit, 0)])
 
     def _lease(self, seconds: float) -> float:
         return max(seconds, self.min_lease) if seconds > 0 else seconds

@@ -365,6 +365,25 @@ class SqlBackend(IdleWait):
                                limit, offset, workflow)
         return [R.summary(row) for row in found]
 
+    def list_ended(self, limit: int) -> list[Workload]:
+        """See :meth:`QueueBackend.list_ended`: the last history rows that are ends, newest
+        first (index workload_history_ended: the walk stops after ``limit`` of them, and
+        passes over only the ends of workloads retried since)."""
+        if limit <= 0:
+            return []
+        order = self.HISTORY_ORDER
+        with self.reading():
+            found = self.fetch(
+                f"SELECT {self.columns} FROM (SELECT h.workload_id AS ended_id, h.at AS "
+                f"ended_at, h.{order} AS ended_seq FROM workload_history h "
+                f"WHERE h.status IN {R.ENDED} AND NOT EXISTS (SELECT 1 FROM workload_history "
+                f"l WHERE l.workload_id = h.workload_id AND l.{order} > h.{order}) "
+                f"ORDER BY h.at DESC, h.{order} DESC LIMIT ?) AS ends "
+                f"JOIN workloads ON workloads.id = ends.ended_id "
+                f"WHERE workloads.status IN {R.ENDED} "
+                f"ORDER BY ends.ended_at DESC, ends.ended_seq DESC", (limit,))
+            return self._with_history([R.workload(r) for r in found])
+
     def _page(self, columns: str, pinion: str | None, status: WorkloadStatus | None,
               limit: int | None, offset: int, workflow: str | None = None
               ) -> list[tuple[Any, ...]]:

@@ -32,6 +32,9 @@ SUMMARY_COLUMNS = (
     "id, pinion, workflow_name, status, created_at, attempts, results_id, secret, "
     "secret_mismatch, last_error, body, not_before, priority, notify"
 )
+ENDED = "('completed', 'failed', 'cancelled')"
+"""The statuses a workload ends in, for ``status IN ENDED`` (the index
+workload_history_ended holds the history rows of these, word for word)."""
 
 
 def reading(columns: str, after_ids: str) -> str:

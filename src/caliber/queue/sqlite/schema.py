@@ -151,6 +151,14 @@ MIGRATIONS: list[str] = [
     ALTER TABLE workloads ADD COLUMN untold INTEGER;
     CREATE INDEX workloads_untold ON workloads (pinion, untold, id) WHERE untold IS NOT NULL;
     """,
+    # 8 -> 9: the workloads that ended last, the latest end first (the dashboard's ended
+    # list: caliber.queue.sql.core list_ended): workload_history_ended holds the history
+    # rows of an end, in time order (then rowid, as every index holds it), so the walk from
+    # the newest stops after the few it needs however many workloads ended.
+    """
+    CREATE INDEX workload_history_ended ON workload_history (at)
+        WHERE status IN ('completed', 'failed', 'cancelled');
+    """,
 ]
 
 PYTHON_STEPS: dict[int, Callable[[sqlite3.Connection, Path], object]] = {
