@@ -488,3 +488,19 @@ def test_the_ended_list_is_the_last_50_by_when_they_ended(tmp_path: Path) -> Non
                     "-w", "0", "-q"], check=True, capture_output=True, cwd=tmp_path)
     shown = [e["caliber"]["id"] for e in client().get("/api/events?limit=500").json()]
     assert shown == [early, *dropped[::-1][:49]]
+
+
+def test_an_old_workload_cancelled_last_is_first_though_50_newer_were_cancelled(
+        tmp_path: Path) -> None:
+    from caliber.queue.api import cancel
+    from caliber.queue.target import local_target
+
+    folder = make_folder(tmp_path / "wf", "plots", PLOTS)
+    old = queue(folder, [("series", [])], module="plots", name="old", pinion="nobody")
+    newer = [queue(folder, [("series", [])], module="plots", name=f"w{i}", pinion="p")
+             for i in range(55)]
+    for workload in newer:
+        cancel(workload, local_target())
+    cancel(old, local_target())  # queued first, cancelled last, no Results: the first one
+    shown = [e["caliber"]["id"] for e in client().get("/api/events?limit=500").json()]
+    assert shown == [old, *newer[::-1][:49]]

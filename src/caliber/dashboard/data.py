@@ -17,7 +17,6 @@ from caliber.dashboard import charts
 
 if TYPE_CHECKING:
     from caliber.queue.target import QueueTarget
-    from caliber.queue.workload import Workload
     from caliber.results.arrays import BlobValues
     from caliber.results.model import Results
 
@@ -119,37 +118,18 @@ def events(target: QueueTarget, limit: int = EVENTS) -> list[dict[str, Any]]:
     :data:`EVENTS`), each as the event its pinion notifies
     (:func:`caliber.pinion.notify.ended_event`: the same text and fields).
 
-    Bounded whatever the queue's size, through the queue's own filters: the workloads of the
-    ``limit`` Results that finished last (a run that ended has Results, however long ago it
-    was queued), and, for those that end without Results (cancelled before they ran, failed
-    with no Results), the last ``limit`` failed and cancelled ones in queue order."""
-    from caliber.errors import NotFoundError
+    Bounded whatever the queue's size: the queue's own answer
+    (:meth:`~caliber.queue.backend.QueueBackend.list_ended`), by when each ended however long
+    ago it was queued, and no Results read."""
     from caliber.pinion.notify import ended_event
     from caliber.queue.api import opened
-    from caliber.queue.status import WorkloadStatus
 
     limit = max(0, min(limit, EVENTS))
     if not limit:
         return []
-    found: dict[str, Workload] = {}
     with opened(target) as backend:
-        counts = backend.count_statuses()
-        for status in (WorkloadStatus.FAILED, WorkloadStatus.CANCELLED):
-            total = counts.get(status.value, 0)
-            if total:
-                found.update((w.id, w) for w in backend.list_workloads(
-                    status=status, limit=limit, offset=max(0, total - limit)))
-        for results in backend.list_results(limit=limit):
-            if results.workload_id is None or results.workload_id in found:
-                continue
-            try:
-                found[results.workload_id] = backend.get(results.workload_id)
-            except NotFoundError:  # reset since: no longer in the queue
-                continue
-    ended = [body for w in found.values() if (body := ended_event(w)) is not None]
-    ended.sort(key=lambda body: dt.datetime.fromisoformat(body["caliber"]["ended_at"]),
-               reverse=True)
-    return ended[:limit]
+        found = backend.list_ended(limit)
+    return [body for w in found if (body := ended_event(w)) is not None]
 
 
 def diagram(target: QueueTarget, workload_id: str) -> str:
