@@ -187,6 +187,21 @@ def test_queries_use_their_index(tmp_path: Path, sql: str, index: str) -> None:
     assert index in text and "TEMP B-TREE" not in text
 
 
+def test_the_ended_list_walks_the_ends_from_the_newest(tmp_path: Path) -> None:
+    with SQLiteBackend(tmp_path / "q.db") as backend:
+        statements: list[str] = []
+        backend.conn.set_trace_callback(statements.append)
+        backend.list_ended(50)
+        backend.conn.set_trace_callback(None)
+        walk = next(s for s in statements if "FROM workload_history h" in s)
+        plan = backend.conn.execute("EXPLAIN QUERY PLAN " + walk).fetchall()
+    details = [str(row[-1]) for row in plan]
+    assert "SCAN h USING INDEX workload_history_ended" in details, details
+    assert not {"SCAN h", "SCAN workloads"} & set(details), details
+    sorts = [row for row in plan if "TEMP B-TREE" in str(row[-1])]
+    assert all(row[1] == 0 for row in sorts), plan  # only the outer sort of the 50 found
+
+
 def test_claim_seeks_instead_of_scanning(tmp_path: Path) -> None:
     params = {"owner": "o", "token": "t", "expires": 1.0, "pinion": "p", "now": 1.0,
               "start": "2030-01-01T00:00:00.000000+00:00", "key_id": "k"}
