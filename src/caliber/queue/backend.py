@@ -141,9 +141,9 @@ class QueueBackend(Protocol):
     def list_ended(self, limit: int) -> list[Workload]:
         """The workloads that ended last (completed, failed or cancelled, as they are now),
         latest end first, at most ``limit``: by the time of each one's last history entry
-        (the end :func:`caliber.pinion.notify.ended_event` tells), ties the later written
-        first, however long ago each was queued, with or without Results. Bounded whatever
-        the queue's size (the dashboard's list of ended workloads asks it at every look)."""
+        (the end :func:`caliber.pinion.notify.ended_event` tells), however long ago each was
+        queued, with or without Results. Bounded whatever the queue's size (the dashboard's
+        list of ended workloads asks it at every look)."""
 
     def claim(self, pinion: str, owner: str, lease_seconds: float, key_id: str) -> Claim | None:
         """Atomically take the claimable workload for ``pinion`` with the highest priority,

@@ -367,8 +367,9 @@ class SqlBackend(IdleWait):
 
     def list_ended(self, limit: int) -> list[Workload]:
         """See :meth:`QueueBackend.list_ended`: the last history rows that are ends, newest
-        first (index workload_history_ended: the walk stops after ``limit`` of them, and
-        passes over only the ends of workloads retried since)."""
+        first, ties the later written first (index workload_history_ended: the walk stops
+        after ``limit`` of them, passing over only the earlier ends of workloads retried or
+        re-signed since)."""
         if limit <= 0:
             return []
         order = self.HISTORY_ORDER
