@@ -225,8 +225,10 @@ class QueueBackend(Protocol):
         goes and why). Never a queued or running workload, nor a Result of a workload that
         stays, nor a workload that one which has not ended (waiting, queued or running) runs
         after (``after``: its pinion takes their Results for ``$results``); once every one
-        of those ended, it goes as any other. With ``dry_run`` nothing changes. Returns what
-        went (or would)."""
+        of those ended, it goes as any other. Never a workload whose end is still untold
+        (:meth:`take_ended` has not given it to a pinion yet), with its Results: every end is
+        told once, so it stays until a pinion of its name takes it, then goes as any other.
+        With ``dry_run`` nothing changes. Returns what went (or would)."""
 
     def cancel(self, id_or_prefix: str, by: str, *, now: bool = False) -> Workload:
         """Cancel a workload (``queue cancel``): a queued or waiting one (or one whose

@@ -9,8 +9,12 @@ queued or running workload, and never a Result of a workload that stays in the q
 the workload itself was older than the cut and went with them. Never a workload that a
 workload which has not ended (waiting, queued or running) runs after (``--after``), with its
 Results: that one's pinion takes them for its ``$results`` when it starts, maybe days later;
-once every workload after it ended, it goes like any other. ``--workflow`` and ``--pinion``
-narrow both.
+once every workload after it ended, it goes like any other. Never a workload that ended with
+no pinion there (cancelled while queued or waiting, down a chain, or failed because its pinion
+died too often) before a pinion of its name has told of that end
+(:meth:`caliber.queue.backend.QueueBackend.take_ended`), with its Results: its notification
+would be lost; once told, it goes like any other.
+``--workflow`` and ``--pinion`` narrow both.
 
 Then the run folders of the pruned workloads that are on this machine (inside the runs folder
 of ``CALIBER_HOME``, see :mod:`caliber.pinion.runs`) are removed too. The local queue is

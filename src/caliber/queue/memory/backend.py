@@ -501,12 +501,14 @@ class MemoryBackend(IdleWait):
     def prune(self, before: dt.datetime, *, workflow: str | None = None,
               pinion: str | None = None, dry_run: bool = False) -> Pruned:
         """See :meth:`caliber.queue.backend.QueueBackend.prune`: a workload's last change is
-        its last history entry; the blobs only the pruned records referred to go too."""
+        its last history entry; one whose end is untold (:attr:`Entry.untold`) stays; the
+        blobs only the pruned records referred to go too."""
         with self._locked() as s:
             waited_for = {up for e in s.entries.values()  # (not ended: their $results)
                           if e.workload.status not in FINISHED for up in e.workload.after}
             workloads = [e.workload for e in s.entries.values()
                          if e.workload.status in FINISHED and e.workload.id not in waited_for
+                         and e.untold is None  # (its end not told yet: kept until it is)
                          and workflow in (None, e.workload.workflow_name)
                          and pinion in (None, e.workload.pinion)
                          and (e.workload.history[-1].at if e.workload.history

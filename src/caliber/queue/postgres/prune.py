@@ -30,6 +30,7 @@ _WORKLOADS = """
       AND (%(pinion)s::text IS NULL OR w.pinion = %(pinion)s)
       AND COALESCE((SELECT h.at FROM workload_history h WHERE h.workload_id = w.id
                     ORDER BY h.seq DESC LIMIT 1), w.created_at) < %(cut)s
+      AND w.untold IS NULL
       AND NOT EXISTS (SELECT 1 FROM workload_after a JOIN workloads d ON d.id = a.workload
                       WHERE a.upstream = w.id AND d.status <> ALL(%(finished)s))
     ORDER BY w.created_at"""

@@ -13,7 +13,8 @@ waiting; the completion of the last of them makes it queued; the cancel (or rese
 cancels the workloads waiting after it at that point, and theirs in turn ("upstream X was
 cancelled" / "... was reset"), so a later retry of the upstream revives none of them. A
 ``claim`` applies only once the workload's ``not_before`` has passed (server time). A
-``prune`` leaves a workload that one which has not ended at that point runs after.
+``prune`` leaves a workload that one which has not ended at that point runs after, and one
+whose end is untold at that point (below).
 
 Every end is told once: a ``done``, ``fail`` or ``release`` ends its own workload as its
 pinion tells it; the other ends an event marked ``te`` makes (a workload cancelled while
@@ -163,7 +164,8 @@ def finished(state: State) -> bool:
 
 def settled(state: State) -> bool:
     """Finished with nothing left to tell: a checkpoint archives it (an untold one stays
-    with the unfinished ones, so that a pinion finds it without reading the archive)."""
+    with the unfinished ones, so that a pinion finds it without reading the archive), and a
+    ``prune`` may remove it (an untold one stays until a ``tell`` takes it)."""
     return finished(state) and state.untold is None
 
 
@@ -465,13 +467,13 @@ class _Folding:
 
 def _prune(out: Folded, ids: Iterable[str], held: set[str]) -> None:
     """A ``prune`` event: each id names a workload, removed with its Results when it is
-    finished at this point of the log (an unfinished one stays, and so does one in
-    ``held``: a workload that has not ended runs after it), or Results of no workload.
-    An archived workload not in ``out.workloads`` is finished: no event touched it since its
-    checkpoint (the archive is not read for this)."""
+    settled at this point of the log (an unfinished one stays, and so does one whose end is
+    still untold, and one in ``held``: a workload that has not ended runs after it), or
+    Results of no workload. An archived workload not in ``out.workloads`` is settled: no
+    event touched it since its checkpoint (the archive is not read for this)."""
     for pid in ids:
         state = out.workloads.get(pid)
-        if (state is not None and not finished(state)) or pid in held:
+        if (state is not None and not settled(state)) or pid in held:
             continue
         out.workloads.pop(pid, None)
         out.pruned.add(pid)

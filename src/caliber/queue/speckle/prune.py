@@ -3,7 +3,8 @@ the model go with it (:func:`doomed`). :meth:`caliber.queue.speckle.backend.Spec
 runs the steps:
 
 1. select, from the fold, the finished workloads whose last change (their last history
-   entry, in server time) is older than the cut, except those that a workload which has not
+   entry, in server time) is older than the cut, except those whose end no pinion has told
+   yet (:func:`caliber.queue.speckle.log.settled`) and those that a workload which has not
    ended (waiting, queued or running) runs after (``--after``: its pinion takes their
    Results for ``$results``), and the Results of no workload that finished before it (what
    goes is said in :mod:`caliber.results.prune`);
@@ -11,8 +12,8 @@ runs the steps:
    reader's fold leaves them out, also a reader that starts from a checkpoint still holding
    them (the events are after its cutoff), and the next checkpoint's archive drops them. A
    workload that is no longer finished at that point of the log (queued again meanwhile),
-   or that a workload not ended at that point runs after (queued after it meanwhile), stays:
-   the fold decides, the same for every reader;
+   or whose end is untold at that point, or that a workload not ended at that point runs
+   after (queued after it meanwhile), stays: the fold decides, the same for every reader;
 3. delete every version about a workload or Results that a ``prune`` event of the log
    removed, so a prune that stopped half-way is finished by the next one. Every event is
    about one workload (or one Results), so what any reader folds for the others is the
@@ -36,7 +37,7 @@ from collections.abc import Iterable
 
 from caliber.queue.speckle import adapter as sp
 from caliber.queue.speckle import events as ev
-from caliber.queue.speckle.log import Folded, ResultsRef, State, finished, held
+from caliber.queue.speckle.log import Folded, ResultsRef, State, held, settled
 
 PRUNE_BATCH = 200  # ids per ``prune`` event (about 3 KB of version message)
 
@@ -54,7 +55,7 @@ def select(folded: Folded, before: dt.datetime, server_before: dt.datetime, *,
     every = folded.every_workload()
     kept = held(folded)
     states = sorted((s for s in every.values()
-                     if finished(s) and last_change(s) < server_before and s.id not in kept
+                     if settled(s) and last_change(s) < server_before and s.id not in kept
                      and workflow in (None, s.workflow) and pinion in (None, s.pinion)),
                     key=lambda s: s.order)
     gone = {s.id for s in states}

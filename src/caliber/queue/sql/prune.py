@@ -1,7 +1,9 @@
 """What a ``results prune`` removes from a SQL queue, from the rows its dialect reads
 (:mod:`caliber.queue.sqlite.prune`, :mod:`caliber.queue.postgres.prune`): what goes is said in
 :mod:`caliber.results.prune`. A workload's last change is its last history entry (finishing,
-cancelling), or its queuing time when it has none."""
+cancelling), or its queuing time when it has none. A workload whose end no pinion has told
+yet (its ``untold`` number is set) is not among the rows the dialects read: it stays until a
+pinion takes it."""
 
 from __future__ import annotations
 
@@ -20,7 +22,8 @@ def pruned(before: dt.datetime, *, workflow: str | None, pinion: str | None, dry
            workloads: Iterable[tuple[Any, Any, Any]],
            results: Iterable[tuple[Any, ...]]) -> Pruned:
     """What goes: ``workloads`` are the finished ones older than the cut that match the
-    filters and that no unfinished workload runs after, as (id, work_dir, bytes);
+    filters, whose end is told (no ``untold`` number) and that no unfinished workload runs
+    after, as (id, work_dir, bytes);
     ``results`` the Results of those workloads and of no workload in the queue, as (id,
     workload_id, workflow, pinion, finished_at, bytes, work_dir): their age and filters are
     checked here, where their times are read as times."""

@@ -47,6 +47,7 @@ _WORKLOADS = f"""
       AND (:pinion IS NULL OR w.pinion = :pinion)
       AND COALESCE((SELECT h.at FROM workload_history h WHERE h.workload_id = w.id
                     ORDER BY h.rowid DESC LIMIT 1), w.created_at) < :cut
+      AND w.untold IS NULL
       AND NOT EXISTS (SELECT 1 FROM workload_after a JOIN workloads d ON d.id = a.workload
                       WHERE a.upstream = w.id
                         AND d.status NOT IN ({", ".join(repr(s) for s in FINISHED)}))
