@@ -120,3 +120,39 @@ def test_dry_run_changes_nothing(backend: Backend, queue: dict[str, str]) -> Non
 def test_prune_of_nothing(backend: Backend) -> None:
     pruned = backend.prune(now())
     assert (pruned.workloads, pruned.results, pruned.versions) == ((), (), 0)
+
+
+def test_a_workload_whose_end_is_untold_stays_until_a_pinion_takes_it(
+        backend: Backend) -> None:
+    """Every end is told once: a workload that ended with no pinion there (cancelled while
+    queued, down a chain) stays, with its Results, however old, until a pinion of its name has
+    taken it (``take_ended``); then it goes as any other, and the dry run says the same."""
+    retried = make_workload(seconds=1)
+    results = finish(backend, retried, ok=False)  # Results of its first attempt
+    backend.retry(retried.id, "ann@laptop")
+    backend.cancel(retried.id, "ann@laptop")  # cancelled while queued: untold
+    up, down = make_workload(seconds=2), make_workload(seconds=3)
+    down.after = [up.id]
+    backend.put(up)
+    backend.put(down)
+    backend.cancel(up.id, "ann@laptop")  # and `down` with it, down the chain: untold
+    before = state(backend)
+    for dry_run in (True, False):
+        kept = backend.prune(now() + HOUR, dry_run=dry_run)
+        assert (kept.workloads, kept.results) == ((), ())
+    assert state(backend) == before
+    assert backend.get_results(results).workload_id == retried.id
+
+    assert [w.id for w in backend.take_ended("p1", limit=1)] == [retried.id]  # oldest end
+    seen = backend.prune(now() + HOUR, dry_run=True)
+    assert (seen.workloads, seen.results) == ((retried.id,), (results,))
+    assert state(backend) == before
+    pruned = backend.prune(now() + HOUR)
+    assert (pruned.workloads, pruned.results) == ((retried.id,), (results,))
+    with pytest.raises(NotFoundError):
+        backend.get(retried.id)
+    assert {w.id for w in backend.list_workloads()} == {up.id, down.id}
+
+    assert {w.id for w in backend.take_ended("p1")} == {up.id, down.id}
+    assert set(backend.prune(now() + HOUR).workloads) == {up.id, down.id}
+    assert backend.list_workloads() == []
