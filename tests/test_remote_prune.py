@@ -125,6 +125,39 @@ def test_a_checkpoint_from_before_a_prune_and_one_after_it_fold_the_same() -> No
     assert live(second) == live(whole) and refs(second) == refs(whole)
 
 
+def test_a_prune_in_the_fold_leaves_an_untold_end_until_a_tell_takes_it() -> None:
+    """Every end is told once: a ``prune`` naming a workload whose end is untold at that point
+    of the log (cancelled while queued, and down its chain) leaves it, with its Results, for
+    every reader, from any checkpoint; one after a ``tell`` took it removes it."""
+    from tests.test_remote_log import key_state, stored
+
+    log = Log()
+    log.run("ran", ok=False)
+    log.add(ev.Retry(workload="ran", by="ann"))
+    log.add(ev.Cancel(workload="ran", by="ann", tell=True))  # its Results: r-ran
+    log.add(ev.Put(workload="gone", pinion="p1", workflow="pasta"), "w-gone")
+    log.add(ev.Cancel(workload="gone", by="ann"))  # no te: told (as an earlier Caliber's)
+    log.add(ev.Put(workload="up", pinion="p1", workflow="pasta"), "w-up")
+    log.add(ev.Put(workload="late", pinion="p1", workflow="pasta", after=["up"]), "w-late")
+    log.add(ev.Cancel(workload="up", by="ann", tell=True))  # and late, down the chain
+    cut = log.events[-1].order
+    log.add(ev.Prune(ids=["ran", "gone", "up", "late"]))
+    kept = fold(log.events)
+    assert set(live(kept)) == {"ran", "up", "late"}
+    assert "r-ran" in refs(kept) and kept.pruned == {"gone"}
+    log.add(ev.Tell(pinion="p1", token="A", ids=["ran", "late"]))
+    log.add(ev.Prune(ids=["ran", "up", "late"]))
+    whole = fold(log.events)
+    assert set(live(whole)) == {"up"} and "r-ran" not in refs(whole)
+    for at in (cut, log.events[-3].order, log.events[-2].order):  # readers from checkpoints
+        start = stored(fold([e for e in log.events if e.order <= at]), at)
+        rest = [e for e in log.events if e.order > at]
+        assert key_state(fold(rest, start=start)) == key_state(whole), at
+    log.add(ev.Tell(pinion="p1", token="B", ids=["up"]))
+    log.add(ev.Prune(ids=["up"]))
+    assert live(fold(log.events)) == {}
+
+
 # --- on a Speckle server ------------------------------------------------------------------------
 
 
