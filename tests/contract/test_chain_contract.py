@@ -292,6 +292,32 @@ def test_prune_keeps_an_upstream_that_is_waited_for(backend: Backend) -> None:
     assert status(backend, b) == WAITING
 
 
+def test_a_workload_after_a_pruned_upstream_stays_as_it_was(backend: Backend) -> None:
+    """A prune of the upstream only (``--workflow``) changes nothing of what stays: on Speckle
+    the upstream's versions stay while a workload after it does (its ``put`` folds against
+    them), and go with it."""
+    a = make_workload()
+    backend.put(a)
+    b = after(a, workflow={"caliber": 1, "name": "soup",
+                           "process": {"type": "process", "tasks": []}})
+    c = after(a, seconds=20)
+    backend.put(b)
+    backend.put(c)
+    run(backend, a)
+    run(backend, b)
+    backend.cancel(c.id, "ann")  # untold: c stays, for now
+    was = backend.get(b.id)
+    cut = utcnow() + dt.timedelta(days=1)
+    assert backend.prune(cut, workflow="pasta").workloads == (a.id,)
+    now = backend.get(b.id)
+    assert (now.status, now.history, now.last_error) == (was.status, was.history, None)
+    assert [w.id for w in backend.take_ended("p1")] == [c.id]  # c's end is still untold
+    assert backend.prune(cut, workflow="pasta").workloads == (c.id,)
+    assert backend.get(b.id).status == WorkloadStatus.COMPLETED
+    assert backend.prune(cut).workloads == (b.id,)
+    assert backend.list_workloads() == []
+
+
 def prune_both(backend: Backend) -> tuple[set[str], set[str]]:
     """(workloads, Results) a prune of everything finished removes, after checking that its
     ``dry_run`` says the same."""
@@ -349,4 +375,7 @@ def test_prune_keeps_an_upstream_until_every_workload_after_it_ended(
     assert went == {b.id}  # c is queued after a
     backend.cancel(c.id, "ann")
     went, _ = prune_both(backend)
-    assert went == {a.id, c.id}
+    assert went == {a.id}  # c's end is untold: it stays until a pinion of its name told of it
+    assert [w.id for w in backend.take_ended("p1")] == [c.id]
+    went, _ = prune_both(backend)
+    assert went == {c.id}

@@ -15,9 +15,11 @@ runs the steps:
    or whose end is untold at that point, or that a workload not ended at that point runs
    after (queued after it meanwhile), stays: the fold decides, the same for every reader;
 3. delete every version about a workload or Results that a ``prune`` event of the log
-   removed, so a prune that stopped half-way is finished by the next one. Every event is
-   about one workload (or one Results), so what any reader folds for the others is the
-   same before and after; readers notice the versions deleted and read the log afresh.
+   removed, so a prune that stopped half-way is finished by the next one, but those of a
+   workload that one which stays runs after (its ``put`` folds against them: they go at a
+   later prune, with the last of those). Every event is about one workload (or one
+   Results), so what any reader folds for the others is the same before and after; readers
+   notice the versions deleted and read the log afresh.
    ``prune`` and ``checkpoint`` versions are never deleted;
 4. delete the versions of the workflows' results models
    (:func:`caliber.queue.speckle.results.results_model`) that show a pruned Results.
@@ -88,11 +90,17 @@ def every_version(conn: sp.SpeckleConnection,
 def doomed(versions: Iterable[sp.VersionInfo], folded: Folded,
            also: Iterable[str] = ()) -> list[str]:
     """Ids of the versions about what the ``prune`` events among ``versions`` removed in
-    ``folded`` (what is still there stays), and about the ids ``also`` (a dry run's)."""
+    ``folded`` (what is still there stays), and about the ids ``also`` (a dry run's). Not
+    those of a workload that one which stays runs after (``--after``): without its ``put`` a
+    reader of the whole log would fold that one as put after a workload not in the queue
+    (cancelled at once, its end and whether it is told rewritten); they go with the last
+    workload after it."""
     events = [e for v in versions
               if (e := ev.parse(v.id, v.object_id, v.message, v.created_at)) is not None]
     named = {i for e in events if isinstance(e.body, ev.Prune) for i in e.body.ids}
-    dead = (named - set(folded.every_workload()) - set(folded.every_result())) | set(also)
+    every = folded.every_workload()
+    dead = (named - set(every) - set(folded.every_result())) | set(also)
+    dead -= {uid for s in every.values() if s.id not in dead for uid in s.after}
     out = []
     for e in events:
         body = e.body
