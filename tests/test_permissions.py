@@ -137,7 +137,7 @@ def test_under_umask_000_caliber_makes_its_folders_0700_and_files_0600(
     tmp_path: Path, caliber_home: Path
 ) -> None:
     path = exported(tmp_path / "wf", [("write_some", []), ("staged_mode", [])])
-    failing = exported(tmp_path / "wf", [("nap", [0.5]), ("boom", [])], "failing")
+    failing = exported(tmp_path / "wf", [("nap", [1.5]), ("boom", [])], "failing")
     ids = []
     for wf in (path, path, failing):  # the second runs in the folder staged while the first ran
         queued = caliber_000("workflow", "queue", str(wf), "-p", "p")

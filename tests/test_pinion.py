@@ -206,7 +206,7 @@ def test_a_staged_folder_never_takes_the_place_of_an_earlier_attempt(folder: Pat
 
 def test_the_progress_file_is_written_only_for_a_task_that_runs_a_moment(folder: Path) -> None:
     quick = queue(folder, [("add", [1])])
-    slow = queue(folder, [("slow", [0.6])])
+    slow = queue(folder, [("slow", [1.5])])  # long enough on a loaded machine too
     run_pinion()
     quick_dir = Path(caliber.get_results(quick).work_dir or "")
     slow_dir = Path(caliber.get_results(slow).work_dir or "")
