@@ -14,7 +14,7 @@ import pytest
 
 pytest.importorskip("starlette")
 from tests.test_dashboard import Dashboard, browser, dashboard, shot
-from tests.test_upstream_chain import cli, pinion, view
+from tests.test_upstream_chain import view
 from tests.test_upstream_provenance import Night
 
 __all__ = ["browser", "dashboard"]  # fixtures
@@ -23,15 +23,7 @@ __all__ = ["browser", "dashboard"]  # fixtures
 def test_the_results_page_names_and_links_the_upstream_results(
     dashboard: Dashboard, browser: Any, tmp_path: Path, caliber_home: Path
 ) -> None:
-    night = Night(tmp_path)
-    night.broken.touch()
-    first = cli("workflow", "queue", str(night.analysis), "-p", "lab")
-    second = cli("workflow", "queue", str(night.post), "-p", "lab", "--after", first)
-    pinion("lab")
-    failed_id = view(first)["results_id"]
-    night.broken.unlink()
-    cli("queue", "retry", first)
-    assert pinion("lab")["completed"] == 2
+    first, second, failed_id = Night(tmp_path).retried()
     completed_id, post_id = view(first)["results_id"], view(second)["results_id"]
     assert completed_id != failed_id
 

@@ -81,6 +81,22 @@ class Night:
         self.analysis = analysis.export(self.folder / "analysis.json")
         self.post = post.export(self.folder / "post.json")
 
+    def retried(self) -> tuple[str, str, str]:
+        """Queue the analysis and the post-processing after it; the analysis fails, is
+        fixed and retried, and both complete: (analysis id, post id, the failed Results'
+        id)."""
+        self.broken.touch()
+        first = cli("workflow", "queue", str(self.analysis), "-p", "lab")
+        second = cli("workflow", "queue", str(self.post), "-p", "lab", "--after", first)
+        summary = pinion("lab")
+        assert summary["failed"] == 1 and summary["completed"] == 0, summary
+        failed_id = view(first)["results_id"]
+        assert view(second)["status"] == "waiting"
+        self.broken.unlink()
+        cli("queue", "retry", first)
+        assert pinion("lab")["completed"] == 2
+        return first, second, failed_id
+
 
 def shown(results_id: str) -> dict[str, Any]:
     found: dict[str, Any] = json.loads(cli("results", "show", results_id, "--json"))
@@ -97,17 +113,7 @@ def record(upstream: dict[str, Any], workload: str, workflow: str = "analysis",
 
 def test_the_downstream_names_the_completed_results_of_a_retried_upstream(
         tmp_path: Path, owner: None) -> None:
-    night = Night(tmp_path)
-    night.broken.touch()
-    first = cli("workflow", "queue", str(night.analysis), "-p", "lab")
-    second = cli("workflow", "queue", str(night.post), "-p", "lab", "--after", first)
-    summary = pinion("lab")
-    assert summary["failed"] == 1 and summary["completed"] == 0, summary
-    failed_id = view(first)["results_id"]
-    assert view(second)["status"] == "waiting"
-    night.broken.unlink()
-    cli("queue", "retry", first)
-    assert pinion("lab")["completed"] == 2
+    first, second, failed_id = Night(tmp_path).retried()
     completed = shown(view(first)["results_id"])
     assert completed["status"] == "completed" and completed["id"] != failed_id
     assert shown(failed_id)["status"] == "failed"  # both of the analysis's Results are kept
@@ -164,14 +170,7 @@ def test_a_changed_record_breaks_the_signature(tmp_path: Path, caliber_home: Pat
     to name the analysis's failed Results: a report taking the post-processing's values is
     refused by its pinion, and ``results show`` says the Results are not vouched for."""
     night = Night(tmp_path)
-    night.broken.touch()
-    first = cli("workflow", "queue", str(night.analysis), "-p", "lab")
-    second = cli("workflow", "queue", str(night.post), "-p", "lab", "--after", first)
-    pinion("lab")
-    failed_id = view(first)["results_id"]
-    night.broken.unlink()
-    cli("queue", "retry", first)
-    assert pinion("lab")["completed"] == 2
+    first, second, failed_id = night.retried()
     post_id = view(second)["results_id"]
     report = caliber.Workflow(caliber.Process([caliber.Task(
         "night:check", name="Report", args=[caliber.upstream("post", "Plot"),
