@@ -131,9 +131,17 @@ def browser(tmp_path: Path) -> Iterator[Any]:
 
 
 def shot(page: Any, tmp_path: Path, name: str) -> None:
-    folder = Path(os.environ.get("CALIBER_TEST_ARTIFACTS") or tmp_path)
+    """The page as drawn now; with CALIBER_TEST_ARTIFACTS (a folder to look at them in)
+    also at 800 px wide, as a narrow window shows it."""
+    wanted = os.environ.get("CALIBER_TEST_ARTIFACTS")
+    folder = Path(wanted or tmp_path)
     folder.mkdir(parents=True, exist_ok=True)
     page.screenshot(path=str(folder / f"dashboard-{name}.png"), full_page=True)
+    if wanted and page.viewport_size:
+        size = page.viewport_size
+        page.set_viewport_size({"width": 800, "height": size["height"]})
+        page.screenshot(path=str(folder / f"dashboard-{name}-800.png"), full_page=True)
+        page.set_viewport_size(size)
 
 
 def test_a_workload_appears_and_finishes_without_a_reload(
